@@ -1,0 +1,104 @@
+//! Row-wise LayerNorm with affine parameters and biased variance (PyTorch `nn.LayerNorm`).
+
+use super::{product, require};
+use crate::Error;
+
+/// Shape and epsilon of a LayerNorm over the last dimension.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerNormSpec {
+    /// Independent rows.
+    pub rows: usize,
+    /// Normalised width.
+    pub cols: usize,
+    /// Added to the variance before the square root (DeBERTa: 1e-7).
+    pub eps: f32,
+}
+
+/// `out[r] = (x[r] − mean) / sqrt(var + eps) · gamma + beta` per row. When `stats` is given it
+/// receives `[mean, rstd]` per row (`2·rows` values), which the backward pass consumes.
+pub fn layer_norm(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    out: &mut [f32],
+    stats: Option<&mut [f32]>,
+    spec: LayerNormSpec,
+) -> Result<(), Error> {
+    let total = product("layer_norm", &[spec.rows, spec.cols])?;
+    require("layer_norm", "x", total, x.len())?;
+    require("layer_norm", "out", total, out.len())?;
+    require("layer_norm", "gamma", spec.cols, gamma.len())?;
+    require("layer_norm", "beta", spec.cols, beta.len())?;
+    let mut stats = stats;
+    if let Some(s) = stats.as_deref() {
+        require("layer_norm", "stats", 2 * spec.rows, s.len())?;
+    }
+    if spec.cols == 0 {
+        return Ok(());
+    }
+    let n = spec.cols as f32;
+    for r in 0..spec.rows {
+        let row = &x[r * spec.cols..(r + 1) * spec.cols];
+        let mean = row.iter().sum::<f32>() / n;
+        let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        let rstd = 1.0 / libm::sqrtf(var.max(0.0) + spec.eps);
+        let dst = &mut out[r * spec.cols..(r + 1) * spec.cols];
+        for (((o, &v), &g), &b) in dst.iter_mut().zip(row).zip(gamma).zip(beta) {
+            *o = (v - mean) * rstd * g + b;
+        }
+        if let Some(s) = stats.as_deref_mut() {
+            s[2 * r] = mean;
+            s[2 * r + 1] = rstd;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn invariant_to_a_constant_shift(
+            values in proptest::collection::vec(-4.0f32..4.0, 2..48),
+            shift in -8.0f32..8.0,
+        ) {
+            let cols = values.len();
+            let gamma: [f32; 48] = core::array::from_fn(|i| 0.5 + i as f32 * 0.03);
+            let beta: [f32; 48] = core::array::from_fn(|i| i as f32 * -0.01);
+            let shifted: [f32; 48] = core::array::from_fn(|i| values.get(i).copied().unwrap_or(0.0) + shift);
+            let mut a = [0.0f32; 48];
+            let mut b = [0.0f32; 48];
+            let spec = LayerNormSpec { rows: 1, cols, eps: 1e-7 };
+            layer_norm(&values, &gamma, &beta, &mut a, None, spec).unwrap();
+            layer_norm(&shifted[..cols], &gamma, &beta, &mut b, None, spec).unwrap();
+            // Normalisation of nearly constant rows amplifies rounding by 1/std: compare
+            // relative to that amplification.
+            let mean = values.iter().sum::<f32>() / cols as f32;
+            let std = libm::sqrtf(values.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / cols as f32);
+            let tol = 1e-5 * (1.0 + (mean.abs() + shift.abs()) / std.max(1e-3));
+            for i in 0..cols {
+                prop_assert!((a[i] - b[i]).abs() <= tol, "{} vs {} (tol {})", a[i], b[i], tol);
+            }
+        }
+    }
+
+    #[test]
+    fn normalises_and_records_stats() {
+        let x = [1.0f32, 2.0, 3.0, 4.0];
+        let mut out = [0.0f32; 4];
+        let mut stats = [0.0f32; 2];
+        let spec = LayerNormSpec {
+            rows: 1,
+            cols: 4,
+            eps: 0.0,
+        };
+        layer_norm(&x, &[1.0; 4], &[0.0; 4], &mut out, Some(&mut stats), spec).unwrap();
+        assert_eq!(stats[0], 2.5);
+        assert!((stats[1] - 1.0 / libm::sqrtf(1.25)).abs() < 1e-6);
+        assert!((out.iter().sum::<f32>()).abs() < 1e-6);
+        assert!(layer_norm(&x[..3], &[1.0; 4], &[0.0; 4], &mut out, None, spec).is_err());
+    }
+}

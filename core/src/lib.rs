@@ -1,0 +1,47 @@
+//! # deberta-core
+//!
+//! The numerical heart of the DeBERTa-v2/v3 implementation: configuration, relative
+//! positions, tensor kernels, disentangled attention and the model layers, written
+//! once against the [`Backend`] compute trait.
+//!
+//! The crate is `#![no_std]` and layered by feature:
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | *(none)* | [`config`], [`relative_position`], the slice [`kernels`] and the [`Backend`] trait: everything the heap-free edge runtime needs |
+//! | `alloc` | [`CpuBackend`] (tensors in `Vec<f32>`), the parameter store and the model ([`model`]) |
+//! | `std` (default) | runtime AVX/FMA dispatch and threads inside sgemm (matrixmultiply `std` + `threading`) |
+//!
+//! Every kernel is deterministic: reductions run in a fixed order, so the same inputs give
+//! bit-identical outputs on every run and thread count.
+#![no_std]
+#![warn(missing_docs)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod activation;
+pub mod backend;
+pub mod config;
+pub mod dtype;
+pub mod error;
+pub mod kernels;
+pub mod random;
+pub mod relative_position;
+
+#[cfg(feature = "alloc")]
+mod cpu;
+#[cfg(feature = "alloc")]
+pub mod model;
+
+pub use activation::Activation;
+pub use backend::Backend;
+pub use config::ModelConfig;
+#[cfg(feature = "alloc")]
+pub use cpu::CpuBackend;
+pub use error::Error;
+
+/// Result type of every fallible operation in this crate.
+pub type Result<T> = core::result::Result<T, Error>;

@@ -1,0 +1,244 @@
+//! Prediction heads: the MLM head with its decoder tied to the word embeddings (SPEC §5.2) and
+//! the RTD head `LMMaskPredictionHead` (SPEC §5.3).
+
+use alloc::format;
+
+use super::modules::{LayerNorm, Linear};
+use super::params::{Init, ParamId, ParamLayout, ParamStore};
+use crate::backend::Backend;
+use crate::kernels::MatmulSpec;
+use crate::{Activation, Error, ModelConfig};
+
+/// Which state-dict layout an MLM head uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlmLayout {
+    /// `lm_predictions.lm_head.{dense, LayerNorm, bias}` (microsoft/DeBERTa, HF `legacy=False`);
+    /// the transform keeps the hidden width.
+    LmPredictions,
+    /// `cls.predictions.{transform.dense, transform.LayerNorm, bias}` (HF `legacy=True`); the
+    /// transform maps to `embedding_size`.
+    ClsPredictions,
+}
+
+impl MlmLayout {
+    /// The prefix of the head's parameters.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            MlmLayout::LmPredictions => "lm_predictions.lm_head",
+            MlmLayout::ClsPredictions => "cls.predictions",
+        }
+    }
+}
+
+/// `logits = LN(act(dense(h)))·E_wordᵀ + bias`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlmHead {
+    /// The state-dict layout.
+    pub layout: MlmLayout,
+    /// `dense` (`transform.dense`).
+    pub dense: Linear,
+    /// The activation (`hidden_act`).
+    pub activation: Activation,
+    /// `LayerNorm` (`transform.LayerNorm`).
+    pub norm: LayerNorm,
+    /// The output bias, `[vocab]`.
+    pub bias: ParamId,
+    /// The tied decoder: the word-embedding table, `[vocab, width]`.
+    pub decoder: ParamId,
+    /// Vocabulary size.
+    pub vocab: usize,
+}
+
+/// Saved activations of the MLM head over `R` rows.
+pub struct MlmActivations<T> {
+    /// `dense(h)`, `[R, W]`.
+    pub dense: T,
+    /// `act(dense(h))`.
+    pub activated: T,
+    /// LayerNorm statistics.
+    pub stats: T,
+    /// `LN(act(dense(h)))`.
+    pub normed: T,
+    /// Logits, `[R, vocab]`.
+    pub logits: T,
+}
+
+impl MlmHead {
+    /// Registers the head under `{root}{layout.prefix()}`, tied to `decoder`.
+    pub fn new(
+        layout_store: &mut ParamLayout,
+        root: &str,
+        layout: MlmLayout,
+        cfg: &ModelConfig,
+        decoder: ParamId,
+    ) -> Self {
+        let prefix = format!("{root}{}", layout.prefix());
+        let (width, norm_prefix) = match layout {
+            MlmLayout::LmPredictions => (cfg.hidden_size, format!("{prefix}.LayerNorm")),
+            MlmLayout::ClsPredictions => {
+                (cfg.embedding_size, format!("{prefix}.transform.LayerNorm"))
+            }
+        };
+        let dense_prefix = match layout {
+            MlmLayout::LmPredictions => format!("{prefix}.dense"),
+            MlmLayout::ClsPredictions => format!("{prefix}.transform.dense"),
+        };
+        MlmHead {
+            layout,
+            dense: Linear::new(
+                layout_store,
+                &dense_prefix,
+                cfg.hidden_size,
+                width,
+                true,
+                cfg.initializer_range,
+            ),
+            activation: cfg.hidden_act,
+            norm: LayerNorm::new(layout_store, &norm_prefix, width, cfg.layer_norm_eps),
+            bias: layout_store.add(format!("{prefix}.bias"), &[cfg.vocab_size], Init::Zeros),
+            decoder,
+            vocab: cfg.vocab_size,
+        }
+    }
+
+    /// Buffers for `rows` rows.
+    pub fn activations<B: Backend>(
+        &self,
+        backend: &B,
+        rows: usize,
+    ) -> Result<MlmActivations<B::Tensor>, Error> {
+        let w = self.dense.output;
+        Ok(MlmActivations {
+            dense: backend.zeros(rows * w)?,
+            activated: backend.zeros(rows * w)?,
+            stats: backend.zeros(rows * 2)?,
+            normed: backend.zeros(rows * w)?,
+            logits: backend.zeros(rows * self.vocab)?,
+        })
+    }
+
+    /// Logits for `rows` rows of `hidden` `[rows, H]`.
+    pub fn forward<B: Backend>(
+        &self,
+        backend: &B,
+        params: &ParamStore<B::Tensor>,
+        hidden: &B::Tensor,
+        rows: usize,
+        acts: &mut MlmActivations<B::Tensor>,
+    ) -> Result<(), Error> {
+        self.dense
+            .forward(backend, params, hidden, &mut acts.dense, rows)?;
+        backend.activation(self.activation, &acts.dense, &mut acts.activated)?;
+        self.norm.forward(
+            backend,
+            params,
+            &acts.activated,
+            &mut acts.normed,
+            Some(&mut acts.stats),
+            rows,
+        )?;
+        let width = self.dense.output;
+        backend.matmul(
+            &acts.normed,
+            params.get(self.decoder),
+            &mut acts.logits,
+            &MatmulSpec::linear(rows, width, self.vocab),
+        )?;
+        backend.add_bias(&mut acts.logits, params.get(self.bias), self.vocab)
+    }
+}
+
+/// `logit = classifier(act(dense(LN(h + h_CLS))))`, keys `mask_predictions.*`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RtdHead {
+    /// `mask_predictions.LayerNorm`.
+    pub norm: LayerNorm,
+    /// `mask_predictions.dense`.
+    pub dense: Linear,
+    /// The activation (`hidden_act`).
+    pub activation: Activation,
+    /// `mask_predictions.classifier`, `H → 1`.
+    pub classifier: Linear,
+    /// Hidden size.
+    pub hidden: usize,
+}
+
+/// Saved activations of the RTD head over `N` tokens.
+pub struct RtdActivations<T> {
+    /// `h + h_CLS`, `[N, H]`.
+    pub with_context: T,
+    /// LayerNorm statistics.
+    pub stats: T,
+    /// `LN(h + h_CLS)`.
+    pub normed: T,
+    /// `dense(·)`.
+    pub dense: T,
+    /// `act(dense(·))`.
+    pub activated: T,
+    /// One logit per token, `[N]`.
+    pub logits: T,
+}
+
+impl RtdHead {
+    /// Registers `{root}mask_predictions.*`.
+    pub fn new(layout: &mut ParamLayout, root: &str, cfg: &ModelConfig) -> Self {
+        let prefix = format!("{root}mask_predictions");
+        let (h, std) = (cfg.hidden_size, cfg.initializer_range);
+        RtdHead {
+            norm: LayerNorm::new(
+                layout,
+                &format!("{prefix}.LayerNorm"),
+                h,
+                cfg.layer_norm_eps,
+            ),
+            dense: Linear::new(layout, &format!("{prefix}.dense"), h, h, true, std),
+            activation: cfg.hidden_act,
+            classifier: Linear::new(layout, &format!("{prefix}.classifier"), h, 1, true, std),
+            hidden: h,
+        }
+    }
+
+    /// Buffers for `tokens` tokens.
+    pub fn activations<B: Backend>(
+        &self,
+        backend: &B,
+        tokens: usize,
+    ) -> Result<RtdActivations<B::Tensor>, Error> {
+        let n = tokens * self.hidden;
+        Ok(RtdActivations {
+            with_context: backend.zeros(n)?,
+            stats: backend.zeros(tokens * 2)?,
+            normed: backend.zeros(n)?,
+            dense: backend.zeros(n)?,
+            activated: backend.zeros(n)?,
+            logits: backend.zeros(tokens)?,
+        })
+    }
+
+    /// One replaced-token logit per token of `hidden` `[batch, len, H]`.
+    pub fn forward<B: Backend>(
+        &self,
+        backend: &B,
+        params: &ParamStore<B::Tensor>,
+        hidden: &B::Tensor,
+        batch: usize,
+        len: usize,
+        acts: &mut RtdActivations<B::Tensor>,
+    ) -> Result<(), Error> {
+        let n = batch * len;
+        backend.add_sequence_row(hidden, &mut acts.with_context, batch, len, self.hidden, 0)?;
+        self.norm.forward(
+            backend,
+            params,
+            &acts.with_context,
+            &mut acts.normed,
+            Some(&mut acts.stats),
+            n,
+        )?;
+        self.dense
+            .forward(backend, params, &acts.normed, &mut acts.dense, n)?;
+        backend.activation(self.activation, &acts.dense, &mut acts.activated)?;
+        self.classifier
+            .forward(backend, params, &acts.activated, &mut acts.logits, n)
+    }
+}

@@ -1,0 +1,20 @@
+//! The DeBERTa-v2/v3 model written against the [`Backend`](crate::Backend) trait, llm.c style:
+//! each block has an explicit `forward` that fills caller-owned activation buffers, which the
+//! backward pass of the training path consumes.
+//!
+//! Parameters live in one [`ParamStore`] indexed by [`ParamId`]s that the modules hold; the
+//! [`ParamLayout`] names them exactly as Hugging Face state dicts do.
+
+pub mod attention;
+pub mod batch;
+pub mod deberta;
+pub mod embeddings;
+pub mod encoder;
+pub mod heads;
+pub mod modules;
+pub mod params;
+
+pub use batch::{DeviceBatch, HostBatch};
+pub use deberta::{Activations, Deberta, Heads};
+pub use heads::MlmLayout;
+pub use params::{Init, ParamId, ParamLayout, ParamSpec, ParamStore};

@@ -1,0 +1,174 @@
+//! The parameter store: one list of named parameters (Hugging Face names) that loading,
+//! saving, gradients and optimizer groups all index by [`ParamId`].
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::Error;
+use crate::backend::Backend;
+use crate::random::RandomStream;
+
+/// Index of a parameter in a [`ParamLayout`] (and in every [`ParamStore`] built from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParamId(usize);
+
+impl ParamId {
+    /// Position of the parameter in its layout.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// How a parameter is initialised for training from scratch (microsoft/DeBERTa
+/// `NNModule.init_weights`: normal weights, zero biases, unit LayerNorm scales).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// `N(0, std²)`.
+    Normal(f32),
+    /// All zeros.
+    Zeros,
+    /// All ones.
+    Ones,
+}
+
+/// Name, shape and initialisation of one parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    /// The Hugging Face state-dict name.
+    pub name: String,
+    /// The PyTorch shape (`[out, in]` for Linear weights).
+    pub shape: Vec<usize>,
+    /// Initialisation from scratch.
+    pub init: Init,
+}
+
+impl ParamSpec {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// The ordered list of a model's parameters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ParamLayout {
+    specs: Vec<ParamSpec>,
+}
+
+impl ParamLayout {
+    /// An empty layout.
+    pub fn new() -> Self {
+        ParamLayout::default()
+    }
+
+    /// Registers a parameter and returns its id.
+    pub fn add(&mut self, name: String, shape: &[usize], init: Init) -> ParamId {
+        self.specs.push(ParamSpec {
+            name,
+            shape: shape.to_vec(),
+            init,
+        });
+        ParamId(self.specs.len() - 1)
+    }
+
+    /// All parameters, in id order.
+    pub fn specs(&self) -> &[ParamSpec] {
+        &self.specs
+    }
+
+    /// The spec of one parameter.
+    pub fn spec(&self, id: ParamId) -> &ParamSpec {
+        &self.specs[id.0]
+    }
+
+    /// The id of the parameter with this name.
+    pub fn find(&self, name: &str) -> Option<ParamId> {
+        self.specs.iter().position(|s| s.name == name).map(ParamId)
+    }
+
+    /// Iterates over `(id, spec)`.
+    pub fn iter(&self) -> impl Iterator<Item = (ParamId, &ParamSpec)> {
+        self.specs.iter().enumerate().map(|(i, s)| (ParamId(i), s))
+    }
+
+    /// Total number of scalar parameters.
+    pub fn numel(&self) -> usize {
+        self.specs.iter().map(ParamSpec::numel).sum()
+    }
+
+    /// Builds a store by producing each tensor from its spec, in id order.
+    pub fn build<T>(
+        &self,
+        mut make: impl FnMut(ParamId, &ParamSpec) -> Result<T, Error>,
+    ) -> Result<ParamStore<T>, Error> {
+        let tensors = self
+            .iter()
+            .map(|(id, spec)| make(id, spec))
+            .collect::<Result<Vec<T>, Error>>()?;
+        Ok(ParamStore { tensors })
+    }
+
+    /// A store of zero tensors (gradient buffers).
+    pub fn zeros<B: Backend>(&self, backend: &B) -> Result<ParamStore<B::Tensor>, Error> {
+        self.build(|_, spec| backend.zeros(spec.numel()))
+    }
+
+    /// A store initialised as for pretraining from scratch; parameter `i` draws from stream
+    /// `i` of `seed`, so the result does not depend on the backend.
+    pub fn initialise<B: Backend>(
+        &self,
+        backend: &B,
+        seed: u64,
+    ) -> Result<ParamStore<B::Tensor>, Error> {
+        self.build(|id, spec| {
+            let n = spec.numel();
+            let values: Vec<f32> = match spec.init {
+                Init::Zeros => alloc::vec![0.0; n],
+                Init::Ones => alloc::vec![1.0; n],
+                Init::Normal(std) => {
+                    let rng = RandomStream {
+                        seed,
+                        step: 0,
+                        stream: id.0 as u32,
+                    };
+                    (0..n as u64).map(|i| rng.normal(i) * std).collect()
+                }
+            };
+            backend.upload(&values)
+        })
+    }
+}
+
+/// One tensor per parameter of a [`ParamLayout`], indexed by [`ParamId`]: weights, gradients
+/// and optimizer moments are all stores of the same layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamStore<T> {
+    tensors: Vec<T>,
+}
+
+impl<T> ParamStore<T> {
+    /// The tensor of a parameter.
+    pub fn get(&self, id: ParamId) -> &T {
+        &self.tensors[id.0]
+    }
+
+    /// The tensor of a parameter, mutably.
+    pub fn get_mut(&mut self, id: ParamId) -> &mut T {
+        &mut self.tensors[id.0]
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Iterates over the tensors in id order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.tensors.iter()
+    }
+}

@@ -1,0 +1,64 @@
+//! Command-line interface: argument parsing and one module per subcommand.
+
+mod bench;
+mod forward;
+mod ids;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::Result;
+
+/// DeBERTa-v3 in Rust: Hugging Face-exact inference, RTD + GDES pretraining tools.
+#[derive(Debug, Parser)]
+#[command(name = "deberta", version, about, long_about = None)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a model directory on inputs and write (or print) its outputs.
+    Forward(forward::ForwardArgs),
+    /// Benchmark the forward pass on a published shape with random weights.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Parses the process arguments and runs the chosen subcommand.
+pub fn run() -> Result<()> {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print and succeed; usage errors print clap's message.
+            let _ = e.print();
+            if e.use_stderr() {
+                std::process::exit(2);
+            }
+            return Ok(());
+        }
+    };
+    match cli.command {
+        Command::Forward(args) => forward::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
+    }
+}
+
+/// Sets the number of sgemm threads. matrixmultiply reads `MATMUL_NUM_THREADS` once, at its
+/// first multiplication, so this must run before any model work.
+pub(crate) fn set_threads(threads: Option<usize>) -> usize {
+    let threads = threads
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .max(1);
+    // SAFETY: called at the start of a subcommand, before the process starts any thread
+    // (matrixmultiply's pool is created lazily at the first sgemm), so no other thread can
+    // read the environment concurrently.
+    unsafe { std::env::set_var("MATMUL_NUM_THREADS", threads.to_string()) };
+    threads
+}

@@ -1,0 +1,106 @@
+//! Shared helpers of the cross-crate test suites: fixture paths, tensor comparison with
+//! reported worst errors, and running the `deberta` binary.
+
+use std::path::{Path, PathBuf};
+
+use deberta_host::checkpoint::{TensorMap, read_tensor_file};
+use deberta_host::tensor::HostTensor;
+
+/// The fixture sets produced by Hugging Face transformers (see `fixtures/README.md`).
+pub const MODEL_FIXTURES: &[&str] = &["tiny", "long", "c2p-only", "p2c-only", "v2style"];
+
+/// `tests/fixtures/<name>`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// Reads a tensor file, panicking with its path on failure (tests only).
+pub fn load(path: &Path) -> TensorMap {
+    read_tensor_file(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// The float values of a tensor (integers converted), panicking if absent.
+pub fn values(map: &TensorMap, name: &str) -> Vec<f64> {
+    let t = map
+        .get(name)
+        .unwrap_or_else(|| panic!("tensor `{name}` missing"));
+    match &t.data {
+        deberta_host::tensor::TensorData::Float(v) => v.iter().map(|&x| x as f64).collect(),
+        deberta_host::tensor::TensorData::Int(v) => v.iter().map(|&x| x as f64).collect(),
+    }
+}
+
+/// The integer values of a tensor, panicking if absent or float.
+pub fn ints(map: &TensorMap, name: &str) -> Vec<i64> {
+    map.get(name)
+        .and_then(HostTensor::as_int)
+        .unwrap_or_else(|| panic!("integer tensor `{name}` missing"))
+        .to_vec()
+}
+
+/// Largest `|a − b|` over the positions where `keep(i)` holds (NaN anywhere counts as
+/// infinitely wrong); panics on length mismatch.
+pub fn max_abs_diff(a: &[f64], b: &[f64], keep: impl Fn(usize) -> bool) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .enumerate()
+        .filter(|(i, _)| keep(*i))
+        .map(|(_, (x, y))| {
+            let d = (x - y).abs();
+            if d.is_nan() { f64::INFINITY } else { d }
+        })
+        .fold(0.0, f64::max)
+}
+
+/// The `deberta` binary of the same build profile as the running test (`target/<profile>/`),
+/// which `cargo test --workspace` builds before running any test.
+pub fn deberta_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/deberta
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let bin = profile_dir.join(format!("deberta{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} is not built: run `cargo build -p deberta-host` with this profile (or `cargo test --workspace`)",
+        bin.display()
+    );
+    bin
+}
+
+/// Output of one `deberta` invocation.
+pub struct CliRun {
+    /// Exit code (`None` if killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs `deberta` with arguments and captures everything.
+pub fn deberta(args: &[&str]) -> CliRun {
+    let out = std::process::Command::new(deberta_bin())
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("running deberta");
+    CliRun {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A fresh empty directory under the system temp dir, unique to this process and `name`.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("deberta-tests-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating temp dir");
+    dir
+}
