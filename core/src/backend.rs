@@ -25,8 +25,33 @@
 //! pattern (saved activations in, gradient buffers out, `accumulate` flags instead of
 //! read-modify-write on the host).
 
-use crate::kernels::{LayerNormSpec, MatmulSpec, MatrixLayout, RelativeScoresSpec, SoftmaxSpec};
+use crate::kernels::{
+    AdamSpec, LayerNormSpec, MatmulSpec, MatrixLayout, RelativeScoresSpec, SoftmaxSpec,
+};
+use crate::random::RandomStream;
 use crate::{Activation, Error};
+
+/// Gradient outputs of [`Backend::layer_norm_backward`].
+pub struct LayerNormGrads<'a, T> {
+    /// Gradient of the input (written, or added when `accumulate_dx`).
+    pub dx: &'a mut T,
+    /// Gradient of γ (accumulated).
+    pub dgamma: &'a mut T,
+    /// Gradient of β (accumulated).
+    pub dbeta: &'a mut T,
+    /// Whether `dx` is accumulated into instead of overwritten.
+    pub accumulate_dx: bool,
+}
+
+/// Global-norm clipping inside [`Backend::adam_update`]: the coefficient
+/// `min(1, max_norm/(sqrt(Σ squared_norms) + 1e-6))` is computed on the device from the
+/// per-parameter squared norms, so clipping needs no readback.
+pub struct Clip<'a, T> {
+    /// One `Σ g²` per parameter of the optimizer (see [`Backend::sum_of_squares`]).
+    pub squared_norms: &'a T,
+    /// The largest allowed global norm.
+    pub max_norm: f32,
+}
 
 /// Shape of a same-length 1-D convolution over a `[batch, len, channels]` sequence
 /// (PyTorch `Conv1d` with `padding = (kernel − 1)/2`, weights `[out, in/groups, kernel]`).
@@ -44,6 +69,16 @@ pub struct Conv1dSpec {
     pub kernel: usize,
     /// Channel groups (divides both channel counts).
     pub groups: usize,
+}
+
+/// Gradient outputs of [`Backend::conv1d_backward`], all accumulated.
+pub struct Conv1dGrads<'a, T> {
+    /// Gradient of the input sequence.
+    pub dinput: &'a mut T,
+    /// Gradient of the weights.
+    pub dweight: &'a mut T,
+    /// Gradient of the bias.
+    pub dbias: &'a mut T,
 }
 
 /// A compute device: buffers plus the kernels the model is written in.
@@ -158,6 +193,125 @@ pub trait Backend {
         row: usize,
     ) -> Result<(), Error>;
 
+    // ----- backward kernels ---------------------------------------------------------------
+
+    /// Backward of [`Backend::layer_norm`] from its input and recorded `[mean, rstd]` stats.
+    fn layer_norm_backward(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        stats: &Self::Tensor,
+        dout: &Self::Tensor,
+        grads: LayerNormGrads<'_, Self::Tensor>,
+        spec: LayerNormSpec,
+    ) -> Result<(), Error>;
+    /// `dx (+)= dout · act'(x)`.
+    fn activation_backward(
+        &self,
+        act: Activation,
+        x: &Self::Tensor,
+        dout: &Self::Tensor,
+        dx: &mut Self::Tensor,
+        accumulate: bool,
+    ) -> Result<(), Error>;
+    /// In place: `grad` holds `dP` on entry, `dS = P ⊙ (dP − Σ P·dP)` on return (0 where masked,
+    /// and on padded query rows).
+    fn masked_softmax_backward(
+        &self,
+        probs: &Self::Tensor,
+        grad: &mut Self::Tensor,
+        mask: &Self::Tensor,
+        spec: SoftmaxSpec,
+    ) -> Result<(), Error>;
+    /// The scatter that is the backward of [`Backend::add_relative_scores`] (outputs written).
+    fn relative_scores_backward(
+        &self,
+        dscores: &Self::Tensor,
+        index: &Self::Indices,
+        dc2p: Option<&mut Self::Tensor>,
+        dp2c: Option<&mut Self::Tensor>,
+        spec: RelativeScoresSpec,
+    ) -> Result<(), Error>;
+    /// `dtable[ids[r], :] += dout[r, :]` in row order, skipping rows whose id is `skip`.
+    fn embedding_backward(
+        &self,
+        ids: &Self::Indices,
+        dout: &Self::Tensor,
+        dtable: &mut Self::Tensor,
+        dim: usize,
+        skip: Option<u32>,
+    ) -> Result<(), Error>;
+    /// Backward of [`Backend::add_sequence_row`] for `shape = [batch, len, dim]`.
+    fn add_sequence_row_backward(
+        &self,
+        dout: &Self::Tensor,
+        dx: &mut Self::Tensor,
+        shape: [usize; 3],
+        row: usize,
+        accumulate: bool,
+    ) -> Result<(), Error>;
+    /// `out[c] (+)= Σ_r x[r, c]` (bias gradients).
+    fn sum_rows(
+        &self,
+        x: &Self::Tensor,
+        out: &mut Self::Tensor,
+        cols: usize,
+        accumulate: bool,
+    ) -> Result<(), Error>;
+    /// `x *= alpha`.
+    fn scale(&self, x: &mut Self::Tensor, alpha: f32) -> Result<(), Error>;
+    /// Inverted dropout in place with the counter-based mask of `stream` (also its backward).
+    fn dropout(&self, x: &mut Self::Tensor, p: f32, stream: RandomStream) -> Result<(), Error>;
+
+    // ----- losses and optimizer ------------------------------------------------------------
+
+    /// Per-row cross-entropy into `losses` and `(softmax − onehot)·grad_scale` into `dlogits`.
+    fn cross_entropy(
+        &self,
+        logits: &Self::Tensor,
+        targets: &Self::Indices,
+        losses: &mut Self::Tensor,
+        dlogits: &mut Self::Tensor,
+        vocab: usize,
+        grad_scale: f32,
+    ) -> Result<(), Error>;
+    /// Per-token weighted BCE-with-logits into `losses`, `w·(σ(z) − y)·grad_scale` into
+    /// `dlogits`.
+    fn bce_with_logits(
+        &self,
+        logits: &Self::Tensor,
+        labels: &Self::Tensor,
+        weights: &Self::Tensor,
+        losses: &mut Self::Tensor,
+        dlogits: &mut Self::Tensor,
+        grad_scale: f32,
+    ) -> Result<(), Error>;
+    /// `out[index] = alpha · Σ x` (a device scalar; summed in a fixed order).
+    fn sum(
+        &self,
+        x: &Self::Tensor,
+        out: &mut Self::Tensor,
+        index: usize,
+        alpha: f32,
+    ) -> Result<(), Error>;
+    /// `out[index] = Σ x²` (a device scalar; summed in a fixed order).
+    fn sum_of_squares(
+        &self,
+        x: &Self::Tensor,
+        out: &mut Self::Tensor,
+        index: usize,
+    ) -> Result<(), Error>;
+    /// One Adam/XAdam update of a parameter and its moments, the gradient scaled by `clip`'s
+    /// coefficient when given.
+    fn adam_update(
+        &self,
+        param: &mut Self::Tensor,
+        grad: &Self::Tensor,
+        moments: (&mut Self::Tensor, &mut Self::Tensor),
+        spec: AdamSpec,
+        clip: Option<Clip<'_, Self::Tensor>>,
+    ) -> Result<(), Error>;
+
     /// Same-length 1-D convolution over `[batch, len, in]` into `[batch, len, out]`:
     /// `out[b,t,o] = bias[o] + Σ_u Σ_c w[o,c,u]·x[b, t+u−pad, c]`. The provided implementation
     /// is one strided [`Backend::matmul`] per kernel tap and group, accumulating into `out`.
@@ -212,6 +366,82 @@ pub trait Backend {
                     beta: 1.0,
                 };
                 self.matmul(input, weight, out, &spec_mm)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Backward of [`Backend::conv1d`]: `dinput += ∂/∂input`, `dweight += ∂/∂weight`,
+    /// `dbias += ∂/∂bias`. The provided implementation is strided matmuls per tap and group
+    /// (the weight gradient one sequence at a time, so every output has one writer).
+    fn conv1d_backward(
+        &self,
+        input: &Self::Tensor,
+        weight: &Self::Tensor,
+        dout: &Self::Tensor,
+        grads: Conv1dGrads<'_, Self::Tensor>,
+        spec: Conv1dSpec,
+    ) -> Result<(), Error> {
+        let groups = spec.groups.max(1);
+        let (cin, cout, k) = (spec.in_channels, spec.out_channels, spec.kernel);
+        let (cin_g, cout_g) = (cin / groups, cout / groups);
+        let pad = (k - 1) / 2;
+        self.sum_rows(dout, grads.dbias, cout, true)?;
+        for tap in 0..k {
+            let first = pad.saturating_sub(tap);
+            let end = (spec.len + pad).saturating_sub(tap).min(spec.len);
+            if end <= first {
+                continue;
+            }
+            let rows = end - first;
+            for g in 0..groups {
+                let in_rows =
+                    MatrixLayout::row_major(cin).at((first + tap - pad) * cin + g * cin_g);
+                let out_rows = MatrixLayout::row_major(cout).at(first * cout + g * cout_g);
+                let tap_weight = MatrixLayout {
+                    offset: g * cout_g * cin_g * k + tap,
+                    row_stride: cin_g * k,
+                    col_stride: k,
+                    batch_strides: [0, 0],
+                };
+                // dinput rows += dout rows · W_tap.
+                self.matmul(
+                    dout,
+                    weight,
+                    grads.dinput,
+                    &MatmulSpec {
+                        batch: [spec.batch, 1],
+                        m: rows,
+                        n: cin_g,
+                        k: cout_g,
+                        a: out_rows.batched(spec.len * cout, 0),
+                        b: tap_weight,
+                        c: in_rows.batched(spec.len * cin, 0),
+                        alpha: 1.0,
+                        beta: 1.0,
+                    },
+                )?;
+                // dW_tap += dout rowsᵀ · input rows, one sequence per call.
+                for b in 0..spec.batch {
+                    self.matmul(
+                        dout,
+                        input,
+                        grads.dweight,
+                        &MatmulSpec {
+                            batch: [1, 1],
+                            m: cout_g,
+                            n: cin_g,
+                            k: rows,
+                            a: out_rows
+                                .at(out_rows.offset + b * spec.len * cout)
+                                .transposed(),
+                            b: in_rows.at(in_rows.offset + b * spec.len * cin),
+                            c: tap_weight,
+                            alpha: 1.0,
+                            beta: 1.0,
+                        },
+                    )?;
+                }
             }
         }
         Ok(())

@@ -4,8 +4,9 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::backend::Backend;
-use crate::kernels::{self, LayerNormSpec, MatmulSpec, RelativeScoresSpec, SoftmaxSpec};
+use crate::backend::{Backend, Clip, LayerNormGrads};
+use crate::kernels::{self, AdamSpec, LayerNormSpec, MatmulSpec, RelativeScoresSpec, SoftmaxSpec};
+use crate::random::RandomStream;
 use crate::{Activation, Error};
 
 /// The CPU backend. With the `std` feature sgemm dispatches to AVX/FMA at run time and uses
@@ -172,5 +173,164 @@ impl Backend for CpuBackend {
         row: usize,
     ) -> Result<(), Error> {
         kernels::add_sequence_row(x, out, batch, len, dim, row)
+    }
+
+    fn layer_norm_backward(
+        &self,
+        x: &Vec<f32>,
+        gamma: &Vec<f32>,
+        stats: &Vec<f32>,
+        dout: &Vec<f32>,
+        grads: LayerNormGrads<'_, Vec<f32>>,
+        spec: LayerNormSpec,
+    ) -> Result<(), Error> {
+        kernels::layer_norm_backward(
+            x,
+            gamma,
+            stats,
+            dout,
+            grads.dx,
+            grads.dgamma,
+            grads.dbeta,
+            spec,
+            grads.accumulate_dx,
+        )
+    }
+
+    fn activation_backward(
+        &self,
+        act: Activation,
+        x: &Vec<f32>,
+        dout: &Vec<f32>,
+        dx: &mut Vec<f32>,
+        accumulate: bool,
+    ) -> Result<(), Error> {
+        kernels::activation_backward(act, x, dout, dx, accumulate)
+    }
+
+    fn masked_softmax_backward(
+        &self,
+        probs: &Vec<f32>,
+        grad: &mut Vec<f32>,
+        mask: &Vec<f32>,
+        spec: SoftmaxSpec,
+    ) -> Result<(), Error> {
+        kernels::masked_softmax_backward(probs, grad, mask, spec)
+    }
+
+    fn relative_scores_backward(
+        &self,
+        dscores: &Vec<f32>,
+        index: &Vec<u32>,
+        dc2p: Option<&mut Vec<f32>>,
+        dp2c: Option<&mut Vec<f32>>,
+        spec: RelativeScoresSpec,
+    ) -> Result<(), Error> {
+        kernels::relative_scores_backward(
+            dscores,
+            index,
+            dc2p.map(|t| t.as_mut_slice()),
+            dp2c.map(|t| t.as_mut_slice()),
+            spec,
+        )
+    }
+
+    fn embedding_backward(
+        &self,
+        ids: &Vec<u32>,
+        dout: &Vec<f32>,
+        dtable: &mut Vec<f32>,
+        dim: usize,
+        skip: Option<u32>,
+    ) -> Result<(), Error> {
+        kernels::embedding_backward(ids, dout, dtable, dim, skip)
+    }
+
+    fn add_sequence_row_backward(
+        &self,
+        dout: &Vec<f32>,
+        dx: &mut Vec<f32>,
+        shape: [usize; 3],
+        row: usize,
+        accumulate: bool,
+    ) -> Result<(), Error> {
+        kernels::add_sequence_row_backward(dout, dx, shape, row, accumulate)
+    }
+
+    fn sum_rows(
+        &self,
+        x: &Vec<f32>,
+        out: &mut Vec<f32>,
+        cols: usize,
+        accumulate: bool,
+    ) -> Result<(), Error> {
+        kernels::sum_rows(x, out, cols, accumulate)
+    }
+
+    fn scale(&self, x: &mut Vec<f32>, alpha: f32) -> Result<(), Error> {
+        kernels::scale(x, alpha);
+        Ok(())
+    }
+
+    fn dropout(&self, x: &mut Vec<f32>, p: f32, stream: RandomStream) -> Result<(), Error> {
+        kernels::dropout(x, p, stream);
+        Ok(())
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &Vec<f32>,
+        targets: &Vec<u32>,
+        losses: &mut Vec<f32>,
+        dlogits: &mut Vec<f32>,
+        vocab: usize,
+        grad_scale: f32,
+    ) -> Result<(), Error> {
+        kernels::cross_entropy(logits, targets, losses, dlogits, vocab, grad_scale)
+    }
+
+    fn bce_with_logits(
+        &self,
+        logits: &Vec<f32>,
+        labels: &Vec<f32>,
+        weights: &Vec<f32>,
+        losses: &mut Vec<f32>,
+        dlogits: &mut Vec<f32>,
+        grad_scale: f32,
+    ) -> Result<(), Error> {
+        kernels::bce_with_logits(logits, labels, weights, losses, dlogits, grad_scale)
+    }
+
+    fn sum(&self, x: &Vec<f32>, out: &mut Vec<f32>, index: usize, alpha: f32) -> Result<(), Error> {
+        range_check("sum", index, 1, out.len())?;
+        out[index] = alpha * kernels::sum(x);
+        Ok(())
+    }
+
+    fn sum_of_squares(&self, x: &Vec<f32>, out: &mut Vec<f32>, index: usize) -> Result<(), Error> {
+        range_check("sum_of_squares", index, 1, out.len())?;
+        out[index] = kernels::sum_of_squares(x);
+        Ok(())
+    }
+
+    fn adam_update(
+        &self,
+        param: &mut Vec<f32>,
+        grad: &Vec<f32>,
+        moments: (&mut Vec<f32>, &mut Vec<f32>),
+        spec: AdamSpec,
+        clip: Option<Clip<'_, Vec<f32>>>,
+    ) -> Result<(), Error> {
+        let coefficient = match clip {
+            Some(clip) => {
+                kernels::clip_coefficient(kernels::sum(clip.squared_norms), clip.max_norm)
+            }
+            None => 1.0,
+        };
+        let spec = AdamSpec {
+            grad_scale: spec.grad_scale * coefficient,
+            ..spec
+        };
+        kernels::adam_update(param, grad, moments.0, moments.1, spec)
     }
 }

@@ -1,7 +1,7 @@
 //! Running the inference forward pass and collecting its outputs under the fixture names.
 
 use deberta_core::Backend;
-use deberta_core::model::{Activations, DeviceBatch, HostBatch};
+use deberta_core::model::{Activations, DeviceBatch, ForwardOptions, HostBatch};
 use deberta_core::relative_position::relative_position;
 
 use crate::checkpoint::TensorMap;
@@ -33,8 +33,7 @@ impl<'m, B: Backend> Session<'m, B> {
         let params = loaded.upload(&backend)?;
         let relative = loaded
             .model
-            .encoder
-            .relative_embeddings(&backend, &params)
+            .relative_embeddings(&backend, &params, None, None)
             .map_err(|e| Error::model("projecting the relative embeddings", e))?;
         Ok(Session {
             backend,
@@ -50,7 +49,7 @@ impl<'m, B: Backend> Session<'m, B> {
         let batch = DeviceBatch::upload(&self.backend, &model.config, host)
             .map_err(|e| Error::model("invalid input", e))?;
         let mut acts = model
-            .activations(&self.backend, &batch)
+            .activations(&self.backend, &batch, batch.tokens(), false)
             .map_err(|e| Error::model("allocating activations", e))?;
         model
             .forward(
@@ -58,6 +57,7 @@ impl<'m, B: Backend> Session<'m, B> {
                 &self.params,
                 self.relative.as_ref(),
                 &batch,
+                &ForwardOptions::inference(),
                 &mut acts,
             )
             .map_err(|e| Error::model("forward pass", e))?;

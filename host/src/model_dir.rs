@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use deberta_core::model::{Deberta, Heads, MlmLayout, ParamLayout, ParamStore};
+use deberta_core::model::{Deberta, Heads, MlmLayout, ParamLayout, ParamStore, SharedTables};
 use deberta_core::{Backend, ModelConfig};
 
 use crate::checkpoint::{TensorMap, read_tensor_file};
@@ -124,6 +124,7 @@ pub fn detect_heads(tensors: &TensorMap, legacy: bool) -> Heads {
     };
     Heads {
         mlm,
+        emd: false,
         rtd: has("mask_predictions."),
     }
 }
@@ -152,7 +153,7 @@ pub fn load_model_dir(dir: &Path) -> Result<LoadedModel> {
     let tensors = normalise_names(tensors);
     let heads = detect_heads(&tensors, hf.legacy);
     let mut layout = ParamLayout::new();
-    let model = Deberta::new(&mut layout, "", &hf.model, heads);
+    let model = Deberta::new(&mut layout, "", &hf.model, heads, SharedTables::default());
     let (weights, warnings) = take_weights(&layout, tensors, &weights_path)?;
     Ok(LoadedModel {
         model,

@@ -82,6 +82,87 @@ pub fn add_sequence_row(
     Ok(())
 }
 
+/// Backward of [`activation`]: `dx (+)= dout · f'(x)`.
+pub fn activation_backward(
+    act: Activation,
+    x: &[f32],
+    dout: &[f32],
+    dx: &mut [f32],
+    accumulate: bool,
+) -> Result<(), Error> {
+    require("activation_backward", "dout", x.len(), dout.len())?;
+    require("activation_backward", "dx", x.len(), dx.len())?;
+    for ((d, &v), &g) in dx.iter_mut().zip(x).zip(dout) {
+        let grad = g * act.derivative(v);
+        *d = if accumulate { *d + grad } else { grad };
+    }
+    Ok(())
+}
+
+/// Backward of [`add_sequence_row`]: `dx[b,i] (+)= dout[b,i]`, and row `row` of each sequence
+/// also receives `Σ_i dout[b,i]` (summed in order).
+pub fn add_sequence_row_backward(
+    dout: &[f32],
+    dx: &mut [f32],
+    shape: [usize; 3],
+    row: usize,
+    accumulate: bool,
+) -> Result<(), Error> {
+    let [batch, len, dim] = shape;
+    let total = product("add_sequence_row_backward", &[batch, len, dim])?;
+    require("add_sequence_row_backward", "dout", total, dout.len())?;
+    require("add_sequence_row_backward", "dx", total, dx.len())?;
+    if row >= len {
+        return Err(Error::ShapeMismatch {
+            what: "add_sequence_row_backward row index",
+            expected: len,
+            found: row,
+        });
+    }
+    for b in 0..batch {
+        let g = &dout[b * len * dim..(b + 1) * len * dim];
+        let d = &mut dx[b * len * dim..(b + 1) * len * dim];
+        if accumulate {
+            for (a, &v) in d.iter_mut().zip(g) {
+                *a += v;
+            }
+        } else {
+            d.copy_from_slice(g);
+        }
+        for i in 0..len {
+            for c in 0..dim {
+                d[row * dim + c] += g[i * dim + c];
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `out[c] (+)= Σ_r x[r, c]` over the rows of a `[rows, cols]` buffer (`rows = len/cols`), in
+/// row order: the gradient of a bias.
+pub fn sum_rows(x: &[f32], out: &mut [f32], cols: usize, accumulate: bool) -> Result<(), Error> {
+    require("sum_rows", "out", cols, out.len())?;
+    if !accumulate {
+        out[..cols].fill(0.0);
+    }
+    if cols == 0 {
+        return Ok(());
+    }
+    for row in x.chunks_exact(cols) {
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+    Ok(())
+}
+
+/// `x *= alpha` element-wise.
+pub fn scale(x: &mut [f32], alpha: f32) {
+    for v in x.iter_mut() {
+        *v *= alpha;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +179,20 @@ mod tests {
         assert_eq!(out, [2.0, 4.0, 4.0, 6.0]);
         assert!(add_sequence_row(&[1.0; 4], &mut out, 1, 2, 2, 2).is_err());
         assert!(scale_rows(&mut x, &[1.0], 2).is_err());
+    }
+
+    #[test]
+    fn backward_kernels() {
+        let mut dx = [0.0f32; 4];
+        add_sequence_row_backward(&[1.0, 2.0, 3.0, 4.0], &mut dx, [1, 2, 2], 0, false).unwrap();
+        assert_eq!(dx, [5.0, 8.0, 3.0, 4.0]);
+        let mut out = [1.0f32; 2];
+        sum_rows(&[1.0, 2.0, 3.0, 4.0], &mut out, 2, true).unwrap();
+        assert_eq!(out, [5.0, 7.0]);
+        sum_rows(&[1.0, 2.0, 3.0, 4.0], &mut out, 2, false).unwrap();
+        assert_eq!(out, [4.0, 6.0]);
+        let mut d = [0.0f32; 2];
+        activation_backward(Activation::Relu, &[-1.0, 2.0], &[3.0, 4.0], &mut d, false).unwrap();
+        assert_eq!(d, [0.0, 4.0]);
     }
 }

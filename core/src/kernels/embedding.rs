@@ -42,6 +42,42 @@ pub fn embedding_lookup(
     Ok(())
 }
 
+/// Backward of [`embedding_lookup`]: `dtable[ids[r]] += dout[r]` for every row in order,
+/// except rows whose id equals `skip` (PyTorch's `padding_idx`: the lookup never adds gradient
+/// to that row).
+pub fn embedding_backward(
+    ids: &[u32],
+    dout: &[f32],
+    dtable: &mut [f32],
+    dim: usize,
+    skip: Option<u32>,
+) -> Result<(), Error> {
+    let needed = product("embedding_backward", &[ids.len(), dim])?;
+    require("embedding_backward", "dout", needed, dout.len())?;
+    if dim == 0 {
+        return Ok(());
+    }
+    let rows = dtable.len() / dim;
+    for (position, (&id, src)) in ids.iter().zip(dout.chunks_exact(dim)).enumerate() {
+        if Some(id) == skip {
+            continue;
+        }
+        let row = id as usize;
+        if row >= rows {
+            return Err(Error::TokenOutOfRange {
+                table: "embedding gradient",
+                position,
+                id: id as u64,
+                rows,
+            });
+        }
+        for (d, &g) in dtable[row * dim..(row + 1) * dim].iter_mut().zip(src) {
+            *d += g;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

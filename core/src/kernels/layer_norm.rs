@@ -54,6 +54,68 @@ pub fn layer_norm(
     Ok(())
 }
 
+/// Backward of [`layer_norm`] given its input `x` and the `stats` it recorded.
+///
+/// `dgamma += Σ_rows dout·x̂`, `dbeta += Σ_rows dout` (always accumulated, rows in order), and
+/// `dx = rstd·(dout·γ − mean(dout·γ) − x̂·mean(dout·γ·x̂))`, added to `dx` when
+/// `accumulate_dx`, written otherwise.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_backward(
+    x: &[f32],
+    gamma: &[f32],
+    stats: &[f32],
+    dout: &[f32],
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+    spec: LayerNormSpec,
+    accumulate_dx: bool,
+) -> Result<(), Error> {
+    let total = product("layer_norm_backward", &[spec.rows, spec.cols])?;
+    require("layer_norm_backward", "x", total, x.len())?;
+    require("layer_norm_backward", "dout", total, dout.len())?;
+    require("layer_norm_backward", "dx", total, dx.len())?;
+    require("layer_norm_backward", "stats", 2 * spec.rows, stats.len())?;
+    for (name, len) in [
+        ("gamma", gamma.len()),
+        ("dgamma", dgamma.len()),
+        ("dbeta", dbeta.len()),
+    ] {
+        require("layer_norm_backward", name, spec.cols, len)?;
+    }
+    if spec.cols == 0 {
+        return Ok(());
+    }
+    let n = spec.cols as f32;
+    for r in 0..spec.rows {
+        let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
+        let xr = &x[r * spec.cols..(r + 1) * spec.cols];
+        let gr = &dout[r * spec.cols..(r + 1) * spec.cols];
+        let mut sum_g = 0.0f32;
+        let mut sum_gx = 0.0f32;
+        for ((&xv, &g), &gam) in xr.iter().zip(gr).zip(gamma) {
+            let xhat = (xv - mean) * rstd;
+            let gg = g * gam;
+            sum_g += gg;
+            sum_gx += gg * xhat;
+        }
+        let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
+        let dxr = &mut dx[r * spec.cols..(r + 1) * spec.cols];
+        for c in 0..spec.cols {
+            let xhat = (xr[c] - mean) * rstd;
+            dgamma[c] += gr[c] * xhat;
+            dbeta[c] += gr[c];
+            let d = rstd * (gr[c] * gamma[c] - mean_g - xhat * mean_gx);
+            if accumulate_dx {
+                dxr[c] += d;
+            } else {
+                dxr[c] = d;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

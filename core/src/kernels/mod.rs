@@ -1,24 +1,33 @@
 //! Slice kernels: the CPU implementation of every operation in the [`Backend`](crate::Backend)
-//! trait, written over plain `&[f32]` so that [`CpuBackend`](crate::CpuBackend) and the
-//! heap-free edge runtime share them.
+//! trait, forward and backward, written over plain `&[f32]` so that
+//! [`CpuBackend`](crate::CpuBackend) and the heap-free edge runtime share them.
 //!
 //! Every kernel validates the lengths of its operands against the shape it is given and returns
 //! [`Error::BufferTooSmall`](crate::Error::BufferTooSmall) instead of reading out of bounds.
 //! Reductions run in a fixed order: outputs are bit-for-bit reproducible.
 
+mod dropout;
 mod elementwise;
 mod embedding;
 mod layer_norm;
+mod loss;
 mod matmul;
+mod optimizer;
 mod relative_scores;
 mod softmax;
 
-pub use elementwise::{activation, add_assign, add_bias, add_sequence_row, scale_rows};
-pub use embedding::embedding_lookup;
-pub use layer_norm::{LayerNormSpec, layer_norm};
+pub use dropout::dropout;
+pub use elementwise::{
+    activation, activation_backward, add_assign, add_bias, add_sequence_row,
+    add_sequence_row_backward, scale, scale_rows, sum_rows,
+};
+pub use embedding::{embedding_backward, embedding_lookup};
+pub use layer_norm::{LayerNormSpec, layer_norm, layer_norm_backward};
+pub use loss::{bce_with_logits, cross_entropy, sum};
 pub use matmul::{MatmulSpec, MatrixLayout, matmul};
-pub use relative_scores::{RelativeScoresSpec, add_relative_scores};
-pub use softmax::{SoftmaxSpec, masked_softmax};
+pub use optimizer::{AdamSpec, adam_update, clip_coefficient, sum_of_squares};
+pub use relative_scores::{RelativeScoresSpec, add_relative_scores, relative_scores_backward};
+pub use softmax::{SoftmaxSpec, masked_softmax, masked_softmax_backward};
 
 use crate::Error;
 
@@ -42,7 +51,8 @@ pub(crate) fn require(
     }
 }
 
-/// `a · b` with overflow reported as a too-small buffer (no shape this large can exist).
+/// The product of `dims`, with overflow reported as a too-small buffer (no shape this large
+/// can exist).
 #[inline]
 pub(crate) fn product(kernel: &'static str, dims: &[usize]) -> Result<usize, Error> {
     dims.iter()

@@ -1,14 +1,20 @@
 //! The disentangled c2p/p2c terms: gather from the position-projected score tables and add to
-//! the content-to-content scores.
+//! the content-to-content scores, and the scatter that is its backward.
+//!
+//! Score matrices are `[batch, heads, len, len]`; the projected tables are
+//! `[heads, batch, len, rows]` (head-major, so that one matmul per head covers every token of
+//! the batch), where `rows` is the relative window of the sequence length.
 
 use super::{product, require};
 use crate::Error;
 
-/// Shape of [`add_relative_scores`].
+/// Shape of [`add_relative_scores`] and [`relative_scores_backward`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RelativeScoresSpec {
-    /// Score matrices (`batch · heads`).
-    pub matrices: usize,
+    /// Sequences.
+    pub batch: usize,
+    /// Heads.
+    pub heads: usize,
     /// Tokens per sequence (queries = keys).
     pub len: usize,
     /// Columns of the projected tables (the rows of the relative window).
@@ -17,11 +23,48 @@ pub struct RelativeScoresSpec {
     pub scale: f32,
 }
 
-/// `scores[n,i,j] += c2p[n,i,idx[i,j]]/s + p2c[n,j,idx[i,j]]/s` (either term optional).
+impl RelativeScoresSpec {
+    fn check(
+        &self,
+        kernel: &'static str,
+        scores: usize,
+        tables: [Option<usize>; 2],
+        index: &[u32],
+    ) -> Result<(), Error> {
+        let len = self.len;
+        let total = product(kernel, &[self.batch, self.heads, len, len])?;
+        let table = product(kernel, &[self.batch, self.heads, len, self.rows])?;
+        require(kernel, "scores", total, scores)?;
+        require(kernel, "index", len * len, index.len())?;
+        for (name, t) in ["c2p", "p2c"].into_iter().zip(tables) {
+            if let Some(t) = t {
+                require(kernel, name, table, t)?;
+            }
+        }
+        if let Some(&bad) = index[..len * len]
+            .iter()
+            .find(|&&r| r as usize >= self.rows)
+        {
+            return Err(Error::ShapeMismatch {
+                what: "relative index beyond the projected table",
+                expected: self.rows,
+                found: bad as usize,
+            });
+        }
+        Ok(())
+    }
+
+    /// Offset of `(batch b, head h)`'s `[len, rows]` table.
+    fn table_offset(&self, b: usize, h: usize) -> usize {
+        (h * self.batch + b) * self.len * self.rows
+    }
+}
+
+/// `scores[b,h,i,j] += c2p[h,b,i,idx[i,j]]/s + p2c[h,b,j,idx[i,j]]/s` (either term optional).
 ///
-/// `c2p` is `Q·Krᵀ` and `p2c` is `K·Qrᵀ`, both `[matrices, len, rows]`; `index` is the
-/// `[len, len]` table of [`fill_relative_index`](crate::relative_position::fill_relative_index).
-/// Both terms use the same index (SPEC §3.4), and the sum is formed in Hugging Face's order.
+/// `c2p` is `Q·Krᵀ` and `p2c` is `K·Qrᵀ` over the window; `index` is the `[len, len]` table of
+/// [`fill_relative_index`](crate::relative_position::fill_relative_index). Both terms use the
+/// same index (SPEC §3.4), and the sum is formed in Hugging Face's order.
 pub fn add_relative_scores(
     scores: &mut [f32],
     c2p: Option<&[f32]>,
@@ -29,53 +72,94 @@ pub fn add_relative_scores(
     index: &[u32],
     spec: RelativeScoresSpec,
 ) -> Result<(), Error> {
-    let len = spec.len;
-    let total = product("add_relative_scores", &[spec.matrices, len, len])?;
-    let table = product("add_relative_scores", &[spec.matrices, len, spec.rows])?;
-    require("add_relative_scores", "scores", total, scores.len())?;
-    require("add_relative_scores", "index", len * len, index.len())?;
-    if let Some(t) = c2p {
-        require("add_relative_scores", "c2p", table, t.len())?;
+    spec.check(
+        "add_relative_scores",
+        scores.len(),
+        [c2p.map(<[f32]>::len), p2c.map(<[f32]>::len)],
+        index,
+    )?;
+    let (len, rows, s) = (spec.len, spec.rows, spec.scale);
+    for b in 0..spec.batch {
+        for h in 0..spec.heads {
+            let t = spec.table_offset(b, h);
+            for i in 0..len {
+                let out = &mut scores[((b * spec.heads + h) * len + i) * len..][..len];
+                let idx = &index[i * len..(i + 1) * len];
+                match (c2p, p2c) {
+                    (Some(c2p), Some(p2c)) => {
+                        let c2p_row = &c2p[t + i * rows..][..rows];
+                        for (j, (o, &r)) in out.iter_mut().zip(idx).enumerate() {
+                            let r = r as usize;
+                            *o += c2p_row[r] / s + p2c[t + j * rows + r] / s;
+                        }
+                    }
+                    (Some(c2p), None) => {
+                        let c2p_row = &c2p[t + i * rows..][..rows];
+                        for (o, &r) in out.iter_mut().zip(idx) {
+                            *o += c2p_row[r as usize] / s;
+                        }
+                    }
+                    (None, Some(p2c)) => {
+                        for (j, (o, &r)) in out.iter_mut().zip(idx).enumerate() {
+                            *o += p2c[t + j * rows + r as usize] / s;
+                        }
+                    }
+                    (None, None) => {}
+                }
+            }
+        }
     }
-    if let Some(t) = p2c {
-        require("add_relative_scores", "p2c", table, t.len())?;
-    }
-    if let Some(&bad) = index[..len * len]
-        .iter()
-        .find(|&&r| r as usize >= spec.rows)
-    {
-        return Err(Error::ShapeMismatch {
-            what: "relative index beyond the projected table",
-            expected: spec.rows,
-            found: bad as usize,
-        });
-    }
-    let s = spec.scale;
-    for n in 0..spec.matrices {
-        let tables = n * len * spec.rows;
-        for i in 0..len {
-            let out = &mut scores[(n * len + i) * len..(n * len + i + 1) * len];
-            let idx = &index[i * len..(i + 1) * len];
-            match (c2p, p2c) {
-                (Some(c2p), Some(p2c)) => {
-                    let c2p_row = &c2p[tables + i * spec.rows..tables + (i + 1) * spec.rows];
-                    for (j, (o, &r)) in out.iter_mut().zip(idx).enumerate() {
-                        let r = r as usize;
-                        *o += c2p_row[r] / s + p2c[tables + j * spec.rows + r] / s;
+    Ok(())
+}
+
+/// Backward of [`add_relative_scores`]: `dc2p[h,b,i,r] = Σ_{j: idx[i,j]=r} dscores[b,h,i,j]/s`
+/// and `dp2c[h,b,j,r] = Σ_{i: idx[i,j]=r} dscores[b,h,i,j]/s`, written (not accumulated).
+/// Each output element has one owner that sums in index order: deterministic.
+pub fn relative_scores_backward(
+    dscores: &[f32],
+    index: &[u32],
+    dc2p: Option<&mut [f32]>,
+    dp2c: Option<&mut [f32]>,
+    spec: RelativeScoresSpec,
+) -> Result<(), Error> {
+    spec.check(
+        "relative_scores_backward",
+        dscores.len(),
+        [
+            dc2p.as_deref().map(<[f32]>::len),
+            dp2c.as_deref().map(<[f32]>::len),
+        ],
+        index,
+    )?;
+    let (len, rows, s) = (spec.len, spec.rows, spec.scale);
+    let table = spec.batch * spec.heads * len * rows;
+    if let Some(dc2p) = dc2p {
+        dc2p[..table].fill(0.0);
+        for b in 0..spec.batch {
+            for h in 0..spec.heads {
+                let t = spec.table_offset(b, h);
+                for i in 0..len {
+                    let d = &dscores[((b * spec.heads + h) * len + i) * len..][..len];
+                    let out = &mut dc2p[t + i * rows..][..rows];
+                    for (&g, &r) in d.iter().zip(&index[i * len..(i + 1) * len]) {
+                        out[r as usize] += g / s;
                     }
                 }
-                (Some(c2p), None) => {
-                    let c2p_row = &c2p[tables + i * spec.rows..tables + (i + 1) * spec.rows];
-                    for (o, &r) in out.iter_mut().zip(idx) {
-                        *o += c2p_row[r as usize] / s;
+            }
+        }
+    }
+    if let Some(dp2c) = dp2c {
+        dp2c[..table].fill(0.0);
+        for b in 0..spec.batch {
+            for h in 0..spec.heads {
+                let t = spec.table_offset(b, h);
+                let d = &dscores[(b * spec.heads + h) * len * len..][..len * len];
+                for j in 0..len {
+                    let out = &mut dp2c[t + j * rows..][..rows];
+                    for i in 0..len {
+                        out[index[i * len + j] as usize] += d[i * len + j] / s;
                     }
                 }
-                (None, Some(p2c)) => {
-                    for (j, (o, &r)) in out.iter_mut().zip(idx).enumerate() {
-                        *o += p2c[tables + j * spec.rows + r as usize] / s;
-                    }
-                }
-                (None, None) => {}
             }
         }
     }
@@ -94,7 +178,8 @@ mod tests {
         let p2c = [100.0f32, 101.0, 102.0, 200.0, 201.0, 202.0];
         let mut scores = [0.0f32; 4];
         let spec = RelativeScoresSpec {
-            matrices: 1,
+            batch: 1,
+            heads: 1,
             len: 2,
             rows: 3,
             scale: 1.0,
@@ -108,5 +193,39 @@ mod tests {
         );
         let bad = [3u32, 0, 0, 0];
         assert!(add_relative_scores(&mut scores, Some(&c2p), None, &bad, spec).is_err());
+    }
+
+    #[test]
+    fn backward_is_the_adjoint_of_the_gather() {
+        // <add(c2p, p2c), g> = <c2p, dc2p(g)> + <p2c, dp2c(g)> for any tables and g.
+        let spec = RelativeScoresSpec {
+            batch: 2,
+            heads: 3,
+            len: 4,
+            rows: 7,
+            scale: 2.0,
+        };
+        let index: [u32; 16] = core::array::from_fn(|k| (3 + k / 4 - k % 4) as u32);
+        let table = 2 * 3 * 4 * 7;
+        let c2p: [f32; 168] = core::array::from_fn(|k| ((k * 37) % 11) as f32 - 5.0);
+        let p2c: [f32; 168] = core::array::from_fn(|k| ((k * 53) % 13) as f32 - 6.0);
+        let g: [f32; 96] = core::array::from_fn(|k| ((k * 29) % 7) as f32 - 3.0);
+        let mut scores = [0.0f32; 96];
+        add_relative_scores(&mut scores, Some(&c2p), Some(&p2c), &index, spec).unwrap();
+        let lhs: f64 = scores
+            .iter()
+            .zip(&g)
+            .map(|(a, b)| (*a as f64) * (*b as f64))
+            .sum();
+        let mut dc2p = [9.0f32; 168];
+        let mut dp2c = [9.0f32; 168];
+        relative_scores_backward(&g, &index, Some(&mut dc2p), Some(&mut dp2c), spec).unwrap();
+        let rhs: f64 = (0..table)
+            .map(|k| c2p[k] as f64 * dc2p[k] as f64 + p2c[k] as f64 * dp2c[k] as f64)
+            .sum();
+        assert!(
+            (lhs - rhs).abs() < 1e-3 * lhs.abs().max(1.0),
+            "{lhs} vs {rhs}"
+        );
     }
 }

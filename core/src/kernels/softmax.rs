@@ -1,4 +1,5 @@
-//! Masked softmax over attention scores, with Hugging Face 5.x semantics for padding.
+//! Masked softmax over attention scores, with Hugging Face 5.x semantics for padding, and its
+//! backward.
 
 use super::{product, require};
 use crate::Error;
@@ -14,6 +15,15 @@ pub struct SoftmaxSpec {
     pub len: usize,
 }
 
+impl SoftmaxSpec {
+    fn check(&self, kernel: &'static str, scores: usize, mask: usize) -> Result<usize, Error> {
+        let total = product(kernel, &[self.batch, self.heads, self.len, self.len])?;
+        require(kernel, "scores", total, scores)?;
+        require(kernel, "mask", self.batch * self.len, mask)?;
+        Ok(total)
+    }
+}
+
 /// In-place softmax over the last dimension of `scores` `[batch, heads, len, len]` under the
 /// product mask `mask[b,i]·mask[b,j]` (`mask` is `[batch, len]`, 1 = token, 0 = padding).
 ///
@@ -21,12 +31,7 @@ pub struct SoftmaxSpec {
 /// 5.x fills it with `finfo.min` before a plain softmax, which yields the uniform `1/len`, and
 /// so does this kernel. No output at a valid position depends on those rows.
 pub fn masked_softmax(scores: &mut [f32], mask: &[f32], spec: SoftmaxSpec) -> Result<(), Error> {
-    let total = product(
-        "masked_softmax",
-        &[spec.batch, spec.heads, spec.len, spec.len],
-    )?;
-    require("masked_softmax", "scores", total, scores.len())?;
-    require("masked_softmax", "mask", spec.batch * spec.len, mask.len())?;
+    let total = spec.check("masked_softmax", scores.len(), mask.len())?;
     let len = spec.len;
     if len == 0 {
         return Ok(());
@@ -54,6 +59,41 @@ pub fn masked_softmax(scores: &mut [f32], mask: &[f32], spec: SoftmaxSpec) -> Re
         let inv = 1.0 / sum;
         for s in row.iter_mut() {
             *s *= inv;
+        }
+    }
+    Ok(())
+}
+
+/// Backward of [`masked_softmax`], in place: `grad` holds `dP` on entry and `dS` on return,
+/// `dS = P ⊙ (dP − Σ_j P·dP)`. Masked entries (and whole padded query rows, whose scores
+/// Hugging Face overwrites with `finfo.min`) get exactly 0.
+pub fn masked_softmax_backward(
+    probs: &[f32],
+    grad: &mut [f32],
+    mask: &[f32],
+    spec: SoftmaxSpec,
+) -> Result<(), Error> {
+    let total = spec.check("masked_softmax_backward", grad.len(), mask.len())?;
+    require("masked_softmax_backward", "probs", total, probs.len())?;
+    let len = spec.len;
+    if len == 0 {
+        return Ok(());
+    }
+    for (row_index, (g, p)) in grad[..total]
+        .chunks_exact_mut(len)
+        .zip(probs.chunks_exact(len))
+        .enumerate()
+    {
+        let b = row_index / (spec.heads * len);
+        let i = row_index % len;
+        let keys = &mask[b * len..(b + 1) * len];
+        if keys[i] == 0.0 {
+            g.fill(0.0);
+            continue;
+        }
+        let dot: f32 = g.iter().zip(p).map(|(&a, &b)| a * b).sum();
+        for ((gv, &pv), &m) in g.iter_mut().zip(p).zip(keys) {
+            *gv = if m != 0.0 { pv * (*gv - dot) } else { 0.0 };
         }
     }
     Ok(())
@@ -109,5 +149,42 @@ mod tests {
         )
         .unwrap();
         assert_eq!(scores, [1.0, 0.0, 0.5, 0.5]);
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        let spec = SoftmaxSpec {
+            batch: 1,
+            heads: 1,
+            len: 4,
+        };
+        let mask = [1.0f32, 1.0, 0.0, 1.0];
+        let scores: [f32; 16] = core::array::from_fn(|k| ((k * 7) % 5) as f32 * 0.3 - 0.6);
+        let w: [f32; 16] = core::array::from_fn(|k| ((k * 11) % 9) as f32 * 0.25 - 1.0);
+        let loss = |s: &[f32; 16]| -> f64 {
+            let mut p = *s;
+            masked_softmax(&mut p, &mask, spec).unwrap();
+            p.iter().zip(&w).map(|(a, b)| *a as f64 * *b as f64).sum()
+        };
+        let mut probs = scores;
+        masked_softmax(&mut probs, &mask, spec).unwrap();
+        let mut grad = w;
+        masked_softmax_backward(&probs, &mut grad, &mask, spec).unwrap();
+        for k in 0..16 {
+            let (mut plus, mut minus) = (scores, scores);
+            plus[k] += 1e-2;
+            minus[k] -= 1e-2;
+            let numeric = (loss(&plus) - loss(&minus)) / 2e-2;
+            let expected = if mask[k / 4] == 0.0 || mask[k % 4] == 0.0 {
+                0.0
+            } else {
+                numeric
+            };
+            assert!(
+                (grad[k] as f64 - expected).abs() < 1e-3,
+                "{k}: {} vs {expected}",
+                grad[k]
+            );
+        }
     }
 }

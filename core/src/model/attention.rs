@@ -1,27 +1,43 @@
-//! Disentangled self-attention (HF `DisentangledSelfAttention`, SPEC §3.3–§3.5).
+//! Disentangled self-attention (HF `DisentangledSelfAttention`, SPEC §3.3–§3.5), forward and
+//! backward.
 //!
 //! Per `(batch, head)` the scores are
 //! `A[i,j] = Q_i·K_j/s + (Q_i·Kr[idx(i,j)])/s + (K_j·Qr[idx(i,j)])/s`, masked, softmaxed and
-//! applied to `V`. Activations stay in the `[batch, len, heads·d]` layout of the projections:
+//! applied to `V`. Activations stay in the `[batch·len, heads·d]` layout of the projections:
 //! the strided matmuls address one head's columns directly, so no permute is ever
-//! materialised, and the context is written head-major exactly as HF concatenates it.
+//! materialised, and the context is written head-major exactly as HF concatenates it. The
+//! position-score tables are `[heads, batch·len, R]` so that one matmul per head covers the
+//! whole batch (and its backward needs no reduction over sequences).
 
 use alloc::format;
 
 use super::batch::DeviceBatch;
+use super::dropout::{Dropout, Site, maybe_dropout};
 use super::modules::Linear;
 use super::params::{ParamLayout, ParamStore};
 use crate::backend::Backend;
 use crate::kernels::{MatmulSpec, MatrixLayout, RelativeScoresSpec, SoftmaxSpec};
 use crate::{Error, ModelConfig};
 
-/// The position projections of one layer over the whole relative table: `Kr = R·Wkᵀ + bk`
-/// (c2p) and `Qr = R·Wqᵀ + bq` (p2c), each `[2S, h·d]`. They depend on the weights only, so
-/// inference computes them once per model.
+/// A layer's position projections of a contiguous block of rows of the relative table:
+/// `Kr = R·Wkᵀ + bk` (c2p) and `Qr = R·Wqᵀ + bq` (p2c), each `[rows, h·d]`. At inference they
+/// depend on the weights only and are computed once over the whole table.
 pub struct PositionProjection<T> {
     /// `Kr`, when the layer uses c2p.
     pub keys: Option<T>,
     /// `Qr`, when the layer uses p2c.
+    pub queries: Option<T>,
+    /// The relative-table row that row 0 of the projections holds.
+    pub first_row: usize,
+    /// Rows projected.
+    pub rows: usize,
+}
+
+/// Gradients of one layer's [`PositionProjection`] (same shapes).
+pub struct ProjectionGrads<T> {
+    /// `∂L/∂Kr`.
+    pub keys: Option<T>,
+    /// `∂L/∂Qr`.
     pub queries: Option<T>,
 }
 
@@ -35,6 +51,10 @@ pub struct AttentionInput<'a, B: Backend> {
     pub batch: &'a DeviceBatch<B>,
     /// This layer's position projections (with relative attention).
     pub projection: Option<&'a PositionProjection<B::Tensor>>,
+    /// Index of the layer, for its dropout streams.
+    pub layer: usize,
+    /// Dropout when training, `None` for inference.
+    pub dropout: Option<&'a Dropout>,
 }
 
 impl<B: Backend> Clone for AttentionInput<'_, B> {
@@ -78,45 +98,33 @@ pub struct AttentionActivations<T> {
     pub key: T,
     /// `V`, `[N, h·d]`.
     pub value: T,
-    /// `Q·Krᵀ` over the window, `[batch, h, len, R]`.
+    /// `Q·Krᵀ` over the window, `[h, N, R]`.
     pub c2p: Option<T>,
-    /// `K·Qrᵀ` over the window, `[batch, h, len, R]`.
+    /// `K·Qrᵀ` over the window, `[h, N, R]`.
     pub p2c: Option<T>,
     /// Attention probabilities, `[batch, h, len, len]`.
     pub probs: T,
+    /// The probabilities after dropout (training with attention dropout only).
+    pub probs_dropped: Option<T>,
     /// `P·V` with heads concatenated, `[N, h·d]`.
     pub context: T,
 }
 
-impl<T> AttentionActivations<T> {
-    /// Buffers for a batch of `batch × len` tokens whose relative window has `rows` rows.
-    pub fn new<B: Backend<Tensor = T>>(
-        backend: &B,
-        attention: &DisentangledSelfAttention,
-        batch: usize,
-        len: usize,
-        rows: usize,
-    ) -> Result<Self, Error> {
-        let n = batch * len;
-        let width = attention.heads * attention.head_dim;
-        let table = batch * attention.heads * len * rows;
-        Ok(AttentionActivations {
-            query: backend.zeros(n * width)?,
-            key: backend.zeros(n * width)?,
-            value: backend.zeros(n * width)?,
-            c2p: if attention.c2p {
-                Some(backend.zeros(table)?)
-            } else {
-                None
-            },
-            p2c: if attention.p2c {
-                Some(backend.zeros(table)?)
-            } else {
-                None
-            },
-            probs: backend.zeros(batch * attention.heads * len * len)?,
-            context: backend.zeros(n * width)?,
-        })
+/// Scratch buffers of the attention backward, shared by all layers of a model.
+pub struct AttentionScratch<T> {
+    dquery: T,
+    dkey: T,
+    dvalue: T,
+    dscores: T,
+    dc2p: Option<T>,
+    dp2c: Option<T>,
+}
+
+fn missing(what: &'static str) -> Error {
+    Error::ShapeMismatch {
+        what,
+        expected: 1,
+        found: 0,
     }
 }
 
@@ -167,38 +175,242 @@ impl DisentangledSelfAttention {
         self.heads * self.head_dim
     }
 
-    /// Projects the (normalised) relative table `rel` `[rows, hidden]` with this layer's
-    /// position projections (the content projections under `share_att_key`).
+    /// The projection producing `Kr` (the content `key_proj` under `share_att_key`).
+    fn key_position(&self) -> &Linear {
+        self.pos_key.as_ref().unwrap_or(&self.key)
+    }
+
+    /// The projection producing `Qr` (the content `query_proj` under `share_att_key`).
+    fn query_position(&self) -> &Linear {
+        self.pos_query.as_ref().unwrap_or(&self.query)
+    }
+
+    /// Saved-activation buffers for `batch × len` tokens and a window of `rows` rows.
+    pub fn activations<B: Backend>(
+        &self,
+        backend: &B,
+        batch: usize,
+        len: usize,
+        rows: usize,
+        training: bool,
+    ) -> Result<AttentionActivations<B::Tensor>, Error> {
+        let n = batch * len;
+        let width = self.width();
+        let table = self.heads * n * rows;
+        let square = batch * self.heads * len * len;
+        Ok(AttentionActivations {
+            query: backend.zeros(n * width)?,
+            key: backend.zeros(n * width)?,
+            value: backend.zeros(n * width)?,
+            c2p: if self.c2p {
+                Some(backend.zeros(table)?)
+            } else {
+                None
+            },
+            p2c: if self.p2c {
+                Some(backend.zeros(table)?)
+            } else {
+                None
+            },
+            probs: backend.zeros(square)?,
+            probs_dropped: if training {
+                Some(backend.zeros(square)?)
+            } else {
+                None
+            },
+            context: backend.zeros(n * width)?,
+        })
+    }
+
+    /// Backward scratch for `batch × len` tokens and a window of `rows` rows.
+    pub fn scratch<B: Backend>(
+        &self,
+        backend: &B,
+        batch: usize,
+        len: usize,
+        rows: usize,
+    ) -> Result<AttentionScratch<B::Tensor>, Error> {
+        let n = batch * len;
+        let table = self.heads * n * rows;
+        Ok(AttentionScratch {
+            dquery: backend.zeros(n * self.width())?,
+            dkey: backend.zeros(n * self.width())?,
+            dvalue: backend.zeros(n * self.width())?,
+            dscores: backend.zeros(batch * self.heads * len * len)?,
+            dc2p: if self.c2p {
+                Some(backend.zeros(table)?)
+            } else {
+                None
+            },
+            dp2c: if self.p2c {
+                Some(backend.zeros(table)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Projects rows `[first_row, first_row + rows)` of the relative table `rel` `[2S, H]`.
     pub fn position_projection<B: Backend>(
         &self,
         backend: &B,
         params: &ParamStore<B::Tensor>,
         rel: &B::Tensor,
+        first_row: usize,
         rows: usize,
     ) -> Result<PositionProjection<B::Tensor>, Error> {
         let project = |linear: &Linear| -> Result<B::Tensor, Error> {
             let mut out = backend.zeros(rows * self.width())?;
-            linear.forward(backend, params, rel, &mut out, rows)?;
+            let mut spec = MatmulSpec::linear(rows, linear.input, linear.output);
+            spec.a = spec.a.at(first_row * linear.input);
+            backend.matmul(rel, params.get(linear.weight), &mut out, &spec)?;
+            if let Some(bias) = linear.bias {
+                backend.add_bias(&mut out, params.get(bias), linear.output)?;
+            }
             Ok(out)
         };
-        let keys = if self.c2p {
-            Some(project(self.pos_key.as_ref().unwrap_or(&self.key))?)
-        } else {
-            None
-        };
-        let queries = if self.p2c {
-            Some(project(self.pos_query.as_ref().unwrap_or(&self.query))?)
-        } else {
-            None
-        };
-        Ok(PositionProjection { keys, queries })
+        Ok(PositionProjection {
+            keys: if self.c2p {
+                Some(project(self.key_position())?)
+            } else {
+                None
+            },
+            queries: if self.p2c {
+                Some(project(self.query_position())?)
+            } else {
+                None
+            },
+            first_row,
+            rows,
+        })
     }
 
-    /// The layout of one head's `[len, d]` slice of a `[batch, len, h·d]` activation, batched
-    /// over `(batch, head)`.
+    /// Zeroed gradient buffers for a projection of `rows` rows.
+    pub fn projection_grads<B: Backend>(
+        &self,
+        backend: &B,
+        rows: usize,
+    ) -> Result<ProjectionGrads<B::Tensor>, Error> {
+        let n = rows * self.width();
+        Ok(ProjectionGrads {
+            keys: if self.c2p {
+                Some(backend.zeros(n)?)
+            } else {
+                None
+            },
+            queries: if self.p2c {
+                Some(backend.zeros(n)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Backward of [`Self::position_projection`]: adds the projection weights' gradients to
+    /// `grads` and `∂L/∂rel` for the projected rows to `drel` (`[2S, H]`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn position_projection_backward<B: Backend>(
+        &self,
+        backend: &B,
+        params: &ParamStore<B::Tensor>,
+        grads: &mut ParamStore<B::Tensor>,
+        rel: &B::Tensor,
+        dprojection: &ProjectionGrads<B::Tensor>,
+        first_row: usize,
+        rows: usize,
+        drel: &mut B::Tensor,
+    ) -> Result<(), Error> {
+        let pairs = [
+            (self.key_position(), dprojection.keys.as_ref()),
+            (self.query_position(), dprojection.queries.as_ref()),
+        ];
+        for (linear, dy) in pairs {
+            let Some(dy) = dy else { continue };
+            let (input, output) = (linear.input, linear.output);
+            // dW += dyᵀ · rel[rows]
+            backend.matmul(
+                dy,
+                rel,
+                grads.get_mut(linear.weight),
+                &MatmulSpec {
+                    a: MatrixLayout::row_major(output).transposed(),
+                    b: MatrixLayout::row_major(input).at(first_row * input),
+                    c: MatrixLayout::row_major(input),
+                    beta: 1.0,
+                    ..MatmulSpec::dense(output, input, rows)
+                },
+            )?;
+            if let Some(bias) = linear.bias {
+                backend.sum_rows(dy, grads.get_mut(bias), output, true)?;
+            }
+            // drel[rows] += dy · W
+            backend.matmul(
+                dy,
+                params.get(linear.weight),
+                drel,
+                &MatmulSpec {
+                    c: MatrixLayout::row_major(input).at(first_row * input),
+                    beta: 1.0,
+                    ..MatmulSpec::dense(rows, input, output)
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// One head's `[len, d]` slice of a `[batch·len, h·d]` activation, batched over
+    /// `(batch, head)`.
     fn head_layout(&self, len: usize) -> MatrixLayout {
         let width = self.width();
         MatrixLayout::row_major(width).batched(len * width, self.head_dim)
+    }
+
+    /// One head's `[batch·len, d]` slice of a `[batch·len, h·d]` activation, batched over
+    /// heads (inner batch dimension).
+    fn token_layout(&self) -> MatrixLayout {
+        MatrixLayout::row_major(self.width()).batched(0, self.head_dim)
+    }
+
+    /// Score matrices `[batch, h, len, len]`, batched over `(batch, head)`.
+    fn square_layout(&self, len: usize) -> MatrixLayout {
+        MatrixLayout::row_major(len).batched(self.heads * len * len, len * len)
+    }
+
+    /// The `[h, N, R]` position-score tables, batched over heads.
+    fn table_layout(&self, tokens: usize, rows: usize) -> MatrixLayout {
+        MatrixLayout::row_major(rows).batched(0, tokens * rows)
+    }
+
+    /// The window's rows of one head of a projection `[rows, h·d]`, as a `[R, d]` matrix
+    /// batched over heads.
+    fn projection_layout(
+        &self,
+        projection: &PositionProjection<impl Sized>,
+        batch: &DeviceBatch<impl Backend>,
+    ) -> Result<MatrixLayout, Error> {
+        let window = batch.window;
+        if window.first < projection.first_row
+            || window.first + window.rows > projection.first_row + projection.rows
+        {
+            return Err(Error::ShapeMismatch {
+                what: "position projection does not cover the sequence's relative window",
+                expected: window.first + window.rows,
+                found: projection.first_row + projection.rows,
+            });
+        }
+        Ok(MatrixLayout::row_major(self.width())
+            .at((window.first - projection.first_row) * self.width())
+            .batched(0, self.head_dim))
+    }
+
+    fn relative_spec(&self, batch: &DeviceBatch<impl Backend>) -> RelativeScoresSpec {
+        RelativeScoresSpec {
+            batch: batch.batch,
+            heads: self.heads,
+            len: batch.len,
+            rows: batch.window.rows,
+            scale: self.scale,
+        }
     }
 
     /// Runs the attention; the context lands in `acts.context`.
@@ -209,23 +421,18 @@ impl DisentangledSelfAttention {
         input: AttentionInput<'_, B>,
         acts: &mut AttentionActivations<B::Tensor>,
     ) -> Result<(), Error> {
-        let AttentionInput {
-            query_states,
-            hidden,
-            batch,
-            projection,
-        } = input;
+        let batch = input.batch;
         let (bsz, len, n) = (batch.batch, batch.len, batch.tokens());
         let (heads, d) = (self.heads, self.head_dim);
         self.query
-            .forward(backend, params, query_states, &mut acts.query, n)?;
+            .forward(backend, params, input.query_states, &mut acts.query, n)?;
         self.key
-            .forward(backend, params, hidden, &mut acts.key, n)?;
+            .forward(backend, params, input.hidden, &mut acts.key, n)?;
         self.value
-            .forward(backend, params, hidden, &mut acts.value, n)?;
+            .forward(backend, params, input.hidden, &mut acts.value, n)?;
 
         let head = self.head_layout(len);
-        let square = MatrixLayout::row_major(len).batched(heads * len * len, len * len);
+        let square = self.square_layout(len);
         // Content-to-content: Q·Kᵀ/s.
         backend.matmul(
             &acts.query,
@@ -245,73 +452,43 @@ impl DisentangledSelfAttention {
         )?;
 
         if self.c2p || self.p2c {
-            let projection = projection.ok_or(Error::ShapeMismatch {
-                what: "relative attention without position projections",
-                expected: 1,
-                found: 0,
-            })?;
-            let index = batch.relative_index.as_ref().ok_or(Error::ShapeMismatch {
-                what: "relative attention without a relative index",
-                expected: 1,
-                found: 0,
-            })?;
-            let window = batch.window;
-            // The window's rows of a projected table, read transposed per head: B[t, r] =
-            // P[(first + r)·hd + head·d + t].
-            let table_t = MatrixLayout {
-                offset: window.first * self.width(),
-                row_stride: 1,
-                col_stride: self.width(),
-                batch_strides: [0, d],
-            };
-            let raw = MatrixLayout::row_major(window.rows)
-                .batched(heads * len * window.rows, len * window.rows);
-            let rel_scores = |content: &B::Tensor, table: &B::Tensor, out: &mut B::Tensor| {
-                backend.matmul(
-                    content,
-                    table,
-                    out,
-                    &MatmulSpec {
-                        batch: [bsz, heads],
-                        m: len,
-                        n: window.rows,
-                        k: d,
-                        a: head,
-                        b: table_t,
-                        c: raw,
-                        alpha: 1.0,
-                        beta: 0.0,
-                    },
-                )
-            };
-            let missing = Error::ShapeMismatch {
-                what: "position projection or activation buffer for an enabled c2p/p2c term",
-                expected: 1,
-                found: 0,
+            let projection = input
+                .projection
+                .ok_or(missing("position projections for relative attention"))?;
+            let index = batch
+                .relative_index
+                .as_ref()
+                .ok_or(missing("relative index for relative attention"))?;
+            let rows = batch.window.rows;
+            let table = self.projection_layout(projection, batch)?;
+            let tokens = self.token_layout();
+            let spec = MatmulSpec {
+                batch: [1, heads],
+                m: n,
+                n: rows,
+                k: d,
+                a: tokens,
+                b: table.transposed(),
+                c: self.table_layout(n, rows),
+                alpha: 1.0,
+                beta: 0.0,
             };
             if self.c2p {
-                match (acts.c2p.as_mut(), projection.keys.as_ref()) {
-                    (Some(out), Some(kr)) => rel_scores(&acts.query, kr, out)?,
-                    _ => return Err(missing),
-                }
+                let (out, kr) = (acts.c2p.as_mut(), projection.keys.as_ref());
+                let (out, kr) = out.zip(kr).ok_or(missing("c2p buffers"))?;
+                backend.matmul(&acts.query, kr, out, &spec)?;
             }
             if self.p2c {
-                match (acts.p2c.as_mut(), projection.queries.as_ref()) {
-                    (Some(out), Some(qr)) => rel_scores(&acts.key, qr, out)?,
-                    _ => return Err(missing),
-                }
+                let (out, qr) = (acts.p2c.as_mut(), projection.queries.as_ref());
+                let (out, qr) = out.zip(qr).ok_or(missing("p2c buffers"))?;
+                backend.matmul(&acts.key, qr, out, &spec)?;
             }
             backend.add_relative_scores(
                 &mut acts.probs,
                 acts.c2p.as_ref(),
                 acts.p2c.as_ref(),
                 index,
-                RelativeScoresSpec {
-                    matrices: bsz * heads,
-                    len,
-                    rows: window.rows,
-                    scale: self.scale,
-                },
+                self.relative_spec(batch),
             )?;
         }
         backend.masked_softmax(
@@ -323,9 +500,17 @@ impl DisentangledSelfAttention {
                 len,
             },
         )?;
+        let applied = match (input.dropout, acts.probs_dropped.as_mut()) {
+            (Some(dropout), Some(dropped)) => {
+                backend.copy(&acts.probs, 0, dropped, 0, bsz * heads * len * len)?;
+                dropout.apply(backend, dropped, input.layer, Site::AttentionProbs)?;
+                &*dropped
+            }
+            _ => &acts.probs,
+        };
         // Context: P·V, written head-major into [N, h·d].
         backend.matmul(
-            &acts.probs,
+            applied,
             &acts.value,
             &mut acts.context,
             &MatmulSpec {
@@ -339,6 +524,199 @@ impl DisentangledSelfAttention {
                 alpha: 1.0,
                 beta: 0.0,
             },
+        )
+    }
+
+    /// Backward from `dcontext`: adds to the parameter gradients, to `dquery_states` (and to
+    /// `dhidden`, or to `dquery_states` as well when it is `None`: plain self-attention) and
+    /// to the position-projection gradients `dprojection`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<B: Backend>(
+        &self,
+        backend: &B,
+        params: &ParamStore<B::Tensor>,
+        grads: &mut ParamStore<B::Tensor>,
+        input: AttentionInput<'_, B>,
+        acts: &AttentionActivations<B::Tensor>,
+        dcontext: &B::Tensor,
+        scratch: &mut AttentionScratch<B::Tensor>,
+        dquery_states: &mut B::Tensor,
+        dhidden: Option<&mut B::Tensor>,
+        dprojection: Option<&mut ProjectionGrads<B::Tensor>>,
+    ) -> Result<(), Error> {
+        let batch = input.batch;
+        let (bsz, len, n) = (batch.batch, batch.len, batch.tokens());
+        let (heads, d) = (self.heads, self.head_dim);
+        let head = self.head_layout(len);
+        let square = self.square_layout(len);
+        let attention_dropout = input.dropout.filter(|d| d.attention > 0.0);
+        let applied = match (attention_dropout, &acts.probs_dropped) {
+            (Some(_), Some(dropped)) => dropped,
+            _ => &acts.probs,
+        };
+        // dP = dctx · Vᵀ ; dV = P_appliedᵀ · dctx
+        backend.matmul(
+            dcontext,
+            &acts.value,
+            &mut scratch.dscores,
+            &MatmulSpec {
+                batch: [bsz, heads],
+                m: len,
+                n: len,
+                k: d,
+                a: head,
+                b: head.transposed(),
+                c: square,
+                alpha: 1.0,
+                beta: 0.0,
+            },
+        )?;
+        backend.matmul(
+            applied,
+            dcontext,
+            &mut scratch.dvalue,
+            &MatmulSpec {
+                batch: [bsz, heads],
+                m: len,
+                n: d,
+                k: len,
+                a: square.transposed(),
+                b: head,
+                c: head,
+                alpha: 1.0,
+                beta: 0.0,
+            },
+        )?;
+        maybe_dropout(
+            attention_dropout,
+            backend,
+            &mut scratch.dscores,
+            input.layer,
+            Site::AttentionProbs,
+        )?;
+        backend.masked_softmax_backward(
+            &acts.probs,
+            &mut scratch.dscores,
+            &batch.mask,
+            SoftmaxSpec {
+                batch: bsz,
+                heads,
+                len,
+            },
+        )?;
+        // dQ = dS·K/s ; dK = dSᵀ·Q/s
+        let content = |a: MatrixLayout| MatmulSpec {
+            batch: [bsz, heads],
+            m: len,
+            n: d,
+            k: len,
+            a,
+            b: head,
+            c: head,
+            alpha: 1.0 / self.scale,
+            beta: 0.0,
+        };
+        backend.matmul(
+            &scratch.dscores,
+            &acts.key,
+            &mut scratch.dquery,
+            &content(square),
+        )?;
+        backend.matmul(
+            &scratch.dscores,
+            &acts.query,
+            &mut scratch.dkey,
+            &content(square.transposed()),
+        )?;
+
+        if self.c2p || self.p2c {
+            let projection = input
+                .projection
+                .ok_or(missing("position projections for relative attention"))?;
+            let dprojection = dprojection.ok_or(missing("position projection gradients"))?;
+            let index = batch
+                .relative_index
+                .as_ref()
+                .ok_or(missing("relative index for relative attention"))?;
+            backend.relative_scores_backward(
+                &scratch.dscores,
+                index,
+                scratch.dc2p.as_mut(),
+                scratch.dp2c.as_mut(),
+                self.relative_spec(batch),
+            )?;
+            let rows = batch.window.rows;
+            let table = self.projection_layout(projection, batch)?;
+            let tokens = self.token_layout();
+            let tables = self.table_layout(n, rows);
+            // content += dtable · P_win ; dP_win += dtableᵀ · content
+            let into_content = MatmulSpec {
+                batch: [1, heads],
+                m: n,
+                n: d,
+                k: rows,
+                a: tables,
+                b: table,
+                c: tokens,
+                alpha: 1.0,
+                beta: 1.0,
+            };
+            let into_projection = MatmulSpec {
+                batch: [1, heads],
+                m: rows,
+                n: d,
+                k: n,
+                a: tables.transposed(),
+                b: tokens,
+                c: table,
+                alpha: 1.0,
+                beta: 1.0,
+            };
+            if self.c2p {
+                let dtable = scratch.dc2p.as_ref().ok_or(missing("c2p scratch"))?;
+                let kr = projection.keys.as_ref().ok_or(missing("Kr"))?;
+                let dkr = dprojection.keys.as_mut().ok_or(missing("dKr"))?;
+                backend.matmul(dtable, kr, &mut scratch.dquery, &into_content)?;
+                backend.matmul(dtable, &acts.query, dkr, &into_projection)?;
+            }
+            if self.p2c {
+                let dtable = scratch.dp2c.as_ref().ok_or(missing("p2c scratch"))?;
+                let qr = projection.queries.as_ref().ok_or(missing("Qr"))?;
+                let dqr = dprojection.queries.as_mut().ok_or(missing("dQr"))?;
+                backend.matmul(dtable, qr, &mut scratch.dkey, &into_content)?;
+                backend.matmul(dtable, &acts.key, dqr, &into_projection)?;
+            }
+        }
+        self.query.backward(
+            backend,
+            params,
+            grads,
+            input.query_states,
+            &scratch.dquery,
+            Some(&mut *dquery_states),
+            n,
+        )?;
+        let dhidden = match dhidden {
+            Some(dh) => dh,
+            None => dquery_states,
+        };
+        self.key.backward(
+            backend,
+            params,
+            grads,
+            input.hidden,
+            &scratch.dkey,
+            Some(&mut *dhidden),
+            n,
+        )?;
+        self.value.backward(
+            backend,
+            params,
+            grads,
+            input.hidden,
+            &scratch.dvalue,
+            Some(dhidden),
+            n,
         )
     }
 }

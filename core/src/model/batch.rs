@@ -36,8 +36,8 @@ pub struct DeviceBatch<B: Backend> {
     pub host_mask: Vec<f32>,
     /// Token-type ids, when the model has a token-type table.
     pub token_type_ids: Option<B::Indices>,
-    /// Absolute position ids `0..len` per sequence, when the model adds position embeddings.
-    pub position_ids: Option<B::Indices>,
+    /// Absolute position ids `0..len` per sequence (absolute position embeddings, the EMD).
+    pub position_ids: B::Indices,
     /// `idx[i,j] − window.first`, `[len·len]`, when the model uses relative attention.
     pub relative_index: Option<B::Indices>,
     /// The rows of the relative table this length reads.
@@ -125,12 +125,8 @@ impl<B: Backend> DeviceBatch<B> {
         } else {
             None
         };
-        let position_ids = if cfg.position_biased_input {
-            let positions: Vec<u32> = (0..total).map(|i| (i % len) as u32).collect();
-            Some(backend.upload_indices(&positions)?)
-        } else {
-            None
-        };
+        let positions: Vec<u32> = (0..total).map(|i| (i % len) as u32).collect();
+        let position_ids = backend.upload_indices(&positions)?;
         let (relative_index, window) = if cfg.relative_attention {
             let window = used_index_range(len, cfg)?;
             let mut table = alloc::vec![0u32; len * len];

@@ -1,14 +1,20 @@
-//! The whole model: `DebertaV2Model` plus the optional MLM and RTD heads.
+//! The whole model: `DebertaV2Model` plus the optional MLM head (with the optional Enhanced
+//! Mask Decoder) and RTD head, forward and backward.
 
 use alloc::format;
 use alloc::vec::Vec;
 
-use super::attention::AttentionInput;
+use super::attention::{AttentionInput, ProjectionGrads};
 use super::batch::DeviceBatch;
-use super::embeddings::{EmbeddingActivations, Embeddings};
-use super::encoder::{ConvActivations, Encoder, LayerActivations, RelativeEmbeddings};
-use super::heads::{MlmActivations, MlmHead, MlmLayout, RtdActivations, RtdHead};
-use super::params::{ParamLayout, ParamStore};
+use super::dropout::Dropout;
+use super::embeddings::{EmbeddingActivations, Embeddings, SharedTables, TableSource};
+use super::encoder::{
+    ConvActivations, Encoder, LayerActivations, LayerScratch, RelativeEmbeddings,
+};
+use super::heads::{
+    MlmActivations, MlmHead, MlmLayout, MlmScratch, RtdActivations, RtdHead, RtdScratch,
+};
+use super::params::{Init, ParamLayout, ParamStore};
 use crate::backend::Backend;
 use crate::{Error, ModelConfig};
 
@@ -17,8 +23,20 @@ use crate::{Error, ModelConfig};
 pub struct Heads {
     /// The MLM head and its layout.
     pub mlm: Option<MlmLayout>,
+    /// Whether the MLM head reads the Enhanced Mask Decoder (SPEC §5.1) instead of the last
+    /// hidden state (pretraining generators; Hugging Face has no EMD).
+    pub emd: bool,
     /// Whether the RTD head (`mask_predictions.*`) is present.
     pub rtd: bool,
+}
+
+/// The Enhanced Mask Decoder: the last encoder layer applied twice (shared weights) with
+/// keys/values `H` = the input of the last layer and queries starting at `E_pos[pos] + H`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnhancedMaskDecoder {
+    /// The absolute-position table `E_pos` (the embeddings' own when `position_biased_input`,
+    /// else a table registered for the EMD under the same name).
+    pub position: TableSource,
 }
 
 /// A DeBERTa-v2/v3 encoder with its heads, its parameters registered under one root prefix
@@ -34,23 +52,70 @@ pub struct Deberta {
     pub encoder: Encoder,
     /// The MLM head, tied to the word embeddings.
     pub mlm_head: Option<MlmHead>,
+    /// The Enhanced Mask Decoder in front of the MLM head.
+    pub emd: Option<EnhancedMaskDecoder>,
     /// The RTD head.
     pub rtd_head: Option<RtdHead>,
 }
 
-/// Everything one forward pass saves, allocated once per `(batch, len)` and reused.
+/// Which rows the MLM head runs on.
+pub enum MlmRows<'a, B: Backend> {
+    /// Every token (inference: `mlm_logits` `[B, S, V]`).
+    All,
+    /// The listed flat token positions (training: the masked positions).
+    Selected {
+        /// Flat positions `b·len + i`.
+        positions: &'a B::Indices,
+        /// How many.
+        count: usize,
+    },
+}
+
+/// How a forward pass runs.
+pub struct ForwardOptions<'a, B: Backend> {
+    /// Dropout when training, `None` for inference.
+    pub dropout: Option<&'a Dropout>,
+    /// Rows of the MLM head.
+    pub mlm_rows: MlmRows<'a, B>,
+}
+
+impl<B: Backend> ForwardOptions<'_, B> {
+    /// Inference: no dropout, the MLM head over every token.
+    pub fn inference() -> Self {
+        ForwardOptions {
+            dropout: None,
+            mlm_rows: MlmRows::All,
+        }
+    }
+}
+
+/// Saved activations of the EMD.
+pub struct EmdActivations<T> {
+    /// `E_pos[pos] + H`, `[N, H]`.
+    pub query: T,
+    /// The two passes of the last layer.
+    pub passes: [LayerActivations<T>; 2],
+}
+
+/// Everything one forward pass saves, allocated once per batch shape and reused.
 pub struct Activations<T> {
     /// Sequences.
     pub batch: usize,
     /// Tokens per sequence.
     pub len: usize,
+    /// Rows of the MLM head.
+    pub mlm_rows: usize,
     /// The embedding block.
     pub embeddings: EmbeddingActivations<T>,
-    /// One entry per encoder layer.
+    /// One entry per encoder layer that runs (all but the last one under the EMD).
     pub layers: Vec<LayerActivations<T>>,
     /// The ConvLayer after layer 0.
     pub conv: Option<ConvActivations<T>>,
-    /// The MLM head over every token.
+    /// The EMD.
+    pub emd: Option<EmdActivations<T>>,
+    /// The MLM head's input rows when they are selected, `[R, H]`.
+    pub mlm_input: Option<T>,
+    /// The MLM head.
     pub mlm: Option<MlmActivations<T>>,
     /// The RTD head.
     pub rtd: Option<RtdActivations<T>>,
@@ -64,117 +129,9 @@ impl<T> Activations<T> {
         Some(last_hidden(layers, &self.conv, &self.embeddings))
     }
 
-    /// The encoder output.
+    /// The encoder output (of the layers that ran).
     pub fn last_hidden_state(&self) -> &T {
         last_hidden(&self.layers, &self.conv, &self.embeddings)
-    }
-}
-
-impl Deberta {
-    /// Builds the model and registers its parameters in `layout` under `root`.
-    pub fn new(layout: &mut ParamLayout, root: &str, config: &ModelConfig, heads: Heads) -> Self {
-        let embeddings = Embeddings::new(layout, &format!("{root}deberta.embeddings"), config);
-        let encoder = Encoder::new(layout, &format!("{root}deberta.encoder"), config);
-        let mlm_head = heads
-            .mlm
-            .map(|kind| MlmHead::new(layout, root, kind, config, embeddings.word));
-        let rtd_head = heads.rtd.then(|| RtdHead::new(layout, root, config));
-        Deberta {
-            config: *config,
-            embeddings,
-            encoder,
-            mlm_head,
-            rtd_head,
-        }
-    }
-
-    /// Buffers for a batch of `batch × len` tokens.
-    pub fn activations<B: Backend>(
-        &self,
-        backend: &B,
-        batch: &DeviceBatch<B>,
-    ) -> Result<Activations<B::Tensor>, Error> {
-        let n = batch.tokens();
-        Ok(Activations {
-            batch: batch.batch,
-            len: batch.len,
-            embeddings: self.embeddings.activations(backend, n)?,
-            layers: self
-                .encoder
-                .layers
-                .iter()
-                .map(|layer| {
-                    LayerActivations::new(backend, layer, batch.batch, batch.len, batch.window.rows)
-                })
-                .collect::<Result<Vec<_>, Error>>()?,
-            conv: match &self.encoder.conv {
-                Some(conv) => Some(conv.activations(backend, n)?),
-                None => None,
-            },
-            mlm: match &self.mlm_head {
-                Some(head) => Some(head.activations(backend, n)?),
-                None => None,
-            },
-            rtd: match &self.rtd_head {
-                Some(head) => Some(head.activations(backend, n)?),
-                None => None,
-            },
-        })
-    }
-
-    /// Inference forward (dropout off, no EMD): embeddings, encoder, and every head over every
-    /// token. `relative` comes from [`Encoder::relative_embeddings`] and can be computed once
-    /// per set of weights.
-    pub fn forward<B: Backend>(
-        &self,
-        backend: &B,
-        params: &ParamStore<B::Tensor>,
-        relative: Option<&RelativeEmbeddings<B::Tensor>>,
-        batch: &DeviceBatch<B>,
-        acts: &mut Activations<B::Tensor>,
-    ) -> Result<(), Error> {
-        if acts.batch != batch.batch || acts.len != batch.len {
-            return Err(Error::ShapeMismatch {
-                what: "activations allocated for another batch shape",
-                expected: acts.batch * acts.len,
-                found: batch.tokens(),
-            });
-        }
-        self.embeddings
-            .forward(backend, params, batch, &mut acts.embeddings)?;
-        for (i, layer) in self.encoder.layers.iter().enumerate() {
-            let projection = relative.and_then(|r| r.projections.get(i));
-            let (done, rest) = acts.layers.split_at_mut(i);
-            let input = last_hidden(done, &acts.conv, &acts.embeddings);
-            let input = AttentionInput {
-                query_states: input,
-                hidden: input,
-                batch,
-                projection,
-            };
-            layer.forward(backend, params, input, &mut rest[0])?;
-            if i == 0 {
-                if let (Some(conv), Some(conv_acts)) = (&self.encoder.conv, acts.conv.as_mut()) {
-                    conv.forward(
-                        backend,
-                        params,
-                        &acts.embeddings.output,
-                        &rest[0].output,
-                        batch,
-                        conv_acts,
-                    )?;
-                }
-            }
-        }
-        if let (Some(head), Some(mlm)) = (&self.mlm_head, acts.mlm.as_mut()) {
-            let hidden = last_hidden(&acts.layers, &acts.conv, &acts.embeddings);
-            head.forward(backend, params, hidden, batch.tokens(), mlm)?;
-        }
-        if let (Some(head), Some(rtd)) = (&self.rtd_head, acts.rtd.as_mut()) {
-            let hidden = last_hidden(&acts.layers, &acts.conv, &acts.embeddings);
-            head.forward(backend, params, hidden, batch.batch, batch.len, rtd)?;
-        }
-        Ok(())
     }
 }
 
@@ -191,4 +148,662 @@ fn last_hidden<'a, T>(
         (1, Some(conv)) => &conv.output,
         (_, _) => &layers[layers.len() - 1].output,
     }
+}
+
+/// EMD buffers of the backward pass.
+struct EmdScratch<T> {
+    doutput: T,
+    dmiddle: T,
+    dquery: T,
+}
+
+/// ConvLayer buffers of the backward pass.
+struct ConvScratch<T> {
+    dlayer0: T,
+    dembeddings: T,
+    buffers: [T; 2],
+}
+
+/// Buffers of the backward pass, allocated once per batch shape.
+pub struct BackwardScratch<T> {
+    layer: LayerScratch<T>,
+    dstate: [T; 2],
+    emd: Option<EmdScratch<T>>,
+    conv: Option<ConvScratch<T>>,
+    dembedding: [T; 2],
+    projection: Option<ProjectionGrads<T>>,
+    /// `(scratch, ∂L/∂normalised relative table)`, both `[2S, H]`.
+    drel: Option<(T, T)>,
+    dmlm_input: Option<T>,
+    /// The MLM head's loss and gradient buffers (the loss kernel fills `dlogits`).
+    pub mlm: Option<MlmScratch<T>>,
+    /// The RTD head's loss and gradient buffers (the loss kernel fills `dlogits`).
+    pub rtd: Option<RtdScratch<T>>,
+}
+
+fn missing(what: &'static str) -> Error {
+    Error::ShapeMismatch {
+        what,
+        expected: 1,
+        found: 0,
+    }
+}
+
+impl Deberta {
+    /// Builds the model and registers its parameters in `layout` under `root`; `shared`
+    /// supplies embedding tables owned by another model (ES / GDES discriminators).
+    pub fn new(
+        layout: &mut ParamLayout,
+        root: &str,
+        config: &ModelConfig,
+        heads: Heads,
+        shared: SharedTables,
+    ) -> Self {
+        let embeddings =
+            Embeddings::new(layout, &format!("{root}deberta.embeddings"), config, shared);
+        let encoder = Encoder::new(layout, &format!("{root}deberta.encoder"), config);
+        let emd = (heads.emd && heads.mlm.is_some()).then(|| EnhancedMaskDecoder {
+            position: embeddings.position.unwrap_or_else(|| {
+                TableSource::Param(layout.add(
+                    format!("{root}deberta.embeddings.position_embeddings.weight"),
+                    &[config.max_position_embeddings, config.embedding_size],
+                    Init::Normal(config.initializer_range),
+                ))
+            }),
+        });
+        let mlm_head = match (heads.mlm, embeddings.word) {
+            (Some(kind), TableSource::Param(word)) => {
+                Some(MlmHead::new(layout, root, kind, config, word))
+            }
+            _ => None,
+        };
+        let rtd_head = heads.rtd.then(|| RtdHead::new(layout, root, config));
+        Deberta {
+            config: *config,
+            embeddings,
+            encoder,
+            mlm_head,
+            emd,
+            rtd_head,
+        }
+    }
+
+    /// Encoder layers that run in the normal pass (the last one is left to the EMD).
+    pub fn encoder_depth(&self) -> usize {
+        let layers = self.encoder.layers.len();
+        if self.emd.is_some() {
+            layers - 1
+        } else {
+            layers
+        }
+    }
+
+    /// Relative-table applications: the encoder layers, then the EMD's two passes (which use
+    /// the last layer's weights with dropout streams of their own).
+    pub fn relative_applications(&self) -> Vec<usize> {
+        let last = self.encoder.layers.len() - 1;
+        let mut apps: Vec<usize> = (0..self.encoder.layers.len()).collect();
+        if self.emd.is_some() {
+            apps.extend([last, last]);
+        }
+        apps
+    }
+
+    /// Buffers for a batch; `mlm_rows` is the number of MLM rows (every token for inference),
+    /// `training` adds the buffers dropout needs.
+    pub fn activations<B: Backend>(
+        &self,
+        backend: &B,
+        batch: &DeviceBatch<B>,
+        mlm_rows: usize,
+        training: bool,
+    ) -> Result<Activations<B::Tensor>, Error> {
+        let n = batch.tokens();
+        let (bsz, len, rows) = (batch.batch, batch.len, batch.window.rows);
+        let layer_acts =
+            |i: usize| self.encoder.layers[i].activations(backend, bsz, len, rows, training);
+        let last = self.encoder.layers.len() - 1;
+        Ok(Activations {
+            batch: bsz,
+            len,
+            mlm_rows,
+            embeddings: self.embeddings.activations(backend, n)?,
+            layers: (0..self.encoder_depth())
+                .map(layer_acts)
+                .collect::<Result<Vec<_>, Error>>()?,
+            conv: match &self.encoder.conv {
+                Some(conv) => Some(conv.activations(backend, n)?),
+                None => None,
+            },
+            emd: match self.emd {
+                Some(_) => Some(EmdActivations {
+                    query: backend.zeros(n * self.config.hidden_size)?,
+                    passes: [layer_acts(last)?, layer_acts(last)?],
+                }),
+                None => None,
+            },
+            mlm_input: match &self.mlm_head {
+                Some(_) if mlm_rows != n || self.emd.is_some() => {
+                    Some(backend.zeros(mlm_rows * self.config.hidden_size)?)
+                }
+                _ => None,
+            },
+            mlm: match &self.mlm_head {
+                Some(head) => Some(head.activations(backend, mlm_rows)?),
+                None => None,
+            },
+            rtd: match &self.rtd_head {
+                Some(head) => Some(head.activations(backend, n)?),
+                None => None,
+            },
+        })
+    }
+
+    /// Backward buffers for a batch with `mlm_rows` MLM rows.
+    pub fn backward_scratch<B: Backend>(
+        &self,
+        backend: &B,
+        batch: &DeviceBatch<B>,
+        mlm_rows: usize,
+    ) -> Result<BackwardScratch<B::Tensor>, Error> {
+        let n = batch.tokens();
+        let (h, e) = (self.config.hidden_size, self.embeddings.embedding_size);
+        let layer = &self.encoder.layers[0];
+        let rel = self.encoder.rel_rows * h;
+        let relative = self.encoder.rel_embeddings.is_some();
+        let zeros = |len: usize| backend.zeros(len);
+        Ok(BackwardScratch {
+            layer: layer.scratch(backend, batch.batch, batch.len, batch.window.rows)?,
+            dstate: [zeros(n * h)?, zeros(n * h)?],
+            emd: match self.emd {
+                Some(_) => Some(EmdScratch {
+                    doutput: zeros(n * h)?,
+                    dmiddle: zeros(n * h)?,
+                    dquery: zeros(n * h)?,
+                }),
+                None => None,
+            },
+            conv: match self.encoder.conv {
+                Some(_) => Some(ConvScratch {
+                    dlayer0: zeros(n * h)?,
+                    dembeddings: zeros(n * h)?,
+                    buffers: [zeros(n * h)?, zeros(n * h)?],
+                }),
+                None => None,
+            },
+            dembedding: [zeros(n * h)?, zeros(n * e)?],
+            projection: if relative {
+                Some(
+                    layer
+                        .attention
+                        .projection_grads(backend, batch.window.rows)?,
+                )
+            } else {
+                None
+            },
+            drel: if relative {
+                Some((zeros(rel)?, zeros(rel)?))
+            } else {
+                None
+            },
+            dmlm_input: match &self.mlm_head {
+                Some(_) => Some(backend.zeros(mlm_rows * h)?),
+                None => None,
+            },
+            mlm: match &self.mlm_head {
+                Some(head) => Some(head.scratch(backend, mlm_rows)?),
+                None => None,
+            },
+            rtd: match &self.rtd_head {
+                Some(head) => Some(head.scratch(backend, n)?),
+                None => None,
+            },
+        })
+    }
+
+    /// The relative table and projections a forward needs: for inference (`dropout = None`,
+    /// all rows; computed once per set of weights) or for one training step (the batch's
+    /// window, fresh `pos_dropout` masks).
+    pub fn relative_embeddings<B: Backend>(
+        &self,
+        backend: &B,
+        params: &ParamStore<B::Tensor>,
+        batch: Option<&DeviceBatch<B>>,
+        dropout: Option<&Dropout>,
+    ) -> Result<Option<RelativeEmbeddings<B::Tensor>>, Error> {
+        self.encoder.relative_embeddings(
+            backend,
+            params,
+            batch.map(|b| b.window),
+            dropout,
+            &self.relative_applications(),
+        )
+    }
+
+    /// Forward pass: embeddings, encoder, EMD, heads.
+    pub fn forward<B: Backend>(
+        &self,
+        backend: &B,
+        params: &ParamStore<B::Tensor>,
+        relative: Option<&RelativeEmbeddings<B::Tensor>>,
+        batch: &DeviceBatch<B>,
+        options: &ForwardOptions<'_, B>,
+        acts: &mut Activations<B::Tensor>,
+    ) -> Result<(), Error> {
+        if acts.batch != batch.batch || acts.len != batch.len {
+            return Err(Error::ShapeMismatch {
+                what: "activations allocated for another batch shape",
+                expected: acts.batch * acts.len,
+                found: batch.tokens(),
+            });
+        }
+        let dropout = options.dropout;
+        self.embeddings
+            .forward(backend, params, batch, dropout, &mut acts.embeddings)?;
+        let depth = self.encoder_depth();
+        for i in 0..depth {
+            let (done, rest) = acts.layers.split_at_mut(i);
+            let input = last_hidden(done, &acts.conv, &acts.embeddings);
+            let input = AttentionInput {
+                query_states: input,
+                hidden: input,
+                batch,
+                projection: relative.and_then(|r| r.projections.get(i)),
+                layer: i,
+                dropout,
+            };
+            self.encoder.layers[i].forward(backend, params, input, &mut rest[0])?;
+            if let (0, Some(conv), Some(conv_acts)) = (i, &self.encoder.conv, acts.conv.as_mut()) {
+                conv.forward(
+                    backend,
+                    params,
+                    &acts.embeddings.output,
+                    &rest[0].output,
+                    batch,
+                    dropout,
+                    conv_acts,
+                )?;
+            }
+        }
+        let hidden = last_hidden(&acts.layers, &acts.conv, &acts.embeddings);
+        if let (Some(emd), Some(emd_acts)) = (&self.emd, acts.emd.as_mut()) {
+            self.emd_forward(
+                backend, params, relative, batch, dropout, emd, hidden, emd_acts,
+            )?;
+        }
+        if let (Some(head), Some(mlm)) = (&self.mlm_head, acts.mlm.as_mut()) {
+            let top = match &acts.emd {
+                Some(emd) => &emd.passes[1].output,
+                None => hidden,
+            };
+            let input = match (&options.mlm_rows, acts.mlm_input.as_mut()) {
+                (MlmRows::Selected { positions, count }, Some(rows)) => {
+                    if *count != acts.mlm_rows {
+                        return Err(Error::ShapeMismatch {
+                            what: "MLM rows",
+                            expected: acts.mlm_rows,
+                            found: *count,
+                        });
+                    }
+                    backend.embedding_lookup(
+                        top,
+                        positions,
+                        rows,
+                        self.config.hidden_size,
+                        false,
+                    )?;
+                    &*rows
+                }
+                (MlmRows::All, Some(rows)) => {
+                    backend.copy(top, 0, rows, 0, batch.tokens() * self.config.hidden_size)?;
+                    &*rows
+                }
+                (MlmRows::All, None) => top,
+                (MlmRows::Selected { .. }, None) => return Err(missing("MLM row buffer")),
+            };
+            head.forward(backend, params, input, acts.mlm_rows, mlm)?;
+        }
+        if let (Some(head), Some(rtd)) = (&self.rtd_head, acts.rtd.as_mut()) {
+            head.forward(backend, params, hidden, batch.batch, batch.len, rtd)?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emd_forward<B: Backend>(
+        &self,
+        backend: &B,
+        params: &ParamStore<B::Tensor>,
+        relative: Option<&RelativeEmbeddings<B::Tensor>>,
+        batch: &DeviceBatch<B>,
+        dropout: Option<&Dropout>,
+        emd: &EnhancedMaskDecoder,
+        hidden: &B::Tensor,
+        acts: &mut EmdActivations<B::Tensor>,
+    ) -> Result<(), Error> {
+        let h = self.config.hidden_size;
+        let last = self.encoder.layers.len() - 1;
+        emd.position.lookup(
+            backend,
+            params,
+            &batch.position_ids,
+            &mut acts.query,
+            None,
+            h,
+            false,
+        )?;
+        backend.add_assign(&mut acts.query, hidden)?;
+        let [first, second] = &mut acts.passes;
+        let input = |query_states, pass: usize| AttentionInput {
+            query_states,
+            hidden,
+            batch,
+            projection: relative.and_then(|r| r.projections.get(last + 1 + pass)),
+            layer: last + 1 + pass,
+            dropout,
+        };
+        self.encoder.layers[last].forward(backend, params, input(&acts.query, 0), first)?;
+        self.encoder.layers[last].forward(backend, params, input(&first.output, 1), second)
+    }
+
+    /// Backward pass from the head gradients the loss kernels left in `scratch.mlm.dlogits`
+    /// and `scratch.rtd.dlogits`: adds every parameter's gradient to `grads`. `options` must be
+    /// the forward's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<B: Backend>(
+        &self,
+        backend: &B,
+        params: &ParamStore<B::Tensor>,
+        grads: &mut ParamStore<B::Tensor>,
+        relative: Option<&RelativeEmbeddings<B::Tensor>>,
+        batch: &DeviceBatch<B>,
+        options: &ForwardOptions<'_, B>,
+        acts: &Activations<B::Tensor>,
+        scratch: &mut BackwardScratch<B::Tensor>,
+    ) -> Result<(), Error> {
+        let dropout = options.dropout;
+        let h = self.config.hidden_size;
+        let hidden = last_hidden(&acts.layers, &acts.conv, &acts.embeddings);
+        let [dstate_a, dstate_b] = &mut scratch.dstate;
+        backend.fill(dstate_a, 0.0)?;
+        // Heads: ∂L/∂(top hidden state), or ∂L/∂(EMD output) for the MLM head under the EMD.
+        if let (Some(head), Some(mlm), Some(mlm_scratch)) =
+            (&self.mlm_head, &acts.mlm, scratch.mlm.as_mut())
+        {
+            let target: &mut B::Tensor = match scratch.emd.as_mut() {
+                Some(emd) => {
+                    backend.fill(&mut emd.doutput, 0.0)?;
+                    &mut emd.doutput
+                }
+                None => &mut *dstate_a,
+            };
+            let input = acts.mlm_input.as_ref().unwrap_or(hidden);
+            match (&options.mlm_rows, scratch.dmlm_input.as_mut()) {
+                (MlmRows::Selected { positions, .. }, Some(drows)) => {
+                    backend.fill(drows, 0.0)?;
+                    head.backward(
+                        backend,
+                        params,
+                        grads,
+                        input,
+                        acts.mlm_rows,
+                        mlm,
+                        mlm_scratch,
+                        drows,
+                    )?;
+                    backend.embedding_backward(positions, drows, target, h, None)?;
+                }
+                (MlmRows::All, Some(drows)) => {
+                    backend.fill(drows, 0.0)?;
+                    head.backward(
+                        backend,
+                        params,
+                        grads,
+                        input,
+                        acts.mlm_rows,
+                        mlm,
+                        mlm_scratch,
+                        drows,
+                    )?;
+                    backend.add_assign(target, drows)?;
+                }
+                (_, None) => head.backward(
+                    backend,
+                    params,
+                    grads,
+                    input,
+                    acts.mlm_rows,
+                    mlm,
+                    mlm_scratch,
+                    target,
+                )?,
+            }
+        }
+        if let (Some(head), Some(rtd), Some(rtd_scratch)) =
+            (&self.rtd_head, &acts.rtd, scratch.rtd.as_mut())
+        {
+            head.backward(
+                backend,
+                params,
+                grads,
+                batch.batch,
+                batch.len,
+                rtd,
+                rtd_scratch,
+                dstate_a,
+            )?;
+        }
+        if let Some((_, drel_normed)) = scratch.drel.as_mut() {
+            backend.fill(drel_normed, 0.0)?;
+        }
+        let depth = self.encoder_depth();
+        if let (Some(emd), Some(emd_acts), Some(emd_scratch)) =
+            (&self.emd, &acts.emd, scratch.emd.as_mut())
+        {
+            let last = self.encoder.layers.len() - 1;
+            let layer = &self.encoder.layers[last];
+            let input = |query_states, pass: usize| AttentionInput {
+                query_states,
+                hidden,
+                batch,
+                projection: relative.and_then(|r| r.projections.get(last + 1 + pass)),
+                layer: last + 1 + pass,
+                dropout,
+            };
+            // Pass 2 (queries = pass-1 output), then pass 1 (queries = E_pos + H); both read
+            // keys and values from H, whose gradient collects in `dstate_a`.
+            backend.fill(&mut emd_scratch.dmiddle, 0.0)?;
+            zero_projection(backend, scratch.projection.as_mut())?;
+            layer.backward(
+                backend,
+                params,
+                grads,
+                input(&emd_acts.passes[0].output, 1),
+                &emd_acts.passes[1],
+                &emd_scratch.doutput,
+                &mut scratch.layer,
+                &mut emd_scratch.dmiddle,
+                Some(&mut *dstate_a),
+                scratch.projection.as_mut(),
+            )?;
+            self.projection_backward(
+                backend,
+                params,
+                grads,
+                relative,
+                (last + 2, last),
+                dropout,
+                scratch_parts(&mut scratch.projection, &mut scratch.drel),
+            )?;
+            backend.fill(&mut emd_scratch.dquery, 0.0)?;
+            zero_projection(backend, scratch.projection.as_mut())?;
+            layer.backward(
+                backend,
+                params,
+                grads,
+                input(&emd_acts.query, 0),
+                &emd_acts.passes[0],
+                &emd_scratch.dmiddle,
+                &mut scratch.layer,
+                &mut emd_scratch.dquery,
+                Some(&mut *dstate_a),
+                scratch.projection.as_mut(),
+            )?;
+            self.projection_backward(
+                backend,
+                params,
+                grads,
+                relative,
+                (last + 1, last),
+                dropout,
+                scratch_parts(&mut scratch.projection, &mut scratch.drel),
+            )?;
+            backend.add_assign(dstate_a, &emd_scratch.dquery)?;
+            emd.position.backward(
+                backend,
+                grads,
+                &batch.position_ids,
+                &emd_scratch.dquery,
+                h,
+                None,
+            )?;
+        }
+        // Encoder layers, top to bottom: `dcur` is ∂L/∂(hidden state i + 1).
+        let (mut dcur, mut dprev) = (dstate_a, dstate_b);
+        for i in (0..depth).rev() {
+            let input_state = last_hidden(&acts.layers[..i], &acts.conv, &acts.embeddings);
+            let doutput: &B::Tensor =
+                match (i, &self.encoder.conv, &acts.conv, scratch.conv.as_mut()) {
+                    (0, Some(conv), Some(conv_acts), Some(conv_scratch)) => {
+                        backend.fill(&mut conv_scratch.dlayer0, 0.0)?;
+                        backend.fill(&mut conv_scratch.dembeddings, 0.0)?;
+                        let [buffer_a, buffer_b] = &mut conv_scratch.buffers;
+                        conv.backward(
+                            backend,
+                            params,
+                            grads,
+                            &acts.embeddings.output,
+                            batch,
+                            dropout,
+                            conv_acts,
+                            dcur,
+                            (buffer_a, buffer_b),
+                            &mut conv_scratch.dlayer0,
+                            &mut conv_scratch.dembeddings,
+                        )?;
+                        &conv_scratch.dlayer0
+                    }
+                    _ => dcur,
+                };
+            backend.fill(dprev, 0.0)?;
+            zero_projection(backend, scratch.projection.as_mut())?;
+            let input = AttentionInput {
+                query_states: input_state,
+                hidden: input_state,
+                batch,
+                projection: relative.and_then(|r| r.projections.get(i)),
+                layer: i,
+                dropout,
+            };
+            self.encoder.layers[i].backward(
+                backend,
+                params,
+                grads,
+                input,
+                &acts.layers[i],
+                doutput,
+                &mut scratch.layer,
+                dprev,
+                None,
+                scratch.projection.as_mut(),
+            )?;
+            self.projection_backward(
+                backend,
+                params,
+                grads,
+                relative,
+                (i, i),
+                dropout,
+                scratch_parts(&mut scratch.projection, &mut scratch.drel),
+            )?;
+            core::mem::swap(&mut dcur, &mut dprev);
+        }
+        // `dcur` is ∂L/∂(embedding output); the ConvLayer read it too.
+        if let Some(conv_scratch) = scratch.conv.as_ref() {
+            backend.add_assign(dcur, &conv_scratch.dembeddings)?;
+        }
+        if let (Some(relative), Some((_, drel_normed))) = (relative, scratch.drel.as_ref()) {
+            self.encoder
+                .relative_table_backward(backend, params, grads, relative, drel_normed)?;
+        }
+        let [dnormed_input, dsummed] = &mut scratch.dembedding;
+        self.embeddings.backward(
+            backend,
+            params,
+            grads,
+            batch,
+            dropout,
+            &acts.embeddings,
+            dcur,
+            (dnormed_input, dsummed),
+        )
+    }
+
+    /// Position-projection backward of one application into the relative-table gradient.
+    #[allow(clippy::too_many_arguments)]
+    fn projection_backward<B: Backend>(
+        &self,
+        backend: &B,
+        params: &ParamStore<B::Tensor>,
+        grads: &mut ParamStore<B::Tensor>,
+        relative: Option<&RelativeEmbeddings<B::Tensor>>,
+        application: (usize, usize),
+        dropout: Option<&Dropout>,
+        parts: Option<RelativeGradParts<'_, B::Tensor>>,
+    ) -> Result<(), Error> {
+        match (relative, parts) {
+            (Some(relative), Some((dprojection, drel_scratch, drel_normed))) => {
+                self.encoder.position_projection_backward(
+                    backend,
+                    params,
+                    grads,
+                    relative,
+                    application,
+                    dprojection,
+                    dropout,
+                    drel_scratch,
+                    drel_normed,
+                )
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One application's position-projection gradients, a `[2S, H]` scratch, and the gradient of
+/// the normalised relative table.
+type RelativeGradParts<'a, T> = (&'a ProjectionGrads<T>, &'a mut T, &'a mut T);
+
+/// Splits the relative-attention gradient buffers for one projection backward.
+fn scratch_parts<'a, T>(
+    projection: &'a mut Option<ProjectionGrads<T>>,
+    drel: &'a mut Option<(T, T)>,
+) -> Option<RelativeGradParts<'a, T>> {
+    match (projection.as_ref(), drel.as_mut()) {
+        (Some(p), Some((scratch, normed))) => Some((p, scratch, normed)),
+        _ => None,
+    }
+}
+
+/// Zeroes a layer's position-projection gradients before its backward.
+fn zero_projection<B: Backend>(
+    backend: &B,
+    projection: Option<&mut ProjectionGrads<B::Tensor>>,
+) -> Result<(), Error> {
+    if let Some(p) = projection {
+        for t in [p.keys.as_mut(), p.queries.as_mut()].into_iter().flatten() {
+            backend.fill(t, 0.0)?;
+        }
+    }
+    Ok(())
 }

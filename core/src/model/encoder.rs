@@ -1,16 +1,19 @@
 //! The encoder: post-LN transformer layers over disentangled attention, the relative-embedding
-//! table (LayerNorm'ed once per forward) and the v2 ConvLayer (SPEC §4).
+//! table (LayerNorm'ed once per forward) and the v2 ConvLayer (SPEC §4), forward and backward.
 
 use alloc::format;
 use alloc::vec::Vec;
 
 use super::attention::{
-    AttentionActivations, AttentionInput, DisentangledSelfAttention, PositionProjection,
+    AttentionActivations, AttentionInput, AttentionScratch, DisentangledSelfAttention,
+    PositionProjection, ProjectionGrads,
 };
 use super::batch::DeviceBatch;
+use super::dropout::{Dropout, Site, maybe_dropout};
 use super::modules::{LayerNorm, Linear};
 use super::params::{Init, ParamId, ParamLayout, ParamStore};
-use crate::backend::{Backend, Conv1dSpec};
+use crate::backend::{Backend, Conv1dGrads, Conv1dSpec};
+use crate::relative_position::IndexWindow;
 use crate::{Activation, Error, ModelConfig};
 
 /// One `DebertaV2Layer`: attention, `LN(dense(ctx) + q)`, then `LN(dense(act(dense(x))) + x)`.
@@ -36,7 +39,7 @@ pub struct EncoderLayer {
 pub struct LayerActivations<T> {
     /// The attention's activations.
     pub attention: AttentionActivations<T>,
-    /// `dense(ctx) + q`, the input of the attention LayerNorm, `[N, H]`.
+    /// `dropout(dense(ctx)) + q`, the input of the attention LayerNorm, `[N, H]`.
     pub attention_sum: T,
     /// `[mean, rstd]` of the attention LayerNorm, `[N, 2]`.
     pub attention_stats: T,
@@ -46,7 +49,7 @@ pub struct LayerActivations<T> {
     pub intermediate_pre: T,
     /// Feed-forward activation, `[N, F]`.
     pub intermediate: T,
-    /// `dense(f) + attention_out`, `[N, H]`.
+    /// `dropout(dense(f)) + attention_out`, `[N, H]`.
     pub output_sum: T,
     /// `[mean, rstd]` of the output LayerNorm.
     pub output_stats: T,
@@ -54,29 +57,14 @@ pub struct LayerActivations<T> {
     pub output: T,
 }
 
-impl<T> LayerActivations<T> {
-    /// Buffers for one layer over `batch × len` tokens with a relative window of `rows` rows.
-    pub fn new<B: Backend<Tensor = T>>(
-        backend: &B,
-        layer: &EncoderLayer,
-        batch: usize,
-        len: usize,
-        rows: usize,
-    ) -> Result<Self, Error> {
-        let n = batch * len;
-        let (h, f) = (layer.output_dense.output, layer.intermediate.output);
-        Ok(LayerActivations {
-            attention: AttentionActivations::new(backend, &layer.attention, batch, len, rows)?,
-            attention_sum: backend.zeros(n * h)?,
-            attention_stats: backend.zeros(n * 2)?,
-            attention_out: backend.zeros(n * h)?,
-            intermediate_pre: backend.zeros(n * f)?,
-            intermediate: backend.zeros(n * f)?,
-            output_sum: backend.zeros(n * h)?,
-            output_stats: backend.zeros(n * 2)?,
-            output: backend.zeros(n * h)?,
-        })
-    }
+/// Scratch buffers of a layer backward, shared by all layers of a model.
+pub struct LayerScratch<T> {
+    attention: AttentionScratch<T>,
+    dsum: T,
+    dattention_out: T,
+    dintermediate: T,
+    dintermediate_pre: T,
+    dcontext: T,
 }
 
 impl EncoderLayer {
@@ -122,6 +110,56 @@ impl EncoderLayer {
         }
     }
 
+    /// Saved-activation buffers for one layer over `batch × len` tokens.
+    pub fn activations<B: Backend>(
+        &self,
+        backend: &B,
+        batch: usize,
+        len: usize,
+        rows: usize,
+        training: bool,
+    ) -> Result<LayerActivations<B::Tensor>, Error> {
+        let n = batch * len;
+        let (h, f) = (self.output_dense.output, self.intermediate.output);
+        Ok(LayerActivations {
+            attention: self
+                .attention
+                .activations(backend, batch, len, rows, training)?,
+            attention_sum: backend.zeros(n * h)?,
+            attention_stats: backend.zeros(n * 2)?,
+            attention_out: backend.zeros(n * h)?,
+            intermediate_pre: backend.zeros(n * f)?,
+            intermediate: backend.zeros(n * f)?,
+            output_sum: backend.zeros(n * h)?,
+            output_stats: backend.zeros(n * 2)?,
+            output: backend.zeros(n * h)?,
+        })
+    }
+
+    /// Backward scratch for `batch × len` tokens.
+    pub fn scratch<B: Backend>(
+        &self,
+        backend: &B,
+        batch: usize,
+        len: usize,
+        rows: usize,
+    ) -> Result<LayerScratch<B::Tensor>, Error> {
+        let n = batch * len;
+        let (h, f, hd) = (
+            self.output_dense.output,
+            self.intermediate.output,
+            self.attention_dense.input,
+        );
+        Ok(LayerScratch {
+            attention: self.attention.scratch(backend, batch, len, rows)?,
+            dsum: backend.zeros(n * h)?,
+            dattention_out: backend.zeros(n * h)?,
+            dintermediate: backend.zeros(n * f)?,
+            dintermediate_pre: backend.zeros(n * f)?,
+            dcontext: backend.zeros(n * hd)?,
+        })
+    }
+
     /// One layer (`input.hidden` is `input.query_states` outside the EMD).
     pub fn forward<B: Backend>(
         &self,
@@ -130,7 +168,7 @@ impl EncoderLayer {
         input: AttentionInput<'_, B>,
         acts: &mut LayerActivations<B::Tensor>,
     ) -> Result<(), Error> {
-        let (n, query_states) = (input.batch.tokens(), input.query_states);
+        let (n, query_states, layer) = (input.batch.tokens(), input.query_states, input.layer);
         self.attention
             .forward(backend, params, input, &mut acts.attention)?;
         self.attention_dense.forward(
@@ -139,6 +177,13 @@ impl EncoderLayer {
             &acts.attention.context,
             &mut acts.attention_sum,
             n,
+        )?;
+        maybe_dropout(
+            input.dropout,
+            backend,
+            &mut acts.attention_sum,
+            layer,
+            Site::AttentionOutput,
         )?;
         backend.add_assign(&mut acts.attention_sum, query_states)?;
         self.attention_norm.forward(
@@ -163,6 +208,13 @@ impl EncoderLayer {
         )?;
         self.output_dense
             .forward(backend, params, &acts.intermediate, &mut acts.output_sum, n)?;
+        maybe_dropout(
+            input.dropout,
+            backend,
+            &mut acts.output_sum,
+            layer,
+            Site::FeedForwardOutput,
+        )?;
         backend.add_assign(&mut acts.output_sum, &acts.attention_out)?;
         self.output_norm.forward(
             backend,
@@ -173,10 +225,124 @@ impl EncoderLayer {
             n,
         )
     }
+
+    /// Backward from `doutput` (the gradient of this layer's output): adds to the parameter
+    /// gradients, to `dquery_states` (and `dhidden`, see
+    /// [`DisentangledSelfAttention::backward`]) and to `dprojection`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<B: Backend>(
+        &self,
+        backend: &B,
+        params: &ParamStore<B::Tensor>,
+        grads: &mut ParamStore<B::Tensor>,
+        input: AttentionInput<'_, B>,
+        acts: &LayerActivations<B::Tensor>,
+        doutput: &B::Tensor,
+        scratch: &mut LayerScratch<B::Tensor>,
+        dquery_states: &mut B::Tensor,
+        dhidden: Option<&mut B::Tensor>,
+        dprojection: Option<&mut ProjectionGrads<B::Tensor>>,
+    ) -> Result<(), Error> {
+        let (n, layer) = (input.batch.tokens(), input.layer);
+        // Output LayerNorm: dsum = ∂L/∂(dropout(dense(f)) + attention_out).
+        backend.fill(&mut scratch.dsum, 0.0)?;
+        self.output_norm.backward(
+            backend,
+            params,
+            grads,
+            &acts.output_sum,
+            &acts.output_stats,
+            doutput,
+            &mut scratch.dsum,
+            n,
+        )?;
+        backend.copy(
+            &scratch.dsum,
+            0,
+            &mut scratch.dattention_out,
+            0,
+            n * self.output_dense.output,
+        )?;
+        maybe_dropout(
+            input.dropout,
+            backend,
+            &mut scratch.dsum,
+            layer,
+            Site::FeedForwardOutput,
+        )?;
+        backend.fill(&mut scratch.dintermediate, 0.0)?;
+        self.output_dense.backward(
+            backend,
+            params,
+            grads,
+            &acts.intermediate,
+            &scratch.dsum,
+            Some(&mut scratch.dintermediate),
+            n,
+        )?;
+        backend.activation_backward(
+            self.activation,
+            &acts.intermediate_pre,
+            &scratch.dintermediate,
+            &mut scratch.dintermediate_pre,
+            false,
+        )?;
+        self.intermediate.backward(
+            backend,
+            params,
+            grads,
+            &acts.attention_out,
+            &scratch.dintermediate_pre,
+            Some(&mut scratch.dattention_out),
+            n,
+        )?;
+        // Attention LayerNorm: dsum = ∂L/∂(dropout(dense(ctx)) + q).
+        backend.fill(&mut scratch.dsum, 0.0)?;
+        self.attention_norm.backward(
+            backend,
+            params,
+            grads,
+            &acts.attention_sum,
+            &acts.attention_stats,
+            &scratch.dattention_out,
+            &mut scratch.dsum,
+            n,
+        )?;
+        backend.add_assign(dquery_states, &scratch.dsum)?;
+        maybe_dropout(
+            input.dropout,
+            backend,
+            &mut scratch.dsum,
+            layer,
+            Site::AttentionOutput,
+        )?;
+        backend.fill(&mut scratch.dcontext, 0.0)?;
+        self.attention_dense.backward(
+            backend,
+            params,
+            grads,
+            &acts.attention.context,
+            &scratch.dsum,
+            Some(&mut scratch.dcontext),
+            n,
+        )?;
+        self.attention.backward(
+            backend,
+            params,
+            grads,
+            input,
+            &acts.attention,
+            &scratch.dcontext,
+            &mut scratch.attention,
+            dquery_states,
+            dhidden,
+            dprojection,
+        )
+    }
 }
 
 /// The v2 `ConvLayer` applied to the embedding output after layer 0:
-/// `LN(layer0 + act(mask·conv(emb)))·mask`.
+/// `LN(layer0 + act(dropout(mask·conv(emb))))·mask`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConvLayer {
     /// `encoder.conv.conv.weight`, `[H, H/groups, k]`.
@@ -197,7 +363,7 @@ pub struct ConvLayer {
 
 /// Saved activations of the ConvLayer.
 pub struct ConvActivations<T> {
-    /// Masked convolution output, `[N, H]`.
+    /// Masked (and dropped-out) convolution output, `[N, H]`.
     pub conv: T,
     /// After the activation.
     pub activated: T,
@@ -210,6 +376,17 @@ pub struct ConvActivations<T> {
 }
 
 impl ConvLayer {
+    fn spec(&self, batch: &DeviceBatch<impl Backend>) -> Conv1dSpec {
+        Conv1dSpec {
+            batch: batch.batch,
+            len: batch.len,
+            in_channels: self.channels,
+            out_channels: self.channels,
+            kernel: self.kernel,
+            groups: self.groups,
+        }
+    }
+
     /// Saved-activation buffers for `tokens` tokens.
     pub fn activations<B: Backend>(
         &self,
@@ -227,6 +404,7 @@ impl ConvLayer {
     }
 
     /// Applies the layer to `embeddings` with `layer0` as the residual.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward<B: Backend>(
         &self,
         backend: &B,
@@ -234,6 +412,7 @@ impl ConvLayer {
         embeddings: &B::Tensor,
         layer0: &B::Tensor,
         batch: &DeviceBatch<B>,
+        dropout: Option<&Dropout>,
         acts: &mut ConvActivations<B::Tensor>,
     ) -> Result<(), Error> {
         let h = self.channels;
@@ -242,16 +421,10 @@ impl ConvLayer {
             params.get(self.weight),
             params.get(self.bias),
             &mut acts.conv,
-            Conv1dSpec {
-                batch: batch.batch,
-                len: batch.len,
-                in_channels: h,
-                out_channels: h,
-                kernel: self.kernel,
-                groups: self.groups,
-            },
+            self.spec(batch),
         )?;
         backend.scale_rows(&mut acts.conv, &batch.mask, h)?;
+        maybe_dropout(dropout, backend, &mut acts.conv, 0, Site::Conv)?;
         backend.activation(self.activation, &acts.conv, &mut acts.activated)?;
         backend.copy(layer0, 0, &mut acts.sum, 0, batch.tokens() * h)?;
         backend.add_assign(&mut acts.sum, &acts.activated)?;
@@ -264,6 +437,56 @@ impl ConvLayer {
             batch.tokens(),
         )?;
         backend.scale_rows(&mut acts.output, &batch.mask, h)
+    }
+
+    /// Backward from `doutput`: adds `∂L/∂layer0` to `dlayer0` and `∂L/∂embeddings` to
+    /// `dembeddings`. `scratch` holds two `[N, H]` buffers.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<B: Backend>(
+        &self,
+        backend: &B,
+        params: &ParamStore<B::Tensor>,
+        grads: &mut ParamStore<B::Tensor>,
+        embeddings: &B::Tensor,
+        batch: &DeviceBatch<B>,
+        dropout: Option<&Dropout>,
+        acts: &ConvActivations<B::Tensor>,
+        doutput: &B::Tensor,
+        scratch: (&mut B::Tensor, &mut B::Tensor),
+        dlayer0: &mut B::Tensor,
+        dembeddings: &mut B::Tensor,
+    ) -> Result<(), Error> {
+        let (h, n) = (self.channels, batch.tokens());
+        let (dmasked, dsum) = scratch;
+        backend.copy(doutput, 0, dmasked, 0, n * h)?;
+        backend.scale_rows(dmasked, &batch.mask, h)?;
+        backend.fill(dsum, 0.0)?;
+        self.norm.backward(
+            backend,
+            params,
+            grads,
+            &acts.sum,
+            &acts.stats,
+            dmasked,
+            dsum,
+            n,
+        )?;
+        backend.add_assign(dlayer0, dsum)?;
+        backend.activation_backward(self.activation, &acts.conv, dsum, dmasked, false)?;
+        maybe_dropout(dropout, backend, dmasked, 0, Site::Conv)?;
+        backend.scale_rows(dmasked, &batch.mask, h)?;
+        let (dweight, dbias) = grads.pair_mut(self.weight, self.bias)?;
+        backend.conv1d_backward(
+            embeddings,
+            params.get(self.weight),
+            dmasked,
+            Conv1dGrads {
+                dinput: dembeddings,
+                dweight,
+                dbias,
+            },
+            self.spec(batch),
+        )
     }
 }
 
@@ -291,7 +514,9 @@ pub struct RelativeEmbeddings<T> {
     pub normed: T,
     /// LayerNorm statistics of `normed`, when normalised.
     pub stats: Option<T>,
-    /// One projection per layer.
+    /// Per application, the table after its `pos_dropout` (training only), `[2S, H]`.
+    pub dropped: Vec<Option<T>>,
+    /// One projection per application (encoder layers, then EMD passes).
     pub projections: Vec<PositionProjection<T>>,
 }
 
@@ -354,12 +579,18 @@ impl Encoder {
         }
     }
 
-    /// `get_rel_embedding()` and every layer's position projections; `None` without relative
-    /// attention. Depends on the weights only.
+    /// `get_rel_embedding()` and the position projections of every *application* of the
+    /// table: `applications[k]` names the layer whose weights application `k` uses (the
+    /// encoder layers in order, then any EMD passes), and application `k` draws its own
+    /// `pos_dropout` mask. For inference pass `window = None` (all rows, computed once per set
+    /// of weights); a training step passes the batch's window and its dropout.
     pub fn relative_embeddings<B: Backend>(
         &self,
         backend: &B,
         params: &ParamStore<B::Tensor>,
+        window: Option<IndexWindow>,
+        dropout: Option<&Dropout>,
+        applications: &[usize],
     ) -> Result<Option<RelativeEmbeddings<B::Tensor>>, Error> {
         let Some(table) = self.rel_embeddings else {
             return Ok(None);
@@ -384,19 +615,139 @@ impl Encoder {
                 None
             }
         };
-        let projections = self
-            .layers
-            .iter()
-            .map(|layer| {
-                layer
-                    .attention
-                    .position_projection(backend, params, &normed, rows)
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
+        let window = window.unwrap_or(IndexWindow { first: 0, rows });
+        let mut dropped = Vec::with_capacity(applications.len());
+        let mut projections = Vec::with_capacity(applications.len());
+        for (i, &weights) in applications.iter().enumerate() {
+            let layer = self.layers.get(weights).ok_or(Error::ShapeMismatch {
+                what: "relative-table application of a layer that does not exist",
+                expected: self.layers.len(),
+                found: weights,
+            })?;
+            let table = match dropout.filter(|d| d.hidden > 0.0) {
+                Some(d) => {
+                    let mut t = backend.zeros(rows * self.hidden)?;
+                    backend.copy(&normed, 0, &mut t, 0, rows * self.hidden)?;
+                    d.apply(backend, &mut t, i, Site::RelativeEmbeddings)?;
+                    Some(t)
+                }
+                None => None,
+            };
+            let source = table.as_ref().unwrap_or(&normed);
+            projections.push(layer.attention.position_projection(
+                backend,
+                params,
+                source,
+                window.first,
+                window.rows,
+            )?);
+            dropped.push(table);
+        }
         Ok(Some(RelativeEmbeddings {
             normed,
             stats,
+            dropped,
             projections,
         }))
+    }
+
+    /// Backward of application `application`'s position projection (made with layer
+    /// `weights`' projections) into `drel_normed` (`[2S, H]`), through its `pos_dropout`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn position_projection_backward<B: Backend>(
+        &self,
+        backend: &B,
+        params: &ParamStore<B::Tensor>,
+        grads: &mut ParamStore<B::Tensor>,
+        relative: &RelativeEmbeddings<B::Tensor>,
+        (application, weights): (usize, usize),
+        dprojection: &ProjectionGrads<B::Tensor>,
+        dropout: Option<&Dropout>,
+        scratch: &mut B::Tensor,
+        drel_normed: &mut B::Tensor,
+    ) -> Result<(), Error> {
+        let projection = relative
+            .projections
+            .get(application)
+            .ok_or(Error::ShapeMismatch {
+                what: "position projection of an application of the relative table",
+                expected: application + 1,
+                found: relative.projections.len(),
+            })?;
+        let attention = &self
+            .layers
+            .get(weights)
+            .ok_or(Error::ShapeMismatch {
+                what: "layer of a position projection",
+                expected: self.layers.len(),
+                found: weights,
+            })?
+            .attention;
+        match relative.dropped.get(application).and_then(Option::as_ref) {
+            Some(dropped) => {
+                backend.fill(scratch, 0.0)?;
+                attention.position_projection_backward(
+                    backend,
+                    params,
+                    grads,
+                    dropped,
+                    dprojection,
+                    projection.first_row,
+                    projection.rows,
+                    scratch,
+                )?;
+                maybe_dropout(
+                    dropout,
+                    backend,
+                    scratch,
+                    application,
+                    Site::RelativeEmbeddings,
+                )?;
+                backend.add_assign(drel_normed, scratch)
+            }
+            None => attention.position_projection_backward(
+                backend,
+                params,
+                grads,
+                &relative.normed,
+                dprojection,
+                projection.first_row,
+                projection.rows,
+                drel_normed,
+            ),
+        }
+    }
+
+    /// Backward of [`Self::relative_embeddings`]'s LayerNorm: `∂L/∂rel_embeddings` from the
+    /// gradient of the normalised table.
+    pub fn relative_table_backward<B: Backend>(
+        &self,
+        backend: &B,
+        params: &ParamStore<B::Tensor>,
+        grads: &mut ParamStore<B::Tensor>,
+        relative: &RelativeEmbeddings<B::Tensor>,
+        drel_normed: &B::Tensor,
+    ) -> Result<(), Error> {
+        let Some(table) = self.rel_embeddings else {
+            return Ok(());
+        };
+        match (&self.rel_norm, &relative.stats) {
+            (Some(norm), Some(stats)) => {
+                // The LayerNorm's input is the parameter itself; its gradient is written there.
+                let mut dtable = backend.zeros(self.rel_rows * self.hidden)?;
+                norm.backward(
+                    backend,
+                    params,
+                    grads,
+                    params.get(table),
+                    stats,
+                    drel_normed,
+                    &mut dtable,
+                    self.rel_rows,
+                )?;
+                backend.add_assign(grads.get_mut(table), &dtable)
+            }
+            _ => backend.add_assign(grads.get_mut(table), drel_normed),
+        }
     }
 }

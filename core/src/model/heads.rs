@@ -1,12 +1,12 @@
-//! Prediction heads: the MLM head with its decoder tied to the word embeddings (SPEC §5.2) and
-//! the RTD head `LMMaskPredictionHead` (SPEC §5.3).
+//! Prediction heads, forward and backward: the MLM head with its decoder tied to the word
+//! embeddings (SPEC §5.2) and the RTD head `LMMaskPredictionHead` (SPEC §5.3).
 
 use alloc::format;
 
 use super::modules::{LayerNorm, Linear};
 use super::params::{Init, ParamId, ParamLayout, ParamStore};
 use crate::backend::Backend;
-use crate::kernels::MatmulSpec;
+use crate::kernels::{MatmulSpec, MatrixLayout};
 use crate::{Activation, Error, ModelConfig};
 
 /// Which state-dict layout an MLM head uses.
@@ -43,7 +43,7 @@ pub struct MlmHead {
     pub norm: LayerNorm,
     /// The output bias, `[vocab]`.
     pub bias: ParamId,
-    /// The tied decoder: the word-embedding table, `[vocab, width]`.
+    /// The tied decoder: the model's word-embedding table, `[vocab, width]`.
     pub decoder: ParamId,
     /// Vocabulary size.
     pub vocab: usize,
@@ -63,30 +63,43 @@ pub struct MlmActivations<T> {
     pub logits: T,
 }
 
+/// Loss and backward buffers of the MLM head over `R` rows.
+pub struct MlmScratch<T> {
+    /// Per-row cross-entropy, `[R]`.
+    pub losses: T,
+    /// `∂L/∂logits`, `[R, vocab]`.
+    pub dlogits: T,
+    dnormed: T,
+    dactivated: T,
+    ddense: T,
+}
+
 impl MlmHead {
     /// Registers the head under `{root}{layout.prefix()}`, tied to `decoder`.
     pub fn new(
-        layout_store: &mut ParamLayout,
+        params: &mut ParamLayout,
         root: &str,
         layout: MlmLayout,
         cfg: &ModelConfig,
         decoder: ParamId,
     ) -> Self {
         let prefix = format!("{root}{}", layout.prefix());
-        let (width, norm_prefix) = match layout {
-            MlmLayout::LmPredictions => (cfg.hidden_size, format!("{prefix}.LayerNorm")),
-            MlmLayout::ClsPredictions => {
-                (cfg.embedding_size, format!("{prefix}.transform.LayerNorm"))
-            }
-        };
-        let dense_prefix = match layout {
-            MlmLayout::LmPredictions => format!("{prefix}.dense"),
-            MlmLayout::ClsPredictions => format!("{prefix}.transform.dense"),
+        let (width, dense_prefix, norm_prefix) = match layout {
+            MlmLayout::LmPredictions => (
+                cfg.hidden_size,
+                format!("{prefix}.dense"),
+                format!("{prefix}.LayerNorm"),
+            ),
+            MlmLayout::ClsPredictions => (
+                cfg.embedding_size,
+                format!("{prefix}.transform.dense"),
+                format!("{prefix}.transform.LayerNorm"),
+            ),
         };
         MlmHead {
             layout,
             dense: Linear::new(
-                layout_store,
+                params,
                 &dense_prefix,
                 cfg.hidden_size,
                 width,
@@ -94,8 +107,8 @@ impl MlmHead {
                 cfg.initializer_range,
             ),
             activation: cfg.hidden_act,
-            norm: LayerNorm::new(layout_store, &norm_prefix, width, cfg.layer_norm_eps),
-            bias: layout_store.add(format!("{prefix}.bias"), &[cfg.vocab_size], Init::Zeros),
+            norm: LayerNorm::new(params, &norm_prefix, width, cfg.layer_norm_eps),
+            bias: params.add(format!("{prefix}.bias"), &[cfg.vocab_size], Init::Zeros),
             decoder,
             vocab: cfg.vocab_size,
         }
@@ -114,6 +127,22 @@ impl MlmHead {
             stats: backend.zeros(rows * 2)?,
             normed: backend.zeros(rows * w)?,
             logits: backend.zeros(rows * self.vocab)?,
+        })
+    }
+
+    /// Loss and backward buffers for `rows` rows.
+    pub fn scratch<B: Backend>(
+        &self,
+        backend: &B,
+        rows: usize,
+    ) -> Result<MlmScratch<B::Tensor>, Error> {
+        let w = self.dense.output;
+        Ok(MlmScratch {
+            losses: backend.zeros(rows)?,
+            dlogits: backend.zeros(rows * self.vocab)?,
+            dnormed: backend.zeros(rows * w)?,
+            dactivated: backend.zeros(rows * w)?,
+            ddense: backend.zeros(rows * w)?,
         })
     }
 
@@ -146,6 +175,70 @@ impl MlmHead {
         )?;
         backend.add_bias(&mut acts.logits, params.get(self.bias), self.vocab)
     }
+
+    /// Backward from `scratch.dlogits`: adds to the head's gradients, to the tied word
+    /// embeddings' gradient, and `∂L/∂hidden` to `dhidden`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<B: Backend>(
+        &self,
+        backend: &B,
+        params: &ParamStore<B::Tensor>,
+        grads: &mut ParamStore<B::Tensor>,
+        hidden: &B::Tensor,
+        rows: usize,
+        acts: &MlmActivations<B::Tensor>,
+        scratch: &mut MlmScratch<B::Tensor>,
+        dhidden: &mut B::Tensor,
+    ) -> Result<(), Error> {
+        let (w, v) = (self.dense.output, self.vocab);
+        backend.sum_rows(&scratch.dlogits, grads.get_mut(self.bias), v, true)?;
+        // Tied decoder: dE += dlogitsᵀ · normed ; dnormed = dlogits · E.
+        backend.matmul(
+            &scratch.dlogits,
+            &acts.normed,
+            grads.get_mut(self.decoder),
+            &MatmulSpec {
+                a: MatrixLayout::row_major(v).transposed(),
+                b: MatrixLayout::row_major(w),
+                c: MatrixLayout::row_major(w),
+                beta: 1.0,
+                ..MatmulSpec::dense(v, w, rows)
+            },
+        )?;
+        backend.matmul(
+            &scratch.dlogits,
+            params.get(self.decoder),
+            &mut scratch.dnormed,
+            &MatmulSpec::dense(rows, w, v),
+        )?;
+        backend.fill(&mut scratch.dactivated, 0.0)?;
+        self.norm.backward(
+            backend,
+            params,
+            grads,
+            &acts.activated,
+            &acts.stats,
+            &scratch.dnormed,
+            &mut scratch.dactivated,
+            rows,
+        )?;
+        backend.activation_backward(
+            self.activation,
+            &acts.dense,
+            &scratch.dactivated,
+            &mut scratch.ddense,
+            false,
+        )?;
+        self.dense.backward(
+            backend,
+            params,
+            grads,
+            hidden,
+            &scratch.ddense,
+            Some(dhidden),
+            rows,
+        )
+    }
 }
 
 /// `logit = classifier(act(dense(LN(h + h_CLS))))`, keys `mask_predictions.*`.
@@ -177,6 +270,18 @@ pub struct RtdActivations<T> {
     pub activated: T,
     /// One logit per token, `[N]`.
     pub logits: T,
+}
+
+/// Loss and backward buffers of the RTD head over `N` tokens.
+pub struct RtdScratch<T> {
+    /// Per-token BCE, `[N]`.
+    pub losses: T,
+    /// `∂L/∂logits`, `[N]`.
+    pub dlogits: T,
+    dactivated: T,
+    ddense: T,
+    dnormed: T,
+    dwith_context: T,
 }
 
 impl RtdHead {
@@ -215,6 +320,23 @@ impl RtdHead {
         })
     }
 
+    /// Loss and backward buffers for `tokens` tokens.
+    pub fn scratch<B: Backend>(
+        &self,
+        backend: &B,
+        tokens: usize,
+    ) -> Result<RtdScratch<B::Tensor>, Error> {
+        let n = tokens * self.hidden;
+        Ok(RtdScratch {
+            losses: backend.zeros(tokens)?,
+            dlogits: backend.zeros(tokens)?,
+            dactivated: backend.zeros(n)?,
+            ddense: backend.zeros(n)?,
+            dnormed: backend.zeros(n)?,
+            dwith_context: backend.zeros(n)?,
+        })
+    }
+
     /// One replaced-token logit per token of `hidden` `[batch, len, H]`.
     pub fn forward<B: Backend>(
         &self,
@@ -240,5 +362,67 @@ impl RtdHead {
         backend.activation(self.activation, &acts.dense, &mut acts.activated)?;
         self.classifier
             .forward(backend, params, &acts.activated, &mut acts.logits, n)
+    }
+
+    /// Backward from `scratch.dlogits`: adds to the head's gradients and `∂L/∂hidden` to
+    /// `dhidden`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<B: Backend>(
+        &self,
+        backend: &B,
+        params: &ParamStore<B::Tensor>,
+        grads: &mut ParamStore<B::Tensor>,
+        batch: usize,
+        len: usize,
+        acts: &RtdActivations<B::Tensor>,
+        scratch: &mut RtdScratch<B::Tensor>,
+        dhidden: &mut B::Tensor,
+    ) -> Result<(), Error> {
+        let n = batch * len;
+        backend.fill(&mut scratch.dactivated, 0.0)?;
+        self.classifier.backward(
+            backend,
+            params,
+            grads,
+            &acts.activated,
+            &scratch.dlogits,
+            Some(&mut scratch.dactivated),
+            n,
+        )?;
+        backend.activation_backward(
+            self.activation,
+            &acts.dense,
+            &scratch.dactivated,
+            &mut scratch.ddense,
+            false,
+        )?;
+        backend.fill(&mut scratch.dnormed, 0.0)?;
+        self.dense.backward(
+            backend,
+            params,
+            grads,
+            &acts.normed,
+            &scratch.ddense,
+            Some(&mut scratch.dnormed),
+            n,
+        )?;
+        backend.fill(&mut scratch.dwith_context, 0.0)?;
+        self.norm.backward(
+            backend,
+            params,
+            grads,
+            &acts.with_context,
+            &acts.stats,
+            &scratch.dnormed,
+            &mut scratch.dwith_context,
+            n,
+        )?;
+        backend.add_sequence_row_backward(
+            &scratch.dwith_context,
+            dhidden,
+            [batch, len, self.hidden],
+            0,
+            true,
+        )
     }
 }

@@ -8,6 +8,7 @@
 pub mod attention;
 pub mod batch;
 pub mod deberta;
+pub mod dropout;
 pub mod embeddings;
 pub mod encoder;
 pub mod heads;
@@ -15,6 +16,8 @@ pub mod modules;
 pub mod params;
 
 pub use batch::{DeviceBatch, HostBatch};
-pub use deberta::{Activations, Deberta, Heads};
+pub use deberta::{Activations, BackwardScratch, Deberta, ForwardOptions, Heads, MlmRows};
+pub use dropout::Dropout;
+pub use embeddings::{FrozenParam, SharedTables, TableSource};
 pub use heads::MlmLayout;
 pub use params::{Init, ParamId, ParamLayout, ParamSpec, ParamStore};

@@ -1,11 +1,13 @@
-//! The two building blocks every layer uses: PyTorch `Linear` and `LayerNorm`.
+//! The two building blocks every layer uses, PyTorch `Linear` and `LayerNorm`, forward and
+//! backward. By convention every backward **adds** into the input gradient it is given and
+//! into the parameter gradients; callers zero buffers when they start a new gradient.
 
 use alloc::format;
 
 use super::params::{Init, ParamId, ParamLayout, ParamStore};
 use crate::Error;
-use crate::backend::Backend;
-use crate::kernels::{LayerNormSpec, MatmulSpec};
+use crate::backend::{Backend, LayerNormGrads};
+use crate::kernels::{LayerNormSpec, MatmulSpec, MatrixLayout};
 
 /// `y = x·Wᵀ (+ b)` with `W` `[output, input]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,6 +62,48 @@ impl Linear {
         }
         Ok(())
     }
+
+    /// Adds `∂L/∂W = dyᵀ·x`, `∂L/∂b = Σ dy` to `grads` and, when `dx` is given,
+    /// `∂L/∂x = dy·W` to `dx`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<B: Backend>(
+        &self,
+        backend: &B,
+        params: &ParamStore<B::Tensor>,
+        grads: &mut ParamStore<B::Tensor>,
+        x: &B::Tensor,
+        dy: &B::Tensor,
+        dx: Option<&mut B::Tensor>,
+        rows: usize,
+    ) -> Result<(), Error> {
+        backend.matmul(
+            dy,
+            x,
+            grads.get_mut(self.weight),
+            &MatmulSpec {
+                a: MatrixLayout::row_major(self.output).transposed(),
+                b: MatrixLayout::row_major(self.input),
+                c: MatrixLayout::row_major(self.input),
+                beta: 1.0,
+                ..MatmulSpec::dense(self.output, self.input, rows)
+            },
+        )?;
+        if let Some(bias) = self.bias {
+            backend.sum_rows(dy, grads.get_mut(bias), self.output, true)?;
+        }
+        if let Some(dx) = dx {
+            backend.matmul(
+                dy,
+                params.get(self.weight),
+                dx,
+                &MatmulSpec {
+                    beta: 1.0,
+                    ..MatmulSpec::dense(rows, self.input, self.output)
+                },
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// PyTorch `nn.LayerNorm(width, eps)` with affine parameters.
@@ -86,6 +130,14 @@ impl LayerNorm {
         }
     }
 
+    fn spec(&self, rows: usize) -> LayerNormSpec {
+        LayerNormSpec {
+            rows,
+            cols: self.width,
+            eps: self.eps,
+        }
+    }
+
     /// Normalises `rows` rows of `x` into `out`, recording `[mean, rstd]` per row in `stats`.
     pub fn forward<B: Backend>(
         &self,
@@ -102,11 +154,37 @@ impl LayerNorm {
             params.get(self.bias),
             out,
             stats,
-            LayerNormSpec {
-                rows,
-                cols: self.width,
-                eps: self.eps,
+            self.spec(rows),
+        )
+    }
+
+    /// Adds `∂L/∂γ`, `∂L/∂β` to `grads` and `∂L/∂x` to `dx`, from the forward input `x`
+    /// and its `stats`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<B: Backend>(
+        &self,
+        backend: &B,
+        params: &ParamStore<B::Tensor>,
+        grads: &mut ParamStore<B::Tensor>,
+        x: &B::Tensor,
+        stats: &B::Tensor,
+        dout: &B::Tensor,
+        dx: &mut B::Tensor,
+        rows: usize,
+    ) -> Result<(), Error> {
+        let (dgamma, dbeta) = grads.pair_mut(self.weight, self.bias)?;
+        backend.layer_norm_backward(
+            x,
+            params.get(self.weight),
+            stats,
+            dout,
+            LayerNormGrads {
+                dx,
+                dgamma,
+                dbeta,
+                accumulate_dx: true,
             },
+            self.spec(rows),
         )
     }
 }

@@ -157,6 +157,34 @@ impl<T> ParamStore<T> {
         &mut self.tensors[id.0]
     }
 
+    /// Two different parameters' tensors, both mutably (a LayerNorm's γ and β gradients).
+    pub fn pair_mut(&mut self, a: ParamId, b: ParamId) -> Result<(&mut T, &mut T), Error> {
+        if a.0 == b.0 || a.0.max(b.0) >= self.tensors.len() {
+            return Err(Error::ShapeMismatch {
+                what: "two distinct parameters of this store",
+                expected: self.tensors.len(),
+                found: a.0.max(b.0),
+            });
+        }
+        if a.0 < b.0 {
+            let (lo, hi) = self.tensors.split_at_mut(b.0);
+            Ok((&mut lo[a.0], &mut hi[0]))
+        } else {
+            let (lo, hi) = self.tensors.split_at_mut(a.0);
+            Ok((&mut hi[0], &mut lo[b.0]))
+        }
+    }
+
+    /// Replaces the tensor of a parameter.
+    pub fn set(&mut self, id: ParamId, tensor: T) {
+        self.tensors[id.0] = tensor;
+    }
+
+    /// Iterates over the tensors mutably, in id order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.tensors.iter_mut()
+    }
+
     /// Number of tensors.
     pub fn len(&self) -> usize {
         self.tensors.len()

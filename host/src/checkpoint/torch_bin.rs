@@ -44,6 +44,8 @@ const MAX_MARKS: usize = 1 << 16;
 const MAX_MEMO: usize = 1 << 20;
 /// Most container elements copied when a shared (memoised) list or dict is modified.
 const MAX_COPY_WORK: usize = 1 << 24;
+/// Longest storage key (torch writes small decimal numbers).
+const MAX_KEY_BYTES: usize = 256;
 /// Largest uncompressed/compressed ratio deflate can reach (plus slack below).
 const DEFLATE_MAX_RATIO: u64 = 1032;
 /// Elements a tensor may address beyond its storage's size (stride-0 expanded views), and
@@ -202,8 +204,8 @@ impl Global {
             Global::OrderedDict => "collections.OrderedDict".to_string(),
             Global::RebuildTensorV2 => "torch._utils._rebuild_tensor_v2".to_string(),
             Global::RebuildParameter => "torch._utils._rebuild_parameter".to_string(),
-            Global::StorageClass(d) => format!("torch storage class of {}", d.name()),
-            Global::DType(d) => format!("torch dtype {}", d.name()),
+            Global::StorageClass(d) => format!("the torch storage class of {}", d.name()),
+            Global::DType(d) => format!("the torch dtype {}", d.name()),
         }
     }
 }
@@ -270,28 +272,28 @@ impl Value {
         }
     }
 
-    /// A short description for error messages.
+    /// A short description for error messages, with its article (`an int 5`, `a tensor`).
     fn describe(&self) -> String {
         match self {
             Value::None => "None".to_string(),
-            Value::Bool(b) => format!("bool {b}"),
-            Value::Int(i) => format!("int {i}"),
-            Value::Float(f) => format!("float {f}"),
+            Value::Bool(b) => format!("the bool {b}"),
+            Value::Int(i) => format!("the int {i}"),
+            Value::Float(f) => format!("the float {f}"),
             Value::Str(s) => {
                 let short: String = s.chars().take(40).collect();
                 if short.len() < s.len() {
-                    format!("string `{short}…`")
+                    format!("the string `{short}…`")
                 } else {
-                    format!("string `{short}`")
+                    format!("the string `{short}`")
                 }
             }
-            Value::Bytes(b) => format!("bytes of length {}", b.len()),
-            Value::Tuple(s) => format!("tuple of {} items", s.items.len()),
-            Value::List(s) => format!("list of {} items", s.items.len()),
-            Value::Dict(d) => format!("dict of {} items", d.pairs.len()),
-            Value::Global(g) => format!("global {}", g.describe()),
-            Value::Storage(s) => format!("storage `{}`", s.key),
-            Value::Tensor(_) => "tensor".to_string(),
+            Value::Bytes(b) => format!("{} bytes", b.len()),
+            Value::Tuple(s) => format!("a tuple of {} items", s.items.len()),
+            Value::List(s) => format!("a list of {} items", s.items.len()),
+            Value::Dict(d) => format!("a dict of {} items", d.pairs.len()),
+            Value::Global(g) => g.describe(),
+            Value::Storage(s) => format!("the storage `{}`", s.key),
+            Value::Tensor(_) => "a tensor".to_string(),
         }
     }
 
@@ -487,7 +489,9 @@ impl<'a> Unpickler<'a> {
     fn take(&mut self, n: usize) -> PResult<&'a [u8]> {
         let rest = self.data.len() - self.pos;
         if n > rest {
-            return Err(format!("truncated: needs {n} argument bytes, {rest} remain"));
+            return Err(format!(
+                "truncated: needs {n} argument bytes, {rest} remain"
+            ));
         }
         let out = &self.data[self.pos..self.pos + n];
         self.pos += n;
@@ -554,14 +558,18 @@ impl<'a> Unpickler<'a> {
         if self.stack.len() <= self.base() {
             return Err("stack underflow".to_string());
         }
-        self.stack.pop().ok_or_else(|| "stack underflow".to_string())
+        self.stack
+            .pop()
+            .ok_or_else(|| "stack underflow".to_string())
     }
 
     fn top(&self) -> PResult<&Value> {
         if self.stack.len() <= self.base() {
             return Err("stack underflow".to_string());
         }
-        self.stack.last().ok_or_else(|| "stack underflow".to_string())
+        self.stack
+            .last()
+            .ok_or_else(|| "stack underflow".to_string())
     }
 
     /// Pops everything above the innermost MARK, and the MARK.
@@ -615,7 +623,10 @@ impl<'a> Unpickler<'a> {
                 seq.depth = seq.depth.max(depth);
                 Ok(())
             }
-            Some(other) => Err(format!("expected a list or set, found {}", other.describe())),
+            Some(other) => Err(format!(
+                "expected a list or set, found {}",
+                other.describe()
+            )),
             None => Err("stack underflow".to_string()),
         }
     }
@@ -830,8 +841,8 @@ impl<'a> Unpickler<'a> {
                 self.memo_put(index)?;
             }
             0x94 => {
-                let index = u32::try_from(self.memo.len())
-                    .map_err(|_| "memo is full".to_string())?;
+                let index =
+                    u32::try_from(self.memo.len()).map_err(|_| "memo is full".to_string())?;
                 self.memo_put(index)?;
             }
             b'h' => {
@@ -875,7 +886,7 @@ impl<'a> Unpickler<'a> {
                 match self.top()? {
                     Value::Dict(_) | Value::Tensor(_) => {}
                     other => {
-                        return Err(format!("cannot BUILD a {}", other.describe()));
+                        return Err(format!("cannot BUILD {}", other.describe()));
                     }
                 }
             }
@@ -894,13 +905,16 @@ impl<'a> Unpickler<'a> {
 // Torch reconstruction
 // ---------------------------------------------------------------------------------------------
 
-/// A non-negative integer that fits in `usize`.
-fn as_index(value: &Value, what: &str) -> PResult<usize> {
+/// A non-negative integer that fits in `usize`; `what` names it in the error.
+fn as_index(value: &Value, what: impl FnOnce() -> String) -> PResult<usize> {
     match value {
-        Value::Int(i) => {
-            usize::try_from(*i).map_err(|_| format!("{what} is {i}, not a non-negative index"))
-        }
-        other => Err(format!("{what} is a {}, not an integer", other.describe())),
+        Value::Int(i) => usize::try_from(*i)
+            .map_err(|_| format!("{} is {i}, not a non-negative integer", what())),
+        other => Err(format!(
+            "{} is {}, not an integer",
+            what(),
+            other.describe()
+        )),
     }
 }
 
@@ -911,19 +925,16 @@ fn as_dims(value: &Value, what: &str) -> PResult<Vec<usize>> {
             .items
             .iter()
             .enumerate()
-            .map(|(i, v)| as_index(v, &format!("{what}[{i}]")))
+            .map(|(i, v)| as_index(v, || format!("{what}[{i}]")))
             .collect(),
-        other => Err(format!("{what} is a {}, not a tuple", other.describe())),
+        other => Err(format!("{what} is {}, not a tuple", other.describe())),
     }
 }
 
 /// BINPERSID: `('storage', storage type, key, location, numel)` → a storage reference.
 fn persistent_load(pid: &Value) -> PResult<StorageRef> {
     let Value::Tuple(t) = pid else {
-        return Err(format!(
-            "persistent id is a {}, not a tuple",
-            pid.describe()
-        ));
+        return Err(format!("persistent id is {}, not a tuple", pid.describe()));
     };
     let [tag, kind, key, location, numel] = t.items.as_slice() else {
         return Err(format!(
@@ -961,7 +972,13 @@ fn persistent_load(pid: &Value) -> PResult<StorageRef> {
             location.describe()
         ));
     }
-    let numel = as_index(numel, "storage size")?;
+    if key.len() > MAX_KEY_BYTES {
+        return Err(format!(
+            "persistent id key of {} bytes is longer than {MAX_KEY_BYTES}",
+            key.len()
+        ));
+    }
+    let numel = as_index(numel, || "storage size".to_string())?;
     Ok(StorageRef {
         dtype,
         key: key.clone(),
@@ -972,10 +989,10 @@ fn persistent_load(pid: &Value) -> PResult<StorageRef> {
 /// REDUCE: calls one of the allowed globals.
 fn reduce(func: &Value, args: &Value) -> PResult<Value> {
     let Value::Global(global) = func else {
-        return Err(format!("cannot call a {}", func.describe()));
+        return Err(format!("cannot call {}", func.describe()));
     };
     let Value::Tuple(args) = args else {
-        return Err(format!("arguments are a {}, not a tuple", args.describe()));
+        return Err(format!("arguments are {}, not a tuple", args.describe()));
     };
     let args = args.items.as_slice();
     match global {
@@ -1012,11 +1029,11 @@ fn rebuild_tensor(args: &[Value]) -> PResult<Value> {
     }
     let Value::Storage(storage) = &args[0] else {
         return Err(format!(
-            "tensor storage is a {}, not a storage",
+            "tensor storage is {}, not a storage",
             args[0].describe()
         ));
     };
-    let offset = as_index(&args[1], "storage offset")?;
+    let offset = as_index(&args[1], || "storage offset".to_string())?;
     let size = as_dims(&args[2], "size")?;
     let stride = as_dims(&args[3], "stride")?;
     if size.len() != stride.len() {
@@ -1039,7 +1056,7 @@ fn unpickle_state_dict(data: &[u8]) -> PResult<Vec<(String, Rc<TensorRef>)>> {
     let root = Unpickler::new(data).run()?;
     let Value::Dict(dict) = &root else {
         return Err(format!(
-            "the pickle holds a {}, not a dict of tensors",
+            "the pickle holds {}, not a dict of tensors",
             root.describe()
         ));
     };
@@ -1047,13 +1064,13 @@ fn unpickle_state_dict(data: &[u8]) -> PResult<Vec<(String, Rc<TensorRef>)>> {
     for (key, value) in &dict.pairs {
         let Value::Str(name) = key else {
             return Err(format!(
-                "a state-dict key is a {}, not a string",
+                "a state-dict key is {}, not a string",
                 key.describe()
             ));
         };
         let Value::Tensor(tensor) = value else {
             return Err(format!(
-                "state-dict entry `{name}` is a {}, not a tensor",
+                "state-dict entry `{name}` is {}, not a tensor",
                 value.describe()
             ));
         };
@@ -1245,8 +1262,9 @@ fn gather<'b>(bytes: &'b [u8], elem: usize, t: &TensorRef, numel: usize) -> PRes
     out.try_reserve_exact(total)
         .map_err(|_| format!("cannot allocate {total} bytes"))?;
     // `dims` is not empty here: with no dimensions left the view is contiguous.
-    let (outer, inner) = dims.split_at(dims.len() - 1);
-    let (run_len, run_stride) = inner[0];
+    let Some((&(run_len, run_stride), outer)) = dims.split_last() else {
+        return Err("a non-contiguous view without dimensions".to_string());
+    };
     let mut index = vec![0usize; outer.len()];
     // Storage index of the start of the current innermost run; the wrapping arithmetic only
     // ever steps back to values already checked by `check_view`, and `get` guards every read.
@@ -1254,9 +1272,7 @@ fn gather<'b>(bytes: &'b [u8], elem: usize, t: &TensorRef, numel: usize) -> PRes
     loop {
         if run_stride == 1 {
             let from = base.checked_mul(elem).ok_or_else(out_of_range)?;
-            let to = from
-                .checked_add(run_len * elem)
-                .ok_or_else(out_of_range)?;
+            let to = from.checked_add(run_len * elem).ok_or_else(out_of_range)?;
             out.extend_from_slice(bytes.get(from..to).ok_or_else(out_of_range)?);
         } else {
             let mut pos = base;
@@ -1519,8 +1535,8 @@ fn check_byteorder<R: Read + Seek>(
 
 /// Reads a checkpoint from any seekable reader of `file_len` bytes; `path` labels errors.
 fn read_archive<R: Read + Seek>(reader: R, file_len: u64, path: &Path) -> Result<TensorMap> {
-    let mut archive = ZipArchive::new(reader)
-        .map_err(|e| zip_error(path, "not a readable zip archive", e))?;
+    let mut archive =
+        ZipArchive::new(reader).map_err(|e| zip_error(path, "not a readable zip archive", e))?;
     let prefix = find_prefix(&archive).map_err(|r| Error::format(path, r))?;
     check_byteorder(&mut archive, &prefix, file_len, path)?;
 
@@ -1536,8 +1552,8 @@ fn read_archive<R: Read + Seek>(reader: R, file_len: u64, path: &Path) -> Result
     };
     let pkl = read_entry(&mut archive, &pkl_name, file_len, path, limit)?
         .ok_or_else(|| Error::format(path, format!("entry `{pkl_name}` cannot be opened")))?;
-    let entries = unpickle_state_dict(&pkl)
-        .map_err(|r| Error::format(path, format!("`{pkl_name}`: {r}")))?;
+    let entries =
+        unpickle_state_dict(&pkl).map_err(|r| Error::format(path, format!("`{pkl_name}`: {r}")))?;
     drop(pkl);
     let plan = plan_tensors(entries).map_err(|r| Error::format(path, r))?;
 
@@ -1612,4 +1628,711 @@ fn read_archive<R: Read + Seek>(reader: R, file_len: u64, path: &Path) -> Result
         }
     }
     Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Cursor, Write};
+    use std::path::PathBuf;
+
+    use zip::write::SimpleFileOptions;
+
+    use super::*;
+
+    // --- fixtures ---
+
+    /// The first of `candidates` (relative to this crate) that exists; fails the test, naming
+    /// them, when none does.
+    fn fixture(candidates: &[&str]) -> PathBuf {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for candidate in candidates {
+            let path = root.join(candidate);
+            if path.exists() {
+                return path;
+            }
+        }
+        panic!(
+            "fixture missing: none of {candidates:?} exists under {}",
+            root.display()
+        );
+    }
+
+    fn tiny_bin() -> PathBuf {
+        fixture(&[
+            "../tests/fixtures/tiny-bin/pytorch_model.bin",
+            "../../shared/fixtures/tiny-bin/pytorch_model.bin",
+        ])
+    }
+
+    fn tiny_safetensors() -> PathBuf {
+        fixture(&[
+            "../tests/fixtures/tiny/model.safetensors",
+            "../../shared/fixtures/tiny/model.safetensors",
+        ])
+    }
+
+    /// A raw safetensors tensor: dtype, shape, bytes.
+    type RawTensor = (String, Vec<usize>, Vec<u8>);
+
+    /// A minimal safetensors reader: 8-byte little-endian header length, JSON header, data.
+    fn read_raw_safetensors(path: &Path) -> BTreeMap<String, RawTensor> {
+        let bytes = std::fs::read(path).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let data = &bytes[8 + n..];
+        let mut out = BTreeMap::new();
+        for (name, info) in header.as_object().unwrap() {
+            if name == "__metadata__" {
+                continue;
+            }
+            let dtype = info["dtype"].as_str().unwrap().to_string();
+            let shape = info["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            let offsets = info["data_offsets"].as_array().unwrap();
+            let (begin, end) = (
+                offsets[0].as_u64().unwrap() as usize,
+                offsets[1].as_u64().unwrap() as usize,
+            );
+            out.insert(name.clone(), (dtype, shape, data[begin..end].to_vec()));
+        }
+        out
+    }
+
+    /// Every entry of a zip file, in archive order.
+    fn zip_entries(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let mut archive = ZipArchive::new(Cursor::new(bytes)).unwrap();
+        (0..archive.len())
+            .map(|i| {
+                let mut entry = archive.by_index(i).unwrap();
+                let name = entry.name().unwrap().to_string();
+                let mut data = Vec::new();
+                entry.read_to_end(&mut data).unwrap();
+                (name, data)
+            })
+            .collect()
+    }
+
+    fn zip_bytes(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+        let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let options = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
+        for (name, data) in entries {
+            writer.start_file(name.as_str(), options).unwrap();
+            writer.write_all(data).unwrap();
+        }
+        writer.finish().unwrap().into_inner()
+    }
+
+    fn load(bytes: &[u8]) -> Result<TensorMap> {
+        read_archive(
+            Cursor::new(bytes),
+            bytes.len() as u64,
+            Path::new("test.bin"),
+        )
+    }
+
+    /// A checkpoint with `pkl` and the given storages under `archive/`.
+    fn checkpoint(pkl: &[u8], storages: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut entries = vec![
+            ("archive/data.pkl".to_string(), pkl.to_vec()),
+            ("archive/byteorder".to_string(), b"little".to_vec()),
+        ];
+        for (key, data) in storages {
+            entries.push((format!("archive/data/{key}"), data.clone()));
+        }
+        zip_bytes(&entries)
+    }
+
+    fn message(result: Result<TensorMap>) -> String {
+        match result {
+            Ok(map) => panic!("expected an error, got {} tensors", map.len()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    // --- a pickle writer (protocol 2, as torch.save writes it) ---
+
+    #[derive(Default)]
+    struct Pkl(Vec<u8>);
+
+    impl Pkl {
+        fn proto2() -> Self {
+            Pkl(vec![0x80, 2])
+        }
+        fn op(&mut self, op: u8) -> &mut Self {
+            self.0.push(op);
+            self
+        }
+        fn str(&mut self, s: &str) -> &mut Self {
+            self.0.push(b'X');
+            self.0.extend((s.len() as u32).to_le_bytes());
+            self.0.extend(s.as_bytes());
+            self
+        }
+        fn int(&mut self, v: i64) -> &mut Self {
+            match i32::try_from(v) {
+                Ok(v) => {
+                    self.0.push(b'J');
+                    self.0.extend(v.to_le_bytes());
+                }
+                Err(_) => {
+                    self.0.extend([0x8a, 8]);
+                    self.0.extend(v.to_le_bytes());
+                }
+            }
+            self
+        }
+        fn global(&mut self, module: &str, name: &str) -> &mut Self {
+            self.0.push(b'c');
+            self.0.extend(format!("{module}\n{name}\n").as_bytes());
+            self
+        }
+        fn ints(&mut self, values: &[i64]) -> &mut Self {
+            self.op(b'(');
+            for &v in values {
+                self.int(v);
+            }
+            self.op(b't')
+        }
+        /// `name: _rebuild_tensor_v2(('storage', torch.<class>, key, 'cpu', numel), …)`.
+        #[allow(clippy::too_many_arguments)]
+        fn tensor(
+            &mut self,
+            name: &str,
+            class: &str,
+            key: &str,
+            numel: i64,
+            offset: i64,
+            size: &[i64],
+            stride: &[i64],
+        ) -> &mut Self {
+            self.str(name)
+                .global("torch._utils", "_rebuild_tensor_v2")
+                .op(b'(')
+                .op(b'(')
+                .str("storage")
+                .global("torch", class)
+                .str(key)
+                .str("cpu")
+                .int(numel)
+                .op(b't')
+                .op(b'Q')
+                .int(offset)
+                .ints(size)
+                .ints(stride)
+                .op(0x89)
+                .global("collections", "OrderedDict")
+                .op(b')')
+                .op(b'R')
+                .op(b't')
+                .op(b'R')
+        }
+        /// A plain dict of whatever `body` pushes (key/value pairs), then STOP.
+        fn state_dict(body: impl FnOnce(&mut Pkl)) -> Vec<u8> {
+            let mut p = Pkl::proto2();
+            p.op(b'}').op(b'(');
+            body(&mut p);
+            p.op(b'u').op(b'.');
+            p.0
+        }
+    }
+
+    fn f32_bytes(values: impl IntoIterator<Item = f32>) -> Vec<u8> {
+        values.into_iter().flat_map(f32::to_le_bytes).collect()
+    }
+
+    // --- the fixture ---
+
+    #[test]
+    fn fixture_matches_safetensors_bit_for_bit() {
+        let bin = read_torch_bin(&tiny_bin()).unwrap();
+        let reference = read_raw_safetensors(&tiny_safetensors());
+        assert!(!reference.is_empty());
+        for (name, (dtype, shape, bytes)) in &reference {
+            let tensor = bin
+                .get(name)
+                .unwrap_or_else(|| panic!("`{name}` missing from pytorch_model.bin"));
+            assert_eq!(dtype, "F32", "{name}");
+            assert_eq!(tensor.stored_as, "F32", "{name}");
+            assert_eq!(&tensor.shape, shape, "{name}");
+            let values = tensor.as_float().unwrap();
+            let expected: Vec<u32> = bytes
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            let found: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
+            assert!(found == expected, "`{name}` differs");
+        }
+        let extra: Vec<&String> = bin.keys().filter(|k| !reference.contains_key(*k)).collect();
+        assert!(
+            extra.is_empty(),
+            "tensors not in the safetensors file: {extra:?}"
+        );
+    }
+
+    #[test]
+    fn reads_through_read_tensor_file() {
+        let map = super::super::read_tensor_file(&tiny_bin()).unwrap();
+        assert!(!map.is_empty());
+    }
+
+    // --- hand-built pickles ---
+
+    #[test]
+    fn non_contiguous_views_of_one_storage() {
+        let pkl = Pkl::state_dict(|p| {
+            // The storage holds 0..12, a 3x4 matrix row-major.
+            p.tensor("transposed", "FloatStorage", "0", 12, 0, &[4, 3], &[1, 4]);
+            p.tensor("window", "FloatStorage", "0", 12, 5, &[2, 2], &[4, 1]);
+            p.tensor("columns", "FloatStorage", "0", 12, 1, &[3, 2], &[4, 2]);
+            p.tensor("expanded", "FloatStorage", "0", 12, 2, &[3, 2], &[0, 1]);
+            p.tensor("scalar", "FloatStorage", "0", 12, 7, &[], &[]);
+            p.tensor("empty", "FloatStorage", "0", 12, 0, &[0, 3], &[3, 1]);
+            p.tensor(
+                "whole",
+                "FloatStorage",
+                "0",
+                12,
+                0,
+                &[1, 3, 1, 4],
+                &[99, 4, 7, 1],
+            );
+        });
+        let file = checkpoint(&pkl, &[("0", f32_bytes((0..12).map(|i| i as f32)))]);
+        let map = load(&file).unwrap();
+        let get = |name: &str| {
+            let t = &map[name];
+            assert_eq!(t.stored_as, "F32");
+            (t.shape.clone(), t.as_float().unwrap().to_vec())
+        };
+        assert_eq!(
+            get("transposed"),
+            (
+                vec![4, 3],
+                vec![0., 4., 8., 1., 5., 9., 2., 6., 10., 3., 7., 11.]
+            )
+        );
+        assert_eq!(get("window"), (vec![2, 2], vec![5., 6., 9., 10.]));
+        assert_eq!(get("columns"), (vec![3, 2], vec![1., 3., 5., 7., 9., 11.]));
+        assert_eq!(get("expanded"), (vec![3, 2], vec![2., 3., 2., 3., 2., 3.]));
+        assert_eq!(get("scalar"), (vec![], vec![7.]));
+        assert_eq!(get("empty"), (vec![0, 3], vec![]));
+        assert_eq!(
+            get("whole"),
+            (vec![1, 3, 1, 4], (0..12).map(|i| i as f32).collect())
+        );
+    }
+
+    #[test]
+    fn half_bf16_double_and_integer_storages() {
+        let f16: Vec<u8> = vec![0x00, 0x3c, 0x00, 0xc0, 0x00, 0x38]; // 1, -2, 0.5
+        let bf16: Vec<u8> = vec![0x80, 0x3f, 0x40, 0x40]; // 1, 3
+        let f64s: Vec<u8> = [1.25f64, -3.5]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let longs: Vec<u8> = [i64::MIN, 7].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let ints: Vec<u8> = [-5i32, 6].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let shorts: Vec<u8> = [-300i16, 2].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let pkl = Pkl::state_dict(|p| {
+            p.tensor("h", "HalfStorage", "h", 3, 0, &[3], &[1]);
+            p.tensor("h_rev", "HalfStorage", "h", 3, 1, &[2], &[1]);
+            p.tensor("b", "BFloat16Storage", "b", 2, 0, &[2], &[1]);
+            p.tensor("d", "DoubleStorage", "d", 2, 0, &[2], &[1]);
+            p.tensor("l", "LongStorage", "l", 2, 0, &[2], &[1]);
+            p.tensor("i", "IntStorage", "i", 2, 0, &[2], &[1]);
+            p.tensor("s", "ShortStorage", "s", 2, 0, &[2], &[1]);
+            p.tensor("c", "CharStorage", "c", 2, 0, &[2], &[1]);
+            p.tensor("u", "ByteStorage", "u", 2, 0, &[2], &[1]);
+            p.tensor("m", "BoolStorage", "m", 3, 0, &[3], &[1]);
+        });
+        let file = checkpoint(
+            &pkl,
+            &[
+                ("h", f16),
+                ("b", bf16),
+                ("d", f64s),
+                ("l", longs),
+                ("i", ints),
+                ("s", shorts),
+                ("c", vec![0xff, 0x05]),
+                ("u", vec![0xff, 0x05]),
+                ("m", vec![1, 0, 1]),
+            ],
+        );
+        let map = load(&file).unwrap();
+        let float = |name: &str, stored: &str, values: &[f32]| {
+            assert_eq!(map[name].stored_as, stored, "{name}");
+            assert_eq!(map[name].as_float().unwrap(), values, "{name}");
+        };
+        float("h", "F16", &[1.0, -2.0, 0.5]);
+        float("h_rev", "F16", &[-2.0, 0.5]);
+        float("b", "BF16", &[1.0, 3.0]);
+        float("d", "F64", &[1.25, -3.5]);
+        let int = |name: &str, stored: &str, values: &[i64]| {
+            assert_eq!(map[name].stored_as, stored, "{name}");
+            assert_eq!(map[name].as_int().unwrap(), values, "{name}");
+        };
+        int("l", "I64", &[i64::MIN, 7]);
+        int("i", "I32", &[-5, 6]);
+        int("s", "I16", &[-300, 2]);
+        int("c", "I8", &[-1, 5]);
+        int("u", "U8", &[255, 5]);
+        int("m", "BOOL", &[1, 0, 1]);
+    }
+
+    /// Protocol 4 opcodes, an OrderedDict with `_metadata` set by BUILD, a parameter, a
+    /// dtype-typed storage, numel as LONG1 and memo reuse.
+    #[test]
+    fn protocol_4_ordered_dict_and_parameter() {
+        let mut p = Pkl(vec![0x80, 4, 0x95]);
+        p.0.extend(0u64.to_le_bytes()); // frame length is patched below
+        let sbu = |p: &mut Pkl, s: &str| {
+            p.0.push(0x8c);
+            p.0.push(s.len() as u8);
+            p.0.extend(s.as_bytes());
+            p.op(0x94);
+        };
+        sbu(&mut p, "collections");
+        sbu(&mut p, "OrderedDict");
+        p.op(0x93).op(0x94); // memo 2: OrderedDict
+        p.op(b')').op(b'R').op(0x94).op(b'(');
+        sbu(&mut p, "weight");
+        sbu(&mut p, "torch._utils");
+        sbu(&mut p, "_rebuild_parameter");
+        p.op(0x93).op(b'(');
+        sbu(&mut p, "torch._utils");
+        sbu(&mut p, "_rebuild_tensor_v2");
+        p.op(0x93).op(b'(').op(b'(');
+        sbu(&mut p, "storage");
+        sbu(&mut p, "torch");
+        sbu(&mut p, "float16");
+        p.op(0x93);
+        sbu(&mut p, "0");
+        sbu(&mut p, "cuda:0");
+        p.0.extend([0x8a, 1, 4]); // LONG1 4
+        p.op(b't').op(b'Q');
+        p.op(b'K').0.push(0);
+        p.op(b'K').0.push(2);
+        p.op(b'K').0.push(2);
+        p.op(0x86);
+        p.op(b'K').0.push(2);
+        p.op(b'K').0.push(1);
+        p.op(0x86).op(0x89);
+        p.op(b'h').0.push(2);
+        p.op(b')').op(b'R').op(b't').op(b'R'); // the tensor
+        p.op(0x88); // requires_grad
+        p.op(b'h').0.push(2);
+        p.op(b')').op(b'R').op(b't').op(b'R'); // the parameter
+        p.op(b'u');
+        // BUILD with {'_metadata': OrderedDict({'': {'version': 1}})}.
+        p.op(b'}');
+        sbu(&mut p, "_metadata");
+        p.op(b'h').0.push(2);
+        p.op(b')').op(b'R').op(b'(');
+        sbu(&mut p, "");
+        p.op(b'}');
+        sbu(&mut p, "version");
+        p.op(b'K').0.push(1);
+        p.op(b's').op(b'u').op(b's').op(b'b').op(b'.');
+        let frame_len = (p.0.len() - 11) as u64;
+        p.0[3..11].copy_from_slice(&frame_len.to_le_bytes());
+        let half = vec![0x00, 0x3c, 0x00, 0xc0, 0x00, 0x38, 0x00, 0x00];
+        let file = checkpoint(&p.0, &[("0", half)]);
+        let map = load(&file).unwrap();
+        assert_eq!(map.len(), 1);
+        assert_eq!(map["weight"].shape, vec![2, 2]);
+        assert_eq!(map["weight"].stored_as, "F16");
+        assert_eq!(map["weight"].as_float().unwrap(), &[1.0, -2.0, 0.5, 0.0]);
+    }
+
+    #[test]
+    fn rejects_unknown_globals() {
+        let mut p = Pkl::proto2();
+        p.global("os", "system")
+            .str("echo hi")
+            .op(0x85)
+            .op(b'R')
+            .op(b'.');
+        let err = message(load(&checkpoint(&p.0, &[])));
+        assert!(
+            err.contains("os.system") && err.contains("not allowed"),
+            "{err}"
+        );
+
+        let mut p = Pkl::proto2();
+        p.op(0x8c).0.push(8);
+        p.0.extend(b"builtins");
+        p.op(0x8c).0.push(4);
+        p.0.extend(b"eval");
+        p.op(0x93).op(b'.');
+        let err = unpickle_state_dict(&p.0).unwrap_err();
+        assert!(err.contains("builtins.eval"), "{err}");
+
+        let mut p = Pkl::proto2();
+        p.global("torch", "load").op(b'.');
+        assert!(
+            unpickle_state_dict(&p.0)
+                .unwrap_err()
+                .contains("torch.load")
+        );
+    }
+
+    #[test]
+    fn unsupported_opcode_names_opcode_and_offset() {
+        let err = unpickle_state_dict(&[0x80, 2, b'N', 0x81, b'.']).unwrap_err();
+        assert!(
+            err.contains("0x81") && err.contains("NEWOBJ") && err.contains("at byte 3"),
+            "{err}"
+        );
+        let err = unpickle_state_dict(&[0x80, 2, 0xff]).unwrap_err();
+        assert!(err.contains("0xff") && err.contains("at byte 2"), "{err}");
+    }
+
+    #[test]
+    fn rejects_views_outside_their_storage() {
+        let pkl = Pkl::state_dict(|p| {
+            p.tensor("x", "FloatStorage", "3", 10, 0, &[4, 4], &[4, 1]);
+        });
+        let err = message(load(&checkpoint(&pkl, &[("3", vec![0; 40])])));
+        assert!(
+            err.contains("tensor `x`")
+                && err.contains("storage `3` holds 10 elements")
+                && err.contains("needs 16"),
+            "{err}"
+        );
+        // Overflowing stride arithmetic.
+        let pkl = Pkl::state_dict(|p| {
+            p.tensor("x", "FloatStorage", "0", 4, 1, &[3], &[i64::MAX]);
+        });
+        let err = message(load(&checkpoint(&pkl, &[("0", vec![0; 16])])));
+        assert!(err.contains("overflows"), "{err}");
+        // A stride-0 view of 2^40 elements of a one-element storage.
+        let pkl = Pkl::state_dict(|p| {
+            p.tensor("x", "FloatStorage", "0", 1, 0, &[1 << 20, 1 << 20], &[0, 0]);
+        });
+        let err = message(load(&checkpoint(&pkl, &[("0", vec![0; 4])])));
+        assert!(err.contains("expanded view"), "{err}");
+        // Negative sizes.
+        let pkl = Pkl::state_dict(|p| {
+            p.tensor("x", "FloatStorage", "0", 4, 0, &[-1], &[1]);
+        });
+        assert!(message(load(&checkpoint(&pkl, &[("0", vec![0; 16])]))).contains("size[0]"));
+    }
+
+    #[test]
+    fn rejects_storage_entries_of_the_wrong_size_or_missing() {
+        // numel 2^62: the declared size cannot match the entry (and nothing is allocated).
+        let pkl = Pkl::state_dict(|p| {
+            p.tensor("x", "FloatStorage", "0", 1 << 62, 0, &[2], &[1]);
+        });
+        let err = message(load(&checkpoint(&pkl, &[("0", vec![0; 8])])));
+        assert!(
+            err.contains("too large") || err.contains("should hold"),
+            "{err}"
+        );
+        let pkl = Pkl::state_dict(|p| {
+            p.tensor("x", "FloatStorage", "0", 1 << 40, 0, &[2], &[1]);
+        });
+        let err = message(load(&checkpoint(&pkl, &[("0", vec![0; 8])])));
+        assert!(err.contains("should hold 1099511627776 elements"), "{err}");
+        let pkl = Pkl::state_dict(|p| {
+            p.tensor("x", "FloatStorage", "0", 2, 0, &[2], &[1]);
+        });
+        let err = message(load(&checkpoint(&pkl, &[("0", vec![0; 7])])));
+        assert!(err.contains("has 7 bytes"), "{err}");
+        let err = message(load(&checkpoint(&pkl, &[])));
+        assert!(err.contains("no entry `archive/data/0`"), "{err}");
+        // One key declared with two dtypes.
+        let pkl = Pkl::state_dict(|p| {
+            p.tensor("x", "FloatStorage", "0", 2, 0, &[2], &[1]);
+            p.tensor("y", "HalfStorage", "0", 4, 0, &[2], &[1]);
+        });
+        let err = message(load(&checkpoint(&pkl, &[("0", vec![0; 8])])));
+        assert!(err.contains("elsewhere"), "{err}");
+    }
+
+    #[test]
+    fn rejects_big_endian_and_non_checkpoints() {
+        let pkl = Pkl::state_dict(|_| {});
+        let file = zip_bytes(&[
+            ("archive/data.pkl".to_string(), pkl.clone()),
+            ("archive/byteorder".to_string(), b"big".to_vec()),
+        ]);
+        let err = message(load(&file));
+        assert!(err.contains("big-endian"), "{err}");
+        // No byteorder entry: little-endian.
+        let file = zip_bytes(&[("archive/data.pkl".to_string(), pkl)]);
+        assert!(load(&file).unwrap().is_empty());
+        let file = zip_bytes(&[("other.txt".to_string(), b"hi".to_vec())]);
+        assert!(message(load(&file)).contains("data.pkl"));
+        assert!(message(load(b"not a zip at all")).contains("zip"));
+        let missing = read_torch_bin(Path::new("/nonexistent/pytorch_model.bin"));
+        assert!(matches!(missing, Err(Error::Io { .. })));
+    }
+
+    #[test]
+    fn rejects_malformed_pickles() {
+        let cases: &[(&str, &[u8])] = &[
+            ("empty", b""),
+            ("stop on empty stack", b"\x80\x02."),
+            ("memo index never stored", b"\x80\x02h\x05."),
+            ("long memo index", b"\x80\x02j\xff\xff\xff\xff."),
+            ("append to nothing", b"\x80\x02Na."),
+            ("pop without mark", b"\x80\x021."),
+            ("tuple without mark", b"\x80\x02Nt."),
+            ("setitems on a list", b"\x80\x02](NNu."),
+            ("odd dict", b"\x80\x02}(Nu."),
+            ("protocol 9", b"\x80\x09}."),
+            ("not a dict", b"\x80\x02N."),
+            ("dict of ints", b"\x80\x02}(K\x01K\x02u."),
+            ("huge unicode", b"\x80\x02X\xff\xff\xff\xff."),
+            (
+                "huge unicode8",
+                b"\x80\x02\x8d\xff\xff\xff\xff\xff\xff\xff\xff.",
+            ),
+            (
+                "huge frame",
+                b"\x80\x04\x95\xff\xff\xff\xff\xff\xff\xff\x7f}.",
+            ),
+            ("bad utf-8", b"\x80\x02X\x01\x00\x00\x00\xff."),
+            (
+                "long1 too big",
+                b"\x80\x02\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01.",
+            ),
+            ("negative long4", b"\x80\x02\x8b\xff\xff\xff\xff."),
+            ("global without newline", b"\x80\x02ctorch"),
+            ("reduce a string", b"\x80\x02X\x00\x00\x00\x00)R."),
+            ("persid of None", b"\x80\x02NQ."),
+            ("build an int", b"\x80\x02K\x01}b."),
+        ];
+        for (what, bytes) in cases {
+            assert!(unpickle_state_dict(bytes).is_err(), "{what} was accepted");
+        }
+        // Values nested past the depth limit.
+        let mut deep = vec![0x80, 2, b')'];
+        deep.extend(std::iter::repeat_n(0x85u8, 10_000));
+        deep.push(b'.');
+        assert!(unpickle_state_dict(&deep).unwrap_err().contains("nested"));
+        // A list appended into itself through the memo, over and over.
+        let mut selfref = vec![0x80, 2, b']', b'q', 0];
+        for _ in 0..10_000 {
+            selfref.extend([b'h', 0, b'a', b'q', 0]);
+        }
+        selfref.push(b'.');
+        assert!(unpickle_state_dict(&selfref).is_err());
+        // Too many MARKs.
+        let mut marks = vec![0x80, 2];
+        marks.extend(std::iter::repeat_n(b'(', MAX_MARKS + 1));
+        assert!(unpickle_state_dict(&marks).unwrap_err().contains("MARK"));
+        // A shared list copied many times: bounded work.
+        let mut copies = vec![0x80, 2, b']', b'q', 0, b'('];
+        copies.extend(std::iter::repeat_n(b'N', 100_000));
+        copies.extend([b'e', b'q', 0]);
+        for _ in 0..1_000 {
+            copies.extend([b'h', 0, b'N', b'a', b'0']);
+        }
+        copies.extend([b'}', b'.']);
+        assert!(unpickle_state_dict(&copies).unwrap_err().contains("copied"));
+    }
+
+    // --- robustness on the fixture ---
+
+    fn fixture_entries() -> Vec<(String, Vec<u8>)> {
+        zip_entries(&std::fs::read(tiny_bin()).unwrap())
+    }
+
+    fn pkl_of(entries: &[(String, Vec<u8>)]) -> (usize, Vec<u8>) {
+        entries
+            .iter()
+            .enumerate()
+            .find(|(_, (name, _))| name.ends_with("/data.pkl"))
+            .map(|(i, (_, data))| (i, data.clone()))
+            .unwrap()
+    }
+
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn every_truncation_of_the_pickle_is_an_error() {
+        let (_, pkl) = pkl_of(&fixture_entries());
+        assert!(unpickle_state_dict(&pkl).is_ok());
+        for n in 0..pkl.len() {
+            assert!(
+                unpickle_state_dict(&pkl[..n]).is_err(),
+                "truncation at {n} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_files_are_errors() {
+        let file = std::fs::read(tiny_bin()).unwrap();
+        for n in (0..file.len())
+            .step_by(97)
+            .chain(file.len() - 30..file.len())
+        {
+            assert!(load(&file[..n]).is_err(), "truncation at {n} was accepted");
+        }
+    }
+
+    #[test]
+    fn bit_flips_in_the_pickle_never_panic() {
+        let entries = fixture_entries();
+        let (index, pkl) = pkl_of(&entries);
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let (mut ok, mut err) = (0, 0);
+        for round in 0..3000 {
+            let mut mutated = pkl.clone();
+            for _ in 0..1 + rng.below(3) {
+                let at = rng.below(mutated.len());
+                if round % 4 == 0 {
+                    mutated[at] = rng.next() as u8;
+                } else {
+                    mutated[at] ^= 1 << rng.below(8);
+                }
+            }
+            // The pickle alone, and the whole checkpoint around it.
+            let _ = unpickle_state_dict(&mutated);
+            let mut changed = entries.clone();
+            changed[index].1 = mutated;
+            match load(&zip_bytes(&changed)) {
+                Ok(_) => ok += 1,
+                Err(_) => err += 1,
+            }
+        }
+        assert!(err > 0 && ok + err == 3000);
+    }
+
+    #[test]
+    fn bit_flips_in_the_file_never_panic() {
+        let file = std::fs::read(tiny_bin()).unwrap();
+        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+        for round in 0..3000 {
+            let mut mutated = file.clone();
+            // Half the flips land in the headers at both ends, where they matter most.
+            let at = match round % 3 {
+                0 => rng.below(mutated.len()),
+                1 => rng.below(6000),
+                _ => mutated.len() - 1 - rng.below(5000),
+            };
+            mutated[at] ^= 1 << rng.below(8);
+            let _ = load(&mutated);
+        }
+    }
 }

@@ -3,7 +3,9 @@
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
-use deberta_core::model::{Deberta, DeviceBatch, Heads, HostBatch, ParamLayout};
+use deberta_core::model::{
+    Deberta, DeviceBatch, ForwardOptions, Heads, HostBatch, ParamLayout, SharedTables,
+};
 use deberta_core::random::RandomStream;
 use deberta_core::{Backend, CpuBackend, ModelConfig};
 use serde_json::json;
@@ -92,7 +94,13 @@ fn forward(args: BenchArgs) -> Result<()> {
         .ok_or_else(|| Error::Usage(format!("unknown shape {}", args.shape)))?;
     let backend = CpuBackend::new();
     let mut layout = ParamLayout::new();
-    let model = Deberta::new(&mut layout, "", &cfg, Heads::default());
+    let model = Deberta::new(
+        &mut layout,
+        "",
+        &cfg,
+        Heads::default(),
+        SharedTables::default(),
+    );
     let ctx = |what: &'static str| move |e| Error::model(what, e);
     let params = layout
         .initialise(&backend, 0)
@@ -116,17 +124,23 @@ fn forward(args: BenchArgs) -> Result<()> {
     };
     let batch = DeviceBatch::upload(&backend, &cfg, &host).map_err(ctx("input"))?;
     let relative = model
-        .encoder
-        .relative_embeddings(&backend, &params)
+        .relative_embeddings(&backend, &params, None, None)
         .map_err(ctx("position projections"))?;
     let mut acts = model
-        .activations(&backend, &batch)
+        .activations(&backend, &batch, batch.tokens(), false)
         .map_err(ctx("activations"))?;
     let mut times = Vec::with_capacity(args.iters);
     for i in 0..args.warmup + args.iters {
         let start = Instant::now();
         model
-            .forward(&backend, &params, relative.as_ref(), &batch, &mut acts)
+            .forward(
+                &backend,
+                &params,
+                relative.as_ref(),
+                &batch,
+                &ForwardOptions::inference(),
+                &mut acts,
+            )
             .map_err(ctx("forward"))?;
         let mut probe = [0.0f32; 1];
         backend

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Speed ratio of our `deberta bench forward` against PyTorch/transformers on the CPU.
+#
+# Usage: bench/compare.sh [THREADS]          (THREADS defaults to `nproc`)
+# Environment: ITERS (timed runs per invocation, default 10), WARMUP (default 2),
+#              ROUNDS (ours/pytorch alternations per shape, default 2),
+#              SHAPE (DeBERTa-v3 shape, default xsmall),
+#              CASES (BATCHxSEQ list, default "1x128 8x128 1x512").
+#
+# What it measures: for every BATCHxSEQ case, the encoder forward pass of the same
+# published DeBERTa-v3 shape with random float32 weights, timed inside each program
+# (median over ITERS runs after WARMUP untimed ones; model building and loading are not
+# timed). The two programs are run alternately -- ours, pytorch, ours, pytorch, ... --
+# so that slow drifts of the machine hit both; the table shows the median over ROUNDS
+# of each side's median and ratio = pytorch_ms / ours_ms (> 1: we are faster).
+# Run it on an otherwise idle machine: both sides use THREADS cores.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+THREADS="${1:-$(nproc)}"
+ITERS="${ITERS:-10}"
+WARMUP="${WARMUP:-2}"
+ROUNDS="${ROUNDS:-2}"
+SHAPE="${SHAPE:-xsmall}"
+CASES="${CASES:-1x128 8x128 1x512}"
+VENV="$ROOT/bench/.venv"
+OURS="$ROOT/target/release/deberta"
+
+echo "== building deberta-host (release)" >&2
+cargo build --release -p deberta-host >&2
+
+# PyTorch side: a private virtualenv (ignored by git), filled on first use. The plain
+# PyPI wheels are used (the download.pytorch.org CPU index is not reachable here); they
+# pull CUDA libraries that stay unused on a CPU-only machine.
+if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "== creating $VENV" >&2
+    python3 -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+if ! "$PY" -c 'import torch, transformers' >/dev/null 2>&1; then
+    echo "== installing torch and transformers into $VENV" >&2
+    "$PY" -m pip install --quiet torch transformers >&2
+fi
+
+LOG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/deberta-compare.XXXXXX")"
+RESULTS="$LOG_DIR/results.jsonl"
+: >"$RESULTS"
+echo "== raw outputs in $LOG_DIR" >&2
+
+# Runs one benchmark invocation, echoes its human line, and appends its last stdout
+# line (the JSON object) to $RESULTS tagged with the case and round.
+run_one() {
+    local who="$1" case="$2" round="$3"
+    shift 3
+    local out="$LOG_DIR/${who}-${case}-r${round}.txt"
+    if ! "$@" >"$out" 2>"$out.err"; then
+        echo "error: $who failed for $case (round $round):" >&2
+        cat "$out.err" >&2
+        exit 1
+    fi
+    grep -v '^{' "$out" | sed "s/^/   [$who r$round] /" >&2 || true
+    python3 - "$out" "$who" "$case" "$round" >>"$RESULTS" <<'EOF'
+import json, sys
+path, who, case, rnd = sys.argv[1:5]
+lines = [l for l in open(path).read().splitlines() if l.strip()]
+record = json.loads(lines[-1])  # raises (and stops the script) if the last line is not JSON
+record.update({"who": who, "case": case, "round": int(rnd)})
+print(json.dumps(record))
+EOF
+}
+
+for case in $CASES; do
+    batch="${case%x*}"
+    seq="${case#*x}"
+    args=(forward --shape "$SHAPE" --batch "$batch" --seq "$seq" --threads "$THREADS"
+          --warmup "$WARMUP" --iters "$ITERS" --json)
+    echo "== $SHAPE $case, $THREADS threads" >&2
+    for ((round = 1; round <= ROUNDS; round++)); do
+        run_one ours "$case" "$round" "$OURS" bench "${args[@]}"
+        run_one pytorch "$case" "$round" "$PY" bench/pytorch_bench.py "${args[@]}"
+    done
+done
+
+python3 - "$RESULTS" "$SHAPE" "$CASES" "$THREADS" <<'EOF'
+import json, statistics, sys
+path, shape, cases, threads = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4]
+records = [json.loads(l) for l in open(path) if l.strip()]
+
+def median_of(who, case, key="median_ms"):
+    values = [r[key] for r in records if r["who"] == who and r["case"] == case]
+    return statistics.median(values)
+
+versions = next((r for r in records if r["who"] == "pytorch"), {})
+print(f"# {shape}, CPU, {threads} threads; torch {versions.get('torch', '?')}, "
+      f"transformers {versions.get('transformers', '?')}; median over rounds of per-run medians")
+header = ("shape", "threads", "ours_ms", "pytorch_ms", "ratio", "ours_GFLOP/s", "pytorch_GFLOP/s")
+rows = []
+for case in cases:
+    ours, torch_ms = median_of("ours", case), median_of("pytorch", case)
+    rows.append((f"{shape} {case}", threads, f"{ours:.2f}", f"{torch_ms:.2f}", f"{torch_ms / ours:.2f}x",
+                 f"{median_of('ours', case, 'gflops'):.1f}", f"{median_of('pytorch', case, 'gflops'):.1f}"))
+widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+for row in (header, *rows):
+    print("  ".join(str(x).rjust(w) for x, w in zip(row, widths)))
+EOF

@@ -1,0 +1,124 @@
+//! Loss kernels: cross-entropy over selected rows (MLM) and BCE-with-logits over tokens (RTD),
+//! each writing per-row losses and the scaled gradient of the logits in one pass.
+
+use super::{product, require};
+use crate::Error;
+
+/// Per-row cross-entropy `lse(z) − z[target]` into `losses[r]` and its gradient
+/// `(softmax(z) − onehot(target))·grad_scale` into `dlogits`, for `logits` `[rows, vocab]`.
+/// Targets are validated (`< vocab`).
+pub fn cross_entropy(
+    logits: &[f32],
+    targets: &[u32],
+    losses: &mut [f32],
+    dlogits: &mut [f32],
+    vocab: usize,
+    grad_scale: f32,
+) -> Result<(), Error> {
+    let rows = targets.len();
+    let total = product("cross_entropy", &[rows, vocab])?;
+    require("cross_entropy", "logits", total, logits.len())?;
+    require("cross_entropy", "dlogits", total, dlogits.len())?;
+    require("cross_entropy", "losses", rows, losses.len())?;
+    if vocab == 0 {
+        return Ok(());
+    }
+    for (r, &target) in targets.iter().enumerate() {
+        let t = target as usize;
+        if t >= vocab {
+            return Err(Error::TokenOutOfRange {
+                table: "the MLM vocabulary (target)",
+                position: r,
+                id: target as u64,
+                rows: vocab,
+            });
+        }
+        let z = &logits[r * vocab..(r + 1) * vocab];
+        let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let d = &mut dlogits[r * vocab..(r + 1) * vocab];
+        let mut sum = 0.0f32;
+        for (o, &v) in d.iter_mut().zip(z) {
+            *o = libm::expf(v - max);
+            sum += *o;
+        }
+        losses[r] = libm::logf(sum) + max - z[t];
+        let inv = grad_scale / sum;
+        for o in d.iter_mut() {
+            *o *= inv;
+        }
+        d[t] -= grad_scale;
+    }
+    Ok(())
+}
+
+/// Per-token BCE-with-logits `w·(max(z,0) − z·y + log(1 + e^{−|z|}))` into `losses` and its
+/// gradient `w·(σ(z) − y)·grad_scale` into `dlogits` (`w` = `weights`, e.g. the padding mask).
+pub fn bce_with_logits(
+    logits: &[f32],
+    labels: &[f32],
+    weights: &[f32],
+    losses: &mut [f32],
+    dlogits: &mut [f32],
+    grad_scale: f32,
+) -> Result<(), Error> {
+    let n = logits.len();
+    for (name, len) in [
+        ("labels", labels.len()),
+        ("weights", weights.len()),
+        ("losses", losses.len()),
+        ("dlogits", dlogits.len()),
+    ] {
+        require("bce_with_logits", name, n, len)?;
+    }
+    for i in 0..n {
+        let (z, y, w) = (logits[i], labels[i], weights[i]);
+        losses[i] = w * (z.max(0.0) - z * y + libm::log1pf(libm::expf(-z.abs())));
+        let sigmoid = 1.0 / (1.0 + libm::expf(-z));
+        dlogits[i] = w * (sigmoid - y) * grad_scale;
+    }
+    Ok(())
+}
+
+/// `Σ x` in index order, accumulated in `f64` and rounded once.
+pub fn sum(x: &[f32]) -> f32 {
+    x.iter().map(|&v| v as f64).sum::<f64>() as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cross_entropy_value_and_gradient() {
+        let logits = [1.0f32, 2.0, 3.0, 0.0, 0.0, 0.0];
+        let mut losses = [0.0f32; 2];
+        let mut d = [0.0f32; 6];
+        cross_entropy(&logits, &[2, 0], &mut losses, &mut d, 3, 0.5).unwrap();
+        let lse = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
+        assert!((losses[0] as f64 - (lse - 3.0)).abs() < 1e-6);
+        assert!((losses[1] as f64 - 3f64.ln()).abs() < 1e-6);
+        let p2 = (3.0 - lse).exp();
+        assert!((d[2] as f64 - 0.5 * (p2 - 1.0)).abs() < 1e-6);
+        assert!((d.iter().sum::<f32>()).abs() < 1e-6);
+        assert!(cross_entropy(&logits, &[3, 0], &mut losses, &mut d, 3, 1.0).is_err());
+    }
+
+    #[test]
+    fn bce_value_gradient_and_weights() {
+        let mut losses = [0.0f32; 3];
+        let mut d = [0.0f32; 3];
+        bce_with_logits(
+            &[0.0, 40.0, -3.0],
+            &[1.0, 1.0, 1.0],
+            &[1.0, 1.0, 0.0],
+            &mut losses,
+            &mut d,
+            2.0,
+        )
+        .unwrap();
+        assert!((losses[0] - core::f32::consts::LN_2).abs() < 1e-6);
+        assert!(losses[1] < 1e-12 && losses[1] >= 0.0);
+        assert_eq!((losses[2], d[2]), (0.0, 0.0));
+        assert!((d[0] + 1.0).abs() < 1e-6);
+    }
+}
