@@ -30,6 +30,8 @@ pub mod error;
 pub mod kernels;
 pub mod random;
 pub mod relative_position;
+#[cfg(feature = "alloc")]
+pub mod train;
 
 #[cfg(feature = "alloc")]
 mod cpu;

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod error;
 pub mod fs_util;
+pub mod gradients;
 pub mod hf_config;
 pub mod inference;
 pub mod model_dir;

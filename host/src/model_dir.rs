@@ -129,8 +129,8 @@ pub fn detect_heads(tensors: &TensorMap, legacy: bool) -> Heads {
     }
 }
 
-/// Tensors a checkpoint may hold that the model reads from elsewhere (tied decoders) or never
-/// needs (buffers).
+/// Tensors a checkpoint may hold (also under a prefix such as `generator.`) that the model
+/// reads from elsewhere (tied decoders) or never needs (buffers).
 const TIED_OR_BUFFERS: &[&str] = &[
     "cls.predictions.decoder.weight",
     "cls.predictions.decoder.bias",

@@ -8,6 +8,7 @@ use deberta_core::model::HostBatch;
 
 use crate::checkpoint::{read_tensor_file, write_safetensors};
 use crate::error::{Error, Result};
+use crate::gradients::int_matrix;
 use crate::inference::Session;
 use crate::model_dir::load_model_dir;
 use crate::tensor::HostTensor;
@@ -42,32 +43,6 @@ pub struct ForwardArgs {
     /// Threads for matrix multiplication (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-}
-
-/// Reads a `[B, S]` integer tensor from an inputs file.
-fn int_matrix(
-    tensors: &crate::checkpoint::TensorMap,
-    name: &str,
-    path: &std::path::Path,
-) -> Result<(Vec<i64>, usize, usize)> {
-    let tensor = tensors
-        .get(name)
-        .ok_or_else(|| Error::format(path, format!("no `{name}` tensor")))?;
-    let bad = |reason: String| Error::BadTensor {
-        path: path.to_path_buf(),
-        name: name.into(),
-        reason,
-    };
-    let values = tensor.as_int().ok_or_else(|| {
-        bad(format!(
-            "dtype {} is not an integer type (expected I64 or I32)",
-            tensor.stored_as
-        ))
-    })?;
-    match tensor.shape.as_slice() {
-        [b, s] => Ok((values.to_vec(), *b, *s)),
-        other => Err(bad(format!("shape {other:?} is not [batch, sequence]"))),
-    }
 }
 
 /// Runs `deberta forward`.

@@ -2,6 +2,7 @@
 
 mod bench;
 mod forward;
+mod grad;
 mod ids;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,10 @@ pub struct Cli {
 pub enum Command {
     /// Run a model directory on inputs and write (or print) its outputs.
     Forward(forward::ForwardArgs),
+    /// Gradient of the MLM loss of a Hugging Face model on labelled inputs.
+    Grad(grad::GradArgs),
+    /// One joint forward + backward of a generator/discriminator pair on a fixed batch.
+    Step(grad::StepArgs),
     /// Benchmark the forward pass on a published shape with random weights.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -42,6 +47,8 @@ pub fn run() -> Result<()> {
     };
     match cli.command {
         Command::Forward(args) => forward::run(args),
+        Command::Grad(args) => grad::run_grad(args),
+        Command::Step(args) => grad::run_step(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

@@ -1,0 +1,123 @@
+//! The masked-language-model objective of one model: mean cross-entropy over the labelled
+//! positions, and its gradient.
+
+use alloc::vec::Vec;
+
+use crate::Error;
+use crate::backend::Backend;
+use crate::model::dropout::Dropout;
+use crate::model::{Deberta, DeviceBatch, ForwardOptions, MlmRows, ParamStore};
+
+/// The labelled positions of a batch on the device.
+pub struct MlmTargets<B: Backend> {
+    /// Flat positions `b·len + i` of the labelled tokens.
+    pub positions: B::Indices,
+    /// The label (original token id) at each position.
+    pub targets: B::Indices,
+    /// Number of labelled positions.
+    pub count: usize,
+}
+
+impl<B: Backend> MlmTargets<B> {
+    /// From Hugging Face labels (`−100` = not labelled), validated against the vocabulary.
+    pub fn from_labels(backend: &B, labels: &[i64], vocab: usize) -> Result<Self, Error> {
+        let mut positions = Vec::new();
+        let mut targets = Vec::new();
+        for (p, &label) in labels.iter().enumerate() {
+            if label == -100 {
+                continue;
+            }
+            if label < 0 || label as u64 >= vocab as u64 {
+                return Err(Error::TokenOutOfRange {
+                    table: "the MLM vocabulary (label)",
+                    position: p,
+                    id: label as u64,
+                    rows: vocab,
+                });
+            }
+            positions.push(p as u32);
+            targets.push(label as u32);
+        }
+        if positions.is_empty() {
+            return Err(Error::EmptyInput {
+                what: "the set of labelled (masked) positions",
+            });
+        }
+        Ok(MlmTargets {
+            count: positions.len(),
+            positions: backend.upload_indices(&positions)?,
+            targets: backend.upload_indices(&targets)?,
+        })
+    }
+}
+
+/// One forward and backward of the MLM objective: adds `scale · ∂(mean CE)/∂θ` to `grads` and
+/// returns the mean cross-entropy (read back from the device).
+#[allow(clippy::too_many_arguments)]
+pub fn mlm_step<B: Backend>(
+    model: &Deberta,
+    backend: &B,
+    params: &ParamStore<B::Tensor>,
+    grads: &mut ParamStore<B::Tensor>,
+    batch: &DeviceBatch<B>,
+    targets: &MlmTargets<B>,
+    dropout: Option<&Dropout>,
+    scale: f32,
+) -> Result<f32, Error> {
+    let head = model.mlm_head.as_ref().ok_or(Error::ShapeMismatch {
+        what: "an MLM head on the model",
+        expected: 1,
+        found: 0,
+    })?;
+    let options = ForwardOptions {
+        dropout,
+        mlm_rows: MlmRows::Selected {
+            positions: &targets.positions,
+            count: targets.count,
+        },
+    };
+    let relative = model.relative_embeddings(backend, params, Some(batch), dropout)?;
+    let mut acts = model.activations(backend, batch, targets.count, dropout.is_some())?;
+    model.forward(
+        backend,
+        params,
+        relative.as_ref(),
+        batch,
+        &options,
+        &mut acts,
+    )?;
+    let mut scratch = model.backward_scratch(backend, batch, targets.count)?;
+    let (mlm_acts, mlm_scratch) =
+        acts.mlm
+            .as_ref()
+            .zip(scratch.mlm.as_mut())
+            .ok_or(Error::ShapeMismatch {
+                what: "MLM head buffers",
+                expected: 1,
+                found: 0,
+            })?;
+    let count = targets.count as f32;
+    backend.cross_entropy(
+        &mlm_acts.logits,
+        &targets.targets,
+        &mut mlm_scratch.losses,
+        &mut mlm_scratch.dlogits,
+        head.vocab,
+        scale / count,
+    )?;
+    let mut total = backend.zeros(1)?;
+    backend.sum(&mlm_scratch.losses, &mut total, 0, 1.0 / count)?;
+    model.backward(
+        backend,
+        params,
+        grads,
+        relative.as_ref(),
+        batch,
+        &options,
+        &acts,
+        &mut scratch,
+    )?;
+    let mut loss = [0.0f32];
+    backend.download(&total, &mut loss)?;
+    Ok(loss[0])
+}

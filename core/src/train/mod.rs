@@ -1,0 +1,13 @@
+//! Training: the MLM objective of one model, the generator/discriminator pair of RTD
+//! pretraining with its three embedding-sharing modes, the optimizers and the learning-rate
+//! schedule (SPEC §5–§7).
+
+pub mod mlm;
+pub mod optim;
+pub mod pair;
+pub mod schedule;
+
+pub use mlm::{MlmTargets, mlm_step};
+pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
+pub use pair::{Losses, PairBatch, RtdPair, Sharing};
+pub use schedule::warmup_linear;

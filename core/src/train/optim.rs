@@ -1,0 +1,201 @@
+//! Optimizers over a subset of a model's parameters: XAdam (the official DeBERTa optimizer)
+//! or AdamW, decoupled weight decay except for `bias` and `LayerNorm.weight`, global-norm
+//! clipping; their state is named and can be saved and restored exactly.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::Error;
+use crate::backend::{Backend, Clip};
+use crate::kernels::AdamSpec;
+use crate::model::{ParamId, ParamLayout, ParamStore};
+
+/// Which update rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptimizerKind {
+    /// microsoft/DeBERTa XAdam: no bias correction, `eps` outside the square root.
+    XAdam,
+    /// Bias-corrected AdamW (PyTorch semantics).
+    AdamW,
+}
+
+/// Hyper-parameters (SPEC §6.4 defaults via [`OptimizerConfig::xadam`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OptimizerConfig {
+    /// The update rule.
+    pub kind: OptimizerKind,
+    /// First-moment decay.
+    pub beta1: f32,
+    /// Second-moment decay.
+    pub beta2: f32,
+    /// Added to the root of the second moment.
+    pub eps: f32,
+    /// Decoupled weight decay of decayed parameters.
+    pub weight_decay: f32,
+    /// Global-norm clipping threshold (`None` disables clipping).
+    pub max_grad_norm: Option<f32>,
+}
+
+impl OptimizerConfig {
+    /// The official defaults: XAdam, β = (0.9, 0.999), ε = 1e-6, weight decay 0.01, clip 1.0.
+    pub fn xadam() -> Self {
+        OptimizerConfig {
+            kind: OptimizerKind::XAdam,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-6,
+            weight_decay: 0.01,
+            max_grad_norm: Some(1.0),
+        }
+    }
+}
+
+/// Whether microsoft/DeBERTa's grouping decays a parameter: every name except those
+/// containing `bias` or `LayerNorm.weight` (so embeddings and `E_delta` decay).
+pub fn decays(name: &str) -> bool {
+    !(name.contains("bias") || name.contains("LayerNorm.weight"))
+}
+
+/// An optimizer and its state over a set of parameters.
+pub struct Optimizer<T> {
+    /// Hyper-parameters.
+    pub config: OptimizerConfig,
+    /// The parameters it updates, in order.
+    pub params: Vec<ParamId>,
+    decay: Vec<bool>,
+    /// First moments, one per parameter.
+    pub m: Vec<T>,
+    /// Second moments, one per parameter.
+    pub v: Vec<T>,
+    /// Updates applied so far.
+    pub step: u64,
+    /// `Σ g²` per parameter of the last update.
+    norms: T,
+}
+
+impl<T> Optimizer<T> {
+    /// A fresh optimizer (zero moments, step 0) over `params` of `layout`.
+    pub fn new<B: Backend<Tensor = T>>(
+        backend: &B,
+        layout: &ParamLayout,
+        params: &[ParamId],
+        config: OptimizerConfig,
+    ) -> Result<Self, Error> {
+        let zeros = |id: &ParamId| backend.zeros(layout.spec(*id).numel());
+        Ok(Optimizer {
+            config,
+            params: params.to_vec(),
+            decay: params
+                .iter()
+                .map(|id| decays(&layout.spec(*id).name))
+                .collect(),
+            m: params.iter().map(zeros).collect::<Result<_, _>>()?,
+            v: params.iter().map(zeros).collect::<Result<_, _>>()?,
+            step: 0,
+            norms: backend.zeros(params.len().max(1))?,
+        })
+    }
+
+    /// Clips the gradients of this optimizer's parameters by their global norm and applies one
+    /// update with learning rate `lr` (no readback: the clip coefficient is computed on the
+    /// device).
+    pub fn update<B: Backend<Tensor = T>>(
+        &mut self,
+        backend: &B,
+        weights: &mut ParamStore<T>,
+        grads: &ParamStore<T>,
+        lr: f32,
+    ) -> Result<(), Error> {
+        for (i, id) in self.params.iter().enumerate() {
+            backend.sum_of_squares(grads.get(*id), &mut self.norms, i)?;
+        }
+        self.step += 1;
+        for (i, id) in self.params.iter().enumerate() {
+            let spec = AdamSpec {
+                lr,
+                beta1: self.config.beta1,
+                beta2: self.config.beta2,
+                eps: self.config.eps,
+                weight_decay: if self.decay[i] {
+                    self.config.weight_decay
+                } else {
+                    0.0
+                },
+                bias_correction_step: match self.config.kind {
+                    OptimizerKind::XAdam => None,
+                    OptimizerKind::AdamW => Some(self.step),
+                },
+                grad_scale: 1.0,
+            };
+            let clip = self.config.max_grad_norm.map(|max_norm| Clip {
+                squared_norms: &self.norms,
+                max_norm,
+            });
+            backend.adam_update(
+                weights.get_mut(*id),
+                grads.get(*id),
+                (&mut self.m[i], &mut self.v[i]),
+                spec,
+                clip,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The global gradient norm of the last update (before clipping); reads the device.
+    pub fn last_grad_norm<B: Backend<Tensor = T>>(&self, backend: &B) -> Result<f32, Error> {
+        let mut norms = alloc::vec![0.0f32; self.params.len()];
+        backend.download(&self.norms, &mut norms)?;
+        Ok(libm::sqrtf(
+            norms.iter().map(|&v| v as f64).sum::<f64>() as f32
+        ))
+    }
+
+    /// The state as named host tensors: `m.<param>` and `v.<param>` (the step is separate).
+    pub fn named_state<B: Backend<Tensor = T>>(
+        &self,
+        backend: &B,
+        layout: &ParamLayout,
+    ) -> Result<Vec<(String, Vec<f32>)>, Error> {
+        let mut out = Vec::with_capacity(2 * self.params.len());
+        for (moment, tensors) in [("m", &self.m), ("v", &self.v)] {
+            for (id, tensor) in self.params.iter().zip(tensors) {
+                let mut values = alloc::vec![0.0f32; layout.spec(*id).numel()];
+                backend.download(tensor, &mut values)?;
+                out.push((format!("{moment}.{}", layout.spec(*id).name), values));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores the state written by [`Self::named_state`]: `get(name)` returns the saved
+    /// values of a moment; a missing or mis-sized one is an error naming it.
+    pub fn restore<B: Backend<Tensor = T>>(
+        &mut self,
+        backend: &B,
+        layout: &ParamLayout,
+        step: u64,
+        mut get: impl FnMut(&str) -> Option<Vec<f32>>,
+    ) -> Result<(), Error> {
+        for (moment, tensors) in [("m", &mut self.m), ("v", &mut self.v)] {
+            for (id, tensor) in self.params.iter().zip(tensors.iter_mut()) {
+                let spec = layout.spec(*id);
+                let name = format!("{moment}.{}", spec.name);
+                let values = get(&name).ok_or(Error::EmptyInput {
+                    what: "optimizer state tensor",
+                })?;
+                if values.len() != spec.numel() {
+                    return Err(Error::ShapeMismatch {
+                        what: "optimizer state tensor size",
+                        expected: spec.numel(),
+                        found: values.len(),
+                    });
+                }
+                backend.write(tensor, 0, &values)?;
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}
