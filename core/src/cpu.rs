@@ -334,3 +334,97 @@ impl Backend for CpuBackend {
         kernels::adam_update(param, grad, moments.0, moments.1, spec)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Conv1dGrads, Conv1dSpec};
+
+    #[test]
+    fn conv1d_and_its_backward_match_direct_sums_and_finite_differences() {
+        let backend = CpuBackend::new();
+        let spec = Conv1dSpec {
+            batch: 2,
+            len: 5,
+            in_channels: 4,
+            out_channels: 4,
+            kernel: 3,
+            groups: 2,
+        };
+        let (cin_g, k) = (2usize, 3usize);
+        let x: Vec<f32> = (0..40).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
+        let w: Vec<f32> = (0..4 * cin_g * k)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1)
+            .collect();
+        let bias = vec![0.1f32, -0.2, 0.3, 0.05];
+        let direct = |x: &[f32], w: &[f32]| -> Vec<f32> {
+            let mut out = vec![0.0f32; 40];
+            for b in 0..2 {
+                for t in 0..5 {
+                    for o in 0..4 {
+                        let g = o / 2;
+                        let mut acc = bias[o];
+                        for c in 0..cin_g {
+                            for u in 0..k {
+                                let src = t as isize + u as isize - 1;
+                                if (0..5).contains(&src) {
+                                    acc += w[o * cin_g * k + c * k + u]
+                                        * x[(b * 5 + src as usize) * 4 + g * cin_g + c];
+                                }
+                            }
+                        }
+                        out[(b * 5 + t) * 4 + o] = acc;
+                    }
+                }
+            }
+            out
+        };
+        let mut out = vec![0.0f32; 40];
+        backend.conv1d(&x, &w, &bias, &mut out, spec).unwrap();
+        for (a, b) in out.iter().zip(direct(&x, &w)) {
+            assert!((a - b).abs() < 1e-5);
+        }
+        let dout: Vec<f32> = (0..40).map(|i| ((i * 3 % 7) as f32 - 3.0) * 0.2).collect();
+        let loss = |x: &[f32], w: &[f32]| -> f64 {
+            direct(x, w)
+                .iter()
+                .zip(&dout)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum()
+        };
+        let (mut dx, mut dw, mut db) = (vec![0.0f32; 40], vec![0.0f32; w.len()], vec![0.0f32; 4]);
+        backend
+            .conv1d_backward(
+                &x,
+                &w,
+                &dout,
+                Conv1dGrads {
+                    dinput: &mut dx,
+                    dweight: &mut dw,
+                    dbias: &mut db,
+                },
+                spec,
+            )
+            .unwrap();
+        for i in 0..40 {
+            let (mut p, mut m) = (x.clone(), x.clone());
+            p[i] += 1e-2;
+            m[i] -= 1e-2;
+            let num = (loss(&p, &w) - loss(&m, &w)) / 2e-2;
+            assert!((num - dx[i] as f64).abs() < 1e-3, "dx[{i}]");
+        }
+        for i in 0..w.len() {
+            let (mut p, mut m) = (w.clone(), w.clone());
+            p[i] += 1e-2;
+            m[i] -= 1e-2;
+            let num = (loss(&x, &p) - loss(&x, &m)) / 2e-2;
+            assert!((num - dw[i] as f64).abs() < 1e-3, "dw[{i}]");
+        }
+        let db_expected: Vec<f32> = (0..4)
+            .map(|o| (0..10).map(|r| dout[r * 4 + o]).sum())
+            .collect();
+        for (a, b) in db.iter().zip(db_expected) {
+            assert!((a - b).abs() < 1e-5);
+        }
+    }
+}

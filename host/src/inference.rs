@@ -49,7 +49,7 @@ impl<'m, B: Backend> Session<'m, B> {
         let batch = DeviceBatch::upload(&self.backend, &model.config, host)
             .map_err(|e| Error::model("invalid input", e))?;
         let mut acts = model
-            .activations(&self.backend, &batch, batch.tokens(), false)
+            .activations(&self.backend, &batch, None, false)
             .map_err(|e| Error::model("allocating activations", e))?;
         model
             .forward(

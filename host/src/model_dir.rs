@@ -212,10 +212,16 @@ pub fn take_weights(
         }
     }
     let mut warnings = Vec::new();
-    let unexpected: Vec<&String> = tensors
-        .keys()
-        .filter(|k| !TIED_OR_BUFFERS.contains(&k.as_str()))
-        .collect();
+    let tied_or_buffer = |name: &str| {
+        TIED_OR_BUFFERS.iter().any(|t| {
+            name == *t
+                || name
+                    .strip_suffix(t)
+                    .is_some_and(|prefix| prefix.ends_with('.'))
+        })
+    };
+    let unexpected: Vec<&String> = tensors.keys().filter(|k| !tied_or_buffer(k)).collect();
+
     if !unexpected.is_empty() {
         let shown: Vec<&str> = unexpected.iter().take(4).map(|s| s.as_str()).collect();
         let more = if unexpected.len() > 4 {

@@ -148,6 +148,76 @@ mod tests {
     }
 
     #[test]
+    fn backward_matches_finite_differences() {
+        // L = Σ w·LN(x); check dx, dγ, dβ against central differences in f64 of the f32 kernel.
+        const R: usize = 3;
+        const C: usize = 5;
+        let x: [f32; R * C] = core::array::from_fn(|k| ((k * 7 + 3) % 11) as f32 * 0.37 - 1.5);
+        let gamma: [f32; C] = core::array::from_fn(|k| 0.8 + k as f32 * 0.11);
+        let beta: [f32; C] = core::array::from_fn(|k| k as f32 * 0.05 - 0.1);
+        let w: [f32; R * C] = core::array::from_fn(|k| ((k * 5 + 1) % 7) as f32 * 0.3 - 0.9);
+        let spec = LayerNormSpec {
+            rows: R,
+            cols: C,
+            eps: 1e-5,
+        };
+        let loss = |x: &[f32; R * C], g: &[f32; C], b: &[f32; C]| -> f64 {
+            let mut out = [0.0f32; R * C];
+            layer_norm(x, g, b, &mut out, None, spec).unwrap();
+            out.iter().zip(&w).map(|(o, w)| *o as f64 * *w as f64).sum()
+        };
+        let mut stats = [0.0f32; 2 * R];
+        let mut out = [0.0f32; R * C];
+        layer_norm(&x, &gamma, &beta, &mut out, Some(&mut stats), spec).unwrap();
+        let (mut dx, mut dg, mut db) = ([1.0f32; R * C], [0.0f32; C], [0.0f32; C]);
+        layer_norm_backward(
+            &x, &gamma, &stats, &w, &mut dx, &mut dg, &mut db, spec, false,
+        )
+        .unwrap();
+        let h = 1e-2f32;
+        for k in 0..R * C {
+            let (mut p, mut m) = (x, x);
+            p[k] += h;
+            m[k] -= h;
+            let num = (loss(&p, &gamma, &beta) - loss(&m, &gamma, &beta)) / (2.0 * h as f64);
+            assert!(
+                (num - dx[k] as f64).abs() < 2e-3,
+                "dx[{k}]: {num} vs {}",
+                dx[k]
+            );
+        }
+        for k in 0..C {
+            let (mut p, mut m) = (gamma, gamma);
+            p[k] += h;
+            m[k] -= h;
+            let num = (loss(&x, &p, &beta) - loss(&x, &m, &beta)) / (2.0 * h as f64);
+            assert!(
+                (num - dg[k] as f64).abs() < 2e-3,
+                "dgamma[{k}]: {num} vs {}",
+                dg[k]
+            );
+            let (mut p, mut m) = (beta, beta);
+            p[k] += h;
+            m[k] -= h;
+            let num = (loss(&x, &gamma, &p) - loss(&x, &gamma, &m)) / (2.0 * h as f64);
+            assert!(
+                (num - db[k] as f64).abs() < 2e-3,
+                "dbeta[{k}]: {num} vs {}",
+                db[k]
+            );
+        }
+        // Accumulation adds onto an existing gradient.
+        let mut acc = [1.0f32; R * C];
+        layer_norm_backward(
+            &x, &gamma, &stats, &w, &mut acc, &mut dg, &mut db, spec, true,
+        )
+        .unwrap();
+        for k in 0..R * C {
+            assert!((acc[k] - (dx[k] + 1.0)).abs() < 1e-6);
+        }
+    }
+
+    #[test]
     fn normalises_and_records_stats() {
         let x = [1.0f32, 2.0, 3.0, 4.0];
         let mut out = [0.0f32; 4];

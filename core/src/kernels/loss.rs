@@ -104,6 +104,49 @@ mod tests {
     }
 
     #[test]
+    fn gradients_match_finite_differences() {
+        let logits: [f32; 8] = [0.3, -1.2, 2.0, 0.1, -0.4, 0.9, 1.5, -2.2];
+        let targets = [2u32, 1];
+        let ce = |z: &[f32; 8]| -> f64 {
+            let mut losses = [0.0f32; 2];
+            let mut d = [0.0f32; 8];
+            cross_entropy(z, &targets, &mut losses, &mut d, 4, 1.0).unwrap();
+            losses.iter().map(|&l| l as f64).sum()
+        };
+        let mut losses = [0.0f32; 2];
+        let mut d = [0.0f32; 8];
+        cross_entropy(&logits, &targets, &mut losses, &mut d, 4, 1.0).unwrap();
+        let labels = [1.0f32, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0];
+        let weights = [1.0f32, 1.0, 0.5, 1.0, 0.0, 2.0, 1.0, 1.0];
+        let bce = |z: &[f32; 8]| -> f64 {
+            let mut l = [0.0f32; 8];
+            let mut g = [0.0f32; 8];
+            bce_with_logits(z, &labels, &weights, &mut l, &mut g, 1.0).unwrap();
+            l.iter().map(|&v| v as f64).sum()
+        };
+        let mut l = [0.0f32; 8];
+        let mut g = [0.0f32; 8];
+        bce_with_logits(&logits, &labels, &weights, &mut l, &mut g, 1.0).unwrap();
+        for k in 0..8 {
+            let (mut p, mut m) = (logits, logits);
+            p[k] += 1e-2;
+            m[k] -= 1e-2;
+            let num = (ce(&p) - ce(&m)) / 2e-2;
+            assert!(
+                (num - d[k] as f64).abs() < 1e-3,
+                "ce {k}: {num} vs {}",
+                d[k]
+            );
+            let num = (bce(&p) - bce(&m)) / 2e-2;
+            assert!(
+                (num - g[k] as f64).abs() < 1e-3,
+                "bce {k}: {num} vs {}",
+                g[k]
+            );
+        }
+    }
+
+    #[test]
     fn bce_value_gradient_and_weights() {
         let mut losses = [0.0f32; 3];
         let mut d = [0.0f32; 3];

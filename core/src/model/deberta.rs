@@ -249,15 +249,17 @@ impl Deberta {
         apps
     }
 
-    /// Buffers for a batch; `mlm_rows` is the number of MLM rows (every token for inference),
-    /// `training` adds the buffers dropout needs.
+    /// Buffers for a batch. `selected_mlm_rows` is the number of rows the MLM head gathers
+    /// ([`MlmRows::Selected`]); `None` runs it on every token ([`MlmRows::All`]). `training`
+    /// adds the buffers dropout needs.
     pub fn activations<B: Backend>(
         &self,
         backend: &B,
         batch: &DeviceBatch<B>,
-        mlm_rows: usize,
+        selected_mlm_rows: Option<usize>,
         training: bool,
     ) -> Result<Activations<B::Tensor>, Error> {
+        let mlm_rows = selected_mlm_rows.unwrap_or(batch.tokens());
         let n = batch.tokens();
         let (bsz, len, rows) = (batch.batch, batch.len, batch.window.rows);
         let layer_acts =
@@ -282,10 +284,8 @@ impl Deberta {
                 }),
                 None => None,
             },
-            mlm_input: match &self.mlm_head {
-                Some(_) if mlm_rows != n || self.emd.is_some() => {
-                    Some(backend.zeros(mlm_rows * self.config.hidden_size)?)
-                }
+            mlm_input: match (&self.mlm_head, selected_mlm_rows) {
+                (Some(_), Some(rows)) => Some(backend.zeros(rows * self.config.hidden_size)?),
                 _ => None,
             },
             mlm: match &self.mlm_head {
@@ -454,11 +454,7 @@ impl Deberta {
                     )?;
                     &*rows
                 }
-                (MlmRows::All, Some(rows)) => {
-                    backend.copy(top, 0, rows, 0, batch.tokens() * self.config.hidden_size)?;
-                    &*rows
-                }
-                (MlmRows::All, None) => top,
+                (MlmRows::All, _) => top,
                 (MlmRows::Selected { .. }, None) => return Err(missing("MLM row buffer")),
             };
             head.forward(backend, params, input, acts.mlm_rows, mlm)?;
@@ -537,7 +533,11 @@ impl Deberta {
                 }
                 None => &mut *dstate_a,
             };
-            let input = acts.mlm_input.as_ref().unwrap_or(hidden);
+            let input = match (&options.mlm_rows, acts.mlm_input.as_ref(), &acts.emd) {
+                (MlmRows::Selected { .. }, Some(rows), _) => rows,
+                (_, _, Some(emd)) => &emd.passes[1].output,
+                _ => hidden,
+            };
             match (&options.mlm_rows, scratch.dmlm_input.as_mut()) {
                 (MlmRows::Selected { positions, .. }, Some(drows)) => {
                     backend.fill(drows, 0.0)?;
@@ -553,21 +553,7 @@ impl Deberta {
                     )?;
                     backend.embedding_backward(positions, drows, target, h, None)?;
                 }
-                (MlmRows::All, Some(drows)) => {
-                    backend.fill(drows, 0.0)?;
-                    head.backward(
-                        backend,
-                        params,
-                        grads,
-                        input,
-                        acts.mlm_rows,
-                        mlm,
-                        mlm_scratch,
-                        drows,
-                    )?;
-                    backend.add_assign(target, drows)?;
-                }
-                (_, None) => head.backward(
+                _ => head.backward(
                     backend,
                     params,
                     grads,

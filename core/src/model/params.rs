@@ -113,14 +113,15 @@ impl ParamLayout {
         self.build(|_, spec| backend.zeros(spec.numel()))
     }
 
-    /// A store initialised as for pretraining from scratch; parameter `i` draws from stream
-    /// `i` of `seed`, so the result does not depend on the backend.
+    /// A store initialised as for pretraining from scratch. Each parameter draws from a stream
+    /// keyed by a hash of its *name*, so the values depend on neither the backend nor the order
+    /// of registration (a model initialised alone or inside a pair gets the same weights).
     pub fn initialise<B: Backend>(
         &self,
         backend: &B,
         seed: u64,
     ) -> Result<ParamStore<B::Tensor>, Error> {
-        self.build(|id, spec| {
+        self.build(|_, spec| {
             let n = spec.numel();
             let values: Vec<f32> = match spec.init {
                 Init::Zeros => alloc::vec![0.0; n],
@@ -129,7 +130,7 @@ impl ParamLayout {
                     let rng = RandomStream {
                         seed,
                         step: 0,
-                        stream: id.0 as u32,
+                        stream: name_hash(&spec.name),
                     };
                     (0..n as u64).map(|i| rng.normal(i) * std).collect()
                 }
@@ -137,6 +138,13 @@ impl ParamLayout {
             backend.upload(&values)
         })
     }
+}
+
+/// FNV-1a over the bytes of a parameter name.
+fn name_hash(name: &str) -> u32 {
+    name.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// One tensor per parameter of a [`ParamLayout`], indexed by [`ParamId`]: weights, gradients

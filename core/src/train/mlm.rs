@@ -77,7 +77,7 @@ pub fn mlm_step<B: Backend>(
         },
     };
     let relative = model.relative_embeddings(backend, params, Some(batch), dropout)?;
-    let mut acts = model.activations(backend, batch, targets.count, dropout.is_some())?;
+    let mut acts = model.activations(backend, batch, Some(targets.count), dropout.is_some())?;
     model.forward(
         backend,
         params,

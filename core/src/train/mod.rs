@@ -6,8 +6,10 @@ pub mod mlm;
 pub mod optim;
 pub mod pair;
 pub mod schedule;
+pub mod trainer;
 
 pub use mlm::{MlmTargets, mlm_step};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
 pub use pair::{Losses, PairBatch, RtdPair, Sharing};
 pub use schedule::warmup_linear;
+pub use trainer::{PairDropout, Schedule, Trainer};

@@ -240,7 +240,6 @@ impl RtdPair {
             emd: false,
             rtd: true,
         };
-        let first_disc = layout.specs().len();
         let disc = Deberta::new(
             &mut layout,
             "discriminator.",
@@ -248,8 +247,14 @@ impl RtdPair {
             disc_heads,
             shared,
         );
-        let discriminator_params: Vec<ParamId> =
-            layout.iter().skip(first_disc).map(|(id, _)| id).collect();
+        // Everything after the generator's parameters: the E_delta offsets, then the
+        // discriminator's own.
+        let discriminator_params: Vec<ParamId> = layout
+            .iter()
+            .skip(generator_params.len())
+            .map(|(id, _)| id)
+            .collect();
+
         Ok(RtdPair {
             generator: generator_model,
             discriminator: disc,
@@ -315,7 +320,7 @@ impl RtdPair {
             mlm_rows: crate::model::MlmRows::All,
         };
         let relative = model.relative_embeddings(backend, params, Some(device), dropout)?;
-        let mut acts = model.activations(backend, device, 0, dropout.is_some())?;
+        let mut acts = model.activations(backend, device, None, dropout.is_some())?;
         model.forward(
             backend,
             params,

@@ -127,7 +127,7 @@ fn forward(args: BenchArgs) -> Result<()> {
         .relative_embeddings(&backend, &params, None, None)
         .map_err(ctx("position projections"))?;
     let mut acts = model
-        .activations(&backend, &batch, batch.tokens(), false)
+        .activations(&backend, &batch, None, false)
         .map_err(ctx("activations"))?;
     let mut times = Vec::with_capacity(args.iters);
     for i in 0..args.warmup + args.iters {

@@ -1,0 +1,361 @@
+//! Properties of the training math over random small configurations, batches and masks
+//! (proptest): GDES/ES/NES gradient routing, the export of the discriminator embedding, and
+//! model-level finite differences of the backward pass with dropout on.
+
+use deberta_core::config::{PosAttType, RawConfig};
+use deberta_core::model::{Dropout, HostBatch, MlmLayout, ParamStore};
+use deberta_core::random::RandomStream;
+use deberta_core::train::{OptimizerConfig, PairBatch, RtdPair, Schedule, Sharing, Trainer};
+use deberta_core::{Backend, CpuBackend, ModelConfig};
+use proptest::prelude::*;
+
+type Params = ParamStore<Vec<f32>>;
+
+/// A random small pair configuration and batch, all drawn from `seed`.
+struct Case {
+    generator: ModelConfig,
+    discriminator: ModelConfig,
+    emd: bool,
+    ids: Vec<i64>,
+    mask: Vec<i64>,
+    labels: Vec<i64>,
+    corrupted: Vec<i64>,
+    batch: usize,
+    len: usize,
+}
+
+fn case(seed: u64) -> Case {
+    let rng = RandomStream {
+        seed,
+        step: 0,
+        stream: 99,
+    };
+    let mut i = 0u64;
+    let mut pick = |n: u32| -> u32 {
+        i += 1;
+        rng.bits(i) % n
+    };
+    let heads = [1, 2, 4][pick(3) as usize];
+    let hidden = heads * [4, 6][pick(2) as usize];
+    let vocab = 20 + pick(20) as i64;
+    let pos = [
+        PosAttType {
+            c2p: true,
+            p2c: true,
+        },
+        PosAttType {
+            c2p: true,
+            p2c: false,
+        },
+        PosAttType {
+            c2p: false,
+            p2c: true,
+        },
+    ][pick(3) as usize];
+    let position_biased_input = pick(2) == 0;
+    let raw = |layers: i64| RawConfig {
+        vocab_size: Some(vocab),
+        hidden_size: Some(hidden as i64),
+        num_hidden_layers: Some(layers),
+        num_attention_heads: Some(heads as i64),
+        intermediate_size: Some(2 * hidden as i64),
+        max_position_embeddings: Some(16),
+        relative_attention: Some(true),
+        position_buckets: Some([-1, 4][(seed % 2) as usize]),
+        max_relative_positions: Some(8),
+        pos_att_type: Some(pos),
+        share_att_key: Some(seed % 3 != 0),
+        norm_rel_ebd_layer_norm: Some(seed % 5 != 0),
+        position_biased_input: Some(position_biased_input),
+        ..RawConfig::default()
+    };
+    let disc_layers = 1 + pick(2) as i64;
+    let generator = ModelConfig::from_raw(&raw(1 + pick(disc_layers as u32) as i64)).unwrap();
+    let discriminator = ModelConfig::from_raw(&raw(disc_layers)).unwrap();
+    let (batch, len) = (1 + pick(2) as usize, 3 + pick(6) as usize);
+    let mut ids = Vec::new();
+    let mut mask = Vec::new();
+    let mut labels = Vec::new();
+    let mut corrupted = Vec::new();
+    for _ in 0..batch {
+        let valid = 2 + pick(len as u32 - 1) as usize;
+        let masked_at = 1 + pick(valid as u32 - 1) as usize;
+        for t in 0..len {
+            let real = t < valid;
+            let original = if real {
+                1 + pick(vocab as u32 - 1) as i64
+            } else {
+                0
+            };
+            let masked = real && (t == masked_at || pick(4) == 0);
+            ids.push(if masked { 3 } else { original });
+            mask.push(i64::from(real));
+            labels.push(if masked { original } else { -100 });
+            corrupted.push(if masked && pick(2) == 0 {
+                1 + pick(vocab as u32 - 1) as i64
+            } else {
+                original
+            });
+        }
+    }
+    Case {
+        generator,
+        discriminator,
+        emd: pick(3) == 0,
+        ids,
+        mask,
+        labels,
+        corrupted,
+        batch,
+        len,
+    }
+}
+
+fn setup(
+    case: &Case,
+    sharing: Sharing,
+    init_seed: u64,
+) -> (CpuBackend, RtdPair, Params, PairBatch<CpuBackend>) {
+    let backend = CpuBackend::new();
+    let pair = RtdPair::new(
+        &case.generator,
+        &case.discriminator,
+        sharing,
+        MlmLayout::LmPredictions,
+        case.emd,
+    )
+    .unwrap();
+    let params = pair.layout.initialise(&backend, init_seed).unwrap();
+    let host = HostBatch {
+        input_ids: &case.ids,
+        attention_mask: &case.mask,
+        token_type_ids: None,
+        batch: case.batch,
+        len: case.len,
+    };
+    let batch = PairBatch::upload(&backend, &pair, &host, &case.corrupted, &case.labels).unwrap();
+    (backend, pair, params, batch)
+}
+
+fn tensor<'a>(pair: &RtdPair, store: &'a Params, name: &str) -> &'a [f32] {
+    store.get(
+        pair.layout
+            .find(name)
+            .unwrap_or_else(|| panic!("no parameter {name}")),
+    )
+}
+
+fn joint(
+    backend: &CpuBackend,
+    pair: &RtdPair,
+    params: &Params,
+    batch: &PairBatch<CpuBackend>,
+) -> Params {
+    let mut grads = pair.layout.zeros(backend).unwrap();
+    pair.joint_gradient(backend, params, &mut grads, batch, 50.0, None, None)
+        .unwrap();
+    grads
+}
+
+const E_G: &str = "generator.deberta.embeddings.word_embeddings.weight";
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// GDES: the RTD loss leaves E_G's gradient bit-identical to the MLM-only gradient, and
+    /// E_Δ's gradient equals the RTD part of E_G's gradient under ES.
+    #[test]
+    fn gdes_routes_the_rtd_gradient_into_e_delta_only(seed in any::<u64>()) {
+        let case = case(seed);
+        let (backend, pair, params, batch) = setup(&case, Sharing::Gdes, seed);
+        let joint_grads = joint(&backend, &pair, &params, &batch);
+        let mut mlm_only = pair.layout.zeros(&backend).unwrap();
+        pair.generator_step(&backend, &params, &mut mlm_only, &batch, None).unwrap();
+        prop_assert_eq!(tensor(&pair, &joint_grads, E_G), tensor(&pair, &mlm_only, E_G));
+
+        let (_, es_pair, es_params, es_batch) = setup(&case, Sharing::Es, seed);
+        let mut rtd_only = es_pair.layout.zeros(&backend).unwrap();
+        es_pair.discriminator_step(&backend, &es_params, &mut rtd_only, &es_batch, 50.0, None, None).unwrap();
+        prop_assert_eq!(tensor(&pair, &joint_grads, "E_delta"), tensor(&es_pair, &rtd_only, E_G));
+        prop_assert!(tensor(&pair, &joint_grads, "E_delta").iter().any(|&g| g != 0.0));
+    }
+
+    /// ES: E_G's gradient is the MLM part plus λ times the RTD part.
+    #[test]
+    fn es_sums_both_losses_into_the_shared_table(seed in any::<u64>()) {
+        let case = case(seed);
+        let (backend, pair, params, batch) = setup(&case, Sharing::Es, seed);
+        let joint_grads = joint(&backend, &pair, &params, &batch);
+        let mut mlm = pair.layout.zeros(&backend).unwrap();
+        pair.generator_step(&backend, &params, &mut mlm, &batch, None).unwrap();
+        let mut rtd = pair.layout.zeros(&backend).unwrap();
+        pair.discriminator_step(&backend, &params, &mut rtd, &batch, 50.0, None, None).unwrap();
+        let (j, a, b) = (tensor(&pair, &joint_grads, E_G), tensor(&pair, &mlm, E_G), tensor(&pair, &rtd, E_G));
+        let scale = j.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+        for k in 0..j.len() {
+            prop_assert!((j[k] - (a[k] + b[k])).abs() <= 1e-5 * scale, "{} vs {} + {}", j[k], a[k], b[k]);
+        }
+        prop_assert!(b.iter().any(|&g| g != 0.0));
+    }
+
+    /// NES: the generator's gradients do not depend on the discriminator's parameters and
+    /// vice versa; in every mode the generator's non-embedding gradients are the same.
+    #[test]
+    fn nes_models_are_independent_and_generator_gradients_agree_across_modes(seed in any::<u64>()) {
+        let case = case(seed);
+        let (backend, pair, params, batch) = setup(&case, Sharing::Nes, seed);
+        let base = joint(&backend, &pair, &params, &batch);
+        let mut perturbed = params.clone();
+        for (id, spec) in pair.layout.iter() {
+            let shift = if spec.name.starts_with("generator.") { 0.0 } else { 0.01 };
+            for v in perturbed.get_mut(id).iter_mut() {
+                *v += shift;
+            }
+        }
+        let after_disc_change = joint(&backend, &pair, &perturbed, &batch);
+        let mut perturbed = params.clone();
+        for (id, spec) in pair.layout.iter() {
+            let shift = if spec.name.starts_with("generator.") { 0.01 } else { 0.0 };
+            for v in perturbed.get_mut(id).iter_mut() {
+                *v += shift;
+            }
+        }
+        let after_gen_change = joint(&backend, &pair, &perturbed, &batch);
+        for (id, spec) in pair.layout.iter() {
+            if spec.name.starts_with("generator.") {
+                prop_assert_eq!(base.get(id), after_disc_change.get(id), "{}", &spec.name);
+            } else {
+                prop_assert_eq!(base.get(id), after_gen_change.get(id), "{}", &spec.name);
+            }
+        }
+        for sharing in [Sharing::Es, Sharing::Gdes] {
+            let (_, other_pair, other_params, other_batch) = setup(&case, sharing, seed);
+            let other = joint(&backend, &other_pair, &other_params, &other_batch);
+            for (id, spec) in pair.layout.iter() {
+                let shared_table = spec.name.contains("word_embeddings") || spec.name.contains("position_embeddings");
+                if spec.name.starts_with("generator.") && !shared_table {
+                    let other_id = other_pair.layout.find(&spec.name).unwrap();
+                    prop_assert_eq!(base.get(id), other.get(other_id), "{} under {:?}", &spec.name, sharing);
+                }
+            }
+        }
+    }
+
+    /// GDES: at step 0 the discriminator's embedding equals E_G exactly; after k decoupled
+    /// steps (with dropout) the exported embedding equals E_G + E_Δ, and E_Δ has moved.
+    #[test]
+    fn gdes_export_is_e_g_plus_e_delta(seed in any::<u64>(), steps in 1usize..4) {
+        let case = case(seed);
+        let (backend, pair, params, batch) = setup(&case, Sharing::Gdes, seed);
+        let (word, _) = pair.discriminator_tables(&backend, &params).unwrap();
+        prop_assert_eq!(word.as_slice(), tensor(&pair, &params, E_G));
+        let mut trainer = Trainer::new(&backend, pair, params, Schedule::Decoupled, 50.0, OptimizerConfig::xadam()).unwrap();
+        for step in 0..steps {
+            let dropout = |model| Dropout { hidden: 0.1, attention: 0.1, seed, step: step as u32, model };
+            trainer.step(&backend, &batch, 1e-3, Some((dropout(0), dropout(1)))).unwrap();
+        }
+        let (word, _) = trainer.pair.discriminator_tables(&backend, &trainer.params).unwrap();
+        let e_g = tensor(&trainer.pair, &trainer.params, E_G);
+        let delta = tensor(&trainer.pair, &trainer.params, "E_delta");
+        prop_assert!(delta.iter().any(|&d| d != 0.0));
+        for k in 0..word.len() {
+            prop_assert_eq!(word[k], e_g[k] + delta[k]);
+        }
+    }
+}
+
+/// Central differences of the pair's joint loss in f64 of the f32 model, with dropout on
+/// (the counter-based masks make the loss a deterministic function of the weights), against
+/// the analytic gradient, for a sample of coordinates of every parameter.
+#[test]
+fn pair_backward_matches_finite_differences_with_dropout() {
+    for seed in [3u64, 8, 21] {
+        let case = case(seed);
+        for sharing in [Sharing::Gdes, Sharing::Es, Sharing::Nes] {
+            let (backend, pair, params, batch) = setup(&case, sharing, seed);
+            // Larger weights than the 0.02 init so that every path carries signal.
+            let mut params = params;
+            for (id, spec) in pair.layout.iter() {
+                let rng = RandomStream {
+                    seed,
+                    step: 7,
+                    stream: id.index() as u32,
+                };
+                for (k, v) in params.get_mut(id).iter_mut().enumerate() {
+                    let bump = rng.normal(k as u64) * 0.3;
+                    *v = if spec.name.contains("LayerNorm.weight") {
+                        1.0 + bump
+                    } else {
+                        *v * 10.0 + bump
+                    };
+                }
+            }
+            let dropout = |model| Dropout {
+                hidden: 0.1,
+                attention: 0.1,
+                seed,
+                step: 5,
+                model,
+            };
+            let drop = (dropout(0), dropout(1));
+            let loss = |p: &Params| -> f64 {
+                let mut g = pair.layout.zeros(&backend).unwrap();
+                let l = pair
+                    .joint_gradient(
+                        &backend,
+                        p,
+                        &mut g,
+                        &batch,
+                        2.0,
+                        Some((&drop.0, &drop.1)),
+                        None,
+                    )
+                    .unwrap();
+                l.total as f64
+            };
+            let mut grads = pair.layout.zeros(&backend).unwrap();
+            pair.joint_gradient(
+                &backend,
+                &params,
+                &mut grads,
+                &batch,
+                2.0,
+                Some((&drop.0, &drop.1)),
+                None,
+            )
+            .unwrap();
+            // Under GDES the discriminator reads E_G (and a shared position table) through a
+            // stop-gradient: the analytic gradient deliberately omits that path, so finite
+            // differences of the joint loss do not apply to those tables.
+            let frozen = |name: &str| {
+                sharing == Sharing::Gdes
+                    && (name == E_G
+                        || (pair.position_delta.is_some()
+                            && name == "generator.deberta.embeddings.position_embeddings.weight"))
+            };
+            let mut checked = 0;
+            for (id, spec) in pair.layout.iter().filter(|(_, s)| !frozen(&s.name)) {
+                let n = spec.numel();
+                for probe in 0..3 {
+                    let k = (probe * 7919 + id.index() * 31) % n;
+                    let h = 1e-2f32;
+                    let mut plus = params.clone();
+                    plus.get_mut(id)[k] += h;
+                    let mut minus = params.clone();
+                    minus.get_mut(id)[k] -= h;
+                    let numeric = (loss(&plus) - loss(&minus)) / (2.0 * h as f64);
+                    let analytic = grads.get(id)[k] as f64;
+                    let tol = 2e-3 + 3e-2 * analytic.abs().max(numeric.abs());
+                    assert!(
+                        (numeric - analytic).abs() <= tol,
+                        "seed {seed} {sharing:?} {}[{k}]: numeric {numeric:.6} vs analytic {analytic:.6}",
+                        spec.name
+                    );
+                    checked += 1;
+                }
+            }
+            assert!(checked > 30);
+            let _ = backend.name();
+        }
+    }
+}
