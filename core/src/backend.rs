@@ -105,6 +105,8 @@ pub trait Backend {
     fn write(&self, tensor: &mut Self::Tensor, offset: usize, data: &[f32]) -> Result<(), Error>;
     /// Copies the first `out.len()` elements of `tensor` to the host.
     fn download(&self, tensor: &Self::Tensor, out: &mut [f32]) -> Result<(), Error>;
+    /// Copies the first `out.len()` elements of an index buffer to the host.
+    fn download_indices(&self, indices: &Self::Indices, out: &mut [u32]) -> Result<(), Error>;
     /// Sets every element to `value`.
     fn fill(&self, tensor: &mut Self::Tensor, value: f32) -> Result<(), Error>;
     /// `dst[dst_offset..][..len] = src[src_offset..][..len]`.
@@ -286,7 +288,18 @@ pub trait Backend {
         dlogits: &mut Self::Tensor,
         grad_scale: f32,
     ) -> Result<(), Error>;
+    /// Draws one token per row of `logits` `[rows, vocab]` from `softmax(logits)` (temperature
+    /// 1) by inverse transform with `stream.uniform(row)`, into `out[row]`: the generator's
+    /// sampling, identical on every backend.
+    fn sample_categorical(
+        &self,
+        logits: &Self::Tensor,
+        vocab: usize,
+        stream: RandomStream,
+        out: &mut Self::Indices,
+    ) -> Result<(), Error>;
     /// `out[index] = alpha · Σ x` (a device scalar; summed in a fixed order).
+
     fn sum(
         &self,
         x: &Self::Tensor,

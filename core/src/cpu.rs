@@ -69,6 +69,12 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn download_indices(&self, indices: &Vec<u32>, out: &mut [u32]) -> Result<(), Error> {
+        range_check("download_indices", 0, out.len(), indices.len())?;
+        out.copy_from_slice(&indices[..out.len()]);
+        Ok(())
+    }
+
     fn fill(&self, tensor: &mut Vec<f32>, value: f32) -> Result<(), Error> {
         tensor.fill(value);
         Ok(())
@@ -299,6 +305,16 @@ impl Backend for CpuBackend {
         grad_scale: f32,
     ) -> Result<(), Error> {
         kernels::bce_with_logits(logits, labels, weights, losses, dlogits, grad_scale)
+    }
+
+    fn sample_categorical(
+        &self,
+        logits: &Vec<f32>,
+        vocab: usize,
+        stream: RandomStream,
+        out: &mut Vec<u32>,
+    ) -> Result<(), Error> {
+        kernels::sample_categorical(logits, vocab, stream, out)
     }
 
     fn sum(&self, x: &Vec<f32>, out: &mut Vec<f32>, index: usize, alpha: f32) -> Result<(), Error> {

@@ -14,6 +14,7 @@ mod loss;
 mod matmul;
 mod optimizer;
 mod relative_scores;
+mod sampling;
 mod softmax;
 
 pub use dropout::dropout;
@@ -27,6 +28,7 @@ pub use loss::{bce_with_logits, cross_entropy, sum};
 pub use matmul::{MatmulSpec, MatrixLayout, matmul};
 pub use optimizer::{AdamSpec, adam_update, clip_coefficient, sum_of_squares};
 pub use relative_scores::{RelativeScoresSpec, add_relative_scores, relative_scores_backward};
+pub use sampling::sample_categorical;
 pub use softmax::{SoftmaxSpec, masked_softmax, masked_softmax_backward};
 
 use crate::Error;
