@@ -288,9 +288,9 @@ pub trait Backend {
         dlogits: &mut Self::Tensor,
         grad_scale: f32,
     ) -> Result<(), Error>;
-    /// Draws one token per row of `logits` `[rows, vocab]` from `softmax(logits)` (temperature
-    /// 1) by inverse transform with `stream.uniform(row)`, into `out[row]`: the generator's
-    /// sampling, identical on every backend.
+    /// Draws one token per row of `logits` `[rows, vocab]` from `softmax(logits)` at
+    /// temperature one, by inverse transform with `stream.uniform(row)`, into `out[row]`: the
+    /// generator's sampling, identical on every backend.
     fn sample_categorical(
         &self,
         logits: &Self::Tensor,
@@ -299,7 +299,6 @@ pub trait Backend {
         out: &mut Self::Indices,
     ) -> Result<(), Error>;
     /// `out[index] = alpha · Σ x` (a device scalar; summed in a fixed order).
-
     fn sum(
         &self,
         x: &Self::Tensor,
