@@ -371,40 +371,70 @@ fn optimizer_state_round_trip_is_bit_exact() {
         (OptimizerKind::XAdam, Schedule::Decoupled),
         (OptimizerKind::AdamW, Schedule::Joint),
     ] {
-        let config = OptimizerConfig { kind, ..OptimizerConfig::xadam() };
+        let config = OptimizerConfig {
+            kind,
+            ..OptimizerConfig::xadam()
+        };
         let dropout = |step: u32| {
-            let d = |model| Dropout { hidden: 0.1, attention: 0.1, seed: 9, step, model };
+            let d = |model| Dropout {
+                hidden: 0.1,
+                attention: 0.1,
+                seed: 9,
+                step,
+                model,
+            };
             Some((d(0), d(1)))
         };
         let (backend, pair, params, batch) = setup(&case, Sharing::Gdes, 1);
-        let mut straight = Trainer::new(&backend, pair.clone(), params.clone(), schedule, 50.0, config).unwrap();
+        let mut straight = Trainer::new(
+            &backend,
+            pair.clone(),
+            params.clone(),
+            schedule,
+            50.0,
+            config,
+        )
+        .unwrap();
         for step in 0..3 {
-            straight.step(&backend, &batch, 1e-3, dropout(step)).unwrap();
+            straight
+                .step(&backend, &batch, 1e-3, dropout(step))
+                .unwrap();
         }
-        let mut first = Trainer::new(&backend, pair.clone(), params, schedule, 50.0, config).unwrap();
+        let mut first =
+            Trainer::new(&backend, pair.clone(), params, schedule, 50.0, config).unwrap();
         for step in 0..2 {
             first.step(&backend, &batch, 1e-3, dropout(step)).unwrap();
         }
         // Save: weights plus every optimizer's named moments and step.
         let saved_params = first.params.clone();
-        let saved: Vec<(u64, Vec<(String, Vec<f32>)>)> = first
+        type NamedState = Vec<(String, Vec<f32>)>;
+        let saved: Vec<(u64, NamedState)> = first
             .optimizers
             .iter()
             .map(|o| (o.step, o.named_state(&backend, &first.pair.layout).unwrap()))
             .collect();
         drop(first);
-        let mut resumed = Trainer::new(&backend, pair, saved_params, schedule, 50.0, config).unwrap();
+        let mut resumed =
+            Trainer::new(&backend, pair, saved_params, schedule, 50.0, config).unwrap();
         for (optimizer, (step, state)) in resumed.optimizers.iter_mut().zip(&saved) {
             let layout = resumed.pair.layout.clone();
             optimizer
                 .restore(&backend, &layout, *step, |name| {
-                    state.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+                    state
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, v)| v.clone())
                 })
                 .unwrap();
         }
         resumed.step(&backend, &batch, 1e-3, dropout(2)).unwrap();
         for (id, spec) in resumed.pair.layout.iter() {
-            assert_eq!(resumed.params.get(id), straight.params.get(id), "{kind:?}: {}", spec.name);
+            assert_eq!(
+                resumed.params.get(id),
+                straight.params.get(id),
+                "{kind:?}: {}",
+                spec.name
+            );
         }
     }
 }
