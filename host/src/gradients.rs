@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use deberta_core::model::{HostBatch, MlmLayout};
-use deberta_core::train::{MlmTargets, PairBatch, RtdPair, Sharing, mlm_step};
+use deberta_core::train::{MlmTargets, PairBatch, RtdPair, Sharing, Workspace, mlm_step};
 use deberta_core::{Backend, CpuBackend};
 
 use crate::checkpoint::{TensorMap, read_tensor_file};
@@ -113,8 +113,11 @@ pub fn mlm_gradients(model_dir: &Path, inputs: &Path) -> Result<TensorMap> {
         &targets,
         None,
         1.0,
+        &mut Workspace::new(),
+        None,
     )
     .map_err(model_err("MLM forward/backward"))?;
+
     let mut out = TensorMap::new();
     for (id, spec) in loaded.layout.iter() {
         out.insert(

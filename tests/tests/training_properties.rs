@@ -5,7 +5,9 @@
 use deberta_core::config::{PosAttType, RawConfig};
 use deberta_core::model::{Dropout, HostBatch, MlmLayout, ParamStore};
 use deberta_core::random::RandomStream;
-use deberta_core::train::{OptimizerConfig, PairBatch, RtdPair, Schedule, Sharing, Trainer};
+use deberta_core::train::{
+    OptimizerConfig, PairBatch, RtdPair, Schedule, Sharing, Trainer, Workspace,
+};
 use deberta_core::{Backend, CpuBackend, ModelConfig};
 use proptest::prelude::*;
 
@@ -170,12 +172,12 @@ proptest! {
         let (backend, pair, params, batch) = setup(&case, Sharing::Gdes, seed);
         let joint_grads = joint(&backend, &pair, &params, &batch);
         let mut mlm_only = pair.layout.zeros(&backend).unwrap();
-        pair.generator_step(&backend, &params, &mut mlm_only, &batch, None).unwrap();
+        pair.generator_step(&backend, &params, &mut mlm_only, &batch.generator, None, &mut Workspace::new(), None).unwrap();
         prop_assert_eq!(tensor(&pair, &joint_grads, E_G), tensor(&pair, &mlm_only, E_G));
 
         let (_, es_pair, es_params, es_batch) = setup(&case, Sharing::Es, seed);
         let mut rtd_only = es_pair.layout.zeros(&backend).unwrap();
-        es_pair.discriminator_step(&backend, &es_params, &mut rtd_only, &es_batch, 50.0, None, None).unwrap();
+        es_pair.discriminator_step(&backend, &es_params, &mut rtd_only, &es_batch.discriminator, 50.0, None, &mut Workspace::new(), None).unwrap();
         prop_assert_eq!(tensor(&pair, &joint_grads, "E_delta"), tensor(&es_pair, &rtd_only, E_G));
         prop_assert!(tensor(&pair, &joint_grads, "E_delta").iter().any(|&g| g != 0.0));
     }
@@ -187,9 +189,9 @@ proptest! {
         let (backend, pair, params, batch) = setup(&case, Sharing::Es, seed);
         let joint_grads = joint(&backend, &pair, &params, &batch);
         let mut mlm = pair.layout.zeros(&backend).unwrap();
-        pair.generator_step(&backend, &params, &mut mlm, &batch, None).unwrap();
+        pair.generator_step(&backend, &params, &mut mlm, &batch.generator, None, &mut Workspace::new(), None).unwrap();
         let mut rtd = pair.layout.zeros(&backend).unwrap();
-        pair.discriminator_step(&backend, &params, &mut rtd, &batch, 50.0, None, None).unwrap();
+        pair.discriminator_step(&backend, &params, &mut rtd, &batch.discriminator, 50.0, None, &mut Workspace::new(), None).unwrap();
         let (j, a, b) = (tensor(&pair, &joint_grads, E_G), tensor(&pair, &mlm, E_G), tensor(&pair, &rtd, E_G));
         let scale = j.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
         for k in 0..j.len() {

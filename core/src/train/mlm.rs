@@ -1,12 +1,15 @@
 //! The masked-language-model objective of one model: mean cross-entropy over the labelled
-//! positions, and its gradient.
+//! positions, its gradient, and (for an RTD generator) sampling replacements from the same
+//! training-mode logits.
 
 use alloc::vec::Vec;
 
+use super::workspace::Workspace;
 use crate::Error;
 use crate::backend::Backend;
 use crate::model::dropout::Dropout;
 use crate::model::{Deberta, DeviceBatch, ForwardOptions, MlmRows, ParamStore};
+use crate::random::RandomStream;
 
 /// The labelled positions of a batch on the device.
 pub struct MlmTargets<B: Backend> {
@@ -51,8 +54,17 @@ impl<B: Backend> MlmTargets<B> {
     }
 }
 
-/// One forward and backward of the MLM objective: adds `scale · ∂(mean CE)/∂θ` to `grads` and
-/// returns the mean cross-entropy (read back from the device).
+/// Where sampled replacements go: one token per labelled position, drawn from the generator's
+/// training-mode logits with `stream` (SPEC §6.2).
+pub struct Sampler<'a, B: Backend> {
+    /// The counter-based stream of this step's sampling.
+    pub stream: RandomStream,
+    /// Output, one id per labelled position (`count` entries).
+    pub out: &'a mut B::Indices,
+}
+
+/// One forward and backward of the MLM objective: adds `scale · ∂(mean CE)/∂θ` to `grads`,
+/// samples replacements when asked, and returns the mean cross-entropy (read back).
 #[allow(clippy::too_many_arguments)]
 pub fn mlm_step<B: Backend>(
     model: &Deberta,
@@ -63,6 +75,8 @@ pub fn mlm_step<B: Backend>(
     targets: &MlmTargets<B>,
     dropout: Option<&Dropout>,
     scale: f32,
+    workspace: &mut Workspace<B>,
+    sampler: Option<Sampler<'_, B>>,
 ) -> Result<f32, Error> {
     let head = model.mlm_head.as_ref().ok_or(Error::ShapeMismatch {
         what: "an MLM head on the model",
@@ -77,16 +91,14 @@ pub fn mlm_step<B: Backend>(
         },
     };
     let relative = model.relative_embeddings(backend, params, Some(batch), dropout)?;
-    let mut acts = model.activations(backend, batch, Some(targets.count), dropout.is_some())?;
-    model.forward(
+    let (acts, scratch) = workspace.prepare(
+        model,
         backend,
-        params,
-        relative.as_ref(),
         batch,
-        &options,
-        &mut acts,
+        Some(targets.count),
+        dropout.is_some(),
     )?;
-    let mut scratch = model.backward_scratch(backend, batch, targets.count)?;
+    model.forward(backend, params, relative.as_ref(), batch, &options, acts)?;
     let (mlm_acts, mlm_scratch) =
         acts.mlm
             .as_ref()
@@ -96,6 +108,9 @@ pub fn mlm_step<B: Backend>(
                 expected: 1,
                 found: 0,
             })?;
+    if let Some(sampler) = sampler {
+        backend.sample_categorical(&mlm_acts.logits, head.vocab, sampler.stream, sampler.out)?;
+    }
     let count = targets.count as f32;
     backend.cross_entropy(
         &mlm_acts.logits,
@@ -114,8 +129,8 @@ pub fn mlm_step<B: Backend>(
         relative.as_ref(),
         batch,
         &options,
-        &acts,
-        &mut scratch,
+        acts,
+        scratch,
     )?;
     let mut loss = [0.0f32];
     backend.download(&total, &mut loss)?;

@@ -7,9 +7,11 @@ pub mod optim;
 pub mod pair;
 pub mod schedule;
 pub mod trainer;
+pub mod workspace;
 
-pub use mlm::{MlmTargets, mlm_step};
+pub use mlm::{MlmTargets, Sampler, mlm_step};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
-pub use pair::{Losses, PairBatch, RtdPair, Sharing};
+pub use pair::{DiscriminatorBatch, GeneratorBatch, Losses, PairBatch, RtdPair, Sharing};
 pub use schedule::warmup_linear;
 pub use trainer::{PairDropout, Schedule, Trainer};
+pub use workspace::Workspace;

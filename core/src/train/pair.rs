@@ -8,12 +8,13 @@
 
 use alloc::vec::Vec;
 
-use super::mlm::{MlmTargets, mlm_step};
+use super::mlm::{MlmTargets, Sampler, mlm_step};
+use super::workspace::Workspace;
 use crate::backend::Backend;
 use crate::model::dropout::Dropout;
 use crate::model::{
-    Deberta, DeviceBatch, ForwardOptions, FrozenParam, Heads, HostBatch, Init, MlmLayout, ParamId,
-    ParamLayout, ParamStore, SharedTables, TableSource,
+    Deberta, DeviceBatch, ForwardOptions, FrozenParam, Heads, HostBatch, Init, MlmLayout, MlmRows,
+    ParamId, ParamLayout, ParamStore, SharedTables, TableSource,
 };
 use crate::{Error, ModelConfig};
 
@@ -58,26 +59,31 @@ pub struct Losses {
     pub total: f32,
 }
 
-/// One batch of RTD pretraining on the device.
-pub struct PairBatch<B: Backend> {
+/// The generator's half of a batch: masked ids and the masked positions with their labels.
+pub struct GeneratorBatch<B: Backend> {
     /// The generator's input (masked ids).
-    pub generator: DeviceBatch<B>,
+    pub batch: DeviceBatch<B>,
     /// The masked positions and their original ids.
     pub targets: MlmTargets<B>,
+}
+
+/// The discriminator's half of a batch: ids after replacement and the RTD labels.
+pub struct DiscriminatorBatch<B: Backend> {
     /// The discriminator's input (ids after sampling).
-    pub discriminator: DeviceBatch<B>,
+    pub batch: DeviceBatch<B>,
     /// 1 where a token was replaced by a different one, `[B·S]`.
-    pub rtd_labels: B::Tensor,
+    pub labels: B::Tensor,
     /// Non-padding tokens (the RTD mean's denominator).
     pub tokens: usize,
 }
 
-impl<B: Backend> PairBatch<B> {
-    /// Validates and uploads a batch: `mlm_labels` is the original id at masked positions and
-    /// −100 elsewhere; the RTD label of a token is `masked && corrupted ≠ original`.
+impl<B: Backend> DiscriminatorBatch<B> {
+    /// Uploads the discriminator's input: `corrupted_ids` with the generator batch's mask; a
+    /// token's RTD label is `masked && corrupted ≠ original` (`mlm_labels` holds the original
+    /// id at masked positions and −100 elsewhere).
     pub fn upload(
         backend: &B,
-        pair: &RtdPair,
+        config: &ModelConfig,
         generator: &HostBatch<'_>,
         corrupted_ids: &[i64],
         mlm_labels: &[i64],
@@ -95,14 +101,11 @@ impl<B: Backend> PairBatch<B> {
                 });
             }
         }
-        let gen_batch = DeviceBatch::upload(backend, &pair.generator.config, generator)?;
-        let targets =
-            MlmTargets::from_labels(backend, mlm_labels, pair.generator.config.vocab_size)?;
-        let disc_host = HostBatch {
+        let host = HostBatch {
             input_ids: corrupted_ids,
             ..*generator
         };
-        let disc_batch = DeviceBatch::upload(backend, &pair.discriminator.config, &disc_host)?;
+        let batch = DeviceBatch::upload(backend, config, &host)?;
         let labels: Vec<f32> = mlm_labels
             .iter()
             .zip(corrupted_ids)
@@ -114,12 +117,47 @@ impl<B: Backend> PairBatch<B> {
                 what: "the batch's non-padding tokens",
             });
         }
-        Ok(PairBatch {
-            generator: gen_batch,
-            targets,
-            discriminator: disc_batch,
-            rtd_labels: backend.upload(&labels)?,
+        Ok(DiscriminatorBatch {
+            batch,
+            labels: backend.upload(&labels)?,
             tokens,
+        })
+    }
+}
+
+/// One batch of RTD pretraining with given replacements (the reference fixtures' form).
+pub struct PairBatch<B: Backend> {
+    /// The generator's half.
+    pub generator: GeneratorBatch<B>,
+    /// The discriminator's half.
+    pub discriminator: DiscriminatorBatch<B>,
+}
+
+impl<B: Backend> PairBatch<B> {
+    /// Validates and uploads a batch whose replacements are already known.
+    pub fn upload(
+        backend: &B,
+        pair: &RtdPair,
+        generator: &HostBatch<'_>,
+        corrupted_ids: &[i64],
+        mlm_labels: &[i64],
+    ) -> Result<Self, Error> {
+        Ok(PairBatch {
+            generator: GeneratorBatch {
+                batch: DeviceBatch::upload(backend, &pair.generator.config, generator)?,
+                targets: MlmTargets::from_labels(
+                    backend,
+                    mlm_labels,
+                    pair.generator.config.vocab_size,
+                )?,
+            },
+            discriminator: DiscriminatorBatch::upload(
+                backend,
+                &pair.discriminator.config,
+                generator,
+                corrupted_ids,
+                mlm_labels,
+            )?,
         })
     }
 }
@@ -279,24 +317,30 @@ impl RtdPair {
         &self.discriminator_params
     }
 
-    /// Generator MLM step: adds `∂L_MLM/∂θ` and returns `L_MLM`.
+    /// Generator MLM step: adds `∂L_MLM/∂θ` and returns `L_MLM`; samples replacements when
+    /// given a sampler.
+    #[allow(clippy::too_many_arguments)]
     pub fn generator_step<B: Backend>(
         &self,
         backend: &B,
         params: &ParamStore<B::Tensor>,
         grads: &mut ParamStore<B::Tensor>,
-        batch: &PairBatch<B>,
+        batch: &GeneratorBatch<B>,
         dropout: Option<&Dropout>,
+        workspace: &mut Workspace<B>,
+        sampler: Option<Sampler<'_, B>>,
     ) -> Result<f32, Error> {
         mlm_step(
             &self.generator,
             backend,
             params,
             grads,
-            &batch.generator,
+            &batch.batch,
             &batch.targets,
             dropout,
             1.0,
+            workspace,
+            sampler,
         )
     }
 
@@ -308,28 +352,21 @@ impl RtdPair {
         backend: &B,
         params: &ParamStore<B::Tensor>,
         grads: &mut ParamStore<B::Tensor>,
-        batch: &PairBatch<B>,
+        batch: &DiscriminatorBatch<B>,
         rtd_weight: f32,
         dropout: Option<&Dropout>,
+        workspace: &mut Workspace<B>,
         logits: Option<&mut [f32]>,
     ) -> Result<f32, Error> {
         let model = &self.discriminator;
-        let device = &batch.discriminator;
+        let device = &batch.batch;
         let options = ForwardOptions::<B> {
             dropout,
-            mlm_rows: crate::model::MlmRows::All,
+            mlm_rows: MlmRows::All,
         };
         let relative = model.relative_embeddings(backend, params, Some(device), dropout)?;
-        let mut acts = model.activations(backend, device, None, dropout.is_some())?;
-        model.forward(
-            backend,
-            params,
-            relative.as_ref(),
-            device,
-            &options,
-            &mut acts,
-        )?;
-        let mut scratch = model.backward_scratch(backend, device, 0)?;
+        let (acts, scratch) = workspace.prepare(model, backend, device, None, dropout.is_some())?;
+        model.forward(backend, params, relative.as_ref(), device, &options, acts)?;
         let (rtd_acts, rtd_scratch) = acts
             .rtd
             .as_ref()
@@ -338,7 +375,7 @@ impl RtdPair {
         let tokens = batch.tokens as f32;
         backend.bce_with_logits(
             &rtd_acts.logits,
-            &batch.rtd_labels,
+            &batch.labels,
             &device.mask,
             &mut rtd_scratch.losses,
             &mut rtd_scratch.dlogits,
@@ -356,8 +393,8 @@ impl RtdPair {
             relative.as_ref(),
             device,
             &options,
-            &acts,
-            &mut scratch,
+            acts,
+            scratch,
         )?;
         let mut loss = [0.0f32];
         backend.download(&total, &mut loss)?;
@@ -377,14 +414,25 @@ impl RtdPair {
         dropout: Option<(&Dropout, &Dropout)>,
         logits: Option<&mut [f32]>,
     ) -> Result<Losses, Error> {
-        let mlm = self.generator_step(backend, params, grads, batch, dropout.map(|d| d.0))?;
+        let mut workspace = Workspace::new();
+        let mlm = self.generator_step(
+            backend,
+            params,
+            grads,
+            &batch.generator,
+            dropout.map(|d| d.0),
+            &mut workspace,
+            None,
+        )?;
+        let mut workspace = Workspace::new();
         let rtd = self.discriminator_step(
             backend,
             params,
             grads,
-            batch,
+            &batch.discriminator,
             rtd_weight,
             dropout.map(|d| d.1),
+            &mut workspace,
             logits,
         )?;
         Ok(Losses {

@@ -1,11 +1,17 @@
 //! One optimisation step of the pair under the two schedules of SPEC §6.3: decoupled (the
 //! generator's update, then the discriminator's with `E_D` rebuilt from the updated `E_G`; the
 //! default) and joint (`L_MLM + λ·L_RTD`, one optimizer).
+//!
+//! A step has two phases so that the generator's samples can become the discriminator's
+//! input in between: [`Trainer::generator_phase`] (forward, sampling, backward, and in the
+//! decoupled schedule the generator's update) and [`Trainer::discriminator_phase`].
 
 use alloc::vec::Vec;
 
+use super::mlm::Sampler;
 use super::optim::{Optimizer, OptimizerConfig};
-use super::pair::{Losses, PairBatch, RtdPair};
+use super::pair::{DiscriminatorBatch, GeneratorBatch, Losses, PairBatch, RtdPair};
+use super::workspace::Workspace;
 use crate::Error;
 use crate::backend::Backend;
 use crate::model::dropout::Dropout;
@@ -20,7 +26,7 @@ pub enum Schedule {
     Joint,
 }
 
-/// The pair, its weights, gradients and optimizers.
+/// The pair, its weights, gradients, optimizers and buffers.
 pub struct Trainer<B: Backend> {
     /// The models.
     pub pair: RtdPair,
@@ -34,6 +40,8 @@ pub struct Trainer<B: Backend> {
     pub rtd_weight: f32,
     /// Decoupled: `[generator, discriminator]`; joint: one optimizer over everything.
     pub optimizers: Vec<Optimizer<B::Tensor>>,
+    generator_workspace: Workspace<B>,
+    discriminator_workspace: Workspace<B>,
 }
 
 /// Dropout of the two models in one step (`None`: evaluation mode).
@@ -67,6 +75,8 @@ impl<B: Backend> Trainer<B> {
             schedule,
             rtd_weight,
             optimizers,
+            generator_workspace: Workspace::new(),
+            discriminator_workspace: Workspace::new(),
         })
     }
 
@@ -77,7 +87,73 @@ impl<B: Backend> Trainer<B> {
         Ok(())
     }
 
-    /// One step at learning rate `lr`; returns the losses (computed before the updates).
+    /// The generator's half of a step: `L_MLM` and its gradient (sampling replacements into
+    /// `sampler` from the same logits); under the decoupled schedule the generator is updated
+    /// with learning rate `lr` before returning. Returns `L_MLM`.
+    pub fn generator_phase(
+        &mut self,
+        backend: &B,
+        batch: &GeneratorBatch<B>,
+        lr: f32,
+        dropout: Option<&Dropout>,
+        sampler: Option<Sampler<'_, B>>,
+    ) -> Result<f32, Error> {
+        let generator_params = self.pair.generator_params().to_vec();
+        self.zero(backend, &generator_params)?;
+        if self.schedule == Schedule::Joint {
+            let discriminator_params = self.pair.discriminator_params().to_vec();
+            self.zero(backend, &discriminator_params)?;
+        }
+        let loss = self.pair.generator_step(
+            backend,
+            &self.params,
+            &mut self.grads,
+            batch,
+            dropout,
+            &mut self.generator_workspace,
+            sampler,
+        )?;
+        if self.schedule == Schedule::Decoupled {
+            self.optimizers[0].update(backend, &mut self.params, &self.grads, lr)?;
+        }
+        Ok(loss)
+    }
+
+    /// The discriminator's half of a step (reading the generator's tables as they are now, so
+    /// after the generator's update under the decoupled schedule), then its update (or the
+    /// joint update). Returns `L_RTD`; `logits` receives the RTD logits when given.
+    pub fn discriminator_phase(
+        &mut self,
+        backend: &B,
+        batch: &DiscriminatorBatch<B>,
+        lr: f32,
+        dropout: Option<&Dropout>,
+        logits: Option<&mut [f32]>,
+    ) -> Result<f32, Error> {
+        if self.schedule == Schedule::Decoupled {
+            let discriminator_params = self.pair.discriminator_params().to_vec();
+            self.zero(backend, &discriminator_params)?;
+        }
+        let loss = self.pair.discriminator_step(
+            backend,
+            &self.params,
+            &mut self.grads,
+            batch,
+            self.rtd_weight,
+            dropout,
+            &mut self.discriminator_workspace,
+            logits,
+        )?;
+        let optimizer = match self.schedule {
+            Schedule::Decoupled => &mut self.optimizers[1],
+            Schedule::Joint => &mut self.optimizers[0],
+        };
+        optimizer.update(backend, &mut self.params, &self.grads, lr)?;
+        Ok(loss)
+    }
+
+    /// A whole step on a batch whose replacements are given; returns the losses (computed
+    /// before the updates).
     pub fn step(
         &mut self,
         backend: &B,
@@ -89,55 +165,9 @@ impl<B: Backend> Trainer<B> {
             Some((g, d)) => (Some(g), Some(d)),
             None => (None, None),
         };
-        let generator_params = self.pair.generator_params().to_vec();
-        let discriminator_params = self.pair.discriminator_params().to_vec();
-        let (mlm, rtd) = match self.schedule {
-            Schedule::Decoupled => {
-                self.zero(backend, &generator_params)?;
-                let mlm = self.pair.generator_step(
-                    backend,
-                    &self.params,
-                    &mut self.grads,
-                    batch,
-                    gen_dropout,
-                )?;
-                self.optimizers[0].update(backend, &mut self.params, &self.grads, lr)?;
-                self.zero(backend, &discriminator_params)?;
-                let rtd = self.pair.discriminator_step(
-                    backend,
-                    &self.params,
-                    &mut self.grads,
-                    batch,
-                    self.rtd_weight,
-                    disc_dropout,
-                    None,
-                )?;
-                self.optimizers[1].update(backend, &mut self.params, &self.grads, lr)?;
-                (mlm, rtd)
-            }
-            Schedule::Joint => {
-                self.zero(backend, &generator_params)?;
-                self.zero(backend, &discriminator_params)?;
-                let mlm = self.pair.generator_step(
-                    backend,
-                    &self.params,
-                    &mut self.grads,
-                    batch,
-                    gen_dropout,
-                )?;
-                let rtd = self.pair.discriminator_step(
-                    backend,
-                    &self.params,
-                    &mut self.grads,
-                    batch,
-                    self.rtd_weight,
-                    disc_dropout,
-                    None,
-                )?;
-                self.optimizers[0].update(backend, &mut self.params, &self.grads, lr)?;
-                (mlm, rtd)
-            }
-        };
+        let mlm = self.generator_phase(backend, &batch.generator, lr, gen_dropout, None)?;
+        let rtd =
+            self.discriminator_phase(backend, &batch.discriminator, lr, disc_dropout, None)?;
         Ok(Losses {
             mlm,
             rtd,

@@ -1,0 +1,70 @@
+//! Buffers of one model's forward and backward, kept across training steps: reallocated only
+//! when the batch shape changes, so a steady-state step allocates nothing.
+
+use crate::Error;
+use crate::backend::Backend;
+use crate::model::{Activations, BackwardScratch, Deberta, DeviceBatch};
+
+/// The shape a workspace was allocated for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    batch: usize,
+    len: usize,
+    window_rows: usize,
+    mlm_rows: Option<usize>,
+    training: bool,
+}
+
+/// Activations and backward scratch of one model.
+pub struct Workspace<B: Backend> {
+    shape: Option<Shape>,
+    buffers: Option<(Activations<B::Tensor>, BackwardScratch<B::Tensor>)>,
+}
+
+impl<B: Backend> Default for Workspace<B> {
+    fn default() -> Self {
+        Workspace {
+            shape: None,
+            buffers: None,
+        }
+    }
+}
+
+impl<B: Backend> Workspace<B> {
+    /// An empty workspace (allocates on first use).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The buffers for `batch` with `mlm_rows` selected MLM rows, allocating them if the shape
+    /// differs from the last call.
+    pub fn prepare(
+        &mut self,
+        model: &Deberta,
+        backend: &B,
+        batch: &DeviceBatch<B>,
+        mlm_rows: Option<usize>,
+        training: bool,
+    ) -> Result<(&mut Activations<B::Tensor>, &mut BackwardScratch<B::Tensor>), Error> {
+        let shape = Shape {
+            batch: batch.batch,
+            len: batch.len,
+            window_rows: batch.window.rows,
+            mlm_rows,
+            training,
+        };
+        if self.shape != Some(shape) || self.buffers.is_none() {
+            self.buffers = None;
+            let acts = model.activations(backend, batch, mlm_rows, training)?;
+            let scratch = model.backward_scratch(backend, batch, mlm_rows.unwrap_or(0))?;
+            self.buffers = Some((acts, scratch));
+            self.shape = Some(shape);
+        }
+        match self.buffers.as_mut() {
+            Some((acts, scratch)) => Ok((acts, scratch)),
+            None => Err(Error::Device {
+                what: "workspace buffers",
+            }),
+        }
+    }
+}
