@@ -4,7 +4,7 @@
 
 use alloc::vec::Vec;
 
-use super::workspace::Workspace;
+use super::workspace::{ModelBuffers, Workspace};
 use crate::Error;
 use crate::backend::Backend;
 use crate::model::dropout::Dropout;
@@ -91,7 +91,10 @@ pub fn mlm_step<B: Backend>(
         },
     };
     let relative = model.relative_embeddings(backend, params, Some(batch), dropout)?;
-    let (acts, scratch) = workspace.prepare(
+    let ModelBuffers {
+        activations: acts,
+        scratch,
+    } = workspace.prepare(
         model,
         backend,
         batch,

@@ -9,7 +9,7 @@
 use alloc::vec::Vec;
 
 use super::mlm::{MlmTargets, Sampler, mlm_step};
-use super::workspace::Workspace;
+use super::workspace::{ModelBuffers, Workspace};
 use crate::backend::Backend;
 use crate::model::dropout::Dropout;
 use crate::model::{
@@ -365,7 +365,10 @@ impl RtdPair {
             mlm_rows: MlmRows::All,
         };
         let relative = model.relative_embeddings(backend, params, Some(device), dropout)?;
-        let (acts, scratch) = workspace.prepare(model, backend, device, None, dropout.is_some())?;
+        let ModelBuffers {
+            activations: acts,
+            scratch,
+        } = workspace.prepare(model, backend, device, None, dropout.is_some())?;
         model.forward(backend, params, relative.as_ref(), device, &options, acts)?;
         let (rtd_acts, rtd_scratch) = acts
             .rtd

@@ -15,10 +15,18 @@ struct Shape {
     training: bool,
 }
 
+/// The forward's saved activations and the backward's scratch.
+pub struct ModelBuffers<T> {
+    /// Saved activations.
+    pub activations: Activations<T>,
+    /// Backward scratch (loss gradients included).
+    pub scratch: BackwardScratch<T>,
+}
+
 /// Activations and backward scratch of one model.
 pub struct Workspace<B: Backend> {
     shape: Option<Shape>,
-    buffers: Option<(Activations<B::Tensor>, BackwardScratch<B::Tensor>)>,
+    buffers: Option<ModelBuffers<B::Tensor>>,
 }
 
 impl<B: Backend> Default for Workspace<B> {
@@ -45,7 +53,7 @@ impl<B: Backend> Workspace<B> {
         batch: &DeviceBatch<B>,
         mlm_rows: Option<usize>,
         training: bool,
-    ) -> Result<(&mut Activations<B::Tensor>, &mut BackwardScratch<B::Tensor>), Error> {
+    ) -> Result<&mut ModelBuffers<B::Tensor>, Error> {
         let shape = Shape {
             batch: batch.batch,
             len: batch.len,
@@ -55,16 +63,14 @@ impl<B: Backend> Workspace<B> {
         };
         if self.shape != Some(shape) || self.buffers.is_none() {
             self.buffers = None;
-            let acts = model.activations(backend, batch, mlm_rows, training)?;
-            let scratch = model.backward_scratch(backend, batch, mlm_rows.unwrap_or(0))?;
-            self.buffers = Some((acts, scratch));
+            self.buffers = Some(ModelBuffers {
+                activations: model.activations(backend, batch, mlm_rows, training)?,
+                scratch: model.backward_scratch(backend, batch, mlm_rows.unwrap_or(0))?,
+            });
             self.shape = Some(shape);
         }
-        match self.buffers.as_mut() {
-            Some((acts, scratch)) => Ok((acts, scratch)),
-            None => Err(Error::Device {
-                what: "workspace buffers",
-            }),
-        }
+        self.buffers.as_mut().ok_or(Error::Device {
+            what: "workspace buffers",
+        })
     }
 }
