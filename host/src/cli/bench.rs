@@ -1,12 +1,18 @@
-//! `deberta bench`: timing of the forward pass on published shapes with random weights.
+//! `deberta bench`: timings of the forward pass and of a full RTD + GDES training step on the
+//! published shapes with random weights, with a JSON line for scripts.
 
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use deberta_core::model::{
-    Deberta, DeviceBatch, ForwardOptions, Heads, HostBatch, ParamLayout, SharedTables,
+    Deberta, DeviceBatch, Dropout, ForwardOptions, Heads, HostBatch, MlmLayout, ParamLayout,
+    SharedTables,
 };
 use deberta_core::random::RandomStream;
+use deberta_core::train::{
+    DiscriminatorBatch, GeneratorBatch, MlmTargets, OptimizerConfig, RtdPair, Sampler, Schedule,
+    Sharing, Trainer,
+};
 use deberta_core::{Backend, CpuBackend, ModelConfig};
 use serde_json::json;
 
@@ -17,6 +23,9 @@ use crate::error::{Error, Result};
 pub enum BenchCommand {
     /// Encoder forward pass (`DebertaV2Model`, no head).
     Forward(BenchArgs),
+    /// One full RTD + GDES training step: generator (half the layers, EMD) forward, sampling,
+    /// backward and update, then discriminator forward, backward and update.
+    Step(BenchArgs),
 }
 
 /// Arguments shared by the benchmarks.
@@ -75,10 +84,11 @@ pub fn forward_flops(cfg: &ModelConfig, batch: usize, len: usize, window_rows: u
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Forward(args) => forward(args),
+        BenchCommand::Step(args) => step(args),
     }
 }
 
-fn forward(args: BenchArgs) -> Result<()> {
+fn check(args: &BenchArgs) -> Result<(usize, ModelConfig)> {
     let threads = super::set_threads(args.threads);
     if args.backend == "wgpu" {
         return Err(Error::Usage(
@@ -92,85 +102,79 @@ fn forward(args: BenchArgs) -> Result<()> {
     }
     let cfg = ModelConfig::deberta_v3(&args.shape)
         .ok_or_else(|| Error::Usage(format!("unknown shape {}", args.shape)))?;
-    let backend = CpuBackend::new();
-    let mut layout = ParamLayout::new();
-    let model = Deberta::new(
-        &mut layout,
-        "",
-        &cfg,
-        Heads::default(),
-        SharedTables::default(),
-    );
-    let ctx = |what: &'static str| move |e| Error::model(what, e);
-    let params = layout
-        .initialise(&backend, 0)
-        .map_err(ctx("initialising weights"))?;
-    let tokens = args.batch * args.seq;
+    if args.seq > cfg.max_position_embeddings {
+        return Err(Error::Usage(format!(
+            "--seq {} exceeds the shape's {} positions",
+            args.seq, cfg.max_position_embeddings
+        )));
+    }
+    Ok((threads, cfg))
+}
+
+fn model_error(what: &'static str) -> impl Fn(deberta_core::Error) -> Error {
+    move |e| Error::model(what, e)
+}
+
+/// Random token ids in `[5, vocab)` (above the special tokens).
+fn random_ids(count: usize, vocab: usize, stream: u32) -> Vec<i64> {
     let rng = RandomStream {
         seed: 1,
         step: 0,
-        stream: 0,
+        stream,
     };
-    let ids: Vec<i64> = (0..tokens as u64)
-        .map(|i| 1 + (rng.bits(i) as usize % (cfg.vocab_size - 1)) as i64)
-        .collect();
-    let mask = vec![1i64; tokens];
-    let host = HostBatch {
-        input_ids: &ids,
-        attention_mask: &mask,
-        token_type_ids: None,
-        batch: args.batch,
-        len: args.seq,
-    };
-    let batch = DeviceBatch::upload(&backend, &cfg, &host).map_err(ctx("input"))?;
-    let relative = model
-        .relative_embeddings(&backend, &params, None, None)
-        .map_err(ctx("position projections"))?;
-    let mut acts = model
-        .activations(&backend, &batch, None, false)
-        .map_err(ctx("activations"))?;
+    (0..count as u64)
+        .map(|i| 5 + (rng.bits(i) as usize % (vocab - 5)) as i64)
+        .collect()
+}
+
+/// Times `run` `warmup + iters` times and returns the sorted timed durations in ms.
+fn time(args: &BenchArgs, mut run: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
     let mut times = Vec::with_capacity(args.iters);
     for i in 0..args.warmup + args.iters {
         let start = Instant::now();
-        model
-            .forward(
-                &backend,
-                &params,
-                relative.as_ref(),
-                &batch,
-                &ForwardOptions::inference(),
-                &mut acts,
-            )
-            .map_err(ctx("forward"))?;
-        let mut probe = [0.0f32; 1];
-        backend
-            .download(acts.last_hidden_state(), &mut probe)
-            .map_err(ctx("readback"))?;
+        run()?;
         if i >= args.warmup {
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
     times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
+/// Peak resident memory of this process in MiB (Linux `VmHWM`), when available.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn report(bench: &str, args: &BenchArgs, threads: usize, times: &[f64], flops: Option<f64>) {
     let median = times[times.len() / 2];
     let (min, max) = (times[0], times[times.len() - 1]);
-    let tokens_per_s = tokens as f64 / (median / 1e3);
-    let gflops =
-        forward_flops(&cfg, args.batch, args.seq, batch.window.rows) / (median / 1e3) / 1e9;
+    let tokens = (args.batch * args.seq) as f64;
+    let tokens_per_s = tokens / (median / 1e3);
+    let gflops = flops.map(|f| f / (median / 1e3) / 1e9);
+    let peak = peak_rss_mib();
     println!(
-        "forward {} batch {} seq {} on {} ({threads} threads): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {tokens_per_s:.0} tokens/s, {gflops:.1} GFLOP/s",
+        "{bench} {} batch {} seq {} on cpu ({threads} threads): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {tokens_per_s:.0} tokens/s{}{}",
         args.shape,
         args.batch,
         args.seq,
-        backend.name(),
-        args.iters
+        args.iters,
+        gflops
+            .map(|g| format!(", {g:.1} GFLOP/s"))
+            .unwrap_or_default(),
+        peak.map(|p| format!(", peak RSS {p:.0} MiB"))
+            .unwrap_or_default(),
     );
     if args.json {
         println!(
             "{}",
             json!({
-                "bench": "forward",
+                "bench": bench,
                 "impl": "deberta-rs",
-                "backend": backend.name(),
+                "backend": "cpu",
                 "shape": args.shape,
                 "batch": args.batch,
                 "seq": args.seq,
@@ -180,8 +184,159 @@ fn forward(args: BenchArgs) -> Result<()> {
                 "tokens_per_s": tokens_per_s,
                 "gflops": gflops,
                 "threads": threads,
+                "peak_rss_mb": peak,
             })
         );
     }
+}
+
+fn forward(args: BenchArgs) -> Result<()> {
+    let (threads, cfg) = check(&args)?;
+    let backend = CpuBackend::new();
+    let mut layout = ParamLayout::new();
+    let model = Deberta::new(
+        &mut layout,
+        "",
+        &cfg,
+        Heads::default(),
+        SharedTables::default(),
+    );
+    let params = layout
+        .initialise(&backend, 0)
+        .map_err(model_error("initialising weights"))?;
+    let tokens = args.batch * args.seq;
+    let ids = random_ids(tokens, cfg.vocab_size, 0);
+    let mask = vec![1i64; tokens];
+    let host = HostBatch {
+        input_ids: &ids,
+        attention_mask: &mask,
+        token_type_ids: None,
+        batch: args.batch,
+        len: args.seq,
+    };
+    let batch = DeviceBatch::upload(&backend, &cfg, &host).map_err(model_error("input"))?;
+    let relative = model
+        .relative_embeddings(&backend, &params, None, None)
+        .map_err(model_error("position projections"))?;
+    let mut acts = model
+        .activations(&backend, &batch, None, false)
+        .map_err(model_error("activations"))?;
+    let times = time(&args, || {
+        model
+            .forward(
+                &backend,
+                &params,
+                relative.as_ref(),
+                &batch,
+                &ForwardOptions::inference(),
+                &mut acts,
+            )
+            .map_err(model_error("forward"))?;
+        let mut probe = [0.0f32; 1];
+        backend
+            .download(acts.last_hidden_state(), &mut probe)
+            .map_err(model_error("readback"))
+    })?;
+    let flops = forward_flops(&cfg, args.batch, args.seq, batch.window.rows);
+    report("forward", &args, threads, &times, Some(flops));
+    Ok(())
+}
+
+fn step(args: BenchArgs) -> Result<()> {
+    let (threads, disc_cfg) = check(&args)?;
+    let gen_cfg = ModelConfig {
+        num_hidden_layers: disc_cfg.num_hidden_layers / 2,
+        ..disc_cfg
+    };
+    let backend = CpuBackend::new();
+    let pair = RtdPair::new(
+        &gen_cfg,
+        &disc_cfg,
+        Sharing::Gdes,
+        MlmLayout::LmPredictions,
+        true,
+    )
+    .map_err(model_error("building the pair"))?;
+    let params = pair
+        .layout
+        .initialise(&backend, 0)
+        .map_err(model_error("initialising weights"))?;
+    let mut trainer = Trainer::new(
+        &backend,
+        pair,
+        params,
+        Schedule::Decoupled,
+        50.0,
+        OptimizerConfig::xadam(),
+    )
+    .map_err(model_error("optimizers"))?;
+    // A fixed batch: 15 % of the positions of every sequence masked with id 4.
+    let (b, s) = (args.batch, args.seq);
+    let original = random_ids(b * s, disc_cfg.vocab_size, 1);
+    let per_sequence = ((s as f64) * 0.15).round().max(1.0) as usize;
+    let mut masked = original.clone();
+    let mut labels = vec![-100i64; b * s];
+    for seq in 0..b {
+        for k in 0..per_sequence {
+            let position = seq * s + 1 + (k * (s - 2)) / per_sequence;
+            labels[position] = original[position];
+            masked[position] = 4;
+        }
+    }
+    let mask = vec![1i64; b * s];
+    let host = HostBatch {
+        input_ids: &masked,
+        attention_mask: &mask,
+        token_type_ids: None,
+        batch: b,
+        len: s,
+    };
+    let generator = GeneratorBatch {
+        batch: DeviceBatch::upload(&backend, &gen_cfg, &host).map_err(model_error("input"))?,
+        targets: MlmTargets::from_labels(&backend, &labels, gen_cfg.vocab_size)
+            .map_err(model_error("labels"))?,
+    };
+    let positions: Vec<usize> = (0..b * s).filter(|&p| labels[p] != -100).collect();
+    let mut sampled = backend
+        .upload_indices(&vec![0; positions.len()])
+        .map_err(model_error("sample buffer"))?;
+    let mut step = 0u32;
+    let times = time(&args, || {
+        let dropout = |model| Dropout {
+            hidden: 0.1,
+            attention: 0.1,
+            seed: 1,
+            step,
+            model,
+        };
+        let sampler = Sampler {
+            stream: RandomStream {
+                seed: 1,
+                step,
+                stream: 7,
+            },
+            out: &mut sampled,
+        };
+        trainer
+            .generator_phase(&backend, &generator, 1e-4, Some(&dropout(0)), Some(sampler))
+            .map_err(model_error("generator step"))?;
+        let mut ids = vec![0u32; positions.len()];
+        backend
+            .download_indices(&sampled, &mut ids)
+            .map_err(model_error("reading samples"))?;
+        let mut corrupted = original.clone();
+        for (&p, &id) in positions.iter().zip(&ids) {
+            corrupted[p] = i64::from(id);
+        }
+        let discriminator =
+            DiscriminatorBatch::upload(&backend, &disc_cfg, &host, &corrupted, &labels)
+                .map_err(model_error("discriminator input"))?;
+        trainer
+            .discriminator_phase(&backend, &discriminator, 1e-4, Some(&dropout(1)), None)
+            .map_err(model_error("discriminator step"))?;
+        step += 1;
+        Ok(())
+    })?;
+    report("step", &args, threads, &times, None);
     Ok(())
 }
