@@ -9,10 +9,58 @@ use crate::kernels::{self, AdamSpec, LayerNormSpec, MatmulSpec, RelativeScoresSp
 use crate::random::RandomStream;
 use crate::{Activation, Error};
 
-/// The CPU backend. With the `std` feature sgemm dispatches to AVX/FMA at run time and uses
-/// `MATMUL_NUM_THREADS` threads (read once per process by matrixmultiply).
+/// The CPU backend. With the `std` feature sgemm dispatches to AVX/FMA at run time, and large
+/// products are split into blocks of disjoint output rows computed on rayon's global thread
+/// pool (size it with `rayon::ThreadPoolBuilder::build_global`). Every block is computed the
+/// same way whatever the thread count, so results do not depend on it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuBackend;
+
+/// Products smaller than this many multiply-adds run on the calling thread.
+#[cfg(feature = "std")]
+const PARALLEL_MIN_WORK: usize = 1 << 16;
+
+/// The output pointer of a product shared by the threads computing its disjoint blocks.
+#[cfg(feature = "std")]
+#[derive(Clone, Copy)]
+struct SharedOutput(*mut f32);
+
+// SAFETY: `SharedOutput` is only used by `parallel_matmul`, which hands every thread a block of
+// output elements no other thread touches (the output layout is checked to be injective and
+// the blocks are disjoint), and the borrow of the output slice outlives the parallel section.
+#[cfg(feature = "std")]
+unsafe impl Send for SharedOutput {}
+// SAFETY: see `Send`: concurrent use never touches the same element.
+#[cfg(feature = "std")]
+unsafe impl Sync for SharedOutput {}
+
+/// Runs a validated product on rayon's pool when it is large enough and its output layout
+/// allows disjoint blocks; returns whether it did.
+#[cfg(feature = "std")]
+fn parallel_matmul(a: &[f32], b: &[f32], c: &mut [f32], spec: &MatmulSpec) -> Result<bool, Error> {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    if threads < 2 || spec.work() < PARALLEL_MIN_WORK || !spec.output_is_injective() {
+        return Ok(false);
+    }
+    spec.validate(a.len(), b.len(), c.len())?;
+    let entries = (spec.batch[0] * spec.batch[1]).max(1);
+    let row_splits = if entries >= 2 * threads {
+        1
+    } else {
+        (2 * threads).div_ceil(entries).min(spec.m.div_ceil(8).max(1))
+    };
+    let blocks: Vec<kernels::MatmulBlock> = spec.blocks(row_splits).collect();
+    let output = SharedOutput(c.as_mut_ptr());
+    blocks.par_iter().for_each(|block| {
+        let output = output;
+        // SAFETY: validated above for these buffers; the output is injective and the blocks
+        // are disjoint, so each thread writes only its own elements of `c`, which stays
+        // borrowed mutably for the whole parallel section.
+        unsafe { kernels::matmul_block(a, b, output.0, spec, *block) };
+    });
+    Ok(true)
+}
 
 impl CpuBackend {
     /// A CPU backend.
@@ -101,6 +149,10 @@ impl Backend for CpuBackend {
         c: &mut Vec<f32>,
         spec: &MatmulSpec,
     ) -> Result<(), Error> {
+        #[cfg(feature = "std")]
+        if parallel_matmul(a, b, c, spec)? {
+            return Ok(());
+        }
         kernels::matmul(a, b, c, spec)
     }
 

@@ -175,62 +175,131 @@ impl MatmulSpec {
     }
 }
 
-/// `C = α·A·B + β·C` for every batch entry, in batch order.
-pub fn matmul(a: &[f32], b: &[f32], c: &mut [f32], spec: &MatmulSpec) -> Result<(), Error> {
-    spec.validate(a.len(), b.len(), c.len())?;
-    if spec.m == 0 || spec.n == 0 || spec.batch[0] == 0 || spec.batch[1] == 0 {
-        return Ok(());
-    }
-    for outer in 0..spec.batch[0] {
-        for inner in 0..spec.batch[1] {
-            let c_off = spec.c.batch_offset(outer, inner);
-            if spec.k == 0 {
-                scale_output(c, c_off, spec);
-                continue;
-            }
-            let a_off = spec.a.batch_offset(outer, inner);
-            let b_off = spec.b.batch_offset(outer, inner);
-            // SAFETY: `validate` proved that every element addressed by the layouts for all
-            // batch entries lies inside the respective slice (with overflow-checked
-            // arithmetic), that strides fit in `isize`, and that the elements of C within one
-            // batch entry are distinct, so sgemm's writes never alias each other or A/B
-            // (which are separate borrows). sgemm reads/writes exactly
-            // `ptr + r*row_stride + col*col_stride` for r < m (k), col < k (n).
-            unsafe {
-                matrixmultiply::sgemm(
-                    spec.m,
-                    spec.k,
-                    spec.n,
-                    spec.alpha,
-                    a.as_ptr().add(a_off),
-                    spec.a.row_stride as isize,
-                    spec.a.col_stride as isize,
-                    b.as_ptr().add(b_off),
-                    spec.b.row_stride as isize,
-                    spec.b.col_stride as isize,
-                    spec.beta,
-                    c.as_mut_ptr().add(c_off),
-                    spec.c.row_stride as isize,
-                    spec.c.col_stride as isize,
-                );
-            }
-        }
-    }
-    Ok(())
+/// A block of a product: one batch entry and a range of output rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatmulBlock {
+    /// Outer batch index.
+    pub outer: usize,
+    /// Inner batch index.
+    pub inner: usize,
+    /// First output row.
+    pub row_start: usize,
+    /// One past the last output row.
+    pub row_end: usize,
 }
 
-/// `C = β·C` (the `k = 0` case, which sgemm does not define).
-fn scale_output(c: &mut [f32], offset: usize, spec: &MatmulSpec) {
-    for r in 0..spec.m {
-        for col in 0..spec.n {
-            let idx = offset + r * spec.c.row_stride + col * spec.c.col_stride;
-            c[idx] = if spec.beta == 0.0 {
-                0.0
-            } else {
-                spec.beta * c[idx]
+impl MatmulSpec {
+    /// The product cut into blocks: every batch entry, its rows split into `row_splits`
+    /// near-equal ranges (in batch order, then row order).
+    pub fn blocks(&self, row_splits: usize) -> impl Iterator<Item = MatmulBlock> + '_ {
+        let splits = row_splits.clamp(1, self.m.max(1));
+        (0..self.batch[0]).flat_map(move |outer| {
+            (0..self.batch[1]).flat_map(move |inner| {
+                (0..splits).filter_map(move |s| {
+                    let (row_start, row_end) = (s * self.m / splits, (s + 1) * self.m / splits);
+                    (row_end > row_start).then_some(MatmulBlock {
+                        outer,
+                        inner,
+                        row_start,
+                        row_end,
+                    })
+                })
+            })
+        })
+    }
+
+    /// Whether every `(batch entry, row, column)` addresses a different element of C, so that
+    /// disjoint blocks may be computed concurrently (a sufficient, mixed-radix test).
+    pub fn output_is_injective(&self) -> bool {
+        let mut dims = [
+            (self.c.row_stride, self.m),
+            (self.c.col_stride, self.n),
+            (self.c.batch_strides[0], self.batch[0]),
+            (self.c.batch_strides[1], self.batch[1]),
+        ];
+        dims.sort_unstable();
+        let mut reach = 0usize;
+        for (stride, extent) in dims {
+            if extent <= 1 {
+                continue;
+            }
+            if stride <= reach {
+                return false;
+            }
+            reach = match stride.checked_mul(extent - 1).and_then(|s| s.checked_add(reach)) {
+                Some(r) => r,
+                None => return false,
             };
         }
+        true
     }
+
+    /// Multiply-adds of the whole product.
+    pub fn work(&self) -> usize {
+        self.batch[0]
+            .saturating_mul(self.batch[1])
+            .saturating_mul(self.m)
+            .saturating_mul(self.n)
+            .saturating_mul(self.k)
+    }
+}
+
+/// Computes one block of a product whose C is given as a raw pointer.
+///
+/// # Safety
+///
+/// `spec.validate(a.len(), b.len(), c_len)` must have succeeded for the `c_len` elements
+/// starting at `c`, and no other thread may access the C elements of `block` while this runs
+/// (disjoint blocks of a product whose [`MatmulSpec::output_is_injective`] holds satisfy this).
+pub unsafe fn matmul_block(a: &[f32], b: &[f32], c: *mut f32, spec: &MatmulSpec, block: MatmulBlock) {
+    let rows = block.row_end - block.row_start;
+    let c_off = spec.c.batch_offset(block.outer, block.inner) + block.row_start * spec.c.row_stride;
+    if spec.k == 0 {
+        for r in 0..rows {
+            for col in 0..spec.n {
+                // SAFETY: the index lies in C's validated extent and belongs to this block.
+                let element = unsafe { &mut *c.add(c_off + r * spec.c.row_stride + col * spec.c.col_stride) };
+                *element = if spec.beta == 0.0 { 0.0 } else { spec.beta * *element };
+            }
+        }
+        return;
+    }
+    let a_off = spec.a.batch_offset(block.outer, block.inner) + block.row_start * spec.a.row_stride;
+    let b_off = spec.b.batch_offset(block.outer, block.inner);
+    // SAFETY: `validate` proved that every element the layouts address for all batch entries
+    // and rows lies inside A, B and C (overflow-checked), that strides fit in `isize`, and
+    // that C's elements within a batch entry are distinct; the caller guarantees exclusive
+    // access to this block's C elements. sgemm touches exactly `ptr + r·rs + c·cs` for the
+    // block's rows and columns.
+    unsafe {
+        matrixmultiply::sgemm(
+            rows,
+            spec.k,
+            spec.n,
+            spec.alpha,
+            a.as_ptr().add(a_off),
+            spec.a.row_stride as isize,
+            spec.a.col_stride as isize,
+            b.as_ptr().add(b_off),
+            spec.b.row_stride as isize,
+            spec.b.col_stride as isize,
+            spec.beta,
+            c.add(c_off),
+            spec.c.row_stride as isize,
+            spec.c.col_stride as isize,
+        );
+    }
+}
+
+/// `C = α·A·B + β·C` for every batch entry, in batch order, on the calling thread.
+pub fn matmul(a: &[f32], b: &[f32], c: &mut [f32], spec: &MatmulSpec) -> Result<(), Error> {
+    spec.validate(a.len(), b.len(), c.len())?;
+    let c_ptr = c.as_mut_ptr();
+    for block in spec.blocks(1) {
+        // SAFETY: validated above; this thread holds `c` exclusively.
+        unsafe { matmul_block(a, b, c_ptr, spec, block) };
+    }
+    Ok(())
 }
 
 #[cfg(test)]
