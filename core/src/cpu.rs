@@ -25,6 +25,14 @@ const PARALLEL_MIN_WORK: usize = 1 << 16;
 #[derive(Clone, Copy)]
 struct SharedOutput(*mut f32);
 
+#[cfg(feature = "std")]
+impl SharedOutput {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 // SAFETY: `SharedOutput` is only used by `parallel_matmul`, which hands every thread a block of
 // output elements no other thread touches (the output layout is checked to be injective and
 // the blocks are disjoint), and the borrow of the output slice outlives the parallel section.
@@ -53,11 +61,10 @@ fn parallel_matmul(a: &[f32], b: &[f32], c: &mut [f32], spec: &MatmulSpec) -> Re
     let blocks: Vec<kernels::MatmulBlock> = spec.blocks(row_splits).collect();
     let output = SharedOutput(c.as_mut_ptr());
     blocks.par_iter().for_each(|block| {
-        let output = output;
         // SAFETY: validated above for these buffers; the output is injective and the blocks
         // are disjoint, so each thread writes only its own elements of `c`, which stays
         // borrowed mutably for the whole parallel section.
-        unsafe { kernels::matmul_block(a, b, output.0, spec, *block) };
+        unsafe { kernels::matmul_block(a, b, output.get(), spec, *block) };
     });
     Ok(true)
 }
