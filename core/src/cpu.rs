@@ -56,7 +56,9 @@ fn parallel_matmul(a: &[f32], b: &[f32], c: &mut [f32], spec: &MatmulSpec) -> Re
     let row_splits = if entries >= 2 * threads {
         1
     } else {
-        (2 * threads).div_ceil(entries).min(spec.m.div_ceil(8).max(1))
+        (2 * threads)
+            .div_ceil(entries)
+            .min(spec.m.div_ceil(8).max(1))
     };
     let blocks: Vec<kernels::MatmulBlock> = spec.blocks(row_splits).collect();
     let output = SharedOutput(c.as_mut_ptr());

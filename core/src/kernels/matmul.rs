@@ -226,7 +226,10 @@ impl MatmulSpec {
             if stride <= reach {
                 return false;
             }
-            reach = match stride.checked_mul(extent - 1).and_then(|s| s.checked_add(reach)) {
+            reach = match stride
+                .checked_mul(extent - 1)
+                .and_then(|s| s.checked_add(reach))
+            {
                 Some(r) => r,
                 None => return false,
             };
@@ -251,15 +254,26 @@ impl MatmulSpec {
 /// `spec.validate(a.len(), b.len(), c_len)` must have succeeded for the `c_len` elements
 /// starting at `c`, and no other thread may access the C elements of `block` while this runs
 /// (disjoint blocks of a product whose [`MatmulSpec::output_is_injective`] holds satisfy this).
-pub unsafe fn matmul_block(a: &[f32], b: &[f32], c: *mut f32, spec: &MatmulSpec, block: MatmulBlock) {
+pub unsafe fn matmul_block(
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    spec: &MatmulSpec,
+    block: MatmulBlock,
+) {
     let rows = block.row_end - block.row_start;
     let c_off = spec.c.batch_offset(block.outer, block.inner) + block.row_start * spec.c.row_stride;
     if spec.k == 0 {
         for r in 0..rows {
             for col in 0..spec.n {
                 // SAFETY: the index lies in C's validated extent and belongs to this block.
-                let element = unsafe { &mut *c.add(c_off + r * spec.c.row_stride + col * spec.c.col_stride) };
-                *element = if spec.beta == 0.0 { 0.0 } else { spec.beta * *element };
+                let element =
+                    unsafe { &mut *c.add(c_off + r * spec.c.row_stride + col * spec.c.col_stride) };
+                *element = if spec.beta == 0.0 {
+                    0.0
+                } else {
+                    spec.beta * *element
+                };
             }
         }
         return;

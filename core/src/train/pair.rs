@@ -317,8 +317,8 @@ impl RtdPair {
         &self.discriminator_params
     }
 
-    /// Generator MLM step: adds `∂L_MLM/∂θ` and returns `L_MLM`; samples replacements when
-    /// given a sampler.
+    /// Generator MLM step: adds `scale·∂L_MLM/∂θ` and returns `L_MLM`; samples replacements
+    /// when given a sampler.
     #[allow(clippy::too_many_arguments)]
     pub fn generator_step<B: Backend>(
         &self,
@@ -327,6 +327,7 @@ impl RtdPair {
         grads: &mut ParamStore<B::Tensor>,
         batch: &GeneratorBatch<B>,
         dropout: Option<&Dropout>,
+        scale: f32,
         workspace: &mut Workspace<B>,
         sampler: Option<Sampler<'_, B>>,
     ) -> Result<f32, Error> {
@@ -338,7 +339,7 @@ impl RtdPair {
             &batch.batch,
             &batch.targets,
             dropout,
-            1.0,
+            scale,
             workspace,
             sampler,
         )
@@ -424,6 +425,7 @@ impl RtdPair {
             grads,
             &batch.generator,
             dropout.map(|d| d.0),
+            1.0,
             &mut workspace,
             None,
         )?;

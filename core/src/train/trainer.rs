@@ -47,6 +47,33 @@ pub struct Trainer<B: Backend> {
 /// Dropout of the two models in one step (`None`: evaluation mode).
 pub type PairDropout = Option<(Dropout, Dropout)>;
 
+/// Which micro-batch of a step a phase processes under gradient accumulation: gradients are
+/// zeroed before the first, each loss is scaled by `1/count`, and the update follows the last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MicroBatch {
+    /// Position in the step, from 0.
+    pub index: usize,
+    /// Micro-batches per step (at least 1).
+    pub count: usize,
+}
+
+impl MicroBatch {
+    /// A step without accumulation.
+    pub const WHOLE: MicroBatch = MicroBatch { index: 0, count: 1 };
+
+    fn first(self) -> bool {
+        self.index == 0
+    }
+
+    fn last(self) -> bool {
+        self.index + 1 >= self.count
+    }
+
+    fn scale(self) -> f32 {
+        1.0 / self.count.max(1) as f32
+    }
+}
+
 impl<B: Backend> Trainer<B> {
     /// A trainer with fresh optimizer state.
     pub fn new(
@@ -87,9 +114,9 @@ impl<B: Backend> Trainer<B> {
         Ok(())
     }
 
-    /// The generator's half of a step: `L_MLM` and its gradient (sampling replacements into
-    /// `sampler` from the same logits); under the decoupled schedule the generator is updated
-    /// with learning rate `lr` before returning. Returns `L_MLM`.
+    /// The generator's half of a (micro-)step: `L_MLM` and its gradient (sampling
+    /// replacements into `sampler` from the same logits); under the decoupled schedule the
+    /// generator is updated with learning rate `lr` after the last micro-batch. Returns `L_MLM`.
     pub fn generator_phase(
         &mut self,
         backend: &B,
@@ -97,12 +124,15 @@ impl<B: Backend> Trainer<B> {
         lr: f32,
         dropout: Option<&Dropout>,
         sampler: Option<Sampler<'_, B>>,
+        micro: MicroBatch,
     ) -> Result<f32, Error> {
-        let generator_params = self.pair.generator_params().to_vec();
-        self.zero(backend, &generator_params)?;
-        if self.schedule == Schedule::Joint {
-            let discriminator_params = self.pair.discriminator_params().to_vec();
-            self.zero(backend, &discriminator_params)?;
+        if micro.first() {
+            let generator_params = self.pair.generator_params().to_vec();
+            self.zero(backend, &generator_params)?;
+            if self.schedule == Schedule::Joint {
+                let discriminator_params = self.pair.discriminator_params().to_vec();
+                self.zero(backend, &discriminator_params)?;
+            }
         }
         let loss = self.pair.generator_step(
             backend,
@@ -110,18 +140,25 @@ impl<B: Backend> Trainer<B> {
             &mut self.grads,
             batch,
             dropout,
+            micro.scale(),
             &mut self.generator_workspace,
             sampler,
         )?;
-        if self.schedule == Schedule::Decoupled {
+        if self.schedule == Schedule::Decoupled && micro.last() {
             self.optimizers[0].update(backend, &mut self.params, &self.grads, lr)?;
         }
         Ok(loss)
     }
 
-    /// The discriminator's half of a step (reading the generator's tables as they are now, so
-    /// after the generator's update under the decoupled schedule), then its update (or the
-    /// joint update). Returns `L_RTD`; `logits` receives the RTD logits when given.
+    /// The generator's MLM logits of the last generator phase, `[masked rows, vocab]`.
+    pub fn generator_logits(&self) -> Option<&B::Tensor> {
+        self.generator_workspace.logits()
+    }
+
+    /// The discriminator's half of a (micro-)step (reading the generator's tables as they
+    /// are now, so after the generator's update under the decoupled schedule); after the last
+    /// micro-batch its update (or the joint update). Returns `L_RTD`; `logits` receives the
+    /// RTD logits when given.
     pub fn discriminator_phase(
         &mut self,
         backend: &B,
@@ -129,8 +166,9 @@ impl<B: Backend> Trainer<B> {
         lr: f32,
         dropout: Option<&Dropout>,
         logits: Option<&mut [f32]>,
+        micro: MicroBatch,
     ) -> Result<f32, Error> {
-        if self.schedule == Schedule::Decoupled {
+        if self.schedule == Schedule::Decoupled && micro.first() {
             let discriminator_params = self.pair.discriminator_params().to_vec();
             self.zero(backend, &discriminator_params)?;
         }
@@ -139,16 +177,18 @@ impl<B: Backend> Trainer<B> {
             &self.params,
             &mut self.grads,
             batch,
-            self.rtd_weight,
+            self.rtd_weight * micro.scale(),
             dropout,
             &mut self.discriminator_workspace,
             logits,
         )?;
-        let optimizer = match self.schedule {
-            Schedule::Decoupled => &mut self.optimizers[1],
-            Schedule::Joint => &mut self.optimizers[0],
-        };
-        optimizer.update(backend, &mut self.params, &self.grads, lr)?;
+        if micro.last() {
+            let optimizer = match self.schedule {
+                Schedule::Decoupled => &mut self.optimizers[1],
+                Schedule::Joint => &mut self.optimizers[0],
+            };
+            optimizer.update(backend, &mut self.params, &self.grads, lr)?;
+        }
         Ok(loss)
     }
 
@@ -165,9 +205,22 @@ impl<B: Backend> Trainer<B> {
             Some((g, d)) => (Some(g), Some(d)),
             None => (None, None),
         };
-        let mlm = self.generator_phase(backend, &batch.generator, lr, gen_dropout, None)?;
-        let rtd =
-            self.discriminator_phase(backend, &batch.discriminator, lr, disc_dropout, None)?;
+        let mlm = self.generator_phase(
+            backend,
+            &batch.generator,
+            lr,
+            gen_dropout,
+            None,
+            MicroBatch::WHOLE,
+        )?;
+        let rtd = self.discriminator_phase(
+            backend,
+            &batch.discriminator,
+            lr,
+            disc_dropout,
+            None,
+            MicroBatch::WHOLE,
+        )?;
         Ok(Losses {
             mlm,
             rtd,

@@ -73,4 +73,14 @@ impl<B: Backend> Workspace<B> {
             what: "workspace buffers",
         })
     }
+
+    /// The MLM logits of the last forward, when the model has an MLM head.
+    pub fn logits(&self) -> Option<&B::Tensor> {
+        self.buffers
+            .as_ref()?
+            .activations
+            .mlm
+            .as_ref()
+            .map(|m| &m.logits)
+    }
 }
