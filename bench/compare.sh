@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# Speed ratio of our `deberta bench forward` against PyTorch/transformers on the CPU.
+# Speed ratio of our `deberta bench forward|step` against PyTorch/transformers on the CPU.
 #
 # Usage: bench/compare.sh [THREADS]          (THREADS defaults to `nproc`)
-# Environment: ITERS (timed runs per invocation, default 10), WARMUP (default 2),
+#        BENCH=step bench/compare.sh [THREADS]
+# Environment: BENCH (forward, the default, or step),
+#              ITERS (timed runs per invocation, default 10), WARMUP (default 2),
 #              ROUNDS (ours/pytorch alternations per shape, default 2),
 #              SHAPE (DeBERTa-v3 shape, default xsmall),
-#              CASES (BATCHxSEQ list, default "1x128 8x128 1x512").
+#              CASES (BATCHxSEQ list, default "1x128 8x128 1x512"; "8x128" for step).
+#
+# BENCH=step times one full RTD + GDES pretraining step instead (generator with half the
+# layers and the EMD: forward, sampling, backward, clip, XAdam update; then the
+# discriminator: forward on the corrupted ids, backward, clip, XAdam update) -- see the
+# docstring of bench/pytorch_bench.py for what the PyTorch side mirrors. Its table also
+# shows both processes' peak RSS and rss_ratio = pytorch_MiB / ours_MiB (> 1: we use less).
 #
 # What it measures: for every BATCHxSEQ case, the encoder forward pass of the same
 # published DeBERTa-v3 shape with random float32 weights, timed inside each program
@@ -24,7 +32,15 @@ ITERS="${ITERS:-10}"
 WARMUP="${WARMUP:-2}"
 ROUNDS="${ROUNDS:-2}"
 SHAPE="${SHAPE:-xsmall}"
-CASES="${CASES:-1x128 8x128 1x512}"
+BENCH="${BENCH:-forward}"
+case "$BENCH" in
+    forward) CASES="${CASES:-1x128 8x128 1x512}" ;;
+    step) CASES="${CASES:-8x128}" ;;
+    *)
+        echo "error: BENCH must be forward or step, not '$BENCH'" >&2
+        exit 2
+        ;;
+esac
 VENV="$ROOT/bench/.venv"
 OURS="$ROOT/target/release/deberta"
 
@@ -74,18 +90,22 @@ EOF
 for case in $CASES; do
     batch="${case%x*}"
     seq="${case#*x}"
-    args=(forward --shape "$SHAPE" --batch "$batch" --seq "$seq" --threads "$THREADS"
+    args=("$BENCH" --shape "$SHAPE" --batch "$batch" --seq "$seq" --threads "$THREADS"
           --warmup "$WARMUP" --iters "$ITERS" --json)
-    echo "== $SHAPE $case, $THREADS threads" >&2
+    if [[ "$BENCH" == forward ]]; then
+        echo "== $SHAPE $case, $THREADS threads" >&2
+    else
+        echo "== $BENCH $SHAPE $case, $THREADS threads" >&2
+    fi
     for ((round = 1; round <= ROUNDS; round++)); do
         run_one ours "$case" "$round" "$OURS" bench "${args[@]}"
         run_one pytorch "$case" "$round" "$PY" bench/pytorch_bench.py "${args[@]}"
     done
 done
 
-python3 - "$RESULTS" "$SHAPE" "$CASES" "$THREADS" <<'EOF'
+python3 - "$RESULTS" "$SHAPE" "$CASES" "$THREADS" "$BENCH" <<'EOF'
 import json, statistics, sys
-path, shape, cases, threads = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4]
+path, shape, cases, threads, bench = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4], sys.argv[5]
 records = [json.loads(l) for l in open(path) if l.strip()]
 
 def median_of(who, case, key="median_ms"):
@@ -93,14 +113,24 @@ def median_of(who, case, key="median_ms"):
     return statistics.median(values)
 
 versions = next((r for r in records if r["who"] == "pytorch"), {})
-print(f"# {shape}, CPU, {threads} threads; torch {versions.get('torch', '?')}, "
+print(f"# {'step: ' if bench == 'step' else ''}{shape}, CPU, {threads} threads; torch {versions.get('torch', '?')}, "
       f"transformers {versions.get('transformers', '?')}; median over rounds of per-run medians")
-header = ("shape", "threads", "ours_ms", "pytorch_ms", "ratio", "ours_GFLOP/s", "pytorch_GFLOP/s")
 rows = []
-for case in cases:
-    ours, torch_ms = median_of("ours", case), median_of("pytorch", case)
-    rows.append((f"{shape} {case}", threads, f"{ours:.2f}", f"{torch_ms:.2f}", f"{torch_ms / ours:.2f}x",
-                 f"{median_of('ours', case, 'gflops'):.1f}", f"{median_of('pytorch', case, 'gflops'):.1f}"))
+if bench == "step":
+    # Peak RSS of each process (ours: VmHWM; pytorch: ru_maxrss, which includes the
+    # framework's own libraries -- rss_after_import_mb in its JSON line says how much).
+    header = ("shape", "threads", "ours_ms", "pytorch_ms", "ratio", "ours_MiB", "pytorch_MiB", "rss_ratio")
+    for case in cases:
+        ours, torch_ms = median_of("ours", case), median_of("pytorch", case)
+        ours_rss, torch_rss = median_of("ours", case, "peak_rss_mb"), median_of("pytorch", case, "peak_rss_mb")
+        rows.append((f"{shape} {case}", threads, f"{ours:.2f}", f"{torch_ms:.2f}", f"{torch_ms / ours:.2f}x",
+                     f"{ours_rss:.0f}", f"{torch_rss:.0f}", f"{torch_rss / ours_rss:.2f}x"))
+else:
+    header = ("shape", "threads", "ours_ms", "pytorch_ms", "ratio", "ours_GFLOP/s", "pytorch_GFLOP/s")
+    for case in cases:
+        ours, torch_ms = median_of("ours", case), median_of("pytorch", case)
+        rows.append((f"{shape} {case}", threads, f"{ours:.2f}", f"{torch_ms:.2f}", f"{torch_ms / ours:.2f}x",
+                     f"{median_of('ours', case, 'gflops'):.1f}", f"{median_of('pytorch', case, 'gflops'):.1f}"))
 widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
 for row in (header, *rows):
     print("  ".join(str(x).rjust(w) for x, w in zip(row, widths)))

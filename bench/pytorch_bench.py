@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""PyTorch / Hugging Face reference benchmark mirroring `deberta bench forward`.
+"""PyTorch / Hugging Face reference benchmarks mirroring `deberta bench forward|step`.
 
 Usage:
     python3 bench/pytorch_bench.py forward --shape xsmall --batch 1 --seq 128 \
         --threads 2 --warmup 2 --iters 10 [--json]
+    python3 bench/pytorch_bench.py step --shape xsmall --batch 8 --seq 128 \
+        --threads 2 --warmup 2 --iters 10 [--json]
 
-What is measured (kept identical to the Rust `deberta bench forward`, see
+What `forward` measures (kept identical to the Rust `deberta bench forward`, see
 host/src/cli/bench.rs, so that the two medians can be divided):
 
 * the model is `transformers.DebertaV2Model` -- the encoder only, no head, no
@@ -26,15 +28,41 @@ host/src/cli/bench.rs, so that the two medians can be divided):
   GFLOP/s is "useful work per second" and the GFLOP/s ratio equals the speed
   ratio.
 
+`step` mirrors `deberta bench step` (host/src/cli/bench.rs, SPEC.md sections 5-7 and
+Appendix A): one full RTD + GDES pretraining step in float32, train mode (dropout 0.1
+as Hugging Face applies it), timed as a whole:
+
+* generator = `DebertaV2ForMaskedLM(legacy=False)` with half the layers plus an
+  absolute position table `E_pos` for the Enhanced Mask Decoder; discriminator =
+  `DebertaV2Model` of the full shape plus the RTD head (`LMMaskPredictionHead`), whose
+  word table is `sg(E_G) + E_delta` (GDES, `E_delta` zero-initialised; the
+  discriminator's own word table is deleted, as the official code does). By default
+  the looked-up rows are summed, `E_G[id] + E_delta[id]` as ours does;
+  `--gdes-materialise` builds the whole [vocab, H] sum every step instead, as the
+  official forward pre-hook does;
+* (1) generator: embeddings and the first L-1 layers, then the EMD (the last layer
+  twice with keys/values = its input and queries `E_pos + H_(L-1)`; the unused normal
+  pass of the last layer is skipped, like ours), the MLM head on the masked positions,
+  mean cross-entropy, `multinomial(softmax(logits))` replacements, backward, global
+  clip 1.0, optimizer step; (2) discriminator on the corrupted ids, BCE-with-logits
+  mean over the non-padding tokens times 50, backward, clip 1.0, optimizer step;
+* optimizer: XAdam (microsoft/DeBERTa: no bias correction, eps 1e-6 outside the
+  square root, decoupled weight decay 0.01 except `bias` / `LayerNorm.weight`,
+  lr 1e-4) written with `torch._foreach_*` ops; `--optimizer adamw` uses
+  `torch.optim.AdamW(foreach=True)` instead;
+* the batch: `batch x seq` random ids in [5, vocab), all-ones attention mask,
+  round(0.15 seq) positions of every sequence masked with id 4 at
+  `1 + k (seq - 2) // count`, the same positions as ours.
+
 The last stdout line with `--json` is one JSON object; bench/compare.sh parses it.
-Subcommands are argparse subparsers so that further benchmarks (e.g. a training
-step) can be added next to `forward`.
+Subcommands are argparse subparsers, each with its own `func`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import sys
@@ -47,8 +75,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 try:
     import torch
+    import torch.nn.functional as F
     import transformers
-    from transformers import DebertaV2Config, DebertaV2Model
+    from torch import nn
+    from transformers import DebertaV2Config, DebertaV2ForMaskedLM, DebertaV2Model
 except ImportError as exc:  # pragma: no cover - depends on the environment
     sys.stderr.write(
         f"error: {exc}.\n"
@@ -261,6 +291,269 @@ def bench_forward(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- step
+
+
+def decays(name: str) -> bool:
+    """microsoft/DeBERTa's grouping: every parameter decays except `bias` and `LayerNorm.weight`
+    names (so embeddings, `rel_embeddings`, `E_pos` and `E_delta` decay) -- as Rust `decays`."""
+    return not ("bias" in name or "LayerNorm.weight" in name)
+
+
+class XAdam:
+    """XAdam of microsoft/DeBERTa (SPEC 6.4) over `named_params`, with `torch._foreach_*` ops.
+
+    m = b1 m + (1 - b1) g ; v = b2 v + (1 - b2) g^2 ; p -= lr (m / (sqrt(v) + eps) + wd p)
+    with no bias correction and wd = 0 for `bias` / `LayerNorm.weight`. The decoupled decay
+    is applied as p *= (1 - lr wd) before the addcdiv: the same value up to rounding. The
+    moments are allocated up front (as ours are). Gradient clipping is done by the caller.
+    """
+
+    def __init__(self, named_params, lr: float, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.01):
+        self.lr, (self.beta1, self.beta2), self.eps = lr, betas, eps
+        named = list(named_params)
+        self.groups = []
+        for wd in (weight_decay, 0.0):
+            params = [p for n, p in named if decays(n) == (wd != 0.0)]
+            if params:
+                moments = ([torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params])
+                self.groups.append((params, moments[0], moments[1], wd))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for params, *_ in self.groups:
+            for p in params:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        lr, b1, b2 = self.lr, self.beta1, self.beta2
+        for params, ms, vs, wd in self.groups:
+            live = [(p, m, v) for p, m, v in zip(params, ms, vs) if p.grad is not None]
+            if not live:
+                continue
+            ps, ms_, vs_ = (list(t) for t in zip(*live))
+            grads = [p.grad for p in ps]
+            torch._foreach_mul_(ms_, b1)
+            torch._foreach_add_(ms_, grads, alpha=1.0 - b1)
+            torch._foreach_mul_(vs_, b2)
+            torch._foreach_addcmul_(vs_, grads, grads, value=1.0 - b2)
+            denom = torch._foreach_sqrt(vs_)
+            torch._foreach_add_(denom, self.eps)
+            if wd != 0.0:
+                torch._foreach_mul_(ps, 1.0 - lr * wd)
+            torch._foreach_addcdiv_(ps, ms_, denom, value=-lr)
+
+
+def make_optimizer(kind: str, module: nn.Module, lr: float):
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    if kind == "xadam":
+        return XAdam(named, lr)
+    # Standard AdamW (bias correction, eps added to sqrt(v_hat)), same decay grouping.
+    return torch.optim.AdamW(
+        [
+            {"params": [p for n, p in named if decays(n)], "weight_decay": 0.01},
+            {"params": [p for n, p in named if not decays(n)], "weight_decay": 0.0},
+        ],
+        lr=lr,
+        betas=(0.9, 0.999),
+        eps=1e-6,
+        foreach=True,
+    )
+
+
+class Generator(nn.Module):
+    """`DebertaV2ForMaskedLM(legacy=False)` plus the EMD's absolute position table."""
+
+    def __init__(self, cfg: DebertaV2Config):
+        super().__init__()
+        self.mlm = DebertaV2ForMaskedLM(cfg)
+        self.E_pos = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        nn.init.normal_(self.E_pos.weight, std=cfg.initializer_range)
+
+    def word_table(self) -> torch.Tensor:
+        return self.mlm.deberta.embeddings.word_embeddings.weight
+
+    def forward(self, masked_ids, attention_mask, masked):
+        """MLM logits `[count, vocab]` at the `masked` positions (bool `[B, S]`), through the EMD.
+
+        Embeddings and layers 0..L-2 as `DebertaV2Encoder.forward` runs them, then
+        Hk = H_(L-1) (the input of the last layer, `hidden_states[-2]` of a full pass),
+        q = E_pos[0..S) + Hk and the last layer applied twice with keys/values Hk; the normal
+        pass of the last layer, whose output the EMD never reads, is not run (ours skips it too).
+        """
+        deberta = self.mlm.deberta
+        encoder = deberta.encoder
+        embeddings = deberta.embeddings(input_ids=masked_ids, mask=attention_mask)
+        mask4 = encoder.get_attention_mask(attention_mask)
+        rel = encoder.get_rel_pos(embeddings)
+        rel_embeddings = encoder.get_rel_embedding()
+        hk = embeddings
+        for layer in encoder.layer[:-1]:
+            hk = layer(hk, mask4, relative_pos=rel, rel_embeddings=rel_embeddings)[0]
+        seq = masked_ids.shape[1]
+        q = self.E_pos(torch.arange(seq, device=masked_ids.device)).unsqueeze(0) + hk
+        last = encoder.layer[-1]
+        for _ in range(2):
+            q = last(hk, mask4, query_states=q, relative_pos=rel, rel_embeddings=rel_embeddings)[0]
+        return self.mlm.lm_predictions.lm_head(q[masked], deberta.embeddings.word_embeddings)
+
+
+class RtdHead(nn.Module):
+    """microsoft/DeBERTa `LMMaskPredictionHead` (SPEC 5.3): LN(h + h[:, 0]) -> dense -> gelu -> 1."""
+
+    def __init__(self, cfg: DebertaV2Config):
+        super().__init__()
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.classifier = nn.Linear(cfg.hidden_size, 1)
+        for linear in (self.dense, self.classifier):
+            nn.init.normal_(linear.weight, std=cfg.initializer_range)
+            nn.init.zeros_(linear.bias)
+
+    def forward(self, hidden):
+        u = self.LayerNorm(hidden + hidden[:, 0:1, :])
+        return self.classifier(F.gelu(self.dense(u))).squeeze(-1)
+
+
+class Discriminator(nn.Module):
+    """`DebertaV2Model` + RTD head; its word table is `sg(E_G) + E_delta` (GDES)."""
+
+    def __init__(self, cfg: DebertaV2Config):
+        super().__init__()
+        self.deberta = DebertaV2Model(cfg)
+        # GDES replaces the discriminator's own table (microsoft/DeBERTa deletes the
+        # `weight` of its word embedding): it is never read, never trained, and not kept.
+        self.deberta.embeddings.word_embeddings = None
+        self.mask_predictions = RtdHead(cfg)
+        self.E_delta = nn.Parameter(torch.zeros(cfg.vocab_size, cfg.hidden_size))
+
+    def forward(self, ids, attention_mask, word_table, materialise: bool):
+        if materialise:
+            # The official forward pre-hook: the whole table sg(E_G) + E_delta, then a lookup.
+            embeds = F.embedding(ids, word_table.detach() + self.E_delta, padding_idx=0)
+        else:
+            # Same values row by row (E_G[id] + E_delta[id], ours does this), no [V, H] sum.
+            with torch.no_grad():
+                frozen = F.embedding(ids, word_table)
+            embeds = frozen + F.embedding(ids, self.E_delta, padding_idx=0)
+        hidden = self.deberta(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        return self.mask_predictions(hidden)
+
+
+def step_batch(batch: int, seq: int, vocab: int):
+    """Original ids, masked ids, bool mask of masked positions -- same positions as ours."""
+    generator = torch.Generator().manual_seed(1)
+    original = torch.randint(5, vocab, (batch, seq), generator=generator, dtype=torch.long)
+    # Rust `f64::round` (half away from zero), not Python's banker's rounding.
+    per_sequence = max(1, math.floor(seq * 0.15 + 0.5))
+    masked = torch.zeros(batch, seq, dtype=torch.bool)
+    for k in range(per_sequence):
+        masked[:, 1 + (k * (seq - 2)) // per_sequence] = True
+    masked_ids = original.masked_fill(masked, 4)
+    return original, masked_ids, masked
+
+
+def bench_step(args: argparse.Namespace) -> int:
+    if args.batch < 1 or args.seq < 2 or args.iters < 1 or args.warmup < 0:
+        sys.stderr.write("error: --batch and --iters must be at least 1, --seq at least 2\n")
+        return 2
+    threads = set_threads(args.threads)
+    rss_after_import = peak_rss_mb()
+    disc_cfg = make_config(args.shape)
+    if args.seq > disc_cfg.max_position_embeddings:
+        sys.stderr.write(f"error: --seq {args.seq} exceeds the shape's {disc_cfg.max_position_embeddings} positions\n")
+        return 2
+    gen_cfg = make_config(args.shape)
+    gen_cfg.num_hidden_layers = disc_cfg.num_hidden_layers // 2
+    gen_cfg.legacy = False
+
+    torch.manual_seed(0)
+    generator = Generator(gen_cfg).to(torch.float32).train()
+    discriminator = Discriminator(disc_cfg).to(torch.float32).train()
+    lr = 1e-4
+    opt_g = make_optimizer(args.optimizer, generator, lr)
+    opt_d = make_optimizer(args.optimizer, discriminator, lr)
+    gen_params = [p for p in generator.parameters() if p.requires_grad]
+    disc_params = [p for p in discriminator.parameters() if p.requires_grad]
+
+    original, masked_ids, masked = step_batch(args.batch, args.seq, disc_cfg.vocab_size)
+    attention_mask = torch.ones_like(original)
+    keep = attention_mask.bool()
+    labels = original[masked]
+    rtd_weight = 50.0
+    losses = [0.0, 0.0]
+
+    def one_step() -> None:
+        # (1) generator: forward through the EMD, CE, sampling, backward, clip, update.
+        opt_g.zero_grad(set_to_none=True)
+        logits = generator(masked_ids, attention_mask, masked)
+        mlm_loss = F.cross_entropy(logits, labels)
+        with torch.no_grad():
+            sampled = torch.multinomial(F.softmax(logits.detach(), dim=-1), 1).squeeze(1)
+        mlm_loss.backward()
+        torch.nn.utils.clip_grad_norm_(gen_params, 1.0, foreach=True)
+        opt_g.step()
+        losses[0] = mlm_loss.item()
+        # (2) discriminator on the corrupted ids, reading the just-updated E_G.
+        corrupted = original.clone()
+        corrupted[masked] = sampled
+        rtd_labels = (masked & (corrupted != original)).to(torch.float32)
+        opt_d.zero_grad(set_to_none=True)
+        rtd_logits = discriminator(corrupted, attention_mask, generator.word_table(), args.gdes_materialise)
+        rtd_loss = F.binary_cross_entropy_with_logits(rtd_logits[keep], rtd_labels[keep])
+        (rtd_weight * rtd_loss).backward()
+        torch.nn.utils.clip_grad_norm_(disc_params, 1.0, foreach=True)
+        opt_d.step()
+        losses[1] = rtd_loss.item()
+
+    times_ms = []
+    for i in range(args.warmup + args.iters):
+        start = time.perf_counter()
+        one_step()
+        elapsed = (time.perf_counter() - start) * 1e3
+        if i >= args.warmup:
+            times_ms.append(elapsed)
+
+    times_ms.sort()
+    median = times_ms[len(times_ms) // 2]
+    lo, hi = times_ms[0], times_ms[-1]
+    tokens = args.batch * args.seq
+    tokens_per_s = tokens / (median / 1e3)
+    peak = peak_rss_mb()
+    sys.stderr.write(f"note: last step's losses: mlm {losses[0]:.4f}, rtd {losses[1]:.4f}\n")
+    print(
+        f"step {args.shape} batch {args.batch} seq {args.seq} on pytorch-cpu ({threads} threads): "
+        f"median {median:.2f} ms (min {lo:.2f}, max {hi:.2f}) over {args.iters} runs, "
+        f"{tokens_per_s:.0f} tokens/s, peak RSS {peak:.0f} MiB"
+    )
+    if args.json:
+        record = {
+            "bench": "step",
+            "impl": "pytorch",
+            "backend": "cpu",
+            "shape": args.shape,
+            "batch": args.batch,
+            "seq": args.seq,
+            "median_ms": median,
+            "min_ms": lo,
+            "max_ms": hi,
+            "tokens_per_s": tokens_per_s,
+            "gflops": None,
+            "threads": threads,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peak_rss_mb": peak,
+            # Peak RSS right after `import torch, transformers` (libraries only, no model):
+            # the part of peak_rss_mb that is the framework rather than the step.
+            "rss_after_import_mb": rss_after_import,
+            "optimizer": args.optimizer,
+            "gdes_materialise": args.gdes_materialise,
+        }
+        print(json.dumps(record, separators=(",", ":")))
+    sys.stdout.flush()
+    return 0
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -282,6 +575,20 @@ def main(argv: list[str] | None = None) -> int:
     fwd = sub.add_parser("forward", help="encoder forward pass (DebertaV2Model, no head)")
     add_common_args(fwd)
     fwd.set_defaults(func=bench_forward)
+    stp = sub.add_parser("step", help="one RTD + GDES training step (generator with EMD, discriminator, updates)")
+    add_common_args(stp)
+    stp.add_argument(
+        "--optimizer",
+        default="xadam",
+        choices=["xadam", "adamw"],
+        help="xadam: microsoft/DeBERTa XAdam with _foreach ops (default, as ours); adamw: torch.optim.AdamW(foreach=True)",
+    )
+    stp.add_argument(
+        "--gdes-materialise",
+        action="store_true",
+        help="build the whole table sg(E_G) + E_delta each step (the official pre-hook) instead of summing looked-up rows",
+    )
+    stp.set_defaults(func=bench_step)
     # Further benchmarks: add a subparser here with its own `func`.
     args = parser.parse_args(argv)
     return args.func(args)

@@ -21,7 +21,8 @@ step "deberta-core without std (Cortex-M4, with and without alloc)"
 cargo build -p deberta-core --no-default-features --features alloc --target thumbv7em-none-eabihf --release
 cargo build -p deberta-core --no-default-features --target thumbv7em-none-eabihf --release
 
-step "tests (optimised build)"
+step "tests (optimised build; the CLI tests run the release binary)"
+cargo build --release -p deberta-host
 cargo test --workspace --release
 
 step "done in $(( $(date +%s) - start ))s"

@@ -26,6 +26,7 @@ pub mod activation;
 pub mod backend;
 pub mod config;
 pub mod dtype;
+pub mod edge;
 pub mod error;
 pub mod kernels;
 pub mod random;

@@ -6,12 +6,17 @@
 
 pub mod checkpoint;
 pub mod cli;
+pub mod data;
+pub mod edge_export;
 pub mod error;
+
 pub mod fs_util;
 pub mod gradients;
 pub mod hf_config;
 pub mod inference;
 pub mod model_dir;
+pub mod pretrain;
+
 pub mod tensor;
 
 pub use error::{Error, Result};

@@ -65,12 +65,41 @@ pub fn deberta_bin() -> PathBuf {
         .and_then(Path::parent)
         .expect("target/<profile>");
     let bin = profile_dir.join(format!("deberta{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.is_file(),
-        "{} is not built: run `cargo build -p deberta-host` with this profile (or `cargo test --workspace`)",
-        bin.display()
-    );
+    let profile = profile_dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug");
+    let build = match profile {
+        "release" => "cargo build --release -p deberta-host",
+        _ => "cargo build -p deberta-host",
+    };
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is not built: run `{build}` first", bin.display()));
+    // `cargo test` does not rebuild another package's binary: refuse to test a stale one.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    if let Some(newer) = ["core/src", "host/src", "host/Cargo.toml", "core/Cargo.toml"]
+        .iter()
+        .flat_map(|dir| newest_files(&root.join(dir)))
+        .find(|(_, modified)| *modified > built)
+    {
+        panic!(
+            "{} is older than {}: run `{build}` before the tests",
+            bin.display(),
+            newer.0.display()
+        );
+    }
     bin
+}
+
+/// Every file under `path` (or `path` itself) with its modification time.
+fn newest_files(path: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+            out.extend(newest_files(&entry.path()));
+        }
+    } else if let Ok(modified) = std::fs::metadata(path).and_then(|m| m.modified()) {
+        out.push((path.to_path_buf(), modified));
+    }
+    out
 }
 
 /// Output of one `deberta` invocation.

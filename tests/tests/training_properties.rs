@@ -172,7 +172,7 @@ proptest! {
         let (backend, pair, params, batch) = setup(&case, Sharing::Gdes, seed);
         let joint_grads = joint(&backend, &pair, &params, &batch);
         let mut mlm_only = pair.layout.zeros(&backend).unwrap();
-        pair.generator_step(&backend, &params, &mut mlm_only, &batch.generator, None, &mut Workspace::new(), None).unwrap();
+        pair.generator_step(&backend, &params, &mut mlm_only, &batch.generator, None, 1.0, &mut Workspace::new(), None).unwrap();
         prop_assert_eq!(tensor(&pair, &joint_grads, E_G), tensor(&pair, &mlm_only, E_G));
 
         let (_, es_pair, es_params, es_batch) = setup(&case, Sharing::Es, seed);
@@ -189,7 +189,7 @@ proptest! {
         let (backend, pair, params, batch) = setup(&case, Sharing::Es, seed);
         let joint_grads = joint(&backend, &pair, &params, &batch);
         let mut mlm = pair.layout.zeros(&backend).unwrap();
-        pair.generator_step(&backend, &params, &mut mlm, &batch.generator, None, &mut Workspace::new(), None).unwrap();
+        pair.generator_step(&backend, &params, &mut mlm, &batch.generator, None, 1.0, &mut Workspace::new(), None).unwrap();
         let mut rtd = pair.layout.zeros(&backend).unwrap();
         pair.discriminator_step(&backend, &params, &mut rtd, &batch.discriminator, 50.0, None, &mut Workspace::new(), None).unwrap();
         let (j, a, b) = (tensor(&pair, &joint_grads, E_G), tensor(&pair, &mlm, E_G), tensor(&pair, &rtd, E_G));

@@ -69,6 +69,7 @@ impl MatrixLayout {
         last.checked_add(1)
     }
 
+    #[cfg(feature = "alloc")]
     fn batch_offset(&self, outer: usize, inner: usize) -> usize {
         self.offset + outer * self.batch_strides[0] + inner * self.batch_strides[1]
     }
@@ -254,6 +255,7 @@ impl MatmulSpec {
 /// `spec.validate(a.len(), b.len(), c_len)` must have succeeded for the `c_len` elements
 /// starting at `c`, and no other thread may access the C elements of `block` while this runs
 /// (disjoint blocks of a product whose [`MatmulSpec::output_is_injective`] holds satisfy this).
+#[cfg(feature = "alloc")]
 pub unsafe fn matmul_block(
     a: &[f32],
     b: &[f32],
@@ -306,6 +308,7 @@ pub unsafe fn matmul_block(
 }
 
 /// `C = α·A·B + β·C` for every batch entry, in batch order, on the calling thread.
+#[cfg(feature = "alloc")]
 pub fn matmul(a: &[f32], b: &[f32], c: &mut [f32], spec: &MatmulSpec) -> Result<(), Error> {
     spec.validate(a.len(), b.len(), c.len())?;
     let c_ptr = c.as_mut_ptr();
@@ -316,7 +319,7 @@ pub fn matmul(a: &[f32], b: &[f32], c: &mut [f32], spec: &MatmulSpec) -> Result<
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "alloc"))]
 mod tests {
     use super::*;
 

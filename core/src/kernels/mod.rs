@@ -25,7 +25,10 @@ pub use elementwise::{
 pub use embedding::{embedding_backward, embedding_lookup};
 pub use layer_norm::{LayerNormSpec, layer_norm, layer_norm_backward};
 pub use loss::{bce_with_logits, cross_entropy, sum};
-pub use matmul::{MatmulBlock, MatmulSpec, MatrixLayout, matmul, matmul_block};
+pub use matmul::{MatmulBlock, MatmulSpec, MatrixLayout};
+#[cfg(feature = "alloc")]
+pub use matmul::{matmul, matmul_block};
+
 pub use optimizer::{AdamSpec, adam_update, clip_coefficient, sum_of_squares};
 pub use relative_scores::{RelativeScoresSpec, add_relative_scores, relative_scores_backward};
 pub use sampling::sample_categorical;

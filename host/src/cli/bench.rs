@@ -10,8 +10,8 @@ use deberta_core::model::{
 };
 use deberta_core::random::RandomStream;
 use deberta_core::train::{
-    DiscriminatorBatch, GeneratorBatch, MlmTargets, OptimizerConfig, RtdPair, Sampler, Schedule,
-    Sharing, Trainer,
+    DiscriminatorBatch, GeneratorBatch, MicroBatch, MlmTargets, OptimizerConfig, RtdPair, Sampler,
+    Schedule, Sharing, Trainer,
 };
 use deberta_core::{Backend, CpuBackend, ModelConfig};
 use serde_json::json;
@@ -318,7 +318,14 @@ fn step(args: BenchArgs) -> Result<()> {
             out: &mut sampled,
         };
         trainer
-            .generator_phase(&backend, &generator, 1e-4, Some(&dropout(0)), Some(sampler))
+            .generator_phase(
+                &backend,
+                &generator,
+                1e-4,
+                Some(&dropout(0)),
+                Some(sampler),
+                MicroBatch::WHOLE,
+            )
             .map_err(model_error("generator step"))?;
         let mut ids = vec![0u32; positions.len()];
         backend
@@ -332,7 +339,14 @@ fn step(args: BenchArgs) -> Result<()> {
             DiscriminatorBatch::upload(&backend, &disc_cfg, &host, &corrupted, &labels)
                 .map_err(model_error("discriminator input"))?;
         trainer
-            .discriminator_phase(&backend, &discriminator, 1e-4, Some(&dropout(1)), None)
+            .discriminator_phase(
+                &backend,
+                &discriminator,
+                1e-4,
+                Some(&dropout(1)),
+                None,
+                MicroBatch::WHOLE,
+            )
             .map_err(model_error("discriminator step"))?;
         step += 1;
         Ok(())

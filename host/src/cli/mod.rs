@@ -1,9 +1,13 @@
 //! Command-line interface: argument parsing and one module per subcommand.
 
 mod bench;
+mod detect;
+mod export;
 mod forward;
 mod grad;
 mod ids;
+mod pretrain;
+mod tokenizer;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +31,17 @@ pub enum Command {
     Grad(grad::GradArgs),
     /// One joint forward + backward of a generator/discriminator pair on a fixed batch.
     Step(grad::StepArgs),
+    /// Pretrain a DeBERTa-v3 generator/discriminator pair with RTD and GDES.
+    Pretrain(Box<pretrain::PretrainArgs>),
+    /// Redraw RUN_DIR/loss.png from RUN_DIR/metrics.jsonl.
+    Plot(pretrain::PlotArgs),
+    /// Convert a model directory for the edge runtime (`--format edge`).
+    Export(export::ExportArgs),
+    /// Replaced-token probabilities from an edge model file (the firmware's runtime, on the host).
+    Detect(detect::DetectArgs),
+    /// Train a tokenizer on a corpus, or encode text with one.
+    #[command(subcommand)]
+    Tokenizer(tokenizer::TokenizerCommand),
     /// Benchmark the forward pass on a published shape with random weights.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -49,6 +64,11 @@ pub fn run() -> Result<()> {
         Command::Forward(args) => forward::run(args),
         Command::Grad(args) => grad::run_grad(args),
         Command::Step(args) => grad::run_step(args),
+        Command::Pretrain(args) => pretrain::run(*args),
+        Command::Plot(args) => pretrain::run_plot(args),
+        Command::Export(args) => export::run(args),
+        Command::Detect(args) => detect::run(args),
+        Command::Tokenizer(cmd) => tokenizer::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

@@ -1,0 +1,264 @@
+//! The caller's arena: how many bytes one sequence length needs, and its split into the
+//! buffers of one inference (f32 activations, the relative-index vector, int8 activations).
+//!
+//! With `L` tokens, hidden size `H`, `h` heads of width `d` (`W = h·d`), FFN width `F` and `R`
+//! relative rows (`≤ min(2L − 1, 2S)`), the f32 part holds `2·L·H + L·W + 3·L·d + L² + 2·L·R
+//! + 2·R·d + B·F + max(H, W, F) + 2·L` values (`B = min(L, 16)` rows of the feed-forward run
+//! at a time): attention is computed one head at a time and the feed-forward in blocks, so
+//! neither `[h, L, L]` scores nor `[L, F]` activations are ever materialised.
+
+use super::EdgeError;
+use super::cast::view_mut;
+use super::format::DType;
+use super::model::EdgeModel;
+use crate::relative_position::{IndexWindow, used_index_range};
+
+/// Rows of the feed-forward (and its int8 activations) processed at a time.
+pub(crate) const FFN_BLOCK: usize = 16;
+
+/// Element counts of the buffers for one sequence length.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    len: usize,
+    window: IndexWindow,
+    /// `[L, H]`.
+    hidden: usize,
+    /// `[L, W]`.
+    context: usize,
+    /// `[L, d]`.
+    head: usize,
+    /// `[L, L]`.
+    scores: usize,
+    /// `[L, R]` for c2p and for p2c (0 when unused).
+    c2p: usize,
+    p2c: usize,
+    /// `[R, d]` for the decoded Kr and Qr of one head (0 when unused).
+    keys: usize,
+    queries: usize,
+    /// `[B, F]`.
+    inter: usize,
+    /// `max(H, W, F)`.
+    row: usize,
+    /// `2L − 1` relative indices (0 without relative attention).
+    index: usize,
+    /// int8 activations (0 unless the matrices are int8).
+    quantized: usize,
+}
+
+fn overflow() -> EdgeError {
+    EdgeError::ArenaTooSmall {
+        needed: usize::MAX,
+        len: 0,
+    }
+}
+
+fn mul(a: usize, b: usize) -> Result<usize, EdgeError> {
+    a.checked_mul(b).ok_or_else(overflow)
+}
+
+impl Plan {
+    fn new(model: &EdgeModel<'_>, len: usize) -> Result<Self, EdgeError> {
+        if len == 0 {
+            return Err(EdgeError::EmptyInput);
+        }
+        let max = model.max_seq_len();
+        if len > max {
+            return Err(EdgeError::SequenceTooLong { len, max });
+        }
+        let cfg = model.config();
+        let (h, w, d, f) = (
+            cfg.hidden_size,
+            cfg.all_head_size(),
+            cfg.attention_head_size,
+            cfg.intermediate_size,
+        );
+        let (c2p, p2c) = (cfg.uses_c2p(), cfg.uses_p2c());
+        let window = if c2p || p2c {
+            used_index_range(len, cfg).map_err(EdgeError::Config)?
+        } else {
+            IndexWindow { first: 0, rows: 0 }
+        };
+        let r = window.rows;
+        let block = len.min(FFN_BLOCK);
+        let table = mul(len, r)?;
+        let projection = mul(r, d)?;
+        let quantized = match model.dtype() {
+            DType::I8 => mul(len, h.max(w))?.max(mul(block, f)?),
+            DType::F32 | DType::F16 => 0,
+        };
+        Ok(Plan {
+            len,
+            window,
+            hidden: mul(len, h)?,
+            context: mul(len, w)?,
+            head: mul(len, d)?,
+            scores: mul(len, len)?,
+            c2p: if c2p { table } else { 0 },
+            p2c: if p2c { table } else { 0 },
+            keys: if c2p { projection } else { 0 },
+            queries: if p2c { projection } else { 0 },
+            inter: mul(block, f)?,
+            row: h.max(w).max(f),
+            index: if c2p || p2c { 2 * len - 1 } else { 0 },
+            quantized,
+        })
+    }
+
+    /// f32 values, in carving order.
+    fn floats(&self) -> [usize; 15] {
+        let l = self.len;
+        [
+            self.hidden,
+            self.hidden,
+            self.context,
+            self.head,
+            self.head,
+            self.head,
+            self.scores,
+            self.c2p,
+            self.p2c,
+            self.keys,
+            self.queries,
+            self.inter,
+            self.row,
+            l,
+            l,
+        ]
+    }
+
+    fn float_total(&self) -> Result<usize, EdgeError> {
+        self.floats()
+            .iter()
+            .try_fold(0usize, |acc, &n| acc.checked_add(n))
+            .ok_or_else(overflow)
+    }
+
+    /// Bytes: up to 3 of alignment, the f32 and u32 parts, the int8 part.
+    fn bytes(&self) -> Result<usize, EdgeError> {
+        mul(
+            self.float_total()?
+                .checked_add(self.index)
+                .ok_or_else(overflow)?,
+            4,
+        )?
+        .checked_add(3 + self.quantized)
+        .ok_or_else(overflow)
+    }
+}
+
+/// Bytes of arena [`detect`](super::detect) needs for a sequence of `len` tokens (any start
+/// alignment).
+pub fn arena_bytes(model: &EdgeModel<'_>, len: usize) -> Result<usize, EdgeError> {
+    Plan::new(model, len)?.bytes()
+}
+
+/// The buffers of one inference, carved from the arena.
+pub(crate) struct Workspace<'w> {
+    /// Tokens.
+    pub len: usize,
+    /// The relative-table rows this length reads.
+    pub window: IndexWindow,
+    /// Hidden states `[L, H]`.
+    pub hidden: &'w mut [f32],
+    /// Residual sums `[L, H]`.
+    pub sum: &'w mut [f32],
+    /// Attention context, heads concatenated, `[L, W]`.
+    pub context: &'w mut [f32],
+    /// One head's queries, keys and values, `[L, d]` each.
+    pub query: &'w mut [f32],
+    pub key: &'w mut [f32],
+    pub value: &'w mut [f32],
+    /// One head's scores, then probabilities, `[L, L]`.
+    pub scores: &'w mut [f32],
+    /// One head's `Q·Krᵀ` and `K·Qrᵀ` over the window, `[L, R]`.
+    pub c2p: &'w mut [f32],
+    pub p2c: &'w mut [f32],
+    /// One head's Kr and Qr rows of the window, `[R, d]`.
+    pub pos_keys: &'w mut [f32],
+    pub pos_queries: &'w mut [f32],
+    /// Feed-forward activations of one block, `[B, F]`.
+    pub inter: &'w mut [f32],
+    /// One decoded weight or table row.
+    pub row: &'w mut [f32],
+    /// Per-row scales of the int8 activations, `[L]`.
+    pub row_scales: &'w mut [f32],
+    /// All ones, `[L]` (the softmax mask: every token is valid).
+    pub ones: &'w mut [f32],
+    /// `idx(i − j) − window.first` at `i − j + L − 1`, `[2L − 1]`.
+    pub index: &'w mut [u32],
+    /// int8 activations.
+    pub quantized: &'w mut [i8],
+}
+
+fn take<'w, T>(rest: &mut &'w mut [T], n: usize) -> Result<&'w mut [T], EdgeError> {
+    let (head, tail) = core::mem::take(rest)
+        .split_at_mut_checked(n)
+        .ok_or_else(overflow)?;
+    *rest = tail;
+    Ok(head)
+}
+
+impl<'w> Workspace<'w> {
+    /// Carves the buffers for `len` tokens out of `arena`.
+    pub fn new(model: &EdgeModel<'_>, len: usize, arena: &'w mut [u8]) -> Result<Self, EdgeError> {
+        let plan = Plan::new(model, len)?;
+        let needed = plan.bytes()?;
+        if arena.len() < needed {
+            return Err(EdgeError::ArenaTooSmall {
+                needed,
+                len: arena.len(),
+            });
+        }
+        let skip = (4 - arena.as_ptr().addr() % 4) % 4;
+        let mut bytes = &mut arena[skip..];
+        let float_bytes = mul(plan.float_total()?, 4)?;
+        let floats = take(&mut bytes, float_bytes)?;
+        let index_bytes = take(&mut bytes, mul(plan.index, 4)?)?;
+        let quantized = take(&mut bytes, plan.quantized)?;
+        let misaligned = EdgeError::Misaligned { align: 4 };
+        let mut floats = view_mut::<f32>(floats).ok_or(misaligned.clone())?;
+        let index = view_mut::<u32>(index_bytes).ok_or(misaligned.clone())?;
+        let quantized = view_mut::<i8>(quantized).ok_or(misaligned)?;
+        let [
+            hidden,
+            sum,
+            context,
+            query,
+            key,
+            value,
+            scores,
+            c2p,
+            p2c,
+            keys,
+            queries,
+            inter,
+            row,
+            row_scales,
+            ones,
+        ] = plan.floats();
+        let mut next = |n| take(&mut floats, n);
+        let ws = Workspace {
+            len,
+            window: plan.window,
+            hidden: next(hidden)?,
+            sum: next(sum)?,
+            context: next(context)?,
+            query: next(query)?,
+            key: next(key)?,
+            value: next(value)?,
+            scores: next(scores)?,
+            c2p: next(c2p)?,
+            p2c: next(p2c)?,
+            pos_keys: next(keys)?,
+            pos_queries: next(queries)?,
+            inter: next(inter)?,
+            row: next(row)?,
+            row_scales: next(row_scales)?,
+            ones: next(ones)?,
+            index,
+            quantized,
+        };
+        ws.ones.fill(1.0);
+        Ok(ws)
+    }
+}

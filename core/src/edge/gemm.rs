@@ -1,0 +1,151 @@
+//! Heap-free f32 matrix products for the edge runtime.
+//!
+//! `kernels::matmul` goes through matrixmultiply's sgemm, which
+//! allocates its packing buffers on the heap (and links `alloc`), so the runtime uses these
+//! instead: plain row-major loops, four partial sums per dot product (enough for the FPU
+//! pipeline of a Cortex-M4 and for the host compiler to vectorise), in a fixed order.
+
+use super::EdgeError;
+
+fn short(operand: &'static str, needed: usize, len: usize) -> EdgeError {
+    EdgeError::Kernel(crate::Error::BufferTooSmall {
+        kernel: "edge gemm",
+        operand,
+        needed,
+        len,
+    })
+}
+
+/// Checks that `len` holds `rows` rows of `cols` elements starting `stride` apart (plus an
+/// `offset`); overflow counts as too short.
+fn require(
+    operand: &'static str,
+    len: usize,
+    (rows, cols, stride, offset): (usize, usize, usize, usize),
+) -> Result<(), EdgeError> {
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let needed = (rows - 1)
+        .checked_mul(stride)
+        .and_then(|n| n.checked_add(offset))
+        .and_then(|n| n.checked_add(cols))
+        .ok_or(short(operand, usize::MAX, len))?;
+    if len < needed {
+        return Err(short(operand, needed, len));
+    }
+    Ok(())
+}
+
+/// `Σᵢ a[i]·b[i]` over the shorter slice, as four interleaved partial sums added at the end.
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut lanes = [0.0f32; 4];
+    let (a4, b4) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (a_rest, b_rest) = (a4.remainder(), b4.remainder());
+    for (x, y) in a4.zip(b4) {
+        for lane in 0..4 {
+            lanes[lane] += x[lane] * y[lane];
+        }
+    }
+    let mut sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    for (x, y) in a_rest.iter().zip(b_rest) {
+        sum += x * y;
+    }
+    sum
+}
+
+/// `C = α·A·Bᵀ` for row-major `A` `[m, k]` and `B` `[n, k]` into row-major `C` `[m, n]`: a
+/// linear layer (`B` = weight rows) or a score matrix (`Q·Kᵀ`).
+pub(crate) fn matmul_transposed(
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+) -> Result<(), EdgeError> {
+    require("a", a.len(), (m, k, k, 0))?;
+    require("b", b.len(), (n, k, k, 0))?;
+    require("c", c.len(), (m, n, n, 0))?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    for (a_row, c_row) in a.chunks_exact(k.max(1)).zip(c.chunks_exact_mut(n)).take(m) {
+        for (out, b_row) in c_row.iter_mut().zip(b.chunks_exact(k.max(1))) {
+            *out = alpha * dot(&a_row[..k], &b_row[..k]);
+        }
+    }
+    Ok(())
+}
+
+/// `C[:, offset .. offset + n] = A·B` for row-major `A` `[m, k]` and `B` `[k, n]`, into the
+/// columns of a row-major `C` with `ldc` columns (one head's context inside `[L, h·d]`).
+pub(crate) fn matmul_into_columns(
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    (ldc, offset): (usize, usize),
+) -> Result<(), EdgeError> {
+    require("a", a.len(), (m, k, k, 0))?;
+    require("b", b.len(), (k, n, n, 0))?;
+    require("c", c.len(), (m, n, ldc, offset))?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    for i in 0..m {
+        let out = &mut c[i * ldc + offset..i * ldc + offset + n];
+        out.fill(0.0);
+        for (t, &weight) in a[i * k..(i + 1) * k].iter().enumerate() {
+            for (o, &v) in out.iter_mut().zip(&b[t * n..(t + 1) * n]) {
+                *o += weight * v;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: usize) -> [f32; 64] {
+        core::array::from_fn(|i| {
+            if i < n {
+                ((i * 7 + seed * 13) % 11) as f32 * 0.25 - 1.2
+            } else {
+                0.0
+            }
+        })
+    }
+
+    #[test]
+    fn products_match_naive_sums() {
+        let (m, n, k) = (3, 4, 5);
+        let (a, b) = (values(m * k, 1), values(n * k, 2));
+        let mut c = [0.0f32; 12];
+        matmul_transposed(&a, &b, &mut c, (m, n, k), 0.5).unwrap();
+        for i in 0..m {
+            for j in 0..n {
+                let naive: f32 = (0..k).map(|t| a[i * k + t] * b[j * k + t]).sum();
+                assert!((c[i * n + j] - 0.5 * naive).abs() < 1e-5);
+            }
+        }
+        let b = values(k * n, 3);
+        let mut wide = [9.0f32; 3 * 7];
+        matmul_into_columns(&a, &b, &mut wide, (m, n, k), (7, 2)).unwrap();
+        for i in 0..m {
+            assert_eq!(wide[i * 7..i * 7 + 2], [9.0, 9.0]);
+            assert_eq!(wide[i * 7 + 6], 9.0);
+            for j in 0..n {
+                let naive: f32 = (0..k).map(|t| a[i * k + t] * b[t * n + j]).sum();
+                assert!((wide[i * 7 + 2 + j] - naive).abs() < 1e-5);
+            }
+        }
+        assert!(matmul_into_columns(&a, &b, &mut wide[..20], (m, n, k), (7, 3)).is_err());
+        assert!(matmul_transposed(&a[..14], &b, &mut c, (m, n, k), 1.0).is_err());
+        assert_eq!(dot(&[1.0, 2.0, 3.0, 4.0, 5.0], &[1.0; 5]), 15.0);
+    }
+}

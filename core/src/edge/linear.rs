@@ -1,0 +1,194 @@
+//! Linear layers and table rows over stored weights of any dtype: f32 weights are read in
+//! place, f16 weights are widened one output row at a time, and int8 weights meet
+//! int8-quantised activations with i32 accumulation.
+
+use core::ops::Range;
+
+use super::EdgeError;
+use super::format::DType;
+use super::gemm::{dot, matmul_transposed};
+use super::model::TensorView;
+use crate::kernels;
+
+/// Row-quantised activations: int8 values and one f32 scale per row.
+#[derive(Clone, Copy)]
+pub(crate) struct Quantized<'x> {
+    /// `[rows, cols]`.
+    pub values: &'x [i8],
+    /// `[rows]`.
+    pub scales: &'x [f32],
+}
+
+/// The input of a linear layer: `rows × cols` f32 activations and, for int8 weights, their
+/// quantisation.
+#[derive(Clone, Copy)]
+pub(crate) struct Input<'x> {
+    /// `[rows, cols]`.
+    pub values: &'x [f32],
+    /// Rows.
+    pub rows: usize,
+    /// Columns (the layer's input width).
+    pub cols: usize,
+    /// The rows quantised to int8 (required by int8 weights, ignored otherwise).
+    pub quantized: Option<Quantized<'x>>,
+}
+
+fn short(operand: &'static str, needed: usize, len: usize) -> EdgeError {
+    EdgeError::Kernel(crate::Error::BufferTooSmall {
+        kernel: "edge linear",
+        operand,
+        needed,
+        len,
+    })
+}
+
+fn check(operand: &'static str, needed: usize, len: usize) -> Result<(), EdgeError> {
+    if len < needed {
+        Err(short(operand, needed, len))
+    } else {
+        Ok(())
+    }
+}
+
+/// `out[r, o − outputs.start] = Σᵢ x[r, i]·W[o, i] + b[o]` for the output channels `outputs`
+/// of a `[out, in]` weight (`out` is `[rows, outputs.len()]`). `row` is scratch of at least
+/// `in` values (f16 weights).
+pub(crate) fn linear(
+    weight: &TensorView<'_>,
+    bias: &[f32],
+    outputs: Range<usize>,
+    input: &Input<'_>,
+    out: &mut [f32],
+    row: &mut [f32],
+) -> Result<(), EdgeError> {
+    let (rows, cols) = (input.rows, input.cols);
+    let n = outputs.len();
+    if weight.shape.cols != cols {
+        return Err(EdgeError::Kernel(crate::Error::ShapeMismatch {
+            what: "edge linear input width",
+            expected: weight.shape.cols,
+            found: cols,
+        }));
+    }
+    check("outputs", outputs.end, weight.shape.rows)?;
+    check("bias", outputs.end, bias.len())?;
+    let total = rows.checked_mul(n).ok_or(short("out", usize::MAX, 0))?;
+    check("out", total, out.len())?;
+    let x_len = rows.checked_mul(cols).ok_or(short("x", usize::MAX, 0))?;
+    check("x", x_len, input.values.len())?;
+    let bias = &bias[outputs.clone()];
+    let out = &mut out[..total];
+    match weight.dtype {
+        DType::F32 => {
+            let weights = weight.f32s()?;
+            let weights = weights
+                .get(outputs.start * cols..outputs.end * cols)
+                .ok_or(short("f32 weight", outputs.end * cols, weights.len()))?;
+            matmul_transposed(input.values, weights, out, (rows, n, cols), 1.0)?;
+            kernels::add_bias(out, bias, n)?;
+        }
+        DType::F16 => {
+            check("row", cols, row.len())?;
+            let row = &mut row[..cols];
+            let data = weight.data;
+            for (j, (o, &b)) in outputs.zip(bias).enumerate() {
+                let bytes = data.get(o * cols * 2..(o + 1) * cols * 2).ok_or(short(
+                    "f16 weight",
+                    (o + 1) * cols * 2,
+                    data.len(),
+                ))?;
+                for (w, c) in row.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *w = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+                for (r, x) in input.values[..x_len].chunks_exact(cols).enumerate() {
+                    out[r * n + j] = dot(x, row) + b;
+                }
+            }
+        }
+        DType::I8 => {
+            let q = input
+                .quantized
+                .ok_or(EdgeError::Kernel(crate::Error::ShapeMismatch {
+                    what: "int8 weights need quantised activations",
+                    expected: 1,
+                    found: 0,
+                }))?;
+            check("quantised x", x_len, q.values.len())?;
+            check("activation scales", rows, q.scales.len())?;
+            let (weights, scales) = weight.int8()?;
+            check("int8 weight", outputs.end * cols, weights.len())?;
+            check("weight scales", outputs.end, scales.len())?;
+            for (j, o) in outputs.enumerate() {
+                let w = &weights[o * cols..(o + 1) * cols];
+                let (w_scale, b) = (scales[o], bias[j]);
+                for (r, (x, &x_scale)) in q.values[..x_len]
+                    .chunks_exact(cols)
+                    .zip(q.scales)
+                    .enumerate()
+                {
+                    // |Σ| ≤ cols·127² < 2³¹ for cols ≤ 65536 (format::MAX_WIDTH).
+                    let acc = x.iter().zip(w).fold(0i32, |acc, (&a, &b)| {
+                        acc.wrapping_add(i32::from(a) * i32::from(b))
+                    });
+                    out[r * n + j] = acc as f32 * (x_scale * w_scale) + b;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Columns `cols` of row `row` of a stored table (embeddings, position projections), widened
+/// to f32 into `out` (`cols.len()` values).
+pub(crate) fn table_row(
+    table: &TensorView<'_>,
+    row: usize,
+    cols: Range<usize>,
+    out: &mut [f32],
+) -> Result<(), EdgeError> {
+    let width = table.shape.cols;
+    check("table rows", row + 1, table.shape.rows)?;
+    check("table columns", cols.end, width)?;
+    check("out", cols.len(), out.len())?;
+    let start = row * width + cols.start;
+    let out = &mut out[..cols.len()];
+    match table.dtype {
+        DType::F32 => {
+            let values = table.f32s()?;
+            let values = values.get(start..start + cols.len()).ok_or(short(
+                "f32 table",
+                start + cols.len(),
+                values.len(),
+            ))?;
+            out.copy_from_slice(values);
+        }
+        DType::F16 => {
+            let bytes = table
+                .data
+                .get(start * 2..(start + cols.len()) * 2)
+                .ok_or(short(
+                    "f16 table",
+                    (start + cols.len()) * 2,
+                    table.data.len(),
+                ))?;
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+            }
+        }
+        DType::I8 => {
+            let (values, scales) = table.int8()?;
+            let scale = *scales
+                .get(row)
+                .ok_or(short("table scales", row + 1, scales.len()))?;
+            let values = values.get(start..start + cols.len()).ok_or(short(
+                "int8 table",
+                start + cols.len(),
+                values.len(),
+            ))?;
+            for (o, &q) in out.iter_mut().zip(values) {
+                *o = f32::from(q) * scale;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! [`detect`]: embeddings, encoder layers and the RTD head over a caller's arena.
+
+use super::EdgeError;
+use super::arena::{FFN_BLOCK, Workspace};
+use super::attention::{attention, fill_relative_index};
+use super::format::DType;
+use super::layout::TensorKind;
+use super::linear::{Input, Quantized, linear, table_row};
+use super::model::EdgeModel;
+use super::quant::quantize_rows;
+use crate::kernels::{LayerNormSpec, add_assign, add_sequence_row, layer_norm};
+
+/// The input of a linear layer over `rows × cols` values; for int8 models the rows are first
+/// quantised into `quantized` and `scales`.
+pub(crate) fn prepare<'x>(
+    dtype: DType,
+    values: &'x [f32],
+    rows: usize,
+    cols: usize,
+    quantized: &'x mut [i8],
+    scales: &'x mut [f32],
+) -> Input<'x> {
+    let quantized = match dtype {
+        DType::I8 => {
+            let n = rows.saturating_mul(cols).min(quantized.len());
+            let r = rows.min(scales.len());
+            let (q, s) = (&mut quantized[..n], &mut scales[..r]);
+            quantize_rows(values, cols, q, s);
+            Some(Quantized {
+                values: q,
+                scales: s,
+            })
+        }
+        DType::F32 | DType::F16 => None,
+    };
+    Input {
+        values,
+        rows,
+        cols,
+        quantized,
+    }
+}
+
+fn norm_spec(model: &EdgeModel<'_>, rows: usize) -> LayerNormSpec {
+    LayerNormSpec {
+        rows,
+        cols: model.config().hidden_size,
+        eps: model.config().layer_norm_eps,
+    }
+}
+
+fn vector<'a>(
+    model: &EdgeModel<'a>,
+    kind: TensorKind,
+    layer: usize,
+) -> Result<&'a [f32], EdgeError> {
+    model.tensor(kind, layer)?.f32s()
+}
+
+/// `LN(E_word[id] (+ E_pos[i]))` into `ws.hidden`.
+fn embed(model: &EdgeModel<'_>, tokens: &[u32], ws: &mut Workspace<'_>) -> Result<(), EdgeError> {
+    let h = model.config().hidden_size;
+    let word = model.tensor(TensorKind::WordEmbeddings, 0)?;
+    let position = match model.config().position_biased_input {
+        true => Some(model.tensor(TensorKind::PositionEmbeddings, 0)?),
+        false => None,
+    };
+    for (i, (&id, dst)) in tokens.iter().zip(ws.sum.chunks_exact_mut(h)).enumerate() {
+        table_row(&word, id as usize, 0..h, dst)?;
+        if let Some(position) = &position {
+            table_row(position, i, 0..h, ws.row)?;
+            add_assign(dst, &ws.row[..h])?;
+        }
+    }
+    layer_norm(
+        ws.sum,
+        vector(model, TensorKind::EmbeddingNormWeight, 0)?,
+        vector(model, TensorKind::EmbeddingNormBias, 0)?,
+        ws.hidden,
+        None,
+        norm_spec(model, ws.len),
+    )?;
+    Ok(())
+}
+
+/// `LN(dense(act(dense(x))) + x)` on `ws.hidden` in place, [`FFN_BLOCK`] rows at a time.
+fn feed_forward(
+    model: &EdgeModel<'_>,
+    layer: usize,
+    ws: &mut Workspace<'_>,
+) -> Result<(), EdgeError> {
+    let cfg = model.config();
+    let (h, f, dtype) = (cfg.hidden_size, cfg.intermediate_size, model.dtype());
+    let wi = model.tensor(TensorKind::IntermediateWeight, layer)?;
+    let bi = vector(model, TensorKind::IntermediateBias, layer)?;
+    let wo = model.tensor(TensorKind::OutputWeight, layer)?;
+    let bo = vector(model, TensorKind::OutputBias, layer)?;
+    let gamma = vector(model, TensorKind::OutputNormWeight, layer)?;
+    let beta = vector(model, TensorKind::OutputNormBias, layer)?;
+    for start in (0..ws.len).step_by(FFN_BLOCK) {
+        let rows = FFN_BLOCK.min(ws.len - start);
+        let block = start * h..(start + rows) * h;
+        let x = prepare(
+            dtype,
+            &ws.hidden[block.clone()],
+            rows,
+            h,
+            ws.quantized,
+            ws.row_scales,
+        );
+        linear(&wi, bi, 0..f, &x, ws.inter, ws.row)?;
+        let inter = &mut ws.inter[..rows * f];
+        for v in inter.iter_mut() {
+            *v = cfg.hidden_act.apply(*v);
+        }
+        let inter = prepare(dtype, inter, rows, f, ws.quantized, ws.row_scales);
+        let sum = &mut ws.sum[block.clone()];
+        linear(&wo, bo, 0..h, &inter, sum, ws.row)?;
+        add_assign(sum, &ws.hidden[block.clone()])?;
+        layer_norm(
+            sum,
+            gamma,
+            beta,
+            &mut ws.hidden[block],
+            None,
+            norm_spec(model, rows),
+        )?;
+    }
+    Ok(())
+}
+
+/// `classifier(act(dense(LN(h + h_CLS))))` into `out` (one logit per token).
+fn rtd_head(
+    model: &EdgeModel<'_>,
+    ws: &mut Workspace<'_>,
+    out: &mut [f32],
+) -> Result<(), EdgeError> {
+    let cfg = model.config();
+    let (len, h, dtype) = (ws.len, cfg.hidden_size, model.dtype());
+    add_sequence_row(ws.hidden, ws.sum, 1, len, h, 0)?;
+    layer_norm(
+        ws.sum,
+        vector(model, TensorKind::RtdNormWeight, 0)?,
+        vector(model, TensorKind::RtdNormBias, 0)?,
+        ws.hidden,
+        None,
+        norm_spec(model, len),
+    )?;
+    let normed = prepare(dtype, ws.hidden, len, h, ws.quantized, ws.row_scales);
+    let dense = model.tensor(TensorKind::RtdDenseWeight, 0)?;
+    let dense_bias = vector(model, TensorKind::RtdDenseBias, 0)?;
+    linear(&dense, dense_bias, 0..h, &normed, ws.sum, ws.row)?;
+    for v in ws.sum.iter_mut() {
+        *v = cfg.hidden_act.apply(*v);
+    }
+    let activated = prepare(dtype, ws.sum, len, h, ws.quantized, ws.row_scales);
+    let classifier = model.tensor(TensorKind::ClassifierWeight, 0)?;
+    let classifier_bias = vector(model, TensorKind::ClassifierBias, 0)?;
+    linear(&classifier, classifier_bias, 0..1, &activated, out, ws.row)
+}
+
+/// Runs the discriminator on one sequence (every token valid, no padding) and writes one
+/// replaced-token logit per token to `out[..tokens.len()]` (`p(replaced) = σ(logit)`).
+///
+/// `arena` must hold at least [`arena_bytes`](super::arena_bytes)`(model, tokens.len())`
+/// bytes; nothing else is allocated. Errors: no tokens, more than the file's `max_seq_len`, an
+/// id outside the vocabulary, or buffers that are too small; the computation itself cannot
+/// fail on a model that [`EdgeModel::parse`] accepted.
+pub fn detect(
+    model: &EdgeModel<'_>,
+    tokens: &[u32],
+    arena: &mut [u8],
+    out: &mut [f32],
+) -> Result<(), EdgeError> {
+    let len = tokens.len();
+    let max = model.max_seq_len();
+    if len == 0 {
+        return Err(EdgeError::EmptyInput);
+    }
+    if len > max {
+        return Err(EdgeError::SequenceTooLong { len, max });
+    }
+    let vocab = model.config().vocab_size;
+    if let Some((position, &id)) = tokens
+        .iter()
+        .enumerate()
+        .find(|&(_, &id)| id as usize >= vocab)
+    {
+        return Err(EdgeError::TokenOutOfRange {
+            position,
+            id,
+            vocab,
+        });
+    }
+    if out.len() < len {
+        return Err(EdgeError::OutputTooSmall {
+            needed: len,
+            len: out.len(),
+        });
+    }
+    let mut ws = Workspace::new(model, len, arena)?;
+    embed(model, tokens, &mut ws)?;
+    fill_relative_index(model, &mut ws)?;
+    for layer in 0..model.config().num_hidden_layers {
+        attention(model, layer, &mut ws)?;
+        feed_forward(model, layer, &mut ws)?;
+    }
+    rtd_head(model, &mut ws, &mut out[..len])
+}

@@ -1,0 +1,186 @@
+//! `deberta pretrain` and `deberta plot`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::error::Result;
+use crate::pretrain::options::{ModelOverrides, PretrainFlags};
+use crate::pretrain::{PretrainRequest, plot::plot_run, run_pretraining};
+
+/// Arguments of `deberta pretrain`. Every option defaults to the preset's value; a `--config`
+/// TOML file may set any of them (same names with `_`, plus a `[model]` table), and flags
+/// override the file. With `--resume`, the run's saved options are the defaults.
+#[derive(Debug, Args)]
+pub struct PretrainArgs {
+    /// Text files or directories of text (default: the bundled `data/shakespeare`).
+    #[arg(long, value_name = "PATH", num_args = 1..)]
+    pub corpus: Option<Vec<PathBuf>>,
+    /// A Hugging Face `tokenizer.json` (default: train a Unigram tokenizer on the corpus).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// Vocabulary size of a trained tokenizer [nano: 8000, others: 32000].
+    #[arg(long)]
+    pub vocab_size: Option<usize>,
+    /// Replace invalid UTF-8 in the corpus instead of stopping with an error.
+    #[arg(long)]
+    pub lossy: bool,
+    /// Model preset: nano, xsmall, small, base, large [nano].
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
+    /// TOML file of options (any of these flags, plus a `[model]` table).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Run length in optimizer steps; the horizon of the learning-rate schedule [nano: 200].
+    #[arg(long, value_name = "N")]
+    pub steps: Option<u64>,
+    /// Sequences per optimizer step [nano: 16].
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per step (gradient accumulation) [1].
+    #[arg(long, value_name = "N")]
+    pub grad_accum: Option<usize>,
+    /// Tokens per sequence including [CLS] and [SEP] [nano: 128].
+    #[arg(long, value_name = "N")]
+    pub max_seq_len: Option<usize>,
+    /// Run directory [runs/<preset>-<seed>].
+    #[arg(long, value_name = "RUN_DIR")]
+    pub out: Option<PathBuf>,
+    /// Seed of every random draw [1234].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Continue the run in RUN_DIR from its latest checkpoint.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    /// Compute backend: cpu, wgpu, auto [cpu].
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// CPU threads [all cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Embedding sharing: gdes, es, nes [gdes].
+    #[arg(long)]
+    pub sharing: Option<String>,
+    /// Update schedule: decoupled, joint [decoupled].
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// λ, the weight of the RTD loss [50].
+    #[arg(long, value_name = "LAMBDA")]
+    pub rtd_weight: Option<f32>,
+    /// Peak learning rate [nano: 5e-4].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Warm-up as a fraction of the run [nano: 0.1].
+    #[arg(long, value_name = "FRACTION")]
+    pub warmup: Option<f32>,
+    /// Optimizer: xadam (official DeBERTa) or adamw [xadam].
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    /// Decoupled weight decay [0.01].
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// Global gradient-norm clip per optimizer, 0 to disable [1.0].
+    #[arg(long)]
+    pub clip: Option<f32>,
+    /// Generator MLM through the Enhanced Mask Decoder: true or false [true].
+    #[arg(long, value_name = "BOOL")]
+    pub emd: Option<bool>,
+    /// Masking: official (15 % stratified, all [MASK]), bert-80-10-10, whole-word [official].
+    #[arg(long)]
+    pub masking: Option<String>,
+    /// Hidden-state dropout [0.1].
+    #[arg(long)]
+    pub dropout: Option<f32>,
+    /// Attention dropout [0.1].
+    #[arg(long)]
+    pub attention_dropout: Option<f32>,
+    /// Evaluate on the held-out split every N steps, 0 = only at the end [nano: 50].
+    #[arg(long, value_name = "N")]
+    pub eval_every: Option<u64>,
+    /// Held-out batches per evaluation [nano: 4].
+    #[arg(long, value_name = "N")]
+    pub eval_batches: Option<usize>,
+    /// Checkpoint every N steps, 0 = only at the end [nano: 100].
+    #[arg(long, value_name = "N")]
+    pub save_every: Option<u64>,
+    /// Older checkpoints to keep under checkpoints/ [2].
+    #[arg(long, value_name = "K")]
+    pub keep: Option<usize>,
+    /// Write a metrics row every N steps [1].
+    #[arg(long, value_name = "N")]
+    pub log_every: Option<u64>,
+    /// End after step K with a checkpoint, exactly as an interruption would.
+    #[arg(long, value_name = "K")]
+    pub stop_after: Option<u64>,
+    /// Hide the progress bar (metrics still go to metrics.jsonl).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl PretrainArgs {
+    fn flags(&self) -> PretrainFlags {
+        PretrainFlags {
+            corpus: self.corpus.clone(),
+            tokenizer: self.tokenizer.clone(),
+            vocab_size: self.vocab_size,
+            lossy: self.lossy.then_some(true),
+            preset: self.preset.clone(),
+            model: None::<ModelOverrides>,
+            steps: self.steps,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            max_seq_len: self.max_seq_len,
+            seed: self.seed,
+            backend: self.backend.clone(),
+            threads: self.threads,
+            sharing: self.sharing.clone(),
+            schedule: self.schedule.clone(),
+            rtd_weight: self.rtd_weight,
+            lr: self.lr,
+            warmup: self.warmup,
+            optimizer: self.optimizer.clone(),
+            weight_decay: self.weight_decay,
+            clip: self.clip,
+            emd: self.emd,
+            masking: self.masking.clone(),
+            dropout: self.dropout,
+            attention_dropout: self.attention_dropout,
+            eval_every: self.eval_every,
+            eval_batches: self.eval_batches,
+            save_every: self.save_every,
+            keep: self.keep,
+            log_every: self.log_every,
+        }
+    }
+}
+
+/// Runs `deberta pretrain`.
+pub fn run(args: PretrainArgs) -> Result<()> {
+    let config = match &args.config {
+        Some(path) => PretrainFlags::from_toml(path)?,
+        None => PretrainFlags::default(),
+    };
+    let request = PretrainRequest {
+        flags: args.flags().over(config),
+        out: args.out.clone(),
+        resume: args.resume.clone(),
+        stop_after: args.stop_after,
+        progress: !args.quiet,
+    };
+    run_pretraining(request)
+}
+
+/// Arguments of `deberta plot`.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// A pretraining run directory (with `metrics.jsonl`).
+    #[arg(value_name = "RUN_DIR")]
+    pub run_dir: PathBuf,
+}
+
+/// Runs `deberta plot`: redraws `RUN_DIR/loss.png`.
+pub fn run_plot(args: PlotArgs) -> Result<()> {
+    let out = plot_run(&args.run_dir)?;
+    println!("wrote {}", out.display());
+    Ok(())
+}

@@ -1,0 +1,634 @@
+//! `deberta pretrain`: ELECTRA-style RTD pretraining of a DeBERTa-v3 generator/discriminator
+//! pair with GDES, from a text corpus to Hugging Face checkpoints.
+//!
+//! A step: the next batch of the data stream is masked (counter-based randoms keyed by the
+//! seed and step), the generator predicts the masked tokens (dropout on) and replacements are
+//! sampled from its logits, the generator is updated, the discriminator detects the
+//! replacements and is updated. Everything random is a function of `(seed, step)`, so a run
+//! resumed from a checkpoint continues exactly as the uninterrupted run would have.
+
+pub mod checkpoint;
+pub mod evaluate;
+pub mod metrics;
+pub mod options;
+pub mod plot;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use deberta_core::model::{Dropout, HostBatch, MlmLayout, ParamStore};
+use deberta_core::random::RandomStream;
+use deberta_core::train::{
+    DiscriminatorBatch, GeneratorBatch, MicroBatch, MlmTargets, OptimizerConfig, OptimizerKind,
+    RtdPair, Sampler, Schedule, Sharing, Trainer, warmup_linear,
+};
+use deberta_core::{Backend, CpuBackend};
+use serde_json::{Map, json};
+
+use self::checkpoint::{LoadedState, RunState, STATE_VERSION, load_state, remove_temporaries};
+use self::metrics::{MetricsLog, number, rtd_stats};
+use self::options::{PretrainFlags, PretrainOptions};
+use crate::data::{
+    Corpus, DataCursor, Dataset, MASKING_STREAM, Masker, MaskingStrategy, TokenCache, Tokenizer,
+    TrainOptions,
+};
+use crate::error::{Error, Result};
+use crate::model_dir::take_weights;
+use crate::tensor::TensorData;
+
+/// Stream of the generator's sampling (`RandomStream::stream`).
+pub const SAMPLING_STREAM: u32 = 0x5A4D_0000;
+/// Masking stream of the held-out evaluation (fixed across evaluations).
+pub const EVAL_MASKING_STREAM: u32 = 0xE7A1_0001;
+/// Sampling stream of the held-out evaluation.
+pub const EVAL_SAMPLING_STREAM: u32 = 0xE7A1_0002;
+
+/// What `deberta pretrain` was asked to do.
+pub struct PretrainRequest {
+    /// Options from the command line over those of a `--config` file.
+    pub flags: PretrainFlags,
+    /// `--out`.
+    pub out: Option<PathBuf>,
+    /// `--resume`.
+    pub resume: Option<PathBuf>,
+    /// `--stop-after`.
+    pub stop_after: Option<u64>,
+    /// Whether to draw a progress bar.
+    pub progress: bool,
+}
+
+fn model_error(what: &'static str) -> impl Fn(deberta_core::Error) -> Error {
+    move |e| Error::model(what, e)
+}
+
+/// The resolved options, the run directory and (when resuming) the saved state.
+fn resolve(request: &PretrainRequest) -> Result<(PretrainOptions, PathBuf, Option<LoadedState>)> {
+    match &request.resume {
+        Some(run_dir) => {
+            let loaded = load_state(run_dir)?;
+            let saved = loaded.state.options.clone();
+            let options = request.flags.clone().apply(saved.clone());
+            if let Some(name) = options.incompatible_change(&saved) {
+                return Err(Error::Usage(format!(
+                    "--{name} differs from the run in {}: a resumed run cannot change the model or the data",
+                    run_dir.display()
+                )));
+            }
+            if request.out.as_ref().is_some_and(|out| out != run_dir) {
+                return Err(Error::Usage(
+                    "--out and --resume name different run directories".into(),
+                ));
+            }
+            options.validate()?;
+            Ok((options, run_dir.clone(), Some(loaded)))
+        }
+        None => {
+            let preset = request
+                .flags
+                .preset
+                .clone()
+                .unwrap_or_else(|| "nano".into());
+            let options = request
+                .flags
+                .clone()
+                .apply(PretrainOptions::preset(&preset)?);
+            options.validate()?;
+            let run_dir = request.out.clone().unwrap_or_else(|| {
+                Path::new("runs").join(format!("{}-{}", options.preset, options.seed))
+            });
+            if run_dir.join("state").exists() {
+                return Err(Error::Usage(format!(
+                    "{} already holds a run: continue it with --resume {0}, or choose another --out",
+                    run_dir.display()
+                )));
+            }
+            Ok((options, run_dir, None))
+        }
+    }
+}
+
+fn sharing(options: &PretrainOptions) -> Sharing {
+    match options.sharing.as_str() {
+        "es" => Sharing::Es,
+        "nes" => Sharing::Nes,
+        _ => Sharing::Gdes,
+    }
+}
+
+fn masking(options: &PretrainOptions) -> Result<MaskingStrategy> {
+    <MaskingStrategy as clap::ValueEnum>::from_str(&options.masking, false)
+        .map_err(|_| Error::Usage(format!("--masking {}: unknown strategy", options.masking)))
+}
+
+fn optimizer_config(options: &PretrainOptions) -> OptimizerConfig {
+    OptimizerConfig {
+        kind: if options.optimizer == "adamw" {
+            OptimizerKind::AdamW
+        } else {
+            OptimizerKind::XAdam
+        },
+        weight_decay: options.weight_decay,
+        max_grad_norm: (options.clip > 0.0).then_some(options.clip),
+        ..OptimizerConfig::xadam()
+    }
+}
+
+/// The tokenizer of the run: the saved one when resuming, a given one, or one trained on the
+/// corpus (stored in the run directory either way).
+fn tokenizer(
+    options: &PretrainOptions,
+    run_dir: &Path,
+    resumed: bool,
+    corpus: &Corpus,
+) -> Result<Tokenizer> {
+    let path = run_dir.join("tokenizer.json");
+    if resumed {
+        return Tokenizer::load(&path);
+    }
+    let tokenizer = match &options.tokenizer {
+        Some(given) => Tokenizer::load(given)?,
+        None => {
+            eprintln!(
+                "training a {}-token tokenizer on the corpus…",
+                options.vocab_size
+            );
+            let (tokenizer, report) = Tokenizer::train(
+                corpus,
+                &TrainOptions {
+                    vocab_size: options.vocab_size,
+                },
+            )?;
+            eprintln!(
+                "tokenizer: {} tokens from {} distinct words",
+                report.vocab_size, report.distinct_words
+            );
+            tokenizer
+        }
+    };
+    tokenizer.save(&path)?;
+    Ok(tokenizer)
+}
+
+/// Weights from a saved state, by name.
+fn restore_params(
+    backend: &CpuBackend,
+    pair: &RtdPair,
+    loaded: &LoadedState,
+    run_dir: &Path,
+) -> Result<ParamStore<Vec<f32>>> {
+    let path = run_dir.join("state").join("weights.safetensors");
+    let (weights, warnings) = take_weights(&pair.layout, loaded.weights.clone(), &path)?;
+    if !warnings.is_empty() {
+        return Err(Error::format(
+            &path,
+            format!("corrupted state: {}", warnings.join("; ")),
+        ));
+    }
+    pair.layout
+        .build(|id, _| backend.upload(&weights[id.index()]))
+        .map_err(model_error("restoring weights"))
+}
+
+fn restore_optimizers(
+    backend: &CpuBackend,
+    trainer: &mut Trainer<CpuBackend>,
+    loaded: &LoadedState,
+    run_dir: &Path,
+) -> Result<()> {
+    let path = run_dir.join("state").join("optimizer.safetensors");
+    if loaded.state.optimizer_steps.len() != trainer.optimizers.len() {
+        return Err(Error::format(
+            &path,
+            "corrupted state: optimizer count does not match the schedule",
+        ));
+    }
+    let layout = trainer.pair.layout.clone();
+    for (i, optimizer) in trainer.optimizers.iter_mut().enumerate() {
+        optimizer
+            .restore(
+                backend,
+                &layout,
+                loaded.state.optimizer_steps[i],
+                |name| match &loaded.moments.get(&format!("opt{i}.{name}"))?.data {
+                    TensorData::Float(v) => Some(v.clone()),
+                    TensorData::Int(_) => None,
+                },
+            )
+            .map_err(|e| Error::format(&path, format!("corrupted optimizer state: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Index of the most probable token of each row.
+fn argmax_rows(logits: &[f32], vocab: usize) -> Vec<u32> {
+    logits
+        .chunks_exact(vocab)
+        .map(|row| {
+            let mut best = 0;
+            for (i, &v) in row.iter().enumerate() {
+                if v > row[best] {
+                    best = i;
+                }
+            }
+            best as u32
+        })
+        .collect()
+}
+
+/// Step-level statistics gathered on logging steps.
+#[derive(Default)]
+struct StepStats {
+    mlm_correct: usize,
+    mlm_total: usize,
+    replaced: usize,
+    rtd: Vec<(f32, bool)>,
+}
+
+/// Runs (or resumes) a pretraining run.
+pub fn run_pretraining(request: PretrainRequest) -> Result<()> {
+    let (options, run_dir, resumed) = resolve(&request)?;
+    let threads = crate::cli::set_threads(options.threads);
+    if options.backend == "wgpu" {
+        return Err(Error::Usage(
+            "--backend wgpu: the wgpu backend is not built into this version yet; use cpu".into(),
+        ));
+    }
+    std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
+    remove_temporaries(&run_dir.join("checkpoints"))?;
+    let corpus = Corpus::open(&options.corpus, options.lossy)?;
+    let tokenizer = tokenizer(&options, &run_dir, resumed.is_some(), &corpus)?;
+    let special = tokenizer.special();
+    let (cache, built) = TokenCache::open_or_build(&run_dir.join("data"), &corpus, &tokenizer)?;
+    if built {
+        eprintln!("tokenized the corpus: {} tokens", cache.len());
+    }
+    let dataset = Dataset::new(cache, special, options.max_seq_len, options.seed)?;
+    let masker = Masker::from_tokenizer(masking(&options)?, &tokenizer, options.max_seq_len)?;
+    let (disc_cfg, gen_cfg) =
+        options.model_configs(tokenizer.vocab_size(), special.pad as usize)?;
+    let backend = CpuBackend::new();
+    let pair = RtdPair::new(
+        &gen_cfg,
+        &disc_cfg,
+        sharing(&options),
+        MlmLayout::LmPredictions,
+        options.emd,
+    )
+    .map_err(model_error("building the generator/discriminator pair"))?;
+    let params = match &resumed {
+        Some(loaded) => restore_params(&backend, &pair, loaded, &run_dir)?,
+        None => pair
+            .layout
+            .initialise(&backend, options.seed)
+            .map_err(model_error("initialising weights"))?,
+    };
+    let schedule = if options.schedule == "joint" {
+        Schedule::Joint
+    } else {
+        Schedule::Decoupled
+    };
+    let mut trainer = Trainer::new(
+        &backend,
+        pair,
+        params,
+        schedule,
+        options.rtd_weight,
+        optimizer_config(&options),
+    )
+    .map_err(model_error("creating the optimizers"))?;
+    let (mut step, mut cursor) = match &resumed {
+        Some(loaded) => {
+            restore_optimizers(&backend, &mut trainer, loaded, &run_dir)?;
+            let cursor: DataCursor =
+                serde_json::from_value(loaded.state.cursor.clone()).map_err(|e| {
+                    Error::format(
+                        run_dir.join("state").join("state.json"),
+                        format!("corrupted data cursor: {e}"),
+                    )
+                })?;
+            (loaded.state.step, cursor)
+        }
+        None => (0, DataCursor::default()),
+    };
+    let mut log = MetricsLog::open(&run_dir, resumed.as_ref().map(|l| l.state.step))?;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        // A second registration in one process (tests) keeps the first handler.
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    }
+    let end = request
+        .stop_after
+        .unwrap_or(options.steps)
+        .min(options.steps);
+    let params_total = trainer.pair.layout.numel();
+    eprintln!(
+        "pretraining {} (generator {} layers, discriminator {} layers, {:.1}M parameters) on {} \
+         threads: steps {}..{end} of {}, batch {}×{}, run directory {}",
+        options.preset,
+        gen_cfg.num_hidden_layers,
+        disc_cfg.num_hidden_layers,
+        params_total as f64 / 1e6,
+        threads,
+        step + 1,
+        options.steps,
+        options.batch_size,
+        options.max_seq_len,
+        run_dir.display()
+    );
+    let progress = progress_bar(request.progress, step, end);
+    let tokenizer_path = run_dir.join("tokenizer.json");
+    let started = Instant::now();
+    let mut window_start = Instant::now();
+    let mut window_tokens = 0usize;
+    let save = |trainer: &Trainer<CpuBackend>, step: u64, cursor: DataCursor| -> Result<()> {
+        let state = RunState {
+            version: STATE_VERSION,
+            step,
+            optimizer_steps: trainer.optimizers.iter().map(|o| o.step).collect(),
+            cursor: serde_json::to_value(cursor)
+                .map_err(|e| Error::format(&run_dir, e.to_string()))?,
+            options: options.clone(),
+        };
+        checkpoint::save(&backend, &run_dir, trainer, &state, &tokenizer_path)?;
+        Ok(())
+    };
+    while step < end {
+        if interrupted.load(Ordering::SeqCst) {
+            progress.finish_and_clear();
+            save(&trainer, step, cursor)?;
+            eprintln!(
+                "interrupted: checkpoint of step {step} written; continue with: deberta pretrain --resume {}",
+                run_dir.display()
+            );
+            return Ok(());
+        }
+        step += 1;
+        let logging = step % options.log_every == 0 || step == end;
+        let batch = dataset.next_batch(cursor, options.batch_size)?;
+        cursor = batch.cursor;
+        let masked = masker.mask_batch(
+            &batch.input_ids,
+            &batch.attention_mask,
+            RandomStream {
+                seed: options.seed,
+                step: step as u32,
+                stream: MASKING_STREAM,
+            },
+        )?;
+        let lr = options.lr * warmup_linear(step, options.steps, options.warmup);
+        let mut stats = StepStats::default();
+        let (losses_mlm, losses_rtd) = train_step(
+            &backend,
+            &mut trainer,
+            &options,
+            step,
+            lr,
+            &batch,
+            &masked,
+            logging,
+            &mut stats,
+        )?;
+        window_tokens += batch.batch * batch.len;
+        let (loss_mlm, loss_rtd) = (losses_mlm, losses_rtd);
+        if logging {
+            let elapsed = window_start.elapsed().as_secs_f64();
+            let tokens_per_s = window_tokens as f64 / elapsed.max(1e-9);
+            window_start = Instant::now();
+            window_tokens = 0;
+            let rtd = rtd_stats(&stats.rtd);
+            let mut row = Map::new();
+            row.insert("step".into(), json!(step));
+            row.insert("lr".into(), number(Some(f64::from(lr))));
+            row.insert("loss_mlm".into(), number(Some(f64::from(loss_mlm))));
+            row.insert("loss_rtd".into(), number(Some(f64::from(loss_rtd))));
+            row.insert(
+                "loss_total".into(),
+                number(Some(f64::from(loss_mlm + options.rtd_weight * loss_rtd))),
+            );
+            row.insert(
+                "mlm_accuracy".into(),
+                number(Some(
+                    stats.mlm_correct as f64 / stats.mlm_total.max(1) as f64,
+                )),
+            );
+            row.insert(
+                "replaced_fraction".into(),
+                number(Some(stats.replaced as f64 / stats.mlm_total.max(1) as f64)),
+            );
+            row.insert("rtd_accuracy".into(), number(Some(rtd.accuracy)));
+            row.insert("rtd_auc".into(), number(rtd.auc));
+            row.insert("p_replaced".into(), number(rtd.mean_p_replaced));
+            row.insert("p_original".into(), number(rtd.mean_p_original));
+            for (i, optimizer) in trainer.optimizers.iter().enumerate() {
+                let name = match (schedule, i) {
+                    (Schedule::Joint, _) => "grad_norm",
+                    (_, 0) => "grad_norm_generator",
+                    _ => "grad_norm_discriminator",
+                };
+                let norm = optimizer
+                    .last_grad_norm(&backend)
+                    .map_err(model_error("reading gradient norms"))?;
+                row.insert(name.into(), number(Some(f64::from(norm))));
+            }
+            row.insert("epoch".into(), json!(cursor.epoch));
+            row.insert("tokens_per_s".into(), number(Some(tokens_per_s)));
+            row.insert(
+                "elapsed_s".into(),
+                number(Some(started.elapsed().as_secs_f64())),
+            );
+            log.write(&row)?;
+            progress.set_message(format!(
+                "mlm {loss_mlm:.3} rtd {loss_rtd:.3} | acc mlm {:.2} rtd {:.2} | {tokens_per_s:.0} tok/s",
+                stats.mlm_correct as f64 / stats.mlm_total.max(1) as f64,
+                rtd.accuracy
+            ));
+        }
+        progress.set_position(step);
+        let evaluating =
+            (options.eval_every > 0 && step % options.eval_every == 0) || step == options.steps;
+        if evaluating {
+            let row = evaluate::evaluate(&backend, &trainer, &dataset, &masker, &options, step)?;
+            log.write(&row)?;
+        }
+        if (options.save_every > 0 && step % options.save_every == 0) || step == end {
+            save(&trainer, step, cursor)?;
+        }
+    }
+    progress.finish_and_clear();
+    let plot = plot::plot_run(&run_dir)?;
+    let dir = run_dir.display();
+    if step < options.steps {
+        println!(
+            "stopped after step {step} of {}; checkpoint in {dir}/state",
+            options.steps
+        );
+        println!("continue with: deberta pretrain --resume {dir}");
+    } else {
+        println!(
+            "pretraining finished: {step} steps in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    println!("run directory: {dir}");
+    println!(
+        "  discriminator  {dir}/discriminator  (Hugging Face DebertaV2Model + RTD head, tokenizer.json)"
+    );
+    println!("  generator      {dir}/generator      (Hugging Face DebertaV2ForMaskedLM)");
+    println!(
+        "  metrics        {dir}/metrics.jsonl, plot {}",
+        plot.display()
+    );
+    println!("use it:");
+    println!(
+        "  deberta detect --model {dir}/discriminator --text \"The quick brown fox jumps over the lazy dog\""
+    );
+    println!("  deberta export --in {dir} --format hf --out exported-model");
+    Ok(())
+}
+
+/// One optimizer step over `grad_accum` micro-batches; returns the mean MLM and RTD losses.
+#[allow(clippy::too_many_arguments)]
+fn train_step(
+    backend: &CpuBackend,
+    trainer: &mut Trainer<CpuBackend>,
+    options: &PretrainOptions,
+    step: u64,
+    lr: f32,
+    batch: &crate::data::Batch,
+    masked: &crate::data::MaskedBatch,
+    logging: bool,
+    stats: &mut StepStats,
+) -> Result<(f32, f32)> {
+    let count = options.grad_accum;
+    let rows = batch.batch / count;
+    let len = batch.len;
+    let gen_cfg = trainer.pair.generator.config;
+    let disc_cfg = trainer.pair.discriminator.config;
+    let dropout = |model: u32| Dropout {
+        hidden: options.dropout,
+        attention: options.attention_dropout,
+        seed: options.seed,
+        step: step as u32,
+        model,
+    };
+    let mut discriminator_batches = Vec::with_capacity(count);
+    let mut loss_mlm = 0.0f32;
+    for k in 0..count {
+        let span = k * rows * len..(k + 1) * rows * len;
+        let host = HostBatch {
+            input_ids: &masked.input_ids[span.clone()],
+            attention_mask: &batch.attention_mask[span.clone()],
+            token_type_ids: None,
+            batch: rows,
+            len,
+        };
+        let labels = &masked.labels[span.clone()];
+        let generator = GeneratorBatch {
+            batch: deberta_core::model::DeviceBatch::upload(backend, &gen_cfg, &host)
+                .map_err(model_error("generator input"))?,
+            targets: MlmTargets::from_labels(backend, labels, gen_cfg.vocab_size)
+                .map_err(model_error("masked labels"))?,
+        };
+        let positions: Vec<usize> = (0..labels.len()).filter(|&p| labels[p] != -100).collect();
+        let mut sampled = backend
+            .upload_indices(&vec![0; positions.len()])
+            .map_err(model_error("sample buffer"))?;
+        let micro = MicroBatch { index: k, count };
+        let sampler = Sampler {
+            stream: RandomStream {
+                seed: options.seed,
+                step: step as u32,
+                stream: SAMPLING_STREAM + k as u32,
+            },
+            out: &mut sampled,
+        };
+        loss_mlm += trainer
+            .generator_phase(
+                backend,
+                &generator,
+                lr,
+                Some(&dropout(2 * k as u32)),
+                Some(sampler),
+                micro,
+            )
+            .map_err(model_error("generator step"))?
+            / count as f32;
+        let mut ids = vec![0u32; positions.len()];
+        backend
+            .download_indices(&sampled, &mut ids)
+            .map_err(model_error("reading samples"))?;
+        if logging {
+            let logits = trainer
+                .generator_logits()
+                .ok_or_else(|| Error::Usage("generator logits missing".into()))?;
+            let mut host_logits = vec![0.0f32; positions.len() * gen_cfg.vocab_size];
+            backend
+                .download(logits, &mut host_logits)
+                .map_err(model_error("reading logits"))?;
+            let predicted = argmax_rows(&host_logits, gen_cfg.vocab_size);
+            for (&p, &guess) in positions.iter().zip(&predicted) {
+                stats.mlm_correct += usize::from(i64::from(guess) == labels[p]);
+            }
+        }
+        stats.mlm_total += positions.len();
+        let mut corrupted = batch.input_ids[span.clone()].to_vec();
+        for (&p, &id) in positions.iter().zip(&ids) {
+            corrupted[p] = i64::from(id);
+            stats.replaced += usize::from(i64::from(id) != labels[p]);
+        }
+        let host_disc = HostBatch {
+            input_ids: &corrupted,
+            ..host
+        };
+        discriminator_batches.push((
+            DiscriminatorBatch::upload(backend, &disc_cfg, &host_disc, &corrupted, labels)
+                .map_err(model_error("discriminator input"))?,
+            corrupted,
+            span,
+        ));
+    }
+    let mut loss_rtd = 0.0f32;
+    for (k, (discriminator, corrupted, span)) in discriminator_batches.iter().enumerate() {
+        let mut logits = vec![0.0f32; corrupted.len()];
+        loss_rtd += trainer
+            .discriminator_phase(
+                backend,
+                discriminator,
+                lr,
+                Some(&dropout(2 * k as u32 + 1)),
+                logging.then_some(logits.as_mut_slice()),
+                MicroBatch { index: k, count },
+            )
+            .map_err(model_error("discriminator step"))?
+            / count as f32;
+        if logging {
+            let labels = &masked.labels[span.clone()];
+            let mask = &batch.attention_mask[span.clone()];
+            for p in 0..corrupted.len() {
+                if mask[p] != 0 {
+                    stats
+                        .rtd
+                        .push((logits[p], labels[p] != -100 && labels[p] != corrupted[p]));
+                }
+            }
+        }
+    }
+    Ok((loss_mlm, loss_rtd))
+}
+
+fn progress_bar(enabled: bool, start: u64, end: u64) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(end);
+    bar.set_position(start);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} step {pos}/{len} [{bar:30}] {msg} | ETA {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
