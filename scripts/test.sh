@@ -1,15 +1,29 @@
 #!/usr/bin/env bash
 # Runs every test of the project. Installs what it needs on a fresh machine (only the Rust
-# toolchain is assumed), so CI and developers run exactly the same thing.
+# toolchain is assumed): the Cortex-M4 target, Mesa's software Vulkan driver (lavapipe) for the
+# wgpu backend, and QEMU for the firmware. CI and developers run exactly the same thing; with
+# CI=true a missing GPU adapter fails the GPU tests instead of skipping them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 start=$(date +%s)
 step() { printf '\n== %s (%ds)\n' "$*" "$(( $(date +%s) - start ))"; }
 
 step "toolchain components and targets"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add thumbv7em-none-eabihf
+
+step "system packages (lavapipe for wgpu, QEMU for the firmware)"
+missing=()
+compgen -G "/usr/share/vulkan/icd.d/lvp_icd*.json" >/dev/null || missing+=(mesa-vulkan-drivers libvulkan1)
+command -v qemu-system-arm >/dev/null 2>&1 || missing+=(qemu-system-arm)
+if [ "${#missing[@]}" -gt 0 ]; then
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
+fi
 
 step "formatting"
 cargo fmt --all -- --check
@@ -24,5 +38,8 @@ cargo build -p deberta-core --no-default-features --target thumbv7em-none-eabihf
 step "tests (optimised build; the CLI tests run the release binary)"
 cargo build --release -p deberta-host
 cargo test --workspace --release
+
+step "edge firmware in QEMU against the host runtime"
+scripts/edge-test.sh
 
 step "done in $(( $(date +%s) - start ))s"

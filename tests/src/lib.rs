@@ -65,7 +65,10 @@ pub fn deberta_bin() -> PathBuf {
         .and_then(Path::parent)
         .expect("target/<profile>");
     let bin = profile_dir.join(format!("deberta{}", std::env::consts::EXE_SUFFIX));
-    let profile = profile_dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug");
+    let profile = profile_dir
+        .file_name()
+        .and_then(|p| p.to_str())
+        .unwrap_or("debug");
     let build = match profile {
         "release" => "cargo build --release -p deberta-host",
         _ => "cargo build -p deberta-host",
@@ -74,7 +77,9 @@ pub fn deberta_bin() -> PathBuf {
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| panic!("{} is not built: run `{build}` first", bin.display()));
     // `cargo test` does not rebuild another package's binary: refuse to test a stale one.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
     if let Some(newer) = ["core/src", "host/src", "host/Cargo.toml", "core/Cargo.toml"]
         .iter()
         .flat_map(|dir| newest_files(&root.join(dir)))

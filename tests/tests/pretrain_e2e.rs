@@ -248,10 +248,13 @@ fn killed_runs_leave_only_complete_checkpoints_and_resume() {
     let corpus = small_corpus(&dir);
     let out = dir.join("run");
     let corpus = corpus.to_str().unwrap();
-    let mut args = fast_args(corpus, out.to_str().unwrap(), "24");
-    args.extend(["--save-every", "1", "--keep", "3"]);
-    let delays = [900u64, 1700, 1300, 2100];
-    for (attempt, delay) in delays.iter().enumerate() {
+    let mut args = fast_args(corpus, out.to_str().unwrap(), "30");
+    let save_every = args.iter().position(|a| *a == "--save-every").unwrap();
+    args[save_every + 1] = "1"; // a checkpoint every step: kills land inside checkpoint writes
+    args.extend(["--keep", "3"]);
+    // Kill at varied moments: the first run once its first checkpoint exists, then resumed runs.
+    let delays_ms = [150u64, 700, 40, 1100, 400];
+    for (attempt, delay) in delays_ms.iter().enumerate() {
         let mut command = Command::new(deberta_bin());
         if attempt == 0 {
             command.args(&args);
@@ -263,16 +266,19 @@ fn killed_runs_leave_only_complete_checkpoints_and_resume() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let waited = std::time::Instant::now();
+        while attempt == 0
+            && !out.join("state").exists()
+            && waited.elapsed() < Duration::from_secs(300)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         std::thread::sleep(Duration::from_millis(*delay));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
         assert_complete_checkpoints(&out);
     }
-    if out.join("state").exists() {
-        run_ok(&["pretrain", "--resume", out.to_str().unwrap(), "--quiet"]);
-    } else {
-        run_ok(&args);
-    }
+    run_ok(&["pretrain", "--resume", out.to_str().unwrap(), "--quiet"]);
     assert_complete_checkpoints(&out);
     let rows = deterministic_rows(&out);
     let steps: Vec<u64> = rows
@@ -282,7 +288,7 @@ fn killed_runs_leave_only_complete_checkpoints_and_resume() {
         .collect();
     assert_eq!(
         steps,
-        (1..=24).collect::<Vec<_>>(),
+        (1..=30).collect::<Vec<_>>(),
         "every step logged exactly once"
     );
 }

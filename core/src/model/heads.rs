@@ -241,6 +241,13 @@ impl MlmHead {
     }
 }
 
+/// Log-odds of the fraction of replaced tokens in RTD pretraining (15 % masking, nearly every
+/// sample different from the original): the initial classifier bias of a new RTD head. Starting
+/// at the base rate spares the first steps from learning it — which a post-LN discriminator
+/// otherwise does by collapsing every token to the same representation, a state it does not
+/// leave (observed at learning rates of 1e-4 to 1e-3). Loaded checkpoints keep their bias.
+pub const RTD_PRIOR_LOGIT: f32 = -1.734_601_1; // ln(0.15 / 0.85)
+
 /// `logit = classifier(act(dense(LN(h + h_CLS))))`, keys `mask_predictions.*`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RtdHead {
@@ -298,7 +305,14 @@ impl RtdHead {
             ),
             dense: Linear::new(layout, &format!("{prefix}.dense"), h, h, true, std),
             activation: cfg.hidden_act,
-            classifier: Linear::new(layout, &format!("{prefix}.classifier"), h, 1, true, std),
+            classifier: {
+                let classifier =
+                    Linear::new(layout, &format!("{prefix}.classifier"), h, 1, true, std);
+                if let Some(bias) = classifier.bias {
+                    layout.set_init(bias, Init::Constant(RTD_PRIOR_LOGIT));
+                }
+                classifier
+            },
             hidden: h,
         }
     }

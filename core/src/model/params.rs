@@ -29,6 +29,8 @@ pub enum Init {
     Zeros,
     /// All ones.
     Ones,
+    /// Every element the same value.
+    Constant(f32),
 }
 
 /// Name, shape and initialisation of one parameter.
@@ -81,6 +83,11 @@ impl ParamLayout {
         &self.specs[id.0]
     }
 
+    /// Changes how a registered parameter is initialised.
+    pub fn set_init(&mut self, id: ParamId, init: Init) {
+        self.specs[id.0].init = init;
+    }
+
     /// The id of the parameter with this name.
     pub fn find(&self, name: &str) -> Option<ParamId> {
         self.specs.iter().position(|s| s.name == name).map(ParamId)
@@ -126,6 +133,8 @@ impl ParamLayout {
             let values: Vec<f32> = match spec.init {
                 Init::Zeros => alloc::vec![0.0; n],
                 Init::Ones => alloc::vec![1.0; n],
+                Init::Constant(value) => alloc::vec![value; n],
+
                 Init::Normal(std) => {
                     let rng = RandomStream {
                         seed,

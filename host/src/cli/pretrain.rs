@@ -67,7 +67,7 @@ pub struct PretrainArgs {
     /// λ, the weight of the RTD loss [50].
     #[arg(long, value_name = "LAMBDA")]
     pub rtd_weight: Option<f32>,
-    /// Peak learning rate [nano: 5e-4].
+    /// Peak learning rate [1e-4].
     #[arg(long)]
     pub lr: Option<f32>,
     /// Warm-up as a fraction of the run [nano: 0.1].

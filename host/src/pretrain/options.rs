@@ -130,7 +130,7 @@ impl PretrainOptions {
             sharing: "gdes".into(),
             schedule: "decoupled".into(),
             rtd_weight: 50.0,
-            lr: if nano { 5e-4 } else { 1e-4 },
+            lr: 1e-4,
             warmup: if nano { 0.1 } else { 0.01 },
             optimizer: "xadam".into(),
             weight_decay: 0.01,

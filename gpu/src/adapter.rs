@@ -1,0 +1,151 @@
+//! Finding a GPU: listing adapters and choosing one (discrete, then integrated, then virtual,
+//! then software), honouring `WGPU_BACKEND` (`vulkan`, `metal`, `dx12`, comma-separated).
+
+use crate::error::GpuError;
+
+/// Which adapter [`WgpuBackend::new`](crate::WgpuBackend::new) opens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdapterChoice {
+    /// Only adapters whose name contains this (case-insensitively); `None` takes the best one.
+    pub name_contains: Option<String>,
+}
+
+/// One adapter as listed by [`list_adapters`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterSummary {
+    /// The device name reported by the driver.
+    pub name: String,
+    /// The API it is reached through.
+    pub backend: wgpu::Backend,
+    /// Discrete, integrated, virtual, CPU (software) or other.
+    pub device_type: wgpu::DeviceType,
+    /// Driver name and version, when reported.
+    pub driver: String,
+    /// Whether it runs compute shaders (the backend needs them).
+    pub compute: bool,
+}
+
+impl std::fmt::Display for AdapterSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({:?}, {:?}{}{})",
+            self.name,
+            self.backend,
+            self.device_type,
+            if self.driver.is_empty() { "" } else { ", " },
+            self.driver
+        )?;
+        if !self.compute {
+            write!(f, " [no compute shaders]")?;
+        }
+        Ok(())
+    }
+}
+
+/// A wgpu instance over the backends `WGPU_BACKEND` names (all native backends by default).
+pub(crate) fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+/// What `adapter` is.
+pub(crate) fn summary(adapter: &wgpu::Adapter) -> AdapterSummary {
+    let info = adapter.get_info();
+    let driver = [info.driver.as_str(), info.driver_info.as_str()]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    AdapterSummary {
+        name: info.name,
+        backend: info.backend,
+        device_type: info.device_type,
+        driver,
+        compute: adapter
+            .get_downlevel_capabilities()
+            .flags
+            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS),
+    }
+}
+
+/// Every adapter wgpu can see on this machine (for `deberta info`), in enumeration order.
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    let instance = instance();
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .iter()
+        .map(summary)
+        .collect()
+}
+
+/// Preference rank of a device type: lower is better.
+fn rank(device_type: wgpu::DeviceType) -> u8 {
+    match device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+/// The best adapter with compute shaders that matches `choice`.
+pub(crate) fn select(
+    instance: &wgpu::Instance,
+    choice: &AdapterChoice,
+) -> Result<wgpu::Adapter, GpuError> {
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let wanted = choice.name_contains.as_ref().map(|s| s.to_lowercase());
+    let found: Vec<String> = adapters.iter().map(|a| summary(a).to_string()).collect();
+    adapters
+        .into_iter()
+        .filter(|adapter| {
+            let s = summary(adapter);
+            s.compute
+                && wanted
+                    .as_ref()
+                    .is_none_or(|w| s.name.to_lowercase().contains(w.as_str()))
+        })
+        .min_by_key(|adapter| rank(adapter.get_info().device_type))
+        .ok_or(GpuError::NoAdapter {
+            name_contains: choice.name_contains.clone(),
+            found,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discrete_beats_integrated_beats_software() {
+        let order = [
+            wgpu::DeviceType::DiscreteGpu,
+            wgpu::DeviceType::IntegratedGpu,
+            wgpu::DeviceType::VirtualGpu,
+            wgpu::DeviceType::Other,
+            wgpu::DeviceType::Cpu,
+        ];
+        for pair in order.windows(2) {
+            assert!(rank(pair[0]) < rank(pair[1]));
+        }
+    }
+
+    #[test]
+    fn missing_adapter_message_names_what_was_searched() {
+        let err = GpuError::NoAdapter {
+            name_contains: Some("h100".into()),
+            found: vec!["llvmpipe (Vulkan, Cpu)".into()],
+        };
+        let text = err.to_string();
+        assert!(
+            text.contains("\"h100\"") && text.contains("llvmpipe"),
+            "{text}"
+        );
+        assert_eq!(
+            deberta_core::Error::from(err),
+            deberta_core::Error::Device {
+                what: "no GPU adapter with compute support"
+            }
+        );
+    }
+}

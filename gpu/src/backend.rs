@@ -1,0 +1,370 @@
+//! [`WgpuBackend`]: the [`Backend`] trait over WGSL kernels with device-resident tensors.
+
+use std::sync::Arc;
+
+use deberta_core::backend::{Clip, LayerNormGrads};
+use deberta_core::kernels::{AdamSpec, LayerNormSpec, MatmulSpec, RelativeScoresSpec, SoftmaxSpec};
+use deberta_core::random::RandomStream;
+use deberta_core::{Activation, Backend, Error};
+
+use crate::adapter::{AdapterChoice, AdapterSummary};
+use crate::device::Gpu;
+use crate::error::GpuError;
+use crate::ops::{
+    elementwise, embedding, layer_norm, loss, matmul, memory, optimizer, random, reduce,
+    relative_scores, softmax,
+};
+use crate::tensor::{GpuIndices, GpuTensor};
+
+/// The wgpu backend. Cloning is cheap and shares the device; tensors of one backend (or its
+/// clones) must not be passed to another (a [`Error::Device`] if they are).
+///
+/// Kernels are recorded and submitted in batches; only [`Backend::download`] (and
+/// [`WgpuBackend::synchronize`]) wait for the device.
+#[derive(Debug, Clone)]
+pub struct WgpuBackend {
+    gpu: Arc<Gpu>,
+}
+
+impl WgpuBackend {
+    /// Opens the best adapter that `choice` allows (see [`crate::list_adapters`]).
+    pub fn new(choice: AdapterChoice) -> Result<Self, GpuError> {
+        Ok(WgpuBackend {
+            gpu: Arc::new(Gpu::open(&choice)?),
+        })
+    }
+
+    /// The adapter in use.
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.gpu.adapter
+    }
+
+    /// The first error the device reported (validation, out of memory, shader compilation),
+    /// whose arrival makes later transfers fail with [`Error::Device`].
+    pub fn device_error(&self) -> Option<String> {
+        self.gpu.errors.first()
+    }
+
+    /// Device buffers created so far; constant across training steps in steady state.
+    pub fn buffers_created(&self) -> u64 {
+        self.gpu.pool.created()
+    }
+
+    /// Submits all recorded work and waits for it (for timing).
+    pub fn synchronize(&self) -> Result<(), Error> {
+        self.gpu.flush()?;
+        self.gpu
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|_| Error::Device {
+                what: "waiting for the GPU failed",
+            })?;
+        self.gpu.check_errors()
+    }
+
+    /// Releases the free buffers of the pool (and the bind groups that reference them).
+    pub fn trim(&self) -> Result<(), Error> {
+        self.gpu.forget_bind_groups()?;
+        self.gpu.pool.trim();
+        self.gpu.readback.trim();
+        Ok(())
+    }
+}
+
+impl Backend for WgpuBackend {
+    type Tensor = GpuTensor;
+    type Indices = GpuIndices;
+
+    fn name(&self) -> &'static str {
+        "wgpu"
+    }
+
+    fn zeros(&self, len: usize) -> Result<GpuTensor, Error> {
+        memory::zeros(&self.gpu, len)
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<GpuTensor, Error> {
+        memory::upload(&self.gpu, data)
+    }
+
+    fn upload_indices(&self, data: &[u32]) -> Result<GpuIndices, Error> {
+        memory::upload(&self.gpu, data)
+    }
+
+    fn len(&self, tensor: &GpuTensor) -> usize {
+        tensor.len()
+    }
+
+    fn write(&self, tensor: &mut GpuTensor, offset: usize, data: &[f32]) -> Result<(), Error> {
+        memory::write(&self.gpu, tensor, offset, data)
+    }
+
+    fn download(&self, tensor: &GpuTensor, out: &mut [f32]) -> Result<(), Error> {
+        memory::download(&self.gpu, "download", tensor, out)
+    }
+
+    fn download_indices(&self, indices: &GpuIndices, out: &mut [u32]) -> Result<(), Error> {
+        memory::download(&self.gpu, "download_indices", indices, out)
+    }
+
+    fn fill(&self, tensor: &mut GpuTensor, value: f32) -> Result<(), Error> {
+        memory::fill(&self.gpu, tensor, value)
+    }
+
+    fn copy(
+        &self,
+        src: &GpuTensor,
+        src_offset: usize,
+        dst: &mut GpuTensor,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<(), Error> {
+        memory::copy(&self.gpu, src, src_offset, dst, dst_offset, len)
+    }
+
+    fn matmul(
+        &self,
+        a: &GpuTensor,
+        b: &GpuTensor,
+        c: &mut GpuTensor,
+        spec: &MatmulSpec,
+    ) -> Result<(), Error> {
+        matmul::matmul(&self.gpu, a, b, c, spec)
+    }
+
+    fn add_assign(&self, x: &mut GpuTensor, y: &GpuTensor) -> Result<(), Error> {
+        elementwise::add_assign(&self.gpu, x, y)
+    }
+
+    fn add_bias(&self, x: &mut GpuTensor, bias: &GpuTensor, cols: usize) -> Result<(), Error> {
+        elementwise::add_bias(&self.gpu, x, bias, cols)
+    }
+
+    fn scale_rows(&self, x: &mut GpuTensor, scales: &GpuTensor, cols: usize) -> Result<(), Error> {
+        elementwise::scale_rows(&self.gpu, x, scales, cols)
+    }
+
+    fn activation(&self, act: Activation, x: &GpuTensor, out: &mut GpuTensor) -> Result<(), Error> {
+        elementwise::activation(&self.gpu, act, x, out)
+    }
+
+    fn layer_norm(
+        &self,
+        x: &GpuTensor,
+        gamma: &GpuTensor,
+        beta: &GpuTensor,
+        out: &mut GpuTensor,
+        stats: Option<&mut GpuTensor>,
+        spec: LayerNormSpec,
+    ) -> Result<(), Error> {
+        layer_norm::layer_norm(&self.gpu, x, gamma, beta, out, stats, spec)
+    }
+
+    fn masked_softmax(
+        &self,
+        scores: &mut GpuTensor,
+        mask: &GpuTensor,
+        spec: SoftmaxSpec,
+    ) -> Result<(), Error> {
+        softmax::masked_softmax(&self.gpu, scores, mask, spec)
+    }
+
+    fn add_relative_scores(
+        &self,
+        scores: &mut GpuTensor,
+        c2p: Option<&GpuTensor>,
+        p2c: Option<&GpuTensor>,
+        index: &GpuIndices,
+        spec: RelativeScoresSpec,
+    ) -> Result<(), Error> {
+        relative_scores::add_relative_scores(&self.gpu, scores, c2p, p2c, index, spec)
+    }
+
+    fn embedding_lookup(
+        &self,
+        table: &GpuTensor,
+        ids: &GpuIndices,
+        out: &mut GpuTensor,
+        dim: usize,
+        accumulate: bool,
+    ) -> Result<(), Error> {
+        embedding::embedding_lookup(&self.gpu, table, ids, out, dim, accumulate)
+    }
+
+    fn add_sequence_row(
+        &self,
+        x: &GpuTensor,
+        out: &mut GpuTensor,
+        batch: usize,
+        len: usize,
+        dim: usize,
+        row: usize,
+    ) -> Result<(), Error> {
+        elementwise::add_sequence_row(&self.gpu, x, out, [batch, len, dim], row)
+    }
+
+    fn layer_norm_backward(
+        &self,
+        x: &GpuTensor,
+        gamma: &GpuTensor,
+        stats: &GpuTensor,
+        dout: &GpuTensor,
+        grads: LayerNormGrads<'_, GpuTensor>,
+        spec: LayerNormSpec,
+    ) -> Result<(), Error> {
+        layer_norm::layer_norm_backward(&self.gpu, x, gamma, stats, dout, grads, spec)
+    }
+
+    fn activation_backward(
+        &self,
+        act: Activation,
+        x: &GpuTensor,
+        dout: &GpuTensor,
+        dx: &mut GpuTensor,
+        accumulate: bool,
+    ) -> Result<(), Error> {
+        elementwise::activation_backward(&self.gpu, act, x, dout, dx, accumulate)
+    }
+
+    fn masked_softmax_backward(
+        &self,
+        probs: &GpuTensor,
+        grad: &mut GpuTensor,
+        mask: &GpuTensor,
+        spec: SoftmaxSpec,
+    ) -> Result<(), Error> {
+        softmax::masked_softmax_backward(&self.gpu, probs, grad, mask, spec)
+    }
+
+    fn relative_scores_backward(
+        &self,
+        dscores: &GpuTensor,
+        index: &GpuIndices,
+        dc2p: Option<&mut GpuTensor>,
+        dp2c: Option<&mut GpuTensor>,
+        spec: RelativeScoresSpec,
+    ) -> Result<(), Error> {
+        relative_scores::relative_scores_backward(&self.gpu, dscores, index, dc2p, dp2c, spec)
+    }
+
+    fn embedding_backward(
+        &self,
+        ids: &GpuIndices,
+        dout: &GpuTensor,
+        dtable: &mut GpuTensor,
+        dim: usize,
+        skip: Option<u32>,
+    ) -> Result<(), Error> {
+        embedding::embedding_backward(&self.gpu, ids, dout, dtable, dim, skip)
+    }
+
+    fn add_sequence_row_backward(
+        &self,
+        dout: &GpuTensor,
+        dx: &mut GpuTensor,
+        shape: [usize; 3],
+        row: usize,
+        accumulate: bool,
+    ) -> Result<(), Error> {
+        elementwise::add_sequence_row_backward(&self.gpu, dout, dx, shape, row, accumulate)
+    }
+
+    fn sum_rows(
+        &self,
+        x: &GpuTensor,
+        out: &mut GpuTensor,
+        cols: usize,
+        accumulate: bool,
+    ) -> Result<(), Error> {
+        reduce::sum_rows(&self.gpu, x, out, cols, accumulate)
+    }
+
+    fn scale(&self, x: &mut GpuTensor, alpha: f32) -> Result<(), Error> {
+        elementwise::scale(&self.gpu, x, alpha)
+    }
+
+    fn dropout(&self, x: &mut GpuTensor, p: f32, stream: RandomStream) -> Result<(), Error> {
+        random::dropout(&self.gpu, x, p, stream)
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &GpuTensor,
+        targets: &GpuIndices,
+        losses: &mut GpuTensor,
+        dlogits: &mut GpuTensor,
+        vocab: usize,
+        grad_scale: f32,
+    ) -> Result<(), Error> {
+        loss::cross_entropy(
+            &self.gpu, logits, targets, losses, dlogits, vocab, grad_scale,
+        )
+    }
+
+    fn bce_with_logits(
+        &self,
+        logits: &GpuTensor,
+        labels: &GpuTensor,
+        weights: &GpuTensor,
+        losses: &mut GpuTensor,
+        dlogits: &mut GpuTensor,
+        grad_scale: f32,
+    ) -> Result<(), Error> {
+        loss::bce_with_logits(
+            &self.gpu, logits, labels, weights, losses, dlogits, grad_scale,
+        )
+    }
+
+    fn sample_categorical(
+        &self,
+        logits: &GpuTensor,
+        vocab: usize,
+        stream: RandomStream,
+        out: &mut GpuIndices,
+    ) -> Result<(), Error> {
+        random::sample_categorical(&self.gpu, logits, vocab, stream, out)
+    }
+
+    fn sum(
+        &self,
+        x: &GpuTensor,
+        out: &mut GpuTensor,
+        index: usize,
+        alpha: f32,
+    ) -> Result<(), Error> {
+        reduce::sum(&self.gpu, "sum", x, out, index, alpha, false)
+    }
+
+    fn sum_of_squares(
+        &self,
+        x: &GpuTensor,
+        out: &mut GpuTensor,
+        index: usize,
+    ) -> Result<(), Error> {
+        reduce::sum(&self.gpu, "sum_of_squares", x, out, index, 1.0, true)
+    }
+
+    fn adam_update(
+        &self,
+        param: &mut GpuTensor,
+        grad: &GpuTensor,
+        moments: (&mut GpuTensor, &mut GpuTensor),
+        spec: AdamSpec,
+        clip: Option<Clip<'_, GpuTensor>>,
+    ) -> Result<(), Error> {
+        optimizer::adam_update(&self.gpu, param, grad, moments, spec, clip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_and_tensors_can_be_shared_across_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<WgpuBackend>();
+        shareable::<GpuTensor>();
+        shareable::<GpuIndices>();
+    }
+}

@@ -1,0 +1,129 @@
+//! The opened device and everything shared by the tensors and kernels of one backend: queue,
+//! limits, buffer pools, pipeline cache, command recorder and the first reported error.
+
+use std::sync::{Arc, Mutex};
+
+use deberta_core::Error;
+
+use crate::adapter::{AdapterChoice, AdapterSummary, instance, select};
+use crate::error::{ErrorLog, GpuError, device_error};
+use crate::pipelines::Pipelines;
+use crate::pool::{Pool, PooledBuffer};
+use crate::recorder::{ARENA_BYTES, Recorder};
+
+/// Buffer usages of every tensor.
+const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// One device and its shared state.
+#[derive(Debug)]
+pub(crate) struct Gpu {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) adapter: AdapterSummary,
+    pub(crate) limits: wgpu::Limits,
+    /// Tensors and indices.
+    pub(crate) pool: Arc<Pool>,
+    /// Host-mappable staging buffers for downloads.
+    pub(crate) readback: Pool,
+    pub(crate) pipelines: Pipelines,
+    pub(crate) recorder: Mutex<Recorder>,
+    /// Kernel parameters of the commands being recorded (dynamic uniform offsets).
+    pub(crate) arena: wgpu::Buffer,
+    /// Bytes between two parameter blocks in the arena.
+    pub(crate) slot: u64,
+    /// Bound where a kernel's optional read-only operand is absent.
+    pub(crate) absent_input: PooledBuffer,
+    /// Bound where a kernel's optional output is absent.
+    pub(crate) absent_output: PooledBuffer,
+    pub(crate) errors: ErrorLog,
+}
+
+impl Gpu {
+    /// Opens the adapter `choice` selects, with the best limits it offers.
+    pub(crate) fn open(choice: &AdapterChoice) -> Result<Self, GpuError> {
+        let instance = instance();
+        let adapter = select(&instance, choice)?;
+        let summary = crate::adapter::summary(&adapter);
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("deberta"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| GpuError::RequestDevice {
+            adapter: summary.name.clone(),
+            message: e.to_string(),
+        })?;
+        let errors = ErrorLog::default();
+        let log = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
+            log.record(error.to_string())
+        }));
+        let max_tensor = limits
+            .max_buffer_size
+            .min(limits.max_storage_buffer_binding_size);
+        let pool = Arc::new(Pool::new(device.clone(), TENSOR_USAGE, max_tensor));
+        let readback = Pool::new(
+            device.clone(),
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            limits.max_buffer_size,
+        );
+        let slot = u64::from(limits.min_uniform_buffer_offset_alignment).max(256);
+        let arena = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kernel parameters"),
+            size: ARENA_BYTES,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let placeholder = |pool: &Pool| {
+            pool.take(4).map_err(|e| GpuError::RequestDevice {
+                adapter: summary.name.clone(),
+                message: e.to_string(),
+            })
+        };
+        let absent_input = placeholder(&pool)?;
+        let absent_output = placeholder(&pool)?;
+        Ok(Gpu {
+            device,
+            queue,
+            adapter: summary,
+            limits,
+            pool,
+            readback,
+            pipelines: Pipelines::default(),
+            recorder: Mutex::new(Recorder::default()),
+            arena,
+            slot,
+            absent_input,
+            absent_output,
+            errors,
+        })
+    }
+
+    /// `Err` if the device has reported an error since it was opened.
+    pub(crate) fn check_errors(&self) -> Result<(), Error> {
+        match self.errors.first() {
+            Some(_) => Err(device_error(
+                "the GPU reported an error (WgpuBackend::device_error has its message)",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The workgroup grid for `groups` workgroups of a 1-D launch: `x` up to the per-dimension
+    /// limit, the rest in `y` (kernels linearise `wid.y · nwg.x + wid.x`).
+    pub(crate) fn grid(&self, groups: u64) -> Result<[u32; 3], Error> {
+        let max = u64::from(self.limits.max_compute_workgroups_per_dimension);
+        let x = groups.clamp(1, max);
+        let y = groups.div_ceil(x).max(1);
+        if y > max {
+            return Err(device_error("launch exceeds the device's workgroup grid"));
+        }
+        Ok([x as u32, y as u32, 1])
+    }
+}

@@ -1,0 +1,329 @@
+//! The registry of WGSL kernels: which shader file each lives in, its entry point, and the
+//! storage buffers it binds (binding 0 is always the shader's `Params` uniform; bindings 1.. are
+//! the storage buffers in the order listed here, which the WGSL declares with the same access).
+
+/// Threads per workgroup of the one-thread-per-element kernels.
+pub(crate) const ELEMENTWISE_WG: u32 = 256;
+/// Threads per workgroup of the one-workgroup-per-row reductions.
+pub(crate) const ROW_WG: u32 = 128;
+/// Rows and columns of C per tiled-matmul workgroup.
+pub(crate) const TILE_M: u32 = 64;
+/// Columns of C per tiled-matmul workgroup.
+pub(crate) const TILE_N: u32 = 64;
+/// Threads per side of a matmul workgroup (both kernels are `MATMUL_THREADS²` threads).
+pub(crate) const MATMUL_THREADS: u32 = 16;
+/// Elements each thread of `reduce_sum` adds before the tree.
+pub(crate) const SUM_ITEMS: u32 = 8;
+/// Rows per partial sum of the LayerNorm γ/β gradients (and of `sum_rows`).
+pub(crate) const PARAM_CHUNK_ROWS: u32 = 64;
+
+/// A WGSL source file (one kernel family).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Shader {
+    Elementwise,
+    Matmul,
+    LayerNorm,
+    Softmax,
+    RelativeScores,
+    Embedding,
+    Reduce,
+    Loss,
+    Optimizer,
+    Dropout,
+    Sampling,
+}
+
+impl Shader {
+    /// The WGSL text (the random-number kernels get `philox.wgsl` prepended).
+    pub(crate) const fn source(self) -> &'static str {
+        match self {
+            Shader::Elementwise => include_str!("shaders/elementwise.wgsl"),
+            Shader::Matmul => include_str!("shaders/matmul.wgsl"),
+            Shader::LayerNorm => include_str!("shaders/layer_norm.wgsl"),
+            Shader::Softmax => include_str!("shaders/softmax.wgsl"),
+            Shader::RelativeScores => include_str!("shaders/relative_scores.wgsl"),
+            Shader::Embedding => include_str!("shaders/embedding.wgsl"),
+            Shader::Reduce => include_str!("shaders/reduce.wgsl"),
+            Shader::Loss => include_str!("shaders/loss.wgsl"),
+            Shader::Optimizer => include_str!("shaders/optimizer.wgsl"),
+            Shader::Dropout => concat!(
+                include_str!("shaders/philox.wgsl"),
+                include_str!("shaders/dropout.wgsl")
+            ),
+            Shader::Sampling => concat!(
+                include_str!("shaders/philox.wgsl"),
+                include_str!("shaders/sampling.wgsl")
+            ),
+        }
+    }
+
+    /// Bytes of the shader's `Params` uniform.
+    pub(crate) const fn params_size(self) -> u64 {
+        use crate::params::*;
+        (match self {
+            Shader::Elementwise => size_of::<ElementwiseParams>(),
+            Shader::Matmul => size_of::<MatmulParams>(),
+            Shader::LayerNorm => size_of::<LayerNormParams>(),
+            Shader::Softmax => size_of::<SoftmaxParams>(),
+            Shader::RelativeScores => size_of::<RelativeParams>(),
+            Shader::Embedding => size_of::<EmbeddingParams>(),
+            Shader::Reduce => size_of::<ReduceParams>(),
+            Shader::Loss => size_of::<LossParams>(),
+            Shader::Optimizer => size_of::<AdamParams>(),
+            Shader::Dropout => size_of::<DropoutParams>(),
+            Shader::Sampling => size_of::<SamplingParams>(),
+        }) as u64
+    }
+}
+
+/// How a kernel binds a storage buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// `var<storage, read>`.
+    Read,
+    /// `var<storage, read_write>`.
+    ReadWrite,
+}
+
+use Access::{Read as R, ReadWrite as W};
+
+macro_rules! kernels {
+    ($($(#[$meta:meta])* $name:ident => $shader:ident, $entry:literal, [$($access:ident),*];)*) => {
+        /// One compute entry point.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub(crate) enum Kernel {
+            $($(#[$meta])* $name,)*
+        }
+
+        impl Kernel {
+            /// Every kernel.
+            #[cfg(test)]
+            pub(crate) const ALL: &'static [Kernel] = &[$(Kernel::$name,)*];
+
+            /// The shader file it lives in.
+            pub(crate) const fn shader(self) -> Shader {
+                match self { $(Kernel::$name => Shader::$shader,)* }
+            }
+
+            /// Its entry point.
+            pub(crate) const fn entry(self) -> &'static str {
+                match self { $(Kernel::$name => $entry,)* }
+            }
+
+            /// Its storage bindings 1.., in order.
+            pub(crate) const fn bindings(self) -> &'static [Access] {
+                match self { $(Kernel::$name => &[$($access),*],)* }
+            }
+        }
+    };
+}
+
+kernels! {
+    /// `dst = alpha`.
+    Fill => Elementwise, "fill", [W];
+    /// `dst += src0`.
+    AddAssign => Elementwise, "add_assign", [W, R];
+    /// `dst[r, c] += src0[c]`.
+    AddBias => Elementwise, "add_bias", [W, R];
+    /// `dst[r, c] *= src0[r]`.
+    ScaleRows => Elementwise, "scale_rows", [W, R];
+    /// `dst *= alpha`.
+    Scale => Elementwise, "scale", [W];
+    /// `dst = act(src0)`.
+    Activation => Elementwise, "activation", [W, R];
+    /// `dst (+)= src1 · act'(src0)`.
+    ActivationBackward => Elementwise, "activation_backward", [W, R, R];
+    /// `dst[b, i] = src0[b, row] + src0[b, i]`.
+    AddSequenceRow => Elementwise, "add_sequence_row", [W, R];
+    /// Backward of `AddSequenceRow`.
+    AddSequenceRowBackward => Elementwise, "add_sequence_row_backward", [W, R];
+    /// Workgroup-tiled matmul.
+    MatmulTiled => Matmul, "matmul_tiled", [W, R, R];
+    /// One-thread-per-output matmul.
+    MatmulSmall => Matmul, "matmul_small", [W, R, R];
+    /// LayerNorm forward: out, stats, x, γ, β.
+    LayerNorm => LayerNorm, "layer_norm", [W, W, R, R, R];
+    /// LayerNorm input gradient: dx, x, γ, stats, dout.
+    LayerNormBackward => LayerNorm, "layer_norm_backward", [W, R, R, R, R];
+    /// Per-chunk γ/β gradient partials: partials, x, stats, dout.
+    LayerNormParamPartials => LayerNorm, "layer_norm_param_partials", [W, R, R, R];
+    /// In-place masked softmax: scores, mask.
+    MaskedSoftmax => Softmax, "masked_softmax", [W, R];
+    /// In-place masked softmax backward: grad, mask, probs.
+    MaskedSoftmaxBackward => Softmax, "masked_softmax_backward", [W, R, R];
+    /// Gather-add of c2p/p2c: scores, c2p, p2c, index.
+    AddRelativeScores => RelativeScores, "add_relative_scores", [W, R, R, R];
+    /// Scatter of dscores into dc2p: dc2p, dscores, index.
+    RelativeBackwardC2p => RelativeScores, "relative_scores_backward_c2p", [W, R, R];
+    /// Scatter of dscores into dp2c: dp2c, dscores, index.
+    RelativeBackwardP2c => RelativeScores, "relative_scores_backward_p2c", [W, R, R];
+    /// Row gather: out, table, ids.
+    EmbeddingLookup => Embedding, "embedding_lookup", [W, R, R];
+    /// Row scatter-add: dtable, dout, ids.
+    EmbeddingBackward => Embedding, "embedding_backward", [W, R, R];
+    /// One stage of a sum: partials, input.
+    ReduceSum => Reduce, "reduce_sum", [W, R];
+    /// Column sums over row chunks: out, input.
+    SumColumns => Reduce, "sum_columns", [W, R];
+    /// losses, dlogits, logits, targets.
+    CrossEntropy => Loss, "cross_entropy", [W, W, R, R];
+    /// losses, dlogits, logits, labels, weights.
+    BceWithLogits => Loss, "bce_with_logits", [W, W, R, R, R];
+    /// param, m, v, grad, Σ squared norms.
+    AdamUpdate => Optimizer, "adam_update", [W, W, W, R, R];
+    /// In-place dropout.
+    Dropout => Dropout, "dropout", [W];
+    /// Sampled ids, logits.
+    SampleCategorical => Sampling, "sample_categorical", [W, R];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(shader: Shader) -> (naga::Module, naga::valid::ModuleInfo) {
+        let module = naga::front::wgsl::parse_str(shader.source())
+            .unwrap_or_else(|e| panic!("{shader:?}: {}", e.emit_to_string(shader.source())));
+        let info = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{shader:?}: {}", e.emit_to_string(shader.source())));
+        (module, info)
+    }
+
+    #[test]
+    fn rust_constants_are_the_wgsl_constants() {
+        let mirrored: &[(&str, u32, &[Shader])] = &[
+            (
+                "ELEMENTWISE_WG",
+                ELEMENTWISE_WG,
+                &[
+                    Shader::Elementwise,
+                    Shader::RelativeScores,
+                    Shader::Embedding,
+                    Shader::Loss,
+                    Shader::Optimizer,
+                    Shader::Dropout,
+                ],
+            ),
+            (
+                "ROW_WG",
+                ROW_WG,
+                &[
+                    Shader::LayerNorm,
+                    Shader::Softmax,
+                    Shader::Reduce,
+                    Shader::Loss,
+                ],
+            ),
+            ("TILE_M", TILE_M, &[Shader::Matmul]),
+            ("TILE_N", TILE_N, &[Shader::Matmul]),
+            ("MATMUL_THREADS", MATMUL_THREADS, &[Shader::Matmul]),
+            ("SUM_ITEMS", SUM_ITEMS, &[Shader::Reduce]),
+            ("PARAM_CHUNK_ROWS", PARAM_CHUNK_ROWS, &[Shader::LayerNorm]),
+        ];
+        for (name, value, shaders) in mirrored {
+            for shader in *shaders {
+                let line = format!("const {name}: u32 = {value}u;");
+                assert!(
+                    shader.source().contains(&line),
+                    "{shader:?} must declare `{line}`"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_shader_validates_and_binds_what_the_registry_says() {
+        for &kernel in Kernel::ALL {
+            let (module, info) = parse(kernel.shader());
+            let (index, _) = module
+                .entry_points
+                .iter()
+                .enumerate()
+                .find(|(_, ep)| ep.name == kernel.entry())
+                .unwrap_or_else(|| panic!("{kernel:?}: no entry point `{}`", kernel.entry()));
+            let uses = info.get_entry_point(index);
+            let mut bound: Vec<(u32, Option<Access>)> = module
+                .global_variables
+                .iter()
+                .filter(|(handle, _)| !uses[*handle].is_empty())
+                .filter_map(|(_, var)| {
+                    let binding = var.binding.as_ref()?;
+                    assert_eq!(binding.group, 0, "{kernel:?}");
+                    let access = match var.space {
+                        naga::AddressSpace::Uniform => None,
+                        naga::AddressSpace::Storage { access } => {
+                            Some(if access.contains(naga::StorageAccess::STORE) {
+                                Access::ReadWrite
+                            } else {
+                                Access::Read
+                            })
+                        }
+                        other => panic!("{kernel:?}: unexpected address space {other:?}"),
+                    };
+                    Some((binding.binding, access))
+                })
+                .collect();
+            bound.sort_by_key(|(binding, _)| *binding);
+            let expected: Vec<(u32, Option<Access>)> = std::iter::once((0, None))
+                .chain(
+                    kernel
+                        .bindings()
+                        .iter()
+                        .zip(1u32..)
+                        .map(|(a, b)| (b, Some(*a))),
+                )
+                .collect();
+            assert_eq!(bound, expected, "{kernel:?}");
+        }
+    }
+
+    #[test]
+    fn params_structs_mirror_the_wgsl_params() {
+        use crate::params::*;
+        fn check(shader: Shader, fields: Vec<(&str, usize)>, size: usize) {
+            let (module, _) = parse(shader);
+            let (_, ty) = module
+                .types
+                .iter()
+                .find(|(_, ty)| ty.name.as_deref() == Some("Params"))
+                .unwrap_or_else(|| panic!("{shader:?} has no `struct Params`"));
+            let naga::TypeInner::Struct { members, span } = &ty.inner else {
+                panic!("{shader:?}: Params is not a struct");
+            };
+            let wgsl: Vec<(&str, usize)> = members
+                .iter()
+                .map(|m| (m.name.as_deref().unwrap_or("?"), m.offset as usize))
+                .collect();
+            assert_eq!(wgsl, fields, "{shader:?}");
+            assert_eq!(*span as usize, size, "{shader:?}");
+            assert_eq!(shader.params_size() as usize, size);
+            assert_eq!(
+                size % 16,
+                0,
+                "{shader:?}: uniform blocks are 16-byte multiples"
+            );
+        }
+        macro_rules! mirror {
+            ($($ty:ty),*) => {
+                $(check(<$ty>::SHADER, <$ty>::fields(), size_of::<$ty>());)*
+            };
+        }
+        mirror!(
+            ElementwiseParams,
+            MatmulParams,
+            LayerNormParams,
+            SoftmaxParams,
+            RelativeParams,
+            EmbeddingParams,
+            ReduceParams,
+            LossParams,
+            AdamParams,
+            DropoutParams,
+            SamplingParams
+        );
+    }
+}

@@ -1,0 +1,88 @@
+//! The Adam/XAdam update, with the global-norm clipping coefficient computed on the device.
+
+use deberta_core::Error;
+use deberta_core::backend::Clip;
+use deberta_core::kernels::AdamSpec;
+
+use super::memory::alloc;
+use super::reduce::reduce_into;
+use super::{flag, require, word};
+use crate::device::Gpu;
+use crate::kernels::{ELEMENTWISE_WG, Kernel};
+use crate::params::AdamParams;
+use crate::tensor::GpuTensor;
+
+/// One update of `param` and its moments from `grad`.
+pub(crate) fn adam_update(
+    gpu: &Gpu,
+    param: &mut GpuTensor,
+    grad: &GpuTensor,
+    moments: (&mut GpuTensor, &mut GpuTensor),
+    spec: AdamSpec,
+    clip: Option<Clip<'_, GpuTensor>>,
+) -> Result<(), Error> {
+    let n = param.len();
+    let (m, v) = moments;
+    for (name, len) in [("grad", grad.len()), ("m", m.len()), ("v", v.len())] {
+        require("adam_update", name, n, len)?;
+    }
+    let buffers = [gpu.buf(param)?, gpu.buf(m)?, gpu.buf(v)?, gpu.buf(grad)?];
+    // Σ squared norms into a one-element scratch buffer, read by every thread of the update.
+    let squared: Option<GpuTensor> = match &clip {
+        Some(clip) => {
+            let scratch: GpuTensor = alloc(gpu, 1)?;
+            let norms = gpu.buf(clip.squared_norms)?;
+            reduce_into(
+                gpu,
+                norms,
+                clip.squared_norms.len(),
+                false,
+                gpu.buf(&scratch)?,
+                0,
+                1.0,
+            )?;
+            Some(scratch)
+        }
+        None => None,
+    };
+    if n == 0 {
+        return Ok(());
+    }
+    let squared_buffer = match &squared {
+        Some(s) => gpu.buf(s)?,
+        None => &gpu.absent_input,
+    };
+    let (bias_correction1, bias_correction2) = match spec.bias_correction_step {
+        // Exactly the CPU kernel's f32 arithmetic.
+        Some(step) => {
+            let t = step.max(1) as i32 as f32;
+            (
+                1.0 - libm::powf(spec.beta1, t),
+                1.0 - libm::powf(spec.beta2, t),
+            )
+        }
+        None => (1.0, 1.0),
+    };
+    let params = AdamParams {
+        n: word(n)?,
+        bias_corrected: flag(spec.bias_correction_step.is_some()),
+        has_clip: flag(clip.is_some()),
+        lr: spec.lr,
+        beta1: spec.beta1,
+        beta2: spec.beta2,
+        eps: spec.eps,
+        weight_decay: spec.weight_decay,
+        bias_correction1,
+        bias_correction2,
+        grad_scale: spec.grad_scale,
+        max_norm: clip.as_ref().map_or(0.0, |c| c.max_norm),
+        ..Default::default()
+    };
+    let [param, m, v, grad] = buffers;
+    gpu.dispatch(
+        Kernel::AdamUpdate,
+        &params,
+        &[param, m, v, grad, squared_buffer],
+        gpu.grid_for(n, ELEMENTWISE_WG)?,
+    )
+}

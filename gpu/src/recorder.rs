@@ -1,0 +1,145 @@
+//! Command recording: kernels are encoded into one command encoder and submitted together when
+//! a host transfer needs them done or the batch fills the parameter arena — never one
+//! submission (or wait) per kernel.
+//!
+//! Each dispatch's `Params` go into a host-side copy of the uniform arena at a fresh slot and
+//! are bound with a dynamic offset; the arena is written once, right before the submission that
+//! reads it. Bind groups are cached by kernel and buffer identity, so a training step that
+//! reuses its tensors creates none after the first.
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+
+use bytemuck::Pod;
+use deberta_core::Error;
+
+use crate::device::Gpu;
+use crate::error::device_error;
+use crate::kernels::Kernel;
+use crate::pool::PooledBuffer;
+
+/// Bytes of the uniform arena: the parameters of one submission.
+pub(crate) const ARENA_BYTES: u64 = 1 << 20;
+/// Cached bind groups beyond which the cache is cleared (buffers churned through the pool).
+const MAX_BIND_GROUPS: usize = 16_384;
+/// Most storage buffers a kernel binds.
+const MAX_BINDINGS: usize = 5;
+
+/// Identity of a bind group: the kernel and the ids of its storage buffers.
+type BindKey = (Kernel, [u64; MAX_BINDINGS]);
+
+/// The commands recorded since the last submission.
+#[derive(Debug, Default)]
+pub(crate) struct Recorder {
+    encoder: Option<wgpu::CommandEncoder>,
+    params: Vec<u8>,
+    bind_groups: HashMap<BindKey, wgpu::BindGroup>,
+}
+
+impl Gpu {
+    /// Records one dispatch of `kernel` over `groups` workgroups with `params` and its storage
+    /// `buffers` (in binding order).
+    pub(crate) fn dispatch<P: Pod>(
+        &self,
+        kernel: Kernel,
+        params: &P,
+        buffers: &[&PooledBuffer],
+        groups: [u32; 3],
+    ) -> Result<(), Error> {
+        debug_assert_eq!(buffers.len(), kernel.bindings().len(), "{kernel:?}");
+        debug_assert_eq!(size_of::<P>() as u64, kernel.shader().params_size());
+        let compiled = self.pipelines.get(&self.device, &self.errors, kernel)?;
+        let mut guard = self.lock_recorder()?;
+        let recorder = &mut *guard;
+        if recorder.params.len() as u64 + self.slot > ARENA_BYTES {
+            self.submit(recorder);
+        }
+        let offset = recorder.params.len();
+        recorder
+            .params
+            .extend_from_slice(bytemuck::bytes_of(params));
+        recorder.params.resize(offset + self.slot as usize, 0);
+        let mut key: BindKey = (kernel, [u64::MAX; MAX_BINDINGS]);
+        for (slot, buffer) in key.1.iter_mut().zip(buffers) {
+            *slot = buffer.id;
+        }
+        if recorder.bind_groups.len() >= MAX_BIND_GROUPS {
+            recorder.bind_groups.clear();
+        }
+        let bind_group = recorder.bind_groups.entry(key).or_insert_with(|| {
+            let params_binding = wgpu::BufferBinding {
+                buffer: &self.arena,
+                offset: 0,
+                size: NonZeroU64::new(kernel.shader().params_size()),
+            };
+            let entries: Vec<wgpu::BindGroupEntry<'_>> =
+                std::iter::once(wgpu::BindingResource::Buffer(params_binding))
+                    .chain(buffers.iter().map(|b| b.buffer.as_entire_binding()))
+                    .zip(0u32..)
+                    .map(|(resource, binding)| wgpu::BindGroupEntry { binding, resource })
+                    .collect();
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(kernel.entry()),
+                layout: &compiled.layout,
+                entries: &entries,
+            })
+        });
+        let encoder = recorder
+            .encoder
+            .get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(kernel.entry()),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&compiled.pipeline);
+        pass.set_bind_group(0, &*bind_group, &[offset as u32]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        Ok(())
+    }
+
+    /// Records a transfer command (clear, copy) in order with the kernels.
+    pub(crate) fn encode(
+        &self,
+        record: impl FnOnce(&mut wgpu::CommandEncoder),
+    ) -> Result<(), Error> {
+        let mut recorder = self.lock_recorder()?;
+        let encoder = recorder
+            .encoder
+            .get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
+        record(encoder);
+        Ok(())
+    }
+
+    /// Submits everything recorded so far (without waiting for it).
+    pub(crate) fn flush(&self) -> Result<(), Error> {
+        let mut recorder = self.lock_recorder()?;
+        self.submit(&mut recorder);
+        Ok(())
+    }
+
+    /// Drops every cached bind group (they keep their buffers alive).
+    pub(crate) fn forget_bind_groups(&self) -> Result<(), Error> {
+        self.lock_recorder()?.bind_groups.clear();
+        Ok(())
+    }
+
+    fn lock_recorder(&self) -> Result<std::sync::MutexGuard<'_, Recorder>, Error> {
+        self.recorder
+            .lock()
+            .map_err(|_| device_error("command recorder lock poisoned"))
+    }
+
+    fn submit(&self, recorder: &mut Recorder) {
+        if let Some(encoder) = recorder.encoder.take() {
+            if !recorder.params.is_empty() {
+                // Lands before the commands of this submission (wgpu orders it after the
+                // previous submissions that read the arena).
+                self.queue.write_buffer(&self.arena, 0, &recorder.params);
+            }
+            self.queue.submit([encoder.finish()]);
+            // Lets wgpu reclaim finished submissions; never blocks.
+            let _ = self.device.poll(wgpu::PollType::Poll);
+        }
+        recorder.params.clear();
+    }
+}

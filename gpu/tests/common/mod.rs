@@ -1,0 +1,110 @@
+//! Shared helpers of the wgpu test suites: the backend under test (or a loud skip), host
+//! round trips generic over the backend, deterministic test data and comparisons.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::Write;
+use std::sync::OnceLock;
+
+use deberta_core::Backend;
+use deberta_gpu::{AdapterChoice, WgpuBackend};
+
+/// The wgpu backend shared by every test of a binary, or `None` when this machine has no
+/// adapter. With `CI=true` a missing adapter fails the test instead; otherwise a notice goes to
+/// the terminal (bypassing the test harness's capture, so a skip is never silent).
+pub fn gpu() -> Option<&'static WgpuBackend> {
+    static GPU: OnceLock<Result<WgpuBackend, String>> = OnceLock::new();
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let backend = GPU.get_or_init(|| match WgpuBackend::new(AdapterChoice::default()) {
+        Ok(backend) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "deberta-gpu tests run on {}",
+                backend.adapter()
+            );
+            Ok(backend)
+        }
+        Err(error) => {
+            if !ci {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED: the wgpu tests found no GPU adapter (set CI=true to make this a \
+                     failure): {error}"
+                );
+            }
+            Err(error.to_string())
+        }
+    });
+    match backend {
+        Ok(backend) => Some(backend),
+        Err(message) if ci => {
+            panic!("CI=true requires a GPU adapter for the wgpu tests: {message}")
+        }
+        Err(_) => None,
+    }
+}
+
+/// Uploads `data`.
+pub fn up<B: Backend>(b: &B, data: &[f32]) -> B::Tensor {
+    b.upload(data).expect("upload")
+}
+
+/// Uploads indices.
+pub fn up_ids<B: Backend>(b: &B, data: &[u32]) -> B::Indices {
+    b.upload_indices(data).expect("upload_indices")
+}
+
+/// Downloads a whole tensor.
+pub fn down<B: Backend>(b: &B, t: &B::Tensor) -> Vec<f32> {
+    let mut out = vec![0.0; b.len(t)];
+    b.download(t, &mut out).expect("download");
+    out
+}
+
+/// `n` values uniform in `[-scale, scale)` from `seed` (xorshift; reproducible).
+pub fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Largest `|a − b|` (NaN on either side counts as infinite unless both are NaN).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            if x.is_nan() && y.is_nan() {
+                0.0
+            } else {
+                let d = (x - y).abs();
+                if d.is_nan() { f32::INFINITY } else { d }
+            }
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Panics with the worst element unless every `|cpu − gpu| ≤ tol`.
+pub fn assert_close(what: &str, cpu: &[f32], gpu: &[f32], tol: f32) {
+    let worst = max_abs_diff(cpu, gpu);
+    if worst > tol || worst.is_nan() {
+        let (i, _) = cpu
+            .iter()
+            .zip(gpu)
+            .enumerate()
+            .map(|(i, (x, y))| (i, (x - y).abs()))
+            .fold((0, -1.0f32), |acc, (i, d)| {
+                if d > acc.1 || d.is_nan() { (i, d) } else { acc }
+            });
+        panic!(
+            "{what}: max abs error {worst:e} > {tol:e} (element {i}: cpu {} gpu {})",
+            cpu[i], gpu[i]
+        );
+    }
+}

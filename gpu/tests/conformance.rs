@@ -1,0 +1,861 @@
+//! Backend conformance: every kernel of the `Backend` trait runs on `CpuBackend` (the oracle)
+//! and on `WgpuBackend` from one generic body, on proptest-chosen small shapes. Outputs agree
+//! within 1e-5 (matmul: 1e-5 relative to k·max|a|·max|b|; sums: relative to Σ|x|); dropout
+//! masks and sampled ids agree exactly; errors are the same values.
+
+mod common;
+
+use common::{assert_close, data, down, gpu, up, up_ids};
+use deberta_core::backend::{Clip, Conv1dGrads, Conv1dSpec, LayerNormGrads};
+use deberta_core::kernels::{
+    AdamSpec, LayerNormSpec, MatmulSpec, MatrixLayout, RelativeScoresSpec, SoftmaxSpec,
+};
+use deberta_core::random::RandomStream;
+use deberta_core::{Activation, Backend, CpuBackend, Error};
+use proptest::prelude::*;
+
+const TOL: f32 = 1e-5;
+
+/// Runs a generic check on both backends and compares every output with its tolerance.
+macro_rules! conform {
+    ($check:ident ( $($arg:expr),* ), $tol:expr) => {{
+        if let Some(gpu) = gpu() {
+            let cpu_out = $check(&CpuBackend::new(), $($arg),*);
+            let gpu_out = $check(gpu, $($arg),*);
+            assert_eq!(cpu_out.len(), gpu_out.len());
+            let tol: Vec<f32> = $tol;
+            for (i, (c, g)) in cpu_out.iter().zip(&gpu_out).enumerate() {
+                assert_close(
+                    &format!("{} output {i}", stringify!($check)),
+                    c,
+                    g,
+                    tol[i.min(tol.len() - 1)],
+                );
+            }
+        }
+    }};
+}
+
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+// ----- memory ----------------------------------------------------------------------------
+
+fn memory_ops<B: Backend>(b: &B, n: usize, seed: u64) -> Vec<Vec<f32>> {
+    let x = data(n, seed, 1.0);
+    let mut t = up(b, &x);
+    let z = b.zeros(n).unwrap();
+    let mut filled = b.zeros(n).unwrap();
+    b.fill(&mut filled, 0.25).unwrap();
+    let mut cleared = up(b, &x);
+    b.fill(&mut cleared, 0.0).unwrap();
+    if n > 2 {
+        b.write(&mut t, 1, &[7.0, 8.0]).unwrap();
+    }
+    let mut dst = b.zeros(n + 3).unwrap();
+    b.copy(&t, n / 2, &mut dst, 3, n - n / 2).unwrap();
+    let mut prefix = vec![0.0; n / 2];
+    b.download(&t, &mut prefix).unwrap();
+    let ids = up_ids(b, &[3, 1, 4, 1, 5]);
+    let mut back = [0u32; 3];
+    b.download_indices(&ids, &mut back).unwrap();
+    vec![
+        down(b, &t),
+        down(b, &z),
+        down(b, &filled),
+        down(b, &cleared),
+        down(b, &dst),
+        prefix,
+        back.iter().map(|&v| v as f32).collect(),
+        vec![b.len(&t) as f32],
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(8))]
+
+    #[test]
+    fn memory_operations_match_cpu(n in 0usize..50, seed in any::<u64>()) {
+        conform!(memory_ops(n, seed), vec![0.0]);
+    }
+}
+
+// ----- matmul ----------------------------------------------------------------------------
+
+/// A batched product with every layout feature: offsets, padded strides, transposes, two
+/// batch dimensions, α and β.
+#[derive(Debug, Clone)]
+struct MatmulCase {
+    batch: [usize; 2],
+    m: usize,
+    n: usize,
+    k: usize,
+    transpose_a: bool,
+    transpose_b: bool,
+    transpose_c: bool,
+    alpha: f32,
+    beta: f32,
+    seed: u64,
+}
+
+/// A layout of `rows × cols` matrices, one per batch entry, padded, after `offset` elements;
+/// and the buffer length it needs.
+fn layout(
+    batch: [usize; 2],
+    rows: usize,
+    cols: usize,
+    transpose: bool,
+    offset: usize,
+) -> (MatrixLayout, usize) {
+    let (outer, inner) = if transpose {
+        (cols, rows)
+    } else {
+        (rows, cols)
+    };
+    let lead = inner + 3;
+    let size = outer * lead;
+    let base = if transpose {
+        MatrixLayout::row_major(lead).transposed()
+    } else {
+        MatrixLayout::row_major(lead)
+    };
+    (
+        base.at(offset).batched(batch[1] * size, size),
+        offset + batch[0] * batch[1] * size,
+    )
+}
+
+fn matmul_case<B: Backend>(b: &B, case: &MatmulCase) -> Vec<Vec<f32>> {
+    let (la, na) = layout(case.batch, case.m, case.k, case.transpose_a, 2);
+    let (lb, nb) = layout(case.batch, case.k, case.n, case.transpose_b, 5);
+    let (lc, nc) = layout(case.batch, case.m, case.n, case.transpose_c, 1);
+    let spec = MatmulSpec {
+        batch: case.batch,
+        m: case.m,
+        n: case.n,
+        k: case.k,
+        a: la,
+        b: lb,
+        c: lc,
+        alpha: case.alpha,
+        beta: case.beta,
+    };
+    let a = up(b, &data(na, case.seed, 1.0));
+    let bb = up(b, &data(nb, case.seed + 1, 1.0));
+    let mut c = up(b, &data(nc, case.seed + 2, 1.0));
+    b.matmul(&a, &bb, &mut c, &spec).unwrap();
+    vec![down(b, &c)]
+}
+
+fn matmul_strategy() -> impl Strategy<Value = MatmulCase> {
+    (
+        (1usize..3, 1usize..3),
+        (1usize..70, 1usize..70, 0usize..40),
+        (any::<bool>(), any::<bool>(), any::<bool>()),
+        (
+            prop::sample::select(vec![1.0f32, 0.5, -2.0]),
+            prop::sample::select(vec![0.0f32, 1.0, 0.25]),
+        ),
+        any::<u64>(),
+    )
+        .prop_map(
+            |((b0, b1), (m, n, k), (ta, tb, tc), (alpha, beta), seed)| MatmulCase {
+                batch: [b0, b1],
+                m,
+                n,
+                k,
+                transpose_a: ta,
+                transpose_b: tb,
+                transpose_c: tc,
+                alpha,
+                beta,
+                seed,
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(config(64))]
+
+    #[test]
+    fn matmul_matches_cpu(case in matmul_strategy()) {
+        // Inputs are in [-1, 1]: k·max|a|·max|b| ≤ k, plus the β·C term.
+        let bound = case.k.max(1) as f32 * case.alpha.abs() + case.beta.abs();
+        conform!(matmul_case(&case), vec![TOL * bound]);
+    }
+}
+
+#[test]
+fn tiled_matmul_with_partial_tiles_matches_cpu_in_every_layout() {
+    for transposes in 0..8u32 {
+        let case = MatmulCase {
+            batch: [1, 2],
+            m: 97,
+            n: 130,
+            k: 37,
+            transpose_a: transposes & 1 != 0,
+            transpose_b: transposes & 2 != 0,
+            transpose_c: transposes & 4 != 0,
+            alpha: 0.5,
+            beta: 1.0,
+            seed: u64::from(transposes),
+        };
+        conform!(matmul_case(&case), vec![TOL * 37.0]);
+    }
+}
+
+/// Attention's layouts: per (batch, head) products reading and writing head slices of
+/// `[tokens, heads·d]` activations, and a C shared by every batch entry (accumulated in order).
+fn attention_layouts<B: Backend>(b: &B, seed: u64) -> Vec<Vec<f32>> {
+    let (batch, len, heads, d) = (2, 7, 3, 5);
+    let width = heads * d;
+    let q = up(b, &data(batch * len * width, seed, 1.0));
+    let k = up(b, &data(batch * len * width, seed + 1, 1.0));
+    let mut scores = b.zeros(batch * heads * len * len).unwrap();
+    b.matmul(
+        &q,
+        &k,
+        &mut scores,
+        &MatmulSpec {
+            batch: [batch, heads],
+            m: len,
+            n: len,
+            k: d,
+            a: MatrixLayout::row_major(width).batched(len * width, d),
+            b: MatrixLayout::row_major(width)
+                .transposed()
+                .batched(len * width, d),
+            c: MatrixLayout::row_major(len).batched(heads * len * len, len * len),
+            alpha: 0.5,
+            beta: 0.0,
+        },
+    )
+    .unwrap();
+    let mut context = b.zeros(batch * len * width).unwrap();
+    b.matmul(
+        &scores,
+        &k,
+        &mut context,
+        &MatmulSpec {
+            batch: [batch, heads],
+            m: len,
+            n: d,
+            k: len,
+            a: MatrixLayout::row_major(len).batched(heads * len * len, len * len),
+            b: MatrixLayout::row_major(width).batched(len * width, d),
+            c: MatrixLayout::row_major(width).batched(len * width, d),
+            alpha: 1.0,
+            beta: 0.0,
+        },
+    )
+    .unwrap();
+    // Σ over the batch into one [d, d] matrix: every entry writes the same C.
+    let mut shared = up(b, &data(d * d, seed + 2, 1.0));
+    b.matmul(
+        &q,
+        &k,
+        &mut shared,
+        &MatmulSpec {
+            batch: [batch, heads],
+            m: d,
+            n: d,
+            k: len,
+            a: MatrixLayout::row_major(width)
+                .transposed()
+                .batched(len * width, d),
+            b: MatrixLayout::row_major(width).batched(len * width, d),
+            c: MatrixLayout::row_major(d),
+            alpha: 1.0,
+            beta: 1.0,
+        },
+    )
+    .unwrap();
+    vec![down(b, &scores), down(b, &context), down(b, &shared)]
+}
+
+#[test]
+fn matmul_attention_layouts_and_shared_outputs_match_cpu() {
+    conform!(attention_layouts(7), vec![1e-4]);
+}
+
+fn conv1d_both<B: Backend>(b: &B, spec: Conv1dSpec, seed: u64) -> Vec<Vec<f32>> {
+    let cin_g = spec.in_channels / spec.groups;
+    let x = up(
+        b,
+        &data(spec.batch * spec.len * spec.in_channels, seed, 1.0),
+    );
+    let w = up(
+        b,
+        &data(spec.out_channels * cin_g * spec.kernel, seed + 1, 1.0),
+    );
+    let bias = up(b, &data(spec.out_channels, seed + 2, 1.0));
+    let mut out = b.zeros(spec.batch * spec.len * spec.out_channels).unwrap();
+    b.conv1d(&x, &w, &bias, &mut out, spec).unwrap();
+    let dout = up(
+        b,
+        &data(spec.batch * spec.len * spec.out_channels, seed + 3, 1.0),
+    );
+    let mut dx = b.zeros(b.len(&x)).unwrap();
+    let mut dw = b.zeros(b.len(&w)).unwrap();
+    let mut db = b.zeros(spec.out_channels).unwrap();
+    b.conv1d_backward(
+        &x,
+        &w,
+        &dout,
+        Conv1dGrads {
+            dinput: &mut dx,
+            dweight: &mut dw,
+            dbias: &mut db,
+        },
+        spec,
+    )
+    .unwrap();
+    vec![down(b, &out), down(b, &dx), down(b, &dw), down(b, &db)]
+}
+
+#[test]
+fn conv1d_and_backward_match_cpu() {
+    let spec = Conv1dSpec {
+        batch: 2,
+        len: 6,
+        in_channels: 4,
+        out_channels: 6,
+        kernel: 3,
+        groups: 2,
+    };
+    conform!(conv1d_both(spec, 3), vec![1e-4]);
+}
+
+// ----- element-wise ----------------------------------------------------------------------
+
+const ACTIVATIONS: [Activation; 7] = [
+    Activation::Gelu,
+    Activation::GeluTanh,
+    Activation::Relu,
+    Activation::Tanh,
+    Activation::Silu,
+    Activation::Sigmoid,
+    Activation::Identity,
+];
+
+fn elementwise<B: Backend>(b: &B, rows: usize, cols: usize, seed: u64) -> Vec<Vec<f32>> {
+    let n = rows * cols;
+    // A ragged tail beyond whole rows is left alone by the row kernels.
+    let x0 = data(n + 1, seed, 2.0);
+    let y = up(b, &data(n + 1, seed + 1, 2.0));
+    let bias = up(b, &data(cols, seed + 2, 1.0));
+    let scales = up(b, &data(rows + 1, seed + 3, 1.0));
+    let mut x = up(b, &x0);
+    b.add_assign(&mut x, &y).unwrap();
+    b.add_bias(&mut x, &bias, cols).unwrap();
+    b.scale_rows(&mut x, &scales, cols).unwrap();
+    b.scale(&mut x, -0.75).unwrap();
+    let mut outputs = vec![down(b, &x)];
+    let input = up(b, &data(n, seed + 4, 6.0));
+    let dout = up(b, &data(n, seed + 5, 1.0));
+    for act in ACTIVATIONS {
+        let mut out = b.zeros(n).unwrap();
+        b.activation(act, &input, &mut out).unwrap();
+        let mut dx = up(b, &data(n, seed + 6, 1.0));
+        b.activation_backward(act, &input, &dout, &mut dx, true)
+            .unwrap();
+        let mut dx_written = b.zeros(n).unwrap();
+        b.activation_backward(act, &input, &dout, &mut dx_written, false)
+            .unwrap();
+        outputs.extend([down(b, &out), down(b, &dx), down(b, &dx_written)]);
+    }
+    outputs
+}
+
+fn sequence_rows<B: Backend>(b: &B, shape: [usize; 3], row: usize, seed: u64) -> Vec<Vec<f32>> {
+    let n = shape.iter().product();
+    let x = up(b, &data(n, seed, 1.0));
+    let mut out = b.zeros(n).unwrap();
+    b.add_sequence_row(&x, &mut out, shape[0], shape[1], shape[2], row)
+        .unwrap();
+    let mut dx = up(b, &data(n, seed + 1, 1.0));
+    b.add_sequence_row_backward(&x, &mut dx, shape, row, true)
+        .unwrap();
+    let mut dx_written = b.zeros(n).unwrap();
+    b.add_sequence_row_backward(&x, &mut dx_written, shape, row, false)
+        .unwrap();
+    vec![down(b, &out), down(b, &dx), down(b, &dx_written)]
+}
+
+fn column_sums<B: Backend>(b: &B, rows: usize, cols: usize, seed: u64) -> Vec<Vec<f32>> {
+    let x = up(b, &data(rows * cols, seed, 1.0));
+    let mut acc = up(b, &data(cols + 2, seed + 1, 1.0));
+    b.sum_rows(&x, &mut acc, cols, true).unwrap();
+    let mut written = up(b, &data(cols, seed + 2, 1.0));
+    b.sum_rows(&x, &mut written, cols, false).unwrap();
+    vec![down(b, &acc), down(b, &written)]
+}
+
+proptest! {
+    #![proptest_config(config(32))]
+
+    #[test]
+    fn elementwise_kernels_match_cpu(rows in 0usize..9, cols in 1usize..40, seed in any::<u64>()) {
+        conform!(elementwise(rows, cols, seed), vec![TOL]);
+    }
+
+    #[test]
+    fn sequence_row_broadcast_and_backward_match_cpu(
+        batch in 1usize..4, len in 1usize..9, dim in 1usize..12, row in 0usize..9, seed in any::<u64>(),
+    ) {
+        let row = row % len;
+        conform!(sequence_rows([batch, len, dim], row, seed), vec![TOL]);
+    }
+
+    #[test]
+    fn sum_rows_matches_cpu(rows in 0usize..200, cols in 1usize..20, seed in any::<u64>()) {
+        conform!(column_sums(rows, cols, seed), vec![TOL * (1.0 + rows as f32).sqrt() * 4.0]);
+    }
+}
+
+// ----- normalisation and attention ---------------------------------------------------------
+
+fn layer_norms<B: Backend>(b: &B, rows: usize, cols: usize, seed: u64) -> Vec<Vec<f32>> {
+    let spec = LayerNormSpec {
+        rows,
+        cols,
+        eps: 1e-7,
+    };
+    let n = rows * cols;
+    let x = up(b, &data(n, seed, 2.0));
+    let gamma = up(b, &data(cols, seed + 1, 1.0));
+    let beta = up(b, &data(cols, seed + 2, 1.0));
+    let mut out = b.zeros(n).unwrap();
+    let mut stats = b.zeros(2 * rows).unwrap();
+    b.layer_norm(&x, &gamma, &beta, &mut out, Some(&mut stats), spec)
+        .unwrap();
+    let mut out_no_stats = b.zeros(n).unwrap();
+    b.layer_norm(&x, &gamma, &beta, &mut out_no_stats, None, spec)
+        .unwrap();
+    let dout = up(b, &data(n, seed + 3, 1.0));
+    let mut dx = up(b, &data(n, seed + 4, 1.0));
+    let mut dgamma = up(b, &data(cols, seed + 5, 1.0));
+    let mut dbeta = up(b, &data(cols, seed + 6, 1.0));
+    b.layer_norm_backward(
+        &x,
+        &gamma,
+        &stats,
+        &dout,
+        LayerNormGrads {
+            dx: &mut dx,
+            dgamma: &mut dgamma,
+            dbeta: &mut dbeta,
+            accumulate_dx: true,
+        },
+        spec,
+    )
+    .unwrap();
+    let mut dx_written = b.zeros(n).unwrap();
+    b.layer_norm_backward(
+        &x,
+        &gamma,
+        &stats,
+        &dout,
+        LayerNormGrads {
+            dx: &mut dx_written,
+            dgamma: &mut dgamma,
+            dbeta: &mut dbeta,
+            accumulate_dx: false,
+        },
+        spec,
+    )
+    .unwrap();
+    vec![
+        down(b, &out),
+        down(b, &stats),
+        down(b, &out_no_stats),
+        down(b, &dx),
+        down(b, &dx_written),
+        down(b, &dgamma),
+        down(b, &dbeta),
+    ]
+}
+
+fn softmaxes<B: Backend>(b: &B, spec: SoftmaxSpec, mask: &[f32], seed: u64) -> Vec<Vec<f32>> {
+    let n = spec.batch * spec.heads * spec.len * spec.len;
+    let mask = up(b, mask);
+    let mut probs = up(b, &data(n, seed, 8.0));
+    b.masked_softmax(&mut probs, &mask, spec).unwrap();
+    let mut grad = up(b, &data(n, seed + 1, 1.0));
+    b.masked_softmax_backward(&probs, &mut grad, &mask, spec)
+        .unwrap();
+    vec![down(b, &probs), down(b, &grad)]
+}
+
+fn relative<B: Backend>(
+    b: &B,
+    spec: RelativeScoresSpec,
+    index: &[u32],
+    seed: u64,
+) -> Vec<Vec<f32>> {
+    let n = spec.batch * spec.heads * spec.len * spec.len;
+    let table = spec.batch * spec.heads * spec.len * spec.rows;
+    let index = up_ids(b, index);
+    let c2p = up(b, &data(table, seed, 1.0));
+    let p2c = up(b, &data(table, seed + 1, 1.0));
+    let mut outputs = Vec::new();
+    for (use_c2p, use_p2c) in [(true, true), (true, false), (false, true)] {
+        let mut scores = up(b, &data(n, seed + 2, 1.0));
+        b.add_relative_scores(
+            &mut scores,
+            use_c2p.then_some(&c2p),
+            use_p2c.then_some(&p2c),
+            &index,
+            spec,
+        )
+        .unwrap();
+        outputs.push(down(b, &scores));
+    }
+    let dscores = up(b, &data(n, seed + 3, 1.0));
+    let mut dc2p = up(b, &data(table, seed + 4, 1.0));
+    let mut dp2c = up(b, &data(table, seed + 5, 1.0));
+    b.relative_scores_backward(&dscores, &index, Some(&mut dc2p), Some(&mut dp2c), spec)
+        .unwrap();
+    let mut dc2p_only = b.zeros(table).unwrap();
+    b.relative_scores_backward(&dscores, &index, Some(&mut dc2p_only), None, spec)
+        .unwrap();
+    outputs.extend([down(b, &dc2p), down(b, &dp2c), down(b, &dc2p_only)]);
+    outputs
+}
+
+proptest! {
+    #![proptest_config(config(32))]
+
+    #[test]
+    fn layer_norm_and_backward_match_cpu(rows in 0usize..12, cols in 2usize..300, seed in any::<u64>()) {
+        conform!(layer_norms(rows, cols, seed), vec![TOL * 4.0]);
+    }
+
+    #[test]
+    fn masked_softmax_and_backward_match_cpu(
+        batch in 1usize..3, heads in 1usize..3, len in 1usize..20, mask_bits in any::<u32>(), seed in any::<u64>(),
+    ) {
+        let mask: Vec<f32> = (0..batch * len).map(|i| ((mask_bits >> (i % 32)) & 1) as f32).collect();
+        conform!(softmaxes(SoftmaxSpec { batch, heads, len }, &mask, seed), vec![TOL]);
+    }
+
+    #[test]
+    fn relative_scores_and_scatter_match_cpu(
+        batch in 1usize..3, heads in 1usize..3, len in 1usize..12, span in 1usize..6, seed in any::<u64>(),
+    ) {
+        // idx[i, j] = clamp(i − j, −span, span) + span over a window of 2·span + 1 rows: several
+        // keys share a row, as with log buckets.
+        let rows = 2 * span + 1;
+        let index: Vec<u32> = (0..len * len)
+            .map(|k| (((k / len) as i64 - (k % len) as i64).clamp(-(span as i64), span as i64) + span as i64) as u32)
+            .collect();
+        let spec = RelativeScoresSpec { batch, heads, len, rows, scale: 1.7 };
+        conform!(relative(spec, &index, seed), vec![TOL]);
+    }
+}
+
+// ----- embeddings ----------------------------------------------------------------------------
+
+fn embeddings<B: Backend>(
+    b: &B,
+    ids: &[u32],
+    rows: usize,
+    dim: usize,
+    skip: Option<u32>,
+    seed: u64,
+) -> Vec<Vec<f32>> {
+    let table = up(b, &data(rows * dim, seed, 1.0));
+    let ids_t = up_ids(b, ids);
+    let mut out = up(b, &data(ids.len() * dim, seed + 1, 1.0));
+    b.embedding_lookup(&table, &ids_t, &mut out, dim, true)
+        .unwrap();
+    let mut written = b.zeros(ids.len() * dim).unwrap();
+    b.embedding_lookup(&table, &ids_t, &mut written, dim, false)
+        .unwrap();
+    let dout = up(b, &data(ids.len() * dim, seed + 2, 1.0));
+    let mut dtable = up(b, &data(rows * dim, seed + 3, 1.0));
+    b.embedding_backward(&ids_t, &dout, &mut dtable, dim, skip)
+        .unwrap();
+    vec![down(b, &out), down(b, &written), down(b, &dtable)]
+}
+
+proptest! {
+    #![proptest_config(config(32))]
+
+    #[test]
+    fn embedding_lookup_and_scatter_match_cpu_bit_for_bit(
+        rows in 1usize..9, dim in 1usize..80, picks in prop::collection::vec(any::<u32>(), 0..40),
+        skip in prop::option::of(0u32..4), seed in any::<u64>(),
+    ) {
+        let ids: Vec<u32> = picks.iter().map(|p| p % rows as u32).collect();
+        // Gathers copy and scatters add in the CPU's order: exactly equal.
+        conform!(embeddings(&ids, rows, dim, skip, seed), vec![0.0]);
+    }
+}
+
+// ----- losses, sums, sampling, dropout, optimizer ----------------------------------------------
+
+fn losses<B: Backend>(b: &B, rows: usize, vocab: usize, seed: u64) -> Vec<Vec<f32>> {
+    let logits = up(b, &data(rows * vocab, seed, 6.0));
+    let targets: Vec<u32> = data(rows, seed + 1, 1.0)
+        .iter()
+        .map(|v| ((v.abs() * vocab as f32) as u32).min(vocab as u32 - 1))
+        .collect();
+    let targets = up_ids(b, &targets);
+    let mut ce = b.zeros(rows).unwrap();
+    let mut dlogits = b.zeros(rows * vocab).unwrap();
+    b.cross_entropy(&logits, &targets, &mut ce, &mut dlogits, vocab, 0.3)
+        .unwrap();
+    let n = rows * vocab;
+    let labels: Vec<f32> = data(n, seed + 2, 1.0)
+        .iter()
+        .map(|v| f32::from(*v > 0.0))
+        .collect();
+    let weights: Vec<f32> = data(n, seed + 3, 1.0).iter().map(|v| v.abs()).collect();
+    let (labels, weights) = (up(b, &labels), up(b, &weights));
+    let mut bce = b.zeros(n).unwrap();
+    let mut dbce = b.zeros(n).unwrap();
+    b.bce_with_logits(&logits, &labels, &weights, &mut bce, &mut dbce, 1.5)
+        .unwrap();
+    vec![
+        down(b, &ce),
+        down(b, &dlogits),
+        down(b, &bce),
+        down(b, &dbce),
+    ]
+}
+
+fn sums<B: Backend>(b: &B, n: usize, seed: u64) -> Vec<Vec<f32>> {
+    let x = up(b, &data(n, seed, 1.0));
+    let mut out = b.zeros(3).unwrap();
+    b.sum(&x, &mut out, 1, 0.5).unwrap();
+    b.sum_of_squares(&x, &mut out, 2).unwrap();
+    vec![down(b, &out)]
+}
+
+fn dropouts<B: Backend>(b: &B, n: usize, p: f32, stream: RandomStream) -> Vec<Vec<f32>> {
+    let mut x = up(b, &data(n, stream.seed, 1.0));
+    b.dropout(&mut x, p, stream).unwrap();
+    vec![down(b, &x)]
+}
+
+fn samples<B: Backend>(
+    b: &B,
+    rows: usize,
+    vocab: usize,
+    scale: f32,
+    stream: RandomStream,
+) -> Vec<Vec<f32>> {
+    let logits = up(b, &data(rows * vocab, stream.seed, scale));
+    let mut out = up_ids(b, &vec![u32::MAX; rows]);
+    b.sample_categorical(&logits, vocab, stream, &mut out)
+        .unwrap();
+    let mut ids = vec![0u32; rows];
+    b.download_indices(&out, &mut ids).unwrap();
+    vec![ids.iter().map(|&v| v as f32).collect()]
+}
+
+fn adams<B: Backend>(
+    b: &B,
+    n: usize,
+    step: Option<u64>,
+    clip: Option<f32>,
+    seed: u64,
+) -> Vec<Vec<f32>> {
+    let mut param = up(b, &data(n, seed, 1.0));
+    let grad = up(b, &data(n, seed + 1, 2.0));
+    let mut m = up(b, &data(n, seed + 2, 0.1));
+    let v_host: Vec<f32> = data(n, seed + 3, 0.1).iter().map(|v| v.abs()).collect();
+    let mut v = up(b, &v_host);
+    let norms = up(b, &[0.5, 2.0, 1.25]);
+    let spec = AdamSpec {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-6,
+        weight_decay: 0.01,
+        bias_correction_step: step,
+        grad_scale: 0.5,
+    };
+    let clip = clip.map(|max_norm| Clip {
+        squared_norms: &norms,
+        max_norm,
+    });
+    b.adam_update(&mut param, &grad, (&mut m, &mut v), spec, clip)
+        .unwrap();
+    vec![down(b, &param), down(b, &m), down(b, &v)]
+}
+
+fn stream_strategy() -> impl Strategy<Value = RandomStream> {
+    (any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(seed, step, stream)| RandomStream {
+        seed,
+        step,
+        stream,
+    })
+}
+
+proptest! {
+    #![proptest_config(config(32))]
+
+    #[test]
+    fn losses_match_cpu(rows in 1usize..6, vocab in 1usize..300, seed in any::<u64>()) {
+        conform!(losses(rows, vocab, seed), vec![TOL]);
+    }
+
+    #[test]
+    fn sums_match_cpu(n in 0usize..3000, seed in any::<u64>()) {
+        conform!(sums(n, seed), vec![TOL * (1.0 + n as f32 / 100.0)]);
+    }
+
+    #[test]
+    fn dropout_masks_are_identical(n in 0usize..2000, p in 0.0f32..0.9, stream in stream_strategy()) {
+        conform!(dropouts(n, p, stream), vec![0.0]);
+    }
+
+    #[test]
+    fn sampled_ids_are_identical(
+        rows in 1usize..40, vocab in 1usize..200, scale in 0.1f32..20.0, stream in stream_strategy(),
+    ) {
+        conform!(samples(rows, vocab, scale, stream), vec![0.0]);
+    }
+
+    #[test]
+    fn adam_and_adamw_match_cpu(
+        n in 1usize..600, step in prop::option::of(1u64..1000), clip in prop::option::of(0.1f32..3.0), seed in any::<u64>(),
+    ) {
+        conform!(adams(n, step, clip, seed), vec![TOL]);
+    }
+}
+
+#[test]
+fn sampling_draws_the_cpu_ids_over_many_rows_and_extreme_logits() {
+    let stream = RandomStream {
+        seed: 0x0123_4567_89ab_cdef,
+        step: 17,
+        stream: 3,
+    };
+    // Logits spanning exp's whole range (including underflow to 0) and a large vocabulary.
+    conform!(samples(300, 700, 60.0, stream), vec![0.0]);
+}
+
+/// Two-token rows `[0, z]` whose second logit sits within ±20 ulps of the value where the draw
+/// `uniform(row)` switches from id 0 to id 1: the picks agree only if both backends evaluate
+/// `exp` and the sums to the same bits (a 1-ulp `exp` differs on ~4% of these rows).
+fn boundary_samples<B: Backend>(b: &B, rows: usize, stream: RandomStream) -> Vec<Vec<f32>> {
+    let mut logits = Vec::with_capacity(2 * rows);
+    for r in 0..rows {
+        let u = f64::from(stream.uniform(r as u64)).clamp(1e-3, 1.0 - 1e-3);
+        let z0 = (1.0 / u - 1.0).ln() as f32;
+        let steps = (r % 41) as i32 - 20;
+        let z = f32::from_bits(z0.to_bits().wrapping_add_signed(if z0 >= 0.0 {
+            steps
+        } else {
+            -steps
+        }));
+        logits.extend([0.0, z]);
+    }
+    let logits = up(b, &logits);
+    let mut out = up_ids(b, &vec![u32::MAX; rows]);
+    b.sample_categorical(&logits, 2, stream, &mut out).unwrap();
+    let mut ids = vec![0u32; rows];
+    b.download_indices(&out, &mut ids).unwrap();
+    vec![ids.iter().map(|&v| v as f32).collect()]
+}
+
+#[test]
+fn sampling_is_exact_at_decision_boundaries() {
+    let stream = RandomStream {
+        seed: 9,
+        step: 1,
+        stream: 2,
+    };
+    conform!(boundary_samples(4000, stream), vec![0.0]);
+}
+
+// ----- errors and bookkeeping -------------------------------------------------------------------
+
+fn short_buffer_errors<B: Backend>(b: &B) -> Vec<Error> {
+    let a = up(b, &[0.0; 5]);
+    let bb = up(b, &[0.0; 6]);
+    let mut c = b.zeros(4).unwrap();
+    let mut out = b.zeros(2).unwrap();
+    let ids = up_ids(b, &[0, 1, 2]);
+    let mut small = b.zeros(3).unwrap();
+    vec![
+        b.matmul(&a, &bb, &mut c, &MatmulSpec::dense(2, 2, 3))
+            .unwrap_err(),
+        b.add_bias(&mut c, &a, 6).unwrap_err(),
+        b.write(&mut c, 3, &[1.0, 2.0]).unwrap_err(),
+        b.download(&c, &mut [0.0; 5]).unwrap_err(),
+        b.sum(&a, &mut out, 2, 1.0).unwrap_err(),
+        b.embedding_lookup(&a, &ids, &mut small, 2, false)
+            .unwrap_err(),
+        b.layer_norm(
+            &a,
+            &a,
+            &a,
+            &mut small,
+            None,
+            LayerNormSpec {
+                rows: 2,
+                cols: 2,
+                eps: 1e-5,
+            },
+        )
+        .unwrap_err(),
+        b.add_sequence_row(&bb, &mut c, 1, 2, 2, 2).unwrap_err(),
+        b.sample_categorical(
+            &a,
+            0,
+            RandomStream {
+                seed: 1,
+                step: 0,
+                stream: 0,
+            },
+            &mut up_ids(b, &[0]),
+        )
+        .unwrap_err(),
+    ]
+}
+
+#[test]
+fn shape_errors_are_the_cpu_errors() {
+    if let Some(gpu) = gpu() {
+        assert_eq!(
+            short_buffer_errors(&CpuBackend::new()),
+            short_buffer_errors(gpu)
+        );
+    }
+}
+
+#[test]
+fn kernels_are_deterministic_run_to_run() {
+    if let Some(gpu) = gpu() {
+        let run = || {
+            let mut out = layer_norms(gpu, 70, 33, 5);
+            out.extend(relative(
+                gpu,
+                RelativeScoresSpec {
+                    batch: 2,
+                    heads: 2,
+                    len: 9,
+                    rows: 7,
+                    scale: 2.0,
+                },
+                &vec![3; 81],
+                6,
+            ));
+            out.extend(sums(gpu, 5000, 8));
+            out.into_iter()
+                .flatten()
+                .map(f32::to_bits)
+                .collect::<Vec<u32>>()
+        };
+        assert_eq!(run(), run());
+    }
+}
