@@ -96,7 +96,6 @@ fn write_discriminator(dir: &Path, cfg: &ModelConfig, seed: u64, scale: f32) {
                 Init::Zeros => 0.02 * scale * noise.normal(i as u64),
                 Init::Ones => 1.0 + 0.1 * noise.normal(i as u64),
                 Init::Constant(c) => c + 0.02 * scale * noise.normal(i as u64),
-
             })
             .collect();
         tensors.insert(
