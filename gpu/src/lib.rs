@@ -49,3 +49,5 @@ pub use adapter::{AdapterChoice, AdapterSummary, list_adapters};
 pub use backend::WgpuBackend;
 pub use error::GpuError;
 pub use tensor::{DeviceBuffer, GpuIndices, GpuTensor};
+/// The kind of an adapter (discrete, integrated, virtual, CPU, other), as wgpu reports it.
+pub use wgpu::DeviceType;

@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+use deberta_core::Backend;
 use deberta_core::model::{HostBatch, MlmLayout};
 use deberta_core::train::{MlmTargets, PairBatch, RtdPair, Sharing, Workspace, mlm_step};
-use deberta_core::{Backend, CpuBackend};
 
 use crate::checkpoint::{TensorMap, read_tensor_file};
 use crate::error::{Error, Result};
@@ -72,7 +72,11 @@ fn int_matrices<const N: usize>(
 
 /// `d(mlm_loss)/d(param)` of a Hugging Face MLM model on `input_ids`/`attention_mask` with
 /// `labels` (−100 = ignore): every parameter under its HF name, plus `mlm_loss` `[1]`.
-pub fn mlm_gradients(model_dir: &Path, inputs: &Path) -> Result<TensorMap> {
+pub fn mlm_gradients<B: Backend>(
+    backend: &B,
+    model_dir: &Path,
+    inputs: &Path,
+) -> Result<TensorMap> {
     let loaded = load_model_dir(model_dir)?;
     for warning in &loaded.warnings {
         eprintln!("warning: {warning}");
@@ -86,8 +90,7 @@ pub fn mlm_gradients(model_dir: &Path, inputs: &Path) -> Result<TensorMap> {
     let tensors = read_tensor_file(inputs)?;
     let ([ids, mask, labels], batch, len) =
         int_matrices(&tensors, ["input_ids", "attention_mask", "labels"], inputs)?;
-    let backend = CpuBackend::new();
-    let params = loaded.upload(&backend)?;
+    let params = loaded.upload(backend)?;
     let host = HostBatch {
         input_ids: &ids,
         attention_mask: &mask,
@@ -96,17 +99,17 @@ pub fn mlm_gradients(model_dir: &Path, inputs: &Path) -> Result<TensorMap> {
         len,
     };
     let model_err = |what: &'static str| move |e| Error::model(what, e);
-    let device = deberta_core::model::DeviceBatch::upload(&backend, loaded.config(), &host)
+    let device = deberta_core::model::DeviceBatch::upload(backend, loaded.config(), &host)
         .map_err(model_err("invalid input"))?;
-    let targets = MlmTargets::from_labels(&backend, &labels, loaded.config().vocab_size)
+    let targets = MlmTargets::from_labels(backend, &labels, loaded.config().vocab_size)
         .map_err(model_err("invalid labels"))?;
     let mut grads = loaded
         .layout
-        .zeros(&backend)
+        .zeros(backend)
         .map_err(model_err("allocating gradients"))?;
     let loss = mlm_step(
         &loaded.model,
-        &backend,
+        backend,
         &params,
         &mut grads,
         &device,
@@ -122,7 +125,7 @@ pub fn mlm_gradients(model_dir: &Path, inputs: &Path) -> Result<TensorMap> {
     for (id, spec) in loaded.layout.iter() {
         out.insert(
             spec.name.clone(),
-            fetch(&backend, grads.get(id), spec.shape.clone())?,
+            fetch(backend, grads.get(id), spec.shape.clone())?,
         );
     }
     out.insert("mlm_loss".into(), HostTensor::float(vec![1], vec![loss]));
@@ -149,7 +152,7 @@ pub struct StepRequest {
 
 /// One joint forward + backward of the pair: `loss_mlm`, `loss_rtd`, `loss_total`,
 /// `rtd_logits` and `grad.<name>` for every trainable parameter (all float32).
-pub fn pair_gradients(request: &StepRequest) -> Result<TensorMap> {
+pub fn pair_gradients<B: Backend>(backend: &B, request: &StepRequest) -> Result<TensorMap> {
     let mut tensors = TensorMap::new();
     for file in &request.weights {
         tensors.extend(read_tensor_file(file)?);
@@ -201,7 +204,6 @@ pub fn pair_gradients(request: &StepRequest) -> Result<TensorMap> {
         ],
         &request.batch,
     )?;
-    let backend = CpuBackend::new();
     let model_err = |what: &'static str| move |e| Error::model(what, e);
     let params = pair
         .layout
@@ -214,16 +216,16 @@ pub fn pair_gradients(request: &StepRequest) -> Result<TensorMap> {
         batch,
         len,
     };
-    let device = PairBatch::upload(&backend, &pair, &host, &corrupted, &labels)
+    let device = PairBatch::upload(backend, &pair, &host, &corrupted, &labels)
         .map_err(model_err("invalid batch"))?;
     let mut grads = pair
         .layout
-        .zeros(&backend)
+        .zeros(backend)
         .map_err(model_err("allocating gradients"))?;
     let mut logits = vec![0.0f32; batch * len];
     let losses = pair
         .joint_gradient(
-            &backend,
+            backend,
             &params,
             &mut grads,
             &device,
@@ -247,7 +249,7 @@ pub fn pair_gradients(request: &StepRequest) -> Result<TensorMap> {
     for (id, spec) in pair.layout.iter() {
         out.insert(
             format!("grad.{}", spec.name),
-            fetch(&backend, grads.get(id), spec.shape.clone())?,
+            fetch(backend, grads.get(id), spec.shape.clone())?,
         );
     }
     debug_assert!(out.values().all(|t| matches!(t.data, TensorData::Float(_))));

@@ -20,20 +20,20 @@ pub fn fetch<B: Backend>(backend: &B, tensor: &B::Tensor, shape: Vec<usize>) -> 
 
 /// A loaded model on a backend, with its weight-only constants (the normalised relative table
 /// and every layer's position projections) computed once.
-pub struct Session<'m, B: Backend> {
-    backend: B,
+pub struct Session<'m, 'b, B: Backend> {
+    backend: &'b B,
     loaded: &'m LoadedModel,
     params: deberta_core::model::ParamStore<B::Tensor>,
     relative: Option<deberta_core::model::encoder::RelativeEmbeddings<B::Tensor>>,
 }
 
-impl<'m, B: Backend> Session<'m, B> {
+impl<'m, 'b, B: Backend> Session<'m, 'b, B> {
     /// Uploads the weights and precomputes the position projections.
-    pub fn new(backend: B, loaded: &'m LoadedModel) -> Result<Self> {
-        let params = loaded.upload(&backend)?;
+    pub fn new(backend: &'b B, loaded: &'m LoadedModel) -> Result<Self> {
+        let params = loaded.upload(backend)?;
         let relative = loaded
             .model
-            .relative_embeddings(&backend, &params, None, None)
+            .relative_embeddings(backend, &params, None, None)
             .map_err(|e| Error::model("projecting the relative embeddings", e))?;
         Ok(Session {
             backend,
@@ -46,14 +46,14 @@ impl<'m, B: Backend> Session<'m, B> {
     /// Validates and uploads a batch, then runs the forward pass.
     pub fn run(&self, host: &HostBatch<'_>) -> Result<(DeviceBatch<B>, Activations<B::Tensor>)> {
         let model = &self.loaded.model;
-        let batch = DeviceBatch::upload(&self.backend, &model.config, host)
+        let batch = DeviceBatch::upload(self.backend, &model.config, host)
             .map_err(|e| Error::model("invalid input", e))?;
         let mut acts = model
-            .activations(&self.backend, &batch, None, false)
+            .activations(self.backend, &batch, None, false)
             .map_err(|e| Error::model("allocating activations", e))?;
         model
             .forward(
-                &self.backend,
+                self.backend,
                 &self.params,
                 self.relative.as_ref(),
                 &batch,
@@ -71,7 +71,7 @@ impl<'m, B: Backend> Session<'m, B> {
         let (batch, acts) = self.run(host)?;
         let cfg = &self.loaded.model.config;
         let (b, s, h) = (batch.batch, batch.len, cfg.hidden_size);
-        let backend = &self.backend;
+        let backend = self.backend;
         let mut out = TensorMap::new();
         out.insert(
             "embedding_output".into(),

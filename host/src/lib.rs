@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod data;
+pub mod device;
 pub mod edge_export;
 pub mod error;
 

@@ -3,6 +3,12 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // Mesa's Vulkan drivers complain on every start without it; a temporary directory is
+        // what they need it for.
+        // SAFETY: first statement of `main`, before any other thread exists.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
     // A panic is a bug; report it in one line rather than with a backtrace.
     std::panic::set_hook(Box::new(|info| {
         let msg = info

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use deberta_core::CpuBackend;
 use deberta_core::train::Sharing;
 use deberta_host::checkpoint::TensorMap;
 use deberta_host::gradients::{StepRequest, mlm_gradients, pair_gradients};
@@ -67,7 +68,7 @@ fn mlm_gradients_match_transformers() {
     let mut failures = Vec::new();
     for set in MODEL_FIXTURES {
         let dir = fixture(set);
-        let ours = mlm_gradients(&dir, &dir.join("inputs.safetensors"))
+        let ours = mlm_gradients(&CpuBackend::new(), &dir, &dir.join("inputs.safetensors"))
             .unwrap_or_else(|e| panic!("{set}: {e}"));
         let mut reference = load(&dir.join("grads.safetensors"));
         let outputs = load(&dir.join("outputs.safetensors"));
@@ -85,15 +86,18 @@ fn step(set: &str, sharing: Sharing, emd: bool) -> TensorMap {
     if emd {
         weights.push(rtd.join("weights-emd.safetensors"));
     }
-    pair_gradients(&StepRequest {
-        weights,
-        generator_config: rtd.join("gen_config.json"),
-        discriminator_config: rtd.join("disc_config.json"),
-        batch: rtd.join("inputs.safetensors"),
-        sharing,
-        rtd_weight: 50.0,
-        emd,
-    })
+    pair_gradients(
+        &CpuBackend::new(),
+        &StepRequest {
+            weights,
+            generator_config: rtd.join("gen_config.json"),
+            discriminator_config: rtd.join("disc_config.json"),
+            batch: rtd.join("inputs.safetensors"),
+            sharing,
+            rtd_weight: 50.0,
+            emd,
+        },
+    )
     .unwrap_or_else(|e| panic!("{set} {sharing:?}: {e}"))
 }
 

@@ -13,9 +13,10 @@ use deberta_core::train::{
     DiscriminatorBatch, GeneratorBatch, MicroBatch, MlmTargets, OptimizerConfig, RtdPair, Sampler,
     Schedule, Sharing, Trainer,
 };
-use deberta_core::{Backend, CpuBackend, ModelConfig};
+use deberta_core::{Backend, ModelConfig};
 use serde_json::json;
 
+use crate::device::{BackendChoice, BackendTask, dispatch};
 use crate::error::{Error, Result};
 
 /// Benchmarks.
@@ -40,12 +41,9 @@ pub struct BenchArgs {
     /// Tokens per sequence.
     #[arg(long, default_value_t = 128)]
     pub seq: usize,
-    /// Threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Compute backend.
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "wgpu", "auto"])]
-    pub backend: String,
+    /// Where to compute.
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
     /// Untimed runs before measuring.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
@@ -88,13 +86,9 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     }
 }
 
-fn check(args: &BenchArgs) -> Result<(usize, ModelConfig)> {
-    let threads = super::set_threads(args.threads);
-    if args.backend == "wgpu" {
-        return Err(Error::Usage(
-            "--backend wgpu: the wgpu backend is not built into this version yet".into(),
-        ));
-    }
+fn check(args: &BenchArgs) -> Result<(usize, ModelConfig, BackendChoice)> {
+    let choice = args.device.choice()?;
+    let threads = rayon::current_num_threads();
     if args.batch == 0 || args.seq == 0 || args.iters == 0 {
         return Err(Error::Usage(
             "--batch, --seq and --iters must be at least 1".into(),
@@ -108,7 +102,7 @@ fn check(args: &BenchArgs) -> Result<(usize, ModelConfig)> {
             args.seq, cfg.max_position_embeddings
         )));
     }
-    Ok((threads, cfg))
+    Ok((threads, cfg, choice))
 }
 
 fn model_error(what: &'static str) -> impl Fn(deberta_core::Error) -> Error {
@@ -149,7 +143,14 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn report(bench: &str, args: &BenchArgs, threads: usize, times: &[f64], flops: Option<f64>) {
+fn report(
+    bench: &str,
+    backend: &str,
+    args: &BenchArgs,
+    threads: usize,
+    times: &[f64],
+    flops: Option<f64>,
+) {
     let median = times[times.len() / 2];
     let (min, max) = (times[0], times[times.len() - 1]);
     let tokens = (args.batch * args.seq) as f64;
@@ -157,7 +158,7 @@ fn report(bench: &str, args: &BenchArgs, threads: usize, times: &[f64], flops: O
     let gflops = flops.map(|f| f / (median / 1e3) / 1e9);
     let peak = peak_rss_mib();
     println!(
-        "{bench} {} batch {} seq {} on cpu ({threads} threads): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {tokens_per_s:.0} tokens/s{}{}",
+        "{bench} {} batch {} seq {} on {backend} ({threads} CPU threads): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {tokens_per_s:.0} tokens/s{}{}",
         args.shape,
         args.batch,
         args.seq,
@@ -174,7 +175,7 @@ fn report(bench: &str, args: &BenchArgs, threads: usize, times: &[f64], flops: O
             json!({
                 "bench": bench,
                 "impl": "deberta-rs",
-                "backend": "cpu",
+                "backend": backend,
                 "shape": args.shape,
                 "batch": args.batch,
                 "seq": args.seq,
@@ -191,166 +192,219 @@ fn report(bench: &str, args: &BenchArgs, threads: usize, times: &[f64], flops: O
 }
 
 fn forward(args: BenchArgs) -> Result<()> {
-    let (threads, cfg) = check(&args)?;
-    let backend = CpuBackend::new();
-    let mut layout = ParamLayout::new();
-    let model = Deberta::new(
-        &mut layout,
-        "",
-        &cfg,
-        Heads::default(),
-        SharedTables::default(),
-    );
-    let params = layout
-        .initialise(&backend, 0)
-        .map_err(model_error("initialising weights"))?;
-    let tokens = args.batch * args.seq;
-    let ids = random_ids(tokens, cfg.vocab_size, 0);
-    let mask = vec![1i64; tokens];
-    let host = HostBatch {
-        input_ids: &ids,
-        attention_mask: &mask,
-        token_type_ids: None,
-        batch: args.batch,
-        len: args.seq,
-    };
-    let batch = DeviceBatch::upload(&backend, &cfg, &host).map_err(model_error("input"))?;
-    let relative = model
-        .relative_embeddings(&backend, &params, None, None)
-        .map_err(model_error("position projections"))?;
-    let mut acts = model
-        .activations(&backend, &batch, None, false)
-        .map_err(model_error("activations"))?;
-    let times = time(&args, || {
-        model
-            .forward(
-                &backend,
-                &params,
-                relative.as_ref(),
-                &batch,
-                &ForwardOptions::inference(),
-                &mut acts,
-            )
-            .map_err(model_error("forward"))?;
-        let mut probe = [0.0f32; 1];
-        backend
-            .download(acts.last_hidden_state(), &mut probe)
-            .map_err(model_error("readback"))
-    })?;
-    let flops = forward_flops(&cfg, args.batch, args.seq, batch.window.rows);
-    report("forward", &args, threads, &times, Some(flops));
-    Ok(())
+    let (threads, cfg, choice) = check(&args)?;
+    dispatch(
+        &choice,
+        ForwardBench {
+            args: &args,
+            cfg,
+            threads,
+        },
+    )
+}
+
+struct ForwardBench<'a> {
+    args: &'a BenchArgs,
+    cfg: ModelConfig,
+    threads: usize,
+}
+
+impl BackendTask for ForwardBench<'_> {
+    type Output = ();
+
+    fn run<B: Backend>(self, backend: &B) -> Result<()> {
+        let ForwardBench { args, cfg, threads } = self;
+        let mut layout = ParamLayout::new();
+        let model = Deberta::new(
+            &mut layout,
+            "",
+            &cfg,
+            Heads::default(),
+            SharedTables::default(),
+        );
+        let params = layout
+            .initialise(backend, 0)
+            .map_err(model_error("initialising weights"))?;
+        let tokens = args.batch * args.seq;
+        let ids = random_ids(tokens, cfg.vocab_size, 0);
+        let mask = vec![1i64; tokens];
+        let host = HostBatch {
+            input_ids: &ids,
+            attention_mask: &mask,
+            token_type_ids: None,
+            batch: args.batch,
+            len: args.seq,
+        };
+        let batch = DeviceBatch::upload(backend, &cfg, &host).map_err(model_error("input"))?;
+        let relative = model
+            .relative_embeddings(backend, &params, None, None)
+            .map_err(model_error("position projections"))?;
+        let mut acts = model
+            .activations(backend, &batch, None, false)
+            .map_err(model_error("activations"))?;
+        let times = time(args, || {
+            model
+                .forward(
+                    backend,
+                    &params,
+                    relative.as_ref(),
+                    &batch,
+                    &ForwardOptions::inference(),
+                    &mut acts,
+                )
+                .map_err(model_error("forward"))?;
+            let mut probe = [0.0f32; 1];
+            backend
+                .download(acts.last_hidden_state(), &mut probe)
+                .map_err(model_error("readback"))
+        })?;
+        let flops = forward_flops(&cfg, args.batch, args.seq, batch.window.rows);
+        report(
+            "forward",
+            backend.name(),
+            args,
+            threads,
+            &times,
+            Some(flops),
+        );
+        Ok(())
+    }
 }
 
 fn step(args: BenchArgs) -> Result<()> {
-    let (threads, disc_cfg) = check(&args)?;
-    let gen_cfg = ModelConfig {
-        num_hidden_layers: disc_cfg.num_hidden_layers / 2,
-        ..disc_cfg
-    };
-    let backend = CpuBackend::new();
-    let pair = RtdPair::new(
-        &gen_cfg,
-        &disc_cfg,
-        Sharing::Gdes,
-        MlmLayout::LmPredictions,
-        true,
+    let (threads, disc_cfg, choice) = check(&args)?;
+    dispatch(
+        &choice,
+        StepBench {
+            args: &args,
+            disc_cfg,
+            threads,
+        },
     )
-    .map_err(model_error("building the pair"))?;
-    let params = pair
-        .layout
-        .initialise(&backend, 0)
-        .map_err(model_error("initialising weights"))?;
-    let mut trainer = Trainer::new(
-        &backend,
-        pair,
-        params,
-        Schedule::Decoupled,
-        50.0,
-        OptimizerConfig::xadam(),
-    )
-    .map_err(model_error("optimizers"))?;
-    // A fixed batch: 15 % of the positions of every sequence masked with id 4.
-    let (b, s) = (args.batch, args.seq);
-    let original = random_ids(b * s, disc_cfg.vocab_size, 1);
-    let per_sequence = ((s as f64) * 0.15).round().max(1.0) as usize;
-    let mut masked = original.clone();
-    let mut labels = vec![-100i64; b * s];
-    for seq in 0..b {
-        for k in 0..per_sequence {
-            let position = seq * s + 1 + (k * (s - 2)) / per_sequence;
-            labels[position] = original[position];
-            masked[position] = 4;
-        }
-    }
-    let mask = vec![1i64; b * s];
-    let host = HostBatch {
-        input_ids: &masked,
-        attention_mask: &mask,
-        token_type_ids: None,
-        batch: b,
-        len: s,
-    };
-    let generator = GeneratorBatch {
-        batch: DeviceBatch::upload(&backend, &gen_cfg, &host).map_err(model_error("input"))?,
-        targets: MlmTargets::from_labels(&backend, &labels, gen_cfg.vocab_size)
-            .map_err(model_error("labels"))?,
-    };
-    let positions: Vec<usize> = (0..b * s).filter(|&p| labels[p] != -100).collect();
-    let mut sampled = backend
-        .upload_indices(&vec![0; positions.len()])
-        .map_err(model_error("sample buffer"))?;
-    let mut step = 0u32;
-    let times = time(&args, || {
-        let dropout = |model| Dropout {
-            hidden: 0.1,
-            attention: 0.1,
-            seed: 1,
-            step,
-            model,
+}
+
+struct StepBench<'a> {
+    args: &'a BenchArgs,
+    disc_cfg: ModelConfig,
+    threads: usize,
+}
+
+impl BackendTask for StepBench<'_> {
+    type Output = ();
+
+    fn run<B: Backend>(self, backend: &B) -> Result<()> {
+        let StepBench {
+            args,
+            disc_cfg,
+            threads,
+        } = self;
+        let gen_cfg = ModelConfig {
+            num_hidden_layers: disc_cfg.num_hidden_layers / 2,
+            ..disc_cfg
         };
-        let sampler = Sampler {
-            stream: RandomStream {
+        let pair = RtdPair::new(
+            &gen_cfg,
+            &disc_cfg,
+            Sharing::Gdes,
+            MlmLayout::LmPredictions,
+            true,
+        )
+        .map_err(model_error("building the pair"))?;
+        let params = pair
+            .layout
+            .initialise(backend, 0)
+            .map_err(model_error("initialising weights"))?;
+        let mut trainer = Trainer::new(
+            backend,
+            pair,
+            params,
+            Schedule::Decoupled,
+            50.0,
+            OptimizerConfig::xadam(),
+        )
+        .map_err(model_error("optimizers"))?;
+        // A fixed batch: 15 % of the positions of every sequence masked with id 4.
+        let (b, s) = (args.batch, args.seq);
+        let original = random_ids(b * s, disc_cfg.vocab_size, 1);
+        let per_sequence = ((s as f64) * 0.15).round().max(1.0) as usize;
+        let mut masked = original.clone();
+        let mut labels = vec![-100i64; b * s];
+        for seq in 0..b {
+            for k in 0..per_sequence {
+                let position = seq * s + 1 + (k * (s - 2)) / per_sequence;
+                labels[position] = original[position];
+                masked[position] = 4;
+            }
+        }
+        let mask = vec![1i64; b * s];
+        let host = HostBatch {
+            input_ids: &masked,
+            attention_mask: &mask,
+            token_type_ids: None,
+            batch: b,
+            len: s,
+        };
+        let generator = GeneratorBatch {
+            batch: DeviceBatch::upload(backend, &gen_cfg, &host).map_err(model_error("input"))?,
+            targets: MlmTargets::from_labels(backend, &labels, gen_cfg.vocab_size)
+                .map_err(model_error("labels"))?,
+        };
+        let positions: Vec<usize> = (0..b * s).filter(|&p| labels[p] != -100).collect();
+        let mut sampled = backend
+            .upload_indices(&vec![0; positions.len()])
+            .map_err(model_error("sample buffer"))?;
+        let mut step = 0u32;
+        let times = time(args, || {
+            let dropout = |model| Dropout {
+                hidden: 0.1,
+                attention: 0.1,
                 seed: 1,
                 step,
-                stream: 7,
-            },
-            out: &mut sampled,
-        };
-        trainer
-            .generator_phase(
-                &backend,
-                &generator,
-                1e-4,
-                Some(&dropout(0)),
-                Some(sampler),
-                MicroBatch::WHOLE,
-            )
-            .map_err(model_error("generator step"))?;
-        let mut ids = vec![0u32; positions.len()];
-        backend
-            .download_indices(&sampled, &mut ids)
-            .map_err(model_error("reading samples"))?;
-        let mut corrupted = original.clone();
-        for (&p, &id) in positions.iter().zip(&ids) {
-            corrupted[p] = i64::from(id);
-        }
-        let discriminator =
-            DiscriminatorBatch::upload(&backend, &disc_cfg, &host, &corrupted, &labels)
-                .map_err(model_error("discriminator input"))?;
-        trainer
-            .discriminator_phase(
-                &backend,
-                &discriminator,
-                1e-4,
-                Some(&dropout(1)),
-                None,
-                MicroBatch::WHOLE,
-            )
-            .map_err(model_error("discriminator step"))?;
-        step += 1;
+                model,
+            };
+            let sampler = Sampler {
+                stream: RandomStream {
+                    seed: 1,
+                    step,
+                    stream: 7,
+                },
+                out: &mut sampled,
+            };
+            trainer
+                .generator_phase(
+                    backend,
+                    &generator,
+                    1e-4,
+                    Some(&dropout(0)),
+                    Some(sampler),
+                    MicroBatch::WHOLE,
+                )
+                .map_err(model_error("generator step"))?;
+            let mut ids = vec![0u32; positions.len()];
+            backend
+                .download_indices(&sampled, &mut ids)
+                .map_err(model_error("reading samples"))?;
+            let mut corrupted = original.clone();
+            for (&p, &id) in positions.iter().zip(&ids) {
+                corrupted[p] = i64::from(id);
+            }
+            let discriminator =
+                DiscriminatorBatch::upload(backend, &disc_cfg, &host, &corrupted, &labels)
+                    .map_err(model_error("discriminator input"))?;
+            trainer
+                .discriminator_phase(
+                    backend,
+                    &discriminator,
+                    1e-4,
+                    Some(&dropout(1)),
+                    None,
+                    MicroBatch::WHOLE,
+                )
+                .map_err(model_error("discriminator step"))?;
+            step += 1;
+            Ok(())
+        })?;
+        report("step", backend.name(), args, threads, &times, None);
         Ok(())
-    })?;
-    report("step", &args, threads, &times, None);
-    Ok(())
+    }
 }

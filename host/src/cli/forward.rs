@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use deberta_core::CpuBackend;
+use deberta_core::Backend;
 use deberta_core::model::HostBatch;
 
 use crate::checkpoint::{read_tensor_file, write_safetensors};
+use crate::device::{BackendTask, dispatch};
 use crate::error::{Error, Result};
 use crate::gradients::int_matrix;
 use crate::inference::Session;
@@ -37,22 +38,26 @@ pub struct ForwardArgs {
     /// `rtd_logits`). Without it a summary is printed.
     #[arg(long, value_name = "OUT.safetensors")]
     pub out: Option<PathBuf>,
-    /// Compute backend.
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "wgpu", "auto"])]
-    pub backend: String,
-    /// Threads for matrix multiplication (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    /// Where to compute.
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
+}
+
+struct Outputs<'a> {
+    loaded: &'a crate::model_dir::LoadedModel,
+    host: HostBatch<'a>,
+}
+
+impl BackendTask for Outputs<'_> {
+    type Output = crate::checkpoint::TensorMap;
+    fn run<B: Backend>(self, backend: &B) -> Result<Self::Output> {
+        Session::new(backend, self.loaded)?.outputs(&self.host)
+    }
 }
 
 /// Runs `deberta forward`.
 pub fn run(args: ForwardArgs) -> Result<()> {
-    super::set_threads(args.threads);
-    if args.backend == "wgpu" {
-        return Err(Error::Usage(
-            "--backend wgpu: the wgpu backend is not built into this version yet; use --backend cpu".into(),
-        ));
-    }
+    let choice = args.device.choice()?;
     let loaded = load_model_dir(&args.model)?;
     for warning in &loaded.warnings {
         eprintln!("warning: {warning}");
@@ -89,8 +94,13 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         batch,
         len,
     };
-    let session = Session::new(CpuBackend::new(), &loaded)?;
-    let outputs = session.outputs(&host)?;
+    let outputs = dispatch(
+        &choice,
+        Outputs {
+            loaded: &loaded,
+            host,
+        },
+    )?;
     match &args.out {
         Some(out) => {
             write_safetensors(out, &outputs)?;

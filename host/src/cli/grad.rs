@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use deberta_core::train::Sharing;
 
-use crate::checkpoint::write_safetensors;
+use deberta_core::Backend;
+
+use crate::checkpoint::{TensorMap, write_safetensors};
+use crate::device::{BackendTask, dispatch};
 use crate::error::Result;
 use crate::gradients::{StepRequest, mlm_gradients, pair_gradients};
 
@@ -22,9 +25,9 @@ pub struct GradArgs {
     /// Output: `d(mlm_loss)/d(param)` under the HF names, plus `mlm_loss`.
     #[arg(long, value_name = "GRADS.safetensors")]
     pub out: PathBuf,
-    /// Threads for matrix multiplication (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    /// Where to compute.
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
 }
 
 /// Embedding sharing between generator and discriminator.
@@ -84,15 +87,33 @@ pub struct StepArgs {
     /// Output: losses, `rtd_logits` and `grad.<name>` for every trainable parameter.
     #[arg(long, value_name = "OUT.safetensors")]
     pub out: PathBuf,
-    /// Threads for matrix multiplication (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    /// Where to compute.
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
+}
+
+struct Grad<'a>(&'a GradArgs);
+
+impl BackendTask for Grad<'_> {
+    type Output = TensorMap;
+    fn run<B: Backend>(self, backend: &B) -> Result<TensorMap> {
+        mlm_gradients(backend, &self.0.model, &self.0.input)
+    }
+}
+
+struct Step<'a>(&'a StepRequest);
+
+impl BackendTask for Step<'_> {
+    type Output = TensorMap;
+    fn run<B: Backend>(self, backend: &B) -> Result<TensorMap> {
+        pair_gradients(backend, self.0)
+    }
 }
 
 /// Runs `deberta grad`.
 pub fn run_grad(args: GradArgs) -> Result<()> {
-    super::set_threads(args.threads);
-    let out = mlm_gradients(&args.model, &args.input)?;
+    let choice = args.device.choice()?;
+    let out = dispatch(&choice, Grad(&args))?;
     write_safetensors(&args.out, &out)?;
     eprintln!("wrote {} tensors to {}", out.len(), args.out.display());
     Ok(())
@@ -100,7 +121,7 @@ pub fn run_grad(args: GradArgs) -> Result<()> {
 
 /// Runs `deberta step`.
 pub fn run_step(args: StepArgs) -> Result<()> {
-    super::set_threads(args.threads);
+    let choice = args.device.choice()?;
     let request = StepRequest {
         weights: args.weights,
         generator_config: args.gen_config,
@@ -110,7 +131,7 @@ pub fn run_step(args: StepArgs) -> Result<()> {
         rtd_weight: args.rtd_weight,
         emd: args.emd == Switch::On,
     };
-    let out = pair_gradients(&request)?;
+    let out = dispatch(&choice, Step(&request))?;
     write_safetensors(&args.out, &out)?;
     eprintln!("wrote {} tensors to {}", out.len(), args.out.display());
     Ok(())

@@ -9,8 +9,9 @@ mod ids;
 mod pretrain;
 mod tokenizer;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
+use crate::device::BackendChoice;
 use crate::error::Result;
 
 /// DeBERTa-v3 in Rust: Hugging Face-exact inference, RTD + GDES pretraining tools.
@@ -42,6 +43,8 @@ pub enum Command {
     /// Train a tokenizer on a corpus, or encode text with one.
     #[command(subcommand)]
     Tokenizer(tokenizer::TokenizerCommand),
+    /// Show the version, CPU threads and GPU adapters, and what `--backend auto` chooses.
+    Info,
     /// Benchmark the forward pass on a published shape with random weights.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -69,12 +72,37 @@ pub fn run() -> Result<()> {
         Command::Export(args) => export::run(args),
         Command::Detect(args) => detect::run(args),
         Command::Tokenizer(cmd) => tokenizer::run(cmd),
+        Command::Info => info(),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }
 
-/// Sets the number of sgemm threads. matrixmultiply reads `MATMUL_NUM_THREADS` once, at its
-/// first multiplication, so this must run before any model work.
+/// Where a command computes.
+#[derive(Debug, Clone, Args)]
+pub struct DeviceArgs {
+    /// Compute backend: cpu; wgpu (any GPU through Vulkan, Metal or DX12, or Mesa's software
+    /// lavapipe); auto (wgpu on a hardware GPU, else cpu).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "wgpu", "auto"])]
+    pub backend: String,
+    /// With wgpu: the adapter whose name contains NAME (see `deberta info`).
+    #[arg(long, value_name = "NAME")]
+    pub adapter: Option<String>,
+    /// CPU threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+impl DeviceArgs {
+    /// Sizes the CPU pool and resolves the backend.
+    pub fn choice(&self) -> Result<BackendChoice> {
+        set_threads(self.threads);
+        BackendChoice::resolve(&self.backend, self.adapter.as_deref())
+    }
+}
+
+/// Sizes the CPU thread pool: the CPU backend splits work across rayon's global pool, so
+/// matrixmultiply's own threads are turned off (`MATMUL_NUM_THREADS=1`, read once at its first
+/// multiplication). Must run before any model work; returns the thread count.
 pub(crate) fn set_threads(threads: Option<usize>) -> usize {
     let threads = threads
         .unwrap_or_else(|| {
@@ -84,8 +112,41 @@ pub(crate) fn set_threads(threads: Option<usize>) -> usize {
         })
         .max(1);
     // SAFETY: called at the start of a subcommand, before the process starts any thread
-    // (matrixmultiply's pool is created lazily at the first sgemm), so no other thread can
-    // read the environment concurrently.
-    unsafe { std::env::set_var("MATMUL_NUM_THREADS", threads.to_string()) };
+    // (matrixmultiply and rayon create theirs lazily), so no other thread can read the
+    // environment concurrently.
+    unsafe { std::env::set_var("MATMUL_NUM_THREADS", "1") };
+    // An error means the pool already exists (a second call in one process): keep it.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
     threads
+}
+
+/// `deberta info`.
+fn info() -> Result<()> {
+    println!("deberta {}", env!("CARGO_PKG_VERSION"));
+    let threads = set_threads(None);
+    println!("cpu backend: {threads} threads");
+    let adapters = deberta_gpu::list_adapters();
+    if adapters.is_empty() {
+        println!(
+            "wgpu adapters: none (install a Vulkan, Metal or DX12 driver; Mesa's lavapipe: apt-get install mesa-vulkan-drivers)"
+        );
+    } else {
+        println!("wgpu adapters:");
+        for adapter in &adapters {
+            println!("  {adapter}");
+        }
+    }
+    let auto = match BackendChoice::resolve("auto", None)? {
+        BackendChoice::Cpu => "cpu (no hardware GPU adapter)".to_string(),
+        BackendChoice::Wgpu(_) => {
+            match deberta_gpu::WgpuBackend::new(deberta_gpu::AdapterChoice::default()) {
+                Ok(backend) => format!("wgpu on {}", backend.adapter()),
+                Err(e) => format!("wgpu, which fails: {e}"),
+            }
+        }
+    };
+    println!("--backend auto chooses: {auto}");
+    Ok(())
 }

@@ -58,6 +58,9 @@ pub struct PretrainArgs {
     /// CPU threads [all cores].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// With wgpu: the adapter whose name contains NAME (see `deberta info`).
+    #[arg(long, value_name = "NAME")]
+    pub adapter: Option<String>,
     /// Embedding sharing: gdes, es, nes [gdes].
     #[arg(long)]
     pub sharing: Option<String>,
@@ -133,6 +136,7 @@ impl PretrainArgs {
             seed: self.seed,
             backend: self.backend.clone(),
             threads: self.threads,
+            adapter: self.adapter.clone(),
             sharing: self.sharing.clone(),
             schedule: self.schedule.clone(),
             rtd_weight: self.rtd_weight,

@@ -3,10 +3,10 @@
 //! dropout), with masks and samples drawn from fixed streams so that evaluations of different
 //! steps see the same masked positions.
 
+use deberta_core::Backend;
 use deberta_core::model::{DeviceBatch, ForwardOptions, HostBatch, MlmRows};
 use deberta_core::random::RandomStream;
 use deberta_core::train::{MlmTargets, Trainer};
-use deberta_core::{Backend, CpuBackend};
 use serde_json::{Map, Value, json};
 
 use super::metrics::{number, rtd_stats};
@@ -43,9 +43,9 @@ fn cross_entropy(logits: &[f32], targets: &[i64], vocab: usize) -> (f64, usize) 
 
 /// Evaluates the trainer's current weights on up to `eval_batches` held-out batches and
 /// returns the `eval_*` metrics row of `step`.
-pub fn evaluate(
-    backend: &CpuBackend,
-    trainer: &Trainer<CpuBackend>,
+pub fn evaluate<B: Backend>(
+    backend: &B,
+    trainer: &Trainer<B>,
     dataset: &Dataset,
     masker: &Masker,
     options: &PretrainOptions,
@@ -91,7 +91,7 @@ pub fn evaluate(
             .map_err(model_error("evaluation input"))?;
         let targets = MlmTargets::from_labels(backend, &masked.labels, vocab)
             .map_err(model_error("evaluation labels"))?;
-        let options_gen = ForwardOptions::<CpuBackend> {
+        let options_gen = ForwardOptions::<B> {
             dropout: None,
             mlm_rows: MlmRows::Selected {
                 positions: &targets.positions,

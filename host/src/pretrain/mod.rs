@@ -24,7 +24,7 @@ use deberta_core::train::{
     DiscriminatorBatch, GeneratorBatch, MicroBatch, MlmTargets, OptimizerConfig, OptimizerKind,
     RtdPair, Sampler, Schedule, Sharing, Trainer, warmup_linear,
 };
-use deberta_core::{Backend, CpuBackend};
+use deberta_core::{Backend, ModelConfig};
 use serde_json::{Map, json};
 
 use self::checkpoint::{LoadedState, RunState, STATE_VERSION, load_state, remove_temporaries};
@@ -34,6 +34,7 @@ use crate::data::{
     Corpus, DataCursor, Dataset, MASKING_STREAM, Masker, MaskingStrategy, TokenCache, Tokenizer,
     TrainOptions,
 };
+use crate::device::{BackendChoice, BackendTask, dispatch};
 use crate::error::{Error, Result};
 use crate::model_dir::take_weights;
 use crate::tensor::TensorData;
@@ -172,12 +173,12 @@ fn tokenizer(
 }
 
 /// Weights from a saved state, by name.
-fn restore_params(
-    backend: &CpuBackend,
+fn restore_params<B: Backend>(
+    backend: &B,
     pair: &RtdPair,
     loaded: &LoadedState,
     run_dir: &Path,
-) -> Result<ParamStore<Vec<f32>>> {
+) -> Result<ParamStore<B::Tensor>> {
     let path = run_dir.join("state").join("weights.safetensors");
     let (weights, warnings) = take_weights(&pair.layout, loaded.weights.clone(), &path)?;
     if !warnings.is_empty() {
@@ -191,9 +192,9 @@ fn restore_params(
         .map_err(model_error("restoring weights"))
 }
 
-fn restore_optimizers(
-    backend: &CpuBackend,
-    trainer: &mut Trainer<CpuBackend>,
+fn restore_optimizers<B: Backend>(
+    backend: &B,
+    trainer: &mut Trainer<B>,
     loaded: &LoadedState,
     run_dir: &Path,
 ) -> Result<()> {
@@ -250,11 +251,7 @@ struct StepStats {
 pub fn run_pretraining(request: PretrainRequest) -> Result<()> {
     let (options, run_dir, resumed) = resolve(&request)?;
     let threads = crate::cli::set_threads(options.threads);
-    if options.backend == "wgpu" {
-        return Err(Error::Usage(
-            "--backend wgpu: the wgpu backend is not built into this version yet; use cpu".into(),
-        ));
-    }
+    let choice = BackendChoice::resolve(&options.backend, options.adapter.as_deref())?;
     std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
     remove_temporaries(&run_dir.join("checkpoints"))?;
     let corpus = Corpus::open(&options.corpus, options.lossy)?;
@@ -268,232 +265,274 @@ pub fn run_pretraining(request: PretrainRequest) -> Result<()> {
     let masker = Masker::from_tokenizer(masking(&options)?, &tokenizer, options.max_seq_len)?;
     let (disc_cfg, gen_cfg) =
         options.model_configs(tokenizer.vocab_size(), special.pad as usize)?;
-    let backend = CpuBackend::new();
-    let pair = RtdPair::new(
-        &gen_cfg,
-        &disc_cfg,
-        sharing(&options),
-        MlmLayout::LmPredictions,
-        options.emd,
+    dispatch(
+        &choice,
+        Run {
+            request: &request,
+            options: &options,
+            run_dir: &run_dir,
+            resumed: resumed.as_ref(),
+            threads,
+            dataset: &dataset,
+            masker: &masker,
+            configs: (disc_cfg, gen_cfg),
+        },
     )
-    .map_err(model_error("building the generator/discriminator pair"))?;
-    let params = match &resumed {
-        Some(loaded) => restore_params(&backend, &pair, loaded, &run_dir)?,
-        None => pair
-            .layout
-            .initialise(&backend, options.seed)
-            .map_err(model_error("initialising weights"))?,
-    };
-    let schedule = if options.schedule == "joint" {
-        Schedule::Joint
-    } else {
-        Schedule::Decoupled
-    };
-    let mut trainer = Trainer::new(
-        &backend,
-        pair,
-        params,
-        schedule,
-        options.rtd_weight,
-        optimizer_config(&options),
-    )
-    .map_err(model_error("creating the optimizers"))?;
-    let (mut step, mut cursor) = match &resumed {
-        Some(loaded) => {
-            restore_optimizers(&backend, &mut trainer, loaded, &run_dir)?;
-            let cursor: DataCursor =
-                serde_json::from_value(loaded.state.cursor.clone()).map_err(|e| {
-                    Error::format(
-                        run_dir.join("state").join("state.json"),
-                        format!("corrupted data cursor: {e}"),
-                    )
-                })?;
-            (loaded.state.step, cursor)
-        }
-        None => (0, DataCursor::default()),
-    };
-    let mut log = MetricsLog::open(&run_dir, resumed.as_ref().map(|l| l.state.step))?;
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupted.clone();
-        // A second registration in one process (tests) keeps the first handler.
-        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-    }
-    let end = request
-        .stop_after
-        .unwrap_or(options.steps)
-        .min(options.steps);
-    let params_total = trainer.pair.layout.numel();
-    eprintln!(
-        "pretraining {} (generator {} layers, discriminator {} layers, {:.1}M parameters) on {} \
-         threads: steps {}..{end} of {}, batch {}×{}, run directory {}",
-        options.preset,
-        gen_cfg.num_hidden_layers,
-        disc_cfg.num_hidden_layers,
-        params_total as f64 / 1e6,
-        threads,
-        step + 1,
-        options.steps,
-        options.batch_size,
-        options.max_seq_len,
-        run_dir.display()
-    );
-    let progress = progress_bar(request.progress, step, end);
-    let tokenizer_path = run_dir.join("tokenizer.json");
-    let started = Instant::now();
-    let mut window_start = Instant::now();
-    let mut window_tokens = 0usize;
-    let save = |trainer: &Trainer<CpuBackend>, step: u64, cursor: DataCursor| -> Result<()> {
-        let state = RunState {
-            version: STATE_VERSION,
-            step,
-            optimizer_steps: trainer.optimizers.iter().map(|o| o.step).collect(),
-            cursor: serde_json::to_value(cursor)
-                .map_err(|e| Error::format(&run_dir, e.to_string()))?,
-            options: options.clone(),
+}
+
+/// Everything a run needs besides the backend.
+struct Run<'a> {
+    request: &'a PretrainRequest,
+    options: &'a PretrainOptions,
+    run_dir: &'a Path,
+    resumed: Option<&'a LoadedState>,
+    threads: usize,
+    dataset: &'a Dataset,
+    masker: &'a Masker,
+    configs: (ModelConfig, ModelConfig),
+}
+
+impl BackendTask for Run<'_> {
+    type Output = ();
+
+    fn run<B: Backend>(self, backend: &B) -> Result<()> {
+        let Run {
+            request,
+            options,
+            run_dir,
+            resumed,
+            threads,
+            dataset,
+            masker,
+            configs: (disc_cfg, gen_cfg),
+        } = self;
+        let run_dir = run_dir.to_path_buf();
+        let pair = RtdPair::new(
+            &gen_cfg,
+            &disc_cfg,
+            sharing(&options),
+            MlmLayout::LmPredictions,
+            options.emd,
+        )
+        .map_err(model_error("building the generator/discriminator pair"))?;
+        let params = match &resumed {
+            Some(loaded) => restore_params(backend, &pair, loaded, &run_dir)?,
+            None => pair
+                .layout
+                .initialise(backend, options.seed)
+                .map_err(model_error("initialising weights"))?,
         };
-        checkpoint::save(&backend, &run_dir, trainer, &state, &tokenizer_path)?;
-        Ok(())
-    };
-    while step < end {
-        if interrupted.load(Ordering::SeqCst) {
-            progress.finish_and_clear();
-            save(&trainer, step, cursor)?;
-            eprintln!(
-                "interrupted: checkpoint of step {step} written; continue with: deberta pretrain --resume {}",
-                run_dir.display()
-            );
-            return Ok(());
-        }
-        step += 1;
-        let logging = step % options.log_every == 0 || step == end;
-        let batch = dataset.next_batch(cursor, options.batch_size)?;
-        cursor = batch.cursor;
-        let masked = masker.mask_batch(
-            &batch.input_ids,
-            &batch.attention_mask,
-            RandomStream {
-                seed: options.seed,
-                step: step as u32,
-                stream: MASKING_STREAM,
-            },
-        )?;
-        let lr = options.lr * warmup_linear(step, options.steps, options.warmup);
-        let mut stats = StepStats::default();
-        let (losses_mlm, losses_rtd) = train_step(
-            &backend,
-            &mut trainer,
-            &options,
-            step,
-            lr,
-            &batch,
-            &masked,
-            logging,
-            &mut stats,
-        )?;
-        window_tokens += batch.batch * batch.len;
-        let (loss_mlm, loss_rtd) = (losses_mlm, losses_rtd);
-        if logging {
-            let elapsed = window_start.elapsed().as_secs_f64();
-            let tokens_per_s = window_tokens as f64 / elapsed.max(1e-9);
-            window_start = Instant::now();
-            window_tokens = 0;
-            let rtd = rtd_stats(&stats.rtd);
-            let mut row = Map::new();
-            row.insert("step".into(), json!(step));
-            row.insert("lr".into(), number(Some(f64::from(lr))));
-            row.insert("loss_mlm".into(), number(Some(f64::from(loss_mlm))));
-            row.insert("loss_rtd".into(), number(Some(f64::from(loss_rtd))));
-            row.insert(
-                "loss_total".into(),
-                number(Some(f64::from(loss_mlm + options.rtd_weight * loss_rtd))),
-            );
-            row.insert(
-                "mlm_accuracy".into(),
-                number(Some(
-                    stats.mlm_correct as f64 / stats.mlm_total.max(1) as f64,
-                )),
-            );
-            row.insert(
-                "replaced_fraction".into(),
-                number(Some(stats.replaced as f64 / stats.mlm_total.max(1) as f64)),
-            );
-            row.insert("rtd_accuracy".into(), number(Some(rtd.accuracy)));
-            row.insert("rtd_auc".into(), number(rtd.auc));
-            row.insert("p_replaced".into(), number(rtd.mean_p_replaced));
-            row.insert("p_original".into(), number(rtd.mean_p_original));
-            for (i, optimizer) in trainer.optimizers.iter().enumerate() {
-                let name = match (schedule, i) {
-                    (Schedule::Joint, _) => "grad_norm",
-                    (_, 0) => "grad_norm_generator",
-                    _ => "grad_norm_discriminator",
-                };
-                let norm = optimizer
-                    .last_grad_norm(&backend)
-                    .map_err(model_error("reading gradient norms"))?;
-                row.insert(name.into(), number(Some(f64::from(norm))));
+        let schedule = if options.schedule == "joint" {
+            Schedule::Joint
+        } else {
+            Schedule::Decoupled
+        };
+        let mut trainer = Trainer::new(
+            backend,
+            pair,
+            params,
+            schedule,
+            options.rtd_weight,
+            optimizer_config(&options),
+        )
+        .map_err(model_error("creating the optimizers"))?;
+        let (mut step, mut cursor) = match &resumed {
+            Some(loaded) => {
+                restore_optimizers(backend, &mut trainer, loaded, &run_dir)?;
+                let cursor: DataCursor = serde_json::from_value(loaded.state.cursor.clone())
+                    .map_err(|e| {
+                        Error::format(
+                            run_dir.join("state").join("state.json"),
+                            format!("corrupted data cursor: {e}"),
+                        )
+                    })?;
+                (loaded.state.step, cursor)
             }
-            row.insert("epoch".into(), json!(cursor.epoch));
-            row.insert("tokens_per_s".into(), number(Some(tokens_per_s)));
-            row.insert(
-                "elapsed_s".into(),
-                number(Some(started.elapsed().as_secs_f64())),
+            None => (0, DataCursor::default()),
+        };
+        let mut log = MetricsLog::open(&run_dir, resumed.as_ref().map(|l| l.state.step))?;
+        let interrupted = Arc::new(AtomicBool::new(false));
+        {
+            let flag = interrupted.clone();
+            // A second registration in one process (tests) keeps the first handler.
+            let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+        }
+        let end = request
+            .stop_after
+            .unwrap_or(options.steps)
+            .min(options.steps);
+        let params_total = trainer.pair.layout.numel();
+        eprintln!(
+            "pretraining {} (generator {} layers, discriminator {} layers, {:.1}M parameters) on {} \
+             threads: steps {}..{end} of {}, batch {}×{}, run directory {}",
+            options.preset,
+            gen_cfg.num_hidden_layers,
+            disc_cfg.num_hidden_layers,
+            params_total as f64 / 1e6,
+            threads,
+            step + 1,
+            options.steps,
+            options.batch_size,
+            options.max_seq_len,
+            run_dir.display()
+        );
+        let progress = progress_bar(request.progress, step, end);
+        let tokenizer_path = run_dir.join("tokenizer.json");
+        let started = Instant::now();
+        let mut window_start = Instant::now();
+        let mut window_tokens = 0usize;
+        let save = |trainer: &Trainer<B>, step: u64, cursor: DataCursor| -> Result<()> {
+            let state = RunState {
+                version: STATE_VERSION,
+                step,
+                optimizer_steps: trainer.optimizers.iter().map(|o| o.step).collect(),
+                cursor: serde_json::to_value(cursor)
+                    .map_err(|e| Error::format(&run_dir, e.to_string()))?,
+                options: options.clone(),
+            };
+            checkpoint::save(backend, &run_dir, trainer, &state, &tokenizer_path)?;
+            Ok(())
+        };
+        while step < end {
+            if interrupted.load(Ordering::SeqCst) {
+                progress.finish_and_clear();
+                save(&trainer, step, cursor)?;
+                eprintln!(
+                    "interrupted: checkpoint of step {step} written; continue with: deberta pretrain --resume {}",
+                    run_dir.display()
+                );
+                return Ok(());
+            }
+            step += 1;
+            let logging = step % options.log_every == 0 || step == end;
+            let batch = dataset.next_batch(cursor, options.batch_size)?;
+            cursor = batch.cursor;
+            let masked = masker.mask_batch(
+                &batch.input_ids,
+                &batch.attention_mask,
+                RandomStream {
+                    seed: options.seed,
+                    step: step as u32,
+                    stream: MASKING_STREAM,
+                },
+            )?;
+            let lr = options.lr * warmup_linear(step, options.steps, options.warmup);
+            let mut stats = StepStats::default();
+            let (losses_mlm, losses_rtd) = train_step(
+                backend,
+                &mut trainer,
+                &options,
+                step,
+                lr,
+                &batch,
+                &masked,
+                logging,
+                &mut stats,
+            )?;
+            window_tokens += batch.batch * batch.len;
+            let (loss_mlm, loss_rtd) = (losses_mlm, losses_rtd);
+            if logging {
+                let elapsed = window_start.elapsed().as_secs_f64();
+                let tokens_per_s = window_tokens as f64 / elapsed.max(1e-9);
+                window_start = Instant::now();
+                window_tokens = 0;
+                let rtd = rtd_stats(&stats.rtd);
+                let mut row = Map::new();
+                row.insert("step".into(), json!(step));
+                row.insert("lr".into(), number(Some(f64::from(lr))));
+                row.insert("loss_mlm".into(), number(Some(f64::from(loss_mlm))));
+                row.insert("loss_rtd".into(), number(Some(f64::from(loss_rtd))));
+                row.insert(
+                    "loss_total".into(),
+                    number(Some(f64::from(loss_mlm + options.rtd_weight * loss_rtd))),
+                );
+                row.insert(
+                    "mlm_accuracy".into(),
+                    number(Some(
+                        stats.mlm_correct as f64 / stats.mlm_total.max(1) as f64,
+                    )),
+                );
+                row.insert(
+                    "replaced_fraction".into(),
+                    number(Some(stats.replaced as f64 / stats.mlm_total.max(1) as f64)),
+                );
+                row.insert("rtd_accuracy".into(), number(Some(rtd.accuracy)));
+                row.insert("rtd_auc".into(), number(rtd.auc));
+                row.insert("p_replaced".into(), number(rtd.mean_p_replaced));
+                row.insert("p_original".into(), number(rtd.mean_p_original));
+                for (i, optimizer) in trainer.optimizers.iter().enumerate() {
+                    let name = match (schedule, i) {
+                        (Schedule::Joint, _) => "grad_norm",
+                        (_, 0) => "grad_norm_generator",
+                        _ => "grad_norm_discriminator",
+                    };
+                    let norm = optimizer
+                        .last_grad_norm(backend)
+                        .map_err(model_error("reading gradient norms"))?;
+                    row.insert(name.into(), number(Some(f64::from(norm))));
+                }
+                row.insert("epoch".into(), json!(cursor.epoch));
+                row.insert("tokens_per_s".into(), number(Some(tokens_per_s)));
+                row.insert(
+                    "elapsed_s".into(),
+                    number(Some(started.elapsed().as_secs_f64())),
+                );
+                log.write(&row)?;
+                progress.set_message(format!(
+                    "mlm {loss_mlm:.3} rtd {loss_rtd:.3} | acc mlm {:.2} rtd {:.2} | {tokens_per_s:.0} tok/s",
+                    stats.mlm_correct as f64 / stats.mlm_total.max(1) as f64,
+                    rtd.accuracy
+                ));
+            }
+            progress.set_position(step);
+            let evaluating =
+                (options.eval_every > 0 && step % options.eval_every == 0) || step == options.steps;
+            if evaluating {
+                let row = evaluate::evaluate(backend, &trainer, &dataset, &masker, &options, step)?;
+                log.write(&row)?;
+            }
+            if (options.save_every > 0 && step % options.save_every == 0) || step == end {
+                save(&trainer, step, cursor)?;
+            }
+        }
+        progress.finish_and_clear();
+        let plot = plot::plot_run(&run_dir)?;
+        let dir = run_dir.display();
+        if step < options.steps {
+            println!(
+                "stopped after step {step} of {}; checkpoint in {dir}/state",
+                options.steps
             );
-            log.write(&row)?;
-            progress.set_message(format!(
-                "mlm {loss_mlm:.3} rtd {loss_rtd:.3} | acc mlm {:.2} rtd {:.2} | {tokens_per_s:.0} tok/s",
-                stats.mlm_correct as f64 / stats.mlm_total.max(1) as f64,
-                rtd.accuracy
-            ));
+            println!("continue with: deberta pretrain --resume {dir}");
+        } else {
+            println!(
+                "pretraining finished: {step} steps in {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
         }
-        progress.set_position(step);
-        let evaluating =
-            (options.eval_every > 0 && step % options.eval_every == 0) || step == options.steps;
-        if evaluating {
-            let row = evaluate::evaluate(&backend, &trainer, &dataset, &masker, &options, step)?;
-            log.write(&row)?;
-        }
-        if (options.save_every > 0 && step % options.save_every == 0) || step == end {
-            save(&trainer, step, cursor)?;
-        }
-    }
-    progress.finish_and_clear();
-    let plot = plot::plot_run(&run_dir)?;
-    let dir = run_dir.display();
-    if step < options.steps {
+        println!("run directory: {dir}");
         println!(
-            "stopped after step {step} of {}; checkpoint in {dir}/state",
-            options.steps
+            "  discriminator  {dir}/discriminator  (Hugging Face DebertaV2Model + RTD head, tokenizer.json)"
         );
-        println!("continue with: deberta pretrain --resume {dir}");
-    } else {
+        println!("  generator      {dir}/generator      (Hugging Face DebertaV2ForMaskedLM)");
         println!(
-            "pretraining finished: {step} steps in {:.0} s",
-            started.elapsed().as_secs_f64()
+            "  metrics        {dir}/metrics.jsonl, plot {}",
+            plot.display()
         );
+        println!("use it:");
+        println!(
+            "  deberta detect --model {dir}/discriminator --text \"The quick brown fox jumps over the lazy dog\""
+        );
+        println!("  deberta export --in {dir} --format hf --out exported-model");
+        Ok(())
     }
-    println!("run directory: {dir}");
-    println!(
-        "  discriminator  {dir}/discriminator  (Hugging Face DebertaV2Model + RTD head, tokenizer.json)"
-    );
-    println!("  generator      {dir}/generator      (Hugging Face DebertaV2ForMaskedLM)");
-    println!(
-        "  metrics        {dir}/metrics.jsonl, plot {}",
-        plot.display()
-    );
-    println!("use it:");
-    println!(
-        "  deberta detect --model {dir}/discriminator --text \"The quick brown fox jumps over the lazy dog\""
-    );
-    println!("  deberta export --in {dir} --format hf --out exported-model");
-    Ok(())
 }
 
 /// One optimizer step over `grad_accum` micro-batches; returns the mean MLM and RTD losses.
 #[allow(clippy::too_many_arguments)]
-fn train_step(
-    backend: &CpuBackend,
-    trainer: &mut Trainer<CpuBackend>,
+fn train_step<B: Backend>(
+    backend: &B,
+    trainer: &mut Trainer<B>,
     options: &PretrainOptions,
     step: u64,
     lr: f32,

@@ -63,6 +63,9 @@ pub struct PretrainOptions {
     pub backend: String,
     /// CPU threads (default: all cores).
     pub threads: Option<usize>,
+    /// With wgpu: the adapter whose name contains this.
+    #[serde(default)]
+    pub adapter: Option<String>,
     /// Embedding sharing: gdes, es or nes.
     pub sharing: String,
     /// Update schedule: decoupled or joint.
@@ -127,6 +130,7 @@ impl PretrainOptions {
             seed: 1234,
             backend: "cpu".into(),
             threads: None,
+            adapter: None,
             sharing: "gdes".into(),
             schedule: "decoupled".into(),
             rtd_weight: 50.0,
@@ -341,6 +345,8 @@ pub struct PretrainFlags {
     #[allow(missing_docs)]
     pub threads: Option<usize>,
     #[allow(missing_docs)]
+    pub adapter: Option<String>,
+    #[allow(missing_docs)]
     pub sharing: Option<String>,
     #[allow(missing_docs)]
     pub schedule: Option<String>,
@@ -409,6 +415,7 @@ impl PretrainFlags {
             seed,
             backend,
             threads,
+            adapter,
             sharing,
             schedule,
             rtd_weight,
@@ -469,6 +476,9 @@ impl PretrainFlags {
         }
         if self.threads.is_some() {
             options.threads = self.threads;
+        }
+        if self.adapter.is_some() {
+            options.adapter = self.adapter;
         }
         options
     }

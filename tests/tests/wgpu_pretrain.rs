@@ -1,0 +1,85 @@
+//! `deberta pretrain --backend wgpu` against the CPU backend: ten `nano` steps (small batches,
+//! so that Mesa's software rasteriser keeps up) draw the same masks, samples and dropout on
+//! both backends, and every loss agrees within 1e-3 relative. Without a GPU adapter the test
+//! fails under `CI=true` and is skipped (with a notice) otherwise.
+
+use std::path::Path;
+
+use deberta_host::pretrain::metrics::read_rows;
+use deberta_tests::{deberta, temp_dir};
+
+fn corpus(dir: &Path) -> String {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/shakespeare/texts/sonnets.txt"),
+    )
+    .unwrap();
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn ten_nano_steps_on_wgpu_match_the_cpu() {
+    if deberta_gpu::list_adapters().iter().all(|a| !a.compute) {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but no GPU adapter with compute shaders: install mesa-vulkan-drivers"
+        );
+        eprintln!("SKIPPED: no GPU adapter (set CI=true to make this a failure)");
+        return;
+    }
+    let dir = temp_dir("wgpu-pretrain");
+    let corpus = corpus(&dir);
+    let mut losses = Vec::new();
+    for backend in ["cpu", "wgpu"] {
+        let out = dir.join(backend);
+        let run = deberta(&[
+            "pretrain",
+            "--corpus",
+            &corpus,
+            "--out",
+            out.to_str().unwrap(),
+            "--backend",
+            backend,
+            "--steps",
+            "10",
+            "--batch-size",
+            "2",
+            "--max-seq-len",
+            "64",
+            "--vocab-size",
+            "2000",
+            "--eval-every",
+            "10",
+            "--eval-batches",
+            "1",
+            "--save-every",
+            "0",
+            "--quiet",
+        ]);
+        assert_eq!(run.code, Some(0), "{backend}: {}", run.stderr);
+        let rows = read_rows(&out.join("metrics.jsonl")).unwrap();
+        let values: Vec<(String, f64)> = rows
+            .iter()
+            .flat_map(|row| {
+                let step = row["step"].as_u64().unwrap();
+                ["loss_mlm", "loss_rtd", "eval_loss_mlm", "eval_loss_rtd"]
+                    .into_iter()
+                    .filter_map(move |key| Some((format!("{key}@{step}"), row.get(key)?.as_f64()?)))
+            })
+            .collect();
+        losses.push(values);
+    }
+    assert_eq!(losses[0].len(), losses[1].len());
+    assert!(
+        losses[0].len() >= 22,
+        "expected 10 training rows and an evaluation"
+    );
+    let mut worst = 0.0f64;
+    for ((key, cpu), (_, gpu)) in losses[0].iter().zip(&losses[1]) {
+        let relative = (cpu - gpu).abs() / cpu.abs().max(1e-12);
+        worst = worst.max(relative);
+        assert!(relative <= 1e-3, "{key}: cpu {cpu} vs wgpu {gpu}");
+    }
+    println!("worst relative loss difference wgpu vs cpu over 10 steps: {worst:.2e}");
+}
