@@ -64,7 +64,7 @@ fn forward<B: Backend>(backend: B, set: &str) -> (TensorMap, TensorMap) {
         batch: shape[0],
         len: shape[1],
     };
-    let session = Session::new(backend, &loaded).unwrap_or_else(|e| panic!("{set}: {e}"));
+    let session = Session::new(&backend, &loaded).unwrap_or_else(|e| panic!("{set}: {e}"));
     (
         session
             .outputs(&host)

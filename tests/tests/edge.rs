@@ -148,7 +148,8 @@ struct Accuracy {
 fn accuracy(dir: &Path, dtype: DType, sequences: &[Vec<u32>], max_seq_len: usize) -> Accuracy {
     let loaded = load_model_dir(dir).unwrap();
     let file = edge_bytes(&loaded, dir, dtype, max_seq_len, None).unwrap();
-    let session = Session::new(CpuBackend::new(), &loaded).unwrap();
+    let backend = CpuBackend::new();
+    let session = Session::new(&backend, &loaded).unwrap();
     let mut acc = Accuracy::default();
     for ids in sequences {
         let edge = edge_logits(&file, ids).unwrap();

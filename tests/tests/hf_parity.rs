@@ -24,7 +24,8 @@ fn run_forward(model_dir: &str, inputs_dir: &str) -> (TensorMap, TensorMap) {
         batch: shape[0],
         len: shape[1],
     };
-    let session = Session::new(CpuBackend::new(), &loaded).unwrap();
+    let backend = CpuBackend::new();
+    let session = Session::new(&backend, &loaded).unwrap();
     (session.outputs(&host).unwrap(), inputs)
 }
 

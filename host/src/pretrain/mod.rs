@@ -310,7 +310,7 @@ impl BackendTask for Run<'_> {
         let pair = RtdPair::new(
             &gen_cfg,
             &disc_cfg,
-            sharing(&options),
+            sharing(options),
             MlmLayout::LmPredictions,
             options.emd,
         )
@@ -333,7 +333,7 @@ impl BackendTask for Run<'_> {
             params,
             schedule,
             options.rtd_weight,
-            optimizer_config(&options),
+            optimizer_config(options),
         )
         .map_err(model_error("creating the optimizers"))?;
         let (mut step, mut cursor) = match &resumed {
@@ -421,7 +421,7 @@ impl BackendTask for Run<'_> {
             let (losses_mlm, losses_rtd) = train_step(
                 backend,
                 &mut trainer,
-                &options,
+                options,
                 step,
                 lr,
                 &batch,
@@ -488,7 +488,7 @@ impl BackendTask for Run<'_> {
             let evaluating =
                 (options.eval_every > 0 && step % options.eval_every == 0) || step == options.steps;
             if evaluating {
-                let row = evaluate::evaluate(backend, &trainer, &dataset, &masker, &options, step)?;
+                let row = evaluate::evaluate(backend, &trainer, dataset, masker, options, step)?;
                 log.write(&row)?;
             }
             if (options.save_every > 0 && step % options.save_every == 0) || step == end {
