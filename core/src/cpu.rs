@@ -53,14 +53,16 @@ fn parallel_matmul(a: &[f32], b: &[f32], c: &mut [f32], spec: &MatmulSpec) -> Re
     }
     spec.validate(a.len(), b.len(), c.len())?;
     let entries = (spec.batch[0] * spec.batch[1]).max(1);
-    let row_splits = if entries >= 2 * threads {
+    // Enough blocks for every thread: whole batch entries when there are many, else each
+    // entry cut along its longer side (at least 16 rows or columns per block).
+    let splits = if entries >= threads {
         1
     } else {
-        (2 * threads)
+        threads
             .div_ceil(entries)
-            .min(spec.m.div_ceil(8).max(1))
+            .min(spec.m.max(spec.n).div_ceil(16).max(1))
     };
-    let blocks: Vec<kernels::MatmulBlock> = spec.blocks(row_splits).collect();
+    let blocks: Vec<kernels::MatmulBlock> = spec.blocks(splits).collect();
     let output = SharedOutput(c.as_mut_ptr());
     blocks.par_iter().for_each(|block| {
         // SAFETY: validated above for these buffers; the output is injective and the blocks

@@ -176,7 +176,7 @@ impl MatmulSpec {
     }
 }
 
-/// A block of a product: one batch entry and a range of output rows.
+/// A block of a product: one batch entry and a rectangle of its output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MatmulBlock {
     /// Outer batch index.
@@ -187,22 +187,36 @@ pub struct MatmulBlock {
     pub row_start: usize,
     /// One past the last output row.
     pub row_end: usize,
+    /// First output column.
+    pub col_start: usize,
+    /// One past the last output column.
+    pub col_end: usize,
 }
 
 impl MatmulSpec {
-    /// The product cut into blocks: every batch entry, its rows split into `row_splits`
-    /// near-equal ranges (in batch order, then row order).
-    pub fn blocks(&self, row_splits: usize) -> impl Iterator<Item = MatmulBlock> + '_ {
-        let splits = row_splits.clamp(1, self.m.max(1));
+    /// The product cut into blocks: every batch entry, its output split into `splits`
+    /// near-equal ranges along the longer of its two dimensions (so that each block packs as
+    /// little of the operands as possible), in batch order, then range order.
+    pub fn blocks(&self, splits: usize) -> impl Iterator<Item = MatmulBlock> + '_ {
+        let by_columns = self.n > self.m;
+        let extent = if by_columns { self.n } else { self.m };
+        let splits = splits.clamp(1, extent.max(1));
         (0..self.batch[0]).flat_map(move |outer| {
             (0..self.batch[1]).flat_map(move |inner| {
                 (0..splits).filter_map(move |s| {
-                    let (row_start, row_end) = (s * self.m / splits, (s + 1) * self.m / splits);
-                    (row_end > row_start).then_some(MatmulBlock {
+                    let (start, end) = (s * extent / splits, (s + 1) * extent / splits);
+                    let ((row_start, row_end), (col_start, col_end)) = if by_columns {
+                        ((0, self.m), (start, end))
+                    } else {
+                        ((start, end), (0, self.n))
+                    };
+                    (end > start).then_some(MatmulBlock {
                         outer,
                         inner,
                         row_start,
                         row_end,
+                        col_start,
+                        col_end,
                     })
                 })
             })
@@ -264,10 +278,13 @@ pub unsafe fn matmul_block(
     block: MatmulBlock,
 ) {
     let rows = block.row_end - block.row_start;
-    let c_off = spec.c.batch_offset(block.outer, block.inner) + block.row_start * spec.c.row_stride;
+    let cols = block.col_end - block.col_start;
+    let c_off = spec.c.batch_offset(block.outer, block.inner)
+        + block.row_start * spec.c.row_stride
+        + block.col_start * spec.c.col_stride;
     if spec.k == 0 {
         for r in 0..rows {
-            for col in 0..spec.n {
+            for col in 0..cols {
                 // SAFETY: the index lies in C's validated extent and belongs to this block.
                 let element =
                     unsafe { &mut *c.add(c_off + r * spec.c.row_stride + col * spec.c.col_stride) };
@@ -281,7 +298,7 @@ pub unsafe fn matmul_block(
         return;
     }
     let a_off = spec.a.batch_offset(block.outer, block.inner) + block.row_start * spec.a.row_stride;
-    let b_off = spec.b.batch_offset(block.outer, block.inner);
+    let b_off = spec.b.batch_offset(block.outer, block.inner) + block.col_start * spec.b.col_stride;
     // SAFETY: `validate` proved that every element the layouts address for all batch entries
     // and rows lies inside A, B and C (overflow-checked), that strides fit in `isize`, and
     // that C's elements within a batch entry are distinct; the caller guarantees exclusive
@@ -291,7 +308,7 @@ pub unsafe fn matmul_block(
         matrixmultiply::sgemm(
             rows,
             spec.k,
-            spec.n,
+            cols,
             spec.alpha,
             a.as_ptr().add(a_off),
             spec.a.row_stride as isize,
