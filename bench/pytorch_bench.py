@@ -6,6 +6,9 @@ Usage:
         --threads 2 --warmup 2 --iters 10 [--json]
     python3 bench/pytorch_bench.py step --shape xsmall --batch 8 --seq 128 \
         --threads 2 --warmup 2 --iters 10 [--json]
+    python3 bench/pytorch_bench.py matmul --size 512 1024 2048 [--json]
+Every subcommand takes `--device cpu|cuda` (default cpu; on CUDA TF32 is off: fp32 eager).
+Shapes: the published xsmall/small/base/large and this project's nano.
 
 What `forward` measures (kept identical to the Rust `deberta bench forward`, see
 host/src/cli/bench.rs, so that the two medians can be divided):
@@ -110,22 +113,59 @@ COMMON_CONFIG = dict(
 
 # shape -> (hidden_size, num_hidden_layers, num_attention_heads, intermediate_size)
 SHAPES = {
+    "nano": (128, 4, 4, 512),
     "xsmall": (384, 12, 6, 1536),
     "small": (768, 6, 12, 3072),
     "base": (768, 12, 12, 3072),
     "large": (1024, 24, 16, 4096),
 }
 
+# `nano` is this project's preset (Rust `ModelConfig::deberta_v3("nano")`): 8000 tokens,
+# heads of 32, 64 buckets over 128 relative positions.
+SHAPE_OVERRIDES = {
+    "nano": dict(vocab_size=8000, attention_head_size=32, position_buckets=64, max_relative_positions=128),
+}
+
 
 def make_config(shape: str) -> DebertaV2Config:
     hidden, layers, heads, ffn = SHAPES[shape]
+    config = dict(COMMON_CONFIG)
+    config.update(SHAPE_OVERRIDES.get(shape, {}))
     return DebertaV2Config(
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         intermediate_size=ffn,
-        **COMMON_CONFIG,
+        **config,
     )
+
+
+def select_device(name: str) -> torch.device:
+    """`cpu` or `cuda` (the first GPU). fp32 matrix products stay fp32 on the GPU: TF32 is
+    switched off, so the comparison with our f32 kernels is like for like."""
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            sys.stderr.write("error: --device cuda but PyTorch sees no CUDA device\n")
+            sys.exit(2)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def device_label(device: torch.device) -> str:
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
+
+
+def peak_device_mb(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / (1024.0 * 1024.0)
+    return None
 
 
 # --------------------------------------------------------------------------- FLOPs
@@ -238,11 +278,13 @@ def bench_forward(args: argparse.Namespace) -> int:
         # Not a hard limit for DeBERTa-v3 (no absolute positions), just noted.
         sys.stderr.write(f"note: seq {args.seq} > max_position_embeddings {cfg.max_position_embeddings}\n")
 
+    device = select_device(args.device)
     torch.manual_seed(0)
-    model = DebertaV2Model(cfg).to(torch.float32).eval()
+    model = DebertaV2Model(cfg).to(torch.float32).eval().to(device)
 
     generator = torch.Generator().manual_seed(1)
     input_ids = torch.randint(1, cfg.vocab_size, (args.batch, args.seq), generator=generator, dtype=torch.long)
+    input_ids = input_ids.to(device)
     attention_mask = torch.ones_like(input_ids)
 
     times_ms = []
@@ -250,7 +292,7 @@ def bench_forward(args: argparse.Namespace) -> int:
         for i in range(args.warmup + args.iters):
             start = time.perf_counter()
             out = model(input_ids=input_ids, attention_mask=attention_mask)
-            # CPU execution is synchronous; reading one element mirrors the Rust readback.
+            # Reading one element back mirrors the Rust readback (and waits for the GPU).
             _ = out.last_hidden_state[0, 0, 0].item()
             elapsed = (time.perf_counter() - start) * 1e3
             if i >= args.warmup:
@@ -264,7 +306,7 @@ def bench_forward(args: argparse.Namespace) -> int:
     tokens_per_s = tokens / (median / 1e3)
     gflops = forward_flops(cfg, args.batch, args.seq) / (median / 1e3) / 1e9
     print(
-        f"forward {args.shape} batch {args.batch} seq {args.seq} on pytorch-cpu ({threads} threads): "
+        f"forward {args.shape} batch {args.batch} seq {args.seq} on pytorch-{device_label(device)} ({threads} threads): "
         f"median {median:.2f} ms (min {lo:.2f}, max {hi:.2f}) over {args.iters} runs, "
         f"{tokens_per_s:.0f} tokens/s, {gflops:.1f} GFLOP/s"
     )
@@ -272,7 +314,7 @@ def bench_forward(args: argparse.Namespace) -> int:
         record = {
             "bench": "forward",
             "impl": "pytorch",
-            "backend": "cpu",
+            "backend": device_label(device),
             "shape": args.shape,
             "batch": args.batch,
             "seq": args.seq,
@@ -285,6 +327,7 @@ def bench_forward(args: argparse.Namespace) -> int:
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "peak_rss_mb": peak_rss_mb(),
+            "peak_device_mb": peak_device_mb(device),
         }
         print(json.dumps(record, separators=(",", ":")))
     sys.stdout.flush()
@@ -467,9 +510,10 @@ def bench_step(args: argparse.Namespace) -> int:
     gen_cfg.num_hidden_layers = disc_cfg.num_hidden_layers // 2
     gen_cfg.legacy = False
 
+    device = select_device(args.device)
     torch.manual_seed(0)
-    generator = Generator(gen_cfg).to(torch.float32).train()
-    discriminator = Discriminator(disc_cfg).to(torch.float32).train()
+    generator = Generator(gen_cfg).to(torch.float32).train().to(device)
+    discriminator = Discriminator(disc_cfg).to(torch.float32).train().to(device)
     lr = 1e-4
     opt_g = make_optimizer(args.optimizer, generator, lr)
     opt_d = make_optimizer(args.optimizer, discriminator, lr)
@@ -477,6 +521,7 @@ def bench_step(args: argparse.Namespace) -> int:
     disc_params = [p for p in discriminator.parameters() if p.requires_grad]
 
     original, masked_ids, masked = step_batch(args.batch, args.seq, disc_cfg.vocab_size)
+    original, masked_ids, masked = original.to(device), masked_ids.to(device), masked.to(device)
     attention_mask = torch.ones_like(original)
     keep = attention_mask.bool()
     labels = original[masked]
@@ -509,7 +554,7 @@ def bench_step(args: argparse.Namespace) -> int:
     times_ms = []
     for i in range(args.warmup + args.iters):
         start = time.perf_counter()
-        one_step()
+        one_step()  # `.item()` of both losses waits for the GPU
         elapsed = (time.perf_counter() - start) * 1e3
         if i >= args.warmup:
             times_ms.append(elapsed)
@@ -522,7 +567,7 @@ def bench_step(args: argparse.Namespace) -> int:
     peak = peak_rss_mb()
     sys.stderr.write(f"note: last step's losses: mlm {losses[0]:.4f}, rtd {losses[1]:.4f}\n")
     print(
-        f"step {args.shape} batch {args.batch} seq {args.seq} on pytorch-cpu ({threads} threads): "
+        f"step {args.shape} batch {args.batch} seq {args.seq} on pytorch-{device_label(device)} ({threads} threads): "
         f"median {median:.2f} ms (min {lo:.2f}, max {hi:.2f}) over {args.iters} runs, "
         f"{tokens_per_s:.0f} tokens/s, peak RSS {peak:.0f} MiB"
     )
@@ -530,7 +575,7 @@ def bench_step(args: argparse.Namespace) -> int:
         record = {
             "bench": "step",
             "impl": "pytorch",
-            "backend": "cpu",
+            "backend": device_label(device),
             "shape": args.shape,
             "batch": args.batch,
             "seq": args.seq,
@@ -543,6 +588,7 @@ def bench_step(args: argparse.Namespace) -> int:
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "peak_rss_mb": peak,
+            "peak_device_mb": peak_device_mb(device),
             # Peak RSS right after `import torch, transformers` (libraries only, no model):
             # the part of peak_rss_mb that is the framework rather than the step.
             "rss_after_import_mb": rss_after_import,
@@ -550,6 +596,53 @@ def bench_step(args: argparse.Namespace) -> int:
             "gdes_materialise": args.gdes_materialise,
         }
         print(json.dumps(record, separators=(",", ":")))
+    sys.stdout.flush()
+    return 0
+
+
+# --------------------------------------------------------------------------- matmul
+
+
+def bench_matmul(args: argparse.Namespace) -> int:
+    """Square float32 `C = A·B` at each `--size`, as `deberta bench matmul`: median over
+    `--iters` products after `--warmup`, each timed to completion (GPU synchronised)."""
+    threads = set_threads(args.threads)
+    device = select_device(args.device)
+    generator = torch.Generator().manual_seed(0)
+    for size in args.size:
+        a = torch.rand(size, size, generator=generator).to(device)
+        b = torch.rand(size, size, generator=generator).to(device)
+        c = torch.empty(size, size, device=device)
+        times_ms = []
+        for i in range(args.warmup + args.iters):
+            synchronize(device)
+            start = time.perf_counter()
+            torch.mm(a, b, out=c)
+            synchronize(device)
+            elapsed = (time.perf_counter() - start) * 1e3
+            if i >= args.warmup:
+                times_ms.append(elapsed)
+        times_ms.sort()
+        median = times_ms[len(times_ms) // 2]
+        gflops = 2.0 * size**3 / (median / 1e3) / 1e9
+        print(
+            f"matmul {size}x{size}x{size} on pytorch-{device_label(device)} ({threads} threads): "
+            f"median {median:.3f} ms (min {times_ms[0]:.3f}, max {times_ms[-1]:.3f}), {gflops:.1f} GFLOP/s"
+        )
+        if args.json:
+            record = {
+                "bench": "matmul",
+                "impl": "pytorch",
+                "backend": device_label(device),
+                "size": size,
+                "median_ms": median,
+                "min_ms": times_ms[0],
+                "max_ms": times_ms[-1],
+                "gflops": gflops,
+                "threads": threads,
+                "torch": torch.__version__,
+            }
+            print(json.dumps(record, separators=(",", ":")))
     sys.stdout.flush()
     return 0
 
@@ -565,6 +658,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed runs before measuring")
     p.add_argument("--iters", type=int, default=10, help="timed runs")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where PyTorch computes")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -589,6 +683,14 @@ def main(argv: list[str] | None = None) -> int:
         help="build the whole table sg(E_G) + E_delta each step (the official pre-hook) instead of summing looked-up rows",
     )
     stp.set_defaults(func=bench_step)
+    mm = sub.add_parser("matmul", help="square float32 matrix product (GFLOP/s)")
+    mm.add_argument("--size", type=int, nargs="+", default=[512, 1024, 2048], help="matrix sizes")
+    mm.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
+    mm.add_argument("--warmup", type=int, default=3, help="untimed products before measuring")
+    mm.add_argument("--iters", type=int, default=20, help="timed products")
+    mm.add_argument("--json", action="store_true", help="one JSON object per size on stdout")
+    mm.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where PyTorch computes")
+    mm.set_defaults(func=bench_matmul)
     # Further benchmarks: add a subparser here with its own `func`.
     args = parser.parse_args(argv)
     return args.func(args)

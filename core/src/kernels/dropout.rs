@@ -7,12 +7,17 @@ use crate::random::RandomStream;
 /// `x[i] = keep(i) ? x[i]/(1−p) : 0` in place. The same call on a gradient is the backward
 /// pass. `p = 0` leaves `x` untouched.
 pub fn dropout(x: &mut [f32], p: f32, stream: RandomStream) {
+    dropout_from(x, 0, p, stream);
+}
+
+/// [`dropout`] of the elements `first_index..` of a larger tensor, held in `x`.
+pub(crate) fn dropout_from(x: &mut [f32], first_index: usize, p: f32, stream: RandomStream) {
     if p <= 0.0 {
         return;
     }
     let scale = 1.0 / (1.0 - p);
     for (i, v) in x.iter_mut().enumerate() {
-        *v = if stream.uniform(i as u64) >= p {
+        *v = if stream.uniform((first_index + i) as u64) >= p {
             *v * scale
         } else {
             0.0

@@ -86,11 +86,46 @@ pub fn layer_norm_backward(
     if spec.cols == 0 {
         return Ok(());
     }
-    let n = spec.cols as f32;
-    for r in 0..spec.rows {
+    layer_norm_backward_input(
+        &x[..total],
+        gamma,
+        stats,
+        &dout[..total],
+        &mut dx[..total],
+        spec.cols,
+        accumulate_dx,
+    );
+    layer_norm_backward_params(
+        &x[..total],
+        stats,
+        &dout[..total],
+        &mut dgamma[..spec.cols],
+        &mut dbeta[..spec.cols],
+        0,
+        spec.cols,
+    );
+    Ok(())
+}
+
+/// The `dx` part of [`layer_norm_backward`] for the whole rows in `x`, `dout` and `dx` (their
+/// `[mean, rstd]` pairs first in `stats`); shapes checked by the caller, `cols > 0`.
+pub(crate) fn layer_norm_backward_input(
+    x: &[f32],
+    gamma: &[f32],
+    stats: &[f32],
+    dout: &[f32],
+    dx: &mut [f32],
+    cols: usize,
+    accumulate_dx: bool,
+) {
+    let n = cols as f32;
+    for (r, ((xr, gr), dxr)) in x
+        .chunks_exact(cols)
+        .zip(dout.chunks_exact(cols))
+        .zip(dx.chunks_exact_mut(cols))
+        .enumerate()
+    {
         let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
-        let xr = &x[r * spec.cols..(r + 1) * spec.cols];
-        let gr = &dout[r * spec.cols..(r + 1) * spec.cols];
         let mut sum_g = 0.0f32;
         let mut sum_gx = 0.0f32;
         for ((&xv, &g), &gam) in xr.iter().zip(gr).zip(gamma) {
@@ -100,11 +135,8 @@ pub fn layer_norm_backward(
             sum_gx += gg * xhat;
         }
         let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
-        let dxr = &mut dx[r * spec.cols..(r + 1) * spec.cols];
-        for c in 0..spec.cols {
+        for c in 0..cols {
             let xhat = (xr[c] - mean) * rstd;
-            dgamma[c] += gr[c] * xhat;
-            dbeta[c] += gr[c];
             let d = rstd * (gr[c] * gamma[c] - mean_g - xhat * mean_gx);
             if accumulate_dx {
                 dxr[c] += d;
@@ -113,7 +145,35 @@ pub fn layer_norm_backward(
             }
         }
     }
-    Ok(())
+}
+
+/// The parameter part of [`layer_norm_backward`] for columns `first_col..first_col +
+/// dgamma.len()` of rows of width `cols`: `dgamma += Σ_rows dout·x̂`, `dbeta += Σ_rows dout`,
+/// rows in order (so any split into column ranges gives the same bits).
+pub(crate) fn layer_norm_backward_params(
+    x: &[f32],
+    stats: &[f32],
+    dout: &[f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+    first_col: usize,
+    cols: usize,
+) {
+    let width = dgamma.len();
+    for (r, (xr, gr)) in x
+        .chunks_exact(cols)
+        .zip(dout.chunks_exact(cols))
+        .enumerate()
+    {
+        let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
+        let xr = &xr[first_col..first_col + width];
+        let gr = &gr[first_col..first_col + width];
+        for (((dg, db), &xv), &g) in dgamma.iter_mut().zip(dbeta.iter_mut()).zip(xr).zip(gr) {
+            let xhat = (xv - mean) * rstd;
+            *dg += g * xhat;
+            *db += g;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -23,12 +23,27 @@ pub fn cross_entropy(
     if vocab == 0 {
         return Ok(());
     }
+    cross_entropy_rows(logits, targets, 0, losses, dlogits, vocab, grad_scale)
+}
+
+/// [`cross_entropy`] of rows `first_row..` (whose logits, targets, losses and gradients the
+/// slices hold; shapes checked by the caller, `vocab > 0`). A target out of range is an error
+/// naming its row.
+pub(crate) fn cross_entropy_rows(
+    logits: &[f32],
+    targets: &[u32],
+    first_row: usize,
+    losses: &mut [f32],
+    dlogits: &mut [f32],
+    vocab: usize,
+    grad_scale: f32,
+) -> Result<(), Error> {
     for (r, &target) in targets.iter().enumerate() {
         let t = target as usize;
         if t >= vocab {
             return Err(Error::TokenOutOfRange {
                 table: "the MLM vocabulary (target)",
-                position: r,
+                position: first_row + r,
                 id: target as u64,
                 rows: vocab,
             });

@@ -34,6 +34,20 @@ pub use relative_scores::{RelativeScoresSpec, add_relative_scores, relative_scor
 pub use sampling::sample_categorical;
 pub use softmax::{SoftmaxSpec, masked_softmax, masked_softmax_backward};
 
+// Row- and element-range forms of the kernels above, for backends that split the work.
+#[cfg(feature = "alloc")]
+pub(crate) use dropout::dropout_from;
+#[cfg(feature = "alloc")]
+pub(crate) use layer_norm::{layer_norm_backward_input, layer_norm_backward_params};
+#[cfg(feature = "alloc")]
+pub(crate) use loss::cross_entropy_rows;
+#[cfg(feature = "alloc")]
+pub(crate) use relative_scores::{RelativeTerm, add_relative_scores_rows, relative_table_backward};
+#[cfg(feature = "alloc")]
+pub(crate) use sampling::sample_categorical_rows;
+#[cfg(feature = "alloc")]
+pub(crate) use softmax::{masked_softmax_backward_rows, masked_softmax_rows};
+
 use crate::Error;
 
 /// Checks that an operand holds at least `needed` elements.

@@ -24,7 +24,7 @@ pub struct RelativeScoresSpec {
 }
 
 impl RelativeScoresSpec {
-    fn check(
+    pub(crate) fn check(
         &self,
         kernel: &'static str,
         scores: usize,
@@ -55,7 +55,7 @@ impl RelativeScoresSpec {
     }
 
     /// Offset of `(batch b, head h)`'s `[len, rows]` table.
-    fn table_offset(&self, b: usize, h: usize) -> usize {
+    pub(crate) fn table_offset(&self, b: usize, h: usize) -> usize {
         (h * self.batch + b) * self.len * self.rows
     }
 }
@@ -78,38 +78,53 @@ pub fn add_relative_scores(
         [c2p.map(<[f32]>::len), p2c.map(<[f32]>::len)],
         index,
     )?;
+    let total = spec.batch * spec.heads * spec.len * spec.len;
+    add_relative_scores_rows(&mut scores[..total], 0, c2p, p2c, index, spec);
+    Ok(())
+}
+
+/// [`add_relative_scores`] on whole score rows: `rows` holds rows `first_row..` of the
+/// `[batch·heads·len, len]` scores; the shapes are checked by the caller.
+pub(crate) fn add_relative_scores_rows(
+    scores: &mut [f32],
+    first_row: usize,
+    c2p: Option<&[f32]>,
+    p2c: Option<&[f32]>,
+    index: &[u32],
+    spec: RelativeScoresSpec,
+) {
     let (len, rows, s) = (spec.len, spec.rows, spec.scale);
-    for b in 0..spec.batch {
-        for h in 0..spec.heads {
-            let t = spec.table_offset(b, h);
-            for i in 0..len {
-                let out = &mut scores[((b * spec.heads + h) * len + i) * len..][..len];
-                let idx = &index[i * len..(i + 1) * len];
-                match (c2p, p2c) {
-                    (Some(c2p), Some(p2c)) => {
-                        let c2p_row = &c2p[t + i * rows..][..rows];
-                        for (j, (o, &r)) in out.iter_mut().zip(idx).enumerate() {
-                            let r = r as usize;
-                            *o += c2p_row[r] / s + p2c[t + j * rows + r] / s;
-                        }
-                    }
-                    (Some(c2p), None) => {
-                        let c2p_row = &c2p[t + i * rows..][..rows];
-                        for (o, &r) in out.iter_mut().zip(idx) {
-                            *o += c2p_row[r as usize] / s;
-                        }
-                    }
-                    (None, Some(p2c)) => {
-                        for (j, (o, &r)) in out.iter_mut().zip(idx).enumerate() {
-                            *o += p2c[t + j * rows + r as usize] / s;
-                        }
-                    }
-                    (None, None) => {}
+    if len == 0 {
+        return;
+    }
+    for (local, out) in scores.chunks_exact_mut(len).enumerate() {
+        let row = first_row + local;
+        let (matrix, i) = (row / len, row % len);
+        let (b, h) = (matrix / spec.heads, matrix % spec.heads);
+        let t = spec.table_offset(b, h);
+        let idx = &index[i * len..(i + 1) * len];
+        match (c2p, p2c) {
+            (Some(c2p), Some(p2c)) => {
+                let c2p_row = &c2p[t + i * rows..][..rows];
+                for (j, (o, &r)) in out.iter_mut().zip(idx).enumerate() {
+                    let r = r as usize;
+                    *o += c2p_row[r] / s + p2c[t + j * rows + r] / s;
                 }
             }
+            (Some(c2p), None) => {
+                let c2p_row = &c2p[t + i * rows..][..rows];
+                for (o, &r) in out.iter_mut().zip(idx) {
+                    *o += c2p_row[r as usize] / s;
+                }
+            }
+            (None, Some(p2c)) => {
+                for (j, (o, &r)) in out.iter_mut().zip(idx).enumerate() {
+                    *o += p2c[t + j * rows + r as usize] / s;
+                }
+            }
+            (None, None) => {}
         }
     }
-    Ok(())
 }
 
 /// Backward of [`add_relative_scores`]: `dc2p[h,b,i,r] = Σ_{j: idx[i,j]=r} dscores[b,h,i,j]/s`
@@ -131,39 +146,69 @@ pub fn relative_scores_backward(
         ],
         index,
     )?;
-    let (len, rows, s) = (spec.len, spec.rows, spec.scale);
-    let table = spec.batch * spec.heads * len * rows;
+    let table = spec.batch * spec.heads * spec.len * spec.rows;
     if let Some(dc2p) = dc2p {
-        dc2p[..table].fill(0.0);
-        for b in 0..spec.batch {
-            for h in 0..spec.heads {
-                let t = spec.table_offset(b, h);
-                for i in 0..len {
-                    let d = &dscores[((b * spec.heads + h) * len + i) * len..][..len];
-                    let out = &mut dc2p[t + i * rows..][..rows];
-                    for (&g, &r) in d.iter().zip(&index[i * len..(i + 1) * len]) {
-                        out[r as usize] += g / s;
-                    }
-                }
-            }
+        for (t, out) in dc2p[..table]
+            .chunks_exact_mut(spec.len * spec.rows)
+            .enumerate()
+        {
+            relative_table_backward(dscores, index, RelativeTerm::C2p, t, out, spec);
         }
     }
     if let Some(dp2c) = dp2c {
-        dp2c[..table].fill(0.0);
-        for b in 0..spec.batch {
-            for h in 0..spec.heads {
-                let t = spec.table_offset(b, h);
-                let d = &dscores[(b * spec.heads + h) * len * len..][..len * len];
-                for j in 0..len {
-                    let out = &mut dp2c[t + j * rows..][..rows];
-                    for i in 0..len {
-                        out[index[i * len + j] as usize] += d[i * len + j] / s;
-                    }
+        for (t, out) in dp2c[..table]
+            .chunks_exact_mut(spec.len * spec.rows)
+            .enumerate()
+        {
+            relative_table_backward(dscores, index, RelativeTerm::P2c, t, out, spec);
+        }
+    }
+    Ok(())
+}
+
+/// Which position term a table holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RelativeTerm {
+    /// Content-to-position, `Q·Krᵀ`: row `i` is the query.
+    C2p,
+    /// Position-to-content, `K·Qrᵀ`: row `j` is the key.
+    P2c,
+}
+
+/// [`relative_scores_backward`] for one `[len, rows]` table, the `table`-th of the
+/// `[heads, batch]` tables (`table = h·batch + b`), written to `out`; the shapes are checked
+/// by the caller.
+pub(crate) fn relative_table_backward(
+    dscores: &[f32],
+    index: &[u32],
+    term: RelativeTerm,
+    table: usize,
+    out: &mut [f32],
+    spec: RelativeScoresSpec,
+) {
+    let (len, rows, s) = (spec.len, spec.rows, spec.scale);
+    let (h, b) = (table / spec.batch, table % spec.batch);
+    let d = &dscores[(b * spec.heads + h) * len * len..][..len * len];
+    out.fill(0.0);
+    match term {
+        RelativeTerm::C2p => {
+            for i in 0..len {
+                let dst = &mut out[i * rows..][..rows];
+                let di = &d[i * len..(i + 1) * len];
+                for (&g, &r) in di.iter().zip(&index[i * len..(i + 1) * len]) {
+                    dst[r as usize] += g / s;
+                }
+            }
+        }
+        RelativeTerm::P2c => {
+            for j in 0..len {
+                let dst = &mut out[j * rows..][..rows];
+                for i in 0..len {
+                    dst[index[i * len + j] as usize] += d[i * len + j] / s;
                 }
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -26,8 +26,22 @@ pub fn sample_categorical(
             what: "the vocabulary to sample from",
         });
     }
-    for (r, slot) in out.iter_mut().enumerate() {
-        let z = &logits[r * vocab..(r + 1) * vocab];
+    sample_categorical_rows(logits, vocab, stream, 0, out);
+    Ok(())
+}
+
+/// [`sample_categorical`] of rows `first_row..` (the logits of `out.len()` rows, `vocab > 0`
+/// checked by the caller): row `r` draws number `r` of `stream`.
+pub(crate) fn sample_categorical_rows(
+    logits: &[f32],
+    vocab: usize,
+    stream: RandomStream,
+    first_row: usize,
+    out: &mut [u32],
+) {
+    for (local, slot) in out.iter_mut().enumerate() {
+        let r = first_row + local;
+        let z = &logits[local * vocab..(local + 1) * vocab];
         let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let total: f32 = z.iter().map(|&v| libm::expf(v - max)).sum();
         let target = stream.uniform(r as u64) * total;
@@ -42,7 +56,6 @@ pub fn sample_categorical(
         }
         *slot = pick as u32;
     }
-    Ok(())
 }
 
 #[cfg(test)]

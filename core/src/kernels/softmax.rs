@@ -16,7 +16,12 @@ pub struct SoftmaxSpec {
 }
 
 impl SoftmaxSpec {
-    fn check(&self, kernel: &'static str, scores: usize, mask: usize) -> Result<usize, Error> {
+    pub(crate) fn check(
+        &self,
+        kernel: &'static str,
+        scores: usize,
+        mask: usize,
+    ) -> Result<usize, Error> {
         let total = product(kernel, &[self.batch, self.heads, self.len, self.len])?;
         require(kernel, "scores", total, scores)?;
         require(kernel, "mask", self.batch * self.len, mask)?;
@@ -32,12 +37,25 @@ impl SoftmaxSpec {
 /// so does this kernel. No output at a valid position depends on those rows.
 pub fn masked_softmax(scores: &mut [f32], mask: &[f32], spec: SoftmaxSpec) -> Result<(), Error> {
     let total = spec.check("masked_softmax", scores.len(), mask.len())?;
+    masked_softmax_rows(&mut scores[..total], 0, mask, spec);
+    Ok(())
+}
+
+/// [`masked_softmax`] of the whole score rows in `rows`, the first of which is row `first_row`
+/// of the `[batch·heads·len, len]` scores; the shapes are checked by the caller.
+pub(crate) fn masked_softmax_rows(
+    rows: &mut [f32],
+    first_row: usize,
+    mask: &[f32],
+    spec: SoftmaxSpec,
+) {
     let len = spec.len;
     if len == 0 {
-        return Ok(());
+        return;
     }
     let uniform = 1.0 / len as f32;
-    for (row_index, row) in scores[..total].chunks_exact_mut(len).enumerate() {
+    for (local, row) in rows.chunks_exact_mut(len).enumerate() {
+        let row_index = first_row + local;
         let b = row_index / (spec.heads * len);
         let i = row_index % len;
         let keys = &mask[b * len..(b + 1) * len];
@@ -61,7 +79,6 @@ pub fn masked_softmax(scores: &mut [f32], mask: &[f32], spec: SoftmaxSpec) -> Re
             *s *= inv;
         }
     }
-    Ok(())
 }
 
 /// Backward of [`masked_softmax`], in place: `grad` holds `dP` on entry and `dS` on return,
@@ -75,15 +92,29 @@ pub fn masked_softmax_backward(
 ) -> Result<(), Error> {
     let total = spec.check("masked_softmax_backward", grad.len(), mask.len())?;
     require("masked_softmax_backward", "probs", total, probs.len())?;
+    masked_softmax_backward_rows(&probs[..total], &mut grad[..total], 0, mask, spec);
+    Ok(())
+}
+
+/// [`masked_softmax_backward`] of the whole rows in `probs`/`grad`, the first of which is row
+/// `first_row` of the `[batch·heads·len, len]` scores; the shapes are checked by the caller.
+pub(crate) fn masked_softmax_backward_rows(
+    probs: &[f32],
+    grad: &mut [f32],
+    first_row: usize,
+    mask: &[f32],
+    spec: SoftmaxSpec,
+) {
     let len = spec.len;
     if len == 0 {
-        return Ok(());
+        return;
     }
-    for (row_index, (g, p)) in grad[..total]
+    for (local, (g, p)) in grad
         .chunks_exact_mut(len)
         .zip(probs.chunks_exact(len))
         .enumerate()
     {
+        let row_index = first_row + local;
         let b = row_index / (spec.heads * len);
         let i = row_index % len;
         let keys = &mask[b * len..(b + 1) * len];
@@ -96,7 +127,6 @@ pub fn masked_softmax_backward(
             *gv = if m != 0.0 { pv * (*gv - dot) } else { 0.0 };
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

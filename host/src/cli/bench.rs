@@ -32,8 +32,9 @@ pub enum BenchCommand {
 /// Arguments shared by the benchmarks.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Published DeBERTa-v3 shape: xsmall, small, base or large.
-    #[arg(long, default_value = "xsmall", value_parser = ["xsmall", "small", "base", "large"])]
+    /// Model shape: the published DeBERTa-v3 xsmall, small, base or large (vocabulary
+    /// 128100), or nano (the `pretrain --preset nano` model: hidden 128, 4 layers, 8000 tokens).
+    #[arg(long, default_value = "xsmall", value_parser = ["nano", "xsmall", "small", "base", "large"])]
     pub shape: String,
     /// Sequences per batch.
     #[arg(long, default_value_t = 1)]

@@ -4,74 +4,27 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
+mod parallel;
+
 use crate::backend::{Backend, Clip, LayerNormGrads};
-use crate::kernels::{self, AdamSpec, LayerNormSpec, MatmulSpec, RelativeScoresSpec, SoftmaxSpec};
+use crate::kernels::{
+    self, AdamSpec, LayerNormSpec, MatmulSpec, RelativeScoresSpec, RelativeTerm, SoftmaxSpec,
+    product, require,
+};
 use crate::random::RandomStream;
 use crate::{Activation, Error};
+use parallel::{
+    PIECE, cols_per_piece, for_each_piece, for_each_piece2, for_each_piece3, rows_per_piece,
+    sum_pieces,
+};
 
-/// The CPU backend. With the `std` feature sgemm dispatches to AVX/FMA at run time, and large
-/// products are split into blocks of disjoint output rows computed on rayon's global thread
-/// pool (size it with `rayon::ThreadPoolBuilder::build_global`). Every block is computed the
-/// same way whatever the thread count, so results do not depend on it.
+/// The CPU backend. With the `std` feature sgemm dispatches to AVX/FMA at run time, and the
+/// kernels split their work (products into blocks of disjoint outputs, the others into
+/// fixed-size pieces of rows or elements) over rayon's global thread pool (size it with
+/// `rayon::ThreadPoolBuilder::build_global`). Every piece is computed the same way whatever
+/// the thread count, so results do not depend on it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuBackend;
-
-/// Products smaller than this many multiply-adds run on the calling thread.
-#[cfg(feature = "std")]
-const PARALLEL_MIN_WORK: usize = 1 << 16;
-
-/// The output pointer of a product shared by the threads computing its disjoint blocks.
-#[cfg(feature = "std")]
-#[derive(Clone, Copy)]
-struct SharedOutput(*mut f32);
-
-#[cfg(feature = "std")]
-impl SharedOutput {
-    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-// SAFETY: `SharedOutput` is only used by `parallel_matmul`, which hands every thread a block of
-// output elements no other thread touches (the output layout is checked to be injective and
-// the blocks are disjoint), and the borrow of the output slice outlives the parallel section.
-#[cfg(feature = "std")]
-unsafe impl Send for SharedOutput {}
-// SAFETY: see `Send`: concurrent use never touches the same element.
-#[cfg(feature = "std")]
-unsafe impl Sync for SharedOutput {}
-
-/// Runs a validated product on rayon's pool when it is large enough and its output layout
-/// allows disjoint blocks; returns whether it did.
-#[cfg(feature = "std")]
-fn parallel_matmul(a: &[f32], b: &[f32], c: &mut [f32], spec: &MatmulSpec) -> Result<bool, Error> {
-    use rayon::prelude::*;
-    let threads = rayon::current_num_threads();
-    if threads < 2 || spec.work() < PARALLEL_MIN_WORK || !spec.output_is_injective() {
-        return Ok(false);
-    }
-    spec.validate(a.len(), b.len(), c.len())?;
-    let entries = (spec.batch[0] * spec.batch[1]).max(1);
-    // Enough blocks for every thread: whole batch entries when there are many, else each
-    // entry cut along its longer side (at least 16 rows or columns per block).
-    let splits = if entries >= threads {
-        1
-    } else {
-        threads
-            .div_ceil(entries)
-            .min(spec.m.max(spec.n).div_ceil(16).max(1))
-    };
-    let blocks: Vec<kernels::MatmulBlock> = spec.blocks(splits).collect();
-    let output = SharedOutput(c.as_mut_ptr());
-    blocks.par_iter().for_each(|block| {
-        // SAFETY: validated above for these buffers; the output is injective and the blocks
-        // are disjoint, so each thread writes only its own elements of `c`, which stays
-        // borrowed mutably for the whole parallel section.
-        unsafe { kernels::matmul_block(a, b, output.get(), spec, *block) };
-    });
-    Ok(true)
-}
 
 impl CpuBackend {
     /// A CPU backend.
@@ -161,26 +114,42 @@ impl Backend for CpuBackend {
         spec: &MatmulSpec,
     ) -> Result<(), Error> {
         #[cfg(feature = "std")]
-        if parallel_matmul(a, b, c, spec)? {
+        if parallel::parallel_matmul(a, b, c, spec)? {
             return Ok(());
         }
         kernels::matmul(a, b, c, spec)
     }
 
     fn add_assign(&self, x: &mut Vec<f32>, y: &Vec<f32>) -> Result<(), Error> {
-        kernels::add_assign(x, y)
+        require("add_assign", "y", x.len(), y.len())?;
+        for_each_piece(x, PIECE, |i, piece| {
+            kernels::add_assign(piece, &y[i * PIECE..][..piece.len()])
+        })
     }
 
     fn add_bias(&self, x: &mut Vec<f32>, bias: &Vec<f32>, cols: usize) -> Result<(), Error> {
-        kernels::add_bias(x, bias, cols)
+        require("add_bias", "bias", cols, bias.len())?;
+        for_each_piece(x, rows_per_piece(cols) * cols, |_, piece| {
+            kernels::add_bias(piece, bias, cols)
+        })
     }
 
     fn scale_rows(&self, x: &mut Vec<f32>, scales: &Vec<f32>, cols: usize) -> Result<(), Error> {
-        kernels::scale_rows(x, scales, cols)
+        if cols == 0 {
+            return Ok(());
+        }
+        require("scale_rows", "scales", x.len() / cols, scales.len())?;
+        let rows = rows_per_piece(cols);
+        for_each_piece(x, rows * cols, |i, piece| {
+            kernels::scale_rows(piece, &scales[i * rows..], cols)
+        })
     }
 
     fn activation(&self, act: Activation, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<(), Error> {
-        kernels::activation(act, x, out)
+        require("activation", "out", x.len(), out.len())?;
+        for_each_piece(&mut out[..x.len()], PIECE, |i, piece| {
+            kernels::activation(act, &x[i * PIECE..][..piece.len()], piece)
+        })
     }
 
     fn layer_norm(
@@ -192,7 +161,37 @@ impl Backend for CpuBackend {
         stats: Option<&mut Vec<f32>>,
         spec: LayerNormSpec,
     ) -> Result<(), Error> {
-        kernels::layer_norm(x, gamma, beta, out, stats.map(|s| s.as_mut_slice()), spec)
+        let total = product("layer_norm", &[spec.rows, spec.cols])?;
+        require("layer_norm", "x", total, x.len())?;
+        require("layer_norm", "out", total, out.len())?;
+        if spec.cols == 0 || spec.rows == 0 {
+            return kernels::layer_norm(x, gamma, beta, out, stats.map(|s| s.as_mut_slice()), spec);
+        }
+        let rows = rows_per_piece(spec.cols);
+        let piece_spec = |len: usize| LayerNormSpec {
+            rows: len / spec.cols,
+            ..spec
+        };
+        let x_piece = |i: usize, len: usize| &x[i * rows * spec.cols..][..len];
+        match stats {
+            Some(stats) => {
+                require("layer_norm", "stats", 2 * spec.rows, stats.len())?;
+                for_each_piece2(
+                    &mut out[..total],
+                    rows * spec.cols,
+                    &mut stats[..2 * spec.rows],
+                    2 * rows,
+                    |i, o, s| {
+                        let n = o.len();
+                        kernels::layer_norm(x_piece(i, n), gamma, beta, o, Some(s), piece_spec(n))
+                    },
+                )
+            }
+            None => for_each_piece(&mut out[..total], rows * spec.cols, |i, o| {
+                let n = o.len();
+                kernels::layer_norm(x_piece(i, n), gamma, beta, o, None, piece_spec(n))
+            }),
+        }
     }
 
     fn masked_softmax(
@@ -201,7 +200,12 @@ impl Backend for CpuBackend {
         mask: &Vec<f32>,
         spec: SoftmaxSpec,
     ) -> Result<(), Error> {
-        kernels::masked_softmax(scores, mask, spec)
+        let total = spec.check("masked_softmax", scores.len(), mask.len())?;
+        let rows = rows_per_piece(spec.len);
+        for_each_piece(&mut scores[..total], rows * spec.len.max(1), |i, piece| {
+            kernels::masked_softmax_rows(piece, i * rows, mask, spec);
+            Ok(())
+        })
     }
 
     fn add_relative_scores(
@@ -212,13 +216,19 @@ impl Backend for CpuBackend {
         index: &Vec<u32>,
         spec: RelativeScoresSpec,
     ) -> Result<(), Error> {
-        kernels::add_relative_scores(
-            scores,
-            c2p.map(|t| t.as_slice()),
-            p2c.map(|t| t.as_slice()),
+        let (c2p, p2c) = (c2p.map(|t| t.as_slice()), p2c.map(|t| t.as_slice()));
+        spec.check(
+            "add_relative_scores",
+            scores.len(),
+            [c2p.map(<[f32]>::len), p2c.map(<[f32]>::len)],
             index,
-            spec,
-        )
+        )?;
+        let total = spec.batch * spec.heads * spec.len * spec.len;
+        let rows = rows_per_piece(spec.len);
+        for_each_piece(&mut scores[..total], rows * spec.len.max(1), |i, piece| {
+            kernels::add_relative_scores_rows(piece, i * rows, c2p, p2c, index, spec);
+            Ok(())
+        })
     }
 
     fn embedding_lookup(
@@ -253,16 +263,43 @@ impl Backend for CpuBackend {
         grads: LayerNormGrads<'_, Vec<f32>>,
         spec: LayerNormSpec,
     ) -> Result<(), Error> {
-        kernels::layer_norm_backward(
-            x,
-            gamma,
-            stats,
-            dout,
-            grads.dx,
-            grads.dgamma,
-            grads.dbeta,
-            spec,
-            grads.accumulate_dx,
+        let kernel = "layer_norm_backward";
+        let (rows, cols) = (spec.rows, spec.cols);
+        let total = product(kernel, &[rows, cols])?;
+        require(kernel, "x", total, x.len())?;
+        require(kernel, "dout", total, dout.len())?;
+        require(kernel, "dx", total, grads.dx.len())?;
+        require(kernel, "stats", 2 * rows, stats.len())?;
+        for (name, len) in [
+            ("gamma", gamma.len()),
+            ("dgamma", grads.dgamma.len()),
+            ("dbeta", grads.dbeta.len()),
+        ] {
+            require(kernel, name, cols, len)?;
+        }
+        if cols == 0 || rows == 0 {
+            return Ok(());
+        }
+        let (x, dout, stats) = (&x[..total], &dout[..total], &stats[..2 * rows]);
+        let piece_rows = rows_per_piece(cols);
+        let accumulate = grads.accumulate_dx;
+        for_each_piece(&mut grads.dx[..total], piece_rows * cols, |i, dx| {
+            let (start, n) = (i * piece_rows * cols, dx.len());
+            let stats = &stats[2 * i * piece_rows..];
+            let (x, dout) = (&x[start..][..n], &dout[start..][..n]);
+            kernels::layer_norm_backward_input(x, gamma, stats, dout, dx, cols, accumulate);
+            Ok(())
+        })?;
+        let width = cols_per_piece(rows);
+        for_each_piece2(
+            &mut grads.dgamma[..cols],
+            width,
+            &mut grads.dbeta[..cols],
+            width,
+            |i, dgamma, dbeta| {
+                kernels::layer_norm_backward_params(x, stats, dout, dgamma, dbeta, i * width, cols);
+                Ok(())
+            },
         )
     }
 
@@ -274,7 +311,12 @@ impl Backend for CpuBackend {
         dx: &mut Vec<f32>,
         accumulate: bool,
     ) -> Result<(), Error> {
-        kernels::activation_backward(act, x, dout, dx, accumulate)
+        require("activation_backward", "dout", x.len(), dout.len())?;
+        require("activation_backward", "dx", x.len(), dx.len())?;
+        for_each_piece(&mut dx[..x.len()], PIECE, |i, dx| {
+            let (x, dout) = (&x[i * PIECE..][..dx.len()], &dout[i * PIECE..][..dx.len()]);
+            kernels::activation_backward(act, x, dout, dx, accumulate)
+        })
     }
 
     fn masked_softmax_backward(
@@ -284,7 +326,15 @@ impl Backend for CpuBackend {
         mask: &Vec<f32>,
         spec: SoftmaxSpec,
     ) -> Result<(), Error> {
-        kernels::masked_softmax_backward(probs, grad, mask, spec)
+        let total = spec.check("masked_softmax_backward", grad.len(), mask.len())?;
+        require("masked_softmax_backward", "probs", total, probs.len())?;
+        let rows = rows_per_piece(spec.len);
+        let piece = rows * spec.len.max(1);
+        for_each_piece(&mut grad[..total], piece, |i, grad| {
+            let probs = &probs[i * piece..][..grad.len()];
+            kernels::masked_softmax_backward_rows(probs, grad, i * rows, mask, spec);
+            Ok(())
+        })
     }
 
     fn relative_scores_backward(
@@ -295,13 +345,30 @@ impl Backend for CpuBackend {
         dp2c: Option<&mut Vec<f32>>,
         spec: RelativeScoresSpec,
     ) -> Result<(), Error> {
-        kernels::relative_scores_backward(
-            dscores,
-            index,
+        let (dc2p, dp2c) = (
             dc2p.map(|t| t.as_mut_slice()),
             dp2c.map(|t| t.as_mut_slice()),
-            spec,
-        )
+        );
+        spec.check(
+            "relative_scores_backward",
+            dscores.len(),
+            [
+                dc2p.as_deref().map(<[f32]>::len),
+                dp2c.as_deref().map(<[f32]>::len),
+            ],
+            index,
+        )?;
+        let table = spec.len * spec.rows;
+        let total = spec.batch * spec.heads * table;
+        for (out, term) in [(dc2p, RelativeTerm::C2p), (dp2c, RelativeTerm::P2c)] {
+            if let Some(out) = out {
+                for_each_piece(&mut out[..total], table, |t, out| {
+                    kernels::relative_table_backward(dscores, index, term, t, out, spec);
+                    Ok(())
+                })?;
+            }
+        }
+        Ok(())
     }
 
     fn embedding_backward(
@@ -333,17 +400,40 @@ impl Backend for CpuBackend {
         cols: usize,
         accumulate: bool,
     ) -> Result<(), Error> {
-        kernels::sum_rows(x, out, cols, accumulate)
+        require("sum_rows", "out", cols, out.len())?;
+        if !accumulate {
+            out[..cols].fill(0.0);
+        }
+        if cols == 0 {
+            return Ok(());
+        }
+        let rows = x.len() / cols;
+        let x = &x[..rows * cols];
+        let width = cols_per_piece(rows);
+        // Column pieces: every column is still summed over the rows in order.
+        for_each_piece(&mut out[..cols], width, |i, out| {
+            let first = i * width;
+            for row in x.chunks_exact(cols) {
+                for (o, &v) in out.iter_mut().zip(&row[first..]) {
+                    *o += v;
+                }
+            }
+            Ok(())
+        })
     }
 
     fn scale(&self, x: &mut Vec<f32>, alpha: f32) -> Result<(), Error> {
-        kernels::scale(x, alpha);
-        Ok(())
+        for_each_piece(x, PIECE, |_, piece| {
+            kernels::scale(piece, alpha);
+            Ok(())
+        })
     }
 
     fn dropout(&self, x: &mut Vec<f32>, p: f32, stream: RandomStream) -> Result<(), Error> {
-        kernels::dropout(x, p, stream);
-        Ok(())
+        for_each_piece(x, PIECE, |i, piece| {
+            kernels::dropout_from(piece, i * PIECE, p, stream);
+            Ok(())
+        })
     }
 
     fn cross_entropy(
@@ -355,7 +445,31 @@ impl Backend for CpuBackend {
         vocab: usize,
         grad_scale: f32,
     ) -> Result<(), Error> {
-        kernels::cross_entropy(logits, targets, losses, dlogits, vocab, grad_scale)
+        let rows = targets.len();
+        let total = product("cross_entropy", &[rows, vocab])?;
+        require("cross_entropy", "logits", total, logits.len())?;
+        require("cross_entropy", "dlogits", total, dlogits.len())?;
+        require("cross_entropy", "losses", rows, losses.len())?;
+        if vocab == 0 || rows == 0 {
+            return Ok(());
+        }
+        let piece_rows = rows_per_piece(vocab);
+        for_each_piece2(
+            &mut dlogits[..total],
+            piece_rows * vocab,
+            &mut losses[..rows],
+            piece_rows,
+            |i, dlogits, losses| {
+                let first = i * piece_rows;
+                let (logits, targets) = (
+                    &logits[first * vocab..][..dlogits.len()],
+                    &targets[first..][..losses.len()],
+                );
+                kernels::cross_entropy_rows(
+                    logits, targets, first, losses, dlogits, vocab, grad_scale,
+                )
+            },
+        )
     }
 
     fn bce_with_logits(
@@ -377,18 +491,38 @@ impl Backend for CpuBackend {
         stream: RandomStream,
         out: &mut Vec<u32>,
     ) -> Result<(), Error> {
-        kernels::sample_categorical(logits, vocab, stream, out)
+        let rows = out.len();
+        require(
+            "sample_categorical",
+            "logits",
+            product("sample_categorical", &[rows, vocab])?,
+            logits.len(),
+        )?;
+        if vocab == 0 {
+            return kernels::sample_categorical(logits, vocab, stream, out);
+        }
+        let piece_rows = rows_per_piece(vocab);
+        for_each_piece(out, piece_rows, |i, out| {
+            let first = i * piece_rows;
+            let logits = &logits[first * vocab..][..out.len() * vocab];
+            kernels::sample_categorical_rows(logits, vocab, stream, first, out);
+            Ok(())
+        })
     }
 
     fn sum(&self, x: &Vec<f32>, out: &mut Vec<f32>, index: usize, alpha: f32) -> Result<(), Error> {
         range_check("sum", index, 1, out.len())?;
-        out[index] = alpha * kernels::sum(x);
+        let total = sum_pieces(x, PIECE, |p| p.iter().map(|&v| f64::from(v)).sum());
+        out[index] = alpha * total as f32;
         Ok(())
     }
 
     fn sum_of_squares(&self, x: &Vec<f32>, out: &mut Vec<f32>, index: usize) -> Result<(), Error> {
         range_check("sum_of_squares", index, 1, out.len())?;
-        out[index] = kernels::sum_of_squares(x);
+        let total = sum_pieces(x, PIECE, |p| {
+            p.iter().map(|&v| f64::from(v) * f64::from(v)).sum()
+        });
+        out[index] = total as f32;
         Ok(())
     }
 
@@ -410,9 +544,20 @@ impl Backend for CpuBackend {
             grad_scale: spec.grad_scale * coefficient,
             ..spec
         };
-        kernels::adam_update(param, grad, moments.0, moments.1, spec)
+        let n = param.len();
+        let (m, v) = moments;
+        for (name, len) in [("grad", grad.len()), ("m", m.len()), ("v", v.len())] {
+            require("adam_update", name, n, len)?;
+        }
+        let (m, v) = (&mut m[..n], &mut v[..n]);
+        for_each_piece3(param, m, v, PIECE, |i, param, m, v| {
+            kernels::adam_update(param, &grad[i * PIECE..][..param.len()], m, v, spec)
+        })
     }
 }
+
+#[cfg(all(test, feature = "std"))]
+mod thread_independence;
 
 #[cfg(test)]
 mod tests {
