@@ -8,7 +8,8 @@
 #              torch and transformers, default python3), ITERS (default 20), WARMUP (default 3),
 #              CPU_THREADS (default nproc), CASES (default "nano:1x128 nano:8x128 xsmall:1x128
 #              xsmall:8x128 xsmall:1x512"), STEP_CASES (default "nano:8x128 xsmall:8x128"),
-#              SKIP_CPU=1 to time the GPU only.
+#              SKIP_CPU=1 to time the GPU only. Every wgpu case also runs with
+#              DEBERTA_WGPU_MATMUL_TILES=64 (label ours-wgpu-t64) to compare the tile choice.
 # Each timed figure is the median over ITERS runs after WARMUP untimed ones, measured inside
 # each program (model building and uploads are not timed). The results file gets one JSON
 # object per measurement; the table at the end shows ratio = pytorch_ms / ours_ms (> 1: we
@@ -67,6 +68,9 @@ for bench in forward step; do
         echo "== $bench $shape ${batch}x${seq}" >&2
         record "$bench $shape $bs ours-wgpu" "$DEBERTA" bench "$bench" --backend wgpu \
             "${shape_args[@]}" "${common[@]}"
+        # The same with every product on 64x64 tiles (the kernel choice before 32x32 tiles).
+        record "$bench $shape $bs ours-wgpu-t64" env DEBERTA_WGPU_MATMUL_TILES=64 "$DEBERTA" \
+            bench "$bench" --backend wgpu "${shape_args[@]}" "${common[@]}"
         record "$bench $shape $bs pytorch-cuda" "$PYTHON" "$ROOT/bench/pytorch_bench.py" "$bench" \
             --device cuda "${shape_args[@]}" "${common[@]}"
         if [ "${SKIP_CPU:-0}" != 1 ]; then
@@ -84,10 +88,10 @@ import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 by = {r["label"]: r["result"] for r in rows}
 for label, res in by.items():
-    if label.startswith("matmul") or not label.endswith(("ours-wgpu", "ours-cpu")):
+    if label.startswith("matmul") or not label.endswith(("ours-wgpu", "ours-wgpu-t64", "ours-cpu")):
         continue
     stem, side = label.rsplit(" ", 1)
-    other = by.get(stem + (" pytorch-cuda" if side == "ours-wgpu" else " pytorch-cpu"))
+    other = by.get(stem + (" pytorch-cpu" if side == "ours-cpu" else " pytorch-cuda"))
     ours = res["median_ms"]
     extra = f" peak RSS {res.get('peak_rss_mb') or 0:.0f} MiB" if res.get("peak_rss_mb") else ""
     if other is None:

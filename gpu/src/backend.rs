@@ -10,6 +10,7 @@ use deberta_core::{Activation, Backend, Error};
 use crate::adapter::{AdapterChoice, AdapterSummary};
 use crate::device::Gpu;
 use crate::error::GpuError;
+use crate::ops::matmul::MatmulTiles;
 use crate::ops::{
     elementwise, embedding, layer_norm, loss, matmul, memory, optimizer, random, reduce,
     relative_scores, softmax,
@@ -32,6 +33,12 @@ impl WgpuBackend {
         Ok(WgpuBackend {
             gpu: Arc::new(Gpu::open(&choice)?),
         })
+    }
+
+    /// Chooses the tiled matmul kernel: [`MatmulTiles::Auto`] (the default) picks per product;
+    /// the others force one, for tuning and tests. Results are the same either way.
+    pub fn set_matmul_tiles(&self, tiles: MatmulTiles) {
+        self.gpu.matmul_tiles.set(tiles);
     }
 
     /// The adapter in use.

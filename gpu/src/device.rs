@@ -7,6 +7,7 @@ use deberta_core::Error;
 
 use crate::adapter::{AdapterChoice, AdapterSummary, instance, select};
 use crate::error::{ErrorLog, GpuError, device_error};
+use crate::ops::matmul::TilePolicy;
 use crate::pipelines::Pipelines;
 use crate::pool::{Pool, PooledBuffer};
 use crate::recorder::{ARENA_BYTES, Recorder};
@@ -38,6 +39,8 @@ pub(crate) struct Gpu {
     /// Bound where a kernel's optional output is absent.
     pub(crate) absent_output: PooledBuffer,
     pub(crate) errors: ErrorLog,
+    /// Which tiled matmul kernel products use.
+    pub(crate) matmul_tiles: TilePolicy,
 }
 
 impl Gpu {
@@ -102,6 +105,7 @@ impl Gpu {
             absent_input,
             absent_output,
             errors,
+            matmul_tiles: TilePolicy::default(),
         })
     }
 

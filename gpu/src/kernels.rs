@@ -10,8 +10,10 @@ pub(crate) const ROW_WG: u32 = 128;
 pub(crate) const TILE_M: u32 = 64;
 /// Columns of C per tiled-matmul workgroup.
 pub(crate) const TILE_N: u32 = 64;
-/// Threads per side of a matmul workgroup (both kernels are `MATMUL_THREADS²` threads).
+/// Threads per side of a matmul workgroup (every matmul kernel is `MATMUL_THREADS²` threads).
 pub(crate) const MATMUL_THREADS: u32 = 16;
+/// Rows and columns of C per `matmul_tiled32` workgroup.
+pub(crate) const SMALL_TILE: u32 = 32;
 /// Elements each thread of `reduce_sum` adds before the tree.
 pub(crate) const SUM_ITEMS: u32 = 8;
 /// Rows per partial sum of the LayerNorm γ/β gradients (and of `sum_rows`).
@@ -137,8 +139,10 @@ kernels! {
     AddSequenceRow => Elementwise, "add_sequence_row", [W, R];
     /// Backward of `AddSequenceRow`.
     AddSequenceRowBackward => Elementwise, "add_sequence_row_backward", [W, R];
-    /// Workgroup-tiled matmul.
+    /// Workgroup-tiled matmul, 64×64 tiles.
     MatmulTiled => Matmul, "matmul_tiled", [W, R, R];
+    /// Workgroup-tiled matmul, 32×32 tiles.
+    MatmulTiled32 => Matmul, "matmul_tiled32", [W, R, R];
     /// One-thread-per-output matmul.
     MatmulSmall => Matmul, "matmul_small", [W, R, R];
     /// LayerNorm forward: out, stats, x, γ, β.
@@ -221,6 +225,7 @@ mod tests {
             ("TILE_M", TILE_M, &[Shader::Matmul]),
             ("TILE_N", TILE_N, &[Shader::Matmul]),
             ("MATMUL_THREADS", MATMUL_THREADS, &[Shader::Matmul]),
+            ("SMALL_TILE", SMALL_TILE, &[Shader::Matmul]),
             ("SUM_ITEMS", SUM_ITEMS, &[Shader::Reduce]),
             ("PARAM_CHUNK_ROWS", PARAM_CHUNK_ROWS, &[Shader::LayerNorm]),
         ];

@@ -48,6 +48,7 @@ mod transfer;
 pub use adapter::{AdapterChoice, AdapterSummary, list_adapters};
 pub use backend::WgpuBackend;
 pub use error::GpuError;
+pub use ops::matmul::MatmulTiles;
 pub use tensor::{DeviceBuffer, GpuIndices, GpuTensor};
 /// The kind of an adapter (discrete, integrated, virtual, CPU, other), as wgpu reports it.
 pub use wgpu::DeviceType;

@@ -12,6 +12,7 @@ use deberta_core::kernels::{
 };
 use deberta_core::random::RandomStream;
 use deberta_core::{Activation, Backend, CpuBackend, Error};
+use deberta_gpu::{AdapterChoice, MatmulTiles, WgpuBackend};
 use proptest::prelude::*;
 
 const TOL: f32 = 1e-5;
@@ -206,6 +207,42 @@ fn tiled_matmul_with_partial_tiles_matches_cpu_in_every_layout() {
             seed: u64::from(transposes),
         };
         conform!(matmul_case(&case), vec![TOL * 37.0]);
+    }
+}
+
+#[test]
+fn every_tiled_matmul_kernel_matches_cpu() {
+    if gpu().is_none() {
+        return;
+    }
+    // A backend of its own: forcing a kernel here must not change what other tests run.
+    let forced = WgpuBackend::new(AdapterChoice::default()).expect("second device");
+    for tiles in [MatmulTiles::Large, MatmulTiles::Small, MatmulTiles::Auto] {
+        forced.set_matmul_tiles(tiles);
+        for (shape, transposes) in [((97, 130, 37), 0..8u32), ((200, 150, 70), 0..2u32)] {
+            for t in transposes {
+                let case = MatmulCase {
+                    batch: [1, 2],
+                    m: shape.0,
+                    n: shape.1,
+                    k: shape.2,
+                    transpose_a: t & 1 != 0,
+                    transpose_b: t & 2 != 0,
+                    transpose_c: t & 4 != 0,
+                    alpha: 0.5,
+                    beta: 1.0,
+                    seed: u64::from(t) + 11,
+                };
+                let expected = matmul_case(&CpuBackend::new(), &case);
+                let found = matmul_case(&forced, &case);
+                assert_close(
+                    &format!("{tiles:?} tiles, {shape:?}, transposes {t}"),
+                    &expected[0],
+                    &found[0],
+                    TOL * shape.2 as f32,
+                );
+            }
+        }
     }
 }
 

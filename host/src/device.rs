@@ -2,7 +2,7 @@
 //! backend-generic work on it.
 
 use deberta_core::{Backend, CpuBackend};
-use deberta_gpu::{AdapterChoice, WgpuBackend, list_adapters};
+use deberta_gpu::{AdapterChoice, MatmulTiles, WgpuBackend, list_adapters};
 
 use crate::error::{Error, Result};
 
@@ -68,8 +68,23 @@ pub fn dispatch<T: BackendTask>(choice: &BackendChoice, task: T) -> Result<T::Ou
         BackendChoice::Wgpu(adapter) => {
             let backend = WgpuBackend::new(adapter.clone())
                 .map_err(|e| Error::Usage(format!("--backend wgpu: {e}")))?;
+            backend.set_matmul_tiles(matmul_tiles_from_env()?);
             eprintln!("wgpu adapter: {}", backend.adapter());
             task.run(&backend)
         }
+    }
+}
+
+/// `DEBERTA_WGPU_MATMUL_TILES`: `auto` (default), `64` or `32` forces the tile size of the
+/// wgpu matrix products (a tuning knob: the results are the same).
+fn matmul_tiles_from_env() -> Result<MatmulTiles> {
+    const VAR: &str = "DEBERTA_WGPU_MATMUL_TILES";
+    match std::env::var(VAR).as_deref() {
+        Err(_) | Ok("") | Ok("auto") => Ok(MatmulTiles::Auto),
+        Ok("64") => Ok(MatmulTiles::Large),
+        Ok("32") => Ok(MatmulTiles::Small),
+        Ok(other) => Err(Error::Usage(format!(
+            "{VAR}={other}: expected auto, 64 or 32"
+        ))),
     }
 }

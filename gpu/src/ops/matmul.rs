@@ -1,17 +1,86 @@
 //! Batched strided matmul: picks the tiled or the small kernel, converts the layouts to the
 //! kernel's 32-bit parameters and splits the batch over dispatches.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use deberta_core::Error;
 use deberta_core::kernels::{MatmulSpec, MatrixLayout};
 
 use super::{product, word};
 use crate::device::Gpu;
-use crate::kernels::{Kernel, MATMUL_THREADS, TILE_M, TILE_N};
+use crate::kernels::{Kernel, MATMUL_THREADS, SMALL_TILE, TILE_M, TILE_N};
 use crate::params::MatmulParams;
 use crate::tensor::GpuTensor;
 
-/// Below this many rows or columns of C the tiled kernel wastes most of its 64×64 tile.
+/// Below this many rows or columns of C the tiled kernels waste most of their tile.
 const TILED_MIN_SIDE: usize = 32;
+
+/// With fewer 64×64 workgroups than this, a product runs on 32×32 tiles instead: four times
+/// the workgroups, so that a large GPU has enough of them in flight.
+const LARGE_TILE_MIN_WORKGROUPS: usize = 256;
+
+/// Which tiled kernel the products use (thin products always take the one-thread-per-output
+/// kernel). All compute the same sums in the same order; the choice is only about speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MatmulTiles {
+    /// 64×64 tiles when the product has enough of them, else 32×32.
+    #[default]
+    Auto,
+    /// Always 64×64 tiles.
+    Large,
+    /// Always 32×32 tiles.
+    Small,
+}
+
+impl MatmulTiles {
+    fn code(self) -> u8 {
+        match self {
+            MatmulTiles::Auto => 0,
+            MatmulTiles::Large => 1,
+            MatmulTiles::Small => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Self {
+        match code {
+            1 => MatmulTiles::Large,
+            2 => MatmulTiles::Small,
+            _ => MatmulTiles::Auto,
+        }
+    }
+}
+
+/// The device's current [`MatmulTiles`] policy.
+#[derive(Debug, Default)]
+pub(crate) struct TilePolicy(AtomicU8);
+
+impl TilePolicy {
+    pub(crate) fn get(&self) -> MatmulTiles {
+        MatmulTiles::from_code(self.0.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set(&self, tiles: MatmulTiles) {
+        self.0.store(tiles.code(), Ordering::Relaxed);
+    }
+}
+
+/// The kernel for a `m × n` product of `entries` batch entries, and its tile's rows and columns.
+fn choose_kernel(tiles: MatmulTiles, m: usize, n: usize, entries: usize) -> (Kernel, u32, u32) {
+    if m < TILED_MIN_SIDE || n < TILED_MIN_SIDE {
+        return (Kernel::MatmulSmall, MATMUL_THREADS, MATMUL_THREADS);
+    }
+    let large_workgroups = m.div_ceil(TILE_M as usize) * n.div_ceil(TILE_N as usize) * entries;
+    let large = match tiles {
+        MatmulTiles::Auto => large_workgroups >= LARGE_TILE_MIN_WORKGROUPS,
+        MatmulTiles::Large => true,
+        MatmulTiles::Small => false,
+    };
+    if large {
+        (Kernel::MatmulTiled, TILE_M, TILE_N)
+    } else {
+        (Kernel::MatmulTiled32, SMALL_TILE, SMALL_TILE)
+    }
+}
 
 /// A stride as a kernel word; strides of dimensions that never step are irrelevant (0).
 fn stride(value: usize, extent: usize) -> Result<u32, Error> {
@@ -95,12 +164,8 @@ pub(crate) fn matmul(
         alpha: spec.alpha,
         beta: spec.beta,
     };
-    let tiled = spec.m >= TILED_MIN_SIDE && spec.n >= TILED_MIN_SIDE;
-    let (kernel, tile_rows, tile_cols) = if tiled {
-        (Kernel::MatmulTiled, TILE_M, TILE_N)
-    } else {
-        (Kernel::MatmulSmall, MATMUL_THREADS, MATMUL_THREADS)
-    };
+    let (kernel, tile_rows, tile_cols) =
+        choose_kernel(gpu.matmul_tiles.get(), spec.m, spec.n, entries);
     let max = gpu.limits.max_compute_workgroups_per_dimension;
     let x = word(spec.n.div_ceil(tile_cols as usize))?;
     let y = word(spec.m.div_ceil(tile_rows as usize))?;

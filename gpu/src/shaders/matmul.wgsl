@@ -1,8 +1,10 @@
 // Batched strided matrix multiplication C = α·A·B + β·C for every batch entry, accumulated in
 // f32. `matmul_tiled` stages 64×16 / 16×64 tiles of A and B in workgroup memory and gives each
 // of its 16×16 threads a 4×4 block of C; the load mapping follows whichever stride of an operand
-// is 1, so row-major and transposed operands are both read coalesced. `matmul_small` is the
-// general fallback for thin products: one thread per element of C.
+// is 1, so row-major and transposed operands are both read coalesced. `matmul_tiled32` is the
+// same with 32×32 tiles and 2×2 blocks: four times as many workgroups, for products too small
+// to fill a large GPU with 64×64 tiles. `matmul_small` is the general fallback for thin
+// products: one thread per element of C. All three sum over k in the same order.
 
 const TILE_M: u32 = 64u;
 const TILE_N: u32 = 64u;
@@ -13,6 +15,10 @@ const BLOCK: u32 = 4u;
 // Padded tile rows avoid bank conflicts when the k-contiguous mapping stores a column.
 const A_STRIDE: u32 = 65u;
 const B_STRIDE: u32 = 65u;
+// `matmul_tiled32`: 32×32 tiles, 2×2 blocks per thread.
+const SMALL_TILE: u32 = 32u;
+const SMALL_BLOCK: u32 = 2u;
+const SMALL_STRIDE: u32 = 33u;
 
 struct Params {
     batch1: u32,
@@ -51,6 +57,8 @@ struct Params {
 
 var<workgroup> a_tile: array<f32, TILE_K * A_STRIDE>;
 var<workgroup> b_tile: array<f32, TILE_K * B_STRIDE>;
+var<workgroup> a_small_tile: array<f32, TILE_K * SMALL_STRIDE>;
+var<workgroup> b_small_tile: array<f32, TILE_K * SMALL_STRIDE>;
 
 struct Bases {
     a: u32,
@@ -145,6 +153,77 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
     for (var i = 0u; i < BLOCK; i += 1u) {
         let row = row0 + ty + i * MATMUL_THREADS;
         for (var j = 0u; j < BLOCK; j += 1u) {
+            let col = col0 + tx + j * MATMUL_THREADS;
+            if (row < params.m && col < params.n) {
+                store_output(bases.c, row, col, acc[i][j]);
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(MATMUL_THREADS, MATMUL_THREADS, 1)
+fn matmul_tiled32(@builtin(workgroup_id) wid: vec3<u32>,
+                  @builtin(local_invocation_id) local: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let bases = batch_bases(params.entry_base + wid.z);
+    let row0 = wid.y * SMALL_TILE;
+    let col0 = wid.x * SMALL_TILE;
+    let tx = local.x;
+    let ty = local.y;
+    var acc = array<vec2<f32>, SMALL_BLOCK>();
+    for (var k0 = 0u; k0 < params.k; k0 += TILE_K) {
+        for (var q = 0u; q < (SMALL_TILE * TILE_K) / (MATMUL_THREADS * MATMUL_THREADS); q += 1u) {
+            let e = lid + q * MATMUL_THREADS * MATMUL_THREADS;
+            var r: u32;
+            var kk: u32;
+            if (params.a_k_contiguous != 0u) {
+                kk = e % TILE_K;
+                r = e / TILE_K;
+            } else {
+                r = e % SMALL_TILE;
+                kk = e / SMALL_TILE;
+            }
+            let gr = row0 + r;
+            let gk = k0 + kk;
+            var v = 0.0;
+            if (gr < params.m && gk < params.k) {
+                v = a[bases.a + gr * params.a_row_stride + gk * params.a_col_stride];
+            }
+            a_small_tile[kk * SMALL_STRIDE + r] = v;
+        }
+        for (var q = 0u; q < (SMALL_TILE * TILE_K) / (MATMUL_THREADS * MATMUL_THREADS); q += 1u) {
+            let e = lid + q * MATMUL_THREADS * MATMUL_THREADS;
+            var col: u32;
+            var kk: u32;
+            if (params.b_k_contiguous != 0u) {
+                kk = e % TILE_K;
+                col = e / TILE_K;
+            } else {
+                col = e % SMALL_TILE;
+                kk = e / SMALL_TILE;
+            }
+            let gc = col0 + col;
+            let gk = k0 + kk;
+            var v = 0.0;
+            if (gc < params.n && gk < params.k) {
+                v = b[bases.b + gk * params.b_row_stride + gc * params.b_col_stride];
+            }
+            b_small_tile[kk * SMALL_STRIDE + col] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TILE_K; kk += 1u) {
+            let ai = kk * SMALL_STRIDE + ty;
+            let bi = kk * SMALL_STRIDE + tx;
+            let av = vec2<f32>(a_small_tile[ai], a_small_tile[ai + MATMUL_THREADS]);
+            let bv = vec2<f32>(b_small_tile[bi], b_small_tile[bi + MATMUL_THREADS]);
+            acc[0] += av.x * bv;
+            acc[1] += av.y * bv;
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < SMALL_BLOCK; i += 1u) {
+        let row = row0 + ty + i * MATMUL_THREADS;
+        for (var j = 0u; j < SMALL_BLOCK; j += 1u) {
             let col = col0 + tx + j * MATMUL_THREADS;
             if (row < params.m && col < params.n) {
                 store_output(bases.c, row, col, acc[i][j]);
