@@ -8,7 +8,7 @@
 #              torch and transformers, default python3), ITERS (default 20), WARMUP (default 3),
 #              CPU_THREADS (default nproc), CASES (default "nano:1x128 nano:8x128 xsmall:1x128
 #              xsmall:8x128 xsmall:1x512"), STEP_CASES (default "nano:8x128 xsmall:8x128"),
-#              SKIP_CPU=1 to time the GPU only. Every wgpu case also runs with
+#              CPU_STEP_CASES (default STEP_CASES), SKIP_CPU=1 to time the GPU only. Every wgpu case also runs with
 #              DEBERTA_WGPU_MATMUL_TILES=64 (label ours-wgpu-t64) to compare the tile choice.
 # Each timed figure is the median over ITERS runs after WARMUP untimed ones, measured inside
 # each program (model building and uploads are not timed). The results file gets one JSON
@@ -52,35 +52,48 @@ common=(--warmup "$WARMUP" --iters "$ITERS" --json)
 echo "== matmul" >&2
 for size in 512 1024 2048; do
     record "matmul $size ours-wgpu" "$DEBERTA" bench matmul --backend wgpu --size "$size" "${common[@]}"
+    record "matmul $size ours-wgpu-t64" env DEBERTA_WGPU_MATMUL_TILES=64 "$DEBERTA" bench matmul \
+        --backend wgpu --size "$size" "${common[@]}"
     record "matmul $size pytorch-cuda" "$PYTHON" "$ROOT/bench/pytorch_bench.py" matmul --device cuda \
         --size "$size" "${common[@]}"
 done
 
-for bench in forward step; do
-    cases="$CASES"
-    [ "$bench" = step ] && cases="$STEP_CASES"
-    for case in $cases; do
-        shape="${case%%:*}"
-        bs="${case#*:}"
-        batch="${bs%x*}"
-        seq="${bs#*x}"
-        shape_args=(--shape "$shape" --batch "$batch" --seq "$seq")
-        echo "== $bench $shape ${batch}x${seq}" >&2
-        record "$bench $shape $bs ours-wgpu" "$DEBERTA" bench "$bench" --backend wgpu \
-            "${shape_args[@]}" "${common[@]}"
-        # The same with every product on 64x64 tiles (the kernel choice before 32x32 tiles).
-        record "$bench $shape $bs ours-wgpu-t64" env DEBERTA_WGPU_MATMUL_TILES=64 "$DEBERTA" \
-            bench "$bench" --backend wgpu "${shape_args[@]}" "${common[@]}"
-        record "$bench $shape $bs pytorch-cuda" "$PYTHON" "$ROOT/bench/pytorch_bench.py" "$bench" \
-            --device cuda "${shape_args[@]}" "${common[@]}"
-        if [ "${SKIP_CPU:-0}" != 1 ]; then
-            record "$bench $shape $bs ours-cpu" "$DEBERTA" bench "$bench" --backend cpu \
-                --threads "$CPU_THREADS" "${shape_args[@]}" "${common[@]}"
-            record "$bench $shape $bs pytorch-cpu" "$PYTHON" "$ROOT/bench/pytorch_bench.py" "$bench" \
-                --device cpu --threads "$CPU_THREADS" "${shape_args[@]}" "${common[@]}"
-        fi
+# Runs the forward and step cases on one side: gpu (ours on wgpu, also with 64x64 tiles only,
+# against PyTorch on CUDA) or cpu (both on CPU_THREADS cores). GPU first, so that a run cut
+# short still has the GPU figures.
+run_cases() {
+    local side="$1"
+    for bench in forward step; do
+        cases="$CASES"
+        [ "$bench" = step ] && cases="$STEP_CASES"
+        [ "$bench" = step ] && [ "$side" = cpu ] && cases="${CPU_STEP_CASES:-$STEP_CASES}"
+        for case in $cases; do
+            shape="${case%%:*}"
+            bs="${case#*:}"
+            batch="${bs%x*}"
+            seq="${bs#*x}"
+            shape_args=(--shape "$shape" --batch "$batch" --seq "$seq")
+            echo "== $side $bench $shape ${batch}x${seq}" >&2
+            if [ "$side" = gpu ]; then
+                record "$bench $shape $bs ours-wgpu" "$DEBERTA" bench "$bench" --backend wgpu \
+                    "${shape_args[@]}" "${common[@]}"
+                # Every product on 64x64 tiles (the kernel choice before 32x32 tiles existed).
+                record "$bench $shape $bs ours-wgpu-t64" env DEBERTA_WGPU_MATMUL_TILES=64 \
+                    "$DEBERTA" bench "$bench" --backend wgpu "${shape_args[@]}" "${common[@]}"
+                record "$bench $shape $bs pytorch-cuda" "$PYTHON" "$ROOT/bench/pytorch_bench.py" \
+                    "$bench" --device cuda "${shape_args[@]}" "${common[@]}"
+            else
+                record "$bench $shape $bs ours-cpu" "$DEBERTA" bench "$bench" --backend cpu \
+                    --threads "$CPU_THREADS" "${shape_args[@]}" "${common[@]}"
+                record "$bench $shape $bs pytorch-cpu" "$PYTHON" "$ROOT/bench/pytorch_bench.py" \
+                    "$bench" --device cpu --threads "$CPU_THREADS" "${shape_args[@]}" "${common[@]}"
+            fi
+        done
     done
-done
+}
+
+run_cases gpu
+[ "${SKIP_CPU:-0}" = 1 ] || run_cases cpu
 
 echo "== summary (ratio = pytorch_ms / ours_ms; > 1: we are faster)" >&2
 "$PYTHON" - "$RESULTS" <<'EOF'
