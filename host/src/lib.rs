@@ -17,6 +17,7 @@ pub mod hf_config;
 pub mod inference;
 pub mod model_dir;
 pub mod pretrain;
+pub mod resources;
 
 pub mod tensor;
 
