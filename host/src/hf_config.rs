@@ -173,8 +173,23 @@ pub fn parse_config(path: &Path, text: &str) -> Result<HfConfig> {
     })
 }
 
-/// The `config.json` object for a configuration, with the keys `transformers` writes for
-/// `DebertaV2` models; `architectures` names the class the checkpoint is for.
+/// An `f32` setting as the shortest decimal that reads back as the same `f32` (`0.1`, not
+/// `0.10000000149011612`), which is how Python writes the values these settings come from.
+fn f32_json(value: f32) -> Value {
+    format!("{value}")
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
+/// The `config.json` object for a configuration, with exactly the keys transformers 5.x
+/// `save_pretrained` writes for a `DebertaV2Config` (see `tests/fixtures/*/config.json`):
+/// `embedding_size` only when it differs from `hidden_size`, `attention_head_size` only when it
+/// differs from `hidden_size / num_attention_heads` (transformers reads both with those
+/// defaults), the `conv_*` keys only with a ConvLayer, and no `transformers_version` (no
+/// transformers wrote the file). `architectures` names the class the checkpoint is for;
+/// `legacy` chooses the MLM head layout (`false`: `lm_predictions.lm_head.*`).
 pub fn config_json(cfg: &ModelConfig, architecture: &str, legacy: bool) -> Value {
     let mut pos = Vec::new();
     if cfg.pos_att_type.p2c {
@@ -186,34 +201,47 @@ pub fn config_json(cfg: &ModelConfig, architecture: &str, legacy: bool) -> Value
     let mut obj = json!({
         "architectures": [architecture],
         "model_type": "deberta-v2",
+        "dtype": "float32",
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
         "num_hidden_layers": cfg.num_hidden_layers,
         "num_attention_heads": cfg.num_attention_heads,
-        "attention_head_size": cfg.attention_head_size,
         "intermediate_size": cfg.intermediate_size,
         "hidden_act": cfg.hidden_act.hf_name(),
-        "hidden_dropout_prob": cfg.hidden_dropout_prob,
-        "attention_probs_dropout_prob": cfg.attention_probs_dropout_prob,
+        "hidden_dropout_prob": f32_json(cfg.hidden_dropout_prob),
+        "attention_probs_dropout_prob": f32_json(cfg.attention_probs_dropout_prob),
         "max_position_embeddings": cfg.max_position_embeddings,
         "type_vocab_size": cfg.type_vocab_size,
-        "initializer_range": cfg.initializer_range,
-        "layer_norm_eps": cfg.layer_norm_eps,
+        "initializer_range": f32_json(cfg.initializer_range),
+        "layer_norm_eps": f32_json(cfg.layer_norm_eps),
         "relative_attention": cfg.relative_attention,
         "max_relative_positions": cfg.max_relative_positions,
         "position_buckets": if cfg.position_buckets > 0 { cfg.position_buckets as i64 } else { -1 },
         "pad_token_id": cfg.pad_token_id,
+        "bos_token_id": null,
+        "eos_token_id": null,
         "position_biased_input": cfg.position_biased_input,
         "pos_att_type": pos,
         "share_att_key": cfg.share_att_key,
         "norm_rel_ebd": if cfg.norm_rel_ebd_layer_norm { "layer_norm" } else { "none" },
-        "embedding_size": cfg.embedding_size,
+        "pooler_dropout": 0.0,
+        "pooler_hidden_act": "gelu",
+        "pooler_hidden_size": cfg.hidden_size,
+        "tie_word_embeddings": true,
         "legacy": legacy,
     });
-    if let (Some(conv), Value::Object(map)) = (cfg.conv, &mut obj) {
-        map.insert("conv_kernel_size".into(), json!(conv.kernel_size));
-        map.insert("conv_groups".into(), json!(conv.groups));
-        map.insert("conv_act".into(), json!(conv.activation.hf_name()));
+    if let Value::Object(map) = &mut obj {
+        if cfg.embedding_size != cfg.hidden_size {
+            map.insert("embedding_size".into(), json!(cfg.embedding_size));
+        }
+        if cfg.num_attention_heads * cfg.attention_head_size != cfg.hidden_size {
+            map.insert("attention_head_size".into(), json!(cfg.attention_head_size));
+        }
+        if let Some(conv) = cfg.conv {
+            map.insert("conv_kernel_size".into(), json!(conv.kernel_size));
+            map.insert("conv_groups".into(), json!(conv.groups));
+            map.insert("conv_act".into(), json!(conv.activation.hf_name()));
+        }
     }
     obj
 }

@@ -14,9 +14,11 @@ pub mod error;
 pub mod fs_util;
 pub mod gradients;
 pub mod hf_config;
+pub mod hf_export;
 pub mod inference;
 pub mod model_dir;
 pub mod pretrain;
+pub mod resources;
 
 pub mod tensor;
 

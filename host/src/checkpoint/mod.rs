@@ -6,7 +6,7 @@ mod torch_bin;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-pub use safetensors_file::{read_safetensors, write_safetensors};
+pub use safetensors_file::{read_safetensors, write_safetensors, write_safetensors_with_metadata};
 pub use torch_bin::read_torch_bin;
 
 use crate::error::Result;

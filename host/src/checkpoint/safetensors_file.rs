@@ -1,6 +1,7 @@
 //! safetensors files: read (any float or integer dtype, widened) and write (F32 / I64).
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use deberta_core::dtype::{FloatType, decode_le};
@@ -113,6 +114,16 @@ impl View for &Encoded<'_> {
 /// Writes tensors (float as F32, integer as I64) atomically: a temporary file in the same
 /// directory, fsync, rename. The element count must match each shape.
 pub fn write_safetensors(path: &Path, tensors: &TensorMap) -> Result<()> {
+    write_safetensors_with_metadata(path, tensors, None)
+}
+
+/// [`write_safetensors`] with a `__metadata__` header entry, e.g. `{"format": "pt"}`, which is
+/// what transformers' `save_pretrained` writes and what its loader checks.
+pub fn write_safetensors_with_metadata(
+    path: &Path,
+    tensors: &TensorMap,
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Result<()> {
     let mut encoded = Vec::with_capacity(tensors.len());
     for (name, tensor) in tensors {
         let (dtype, bytes, count) = match &tensor.data {
@@ -143,7 +154,8 @@ pub fn write_safetensors(path: &Path, tensors: &TensorMap) -> Result<()> {
             },
         ));
     }
-    let bytes = safetensors::tensor::serialize(encoded.iter().map(|(n, e)| (*n, e)), None)
+    let metadata = metadata.map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+    let bytes = safetensors::tensor::serialize(encoded.iter().map(|(n, e)| (*n, e)), metadata)
         .map_err(|e| Error::format(path, format!("cannot serialise: {e}")))?;
     write_atomic(path, &bytes)
 }

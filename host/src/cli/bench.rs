@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::device::{BackendChoice, BackendTask, dispatch};
 use crate::error::{Error, Result};
+use crate::resources::peak_rss_mib;
 
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
@@ -134,14 +135,6 @@ fn time(args: &BenchArgs, mut run: impl FnMut() -> Result<()>) -> Result<Vec<f64
     }
     times.sort_by(f64::total_cmp);
     Ok(times)
-}
-
-/// Peak resident memory of this process in MiB (Linux `VmHWM`), when available.
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }
 
 fn report(

@@ -1,48 +1,108 @@
-//! `deberta export`: convert a Hugging Face discriminator directory to the edge model format.
+//! `deberta export`: a pretraining run's discriminator (or generator) as a Hugging Face model
+//! directory (`--format hf`), or a discriminator in the edge model format (`--format edge`).
 
 use std::path::PathBuf;
 
 use clap::Args;
 
 use crate::edge_export::{export_dir, parse_dtype};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::hf_export::{HfExportOptions, ModelPart, export_hf, resolve_model_dir};
 
 /// Arguments of `deberta export`.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// Output format: `edge`, the flat file of the heap-free runtime (`deberta detect`, the
+    /// Output format: `hf`, a Hugging Face model directory (config.json, model.safetensors,
+    /// tokenizer.json); `edge`, the flat file of the heap-free runtime (`deberta detect`, the
     /// Cortex-M firmware).
-    #[arg(long, default_value = "edge", value_parser = ["edge"])]
+    #[arg(long, default_value = "edge", value_parser = ["edge", "hf"])]
     pub format: String,
-    /// Storage type of the weight matrices: `f32`, `f16`, or `int8` (per-output-channel
-    /// scales). LayerNorm parameters and biases stay f32.
-    #[arg(long, default_value = "int8", value_parser = ["f32", "f16", "int8"])]
-    pub dtype: String,
-    /// Longest sequence the file supports; the position projections are stored for the
-    /// relative rows such a sequence reads.
-    #[arg(long, default_value_t = 128, value_name = "N")]
-    pub max_seq_len: usize,
-    /// Hugging Face model directory with the RTD head (`mask_predictions.*`).
-    #[arg(long = "in", value_name = "MODEL_DIR")]
+    /// A pretraining run directory, one of its checkpoints (RUN_DIR/checkpoints/step-N), or a
+    /// Hugging Face model directory (the discriminator, with `mask_predictions.*`, for edge).
+    #[arg(long = "in", value_name = "RUN_DIR|MODEL_DIR")]
     pub input: PathBuf,
-    /// Where to write the model file (atomically).
-    #[arg(long, value_name = "model.dbt")]
+    /// Where to write: a directory for hf (new or empty unless --force), a file for edge;
+    /// both are written atomically.
+    #[arg(long, value_name = "PATH")]
     pub out: PathBuf,
-    /// Do not embed `MODEL_DIR/tokenizer.json`.
+    /// Which model of a run to export with `--format hf`: discriminator
+    /// (`DebertaV2Model` + RTD head) or generator (`DebertaV2ForMaskedLM`).
+    #[arg(long, default_value = "discriminator", value_parser = ["discriminator", "generator"])]
+    pub part: String,
+    /// With `--format hf`: replace an existing, non-empty output directory.
+    #[arg(long)]
+    pub force: bool,
+    /// Edge only: storage type of the weight matrices, `f32`, `f16`, or `int8`
+    /// (per-output-channel scales); LayerNorm parameters and biases stay f32 [int8].
+    #[arg(long, value_parser = ["f32", "f16", "int8"])]
+    pub dtype: Option<String>,
+    /// Edge only: longest sequence the file supports; the position projections are stored for
+    /// the relative rows such a sequence reads [128].
+    #[arg(long, value_name = "N")]
+    pub max_seq_len: Option<usize>,
+    /// Do not include the model's `tokenizer.json`.
     #[arg(long)]
     pub no_tokenizer: bool,
 }
 
 /// Runs `deberta export`.
 pub fn run(args: ExportArgs) -> Result<()> {
-    let dtype = parse_dtype(&args.dtype)?;
-    let summary = export_dir(
+    let part = ModelPart::parse(&args.part)?;
+    match args.format.as_str() {
+        "hf" => run_hf(args, part),
+        _ => run_edge(args, part),
+    }
+}
+
+fn run_hf(args: ExportArgs, part: ModelPart) -> Result<()> {
+    for (given, flag) in [
+        (args.dtype.is_some(), "--dtype"),
+        (args.max_seq_len.is_some(), "--max-seq-len"),
+    ] {
+        if given {
+            return Err(Error::Usage(format!(
+                "{flag} applies to --format edge; --format hf writes float32 weights"
+            )));
+        }
+    }
+    let summary = export_hf(
         &args.input,
         &args.out,
-        dtype,
-        args.max_seq_len,
-        !args.no_tokenizer,
+        HfExportOptions {
+            part,
+            force: args.force,
+            with_tokenizer: !args.no_tokenizer,
+        },
     )?;
+    for warning in &summary.warnings {
+        eprintln!("warning: {warning}");
+    }
+    eprintln!(
+        "wrote {} ({}, from {}): {} tensors, {:.2}M parameters, {}",
+        args.out.display(),
+        summary.architecture,
+        summary.source.display(),
+        summary.tensors,
+        summary.parameters as f64 / 1e6,
+        if summary.tokenizer {
+            "tokenizer.json"
+        } else {
+            "no tokenizer"
+        }
+    );
+    Ok(())
+}
+
+fn run_edge(args: ExportArgs, part: ModelPart) -> Result<()> {
+    if part != ModelPart::Discriminator {
+        return Err(Error::Usage(
+            "--part generator needs --format hf: the edge format holds a discriminator".into(),
+        ));
+    }
+    let dtype = parse_dtype(args.dtype.as_deref().unwrap_or("int8"))?;
+    let max_seq_len = args.max_seq_len.unwrap_or(128);
+    let source = resolve_model_dir(&args.input, part)?;
+    let summary = export_dir(&source, &args.out, dtype, max_seq_len, !args.no_tokenizer)?;
     for warning in &summary.warnings {
         eprintln!("warning: {warning}");
     }
@@ -51,12 +111,12 @@ pub fn run(args: ExportArgs) -> Result<()> {
         n => format!("tokenizer {n} bytes"),
     };
     eprintln!(
-        "wrote {}: {} bytes, {} tensors, {}, max_seq_len {}, {tokenizer}",
+        "wrote {} (from {}): {} bytes, {} tensors, {}, max_seq_len {max_seq_len}, {tokenizer}",
         args.out.display(),
+        source.display(),
         summary.bytes,
         summary.tensors,
         dtype.name(),
-        args.max_seq_len
     );
     Ok(())
 }

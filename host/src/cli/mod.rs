@@ -36,9 +36,11 @@ pub enum Command {
     Pretrain(Box<pretrain::PretrainArgs>),
     /// Redraw RUN_DIR/loss.png from RUN_DIR/metrics.jsonl.
     Plot(pretrain::PlotArgs),
-    /// Convert a model directory for the edge runtime (`--format edge`).
+    /// Export a run's discriminator (or generator) as a Hugging Face model directory
+    /// (`--format hf`), or a discriminator as an edge model file (`--format edge`).
     Export(export::ExportArgs),
-    /// Replaced-token probabilities from an edge model file (the firmware's runtime, on the host).
+    /// Replaced-token probability of every token, from a run directory, a Hugging Face
+    /// discriminator directory, or an edge model file.
     Detect(detect::DetectArgs),
     /// Train a tokenizer on a corpus, or encode text with one.
     #[command(subcommand)]

@@ -23,7 +23,9 @@ use deberta_core::train::{RtdPair, Trainer};
 use serde::{Deserialize, Serialize};
 
 use super::options::PretrainOptions;
-use crate::checkpoint::{TensorMap, read_safetensors, write_safetensors};
+use crate::checkpoint::{
+    TensorMap, read_safetensors, write_safetensors, write_safetensors_with_metadata,
+};
 use crate::error::{Error, Result};
 use crate::fs_util::write_atomic;
 use crate::hf_config::config_json;
@@ -110,8 +112,8 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
-/// Writes a Hugging Face model directory (`config.json`, `model.safetensors`, and a copy of
-/// `tokenizer` when given).
+/// Writes a Hugging Face model directory (`config.json`, `model.safetensors` with the
+/// `{"format": "pt"}` metadata transformers writes, and a copy of `tokenizer` when given).
 pub fn write_hf_dir(
     dir: &Path,
     config: serde_json::Value,
@@ -120,7 +122,8 @@ pub fn write_hf_dir(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     write_json(&dir.join("config.json"), &config)?;
-    write_safetensors(&dir.join("model.safetensors"), tensors)?;
+    let metadata = [("format".to_string(), "pt".to_string())].into();
+    write_safetensors_with_metadata(&dir.join("model.safetensors"), tensors, Some(&metadata))?;
     if let Some(tokenizer) = tokenizer {
         let bytes = std::fs::read(tokenizer).map_err(io(tokenizer))?;
         write_atomic(&dir.join("tokenizer.json"), &bytes)?;

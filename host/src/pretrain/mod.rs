@@ -381,6 +381,8 @@ impl BackendTask for Run<'_> {
         let started = Instant::now();
         let mut window_start = Instant::now();
         let mut window_tokens = 0usize;
+        // Throughput of the training steps alone (no evaluation, checkpoints or logging).
+        let (mut train_tokens, mut train_seconds) = (0usize, 0.0f64);
         let save = |trainer: &Trainer<B>, step: u64, cursor: DataCursor| -> Result<()> {
             let state = RunState {
                 version: STATE_VERSION,
@@ -405,6 +407,7 @@ impl BackendTask for Run<'_> {
             }
             step += 1;
             let logging = step % options.log_every == 0 || step == end;
+            let step_start = Instant::now();
             let batch = dataset.next_batch(cursor, options.batch_size)?;
             cursor = batch.cursor;
             let masked = masker.mask_batch(
@@ -429,6 +432,8 @@ impl BackendTask for Run<'_> {
                 logging,
                 &mut stats,
             )?;
+            train_seconds += step_start.elapsed().as_secs_f64();
+            train_tokens += batch.batch * batch.len;
             window_tokens += batch.batch * batch.len;
             let (loss_mlm, loss_rtd) = (losses_mlm, losses_rtd);
             if logging {
@@ -498,15 +503,21 @@ impl BackendTask for Run<'_> {
         progress.finish_and_clear();
         let plot = plot::plot_run(&run_dir)?;
         let dir = run_dir.display();
+        let usage = format!(
+            "{:.0} tokens/s in the training steps, peak RSS {}",
+            train_tokens as f64 / train_seconds.max(1e-9),
+            crate::resources::peak_rss_mib()
+                .map_or_else(|| "unknown".to_string(), |m| format!("{m:.0} MiB"))
+        );
         if step < options.steps {
             println!(
-                "stopped after step {step} of {}; checkpoint in {dir}/state",
+                "stopped after step {step} of {}; checkpoint in {dir}/state ({usage})",
                 options.steps
             );
             println!("continue with: deberta pretrain --resume {dir}");
         } else {
             println!(
-                "pretraining finished: {step} steps in {:.0} s",
+                "pretraining finished: {step} steps in {:.0} s, {usage}",
                 started.elapsed().as_secs_f64()
             );
         }
