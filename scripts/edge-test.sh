@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The edge runtime end to end: writes the nano discriminator (a reproducible random model from
-# tests/tests/edge.rs), exports it as an int8 edge file, builds the Cortex-M4 firmware without
-# a heap, runs it in QEMU (mps2-an386) and compares every logit it prints with
-# `deberta detect --json` on the host (|difference| <= 1e-4). Reports flash and static RAM of
-# the firmware, arena bytes at 64 and 128 tokens, and guest instructions per inference.
+# The edge runtime end to end: takes a trained nano discriminator (the `discriminator/` of a
+# `deberta pretrain` run named by DEBERTA_EDGE_MODEL_DIR, which scripts/test.sh trains once for
+# this and the accuracy test; without it, a 60-step nano run on the bundled corpus is trained
+# here), exports it as an int8 edge file, builds the Cortex-M4 firmware without a heap, runs it
+# in QEMU (mps2-an386) and compares every logit it prints with `deberta detect --json` on the
+# host (|difference| <= 1e-4). Reports flash and static RAM of the firmware, arena bytes at 64
+# and 128 tokens, and guest instructions per inference.
 #
 # Installs what it needs on a fresh machine (the rustup target; qemu-system-arm via apt when it
 # is missing). Environment: CARGO_TARGET_DIR (default target/), EDGE_WORK (scratch directory,
-# default $CARGO_TARGET_DIR/edge-test), EDGE_TIMEOUT (QEMU seconds, default 600).
+# default $CARGO_TARGET_DIR/edge-test), EDGE_TIMEOUT (QEMU seconds, default 600),
+# DEBERTA_EDGE_MODEL_DIR (the discriminator to embed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -27,15 +30,20 @@ if ! command -v qemu-system-arm >/dev/null 2>&1; then
 fi
 qemu-system-arm --version | head -n 1
 
-step "nano discriminator and its int8 edge file"
+step "trained nano discriminator and its int8 edge file"
 rm -rf "$work"
 mkdir -p "$work"
 cargo build --release -p deberta-host
-EDGE_NANO_DIR="$work/nano" cargo test --release -p deberta-tests --test edge -- \
-    --ignored --exact write_nano_model_dir --quiet
 deberta="$CARGO_TARGET_DIR/release/deberta"
+nano="${DEBERTA_EDGE_MODEL_DIR:-}"
+if [ -z "$nano" ]; then
+    "$deberta" pretrain --preset nano --corpus data/shakespeare --steps 60 --out "$work/run" \
+        --quiet
+    nano="$work/run/discriminator"
+fi
+echo "discriminator: $nano"
 model="$work/nano-int8.dbt"
-"$deberta" export --format edge --dtype int8 --max-seq-len 128 --in "$work/nano" \
+"$deberta" export --format edge --dtype int8 --max-seq-len 128 --in "$nano" \
     --out "$model" --no-tokenizer
 
 step "firmware (thumbv7em-none-eabihf, no global allocator)"

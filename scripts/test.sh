@@ -37,9 +37,21 @@ cargo build -p deberta-core --no-default-features --target thumbv7em-none-eabihf
 
 step "tests (optimised build; the CLI tests run the release binary)"
 cargo build --release -p deberta-host
-cargo test --workspace --release
+# The trained-model edge check runs in its own step below, on a model trained once.
+cargo test --workspace --release -- --skip trained_nano_discriminator_accuracy
 
-step "edge firmware in QEMU against the host runtime"
+step "trained nano discriminator for the edge checks: deberta pretrain, 60 steps, bundled corpus"
+nano_run="${CARGO_TARGET_DIR:-$PWD/target}/edge-nano-run"
+rm -rf "$nano_run"
+"${CARGO_TARGET_DIR:-$PWD/target}/release/deberta" pretrain --preset nano --corpus data/shakespeare \
+    --steps 60 --out "$nano_run" --quiet
+export DEBERTA_EDGE_MODEL_DIR="$nano_run/discriminator"
+
+step "edge accuracy on the trained discriminator: f32, f16 and int8 edge files against the host"
+cargo test --release -p deberta-tests --test edge -- --exact trained_nano_discriminator_accuracy \
+    --nocapture
+
+step "edge firmware in QEMU against the host runtime (the trained discriminator, int8)"
 scripts/edge-test.sh
 
 step "done in $(( $(date +%s) - start ))s"
