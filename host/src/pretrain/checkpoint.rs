@@ -307,21 +307,33 @@ pub fn load_state(run_dir: &Path) -> Result<LoadedState> {
         ));
     }
     let state_path = dir.join("state.json");
-    let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
-    let state: RunState = serde_json::from_str(&text)
-        .map_err(|e| Error::format(&state_path, format!("corrupted run state: {e}")))?;
+    let bytes = std::fs::read(&state_path).map_err(io(&state_path))?;
+    let state = parse_run_state(&state_path, &bytes)?;
+    Ok(LoadedState {
+        weights: read_safetensors(&dir.join("weights.safetensors"))?,
+        moments: read_safetensors(&dir.join("optimizer.safetensors"))?,
+        state,
+    })
+}
+
+/// Parses the bytes of a `state/state.json` (what [`load_state`] reads); `path` only labels
+/// errors.
+///
+/// # Errors
+///
+/// [`Error::Format`] when the bytes are not the JSON of a [`RunState`] (unknown or missing
+/// fields included) or its `version` is not [`STATE_VERSION`].
+pub fn parse_run_state(path: &Path, bytes: &[u8]) -> Result<RunState> {
+    let state: RunState = serde_json::from_slice(bytes)
+        .map_err(|e| Error::format(path, format!("corrupted run state: {e}")))?;
     if state.version != STATE_VERSION {
         return Err(Error::format(
-            &state_path,
+            path,
             format!(
                 "state version {} is not supported (expected {STATE_VERSION})",
                 state.version
             ),
         ));
     }
-    Ok(LoadedState {
-        weights: read_safetensors(&dir.join("weights.safetensors"))?,
-        moments: read_safetensors(&dir.join("optimizer.safetensors"))?,
-        state,
-    })
+    Ok(state)
 }
