@@ -193,7 +193,7 @@ pub fn save<B: Backend>(
 
     let final_dir = checkpoints.join(format!("step-{}", state.step));
     if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
+        retire(&checkpoints, state.step)?;
     }
     std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
     fsync_dir(&checkpoints);
@@ -259,14 +259,26 @@ pub fn checkpoint_steps(checkpoints: &Path) -> Result<Vec<u64>> {
 }
 
 /// Removes all but the newest `keep` checkpoints (never `current`) and stale temporaries.
+/// Each is first renamed to a temporary name, so that an interruption during the (non-atomic)
+/// deletion never leaves a partial directory under a `step-N` name.
 fn prune(checkpoints: &Path, keep: usize, current: u64) -> Result<()> {
     let steps = checkpoint_steps(checkpoints)?;
     let excess = steps.len().saturating_sub(keep);
     for step in steps.into_iter().take(excess).filter(|&s| s != current) {
-        let dir = checkpoints.join(format!("step-{step}"));
-        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+        retire(checkpoints, step)?;
     }
+    fsync_dir(checkpoints);
     remove_temporaries(checkpoints)
+}
+
+/// Renames `checkpoints/step-{step}` to a temporary name that [`remove_temporaries`] deletes.
+fn retire(checkpoints: &Path, step: u64) -> Result<()> {
+    let dir = checkpoints.join(format!("step-{step}"));
+    let doomed = checkpoints.join(format!(".step-{step}.removed.tmp"));
+    if doomed.exists() {
+        std::fs::remove_dir_all(&doomed).map_err(io(&doomed))?;
+    }
+    std::fs::rename(&dir, &doomed).map_err(io(&dir))
 }
 
 /// Deletes `.step-*.tmp` leftovers of interrupted saves.
