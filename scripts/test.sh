@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the project. Installs what it needs on a fresh machine (only the Rust
 # toolchain is assumed): the Cortex-M4 target, Mesa's software Vulkan driver (lavapipe) for the
-# wgpu backend, and QEMU for the firmware. CI and developers run exactly the same thing; with
-# CI=true a missing GPU adapter fails the GPU tests instead of skipping them.
+# wgpu backend, QEMU for the firmware, and cargo-fuzz (scripts/fuzz.sh). CI and developers run
+# exactly the same thing; with CI=true a missing GPU adapter fails the GPU tests instead of
+# skipping them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -53,5 +54,8 @@ cargo test --release -p deberta-tests --test edge -- --exact trained_nano_discri
 
 step "edge firmware in QEMU against the host runtime (the trained discriminator, int8)"
 scripts/edge-test.sh
+
+step "fuzzing: every cargo-fuzz target for ${FUZZ_SECONDS:-30}s (stable, no sanitizer)"
+scripts/fuzz.sh
 
 step "done in $(( $(date +%s) - start ))s"

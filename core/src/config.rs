@@ -191,15 +191,17 @@ fn non_negative(field: &'static str, value: i64) -> Result<usize, Error> {
     })
 }
 
+/// A probability in `[0, 1)`, checked after rounding to `f32` (0.999999999 rounds to 1).
 fn probability(field: &'static str, value: f64) -> Result<f32, Error> {
-    if !(0.0..1.0).contains(&value) {
+    let rounded = value as f32;
+    if !(0.0..1.0).contains(&rounded) {
         return Err(Error::InvalidConfig {
             field,
-            reason: "must be a probability in [0, 1)",
+            reason: "must be a probability in [0, 1) (as f32)",
             value: ConfigValue::Float(value),
         });
     }
-    Ok(value as f32)
+    Ok(rounded)
 }
 
 /// Upper bound on any single dimension, so that products of a few dimensions cannot overflow
@@ -216,6 +218,10 @@ fn bounded(field: &'static str, value: usize) -> Result<usize, Error> {
     }
     Ok(value)
 }
+
+/// Upper bound on `num_hidden_layers`: every layer registers its own parameters, so a deeper
+/// config would exhaust memory on bookkeeping alone (published models have at most 48).
+const MAX_LAYERS: usize = 4096;
 
 impl ModelConfig {
     /// Resolves Hugging Face defaults and validates the result.
@@ -290,20 +296,24 @@ impl ModelConfig {
                 value: ConfigValue::Int(pad_token_id as i64),
             });
         }
-        let layer_norm_eps = raw.layer_norm_eps.unwrap_or(1e-7);
+        // Both are used as f32: the checks apply to the rounded values (1e-50 rounds to 0,
+        // 1e300 to infinity).
+        let raw_eps = raw.layer_norm_eps.unwrap_or(1e-7);
+        let layer_norm_eps = raw_eps as f32;
         if !(layer_norm_eps > 0.0 && layer_norm_eps.is_finite()) {
             return Err(Error::InvalidConfig {
                 field: "layer_norm_eps",
-                reason: "must be a positive finite number",
-                value: ConfigValue::Float(layer_norm_eps),
+                reason: "must be a positive finite number (as f32)",
+                value: ConfigValue::Float(raw_eps),
             });
         }
-        let initializer_range = raw.initializer_range.unwrap_or(0.02);
+        let raw_range = raw.initializer_range.unwrap_or(0.02);
+        let initializer_range = raw_range as f32;
         if !(initializer_range >= 0.0 && initializer_range.is_finite()) {
             return Err(Error::InvalidConfig {
                 field: "initializer_range",
-                reason: "must be a non-negative finite number",
-                value: ConfigValue::Float(initializer_range),
+                reason: "must be a non-negative finite number (as f32)",
+                value: ConfigValue::Float(raw_range),
             });
         }
         let conv = match raw.conv_kernel_size.unwrap_or(0) {
@@ -335,10 +345,19 @@ impl ModelConfig {
         Ok(ModelConfig {
             vocab_size,
             hidden_size,
-            num_hidden_layers: bounded(
+            num_hidden_layers: match positive(
                 "num_hidden_layers",
-                positive("num_hidden_layers", raw.num_hidden_layers.unwrap_or(24))?,
-            )?,
+                raw.num_hidden_layers.unwrap_or(24),
+            )? {
+                layers if layers > MAX_LAYERS => {
+                    return Err(Error::InvalidConfig {
+                        field: "num_hidden_layers",
+                        reason: "is unreasonably large (limit 4096)",
+                        value: ConfigValue::Int(layers as i64),
+                    });
+                }
+                layers => layers,
+            },
             num_attention_heads,
             attention_head_size,
             intermediate_size: bounded(
@@ -359,8 +378,8 @@ impl ModelConfig {
                 "type_vocab_size",
                 non_negative("type_vocab_size", raw.type_vocab_size.unwrap_or(0))?,
             )?,
-            initializer_range: initializer_range as f32,
-            layer_norm_eps: layer_norm_eps as f32,
+            initializer_range,
+            layer_norm_eps,
             relative_attention,
             max_relative_positions,
             position_buckets,
@@ -557,5 +576,73 @@ mod tests {
             ..RawConfig::default()
         };
         assert!(ModelConfig::from_raw(&raw).is_err());
+    }
+
+    /// Found by `fuzz/fuzz_targets/hf_config.rs`: values valid as f64 that round to an invalid
+    /// f32 (`layer_norm_eps` 1e-47 became 0, and the written config.json no longer parsed).
+    #[test]
+    fn float_fields_are_checked_after_rounding_to_f32() {
+        let small = RawConfig {
+            hidden_size: Some(32),
+            num_attention_heads: Some(4),
+            ..RawConfig::default()
+        };
+        let rejected = |raw: RawConfig, name: &str| match ModelConfig::from_raw(&raw) {
+            Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, name),
+            other => panic!("{name}: {other:?}"),
+        };
+        for eps in [1e-47, 1e300] {
+            let raw = RawConfig {
+                layer_norm_eps: Some(eps),
+                ..small
+            };
+            rejected(raw, "layer_norm_eps");
+        }
+        let raw = RawConfig {
+            initializer_range: Some(1e300),
+            ..small
+        };
+        rejected(raw, "initializer_range");
+        let raw = RawConfig {
+            hidden_dropout_prob: Some(0.999_999_999_9),
+            ..small
+        };
+        rejected(raw, "hidden_dropout_prob");
+        let raw = RawConfig {
+            attention_probs_dropout_prob: Some(1.0 - 1e-12),
+            ..small
+        };
+        rejected(raw, "attention_probs_dropout_prob");
+        let raw = RawConfig {
+            layer_norm_eps: Some(1e-40),
+            initializer_range: Some(1e-50),
+            ..small
+        };
+        let cfg = ModelConfig::from_raw(&raw).unwrap();
+        assert!(cfg.layer_norm_eps > 0.0);
+        assert_eq!(cfg.initializer_range, 0.0);
+    }
+
+    /// A deep config is rejected before any per-layer bookkeeping (200 000 layers took 1 GB
+    /// and 4 s to report the missing tensors; the old limit of 2^24 would exhaust memory).
+    #[test]
+    fn layer_count_is_bounded() {
+        let raw = |layers| RawConfig {
+            hidden_size: Some(32),
+            num_attention_heads: Some(4),
+            num_hidden_layers: Some(layers),
+            ..RawConfig::default()
+        };
+        assert_eq!(
+            ModelConfig::from_raw(&raw(4096)).unwrap().num_hidden_layers,
+            4096
+        );
+        assert!(matches!(
+            ModelConfig::from_raw(&raw(4097)),
+            Err(Error::InvalidConfig {
+                field: "num_hidden_layers",
+                ..
+            })
+        ));
     }
 }

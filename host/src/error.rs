@@ -22,7 +22,7 @@ pub enum Error {
         reason: String,
     },
     /// A model directory or checkpoint lacks tensors the configuration requires.
-    #[error("{}: missing tensors: {}", path.display(), names.join(", "))]
+    #[error("{}: missing tensors: {}", path.display(), name_list(names))]
     MissingTensors {
         /// The checkpoint.
         path: PathBuf,
@@ -80,3 +80,40 @@ impl Error {
 
 /// Result type of the host crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Names shown in full by [`Error::MissingTensors`]; the rest are counted.
+const SHOWN_NAMES: usize = 16;
+
+/// `a, b, c`, or the first [`SHOWN_NAMES`] and `and N more`, so that a config that asks for
+/// thousands of absent tensors still gives a readable line.
+fn name_list(names: &[String]) -> String {
+    let mut list = names
+        .iter()
+        .take(SHOWN_NAMES)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN_NAMES {
+        list.push_str(&format!(" and {} more", names.len() - SHOWN_NAMES));
+    }
+    list
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_tensor_lists_are_bounded() {
+        let error = |n: usize| Error::MissingTensors {
+            path: "m.safetensors".into(),
+            names: (0..n).map(|i| format!("t{i}")).collect(),
+        };
+        assert_eq!(
+            error(2).to_string(),
+            "m.safetensors: missing tensors: t0, t1"
+        );
+        let many = error(1000).to_string();
+        assert!(many.ends_with(", t15 and 984 more"), "{many}");
+    }
+}

@@ -8,7 +8,7 @@ use deberta_core::{Backend, ModelConfig};
 
 use crate::checkpoint::{TensorMap, read_tensor_file};
 use crate::error::{Error, Result};
-use crate::hf_config::read_config;
+use crate::hf_config::{HfConfig, read_config};
 use crate::tensor::TensorData;
 
 /// A model read from disk: its structure, parameter names, and weights on the host.
@@ -149,7 +149,23 @@ pub fn load_model_dir(dir: &Path) -> Result<LoadedModel> {
     for file in &files {
         tensors.extend(read_tensor_file(file)?);
     }
-    let weights_path = files[0].clone();
+    model_from_tensors(&hf, tensors, files[0].clone())
+}
+
+/// Builds the model of a parsed `config.json` from the tensors of its checkpoint (what
+/// [`load_model_dir`] does once the files are read): bare `DebertaV2Model` names get the
+/// `deberta.` prefix, the heads are chosen from the tensor names, and every parameter is taken
+/// with its shape and dtype checked. `weights_path` labels errors and is recorded in the result.
+///
+/// # Errors
+///
+/// [`Error::MissingTensors`] naming every absent parameter, or [`Error::BadTensor`] for a
+/// wrong shape or an integer tensor.
+pub fn model_from_tensors(
+    hf: &HfConfig,
+    tensors: TensorMap,
+    weights_path: PathBuf,
+) -> Result<LoadedModel> {
     let tensors = normalise_names(tensors);
     let heads = detect_heads(&tensors, hf.legacy);
     let mut layout = ParamLayout::new();

@@ -6,8 +6,10 @@ mod torch_bin;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-pub use safetensors_file::{read_safetensors, write_safetensors, write_safetensors_with_metadata};
-pub use torch_bin::read_torch_bin;
+pub use safetensors_file::{
+    parse_safetensors, read_safetensors, write_safetensors, write_safetensors_with_metadata,
+};
+pub use torch_bin::{parse_torch_bin, read_torch_bin};
 
 use crate::error::Result;
 use crate::tensor::HostTensor;

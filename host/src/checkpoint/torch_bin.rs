@@ -75,6 +75,16 @@ pub fn read_torch_bin(path: &Path) -> Result<TensorMap> {
     read_archive(BufReader::new(file), file_len, path)
 }
 
+/// Parses the bytes of a PyTorch zip checkpoint held in memory, exactly as [`read_torch_bin`]
+/// reads a file; `path` only labels errors.
+///
+/// # Errors
+///
+/// As [`read_torch_bin`], except that there is no file to read.
+pub fn parse_torch_bin(path: &Path, bytes: &[u8]) -> Result<TensorMap> {
+    read_archive(std::io::Cursor::new(bytes), bytes.len() as u64, path)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pickle machine
 // ---------------------------------------------------------------------------------------------

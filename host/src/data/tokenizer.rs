@@ -140,7 +140,13 @@ impl Tokenizer {
     /// Loads a Hugging Face `tokenizer.json`; it must have all five special tokens.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+        Self::from_bytes(path, &bytes)
+    }
+
+    /// Parses the bytes of a Hugging Face `tokenizer.json` (what [`Tokenizer::load`] reads);
+    /// `path` only labels errors. It must have all five special tokens.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::format(path, format!("not a tokenizer.json: {e}")))?;
         Self::wrap(inner, path)
     }

@@ -196,7 +196,7 @@ pub fn save<B: Backend>(
 
     let final_dir = checkpoints.join(format!("step-{}", state.step));
     if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
+        retire(&checkpoints, state.step)?;
     }
     std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
     fsync_dir(&checkpoints);
@@ -262,14 +262,26 @@ pub fn checkpoint_steps(checkpoints: &Path) -> Result<Vec<u64>> {
 }
 
 /// Removes all but the newest `keep` checkpoints (never `current`) and stale temporaries.
+/// Each is first renamed to a temporary name, so that an interruption during the (non-atomic)
+/// deletion never leaves a partial directory under a `step-N` name.
 fn prune(checkpoints: &Path, keep: usize, current: u64) -> Result<()> {
     let steps = checkpoint_steps(checkpoints)?;
     let excess = steps.len().saturating_sub(keep);
     for step in steps.into_iter().take(excess).filter(|&s| s != current) {
-        let dir = checkpoints.join(format!("step-{step}"));
-        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+        retire(checkpoints, step)?;
     }
+    fsync_dir(checkpoints);
     remove_temporaries(checkpoints)
+}
+
+/// Renames `checkpoints/step-{step}` to a temporary name that [`remove_temporaries`] deletes.
+fn retire(checkpoints: &Path, step: u64) -> Result<()> {
+    let dir = checkpoints.join(format!("step-{step}"));
+    let doomed = checkpoints.join(format!(".step-{step}.removed.tmp"));
+    if doomed.exists() {
+        std::fs::remove_dir_all(&doomed).map_err(io(&doomed))?;
+    }
+    std::fs::rename(&dir, &doomed).map_err(io(&dir))
 }
 
 /// Deletes `.step-*.tmp` leftovers of interrupted saves.
@@ -310,21 +322,33 @@ pub fn load_state(run_dir: &Path) -> Result<LoadedState> {
         ));
     }
     let state_path = dir.join("state.json");
-    let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
-    let state: RunState = serde_json::from_str(&text)
-        .map_err(|e| Error::format(&state_path, format!("corrupted run state: {e}")))?;
+    let bytes = std::fs::read(&state_path).map_err(io(&state_path))?;
+    let state = parse_run_state(&state_path, &bytes)?;
+    Ok(LoadedState {
+        weights: read_safetensors(&dir.join("weights.safetensors"))?,
+        moments: read_safetensors(&dir.join("optimizer.safetensors"))?,
+        state,
+    })
+}
+
+/// Parses the bytes of a `state/state.json` (what [`load_state`] reads); `path` only labels
+/// errors.
+///
+/// # Errors
+///
+/// [`Error::Format`] when the bytes are not the JSON of a [`RunState`] (unknown or missing
+/// fields included) or its `version` is not [`STATE_VERSION`].
+pub fn parse_run_state(path: &Path, bytes: &[u8]) -> Result<RunState> {
+    let state: RunState = serde_json::from_slice(bytes)
+        .map_err(|e| Error::format(path, format!("corrupted run state: {e}")))?;
     if state.version != STATE_VERSION {
         return Err(Error::format(
-            &state_path,
+            path,
             format!(
                 "state version {} is not supported (expected {STATE_VERSION})",
                 state.version
             ),
         ));
     }
-    Ok(LoadedState {
-        weights: read_safetensors(&dir.join("weights.safetensors"))?,
-        moments: read_safetensors(&dir.join("optimizer.safetensors"))?,
-        state,
-    })
+    Ok(state)
 }
