@@ -2,6 +2,7 @@
 //! backend-generic work on it.
 
 use deberta_core::{Backend, CpuBackend};
+#[cfg(feature = "gpu")]
 use deberta_gpu::{AdapterChoice, MatmulTiles, WgpuBackend, list_adapters};
 
 use crate::error::{Error, Result};
@@ -11,8 +12,9 @@ use crate::error::{Error, Result};
 pub enum BackendChoice {
     /// The CPU backend.
     Cpu,
-    /// The wgpu backend on the adapter `choice` selects.
-    Wgpu(AdapterChoice),
+    /// The wgpu backend on the first adapter (in order of preference) whose name contains
+    /// this fragment, or the best adapter.
+    Wgpu(Option<String>),
 }
 
 impl BackendChoice {
@@ -20,11 +22,7 @@ impl BackendChoice {
     /// virtual GPU — exists, else the CPU; software adapters such as lavapipe are slower than
     /// the CPU backend and are used only when asked for with `wgpu`).
     pub fn resolve(name: &str, adapter: Option<&str>) -> Result<Self> {
-        let wgpu = || {
-            BackendChoice::Wgpu(AdapterChoice {
-                name_contains: adapter.map(str::to_string),
-            })
-        };
+        let wgpu = || BackendChoice::Wgpu(adapter.map(str::to_string));
         match name {
             "cpu" => {
                 if adapter.is_some() {
@@ -35,22 +33,36 @@ impl BackendChoice {
                 Ok(BackendChoice::Cpu)
             }
             "wgpu" => Ok(wgpu()),
-            "auto" => {
-                let hardware = list_adapters().into_iter().any(|a| {
-                    a.compute
-                        && !matches!(
-                            a.device_type,
-                            deberta_gpu::DeviceType::Cpu | deberta_gpu::DeviceType::Other
-                        )
-                        && adapter.is_none_or(|n| a.name.to_lowercase().contains(&n.to_lowercase()))
-                });
-                Ok(if hardware { wgpu() } else { BackendChoice::Cpu })
-            }
+            "auto" => Ok(if hardware_adapter(adapter) {
+                wgpu()
+            } else {
+                BackendChoice::Cpu
+            }),
             other => Err(Error::Usage(format!(
                 "--backend {other}: choose cpu, wgpu or auto"
             ))),
         }
     }
+}
+
+/// Whether a hardware GPU adapter (discrete, integrated or virtual) with compute support, and
+/// whose name contains `name` when given, exists.
+#[cfg(feature = "gpu")]
+fn hardware_adapter(name: Option<&str>) -> bool {
+    list_adapters().into_iter().any(|a| {
+        a.compute
+            && !matches!(
+                a.device_type,
+                deberta_gpu::DeviceType::Cpu | deberta_gpu::DeviceType::Other
+            )
+            && name.is_none_or(|n| a.name.to_lowercase().contains(&n.to_lowercase()))
+    })
+}
+
+/// Without the `gpu` feature there is no GPU to choose.
+#[cfg(not(feature = "gpu"))]
+fn hardware_adapter(_name: Option<&str>) -> bool {
+    false
 }
 
 /// Work that runs on any backend.
@@ -65,18 +77,48 @@ pub trait BackendTask {
 pub fn dispatch<T: BackendTask>(choice: &BackendChoice, task: T) -> Result<T::Output> {
     match choice {
         BackendChoice::Cpu => task.run(&CpuBackend::new()),
+        #[cfg(feature = "gpu")]
         BackendChoice::Wgpu(adapter) => {
-            let backend = WgpuBackend::new(adapter.clone())
-                .map_err(|e| Error::Usage(format!("--backend wgpu: {e}")))?;
+            let backend = WgpuBackend::new(AdapterChoice {
+                name_contains: adapter.clone(),
+            })
+            .map_err(|e| Error::Usage(format!("--backend wgpu: {e}")))?;
             backend.set_matmul_tiles(matmul_tiles_from_env()?);
             eprintln!("wgpu adapter: {}", backend.adapter());
             task.run(&backend)
         }
+        #[cfg(not(feature = "gpu"))]
+        BackendChoice::Wgpu(_) => Err(Error::Usage(
+            "--backend wgpu: this deberta was built without the `gpu` feature".into(),
+        )),
     }
+}
+
+/// A one-line description of what `--backend auto` chooses on this machine.
+pub fn describe_auto() -> Result<String> {
+    Ok(match BackendChoice::resolve("auto", None)? {
+        BackendChoice::Cpu => "cpu (no hardware GPU adapter)".to_string(),
+        #[cfg(feature = "gpu")]
+        BackendChoice::Wgpu(_) => match WgpuBackend::new(AdapterChoice::default()) {
+            Ok(backend) => format!("wgpu on {}", backend.adapter()),
+            Err(e) => format!("wgpu, which fails: {e}"),
+        },
+        #[cfg(not(feature = "gpu"))]
+        BackendChoice::Wgpu(_) => "cpu (built without the `gpu` feature)".to_string(),
+    })
+}
+
+/// The wgpu adapters found, one description each (none without the `gpu` feature).
+pub fn adapter_descriptions() -> Vec<String> {
+    #[cfg(feature = "gpu")]
+    return list_adapters().iter().map(ToString::to_string).collect();
+    #[cfg(not(feature = "gpu"))]
+    Vec::new()
 }
 
 /// `DEBERTA_WGPU_MATMUL_TILES`: `auto` (default), `64` or `32` forces the tile size of the
 /// wgpu matrix products (a tuning knob: the results are the same).
+#[cfg(feature = "gpu")]
 fn matmul_tiles_from_env() -> Result<MatmulTiles> {
     const VAR: &str = "DEBERTA_WGPU_MATMUL_TILES";
     match std::env::var(VAR).as_deref() {

@@ -129,7 +129,7 @@ fn info() -> Result<()> {
     println!("deberta {}", env!("CARGO_PKG_VERSION"));
     let threads = set_threads(None);
     println!("cpu backend: {threads} threads");
-    let adapters = deberta_gpu::list_adapters();
+    let adapters = crate::device::adapter_descriptions();
     if adapters.is_empty() {
         println!(
             "wgpu adapters: none (install a Vulkan, Metal or DX12 driver; Mesa's lavapipe: apt-get install mesa-vulkan-drivers)"
@@ -140,15 +140,9 @@ fn info() -> Result<()> {
             println!("  {adapter}");
         }
     }
-    let auto = match BackendChoice::resolve("auto", None)? {
-        BackendChoice::Cpu => "cpu (no hardware GPU adapter)".to_string(),
-        BackendChoice::Wgpu(_) => {
-            match deberta_gpu::WgpuBackend::new(deberta_gpu::AdapterChoice::default()) {
-                Ok(backend) => format!("wgpu on {}", backend.adapter()),
-                Err(e) => format!("wgpu, which fails: {e}"),
-            }
-        }
-    };
-    println!("--backend auto chooses: {auto}");
+    println!(
+        "--backend auto chooses: {}",
+        crate::device::describe_auto()?
+    );
     Ok(())
 }
