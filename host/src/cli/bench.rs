@@ -1,9 +1,11 @@
 //! `deberta bench`: timings of the forward pass and of a full RTD + GDES training step on the
-//! published shapes with random weights, with a JSON line for scripts.
+//! published shapes (and the `nano` pretraining preset) with random weights, and of one square
+//! sgemm, with a JSON line for scripts.
 
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
+use deberta_core::kernels::MatmulSpec;
 use deberta_core::model::{
     Deberta, DeviceBatch, Dropout, ForwardOptions, Heads, HostBatch, MlmLayout, ParamLayout,
     SharedTables,
@@ -27,13 +29,36 @@ pub enum BenchCommand {
     /// One full RTD + GDES training step: generator (half the layers, EMD) forward, sampling,
     /// backward and update, then discriminator forward, backward and update.
     Step(BenchArgs),
+    /// Square single-precision matrix product `C = A·B` (`n × n`, row-major), in GFLOP/s.
+    Matmul(MatmulArgs),
+}
+
+/// Arguments of `deberta bench matmul`.
+#[derive(Debug, Args)]
+pub struct MatmulArgs {
+    /// Matrix side `n` (repeat for several sizes).
+    #[arg(long = "size", value_name = "N", default_values_t = [512usize, 1024, 2048])]
+    pub sizes: Vec<usize>,
+    /// Where to compute.
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
+    /// Untimed runs before measuring (per size).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Timed runs (per size).
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Print one JSON object per size, each as its own line after that size's report.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments shared by the benchmarks.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Published DeBERTa-v3 shape: xsmall, small, base or large.
-    #[arg(long, default_value = "xsmall", value_parser = ["xsmall", "small", "base", "large"])]
+    /// Published DeBERTa-v3 shape (xsmall, small, base, large) or the `nano` pretraining preset
+    /// (hidden 128, 4 layers, 4 heads, 64 position buckets).
+    #[arg(long, default_value = "xsmall", value_parser = ["nano", "xsmall", "small", "base", "large"])]
     pub shape: String,
     /// Sequences per batch.
     #[arg(long, default_value_t = 1)]
@@ -83,7 +108,18 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Forward(args) => forward(args),
         BenchCommand::Step(args) => step(args),
+        BenchCommand::Matmul(args) => matmul(args),
     }
+}
+
+/// The configuration of a benchmark shape: a published one, or the `nano` preset's
+/// discriminator (as `deberta pretrain --preset nano` builds it, 8000-token vocabulary).
+fn shape_config(shape: &str) -> Result<ModelConfig> {
+    if shape == "nano" {
+        let options = crate::pretrain::options::PretrainOptions::preset("nano")?;
+        return Ok(options.model_configs(options.vocab_size, 0)?.0);
+    }
+    ModelConfig::deberta_v3(shape).ok_or_else(|| Error::Usage(format!("unknown shape {shape}")))
 }
 
 fn check(args: &BenchArgs) -> Result<(usize, ModelConfig, BackendChoice)> {
@@ -94,8 +130,7 @@ fn check(args: &BenchArgs) -> Result<(usize, ModelConfig, BackendChoice)> {
             "--batch, --seq and --iters must be at least 1".into(),
         ));
     }
-    let cfg = ModelConfig::deberta_v3(&args.shape)
-        .ok_or_else(|| Error::Usage(format!("unknown shape {}", args.shape)))?;
+    let cfg = shape_config(&args.shape)?;
     if args.seq > cfg.max_position_embeddings {
         return Err(Error::Usage(format!(
             "--seq {} exceeds the shape's {} positions",
@@ -122,12 +157,17 @@ fn random_ids(count: usize, vocab: usize, stream: u32) -> Vec<i64> {
 }
 
 /// Times `run` `warmup + iters` times and returns the sorted timed durations in ms.
-fn time(args: &BenchArgs, mut run: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
-    let mut times = Vec::with_capacity(args.iters);
-    for i in 0..args.warmup + args.iters {
+fn time(args: &BenchArgs, run: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    time_runs(args.warmup, args.iters, run)
+}
+
+/// Times `run` `warmup + iters` times and returns the sorted timed durations in ms.
+fn time_runs(warmup: usize, iters: usize, mut run: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    let mut times = Vec::with_capacity(iters);
+    for i in 0..warmup + iters {
         let start = Instant::now();
         run()?;
-        if i >= args.warmup {
+        if i >= warmup {
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
@@ -405,6 +445,85 @@ impl BackendTask for StepBench<'_> {
             Ok(())
         })?;
         report("step", backend.name(), args, threads, &times, None);
+        Ok(())
+    }
+}
+
+fn matmul(args: MatmulArgs) -> Result<()> {
+    let choice = args.device.choice()?;
+    let threads = rayon::current_num_threads();
+    if args.iters == 0 || args.sizes.contains(&0) {
+        return Err(Error::Usage("--iters and --size must be at least 1".into()));
+    }
+    dispatch(
+        &choice,
+        MatmulBench {
+            args: &args,
+            threads,
+        },
+    )
+}
+
+struct MatmulBench<'a> {
+    args: &'a MatmulArgs,
+    threads: usize,
+}
+
+impl BackendTask for MatmulBench<'_> {
+    type Output = ();
+
+    /// One `n × n × n` product per timed run, followed by a one-element download of `C`: the
+    /// download waits for the device (wgpu records kernels asynchronously), so a run's time
+    /// covers the whole product.
+    fn run<B: Backend>(self, backend: &B) -> Result<()> {
+        let MatmulBench { args, threads } = self;
+        for &n in &args.sizes {
+            let elements = n
+                .checked_mul(n)
+                .ok_or_else(|| Error::Usage(format!("--size {n} is too large")))?;
+            let values = |salt: usize| -> Vec<f32> {
+                (0..elements)
+                    .map(|i| ((i.wrapping_mul(7919) + salt) % 1000) as f32 / 1000.0 - 0.5)
+                    .collect()
+            };
+            let a = backend.upload(&values(0)).map_err(model_error("upload"))?;
+            let b = backend.upload(&values(1)).map_err(model_error("upload"))?;
+            let mut c = backend.zeros(elements).map_err(model_error("allocation"))?;
+            let spec = MatmulSpec::dense(n, n, n);
+            let times = time_runs(args.warmup, args.iters, || {
+                backend
+                    .matmul(&a, &b, &mut c, &spec)
+                    .map_err(model_error("matmul"))?;
+                let mut probe = [0.0f32; 1];
+                backend
+                    .download(&c, &mut probe)
+                    .map_err(model_error("readback"))
+            })?;
+            let median = times[times.len() / 2];
+            let (min, max) = (times[0], times[times.len() - 1]);
+            let gflops = 2.0 * (n as f64).powi(3) / (median / 1e3) / 1e9;
+            println!(
+                "matmul {n}x{n}x{n} on {} ({threads} CPU threads): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {gflops:.1} GFLOP/s",
+                backend.name(),
+                args.iters,
+            );
+            if args.json {
+                println!(
+                    "{}",
+                    json!({
+                        "bench": "matmul",
+                        "impl": "deberta-rs",
+                        "backend": backend.name(),
+                        "size": n,
+                        "median_ms": median,
+                        "min_ms": min,
+                        "max_ms": max,
+                        "gflops": gflops,
+                        "threads": threads,
+                    })
+                );
+            }
+        }
         Ok(())
     }
 }
