@@ -16,6 +16,12 @@ pub(crate) const MATMUL_THREADS: u32 = 16;
 pub(crate) const SUM_ITEMS: u32 = 8;
 /// Rows per partial sum of the LayerNorm γ/β gradients (and of `sum_rows`).
 pub(crate) const PARAM_CHUNK_ROWS: u32 = 64;
+/// Queries (and keys) per tile of the fused attention; its workgroups are `ATTN_TILE²` threads.
+pub(crate) const ATTN_TILE: u32 = 16;
+/// Columns of a head staged per step of the fused attention's score dots.
+pub(crate) const ATTN_CHUNK: u32 = 16;
+/// Widest head the fused attention takes (wider ones run the unfused kernels).
+pub(crate) const ATTN_MAX_HEAD_DIM: u32 = 64;
 
 /// A WGSL source file (one kernel family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,6 +37,7 @@ pub(crate) enum Shader {
     Optimizer,
     Dropout,
     Sampling,
+    FusedAttention,
 }
 
 impl Shader {
@@ -54,6 +61,7 @@ impl Shader {
                 include_str!("shaders/philox.wgsl"),
                 include_str!("shaders/sampling.wgsl")
             ),
+            Shader::FusedAttention => include_str!("shaders/fused_attention.wgsl"),
         }
     }
 
@@ -72,6 +80,7 @@ impl Shader {
             Shader::Optimizer => size_of::<AdamParams>(),
             Shader::Dropout => size_of::<DropoutParams>(),
             Shader::Sampling => size_of::<SamplingParams>(),
+            Shader::FusedAttention => size_of::<FusedAttentionParams>(),
         }) as u64
     }
 }
@@ -175,6 +184,8 @@ kernels! {
     Dropout => Dropout, "dropout", [W];
     /// Sampled ids, logits.
     SampleCategorical => Sampling, "sample_categorical", [W, R];
+    /// Fused attention forward: context, Q, K, V, Kr, Qr, index, mask.
+    FusedAttention => FusedAttention, "fused_attention", [W, R, R, R, R, R, R, R];
 }
 
 #[cfg(test)]
@@ -223,6 +234,13 @@ mod tests {
             ("MATMUL_THREADS", MATMUL_THREADS, &[Shader::Matmul]),
             ("SUM_ITEMS", SUM_ITEMS, &[Shader::Reduce]),
             ("PARAM_CHUNK_ROWS", PARAM_CHUNK_ROWS, &[Shader::LayerNorm]),
+            ("ATTN_TILE", ATTN_TILE, &[Shader::FusedAttention]),
+            ("ATTN_CHUNK", ATTN_CHUNK, &[Shader::FusedAttention]),
+            (
+                "ATTN_MAX_HEAD_DIM",
+                ATTN_MAX_HEAD_DIM,
+                &[Shader::FusedAttention],
+            ),
         ];
         for (name, value, shaders) in mirrored {
             for shader in *shaders {
@@ -323,7 +341,8 @@ mod tests {
             LossParams,
             AdamParams,
             DropoutParams,
-            SamplingParams
+            SamplingParams,
+            FusedAttentionParams
         );
     }
 }
