@@ -16,8 +16,13 @@ pub(crate) const MATMUL_THREADS: u32 = 16;
 pub(crate) const SUM_ITEMS: u32 = 8;
 /// Rows per partial sum of the LayerNorm γ/β gradients (and of `sum_rows`).
 pub(crate) const PARAM_CHUNK_ROWS: u32 = 64;
-/// Queries (and keys) per tile of the fused attention; its workgroups are `ATTN_TILE²` threads.
-pub(crate) const ATTN_TILE: u32 = 16;
+/// Queries (and keys) per tile of the fused attention.
+pub(crate) const ATTN_TILE: u32 = 32;
+/// Threads per side of a fused-attention workgroup (`ATTN_THREADS²` threads, each owning
+/// `ATTN_BLOCK²` scores of a tile).
+pub(crate) const ATTN_THREADS: u32 = 8;
+/// Scores per thread per side of a tile.
+pub(crate) const ATTN_BLOCK: u32 = 4;
 /// Columns of a head staged per step of the fused attention's score dots.
 pub(crate) const ATTN_CHUNK: u32 = 16;
 /// Widest head the fused attention takes (wider ones run the unfused kernels).
@@ -235,6 +240,8 @@ mod tests {
             ("SUM_ITEMS", SUM_ITEMS, &[Shader::Reduce]),
             ("PARAM_CHUNK_ROWS", PARAM_CHUNK_ROWS, &[Shader::LayerNorm]),
             ("ATTN_TILE", ATTN_TILE, &[Shader::FusedAttention]),
+            ("ATTN_THREADS", ATTN_THREADS, &[Shader::FusedAttention]),
+            ("ATTN_BLOCK", ATTN_BLOCK, &[Shader::FusedAttention]),
             ("ATTN_CHUNK", ATTN_CHUNK, &[Shader::FusedAttention]),
             (
                 "ATTN_MAX_HEAD_DIM",

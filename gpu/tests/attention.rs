@@ -135,9 +135,8 @@ fn check(case: &Case) {
     check_with(case, TOL);
 }
 
-/// [`check`] with `cross` as the tolerance between the backends (whose matmuls sum in
-/// different orders).
-fn check_with(case: &Case, cross: f32) {
+/// [`check`] with tolerance `tol`.
+fn check_with(case: &Case, tol: f32) {
     let cpu = CpuBackend::new();
     let cpu_unfused = attention(&cpu, case, false);
     let cpu_fused = attention(&cpu, case, true);
@@ -149,19 +148,19 @@ fn check_with(case: &Case, cross: f32) {
         &format!("fused vs unfused on wgpu, {case:?}"),
         &gpu_unfused[0],
         &gpu_fused[0],
-        TOL,
+        tol,
     );
     assert_close(
         &format!("fused wgpu vs unfused cpu, {case:?}"),
         &cpu_unfused[0],
         &gpu_fused[0],
-        cross,
+        tol,
     );
     assert_close(
         &format!("unfused probabilities wgpu vs cpu, {case:?}"),
         &cpu_unfused[1],
         &gpu_unfused[1],
-        cross,
+        tol,
     );
 }
 
@@ -265,9 +264,9 @@ fn heads_wider_than_the_kernel_fall_back_to_the_unfused_path() {
 
 #[test]
 fn extreme_scores_stay_finite() {
-    // Scores of several hundred: the online softmax's rescaling must not overflow. Fused and
-    // unfused on the GPU sum every dot in the same order and stay within 1e-5; against the CPU's
-    // differently ordered sgemm, scores of that size carry ~1e-5 of rounding by themselves.
+    // Scores of several hundred: the online softmax's rescaling must not overflow. Scores of
+    // that size carry ~1e-5 of rounding by themselves in any summation order (the three paths
+    // sum their dot products differently), hence the looser tolerance.
     check_with(
         &Case {
             scale_qk: 40.0,

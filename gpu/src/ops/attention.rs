@@ -5,12 +5,18 @@ use deberta_core::backend::AttentionSpec;
 
 use super::{flag, product, require, word};
 use crate::device::Gpu;
-use crate::kernels::{ATTN_CHUNK, ATTN_MAX_HEAD_DIM, ATTN_TILE, Kernel};
+use crate::kernels::{ATTN_BLOCK, ATTN_CHUNK, ATTN_MAX_HEAD_DIM, ATTN_THREADS, ATTN_TILE, Kernel};
 use crate::params::FusedAttentionParams;
 use crate::tensor::{GpuIndices, GpuTensor};
 
-// The kernel's thread mapping: one key-chunk element per thread, four context columns each.
-const _: () = assert!(ATTN_CHUNK == ATTN_TILE && ATTN_MAX_HEAD_DIM == 4 * ATTN_TILE);
+// The kernel's layout (its `const_assert`s): 4 × 4 scores and two column groups of four per
+// thread, whole four-column vectors per chunk.
+const _: () = assert!(
+    ATTN_TILE == ATTN_THREADS * ATTN_BLOCK
+        && ATTN_BLOCK == 4
+        && ATTN_MAX_HEAD_DIM == 8 * ATTN_THREADS
+        && ATTN_CHUNK % 4 == 0
+);
 
 /// The operands of [`fused_attention`] (see `deberta_core::backend::AttentionOperands`).
 pub(crate) struct Operands<'a> {

@@ -9,35 +9,59 @@
 // keys weigh exactly 0; a padded query row is uniform over all len keys (its context is the mean
 // of V); every valid query has itself as a valid key, so its sum is never 0.
 //
-// Position terms. Instead of gathering from precomputed tables Q·Krᵀ and K·Qrᵀ (which cost
-// 2·len·R·d per head, R ≈ 2·len, and a round trip through memory), the kernel dots the query and
-// key rows with the position projections directly (2·len²·d). The relative index depends on i − j
-// only, so a (query tile, key tile) pair reads just the 2·ATTN_TILE − 1 rows of Kr and Qr of its
-// differences i − j: this band is staged in workgroup memory (ATTN_CHUNK columns of d at a time)
-// next to the key chunk, and slot (i − j) − (i0 − j0) + ATTN_TILE − 1 of the band serves every
-// (i, j) of the tile with no per-element index reads. The band row of a difference δ is the
-// index's first column (δ ≥ 0: idx[δ, 0]) or first row (δ < 0: idx[0, −δ]).
+// Position terms. Instead of gathering from precomputed tables Q·Krᵀ and K·Qrᵀ (2·len·R·d
+// multiply-adds per head with R up to 2·len − 1, and a round trip of both tables through
+// memory), the kernel dots the query and key rows with the position projections directly
+// (2·len²·d). The relative index depends on i − j only, so a (query tile, key tile) pair reads
+// just the BAND = 2·ATTN_TILE − 1 rows of Kr and Qr of its differences i − j: this band is staged
+// in workgroup memory next to the query and key chunks, band slot (i − j) − (i0 − j0) +
+// ATTN_TILE − 1 serving every (i, j) of the pair with no per-element index reads. The
+// projection row of a difference δ comes from the index's first column (δ ≥ 0: idx[δ, 0]) or
+// first row (δ < 0: idx[0, −δ]).
 //
-// Threads. 16 × 16 threads; thread (ti, tj) computes the score of (i0 + ti, j0 + tj), and in the
-// P·V step owns columns tj, tj + 16, tj + 32, tj + 48 of query row i0 + ti, so the running max and
-// sum of a row are kept (identically) by the 16 threads of that row. Workgroup memory: the query
-// tile (resident for the whole pass), one key chunk, the two bands, the value tile and the
-// probability tile: 14.6 KB, under WebGPU's 16 KB default. Heads wider than ATTN_MAX_HEAD_DIM use
-// the unfused kernels (the host decides).
+// Threads. ATTN_THREADS² threads; thread (ti, tj) owns the ATTN_BLOCK × ATTN_BLOCK scores of
+// rows ti + ATTN_THREADS·a and columns tj + ATTN_THREADS·b of the tile (register blocking, as
+// in the tiled matmul), so per step of four head columns it loads 4 + 4 query/key vectors and
+// 7 + 7 band vectors for 48 four-wide dot products. In the P·V step it owns the same rows and
+// the column groups tj, tj + ATTN_THREADS of the head (four columns each), so a row's running
+// max and sum are kept, identically, by the threads of that row. Workgroup memory holds either
+// the chunks of the score phase (query, key, two bands) or the value tile and the probabilities
+// of the P·V phase (one array, reused), plus the per-thread partial row maxima: 13.3 KB, under
+// WebGPU's 16 KB default. Heads wider than ATTN_MAX_HEAD_DIM use the unfused kernels (the host
+// decides).
 
-const ATTN_TILE: u32 = 16u;
+const ATTN_TILE: u32 = 32u;
+const ATTN_THREADS: u32 = 8u;
+const ATTN_BLOCK: u32 = 4u;
 const ATTN_CHUNK: u32 = 16u;
 const ATTN_MAX_HEAD_DIM: u32 = 64u;
+const_assert ATTN_TILE == ATTN_THREADS * ATTN_BLOCK;
+// Every per-thread array below is written out for ATTN_BLOCK = 4 (vec4 lanes, 7 band offsets).
+const_assert ATTN_BLOCK == 4u;
+
 // Rows of a band: the differences i − j of one tile pair.
 const BAND: u32 = 2u * ATTN_TILE - 1u;
-// Padded row strides of the chunked tiles (conflict-free column reads).
-const CHUNK_STRIDE: u32 = 17u;
-const P_STRIDE: u32 = 17u;
-// Columns of the context each thread owns (the lanes of its vec4 accumulator).
-const COLS_PER_THREAD: u32 = ATTN_MAX_HEAD_DIM / ATTN_TILE;
-const_assert COLS_PER_THREAD == 4u;
-// One key-chunk element per thread.
-const_assert ATTN_CHUNK == ATTN_TILE;
+// Four-float vectors per chunk row and per head row.
+const CHUNK_VECS: u32 = ATTN_CHUNK / 4u;
+const HEAD_VECS: u32 = ATTN_MAX_HEAD_DIM / 4u;
+// Column groups (of four) of the context per thread.
+const COL_GROUPS: u32 = HEAD_VECS / ATTN_THREADS;
+const_assert COL_GROUPS == 2u;
+const THREADS: u32 = ATTN_THREADS * ATTN_THREADS;
+
+// Score phase layout of `staged`: query chunk, key chunk, Kr band, Qr band.
+const Q_AT: u32 = 0u;
+const K_AT: u32 = Q_AT + ATTN_TILE * CHUNK_VECS;
+const KR_AT: u32 = K_AT + ATTN_TILE * CHUNK_VECS;
+const QR_AT: u32 = KR_AT + BAND * CHUNK_VECS;
+const SCORE_PHASE: u32 = QR_AT + BAND * CHUNK_VECS;
+// P·V phase layout: value tile [key][head vector], probabilities [key][ti] as vec4 over a.
+const V_AT: u32 = 0u;
+const P_AT: u32 = V_AT + ATTN_TILE * HEAD_VECS;
+const PV_PHASE: u32 = P_AT + ATTN_TILE * ATTN_THREADS;
+const SHARED_VECS: u32 = 768u;
+const_assert SCORE_PHASE <= SHARED_VECS && PV_PHASE <= SHARED_VECS;
+
 // Stands in for -inf in the running max: every real score is far above it.
 const LOWEST: f32 = -3.4028235e38;
 
@@ -69,12 +93,65 @@ struct Params {
 @group(0) @binding(7) var<storage, read> index: array<u32>;
 @group(0) @binding(8) var<storage, read> mask: array<f32>;
 
-var<workgroup> q_tile: array<f32, ATTN_TILE * ATTN_MAX_HEAD_DIM>;
-var<workgroup> k_chunk: array<f32, ATTN_TILE * CHUNK_STRIDE>;
-var<workgroup> kr_band: array<f32, BAND * CHUNK_STRIDE>;
-var<workgroup> qr_band: array<f32, BAND * CHUNK_STRIDE>;
-var<workgroup> v_tile: array<f32, ATTN_TILE * ATTN_MAX_HEAD_DIM>;
-var<workgroup> p_tile: array<f32, ATTN_TILE * P_STRIDE>;
+var<workgroup> staged: array<vec4<f32>, SHARED_VECS>;
+// Partial row maxima: [ti][tj], vec4 over the thread's rows a.
+var<workgroup> partial_max: array<vec4<f32>, THREADS>;
+
+// Four consecutive head columns c .. c + 3 of a row starting at `at` (zero at and beyond d).
+fn query4(at: u32, c: u32) -> vec4<f32> {
+    let d = params.head_dim;
+    var v = vec4<f32>(0.0);
+    for (var u = 0u; u < 4u; u += 1u) {
+        if (c + u < d) {
+            v[u] = query[at + c + u];
+        }
+    }
+    return v;
+}
+
+fn key4(at: u32, c: u32) -> vec4<f32> {
+    let d = params.head_dim;
+    var v = vec4<f32>(0.0);
+    for (var u = 0u; u < 4u; u += 1u) {
+        if (c + u < d) {
+            v[u] = key[at + c + u];
+        }
+    }
+    return v;
+}
+
+fn value4(at: u32, c: u32) -> vec4<f32> {
+    let d = params.head_dim;
+    var v = vec4<f32>(0.0);
+    for (var u = 0u; u < 4u; u += 1u) {
+        if (c + u < d) {
+            v[u] = value[at + c + u];
+        }
+    }
+    return v;
+}
+
+fn pos_key4(at: u32, c: u32) -> vec4<f32> {
+    let d = params.head_dim;
+    var v = vec4<f32>(0.0);
+    for (var u = 0u; u < 4u; u += 1u) {
+        if (c + u < d) {
+            v[u] = pos_key[at + c + u];
+        }
+    }
+    return v;
+}
+
+fn pos_query4(at: u32, c: u32) -> vec4<f32> {
+    let d = params.head_dim;
+    var v = vec4<f32>(0.0);
+    for (var u = 0u; u < 4u; u += 1u) {
+        if (c + u < d) {
+            v[u] = pos_query[at + c + u];
+        }
+    }
+    return v;
+}
 
 // The projection row (window row + first_row) of the relative difference `delta`, or -1 when
 // no (i, j) of the sequence has that difference (the band slot is then unused).
@@ -92,7 +169,7 @@ fn band_row(delta: i32) -> i32 {
     return i32(r + params.first_row);
 }
 
-@compute @workgroup_size(ATTN_TILE, ATTN_TILE, 1)
+@compute @workgroup_size(ATTN_THREADS, ATTN_THREADS, 1)
 fn fused_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_id) local: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
@@ -110,156 +187,220 @@ fn fused_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     let i0 = (group % params.tiles) * ATTN_TILE;
     let ti = local.y;
     let tj = local.x;
-    let i = i0 + ti;
     let tokens0 = b * len;
     let column0 = h * d;
-    let threads = ATTN_TILE * ATTN_TILE;
-    let relative = params.has_c2p != 0u || params.has_p2c != 0u;
+    let c2p = params.has_c2p != 0u;
+    let p2c = params.has_p2c != 0u;
+    let relative = c2p || p2c;
+    let s = params.scale;
 
-    // The query tile, zero beyond the sequence and the head.
-    for (var e = lid; e < ATTN_TILE * ATTN_MAX_HEAD_DIM; e += threads) {
-        let r = e / ATTN_MAX_HEAD_DIM;
-        let c = e % ATTN_MAX_HEAD_DIM;
-        var v = 0.0;
-        if (i0 + r < len && c < d) {
-            v = query[(tokens0 + i0 + r) * width + column0 + c];
+    // Which of this thread's rows are queries of the sequence, and which of those are valid.
+    var row_in = vec4<bool>(false);
+    var row_valid = vec4<bool>(false);
+    for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
+        let i = i0 + ti + ATTN_THREADS * a;
+        if (i < len) {
+            row_in[a] = true;
+            row_valid[a] = mask[tokens0 + i] != 0.0;
         }
-        q_tile[e] = v;
-    }
-    var query_valid = false;
-    if (i < len) {
-        query_valid = mask[tokens0 + i] != 0.0;
     }
 
-    var row_max = LOWEST;
-    var row_sum = 0.0;
-    var acc = vec4<f32>(0.0);
+    var row_max = vec4<f32>(LOWEST);
+    var row_sum = vec4<f32>(0.0);
+    // acc[a * COL_GROUPS + g]: row a, head columns 4·(tj + ATTN_THREADS·g) ..
+    var acc: array<vec4<f32>, 8>;
+    for (var e = 0u; e < 8u; e += 1u) {
+        acc[e] = vec4<f32>(0.0);
+    }
 
     for (var j0 = 0u; j0 < len; j0 += ATTN_TILE) {
-        let j = j0 + tj;
-        // δ of band slot 0.
+        // The band rows this thread stages: slots lid / CHUNK_VECS + (THREADS / CHUNK_VECS)·r.
         let delta0 = i32(i0) - i32(j0) - i32(ATTN_TILE - 1u);
-        let slot = ti + (ATTN_TILE - 1u) - tj;
-        var s_qk = 0.0;
-        var s_c2p = 0.0;
-        var s_p2c = 0.0;
+        var rows: array<i32, 4>;
+        for (var r = 0u; r < 4u; r += 1u) {
+            rows[r] = band_row(delta0 + i32(lid / CHUNK_VECS + (THREADS / CHUNK_VECS) * r));
+        }
+
+        // s_qk[a][b], s_c2p[a][b], s_p2c[a][b] for row a, column b of the thread's block.
+        var s_qk: array<vec4<f32>, 4>;
+        var s_c2p: array<vec4<f32>, 4>;
+        var s_p2c: array<vec4<f32>, 4>;
+        for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
+            s_qk[a] = vec4<f32>(0.0);
+            s_c2p[a] = vec4<f32>(0.0);
+            s_p2c[a] = vec4<f32>(0.0);
+        }
         for (var k0 = 0u; k0 < d; k0 += ATTN_CHUNK) {
-            // Key chunk: row r, columns k0 .. k0 + ATTN_CHUNK (one element per thread).
-            {
-                let r = lid / ATTN_CHUNK;
-                let kk = lid % ATTN_CHUNK;
-                var v = 0.0;
-                if (j0 + r < len && k0 + kk < d) {
-                    v = key[(tokens0 + j0 + r) * width + column0 + k0 + kk];
+            // Query and key chunks: ATTN_TILE rows × CHUNK_VECS vectors each.
+            for (var e = lid; e < ATTN_TILE * CHUNK_VECS; e += THREADS) {
+                let r = e / CHUNK_VECS;
+                let c = k0 + 4u * (e % CHUNK_VECS);
+                var q = vec4<f32>(0.0);
+                if (i0 + r < len) {
+                    q = query4((tokens0 + i0 + r) * width + column0, c);
                 }
-                k_chunk[r * CHUNK_STRIDE + kk] = v;
+                staged[Q_AT + e] = q;
+                var k = vec4<f32>(0.0);
+                if (j0 + r < len) {
+                    k = key4((tokens0 + j0 + r) * width + column0, c);
+                }
+                staged[K_AT + e] = k;
             }
             if (relative) {
-                for (var e = lid; e < BAND * ATTN_CHUNK; e += threads) {
-                    let s = e / ATTN_CHUNK;
-                    let kk = e % ATTN_CHUNK;
-                    let row = band_row(delta0 + i32(s));
-                    var kr = 0.0;
-                    var qr = 0.0;
-                    if (row >= 0 && k0 + kk < d) {
-                        let at = u32(row) * width + column0 + k0 + kk;
-                        if (params.has_c2p != 0u) {
-                            kr = pos_key[at];
+                for (var r = 0u; r < 4u; r += 1u) {
+                    let e = lid + THREADS * r;
+                    if (e < BAND * CHUNK_VECS) {
+                        let c = k0 + 4u * (e % CHUNK_VECS);
+                        var kr = vec4<f32>(0.0);
+                        var qr = vec4<f32>(0.0);
+                        if (rows[r] >= 0) {
+                            let at = u32(rows[r]) * width + column0;
+                            if (c2p) {
+                                kr = pos_key4(at, c);
+                            }
+                            if (p2c) {
+                                qr = pos_query4(at, c);
+                            }
                         }
-                        if (params.has_p2c != 0u) {
-                            qr = pos_query[at];
-                        }
+                        staged[KR_AT + e] = kr;
+                        staged[QR_AT + e] = qr;
                     }
-                    kr_band[s * CHUNK_STRIDE + kk] = kr;
-                    qr_band[s * CHUNK_STRIDE + kk] = qr;
                 }
             }
             workgroupBarrier();
-            let qi = ti * ATTN_MAX_HEAD_DIM + k0;
-            let kj = tj * CHUNK_STRIDE;
-            let band = slot * CHUNK_STRIDE;
-            if (relative) {
-                for (var kk = 0u; kk < ATTN_CHUNK; kk += 1u) {
-                    let q = q_tile[qi + kk];
-                    let k = k_chunk[kj + kk];
-                    s_qk += q * k;
-                    s_c2p += q * kr_band[band + kk];
-                    s_p2c += k * qr_band[band + kk];
+            for (var v = 0u; v < CHUNK_VECS; v += 1u) {
+                var q: array<vec4<f32>, 4>;
+                var k: array<vec4<f32>, 4>;
+                for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
+                    q[a] = staged[Q_AT + (ti + ATTN_THREADS * a) * CHUNK_VECS + v];
+                    k[a] = staged[K_AT + (tj + ATTN_THREADS * a) * CHUNK_VECS + v];
                 }
-            } else {
-                for (var kk = 0u; kk < ATTN_CHUNK; kk += 1u) {
-                    s_qk += q_tile[qi + kk] * k_chunk[kj + kk];
+                for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
+                    s_qk[a] += vec4<f32>(dot(q[a], k[0]), dot(q[a], k[1]), dot(q[a], k[2]),
+                                         dot(q[a], k[3]));
+                }
+                if (relative) {
+                    // Band offsets o = a − b + 3 of the block: slot (ti − tj) + 8·(o − 3) + 31.
+                    var kr: array<vec4<f32>, 7>;
+                    var qr: array<vec4<f32>, 7>;
+                    for (var o = 0u; o < 7u; o += 1u) {
+                        let slot = ti + ATTN_THREADS * o + (ATTN_TILE - 1u) - tj
+                            - ATTN_THREADS * (ATTN_BLOCK - 1u);
+                        kr[o] = staged[KR_AT + slot * CHUNK_VECS + v];
+                        qr[o] = staged[QR_AT + slot * CHUNK_VECS + v];
+                    }
+                    for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
+                        s_c2p[a] += vec4<f32>(dot(q[a], kr[a + 3u]), dot(q[a], kr[a + 2u]),
+                                              dot(q[a], kr[a + 1u]), dot(q[a], kr[a]));
+                        s_p2c[a] += vec4<f32>(dot(k[0], qr[a + 3u]), dot(k[1], qr[a + 2u]),
+                                              dot(k[2], qr[a + 1u]), dot(k[3], qr[a]));
+                    }
                 }
             }
             workgroupBarrier();
         }
 
-        // The value tile for P·V.
-        for (var e = lid; e < ATTN_TILE * ATTN_MAX_HEAD_DIM; e += threads) {
-            let r = e / ATTN_MAX_HEAD_DIM;
-            let c = e % ATTN_MAX_HEAD_DIM;
-            var v = 0.0;
+        // Masked scores (LOWEST where excluded) and this thread's partial row maxima.
+        var key_in = vec4<bool>(false);
+        var key_valid = vec4<bool>(false);
+        for (var bb = 0u; bb < ATTN_BLOCK; bb += 1u) {
+            let j = j0 + tj + ATTN_THREADS * bb;
+            if (j < len) {
+                key_in[bb] = true;
+                key_valid[bb] = mask[tokens0 + j] != 0.0;
+            }
+        }
+        var score: array<vec4<f32>, 4>;
+        var live: array<vec4<bool>, 4>;
+        var local_max = vec4<f32>(LOWEST);
+        for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
+            var rel = vec4<f32>(0.0);
+            if (c2p && p2c) {
+                rel = s_c2p[a] / s + s_p2c[a] / s;
+            } else if (c2p) {
+                rel = s_c2p[a] / s;
+            } else if (p2c) {
+                rel = s_p2c[a] / s;
+            }
+            var x = s_qk[a] * params.inv_scale;
+            if (relative) {
+                x = x + rel;
+            }
+            // A padded query attends uniformly to every key (score 0); a valid one to the valid
+            // keys only.
+            live[a] = vec4<bool>(row_in[a]) & key_in & (key_valid | vec4<bool>(!row_valid[a]));
+            x = select(vec4<f32>(0.0), x, vec4<bool>(row_valid[a]));
+            score[a] = select(vec4<f32>(LOWEST), x, live[a]);
+            local_max[a] = max(max(score[a].x, score[a].y), max(score[a].z, score[a].w));
+        }
+        partial_max[ti * ATTN_THREADS + tj] = local_max;
+        // The value tile (over the score-phase chunks, which every thread is done reading).
+        for (var e = lid; e < ATTN_TILE * HEAD_VECS; e += THREADS) {
+            let r = e / HEAD_VECS;
+            let c = 4u * (e % HEAD_VECS);
+            var v = vec4<f32>(0.0);
             if (j0 + r < len && c < d) {
-                v = value[(tokens0 + j0 + r) * width + column0 + c];
+                v = value4((tokens0 + j0 + r) * width + column0, c);
             }
-            v_tile[e] = v;
+            staged[V_AT + e] = v;
         }
-        // Mask: a padded query attends uniformly to every key (score 0); a valid one to the
-        // valid keys only.
-        var live = false;
-        var score = 0.0;
-        if (i < len && j < len) {
-            if (!query_valid) {
-                live = true;
-            } else if (mask[tokens0 + j] != 0.0) {
-                live = true;
-                score = s_qk * params.inv_scale;
-                let s = params.scale;
-                if (params.has_c2p != 0u && params.has_p2c != 0u) {
-                    score = score + (s_c2p / s + s_p2c / s);
-                } else if (params.has_c2p != 0u) {
-                    score = score + s_c2p / s;
-                } else if (params.has_p2c != 0u) {
-                    score = score + s_p2c / s;
-                }
-            }
-        }
-        p_tile[ti * P_STRIDE + tj] = select(LOWEST, score, live);
         workgroupBarrier();
 
-        // Online softmax: the tile's max of this row, then its probabilities.
-        var tile_max = LOWEST;
-        for (var c = 0u; c < ATTN_TILE; c += 1u) {
-            tile_max = max(tile_max, p_tile[ti * P_STRIDE + c]);
+        // Online softmax: the tile's row maxima, the rescaling of what was accumulated, and
+        // this tile's probabilities, stored [key][ti] as vec4 over the thread's rows.
+        var tile_max = vec4<f32>(LOWEST);
+        for (var c = 0u; c < ATTN_THREADS; c += 1u) {
+            tile_max = max(tile_max, partial_max[ti * ATTN_THREADS + c]);
         }
         let new_max = max(row_max, tile_max);
-        workgroupBarrier();
-        p_tile[ti * P_STRIDE + tj] = select(0.0, exp(score - new_max), live);
+        let correction = exp(row_max - new_max);
+        row_max = new_max;
+        row_sum = row_sum * correction;
+        for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
+            for (var g = 0u; g < COL_GROUPS; g += 1u) {
+                acc[a * COL_GROUPS + g] = acc[a * COL_GROUPS + g] * correction[a];
+            }
+        }
+        var p: array<vec4<f32>, 4>;
+        for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
+            p[a] = select(vec4<f32>(0.0), exp(score[a] - vec4<f32>(new_max[a])), live[a]);
+        }
+        for (var bb = 0u; bb < ATTN_BLOCK; bb += 1u) {
+            staged[P_AT + (tj + ATTN_THREADS * bb) * ATTN_THREADS + ti] =
+                vec4<f32>(p[0][bb], p[1][bb], p[2][bb], p[3][bb]);
+        }
         workgroupBarrier();
 
-        let correction = exp(row_max - new_max);
-        var tile_sum = 0.0;
-        var pv = vec4<f32>(0.0);
-        for (var c = 0u; c < ATTN_TILE; c += 1u) {
-            let p = p_tile[ti * P_STRIDE + c];
-            tile_sum += p;
-            let v = c * ATTN_MAX_HEAD_DIM + tj;
-            pv += p * vec4<f32>(v_tile[v], v_tile[v + ATTN_TILE], v_tile[v + 2u * ATTN_TILE],
-                                v_tile[v + 3u * ATTN_TILE]);
+        // P·V for the thread's rows and column groups; the row sums on the way.
+        let keys = min(ATTN_TILE, len - j0);
+        for (var j = 0u; j < keys; j += 1u) {
+            let pj = staged[P_AT + j * ATTN_THREADS + ti];
+            row_sum += pj;
+            for (var g = 0u; g < COL_GROUPS; g += 1u) {
+                let column = tj + ATTN_THREADS * g;
+                if (4u * column < d) {
+                    let v = staged[V_AT + j * HEAD_VECS + column];
+                    for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
+                        acc[a * COL_GROUPS + g] += pj[a] * v;
+                    }
+                }
+            }
         }
-        row_sum = row_sum * correction + tile_sum;
-        acc = acc * correction + pv;
-        row_max = new_max;
         workgroupBarrier();
     }
 
-    if (i < len) {
-        let out = (tokens0 + i) * width + column0;
-        let inv = 1.0 / row_sum;
-        for (var u = 0u; u < COLS_PER_THREAD; u += 1u) {
-            let c = tj + u * ATTN_TILE;
-            if (c < d) {
-                context[out + c] = acc[u] * inv;
+    for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
+        if (row_in[a]) {
+            let out = (tokens0 + i0 + ti + ATTN_THREADS * a) * width + column0;
+            let inv = 1.0 / row_sum[a];
+            for (var g = 0u; g < COL_GROUPS; g += 1u) {
+                let c = 4u * (tj + ATTN_THREADS * g);
+                let x = acc[a * COL_GROUPS + g] * inv;
+                for (var u = 0u; u < 4u; u += 1u) {
+                    if (c + u < d) {
+                        context[out + c + u] = x[u];
+                    }
+                }
             }
         }
     }
