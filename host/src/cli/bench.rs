@@ -7,8 +7,8 @@ use std::time::Instant;
 use clap::{Args, Subcommand};
 use deberta_core::kernels::MatmulSpec;
 use deberta_core::model::{
-    Deberta, DeviceBatch, Dropout, ForwardOptions, Heads, HostBatch, MlmLayout, ParamLayout,
-    SharedTables,
+    AttentionProbs, Deberta, DeviceBatch, Dropout, ForwardOptions, Heads, HostBatch, MlmLayout,
+    ParamLayout, SharedTables,
 };
 use deberta_core::random::RandomStream;
 use deberta_core::train::{
@@ -78,6 +78,10 @@ pub struct BenchArgs {
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     pub json: bool,
+    /// `forward` only: run every attention through the unfused kernels, keeping its
+    /// probabilities (as training does), instead of the backend's fused attention.
+    #[arg(long)]
+    pub unfused_attention: bool,
 }
 
 /// Multiply-adds ×2 of one encoder forward with cached position projections.
@@ -197,11 +201,19 @@ fn report(
     let tokens_per_s = tokens / (median / 1e3);
     let gflops = flops.map(|f| f / (median / 1e3) / 1e9);
     let peak = peak_rss_mib();
+    let attention = match (bench, args.unfused_attention) {
+        ("forward", false) => Some("fused"),
+        ("forward", true) => Some("unfused"),
+        _ => None,
+    };
     println!(
-        "{bench} {} batch {} seq {} on {backend} ({threads} CPU threads): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {tokens_per_s:.0} tokens/s{}{}",
+        "{bench} {} batch {} seq {} on {backend}{} ({threads} CPU threads): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {tokens_per_s:.0} tokens/s{}{}",
         args.shape,
         args.batch,
         args.seq,
+        attention
+            .map(|a| format!(", {a} attention"))
+            .unwrap_or_default(),
         args.iters,
         gflops
             .map(|g| format!(", {g:.1} GFLOP/s"))
@@ -226,6 +238,7 @@ fn report(
                 "gflops": gflops,
                 "threads": threads,
                 "peak_rss_mb": peak,
+                "attention": attention,
             })
         );
     }
@@ -282,6 +295,14 @@ impl BackendTask for ForwardBench<'_> {
         let mut acts = model
             .activations(backend, &batch, None, false)
             .map_err(model_error("activations"))?;
+        let options = ForwardOptions {
+            attention_probs: if args.unfused_attention {
+                AttentionProbs::Keep
+            } else {
+                AttentionProbs::Discard
+            },
+            ..ForwardOptions::inference()
+        };
         let times = time(args, || {
             model
                 .forward(
@@ -289,7 +310,7 @@ impl BackendTask for ForwardBench<'_> {
                     &params,
                     relative.as_ref(),
                     &batch,
-                    &ForwardOptions::inference(),
+                    &options,
                     &mut acts,
                 )
                 .map_err(model_error("forward"))?;
