@@ -25,6 +25,13 @@
 //! pattern (saved activations in, gradient buffers out, `accumulate` flags instead of
 //! read-modify-write on the host).
 
+mod attention;
+
+pub use attention::{
+    AttentionBuffers, AttentionOperands, AttentionSpec, attention_context, attention_probabilities,
+    composed_attention,
+};
+
 use crate::kernels::{
     AdamSpec, LayerNormSpec, MatmulSpec, MatrixLayout, RelativeScoresSpec, SoftmaxSpec,
 };
@@ -323,6 +330,29 @@ pub trait Backend {
         spec: AdamSpec,
         clip: Option<Clip<'_, Self::Tensor>>,
     ) -> Result<(), Error>;
+
+    // ----- provided compositions -----------------------------------------------------------
+
+    /// Disentangled self-attention in one operation: `context = P·V` with
+    /// `P = masked_softmax(Q·Kᵀ/s + (c2p/s + p2c/s))` under the product padding mask, exactly
+    /// as [`attention_probabilities`] defines it (masked keys get 0; padded query rows are
+    /// uniform, so their context is the mean of `V` over all keys). Every implementation must
+    /// equal the provided one within rounding.
+    ///
+    /// `buffers` are scratch: their contents after the call are unspecified. The provided
+    /// implementation ([`composed_attention`]) runs the unfused kernels through them and leaves
+    /// the probabilities in `buffers.probs`; a fused kernel may never write them. Callers that
+    /// need the probabilities (a backward pass, attention dropout, the `attentions` outputs)
+    /// call [`attention_probabilities`] and [`attention_context`] instead.
+    fn fused_attention(
+        &self,
+        ops: AttentionOperands<'_, Self>,
+        buffers: AttentionBuffers<'_, Self::Tensor>,
+        context: &mut Self::Tensor,
+        spec: AttentionSpec,
+    ) -> Result<(), Error> {
+        composed_attention(self, ops, buffers, context, spec)
+    }
 
     /// Same-length 1-D convolution over `[batch, len, in]` into `[batch, len, out]`:
     /// `out[b,t,o] = bias[o] + Σ_u Σ_c w[o,c,u]·x[b, t+u−pad, c]`. The provided implementation

@@ -447,12 +447,9 @@ impl ModelConfig {
             .then_some(self.max_position_embeddings)
     }
 
-    /// The published DeBERTa-v3 shape `xsmall`, `small`, `base` or `large` (SPEC §1.2)
-    /// (vocabulary 128100), or this project's `nano`.
+    /// The published DeBERTa-v3 shape `xsmall`, `small`, `base` or `large` (SPEC §1.2),
+    /// vocabulary 128100.
     pub fn deberta_v3(shape: &str) -> Option<Self> {
-        if shape == "nano" {
-            return Self::nano();
-        }
         let (hidden, layers, heads) = match shape {
             "xsmall" => (384, 12, 6),
             "small" => (768, 6, 12),
@@ -474,35 +471,6 @@ impl ModelConfig {
             relative_attention: Some(true),
             max_relative_positions: Some(-1),
             position_buckets: Some(256),
-            position_biased_input: Some(false),
-            pos_att_type: Some(PosAttType {
-                c2p: true,
-                p2c: true,
-            }),
-            share_att_key: Some(true),
-            norm_rel_ebd_layer_norm: Some(true),
-            ..RawConfig::default()
-        };
-        ModelConfig::from_raw(&raw).ok()
-    }
-
-    /// The `nano` shape of `deberta pretrain --preset nano` (hidden 128, 4 layers, 4 heads
-    /// of 32, FFN 512, vocabulary 8000, 64 buckets over 128 relative positions): sized for
-    /// two CPU cores and the edge runtime.
-    fn nano() -> Option<Self> {
-        let raw = RawConfig {
-            vocab_size: Some(8000),
-            hidden_size: Some(128),
-            num_hidden_layers: Some(4),
-            num_attention_heads: Some(4),
-            intermediate_size: Some(512),
-            hidden_act: Some(Activation::Gelu),
-            max_position_embeddings: Some(512),
-            type_vocab_size: Some(0),
-            layer_norm_eps: Some(1e-7),
-            relative_attention: Some(true),
-            max_relative_positions: Some(128),
-            position_buckets: Some(64),
             position_biased_input: Some(false),
             pos_att_type: Some(PosAttType {
                 c2p: true,

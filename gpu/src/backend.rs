@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use deberta_core::backend::{Clip, LayerNormGrads};
+use deberta_core::backend::{
+    AttentionBuffers, AttentionOperands, AttentionSpec, Clip, LayerNormGrads, composed_attention,
+};
 use deberta_core::kernels::{AdamSpec, LayerNormSpec, MatmulSpec, RelativeScoresSpec, SoftmaxSpec};
 use deberta_core::random::RandomStream;
 use deberta_core::{Activation, Backend, Error};
@@ -12,7 +14,7 @@ use crate::device::Gpu;
 use crate::error::GpuError;
 use crate::ops::matmul::MatmulTiles;
 use crate::ops::{
-    elementwise, embedding, layer_norm, loss, matmul, memory, optimizer, random, reduce,
+    attention, elementwise, embedding, layer_norm, loss, matmul, memory, optimizer, random, reduce,
     relative_scores, softmax,
 };
 use crate::tensor::{GpuIndices, GpuTensor};
@@ -360,6 +362,30 @@ impl Backend for WgpuBackend {
         clip: Option<Clip<'_, GpuTensor>>,
     ) -> Result<(), Error> {
         optimizer::adam_update(&self.gpu, param, grad, moments, spec, clip)
+    }
+
+    /// The fused kernel of `fused_attention.wgsl` (one pass over key tiles, online softmax,
+    /// `buffers` untouched); heads wider than it takes run the provided composition.
+    fn fused_attention(
+        &self,
+        ops: AttentionOperands<'_, Self>,
+        buffers: AttentionBuffers<'_, GpuTensor>,
+        context: &mut GpuTensor,
+        spec: AttentionSpec,
+    ) -> Result<(), Error> {
+        if !attention::supports(&spec) {
+            return composed_attention(self, ops, buffers, context, spec);
+        }
+        let operands = attention::Operands {
+            query: ops.query,
+            key: ops.key,
+            value: ops.value,
+            pos_key: ops.pos_key,
+            pos_query: ops.pos_query,
+            index: ops.index,
+            mask: ops.mask,
+        };
+        attention::fused_attention(&self.gpu, operands, context, spec)
     }
 }
 

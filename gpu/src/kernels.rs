@@ -18,6 +18,17 @@ pub(crate) const SMALL_TILE: u32 = 32;
 pub(crate) const SUM_ITEMS: u32 = 8;
 /// Rows per partial sum of the LayerNorm γ/β gradients (and of `sum_rows`).
 pub(crate) const PARAM_CHUNK_ROWS: u32 = 64;
+/// Queries (and keys) per tile of the fused attention.
+pub(crate) const ATTN_TILE: u32 = 32;
+/// Threads per side of a fused-attention workgroup (`ATTN_THREADS²` threads, each owning
+/// `ATTN_BLOCK²` scores of a tile).
+pub(crate) const ATTN_THREADS: u32 = 8;
+/// Scores per thread per side of a tile.
+pub(crate) const ATTN_BLOCK: u32 = 4;
+/// Columns of a head staged per step of the fused attention's score dots.
+pub(crate) const ATTN_CHUNK: u32 = 16;
+/// Widest head the fused attention takes (wider ones run the unfused kernels).
+pub(crate) const ATTN_MAX_HEAD_DIM: u32 = 64;
 
 /// A WGSL source file (one kernel family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,6 +44,7 @@ pub(crate) enum Shader {
     Optimizer,
     Dropout,
     Sampling,
+    FusedAttention,
 }
 
 impl Shader {
@@ -56,6 +68,7 @@ impl Shader {
                 include_str!("shaders/philox.wgsl"),
                 include_str!("shaders/sampling.wgsl")
             ),
+            Shader::FusedAttention => include_str!("shaders/fused_attention.wgsl"),
         }
     }
 
@@ -74,6 +87,7 @@ impl Shader {
             Shader::Optimizer => size_of::<AdamParams>(),
             Shader::Dropout => size_of::<DropoutParams>(),
             Shader::Sampling => size_of::<SamplingParams>(),
+            Shader::FusedAttention => size_of::<FusedAttentionParams>(),
         }) as u64
     }
 }
@@ -179,6 +193,8 @@ kernels! {
     Dropout => Dropout, "dropout", [W];
     /// Sampled ids, logits.
     SampleCategorical => Sampling, "sample_categorical", [W, R];
+    /// Fused attention forward: context, Q, K, V, Kr, Qr, index, mask.
+    FusedAttention => FusedAttention, "fused_attention", [W, R, R, R, R, R, R, R];
 }
 
 #[cfg(test)]
@@ -228,6 +244,15 @@ mod tests {
             ("SMALL_TILE", SMALL_TILE, &[Shader::Matmul]),
             ("SUM_ITEMS", SUM_ITEMS, &[Shader::Reduce]),
             ("PARAM_CHUNK_ROWS", PARAM_CHUNK_ROWS, &[Shader::LayerNorm]),
+            ("ATTN_TILE", ATTN_TILE, &[Shader::FusedAttention]),
+            ("ATTN_THREADS", ATTN_THREADS, &[Shader::FusedAttention]),
+            ("ATTN_BLOCK", ATTN_BLOCK, &[Shader::FusedAttention]),
+            ("ATTN_CHUNK", ATTN_CHUNK, &[Shader::FusedAttention]),
+            (
+                "ATTN_MAX_HEAD_DIM",
+                ATTN_MAX_HEAD_DIM,
+                &[Shader::FusedAttention],
+            ),
         ];
         for (name, value, shaders) in mirrored {
             for shader in *shaders {
@@ -328,7 +353,8 @@ mod tests {
             LossParams,
             AdamParams,
             DropoutParams,
-            SamplingParams
+            SamplingParams,
+            FusedAttentionParams
         );
     }
 }

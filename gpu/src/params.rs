@@ -200,3 +200,21 @@ params! {
         _pad0: u32,
     }
 }
+
+params! {
+    /// `fused_attention.wgsl`.
+    FusedAttentionParams mirrors crate::kernels::Shader::FusedAttention => {
+        batch: u32,
+        heads: u32,
+        len: u32,
+        head_dim: u32,
+        width: u32,
+        first_row: u32,
+        tiles: u32,
+        has_c2p: u32,
+        has_p2c: u32,
+        inv_scale: f32,
+        scale: f32,
+        _pad0: u32,
+    }
+}

@@ -23,7 +23,7 @@ pub(crate) const ARENA_BYTES: u64 = 1 << 20;
 /// Cached bind groups beyond which the cache is cleared (buffers churned through the pool).
 const MAX_BIND_GROUPS: usize = 16_384;
 /// Most storage buffers a kernel binds.
-const MAX_BINDINGS: usize = 5;
+const MAX_BINDINGS: usize = 8;
 
 /// Identity of a bind group: the kernel and the ids of its storage buffers.
 type BindKey = (Kernel, [u64; MAX_BINDINGS]);

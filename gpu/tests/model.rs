@@ -1,5 +1,6 @@
 //! Model-level parity on the wgpu backend: the Hugging Face fixtures' forward outputs (within
-//! 1e-4 on valid positions, the CPU suite's tolerance), their MLM gradients and one RTD pair's
+//! 1e-4 on valid positions, the CPU suite's tolerance) with layer 0 unfused (for
+//! `attentions.0`) and with every attention fused, their MLM gradients and one RTD pair's
 //! joint gradient under GDES (within 1e-5 + 1e-4·|ref|). The gradient helpers are generic over
 //! the backend and run the same code on the CPU as a control.
 
@@ -8,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::gpu;
-use deberta_core::model::{DeviceBatch, HostBatch, MlmLayout};
+use deberta_core::model::{AttentionProbs, DeviceBatch, HostBatch, MlmLayout};
 use deberta_core::train::{MlmTargets, PairBatch, RtdPair, Sharing, Workspace, mlm_step};
 use deberta_core::{Backend, CpuBackend};
 use deberta_host::checkpoint::{TensorMap, read_tensor_file};
@@ -51,8 +52,9 @@ fn ints(map: &TensorMap, name: &str) -> Vec<i64> {
         .to_vec()
 }
 
-/// Every forward output of `set` on `backend`, keyed like `outputs.safetensors`.
-fn forward<B: Backend>(backend: B, set: &str) -> (TensorMap, TensorMap) {
+/// Every forward output of `set` on `backend`, keyed like `outputs.safetensors` (without
+/// `attentions.0` unless `probs` keeps layer 0's).
+fn forward<B: Backend>(backend: B, set: &str, probs: AttentionProbs) -> (TensorMap, TensorMap) {
     let loaded = load_model_dir(&fixture(set)).unwrap_or_else(|e| panic!("{set}: {e}"));
     let inputs = load(&fixture(set).join("inputs.safetensors"));
     let (ids, mask) = (ints(&inputs, "input_ids"), ints(&inputs, "attention_mask"));
@@ -67,7 +69,7 @@ fn forward<B: Backend>(backend: B, set: &str) -> (TensorMap, TensorMap) {
     let session = Session::new(&backend, &loaded).unwrap_or_else(|e| panic!("{set}: {e}"));
     (
         session
-            .outputs(&host)
+            .outputs_with(&host, probs)
             .unwrap_or_else(|e| panic!("{set}: {e}")),
         inputs,
     )
@@ -82,6 +84,9 @@ fn forward_errors(set: &str, ours: &TensorMap, inputs: &TensorMap) -> Vec<(Strin
     let mut report = Vec::new();
     for (name, tensor) in &reference {
         if name == "mlm_loss" || name == "rel_embeddings_normed" {
+            continue;
+        }
+        if name.starts_with("attentions.") && !ours.contains_key(name) {
             continue;
         }
         let (a, r) = (floats(ours, name), floats(&reference, name));
@@ -116,12 +121,24 @@ fn forward_errors(set: &str, ours: &TensorMap, inputs: &TensorMap) -> Vec<(Strin
 
 #[test]
 fn every_fixture_forward_matches_transformers_on_the_gpu() {
+    fixture_forwards(AttentionProbs::FirstLayer);
+}
+
+#[test]
+fn every_fixture_forward_matches_transformers_with_every_attention_fused() {
+    fixture_forwards(AttentionProbs::Discard);
+}
+
+fn fixture_forwards(probs: AttentionProbs) {
     let Some(gpu) = gpu() else { return };
     let mut failures = Vec::new();
     for set in FIXTURES {
-        let (ours, inputs) = forward(gpu.clone(), set);
+        let (ours, inputs) = forward(gpu.clone(), set, probs);
+        if probs.keeps(0) != ours.contains_key("attentions.0") {
+            failures.push(format!("{set}: attentions.0 present iff layer 0 keeps it"));
+        }
         for (name, worst) in forward_errors(set, &ours, &inputs) {
-            println!("{set:>9} {name:<20} max abs err {worst:.3e}");
+            println!("{set:>9} {probs:?} {name:<20} max abs err {worst:.3e}");
             let tol = if name == "rel_pos" { 0.0 } else { FORWARD_TOL };
             if worst > tol {
                 failures.push(format!("{set}/{name}: {worst:.3e} > {tol:.0e}"));

@@ -1,7 +1,7 @@
 //! Running the inference forward pass and collecting its outputs under the fixture names.
 
 use deberta_core::Backend;
-use deberta_core::model::{Activations, DeviceBatch, ForwardOptions, HostBatch};
+use deberta_core::model::{Activations, AttentionProbs, DeviceBatch, ForwardOptions, HostBatch};
 use deberta_core::relative_position::relative_position;
 
 use crate::checkpoint::TensorMap;
@@ -43,8 +43,18 @@ impl<'m, 'b, B: Backend> Session<'m, 'b, B> {
         })
     }
 
-    /// Validates and uploads a batch, then runs the forward pass.
+    /// Validates and uploads a batch, then runs the inference forward pass (no attention
+    /// probabilities kept: every attention may run fused).
     pub fn run(&self, host: &HostBatch<'_>) -> Result<(DeviceBatch<B>, Activations<B::Tensor>)> {
+        self.run_with(host, AttentionProbs::Discard)
+    }
+
+    /// [`Session::run`] keeping the attention probabilities `probs` asks for.
+    pub fn run_with(
+        &self,
+        host: &HostBatch<'_>,
+        probs: AttentionProbs,
+    ) -> Result<(DeviceBatch<B>, Activations<B::Tensor>)> {
         let model = &self.loaded.model;
         let batch = DeviceBatch::upload(self.backend, &model.config, host)
             .map_err(|e| Error::model("invalid input", e))?;
@@ -57,7 +67,10 @@ impl<'m, 'b, B: Backend> Session<'m, 'b, B> {
                 &self.params,
                 self.relative.as_ref(),
                 &batch,
-                &ForwardOptions::inference(),
+                &ForwardOptions {
+                    attention_probs: probs,
+                    ..ForwardOptions::inference()
+                },
                 &mut acts,
             )
             .map_err(|e| Error::model("forward pass", e))?;
@@ -66,9 +79,16 @@ impl<'m, 'b, B: Backend> Session<'m, 'b, B> {
 
     /// Runs the forward pass and collects every output under the fixture names and shapes:
     /// `embedding_output`, `hidden_states.{0..L}`, `last_hidden_state`, `attentions.0`,
-    /// `rel_pos`, and `mlm_logits` / `rtd_logits` when the model has those heads.
+    /// `rel_pos`, and `mlm_logits` / `rtd_logits` when the model has those heads. Layer 0's
+    /// attention runs unfused (it yields `attentions.0`); the others may run fused.
     pub fn outputs(&self, host: &HostBatch<'_>) -> Result<TensorMap> {
-        let (batch, acts) = self.run(host)?;
+        self.outputs_with(host, AttentionProbs::FirstLayer)
+    }
+
+    /// [`Session::outputs`] under another probabilities policy: without layer 0's
+    /// (`AttentionProbs::Discard`: every attention may run fused) `attentions.0` is left out.
+    pub fn outputs_with(&self, host: &HostBatch<'_>, probs: AttentionProbs) -> Result<TensorMap> {
+        let (batch, acts) = self.run_with(host, probs)?;
         let cfg = &self.loaded.model.config;
         let (b, s, h) = (batch.batch, batch.len, cfg.hidden_size);
         let backend = self.backend;
@@ -89,7 +109,7 @@ impl<'m, 'b, B: Backend> Session<'m, 'b, B> {
             "last_hidden_state".into(),
             fetch(backend, acts.last_hidden_state(), vec![b, s, h])?,
         );
-        if let Some(layer) = acts.layers.first() {
+        if let Some(layer) = acts.layers.first().filter(|_| probs.keeps(0)) {
             let heads = cfg.num_attention_heads;
             out.insert(
                 "attentions.0".into(),

@@ -15,7 +15,10 @@ use super::batch::DeviceBatch;
 use super::dropout::{Dropout, Site, maybe_dropout};
 use super::modules::Linear;
 use super::params::{ParamLayout, ParamStore};
-use crate::backend::Backend;
+use crate::backend::{
+    AttentionBuffers, AttentionOperands, AttentionSpec, Backend, attention_context,
+    attention_probabilities,
+};
 use crate::kernels::{MatmulSpec, MatrixLayout, RelativeScoresSpec, SoftmaxSpec};
 use crate::{Error, ModelConfig};
 
@@ -55,6 +58,10 @@ pub struct AttentionInput<'a, B: Backend> {
     pub layer: usize,
     /// Dropout when training, `None` for inference.
     pub dropout: Option<&'a Dropout>,
+    /// Whether the forward must leave the attention probabilities in the activations (a
+    /// backward pass reads them, and so do the `attentions` outputs); implied by `dropout`.
+    /// Without it the backend's fused attention may run. The backward ignores it.
+    pub keep_probs: bool,
 }
 
 impl<B: Backend> Clone for AttentionInput<'_, B> {
@@ -413,7 +420,60 @@ impl DisentangledSelfAttention {
         }
     }
 
-    /// Runs the attention; the context lands in `acts.context`.
+    /// The operands and shape of the attention core (everything after the Q/K/V projections).
+    fn core<'a, B: Backend>(
+        &self,
+        input: &AttentionInput<'a, B>,
+        query: &'a B::Tensor,
+        key: &'a B::Tensor,
+        value: &'a B::Tensor,
+    ) -> Result<(AttentionOperands<'a, B>, AttentionSpec), Error> {
+        let batch = input.batch;
+        let mut spec = AttentionSpec {
+            batch: batch.batch,
+            heads: self.heads,
+            len: batch.len,
+            head_dim: self.head_dim,
+            rows: 0,
+            first_row: 0,
+            scale: self.scale,
+        };
+        let mut ops = AttentionOperands {
+            query,
+            key,
+            value,
+            pos_key: None,
+            pos_query: None,
+            index: None,
+            mask: &batch.mask,
+        };
+        if self.c2p || self.p2c {
+            let projection = input
+                .projection
+                .ok_or(missing("position projections for relative attention"))?;
+            self.projection_layout(projection, batch)?;
+            spec.rows = batch.window.rows;
+            spec.first_row = batch.window.first - projection.first_row;
+            ops.index = Some(
+                batch
+                    .relative_index
+                    .as_ref()
+                    .ok_or(missing("relative index for relative attention"))?,
+            );
+            if self.c2p {
+                ops.pos_key = Some(projection.keys.as_ref().ok_or(missing("Kr"))?);
+            }
+            if self.p2c {
+                ops.pos_query = Some(projection.queries.as_ref().ok_or(missing("Qr"))?);
+            }
+        }
+        Ok((ops, spec))
+    }
+
+    /// Runs the attention; the context lands in `acts.context`. With `input.keep_probs` (or
+    /// dropout) the probabilities land in `acts.probs` through the unfused kernels; otherwise
+    /// the backend's [`Backend::fused_attention`] runs and `acts.probs` and the c2p/p2c tables
+    /// are scratch whose contents are unspecified.
     pub fn forward<B: Backend>(
         &self,
         backend: &B,
@@ -421,9 +481,7 @@ impl DisentangledSelfAttention {
         input: AttentionInput<'_, B>,
         acts: &mut AttentionActivations<B::Tensor>,
     ) -> Result<(), Error> {
-        let batch = input.batch;
-        let (bsz, len, n) = (batch.batch, batch.len, batch.tokens());
-        let (heads, d) = (self.heads, self.head_dim);
+        let n = input.batch.tokens();
         self.query
             .forward(backend, params, input.query_states, &mut acts.query, n)?;
         self.key
@@ -431,100 +489,25 @@ impl DisentangledSelfAttention {
         self.value
             .forward(backend, params, input.hidden, &mut acts.value, n)?;
 
-        let head = self.head_layout(len);
-        let square = self.square_layout(len);
-        // Content-to-content: Q·Kᵀ/s.
-        backend.matmul(
-            &acts.query,
-            &acts.key,
-            &mut acts.probs,
-            &MatmulSpec {
-                batch: [bsz, heads],
-                m: len,
-                n: len,
-                k: d,
-                a: head,
-                b: head.transposed(),
-                c: square,
-                alpha: 1.0 / self.scale,
-                beta: 0.0,
-            },
-        )?;
-
-        if self.c2p || self.p2c {
-            let projection = input
-                .projection
-                .ok_or(missing("position projections for relative attention"))?;
-            let index = batch
-                .relative_index
-                .as_ref()
-                .ok_or(missing("relative index for relative attention"))?;
-            let rows = batch.window.rows;
-            let table = self.projection_layout(projection, batch)?;
-            let tokens = self.token_layout();
-            let spec = MatmulSpec {
-                batch: [1, heads],
-                m: n,
-                n: rows,
-                k: d,
-                a: tokens,
-                b: table.transposed(),
-                c: self.table_layout(n, rows),
-                alpha: 1.0,
-                beta: 0.0,
-            };
-            if self.c2p {
-                let (out, kr) = (acts.c2p.as_mut(), projection.keys.as_ref());
-                let (out, kr) = out.zip(kr).ok_or(missing("c2p buffers"))?;
-                backend.matmul(&acts.query, kr, out, &spec)?;
-            }
-            if self.p2c {
-                let (out, qr) = (acts.p2c.as_mut(), projection.queries.as_ref());
-                let (out, qr) = out.zip(qr).ok_or(missing("p2c buffers"))?;
-                backend.matmul(&acts.key, qr, out, &spec)?;
-            }
-            backend.add_relative_scores(
-                &mut acts.probs,
-                acts.c2p.as_ref(),
-                acts.p2c.as_ref(),
-                index,
-                self.relative_spec(batch),
-            )?;
+        let (ops, spec) = self.core(&input, &acts.query, &acts.key, &acts.value)?;
+        let buffers = AttentionBuffers {
+            probs: &mut acts.probs,
+            c2p: acts.c2p.as_mut(),
+            p2c: acts.p2c.as_mut(),
+        };
+        if !input.keep_probs && input.dropout.is_none() {
+            return backend.fused_attention(ops, buffers, &mut acts.context, spec);
         }
-        backend.masked_softmax(
-            &mut acts.probs,
-            &batch.mask,
-            SoftmaxSpec {
-                batch: bsz,
-                heads,
-                len,
-            },
-        )?;
+        attention_probabilities(backend, &ops, buffers, spec)?;
         let applied = match (input.dropout, acts.probs_dropped.as_mut()) {
             (Some(dropout), Some(dropped)) => {
-                backend.copy(&acts.probs, 0, dropped, 0, bsz * heads * len * len)?;
+                backend.copy(&acts.probs, 0, dropped, 0, spec.scores())?;
                 dropout.apply(backend, dropped, input.layer, Site::AttentionProbs)?;
                 &*dropped
             }
             _ => &acts.probs,
         };
-        // Context: P·V, written head-major into [N, h·d].
-        backend.matmul(
-            applied,
-            &acts.value,
-            &mut acts.context,
-            &MatmulSpec {
-                batch: [bsz, heads],
-                m: len,
-                n: d,
-                k: len,
-                a: square,
-                b: head,
-                c: head,
-                alpha: 1.0,
-                beta: 0.0,
-            },
-        )
+        attention_context(backend, applied, &acts.value, &mut acts.context, spec)
     }
 
     /// Backward from `dcontext`: adds to the parameter gradients, to `dquery_states` (and to

@@ -71,20 +71,48 @@ pub enum MlmRows<'a, B: Backend> {
     },
 }
 
+/// Which attentions of a forward pass leave their probabilities in the activations
+/// (`LayerActivations::attention.probs`). The others may run the backend's
+/// [`fused_attention`](crate::Backend::fused_attention), which never materialises them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionProbs {
+    /// Every attention (required by [`Deberta::backward`]; implied by dropout).
+    Keep,
+    /// Only encoder layer 0's (the `attentions.0` output of `deberta forward`).
+    FirstLayer,
+    /// None: inference that reads only hidden states and logits.
+    Discard,
+}
+
+impl AttentionProbs {
+    /// Whether encoder layer `layer` (EMD passes count as layers past the last) keeps them.
+    pub fn keeps(self, layer: usize) -> bool {
+        match self {
+            AttentionProbs::Keep => true,
+            AttentionProbs::FirstLayer => layer == 0,
+            AttentionProbs::Discard => false,
+        }
+    }
+}
+
 /// How a forward pass runs.
 pub struct ForwardOptions<'a, B: Backend> {
     /// Dropout when training, `None` for inference.
     pub dropout: Option<&'a Dropout>,
     /// Rows of the MLM head.
     pub mlm_rows: MlmRows<'a, B>,
+    /// Which attention probabilities the activations must hold afterwards.
+    pub attention_probs: AttentionProbs,
 }
 
 impl<B: Backend> ForwardOptions<'_, B> {
-    /// Inference: no dropout, the MLM head over every token.
+    /// Inference: no dropout, the MLM head over every token, no attention probabilities (every
+    /// attention may run fused).
     pub fn inference() -> Self {
         ForwardOptions {
             dropout: None,
             mlm_rows: MlmRows::All,
+            attention_probs: AttentionProbs::Discard,
         }
     }
 }
@@ -411,6 +439,7 @@ impl Deberta {
                 projection: relative.and_then(|r| r.projections.get(i)),
                 layer: i,
                 dropout,
+                keep_probs: options.attention_probs.keeps(i),
             };
             self.encoder.layers[i].forward(backend, params, input, &mut rest[0])?;
             if let (0, Some(conv), Some(conv_acts)) = (i, &self.encoder.conv, acts.conv.as_mut()) {
@@ -428,7 +457,7 @@ impl Deberta {
         let hidden = last_hidden(&acts.layers, &acts.conv, &acts.embeddings);
         if let (Some(emd), Some(emd_acts)) = (&self.emd, acts.emd.as_mut()) {
             self.emd_forward(
-                backend, params, relative, batch, dropout, emd, hidden, emd_acts,
+                backend, params, relative, batch, options, emd, hidden, emd_acts,
             )?;
         }
         if let (Some(head), Some(mlm)) = (&self.mlm_head, acts.mlm.as_mut()) {
@@ -472,11 +501,12 @@ impl Deberta {
         params: &ParamStore<B::Tensor>,
         relative: Option<&RelativeEmbeddings<B::Tensor>>,
         batch: &DeviceBatch<B>,
-        dropout: Option<&Dropout>,
+        options: &ForwardOptions<'_, B>,
         emd: &EnhancedMaskDecoder,
         hidden: &B::Tensor,
         acts: &mut EmdActivations<B::Tensor>,
     ) -> Result<(), Error> {
+        let dropout = options.dropout;
         let h = self.config.hidden_size;
         let last = self.encoder.layers.len() - 1;
         emd.position.lookup(
@@ -497,6 +527,7 @@ impl Deberta {
             projection: relative.and_then(|r| r.projections.get(last + 1 + pass)),
             layer: last + 1 + pass,
             dropout,
+            keep_probs: options.attention_probs.keeps(last + 1 + pass),
         };
         self.encoder.layers[last].forward(backend, params, input(&acts.query, 0), first)?;
         self.encoder.layers[last].forward(backend, params, input(&first.output, 1), second)
@@ -517,6 +548,13 @@ impl Deberta {
         acts: &Activations<B::Tensor>,
         scratch: &mut BackwardScratch<B::Tensor>,
     ) -> Result<(), Error> {
+        if options.attention_probs != AttentionProbs::Keep && options.dropout.is_none() {
+            return Err(Error::ShapeMismatch {
+                what: "a backward pass needs a forward with AttentionProbs::Keep",
+                expected: 1,
+                found: 0,
+            });
+        }
         let dropout = options.dropout;
         let h = self.config.hidden_size;
         let hidden = last_hidden(&acts.layers, &acts.conv, &acts.embeddings);
@@ -595,6 +633,7 @@ impl Deberta {
                 projection: relative.and_then(|r| r.projections.get(last + 1 + pass)),
                 layer: last + 1 + pass,
                 dropout,
+                keep_probs: true,
             };
             // Pass 2 (queries = pass-1 output), then pass 1 (queries = E_pos + H); both read
             // keys and values from H, whose gradient collects in `dstate_a`.
@@ -690,6 +729,7 @@ impl Deberta {
                 projection: relative.and_then(|r| r.projections.get(i)),
                 layer: i,
                 dropout,
+                keep_probs: true,
             };
             self.encoder.layers[i].backward(
                 backend,

@@ -16,7 +16,9 @@ pub mod modules;
 pub mod params;
 
 pub use batch::{DeviceBatch, HostBatch};
-pub use deberta::{Activations, BackwardScratch, Deberta, ForwardOptions, Heads, MlmRows};
+pub use deberta::{
+    Activations, AttentionProbs, BackwardScratch, Deberta, ForwardOptions, Heads, MlmRows,
+};
 pub use dropout::Dropout;
 pub use embeddings::{FrozenParam, SharedTables, TableSource};
 pub use heads::MlmLayout;

@@ -8,7 +8,7 @@ use super::workspace::{ModelBuffers, Workspace};
 use crate::Error;
 use crate::backend::Backend;
 use crate::model::dropout::Dropout;
-use crate::model::{Deberta, DeviceBatch, ForwardOptions, MlmRows, ParamStore};
+use crate::model::{AttentionProbs, Deberta, DeviceBatch, ForwardOptions, MlmRows, ParamStore};
 use crate::random::RandomStream;
 
 /// The labelled positions of a batch on the device.
@@ -89,6 +89,7 @@ pub fn mlm_step<B: Backend>(
             positions: &targets.positions,
             count: targets.count,
         },
+        attention_probs: AttentionProbs::Keep,
     };
     let relative = model.relative_embeddings(backend, params, Some(batch), dropout)?;
     let ModelBuffers {

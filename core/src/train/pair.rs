@@ -13,8 +13,8 @@ use super::workspace::{ModelBuffers, Workspace};
 use crate::backend::Backend;
 use crate::model::dropout::Dropout;
 use crate::model::{
-    Deberta, DeviceBatch, ForwardOptions, FrozenParam, Heads, HostBatch, Init, MlmLayout, MlmRows,
-    ParamId, ParamLayout, ParamStore, SharedTables, TableSource,
+    AttentionProbs, Deberta, DeviceBatch, ForwardOptions, FrozenParam, Heads, HostBatch, Init,
+    MlmLayout, MlmRows, ParamId, ParamLayout, ParamStore, SharedTables, TableSource,
 };
 use crate::{Error, ModelConfig};
 
@@ -364,6 +364,7 @@ impl RtdPair {
         let options = ForwardOptions::<B> {
             dropout,
             mlm_rows: MlmRows::All,
+            attention_probs: AttentionProbs::Keep,
         };
         let relative = model.relative_embeddings(backend, params, Some(device), dropout)?;
         let ModelBuffers {

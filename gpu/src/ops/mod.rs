@@ -1,6 +1,7 @@
 //! Host-side launchers of the kernels: each validates its operands exactly as the CPU slice
 //! kernel does (same [`Error`] values), fills the kernel's `Params` and records the dispatch.
 
+pub(crate) mod attention;
 pub(crate) mod elementwise;
 pub(crate) mod embedding;
 pub(crate) mod layer_norm;

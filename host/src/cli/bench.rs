@@ -1,12 +1,14 @@
 //! `deberta bench`: timings of the forward pass and of a full RTD + GDES training step on the
-//! published shapes with random weights, with a JSON line for scripts.
+//! published shapes (and the `nano` pretraining preset) with random weights, and of one square
+//! sgemm, with a JSON line for scripts.
 
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
+use deberta_core::kernels::MatmulSpec;
 use deberta_core::model::{
-    Deberta, DeviceBatch, Dropout, ForwardOptions, Heads, HostBatch, MlmLayout, ParamLayout,
-    SharedTables,
+    AttentionProbs, Deberta, DeviceBatch, Dropout, ForwardOptions, Heads, HostBatch, MlmLayout,
+    ParamLayout, SharedTables,
 };
 use deberta_core::random::RandomStream;
 use deberta_core::train::{
@@ -28,6 +30,28 @@ pub enum BenchCommand {
     /// One full RTD + GDES training step: generator (half the layers, EMD) forward, sampling,
     /// backward and update, then discriminator forward, backward and update.
     Step(BenchArgs),
+    /// Square single-precision matrix product `C = A·B` (`n × n`, row-major), in GFLOP/s.
+    Matmul(MatmulArgs),
+}
+
+/// Arguments of `deberta bench matmul`.
+#[derive(Debug, Args)]
+pub struct MatmulArgs {
+    /// Matrix side `n` (repeat for several sizes).
+    #[arg(long = "size", value_name = "N", default_values_t = [512usize, 1024, 2048])]
+    pub sizes: Vec<usize>,
+    /// Where to compute.
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
+    /// Untimed runs before measuring (per size).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Timed runs (per size).
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Print one JSON object per size, each as its own line after that size's report.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments shared by the benchmarks.
@@ -55,6 +79,10 @@ pub struct BenchArgs {
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     pub json: bool,
+    /// `forward` only: run every attention through the unfused kernels, keeping its
+    /// probabilities (as training does), instead of the backend's fused attention.
+    #[arg(long)]
+    pub unfused_attention: bool,
 }
 
 /// Multiply-adds ×2 of one encoder forward with cached position projections.
@@ -85,7 +113,18 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Forward(args) => forward(args),
         BenchCommand::Step(args) => step(args),
+        BenchCommand::Matmul(args) => matmul(args),
     }
+}
+
+/// The configuration of a benchmark shape: a published one, or the `nano` preset's
+/// discriminator (as `deberta pretrain --preset nano` builds it, 8000-token vocabulary).
+fn shape_config(shape: &str) -> Result<ModelConfig> {
+    if shape == "nano" {
+        let options = crate::pretrain::options::PretrainOptions::preset("nano")?;
+        return Ok(options.model_configs(options.vocab_size, 0)?.0);
+    }
+    ModelConfig::deberta_v3(shape).ok_or_else(|| Error::Usage(format!("unknown shape {shape}")))
 }
 
 fn check(args: &BenchArgs) -> Result<(usize, ModelConfig, BackendChoice)> {
@@ -96,8 +135,7 @@ fn check(args: &BenchArgs) -> Result<(usize, ModelConfig, BackendChoice)> {
             "--batch, --seq and --iters must be at least 1".into(),
         ));
     }
-    let cfg = ModelConfig::deberta_v3(&args.shape)
-        .ok_or_else(|| Error::Usage(format!("unknown shape {}", args.shape)))?;
+    let cfg = shape_config(&args.shape)?;
     if args.seq > cfg.max_position_embeddings {
         return Err(Error::Usage(format!(
             "--seq {} exceeds the shape's {} positions",
@@ -124,12 +162,17 @@ fn random_ids(count: usize, vocab: usize, stream: u32) -> Vec<i64> {
 }
 
 /// Times `run` `warmup + iters` times and returns the sorted timed durations in ms.
-fn time(args: &BenchArgs, mut run: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
-    let mut times = Vec::with_capacity(args.iters);
-    for i in 0..args.warmup + args.iters {
+fn time(args: &BenchArgs, run: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    time_runs(args.warmup, args.iters, run)
+}
+
+/// Times `run` `warmup + iters` times and returns the sorted timed durations in ms.
+fn time_runs(warmup: usize, iters: usize, mut run: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    let mut times = Vec::with_capacity(iters);
+    for i in 0..warmup + iters {
         let start = Instant::now();
         run()?;
-        if i >= args.warmup {
+        if i >= warmup {
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
@@ -151,11 +194,19 @@ fn report(
     let tokens_per_s = tokens / (median / 1e3);
     let gflops = flops.map(|f| f / (median / 1e3) / 1e9);
     let peak = peak_rss_mib();
+    let attention = match (bench, args.unfused_attention) {
+        ("forward", false) => Some("fused"),
+        ("forward", true) => Some("unfused"),
+        _ => None,
+    };
     println!(
-        "{bench} {} batch {} seq {} on {backend} ({threads} CPU threads): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {tokens_per_s:.0} tokens/s{}{}",
+        "{bench} {} batch {} seq {} on {backend}{} ({threads} CPU threads): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {tokens_per_s:.0} tokens/s{}{}",
         args.shape,
         args.batch,
         args.seq,
+        attention
+            .map(|a| format!(", {a} attention"))
+            .unwrap_or_default(),
         args.iters,
         gflops
             .map(|g| format!(", {g:.1} GFLOP/s"))
@@ -180,6 +231,7 @@ fn report(
                 "gflops": gflops,
                 "threads": threads,
                 "peak_rss_mb": peak,
+                "attention": attention,
             })
         );
     }
@@ -236,6 +288,14 @@ impl BackendTask for ForwardBench<'_> {
         let mut acts = model
             .activations(backend, &batch, None, false)
             .map_err(model_error("activations"))?;
+        let options = ForwardOptions {
+            attention_probs: if args.unfused_attention {
+                AttentionProbs::Keep
+            } else {
+                AttentionProbs::Discard
+            },
+            ..ForwardOptions::inference()
+        };
         let times = time(args, || {
             model
                 .forward(
@@ -243,7 +303,7 @@ impl BackendTask for ForwardBench<'_> {
                     &params,
                     relative.as_ref(),
                     &batch,
-                    &ForwardOptions::inference(),
+                    &options,
                     &mut acts,
                 )
                 .map_err(model_error("forward"))?;
@@ -399,6 +459,85 @@ impl BackendTask for StepBench<'_> {
             Ok(())
         })?;
         report("step", backend.name(), args, threads, &times, None);
+        Ok(())
+    }
+}
+
+fn matmul(args: MatmulArgs) -> Result<()> {
+    let choice = args.device.choice()?;
+    let threads = rayon::current_num_threads();
+    if args.iters == 0 || args.sizes.contains(&0) {
+        return Err(Error::Usage("--iters and --size must be at least 1".into()));
+    }
+    dispatch(
+        &choice,
+        MatmulBench {
+            args: &args,
+            threads,
+        },
+    )
+}
+
+struct MatmulBench<'a> {
+    args: &'a MatmulArgs,
+    threads: usize,
+}
+
+impl BackendTask for MatmulBench<'_> {
+    type Output = ();
+
+    /// One `n × n × n` product per timed run, followed by a one-element download of `C`: the
+    /// download waits for the device (wgpu records kernels asynchronously), so a run's time
+    /// covers the whole product.
+    fn run<B: Backend>(self, backend: &B) -> Result<()> {
+        let MatmulBench { args, threads } = self;
+        for &n in &args.sizes {
+            let elements = n
+                .checked_mul(n)
+                .ok_or_else(|| Error::Usage(format!("--size {n} is too large")))?;
+            let values = |salt: usize| -> Vec<f32> {
+                (0..elements)
+                    .map(|i| ((i.wrapping_mul(7919) + salt) % 1000) as f32 / 1000.0 - 0.5)
+                    .collect()
+            };
+            let a = backend.upload(&values(0)).map_err(model_error("upload"))?;
+            let b = backend.upload(&values(1)).map_err(model_error("upload"))?;
+            let mut c = backend.zeros(elements).map_err(model_error("allocation"))?;
+            let spec = MatmulSpec::dense(n, n, n);
+            let times = time_runs(args.warmup, args.iters, || {
+                backend
+                    .matmul(&a, &b, &mut c, &spec)
+                    .map_err(model_error("matmul"))?;
+                let mut probe = [0.0f32; 1];
+                backend
+                    .download(&c, &mut probe)
+                    .map_err(model_error("readback"))
+            })?;
+            let median = times[times.len() / 2];
+            let (min, max) = (times[0], times[times.len() - 1]);
+            let gflops = 2.0 * (n as f64).powi(3) / (median / 1e3) / 1e9;
+            println!(
+                "matmul {n}x{n}x{n} on {} ({threads} CPU threads): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {gflops:.1} GFLOP/s",
+                backend.name(),
+                args.iters,
+            );
+            if args.json {
+                println!(
+                    "{}",
+                    json!({
+                        "bench": "matmul",
+                        "impl": "deberta-rs",
+                        "backend": backend.name(),
+                        "size": n,
+                        "median_ms": median,
+                        "min_ms": min,
+                        "max_ms": max,
+                        "gflops": gflops,
+                        "threads": threads,
+                    })
+                );
+            }
+        }
         Ok(())
     }
 }

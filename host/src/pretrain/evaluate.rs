@@ -4,7 +4,7 @@
 //! steps see the same masked positions.
 
 use deberta_core::Backend;
-use deberta_core::model::{DeviceBatch, ForwardOptions, HostBatch, MlmRows};
+use deberta_core::model::{AttentionProbs, DeviceBatch, ForwardOptions, HostBatch, MlmRows};
 use deberta_core::random::RandomStream;
 use deberta_core::train::{MlmTargets, Trainer};
 use serde_json::{Map, Value, json};
@@ -97,6 +97,7 @@ pub fn evaluate<B: Backend>(
                 positions: &targets.positions,
                 count: targets.count,
             },
+            attention_probs: AttentionProbs::Discard,
         };
         let mut acts = generator
             .activations(backend, &device, Some(targets.count), false)

@@ -1,0 +1,87 @@
+//! `deberta bench` end to end on the CPU, at tiny sizes: the matmul report and its JSON lines,
+//! the forward bench's fused/unfused attention switch, and bad sizes.
+
+use deberta_tests::deberta;
+use serde_json::Value;
+
+/// The JSON objects among stdout's lines.
+fn json_lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+#[test]
+fn matmul_reports_every_size_with_a_json_line() {
+    let run = deberta(&[
+        "bench",
+        "matmul",
+        "--backend",
+        "cpu",
+        "--threads",
+        "1",
+        "--size",
+        "48",
+        "--size",
+        "64",
+        "--warmup",
+        "0",
+        "--iters",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stdout.contains("matmul 48x48x48 on cpu"),
+        "{}",
+        run.stdout
+    );
+    let lines = json_lines(&run.stdout);
+    assert_eq!(lines.len(), 2, "{}", run.stdout);
+    for (line, size) in lines.iter().zip([48, 64]) {
+        assert_eq!(line["bench"], "matmul");
+        assert_eq!(line["backend"], "cpu");
+        assert_eq!(line["size"], size);
+        assert!(line["gflops"].as_f64().unwrap() > 0.0, "{line}");
+        assert!(line["min_ms"].as_f64() <= line["median_ms"].as_f64());
+    }
+}
+
+#[test]
+fn forward_runs_the_nano_shape_fused_or_unfused() {
+    for (flag, attention) in [(None, "fused"), (Some("--unfused-attention"), "unfused")] {
+        let mut args = vec![
+            "bench",
+            "forward",
+            "--shape",
+            "nano",
+            "--seq",
+            "8",
+            "--backend",
+            "cpu",
+            "--threads",
+            "1",
+            "--warmup",
+            "0",
+            "--iters",
+            "1",
+            "--json",
+        ];
+        args.extend(flag);
+        let run = deberta(&args);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let lines = json_lines(&run.stdout);
+        let last = lines.last().expect("a JSON line");
+        assert_eq!(last["shape"], "nano");
+        assert_eq!(last["attention"], attention);
+    }
+}
+
+#[test]
+fn matmul_rejects_a_zero_size() {
+    let run = deberta(&["bench", "matmul", "--backend", "cpu", "--size", "0"]);
+    assert_eq!(run.code, Some(1));
+    assert!(run.stderr.contains("--size"), "{}", run.stderr);
+}
