@@ -8,7 +8,7 @@
 #              torch and transformers, default python3), ITERS (default 20), WARMUP (default 3),
 #              CPU_THREADS (default nproc), CASES (default "nano:1x128 nano:8x128 xsmall:1x128
 #              xsmall:8x128 xsmall:1x512"), STEP_CASES (default "nano:8x128 xsmall:8x128"),
-#              CPU_STEP_CASES (default STEP_CASES), SKIP_CPU=1 to time the GPU only. Every wgpu case also runs with
+#              CPU_STEP_CASES (default STEP_CASES; empty: none), SKIP_CPU=1 to time the GPU only. Every wgpu case also runs with
 #              DEBERTA_WGPU_MATMUL_TILES=64 (label ours-wgpu-t64) to compare the tile choice.
 # Each timed figure is the median over ITERS runs after WARMUP untimed ones, measured inside
 # each program (model building and uploads are not timed). The results file gets one JSON
@@ -66,7 +66,7 @@ run_cases() {
     for bench in forward step; do
         cases="$CASES"
         [ "$bench" = step ] && cases="$STEP_CASES"
-        [ "$bench" = step ] && [ "$side" = cpu ] && cases="${CPU_STEP_CASES:-$STEP_CASES}"
+        [ "$bench" = step ] && [ "$side" = cpu ] && cases="${CPU_STEP_CASES-$STEP_CASES}"
         for case in $cases; do
             shape="${case%%:*}"
             bs="${case#*:}"
