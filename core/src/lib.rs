@@ -28,6 +28,7 @@ pub mod config;
 pub mod dtype;
 pub mod edge;
 pub mod error;
+pub mod fast_math;
 pub mod kernels;
 pub mod random;
 pub mod relative_position;

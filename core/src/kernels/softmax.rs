@@ -2,7 +2,7 @@
 //! backward.
 
 use super::{product, require};
-use crate::Error;
+use crate::{Error, fast_math};
 
 /// Shape of a batch of self-attention score matrices `[batch, heads, len, len]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +71,11 @@ pub(crate) fn masked_softmax_rows(
         }
         let mut sum = 0.0f32;
         for (s, &m) in row.iter_mut().zip(keys) {
-            *s = if m != 0.0 { libm::expf(*s - max) } else { 0.0 };
+            *s = if m != 0.0 {
+                fast_math::exp(*s - max)
+            } else {
+                0.0
+            };
             sum += *s;
         }
         let inv = 1.0 / sum;
