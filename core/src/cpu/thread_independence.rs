@@ -20,6 +20,41 @@ fn values(len: usize, stream: u32) -> Vec<f32> {
     (0..len).map(|i| random.normal(i as u64)).collect()
 }
 
+/// Inputs of the attention kernels: two sequences (the first with 5 padded tokens), 3 heads,
+/// 70 tokens, a 139-row relative window.
+struct AttentionCase {
+    mask: Vec<f32>,
+    softmax: SoftmaxSpec,
+    relative: RelativeScoresSpec,
+    index: Vec<u32>,
+    c2p: Vec<f32>,
+    p2c: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+fn attention_case() -> AttentionCase {
+    let (batch, heads, len, window) = (2, 3, 70, 139);
+    let mut mask = vec![1.0; batch * len];
+    mask[len - 5..len].fill(0.0);
+    AttentionCase {
+        mask,
+        softmax: SoftmaxSpec { batch, heads, len },
+        relative: RelativeScoresSpec {
+            batch,
+            heads,
+            len,
+            rows: window,
+            scale: 3.0,
+        },
+        index: (0..len * len)
+            .map(|k| ((k / len) as isize - (k % len) as isize + len as isize - 1) as u32)
+            .collect(),
+        c2p: values(batch * heads * len * window, 6),
+        p2c: values(batch * heads * len * window, 7),
+        scores: values(batch * heads * len * len, 8),
+    }
+}
+
 fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -64,23 +99,15 @@ fn backend_outputs() -> Vec<Vec<f32>> {
     .unwrap();
     outputs.extend([out, stats, dx, dgamma, dbeta]);
 
-    let (batch, heads, len, window) = (2, 3, 70, 139);
-    let mut mask = vec![1.0; batch * len];
-    mask[len - 5..len].fill(0.0);
-    let softmax = SoftmaxSpec { batch, heads, len };
-    let relative = RelativeScoresSpec {
-        batch,
-        heads,
-        len,
-        rows: window,
-        scale: 3.0,
-    };
-    let index: Vec<u32> = (0..len * len)
-        .map(|k| ((k / len) as isize - (k % len) as isize + len as isize - 1) as u32)
-        .collect();
-    let c2p = values(batch * heads * len * window, 6);
-    let p2c = values(batch * heads * len * window, 7);
-    let mut scores = values(batch * heads * len * len, 8);
+    let AttentionCase {
+        mask,
+        softmax,
+        relative,
+        index,
+        c2p,
+        p2c,
+        mut scores,
+    } = attention_case();
     cpu.add_relative_scores(&mut scores, Some(&c2p), Some(&p2c), &index, relative)
         .unwrap();
     cpu.masked_softmax(&mut scores, &mask, softmax).unwrap();
@@ -198,25 +225,15 @@ fn split_kernels_equal_the_slice_kernels() {
     kernels::activation(Activation::Gelu, &x, &mut act).unwrap();
     let mut bias_grad = vec![0.25; cols];
     kernels::sum_rows(&dout, &mut bias_grad, cols, true).unwrap();
-    let (batch, heads, len, window) = (2, 3, 70, 139);
-    let mut mask = vec![1.0; batch * len];
-    mask[len - 5..len].fill(0.0);
-    let softmax = SoftmaxSpec { batch, heads, len };
-    let relative = RelativeScoresSpec {
-        batch,
-        heads,
-        len,
-        rows: window,
-        scale: 3.0,
-    };
-    let index: Vec<u32> = (0..len * len)
-        .map(|k| ((k / len) as isize - (k % len) as isize + len as isize - 1) as u32)
-        .collect();
-    let (c2p, p2c) = (
-        values(batch * heads * len * window, 6),
-        values(batch * heads * len * window, 7),
-    );
-    let mut scores = values(batch * heads * len * len, 8);
+    let AttentionCase {
+        mask,
+        softmax,
+        relative,
+        index,
+        c2p,
+        p2c,
+        mut scores,
+    } = attention_case();
     kernels::add_relative_scores(&mut scores, Some(&c2p), Some(&p2c), &index, relative).unwrap();
     kernels::masked_softmax(&mut scores, &mask, softmax).unwrap();
     let mut grad = values(scores.len(), 9);
