@@ -164,16 +164,7 @@ pub(super) fn parallel_matmul(
         return Ok(false);
     }
     spec.validate(a.len(), b.len(), c.len())?;
-    let entries = (spec.batch[0] * spec.batch[1]).max(1);
-    // Enough blocks for every thread: whole batch entries when there are many, else each
-    // entry cut along its longer side (at least 16 rows or columns per block).
-    let splits = if entries >= threads {
-        1
-    } else {
-        threads
-            .div_ceil(entries)
-            .min(spec.m.max(spec.n).div_ceil(16).max(1))
-    };
+    let splits = spec.parallel_splits(threads);
     let blocks: Vec<kernels::MatmulBlock> = spec.blocks(splits).collect();
     let output = SharedOutput(c.as_mut_ptr());
     blocks.par_iter().for_each(|block| {

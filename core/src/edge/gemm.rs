@@ -1,7 +1,7 @@
 //! Heap-free f32 matrix products for the edge runtime.
 //!
-//! `kernels::matmul` goes through matrixmultiply's sgemm, which
-//! allocates its packing buffers on the heap (and links `alloc`), so the runtime uses these
+//! `kernels::matmul` goes through gemm or matrixmultiply, both of which
+//! allocate their packing buffers on the heap (and link `alloc`), so the runtime uses these
 //! instead: plain row-major loops, four partial sums per dot product (enough for the FPU
 //! pipeline of a Cortex-M4 and for the host compiler to vectorise), in a fixed order.
 

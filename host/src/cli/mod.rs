@@ -102,9 +102,8 @@ impl DeviceArgs {
     }
 }
 
-/// Sizes the CPU thread pool: the CPU backend splits work across rayon's global pool, so
-/// matrixmultiply's own threads are turned off (`MATMUL_NUM_THREADS=1`, read once at its first
-/// multiplication). Must run before any model work; returns the thread count.
+/// Sizes the CPU thread pool: the CPU backend splits all its work, sgemm included, across
+/// rayon's global pool. Must run before any model work; returns the thread count.
 pub(crate) fn set_threads(threads: Option<usize>) -> usize {
     let threads = threads
         .unwrap_or_else(|| {
@@ -113,10 +112,6 @@ pub(crate) fn set_threads(threads: Option<usize>) -> usize {
                 .unwrap_or(1)
         })
         .max(1);
-    // SAFETY: called at the start of a subcommand, before the process starts any thread
-    // (matrixmultiply and rayon create theirs lazily), so no other thread can read the
-    // environment concurrently.
-    unsafe { std::env::set_var("MATMUL_NUM_THREADS", "1") };
     // An error means the pool already exists (a second call in one process): keep it.
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
