@@ -16,7 +16,11 @@ pub fn exp(x: f32) -> f32 {
     // Round to nearest by adding and removing 1.5·2²³ (exact for |t| < 2²²; no call, so the
     // loop around stays vectorisable).
     const ROUND: f32 = 12_582_912.0;
-    let n = (clamped * LOG2E + ROUND) - ROUND;
+    let shifted = clamped * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    // The same integer from the bits of `shifted` (`ROUND + n`, one unit per ulp): `n as i32`
+    // would saturate and map NaN, which compiles to scalar code in the middle of the loop.
+    let n_int = shifted.to_bits() as i32 - ROUND.to_bits() as i32;
     let r = clamped - n * LN2_HI - n * LN2_LO;
     let r2 = r * r;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
@@ -26,10 +30,9 @@ pub fn exp(x: f32) -> f32 {
     let e_r = p * r2 + r + 1.0;
     // 2^n for n in [-126, 128]: split in two factors so that n = 128 does not overflow the
     // exponent field before e^r (< 1.42) scales it back.
-    let n = n as i32;
-    let half = n / 2;
+    let half = n_int >> 1;
     let scale_a = f32::from_bits(((half + 127) as u32) << 23);
-    let scale_b = f32::from_bits(((n - half + 127) as u32) << 23);
+    let scale_b = f32::from_bits(((n_int - half + 127) as u32) << 23);
     let y = e_r * scale_a * scale_b;
     if x < MIN {
         0.0

@@ -591,7 +591,10 @@ mod tests {
                     unsafe { matmul_block(&a, &b, c, &spec, block) };
                 }
                 assert!(
-                    split.iter().zip(&whole).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    split
+                        .iter()
+                        .zip(&whole)
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
                     "{m}x{n}x{k}: {threads} threads changed the result"
                 );
             }
