@@ -25,6 +25,40 @@ pub fn philox4x32(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
     c
 }
 
+/// [`philox4x32`] of `BLOCKS` consecutive counters `first_block..` (counter words 2 and 3 given)
+/// at once, in structure-of-arrays form so that the rounds vectorise; returns the four output
+/// words of every block, `out[word][block]`.
+fn philox4x32_blocks<const BLOCKS: usize>(
+    first_block: u64,
+    high: [u32; 2],
+    key: [u32; 2],
+) -> [[u32; BLOCKS]; 4] {
+    let mut c: [[u32; BLOCKS]; 4] = [
+        core::array::from_fn(|b| (first_block + b as u64) as u32),
+        core::array::from_fn(|b| ((first_block + b as u64) >> 32) as u32),
+        [high[0]; BLOCKS],
+        [high[1]; BLOCKS],
+    ];
+    let mut k = key;
+    for round in 0..10 {
+        if round > 0 {
+            k[0] = k[0].wrapping_add(W0);
+            k[1] = k[1].wrapping_add(W1);
+        }
+        let mut next = [[0u32; BLOCKS]; 4];
+        for b in 0..BLOCKS {
+            let p0 = u64::from(M0) * u64::from(c[0][b]);
+            let p1 = u64::from(M1) * u64::from(c[2][b]);
+            next[0][b] = (p1 >> 32) as u32 ^ c[1][b] ^ k[0];
+            next[1][b] = p1 as u32;
+            next[2][b] = (p0 >> 32) as u32 ^ c[3][b] ^ k[1];
+            next[3][b] = p0 as u32;
+        }
+        c = next;
+    }
+    c
+}
+
 /// Independent random streams of one training run (masking, sampling, dropout, init, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RandomStream {
@@ -37,19 +71,33 @@ pub struct RandomStream {
 }
 
 impl RandomStream {
-    /// The `index`-th 32 random bits of this stream.
-    pub fn bits(&self, index: u64) -> u32 {
-        let block = index / 4;
-        let out = philox4x32(
+    /// Random words `4·block .. 4·block + 4` of this stream (one Philox block).
+    pub fn block(&self, block: u64) -> [u32; 4] {
+        philox4x32(
             [block as u32, (block >> 32) as u32, self.step, self.stream],
             [self.seed as u32, (self.seed >> 32) as u32],
+        )
+    }
+
+    /// Words `4·first_block ..` of this stream, `4·BLOCKS` of them in index order: the same
+    /// as [`Self::block`] of each block, computed `BLOCKS` at a time.
+    pub fn blocks<const BLOCKS: usize>(&self, first_block: u64) -> [[u32; 4]; BLOCKS] {
+        let words = philox4x32_blocks::<BLOCKS>(
+            first_block,
+            [self.step, self.stream],
+            [self.seed as u32, (self.seed >> 32) as u32],
         );
-        out[(index % 4) as usize]
+        core::array::from_fn(|b| core::array::from_fn(|w| words[w][b]))
+    }
+
+    /// The `index`-th 32 random bits of this stream.
+    pub fn bits(&self, index: u64) -> u32 {
+        self.block(index / 4)[(index % 4) as usize]
     }
 
     /// A uniform float in `[0, 1)` with 24 random bits.
     pub fn uniform(&self, index: u64) -> f32 {
-        (self.bits(index) >> 8) as f32 * (1.0 / 16_777_216.0)
+        uniform_from_bits(self.bits(index))
     }
 
     /// A standard normal draw (Box–Muller over draws `2·index` and `2·index + 1`).
@@ -58,6 +106,12 @@ impl RandomStream {
         let u2 = self.uniform(2 * index + 1);
         libm::sqrtf(-2.0 * libm::logf(u1)) * libm::cosf(2.0 * core::f32::consts::PI * u2)
     }
+}
+
+/// The uniform float in `[0, 1)` that [`RandomStream::uniform`] makes of 32 random bits (their
+/// top 24).
+pub fn uniform_from_bits(bits: u32) -> f32 {
+    (bits >> 8) as f32 * (1.0 / 16_777_216.0)
 }
 
 #[cfg(test)]
@@ -82,6 +136,26 @@ mod tests {
             ),
             [0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1]
         );
+    }
+
+    #[test]
+    fn blocks_at_once_equal_one_block_at_a_time() {
+        let s = RandomStream {
+            seed: 0x0123_4567_89ab_cdef,
+            step: 9,
+            stream: 4,
+        };
+        for first in [0u64, 5, (1 << 32) - 3] {
+            let many = s.blocks::<8>(first);
+            for (b, words) in many.iter().enumerate() {
+                assert_eq!(
+                    *words,
+                    s.block(first + b as u64),
+                    "block {}",
+                    first + b as u64
+                );
+            }
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `uniform(seed, step, stream, i) ≥ p`, so the backward pass (and any other backend)
 //! regenerates the mask instead of storing it.
 
-use crate::random::RandomStream;
+use crate::random::{RandomStream, uniform_from_bits};
 
 /// `x[i] = keep(i) ? x[i]/(1−p) : 0` in place. The same call on a gradient is the backward
 /// pass. `p = 0` leaves `x` untouched.
@@ -16,18 +16,70 @@ pub(crate) fn dropout_from(x: &mut [f32], first_index: usize, p: f32, stream: Ra
         return;
     }
     let scale = 1.0 / (1.0 - p);
-    for (i, v) in x.iter_mut().enumerate() {
-        *v = if stream.uniform((first_index + i) as u64) >= p {
+    // One Philox block gives the words of four consecutive indices: a possibly partial first
+    // block up to a multiple of 4, then whole blocks.
+    let lead = ((4 - first_index % 4) % 4).min(x.len());
+    let (head, rest) = x.split_at_mut(lead);
+    let keep = |v: &mut f32, bits: u32| {
+        *v = if uniform_from_bits(bits) >= p {
             *v * scale
         } else {
             0.0
         };
+    };
+    if lead > 0 {
+        let words = stream.block((first_index / 4) as u64);
+        for (v, &bits) in head.iter_mut().zip(&words[first_index % 4..]) {
+            keep(v, bits);
+        }
+    }
+    // Whole groups of BLOCKS blocks at a time (vectorised Philox), then the rest one by one.
+    const BLOCKS: usize = 16;
+    let first_block = ((first_index + lead) / 4) as u64;
+    let mut groups = rest.chunks_exact_mut(4 * BLOCKS);
+    let mut block = first_block;
+    for group in &mut groups {
+        let words = stream.blocks::<BLOCKS>(block);
+        for (v, &bits) in group.iter_mut().zip(words.as_flattened()) {
+            keep(v, bits);
+        }
+        block += BLOCKS as u64;
+    }
+    for chunk in groups.into_remainder().chunks_mut(4) {
+        let words = stream.block(block);
+        for (v, &bits) in chunk.iter_mut().zip(&words) {
+            keep(v, bits);
+        }
+        block += 1;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_range_keeps_exactly_the_elements_of_its_indices() {
+        let stream = RandomStream {
+            seed: 5,
+            step: 1,
+            stream: 2,
+        };
+        for first in 0..9 {
+            for len in [0, 1, 3, 4, 5, 13, 64, 67, 70, 131, 200] {
+                let mut x = [1.0f32; 200];
+                dropout_from(&mut x[..len], first, 0.5, stream);
+                for (i, &v) in x[..len].iter().enumerate() {
+                    let kept = stream.uniform((first + i) as u64) >= 0.5;
+                    assert_eq!(
+                        v,
+                        if kept { 2.0 } else { 0.0 },
+                        "first {first}, element {i}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn keeps_the_expected_fraction_and_is_reproducible() {

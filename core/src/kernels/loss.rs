@@ -1,8 +1,8 @@
 //! Loss kernels: cross-entropy over selected rows (MLM) and BCE-with-logits over tokens (RTD),
 //! each writing per-row losses and the scaled gradient of the logits in one pass.
 
-use super::{product, require};
-use crate::Error;
+use super::{lanes, product, require};
+use crate::{Error, fast_math};
 
 /// Per-row cross-entropy `lse(z) − z[target]` into `losses[r]` and its gradient
 /// `(softmax(z) − onehot(target))·grad_scale` into `dlogits`, for `logits` `[rows, vocab]`.
@@ -49,13 +49,12 @@ pub(crate) fn cross_entropy_rows(
             });
         }
         let z = &logits[r * vocab..(r + 1) * vocab];
-        let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = lanes::max(z);
         let d = &mut dlogits[r * vocab..(r + 1) * vocab];
-        let mut sum = 0.0f32;
         for (o, &v) in d.iter_mut().zip(z) {
-            *o = libm::expf(v - max);
-            sum += *o;
+            *o = fast_math::exp(v - max);
         }
+        let sum = lanes::sum(d);
         losses[r] = libm::logf(sum) + max - z[t];
         let inv = grad_scale / sum;
         for o in d.iter_mut() {

@@ -9,6 +9,7 @@
 mod dropout;
 mod elementwise;
 mod embedding;
+mod lanes;
 mod layer_norm;
 mod loss;
 mod matmul;

@@ -48,27 +48,32 @@ pub fn adam_update(
         require("adam_update", name, n, len)?;
     }
     let (b1, b2) = (spec.beta1, spec.beta2);
+    // Zipped slices of one length: no bounds checks, so the loops vectorise.
+    let state = param
+        .iter_mut()
+        .zip(&grad[..n])
+        .zip(m[..n].iter_mut().zip(&mut v[..n]));
     match spec.bias_correction_step {
         None => {
-            for i in 0..n {
-                let g = grad[i] * spec.grad_scale;
-                m[i] = b1 * m[i] + (1.0 - b1) * g;
-                v[i] = b2 * v[i] + (1.0 - b2) * g * g;
-                let update = m[i] / (libm::sqrtf(v[i]) + spec.eps) + spec.weight_decay * param[i];
-                param[i] -= spec.lr * update;
+            for ((p, &grad), (m, v)) in state {
+                let g = grad * spec.grad_scale;
+                *m = b1 * *m + (1.0 - b1) * g;
+                *v = b2 * *v + (1.0 - b2) * g * g;
+                let update = *m / (libm::sqrtf(*v) + spec.eps) + spec.weight_decay * *p;
+                *p -= spec.lr * update;
             }
         }
         Some(step) => {
             let t = step.max(1) as i32;
             let bc1 = 1.0 - libm::powf(b1, t as f32);
             let bc2 = 1.0 - libm::powf(b2, t as f32);
-            for i in 0..n {
-                let g = grad[i] * spec.grad_scale;
-                param[i] *= 1.0 - spec.lr * spec.weight_decay;
-                m[i] = b1 * m[i] + (1.0 - b1) * g;
-                v[i] = b2 * v[i] + (1.0 - b2) * g * g;
-                let denom = libm::sqrtf(v[i] / bc2) + spec.eps;
-                param[i] -= spec.lr * (m[i] / bc1) / denom;
+            for ((p, &grad), (m, v)) in state {
+                let g = grad * spec.grad_scale;
+                *p *= 1.0 - spec.lr * spec.weight_decay;
+                *m = b1 * *m + (1.0 - b1) * g;
+                *v = b2 * *v + (1.0 - b2) * g * g;
+                let denom = libm::sqrtf(*v / bc2) + spec.eps;
+                *p -= spec.lr * (*m / bc1) / denom;
             }
         }
     }

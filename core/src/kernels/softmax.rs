@@ -1,7 +1,7 @@
 //! Masked softmax over attention scores, with Hugging Face 5.x semantics for padding, and its
 //! backward.
 
-use super::{product, require};
+use super::{lanes, product, require};
 use crate::{Error, fast_math};
 
 /// Shape of a batch of self-attention score matrices `[batch, heads, len, len]`.
@@ -63,7 +63,7 @@ pub(crate) fn masked_softmax_rows(
             row.fill(uniform);
             continue;
         }
-        let max = masked_max(row, keys);
+        let max = lanes::masked_max(row, keys);
         for (s, &m) in row.iter_mut().zip(keys) {
             *s = if m != 0.0 {
                 fast_math::exp(*s - max)
@@ -71,64 +71,11 @@ pub(crate) fn masked_softmax_rows(
                 0.0
             };
         }
-        let inv = 1.0 / lane_sum(row);
+        let inv = 1.0 / lanes::sum(row);
         for s in row.iter_mut() {
             *s *= inv;
         }
     }
-}
-
-/// `Σ a·b` with the partial-sum structure of [`lane_sum`].
-fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let mut chunks = a.chunks_exact(LANES).zip(b.chunks_exact(LANES));
-    for (x, y) in &mut chunks {
-        for ((lane, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
-            *lane += x * y;
-        }
-    }
-    let tail = a.len() - a.len() % LANES;
-    for ((lane, &x), &y) in lanes.iter_mut().zip(&a[tail..]).zip(&b[tail..]) {
-        *lane += x * y;
-    }
-    lanes.iter().sum()
-}
-
-/// Independent accumulators of the row reductions: enough for 16-wide vectors, and a fixed
-/// summation order on every machine.
-const LANES: usize = 16;
-
-/// The largest `row[j]` with `keys[j] != 0` (−∞ when there is none; NaN scores are skipped).
-/// Written as `LANES` running maxima so that the loop vectorises.
-fn masked_max(row: &[f32], keys: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut chunks = row.chunks_exact(LANES).zip(keys.chunks_exact(LANES));
-    for (scores, mask) in &mut chunks {
-        for ((lane, &s), &m) in lanes.iter_mut().zip(scores).zip(mask) {
-            *lane = lane.max(if m != 0.0 { s } else { f32::NEG_INFINITY });
-        }
-    }
-    let tail = row.len() - row.len() % LANES;
-    for ((lane, &s), &m) in lanes.iter_mut().zip(&row[tail..]).zip(&keys[tail..]) {
-        *lane = lane.max(if m != 0.0 { s } else { f32::NEG_INFINITY });
-    }
-    lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
-}
-
-/// `Σ x` as `LANES` interleaved partial sums (element `j` goes to partial `j % LANES`) added
-/// in order: vectorisable, and the same bits everywhere.
-fn lane_sum(x: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let mut chunks = x.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane += v;
-        }
-    }
-    for (lane, &v) in lanes.iter_mut().zip(chunks.remainder()) {
-        *lane += v;
-    }
-    lanes.iter().sum()
 }
 
 /// Backward of [`masked_softmax`], in place: `grad` holds `dP` on entry and `dS` on return,
@@ -172,7 +119,7 @@ pub(crate) fn masked_softmax_backward_rows(
             g.fill(0.0);
             continue;
         }
-        let dot = lane_dot(g, p);
+        let dot = lanes::dot(g, p);
         for ((gv, &pv), &m) in g.iter_mut().zip(p).zip(keys) {
             *gv = if m != 0.0 { pv * (*gv - dot) } else { 0.0 };
         }
