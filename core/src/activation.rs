@@ -1,6 +1,6 @@
 //! Activation functions, named and computed as Hugging Face's `ACT2FN` does.
 
-use crate::Error;
+use crate::{Error, fast_math};
 
 /// An element-wise activation function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,11 +53,13 @@ impl Activation {
     }
 
     /// Applies the function to one value.
-    #[inline]
+    #[inline(always)]
     pub fn apply(self, x: f32) -> f32 {
         match self {
             // PyTorch's order of operations: x * 0.5 * (1 + erf(x * M_SQRT1_2)).
-            Activation::Gelu => x * 0.5 * (1.0 + libm::erff(x * core::f32::consts::FRAC_1_SQRT_2)),
+            Activation::Gelu => {
+                x * 0.5 * (1.0 + fast_math::erf(x * core::f32::consts::FRAC_1_SQRT_2))
+            }
             Activation::GeluTanh => {
                 let inner = SQRT_2_OVER_PI * (x + GELU_TANH_COEFF * x * x * x);
                 0.5 * x * (1.0 + libm::tanhf(inner))
@@ -71,12 +73,12 @@ impl Activation {
     }
 
     /// The derivative `f'(x)` at one value (used by the backward pass).
-    #[inline]
+    #[inline(always)]
     pub fn derivative(self, x: f32) -> f32 {
         match self {
             Activation::Gelu => {
-                let cdf = 0.5 * (1.0 + libm::erff(x * core::f32::consts::FRAC_1_SQRT_2));
-                let pdf = libm::expf(-0.5 * x * x)
+                let cdf = 0.5 * (1.0 + fast_math::erf(x * core::f32::consts::FRAC_1_SQRT_2));
+                let pdf = fast_math::exp(-0.5 * x * x)
                     * (0.5 * core::f32::consts::FRAC_2_SQRT_PI)
                     * core::f32::consts::FRAC_1_SQRT_2;
                 cdf + x * pdf

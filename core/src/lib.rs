@@ -32,6 +32,7 @@ pub mod fast_math;
 pub mod kernels;
 pub mod random;
 pub mod relative_position;
+pub mod simd;
 #[cfg(feature = "alloc")]
 pub mod train;
 

@@ -28,6 +28,7 @@ pub fn philox4x32(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
 /// [`philox4x32`] of `BLOCKS` consecutive counters `first_block..` (counter words 2 and 3 given)
 /// at once, in structure-of-arrays form so that the rounds vectorise; returns the four output
 /// words of every block, `out[word][block]`.
+#[inline(always)]
 fn philox4x32_blocks<const BLOCKS: usize>(
     first_block: u64,
     high: [u32; 2],
@@ -81,6 +82,7 @@ impl RandomStream {
 
     /// Words `4·first_block ..` of this stream, `4·BLOCKS` of them in index order: the same
     /// as [`Self::block`] of each block, computed `BLOCKS` at a time.
+    #[inline(always)]
     pub fn blocks<const BLOCKS: usize>(&self, first_block: u64) -> [[u32; 4]; BLOCKS] {
         let words = philox4x32_blocks::<BLOCKS>(
             first_block,
@@ -110,6 +112,7 @@ impl RandomStream {
 
 /// The uniform float in `[0, 1)` that [`RandomStream::uniform`] makes of 32 random bits (their
 /// top 24).
+#[inline(always)]
 pub fn uniform_from_bits(bits: u32) -> f32 {
     (bits >> 8) as f32 * (1.0 / 16_777_216.0)
 }

@@ -1,6 +1,7 @@
 //! Choosing the compute backend (`--backend cpu|wgpu|auto`, `--adapter NAME`) and running
 //! backend-generic work on it.
 
+use deberta_core::simd::SimdLevel;
 use deberta_core::{Backend, CpuBackend};
 #[cfg(feature = "gpu")]
 use deberta_gpu::{AdapterChoice, MatmulTiles, WgpuBackend, list_adapters};
@@ -73,10 +74,19 @@ pub trait BackendTask {
     fn run<B: Backend>(self, backend: &B) -> Result<Self::Output>;
 }
 
-/// Creates the chosen backend and runs `task` on it.
-pub fn dispatch<T: BackendTask>(choice: &BackendChoice, task: T) -> Result<T::Output> {
+/// Creates the chosen backend and runs `task` on it. The CPU backend's work runs on a thread
+/// of rayon's global pool: its kernels then split into pieces without handing every one of
+/// them from an outside thread to the pool and back (with one thread, no handoff at all).
+pub fn dispatch<T>(choice: &BackendChoice, task: T) -> Result<T::Output>
+where
+    T: BackendTask + Send,
+    T::Output: Send,
+{
     match choice {
-        BackendChoice::Cpu => task.run(&CpuBackend::new()),
+        BackendChoice::Cpu => {
+            deberta_core::simd::set_max_simd_level(cpu_simd_from_env()?);
+            rayon::scope(|_| task.run(&CpuBackend::new()))
+        }
         #[cfg(feature = "gpu")]
         BackendChoice::Wgpu(adapter) => {
             let backend = WgpuBackend::new(AdapterChoice {
@@ -114,6 +124,22 @@ pub fn adapter_descriptions() -> Vec<String> {
     return list_adapters().iter().map(ToString::to_string).collect();
     #[cfg(not(feature = "gpu"))]
     Vec::new()
+}
+
+/// `DEBERTA_CPU_SIMD`: `auto` (default: the widest the CPU has), `avx512`, `avx2` or `baseline`
+/// caps the instruction set of the CPU backend's own kernels (a tuning knob: the results are
+/// the same bits).
+fn cpu_simd_from_env() -> Result<Option<SimdLevel>> {
+    const VAR: &str = "DEBERTA_CPU_SIMD";
+    match std::env::var(VAR).as_deref() {
+        Err(_) | Ok("") | Ok("auto") => Ok(None),
+        Ok("avx512") => Ok(Some(SimdLevel::Avx512)),
+        Ok("avx2") => Ok(Some(SimdLevel::Avx2)),
+        Ok("baseline") => Ok(Some(SimdLevel::Baseline)),
+        Ok(other) => Err(Error::Usage(format!(
+            "{VAR}={other}: expected auto, avx512, avx2 or baseline"
+        ))),
+    }
 }
 
 /// `DEBERTA_WGPU_MATMUL_TILES`: `auto` (default), `64` or `32` forces the tile size of the

@@ -1,6 +1,7 @@
 //! The split kernels of [`CpuBackend`] against the plain slice kernels, on shapes that span
-//! several pieces, under rayon pools of 1 and 3 threads: bit-identical results (reductions:
-//! identical across pools and within rounding of the one-pass sum).
+//! several pieces, under rayon pools of 1 and 3 threads and at every SIMD level this CPU has:
+//! bit-identical results (reductions: identical across pools and levels, and within rounding of
+//! the one-pass sum).
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -189,6 +190,29 @@ fn split_kernels_do_not_depend_on_the_thread_count() {
             a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
             "output {k} differs between 1 and 3 threads"
         );
+    }
+}
+
+#[test]
+fn kernels_do_not_depend_on_the_simd_level() {
+    use crate::simd::{SimdLevel, set_max_simd_level, simd_level};
+    set_max_simd_level(Some(SimdLevel::Baseline));
+    let baseline = in_pool(2, backend_outputs);
+    set_max_simd_level(None);
+    let widest = simd_level();
+    for level in [SimdLevel::Avx2, SimdLevel::Avx512] {
+        if level > widest {
+            break;
+        }
+        set_max_simd_level(Some(level));
+        let wide = in_pool(2, backend_outputs);
+        set_max_simd_level(None);
+        for (k, (a, b)) in baseline.iter().zip(&wide).enumerate() {
+            assert!(
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "output {k} differs between the baseline and {level:?}"
+            );
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! regenerates the mask instead of storing it.
 
 use crate::random::{RandomStream, uniform_from_bits};
+use crate::simd::multiversion;
 
 /// `x[i] = keep(i) ? x[i]/(1−p) : 0` in place. The same call on a gradient is the backward
 /// pass. `p = 0` leaves `x` untouched.
@@ -10,47 +11,49 @@ pub fn dropout(x: &mut [f32], p: f32, stream: RandomStream) {
     dropout_from(x, 0, p, stream);
 }
 
-/// [`dropout`] of the elements `first_index..` of a larger tensor, held in `x`.
-pub(crate) fn dropout_from(x: &mut [f32], first_index: usize, p: f32, stream: RandomStream) {
-    if p <= 0.0 {
-        return;
-    }
-    let scale = 1.0 / (1.0 - p);
-    // One Philox block gives the words of four consecutive indices: a possibly partial first
-    // block up to a multiple of 4, then whole blocks.
-    let lead = ((4 - first_index % 4) % 4).min(x.len());
-    let (head, rest) = x.split_at_mut(lead);
-    let keep = |v: &mut f32, bits: u32| {
-        *v = if uniform_from_bits(bits) >= p {
-            *v * scale
-        } else {
-            0.0
+multiversion! {
+    /// [`dropout`] of the elements `first_index..` of a larger tensor, held in `x`.
+    pub(crate) fn dropout_from(x: &mut [f32], first_index: usize, p: f32, stream: RandomStream) {
+        if p <= 0.0 {
+            return;
+        }
+        let scale = 1.0 / (1.0 - p);
+        // One Philox block gives the words of four consecutive indices: a possibly partial first
+        // block up to a multiple of 4, then whole blocks.
+        let lead = ((4 - first_index % 4) % 4).min(x.len());
+        let (head, rest) = x.split_at_mut(lead);
+        let keep = |v: &mut f32, bits: u32| {
+            *v = if uniform_from_bits(bits) >= p {
+                *v * scale
+            } else {
+                0.0
+            };
         };
-    };
-    if lead > 0 {
-        let words = stream.block((first_index / 4) as u64);
-        for (v, &bits) in head.iter_mut().zip(&words[first_index % 4..]) {
-            keep(v, bits);
+        if lead > 0 {
+            let words = stream.block((first_index / 4) as u64);
+            for (v, &bits) in head.iter_mut().zip(&words[first_index % 4..]) {
+                keep(v, bits);
+            }
         }
-    }
-    // Whole groups of BLOCKS blocks at a time (vectorised Philox), then the rest one by one.
-    const BLOCKS: usize = 16;
-    let first_block = ((first_index + lead) / 4) as u64;
-    let mut groups = rest.chunks_exact_mut(4 * BLOCKS);
-    let mut block = first_block;
-    for group in &mut groups {
-        let words = stream.blocks::<BLOCKS>(block);
-        for (v, &bits) in group.iter_mut().zip(words.as_flattened()) {
-            keep(v, bits);
+        // Whole groups of BLOCKS blocks at a time (vectorised Philox), then the rest one by one.
+        const BLOCKS: usize = 16;
+        let first_block = ((first_index + lead) / 4) as u64;
+        let mut groups = rest.chunks_exact_mut(4 * BLOCKS);
+        let mut block = first_block;
+        for group in &mut groups {
+            let words = stream.blocks::<BLOCKS>(block);
+            for (v, &bits) in group.iter_mut().zip(words.as_flattened()) {
+                keep(v, bits);
+            }
+            block += BLOCKS as u64;
         }
-        block += BLOCKS as u64;
-    }
-    for chunk in groups.into_remainder().chunks_mut(4) {
-        let words = stream.block(block);
-        for (v, &bits) in chunk.iter_mut().zip(&words) {
-            keep(v, bits);
+        for chunk in groups.into_remainder().chunks_mut(4) {
+            let words = stream.block(block);
+            for (v, &bits) in chunk.iter_mut().zip(&words) {
+                keep(v, bits);
+            }
+            block += 1;
         }
-        block += 1;
     }
 }
 

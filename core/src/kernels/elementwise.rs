@@ -1,6 +1,7 @@
 //! Element-wise and broadcast kernels.
 
 use super::{product, require};
+use crate::simd::multiversion;
 use crate::{Activation, Error};
 
 /// `x += y` element-wise over `x.len()` elements.
@@ -40,13 +41,54 @@ pub fn scale_rows(x: &mut [f32], scales: &[f32], cols: usize) -> Result<(), Erro
     Ok(())
 }
 
-/// `out = f(x)` element-wise over `x.len()` elements.
-pub fn activation(act: Activation, x: &[f32], out: &mut [f32]) -> Result<(), Error> {
-    require("activation", "out", x.len(), out.len())?;
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = act.apply(v);
+/// Evaluates `$body` with `$a` bound to `$act` as a constant of each variant in turn, so that
+/// a loop in `$body` is compiled once per function, with no `match` per element, and vectorises.
+macro_rules! per_activation {
+    ($act:expr, |$a:ident| $body:expr) => {
+        match $act {
+            Activation::Gelu => {
+                let $a = Activation::Gelu;
+                $body
+            }
+            Activation::GeluTanh => {
+                let $a = Activation::GeluTanh;
+                $body
+            }
+            Activation::Relu => {
+                let $a = Activation::Relu;
+                $body
+            }
+            Activation::Tanh => {
+                let $a = Activation::Tanh;
+                $body
+            }
+            Activation::Silu => {
+                let $a = Activation::Silu;
+                $body
+            }
+            Activation::Sigmoid => {
+                let $a = Activation::Sigmoid;
+                $body
+            }
+            Activation::Identity => {
+                let $a = Activation::Identity;
+                $body
+            }
+        }
+    };
+}
+
+multiversion! {
+    /// `out = f(x)` element-wise over `x.len()` elements.
+    pub fn activation(act: Activation, x: &[f32], out: &mut [f32]) -> Result<(), Error> {
+        require("activation", "out", x.len(), out.len())?;
+        per_activation!(act, |a| {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = a.apply(v);
+            }
+        });
+        Ok(())
     }
-    Ok(())
 }
 
 /// `out[b, i, :] = x[b, i, :] + x[b, row, :]` for `x` `[batch, len, dim]`: adds one token's
@@ -82,21 +124,30 @@ pub fn add_sequence_row(
     Ok(())
 }
 
-/// Backward of [`activation`]: `dx (+)= dout · f'(x)`.
-pub fn activation_backward(
-    act: Activation,
-    x: &[f32],
-    dout: &[f32],
-    dx: &mut [f32],
-    accumulate: bool,
-) -> Result<(), Error> {
-    require("activation_backward", "dout", x.len(), dout.len())?;
-    require("activation_backward", "dx", x.len(), dx.len())?;
-    for ((d, &v), &g) in dx.iter_mut().zip(x).zip(dout) {
-        let grad = g * act.derivative(v);
-        *d = if accumulate { *d + grad } else { grad };
+multiversion! {
+    /// Backward of [`activation`]: `dx (+)= dout · f'(x)`.
+    pub fn activation_backward(
+        act: Activation,
+        x: &[f32],
+        dout: &[f32],
+        dx: &mut [f32],
+        accumulate: bool,
+    ) -> Result<(), Error> {
+        require("activation_backward", "dout", x.len(), dout.len())?;
+        require("activation_backward", "dx", x.len(), dx.len())?;
+        per_activation!(act, |a| {
+            if accumulate {
+                for ((d, &v), &g) in dx.iter_mut().zip(x).zip(dout) {
+                    *d += g * a.derivative(v);
+                }
+            } else {
+                for ((d, &v), &g) in dx.iter_mut().zip(x).zip(dout) {
+                    *d = g * a.derivative(v);
+                }
+            }
+        });
+        Ok(())
     }
-    Ok(())
 }
 
 /// Backward of [`add_sequence_row`]: `dx[b,i] (+)= dout[b,i]`, and row `row` of each sequence

@@ -7,6 +7,7 @@
 pub(crate) const LANES: usize = 16;
 
 /// `Σ x`: element `j` goes to partial `j % LANES`; the partials are added in order.
+#[inline(always)]
 pub(crate) fn sum(x: &[f32]) -> f32 {
     let mut lanes = [0.0f32; LANES];
     let mut chunks = x.chunks_exact(LANES);
@@ -22,6 +23,7 @@ pub(crate) fn sum(x: &[f32]) -> f32 {
 }
 
 /// `Σ a·b` over the common length, with the partial-sum structure of [`sum`].
+#[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
@@ -40,6 +42,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// The largest element (−∞ for an empty slice; NaN elements are skipped).
+#[inline(always)]
 pub(crate) fn max(x: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut chunks = x.chunks_exact(LANES);
@@ -55,6 +58,7 @@ pub(crate) fn max(x: &[f32]) -> f32 {
 }
 
 /// The largest `x[j]` with `keep[j] != 0` (−∞ when there is none; NaN elements are skipped).
+#[inline(always)]
 pub(crate) fn masked_max(x: &[f32], keep: &[f32]) -> f32 {
     let n = x.len().min(keep.len());
     let (x, keep) = (&x[..n], &keep[..n]);

@@ -2,6 +2,7 @@
 
 use super::{product, require};
 use crate::Error;
+use crate::simd::multiversion;
 
 /// Shape and epsilon of a LayerNorm over the last dimension.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -14,44 +15,46 @@ pub struct LayerNormSpec {
     pub eps: f32,
 }
 
-/// `out[r] = (x[r] − mean) / sqrt(var + eps) · gamma + beta` per row. When `stats` is given it
-/// receives `[mean, rstd]` per row (`2·rows` values), which the backward pass consumes.
-pub fn layer_norm(
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    out: &mut [f32],
-    stats: Option<&mut [f32]>,
-    spec: LayerNormSpec,
-) -> Result<(), Error> {
-    let total = product("layer_norm", &[spec.rows, spec.cols])?;
-    require("layer_norm", "x", total, x.len())?;
-    require("layer_norm", "out", total, out.len())?;
-    require("layer_norm", "gamma", spec.cols, gamma.len())?;
-    require("layer_norm", "beta", spec.cols, beta.len())?;
-    let mut stats = stats;
-    if let Some(s) = stats.as_deref() {
-        require("layer_norm", "stats", 2 * spec.rows, s.len())?;
-    }
-    if spec.cols == 0 {
-        return Ok(());
-    }
-    let n = spec.cols as f32;
-    for r in 0..spec.rows {
-        let row = &x[r * spec.cols..(r + 1) * spec.cols];
-        let mean = row.iter().sum::<f32>() / n;
-        let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
-        let rstd = 1.0 / libm::sqrtf(var.max(0.0) + spec.eps);
-        let dst = &mut out[r * spec.cols..(r + 1) * spec.cols];
-        for (((o, &v), &g), &b) in dst.iter_mut().zip(row).zip(gamma).zip(beta) {
-            *o = (v - mean) * rstd * g + b;
+multiversion! {
+    /// `out[r] = (x[r] − mean) / sqrt(var + eps) · gamma + beta` per row. When `stats` is given it
+    /// receives `[mean, rstd]` per row (`2·rows` values), which the backward pass consumes.
+    pub fn layer_norm(
+        x: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        out: &mut [f32],
+        stats: Option<&mut [f32]>,
+        spec: LayerNormSpec,
+    ) -> Result<(), Error> {
+        let total = product("layer_norm", &[spec.rows, spec.cols])?;
+        require("layer_norm", "x", total, x.len())?;
+        require("layer_norm", "out", total, out.len())?;
+        require("layer_norm", "gamma", spec.cols, gamma.len())?;
+        require("layer_norm", "beta", spec.cols, beta.len())?;
+        let mut stats = stats;
+        if let Some(s) = stats.as_deref() {
+            require("layer_norm", "stats", 2 * spec.rows, s.len())?;
         }
-        if let Some(s) = stats.as_deref_mut() {
-            s[2 * r] = mean;
-            s[2 * r + 1] = rstd;
+        if spec.cols == 0 {
+            return Ok(());
         }
+        let n = spec.cols as f32;
+        for r in 0..spec.rows {
+            let row = &x[r * spec.cols..(r + 1) * spec.cols];
+            let mean = row.iter().sum::<f32>() / n;
+            let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+            let rstd = 1.0 / libm::sqrtf(var.max(0.0) + spec.eps);
+            let dst = &mut out[r * spec.cols..(r + 1) * spec.cols];
+            for (((o, &v), &g), &b) in dst.iter_mut().zip(row).zip(gamma).zip(beta) {
+                *o = (v - mean) * rstd * g + b;
+            }
+            if let Some(s) = stats.as_deref_mut() {
+                s[2 * r] = mean;
+                s[2 * r + 1] = rstd;
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Backward of [`layer_norm`] given its input `x` and the `stats` it recorded.
@@ -107,71 +110,75 @@ pub fn layer_norm_backward(
     Ok(())
 }
 
-/// The `dx` part of [`layer_norm_backward`] for the whole rows in `x`, `dout` and `dx` (their
-/// `[mean, rstd]` pairs first in `stats`); shapes checked by the caller, `cols > 0`.
-pub(crate) fn layer_norm_backward_input(
-    x: &[f32],
-    gamma: &[f32],
-    stats: &[f32],
-    dout: &[f32],
-    dx: &mut [f32],
-    cols: usize,
-    accumulate_dx: bool,
-) {
-    let n = cols as f32;
-    for (r, ((xr, gr), dxr)) in x
-        .chunks_exact(cols)
-        .zip(dout.chunks_exact(cols))
-        .zip(dx.chunks_exact_mut(cols))
-        .enumerate()
-    {
-        let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
-        let mut sum_g = 0.0f32;
-        let mut sum_gx = 0.0f32;
-        for ((&xv, &g), &gam) in xr.iter().zip(gr).zip(gamma) {
-            let xhat = (xv - mean) * rstd;
-            let gg = g * gam;
-            sum_g += gg;
-            sum_gx += gg * xhat;
-        }
-        let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
-        for c in 0..cols {
-            let xhat = (xr[c] - mean) * rstd;
-            let d = rstd * (gr[c] * gamma[c] - mean_g - xhat * mean_gx);
-            if accumulate_dx {
-                dxr[c] += d;
-            } else {
-                dxr[c] = d;
+multiversion! {
+    /// The `dx` part of [`layer_norm_backward`] for the whole rows in `x`, `dout` and `dx` (their
+    /// `[mean, rstd]` pairs first in `stats`); shapes checked by the caller, `cols > 0`.
+    pub(crate) fn layer_norm_backward_input(
+        x: &[f32],
+        gamma: &[f32],
+        stats: &[f32],
+        dout: &[f32],
+        dx: &mut [f32],
+        cols: usize,
+        accumulate_dx: bool,
+    ) {
+        let n = cols as f32;
+        for (r, ((xr, gr), dxr)) in x
+            .chunks_exact(cols)
+            .zip(dout.chunks_exact(cols))
+            .zip(dx.chunks_exact_mut(cols))
+            .enumerate()
+        {
+            let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
+            let mut sum_g = 0.0f32;
+            let mut sum_gx = 0.0f32;
+            for ((&xv, &g), &gam) in xr.iter().zip(gr).zip(gamma) {
+                let xhat = (xv - mean) * rstd;
+                let gg = g * gam;
+                sum_g += gg;
+                sum_gx += gg * xhat;
+            }
+            let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
+            for c in 0..cols {
+                let xhat = (xr[c] - mean) * rstd;
+                let d = rstd * (gr[c] * gamma[c] - mean_g - xhat * mean_gx);
+                if accumulate_dx {
+                    dxr[c] += d;
+                } else {
+                    dxr[c] = d;
+                }
             }
         }
     }
 }
 
-/// The parameter part of [`layer_norm_backward`] for columns `first_col..first_col +
-/// dgamma.len()` of rows of width `cols`: `dgamma += Σ_rows dout·x̂`, `dbeta += Σ_rows dout`,
-/// rows in order (so any split into column ranges gives the same bits).
-pub(crate) fn layer_norm_backward_params(
-    x: &[f32],
-    stats: &[f32],
-    dout: &[f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
-    first_col: usize,
-    cols: usize,
-) {
-    let width = dgamma.len();
-    for (r, (xr, gr)) in x
-        .chunks_exact(cols)
-        .zip(dout.chunks_exact(cols))
-        .enumerate()
-    {
-        let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
-        let xr = &xr[first_col..first_col + width];
-        let gr = &gr[first_col..first_col + width];
-        for (((dg, db), &xv), &g) in dgamma.iter_mut().zip(dbeta.iter_mut()).zip(xr).zip(gr) {
-            let xhat = (xv - mean) * rstd;
-            *dg += g * xhat;
-            *db += g;
+multiversion! {
+    /// The parameter part of [`layer_norm_backward`] for columns `first_col..first_col +
+    /// dgamma.len()` of rows of width `cols`: `dgamma += Σ_rows dout·x̂`, `dbeta += Σ_rows dout`,
+    /// rows in order (so any split into column ranges gives the same bits).
+    pub(crate) fn layer_norm_backward_params(
+        x: &[f32],
+        stats: &[f32],
+        dout: &[f32],
+        dgamma: &mut [f32],
+        dbeta: &mut [f32],
+        first_col: usize,
+        cols: usize,
+    ) {
+        let width = dgamma.len();
+        for (r, (xr, gr)) in x
+            .chunks_exact(cols)
+            .zip(dout.chunks_exact(cols))
+            .enumerate()
+        {
+            let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
+            let xr = &xr[first_col..first_col + width];
+            let gr = &gr[first_col..first_col + width];
+            for (((dg, db), &xv), &g) in dgamma.iter_mut().zip(dbeta.iter_mut()).zip(xr).zip(gr) {
+                let xhat = (xv - mean) * rstd;
+                *dg += g * xhat;
+                *db += g;
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! each writing per-row losses and the scaled gradient of the logits in one pass.
 
 use super::{lanes, product, require};
+use crate::simd::multiversion;
 use crate::{Error, fast_math};
 
 /// Per-row cross-entropy `lse(z) − z[target]` into `losses[r]` and its gradient
@@ -26,43 +27,45 @@ pub fn cross_entropy(
     cross_entropy_rows(logits, targets, 0, losses, dlogits, vocab, grad_scale)
 }
 
-/// [`cross_entropy`] of rows `first_row..` (whose logits, targets, losses and gradients the
-/// slices hold; shapes checked by the caller, `vocab > 0`). A target out of range is an error
-/// naming its row.
-pub(crate) fn cross_entropy_rows(
-    logits: &[f32],
-    targets: &[u32],
-    first_row: usize,
-    losses: &mut [f32],
-    dlogits: &mut [f32],
-    vocab: usize,
-    grad_scale: f32,
-) -> Result<(), Error> {
-    for (r, &target) in targets.iter().enumerate() {
-        let t = target as usize;
-        if t >= vocab {
-            return Err(Error::TokenOutOfRange {
-                table: "the MLM vocabulary (target)",
-                position: first_row + r,
-                id: target as u64,
-                rows: vocab,
-            });
+multiversion! {
+    /// [`cross_entropy`] of rows `first_row..` (whose logits, targets, losses and gradients the
+    /// slices hold; shapes checked by the caller, `vocab > 0`). A target out of range is an error
+    /// naming its row.
+    pub(crate) fn cross_entropy_rows(
+        logits: &[f32],
+        targets: &[u32],
+        first_row: usize,
+        losses: &mut [f32],
+        dlogits: &mut [f32],
+        vocab: usize,
+        grad_scale: f32,
+    ) -> Result<(), Error> {
+        for (r, &target) in targets.iter().enumerate() {
+            let t = target as usize;
+            if t >= vocab {
+                return Err(Error::TokenOutOfRange {
+                    table: "the MLM vocabulary (target)",
+                    position: first_row + r,
+                    id: target as u64,
+                    rows: vocab,
+                });
+            }
+            let z = &logits[r * vocab..(r + 1) * vocab];
+            let max = lanes::max(z);
+            let d = &mut dlogits[r * vocab..(r + 1) * vocab];
+            for (o, &v) in d.iter_mut().zip(z) {
+                *o = fast_math::exp(v - max);
+            }
+            let sum = lanes::sum(d);
+            losses[r] = libm::logf(sum) + max - z[t];
+            let inv = grad_scale / sum;
+            for o in d.iter_mut() {
+                *o *= inv;
+            }
+            d[t] -= grad_scale;
         }
-        let z = &logits[r * vocab..(r + 1) * vocab];
-        let max = lanes::max(z);
-        let d = &mut dlogits[r * vocab..(r + 1) * vocab];
-        for (o, &v) in d.iter_mut().zip(z) {
-            *o = fast_math::exp(v - max);
-        }
-        let sum = lanes::sum(d);
-        losses[r] = libm::logf(sum) + max - z[t];
-        let inv = grad_scale / sum;
-        for o in d.iter_mut() {
-            *o *= inv;
-        }
-        d[t] -= grad_scale;
+        Ok(())
     }
-    Ok(())
 }
 
 /// Per-token BCE-with-logits `w·(max(z,0) − z·y + log(1 + e^{−|z|}))` into `losses` and its

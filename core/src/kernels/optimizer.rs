@@ -3,6 +3,7 @@
 
 use super::require;
 use crate::Error;
+use crate::simd::multiversion;
 
 /// One Adam update's hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,54 +31,56 @@ pub fn clip_coefficient(sum_of_squares: f32, max_norm: f32) -> f32 {
     (max_norm / (norm + 1e-6)).min(1.0)
 }
 
-/// Updates `param`, `m`, `v` in place from `grad`:
-///
-/// * XAdam: `m = β1·m + (1−β1)·g`, `v = β2·v + (1−β2)·g²`, `u = m/(√v + ε) + wd·p`,
-///   `p −= lr·u`.
-/// * AdamW (bias-corrected, PyTorch order): `p −= lr·wd·p`, then the same moments and
-///   `p −= lr·(m/(1−β1ᵗ))/(√(v/(1−β2ᵗ)) + ε)`.
-pub fn adam_update(
-    param: &mut [f32],
-    grad: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    spec: AdamSpec,
-) -> Result<(), Error> {
-    let n = param.len();
-    for (name, len) in [("grad", grad.len()), ("m", m.len()), ("v", v.len())] {
-        require("adam_update", name, n, len)?;
-    }
-    let (b1, b2) = (spec.beta1, spec.beta2);
-    // Zipped slices of one length: no bounds checks, so the loops vectorise.
-    let state = param
-        .iter_mut()
-        .zip(&grad[..n])
-        .zip(m[..n].iter_mut().zip(&mut v[..n]));
-    match spec.bias_correction_step {
-        None => {
-            for ((p, &grad), (m, v)) in state {
-                let g = grad * spec.grad_scale;
-                *m = b1 * *m + (1.0 - b1) * g;
-                *v = b2 * *v + (1.0 - b2) * g * g;
-                let update = *m / (libm::sqrtf(*v) + spec.eps) + spec.weight_decay * *p;
-                *p -= spec.lr * update;
+multiversion! {
+    /// Updates `param`, `m`, `v` in place from `grad`:
+    ///
+    /// * XAdam: `m = β1·m + (1−β1)·g`, `v = β2·v + (1−β2)·g²`, `u = m/(√v + ε) + wd·p`,
+    ///   `p −= lr·u`.
+    /// * AdamW (bias-corrected, PyTorch order): `p −= lr·wd·p`, then the same moments and
+    ///   `p −= lr·(m/(1−β1ᵗ))/(√(v/(1−β2ᵗ)) + ε)`.
+    pub fn adam_update(
+        param: &mut [f32],
+        grad: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        spec: AdamSpec,
+    ) -> Result<(), Error> {
+        let n = param.len();
+        for (name, len) in [("grad", grad.len()), ("m", m.len()), ("v", v.len())] {
+            require("adam_update", name, n, len)?;
+        }
+        let (b1, b2) = (spec.beta1, spec.beta2);
+        // Zipped slices of one length: no bounds checks, so the loops vectorise.
+        let state = param
+            .iter_mut()
+            .zip(&grad[..n])
+            .zip(m[..n].iter_mut().zip(&mut v[..n]));
+        match spec.bias_correction_step {
+            None => {
+                for ((p, &grad), (m, v)) in state {
+                    let g = grad * spec.grad_scale;
+                    *m = b1 * *m + (1.0 - b1) * g;
+                    *v = b2 * *v + (1.0 - b2) * g * g;
+                    let update = *m / (libm::sqrtf(*v) + spec.eps) + spec.weight_decay * *p;
+                    *p -= spec.lr * update;
+                }
+            }
+            Some(step) => {
+                let t = step.max(1) as i32;
+                let bc1 = 1.0 - libm::powf(b1, t as f32);
+                let bc2 = 1.0 - libm::powf(b2, t as f32);
+                for ((p, &grad), (m, v)) in state {
+                    let g = grad * spec.grad_scale;
+                    *p *= 1.0 - spec.lr * spec.weight_decay;
+                    *m = b1 * *m + (1.0 - b1) * g;
+                    *v = b2 * *v + (1.0 - b2) * g * g;
+                    let denom = libm::sqrtf(*v / bc2) + spec.eps;
+                    *p -= spec.lr * (*m / bc1) / denom;
+                }
             }
         }
-        Some(step) => {
-            let t = step.max(1) as i32;
-            let bc1 = 1.0 - libm::powf(b1, t as f32);
-            let bc2 = 1.0 - libm::powf(b2, t as f32);
-            for ((p, &grad), (m, v)) in state {
-                let g = grad * spec.grad_scale;
-                *p *= 1.0 - spec.lr * spec.weight_decay;
-                *m = b1 * *m + (1.0 - b1) * g;
-                *v = b2 * *v + (1.0 - b2) * g * g;
-                let denom = libm::sqrtf(*v / bc2) + spec.eps;
-                *p -= spec.lr * (*m / bc1) / denom;
-            }
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// `Σ x²` in index order, accumulated in `f64`.

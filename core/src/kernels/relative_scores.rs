@@ -7,6 +7,7 @@
 
 use super::{product, require};
 use crate::Error;
+use crate::simd::multiversion;
 
 /// Shape of [`add_relative_scores`] and [`relative_scores_backward`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -83,46 +84,48 @@ pub fn add_relative_scores(
     Ok(())
 }
 
-/// [`add_relative_scores`] on whole score rows: `rows` holds rows `first_row..` of the
-/// `[batch·heads·len, len]` scores; the shapes are checked by the caller.
-pub(crate) fn add_relative_scores_rows(
-    scores: &mut [f32],
-    first_row: usize,
-    c2p: Option<&[f32]>,
-    p2c: Option<&[f32]>,
-    index: &[u32],
-    spec: RelativeScoresSpec,
-) {
-    let (len, rows, s) = (spec.len, spec.rows, spec.scale);
-    if len == 0 {
-        return;
-    }
-    for (local, out) in scores.chunks_exact_mut(len).enumerate() {
-        let row = first_row + local;
-        let (matrix, i) = (row / len, row % len);
-        let (b, h) = (matrix / spec.heads, matrix % spec.heads);
-        let t = spec.table_offset(b, h);
-        let idx = &index[i * len..(i + 1) * len];
-        match (c2p, p2c) {
-            (Some(c2p), Some(p2c)) => {
-                let c2p_row = &c2p[t + i * rows..][..rows];
-                for (j, (o, &r)) in out.iter_mut().zip(idx).enumerate() {
-                    let r = r as usize;
-                    *o += c2p_row[r] / s + p2c[t + j * rows + r] / s;
+multiversion! {
+    /// [`add_relative_scores`] on whole score rows: `rows` holds rows `first_row..` of the
+    /// `[batch·heads·len, len]` scores; the shapes are checked by the caller.
+    pub(crate) fn add_relative_scores_rows(
+        scores: &mut [f32],
+        first_row: usize,
+        c2p: Option<&[f32]>,
+        p2c: Option<&[f32]>,
+        index: &[u32],
+        spec: RelativeScoresSpec,
+    ) {
+        let (len, rows, s) = (spec.len, spec.rows, spec.scale);
+        if len == 0 {
+            return;
+        }
+        for (local, out) in scores.chunks_exact_mut(len).enumerate() {
+            let row = first_row + local;
+            let (matrix, i) = (row / len, row % len);
+            let (b, h) = (matrix / spec.heads, matrix % spec.heads);
+            let t = spec.table_offset(b, h);
+            let idx = &index[i * len..(i + 1) * len];
+            match (c2p, p2c) {
+                (Some(c2p), Some(p2c)) => {
+                    let c2p_row = &c2p[t + i * rows..][..rows];
+                    for (j, (o, &r)) in out.iter_mut().zip(idx).enumerate() {
+                        let r = r as usize;
+                        *o += c2p_row[r] / s + p2c[t + j * rows + r] / s;
+                    }
                 }
-            }
-            (Some(c2p), None) => {
-                let c2p_row = &c2p[t + i * rows..][..rows];
-                for (o, &r) in out.iter_mut().zip(idx) {
-                    *o += c2p_row[r as usize] / s;
+                (Some(c2p), None) => {
+                    let c2p_row = &c2p[t + i * rows..][..rows];
+                    for (o, &r) in out.iter_mut().zip(idx) {
+                        *o += c2p_row[r as usize] / s;
+                    }
                 }
-            }
-            (None, Some(p2c)) => {
-                for (j, (o, &r)) in out.iter_mut().zip(idx).enumerate() {
-                    *o += p2c[t + j * rows + r as usize] / s;
+                (None, Some(p2c)) => {
+                    for (j, (o, &r)) in out.iter_mut().zip(idx).enumerate() {
+                        *o += p2c[t + j * rows + r as usize] / s;
+                    }
                 }
+                (None, None) => {}
             }
-            (None, None) => {}
         }
     }
 }
@@ -175,36 +178,38 @@ pub(crate) enum RelativeTerm {
     P2c,
 }
 
-/// [`relative_scores_backward`] for one `[len, rows]` table, the `table`-th of the
-/// `[heads, batch]` tables (`table = h·batch + b`), written to `out`; the shapes are checked
-/// by the caller.
-pub(crate) fn relative_table_backward(
-    dscores: &[f32],
-    index: &[u32],
-    term: RelativeTerm,
-    table: usize,
-    out: &mut [f32],
-    spec: RelativeScoresSpec,
-) {
-    let (len, rows, s) = (spec.len, spec.rows, spec.scale);
-    let (h, b) = (table / spec.batch, table % spec.batch);
-    let d = &dscores[(b * spec.heads + h) * len * len..][..len * len];
-    out.fill(0.0);
-    match term {
-        RelativeTerm::C2p => {
-            for i in 0..len {
-                let dst = &mut out[i * rows..][..rows];
-                let di = &d[i * len..(i + 1) * len];
-                for (&g, &r) in di.iter().zip(&index[i * len..(i + 1) * len]) {
-                    dst[r as usize] += g / s;
+multiversion! {
+    /// [`relative_scores_backward`] for one `[len, rows]` table, the `table`-th of the
+    /// `[heads, batch]` tables (`table = h·batch + b`), written to `out`; the shapes are checked
+    /// by the caller.
+    pub(crate) fn relative_table_backward(
+        dscores: &[f32],
+        index: &[u32],
+        term: RelativeTerm,
+        table: usize,
+        out: &mut [f32],
+        spec: RelativeScoresSpec,
+    ) {
+        let (len, rows, s) = (spec.len, spec.rows, spec.scale);
+        let (h, b) = (table / spec.batch, table % spec.batch);
+        let d = &dscores[(b * spec.heads + h) * len * len..][..len * len];
+        out.fill(0.0);
+        match term {
+            RelativeTerm::C2p => {
+                for i in 0..len {
+                    let dst = &mut out[i * rows..][..rows];
+                    let di = &d[i * len..(i + 1) * len];
+                    for (&g, &r) in di.iter().zip(&index[i * len..(i + 1) * len]) {
+                        dst[r as usize] += g / s;
+                    }
                 }
             }
-        }
-        RelativeTerm::P2c => {
-            for j in 0..len {
-                let dst = &mut out[j * rows..][..rows];
-                for i in 0..len {
-                    dst[index[i * len + j] as usize] += d[i * len + j] / s;
+            RelativeTerm::P2c => {
+                for j in 0..len {
+                    let dst = &mut out[j * rows..][..rows];
+                    for i in 0..len {
+                        dst[index[i * len + j] as usize] += d[i * len + j] / s;
+                    }
                 }
             }
         }

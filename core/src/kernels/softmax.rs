@@ -2,6 +2,7 @@
 //! backward.
 
 use super::{lanes, product, require};
+use crate::simd::multiversion;
 use crate::{Error, fast_math};
 
 /// Shape of a batch of self-attention score matrices `[batch, heads, len, len]`.
@@ -41,39 +42,41 @@ pub fn masked_softmax(scores: &mut [f32], mask: &[f32], spec: SoftmaxSpec) -> Re
     Ok(())
 }
 
-/// [`masked_softmax`] of the whole score rows in `rows`, the first of which is row `first_row`
-/// of the `[batch·heads·len, len]` scores; the shapes are checked by the caller.
-pub(crate) fn masked_softmax_rows(
-    rows: &mut [f32],
-    first_row: usize,
-    mask: &[f32],
-    spec: SoftmaxSpec,
-) {
-    let len = spec.len;
-    if len == 0 {
-        return;
-    }
-    let uniform = 1.0 / len as f32;
-    for (local, row) in rows.chunks_exact_mut(len).enumerate() {
-        let row_index = first_row + local;
-        let b = row_index / (spec.heads * len);
-        let i = row_index % len;
-        let keys = &mask[b * len..(b + 1) * len];
-        if keys[i] == 0.0 {
-            row.fill(uniform);
-            continue;
+multiversion! {
+    /// [`masked_softmax`] of the whole score rows in `rows`, the first of which is row `first_row`
+    /// of the `[batch·heads·len, len]` scores; the shapes are checked by the caller.
+    pub(crate) fn masked_softmax_rows(
+        rows: &mut [f32],
+        first_row: usize,
+        mask: &[f32],
+        spec: SoftmaxSpec,
+    ) {
+        let len = spec.len;
+        if len == 0 {
+            return;
         }
-        let max = lanes::masked_max(row, keys);
-        for (s, &m) in row.iter_mut().zip(keys) {
-            *s = if m != 0.0 {
-                fast_math::exp(*s - max)
-            } else {
-                0.0
-            };
-        }
-        let inv = 1.0 / lanes::sum(row);
-        for s in row.iter_mut() {
-            *s *= inv;
+        let uniform = 1.0 / len as f32;
+        for (local, row) in rows.chunks_exact_mut(len).enumerate() {
+            let row_index = first_row + local;
+            let b = row_index / (spec.heads * len);
+            let i = row_index % len;
+            let keys = &mask[b * len..(b + 1) * len];
+            if keys[i] == 0.0 {
+                row.fill(uniform);
+                continue;
+            }
+            let max = lanes::masked_max(row, keys);
+            for (s, &m) in row.iter_mut().zip(keys) {
+                *s = if m != 0.0 {
+                    fast_math::exp(*s - max)
+                } else {
+                    0.0
+                };
+            }
+            let inv = 1.0 / lanes::sum(row);
+            for s in row.iter_mut() {
+                *s *= inv;
+            }
         }
     }
 }
@@ -93,35 +96,37 @@ pub fn masked_softmax_backward(
     Ok(())
 }
 
-/// [`masked_softmax_backward`] of the whole rows in `probs`/`grad`, the first of which is row
-/// `first_row` of the `[batch·heads·len, len]` scores; the shapes are checked by the caller.
-pub(crate) fn masked_softmax_backward_rows(
-    probs: &[f32],
-    grad: &mut [f32],
-    first_row: usize,
-    mask: &[f32],
-    spec: SoftmaxSpec,
-) {
-    let len = spec.len;
-    if len == 0 {
-        return;
-    }
-    for (local, (g, p)) in grad
-        .chunks_exact_mut(len)
-        .zip(probs.chunks_exact(len))
-        .enumerate()
-    {
-        let row_index = first_row + local;
-        let b = row_index / (spec.heads * len);
-        let i = row_index % len;
-        let keys = &mask[b * len..(b + 1) * len];
-        if keys[i] == 0.0 {
-            g.fill(0.0);
-            continue;
+multiversion! {
+    /// [`masked_softmax_backward`] of the whole rows in `probs`/`grad`, the first of which is row
+    /// `first_row` of the `[batch·heads·len, len]` scores; the shapes are checked by the caller.
+    pub(crate) fn masked_softmax_backward_rows(
+        probs: &[f32],
+        grad: &mut [f32],
+        first_row: usize,
+        mask: &[f32],
+        spec: SoftmaxSpec,
+    ) {
+        let len = spec.len;
+        if len == 0 {
+            return;
         }
-        let dot = lanes::dot(g, p);
-        for ((gv, &pv), &m) in g.iter_mut().zip(p).zip(keys) {
-            *gv = if m != 0.0 { pv * (*gv - dot) } else { 0.0 };
+        for (local, (g, p)) in grad
+            .chunks_exact_mut(len)
+            .zip(probs.chunks_exact(len))
+            .enumerate()
+        {
+            let row_index = first_row + local;
+            let b = row_index / (spec.heads * len);
+            let i = row_index % len;
+            let keys = &mask[b * len..(b + 1) * len];
+            if keys[i] == 0.0 {
+                g.fill(0.0);
+                continue;
+            }
+            let dot = lanes::dot(g, p);
+            for ((gv, &pv), &m) in g.iter_mut().zip(p).zip(keys) {
+                *gv = if m != 0.0 { pv * (*gv - dot) } else { 0.0 };
+            }
         }
     }
 }
