@@ -10,10 +10,10 @@
 //! |---|---|
 //! | *(none)* | [`config`], [`relative_position`], the slice [`kernels`] and the [`Backend`] trait: everything the heap-free edge runtime needs |
 //! | `alloc` | [`CpuBackend`] (tensors in `Vec<f32>`), the parameter store and the model ([`model`]) |
-//! | `std` (default) | runtime SIMD dispatch for sgemm (the gemm crate: AVX-512, AVX2/FMA or NEON; matrixmultiply without it) and threads (rayon) for every [`CpuBackend`] kernel |
+//! | `std` (default) | runtime SIMD dispatch: sgemm through the gemm crate (AVX-512, AVX2/FMA or NEON; matrixmultiply without it) and the slice kernels compiled per level ([`simd`]); threads (rayon) for every [`CpuBackend`] kernel |
 //!
 //! Every kernel is deterministic: reductions run in a fixed order, so the same inputs give
-//! bit-identical outputs on every run and thread count.
+//! bit-identical outputs on every run, thread count and SIMD level.
 #![no_std]
 #![warn(missing_docs)]
 
