@@ -20,6 +20,17 @@ pub enum SimdLevel {
     Avx512 = 2,
 }
 
+impl SimdLevel {
+    /// The level's name, as `DEBERTA_CPU_SIMD` spells it: `baseline`, `avx2` or `avx512`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Baseline => "baseline",
+            SimdLevel::Avx2 => "avx2",
+            SimdLevel::Avx512 => "avx512",
+        }
+    }
+}
+
 /// The cap set by [`set_max_simd_level`] (`u8::MAX`: none).
 static MAX_LEVEL: AtomicU8 = AtomicU8::new(u8::MAX);
 

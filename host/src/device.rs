@@ -131,14 +131,15 @@ pub fn adapter_descriptions() -> Vec<String> {
 /// the same bits).
 fn cpu_simd_from_env() -> Result<Option<SimdLevel>> {
     const VAR: &str = "DEBERTA_CPU_SIMD";
+    let levels = [SimdLevel::Avx512, SimdLevel::Avx2, SimdLevel::Baseline];
     match std::env::var(VAR).as_deref() {
         Err(_) | Ok("") | Ok("auto") => Ok(None),
-        Ok("avx512") => Ok(Some(SimdLevel::Avx512)),
-        Ok("avx2") => Ok(Some(SimdLevel::Avx2)),
-        Ok("baseline") => Ok(Some(SimdLevel::Baseline)),
-        Ok(other) => Err(Error::Usage(format!(
-            "{VAR}={other}: expected auto, avx512, avx2 or baseline"
-        ))),
+        Ok(name) => match levels.into_iter().find(|l| l.name() == name) {
+            Some(level) => Ok(Some(level)),
+            None => Err(Error::Usage(format!(
+                "{VAR}={name}: expected auto, avx512, avx2 or baseline"
+            ))),
+        },
     }
 }
 

@@ -119,9 +119,15 @@ pub struct CliRun {
 
 /// Runs `deberta` with arguments and captures everything.
 pub fn deberta(args: &[&str]) -> CliRun {
+    deberta_with_env(args, &[])
+}
+
+/// Runs `deberta` with arguments and extra environment variables, and captures everything.
+pub fn deberta_with_env(args: &[&str], env: &[(&str, &str)]) -> CliRun {
     let out = std::process::Command::new(deberta_bin())
         .args(args)
         .env("RUST_BACKTRACE", "1")
+        .envs(env.iter().copied())
         .output()
         .expect("running deberta");
     CliRun {

@@ -1,7 +1,7 @@
 //! `deberta bench` end to end on the CPU, at tiny sizes: the matmul report and its JSON lines,
-//! the forward bench's fused/unfused attention switch, and bad sizes.
+//! the forward bench's fused/unfused attention switch, the SIMD cap, and bad sizes and settings.
 
-use deberta_tests::deberta;
+use deberta_tests::{deberta, deberta_with_env};
 use serde_json::Value;
 
 /// The JSON objects among stdout's lines.
@@ -84,4 +84,43 @@ fn matmul_rejects_a_zero_size() {
     let run = deberta(&["bench", "matmul", "--backend", "cpu", "--size", "0"]);
     assert_eq!(run.code, Some(1));
     assert!(run.stderr.contains("--size"), "{}", run.stderr);
+}
+
+#[test]
+fn cpu_simd_cap_is_reported_and_a_bad_one_is_an_error() {
+    let args = [
+        "bench",
+        "forward",
+        "--shape",
+        "nano",
+        "--seq",
+        "8",
+        "--backend",
+        "cpu",
+        "--threads",
+        "1",
+        "--warmup",
+        "0",
+        "--iters",
+        "1",
+        "--json",
+    ];
+    let run = deberta_with_env(&args, &[("DEBERTA_CPU_SIMD", "baseline")]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let lines = json_lines(&run.stdout);
+    assert_eq!(lines.last().expect("a JSON line")["simd"], "baseline");
+    assert!(
+        run.stdout.contains("1 CPU threads, baseline)"),
+        "{}",
+        run.stdout
+    );
+
+    let run = deberta_with_env(&args, &[("DEBERTA_CPU_SIMD", "sse")]);
+    assert_eq!(run.code, Some(1), "{}", run.stdout);
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("DEBERTA_CPU_SIMD=sse"),
+        "{}",
+        run.stderr
+    );
 }

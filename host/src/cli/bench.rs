@@ -199,14 +199,17 @@ fn report(
         ("forward", true) => Some("unfused"),
         _ => None,
     };
+    // The CPU backend's kernels run at this instruction-set level (DEBERTA_CPU_SIMD caps it).
+    let simd = (backend == "cpu").then(|| deberta_core::simd::simd_level().name());
     println!(
-        "{bench} {} batch {} seq {} on {backend}{} ({threads} CPU threads): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {tokens_per_s:.0} tokens/s{}{}",
+        "{bench} {} batch {} seq {} on {backend}{} ({threads} CPU threads{}): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {tokens_per_s:.0} tokens/s{}{}",
         args.shape,
         args.batch,
         args.seq,
         attention
             .map(|a| format!(", {a} attention"))
             .unwrap_or_default(),
+        simd.map(|l| format!(", {l}")).unwrap_or_default(),
         args.iters,
         gflops
             .map(|g| format!(", {g:.1} GFLOP/s"))
@@ -232,6 +235,7 @@ fn report(
                 "threads": threads,
                 "peak_rss_mb": peak,
                 "attention": attention,
+                "simd": simd,
             })
         );
     }
