@@ -366,7 +366,9 @@ pub trait Backend {
         spec: Conv1dSpec,
     ) -> Result<(), Error> {
         let groups = spec.groups.max(1);
-        if spec.in_channels % groups != 0 || spec.out_channels % groups != 0 || spec.kernel % 2 == 0
+        if !spec.in_channels.is_multiple_of(groups)
+            || !spec.out_channels.is_multiple_of(groups)
+            || spec.kernel.is_multiple_of(2)
         {
             return Err(Error::ShapeMismatch {
                 what: "conv1d groups must divide both channel counts and the kernel must be odd",

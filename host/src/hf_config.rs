@@ -112,15 +112,13 @@ pub fn parse_config(path: &Path, text: &str) -> Result<HfConfig> {
     let Value::Object(obj) = value else {
         return Err(Error::format(path, "expected a JSON object"));
     };
-    if let Some(kind) = obj.get("model_type").and_then(Value::as_str) {
-        if kind != "deberta-v2" {
-            return Err(Error::format(
-                path,
-                format!(
-                    "model_type is \"{kind}\"; only \"deberta-v2\" (DeBERTa-v2/v3) is supported"
-                ),
-            ));
-        }
+    if let Some(kind) = obj.get("model_type").and_then(Value::as_str)
+        && kind != "deberta-v2"
+    {
+        return Err(Error::format(
+            path,
+            format!("model_type is \"{kind}\"; only \"deberta-v2\" (DeBERTa-v2/v3) is supported"),
+        ));
     }
     let pos_att_type = match string_list(path, &obj, "pos_att_type")? {
         None => None,

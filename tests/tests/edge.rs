@@ -820,7 +820,7 @@ fn valid_files_round_trip() {
         // A misaligned start is refused rather than read unaligned.
         let mut shifted = vec![0u8; file.len() + 16];
         let start = (1..16)
-            .find(|s| (shifted.as_ptr().addr() + s) % 4 != 0)
+            .find(|s| !(shifted.as_ptr().addr() + s).is_multiple_of(4))
             .unwrap();
         shifted[start..start + file.len()].copy_from_slice(file);
         assert!(matches!(

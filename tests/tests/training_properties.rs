@@ -66,8 +66,8 @@ fn case(seed: u64) -> Case {
         position_buckets: Some([-1, 4][(seed % 2) as usize]),
         max_relative_positions: Some(8),
         pos_att_type: Some(pos),
-        share_att_key: Some(seed % 3 != 0),
-        norm_rel_ebd_layer_norm: Some(seed % 5 != 0),
+        share_att_key: Some(!seed.is_multiple_of(3)),
+        norm_rel_ebd_layer_norm: Some(!seed.is_multiple_of(5)),
         position_biased_input: Some(position_biased_input),
         ..RawConfig::default()
     };

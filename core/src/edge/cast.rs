@@ -21,7 +21,8 @@ impl Plain for u32 {}
 impl Plain for i8 {}
 
 fn fits<T: Plain>(bytes: &[u8]) -> bool {
-    bytes.as_ptr().addr() % align_of::<T>() == 0 && bytes.len() % size_of::<T>() == 0
+    bytes.as_ptr().addr().is_multiple_of(align_of::<T>())
+        && bytes.len().is_multiple_of(size_of::<T>())
 }
 
 /// `bytes` as a `&[T]`, or `None` when they are misaligned for `T` or not a whole number of

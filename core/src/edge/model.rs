@@ -90,7 +90,7 @@ fn check_crc(section: &'static str, stored: u32, bytes: &[u8]) -> Result<(), Edg
 
 /// Whether `range` is a 16-aligned sub-range of `payload`.
 fn inside(range: &Range<usize>, payload: &Range<usize>) -> bool {
-    range.start % ALIGN == 0 && range.start >= payload.start && range.end <= payload.end
+    range.start.is_multiple_of(ALIGN) && range.start >= payload.start && range.end <= payload.end
 }
 
 impl<'a> EdgeModel<'a> {
@@ -103,7 +103,7 @@ impl<'a> EdgeModel<'a> {
         if cfg!(target_endian = "big") {
             return Err(EdgeError::UnsupportedTarget);
         }
-        if bytes.as_ptr().addr() % 4 != 0 {
+        if !bytes.as_ptr().addr().is_multiple_of(4) {
             return Err(EdgeError::Misaligned { align: 4 });
         }
         let len = bytes.len();

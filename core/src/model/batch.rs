@@ -84,10 +84,10 @@ impl<B: Backend> DeviceBatch<B> {
                 });
             }
         }
-        if let Some(max) = cfg.max_sequence_length() {
-            if len > max {
-                return Err(Error::SequenceTooLong { len, max });
-            }
+        if let Some(max) = cfg.max_sequence_length()
+            && len > max
+        {
+            return Err(Error::SequenceTooLong { len, max });
         }
         let ids = host
             .input_ids

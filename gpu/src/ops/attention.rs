@@ -15,7 +15,7 @@ const _: () = assert!(
     ATTN_TILE == ATTN_THREADS * ATTN_BLOCK
         && ATTN_BLOCK == 4
         && ATTN_MAX_HEAD_DIM == 8 * ATTN_THREADS
-        && ATTN_CHUNK % 4 == 0
+        && ATTN_CHUNK.is_multiple_of(4)
 );
 
 /// The operands of [`fused_attention`] (see `deberta_core::backend::AttentionOperands`).

@@ -1,8 +1,9 @@
 // Inverse-transform sampling from softmax(logits) at temperature one, evaluated exactly like
 // core's `kernels::sample_categorical`: the same uniforms (philox.wgsl, prepended), a port of
-// libm's `expf` (FreeBSD e_expf.c) and sequential sums in id order, so on a device with IEEE
-// f32 add/mul/div the drawn ids are identical to the CPU's. One workgroup per row: its threads
-// evaluate exponentials in parallel, its first thread adds them in order.
+// core's `fast_math::exp` and the same sums (chunks of 16 ids added in id order from 0, the
+// chunk sums added in order), so on a device with IEEE f32 add/mul the drawn ids are identical
+// to the CPU's. One workgroup per row: its threads evaluate exponentials in parallel, one thread
+// per chunk sums it, the first thread adds the chunk sums in order.
 
 const SCATTER_WG: u32 = 64u;
 
@@ -14,7 +15,7 @@ struct Params {
     step: u32,
     stream: u32,
     // Always 0. OR-ed into intermediate products so that no compiler can fuse them into FMAs,
-    // which would change the rounding of `expf`.
+    // which would change the rounding of `fast_exp`.
     zero: u32,
     _pad0: u32,
 }
@@ -23,15 +24,25 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> out: array<u32>;
 @group(0) @binding(2) var<storage, read> logits: array<f32>;
 
-// libm's constants, by their bits.
-const INV_LN2: u32 = 0x3fb8aa3bu;
-const LN2_HI: u32 = 0x3f317200u;
-const LN2_LO: u32 = 0x35bfbe8eu;
-const EXP_P1: u32 = 0x3e2aaa8fu;
-const EXP_P2: u32 = 0xbb355215u;
+// fast_math::exp's constants, by their bits.
+const EXP_LOG2E: u32 = 0x3fb8aa3bu;
+const EXP_LN2_HI: u32 = 0x3f318000u;
+const EXP_LN2_LO: u32 = 0xb95e8083u;
+const EXP_MAX: u32 = 0x42b17217u;
+const EXP_MIN: u32 = 0xc2aeac4fu;
+const EXP_ROUND: u32 = 0x4b400000u;
+const EXP_P0: u32 = 0x39506967u;
+const EXP_P1: u32 = 0x3ab743ceu;
+const EXP_P2: u32 = 0x3c088908u;
+const EXP_P3: u32 = 0x3d2aa9c1u;
+const EXP_P4: u32 = 0x3e2aaaaau;
+// Ids per chunk sum (core's `kernels::lanes::LANES`).
+const CHUNK: u32 = 16u;
+const CHUNKS_PER_WG: u32 = 4u; // SCATTER_WG / CHUNK
 
 var<private> opaque_zero: u32;
 var<workgroup> exps: array<f32, SCATTER_WG>;
+var<workgroup> chunk_sums: array<f32, CHUNKS_PER_WG>;
 var<workgroup> row_max_shared: array<f32, SCATTER_WG>;
 var<workgroup> done: u32;
 
@@ -40,61 +51,52 @@ fn opaque(x: f32) -> f32 {
     return bitcast<f32>(bitcast<u32>(x) | opaque_zero);
 }
 
-// libm's `expf`, operation for operation.
-fn expf(x_in: f32) -> f32 {
-    var x = x_in;
-    var hx = bitcast<u32>(x);
-    let sign = hx >> 31u;
-    hx &= 0x7fffffffu;
-    if (hx >= 0x42aeac50u) {
-        if (hx > 0x7f800000u) {
-            return x;
+// core's `fast_math::exp`, operation for operation: every product that feeds a sum, and every
+// intermediate of a chain the optimiser could reassociate, is hidden behind `opaque`.
+fn fast_exp(x: f32) -> f32 {
+    let lo = bitcast<f32>(EXP_MIN);
+    let hi = bitcast<f32>(EXP_MAX);
+    let round = bitcast<f32>(EXP_ROUND);
+    let clamped = min(max(x, lo), hi);
+    let shifted = opaque(clamped * bitcast<f32>(EXP_LOG2E)) + round;
+    // Hidden too: an optimiser that treats float ops as reassociable folds (a + c) − c to a,
+    // which would drop the rounding to an integer.
+    let n = opaque(shifted) - round;
+    let n_int = bitcast<i32>(shifted) - bitcast<i32>(EXP_ROUND);
+    let r = opaque(clamped - opaque(n * bitcast<f32>(EXP_LN2_HI))) - opaque(n * bitcast<f32>(EXP_LN2_LO));
+    let r2 = opaque(r * r);
+    var p = opaque(bitcast<f32>(EXP_P0) * r) + bitcast<f32>(EXP_P1);
+    p = opaque(p * r) + bitcast<f32>(EXP_P2);
+    p = opaque(p * r) + bitcast<f32>(EXP_P3);
+    p = opaque(p * r) + bitcast<f32>(EXP_P4);
+    p = opaque(p * r) + 0.5;
+    let e_r = opaque(opaque(p * r2) + r) + 1.0;
+    let half = n_int >> 1u;
+    let scale_a = bitcast<f32>(u32(half + 127) << 23u);
+    let scale_b = bitcast<f32>(u32(n_int - half + 127) << 23u);
+    let y = opaque(e_r * scale_a) * scale_b;
+    if (x < lo) {
+        return 0.0;
+    }
+    if (x > hi) {
+        return bitcast<f32>(0x7f800000u);
+    }
+    if ((bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u) {
+        return x;
+    }
+    return y;
+}
+
+// Adds exps[0..count) chunk by chunk: thread c < CHUNKS_PER_WG sums chunk c in id order from 0.
+fn sum_chunks(lid: u32, count: u32) {
+    if (lid < CHUNKS_PER_WG) {
+        var sum = 0.0;
+        let first = lid * CHUNK;
+        for (var q = first; q < min(first + CHUNK, count); q += 1u) {
+            sum += exps[q];
         }
-        if (hx >= 0x42b17218u && sign == 0u) {
-            return x * bitcast<f32>(0x7f000000u);
-        }
-        if (sign != 0u && hx >= 0x42cff1b5u) {
-            return 0.0;
-        }
+        chunk_sums[lid] = sum;
     }
-    var k: i32;
-    var hi: f32;
-    var lo: f32;
-    if (hx > 0x3eb17218u) {
-        if (hx > 0x3f851592u) {
-            let half = select(0.5, -0.5, sign != 0u);
-            k = i32(opaque(bitcast<f32>(INV_LN2) * x) + half);
-        } else {
-            k = 1 - i32(sign) - i32(sign);
-        }
-        let kf = f32(k);
-        hi = x - opaque(kf * bitcast<f32>(LN2_HI));
-        lo = opaque(kf * bitcast<f32>(LN2_LO));
-        x = hi - lo;
-    } else if (hx > 0x39000000u) {
-        k = 0;
-        hi = x;
-        lo = 0.0;
-    } else {
-        return 1.0 + x;
-    }
-    let xx = opaque(x * x);
-    let c = x - opaque(xx * (bitcast<f32>(EXP_P1) + opaque(xx * bitcast<f32>(EXP_P2))));
-    let y = 1.0 + (opaque(x * c) / (2.0 - c) - lo + hi);
-    if (k == 0) {
-        return y;
-    }
-    // scalbnf(y, k), as libm scales: exact for normal results (k ≥ −126 here). Below that the
-    // result is subnormal and a device that flushes subnormals returns 0; such terms cannot
-    // change a sum that includes the row maximum's exp(0) = 1.
-    if (k > 127) {
-        return y * bitcast<f32>(0x7f000000u) * bitcast<f32>(u32(k) << 23u);
-    }
-    if (k < -126) {
-        // y · 2^-102 · 2^(k+102)
-        return y * bitcast<f32>(25u << 23u) * bitcast<f32>(u32(k + 229) << 23u);
-    }
-    return y * bitcast<f32>(u32(127 + k) << 23u);
 }
 
 @compute @workgroup_size(SCATTER_WG)
@@ -124,14 +126,16 @@ fn sample_categorical(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     // Σ exp(z − max) in id order.
     var total = 0.0;
     for (var first = 0u; first < vocab; first += SCATTER_WG) {
-        if (first + lid < vocab) {
-            exps[lid] = expf(logits[base + first + lid] - row_max);
+        let count = min(SCATTER_WG, vocab - first);
+        if (lid < count) {
+            exps[lid] = fast_exp(logits[base + first + lid] - row_max);
         }
         workgroupBarrier();
+        sum_chunks(lid, count);
+        workgroupBarrier();
         if (lid == 0u) {
-            let count = min(SCATTER_WG, vocab - first);
-            for (var q = 0u; q < count; q += 1u) {
-                total += exps[q];
+            for (var c = 0u; c * CHUNK < count; c += 1u) {
+                total += chunk_sums[c];
             }
         }
         workgroupBarrier();
@@ -149,19 +153,28 @@ fn sample_categorical(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
         if (workgroupUniformLoad(&done) != 0u) {
             break;
         }
-        if (first + lid < vocab) {
-            exps[lid] = expf(logits[base + first + lid] - row_max);
+        let count = min(SCATTER_WG, vocab - first);
+        if (lid < count) {
+            exps[lid] = fast_exp(logits[base + first + lid] - row_max);
         }
         workgroupBarrier();
+        sum_chunks(lid, count);
+        workgroupBarrier();
         if (lid == 0u) {
-            let count = min(SCATTER_WG, vocab - first);
-            for (var q = 0u; q < count; q += 1u) {
-                acc += exps[q];
-                if (acc > target_sum) {
-                    pick = first + q;
-                    done = 1u;
-                    break;
+            for (var c = 0u; c * CHUNK < count && done == 0u; c += 1u) {
+                let sum = chunk_sums[c];
+                if (acc + sum > target_sum) {
+                    var prefix = 0.0;
+                    for (var q = c * CHUNK; q < min(c * CHUNK + CHUNK, count); q += 1u) {
+                        prefix += exps[q];
+                        if (acc + prefix > target_sum) {
+                            pick = first + q;
+                            done = 1u;
+                            break;
+                        }
+                    }
                 }
+                acc += sum;
             }
         }
     }

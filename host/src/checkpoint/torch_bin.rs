@@ -643,7 +643,7 @@ impl<'a> Unpickler<'a> {
 
     /// Adds alternating keys and values to the dict on top of the stack.
     fn extend_dict(&mut self, items: Vec<Value>) -> PResult<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(format!("odd number of items ({}) for a dict", items.len()));
         }
         let depth = seq_depth(&items)?;

@@ -153,7 +153,7 @@ impl Masker {
         rng: RandomStream,
     ) -> Result<MaskedBatch> {
         let s = self.max_seq_len;
-        if ids.len() % s != 0 || attention_mask.len() != ids.len() {
+        if !ids.len().is_multiple_of(s) || attention_mask.len() != ids.len() {
             return Err(Error::Usage(format!(
                 "masking: {} ids and {} mask values for rows of {s}",
                 ids.len(),

@@ -242,7 +242,7 @@ impl PretrainOptions {
                 "--steps, --batch-size, --grad-accum and --log-every must be at least 1".into(),
             );
         }
-        if self.batch_size % self.grad_accum != 0 {
+        if !self.batch_size.is_multiple_of(self.grad_accum) {
             return usage(format!(
                 "--batch-size {} is not divisible by --grad-accum {}",
                 self.batch_size, self.grad_accum
