@@ -49,26 +49,29 @@ fn matmul_reports_every_size_with_a_json_line() {
     }
 }
 
+/// `deberta bench forward` on the nano shape at 8 tokens, one thread, one timed run, JSON.
+const NANO_FORWARD: [&str; 15] = [
+    "bench",
+    "forward",
+    "--shape",
+    "nano",
+    "--seq",
+    "8",
+    "--backend",
+    "cpu",
+    "--threads",
+    "1",
+    "--warmup",
+    "0",
+    "--iters",
+    "1",
+    "--json",
+];
+
 #[test]
 fn forward_runs_the_nano_shape_fused_or_unfused() {
     for (flag, attention) in [(None, "fused"), (Some("--unfused-attention"), "unfused")] {
-        let mut args = vec![
-            "bench",
-            "forward",
-            "--shape",
-            "nano",
-            "--seq",
-            "8",
-            "--backend",
-            "cpu",
-            "--threads",
-            "1",
-            "--warmup",
-            "0",
-            "--iters",
-            "1",
-            "--json",
-        ];
+        let mut args = NANO_FORWARD.to_vec();
         args.extend(flag);
         let run = deberta(&args);
         assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -88,23 +91,7 @@ fn matmul_rejects_a_zero_size() {
 
 #[test]
 fn cpu_simd_cap_is_reported_and_a_bad_one_is_an_error() {
-    let args = [
-        "bench",
-        "forward",
-        "--shape",
-        "nano",
-        "--seq",
-        "8",
-        "--backend",
-        "cpu",
-        "--threads",
-        "1",
-        "--warmup",
-        "0",
-        "--iters",
-        "1",
-        "--json",
-    ];
+    let args = NANO_FORWARD;
     let run = deberta_with_env(&args, &[("DEBERTA_CPU_SIMD", "baseline")]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let lines = json_lines(&run.stdout);

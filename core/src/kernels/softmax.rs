@@ -42,6 +42,16 @@ pub fn masked_softmax(scores: &mut [f32], mask: &[f32], spec: SoftmaxSpec) -> Re
     Ok(())
 }
 
+/// The key mask of score row `row` of the `[batch·heads·len, len]` scores (its sequence's
+/// `[len]` slice of `mask`) and whether its query token is a real token.
+#[inline(always)]
+fn row_keys(row: usize, mask: &[f32], spec: SoftmaxSpec) -> (&[f32], bool) {
+    let len = spec.len;
+    let b = row / (spec.heads * len);
+    let keys = &mask[b * len..(b + 1) * len];
+    (keys, keys[row % len] != 0.0)
+}
+
 multiversion! {
     /// [`masked_softmax`] of the whole score rows in `rows`, the first of which is row `first_row`
     /// of the `[batch·heads·len, len]` scores; the shapes are checked by the caller.
@@ -57,11 +67,8 @@ multiversion! {
         }
         let uniform = 1.0 / len as f32;
         for (local, row) in rows.chunks_exact_mut(len).enumerate() {
-            let row_index = first_row + local;
-            let b = row_index / (spec.heads * len);
-            let i = row_index % len;
-            let keys = &mask[b * len..(b + 1) * len];
-            if keys[i] == 0.0 {
+            let (keys, query_valid) = row_keys(first_row + local, mask, spec);
+            if !query_valid {
                 row.fill(uniform);
                 continue;
             }
@@ -115,11 +122,8 @@ multiversion! {
             .zip(probs.chunks_exact(len))
             .enumerate()
         {
-            let row_index = first_row + local;
-            let b = row_index / (spec.heads * len);
-            let i = row_index % len;
-            let keys = &mask[b * len..(b + 1) * len];
-            if keys[i] == 0.0 {
+            let (keys, query_valid) = row_keys(first_row + local, mask, spec);
+            if !query_valid {
                 g.fill(0.0);
                 continue;
             }
