@@ -44,7 +44,7 @@ cargo test --workspace --release -- --skip trained_nano_discriminator_accuracy
 step "trained nano discriminator for the edge checks: deberta pretrain, 60 steps, bundled corpus"
 nano_run="${CARGO_TARGET_DIR:-$PWD/target}/edge-nano-run"
 rm -rf "$nano_run"
-"${CARGO_TARGET_DIR:-$PWD/target}/release/deberta" pretrain --preset nano --corpus data/shakespeare \
+"${CARGO_TARGET_DIR:-$PWD/target}/release/deberta" pretrain --preset nano --corpus data/shakespeare/texts \
     --steps 60 --out "$nano_run" --quiet
 export DEBERTA_EDGE_MODEL_DIR="$nano_run/discriminator"
 

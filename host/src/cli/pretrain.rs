@@ -13,7 +13,7 @@ use crate::pretrain::{PretrainRequest, plot::plot_run, run_pretraining};
 /// override the file. With `--resume`, the run's saved options are the defaults.
 #[derive(Debug, Args)]
 pub struct PretrainArgs {
-    /// Text files or directories of text (default: the bundled `data/shakespeare`).
+    /// Text files or directories of text (default: the bundled `data/shakespeare/texts`).
     #[arg(long, value_name = "PATH", num_args = 1..)]
     pub corpus: Option<Vec<PathBuf>>,
     /// A Hugging Face `tokenizer.json` (default: train a Unigram tokenizer on the corpus).

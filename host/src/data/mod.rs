@@ -20,7 +20,7 @@ pub mod tokenizer;
 mod unigram;
 
 #[cfg(test)]
-mod test_util;
+pub(crate) mod test_util;
 
 pub use corpus::{Corpus, CorpusStats};
 pub use dataset::Dataset;

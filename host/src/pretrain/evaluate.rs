@@ -9,6 +9,7 @@ use deberta_core::random::RandomStream;
 use deberta_core::train::{MlmTargets, Trainer};
 use serde_json::{Map, Value, json};
 
+use super::baseline::UnigramReference;
 use super::metrics::{number, rtd_stats};
 use super::options::PretrainOptions;
 use super::{EVAL_MASKING_STREAM, EVAL_SAMPLING_STREAM};
@@ -204,4 +205,30 @@ pub fn evaluate<B: Backend>(
     row.insert("eval_p_original".into(), number(stats.mean_p_original));
     row.insert("eval_tokens".into(), json!(rtd_pairs.len()));
     Ok(row)
+}
+
+/// The closing lines of a run: the held-out figures of an evaluation row next to the unigram
+/// reference, so that a user sees at once whether the run learned.
+pub fn summary(row: &Map<String, Value>, unigram: &UnigramReference) -> String {
+    let get = |key: &str| row.get(key).and_then(Value::as_f64);
+    let show = |key: &str| get(key).map_or_else(|| "n/a".to_string(), |v| format!("{v:.3}"));
+    let below = get("eval_loss_mlm").map_or_else(String::new, |loss| {
+        let gap = unigram.loss - loss;
+        let side = if gap >= 0.0 { "below" } else { "above" };
+        format!(", {:.2} nats {side} it", gap.abs())
+    });
+    format!(
+        "held-out split, step {}:\n  generator      MLM loss {} (unigram reference {:.3}{below}), \
+         accuracy {} (unigram {:.3})\n  discriminator  RTD AUC {}, accuracy {}, precision {}, \
+         recall {} (threshold p = 0.5)",
+        row.get("step").and_then(Value::as_u64).unwrap_or(0),
+        show("eval_loss_mlm"),
+        unigram.loss,
+        show("eval_mlm_accuracy"),
+        unigram.accuracy,
+        show("eval_rtd_auc"),
+        show("eval_rtd_accuracy"),
+        show("eval_rtd_precision"),
+        show("eval_rtd_recall"),
+    )
 }

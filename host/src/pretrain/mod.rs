@@ -7,6 +7,7 @@
 //! replacements and is updated. Everything random is a function of `(seed, step)`, so a run
 //! resumed from a checkpoint continues exactly as the uninterrupted run would have.
 
+pub mod baseline;
 pub mod checkpoint;
 pub mod evaluate;
 pub mod metrics;
@@ -27,6 +28,7 @@ use deberta_core::train::{
 use deberta_core::{Backend, ModelConfig};
 use serde_json::{Map, json};
 
+use self::baseline::{UnigramReference, unigram_reference};
 use self::checkpoint::{LoadedState, RunState, STATE_VERSION, load_state, remove_temporaries};
 use self::metrics::{MetricsLog, number, rtd_stats};
 use self::options::{PretrainFlags, PretrainOptions};
@@ -265,6 +267,7 @@ pub fn run_pretraining(request: PretrainRequest) -> Result<()> {
     let masker = Masker::from_tokenizer(masking(&options)?, &tokenizer, options.max_seq_len)?;
     let (disc_cfg, gen_cfg) =
         options.model_configs(tokenizer.vocab_size(), special.pad as usize)?;
+    let unigram = unigram_reference(&dataset, tokenizer.vocab_size())?;
     dispatch(
         &choice,
         Run {
@@ -276,6 +279,7 @@ pub fn run_pretraining(request: PretrainRequest) -> Result<()> {
             dataset: &dataset,
             masker: &masker,
             configs: (disc_cfg, gen_cfg),
+            unigram,
         },
     )
 }
@@ -290,6 +294,7 @@ struct Run<'a> {
     dataset: &'a Dataset,
     masker: &'a Masker,
     configs: (ModelConfig, ModelConfig),
+    unigram: UnigramReference,
 }
 
 impl BackendTask for Run<'_> {
@@ -305,6 +310,7 @@ impl BackendTask for Run<'_> {
             dataset,
             masker,
             configs: (disc_cfg, gen_cfg),
+            unigram,
         } = self;
         let run_dir = run_dir.to_path_buf();
         let pair = RtdPair::new(
@@ -351,6 +357,16 @@ impl BackendTask for Run<'_> {
             None => (0, DataCursor::default()),
         };
         let mut log = MetricsLog::open(&run_dir, resumed.as_ref().map(|l| l.state.step))?;
+        if resumed.is_none() {
+            let mut row = Map::new();
+            row.insert("step".into(), json!(0));
+            row.insert("unigram_loss_mlm".into(), number(Some(unigram.loss)));
+            row.insert(
+                "unigram_mlm_accuracy".into(),
+                number(Some(unigram.accuracy)),
+            );
+            log.write(&row)?;
+        }
         let interrupted = Arc::new(AtomicBool::new(false));
         {
             let flag = interrupted.clone();
@@ -376,6 +392,10 @@ impl BackendTask for Run<'_> {
             options.max_seq_len,
             run_dir.display()
         );
+        eprintln!(
+            "unigram reference on the held-out split (no context): MLM loss {:.3}, accuracy {:.3}",
+            unigram.loss, unigram.accuracy
+        );
         let progress = progress_bar(request.progress, step, end);
         let tokenizer_path = run_dir.join("tokenizer.json");
         let started = Instant::now();
@@ -383,6 +403,7 @@ impl BackendTask for Run<'_> {
         let mut window_tokens = 0usize;
         // Throughput of the training steps alone (no evaluation, checkpoints or logging).
         let (mut train_tokens, mut train_seconds) = (0usize, 0.0f64);
+        let mut last_eval = None;
         let save = |trainer: &Trainer<B>, step: u64, cursor: DataCursor| -> Result<()> {
             let state = RunState {
                 version: STATE_VERSION,
@@ -495,6 +516,7 @@ impl BackendTask for Run<'_> {
             if evaluating {
                 let row = evaluate::evaluate(backend, &trainer, dataset, masker, options, step)?;
                 log.write(&row)?;
+                last_eval = Some(row);
             }
             if (options.save_every > 0 && step % options.save_every == 0) || step == end {
                 save(&trainer, step, cursor)?;
@@ -520,6 +542,9 @@ impl BackendTask for Run<'_> {
                 "pretraining finished: {step} steps in {:.0} s, {usage}",
                 started.elapsed().as_secs_f64()
             );
+        }
+        if let Some(row) = &last_eval {
+            println!("{}", evaluate::summary(row, &unigram));
         }
         println!("run directory: {dir}");
         println!(

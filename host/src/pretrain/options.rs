@@ -301,10 +301,11 @@ impl PretrainOptions {
     }
 }
 
-/// The bundled public-domain corpus: `data/shakespeare` of the working directory, else the
-/// copy in the source tree this binary was built from.
+/// The bundled public-domain corpus: `data/shakespeare/texts` of the working directory, else
+/// the copy in the source tree this binary was built from (the texts only: the directory's
+/// README and preparation script are not corpus).
 pub fn default_corpus() -> PathBuf {
-    let local = Path::new("data").join("shakespeare");
+    let local = Path::new("data").join("shakespeare").join("texts");
     if local.is_dir() {
         return local;
     }
@@ -312,6 +313,7 @@ pub fn default_corpus() -> PathBuf {
         .join("..")
         .join("data")
         .join("shakespeare")
+        .join("texts")
 }
 
 /// Options as they may appear in a `--config` TOML file: any subset.
