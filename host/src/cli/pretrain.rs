@@ -75,7 +75,7 @@ pub struct PretrainArgs {
     pub lr: Option<f32>,
     /// Warm-up as a fraction of the run [nano: 0.1].
     #[arg(long, value_name = "FRACTION")]
-    pub warmup: Option<f32>,
+    pub warmup: Option<f64>,
     /// Optimizer: xadam (official DeBERTa) or adamw [xadam].
     #[arg(long)]
     pub optimizer: Option<String>,
