@@ -50,9 +50,11 @@ pub struct LayerNormGrads<'a, T> {
     pub accumulate_dx: bool,
 }
 
-/// Global-norm clipping inside [`Backend::adam_update`]: the coefficient
-/// `min(1, max_norm/(sqrt(Σ squared_norms) + 1e-6))` is computed on the device from the
-/// per-parameter squared norms, so clipping needs no readback.
+/// Global-norm clipping inside [`Backend::adam_update`]: with `n = sqrt(Σ squared_norms)`,
+/// the gradient is multiplied by `1/(n/max_norm)` when `n > max_norm` (microsoft/DeBERTa's
+/// `Fp16Optimizer._grad_scale`; no `+1e-6`, see [`crate::kernels::clip_coefficient`]). The
+/// coefficient is computed on the device from the per-parameter squared norms, so clipping
+/// needs no readback; the sum is accumulated in `f64` on the CPU and by a tree on a GPU.
 pub struct Clip<'a, T> {
     /// One `Σ g²` per parameter of the optimizer (see [`Backend::sum_of_squares`]).
     pub squared_norms: &'a T,

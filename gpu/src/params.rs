@@ -160,16 +160,16 @@ params! {
         _pad0: u32,
         lr: f32,
         beta1: f32,
+        one_minus_beta1: f32,
         beta2: f32,
+        one_minus_beta2: f32,
         eps: f32,
         weight_decay: f32,
-        bias_correction1: f32,
-        bias_correction2: f32,
+        step_size: f32,
+        bias_correction2_sqrt: f32,
+        decay_factor: f32,
         grad_scale: f32,
         max_norm: f32,
-        _pad1: u32,
-        _pad2: u32,
-        _pad3: u32,
     }
 }
 

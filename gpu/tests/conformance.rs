@@ -896,3 +896,33 @@ fn kernels_are_deterministic_run_to_run() {
         assert_eq!(run(), run());
     }
 }
+
+/// `Σ x²` of a gradient-like vector (magnitudes spread over six decades) on `b`, relative to
+/// the exact sum (f64 of the same f32 values).
+fn sum_of_squares_error<B: Backend>(b: &B, n: usize) -> f64 {
+    let x: Vec<f32> = data(n, 7, 1.0)
+        .iter()
+        .zip(data(n, 8, 1.0))
+        .map(|(v, e)| v * 10f32.powf(3.0 * e - 3.0))
+        .collect();
+    let exact: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    let mut out = b.zeros(1).unwrap();
+    b.sum_of_squares(&up(b, &x), &mut out, 0).unwrap();
+    (f64::from(down(b, &out)[0]) - exact).abs() / exact
+}
+
+#[test]
+fn the_clipping_norm_is_summed_as_accurately_as_in_f64() {
+    // A plain sequential f32 sum of these values is off by 7e-5 (1.4·10⁵ values) and 1e-3
+    // (2·10⁶); the CPU sums in f64 and the GPU by a tree, both within a few f32 roundings.
+    let Some(gpu) = gpu() else { return };
+    for n in [140_000, 2_000_000] {
+        let (cpu_err, gpu_err) = (
+            sum_of_squares_error(&CpuBackend::new(), n),
+            sum_of_squares_error(gpu, n),
+        );
+        println!("Σ g² of {n}: relative error cpu {cpu_err:.1e}, gpu {gpu_err:.1e}");
+        assert!(cpu_err <= 6e-8, "cpu: {cpu_err:e}");
+        assert!(gpu_err <= 5e-7, "gpu: {gpu_err:e}");
+    }
+}

@@ -1,8 +1,9 @@
 //! Model-level parity on the wgpu backend: the Hugging Face fixtures' forward outputs (within
 //! 1e-4 on valid positions, the CPU suite's tolerance) with layer 0 unfused (for
 //! `attentions.0`) and with every attention fused, their MLM gradients and one RTD pair's
-//! joint gradient under GDES (within 1e-5 + 1e-4·|ref|). The gradient helpers are generic over
-//! the backend and run the same code on the CPU as a control.
+//! joint gradient under GDES (within 1e-5 + 1e-4·|ref|), and a 12-step GDES training trajectory
+//! (every loss within 1e-4 relative, every final parameter within 3e-5 + 1e-4·|ref|). The
+//! helpers are generic over the backend and run the same code on the CPU as a control.
 
 mod common;
 
@@ -10,10 +11,12 @@ use std::path::{Path, PathBuf};
 
 use common::gpu;
 use deberta_core::model::{AttentionProbs, DeviceBatch, HostBatch, MlmLayout};
-use deberta_core::train::{MlmTargets, PairBatch, RtdPair, Sharing, Workspace, mlm_step};
+use deberta_core::train::{
+    MlmTargets, OptimizerKind, PairBatch, RtdPair, Schedule, Sharing, Workspace, mlm_step,
+};
 use deberta_core::{Backend, CpuBackend};
 use deberta_host::checkpoint::{TensorMap, read_tensor_file};
-use deberta_host::gradients::int_matrix;
+use deberta_host::gradients::{StepRequest, Training, int_matrix, pair_trajectory};
 use deberta_host::hf_config::read_config;
 use deberta_host::inference::{Session, fetch};
 use deberta_host::model_dir::{load_model_dir, take_weights};
@@ -342,5 +345,91 @@ fn gdes_pair_gradient_matches_pytorch_on_the_gpu() {
         &pair_gradients(&CpuBackend::new(), Sharing::Gdes),
         &reference,
     ));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `deberta step --steps 12` of a `tiny/train/` trajectory on `backend`.
+fn trajectory<B: Backend>(backend: &B, sharing: Sharing, training: Training) -> TensorMap {
+    let dir = fixture("tiny");
+    let rtd = dir.join("rtd");
+    pair_trajectory(
+        backend,
+        &StepRequest {
+            weights: vec![rtd.join("weights.safetensors")],
+            generator_config: rtd.join("gen_config.json"),
+            discriminator_config: rtd.join("disc_config.json"),
+            batch: dir.join("train").join("batches.safetensors"),
+            sharing,
+            rtd_weight: 50.0,
+            emd: false,
+        },
+        &training,
+    )
+    .unwrap()
+}
+
+/// Worst relative loss error over the steps and worst parameter error against a trajectory
+/// file, as multiples of the CPU suite's tolerances (1e-4 relative; `3e-5 + 1e-4·|ref|`).
+fn trajectory_errors(label: &str, ours: &TensorMap, reference: &TensorMap) -> (f64, f64) {
+    let mut loss = 0.0f64;
+    for key in ["loss_mlm", "loss_rtd"] {
+        for (a, r) in floats(ours, key).iter().zip(floats(reference, key)) {
+            let rel = (a - r).abs() / r.abs();
+            loss = loss.max(if rel.is_nan() { f64::INFINITY } else { rel });
+        }
+    }
+    let mut param = (0.0f64, 0.0f64, String::new());
+    for name in reference.keys().filter(|n| n.starts_with("param.")) {
+        for (a, r) in floats(ours, name).iter().zip(floats(reference, name)) {
+            let d = (a - r).abs();
+            let d = if d.is_nan() { f64::INFINITY } else { d };
+            let ratio = d / (3e-5 + 1e-4 * r.abs());
+            if ratio >= param.1 {
+                param = (d, ratio, name.clone());
+            }
+        }
+    }
+    println!(
+        "{label:<28} loss {loss:.2e} relative | param max abs err {:.2e} ({:.3}x tolerance) in {}",
+        param.0, param.1, param.2
+    );
+    (loss / 1e-4, param.1)
+}
+
+#[test]
+fn multi_step_gdes_training_matches_pytorch_on_the_gpu() {
+    let Some(gpu) = gpu() else { return };
+    let reference = load(
+        &fixture("tiny")
+            .join("train")
+            .join("GDES-xadam-decoupled.safetensors"),
+    );
+    let training = Training {
+        steps: 12,
+        schedule: Schedule::Decoupled,
+        optimizer: OptimizerKind::XAdam,
+        lr: 1e-3,
+        warmup_steps: 3,
+        weight_decay: 0.01,
+        clip: Some(1.0),
+    };
+    let mut failures = Vec::new();
+    for (label, ours) in [
+        (
+            "tiny/GDES-xadam-decoupled/gpu",
+            trajectory(gpu, Sharing::Gdes, training),
+        ),
+        (
+            "tiny/GDES-xadam-decoupled/cpu",
+            trajectory(&CpuBackend::new(), Sharing::Gdes, training),
+        ),
+    ] {
+        let (loss, param) = trajectory_errors(label, &ours, &reference);
+        if loss > 1.0 || param > 1.0 {
+            failures.push(format!(
+                "{label}: losses at {loss:.2}x, parameters at {param:.2}x the tolerance"
+            ));
+        }
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

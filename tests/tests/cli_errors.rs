@@ -219,3 +219,123 @@ fn forward_writes_fixture_names_and_shapes() {
         assert_eq!(ours[name].stored_as, "F32", "{name}");
     }
 }
+
+/// `deberta step` on the `tiny` pair with `batch` and extra flags (NES: the weight file has no
+/// tensor it ignores, so nothing but the error reaches stderr).
+fn step_run(batch: &Path, extra: &[&str]) -> CliRun {
+    let rtd = fixture("tiny").join("rtd");
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let out = temp_dir(&format!("step-out-{n}")).join("out.safetensors");
+    let (weights, generator, disc) = (
+        rtd.join("weights.safetensors"),
+        rtd.join("gen_config.json"),
+        rtd.join("disc_config.json"),
+    );
+    let mut args = vec![
+        "step",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--gen-config",
+        generator.to_str().unwrap(),
+        "--disc-config",
+        disc.to_str().unwrap(),
+        "--batch",
+        batch.to_str().unwrap(),
+        "--sharing",
+        "nes",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    deberta(&args)
+}
+
+const TRAIN: &[&str] = &[
+    "--schedule",
+    "decoupled",
+    "--optimizer",
+    "xadam",
+    "--lr",
+    "0.001",
+    "--warmup-steps",
+    "3",
+];
+
+#[test]
+fn multi_step_batches_are_checked() {
+    let batches = fixture("tiny").join("train").join("batches.safetensors");
+    let with_steps = |n: &'static str| {
+        let mut flags = vec!["--steps", n];
+        flags.extend_from_slice(TRAIN);
+        flags
+    };
+    // The file has 12 steps.
+    let run = step_run(&batches, &with_steps("11"));
+    assert_one_line_error(&run, "batches.safetensors: tensor `gen_input_ids`");
+    assert!(
+        run.stderr.contains("12 steps, but --steps is 11"),
+        "{}",
+        run.stderr
+    );
+    // A one-step batch has no step axis.
+    let one = fixture("tiny").join("rtd").join("inputs.safetensors");
+    let run = step_run(&one, &with_steps("3"));
+    assert_one_line_error(&run, "inputs.safetensors: tensor `gen_input_ids`");
+    assert!(
+        run.stderr.contains("not [steps, batch, sequence]"),
+        "{}",
+        run.stderr
+    );
+
+    // Tensors that disagree on the step count or the shape, and a bad id at one step.
+    let dir = temp_dir("step-batches");
+    let tensors = read_tensor_file(&batches).unwrap();
+    let mut short = tensors.clone();
+    let t = short.get_mut("corrupted_ids").unwrap();
+    t.shape[0] = 11;
+    if let TensorData::Int(v) = &mut t.data {
+        v.truncate(11 * 3 * 24);
+    }
+    let path = dir.join("short.safetensors");
+    write_safetensors(&path, &short).unwrap();
+    let run = step_run(&path, &with_steps("12"));
+    assert_one_line_error(&run, "short.safetensors: tensor `corrupted_ids`");
+
+    let mut bad_id = tensors.clone();
+    if let TensorData::Int(v) = &mut bad_id.get_mut("corrupted_ids").unwrap().data {
+        v[5 * 3 * 24 + 1] = 1_000_000;
+    }
+    let path = dir.join("bad-id.safetensors");
+    write_safetensors(&path, &bad_id).unwrap();
+    let run = step_run(&path, &with_steps("12"));
+    assert_one_line_error(&run, "bad-id.safetensors: step 5: invalid batch");
+
+    let mut float = tensors;
+    float.insert(
+        "mlm_labels".into(),
+        HostTensor::float(vec![12, 3, 24], vec![0.0; 12 * 3 * 24]),
+    );
+    let path = dir.join("float.safetensors");
+    write_safetensors(&path, &float).unwrap();
+    let run = step_run(&path, &with_steps("12"));
+    assert_one_line_error(&run, "float.safetensors: tensor `mlm_labels`");
+}
+
+#[test]
+fn multi_step_flags_come_together() {
+    let one = fixture("tiny").join("rtd").join("inputs.safetensors");
+    let run = step_run(&one, &["--lr", "0.001"]);
+    assert_one_line_error(&run, "--lr only applies to a multi-step run");
+    let batches = fixture("tiny").join("train").join("batches.safetensors");
+    let run = step_run(&batches, &["--steps", "12", "--schedule", "joint"]);
+    assert_one_line_error(&run, "--steps needs --optimizer");
+    let mut flags = vec!["--steps", "12", "--clip=-1"];
+    flags.extend_from_slice(TRAIN);
+    let run = step_run(&batches, &flags);
+    assert_one_line_error(&run, "--clip");
+    let mut flags = vec!["--steps", "0"];
+    flags.extend_from_slice(TRAIN);
+    let run = step_run(&batches, &flags);
+    assert_one_line_error(&run, "--steps must be at least 1");
+}

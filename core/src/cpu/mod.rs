@@ -535,9 +535,11 @@ impl Backend for CpuBackend {
         clip: Option<Clip<'_, Vec<f32>>>,
     ) -> Result<(), Error> {
         let coefficient = match clip {
-            Some(clip) => {
-                kernels::clip_coefficient(kernels::sum(clip.squared_norms), clip.max_norm)
-            }
+            // The per-parameter sums (each accumulated in f64), added in order in f64.
+            Some(clip) => kernels::clip_coefficient(
+                clip.squared_norms.iter().map(|&s| f64::from(s)).sum(),
+                clip.max_norm,
+            ),
             None => 1.0,
         };
         let spec = AdamSpec {

@@ -30,7 +30,7 @@ pub use matmul::{MatmulBlock, MatmulSpec, MatrixLayout};
 #[cfg(feature = "alloc")]
 pub use matmul::{matmul, matmul_block};
 
-pub use optimizer::{AdamSpec, adam_update, clip_coefficient, sum_of_squares};
+pub use optimizer::{AdamConstants, AdamSpec, adam_update, clip_coefficient, sum_of_squares};
 pub use relative_scores::{RelativeScoresSpec, add_relative_scores, relative_scores_backward};
 pub use sampling::sample_categorical;
 pub use softmax::{SoftmaxSpec, masked_softmax, masked_softmax_backward};

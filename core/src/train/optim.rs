@@ -25,10 +25,11 @@ pub enum OptimizerKind {
 pub struct OptimizerConfig {
     /// The update rule.
     pub kind: OptimizerKind,
-    /// First-moment decay.
-    pub beta1: f32,
-    /// Second-moment decay.
-    pub beta2: f32,
+    /// First-moment decay (`f64`, so that `1 − β1` is exact before rounding; see
+    /// [`crate::kernels::AdamConstants`]).
+    pub beta1: f64,
+    /// Second-moment decay (`f64`, as `beta1`).
+    pub beta2: f64,
     /// Added to the root of the second moment.
     pub eps: f32,
     /// Decoupled weight decay of decayed parameters.
@@ -97,9 +98,11 @@ impl<T> Optimizer<T> {
         })
     }
 
-    /// Clips the gradients of this optimizer's parameters by their global norm and applies one
-    /// update with learning rate `lr` (no readback: the clip coefficient is computed on the
-    /// device).
+    /// Clips the gradients of this optimizer's parameters by their global norm (see
+    /// [`crate::backend::Clip`]) and applies one update with learning rate `lr`, the rate of
+    /// this update's 0-based index (see [`super::warmup_linear`]); the moments take the
+    /// gradient and AdamW's bias-correction count advances even when `lr` is 0. No readback:
+    /// the clip coefficient is computed on the device.
     pub fn update<B: Backend<Tensor = T>>(
         &mut self,
         backend: &B,
@@ -147,9 +150,7 @@ impl<T> Optimizer<T> {
     pub fn last_grad_norm<B: Backend<Tensor = T>>(&self, backend: &B) -> Result<f32, Error> {
         let mut norms = alloc::vec![0.0f32; self.params.len()];
         backend.download(&self.norms, &mut norms)?;
-        Ok(libm::sqrtf(
-            norms.iter().map(|&v| v as f64).sum::<f64>() as f32
-        ))
+        Ok(libm::sqrt(norms.iter().map(|&v| f64::from(v)).sum::<f64>()) as f32)
     }
 
     /// The state as named host tensors: `m.<param>` and `v.<param>` (the step is separate).

@@ -52,28 +52,22 @@ pub(crate) fn adam_update(
         Some(s) => gpu.buf(s)?,
         None => &gpu.absent_input,
     };
-    let (bias_correction1, bias_correction2) = match spec.bias_correction_step {
-        // Exactly the CPU kernel's f32 arithmetic.
-        Some(step) => {
-            let t = step.max(1) as i32 as f32;
-            (
-                1.0 - libm::powf(spec.beta1, t),
-                1.0 - libm::powf(spec.beta2, t),
-            )
-        }
-        None => (1.0, 1.0),
-    };
+    // The CPU kernel's constants, derived by the same function.
+    let c = spec.constants();
     let params = AdamParams {
         n: word(n)?,
         bias_corrected: flag(spec.bias_correction_step.is_some()),
         has_clip: flag(clip.is_some()),
         lr: spec.lr,
-        beta1: spec.beta1,
-        beta2: spec.beta2,
+        beta1: c.beta1,
+        one_minus_beta1: c.one_minus_beta1,
+        beta2: c.beta2,
+        one_minus_beta2: c.one_minus_beta2,
         eps: spec.eps,
         weight_decay: spec.weight_decay,
-        bias_correction1,
-        bias_correction2,
+        step_size: c.step_size,
+        bias_correction2_sqrt: c.bias_correction2_sqrt,
+        decay_factor: c.decay_factor,
         grad_scale: spec.grad_scale,
         max_norm: clip.as_ref().map_or(0.0, |c| c.max_norm),
         ..Default::default()

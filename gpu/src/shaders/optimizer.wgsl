@@ -9,18 +9,21 @@ struct Params {
     has_clip: u32,
     _pad0: u32,
     lr: f32,
+    // β and 1 − β, rounded from f64 on the host (AdamSpec::constants, as on the CPU).
     beta1: f32,
+    one_minus_beta1: f32,
     beta2: f32,
+    one_minus_beta2: f32,
     eps: f32,
     weight_decay: f32,
-    // 1 − β1ᵗ and 1 − β2ᵗ (computed on the host, as on the CPU).
-    bias_correction1: f32,
-    bias_correction2: f32,
+    // XAdam: lr; AdamW: lr/(1 − β1ᵗ).
+    step_size: f32,
+    // XAdam: 1; AdamW: sqrt(1 − β2ᵗ).
+    bias_correction2_sqrt: f32,
+    // AdamW: 1 − lr·wd.
+    decay_factor: f32,
     grad_scale: f32,
     max_norm: f32,
-    _pad1: u32,
-    _pad2: u32,
-    _pad3: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -40,27 +43,28 @@ fn adam_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
     var grad_scale = params.grad_scale;
     if (params.has_clip != 0u) {
-        // PyTorch clip_grad_norm_: min(1, max_norm / (‖g‖ + 1e-6)).
-        let norm = sqrt(max(squared_norm[0], 0.0));
-        grad_scale = params.grad_scale * min(params.max_norm / (norm + 1e-6), 1.0);
+        // microsoft/DeBERTa Fp16Optimizer._grad_scale: g·(1/(‖g‖/max_norm)) when
+        // ‖g‖ > max_norm (no +1e-6), as the CPU's clip_coefficient.
+        let scale = sqrt(max(squared_norm[0], 0.0)) / params.max_norm;
+        if (scale > 1.0) {
+            grad_scale = params.grad_scale * (1.0 / scale);
+        }
     }
-    let b1 = params.beta1;
-    let b2 = params.beta2;
     let g = grad[i] * grad_scale;
     var p = param[i];
     if (params.bias_corrected != 0u) {
-        p = p * (1.0 - params.lr * params.weight_decay);
+        p = p * params.decay_factor;
     }
-    let mi = b1 * m[i] + (1.0 - b1) * g;
-    let vi = b2 * v[i] + (1.0 - b2) * g * g;
+    let mi = params.beta1 * m[i] + params.one_minus_beta1 * g;
+    let vi = params.beta2 * v[i] + params.one_minus_beta2 * g * g;
     m[i] = mi;
     v[i] = vi;
     if (params.bias_corrected != 0u) {
-        let denom = sqrt(vi / params.bias_correction2) + params.eps;
-        p = p - params.lr * (mi / params.bias_correction1) / denom;
+        let denom = sqrt(vi) / params.bias_correction2_sqrt + params.eps;
+        p = p - params.step_size * mi / denom;
     } else {
         let update = mi / (sqrt(vi) + params.eps) + params.weight_decay * p;
-        p = p - params.lr * update;
+        p = p - params.step_size * update;
     }
     param[i] = p;
 }

@@ -4,14 +4,14 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use deberta_core::train::Sharing;
+use deberta_core::train::{OptimizerKind, Schedule, Sharing};
 
 use deberta_core::Backend;
 
 use crate::checkpoint::{TensorMap, write_safetensors};
 use crate::device::{BackendTask, dispatch};
-use crate::error::Result;
-use crate::gradients::{StepRequest, mlm_gradients, pair_gradients};
+use crate::error::{Error, Result};
+use crate::gradients::{StepRequest, Training, mlm_gradients, pair_gradients, pair_trajectory};
 
 /// Arguments of `deberta grad`.
 #[derive(Debug, Args)]
@@ -84,12 +84,56 @@ pub struct StepArgs {
     /// Route the generator's MLM through the Enhanced Mask Decoder.
     #[arg(long, value_enum, default_value = "off")]
     pub emd: Switch,
-    /// Output: losses, `rtd_logits` and `grad.<name>` for every trainable parameter.
+    /// Output: losses, `rtd_logits` and `grad.<name>` for every trainable parameter; with
+    /// `--steps`, `loss_mlm`/`loss_rtd`/`lr`/`grad_norm.*` `[N]` and `param.<name>` after the
+    /// last step.
     #[arg(long, value_name = "OUT.safetensors")]
     pub out: PathBuf,
+    /// Train N optimizer steps instead of one gradient: every batch tensor is `[N, B, S]` and
+    /// step k uses slice k, teacher-forced (no sampling, dropout off).
+    #[arg(long, value_name = "N")]
+    pub steps: Option<usize>,
+    /// With --steps: decoupled (generator then discriminator update, two optimizers) or joint
+    /// (one loss, one optimizer).
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleArg>,
+    /// With --steps: xadam (official, no bias correction) or adamw.
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerArg>,
+    /// With --steps: the peak learning rate.
+    #[arg(long, value_name = "LR")]
+    pub lr: Option<f64>,
+    /// With --steps: warm-up steps K; step k (0-based) runs at lr·warmup_linear(k, N, K/N),
+    /// so step 0 runs at 0 when K > 0.
+    #[arg(long, value_name = "K")]
+    pub warmup_steps: Option<usize>,
+    /// With --steps: decoupled weight decay (not on `bias`/`LayerNorm.weight`) [0.01].
+    #[arg(long, value_name = "WD")]
+    pub weight_decay: Option<f32>,
+    /// With --steps: global gradient-norm clip per optimizer, 0 disables [1.0].
+    #[arg(long, value_name = "NORM")]
+    pub clip: Option<f32>,
     /// Where to compute.
     #[command(flatten)]
     pub device: super::DeviceArgs,
+}
+
+/// The update schedule of `deberta step --steps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleArg {
+    /// Generator step, then discriminator step, each with its own optimizer and clip.
+    Decoupled,
+    /// One loss L_MLM + λ·L_RTD, one optimizer, one clip.
+    Joint,
+}
+
+/// The optimizer of `deberta step --steps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OptimizerArg {
+    /// microsoft/DeBERTa XAdam: no bias correction, eps outside the square root.
+    Xadam,
+    /// Bias-corrected AdamW (PyTorch).
+    Adamw,
 }
 
 struct Grad<'a>(&'a GradArgs);
@@ -101,12 +145,15 @@ impl BackendTask for Grad<'_> {
     }
 }
 
-struct Step<'a>(&'a StepRequest);
+struct Step<'a>(&'a StepRequest, Option<Training>);
 
 impl BackendTask for Step<'_> {
     type Output = TensorMap;
     fn run<B: Backend>(self, backend: &B) -> Result<TensorMap> {
-        pair_gradients(backend, self.0)
+        match &self.1 {
+            None => pair_gradients(backend, self.0),
+            Some(training) => pair_trajectory(backend, self.0, training),
+        }
     }
 }
 
@@ -119,9 +166,53 @@ pub fn run_grad(args: GradArgs) -> Result<()> {
     Ok(())
 }
 
+/// The `--steps` options, checked: all or none (one-line usage errors, not clap's).
+fn training(args: &StepArgs) -> Result<Option<Training>> {
+    let Some(steps) = args.steps else {
+        let given = [
+            ("schedule", args.schedule.is_some()),
+            ("optimizer", args.optimizer.is_some()),
+            ("lr", args.lr.is_some()),
+            ("warmup-steps", args.warmup_steps.is_some()),
+            ("weight-decay", args.weight_decay.is_some()),
+            ("clip", args.clip.is_some()),
+        ];
+        return match given.iter().find(|(_, given)| *given) {
+            Some((flag, _)) => Err(Error::Usage(format!(
+                "--{flag} only applies to a multi-step run: add --steps N"
+            ))),
+            None => Ok(None),
+        };
+    };
+    let missing = |flag: &str| Error::Usage(format!("--steps needs --{flag}"));
+    let clip = args.clip.unwrap_or(1.0);
+    Ok(Some(Training {
+        steps,
+        schedule: match args
+            .schedule
+            .ok_or_else(|| missing("schedule decoupled|joint"))?
+        {
+            ScheduleArg::Decoupled => Schedule::Decoupled,
+            ScheduleArg::Joint => Schedule::Joint,
+        },
+        optimizer: match args
+            .optimizer
+            .ok_or_else(|| missing("optimizer xadam|adamw"))?
+        {
+            OptimizerArg::Xadam => OptimizerKind::XAdam,
+            OptimizerArg::Adamw => OptimizerKind::AdamW,
+        },
+        lr: args.lr.ok_or_else(|| missing("lr LR"))?,
+        warmup_steps: args.warmup_steps.ok_or_else(|| missing("warmup-steps K"))?,
+        weight_decay: args.weight_decay.unwrap_or(0.01),
+        clip: (clip != 0.0).then_some(clip),
+    }))
+}
+
 /// Runs `deberta step`.
 pub fn run_step(args: StepArgs) -> Result<()> {
     let choice = args.device.choice()?;
+    let training = training(&args)?;
     let request = StepRequest {
         weights: args.weights,
         generator_config: args.gen_config,
@@ -131,7 +222,7 @@ pub fn run_step(args: StepArgs) -> Result<()> {
         rtd_weight: args.rtd_weight,
         emd: args.emd == Switch::On,
     };
-    let out = dispatch(&choice, Step(&request))?;
+    let out = dispatch(&choice, Step(&request, training))?;
     write_safetensors(&args.out, &out)?;
     eprintln!("wrote {} tensors to {}", out.len(), args.out.display());
     Ok(())

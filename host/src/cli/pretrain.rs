@@ -73,9 +73,10 @@ pub struct PretrainArgs {
     /// Peak learning rate [1e-4].
     #[arg(long)]
     pub lr: Option<f32>,
-    /// Warm-up as a fraction of the run [nano: 0.1].
+    /// Warm-up as a fraction of the run [nano: 0.1]; update s runs at
+    /// lr·warmup_linear(s−1, steps, warmup), so the first runs at 0 (official XAdam).
     #[arg(long, value_name = "FRACTION")]
-    pub warmup: Option<f32>,
+    pub warmup: Option<f64>,
     /// Optimizer: xadam (official DeBERTa) or adamw [xadam].
     #[arg(long)]
     pub optimizer: Option<String>,

@@ -440,7 +440,12 @@ impl BackendTask for Run<'_> {
                     stream: MASKING_STREAM,
                 },
             )?;
-            let lr = options.lr * warmup_linear(step, options.steps, options.warmup);
+            // The official schedule is indexed from 0: update `step` (1-based, as displayed and
+            // saved) runs at the rate of index `step − 1`, so the first one runs at 0 with a
+            // warm-up (its gradient still enters the Adam moments).
+            let lr = (f64::from(options.lr)
+                * warmup_linear(step - 1, options.steps, options.warmup))
+                as f32;
             let mut stats = StepStats::default();
             let (losses_mlm, losses_rtd) = train_step(
                 backend,

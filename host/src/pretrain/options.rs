@@ -75,7 +75,7 @@ pub struct PretrainOptions {
     /// Peak learning rate.
     pub lr: f32,
     /// Warm-up as a fraction of the run.
-    pub warmup: f32,
+    pub warmup: f64,
     /// Optimizer: xadam (official) or adamw.
     pub optimizer: String,
     /// Decoupled weight decay.
@@ -357,7 +357,7 @@ pub struct PretrainFlags {
     #[allow(missing_docs)]
     pub lr: Option<f32>,
     #[allow(missing_docs)]
-    pub warmup: Option<f32>,
+    pub warmup: Option<f64>,
     #[allow(missing_docs)]
     pub optimizer: Option<String>,
     #[allow(missing_docs)]
