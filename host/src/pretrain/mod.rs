@@ -14,7 +14,6 @@ pub mod options;
 pub mod plot;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -351,12 +350,7 @@ impl BackendTask for Run<'_> {
             None => (0, DataCursor::default()),
         };
         let mut log = MetricsLog::open(&run_dir, resumed.as_ref().map(|l| l.state.step))?;
-        let interrupted = Arc::new(AtomicBool::new(false));
-        {
-            let flag = interrupted.clone();
-            // A second registration in one process (tests) keeps the first handler.
-            let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-        }
+        let interrupted = interruption_flag();
         let end = request
             .stop_after
             .unwrap_or(options.steps)
@@ -681,4 +675,16 @@ fn progress_bar(enabled: bool, start: u64, end: u64) -> indicatif::ProgressBar {
         bar.set_style(style.progress_chars("=> "));
     }
     bar
+}
+
+/// The flag Ctrl-C and SIGTERM set, the handler installed on first use. One per process, so
+/// that every run of a process (the three of `compare-sharing`) stops on it.
+fn interruption_flag() -> &'static AtomicBool {
+    static FLAG: AtomicBool = AtomicBool::new(false);
+    static HANDLER: std::sync::Once = std::sync::Once::new();
+    HANDLER.call_once(|| {
+        // An error means another handler exists (an embedding program's): leave it.
+        let _ = ctrlc::set_handler(|| FLAG.store(true, Ordering::SeqCst));
+    });
+    &FLAG
 }
