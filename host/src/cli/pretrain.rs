@@ -1,16 +1,17 @@
-//! `deberta pretrain` and `deberta plot`.
+//! `deberta pretrain`, `deberta compare-sharing` and `deberta plot`.
 
 use std::path::PathBuf;
 
 use clap::Args;
 
 use crate::error::Result;
+use crate::pretrain::compare::{CompareRequest, run_comparison};
 use crate::pretrain::options::{ModelOverrides, PretrainFlags};
 use crate::pretrain::{PretrainRequest, plot::plot_run, run_pretraining};
 
-/// The options of a pretraining run. Every option defaults to the preset's value; a `--config`
-/// TOML file may set any of them (same names with `_`, plus a `[model]` table), and flags
-/// override the file.
+/// The options of a pretraining run that `deberta pretrain` and `deberta compare-sharing`
+/// share. Every option defaults to the preset's value; a `--config` TOML file may set any of
+/// them (same names with `_`, plus a `[model]` table), and flags override the file.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Text files or directories of text (default: the bundled `data/shakespeare`).
@@ -55,7 +56,7 @@ pub struct RunArgs {
     /// With wgpu: the adapter whose name contains NAME (see `deberta info`).
     #[arg(long, value_name = "NAME")]
     pub adapter: Option<String>,
-    /// Update schedule: decoupled, joint [decoupled].
+    /// Update schedule: decoupled, joint [pretrain: decoupled; compare-sharing: joint].
     #[arg(long)]
     pub schedule: Option<String>,
     /// λ, the weight of the RTD loss [50].
@@ -182,6 +183,31 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         progress: !args.run.quiet,
     };
     run_pretraining(request)
+}
+
+/// Arguments of `deberta compare-sharing`: the options of `deberta pretrain` but the sharing
+/// (all three modes are trained; a `sharing` in `--config` is ignored) and resuming. The
+/// schedule defaults to joint here, the one under which ES trains its shared table with both
+/// losses.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The options of the three runs; `--steps` defaults to the preset's run length.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Directory of the three runs (DIR/gdes, DIR/es, DIR/nes) and of the comparison
+    /// [runs/compare-<preset>-<seed>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// Runs `deberta compare-sharing`.
+pub fn run_compare(args: CompareArgs) -> Result<()> {
+    run_comparison(CompareRequest {
+        flags: args.run.flags(None)?,
+        out: args.out,
+        progress: !args.run.quiet,
+    })?;
+    Ok(())
 }
 
 /// Arguments of `deberta plot`.

@@ -8,6 +8,7 @@
 //! resumed from a checkpoint continues exactly as the uninterrupted run would have.
 
 pub mod checkpoint;
+pub mod compare;
 pub mod evaluate;
 pub mod metrics;
 pub mod options;
