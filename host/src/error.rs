@@ -50,6 +50,17 @@ pub enum Error {
     /// A command-line argument is malformed.
     #[error("{0}")]
     Usage(String),
+    /// A step of a larger task failed (e.g. one training run of `compare-sharing`).
+    #[error("{context}: {source}")]
+    Context {
+        /// The step, e.g. `sharing mode es`.
+        context: String,
+        /// Its error.
+        source: Box<Error>,
+    },
+    /// Ctrl-C or SIGTERM stopped a task before it produced its result.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
 }
 
 impl Error {
@@ -74,6 +85,14 @@ impl Error {
         Error::Model {
             context: context.into(),
             source,
+        }
+    }
+
+    /// `source`, prefixed with the step of a larger task it happened in.
+    pub fn context(context: impl Into<String>, source: Error) -> Self {
+        Error::Context {
+            context: context.into(),
+            source: Box::new(source),
         }
     }
 }

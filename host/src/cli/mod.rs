@@ -34,6 +34,9 @@ pub enum Command {
     Step(grad::StepArgs),
     /// Pretrain a DeBERTa-v3 generator/discriminator pair with RTD and GDES.
     Pretrain(Box<pretrain::PretrainArgs>),
+    /// Pretrain GDES, ES and NES pairs on the same data, seed and budget, and compare them
+    /// (held-out figures, curves, word-embedding cosine similarities).
+    CompareSharing(Box<pretrain::CompareArgs>),
     /// Redraw RUN_DIR/loss.png from RUN_DIR/metrics.jsonl.
     Plot(pretrain::PlotArgs),
     /// Export a run's discriminator (or generator) as a Hugging Face model directory
@@ -70,6 +73,7 @@ pub fn run() -> Result<()> {
         Command::Grad(args) => grad::run_grad(args),
         Command::Step(args) => grad::run_step(args),
         Command::Pretrain(args) => pretrain::run(*args),
+        Command::CompareSharing(args) => pretrain::run_compare(*args),
         Command::Plot(args) => pretrain::run_plot(args),
         Command::Export(args) => export::run(args),
         Command::Detect(args) => detect::run(args),

@@ -1,18 +1,19 @@
-//! `deberta pretrain` and `deberta plot`.
+//! `deberta pretrain`, `deberta compare-sharing` and `deberta plot`.
 
 use std::path::PathBuf;
 
 use clap::Args;
 
 use crate::error::Result;
+use crate::pretrain::compare::{CompareRequest, run_comparison};
 use crate::pretrain::options::{ModelOverrides, PretrainFlags};
 use crate::pretrain::{PretrainRequest, plot::plot_run, run_pretraining};
 
-/// Arguments of `deberta pretrain`. Every option defaults to the preset's value; a `--config`
-/// TOML file may set any of them (same names with `_`, plus a `[model]` table), and flags
-/// override the file. With `--resume`, the run's saved options are the defaults.
+/// The options of a pretraining run that `deberta pretrain` and `deberta compare-sharing`
+/// share. Every option defaults to the preset's value; a `--config` TOML file may set any of
+/// them (same names with `_`, plus a `[model]` table), and flags override the file.
 #[derive(Debug, Args)]
-pub struct PretrainArgs {
+pub struct RunArgs {
     /// Text files or directories of text (default: the bundled `data/shakespeare/texts`).
     #[arg(long, value_name = "PATH", num_args = 1..)]
     pub corpus: Option<Vec<PathBuf>>,
@@ -43,15 +44,9 @@ pub struct PretrainArgs {
     /// Tokens per sequence including [CLS] and [SEP] [nano: 128].
     #[arg(long, value_name = "N")]
     pub max_seq_len: Option<usize>,
-    /// Run directory [runs/<preset>-<seed>].
-    #[arg(long, value_name = "RUN_DIR")]
-    pub out: Option<PathBuf>,
     /// Seed of every random draw [1234].
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Continue the run in RUN_DIR from its latest checkpoint.
-    #[arg(long, value_name = "RUN_DIR")]
-    pub resume: Option<PathBuf>,
     /// Compute backend: cpu, wgpu, auto [cpu].
     #[arg(long)]
     pub backend: Option<String>,
@@ -61,10 +56,7 @@ pub struct PretrainArgs {
     /// With wgpu: the adapter whose name contains NAME (see `deberta info`).
     #[arg(long, value_name = "NAME")]
     pub adapter: Option<String>,
-    /// Embedding sharing: gdes, es, nes [gdes].
-    #[arg(long)]
-    pub sharing: Option<String>,
-    /// Update schedule: decoupled, joint [decoupled].
+    /// Update schedule: decoupled, joint [pretrain: decoupled; compare-sharing: joint].
     #[arg(long)]
     pub schedule: Option<String>,
     /// λ, the weight of the RTD loss [50].
@@ -113,17 +105,19 @@ pub struct PretrainArgs {
     /// Write a metrics row every N steps [1].
     #[arg(long, value_name = "N")]
     pub log_every: Option<u64>,
-    /// End after step K with a checkpoint, exactly as an interruption would.
-    #[arg(long, value_name = "K")]
-    pub stop_after: Option<u64>,
     /// Hide the progress bar (metrics still go to metrics.jsonl).
     #[arg(long)]
     pub quiet: bool,
 }
 
-impl PretrainArgs {
-    fn flags(&self) -> PretrainFlags {
-        PretrainFlags {
+impl RunArgs {
+    /// The options set on the command line over those of `--config`, `sharing` included.
+    fn flags(&self, sharing: Option<String>) -> Result<PretrainFlags> {
+        let config = match &self.config {
+            Some(path) => PretrainFlags::from_toml(path)?,
+            None => PretrainFlags::default(),
+        };
+        let cli = PretrainFlags {
             corpus: self.corpus.clone(),
             tokenizer: self.tokenizer.clone(),
             vocab_size: self.vocab_size,
@@ -138,7 +132,7 @@ impl PretrainArgs {
             backend: self.backend.clone(),
             threads: self.threads,
             adapter: self.adapter.clone(),
-            sharing: self.sharing.clone(),
+            sharing,
             schedule: self.schedule.clone(),
             rtd_weight: self.rtd_weight,
             lr: self.lr,
@@ -155,24 +149,66 @@ impl PretrainArgs {
             save_every: self.save_every,
             keep: self.keep,
             log_every: self.log_every,
-        }
+        };
+        Ok(cli.over(config))
     }
+}
+
+/// Arguments of `deberta pretrain`. With `--resume`, the run's saved options are the defaults.
+#[derive(Debug, Args)]
+pub struct PretrainArgs {
+    /// The options of the run.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Embedding sharing: gdes, es, nes [gdes].
+    #[arg(long)]
+    pub sharing: Option<String>,
+    /// Run directory [runs/<preset>-<seed>].
+    #[arg(long, value_name = "RUN_DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in RUN_DIR from its latest checkpoint.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    /// End after step K with a checkpoint, exactly as an interruption would.
+    #[arg(long, value_name = "K")]
+    pub stop_after: Option<u64>,
 }
 
 /// Runs `deberta pretrain`.
 pub fn run(args: PretrainArgs) -> Result<()> {
-    let config = match &args.config {
-        Some(path) => PretrainFlags::from_toml(path)?,
-        None => PretrainFlags::default(),
-    };
     let request = PretrainRequest {
-        flags: args.flags().over(config),
+        flags: args.run.flags(args.sharing.clone())?,
         out: args.out.clone(),
         resume: args.resume.clone(),
         stop_after: args.stop_after,
-        progress: !args.quiet,
+        progress: !args.run.quiet,
     };
     run_pretraining(request)
+}
+
+/// Arguments of `deberta compare-sharing`: the options of `deberta pretrain` but the sharing
+/// (all three modes are trained; a `sharing` in `--config` is ignored) and resuming. The
+/// schedule defaults to joint here, the one under which ES trains its shared table with both
+/// losses.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The options of the three runs; `--steps` defaults to the preset's run length.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Directory of the three runs (DIR/gdes, DIR/es, DIR/nes) and of the comparison
+    /// [runs/compare-<preset>-<seed>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// Runs `deberta compare-sharing`.
+pub fn run_compare(args: CompareArgs) -> Result<()> {
+    run_comparison(CompareRequest {
+        flags: args.run.flags(None)?,
+        out: args.out,
+        progress: !args.run.quiet,
+    })?;
+    Ok(())
 }
 
 /// Arguments of `deberta plot`.

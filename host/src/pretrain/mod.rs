@@ -9,13 +9,13 @@
 
 pub mod baseline;
 pub mod checkpoint;
+pub mod compare;
 pub mod evaluate;
 pub mod metrics;
 pub mod options;
 pub mod plot;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -367,12 +367,7 @@ impl BackendTask for Run<'_> {
             );
             log.write(&row)?;
         }
-        let interrupted = Arc::new(AtomicBool::new(false));
-        {
-            let flag = interrupted.clone();
-            // A second registration in one process (tests) keeps the first handler.
-            let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-        }
+        let interrupted = interruption_flag();
         let end = request
             .stop_after
             .unwrap_or(options.steps)
@@ -711,4 +706,16 @@ fn progress_bar(enabled: bool, start: u64, end: u64) -> indicatif::ProgressBar {
         bar.set_style(style.progress_chars("=> "));
     }
     bar
+}
+
+/// The flag Ctrl-C and SIGTERM set, the handler installed on first use. One per process, so
+/// that every run of a process (the three of `compare-sharing`) stops on it.
+fn interruption_flag() -> &'static AtomicBool {
+    static FLAG: AtomicBool = AtomicBool::new(false);
+    static HANDLER: std::sync::Once = std::sync::Once::new();
+    HANDLER.call_once(|| {
+        // An error means another handler exists (an embedding program's): leave it.
+        let _ = ctrlc::set_handler(|| FLAG.store(true, Ordering::SeqCst));
+    });
+    &FLAG
 }
