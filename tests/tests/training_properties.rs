@@ -6,7 +6,8 @@ use deberta_core::config::{PosAttType, RawConfig};
 use deberta_core::model::{Dropout, HostBatch, MlmLayout, ParamStore};
 use deberta_core::random::RandomStream;
 use deberta_core::train::{
-    OptimizerConfig, PairBatch, RtdPair, Schedule, Sharing, Trainer, Workspace,
+    MicroBatch, OptimizerConfig, OptimizerKind, PairBatch, RtdPair, Schedule, Sharing, Trainer,
+    Workspace,
 };
 use deberta_core::{Backend, CpuBackend, ModelConfig};
 use proptest::prelude::*;
@@ -478,5 +479,68 @@ fn trainer_overfits_a_fixed_batch() {
             first.rtd,
             last.rtd
         );
+    }
+}
+
+/// Each model trains at its own learning rate (`--discriminator-lr`), in both schedules: with
+/// the generator's rate at 0 and the discriminator's above it, one step leaves every generator
+/// parameter bit-identical and moves every discriminator-only parameter.
+#[test]
+fn each_model_trains_at_its_own_learning_rate() {
+    let case = case(5);
+    for schedule in [Schedule::Decoupled, Schedule::Joint] {
+        for sharing in [Sharing::Gdes, Sharing::Nes] {
+            let (backend, pair, params, batch) = setup(&case, sharing, 9);
+            let before = params.clone();
+            let mut trainer = Trainer::new(
+                &backend,
+                pair,
+                params,
+                schedule,
+                50.0,
+                OptimizerConfig {
+                    kind: OptimizerKind::AdamW,
+                    ..OptimizerConfig::xadam()
+                },
+            )
+            .unwrap();
+            trainer
+                .generator_phase(
+                    &backend,
+                    &batch.generator,
+                    0.0,
+                    None,
+                    None,
+                    MicroBatch::WHOLE,
+                )
+                .unwrap();
+            trainer
+                .discriminator_phase(
+                    &backend,
+                    &batch.discriminator,
+                    1e-3,
+                    None,
+                    None,
+                    MicroBatch::WHOLE,
+                )
+                .unwrap();
+            let generator = trainer.pair.generator_params();
+            for &id in generator {
+                assert_eq!(
+                    trainer.params.get(id),
+                    before.get(id),
+                    "{schedule:?}/{sharing:?}: generator parameter {id:?} moved at lr 0"
+                );
+            }
+            for &id in trainer.pair.discriminator_params() {
+                if generator.contains(&id) {
+                    continue;
+                }
+                assert!(
+                    trainer.params.get(id) != before.get(id),
+                    "{schedule:?}/{sharing:?}: discriminator parameter {id:?} did not move"
+                );
+            }
+        }
     }
 }

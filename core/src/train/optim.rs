@@ -110,13 +110,25 @@ impl<T> Optimizer<T> {
         grads: &ParamStore<T>,
         lr: f32,
     ) -> Result<(), Error> {
+        self.update_each(backend, weights, grads, |_| lr)
+    }
+
+    /// [`Self::update`] with a learning rate per parameter, `lr(id)` (parameter groups: one
+    /// clip over all of them, each group at its own rate).
+    pub fn update_each<B: Backend<Tensor = T>>(
+        &mut self,
+        backend: &B,
+        weights: &mut ParamStore<T>,
+        grads: &ParamStore<T>,
+        lr: impl Fn(ParamId) -> f32,
+    ) -> Result<(), Error> {
         for (i, id) in self.params.iter().enumerate() {
             backend.sum_of_squares(grads.get(*id), &mut self.norms, i)?;
         }
         self.step += 1;
         for (i, id) in self.params.iter().enumerate() {
             let spec = AdamSpec {
-                lr,
+                lr: lr(*id),
                 beta1: self.config.beta1,
                 beta2: self.config.beta2,
                 eps: self.config.eps,

@@ -42,6 +42,9 @@ pub struct Trainer<B: Backend> {
     pub optimizers: Vec<Optimizer<B::Tensor>>,
     generator_workspace: Workspace<B>,
     discriminator_workspace: Workspace<B>,
+    /// The learning rate of the last generator phase: the generator's rate in the joint
+    /// update.
+    generator_lr: f32,
 }
 
 /// Dropout of the two models in one step (`None`: evaluation mode).
@@ -104,6 +107,7 @@ impl<B: Backend> Trainer<B> {
             optimizers,
             generator_workspace: Workspace::new(),
             discriminator_workspace: Workspace::new(),
+            generator_lr: 0.0,
         })
     }
 
@@ -147,6 +151,7 @@ impl<B: Backend> Trainer<B> {
         if self.schedule == Schedule::Decoupled && micro.last() {
             self.optimizers[0].update(backend, &mut self.params, &self.grads, lr)?;
         }
+        self.generator_lr = lr;
         Ok(loss)
     }
 
@@ -157,8 +162,9 @@ impl<B: Backend> Trainer<B> {
 
     /// The discriminator's half of a (micro-)step (reading the generator's tables as they
     /// are now, so after the generator's update under the decoupled schedule); after the last
-    /// micro-batch its update (or the joint update). Returns `L_RTD`; `logits` receives the
-    /// RTD logits when given.
+    /// micro-batch its update at learning rate `lr` — or the joint update, in which the
+    /// generator's parameters take the rate of the last generator phase and the rest `lr`.
+    /// Returns `L_RTD`; `logits` receives the RTD logits when given.
     pub fn discriminator_phase(
         &mut self,
         backend: &B,
@@ -183,11 +189,27 @@ impl<B: Backend> Trainer<B> {
             logits,
         )?;
         if micro.last() {
-            let optimizer = match self.schedule {
-                Schedule::Decoupled => &mut self.optimizers[1],
-                Schedule::Joint => &mut self.optimizers[0],
-            };
-            optimizer.update(backend, &mut self.params, &self.grads, lr)?;
+            match self.schedule {
+                Schedule::Decoupled => {
+                    self.optimizers[1].update(backend, &mut self.params, &self.grads, lr)?
+                }
+                Schedule::Joint => {
+                    let generator = self.pair.generator_params();
+                    let generator_lr = self.generator_lr;
+                    self.optimizers[0].update_each(
+                        backend,
+                        &mut self.params,
+                        &self.grads,
+                        |id| {
+                            if generator.contains(&id) {
+                                generator_lr
+                            } else {
+                                lr
+                            }
+                        },
+                    )?
+                }
+            }
         }
         Ok(loss)
     }

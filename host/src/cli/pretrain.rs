@@ -20,7 +20,7 @@ pub struct RunArgs {
     /// A Hugging Face `tokenizer.json` (default: train a Unigram tokenizer on the corpus).
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
-    /// Vocabulary size of a trained tokenizer [nano: 8000, others: 32000].
+    /// Vocabulary size of a trained tokenizer [nano: 2000, others: 32000].
     #[arg(long)]
     pub vocab_size: Option<usize>,
     /// Replace invalid UTF-8 in the corpus instead of stopping with an error.
@@ -32,16 +32,16 @@ pub struct RunArgs {
     /// TOML file of options (any of these flags, plus a `[model]` table).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Run length in optimizer steps; the horizon of the learning-rate schedule [nano: 200].
+    /// Run length in optimizer steps; the horizon of the learning-rate schedule [nano: 1600].
     #[arg(long, value_name = "N")]
     pub steps: Option<u64>,
-    /// Sequences per optimizer step [nano: 16].
+    /// Sequences per optimizer step [nano: 16, others: 64].
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
     /// Micro-batches per step (gradient accumulation) [1].
     #[arg(long, value_name = "N")]
     pub grad_accum: Option<usize>,
-    /// Tokens per sequence including [CLS] and [SEP] [nano: 128].
+    /// Tokens per sequence including [CLS] and [SEP] [nano: 64, others: 512].
     #[arg(long, value_name = "N")]
     pub max_seq_len: Option<usize>,
     /// Seed of every random draw [1234].
@@ -62,14 +62,18 @@ pub struct RunArgs {
     /// λ, the weight of the RTD loss [50].
     #[arg(long, value_name = "LAMBDA")]
     pub rtd_weight: Option<f32>,
-    /// Peak learning rate [1e-4].
+    /// Peak learning rate [nano: 2e-3, others: 1e-4].
     #[arg(long)]
     pub lr: Option<f32>,
-    /// Warm-up as a fraction of the run [nano: 0.1]; update s runs at
+    /// Peak learning rate of the discriminator (and E_delta); the generator uses --lr [nano:
+    /// 5e-4; other presets: --lr].
+    #[arg(long, value_name = "LR")]
+    pub discriminator_lr: Option<f32>,
+    /// Warm-up as a fraction of the run [nano: 0.1, others: 0.01]; update s runs at
     /// lr·warmup_linear(s−1, steps, warmup), so the first runs at 0 (official XAdam).
     #[arg(long, value_name = "FRACTION")]
     pub warmup: Option<f64>,
-    /// Optimizer: xadam (official DeBERTa) or adamw [xadam].
+    /// Optimizer: xadam (official DeBERTa) or adamw [nano: adamw, others: xadam].
     #[arg(long)]
     pub optimizer: Option<String>,
     /// Decoupled weight decay [0.01].
@@ -84,19 +88,19 @@ pub struct RunArgs {
     /// Masking: official (15 % stratified, all [MASK]), bert-80-10-10, whole-word [official].
     #[arg(long)]
     pub masking: Option<String>,
-    /// Hidden-state dropout [0.1].
+    /// Hidden-state dropout [nano: 0, others: 0.1].
     #[arg(long)]
     pub dropout: Option<f32>,
-    /// Attention dropout [0.1].
+    /// Attention dropout [nano: 0, others: 0.1].
     #[arg(long)]
     pub attention_dropout: Option<f32>,
-    /// Evaluate on the held-out split every N steps, 0 = only at the end [nano: 50].
+    /// Evaluate on the held-out split every N steps, 0 = only at the end [nano: 200, others: 1000].
     #[arg(long, value_name = "N")]
     pub eval_every: Option<u64>,
-    /// Held-out batches per evaluation [nano: 4].
+    /// Held-out batches per evaluation [nano: 8, others: 16].
     #[arg(long, value_name = "N")]
     pub eval_batches: Option<usize>,
-    /// Checkpoint every N steps, 0 = only at the end [nano: 100].
+    /// Checkpoint every N steps, 0 = only at the end [nano: 400, others: 1000].
     #[arg(long, value_name = "N")]
     pub save_every: Option<u64>,
     /// Older checkpoints to keep under checkpoints/ [2].
@@ -136,6 +140,7 @@ impl RunArgs {
             schedule: self.schedule.clone(),
             rtd_weight: self.rtd_weight,
             lr: self.lr,
+            discriminator_lr: self.discriminator_lr,
             warmup: self.warmup,
             optimizer: self.optimizer.clone(),
             weight_decay: self.weight_decay,

@@ -438,16 +438,18 @@ impl BackendTask for Run<'_> {
             // The official schedule is indexed from 0: update `step` (1-based, as displayed and
             // saved) runs at the rate of index `step − 1`, so the first one runs at 0 with a
             // warm-up (its gradient still enters the Adam moments).
-            let lr = (f64::from(options.lr)
-                * warmup_linear(step - 1, options.steps, options.warmup))
-                as f32;
+            let rate = warmup_linear(step - 1, options.steps, options.warmup);
+            let lr = (f64::from(options.lr) * rate) as f32;
+            let discriminator_lr = options
+                .discriminator_lr
+                .map_or(lr, |peak| (f64::from(peak) * rate) as f32);
             let mut stats = StepStats::default();
             let (losses_mlm, losses_rtd) = train_step(
                 backend,
                 &mut trainer,
                 options,
                 step,
-                lr,
+                (lr, discriminator_lr),
                 &batch,
                 &masked,
                 logging,
@@ -466,6 +468,12 @@ impl BackendTask for Run<'_> {
                 let mut row = Map::new();
                 row.insert("step".into(), json!(step));
                 row.insert("lr".into(), number(Some(f64::from(lr))));
+                if options.discriminator_lr.is_some() {
+                    row.insert(
+                        "lr_discriminator".into(),
+                        number(Some(f64::from(discriminator_lr))),
+                    );
+                }
                 row.insert("loss_mlm".into(), number(Some(f64::from(loss_mlm))));
                 row.insert("loss_rtd".into(), number(Some(f64::from(loss_rtd))));
                 row.insert(
@@ -564,14 +572,15 @@ impl BackendTask for Run<'_> {
     }
 }
 
-/// One optimizer step over `grad_accum` micro-batches; returns the mean MLM and RTD losses.
+/// One optimizer step over `grad_accum` micro-batches at learning rates `(generator,
+/// discriminator)`; returns the mean MLM and RTD losses.
 #[allow(clippy::too_many_arguments)]
 fn train_step<B: Backend>(
     backend: &B,
     trainer: &mut Trainer<B>,
     options: &PretrainOptions,
     step: u64,
-    lr: f32,
+    (lr, discriminator_lr): (f32, f32),
     batch: &crate::data::Batch,
     masked: &crate::data::MaskedBatch,
     logging: bool,
@@ -672,7 +681,7 @@ fn train_step<B: Backend>(
             .discriminator_phase(
                 backend,
                 discriminator,
-                lr,
+                discriminator_lr,
                 Some(&dropout(2 * k as u32 + 1)),
                 logging.then_some(logits.as_mut_slice()),
                 MicroBatch { index: k, count },
