@@ -8,6 +8,23 @@ use deberta_gpu::{AdapterChoice, MatmulTiles, WgpuBackend, list_adapters};
 
 use crate::error::{Error, Result};
 
+/// Sizes the CPU thread pool: the CPU backend splits all its work, sgemm included, across
+/// rayon's global pool. Must run before any model work; returns the thread count.
+pub fn set_threads(threads: Option<usize>) -> usize {
+    let threads = threads
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .max(1);
+    // An error means the pool already exists (a second call in one process): keep it.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    threads
+}
+
 /// A resolved backend request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendChoice {

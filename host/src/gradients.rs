@@ -16,33 +16,7 @@ use crate::error::{Error, Result};
 use crate::hf_config::read_config;
 use crate::inference::fetch;
 use crate::model_dir::{load_model_dir, take_weights};
-use crate::tensor::{HostTensor, TensorData};
-
-/// Reads a `[B, S]` integer tensor named `name` from an inputs file.
-pub fn int_matrix(
-    tensors: &TensorMap,
-    name: &str,
-    path: &Path,
-) -> Result<(Vec<i64>, usize, usize)> {
-    let tensor = tensors
-        .get(name)
-        .ok_or_else(|| Error::format(path, format!("no `{name}` tensor")))?;
-    let bad = |reason: String| Error::BadTensor {
-        path: path.to_path_buf(),
-        name: name.into(),
-        reason,
-    };
-    let values = tensor.as_int().ok_or_else(|| {
-        bad(format!(
-            "dtype {} is not an integer type (expected I64 or I32)",
-            tensor.stored_as
-        ))
-    })?;
-    match tensor.shape.as_slice() {
-        [b, s] => Ok((values.to_vec(), *b, *s)),
-        other => Err(bad(format!("shape {other:?} is not [batch, sequence]"))),
-    }
-}
+use crate::tensor::{HostTensor, TensorData, int_matrix};
 
 /// Reads several `[B, S]` integer tensors that must share one shape.
 fn int_matrices<const N: usize>(

@@ -1,5 +1,10 @@
 //! Tensors on the host as read from or written to files.
 
+use std::path::Path;
+
+use crate::checkpoint::TensorMap;
+use crate::error::{Error, Result};
+
 /// The elements of a host tensor: every floating type widens to `f32`, every integer type to
 /// `i64` (booleans become 0/1).
 #[derive(Debug, Clone, PartialEq)]
@@ -50,5 +55,31 @@ impl HostTensor {
             TensorData::Int(v) => Some(v),
             TensorData::Float(_) => None,
         }
+    }
+}
+
+/// Reads a `[B, S]` integer tensor named `name` from an inputs file.
+pub fn int_matrix(
+    tensors: &TensorMap,
+    name: &str,
+    path: &Path,
+) -> Result<(Vec<i64>, usize, usize)> {
+    let tensor = tensors
+        .get(name)
+        .ok_or_else(|| Error::format(path, format!("no `{name}` tensor")))?;
+    let bad = |reason: String| Error::BadTensor {
+        path: path.to_path_buf(),
+        name: name.into(),
+        reason,
+    };
+    let values = tensor.as_int().ok_or_else(|| {
+        bad(format!(
+            "dtype {} is not an integer type (expected I64 or I32)",
+            tensor.stored_as
+        ))
+    })?;
+    match tensor.shape.as_slice() {
+        [b, s] => Ok((values.to_vec(), *b, *s)),
+        other => Err(bad(format!("shape {other:?} is not [batch, sequence]"))),
     }
 }

@@ -9,10 +9,10 @@ use deberta_core::model::HostBatch;
 use crate::checkpoint::{read_tensor_file, write_safetensors};
 use crate::device::{BackendTask, dispatch};
 use crate::error::{Error, Result};
-use crate::gradients::int_matrix;
 use crate::inference::Session;
 use crate::model_dir::load_model_dir;
 use crate::tensor::HostTensor;
+use crate::tensor::int_matrix;
 
 /// Arguments of `deberta forward`.
 #[derive(Debug, Args)]

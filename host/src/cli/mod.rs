@@ -11,7 +11,7 @@ mod tokenizer;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::device::BackendChoice;
+use crate::device::{BackendChoice, set_threads};
 use crate::error::Result;
 
 /// DeBERTa-v3 in Rust: Hugging Face-exact inference, RTD + GDES pretraining tools.
@@ -104,23 +104,6 @@ impl DeviceArgs {
         set_threads(self.threads);
         BackendChoice::resolve(&self.backend, self.adapter.as_deref())
     }
-}
-
-/// Sizes the CPU thread pool: the CPU backend splits all its work, sgemm included, across
-/// rayon's global pool. Must run before any model work; returns the thread count.
-pub(crate) fn set_threads(threads: Option<usize>) -> usize {
-    let threads = threads
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
-        .max(1);
-    // An error means the pool already exists (a second call in one process): keep it.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global();
-    threads
 }
 
 /// `deberta info`.

@@ -252,7 +252,7 @@ struct StepStats {
 /// Runs (or resumes) a pretraining run.
 pub fn run_pretraining(request: PretrainRequest) -> Result<()> {
     let (options, run_dir, resumed) = resolve(&request)?;
-    let threads = crate::cli::set_threads(options.threads);
+    let threads = crate::device::set_threads(options.threads);
     let choice = BackendChoice::resolve(&options.backend, options.adapter.as_deref())?;
     std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
     remove_temporaries(&run_dir.join("checkpoints"))?;
