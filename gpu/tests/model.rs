@@ -16,10 +16,11 @@ use deberta_core::train::{
 };
 use deberta_core::{Backend, CpuBackend};
 use deberta_host::checkpoint::{TensorMap, read_tensor_file};
-use deberta_host::gradients::{StepRequest, Training, int_matrix, pair_trajectory};
+use deberta_host::gradients::{StepRequest, Training, pair_trajectory};
 use deberta_host::hf_config::read_config;
 use deberta_host::inference::{Session, fetch};
 use deberta_host::model_dir::{load_model_dir, take_weights};
+use deberta_host::tensor::int_matrix;
 use deberta_host::tensor::{HostTensor, TensorData};
 
 const FIXTURES: [&str; 5] = ["tiny", "long", "c2p-only", "p2c-only", "v2style"];
