@@ -1,6 +1,7 @@
-//! The compute trait every backend implements: CPU ([`CpuBackend`](crate::CpuBackend)), wgpu
-//! (`deberta-gpu`), and the contract the heap-free edge runtime follows with the same slice
-//! kernels.
+//! The compute trait every backend implements: CPU ([`CpuBackend`](crate::CpuBackend)) and wgpu
+//! (`deberta-gpu`). The heap-free edge runtime ([`crate::edge`]) does not implement it: it calls
+//! the slice [`kernels`](crate::kernels) the CPU backend is built on directly, with its own
+//! heap-free matrix products.
 //!
 //! # Contract
 //!
@@ -21,9 +22,10 @@
 //!   run: reductions and scatter-adds run in a fixed order (on a GPU, each output element has a
 //!   single owner; WGSL has no float atomics).
 //!
-//! Forward kernels are listed here; the backward kernels of the training path follow the same
-//! pattern (saved activations in, gradient buffers out, `accumulate` flags instead of
-//! read-modify-write on the host).
+//! The trait holds the forward kernels and, beside each, its backward kernel for the training
+//! path (`*_backward`: saved activations in, gradient buffers out, `accumulate` flags instead of
+//! read-modify-write on the host); the fused attention kernels and their backward are defined
+//! in `backend/attention.rs`.
 
 mod attention;
 

@@ -6,9 +6,8 @@ use super::EdgeError;
 use super::arena::Workspace;
 use super::gemm::{matmul_into_columns, matmul_transposed};
 use super::layout::TensorKind;
-use super::linear::{linear, table_row};
+use super::linear::{linear, prepare, table_row};
 use super::model::EdgeModel;
-use super::runtime::prepare;
 use crate::kernels::{LayerNormSpec, SoftmaxSpec, add_assign, layer_norm, masked_softmax};
 use crate::relative_position::{relative_index, relative_position};
 
@@ -23,7 +22,7 @@ fn window_error(expected: usize, found: usize) -> EdgeError {
 /// Fills `ws.index[i − j + L − 1]` with the column of the `[L, R]` position-score tables that
 /// query `i` and key `j` read: `idx(i, j) − window.first`. The index is Toeplitz, so `2L − 1`
 /// entries describe the whole `L × L` table.
-pub(crate) fn fill_relative_index(
+pub(crate) fn fill_toeplitz_index(
     model: &EdgeModel<'_>,
     ws: &mut Workspace<'_>,
 ) -> Result<(), EdgeError> {
@@ -42,7 +41,7 @@ pub(crate) fn fill_relative_index(
 
 /// `scores[i, j] += c2p[i, r]/s + p2c[j, r]/s` with `r = index[i − j + L − 1]`, in the order
 /// of [`add_relative_scores`](crate::kernels::add_relative_scores) (either term optional).
-fn add_relative_scores(
+fn add_toeplitz_scores(
     scores: &mut [f32],
     c2p: Option<&[f32]>,
     p2c: Option<&[f32]>,
@@ -144,7 +143,7 @@ pub(crate) fn attention(
             }
             matmul_transposed(ws.key, ws.pos_queries, ws.p2c, (len, rows, d), 1.0)?;
         }
-        add_relative_scores(
+        add_toeplitz_scores(
             ws.scores,
             keys.is_some().then_some(&*ws.c2p),
             queries.is_some().then_some(&*ws.p2c),

@@ -433,7 +433,7 @@ impl RawHeader {
 /// One entry of the tensor table, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TensorEntry {
-    /// [`TensorKind::code`].
+    /// [`TensorKind::code`](super::layout::TensorKind::code).
     pub kind: u16,
     /// Encoder layer (0 outside the encoder).
     pub layer: u16,

@@ -8,6 +8,7 @@ use super::EdgeError;
 use super::format::DType;
 use super::gemm::{dot, matmul_transposed};
 use super::model::TensorView;
+use super::quant::quantize_rows;
 use crate::kernels;
 
 /// Row-quantised activations: int8 values and one f32 scale per row.
@@ -191,4 +192,35 @@ pub(crate) fn table_row(
         }
     }
     Ok(())
+}
+
+/// The input of a linear layer over `rows × cols` values; for int8 models the rows are first
+/// quantised into `quantized` and `scales`.
+pub(crate) fn prepare<'x>(
+    dtype: DType,
+    values: &'x [f32],
+    rows: usize,
+    cols: usize,
+    quantized: &'x mut [i8],
+    scales: &'x mut [f32],
+) -> Input<'x> {
+    let quantized = match dtype {
+        DType::I8 => {
+            let n = rows.saturating_mul(cols).min(quantized.len());
+            let r = rows.min(scales.len());
+            let (q, s) = (&mut quantized[..n], &mut scales[..r]);
+            quantize_rows(values, cols, q, s);
+            Some(Quantized {
+                values: q,
+                scales: s,
+            })
+        }
+        DType::F32 | DType::F16 => None,
+    };
+    Input {
+        values,
+        rows,
+        cols,
+        quantized,
+    }
 }

@@ -2,44 +2,11 @@
 
 use super::EdgeError;
 use super::arena::{FFN_BLOCK, Workspace};
-use super::attention::{attention, fill_relative_index};
-use super::format::DType;
+use super::attention::{attention, fill_toeplitz_index};
 use super::layout::TensorKind;
-use super::linear::{Input, Quantized, linear, table_row};
+use super::linear::{linear, prepare, table_row};
 use super::model::EdgeModel;
-use super::quant::quantize_rows;
 use crate::kernels::{LayerNormSpec, add_assign, add_sequence_row, layer_norm};
-
-/// The input of a linear layer over `rows × cols` values; for int8 models the rows are first
-/// quantised into `quantized` and `scales`.
-pub(crate) fn prepare<'x>(
-    dtype: DType,
-    values: &'x [f32],
-    rows: usize,
-    cols: usize,
-    quantized: &'x mut [i8],
-    scales: &'x mut [f32],
-) -> Input<'x> {
-    let quantized = match dtype {
-        DType::I8 => {
-            let n = rows.saturating_mul(cols).min(quantized.len());
-            let r = rows.min(scales.len());
-            let (q, s) = (&mut quantized[..n], &mut scales[..r]);
-            quantize_rows(values, cols, q, s);
-            Some(Quantized {
-                values: q,
-                scales: s,
-            })
-        }
-        DType::F32 | DType::F16 => None,
-    };
-    Input {
-        values,
-        rows,
-        cols,
-        quantized,
-    }
-}
 
 fn norm_spec(model: &EdgeModel<'_>, rows: usize) -> LayerNormSpec {
     LayerNormSpec {
@@ -200,7 +167,7 @@ pub fn detect(
     }
     let mut ws = Workspace::new(model, len, arena)?;
     embed(model, tokens, &mut ws)?;
-    fill_relative_index(model, &mut ws)?;
+    fill_toeplitz_index(model, &mut ws)?;
     for layer in 0..model.config().num_hidden_layers {
         attention(model, layer, &mut ws)?;
         feed_forward(model, layer, &mut ws)?;

@@ -3,7 +3,7 @@
 //! [`CpuBackend`](crate::CpuBackend) and the heap-free edge runtime share them.
 //!
 //! Every kernel validates the lengths of its operands against the shape it is given and returns
-//! [`Error::BufferTooSmall`](crate::Error::BufferTooSmall) instead of reading out of bounds.
+//! [`Error::BufferTooSmall`] instead of reading out of bounds.
 //! Reductions run in a fixed order: outputs are bit-for-bit reproducible.
 
 mod dropout;
