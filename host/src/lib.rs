@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod data;
 pub mod device;
+pub mod distributed;
 pub mod edge_export;
 pub mod error;
 

@@ -23,10 +23,23 @@ fn main() -> ExitCode {
             .unwrap_or_default();
         eprintln!("internal error (please report): {msg}{place}");
     }));
-    match deberta_host::cli::run() {
-        Ok(()) => ExitCode::SUCCESS,
+    let outcome = deberta_host::cli::run();
+    let world = deberta_host::distributed::World::current();
+    match outcome {
+        Ok(()) => {
+            deberta_host::distributed::finalize();
+            ExitCode::SUCCESS
+        }
+        Err(e) if world.size() > 1 => {
+            // One line from the process that saw it, then the whole job ends (no rank waits
+            // forever on this one).
+            eprintln!("error (rank {} of {}): {e}", world.rank(), world.size());
+            world.abort_if_parallel();
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {e}");
+            deberta_host::distributed::finalize();
             ExitCode::FAILURE
         }
     }

@@ -13,5 +13,5 @@ pub use mlm::{MlmTargets, Sampler, mlm_step};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
 pub use pair::{DiscriminatorBatch, GeneratorBatch, Losses, PairBatch, RtdPair, Sharing};
 pub use schedule::warmup_linear;
-pub use trainer::{MicroBatch, PairDropout, Schedule, Trainer};
+pub use trainer::{GradientReducer, MicroBatch, PairDropout, Schedule, Trainer};
 pub use workspace::Workspace;

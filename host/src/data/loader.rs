@@ -41,6 +41,24 @@ impl Dataset {
     /// The `batch_size` training sequences from `cursor` on (crossing into the next epoch when
     /// this one ends), and the cursor after them.
     pub fn next_batch(&self, cursor: DataCursor, batch_size: usize) -> Result<Batch> {
+        self.next_batch_rows(cursor, batch_size, 0..batch_size)
+    }
+
+    /// Rows `rows` of the batch of `batch_size` training sequences from `cursor` on (one
+    /// process's share of a data-parallel step: only those sequences are read), and the
+    /// cursor after the whole batch.
+    pub fn next_batch_rows(
+        &self,
+        cursor: DataCursor,
+        batch_size: usize,
+        rows: std::ops::Range<usize>,
+    ) -> Result<Batch> {
+        if rows.start > rows.end || rows.end > batch_size {
+            return Err(Error::Usage(format!(
+                "rows {}..{} of a batch of {batch_size}",
+                rows.start, rows.end
+            )));
+        }
         let n = self.train_len();
         if cursor.position > n {
             return Err(Error::Usage(format!(
@@ -63,7 +81,7 @@ impl Dataset {
         if cursor.position == n {
             cursor = next_epoch(cursor)?;
         }
-        self.batch_of(indices, cursor)
+        self.batch_of(indices[rows].to_vec(), cursor)
     }
 
     /// Held-out sequences `first..first + batch_size` (fewer at the end of the split).
@@ -142,6 +160,23 @@ mod tests {
             position: n as u64 + 1,
         };
         assert!(d.next_batch(bad, 1).is_err());
+    }
+
+    #[test]
+    fn a_share_of_a_batch_is_those_rows_of_the_whole_batch() {
+        let (_dir, d) = dataset("share", 20_000, 64).unwrap();
+        let cursor = DataCursor::default();
+        let whole = d.next_batch(cursor, 8).unwrap();
+        for rows in [0..4, 4..8, 2..3, 8..8] {
+            let part = d.next_batch_rows(cursor, 8, rows.clone()).unwrap();
+            assert_eq!(part.sequences, whole.sequences[rows.clone()]);
+            assert_eq!(
+                part.input_ids,
+                whole.input_ids[rows.start * 64..rows.end * 64]
+            );
+            assert_eq!(part.cursor, whole.cursor);
+        }
+        assert!(d.next_batch_rows(cursor, 8, 4..9).is_err());
     }
 
     #[test]

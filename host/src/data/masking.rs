@@ -152,6 +152,18 @@ impl Masker {
         attention_mask: &[i64],
         rng: RandomStream,
     ) -> Result<MaskedBatch> {
+        self.mask_rows(ids, attention_mask, rng, 0)
+    }
+
+    /// Masks rows `first_row…` of a batch (one process's share of a data-parallel step) with
+    /// the draws those rows get in [`Masker::mask_batch`] of the whole batch.
+    pub fn mask_rows(
+        &self,
+        ids: &[i64],
+        attention_mask: &[i64],
+        rng: RandomStream,
+        first_row: usize,
+    ) -> Result<MaskedBatch> {
         let s = self.max_seq_len;
         if !ids.len().is_multiple_of(s) || attention_mask.len() != ids.len() {
             return Err(Error::Usage(format!(
@@ -169,7 +181,7 @@ impl Masker {
             .enumerate()
         {
             let len = mask.iter().filter(|&&m| m != 0).count();
-            self.mask_sequence(out, lab, len, row as u64, rng);
+            self.mask_sequence(out, lab, len, (first_row + row) as u64, rng);
         }
         Ok(MaskedBatch { input_ids, labels })
     }
@@ -354,6 +366,10 @@ mod tests {
         let (one, one_mask) = batch(&[512]);
         let b = m.mask_batch(&one, &one_mask, rng(3)).unwrap();
         assert_eq!(b.labels, a.labels[..S]);
+        // A share of the batch from row 1 on is masked as those rows of the whole batch.
+        let share = m.mask_rows(&ids[S..], &mask[S..], rng(3), 1).unwrap();
+        assert_eq!(share.labels, a.labels[S..]);
+        assert_eq!(share.input_ids, a.input_ids[S..]);
     }
 
     #[test]

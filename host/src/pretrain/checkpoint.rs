@@ -49,6 +49,14 @@ pub struct RunState {
     pub cursor: serde_json::Value,
     /// Every option of the run, resolved.
     pub options: PretrainOptions,
+    /// Processes of the data-parallel run that wrote it (1 in states written before data
+    /// parallelism).
+    #[serde(default = "one_process")]
+    pub world_size: usize,
+}
+
+fn one_process() -> usize {
+    1
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {

@@ -14,16 +14,16 @@ pub mod evaluate;
 pub mod metrics;
 pub mod options;
 pub mod plot;
+mod step;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use deberta_core::model::{Dropout, HostBatch, MlmLayout, ParamStore};
+use deberta_core::model::{MlmLayout, ParamStore};
 use deberta_core::random::RandomStream;
 use deberta_core::train::{
-    DiscriminatorBatch, GeneratorBatch, MicroBatch, MlmTargets, OptimizerConfig, OptimizerKind,
-    RtdPair, Sampler, Schedule, Sharing, Trainer, warmup_linear,
+    OptimizerConfig, OptimizerKind, RtdPair, Schedule, Sharing, Trainer, warmup_linear,
 };
 use deberta_core::{Backend, ModelConfig};
 use serde_json::{Map, json};
@@ -32,11 +32,13 @@ use self::baseline::{UnigramReference, unigram_reference};
 use self::checkpoint::{LoadedState, RunState, STATE_VERSION, load_state, remove_temporaries};
 use self::metrics::{MetricsLog, number, rtd_stats};
 use self::options::{PretrainFlags, PretrainOptions};
+use self::step::{StepInput, train_step};
 use crate::data::{
     Corpus, DataCursor, Dataset, MASKING_STREAM, Masker, MaskingStrategy, TokenCache, Tokenizer,
     TrainOptions,
 };
 use crate::device::{BackendChoice, BackendTask, dispatch};
+use crate::distributed::{AllReduce, World};
 use crate::error::{Error, Result};
 use crate::model_dir::take_weights;
 use crate::tensor::TensorData;
@@ -67,7 +69,10 @@ fn model_error(what: &'static str) -> impl Fn(deberta_core::Error) -> Error {
 }
 
 /// The resolved options, the run directory and (when resuming) the saved state.
-fn resolve(request: &PretrainRequest) -> Result<(PretrainOptions, PathBuf, Option<LoadedState>)> {
+fn resolve(
+    request: &PretrainRequest,
+    world: World,
+) -> Result<(PretrainOptions, PathBuf, Option<LoadedState>)> {
     match &request.resume {
         Some(run_dir) => {
             let loaded = load_state(run_dir)?;
@@ -85,6 +90,23 @@ fn resolve(request: &PretrainRequest) -> Result<(PretrainOptions, PathBuf, Optio
                 ));
             }
             options.validate()?;
+            let (saved_micro, micro) = (
+                saved.grad_accum * loaded.state.world_size,
+                options.grad_accum * world.size(),
+            );
+            if micro != saved_micro {
+                return Err(Error::Usage(format!(
+                    "the run in {} takes {saved_micro} micro-batches a step ({} processes × \
+                     --grad-accum {}); resume it with processes × --grad-accum = {saved_micro} \
+                     (now {} × {})",
+                    run_dir.display(),
+                    loaded.state.world_size,
+                    saved.grad_accum,
+                    world.size(),
+                    options.grad_accum
+                )));
+            }
+            check_partition(&options, world)?;
             Ok((options, run_dir.clone(), Some(loaded)))
         }
         None => {
@@ -98,6 +120,7 @@ fn resolve(request: &PretrainRequest) -> Result<(PretrainOptions, PathBuf, Optio
                 .clone()
                 .apply(PretrainOptions::preset(&preset)?);
             options.validate()?;
+            check_partition(&options, world)?;
             let run_dir = request.out.clone().unwrap_or_else(|| {
                 Path::new("runs").join(format!("{}-{}", options.preset, options.seed))
             });
@@ -110,6 +133,20 @@ fn resolve(request: &PretrainRequest) -> Result<(PretrainOptions, PathBuf, Optio
             Ok((options, run_dir, None))
         }
     }
+}
+
+/// Whether the batch splits into `--grad-accum` micro-batches on each process.
+fn check_partition(options: &PretrainOptions, world: World) -> Result<()> {
+    let parts = options.grad_accum * world.size();
+    if !options.batch_size.is_multiple_of(parts) {
+        return Err(Error::Usage(format!(
+            "--batch-size {} does not split into {} processes × --grad-accum {} micro-batches",
+            options.batch_size,
+            world.size(),
+            options.grad_accum
+        )));
+    }
+    Ok(())
 }
 
 fn sharing(options: &PretrainOptions) -> Sharing {
@@ -224,45 +261,40 @@ fn restore_optimizers<B: Backend>(
     Ok(())
 }
 
-/// Index of the most probable token of each row.
-fn argmax_rows(logits: &[f32], vocab: usize) -> Vec<u32> {
-    logits
-        .chunks_exact(vocab)
-        .map(|row| {
-            let mut best = 0;
-            for (i, &v) in row.iter().enumerate() {
-                if v > row[best] {
-                    best = i;
-                }
-            }
-            best as u32
-        })
-        .collect()
-}
-
-/// Step-level statistics gathered on logging steps.
-#[derive(Default)]
-struct StepStats {
-    mlm_correct: usize,
-    mlm_total: usize,
-    replaced: usize,
-    rtd: Vec<(f32, bool)>,
-}
-
 /// Runs (or resumes) a pretraining run.
+///
+/// Under an MPI launcher (the `mpi` feature), every process runs this: rank 0 prepares the run
+/// directory (tokenizer, token cache) while the others wait, then all train their share of
+/// every step, and rank 0 alone evaluates, writes the metrics, checkpoints and plot, and
+/// prints.
 pub fn run_pretraining(request: PretrainRequest) -> Result<()> {
-    let (options, run_dir, resumed) = resolve(&request)?;
+    let world = World::current();
+    let (options, run_dir, resumed) = resolve(&request, world)?;
     let threads = crate::device::set_threads(options.threads);
     let choice = BackendChoice::resolve(&options.backend, options.adapter.as_deref())?;
-    std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
-    remove_temporaries(&run_dir.join("checkpoints"))?;
     let corpus = Corpus::open(&options.corpus, options.lossy)?;
-    let tokenizer = tokenizer(&options, &run_dir, resumed.is_some(), &corpus)?;
+    let prepare = || -> Result<(Tokenizer, TokenCache)> {
+        std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
+        remove_temporaries(&run_dir.join("checkpoints"))?;
+        let tokenizer = tokenizer(&options, &run_dir, resumed.is_some(), &corpus)?;
+        let (cache, built) = TokenCache::open_or_build(&run_dir.join("data"), &corpus, &tokenizer)?;
+        if built {
+            eprintln!("tokenized the corpus: {} tokens", cache.len());
+        }
+        Ok((tokenizer, cache))
+    };
+    let (tokenizer, cache) = if world.is_root() {
+        let prepared = prepare()?;
+        world.barrier();
+        prepared
+    } else {
+        // Rank 0 has written the tokenizer and the token cache of the run directory.
+        world.barrier();
+        let tokenizer = Tokenizer::load(&run_dir.join("tokenizer.json"))?;
+        let cache = TokenCache::open(&run_dir.join("data"))?;
+        (tokenizer, cache)
+    };
     let special = tokenizer.special();
-    let (cache, built) = TokenCache::open_or_build(&run_dir.join("data"), &corpus, &tokenizer)?;
-    if built {
-        eprintln!("tokenized the corpus: {} tokens", cache.len());
-    }
     let dataset = Dataset::new(cache, special, options.max_seq_len, options.seed)?;
     let masker = Masker::from_tokenizer(masking(&options)?, &tokenizer, options.max_seq_len)?;
     let (disc_cfg, gen_cfg) =
@@ -280,6 +312,7 @@ pub fn run_pretraining(request: PretrainRequest) -> Result<()> {
             masker: &masker,
             configs: (disc_cfg, gen_cfg),
             unigram,
+            world,
         },
     )
 }
@@ -295,6 +328,7 @@ struct Run<'a> {
     masker: &'a Masker,
     configs: (ModelConfig, ModelConfig),
     unigram: UnigramReference,
+    world: World,
 }
 
 impl BackendTask for Run<'_> {
@@ -311,6 +345,7 @@ impl BackendTask for Run<'_> {
             masker,
             configs: (disc_cfg, gen_cfg),
             unigram,
+            world,
         } = self;
         let run_dir = run_dir.to_path_buf();
         let pair = RtdPair::new(
@@ -342,6 +377,9 @@ impl BackendTask for Run<'_> {
             optimizer_config(options),
         )
         .map_err(model_error("creating the optimizers"))?;
+        if world.size() > 1 {
+            trainer.set_reducer(Box::new(AllReduce::new(world)));
+        }
         let (mut step, mut cursor) = match &resumed {
             Some(loaded) => {
                 restore_optimizers(backend, &mut trainer, loaded, &run_dir)?;
@@ -356,8 +394,15 @@ impl BackendTask for Run<'_> {
             }
             None => (0, DataCursor::default()),
         };
-        let mut log = MetricsLog::open(&run_dir, resumed.as_ref().map(|l| l.state.step))?;
-        if resumed.is_none() {
+        // Rank 0 writes the metrics.
+        let mut log = match world.is_root() {
+            true => Some(MetricsLog::open(
+                &run_dir,
+                resumed.as_ref().map(|l| l.state.step),
+            )?),
+            false => None,
+        };
+        if let (Some(log), None) = (log.as_mut(), resumed) {
             let mut row = Map::new();
             row.insert("step".into(), json!(0));
             row.insert("unigram_loss_mlm".into(), number(Some(unigram.loss)));
@@ -373,25 +418,36 @@ impl BackendTask for Run<'_> {
             .unwrap_or(options.steps)
             .min(options.steps);
         let params_total = trainer.pair.layout.numel();
-        eprintln!(
-            "pretraining {} (generator {} layers, discriminator {} layers, {:.1}M parameters) on {} \
+        let say = world.is_root();
+        if say && world.size() > 1 {
+            eprintln!(
+                "data-parallel over {} processes: {} micro-batches of {} rows a step",
+                world.size(),
+                world.size() * options.grad_accum,
+                options.batch_size / (world.size() * options.grad_accum)
+            );
+        }
+        if say {
+            eprintln!(
+                "pretraining {} (generator {} layers, discriminator {} layers, {:.1}M parameters) on {} \
              threads: steps {}..{end} of {}, batch {}×{}, run directory {}",
-            options.preset,
-            gen_cfg.num_hidden_layers,
-            disc_cfg.num_hidden_layers,
-            params_total as f64 / 1e6,
-            threads,
-            step + 1,
-            options.steps,
-            options.batch_size,
-            options.max_seq_len,
-            run_dir.display()
-        );
-        eprintln!(
-            "unigram reference on the held-out split (no context): MLM loss {:.3}, accuracy {:.3}",
-            unigram.loss, unigram.accuracy
-        );
-        let progress = progress_bar(request.progress, step, end);
+                options.preset,
+                gen_cfg.num_hidden_layers,
+                disc_cfg.num_hidden_layers,
+                params_total as f64 / 1e6,
+                threads,
+                step + 1,
+                options.steps,
+                options.batch_size,
+                options.max_seq_len,
+                run_dir.display()
+            );
+            eprintln!(
+                "unigram reference on the held-out split (no context): MLM loss {:.3}, accuracy {:.3}",
+                unigram.loss, unigram.accuracy
+            );
+        }
+        let progress = progress_bar(request.progress && say, step, end);
         let tokenizer_path = run_dir.join("tokenizer.json");
         let started = Instant::now();
         let mut window_start = Instant::now();
@@ -399,7 +455,11 @@ impl BackendTask for Run<'_> {
         // Throughput of the training steps alone (no evaluation, checkpoints or logging).
         let (mut train_tokens, mut train_seconds) = (0usize, 0.0f64);
         let mut last_eval = None;
+        // Rank 0 writes the checkpoints.
         let save = |trainer: &Trainer<B>, step: u64, cursor: DataCursor| -> Result<()> {
+            if !world.is_root() {
+                return Ok(());
+            }
             let state = RunState {
                 version: STATE_VERSION,
                 step,
@@ -407,26 +467,34 @@ impl BackendTask for Run<'_> {
                 cursor: serde_json::to_value(cursor)
                     .map_err(|e| Error::format(&run_dir, e.to_string()))?,
                 options: options.clone(),
+                world_size: world.size(),
             };
             checkpoint::save(backend, &run_dir, trainer, &state, &tokenizer_path)?;
             Ok(())
         };
+        // This process's rows of every batch.
+        let share = options.batch_size / world.size();
+        let rows = world.rank() * share..(world.rank() + 1) * share;
         while step < end {
-            if interrupted.load(Ordering::SeqCst) {
+            // Every process stops at the same step when any of them is interrupted.
+            let stop = world.sum_u64(&[u64::from(interrupted.load(Ordering::SeqCst))])[0] > 0;
+            if stop {
                 progress.finish_and_clear();
                 save(&trainer, step, cursor)?;
-                eprintln!(
-                    "interrupted: checkpoint of step {step} written; continue with: deberta pretrain --resume {}",
-                    run_dir.display()
-                );
+                if say {
+                    eprintln!(
+                        "interrupted: checkpoint of step {step} written; continue with: deberta pretrain --resume {}",
+                        run_dir.display()
+                    );
+                }
                 return Ok(());
             }
             step += 1;
             let logging = step % options.log_every == 0 || step == end;
             let step_start = Instant::now();
-            let batch = dataset.next_batch(cursor, options.batch_size)?;
+            let batch = dataset.next_batch_rows(cursor, options.batch_size, rows.clone())?;
             cursor = batch.cursor;
-            let masked = masker.mask_batch(
+            let masked = masker.mask_rows(
                 &batch.input_ids,
                 &batch.attention_mask,
                 RandomStream {
@@ -434,6 +502,7 @@ impl BackendTask for Run<'_> {
                     step: step as u32,
                     stream: MASKING_STREAM,
                 },
+                rows.start,
             )?;
             // The official schedule is indexed from 0: update `step` (1-based, as displayed and
             // saved) runs at the rate of index `step − 1`, so the first one runs at 0 with a
@@ -443,23 +512,24 @@ impl BackendTask for Run<'_> {
             let discriminator_lr = options
                 .discriminator_lr
                 .map_or(lr, |peak| (f64::from(peak) * rate) as f32);
-            let mut stats = StepStats::default();
-            let (losses_mlm, losses_rtd) = train_step(
+            let (loss_mlm, loss_rtd, stats) = train_step(
                 backend,
                 &mut trainer,
                 options,
-                step,
-                (lr, discriminator_lr),
-                &batch,
-                &masked,
-                logging,
-                &mut stats,
+                world,
+                &StepInput {
+                    step,
+                    rates: (lr, discriminator_lr),
+                    batch: &batch,
+                    masked: &masked,
+                    logging,
+                },
             )?;
             train_seconds += step_start.elapsed().as_secs_f64();
-            train_tokens += batch.batch * batch.len;
-            window_tokens += batch.batch * batch.len;
-            let (loss_mlm, loss_rtd) = (losses_mlm, losses_rtd);
-            if logging {
+            // Tokens of the whole step, over every process.
+            train_tokens += options.batch_size * batch.len;
+            window_tokens += options.batch_size * batch.len;
+            if let (true, Some(log)) = (logging, log.as_mut()) {
                 let elapsed = window_start.elapsed().as_secs_f64();
                 let tokens_per_s = window_tokens as f64 / elapsed.max(1e-9);
                 window_start = Instant::now();
@@ -506,6 +576,7 @@ impl BackendTask for Run<'_> {
                     row.insert(name.into(), number(Some(f64::from(norm))));
                 }
                 row.insert("epoch".into(), json!(cursor.epoch));
+                row.insert("world_size".into(), json!(world.size()));
                 row.insert("tokens_per_s".into(), number(Some(tokens_per_s)));
                 row.insert(
                     "elapsed_s".into(),
@@ -521,7 +592,7 @@ impl BackendTask for Run<'_> {
             progress.set_position(step);
             let evaluating =
                 (options.eval_every > 0 && step % options.eval_every == 0) || step == options.steps;
-            if evaluating {
+            if let (true, Some(log)) = (evaluating, log.as_mut()) {
                 let row = evaluate::evaluate(backend, &trainer, dataset, masker, options, step)?;
                 log.write(&row)?;
                 last_eval = Some(row);
@@ -531,6 +602,9 @@ impl BackendTask for Run<'_> {
             }
         }
         progress.finish_and_clear();
+        if !say {
+            return Ok(());
+        }
         let plot = plot::plot_run(&run_dir)?;
         let dir = run_dir.display();
         let usage = format!(
@@ -570,137 +644,6 @@ impl BackendTask for Run<'_> {
         println!("  deberta export --in {dir} --format hf --out exported-model");
         Ok(())
     }
-}
-
-/// One optimizer step over `grad_accum` micro-batches at learning rates `(generator,
-/// discriminator)`; returns the mean MLM and RTD losses.
-#[allow(clippy::too_many_arguments)]
-fn train_step<B: Backend>(
-    backend: &B,
-    trainer: &mut Trainer<B>,
-    options: &PretrainOptions,
-    step: u64,
-    (lr, discriminator_lr): (f32, f32),
-    batch: &crate::data::Batch,
-    masked: &crate::data::MaskedBatch,
-    logging: bool,
-    stats: &mut StepStats,
-) -> Result<(f32, f32)> {
-    let count = options.grad_accum;
-    let rows = batch.batch / count;
-    let len = batch.len;
-    let gen_cfg = trainer.pair.generator.config;
-    let disc_cfg = trainer.pair.discriminator.config;
-    let dropout = |model: u32| Dropout {
-        hidden: options.dropout,
-        attention: options.attention_dropout,
-        seed: options.seed,
-        step: step as u32,
-        model,
-    };
-    let mut discriminator_batches = Vec::with_capacity(count);
-    let mut loss_mlm = 0.0f32;
-    for k in 0..count {
-        let span = k * rows * len..(k + 1) * rows * len;
-        let host = HostBatch {
-            input_ids: &masked.input_ids[span.clone()],
-            attention_mask: &batch.attention_mask[span.clone()],
-            token_type_ids: None,
-            batch: rows,
-            len,
-        };
-        let labels = &masked.labels[span.clone()];
-        let generator = GeneratorBatch {
-            batch: deberta_core::model::DeviceBatch::upload(backend, &gen_cfg, &host)
-                .map_err(model_error("generator input"))?,
-            targets: MlmTargets::from_labels(backend, labels, gen_cfg.vocab_size)
-                .map_err(model_error("masked labels"))?,
-        };
-        let positions: Vec<usize> = (0..labels.len()).filter(|&p| labels[p] != -100).collect();
-        let mut sampled = backend
-            .upload_indices(&vec![0; positions.len()])
-            .map_err(model_error("sample buffer"))?;
-        let micro = MicroBatch { index: k, count };
-        let sampler = Sampler {
-            stream: RandomStream {
-                seed: options.seed,
-                step: step as u32,
-                stream: SAMPLING_STREAM + k as u32,
-            },
-            out: &mut sampled,
-        };
-        loss_mlm += trainer
-            .generator_phase(
-                backend,
-                &generator,
-                lr,
-                Some(&dropout(2 * k as u32)),
-                Some(sampler),
-                micro,
-            )
-            .map_err(model_error("generator step"))?
-            / count as f32;
-        let mut ids = vec![0u32; positions.len()];
-        backend
-            .download_indices(&sampled, &mut ids)
-            .map_err(model_error("reading samples"))?;
-        if logging {
-            let logits = trainer
-                .generator_logits()
-                .ok_or_else(|| Error::Usage("generator logits missing".into()))?;
-            let mut host_logits = vec![0.0f32; positions.len() * gen_cfg.vocab_size];
-            backend
-                .download(logits, &mut host_logits)
-                .map_err(model_error("reading logits"))?;
-            let predicted = argmax_rows(&host_logits, gen_cfg.vocab_size);
-            for (&p, &guess) in positions.iter().zip(&predicted) {
-                stats.mlm_correct += usize::from(i64::from(guess) == labels[p]);
-            }
-        }
-        stats.mlm_total += positions.len();
-        let mut corrupted = batch.input_ids[span.clone()].to_vec();
-        for (&p, &id) in positions.iter().zip(&ids) {
-            corrupted[p] = i64::from(id);
-            stats.replaced += usize::from(i64::from(id) != labels[p]);
-        }
-        let host_disc = HostBatch {
-            input_ids: &corrupted,
-            ..host
-        };
-        discriminator_batches.push((
-            DiscriminatorBatch::upload(backend, &disc_cfg, &host_disc, &corrupted, labels)
-                .map_err(model_error("discriminator input"))?,
-            corrupted,
-            span,
-        ));
-    }
-    let mut loss_rtd = 0.0f32;
-    for (k, (discriminator, corrupted, span)) in discriminator_batches.iter().enumerate() {
-        let mut logits = vec![0.0f32; corrupted.len()];
-        loss_rtd += trainer
-            .discriminator_phase(
-                backend,
-                discriminator,
-                discriminator_lr,
-                Some(&dropout(2 * k as u32 + 1)),
-                logging.then_some(logits.as_mut_slice()),
-                MicroBatch { index: k, count },
-            )
-            .map_err(model_error("discriminator step"))?
-            / count as f32;
-        if logging {
-            let labels = &masked.labels[span.clone()];
-            let mask = &batch.attention_mask[span.clone()];
-            for p in 0..corrupted.len() {
-                if mask[p] != 0 {
-                    stats
-                        .rtd
-                        .push((logits[p], labels[p] != -100 && labels[p] != corrupted[p]));
-                }
-            }
-        }
-    }
-    Ok((loss_mlm, loss_rtd))
 }
 
 fn progress_bar(enabled: bool, start: u64, end: u64) -> indicatif::ProgressBar {
