@@ -15,10 +15,12 @@ step "toolchain components and targets"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add thumbv7em-none-eabihf
 
-step "system packages (lavapipe for wgpu, QEMU for the firmware)"
+step "system packages (lavapipe for wgpu, QEMU for the firmware, Open MPI and libclang for --features mpi)"
 missing=()
 compgen -G "/usr/share/vulkan/icd.d/lvp_icd*.json" >/dev/null || missing+=(mesa-vulkan-drivers libvulkan1)
 command -v qemu-system-arm >/dev/null 2>&1 || missing+=(qemu-system-arm)
+{ command -v mpirun && command -v mpicc; } >/dev/null 2>&1 || missing+=(openmpi-bin libopenmpi-dev)
+ldconfig -p | grep -q 'libclang[-.0-9]*\.so' || missing+=(libclang-dev)
 if [ "${#missing[@]}" -gt 0 ]; then
     sudo_cmd=""
     [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
@@ -31,6 +33,7 @@ cargo fmt --all -- --check
 
 step "lints"
 cargo clippy --workspace --all-targets --release -- -D warnings
+cargo clippy -p deberta-host --release --features mpi -- -D warnings
 
 step "deberta-core without std (Cortex-M4, with and without alloc)"
 cargo build -p deberta-core --no-default-features --features alloc --target thumbv7em-none-eabihf --release
@@ -41,7 +44,7 @@ cargo build --release -p deberta-host
 # The learning check and the trained-model edge check run in their own steps below, alone on
 # the machine, on one model trained once.
 cargo test --workspace --release -- --skip trained_nano_discriminator_accuracy \
-    --skip nano_learns_on_the_bundled_corpus_and_writes_every_artefact
+    --skip nano_learns_on_the_bundled_corpus_and_writes_every_artefact --skip mpi_
 
 step "learning check: deberta pretrain, nano preset, 250 steps on the bundled corpus"
 learning_run="${CARGO_TARGET_DIR:-$PWD/target}/nano-learning-run"
@@ -59,5 +62,11 @@ scripts/edge-test.sh
 
 step "fuzzing: every cargo-fuzz target for ${FUZZ_SECONDS:-30}s (stable, no sanitizer)"
 scripts/fuzz.sh
+
+step "data parallelism over MPI: mpirun -np 2 and 4 against --grad-accum (CPU, wgpu), resume, failures"
+# Last: the MPI build replaces target/release/deberta with the same binary plus MPI.
+cargo build --release -p deberta-host --features mpi
+DEBERTA_MPI_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/deberta" \
+    cargo test --release -p deberta-tests --test data_parallel -- --test-threads 1
 
 step "done in $(( $(date +%s) - start ))s"

@@ -10,6 +10,10 @@
 //! Every collective here is deterministic: gathers concatenate in rank order, and sums are
 //! taken by the caller in that order, so every process computes the same bits.
 
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Instant;
+
 use deberta_core::Backend;
 use deberta_core::model::{ParamId, ParamStore};
 use deberta_core::train::GradientReducer;
@@ -121,14 +125,17 @@ pub fn finalize() {
 pub struct AllReduce {
     world: World,
     local: Vec<f32>,
+    seconds: Rc<Cell<f64>>,
 }
 
 impl AllReduce {
-    /// The sum over the processes of `world`.
-    pub fn new(world: World) -> AllReduce {
+    /// The sum over the processes of `world`; the wall time it takes (staging, waiting for the
+    /// other processes, the exchange and the sum) is added to `seconds`.
+    pub fn new(world: World, seconds: Rc<Cell<f64>>) -> AllReduce {
         AllReduce {
             world,
             local: Vec::new(),
+            seconds,
         }
     }
 }
@@ -140,6 +147,7 @@ impl<B: Backend> GradientReducer<B> for AllReduce {
         grads: &mut ParamStore<B::Tensor>,
         ids: &[ParamId],
     ) -> Result<(), deberta_core::Error> {
+        let started = Instant::now();
         let lens: Vec<usize> = ids.iter().map(|&id| backend.len(grads.get(id))).collect();
         let total: usize = lens.iter().sum();
         self.local.resize(total, 0.0);
@@ -159,6 +167,8 @@ impl<B: Backend> GradientReducer<B> for AllReduce {
             }
             offset += len;
         }
+        self.seconds
+            .set(self.seconds.get() + started.elapsed().as_secs_f64());
         Ok(())
     }
 }

@@ -16,7 +16,9 @@ pub mod options;
 pub mod plot;
 mod step;
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -377,8 +379,10 @@ impl BackendTask for Run<'_> {
             optimizer_config(options),
         )
         .map_err(model_error("creating the optimizers"))?;
+        // Seconds spent summing gradients over the processes.
+        let communication = Rc::new(Cell::new(0.0f64));
         if world.size() > 1 {
-            trainer.set_reducer(Box::new(AllReduce::new(world)));
+            trainer.set_reducer(Box::new(AllReduce::new(world, communication.clone())));
         }
         let (mut step, mut cursor) = match &resumed {
             Some(loaded) => {
@@ -607,12 +611,19 @@ impl BackendTask for Run<'_> {
         }
         let plot = plot::plot_run(&run_dir)?;
         let dir = run_dir.display();
-        let usage = format!(
+        let mut usage = format!(
             "{:.0} tokens/s in the training steps, peak RSS {}",
             train_tokens as f64 / train_seconds.max(1e-9),
             crate::resources::peak_rss_mib()
                 .map_or_else(|| "unknown".to_string(), |m| format!("{m:.0} MiB"))
         );
+        if world.size() > 1 {
+            usage += &format!(
+                " (rank 0), {} processes, {:.1} % of the training steps summing gradients over them",
+                world.size(),
+                100.0 * communication.get() / train_seconds.max(1e-9)
+            );
+        }
         if step < options.steps {
             println!(
                 "stopped after step {step} of {}; checkpoint in {dir}/state ({usage})",

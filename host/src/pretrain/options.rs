@@ -295,9 +295,11 @@ impl PretrainOptions {
     }
 
     /// Options whose change would alter the model or the data a resumed run sees: a resume
-    /// refuses to change them. Returns the name of the first difference.
+    /// refuses to change them. Returns the name of the first difference. (`--grad-accum` may
+    /// change with the process count of a data-parallel run as long as the micro-batches of a
+    /// step stay the same: `pretrain` checks that.)
     pub fn incompatible_change(&self, saved: &PretrainOptions) -> Option<&'static str> {
-        let checks: [(&'static str, bool); 17] = [
+        let checks: [(&'static str, bool); 16] = [
             ("corpus", self.corpus != saved.corpus),
             ("tokenizer", self.tokenizer != saved.tokenizer),
             ("vocab-size", self.vocab_size != saved.vocab_size),
@@ -305,7 +307,6 @@ impl PretrainOptions {
             ("preset", self.preset != saved.preset),
             ("config [model]", self.model != saved.model),
             ("batch-size", self.batch_size != saved.batch_size),
-            ("grad-accum", self.grad_accum != saved.grad_accum),
             ("max-seq-len", self.max_seq_len != saved.max_seq_len),
             ("seed", self.seed != saved.seed),
             ("sharing", self.sharing != saved.sharing),
