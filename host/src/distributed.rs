@@ -123,7 +123,7 @@ pub fn finalize() {
 /// process uses to accumulate micro-batches — so `N` processes of one micro-batch each give the
 /// bits of one process with `N` micro-batches.
 pub struct AllReduce {
-    world: World,
+    gather: Box<dyn FnMut(&[f32]) -> Vec<f32>>,
     local: Vec<f32>,
     seconds: Rc<Cell<f64>>,
 }
@@ -132,8 +132,17 @@ impl AllReduce {
     /// The sum over the processes of `world`; the wall time it takes (staging, waiting for the
     /// other processes, the exchange and the sum) is added to `seconds`.
     pub fn new(world: World, seconds: Rc<Cell<f64>>) -> AllReduce {
+        AllReduce::with_gather(move |local| world.all_gather_f32(local), seconds)
+    }
+
+    /// The sum over the processes that `gather` exchanges with: it must return every
+    /// process's flat gradients (all of the same length), concatenated in rank order.
+    pub fn with_gather(
+        gather: impl FnMut(&[f32]) -> Vec<f32> + 'static,
+        seconds: Rc<Cell<f64>>,
+    ) -> AllReduce {
         AllReduce {
-            world,
+            gather: Box::new(gather),
             local: Vec::new(),
             seconds,
         }
@@ -156,7 +165,17 @@ impl<B: Backend> GradientReducer<B> for AllReduce {
             backend.download(grads.get(id), &mut self.local[offset..offset + len])?;
             offset += len;
         }
-        let all = self.world.all_gather_f32(&self.local);
+        if total == 0 {
+            return Ok(());
+        }
+        let all = (self.gather)(&self.local);
+        if all.is_empty() || !all.len().is_multiple_of(total) {
+            return Err(deberta_core::Error::ShapeMismatch {
+                what: "gathered gradients (a whole number of processes' gradients)",
+                expected: total,
+                found: all.len(),
+            });
+        }
         let mut offset = 0;
         for (&id, &len) in ids.iter().zip(&lens) {
             let sum = grads.get_mut(id);

@@ -1,6 +1,7 @@
 //! Properties of the training math over random small configurations, batches and masks
 //! (proptest): GDES/ES/NES gradient routing, the export of the discriminator embedding, and
-//! model-level finite differences of the backward pass with dropout on.
+//! model-level finite differences of the backward pass with dropout on, and the gradient sum
+//! of data-parallel processes against gradient accumulation.
 
 use deberta_core::config::{PosAttType, RawConfig};
 use deberta_core::model::{Dropout, HostBatch, MlmLayout, ParamStore};
@@ -10,7 +11,11 @@ use deberta_core::train::{
     Workspace,
 };
 use deberta_core::{Backend, CpuBackend, ModelConfig};
+use deberta_host::distributed::AllReduce;
 use proptest::prelude::*;
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::{Arc, Barrier, Mutex};
 
 type Params = ParamStore<Vec<f32>>;
 
@@ -540,6 +545,118 @@ fn each_model_trains_at_its_own_learning_rate() {
                     trainer.params.get(id) != before.get(id),
                     "{schedule:?}/{sharing:?}: discriminator parameter {id:?} did not move"
                 );
+            }
+        }
+    }
+}
+
+/// Rows `rows` of a case's batch, uploaded as the pair's batch.
+fn micro_batch(
+    backend: &CpuBackend,
+    pair: &RtdPair,
+    case: &Case,
+    rows: std::ops::Range<usize>,
+) -> PairBatch<CpuBackend> {
+    let span = rows.start * case.len..rows.end * case.len;
+    let host = HostBatch {
+        input_ids: &case.ids[span.clone()],
+        attention_mask: &case.mask[span.clone()],
+        token_type_ids: None,
+        batch: rows.len(),
+        len: case.len,
+    };
+    PairBatch::upload(
+        backend,
+        pair,
+        &host,
+        &case.corrupted[span.clone()],
+        &case.labels[span],
+    )
+    .unwrap()
+}
+
+/// One step of `micro` micro-batches `batches` of a trainer made like `setup`'s.
+fn train(
+    trainer: &mut Trainer<CpuBackend>,
+    backend: &CpuBackend,
+    batches: &[(PairBatch<CpuBackend>, MicroBatch)],
+) {
+    for (batch, micro) in batches {
+        trainer
+            .generator_phase(backend, &batch.generator, 1e-3, None, None, *micro)
+            .unwrap();
+    }
+    for (batch, micro) in batches {
+        trainer
+            .discriminator_phase(backend, &batch.discriminator, 2e-3, None, None, *micro)
+            .unwrap();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    /// Two processes of one micro-batch each, their gradients summed by the host's
+    /// `AllReduce` (over threads here, over MPI in `deberta pretrain`), end the step with the
+    /// weights of one process accumulating both micro-batches, bit for bit, in every schedule
+    /// and sharing mode.
+    #[test]
+    fn two_processes_equal_two_accumulated_micro_batches(seed in any::<u64>()) {
+        let case = (seed..).map(case).find(|c| c.batch == 2).unwrap();
+        for schedule in [Schedule::Decoupled, Schedule::Joint] {
+            for sharing in [Sharing::Gdes, Sharing::Es, Sharing::Nes] {
+                let make = || {
+                    let (backend, pair, params, _) = setup(&case, sharing, 3);
+                    let trainer = Trainer::new(
+                        &backend, pair, params, schedule, 50.0, OptimizerConfig::xadam(),
+                    )
+                    .unwrap();
+                    (backend, trainer)
+                };
+                let (backend, mut one) = make();
+                let batches = [
+                    (micro_batch(&backend, &one.pair, &case, 0..1), MicroBatch::of(0, 2)),
+                    (micro_batch(&backend, &one.pair, &case, 1..2), MicroBatch::of(1, 2)),
+                ];
+                train(&mut one, &backend, &batches);
+                let slots = Arc::new(Mutex::new(vec![Vec::new(); 2]));
+                let barrier = Arc::new(Barrier::new(2));
+                let replicas: Vec<Vec<Vec<f32>>> = std::thread::scope(|scope| {
+                    let handles: Vec<_> = (0..2)
+                        .map(|rank| {
+                            let (slots, barrier) = (slots.clone(), barrier.clone());
+                            let make = &make;
+                            let case = &case;
+                            scope.spawn(move || {
+                                let (backend, mut trainer) = make();
+                                let gather = move |local: &[f32]| {
+                                    slots.lock().unwrap()[rank] = local.to_vec();
+                                    barrier.wait();
+                                    let all = slots.lock().unwrap().concat();
+                                    barrier.wait();
+                                    all
+                                };
+                                trainer.set_reducer(Box::new(AllReduce::with_gather(
+                                    gather,
+                                    Rc::new(Cell::new(0.0)),
+                                )));
+                                let micro = MicroBatch { index: 0, count: 1, total: 2 };
+                                let batch = micro_batch(&backend, &trainer.pair, case, rank..rank + 1);
+                                train(&mut trainer, &backend, &[(batch, micro)]);
+                                trainer.params.iter().cloned().collect()
+                            })
+                        })
+                        .collect();
+                    handles.into_iter().map(|h| h.join().unwrap()).collect()
+                });
+                let expected: Vec<Vec<f32>> = one.params.iter().cloned().collect();
+                for (rank, replica) in replicas.iter().enumerate() {
+                    let same = replica
+                        .iter()
+                        .zip(&expected)
+                        .all(|(a, b)| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()));
+                    prop_assert!(same, "{schedule:?}/{sharing:?}: process {rank} differs from one process");
+                }
             }
         }
     }
