@@ -117,13 +117,16 @@ pub fn finalize() {
     mpi_backend::finalize();
 }
 
+/// Exchanges one process's flat gradients for every process's, concatenated in rank order.
+type Gather = Box<dyn FnMut(&[f32]) -> Vec<f32>>;
+
 /// The gradient sum of a data-parallel run (staged through the host on every backend):
 /// each process's gradients of the given parameters are gathered, and every process adds them
 /// in rank order onto zeros with its backend's own `add_assign`, the addition a single
 /// process uses to accumulate micro-batches — so `N` processes of one micro-batch each give the
 /// bits of one process with `N` micro-batches.
 pub struct AllReduce {
-    gather: Box<dyn FnMut(&[f32]) -> Vec<f32>>,
+    gather: Gather,
     local: Vec<f32>,
     seconds: Rc<Cell<f64>>,
 }
