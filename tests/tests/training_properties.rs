@@ -11,7 +11,7 @@ use deberta_core::train::{
     Workspace,
 };
 use deberta_core::{Backend, CpuBackend, ModelConfig};
-use deberta_host::distributed::AllReduce;
+use deberta_host::distributed::{AllReduce, ExchangeStats};
 use proptest::prelude::*;
 use std::cell::Cell;
 use std::rc::Rc;
@@ -629,16 +629,16 @@ proptest! {
                             let case = &case;
                             scope.spawn(move || {
                                 let (backend, mut trainer) = make();
-                                let gather = move |local: &[f32]| {
+                                let gather = move |local: &[u32]| {
                                     slots.lock().unwrap()[rank] = local.to_vec();
                                     barrier.wait();
-                                    let all = slots.lock().unwrap().concat();
+                                    let all = slots.lock().unwrap().clone();
                                     barrier.wait();
                                     all
                                 };
                                 trainer.set_reducer(Box::new(AllReduce::with_gather(
                                     gather,
-                                    Rc::new(Cell::new(0.0)),
+                                    Rc::new(Cell::new(ExchangeStats::default())),
                                 )));
                                 let micro = MicroBatch { index: 0, count: 1, total: 2 };
                                 let batch = micro_batch(&backend, &trainer.pair, case, rank..rank + 1);

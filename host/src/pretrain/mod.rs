@@ -40,7 +40,7 @@ use crate::data::{
     TrainOptions,
 };
 use crate::device::{BackendChoice, BackendTask, dispatch};
-use crate::distributed::{AllReduce, World};
+use crate::distributed::{AllReduce, ExchangeStats, World};
 use crate::error::{Error, Result};
 use crate::model_dir::take_weights;
 use crate::tensor::TensorData;
@@ -379,10 +379,10 @@ impl BackendTask for Run<'_> {
             optimizer_config(options),
         )
         .map_err(model_error("creating the optimizers"))?;
-        // Seconds spent summing gradients over the processes.
-        let communication = Rc::new(Cell::new(0.0f64));
+        // What summing the gradients over the processes costs.
+        let exchange = Rc::new(Cell::new(ExchangeStats::default()));
         if world.size() > 1 {
-            trainer.set_reducer(Box::new(AllReduce::new(world, communication.clone())));
+            trainer.set_reducer(Box::new(AllReduce::new(world, exchange.clone())));
         }
         let (mut step, mut cursor) = match &resumed {
             Some(loaded) => {
@@ -618,10 +618,13 @@ impl BackendTask for Run<'_> {
                 .map_or_else(|| "unknown".to_string(), |m| format!("{m:.0} MiB"))
         );
         if world.size() > 1 {
+            let exchange = exchange.get();
             usage += &format!(
-                " (rank 0), {} processes, {:.1} % of the training steps summing gradients over them",
+                " (rank 0); {} processes, {:.1} % of the training steps summing gradients over \
+                 them, {:.0} % of the dense gradient volume sent",
                 world.size(),
-                100.0 * communication.get() / train_seconds.max(1e-9)
+                100.0 * exchange.seconds / train_seconds.max(1e-9),
+                100.0 * exchange.sent_words as f64 / exchange.dense_words.max(1) as f64
             );
         }
         if step < options.steps {

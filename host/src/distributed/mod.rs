@@ -18,6 +18,8 @@ use deberta_core::Backend;
 use deberta_core::model::{ParamId, ParamStore};
 use deberta_core::train::GradientReducer;
 
+mod blocks;
+
 /// The processes of this job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct World {
@@ -84,9 +86,27 @@ impl World {
     pub fn all_gather_varcount_f32(&self, local: &[f32]) -> Vec<f32> {
         #[cfg(feature = "mpi")]
         if self.size > 1 {
-            return mpi_backend::all_gather_varcount(local, self.size);
+            return mpi_backend::all_gather_varcount(local, self.size).0;
         }
         local.to_vec()
+    }
+
+    /// Every process's `local` (lengths may differ), in rank order.
+    pub fn all_gather_messages(&self, local: &[u32]) -> Vec<Vec<u32>> {
+        #[cfg(feature = "mpi")]
+        if self.size > 1 {
+            let (all, counts) = mpi_backend::all_gather_varcount(local, self.size);
+            let mut rest = &all[..];
+            return counts
+                .iter()
+                .map(|&c| {
+                    let (message, tail) = rest.split_at(c as usize);
+                    rest = tail;
+                    message.to_vec()
+                })
+                .collect();
+        }
+        vec![local.to_vec()]
     }
 
     /// Element-wise sums of every process's `local` (all of the same length).
@@ -117,37 +137,51 @@ pub fn finalize() {
     mpi_backend::finalize();
 }
 
-/// Exchanges one process's flat gradients for every process's, concatenated in rank order.
-type Gather = Box<dyn FnMut(&[f32]) -> Vec<f32>>;
+/// Exchanges one process's message for every process's, in rank order.
+type Gather = Box<dyn FnMut(&[u32]) -> Vec<Vec<u32>>>;
+
+/// How much a data-parallel run exchanged, and how long its gradient sums took.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ExchangeStats {
+    /// Wall time of the sums: staging, waiting for the other processes, exchange, addition.
+    pub seconds: f64,
+    /// 32-bit words this process sent.
+    pub sent_words: u64,
+    /// 32-bit words a dense exchange of the same gradients would have sent.
+    pub dense_words: u64,
+}
 
 /// The gradient sum of a data-parallel run (staged through the host on every backend):
-/// each process's gradients of the given parameters are gathered, and every process adds them
-/// in rank order onto zeros with its backend's own `add_assign`, the addition a single
-/// process uses to accumulate micro-batches — so `N` processes of one micro-batch each give the
-/// bits of one process with `N` micro-batches.
+/// each process's gradients of the given parameters are gathered as a block-sparse message
+/// (blocks that are exactly `+0.0`, such as the embedding rows no token of the process
+/// touched, are not sent), and every process adds them in rank order onto zeros with its
+/// backend's own `add_assign`, the addition a single process uses to accumulate micro-batches
+/// — so `N` processes of one micro-batch each give the bits of one process with `N`
+/// micro-batches.
 pub struct AllReduce {
     gather: Gather,
     local: Vec<f32>,
-    seconds: Rc<Cell<f64>>,
+    message: Vec<u32>,
+    stats: Rc<Cell<ExchangeStats>>,
 }
 
 impl AllReduce {
-    /// The sum over the processes of `world`; the wall time it takes (staging, waiting for the
-    /// other processes, the exchange and the sum) is added to `seconds`.
-    pub fn new(world: World, seconds: Rc<Cell<f64>>) -> AllReduce {
-        AllReduce::with_gather(move |local| world.all_gather_f32(local), seconds)
+    /// The sum over the processes of `world`; what it costs is added to `stats`.
+    pub fn new(world: World, stats: Rc<Cell<ExchangeStats>>) -> AllReduce {
+        AllReduce::with_gather(move |local| world.all_gather_messages(local), stats)
     }
 
     /// The sum over the processes that `gather` exchanges with: it must return every
-    /// process's flat gradients (all of the same length), concatenated in rank order.
+    /// process's message, in rank order.
     pub fn with_gather(
-        gather: impl FnMut(&[f32]) -> Vec<f32> + 'static,
-        seconds: Rc<Cell<f64>>,
+        gather: impl FnMut(&[u32]) -> Vec<Vec<u32>> + 'static,
+        stats: Rc<Cell<ExchangeStats>>,
     ) -> AllReduce {
         AllReduce {
             gather: Box::new(gather),
             local: Vec::new(),
-            seconds,
+            message: Vec::new(),
+            stats,
         }
     }
 }
@@ -171,26 +205,38 @@ impl<B: Backend> GradientReducer<B> for AllReduce {
         if total == 0 {
             return Ok(());
         }
-        let all = (self.gather)(&self.local);
-        if all.is_empty() || !all.len().is_multiple_of(total) {
-            return Err(deberta_core::Error::ShapeMismatch {
-                what: "gathered gradients (a whole number of processes' gradients)",
-                expected: total,
-                found: all.len(),
+        blocks::encode(&self.local, &mut self.message);
+        let messages = (self.gather)(&self.message);
+        if messages.is_empty() {
+            return Err(deberta_core::Error::EmptyInput {
+                what: "the processes' gradient messages",
             });
         }
-        let mut offset = 0;
-        for (&id, &len) in ids.iter().zip(&lens) {
-            let sum = grads.get_mut(id);
-            backend.fill(sum, 0.0)?;
-            for part in all.chunks_exact(total) {
+        let mut stats = self.stats.get();
+        stats.sent_words += self.message.len() as u64;
+        stats.dense_words += total as u64;
+        let mut part = Vec::with_capacity(total);
+        for (rank, message) in messages.iter().enumerate() {
+            blocks::decode(message, total, &mut part).ok_or(
+                deberta_core::Error::ShapeMismatch {
+                    what: "a process's gradient message (values for these parameters)",
+                    expected: total,
+                    found: message.len(),
+                },
+            )?;
+            let mut offset = 0;
+            for (&id, &len) in ids.iter().zip(&lens) {
+                let sum = grads.get_mut(id);
+                if rank == 0 {
+                    backend.fill(sum, 0.0)?;
+                }
                 let share = backend.upload(&part[offset..offset + len])?;
                 backend.add_assign(sum, &share)?;
+                offset += len;
             }
-            offset += len;
         }
-        self.seconds
-            .set(self.seconds.get() + started.elapsed().as_secs_f64());
+        stats.seconds += started.elapsed().as_secs_f64();
+        self.stats.set(stats);
         Ok(())
     }
 }
@@ -253,10 +299,11 @@ mod mpi_backend {
         all
     }
 
+    /// Every process's `local`, concatenated in rank order, and their lengths.
     pub(super) fn all_gather_varcount<T: Equivalence + Copy + Default>(
         local: &[T],
         size: usize,
-    ) -> Vec<T> {
+    ) -> (Vec<T>, Vec<i32>) {
         let counts: Vec<i32> = all_gather(&[local.len() as i32], size);
         let displs: Vec<i32> = counts
             .iter()
@@ -268,9 +315,9 @@ mod mpi_backend {
             .collect();
         let total: i32 = counts.iter().sum();
         let mut all = vec![T::default(); total as usize];
-        let mut partition = PartitionMut::new(&mut all[..], counts, &displs[..]);
+        let mut partition = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
         communicator().all_gather_varcount_into(local, &mut partition);
-        all
+        (all, counts)
     }
 
     pub(super) fn abort(code: i32) -> ! {
