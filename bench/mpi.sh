@@ -35,9 +35,9 @@ WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
 "$BIN" tokenizer train --corpus data/shakespeare/texts --vocab-size 2000 \
-    --out "$WORK/tokenizer.json" >/dev/null
+    --out "$WORK/tokenizer.json" >/dev/null 2>&1
 
-# Runs `deberta pretrain` in N processes (1: without mpirun); prints "tokens/s sum%".
+# Runs `deberta pretrain` in N processes (1: without mpirun); prints "tokens/s sum% volume%".
 run() {
     local n="$1" out="$WORK/run-$1-$RANDOM"
     local args=(pretrain --tokenizer "$WORK/tokenizer.json" --out "$out" --steps "$STEPS"
@@ -51,30 +51,33 @@ run() {
             "$BIN" "${args[@]}" 2>&1)"
     fi
     rm -rf "$out"
-    local rate share
+    local rate share volume
     rate="$(grep -o '[0-9]* tokens/s in the training steps' <<<"$log" | grep -o '^[0-9]*')"
     share="$(grep -o '[0-9.]* % of the training steps summing' <<<"$log" | grep -o '^[0-9.]*' || echo 0)"
-    echo "$rate $share"
+    volume="$(grep -o '[0-9]* % of the dense gradient volume' <<<"$log" | grep -o '^[0-9]*' || echo 100)"
+    echo "$rate $share $volume"
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "nano preset, ${ROWS}x64 tokens per process and step, $STEPS steps, --threads 1 per process, backend $BACKEND"
-printf '| processes | tokens/s (one process) | tokens/s (N processes) | efficiency | gradient sum, %% of step |\n'
-printf '|---|---|---|---|---|\n'
+printf '| processes | tokens/s (one process) | tokens/s (N processes) | efficiency | gradient sum, %% of step | sent, %% of dense volume |\n'
+printf '|---|---|---|---|---|---|\n'
 for n in "${PROCESSES[@]}"; do
-    singles=() multis=() shares=()
+    singles=() multis=() shares=() volumes=()
     for _ in $(seq "$ROUNDS"); do
-        read -r rate _ < <(run 1)
+        read -r rate _ _ < <(run 1)
         singles+=("$rate")
-        read -r rate share < <(run "$n")
+        read -r rate share volume < <(run "$n")
         multis+=("$rate")
         shares+=("$share")
+        volumes+=("$volume")
     done
     one="$(printf '%s\n' "${singles[@]}" | median)"
     many="$(printf '%s\n' "${multis[@]}" | median)"
     share="$(printf '%s\n' "${shares[@]}" | median)"
+    volume="$(printf '%s\n' "${volumes[@]}" | median)"
     efficiency="$(awk -v m="$many" -v o="$one" -v n="$n" 'BEGIN {printf "%.1f %%", 100 * m / (n * o)}')"
-    printf '| %s | %s | %s | %s | %s |\n' "$n" "$one" "$many" "$efficiency" "$share"
+    printf '| %s | %s | %s | %s | %s | %s |\n' "$n" "$one" "$many" "$efficiency" "$share" "$volume"
 done
