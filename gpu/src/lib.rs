@@ -43,6 +43,7 @@ mod pipelines;
 mod pool;
 mod recorder;
 mod tensor;
+mod test_backend;
 mod transfer;
 
 pub use adapter::{AdapterChoice, AdapterSummary, list_adapters};
@@ -50,5 +51,6 @@ pub use backend::WgpuBackend;
 pub use error::GpuError;
 pub use ops::matmul::MatmulTiles;
 pub use tensor::{DeviceBuffer, GpuIndices, GpuTensor};
+pub use test_backend::test_backend;
 /// The kind of an adapter (discrete, integrated, virtual, CPU, other), as wgpu reports it.
 pub use wgpu::DeviceType;

@@ -3,45 +3,12 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
-use std::io::Write;
-use std::sync::OnceLock;
-
 use deberta_core::Backend;
-use deberta_gpu::{AdapterChoice, WgpuBackend};
+use deberta_gpu::WgpuBackend;
 
-/// The wgpu backend shared by every test of a binary, or `None` when this machine has no
-/// adapter. With `CI=true` a missing adapter fails the test instead; otherwise a notice goes to
-/// the terminal (bypassing the test harness's capture, so a skip is never silent).
+/// The wgpu backend shared by every test of a binary (see [`deberta_gpu::test_backend`]).
 pub fn gpu() -> Option<&'static WgpuBackend> {
-    static GPU: OnceLock<Result<WgpuBackend, String>> = OnceLock::new();
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    let backend = GPU.get_or_init(|| match WgpuBackend::new(AdapterChoice::default()) {
-        Ok(backend) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "deberta-gpu tests run on {}",
-                backend.adapter()
-            );
-            Ok(backend)
-        }
-        Err(error) => {
-            if !ci {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED: the wgpu tests found no GPU adapter (set CI=true to make this a \
-                     failure): {error}"
-                );
-            }
-            Err(error.to_string())
-        }
-    });
-    match backend {
-        Ok(backend) => Some(backend),
-        Err(message) if ci => {
-            panic!("CI=true requires a GPU adapter for the wgpu tests: {message}")
-        }
-        Err(_) => None,
-    }
+    deberta_gpu::test_backend()
 }
 
 /// Uploads `data`.
