@@ -144,3 +144,120 @@ pub fn temp_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("creating temp dir");
     dir
 }
+
+/// Failures of the tensors of `reference` selected by `keep` against `ours` at
+/// `|a − r| ≤ abs + rel·|r|` element-wise (a missing tensor, another shape or a NaN fails),
+/// and the worst one as `(name, multiple of the tolerance, absolute error)`.
+pub fn tensor_failures(
+    label: &str,
+    ours: &TensorMap,
+    reference: &TensorMap,
+    keep: impl Fn(&str) -> bool,
+    (abs, rel): (f64, f64),
+) -> (Vec<String>, (String, f64, f64)) {
+    let mut failures = Vec::new();
+    let mut worst = (String::new(), 0.0f64, 0.0f64);
+    for (name, tensor) in reference.iter().filter(|(n, _)| keep(n)) {
+        let Some(mine) = ours.get(name) else {
+            failures.push(format!("{label}: `{name}` missing from our output"));
+            continue;
+        };
+        if mine.shape != tensor.shape {
+            failures.push(format!(
+                "{label}: `{name}` shape {:?} vs {:?}",
+                mine.shape, tensor.shape
+            ));
+            continue;
+        }
+        let (a, r) = (values(ours, name), values(reference, name));
+        let (mut ratio, mut largest) = (0.0f64, 0.0f64);
+        for (x, y) in a.iter().zip(&r) {
+            let d = (x - y).abs();
+            let d = if d.is_nan() { f64::INFINITY } else { d };
+            ratio = ratio.max(d / (abs + rel * y.abs()));
+            largest = largest.max(d);
+        }
+        if ratio > 1.0 {
+            failures.push(format!(
+                "{label}: `{name}` off by {largest:.3e} ({ratio:.2}x the tolerance)"
+            ));
+        }
+        if ratio >= worst.1 {
+            worst = (name.clone(), ratio, largest);
+        }
+    }
+    (failures, worst)
+}
+
+/// Per-step losses of a training trajectory within this relative error of the reference.
+pub const TRAJECTORY_LOSS_REL: f64 = 1e-4;
+/// Final parameters of a training trajectory within `abs + rel·|ref|` of the reference.
+pub const TRAJECTORY_PARAM_TOL: (f64, f64) = (3e-5, 1e-4);
+
+/// Failures of a training trajectory (`loss_mlm`/`loss_rtd` per step, `param.<name>` after
+/// the last) against a reference file of `fixtures/<set>/train/`; prints its worst figures.
+pub fn trajectory_failures(label: &str, ours: &TensorMap, reference: &TensorMap) -> Vec<String> {
+    let mut failures = Vec::new();
+    let mut report = format!("{label:<40}");
+    for key in ["loss_mlm", "loss_rtd"] {
+        let (a, r) = (values(ours, key), values(reference, key));
+        if a.len() != r.len() {
+            failures.push(format!(
+                "{label}: `{key}` has {} steps, not {}",
+                a.len(),
+                r.len()
+            ));
+            continue;
+        }
+        let (mut worst, mut at) = (0.0f64, 0);
+        for (k, (x, y)) in a.iter().zip(&r).enumerate() {
+            let rel = (x - y).abs() / y.abs();
+            let rel = if rel.is_nan() { f64::INFINITY } else { rel };
+            if rel > worst {
+                (worst, at) = (rel, k);
+            }
+        }
+        if worst > TRAJECTORY_LOSS_REL {
+            failures.push(format!(
+                "{label}: `{key}` step {at} off by {worst:.2e} relative"
+            ));
+        }
+        report.push_str(&format!(" {key} {worst:.1e} (step {at:>2})"));
+    }
+    let (param_failures, worst) = tensor_failures(
+        label,
+        ours,
+        reference,
+        |n| n.starts_with("param."),
+        TRAJECTORY_PARAM_TOL,
+    );
+    failures.extend(param_failures);
+    for name in ours.keys().filter(|n| n.starts_with("param.")) {
+        if !reference.contains_key(name) {
+            failures.push(format!(
+                "{label}: `{name}` is not a parameter of the reference"
+            ));
+        }
+    }
+    println!(
+        "{report} | param max abs err {:.2e} ({:.3}x tolerance) in {}",
+        worst.2, worst.1, worst.0
+    );
+    failures
+}
+
+/// The rows of a run's `metrics.jsonl` without their wall-clock fields (what two runs of the
+/// same training must write identically).
+pub fn deterministic_rows(run_dir: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    use deberta_host::pretrain::metrics::{WALL_CLOCK_KEYS, read_rows};
+    read_rows(&run_dir.join("metrics.jsonl"))
+        .unwrap_or_else(|e| panic!("{}: {e}", run_dir.display()))
+        .into_iter()
+        .map(|mut row| {
+            for key in WALL_CLOCK_KEYS {
+                row.remove(*key);
+            }
+            row
+        })
+        .collect()
+}

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use deberta_host::pretrain::metrics::{WALL_CLOCK_KEYS, read_rows};
-use deberta_tests::temp_dir;
+use deberta_host::pretrain::metrics::read_rows;
+use deberta_tests::{deterministic_rows, temp_dir};
 use serde_json::{Map, Value};
 
 /// The MPI-enabled binary, or `None` (with the reason printed) when this machine lacks it.
@@ -128,17 +128,11 @@ fn parallel(bin: &Path, processes: usize, args: &[String]) {
 
 /// The rows of a metrics log without wall-clock fields and the process count.
 fn rows(run_dir: &Path) -> Vec<Map<String, Value>> {
-    read_rows(&run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .map(|mut row| {
-            for key in WALL_CLOCK_KEYS {
-                row.remove(*key);
-            }
-            row.remove("world_size");
-            row
-        })
-        .collect()
+    let mut rows = deterministic_rows(run_dir);
+    for row in &mut rows {
+        row.remove("world_size");
+    }
+    rows
 }
 
 /// Both runs logged the same rows and hold the same weights and optimizer state, bit for bit.

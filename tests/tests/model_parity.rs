@@ -24,14 +24,13 @@ use deberta_host::gradients::{
 };
 use deberta_host::inference::Session;
 use deberta_host::model_dir::load_model_dir;
-use deberta_tests::{MODEL_FIXTURES, fixture, ints, load, max_abs_diff, values};
+use deberta_tests::{
+    MODEL_FIXTURES, fixture, ints, load, max_abs_diff, tensor_failures, trajectory_failures, values,
+};
 
 const FORWARD_TOL: f64 = 1e-4;
 const GRAD_ABS: f64 = 1e-5;
 const GRAD_REL: f64 = 1e-4;
-const LOSS_REL: f64 = 1e-4;
-const PARAM_ABS: f64 = 3e-5;
-const PARAM_REL: f64 = 1e-4;
 
 /// Generates, for each named function generic over the backend, a test `cpu::<name>` and a
 /// test `wgpu::<name>`.
@@ -193,40 +192,8 @@ fn gradient_failures(
     reference: &TensorMap,
     skip: impl Fn(&str) -> bool,
 ) -> Vec<String> {
-    let mut failures = Vec::new();
-    let mut worst = (String::new(), 0.0f64, 0.0f64);
-    for (name, tensor) in reference {
-        if skip(name) {
-            continue;
-        }
-        let Some(mine) = ours.get(name) else {
-            failures.push(format!("{label}: `{name}` missing from our output"));
-            continue;
-        };
-        if mine.shape != tensor.shape {
-            failures.push(format!(
-                "{label}: `{name}` shape {:?} vs {:?}",
-                mine.shape, tensor.shape
-            ));
-            continue;
-        }
-        let (a, r) = (values(ours, name), values(reference, name));
-        let (mut ratio, mut abs) = (0.0f64, 0.0f64);
-        for (x, y) in a.iter().zip(&r) {
-            let d = (x - y).abs();
-            let d = if d.is_nan() { f64::INFINITY } else { d };
-            ratio = ratio.max(d / (GRAD_ABS + GRAD_REL * y.abs()));
-            abs = abs.max(d);
-        }
-        if ratio > 1.0 {
-            failures.push(format!(
-                "{label}: `{name}` off by {abs:.3e} ({ratio:.2}x the tolerance)"
-            ));
-        }
-        if ratio >= worst.1 {
-            worst = (name.clone(), ratio, abs);
-        }
-    }
+    let (failures, worst) =
+        tensor_failures(label, ours, reference, |n| !skip(n), (GRAD_ABS, GRAD_REL));
     println!(
         "{label:<28} worst tensor {:<70} max abs err {:.3e} ({:.3}x tolerance)",
         worst.0, worst.2, worst.1
@@ -339,37 +306,6 @@ fn flags_of(file: &Path) -> Option<(Sharing, OptimizerKind, Schedule)> {
         .then_some((sharing, optimizer, schedule))
 }
 
-/// Worst relative loss error over the steps and worst parameter error of a trajectory, as
-/// multiples of their tolerances.
-fn trajectory_errors(label: &str, ours: &TensorMap, reference: &TensorMap) -> (f64, f64) {
-    let mut loss = 0.0f64;
-    for key in ["loss_mlm", "loss_rtd"] {
-        let (a, r) = (values(ours, key), values(reference, key));
-        assert_eq!(a.len(), r.len(), "{label}: steps of {key}");
-        for (a, r) in a.iter().zip(r) {
-            let rel = (a - r).abs() / r.abs();
-            loss = loss.max(if rel.is_nan() { f64::INFINITY } else { rel });
-        }
-    }
-    let mut param = (0.0f64, 0.0f64, String::new());
-    for name in reference.keys().filter(|n| n.starts_with("param.")) {
-        assert!(ours.contains_key(name), "{label}: `{name}` missing");
-        for (a, r) in values(ours, name).iter().zip(values(reference, name)) {
-            let d = (a - r).abs();
-            let d = if d.is_nan() { f64::INFINITY } else { d };
-            let ratio = d / (PARAM_ABS + PARAM_REL * r.abs());
-            if ratio >= param.1 {
-                param = (d, ratio, name.clone());
-            }
-        }
-    }
-    println!(
-        "{label:<40} loss {loss:.2e} relative | param max abs err {:.2e} ({:.3}x tolerance) in {}",
-        param.0, param.1, param.2
-    );
-    (loss / LOSS_REL, param.1)
-}
-
 fn training_trajectories_match_pytorch<B: Backend>(backend: &B) {
     let mut failures = Vec::new();
     let mut files = 0;
@@ -402,12 +338,7 @@ fn training_trajectories_match_pytorch<B: Backend>(backend: &B) {
                 backend.name(),
                 path.file_stem().unwrap().to_string_lossy()
             );
-            let (loss, param) = trajectory_errors(&label, &ours, &reference);
-            if loss > 1.0 || param > 1.0 {
-                failures.push(format!(
-                    "{label}: losses at {loss:.2}x, parameters at {param:.2}x the tolerance"
-                ));
-            }
+            failures.extend(trajectory_failures(&label, &ours, &reference));
             files += 1;
         }
     }

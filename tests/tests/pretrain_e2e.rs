@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use deberta_host::checkpoint::read_tensor_file;
-use deberta_host::pretrain::metrics::{WALL_CLOCK_KEYS, read_rows};
-use deberta_tests::{deberta, deberta_bin, fixture, temp_dir};
+use deberta_host::pretrain::metrics::read_rows;
+use deberta_tests::{deberta, deberta_bin, deterministic_rows, fixture, temp_dir};
 use serde_json::{Map, Value};
 
 fn repo() -> PathBuf {
@@ -38,20 +38,6 @@ fn run_ok(args: &[&str]) -> String {
         run.stderr
     );
     run.stdout
-}
-
-/// Rows of a metrics log without their wall-clock fields.
-fn deterministic_rows(run_dir: &Path) -> Vec<Map<String, Value>> {
-    read_rows(&run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .map(|mut row| {
-            for key in WALL_CLOCK_KEYS {
-                row.remove(*key);
-            }
-            row
-        })
-        .collect()
 }
 
 fn fast_args<'a>(corpus: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {

@@ -7,11 +7,7 @@
 use std::path::Path;
 
 use deberta_host::checkpoint::TensorMap;
-use deberta_tests::{deberta, fixture, load, temp_dir, values};
-
-const LOSS_REL: f64 = 1e-4;
-const PARAM_ABS: f64 = 3e-5;
-const PARAM_REL: f64 = 1e-4;
+use deberta_tests::{deberta, fixture, load, temp_dir, trajectory_failures, values};
 
 /// The fixture sets that carry a `train/` folder.
 const SETS: [&str; 3] = ["tiny", "v2style", "long"];
@@ -82,79 +78,6 @@ fn run(set: &str, sharing: &str, optimizer: &str, schedule: &str, steps: usize) 
     load(&out)
 }
 
-/// Compares one trajectory; returns its failures and prints its worst figures.
-fn check(label: &str, ours: &TensorMap, reference: &TensorMap) -> Vec<String> {
-    let mut failures = Vec::new();
-    let mut report = format!("{label:<36}");
-    for key in ["loss_mlm", "loss_rtd"] {
-        let (a, r) = (values(ours, key), values(reference, key));
-        if a.len() != r.len() {
-            failures.push(format!(
-                "{label}: `{key}` has {} steps, not {}",
-                a.len(),
-                r.len()
-            ));
-            continue;
-        }
-        let (mut worst, mut at) = (0.0f64, 0);
-        for (k, (x, y)) in a.iter().zip(&r).enumerate() {
-            let rel = (x - y).abs() / y.abs();
-            let rel = if rel.is_nan() { f64::INFINITY } else { rel };
-            if rel > worst {
-                (worst, at) = (rel, k);
-            }
-        }
-        if worst > LOSS_REL {
-            failures.push(format!(
-                "{label}: `{key}` step {at} off by {worst:.2e} relative"
-            ));
-        }
-        report.push_str(&format!(" {key} {worst:.1e} (step {at:>2})"));
-    }
-    let mut worst = (String::new(), 0.0f64, 0.0f64);
-    for name in reference.keys().filter(|n| n.starts_with("param.")) {
-        let Some(mine) = ours.get(name) else {
-            failures.push(format!("{label}: `{name}` missing from our output"));
-            continue;
-        };
-        if mine.shape != reference[name].shape {
-            failures.push(format!(
-                "{label}: `{name}` shape {:?} vs {:?}",
-                mine.shape, reference[name].shape
-            ));
-            continue;
-        }
-        let (a, r) = (values(ours, name), values(reference, name));
-        let (mut ratio, mut abs) = (0.0f64, 0.0f64);
-        for (x, y) in a.iter().zip(&r) {
-            let d = (x - y).abs();
-            let d = if d.is_nan() { f64::INFINITY } else { d };
-            ratio = ratio.max(d / (PARAM_ABS + PARAM_REL * y.abs()));
-            abs = abs.max(d);
-        }
-        if ratio > 1.0 {
-            failures.push(format!(
-                "{label}: `{name}` off by {abs:.3e} ({ratio:.2}x the tolerance)"
-            ));
-        }
-        if abs >= worst.2 {
-            worst = (name.clone(), ratio, abs);
-        }
-    }
-    for name in ours.keys().filter(|n| n.starts_with("param.")) {
-        if !reference.contains_key(name) {
-            failures.push(format!(
-                "{label}: `{name}` is not a parameter of the reference"
-            ));
-        }
-    }
-    println!(
-        "{report} | param max abs err {:.2e} ({:.3}x tolerance) in {}",
-        worst.2, worst.1, worst.0
-    );
-    failures
-}
-
 #[test]
 fn every_training_trajectory_matches_pytorch() {
     let mut failures = Vec::new();
@@ -178,7 +101,7 @@ fn every_training_trajectory_matches_pytorch() {
                 "{set}/{}",
                 file.file_stem().and_then(|s| s.to_str()).unwrap_or("?")
             );
-            failures.extend(check(&label, &ours, &reference));
+            failures.extend(trajectory_failures(&label, &ours, &reference));
             if set == "tiny" {
                 combinations.insert((sharing, optimizer, schedule));
             }
