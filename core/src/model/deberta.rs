@@ -209,14 +209,6 @@ pub struct BackwardScratch<T> {
     pub rtd: Option<RtdScratch<T>>,
 }
 
-fn missing(what: &'static str) -> Error {
-    Error::ShapeMismatch {
-        what,
-        expected: 1,
-        found: 0,
-    }
-}
-
 impl Deberta {
     /// Builds the model and registers its parameters in `layout` under `root`; `shared`
     /// supplies embedding tables owned by another model (ES / GDES discriminators).
@@ -484,7 +476,11 @@ impl Deberta {
                     &*rows
                 }
                 (MlmRows::All, _) => top,
-                (MlmRows::Selected { .. }, None) => return Err(missing("MLM row buffer")),
+                (MlmRows::Selected { .. }, None) => {
+                    return Err(Error::Missing {
+                        what: "MLM row buffer",
+                    });
+                }
             };
             head.forward(backend, params, input, acts.mlm_rows, mlm)?;
         }
@@ -549,10 +545,9 @@ impl Deberta {
         scratch: &mut BackwardScratch<B::Tensor>,
     ) -> Result<(), Error> {
         if options.attention_probs != AttentionProbs::Keep && options.dropout.is_none() {
-            return Err(Error::ShapeMismatch {
-                what: "a backward pass needs a forward with AttentionProbs::Keep",
-                expected: 1,
-                found: 0,
+            return Err(Error::Missing {
+                what: "the attention probabilities of the forward (a backward pass needs \
+                       AttentionProbs::Keep)",
             });
         }
         let dropout = options.dropout;

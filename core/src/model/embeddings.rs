@@ -68,10 +68,8 @@ impl TableSource {
                 if accumulate {
                     // (E_G[id] + E_Δ[id]) formed first, then added: the order of a lookup in
                     // the materialised table E_G + E_Δ.
-                    let tmp = scratch.ok_or(Error::ShapeMismatch {
+                    let tmp = scratch.ok_or(Error::Missing {
                         what: "scratch buffer for a GDES table lookup",
-                        expected: 1,
-                        found: 0,
                     })?;
                     backend.embedding_lookup(frozen.read(params), ids, tmp, dim, false)?;
                     backend.embedding_lookup(params.get(delta), ids, tmp, dim, true)?;
@@ -261,10 +259,8 @@ impl Embeddings {
             )?;
         }
         if let Some(token_type) = self.token_type {
-            let ids = batch.token_type_ids.as_ref().ok_or(Error::ShapeMismatch {
+            let ids = batch.token_type_ids.as_ref().ok_or(Error::Missing {
                 what: "token-type ids for the token-type embeddings",
-                expected: 1,
-                found: 0,
             })?;
             backend.embedding_lookup(params.get(token_type), ids, &mut acts.summed, e, true)?;
         }

@@ -78,10 +78,8 @@ pub fn mlm_step<B: Backend>(
     workspace: &mut Workspace<B>,
     sampler: Option<Sampler<'_, B>>,
 ) -> Result<f32, Error> {
-    let head = model.mlm_head.as_ref().ok_or(Error::ShapeMismatch {
+    let head = model.mlm_head.as_ref().ok_or(Error::Missing {
         what: "an MLM head on the model",
-        expected: 1,
-        found: 0,
     })?;
     let options = ForwardOptions {
         dropout,
@@ -107,10 +105,8 @@ pub fn mlm_step<B: Backend>(
         acts.mlm
             .as_ref()
             .zip(scratch.mlm.as_mut())
-            .ok_or(Error::ShapeMismatch {
+            .ok_or(Error::Missing {
                 what: "MLM head buffers",
-                expected: 1,
-                found: 0,
             })?;
     if let Some(sampler) = sampler {
         backend.sample_categorical(&mlm_acts.logits, head.vocab, sampler.stream, sampler.out)?;

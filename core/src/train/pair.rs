@@ -222,7 +222,9 @@ impl RtdPair {
         let gen_word = match generator_model.embeddings.word {
             TableSource::Param(id) => id,
             TableSource::Disentangled { .. } => {
-                return Err(incompatible("a generator that owns its tables", 1, 0));
+                return Err(Error::Missing {
+                    what: "the generator's own embedding tables (it reads another model's)",
+                });
             }
         };
         let gen_position = generator_model
@@ -372,11 +374,13 @@ impl RtdPair {
             scratch,
         } = workspace.prepare(model, backend, device, None, dropout.is_some())?;
         model.forward(backend, params, relative.as_ref(), device, &options, acts)?;
-        let (rtd_acts, rtd_scratch) = acts
-            .rtd
-            .as_ref()
-            .zip(scratch.rtd.as_mut())
-            .ok_or(incompatible("RTD head buffers", 1, 0))?;
+        let (rtd_acts, rtd_scratch) =
+            acts.rtd
+                .as_ref()
+                .zip(scratch.rtd.as_mut())
+                .ok_or(Error::Missing {
+                    what: "RTD head buffers",
+                })?;
         let tokens = batch.tokens as f32;
         backend.bce_with_logits(
             &rtd_acts.logits,

@@ -2,9 +2,10 @@
 //! sums (`sum_rows`, the LayerNorm γ/β gradients).
 
 use deberta_core::Error;
+use deberta_core::kernels::check_sum_rows;
 
 use super::memory::alloc;
-use super::{flag, require, word};
+use super::{flag, word};
 use crate::device::Gpu;
 use crate::kernels::{Kernel, PARAM_CHUNK_ROWS, ROW_WG, SUM_ITEMS};
 use crate::params::ReduceParams;
@@ -146,7 +147,7 @@ pub(crate) fn sum_rows(
     cols: usize,
     accumulate: bool,
 ) -> Result<(), Error> {
-    require("sum_rows", "out", cols, out.len())?;
+    check_sum_rows(out.len(), cols)?;
     let (src, dst) = (gpu.buf(x)?, gpu.buf(out)?);
     if cols == 0 {
         return Ok(());
