@@ -10,9 +10,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::gpu;
-use deberta_core::model::{AttentionProbs, DeviceBatch, HostBatch, MlmLayout};
+use deberta_core::model::{AttentionProbs, BackwardContext, DeviceBatch, HostBatch, MlmLayout};
 use deberta_core::train::{
-    MlmTargets, OptimizerKind, PairBatch, RtdPair, Schedule, Sharing, Workspace, mlm_step,
+    GeneratorBatch, MlmTargets, OptimizerKind, PairBatch, RtdPair, Schedule, Sharing, Workspace,
+    mlm_step,
 };
 use deberta_core::{Backend, CpuBackend};
 use deberta_host::checkpoint::{TensorMap, read_tensor_file};
@@ -167,16 +168,20 @@ fn mlm_gradients<B: Backend>(backend: &B, set: &str) -> TensorMap {
         batch,
         len,
     };
-    let device = DeviceBatch::upload(backend, loaded.config(), &host).unwrap();
-    let targets = MlmTargets::from_labels(backend, &labels, loaded.config().vocab_size).unwrap();
+    let device = GeneratorBatch {
+        batch: DeviceBatch::upload(backend, loaded.config(), &host).unwrap(),
+        targets: MlmTargets::from_labels(backend, &labels, loaded.config().vocab_size).unwrap(),
+    };
     let mut grads = loaded.layout.zeros(backend).unwrap();
+    let mut ctx = BackwardContext {
+        backend,
+        params: &params,
+        grads: &mut grads,
+    };
     let loss = mlm_step(
         &loaded.model,
-        backend,
-        &params,
-        &mut grads,
+        &mut ctx,
         &device,
-        &targets,
         None,
         1.0,
         &mut Workspace::new(),
@@ -236,16 +241,13 @@ fn pair_gradients<B: Backend>(backend: &B, sharing: Sharing) -> TensorMap {
     let device = PairBatch::upload(backend, &pair, &host, &corrupted, &labels).unwrap();
     let mut grads = pair.layout.zeros(backend).unwrap();
     let mut logits = vec![0.0f32; batch * len];
+    let mut ctx = BackwardContext {
+        backend,
+        params: &params,
+        grads: &mut grads,
+    };
     let losses = pair
-        .joint_gradient(
-            backend,
-            &params,
-            &mut grads,
-            &device,
-            50.0,
-            None,
-            Some(&mut logits),
-        )
+        .joint_gradient(&mut ctx, &device, 50.0, None, Some(&mut logits))
         .unwrap();
     let mut out = TensorMap::new();
     for (name, value) in [

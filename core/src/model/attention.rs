@@ -12,6 +12,7 @@
 use alloc::format;
 
 use super::batch::DeviceBatch;
+use super::context::BackwardContext;
 use super::dropout::{Dropout, Site, maybe_dropout};
 use super::modules::Linear;
 use super::params::{ParamLayout, ParamStore};
@@ -71,6 +72,18 @@ impl<B: Backend> Clone for AttentionInput<'_, B> {
 }
 
 impl<B: Backend> Copy for AttentionInput<'_, B> {}
+
+/// Where an attention's (and a layer's) backward adds the gradients of its
+/// [`AttentionInput`].
+pub struct AttentionInputGrads<'a, T> {
+    /// `∂L/∂query_states`.
+    pub dquery_states: &'a mut T,
+    /// `∂L/∂hidden`; `None` for plain self-attention (`hidden` is `query_states`), whose
+    /// gradient all goes to `dquery_states`.
+    pub dhidden: Option<&'a mut T>,
+    /// The gradients of the layer's position projections (with relative attention).
+    pub dprojection: Option<&'a mut ProjectionGrads<T>>,
+}
 
 /// The attention module's weights and shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -306,19 +319,17 @@ impl DisentangledSelfAttention {
     }
 
     /// Backward of [`Self::position_projection`]: adds the projection weights' gradients to
-    /// `grads` and `∂L/∂rel` for the projected rows to `drel` (`[2S, H]`).
-    #[allow(clippy::too_many_arguments)]
+    /// `ctx.grads` and `∂L/∂rel` for the projected rows to `drel` (`[2S, H]`).
     pub fn position_projection_backward<B: Backend>(
         &self,
-        backend: &B,
-        params: &ParamStore<B::Tensor>,
-        grads: &mut ParamStore<B::Tensor>,
+        ctx: &mut BackwardContext<'_, B>,
         rel: &B::Tensor,
         dprojection: &ProjectionGrads<B::Tensor>,
         first_row: usize,
         rows: usize,
         drel: &mut B::Tensor,
     ) -> Result<(), Error> {
+        let (backend, params) = (ctx.backend, ctx.params);
         let pairs = [
             (self.key_position(), dprojection.keys.as_ref()),
             (self.query_position(), dprojection.queries.as_ref()),
@@ -330,7 +341,7 @@ impl DisentangledSelfAttention {
             backend.matmul(
                 dy,
                 rel,
-                grads.get_mut(linear.weight),
+                ctx.grads.get_mut(linear.weight),
                 &MatmulSpec {
                     a: MatrixLayout::row_major(output).transposed(),
                     b: MatrixLayout::row_major(input).at(first_row * input),
@@ -340,7 +351,7 @@ impl DisentangledSelfAttention {
                 },
             )?;
             if let Some(bias) = linear.bias {
-                backend.sum_rows(dy, grads.get_mut(bias), output, true)?;
+                backend.sum_rows(dy, ctx.grads.get_mut(bias), output, true)?;
             }
             // drel[rows] += dy · W
             backend.matmul(
@@ -495,23 +506,23 @@ impl DisentangledSelfAttention {
         attention_context(backend, applied, &acts.value, &mut acts.context, spec)
     }
 
-    /// Backward from `dcontext`: adds to the parameter gradients, to `dquery_states` (and to
-    /// `dhidden`, or to `dquery_states` as well when it is `None`: plain self-attention) and
-    /// to the position-projection gradients `dprojection`.
-    #[allow(clippy::too_many_arguments)]
+    /// Backward from `dcontext`: adds to the parameter gradients and to the input gradients
+    /// `dinput`.
     pub fn backward<B: Backend>(
         &self,
-        backend: &B,
-        params: &ParamStore<B::Tensor>,
-        grads: &mut ParamStore<B::Tensor>,
+        ctx: &mut BackwardContext<'_, B>,
         input: AttentionInput<'_, B>,
         acts: &AttentionActivations<B::Tensor>,
         dcontext: &B::Tensor,
         scratch: &mut AttentionScratch<B::Tensor>,
-        dquery_states: &mut B::Tensor,
-        dhidden: Option<&mut B::Tensor>,
-        dprojection: Option<&mut ProjectionGrads<B::Tensor>>,
+        dinput: AttentionInputGrads<'_, B::Tensor>,
     ) -> Result<(), Error> {
+        let AttentionInputGrads {
+            dquery_states,
+            dhidden,
+            dprojection,
+        } = dinput;
+        let backend = ctx.backend;
         let batch = input.batch;
         let (bsz, len, n) = (batch.batch, batch.len, batch.tokens());
         let (heads, d) = (self.heads, self.head_dim);
@@ -669,9 +680,7 @@ impl DisentangledSelfAttention {
             }
         }
         self.query.backward(
-            backend,
-            params,
-            grads,
+            ctx,
             input.query_states,
             &scratch.dquery,
             Some(&mut *dquery_states),
@@ -681,23 +690,9 @@ impl DisentangledSelfAttention {
             Some(dh) => dh,
             None => dquery_states,
         };
-        self.key.backward(
-            backend,
-            params,
-            grads,
-            input.hidden,
-            &scratch.dkey,
-            Some(&mut *dhidden),
-            n,
-        )?;
-        self.value.backward(
-            backend,
-            params,
-            grads,
-            input.hidden,
-            &scratch.dvalue,
-            Some(dhidden),
-            n,
-        )
+        self.key
+            .backward(ctx, input.hidden, &scratch.dkey, Some(&mut *dhidden), n)?;
+        self.value
+            .backward(ctx, input.hidden, &scratch.dvalue, Some(dhidden), n)
     }
 }

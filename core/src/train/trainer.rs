@@ -8,12 +8,14 @@
 
 use alloc::vec::Vec;
 
+use super::mlm::GeneratorBatch;
 use super::mlm::Sampler;
 use super::optim::{Optimizer, OptimizerConfig};
-use super::pair::{DiscriminatorBatch, GeneratorBatch, Losses, PairBatch, RtdPair};
+use super::pair::{DiscriminatorBatch, Losses, PairBatch, RtdPair};
 use super::workspace::Workspace;
 use crate::Error;
 use crate::backend::Backend;
+use crate::model::BackwardContext;
 use crate::model::dropout::Dropout;
 use crate::model::{ParamId, ParamStore};
 
@@ -138,10 +140,13 @@ impl<B: Backend> Trainer<B> {
                 self.zero(backend, &discriminator_params)?;
             }
         }
-        let loss = self.pair.generator_step(
+        let mut ctx = BackwardContext {
             backend,
-            &self.params,
-            &mut self.grads,
+            params: &self.params,
+            grads: &mut self.grads,
+        };
+        let loss = self.pair.generator_step(
+            &mut ctx,
             batch,
             dropout,
             micro.scale(),
@@ -178,10 +183,13 @@ impl<B: Backend> Trainer<B> {
             let discriminator_params = self.pair.discriminator_params().to_vec();
             self.zero(backend, &discriminator_params)?;
         }
-        let loss = self.pair.discriminator_step(
+        let mut ctx = BackwardContext {
             backend,
-            &self.params,
-            &mut self.grads,
+            params: &self.params,
+            grads: &mut self.grads,
+        };
+        let loss = self.pair.discriminator_step(
+            &mut ctx,
             batch,
             self.rtd_weight * micro.scale(),
             dropout,

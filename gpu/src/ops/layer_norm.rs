@@ -5,7 +5,7 @@ use deberta_core::backend::LayerNormGrads;
 use deberta_core::kernels::LayerNormSpec;
 
 use super::memory::alloc;
-use super::reduce::sum_columns;
+use super::reduce::{ColumnSum, sum_columns};
 use super::{flag, word};
 use crate::device::Gpu;
 use crate::kernels::{Kernel, PARAM_CHUNK_ROWS, ROW_WG};
@@ -111,9 +111,14 @@ pub(crate) fn layer_norm_backward(
         &[partial, x, stats, dout],
         gpu.grid_for(chunks * spec.cols, ROW_WG)?,
     )?;
-    let (cols, stride) = (spec.cols, 2 * spec.cols);
-    sum_columns(gpu, partial, 0, stride, chunks, cols, chunks, dgamma, true)?;
-    sum_columns(
-        gpu, partial, cols, stride, chunks, cols, chunks, dbeta, true,
-    )
+    // The partials are `[chunks, 2·cols]`: the γ part of each row, then the β part.
+    let partial_sum = |offset| ColumnSum {
+        offset,
+        stride: 2 * spec.cols,
+        rows: chunks,
+        cols: spec.cols,
+        chunk_rows: chunks,
+    };
+    sum_columns(gpu, partial, partial_sum(0), dgamma, true)?;
+    sum_columns(gpu, partial, partial_sum(spec.cols), dbeta, true)
 }

@@ -1,0 +1,16 @@
+//! What a backward pass carries through the layers.
+
+use super::params::ParamStore;
+use crate::backend::Backend;
+
+/// What every layer's backward pass works with: the backend, the parameters the forward read,
+/// and the gradients it adds to (laid out as the parameters). Passed by `&mut` from layer to
+/// layer, so a backward signature names only what is particular to its layer.
+pub struct BackwardContext<'a, B: Backend> {
+    /// The backend the pass runs on.
+    pub backend: &'a B,
+    /// The parameters.
+    pub params: &'a ParamStore<B::Tensor>,
+    /// The gradients, added to.
+    pub grads: &'a mut ParamStore<B::Tensor>,
+}
