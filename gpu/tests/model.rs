@@ -173,11 +173,7 @@ fn mlm_gradients<B: Backend>(backend: &B, set: &str) -> TensorMap {
         targets: MlmTargets::from_labels(backend, &labels, loaded.config().vocab_size).unwrap(),
     };
     let mut grads = loaded.layout.zeros(backend).unwrap();
-    let mut ctx = BackwardContext {
-        backend,
-        params: &params,
-        grads: &mut grads,
-    };
+    let mut ctx = BackwardContext::new(backend, &params, &mut grads);
     let loss = mlm_step(
         &loaded.model,
         &mut ctx,
@@ -241,11 +237,7 @@ fn pair_gradients<B: Backend>(backend: &B, sharing: Sharing) -> TensorMap {
     let device = PairBatch::upload(backend, &pair, &host, &corrupted, &labels).unwrap();
     let mut grads = pair.layout.zeros(backend).unwrap();
     let mut logits = vec![0.0f32; batch * len];
-    let mut ctx = BackwardContext {
-        backend,
-        params: &params,
-        grads: &mut grads,
-    };
+    let mut ctx = BackwardContext::new(backend, &params, &mut grads);
     let losses = pair
         .joint_gradient(&mut ctx, &device, 50.0, None, Some(&mut logits))
         .unwrap();

@@ -63,11 +63,7 @@ fn train<B: Backend>(
             step,
             model: 0,
         };
-        let mut ctx = BackwardContext {
-            backend,
-            params: &params,
-            grads: &mut grads,
-        };
+        let mut ctx = BackwardContext::new(backend, &params, &mut grads);
         let loss = mlm_step(
             &loaded.model,
             &mut ctx,

@@ -87,11 +87,7 @@ pub fn mlm_gradients<B: Backend>(
         .layout
         .zeros(backend)
         .map_err(model_err("allocating gradients"))?;
-    let mut ctx = BackwardContext {
-        backend,
-        params: &params,
-        grads: &mut grads,
-    };
+    let mut ctx = BackwardContext::new(backend, &params, &mut grads);
     let loss = mlm_step(
         &loaded.model,
         &mut ctx,
@@ -215,11 +211,7 @@ pub fn pair_gradients<B: Backend>(backend: &B, request: &StepRequest) -> Result<
         .zeros(backend)
         .map_err(model_err("allocating gradients"))?;
     let mut logits = vec![0.0f32; batch * len];
-    let mut ctx = BackwardContext {
-        backend,
-        params: &params,
-        grads: &mut grads,
-    };
+    let mut ctx = BackwardContext::new(backend, &params, &mut grads);
     let losses = pair
         .joint_gradient(
             &mut ctx,

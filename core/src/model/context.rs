@@ -14,3 +14,18 @@ pub struct BackwardContext<'a, B: Backend> {
     /// The gradients, added to.
     pub grads: &'a mut ParamStore<B::Tensor>,
 }
+
+impl<'a, B: Backend> BackwardContext<'a, B> {
+    /// The context of a backward pass on `backend` that adds to `grads`.
+    pub fn new(
+        backend: &'a B,
+        params: &'a ParamStore<B::Tensor>,
+        grads: &'a mut ParamStore<B::Tensor>,
+    ) -> Self {
+        BackwardContext {
+            backend,
+            params,
+            grads,
+        }
+    }
+}

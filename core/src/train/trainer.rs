@@ -140,11 +140,7 @@ impl<B: Backend> Trainer<B> {
                 self.zero(backend, &discriminator_params)?;
             }
         }
-        let mut ctx = BackwardContext {
-            backend,
-            params: &self.params,
-            grads: &mut self.grads,
-        };
+        let mut ctx = BackwardContext::new(backend, &self.params, &mut self.grads);
         let loss = self.pair.generator_step(
             &mut ctx,
             batch,
@@ -183,11 +179,7 @@ impl<B: Backend> Trainer<B> {
             let discriminator_params = self.pair.discriminator_params().to_vec();
             self.zero(backend, &discriminator_params)?;
         }
-        let mut ctx = BackwardContext {
-            backend,
-            params: &self.params,
-            grads: &mut self.grads,
-        };
+        let mut ctx = BackwardContext::new(backend, &self.params, &mut self.grads);
         let loss = self.pair.discriminator_step(
             &mut ctx,
             batch,
