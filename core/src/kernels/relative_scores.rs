@@ -28,7 +28,7 @@ impl RelativeScoresSpec {
     /// The operand contract of [`add_relative_scores`] (every backend's): `scores` holds
     /// `batch·heads·len²` elements, `index` `len²` and each table present (`[c2p, p2c]`)
     /// `batch·heads·len·rows`. Returns `batch·heads·len²`. The index values are checked apart
-    /// ([`Self::check_index`]): a device backend validates them where it builds the index.
+    /// by the CPU kernels; a device backend validates them where it builds the index.
     pub fn check(
         &self,
         scores: usize,
