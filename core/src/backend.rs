@@ -30,8 +30,8 @@
 mod attention;
 
 pub use attention::{
-    AttentionBuffers, AttentionOperands, AttentionSpec, attention_context, attention_probabilities,
-    composed_attention,
+    AttentionBuffers, AttentionLengths, AttentionOperands, AttentionSpec, attention_context,
+    attention_probabilities, composed_attention,
 };
 
 use crate::kernels::{
@@ -40,8 +40,29 @@ use crate::kernels::{
 use crate::random::RandomStream;
 use crate::{Activation, Error};
 
+/// The range contract of the memory operations ([`Backend::write`], [`Backend::download`],
+/// [`Backend::copy`], …) and of the one-element outputs of [`Backend::sum`] (every backend's):
+/// elements `offset..offset + len` lie inside a buffer of `size` elements; `operation` names
+/// the operation in the error.
+pub fn check_range(
+    operation: &'static str,
+    offset: usize,
+    len: usize,
+    size: usize,
+) -> Result<(), Error> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::BufferTooSmall {
+            kernel: operation,
+            operand: "tensor",
+            needed: offset.saturating_add(len),
+            len: size,
+        }),
+    }
+}
+
 /// Gradient outputs of [`Backend::layer_norm_backward`].
-pub struct LayerNormGrads<'a, T> {
+pub struct LayerNormGrads<'a, T: ?Sized> {
     /// Gradient of the input (written, or added when `accumulate_dx`).
     pub dx: &'a mut T,
     /// Gradient of γ (accumulated).

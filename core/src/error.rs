@@ -48,6 +48,12 @@ pub enum Error {
         /// The size found.
         found: usize,
     },
+    /// An operand, buffer or part of the model that an operation needs was not given (a
+    /// relative index for relative attention, the MLM head of an MLM step, …).
+    Missing {
+        /// What is missing.
+        what: &'static str,
+    },
     /// A token (or token-type) id is not a row of its embedding table.
     TokenOutOfRange {
         /// Which table.
@@ -113,6 +119,7 @@ impl fmt::Display for Error {
                 f,
                 "shape mismatch in {what}: expected {expected}, found {found}"
             ),
+            Error::Missing { what } => write!(f, "missing {what}"),
             Error::TokenOutOfRange {
                 table,
                 position,

@@ -48,17 +48,30 @@ pub(crate) enum Shader {
 }
 
 impl Shader {
-    /// The WGSL text (the random-number kernels get `philox.wgsl` prepended).
+    /// The WGSL text (the random-number kernels get `philox.wgsl` prepended, the kernels that
+    /// reduce over a workgroup `row_reduce.wgsl`).
     pub(crate) const fn source(self) -> &'static str {
         match self {
             Shader::Elementwise => include_str!("shaders/elementwise.wgsl"),
             Shader::Matmul => include_str!("shaders/matmul.wgsl"),
-            Shader::LayerNorm => include_str!("shaders/layer_norm.wgsl"),
-            Shader::Softmax => include_str!("shaders/softmax.wgsl"),
+            Shader::LayerNorm => concat!(
+                include_str!("shaders/row_reduce.wgsl"),
+                include_str!("shaders/layer_norm.wgsl")
+            ),
+            Shader::Softmax => concat!(
+                include_str!("shaders/row_reduce.wgsl"),
+                include_str!("shaders/softmax.wgsl")
+            ),
             Shader::RelativeScores => include_str!("shaders/relative_scores.wgsl"),
             Shader::Embedding => include_str!("shaders/embedding.wgsl"),
-            Shader::Reduce => include_str!("shaders/reduce.wgsl"),
-            Shader::Loss => include_str!("shaders/loss.wgsl"),
+            Shader::Reduce => concat!(
+                include_str!("shaders/row_reduce.wgsl"),
+                include_str!("shaders/reduce.wgsl")
+            ),
+            Shader::Loss => concat!(
+                include_str!("shaders/row_reduce.wgsl"),
+                include_str!("shaders/loss.wgsl")
+            ),
             Shader::Optimizer => include_str!("shaders/optimizer.wgsl"),
             Shader::Dropout => concat!(
                 include_str!("shaders/philox.wgsl"),

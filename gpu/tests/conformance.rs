@@ -6,7 +6,10 @@
 mod common;
 
 use common::{assert_close, data, down, gpu, up, up_ids};
-use deberta_core::backend::{Clip, Conv1dGrads, Conv1dSpec, LayerNormGrads};
+use deberta_core::backend::{
+    AttentionBuffers, AttentionOperands, AttentionSpec, Clip, Conv1dGrads, Conv1dSpec,
+    LayerNormGrads,
+};
 use deberta_core::kernels::{
     AdamSpec, LayerNormSpec, MatmulSpec, MatrixLayout, RelativeScoresSpec, SoftmaxSpec,
 };
@@ -867,6 +870,126 @@ fn shape_errors_are_the_cpu_errors() {
             short_buffer_errors(&CpuBackend::new()),
             short_buffer_errors(gpu)
         );
+    }
+}
+
+/// One violation of each remaining kernel contract (the contracts live in `deberta_core`, and
+/// both backends check their operands with them), and a relative attention without its index.
+fn contract_errors<B: Backend>(b: &B) -> Vec<Error> {
+    let four = up(b, &[0.0; 4]);
+    let two = up(b, &[1.0; 2]);
+    let mut short = b.zeros(1).unwrap();
+    let mut scratch = b.zeros(4).unwrap();
+    let softmax = SoftmaxSpec {
+        batch: 1,
+        heads: 1,
+        len: 2,
+    };
+    let layer_norm = LayerNormSpec {
+        rows: 2,
+        cols: 2,
+        eps: 1e-5,
+    };
+    let relative = RelativeScoresSpec {
+        batch: 1,
+        heads: 1,
+        len: 2,
+        rows: 2,
+        scale: 1.0,
+    };
+    let adam = AdamSpec {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-6,
+        weight_decay: 0.0,
+        bias_correction_step: None,
+        grad_scale: 1.0,
+    };
+    let attention = AttentionSpec {
+        batch: 1,
+        heads: 1,
+        len: 2,
+        head_dim: 2,
+        rows: 1,
+        first_row: 0,
+        scale: 1.0,
+    };
+    let ops = AttentionOperands {
+        query: &four,
+        key: &four,
+        value: &four,
+        pos_key: Some(&two),
+        pos_query: None,
+        index: None,
+        mask: &two,
+    };
+    let (mut probs, mut table, mut context) = (
+        b.zeros(4).unwrap(),
+        b.zeros(2).unwrap(),
+        b.zeros(4).unwrap(),
+    );
+    let buffers = AttentionBuffers {
+        probs: &mut probs,
+        c2p: Some(&mut table),
+        p2c: None,
+    };
+    let (mut m, mut v, mut dgamma, mut dbeta) = (
+        b.zeros(1).unwrap(),
+        b.zeros(4).unwrap(),
+        b.zeros(1).unwrap(),
+        b.zeros(2).unwrap(),
+    );
+    vec![
+        b.masked_softmax_backward(&short, &mut scratch, &two, softmax)
+            .unwrap_err(),
+        b.layer_norm_backward(
+            &four,
+            &two,
+            &four,
+            &four,
+            LayerNormGrads {
+                dx: &mut scratch,
+                dgamma: &mut dgamma,
+                dbeta: &mut dbeta,
+                accumulate_dx: false,
+            },
+            layer_norm,
+        )
+        .unwrap_err(),
+        b.cross_entropy(&four, &up_ids(b, &[0, 1]), &mut short, &mut v, 2, 1.0)
+            .unwrap_err(),
+        b.bce_with_logits(&four, &four, &two, &mut v, &mut scratch, 1.0)
+            .unwrap_err(),
+        b.add_relative_scores(
+            &mut scratch,
+            Some(&two),
+            None,
+            &up_ids(b, &[0, 1, 1, 0]),
+            relative,
+        )
+        .unwrap_err(),
+        b.adam_update(&mut scratch, &four, (&mut m, &mut v), adam, None)
+            .unwrap_err(),
+        b.fused_attention(ops, buffers, &mut context, attention)
+            .unwrap_err(),
+    ]
+}
+
+#[test]
+fn contract_errors_are_the_cpu_errors() {
+    let cpu = contract_errors(&CpuBackend::new());
+    let (missing, short) = cpu.split_last().unwrap();
+    assert!(
+        short
+            .iter()
+            .all(|e| matches!(e, Error::BufferTooSmall { .. })),
+        "{short:?}"
+    );
+    let index = "relative index for relative attention";
+    assert_eq!(*missing, Error::Missing { what: index });
+    if let Some(gpu) = gpu() {
+        assert_eq!(cpu, contract_errors(gpu));
     }
 }
 

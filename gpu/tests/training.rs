@@ -7,8 +7,10 @@ mod common;
 use std::path::Path;
 
 use common::gpu;
-use deberta_core::model::{DeviceBatch, Dropout, HostBatch};
-use deberta_core::train::{MlmTargets, Optimizer, OptimizerConfig, Workspace, mlm_step};
+use deberta_core::model::{BackwardContext, DeviceBatch, Dropout, HostBatch};
+use deberta_core::train::{
+    GeneratorBatch, MlmTargets, Optimizer, OptimizerConfig, Workspace, mlm_step,
+};
 use deberta_core::{Backend, CpuBackend};
 use deberta_host::checkpoint::read_tensor_file;
 use deberta_host::model_dir::load_model_dir;
@@ -47,9 +49,10 @@ fn train<B: Backend>(
             batch: shape[0],
             len: shape[1],
         };
-        let batch = DeviceBatch::upload(backend, loaded.config(), &host).unwrap();
-        let targets =
-            MlmTargets::from_labels(backend, &labels, loaded.config().vocab_size).unwrap();
+        let batch = GeneratorBatch {
+            batch: DeviceBatch::upload(backend, loaded.config(), &host).unwrap(),
+            targets: MlmTargets::from_labels(backend, &labels, loaded.config().vocab_size).unwrap(),
+        };
         for g in grads.iter_mut() {
             backend.fill(g, 0.0).unwrap();
         }
@@ -60,13 +63,11 @@ fn train<B: Backend>(
             step,
             model: 0,
         };
+        let mut ctx = BackwardContext::new(backend, &params, &mut grads);
         let loss = mlm_step(
             &loaded.model,
-            backend,
-            &params,
-            &mut grads,
+            &mut ctx,
             &batch,
-            &targets,
             Some(&dropout),
             1.0,
             &mut workspace,

@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use deberta_core::Backend;
-use deberta_core::model::{HostBatch, MlmLayout, ParamStore};
+use deberta_core::model::{BackwardContext, DeviceBatch, HostBatch, MlmLayout, ParamStore};
 use deberta_core::train::{
-    MlmTargets, OptimizerConfig, OptimizerKind, PairBatch, RtdPair, Schedule, Sharing, Trainer,
-    Workspace, mlm_step, warmup_linear,
+    GeneratorBatch, MlmTargets, OptimizerConfig, OptimizerKind, PairBatch, RtdPair, Schedule,
+    Sharing, Trainer, Workspace, mlm_step, warmup_linear,
 };
 
 use crate::checkpoint::{TensorMap, read_tensor_file};
@@ -77,21 +77,21 @@ pub fn mlm_gradients<B: Backend>(
         len,
     };
     let model_err = |what: &'static str| move |e| Error::model(what, e);
-    let device = deberta_core::model::DeviceBatch::upload(backend, loaded.config(), &host)
-        .map_err(model_err("invalid input"))?;
-    let targets = MlmTargets::from_labels(backend, &labels, loaded.config().vocab_size)
-        .map_err(model_err("invalid labels"))?;
+    let mlm_batch = GeneratorBatch {
+        batch: DeviceBatch::upload(backend, loaded.config(), &host)
+            .map_err(model_err("invalid input"))?,
+        targets: MlmTargets::from_labels(backend, &labels, loaded.config().vocab_size)
+            .map_err(model_err("invalid labels"))?,
+    };
     let mut grads = loaded
         .layout
         .zeros(backend)
         .map_err(model_err("allocating gradients"))?;
+    let mut ctx = BackwardContext::new(backend, &params, &mut grads);
     let loss = mlm_step(
         &loaded.model,
-        backend,
-        &params,
-        &mut grads,
-        &device,
-        &targets,
+        &mut ctx,
+        &mlm_batch,
         None,
         1.0,
         &mut Workspace::new(),
@@ -211,11 +211,10 @@ pub fn pair_gradients<B: Backend>(backend: &B, request: &StepRequest) -> Result<
         .zeros(backend)
         .map_err(model_err("allocating gradients"))?;
     let mut logits = vec![0.0f32; batch * len];
+    let mut ctx = BackwardContext::new(backend, &params, &mut grads);
     let losses = pair
         .joint_gradient(
-            backend,
-            &params,
-            &mut grads,
+            &mut ctx,
             &device,
             request.rtd_weight,
             None,

@@ -4,7 +4,7 @@
 //! of data-parallel processes against gradient accumulation.
 
 use deberta_core::config::{PosAttType, RawConfig};
-use deberta_core::model::{Dropout, HostBatch, MlmLayout, ParamStore};
+use deberta_core::model::{BackwardContext, Dropout, HostBatch, MlmLayout, ParamStore};
 use deberta_core::random::RandomStream;
 use deberta_core::train::{
     MicroBatch, OptimizerConfig, OptimizerKind, PairBatch, RtdPair, Schedule, Sharing, Trainer,
@@ -160,7 +160,8 @@ fn joint(
     batch: &PairBatch<CpuBackend>,
 ) -> Params {
     let mut grads = pair.layout.zeros(backend).unwrap();
-    pair.joint_gradient(backend, params, &mut grads, batch, 50.0, None, None)
+    let mut ctx = BackwardContext::new(backend, params, &mut grads);
+    pair.joint_gradient(&mut ctx, batch, 50.0, None, None)
         .unwrap();
     grads
 }
@@ -178,12 +179,12 @@ proptest! {
         let (backend, pair, params, batch) = setup(&case, Sharing::Gdes, seed);
         let joint_grads = joint(&backend, &pair, &params, &batch);
         let mut mlm_only = pair.layout.zeros(&backend).unwrap();
-        pair.generator_step(&backend, &params, &mut mlm_only, &batch.generator, None, 1.0, &mut Workspace::new(), None).unwrap();
+        pair.generator_step(&mut BackwardContext::new(&backend, &params, &mut mlm_only), &batch.generator, None, 1.0, &mut Workspace::new(), None).unwrap();
         prop_assert_eq!(tensor(&pair, &joint_grads, E_G), tensor(&pair, &mlm_only, E_G));
 
         let (_, es_pair, es_params, es_batch) = setup(&case, Sharing::Es, seed);
         let mut rtd_only = es_pair.layout.zeros(&backend).unwrap();
-        es_pair.discriminator_step(&backend, &es_params, &mut rtd_only, &es_batch.discriminator, 50.0, None, &mut Workspace::new(), None).unwrap();
+        es_pair.discriminator_step(&mut BackwardContext::new(&backend, &es_params, &mut rtd_only), &es_batch.discriminator, 50.0, None, &mut Workspace::new(), None).unwrap();
         prop_assert_eq!(tensor(&pair, &joint_grads, "E_delta"), tensor(&es_pair, &rtd_only, E_G));
         prop_assert!(tensor(&pair, &joint_grads, "E_delta").iter().any(|&g| g != 0.0));
     }
@@ -195,9 +196,9 @@ proptest! {
         let (backend, pair, params, batch) = setup(&case, Sharing::Es, seed);
         let joint_grads = joint(&backend, &pair, &params, &batch);
         let mut mlm = pair.layout.zeros(&backend).unwrap();
-        pair.generator_step(&backend, &params, &mut mlm, &batch.generator, None, 1.0, &mut Workspace::new(), None).unwrap();
+        pair.generator_step(&mut BackwardContext::new(&backend, &params, &mut mlm), &batch.generator, None, 1.0, &mut Workspace::new(), None).unwrap();
         let mut rtd = pair.layout.zeros(&backend).unwrap();
-        pair.discriminator_step(&backend, &params, &mut rtd, &batch.discriminator, 50.0, None, &mut Workspace::new(), None).unwrap();
+        pair.discriminator_step(&mut BackwardContext::new(&backend, &params, &mut rtd), &batch.discriminator, 50.0, None, &mut Workspace::new(), None).unwrap();
         let (j, a, b) = (tensor(&pair, &joint_grads, E_G), tensor(&pair, &mlm, E_G), tensor(&pair, &rtd, E_G));
         let scale = j.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
         for k in 0..j.len() {
@@ -310,9 +311,7 @@ fn pair_backward_matches_finite_differences_with_dropout() {
                 let mut g = pair.layout.zeros(&backend).unwrap();
                 let l = pair
                     .joint_gradient(
-                        &backend,
-                        p,
-                        &mut g,
+                        &mut BackwardContext::new(&backend, p, &mut g),
                         &batch,
                         2.0,
                         Some((&drop.0, &drop.1)),
@@ -323,9 +322,7 @@ fn pair_backward_matches_finite_differences_with_dropout() {
             };
             let mut grads = pair.layout.zeros(&backend).unwrap();
             pair.joint_gradient(
-                &backend,
-                &params,
-                &mut grads,
+                &mut BackwardContext::new(&backend, &params, &mut grads),
                 &batch,
                 2.0,
                 Some((&drop.0, &drop.1)),

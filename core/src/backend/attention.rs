@@ -15,7 +15,7 @@
 
 use super::Backend;
 use crate::Error;
-use crate::kernels::{MatmulSpec, MatrixLayout, RelativeScoresSpec, SoftmaxSpec};
+use crate::kernels::{MatmulSpec, MatrixLayout, RelativeScoresSpec, SoftmaxSpec, product, require};
 
 /// Shape of a disentangled attention over `batch` sequences of `len` tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,18 +58,19 @@ impl AttentionSpec {
     }
 
     /// One head's `[len, d]` slice of a `[N, W]` activation, batched over `(batch, head)`.
-    fn head_layout(&self) -> MatrixLayout {
+    pub(crate) fn head_layout(&self) -> MatrixLayout {
         let width = self.width();
         MatrixLayout::row_major(width).batched(self.len * width, self.head_dim)
     }
 
     /// Score matrices `[batch, h, len, len]`, batched over `(batch, head)`.
-    fn square_layout(&self) -> MatrixLayout {
+    pub(crate) fn square_layout(&self) -> MatrixLayout {
         let len = self.len;
         MatrixLayout::row_major(len).batched(self.heads * len * len, len * len)
     }
 
-    fn relative_spec(&self) -> RelativeScoresSpec {
+    /// The shape of the c2p/p2c gather over this attention's window.
+    pub(crate) fn relative_spec(&self) -> RelativeScoresSpec {
         RelativeScoresSpec {
             batch: self.batch,
             heads: self.heads,
@@ -79,13 +80,71 @@ impl AttentionSpec {
         }
     }
 
-    fn softmax_spec(&self) -> SoftmaxSpec {
+    /// The shape of the masked softmax over this attention's scores.
+    pub(crate) fn softmax_spec(&self) -> SoftmaxSpec {
         SoftmaxSpec {
             batch: self.batch,
             heads: self.heads,
             len: self.len,
         }
     }
+
+    /// The operand contract of [`Backend::fused_attention`] (every backend's): `Q`, `K`, `V`
+    /// and the context hold `N·W` elements and the mask `N`; with either position term the
+    /// index holds `len²` elements and each projection present `(first_row + rows)·W`.
+    /// Returns `N·W`.
+    pub fn check(&self, operands: AttentionLengths) -> Result<usize, Error> {
+        const KERNEL: &str = "fused_attention";
+        let width = product(KERNEL, &[self.heads, self.head_dim])?;
+        let activation = product(KERNEL, &[self.batch, self.len, width])?;
+        for (name, len) in [
+            ("query", operands.query),
+            ("key", operands.key),
+            ("value", operands.value),
+            ("context", operands.context),
+        ] {
+            require(KERNEL, name, activation, len)?;
+        }
+        require(KERNEL, "mask", self.batch * self.len, operands.mask)?;
+        if operands.pos_key.is_some() || operands.pos_query.is_some() {
+            let index = operands.index.ok_or(Error::Missing {
+                what: "relative index for relative attention",
+            })?;
+            require(KERNEL, "index", self.len * self.len, index)?;
+            let table = product(KERNEL, &[self.first_row + self.rows, width])?;
+            for (name, len) in [
+                ("pos_key", operands.pos_key),
+                ("pos_query", operands.pos_query),
+            ] {
+                if let Some(len) = len {
+                    require(KERNEL, name, table, len)?;
+                }
+            }
+        }
+        Ok(activation)
+    }
+}
+
+/// The element counts of an attention's operands ([`AttentionOperands`] and the context), as
+/// [`AttentionSpec::check`] takes them; `None` for an operand that is not given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionLengths {
+    /// `Q`.
+    pub query: usize,
+    /// `K`.
+    pub key: usize,
+    /// `V`.
+    pub value: usize,
+    /// The context written.
+    pub context: usize,
+    /// The padding mask.
+    pub mask: usize,
+    /// `Kr`.
+    pub pos_key: Option<usize>,
+    /// `Qr`.
+    pub pos_query: Option<usize>,
+    /// The relative index.
+    pub index: Option<usize>,
 }
 
 /// What an attention reads (see the module docs for the layouts).
@@ -127,14 +186,6 @@ pub struct AttentionBuffers<'a, T> {
     pub p2c: Option<&'a mut T>,
 }
 
-fn missing(what: &'static str) -> Error {
-    Error::ShapeMismatch {
-        what,
-        expected: 1,
-        found: 0,
-    }
-}
-
 /// The attention probabilities into `buffers.probs`, from the unfused kernels in Hugging
 /// Face's order of operations (SPEC §3.3–§3.5):
 /// `P = masked_softmax(Q·Kᵀ/s + (c2p/s + p2c/s))` with
@@ -168,9 +219,9 @@ pub fn attention_probabilities<B: Backend + ?Sized>(
         },
     )?;
     if ops.pos_key.is_some() || ops.pos_query.is_some() {
-        let index = ops
-            .index
-            .ok_or(missing("relative index for relative attention"))?;
+        let index = ops.index.ok_or(Error::Missing {
+            what: "relative index for relative attention",
+        })?;
         let rows = spec.rows;
         let width = spec.width();
         // The window's rows of one head of a projection, a `[R, d]` matrix per head; every
@@ -191,7 +242,9 @@ pub fn attention_probabilities<B: Backend + ?Sized>(
         };
         let c2p = match ops.pos_key {
             Some(kr) => {
-                let table = c2p.ok_or(missing("c2p table buffer"))?;
+                let table = c2p.ok_or(Error::Missing {
+                    what: "c2p table buffer",
+                })?;
                 backend.matmul(ops.query, kr, table, &table_spec)?;
                 Some(&*table)
             }
@@ -199,7 +252,9 @@ pub fn attention_probabilities<B: Backend + ?Sized>(
         };
         let p2c = match ops.pos_query {
             Some(qr) => {
-                let table = p2c.ok_or(missing("p2c table buffer"))?;
+                let table = p2c.ok_or(Error::Missing {
+                    what: "p2c table buffer",
+                })?;
                 backend.matmul(ops.key, qr, table, &table_spec)?;
                 Some(&*table)
             }

@@ -6,10 +6,9 @@ use alloc::vec::Vec;
 
 mod parallel;
 
-use crate::backend::{Backend, Clip, LayerNormGrads};
+use crate::backend::{Backend, Clip, LayerNormGrads, check_range};
 use crate::kernels::{
     self, AdamSpec, LayerNormSpec, MatmulSpec, RelativeScoresSpec, RelativeTerm, SoftmaxSpec,
-    product, require,
 };
 use crate::random::RandomStream;
 use crate::{Activation, Error};
@@ -30,18 +29,6 @@ impl CpuBackend {
     /// A CPU backend.
     pub fn new() -> Self {
         CpuBackend
-    }
-}
-
-fn range_check(what: &'static str, offset: usize, len: usize, size: usize) -> Result<(), Error> {
-    match offset.checked_add(len) {
-        Some(end) if end <= size => Ok(()),
-        _ => Err(Error::BufferTooSmall {
-            kernel: what,
-            operand: "tensor",
-            needed: offset.saturating_add(len),
-            len: size,
-        }),
     }
 }
 
@@ -70,19 +57,19 @@ impl Backend for CpuBackend {
     }
 
     fn write(&self, tensor: &mut Vec<f32>, offset: usize, data: &[f32]) -> Result<(), Error> {
-        range_check("write", offset, data.len(), tensor.len())?;
+        check_range("write", offset, data.len(), tensor.len())?;
         tensor[offset..offset + data.len()].copy_from_slice(data);
         Ok(())
     }
 
     fn download(&self, tensor: &Vec<f32>, out: &mut [f32]) -> Result<(), Error> {
-        range_check("download", 0, out.len(), tensor.len())?;
+        check_range("download", 0, out.len(), tensor.len())?;
         out.copy_from_slice(&tensor[..out.len()]);
         Ok(())
     }
 
     fn download_indices(&self, indices: &Vec<u32>, out: &mut [u32]) -> Result<(), Error> {
-        range_check("download_indices", 0, out.len(), indices.len())?;
+        check_range("download_indices", 0, out.len(), indices.len())?;
         out.copy_from_slice(&indices[..out.len()]);
         Ok(())
     }
@@ -100,8 +87,8 @@ impl Backend for CpuBackend {
         dst_offset: usize,
         len: usize,
     ) -> Result<(), Error> {
-        range_check("copy", src_offset, len, src.len())?;
-        range_check("copy", dst_offset, len, dst.len())?;
+        check_range("copy", src_offset, len, src.len())?;
+        check_range("copy", dst_offset, len, dst.len())?;
         dst[dst_offset..dst_offset + len].copy_from_slice(&src[src_offset..src_offset + len]);
         Ok(())
     }
@@ -121,24 +108,24 @@ impl Backend for CpuBackend {
     }
 
     fn add_assign(&self, x: &mut Vec<f32>, y: &Vec<f32>) -> Result<(), Error> {
-        require("add_assign", "y", x.len(), y.len())?;
+        kernels::check_add_assign(x.len(), y.len())?;
         for_each_piece(x, PIECE, |i, piece| {
             kernels::add_assign(piece, &y[i * PIECE..][..piece.len()])
         })
     }
 
     fn add_bias(&self, x: &mut Vec<f32>, bias: &Vec<f32>, cols: usize) -> Result<(), Error> {
-        require("add_bias", "bias", cols, bias.len())?;
+        kernels::check_add_bias(bias.len(), cols)?;
         for_each_piece(x, rows_per_piece(cols) * cols, |_, piece| {
             kernels::add_bias(piece, bias, cols)
         })
     }
 
     fn scale_rows(&self, x: &mut Vec<f32>, scales: &Vec<f32>, cols: usize) -> Result<(), Error> {
+        kernels::check_scale_rows(x.len(), scales.len(), cols)?;
         if cols == 0 {
             return Ok(());
         }
-        require("scale_rows", "scales", x.len() / cols, scales.len())?;
         let rows = rows_per_piece(cols);
         for_each_piece(x, rows * cols, |i, piece| {
             kernels::scale_rows(piece, &scales[i * rows..], cols)
@@ -146,7 +133,7 @@ impl Backend for CpuBackend {
     }
 
     fn activation(&self, act: Activation, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<(), Error> {
-        require("activation", "out", x.len(), out.len())?;
+        kernels::check_activation(x.len(), out.len())?;
         for_each_piece(&mut out[..x.len()], PIECE, |i, piece| {
             kernels::activation(act, &x[i * PIECE..][..piece.len()], piece)
         })
@@ -161,11 +148,15 @@ impl Backend for CpuBackend {
         stats: Option<&mut Vec<f32>>,
         spec: LayerNormSpec,
     ) -> Result<(), Error> {
-        let total = product("layer_norm", &[spec.rows, spec.cols])?;
-        require("layer_norm", "x", total, x.len())?;
-        require("layer_norm", "out", total, out.len())?;
+        let total = spec.check(
+            x.len(),
+            gamma.len(),
+            beta.len(),
+            out.len(),
+            stats.as_deref().map(Vec::len),
+        )?;
         if spec.cols == 0 || spec.rows == 0 {
-            return kernels::layer_norm(x, gamma, beta, out, stats.map(|s| s.as_mut_slice()), spec);
+            return Ok(());
         }
         let rows = rows_per_piece(spec.cols);
         let piece_spec = |len: usize| LayerNormSpec {
@@ -174,19 +165,16 @@ impl Backend for CpuBackend {
         };
         let x_piece = |i: usize, len: usize| &x[i * rows * spec.cols..][..len];
         match stats {
-            Some(stats) => {
-                require("layer_norm", "stats", 2 * spec.rows, stats.len())?;
-                for_each_piece2(
-                    &mut out[..total],
-                    rows * spec.cols,
-                    &mut stats[..2 * spec.rows],
-                    2 * rows,
-                    |i, o, s| {
-                        let n = o.len();
-                        kernels::layer_norm(x_piece(i, n), gamma, beta, o, Some(s), piece_spec(n))
-                    },
-                )
-            }
+            Some(stats) => for_each_piece2(
+                &mut out[..total],
+                rows * spec.cols,
+                &mut stats[..2 * spec.rows],
+                2 * rows,
+                |i, o, s| {
+                    let n = o.len();
+                    kernels::layer_norm(x_piece(i, n), gamma, beta, o, Some(s), piece_spec(n))
+                },
+            ),
             None => for_each_piece(&mut out[..total], rows * spec.cols, |i, o| {
                 let n = o.len();
                 kernels::layer_norm(x_piece(i, n), gamma, beta, o, None, piece_spec(n))
@@ -200,7 +188,7 @@ impl Backend for CpuBackend {
         mask: &Vec<f32>,
         spec: SoftmaxSpec,
     ) -> Result<(), Error> {
-        let total = spec.check("masked_softmax", scores.len(), mask.len())?;
+        let total = spec.check(scores.len(), mask.len())?;
         let rows = rows_per_piece(spec.len);
         for_each_piece(&mut scores[..total], rows * spec.len.max(1), |i, piece| {
             kernels::masked_softmax_rows(piece, i * rows, mask, spec);
@@ -217,13 +205,12 @@ impl Backend for CpuBackend {
         spec: RelativeScoresSpec,
     ) -> Result<(), Error> {
         let (c2p, p2c) = (c2p.map(|t| t.as_slice()), p2c.map(|t| t.as_slice()));
-        spec.check(
-            "add_relative_scores",
+        let total = spec.check(
             scores.len(),
             [c2p.map(<[f32]>::len), p2c.map(<[f32]>::len)],
-            index,
+            index.len(),
         )?;
-        let total = spec.batch * spec.heads * spec.len * spec.len;
+        spec.check_index(index)?;
         let rows = rows_per_piece(spec.len);
         for_each_piece(&mut scores[..total], rows * spec.len.max(1), |i, piece| {
             kernels::add_relative_scores_rows(piece, i * rows, c2p, p2c, index, spec);
@@ -263,20 +250,10 @@ impl Backend for CpuBackend {
         grads: LayerNormGrads<'_, Vec<f32>>,
         spec: LayerNormSpec,
     ) -> Result<(), Error> {
-        let kernel = "layer_norm_backward";
         let (rows, cols) = (spec.rows, spec.cols);
-        let total = product(kernel, &[rows, cols])?;
-        require(kernel, "x", total, x.len())?;
-        require(kernel, "dout", total, dout.len())?;
-        require(kernel, "dx", total, grads.dx.len())?;
-        require(kernel, "stats", 2 * rows, stats.len())?;
-        for (name, len) in [
-            ("gamma", gamma.len()),
-            ("dgamma", grads.dgamma.len()),
-            ("dbeta", grads.dbeta.len()),
-        ] {
-            require(kernel, name, cols, len)?;
-        }
+        let row_operands = [x.len(), dout.len(), grads.dx.len()];
+        let col_operands = [gamma.len(), grads.dgamma.len(), grads.dbeta.len()];
+        let total = spec.check_backward(row_operands, stats.len(), col_operands)?;
         if cols == 0 || rows == 0 {
             return Ok(());
         }
@@ -311,8 +288,7 @@ impl Backend for CpuBackend {
         dx: &mut Vec<f32>,
         accumulate: bool,
     ) -> Result<(), Error> {
-        require("activation_backward", "dout", x.len(), dout.len())?;
-        require("activation_backward", "dx", x.len(), dx.len())?;
+        kernels::check_activation_backward(x.len(), dout.len(), dx.len())?;
         for_each_piece(&mut dx[..x.len()], PIECE, |i, dx| {
             let (x, dout) = (&x[i * PIECE..][..dx.len()], &dout[i * PIECE..][..dx.len()]);
             kernels::activation_backward(act, x, dout, dx, accumulate)
@@ -326,8 +302,7 @@ impl Backend for CpuBackend {
         mask: &Vec<f32>,
         spec: SoftmaxSpec,
     ) -> Result<(), Error> {
-        let total = spec.check("masked_softmax_backward", grad.len(), mask.len())?;
-        require("masked_softmax_backward", "probs", total, probs.len())?;
+        let total = spec.check_backward(probs.len(), grad.len(), mask.len())?;
         let rows = rows_per_piece(spec.len);
         let piece = rows * spec.len.max(1);
         for_each_piece(&mut grad[..total], piece, |i, grad| {
@@ -349,15 +324,15 @@ impl Backend for CpuBackend {
             dc2p.map(|t| t.as_mut_slice()),
             dp2c.map(|t| t.as_mut_slice()),
         );
-        spec.check(
-            "relative_scores_backward",
+        spec.check_backward(
             dscores.len(),
             [
                 dc2p.as_deref().map(<[f32]>::len),
                 dp2c.as_deref().map(<[f32]>::len),
             ],
-            index,
+            index.len(),
         )?;
+        spec.check_index(index)?;
         let table = spec.len * spec.rows;
         let total = spec.batch * spec.heads * table;
         for (out, term) in [(dc2p, RelativeTerm::C2p), (dp2c, RelativeTerm::P2c)] {
@@ -400,7 +375,7 @@ impl Backend for CpuBackend {
         cols: usize,
         accumulate: bool,
     ) -> Result<(), Error> {
-        require("sum_rows", "out", cols, out.len())?;
+        kernels::check_sum_rows(out.len(), cols)?;
         if !accumulate {
             out[..cols].fill(0.0);
         }
@@ -446,10 +421,8 @@ impl Backend for CpuBackend {
         grad_scale: f32,
     ) -> Result<(), Error> {
         let rows = targets.len();
-        let total = product("cross_entropy", &[rows, vocab])?;
-        require("cross_entropy", "logits", total, logits.len())?;
-        require("cross_entropy", "dlogits", total, dlogits.len())?;
-        require("cross_entropy", "losses", rows, losses.len())?;
+        let total =
+            kernels::check_cross_entropy(rows, vocab, logits.len(), dlogits.len(), losses.len())?;
         if vocab == 0 || rows == 0 {
             return Ok(());
         }
@@ -491,16 +464,7 @@ impl Backend for CpuBackend {
         stream: RandomStream,
         out: &mut Vec<u32>,
     ) -> Result<(), Error> {
-        let rows = out.len();
-        require(
-            "sample_categorical",
-            "logits",
-            product("sample_categorical", &[rows, vocab])?,
-            logits.len(),
-        )?;
-        if vocab == 0 {
-            return kernels::sample_categorical(logits, vocab, stream, out);
-        }
+        kernels::check_sample_categorical(out.len(), vocab, logits.len())?;
         let piece_rows = rows_per_piece(vocab);
         for_each_piece(out, piece_rows, |i, out| {
             let first = i * piece_rows;
@@ -511,14 +475,14 @@ impl Backend for CpuBackend {
     }
 
     fn sum(&self, x: &Vec<f32>, out: &mut Vec<f32>, index: usize, alpha: f32) -> Result<(), Error> {
-        range_check("sum", index, 1, out.len())?;
+        check_range("sum", index, 1, out.len())?;
         let total = sum_pieces(x, PIECE, |p| p.iter().map(|&v| f64::from(v)).sum());
         out[index] = alpha * total as f32;
         Ok(())
     }
 
     fn sum_of_squares(&self, x: &Vec<f32>, out: &mut Vec<f32>, index: usize) -> Result<(), Error> {
-        range_check("sum_of_squares", index, 1, out.len())?;
+        check_range("sum_of_squares", index, 1, out.len())?;
         let total = sum_pieces(x, PIECE, |p| {
             p.iter().map(|&v| f64::from(v) * f64::from(v)).sum()
         });
@@ -548,9 +512,7 @@ impl Backend for CpuBackend {
         };
         let n = param.len();
         let (m, v) = moments;
-        for (name, len) in [("grad", grad.len()), ("m", m.len()), ("v", v.len())] {
-            require("adam_update", name, n, len)?;
-        }
+        spec.check(n, grad.len(), m.len(), v.len())?;
         let (m, v) = (&mut m[..n], &mut v[..n]);
         for_each_piece3(param, m, v, PIECE, |i, param, m, v| {
             kernels::adam_update(param, &grad[i * PIECE..][..param.len()], m, v, spec)

@@ -163,7 +163,7 @@ pub(super) fn parallel_matmul(
     if threads < 2 || spec.work() < PARALLEL_MIN_WORK || !spec.output_is_injective() {
         return Ok(false);
     }
-    spec.validate(a.len(), b.len(), c.len())?;
+    spec.check(a.len(), b.len(), c.len())?;
     let splits = spec.parallel_splits(threads);
     let blocks: Vec<kernels::MatmulBlock> = spec.blocks(splits).collect();
     let output = SharedOutput(c.as_mut_ptr());

@@ -233,18 +233,13 @@ fn split_kernels_equal_the_slice_kernels() {
     let dout = values(rows * cols, 4);
     let (mut dx, mut dgamma, mut dbeta) =
         (values(rows * cols, 5), vec![0.5; cols], vec![0.0; cols]);
-    kernels::layer_norm_backward(
-        &x,
-        &gamma,
-        &stats,
-        &dout,
-        &mut dx,
-        &mut dgamma,
-        &mut dbeta,
-        spec,
-        true,
-    )
-    .unwrap();
+    let grads = LayerNormGrads {
+        dx: &mut dx[..],
+        dgamma: &mut dgamma[..],
+        dbeta: &mut dbeta[..],
+        accumulate_dx: true,
+    };
+    kernels::layer_norm_backward(&x, &gamma, &stats, &dout, grads, spec).unwrap();
     let mut act = vec![0.0; x.len()];
     kernels::activation(Activation::Gelu, &x, &mut act).unwrap();
     let mut bias_grad = vec![0.25; cols];

@@ -109,10 +109,8 @@ pub(crate) fn linear(
         DType::I8 => {
             let q = input
                 .quantized
-                .ok_or(EdgeError::Kernel(crate::Error::ShapeMismatch {
-                    what: "int8 weights need quantised activations",
-                    expected: 1,
-                    found: 0,
+                .ok_or(EdgeError::Kernel(crate::Error::Missing {
+                    what: "the quantised activations that int8 weights need",
                 }))?;
             check("quantised x", x_len, q.values.len())?;
             check("activation scales", rows, q.scales.len())?;

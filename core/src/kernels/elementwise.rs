@@ -4,9 +4,94 @@ use super::{product, require};
 use crate::simd::multiversion;
 use crate::{Activation, Error};
 
+/// The operand contract of [`add_assign`] (every backend's): `y` covers `x`.
+pub fn check_add_assign(x: usize, y: usize) -> Result<(), Error> {
+    require("add_assign", "y", x, y)
+}
+
+/// The operand contract of [`add_bias`] (every backend's): `bias` holds `cols` elements.
+pub fn check_add_bias(bias: usize, cols: usize) -> Result<(), Error> {
+    require("add_bias", "bias", cols, bias)
+}
+
+/// The operand contract of [`scale_rows`] (every backend's): one scale per whole row of `x`
+/// (nothing to check when `cols = 0`).
+pub fn check_scale_rows(x: usize, scales: usize, cols: usize) -> Result<(), Error> {
+    match x.checked_div(cols) {
+        Some(rows) => require("scale_rows", "scales", rows, scales),
+        None => Ok(()),
+    }
+}
+
+/// The operand contract of [`activation`] (every backend's): `out` covers `x`.
+pub fn check_activation(x: usize, out: usize) -> Result<(), Error> {
+    require("activation", "out", x, out)
+}
+
+/// The operand contract of [`activation_backward`] (every backend's): `dout` and `dx` cover
+/// `x`.
+pub fn check_activation_backward(x: usize, dout: usize, dx: usize) -> Result<(), Error> {
+    require("activation_backward", "dout", x, dout)?;
+    require("activation_backward", "dx", x, dx)
+}
+
+/// The operand contract of [`add_sequence_row`] (every backend's): `x` and `out` hold
+/// `batch·len·dim` elements and `row < len`. Returns `batch·len·dim`.
+pub fn check_add_sequence_row(
+    shape: [usize; 3],
+    row: usize,
+    x: usize,
+    out: usize,
+) -> Result<usize, Error> {
+    let kernel = ("add_sequence_row", "add_sequence_row row index");
+    check_sequence_operands(kernel, shape, row, [("x", x), ("out", out)])
+}
+
+/// The operand contract of [`add_sequence_row_backward`] (every backend's): `dout` and `dx`
+/// hold `batch·len·dim` elements and `row < len`. Returns `batch·len·dim`.
+pub fn check_add_sequence_row_backward(
+    shape: [usize; 3],
+    row: usize,
+    dout: usize,
+    dx: usize,
+) -> Result<usize, Error> {
+    let kernel = (
+        "add_sequence_row_backward",
+        "add_sequence_row_backward row index",
+    );
+    check_sequence_operands(kernel, shape, row, [("dout", dout), ("dx", dx)])
+}
+
+/// Both operands of a `[batch, len, dim]` sequence kernel (named `kernel.0`) hold
+/// `batch·len·dim` elements, and `row < len` (or a mismatch in `kernel.1`).
+fn check_sequence_operands(
+    (kernel, row_index): (&'static str, &'static str),
+    [batch, len, dim]: [usize; 3],
+    row: usize,
+    operands: [(&'static str, usize); 2],
+) -> Result<usize, Error> {
+    let total = product(kernel, &[batch, len, dim])?;
+    for (name, operand) in operands {
+        require(kernel, name, total, operand)?;
+    }
+    if row >= len {
+        return Err(Error::ShapeMismatch {
+            what: row_index,
+            expected: len,
+            found: row,
+        });
+    }
+    Ok(total)
+}
+
+/// The operand contract of [`sum_rows`] (every backend's): `out` holds `cols` elements.
+pub fn check_sum_rows(out: usize, cols: usize) -> Result<(), Error> {
+    require("sum_rows", "out", cols, out)
+}
+
 /// `x += y` element-wise over `x.len()` elements.
 pub fn add_assign(x: &mut [f32], y: &[f32]) -> Result<(), Error> {
-    require("add_assign", "y", x.len(), y.len())?;
+    check_add_assign(x.len(), y.len())?;
     for (a, &b) in x.iter_mut().zip(y) {
         *a += b;
     }
@@ -15,7 +100,7 @@ pub fn add_assign(x: &mut [f32], y: &[f32]) -> Result<(), Error> {
 
 /// `x[r, c] += bias[c]` for every row of a row-major `[rows, cols]` buffer (`rows = len/cols`).
 pub fn add_bias(x: &mut [f32], bias: &[f32], cols: usize) -> Result<(), Error> {
-    require("add_bias", "bias", cols, bias.len())?;
+    check_add_bias(bias.len(), cols)?;
     if cols == 0 {
         return Ok(());
     }
@@ -29,10 +114,10 @@ pub fn add_bias(x: &mut [f32], bias: &[f32], cols: usize) -> Result<(), Error> {
 
 /// `x[r, :] *= scales[r]` for every row (`rows = len/cols`): the padding mask on hidden states.
 pub fn scale_rows(x: &mut [f32], scales: &[f32], cols: usize) -> Result<(), Error> {
+    check_scale_rows(x.len(), scales.len(), cols)?;
     if cols == 0 {
         return Ok(());
     }
-    require("scale_rows", "scales", x.len() / cols, scales.len())?;
     for (row, &s) in x.chunks_exact_mut(cols).zip(scales) {
         for a in row.iter_mut() {
             *a *= s;
@@ -81,7 +166,7 @@ macro_rules! per_activation {
 multiversion! {
     /// `out = f(x)` element-wise over `x.len()` elements.
     pub fn activation(act: Activation, x: &[f32], out: &mut [f32]) -> Result<(), Error> {
-        require("activation", "out", x.len(), out.len())?;
+        check_activation(x.len(), out.len())?;
         per_activation!(act, |a| {
             for (o, &v) in out.iter_mut().zip(x) {
                 *o = a.apply(v);
@@ -101,16 +186,7 @@ pub fn add_sequence_row(
     dim: usize,
     row: usize,
 ) -> Result<(), Error> {
-    let total = product("add_sequence_row", &[batch, len, dim])?;
-    require("add_sequence_row", "x", total, x.len())?;
-    require("add_sequence_row", "out", total, out.len())?;
-    if row >= len {
-        return Err(Error::ShapeMismatch {
-            what: "add_sequence_row row index",
-            expected: len,
-            found: row,
-        });
-    }
+    check_add_sequence_row([batch, len, dim], row, x.len(), out.len())?;
     for b in 0..batch {
         let seq = &x[b * len * dim..(b + 1) * len * dim];
         let shared = &seq[row * dim..(row + 1) * dim];
@@ -133,8 +209,7 @@ multiversion! {
         dx: &mut [f32],
         accumulate: bool,
     ) -> Result<(), Error> {
-        require("activation_backward", "dout", x.len(), dout.len())?;
-        require("activation_backward", "dx", x.len(), dx.len())?;
+        check_activation_backward(x.len(), dout.len(), dx.len())?;
         per_activation!(act, |a| {
             if accumulate {
                 for ((d, &v), &g) in dx.iter_mut().zip(x).zip(dout) {
@@ -160,16 +235,7 @@ pub fn add_sequence_row_backward(
     accumulate: bool,
 ) -> Result<(), Error> {
     let [batch, len, dim] = shape;
-    let total = product("add_sequence_row_backward", &[batch, len, dim])?;
-    require("add_sequence_row_backward", "dout", total, dout.len())?;
-    require("add_sequence_row_backward", "dx", total, dx.len())?;
-    if row >= len {
-        return Err(Error::ShapeMismatch {
-            what: "add_sequence_row_backward row index",
-            expected: len,
-            found: row,
-        });
-    }
+    check_add_sequence_row_backward(shape, row, dout.len(), dx.len())?;
     for b in 0..batch {
         let g = &dout[b * len * dim..(b + 1) * len * dim];
         let d = &mut dx[b * len * dim..(b + 1) * len * dim];
@@ -192,7 +258,7 @@ pub fn add_sequence_row_backward(
 /// `out[c] (+)= Σ_r x[r, c]` over the rows of a `[rows, cols]` buffer (`rows = len/cols`), in
 /// row order: the gradient of a bias.
 pub fn sum_rows(x: &[f32], out: &mut [f32], cols: usize, accumulate: bool) -> Result<(), Error> {
-    require("sum_rows", "out", cols, out.len())?;
+    check_sum_rows(out.len(), cols)?;
     if !accumulate {
         out[..cols].fill(0.0);
     }

@@ -3,6 +3,22 @@
 use super::{product, require};
 use crate::Error;
 
+/// The operand contract of [`embedding_lookup`] (every backend's): `out` holds a row of
+/// width `dim` per id. Returns `ids·dim`. (Ids are checked against the table as they are read.)
+pub fn check_embedding_lookup(ids: usize, dim: usize, out: usize) -> Result<usize, Error> {
+    let needed = product("embedding_lookup", &[ids, dim])?;
+    require("embedding_lookup", "out", needed, out)?;
+    Ok(needed)
+}
+
+/// The operand contract of [`embedding_backward`] (every backend's): `dout` holds a row of
+/// width `dim` per id. Returns `ids·dim`.
+pub fn check_embedding_backward(ids: usize, dim: usize, dout: usize) -> Result<usize, Error> {
+    let needed = product("embedding_backward", &[ids, dim])?;
+    require("embedding_backward", "dout", needed, dout)?;
+    Ok(needed)
+}
+
 /// `out[r] (+)= table[ids[r]]` for every id, rows of width `dim`. With `accumulate` the row is
 /// added to `out` (position and token-type embeddings), otherwise it overwrites it.
 /// An id outside the table is a [`Error::TokenOutOfRange`] naming its position.
@@ -14,8 +30,7 @@ pub fn embedding_lookup(
     accumulate: bool,
     table_name: &'static str,
 ) -> Result<(), Error> {
-    let needed = product("embedding_lookup", &[ids.len(), dim])?;
-    require("embedding_lookup", "out", needed, out.len())?;
+    check_embedding_lookup(ids.len(), dim, out.len())?;
     if dim == 0 {
         return Ok(());
     }
@@ -52,8 +67,7 @@ pub fn embedding_backward(
     dim: usize,
     skip: Option<u32>,
 ) -> Result<(), Error> {
-    let needed = product("embedding_backward", &[ids.len(), dim])?;
-    require("embedding_backward", "dout", needed, dout.len())?;
+    check_embedding_backward(ids.len(), dim, dout.len())?;
     if dim == 0 {
         return Ok(());
     }

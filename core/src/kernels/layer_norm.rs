@@ -2,6 +2,7 @@
 
 use super::{product, require};
 use crate::Error;
+use crate::backend::LayerNormGrads;
 use crate::simd::multiversion;
 
 /// Shape and epsilon of a LayerNorm over the last dimension.
@@ -15,6 +16,53 @@ pub struct LayerNormSpec {
     pub eps: f32,
 }
 
+impl LayerNormSpec {
+    /// The operand contract of [`layer_norm`] (every backend's): `x` and `out` hold
+    /// `rows·cols` elements, `gamma` and `beta` `cols`, `stats` (when given) `2·rows`. Returns
+    /// `rows·cols`.
+    pub fn check(
+        &self,
+        x: usize,
+        gamma: usize,
+        beta: usize,
+        out: usize,
+        stats: Option<usize>,
+    ) -> Result<usize, Error> {
+        const KERNEL: &str = "layer_norm";
+        let total = product(KERNEL, &[self.rows, self.cols])?;
+        require(KERNEL, "x", total, x)?;
+        require(KERNEL, "out", total, out)?;
+        require(KERNEL, "gamma", self.cols, gamma)?;
+        require(KERNEL, "beta", self.cols, beta)?;
+        if let Some(stats) = stats {
+            require(KERNEL, "stats", 2 * self.rows, stats)?;
+        }
+        Ok(total)
+    }
+
+    /// The operand contract of [`layer_norm_backward`] (every backend's), given the lengths
+    /// of the row operands `[x, dout, dx]`, of `stats` and of the column operands
+    /// `[gamma, dgamma, dbeta]`: the row operands hold `rows·cols` elements, `stats` `2·rows`
+    /// and the column operands `cols`. Returns `rows·cols`.
+    pub fn check_backward(
+        &self,
+        [x, dout, dx]: [usize; 3],
+        stats: usize,
+        [gamma, dgamma, dbeta]: [usize; 3],
+    ) -> Result<usize, Error> {
+        const KERNEL: &str = "layer_norm_backward";
+        let total = product(KERNEL, &[self.rows, self.cols])?;
+        require(KERNEL, "x", total, x)?;
+        require(KERNEL, "dout", total, dout)?;
+        require(KERNEL, "dx", total, dx)?;
+        require(KERNEL, "stats", 2 * self.rows, stats)?;
+        for (name, len) in [("gamma", gamma), ("dgamma", dgamma), ("dbeta", dbeta)] {
+            require(KERNEL, name, self.cols, len)?;
+        }
+        Ok(total)
+    }
+}
+
 multiversion! {
     /// `out[r] = (x[r] − mean) / sqrt(var + eps) · gamma + beta` per row. When `stats` is given it
     /// receives `[mean, rstd]` per row (`2·rows` values), which the backward pass consumes.
@@ -26,15 +74,14 @@ multiversion! {
         stats: Option<&mut [f32]>,
         spec: LayerNormSpec,
     ) -> Result<(), Error> {
-        let total = product("layer_norm", &[spec.rows, spec.cols])?;
-        require("layer_norm", "x", total, x.len())?;
-        require("layer_norm", "out", total, out.len())?;
-        require("layer_norm", "gamma", spec.cols, gamma.len())?;
-        require("layer_norm", "beta", spec.cols, beta.len())?;
         let mut stats = stats;
-        if let Some(s) = stats.as_deref() {
-            require("layer_norm", "stats", 2 * spec.rows, s.len())?;
-        }
+        spec.check(
+            x.len(),
+            gamma.len(),
+            beta.len(),
+            out.len(),
+            stats.as_deref().map(<[f32]>::len),
+        )?;
         if spec.cols == 0 {
             return Ok(());
         }
@@ -60,32 +107,25 @@ multiversion! {
 /// Backward of [`layer_norm`] given its input `x` and the `stats` it recorded.
 ///
 /// `dgamma += Σ_rows dout·x̂`, `dbeta += Σ_rows dout` (always accumulated, rows in order), and
-/// `dx = rstd·(dout·γ − mean(dout·γ) − x̂·mean(dout·γ·x̂))`, added to `dx` when
-/// `accumulate_dx`, written otherwise.
-#[allow(clippy::too_many_arguments)]
+/// `dx = rstd·(dout·γ − mean(dout·γ) − x̂·mean(dout·γ·x̂))`, added to `grads.dx` when
+/// `grads.accumulate_dx`, written otherwise.
 pub fn layer_norm_backward(
     x: &[f32],
     gamma: &[f32],
     stats: &[f32],
     dout: &[f32],
-    dx: &mut [f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
+    grads: LayerNormGrads<'_, [f32]>,
     spec: LayerNormSpec,
-    accumulate_dx: bool,
 ) -> Result<(), Error> {
-    let total = product("layer_norm_backward", &[spec.rows, spec.cols])?;
-    require("layer_norm_backward", "x", total, x.len())?;
-    require("layer_norm_backward", "dout", total, dout.len())?;
-    require("layer_norm_backward", "dx", total, dx.len())?;
-    require("layer_norm_backward", "stats", 2 * spec.rows, stats.len())?;
-    for (name, len) in [
-        ("gamma", gamma.len()),
-        ("dgamma", dgamma.len()),
-        ("dbeta", dbeta.len()),
-    ] {
-        require("layer_norm_backward", name, spec.cols, len)?;
-    }
+    let LayerNormGrads {
+        dx,
+        dgamma,
+        dbeta,
+        accumulate_dx,
+    } = grads;
+    let row_operands = [x.len(), dout.len(), dx.len()];
+    let col_operands = [gamma.len(), dgamma.len(), dbeta.len()];
+    let total = spec.check_backward(row_operands, stats.len(), col_operands)?;
     if spec.cols == 0 {
         return Ok(());
     }
@@ -237,10 +277,13 @@ mod tests {
         let mut out = [0.0f32; R * C];
         layer_norm(&x, &gamma, &beta, &mut out, Some(&mut stats), spec).unwrap();
         let (mut dx, mut dg, mut db) = ([1.0f32; R * C], [0.0f32; C], [0.0f32; C]);
-        layer_norm_backward(
-            &x, &gamma, &stats, &w, &mut dx, &mut dg, &mut db, spec, false,
-        )
-        .unwrap();
+        let grads = LayerNormGrads {
+            dx: &mut dx[..],
+            dgamma: &mut dg[..],
+            dbeta: &mut db[..],
+            accumulate_dx: false,
+        };
+        layer_norm_backward(&x, &gamma, &stats, &w, grads, spec).unwrap();
         let h = 1e-2f32;
         for k in 0..R * C {
             let (mut p, mut m) = (x, x);
@@ -275,10 +318,13 @@ mod tests {
         }
         // Accumulation adds onto an existing gradient.
         let mut acc = [1.0f32; R * C];
-        layer_norm_backward(
-            &x, &gamma, &stats, &w, &mut acc, &mut dg, &mut db, spec, true,
-        )
-        .unwrap();
+        let grads = LayerNormGrads {
+            dx: &mut acc[..],
+            dgamma: &mut dg[..],
+            dbeta: &mut db[..],
+            accumulate_dx: true,
+        };
+        layer_norm_backward(&x, &gamma, &stats, &w, grads, spec).unwrap();
         for k in 0..R * C {
             assert!((acc[k] - (dx[k] + 1.0)).abs() < 1e-6);
         }

@@ -5,6 +5,43 @@ use super::{lanes, product, require};
 use crate::simd::multiversion;
 use crate::{Error, fast_math};
 
+/// The operand contract of [`cross_entropy`] (every backend's): `logits` and `dlogits` hold
+/// `rows·vocab` elements and `losses` `rows`. Returns `rows·vocab`.
+pub fn check_cross_entropy(
+    rows: usize,
+    vocab: usize,
+    logits: usize,
+    dlogits: usize,
+    losses: usize,
+) -> Result<usize, Error> {
+    const KERNEL: &str = "cross_entropy";
+    let total = product(KERNEL, &[rows, vocab])?;
+    require(KERNEL, "logits", total, logits)?;
+    require(KERNEL, "dlogits", total, dlogits)?;
+    require(KERNEL, "losses", rows, losses)?;
+    Ok(total)
+}
+
+/// The operand contract of [`bce_with_logits`] (every backend's): `labels`, `weights`,
+/// `losses` and `dlogits` cover `logits`.
+pub fn check_bce_with_logits(
+    logits: usize,
+    labels: usize,
+    weights: usize,
+    losses: usize,
+    dlogits: usize,
+) -> Result<(), Error> {
+    for (name, len) in [
+        ("labels", labels),
+        ("weights", weights),
+        ("losses", losses),
+        ("dlogits", dlogits),
+    ] {
+        require("bce_with_logits", name, logits, len)?;
+    }
+    Ok(())
+}
+
 /// Per-row cross-entropy `lse(z) − z[target]` into `losses[r]` and its gradient
 /// `(softmax(z) − onehot(target))·grad_scale` into `dlogits`, for `logits` `[rows, vocab]`.
 /// Targets are validated (`< vocab`).
@@ -17,10 +54,7 @@ pub fn cross_entropy(
     grad_scale: f32,
 ) -> Result<(), Error> {
     let rows = targets.len();
-    let total = product("cross_entropy", &[rows, vocab])?;
-    require("cross_entropy", "logits", total, logits.len())?;
-    require("cross_entropy", "dlogits", total, dlogits.len())?;
-    require("cross_entropy", "losses", rows, losses.len())?;
+    check_cross_entropy(rows, vocab, logits.len(), dlogits.len(), losses.len())?;
     if vocab == 0 {
         return Ok(());
     }
@@ -79,14 +113,7 @@ pub fn bce_with_logits(
     grad_scale: f32,
 ) -> Result<(), Error> {
     let n = logits.len();
-    for (name, len) in [
-        ("labels", labels.len()),
-        ("weights", weights.len()),
-        ("losses", losses.len()),
-        ("dlogits", dlogits.len()),
-    ] {
-        require("bce_with_logits", name, n, len)?;
-    }
+    check_bce_with_logits(n, labels.len(), weights.len(), losses.len(), dlogits.len())?;
     for i in 0..n {
         let (z, y, w) = (logits[i], labels[i], weights[i]);
         losses[i] = w * (z.max(0.0) - z * y + libm::log1pf(libm::expf(-z.abs())));

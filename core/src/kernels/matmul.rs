@@ -11,7 +11,7 @@
 //! (a transpose is a swap of the two) and strides for two batch dimensions, so attention can
 //! address `[B, L, h·d]` activations per `(batch, head)` without any permute copies.
 
-use super::require;
+use super::{product, require};
 use crate::Error;
 
 /// Where a matrix lives inside a flat buffer.
@@ -130,8 +130,11 @@ impl MatmulSpec {
         }
     }
 
-    /// Checks every operand's length and that `C`'s elements are distinct within a batch entry.
-    pub fn validate(&self, a_len: usize, b_len: usize, c_len: usize) -> Result<(), Error> {
+    /// The operand contract of [`Backend::matmul`](crate::Backend::matmul) (every backend's): every operand's length covers
+    /// its layout, the batch entries can be counted, and `C`'s elements are distinct within a
+    /// batch entry.
+    pub fn check(&self, a_len: usize, b_len: usize, c_len: usize) -> Result<(), Error> {
+        product("matmul", &self.batch)?;
         let overflow = Error::BufferTooSmall {
             kernel: "matmul",
             operand: "shape",
@@ -289,7 +292,7 @@ impl MatmulSpec {
 ///
 /// # Safety
 ///
-/// `spec.validate(a.len(), b.len(), c_len)` must have succeeded for the `c_len` elements
+/// `spec.check(a.len(), b.len(), c_len)` must have succeeded for the `c_len` elements
 /// starting at `c`, and no other thread may access the C elements of `block` while this runs
 /// (disjoint blocks of a product whose [`MatmulSpec::output_is_injective`] holds satisfy this).
 #[cfg(feature = "alloc")]
@@ -322,7 +325,7 @@ pub unsafe fn matmul_block(
     }
     let a_off = spec.a.batch_offset(block.outer, block.inner) + block.row_start * spec.a.row_stride;
     let b_off = spec.b.batch_offset(block.outer, block.inner) + block.col_start * spec.b.col_stride;
-    // SAFETY: `validate` proved that every element the layouts address for all batch entries
+    // SAFETY: `check` proved that every element the layouts address for all batch entries
     // and rows lies inside A, B and C (overflow-checked), that strides fit in `isize`, and
     // that C's elements within a batch entry are distinct; the caller guarantees exclusive
     // access to this block's C elements. `sgemm` touches exactly `ptr + r·rs + c·cs` for the
@@ -439,7 +442,7 @@ unsafe fn sgemm(
 /// `C = α·A·B + β·C` for every batch entry, in batch order, on the calling thread.
 #[cfg(feature = "alloc")]
 pub fn matmul(a: &[f32], b: &[f32], c: &mut [f32], spec: &MatmulSpec) -> Result<(), Error> {
-    spec.validate(a.len(), b.len(), c.len())?;
+    spec.check(a.len(), b.len(), c.len())?;
     let c_ptr = c.as_mut_ptr();
     for block in spec.blocks(1) {
         // SAFETY: validated above; this thread holds `c` exclusively.

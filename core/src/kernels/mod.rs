@@ -3,7 +3,10 @@
 //! [`CpuBackend`](crate::CpuBackend) and the heap-free edge runtime share them.
 //!
 //! Every kernel validates the lengths of its operands against the shape it is given and returns
-//! [`Error::BufferTooSmall`] instead of reading out of bounds.
+//! [`Error::BufferTooSmall`] instead of reading out of bounds. Each kernel's operand contract is
+//! public, written once, and shared by every backend: a method `check` (and `check_backward`)
+//! of its spec type ([`MatmulSpec::check`], [`LayerNormSpec::check`], …), or a `check_*`
+//! function beside a kernel that takes no spec ([`check_cross_entropy`], …).
 //! Reductions run in a fixed order: outputs are bit-for-bit reproducible.
 
 mod dropout;
@@ -21,18 +24,22 @@ mod softmax;
 pub use dropout::dropout;
 pub use elementwise::{
     activation, activation_backward, add_assign, add_bias, add_sequence_row,
-    add_sequence_row_backward, scale, scale_rows, sum_rows,
+    add_sequence_row_backward, check_activation, check_activation_backward, check_add_assign,
+    check_add_bias, check_add_sequence_row, check_add_sequence_row_backward, check_scale_rows,
+    check_sum_rows, scale, scale_rows, sum_rows,
 };
-pub use embedding::{embedding_backward, embedding_lookup};
+pub use embedding::{
+    check_embedding_backward, check_embedding_lookup, embedding_backward, embedding_lookup,
+};
 pub use layer_norm::{LayerNormSpec, layer_norm, layer_norm_backward};
-pub use loss::{bce_with_logits, cross_entropy, sum};
+pub use loss::{bce_with_logits, check_bce_with_logits, check_cross_entropy, cross_entropy, sum};
 pub use matmul::{MatmulBlock, MatmulSpec, MatrixLayout};
 #[cfg(feature = "alloc")]
 pub use matmul::{matmul, matmul_block};
 
 pub use optimizer::{AdamConstants, AdamSpec, adam_update, clip_coefficient, sum_of_squares};
 pub use relative_scores::{RelativeScoresSpec, add_relative_scores, relative_scores_backward};
-pub use sampling::sample_categorical;
+pub use sampling::{check_sample_categorical, sample_categorical};
 pub use softmax::{SoftmaxSpec, masked_softmax, masked_softmax_backward};
 
 // Row- and element-range forms of the kernels above, for backends that split the work.

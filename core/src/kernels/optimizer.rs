@@ -49,6 +49,15 @@ pub struct AdamConstants {
 }
 
 impl AdamSpec {
+    /// The operand contract of [`adam_update`] (every backend's): `grad`, `m` and `v` hold at
+    /// least the `param` elements.
+    pub fn check(&self, param: usize, grad: usize, m: usize, v: usize) -> Result<(), Error> {
+        for (name, len) in [("grad", grad), ("m", m), ("v", v)] {
+            require("adam_update", name, param, len)?;
+        }
+        Ok(())
+    }
+
     /// The update's `f32` constants.
     pub fn constants(&self) -> AdamConstants {
         let lr = f64::from(self.lr);
@@ -108,9 +117,7 @@ multiversion! {
         spec: AdamSpec,
     ) -> Result<(), Error> {
         let n = param.len();
-        for (name, len) in [("grad", grad.len()), ("m", m.len()), ("v", v.len())] {
-            require("adam_update", name, n, len)?;
-        }
+        spec.check(n, grad.len(), m.len(), v.len())?;
         let c = spec.constants();
         let (b1, c1, b2, c2) = (c.beta1, c.one_minus_beta1, c.beta2, c.one_minus_beta2);
         // Zipped slices of one length: no bounds checks, so the loops vectorise.

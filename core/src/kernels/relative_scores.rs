@@ -25,23 +25,54 @@ pub struct RelativeScoresSpec {
 }
 
 impl RelativeScoresSpec {
-    pub(crate) fn check(
+    /// The operand contract of [`add_relative_scores`] (every backend's): `scores` holds
+    /// `batch·heads·len²` elements, `index` `len²` and each table present (`[c2p, p2c]`)
+    /// `batch·heads·len·rows`. Returns `batch·heads·len²`. The index values are checked apart
+    /// by the CPU kernels; a device backend validates them where it builds the index.
+    pub fn check(
+        &self,
+        scores: usize,
+        tables: [Option<usize>; 2],
+        index: usize,
+    ) -> Result<usize, Error> {
+        self.check_operands("add_relative_scores", scores, tables, index)
+    }
+
+    /// The operand contract of [`relative_scores_backward`]: as [`Self::check`], with the
+    /// score gradient `dscores` and the table gradients `[dc2p, dp2c]`.
+    pub fn check_backward(
+        &self,
+        dscores: usize,
+        tables: [Option<usize>; 2],
+        index: usize,
+    ) -> Result<usize, Error> {
+        self.check_operands("relative_scores_backward", dscores, tables, index)
+    }
+
+    fn check_operands(
         &self,
         kernel: &'static str,
         scores: usize,
         tables: [Option<usize>; 2],
-        index: &[u32],
-    ) -> Result<(), Error> {
+        index: usize,
+    ) -> Result<usize, Error> {
         let len = self.len;
         let total = product(kernel, &[self.batch, self.heads, len, len])?;
         let table = product(kernel, &[self.batch, self.heads, len, self.rows])?;
         require(kernel, "scores", total, scores)?;
-        require(kernel, "index", len * len, index.len())?;
+        require(kernel, "index", len * len, index)?;
         for (name, t) in ["c2p", "p2c"].into_iter().zip(tables) {
             if let Some(t) = t {
                 require(kernel, name, table, t)?;
             }
         }
+        Ok(total)
+    }
+
+    /// That every entry of the `[len, len]` relative index (whose length [`Self::check`]
+    /// has checked) is a column of the projected tables.
+    pub(crate) fn check_index(&self, index: &[u32]) -> Result<(), Error> {
+        let len = self.len;
         if let Some(&bad) = index[..len * len]
             .iter()
             .find(|&&r| r as usize >= self.rows)
@@ -73,13 +104,12 @@ pub fn add_relative_scores(
     index: &[u32],
     spec: RelativeScoresSpec,
 ) -> Result<(), Error> {
-    spec.check(
-        "add_relative_scores",
+    let total = spec.check(
         scores.len(),
         [c2p.map(<[f32]>::len), p2c.map(<[f32]>::len)],
-        index,
+        index.len(),
     )?;
-    let total = spec.batch * spec.heads * spec.len * spec.len;
+    spec.check_index(index)?;
     add_relative_scores_rows(&mut scores[..total], 0, c2p, p2c, index, spec);
     Ok(())
 }
@@ -140,15 +170,15 @@ pub fn relative_scores_backward(
     dp2c: Option<&mut [f32]>,
     spec: RelativeScoresSpec,
 ) -> Result<(), Error> {
-    spec.check(
-        "relative_scores_backward",
+    spec.check_backward(
         dscores.len(),
         [
             dc2p.as_deref().map(<[f32]>::len),
             dp2c.as_deref().map(<[f32]>::len),
         ],
-        index,
+        index.len(),
     )?;
+    spec.check_index(index)?;
     let table = spec.batch * spec.heads * spec.len * spec.rows;
     if let Some(dc2p) = dc2p {
         for (t, out) in dc2p[..table]

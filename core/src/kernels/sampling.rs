@@ -6,6 +6,19 @@ use crate::random::RandomStream;
 use crate::simd::multiversion;
 use crate::{Error, fast_math};
 
+/// The operand contract of [`sample_categorical`] (every backend's): `logits` holds
+/// `rows·vocab` elements and the vocabulary is not empty.
+pub fn check_sample_categorical(rows: usize, vocab: usize, logits: usize) -> Result<(), Error> {
+    const KERNEL: &str = "sample_categorical";
+    require(KERNEL, "logits", product(KERNEL, &[rows, vocab])?, logits)?;
+    if vocab == 0 {
+        return Err(Error::EmptyInput {
+            what: "the vocabulary to sample from",
+        });
+    }
+    Ok(())
+}
+
 /// For each row `r` of `logits` `[out.len(), vocab]`, draws `u = stream.uniform(r)` and writes
 /// the smallest id whose cumulative `softmax` probability exceeds `u` (inverse transform
 /// sampling at temperature 1). The weights are [`fast_math::exp`] of `z − max`, summed in
@@ -17,18 +30,7 @@ pub fn sample_categorical(
     stream: RandomStream,
     out: &mut [u32],
 ) -> Result<(), Error> {
-    let rows = out.len();
-    require(
-        "sample_categorical",
-        "logits",
-        product("sample_categorical", &[rows, vocab])?,
-        logits.len(),
-    )?;
-    if vocab == 0 {
-        return Err(Error::EmptyInput {
-            what: "the vocabulary to sample from",
-        });
-    }
+    check_sample_categorical(out.len(), vocab, logits.len())?;
     sample_categorical_rows(logits, vocab, stream, 0, out);
     Ok(())
 }

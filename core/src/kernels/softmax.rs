@@ -17,7 +17,23 @@ pub struct SoftmaxSpec {
 }
 
 impl SoftmaxSpec {
-    pub(crate) fn check(
+    /// The operand contract of [`masked_softmax`] (every backend's): `scores` holds
+    /// `batch·heads·len²` elements and `mask` `batch·len`. Returns `batch·heads·len²`.
+    pub fn check(&self, scores: usize, mask: usize) -> Result<usize, Error> {
+        self.check_operands("masked_softmax", scores, mask)
+    }
+
+    /// The operand contract of [`masked_softmax_backward`] (every backend's): `probs` and
+    /// `grad` hold `batch·heads·len²` elements and `mask` `batch·len`. Returns
+    /// `batch·heads·len²`.
+    pub fn check_backward(&self, probs: usize, grad: usize, mask: usize) -> Result<usize, Error> {
+        const KERNEL: &str = "masked_softmax_backward";
+        let total = self.check_operands(KERNEL, grad, mask)?;
+        require(KERNEL, "probs", total, probs)?;
+        Ok(total)
+    }
+
+    fn check_operands(
         &self,
         kernel: &'static str,
         scores: usize,
@@ -37,7 +53,7 @@ impl SoftmaxSpec {
 /// 5.x fills it with `finfo.min` before a plain softmax, which yields the uniform `1/len`, and
 /// so does this kernel. No output at a valid position depends on those rows.
 pub fn masked_softmax(scores: &mut [f32], mask: &[f32], spec: SoftmaxSpec) -> Result<(), Error> {
-    let total = spec.check("masked_softmax", scores.len(), mask.len())?;
+    let total = spec.check(scores.len(), mask.len())?;
     masked_softmax_rows(&mut scores[..total], 0, mask, spec);
     Ok(())
 }
@@ -97,8 +113,7 @@ pub fn masked_softmax_backward(
     mask: &[f32],
     spec: SoftmaxSpec,
 ) -> Result<(), Error> {
-    let total = spec.check("masked_softmax_backward", grad.len(), mask.len())?;
-    require("masked_softmax_backward", "probs", total, probs.len())?;
+    let total = spec.check_backward(probs.len(), grad.len(), mask.len())?;
     masked_softmax_backward_rows(&probs[..total], &mut grad[..total], 0, mask, spec);
     Ok(())
 }

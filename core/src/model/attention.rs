@@ -12,6 +12,7 @@
 use alloc::format;
 
 use super::batch::DeviceBatch;
+use super::context::BackwardContext;
 use super::dropout::{Dropout, Site, maybe_dropout};
 use super::modules::Linear;
 use super::params::{ParamLayout, ParamStore};
@@ -19,7 +20,7 @@ use crate::backend::{
     AttentionBuffers, AttentionOperands, AttentionSpec, Backend, attention_context,
     attention_probabilities,
 };
-use crate::kernels::{MatmulSpec, MatrixLayout, RelativeScoresSpec, SoftmaxSpec};
+use crate::kernels::{MatmulSpec, MatrixLayout};
 use crate::{Error, ModelConfig};
 
 /// A layer's position projections of a contiguous block of rows of the relative table:
@@ -71,6 +72,18 @@ impl<B: Backend> Clone for AttentionInput<'_, B> {
 }
 
 impl<B: Backend> Copy for AttentionInput<'_, B> {}
+
+/// Where an attention's (and a layer's) backward adds the gradients of its
+/// [`AttentionInput`].
+pub struct AttentionInputGrads<'a, T> {
+    /// `∂L/∂query_states`.
+    pub dquery_states: &'a mut T,
+    /// `∂L/∂hidden`; `None` for plain self-attention (`hidden` is `query_states`), whose
+    /// gradient all goes to `dquery_states`.
+    pub dhidden: Option<&'a mut T>,
+    /// The gradients of the layer's position projections (with relative attention).
+    pub dprojection: Option<&'a mut ProjectionGrads<T>>,
+}
 
 /// The attention module's weights and shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,14 +138,6 @@ pub struct AttentionScratch<T> {
     dscores: T,
     dc2p: Option<T>,
     dp2c: Option<T>,
-}
-
-fn missing(what: &'static str) -> Error {
-    Error::ShapeMismatch {
-        what,
-        expected: 1,
-        found: 0,
-    }
 }
 
 impl DisentangledSelfAttention {
@@ -314,19 +319,17 @@ impl DisentangledSelfAttention {
     }
 
     /// Backward of [`Self::position_projection`]: adds the projection weights' gradients to
-    /// `grads` and `∂L/∂rel` for the projected rows to `drel` (`[2S, H]`).
-    #[allow(clippy::too_many_arguments)]
+    /// `ctx.grads` and `∂L/∂rel` for the projected rows to `drel` (`[2S, H]`).
     pub fn position_projection_backward<B: Backend>(
         &self,
-        backend: &B,
-        params: &ParamStore<B::Tensor>,
-        grads: &mut ParamStore<B::Tensor>,
+        ctx: &mut BackwardContext<'_, B>,
         rel: &B::Tensor,
         dprojection: &ProjectionGrads<B::Tensor>,
         first_row: usize,
         rows: usize,
         drel: &mut B::Tensor,
     ) -> Result<(), Error> {
+        let (backend, params) = (ctx.backend, ctx.params);
         let pairs = [
             (self.key_position(), dprojection.keys.as_ref()),
             (self.query_position(), dprojection.queries.as_ref()),
@@ -338,7 +341,7 @@ impl DisentangledSelfAttention {
             backend.matmul(
                 dy,
                 rel,
-                grads.get_mut(linear.weight),
+                ctx.grads.get_mut(linear.weight),
                 &MatmulSpec {
                     a: MatrixLayout::row_major(output).transposed(),
                     b: MatrixLayout::row_major(input).at(first_row * input),
@@ -348,7 +351,7 @@ impl DisentangledSelfAttention {
                 },
             )?;
             if let Some(bias) = linear.bias {
-                backend.sum_rows(dy, grads.get_mut(bias), output, true)?;
+                backend.sum_rows(dy, ctx.grads.get_mut(bias), output, true)?;
             }
             // drel[rows] += dy · W
             backend.matmul(
@@ -365,22 +368,10 @@ impl DisentangledSelfAttention {
         Ok(())
     }
 
-    /// One head's `[len, d]` slice of a `[batch·len, h·d]` activation, batched over
-    /// `(batch, head)`.
-    fn head_layout(&self, len: usize) -> MatrixLayout {
-        let width = self.width();
-        MatrixLayout::row_major(width).batched(len * width, self.head_dim)
-    }
-
     /// One head's `[batch·len, d]` slice of a `[batch·len, h·d]` activation, batched over
     /// heads (inner batch dimension).
     fn token_layout(&self) -> MatrixLayout {
         MatrixLayout::row_major(self.width()).batched(0, self.head_dim)
-    }
-
-    /// Score matrices `[batch, h, len, len]`, batched over `(batch, head)`.
-    fn square_layout(&self, len: usize) -> MatrixLayout {
-        MatrixLayout::row_major(len).batched(self.heads * len * len, len * len)
     }
 
     /// The `[h, N, R]` position-score tables, batched over heads.
@@ -410,12 +401,19 @@ impl DisentangledSelfAttention {
             .batched(0, self.head_dim))
     }
 
-    fn relative_spec(&self, batch: &DeviceBatch<impl Backend>) -> RelativeScoresSpec {
-        RelativeScoresSpec {
+    /// The shape of this attention over `batch` (window row 0 at projection row 0).
+    fn spec(&self, batch: &DeviceBatch<impl Backend>) -> AttentionSpec {
+        AttentionSpec {
             batch: batch.batch,
             heads: self.heads,
             len: batch.len,
-            rows: batch.window.rows,
+            head_dim: self.head_dim,
+            rows: if self.c2p || self.p2c {
+                batch.window.rows
+            } else {
+                0
+            },
+            first_row: 0,
             scale: self.scale,
         }
     }
@@ -429,15 +427,7 @@ impl DisentangledSelfAttention {
         value: &'a B::Tensor,
     ) -> Result<(AttentionOperands<'a, B>, AttentionSpec), Error> {
         let batch = input.batch;
-        let mut spec = AttentionSpec {
-            batch: batch.batch,
-            heads: self.heads,
-            len: batch.len,
-            head_dim: self.head_dim,
-            rows: 0,
-            first_row: 0,
-            scale: self.scale,
-        };
+        let mut spec = self.spec(batch);
         let mut ops = AttentionOperands {
             query,
             key,
@@ -448,23 +438,29 @@ impl DisentangledSelfAttention {
             mask: &batch.mask,
         };
         if self.c2p || self.p2c {
-            let projection = input
-                .projection
-                .ok_or(missing("position projections for relative attention"))?;
+            let projection = input.projection.ok_or(Error::Missing {
+                what: "position projections for relative attention",
+            })?;
             self.projection_layout(projection, batch)?;
-            spec.rows = batch.window.rows;
             spec.first_row = batch.window.first - projection.first_row;
-            ops.index = Some(
-                batch
-                    .relative_index
-                    .as_ref()
-                    .ok_or(missing("relative index for relative attention"))?,
-            );
+            ops.index = Some(batch.relative_index.as_ref().ok_or(Error::Missing {
+                what: "relative index for relative attention",
+            })?);
             if self.c2p {
-                ops.pos_key = Some(projection.keys.as_ref().ok_or(missing("Kr"))?);
+                ops.pos_key = Some(
+                    projection
+                        .keys
+                        .as_ref()
+                        .ok_or(Error::Missing { what: "Kr" })?,
+                );
             }
             if self.p2c {
-                ops.pos_query = Some(projection.queries.as_ref().ok_or(missing("Qr"))?);
+                ops.pos_query = Some(
+                    projection
+                        .queries
+                        .as_ref()
+                        .ok_or(Error::Missing { what: "Qr" })?,
+                );
             }
         }
         Ok((ops, spec))
@@ -510,28 +506,28 @@ impl DisentangledSelfAttention {
         attention_context(backend, applied, &acts.value, &mut acts.context, spec)
     }
 
-    /// Backward from `dcontext`: adds to the parameter gradients, to `dquery_states` (and to
-    /// `dhidden`, or to `dquery_states` as well when it is `None`: plain self-attention) and
-    /// to the position-projection gradients `dprojection`.
-    #[allow(clippy::too_many_arguments)]
+    /// Backward from `dcontext`: adds to the parameter gradients and to the input gradients
+    /// `dinput`.
     pub fn backward<B: Backend>(
         &self,
-        backend: &B,
-        params: &ParamStore<B::Tensor>,
-        grads: &mut ParamStore<B::Tensor>,
+        ctx: &mut BackwardContext<'_, B>,
         input: AttentionInput<'_, B>,
         acts: &AttentionActivations<B::Tensor>,
         dcontext: &B::Tensor,
         scratch: &mut AttentionScratch<B::Tensor>,
-        dquery_states: &mut B::Tensor,
-        dhidden: Option<&mut B::Tensor>,
-        dprojection: Option<&mut ProjectionGrads<B::Tensor>>,
+        dinput: AttentionInputGrads<'_, B::Tensor>,
     ) -> Result<(), Error> {
+        let AttentionInputGrads {
+            dquery_states,
+            dhidden,
+            dprojection,
+        } = dinput;
+        let backend = ctx.backend;
         let batch = input.batch;
         let (bsz, len, n) = (batch.batch, batch.len, batch.tokens());
         let (heads, d) = (self.heads, self.head_dim);
-        let head = self.head_layout(len);
-        let square = self.square_layout(len);
+        let spec = self.spec(batch);
+        let (head, square) = (spec.head_layout(), spec.square_layout());
         let attention_dropout = input.dropout.filter(|d| d.attention > 0.0);
         let applied = match (attention_dropout, &acts.probs_dropped) {
             (Some(_), Some(dropped)) => dropped,
@@ -581,11 +577,7 @@ impl DisentangledSelfAttention {
             &acts.probs,
             &mut scratch.dscores,
             &batch.mask,
-            SoftmaxSpec {
-                batch: bsz,
-                heads,
-                len,
-            },
+            spec.softmax_spec(),
         )?;
         // dQ = dS·K/s ; dK = dSᵀ·Q/s
         let content = |a: MatrixLayout| MatmulSpec {
@@ -613,20 +605,21 @@ impl DisentangledSelfAttention {
         )?;
 
         if self.c2p || self.p2c {
-            let projection = input
-                .projection
-                .ok_or(missing("position projections for relative attention"))?;
-            let dprojection = dprojection.ok_or(missing("position projection gradients"))?;
-            let index = batch
-                .relative_index
-                .as_ref()
-                .ok_or(missing("relative index for relative attention"))?;
+            let projection = input.projection.ok_or(Error::Missing {
+                what: "position projections for relative attention",
+            })?;
+            let dprojection = dprojection.ok_or(Error::Missing {
+                what: "position projection gradients",
+            })?;
+            let index = batch.relative_index.as_ref().ok_or(Error::Missing {
+                what: "relative index for relative attention",
+            })?;
             backend.relative_scores_backward(
                 &scratch.dscores,
                 index,
                 scratch.dc2p.as_mut(),
                 scratch.dp2c.as_mut(),
-                self.relative_spec(batch),
+                spec.relative_spec(),
             )?;
             let rows = batch.window.rows;
             let table = self.projection_layout(projection, batch)?;
@@ -656,24 +649,38 @@ impl DisentangledSelfAttention {
                 beta: 1.0,
             };
             if self.c2p {
-                let dtable = scratch.dc2p.as_ref().ok_or(missing("c2p scratch"))?;
-                let kr = projection.keys.as_ref().ok_or(missing("Kr"))?;
-                let dkr = dprojection.keys.as_mut().ok_or(missing("dKr"))?;
+                let dtable = scratch.dc2p.as_ref().ok_or(Error::Missing {
+                    what: "c2p scratch",
+                })?;
+                let kr = projection
+                    .keys
+                    .as_ref()
+                    .ok_or(Error::Missing { what: "Kr" })?;
+                let dkr = dprojection
+                    .keys
+                    .as_mut()
+                    .ok_or(Error::Missing { what: "dKr" })?;
                 backend.matmul(dtable, kr, &mut scratch.dquery, &into_content)?;
                 backend.matmul(dtable, &acts.query, dkr, &into_projection)?;
             }
             if self.p2c {
-                let dtable = scratch.dp2c.as_ref().ok_or(missing("p2c scratch"))?;
-                let qr = projection.queries.as_ref().ok_or(missing("Qr"))?;
-                let dqr = dprojection.queries.as_mut().ok_or(missing("dQr"))?;
+                let dtable = scratch.dp2c.as_ref().ok_or(Error::Missing {
+                    what: "p2c scratch",
+                })?;
+                let qr = projection
+                    .queries
+                    .as_ref()
+                    .ok_or(Error::Missing { what: "Qr" })?;
+                let dqr = dprojection
+                    .queries
+                    .as_mut()
+                    .ok_or(Error::Missing { what: "dQr" })?;
                 backend.matmul(dtable, qr, &mut scratch.dkey, &into_content)?;
                 backend.matmul(dtable, &acts.key, dqr, &into_projection)?;
             }
         }
         self.query.backward(
-            backend,
-            params,
-            grads,
+            ctx,
             input.query_states,
             &scratch.dquery,
             Some(&mut *dquery_states),
@@ -683,23 +690,9 @@ impl DisentangledSelfAttention {
             Some(dh) => dh,
             None => dquery_states,
         };
-        self.key.backward(
-            backend,
-            params,
-            grads,
-            input.hidden,
-            &scratch.dkey,
-            Some(&mut *dhidden),
-            n,
-        )?;
-        self.value.backward(
-            backend,
-            params,
-            grads,
-            input.hidden,
-            &scratch.dvalue,
-            Some(dhidden),
-            n,
-        )
+        self.key
+            .backward(ctx, input.hidden, &scratch.dkey, Some(&mut *dhidden), n)?;
+        self.value
+            .backward(ctx, input.hidden, &scratch.dvalue, Some(dhidden), n)
     }
 }

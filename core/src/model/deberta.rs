@@ -4,12 +4,14 @@
 use alloc::format;
 use alloc::vec::Vec;
 
-use super::attention::{AttentionInput, ProjectionGrads};
+use super::attention::{AttentionInput, AttentionInputGrads, ProjectionGrads};
 use super::batch::DeviceBatch;
+use super::context::BackwardContext;
 use super::dropout::Dropout;
 use super::embeddings::{EmbeddingActivations, Embeddings, SharedTables, TableSource};
 use super::encoder::{
-    ConvActivations, Encoder, LayerActivations, LayerScratch, RelativeEmbeddings,
+    ConvActivations, ConvInput, ConvScratch, Encoder, LayerActivations, LayerScratch,
+    ProjectionBackwardBuffers, RelativeEmbeddings,
 };
 use super::heads::{
     MlmActivations, MlmHead, MlmLayout, MlmScratch, RtdActivations, RtdHead, RtdScratch,
@@ -185,13 +187,6 @@ struct EmdScratch<T> {
     dquery: T,
 }
 
-/// ConvLayer buffers of the backward pass.
-struct ConvScratch<T> {
-    dlayer0: T,
-    dembeddings: T,
-    buffers: [T; 2],
-}
-
 /// Buffers of the backward pass, allocated once per batch shape.
 pub struct BackwardScratch<T> {
     layer: LayerScratch<T>,
@@ -207,14 +202,6 @@ pub struct BackwardScratch<T> {
     pub mlm: Option<MlmScratch<T>>,
     /// The RTD head's loss and gradient buffers (the loss kernel fills `dlogits`).
     pub rtd: Option<RtdScratch<T>>,
-}
-
-fn missing(what: &'static str) -> Error {
-    Error::ShapeMismatch {
-        what,
-        expected: 1,
-        found: 0,
-    }
 }
 
 impl Deberta {
@@ -443,23 +430,16 @@ impl Deberta {
             };
             self.encoder.layers[i].forward(backend, params, input, &mut rest[0])?;
             if let (0, Some(conv), Some(conv_acts)) = (i, &self.encoder.conv, acts.conv.as_mut()) {
-                conv.forward(
-                    backend,
-                    params,
-                    &acts.embeddings.output,
-                    &rest[0].output,
+                let input = ConvInput {
+                    embeddings: &acts.embeddings.output,
                     batch,
                     dropout,
-                    conv_acts,
-                )?;
+                };
+                conv.forward(backend, params, input, &rest[0].output, conv_acts)?;
             }
         }
+        self.emd_forward(backend, params, relative, batch, options, acts)?;
         let hidden = last_hidden(&acts.layers, &acts.conv, &acts.embeddings);
-        if let (Some(emd), Some(emd_acts)) = (&self.emd, acts.emd.as_mut()) {
-            self.emd_forward(
-                backend, params, relative, batch, options, emd, hidden, emd_acts,
-            )?;
-        }
         if let (Some(head), Some(mlm)) = (&self.mlm_head, acts.mlm.as_mut()) {
             let top = match &acts.emd {
                 Some(emd) => &emd.passes[1].output,
@@ -484,7 +464,11 @@ impl Deberta {
                     &*rows
                 }
                 (MlmRows::All, _) => top,
-                (MlmRows::Selected { .. }, None) => return Err(missing("MLM row buffer")),
+                (MlmRows::Selected { .. }, None) => {
+                    return Err(Error::Missing {
+                        what: "MLM row buffer",
+                    });
+                }
             };
             head.forward(backend, params, input, acts.mlm_rows, mlm)?;
         }
@@ -494,7 +478,7 @@ impl Deberta {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The EMD's two passes over the encoder output into `acts.emd` (nothing without an EMD).
     fn emd_forward<B: Backend>(
         &self,
         backend: &B,
@@ -502,22 +486,18 @@ impl Deberta {
         relative: Option<&RelativeEmbeddings<B::Tensor>>,
         batch: &DeviceBatch<B>,
         options: &ForwardOptions<'_, B>,
-        emd: &EnhancedMaskDecoder,
-        hidden: &B::Tensor,
-        acts: &mut EmdActivations<B::Tensor>,
+        acts: &mut Activations<B::Tensor>,
     ) -> Result<(), Error> {
+        let (Some(emd), Some(emd_acts)) = (&self.emd, acts.emd.as_mut()) else {
+            return Ok(());
+        };
+        let hidden = last_hidden(&acts.layers, &acts.conv, &acts.embeddings);
+        let acts = emd_acts;
         let dropout = options.dropout;
         let h = self.config.hidden_size;
         let last = self.encoder.layers.len() - 1;
-        emd.position.lookup(
-            backend,
-            params,
-            &batch.position_ids,
-            &mut acts.query,
-            None,
-            h,
-            false,
-        )?;
+        emd.position
+            .lookup(backend, params, &batch.position_ids, &mut acts.query, h)?;
         backend.add_assign(&mut acts.query, hidden)?;
         let [first, second] = &mut acts.passes;
         let input = |query_states, pass: usize| AttentionInput {
@@ -534,25 +514,22 @@ impl Deberta {
     }
 
     /// Backward pass from the head gradients the loss kernels left in `scratch.mlm.dlogits`
-    /// and `scratch.rtd.dlogits`: adds every parameter's gradient to `grads`. `options` must be
-    /// the forward's.
-    #[allow(clippy::too_many_arguments)]
+    /// and `scratch.rtd.dlogits`: adds every parameter's gradient to `ctx.grads`. `options`
+    /// must be the forward's.
     pub fn backward<B: Backend>(
         &self,
-        backend: &B,
-        params: &ParamStore<B::Tensor>,
-        grads: &mut ParamStore<B::Tensor>,
+        ctx: &mut BackwardContext<'_, B>,
         relative: Option<&RelativeEmbeddings<B::Tensor>>,
         batch: &DeviceBatch<B>,
         options: &ForwardOptions<'_, B>,
         acts: &Activations<B::Tensor>,
         scratch: &mut BackwardScratch<B::Tensor>,
     ) -> Result<(), Error> {
+        let backend = ctx.backend;
         if options.attention_probs != AttentionProbs::Keep && options.dropout.is_none() {
-            return Err(Error::ShapeMismatch {
-                what: "a backward pass needs a forward with AttentionProbs::Keep",
-                expected: 1,
-                found: 0,
+            return Err(Error::Missing {
+                what: "the attention probabilities of the forward (a backward pass needs \
+                       AttentionProbs::Keep)",
             });
         }
         let dropout = options.dropout;
@@ -579,43 +556,16 @@ impl Deberta {
             match (&options.mlm_rows, scratch.dmlm_input.as_mut()) {
                 (MlmRows::Selected { positions, .. }, Some(drows)) => {
                     backend.fill(drows, 0.0)?;
-                    head.backward(
-                        backend,
-                        params,
-                        grads,
-                        input,
-                        acts.mlm_rows,
-                        mlm,
-                        mlm_scratch,
-                        drows,
-                    )?;
+                    head.backward(ctx, input, acts.mlm_rows, mlm, mlm_scratch, drows)?;
                     backend.embedding_backward(positions, drows, target, h, None)?;
                 }
-                _ => head.backward(
-                    backend,
-                    params,
-                    grads,
-                    input,
-                    acts.mlm_rows,
-                    mlm,
-                    mlm_scratch,
-                    target,
-                )?,
+                _ => head.backward(ctx, input, acts.mlm_rows, mlm, mlm_scratch, target)?,
             }
         }
         if let (Some(head), Some(rtd), Some(rtd_scratch)) =
             (&self.rtd_head, &acts.rtd, scratch.rtd.as_mut())
         {
-            head.backward(
-                backend,
-                params,
-                grads,
-                batch.batch,
-                batch.len,
-                rtd,
-                rtd_scratch,
-                dstate_a,
-            )?;
+            head.backward(ctx, batch.batch, batch.len, rtd, rtd_scratch, dstate_a)?;
         }
         if let Some((_, drel_normed)) = scratch.drel.as_mut() {
             backend.fill(drel_normed, 0.0)?;
@@ -640,21 +590,19 @@ impl Deberta {
             backend.fill(&mut emd_scratch.dmiddle, 0.0)?;
             zero_projection(backend, scratch.projection.as_mut())?;
             layer.backward(
-                backend,
-                params,
-                grads,
+                ctx,
                 input(&emd_acts.passes[0].output, 1),
                 &emd_acts.passes[1],
                 &emd_scratch.doutput,
                 &mut scratch.layer,
-                &mut emd_scratch.dmiddle,
-                Some(&mut *dstate_a),
-                scratch.projection.as_mut(),
+                AttentionInputGrads {
+                    dquery_states: &mut emd_scratch.dmiddle,
+                    dhidden: Some(&mut *dstate_a),
+                    dprojection: scratch.projection.as_mut(),
+                },
             )?;
             self.projection_backward(
-                backend,
-                params,
-                grads,
+                ctx,
                 relative,
                 (last + 2, last),
                 dropout,
@@ -663,35 +611,27 @@ impl Deberta {
             backend.fill(&mut emd_scratch.dquery, 0.0)?;
             zero_projection(backend, scratch.projection.as_mut())?;
             layer.backward(
-                backend,
-                params,
-                grads,
+                ctx,
                 input(&emd_acts.query, 0),
                 &emd_acts.passes[0],
                 &emd_scratch.dmiddle,
                 &mut scratch.layer,
-                &mut emd_scratch.dquery,
-                Some(&mut *dstate_a),
-                scratch.projection.as_mut(),
+                AttentionInputGrads {
+                    dquery_states: &mut emd_scratch.dquery,
+                    dhidden: Some(&mut *dstate_a),
+                    dprojection: scratch.projection.as_mut(),
+                },
             )?;
             self.projection_backward(
-                backend,
-                params,
-                grads,
+                ctx,
                 relative,
                 (last + 1, last),
                 dropout,
                 scratch_parts(&mut scratch.projection, &mut scratch.drel),
             )?;
             backend.add_assign(dstate_a, &emd_scratch.dquery)?;
-            emd.position.backward(
-                backend,
-                grads,
-                &batch.position_ids,
-                &emd_scratch.dquery,
-                h,
-                None,
-            )?;
+            emd.position
+                .backward(ctx, &batch.position_ids, &emd_scratch.dquery, h, None)?;
         }
         // Encoder layers, top to bottom: `dcur` is ∂L/∂(hidden state i + 1).
         let (mut dcur, mut dprev) = (dstate_a, dstate_b);
@@ -702,20 +642,12 @@ impl Deberta {
                     (0, Some(conv), Some(conv_acts), Some(conv_scratch)) => {
                         backend.fill(&mut conv_scratch.dlayer0, 0.0)?;
                         backend.fill(&mut conv_scratch.dembeddings, 0.0)?;
-                        let [buffer_a, buffer_b] = &mut conv_scratch.buffers;
-                        conv.backward(
-                            backend,
-                            params,
-                            grads,
-                            &acts.embeddings.output,
+                        let input = ConvInput {
+                            embeddings: &acts.embeddings.output,
                             batch,
                             dropout,
-                            conv_acts,
-                            dcur,
-                            (buffer_a, buffer_b),
-                            &mut conv_scratch.dlayer0,
-                            &mut conv_scratch.dembeddings,
-                        )?;
+                        };
+                        conv.backward(ctx, input, conv_acts, dcur, conv_scratch)?;
                         &conv_scratch.dlayer0
                     }
                     _ => dcur,
@@ -732,21 +664,19 @@ impl Deberta {
                 keep_probs: true,
             };
             self.encoder.layers[i].backward(
-                backend,
-                params,
-                grads,
+                ctx,
                 input,
                 &acts.layers[i],
                 doutput,
                 &mut scratch.layer,
-                dprev,
-                None,
-                scratch.projection.as_mut(),
+                AttentionInputGrads {
+                    dquery_states: dprev,
+                    dhidden: None,
+                    dprojection: scratch.projection.as_mut(),
+                },
             )?;
             self.projection_backward(
-                backend,
-                params,
-                grads,
+                ctx,
                 relative,
                 (i, i),
                 dropout,
@@ -760,13 +690,11 @@ impl Deberta {
         }
         if let (Some(relative), Some((_, drel_normed))) = (relative, scratch.drel.as_ref()) {
             self.encoder
-                .relative_table_backward(backend, params, grads, relative, drel_normed)?;
+                .relative_table_backward(ctx, relative, drel_normed)?;
         }
         let [dnormed_input, dsummed] = &mut scratch.dembedding;
         self.embeddings.backward(
-            backend,
-            params,
-            grads,
+            ctx,
             batch,
             dropout,
             &acts.embeddings,
@@ -776,47 +704,38 @@ impl Deberta {
     }
 
     /// Position-projection backward of one application into the relative-table gradient.
-    #[allow(clippy::too_many_arguments)]
     fn projection_backward<B: Backend>(
         &self,
-        backend: &B,
-        params: &ParamStore<B::Tensor>,
-        grads: &mut ParamStore<B::Tensor>,
+        ctx: &mut BackwardContext<'_, B>,
         relative: Option<&RelativeEmbeddings<B::Tensor>>,
         application: (usize, usize),
         dropout: Option<&Dropout>,
-        parts: Option<RelativeGradParts<'_, B::Tensor>>,
+        parts: Option<ProjectionBackwardBuffers<'_, B::Tensor>>,
     ) -> Result<(), Error> {
         match (relative, parts) {
-            (Some(relative), Some((dprojection, drel_scratch, drel_normed))) => {
-                self.encoder.position_projection_backward(
-                    backend,
-                    params,
-                    grads,
-                    relative,
-                    application,
-                    dprojection,
-                    dropout,
-                    drel_scratch,
-                    drel_normed,
-                )
-            }
+            (Some(relative), Some(buffers)) => self.encoder.position_projection_backward(
+                ctx,
+                relative,
+                application,
+                dropout,
+                buffers,
+            ),
             _ => Ok(()),
         }
     }
 }
 
-/// One application's position-projection gradients, a `[2S, H]` scratch, and the gradient of
-/// the normalised relative table.
-type RelativeGradParts<'a, T> = (&'a ProjectionGrads<T>, &'a mut T, &'a mut T);
-
 /// Splits the relative-attention gradient buffers for one projection backward.
 fn scratch_parts<'a, T>(
     projection: &'a mut Option<ProjectionGrads<T>>,
     drel: &'a mut Option<(T, T)>,
-) -> Option<RelativeGradParts<'a, T>> {
+) -> Option<ProjectionBackwardBuffers<'a, T>> {
     match (projection.as_ref(), drel.as_mut()) {
-        (Some(p), Some((scratch, normed))) => Some((p, scratch, normed)),
+        (Some(dprojection), Some((scratch, drel_normed))) => Some(ProjectionBackwardBuffers {
+            dprojection,
+            scratch,
+            drel_normed,
+        }),
         _ => None,
     }
 }

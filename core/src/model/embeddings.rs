@@ -9,6 +9,7 @@
 use alloc::format;
 
 use super::batch::DeviceBatch;
+use super::context::BackwardContext;
 use super::dropout::{Dropout, Site, maybe_dropout};
 use super::modules::{LayerNorm, Linear};
 use super::params::{Init, ParamId, ParamLayout, ParamStore};
@@ -47,10 +48,29 @@ pub enum TableSource {
 }
 
 impl TableSource {
-    /// Looks `ids` up into `out` (rows of width `dim`), overwriting or accumulating. A GDES
-    /// table needs `scratch` (`[rows, dim]`) to form `E_G[id] + E_Δ[id]` before adding.
-    #[allow(clippy::too_many_arguments)]
+    /// Looks `ids` up into `out` (rows of width `dim`), overwriting it.
     pub(crate) fn lookup<B: Backend>(
+        &self,
+        backend: &B,
+        params: &ParamStore<B::Tensor>,
+        ids: &B::Indices,
+        out: &mut B::Tensor,
+        dim: usize,
+    ) -> Result<(), Error> {
+        match *self {
+            TableSource::Param(id) => {
+                backend.embedding_lookup(params.get(id), ids, out, dim, false)
+            }
+            TableSource::Disentangled { frozen, delta } => {
+                backend.embedding_lookup(frozen.read(params), ids, out, dim, false)?;
+                backend.embedding_lookup(params.get(delta), ids, out, dim, true)
+            }
+        }
+    }
+
+    /// Looks `ids` up and adds the rows to `out` (rows of width `dim`). A GDES table needs
+    /// `scratch` (`[rows, dim]`) to form `E_G[id] + E_Δ[id]` before adding.
+    pub(crate) fn lookup_add<B: Backend>(
         &self,
         backend: &B,
         params: &ParamStore<B::Tensor>,
@@ -58,28 +78,17 @@ impl TableSource {
         out: &mut B::Tensor,
         scratch: Option<&mut B::Tensor>,
         dim: usize,
-        accumulate: bool,
     ) -> Result<(), Error> {
         match *self {
-            TableSource::Param(id) => {
-                backend.embedding_lookup(params.get(id), ids, out, dim, accumulate)
-            }
-            TableSource::Disentangled { frozen, delta } => {
-                if accumulate {
-                    // (E_G[id] + E_Δ[id]) formed first, then added: the order of a lookup in
-                    // the materialised table E_G + E_Δ.
-                    let tmp = scratch.ok_or(Error::ShapeMismatch {
-                        what: "scratch buffer for a GDES table lookup",
-                        expected: 1,
-                        found: 0,
-                    })?;
-                    backend.embedding_lookup(frozen.read(params), ids, tmp, dim, false)?;
-                    backend.embedding_lookup(params.get(delta), ids, tmp, dim, true)?;
-                    backend.add_assign(out, tmp)
-                } else {
-                    backend.embedding_lookup(frozen.read(params), ids, out, dim, false)?;
-                    backend.embedding_lookup(params.get(delta), ids, out, dim, true)
-                }
+            TableSource::Param(id) => backend.embedding_lookup(params.get(id), ids, out, dim, true),
+            TableSource::Disentangled { .. } => {
+                // (E_G[id] + E_Δ[id]) formed first, then added: the order of a lookup in the
+                // materialised table E_G + E_Δ.
+                let tmp = scratch.ok_or(Error::Missing {
+                    what: "scratch buffer for a GDES table lookup",
+                })?;
+                self.lookup(backend, params, ids, tmp, dim)?;
+                backend.add_assign(out, tmp)
             }
         }
     }
@@ -87,8 +96,7 @@ impl TableSource {
     /// Adds the lookup's gradient to the trainable side of the table.
     pub(crate) fn backward<B: Backend>(
         &self,
-        backend: &B,
-        grads: &mut ParamStore<B::Tensor>,
+        ctx: &mut BackwardContext<'_, B>,
         ids: &B::Indices,
         dout: &B::Tensor,
         dim: usize,
@@ -98,7 +106,8 @@ impl TableSource {
             TableSource::Param(id) => id,
             TableSource::Disentangled { delta, .. } => delta,
         };
-        backend.embedding_backward(ids, dout, grads.get_mut(target), dim, skip)
+        ctx.backend
+            .embedding_backward(ids, dout, ctx.grads.get_mut(target), dim, skip)
     }
 }
 
@@ -240,31 +249,21 @@ impl Embeddings {
     ) -> Result<(), Error> {
         let n = batch.tokens();
         let e = self.embedding_size;
-        self.word.lookup(
-            backend,
-            params,
-            &batch.input_ids,
-            &mut acts.summed,
-            None,
-            e,
-            false,
-        )?;
+        self.word
+            .lookup(backend, params, &batch.input_ids, &mut acts.summed, e)?;
         if let Some(position) = &self.position {
-            position.lookup(
+            position.lookup_add(
                 backend,
                 params,
                 &batch.position_ids,
                 &mut acts.summed,
                 acts.lookup_scratch.as_mut(),
                 e,
-                true,
             )?;
         }
         if let Some(token_type) = self.token_type {
-            let ids = batch.token_type_ids.as_ref().ok_or(Error::ShapeMismatch {
+            let ids = batch.token_type_ids.as_ref().ok_or(Error::Missing {
                 what: "token-type ids for the token-type embeddings",
-                expected: 1,
-                found: 0,
             })?;
             backend.embedding_lookup(params.get(token_type), ids, &mut acts.summed, e, true)?;
         }
@@ -290,18 +289,16 @@ impl Embeddings {
     /// Backward from `doutput` (gradient of the embedding output; consumed as scratch): adds
     /// to the LayerNorm, projection and table gradients, routing each table's gradient by its
     /// [`TableSource`]. `scratch` holds `[N, H]` and `[N, E]` buffers.
-    #[allow(clippy::too_many_arguments)]
     pub fn backward<B: Backend>(
         &self,
-        backend: &B,
-        params: &ParamStore<B::Tensor>,
-        grads: &mut ParamStore<B::Tensor>,
+        ctx: &mut BackwardContext<'_, B>,
         batch: &DeviceBatch<B>,
         dropout: Option<&Dropout>,
         acts: &EmbeddingActivations<B::Tensor>,
         doutput: &mut B::Tensor,
         scratch: (&mut B::Tensor, &mut B::Tensor),
     ) -> Result<(), Error> {
+        let backend = ctx.backend;
         let (n, e) = (batch.tokens(), self.embedding_size);
         let (dnormed_input, dsummed) = scratch;
         maybe_dropout(dropout, backend, doutput, 0, Site::Embeddings)?;
@@ -311,9 +308,7 @@ impl Embeddings {
             Some(projection) => {
                 backend.fill(dnormed_input, 0.0)?;
                 self.norm.backward(
-                    backend,
-                    params,
-                    grads,
+                    ctx,
                     normalised_input,
                     &acts.stats,
                     doutput,
@@ -321,43 +316,21 @@ impl Embeddings {
                     n,
                 )?;
                 backend.fill(dsummed, 0.0)?;
-                projection.backward(
-                    backend,
-                    params,
-                    grads,
-                    &acts.summed,
-                    dnormed_input,
-                    Some(&mut *dsummed),
-                    n,
-                )?;
+                projection.backward(ctx, &acts.summed, dnormed_input, Some(&mut *dsummed), n)?;
             }
             None => {
                 backend.fill(dsummed, 0.0)?;
-                self.norm.backward(
-                    backend,
-                    params,
-                    grads,
-                    normalised_input,
-                    &acts.stats,
-                    doutput,
-                    dsummed,
-                    n,
-                )?;
+                self.norm
+                    .backward(ctx, normalised_input, &acts.stats, doutput, dsummed, n)?;
             }
         }
-        self.word.backward(
-            backend,
-            grads,
-            &batch.input_ids,
-            dsummed,
-            e,
-            Some(self.pad_token_id),
-        )?;
+        self.word
+            .backward(ctx, &batch.input_ids, dsummed, e, Some(self.pad_token_id))?;
         if let Some(position) = &self.position {
-            position.backward(backend, grads, &batch.position_ids, dsummed, e, None)?;
+            position.backward(ctx, &batch.position_ids, dsummed, e, None)?;
         }
         if let (Some(token_type), Some(ids)) = (self.token_type, batch.token_type_ids.as_ref()) {
-            backend.embedding_backward(ids, dsummed, grads.get_mut(token_type), e, None)?;
+            backend.embedding_backward(ids, dsummed, ctx.grads.get_mut(token_type), e, None)?;
         }
         Ok(())
     }

@@ -5,10 +5,11 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use super::attention::{
-    AttentionActivations, AttentionInput, AttentionScratch, DisentangledSelfAttention,
-    PositionProjection, ProjectionGrads,
+    AttentionActivations, AttentionInput, AttentionInputGrads, AttentionScratch,
+    DisentangledSelfAttention, PositionProjection, ProjectionGrads,
 };
 use super::batch::DeviceBatch;
+use super::context::BackwardContext;
 use super::dropout::{Dropout, Site, maybe_dropout};
 use super::modules::{LayerNorm, Linear};
 use super::params::{Init, ParamId, ParamLayout, ParamStore};
@@ -227,29 +228,22 @@ impl EncoderLayer {
     }
 
     /// Backward from `doutput` (the gradient of this layer's output): adds to the parameter
-    /// gradients, to `dquery_states` (and `dhidden`, see
-    /// [`DisentangledSelfAttention::backward`]) and to `dprojection`.
-    #[allow(clippy::too_many_arguments)]
+    /// gradients and to the input gradients `dinput`.
     pub fn backward<B: Backend>(
         &self,
-        backend: &B,
-        params: &ParamStore<B::Tensor>,
-        grads: &mut ParamStore<B::Tensor>,
+        ctx: &mut BackwardContext<'_, B>,
         input: AttentionInput<'_, B>,
         acts: &LayerActivations<B::Tensor>,
         doutput: &B::Tensor,
         scratch: &mut LayerScratch<B::Tensor>,
-        dquery_states: &mut B::Tensor,
-        dhidden: Option<&mut B::Tensor>,
-        dprojection: Option<&mut ProjectionGrads<B::Tensor>>,
+        dinput: AttentionInputGrads<'_, B::Tensor>,
     ) -> Result<(), Error> {
+        let backend = ctx.backend;
         let (n, layer) = (input.batch.tokens(), input.layer);
         // Output LayerNorm: dsum = ∂L/∂(dropout(dense(f)) + attention_out).
         backend.fill(&mut scratch.dsum, 0.0)?;
         self.output_norm.backward(
-            backend,
-            params,
-            grads,
+            ctx,
             &acts.output_sum,
             &acts.output_stats,
             doutput,
@@ -272,9 +266,7 @@ impl EncoderLayer {
         )?;
         backend.fill(&mut scratch.dintermediate, 0.0)?;
         self.output_dense.backward(
-            backend,
-            params,
-            grads,
+            ctx,
             &acts.intermediate,
             &scratch.dsum,
             Some(&mut scratch.dintermediate),
@@ -288,9 +280,7 @@ impl EncoderLayer {
             false,
         )?;
         self.intermediate.backward(
-            backend,
-            params,
-            grads,
+            ctx,
             &acts.attention_out,
             &scratch.dintermediate_pre,
             Some(&mut scratch.dattention_out),
@@ -299,16 +289,14 @@ impl EncoderLayer {
         // Attention LayerNorm: dsum = ∂L/∂(dropout(dense(ctx)) + q).
         backend.fill(&mut scratch.dsum, 0.0)?;
         self.attention_norm.backward(
-            backend,
-            params,
-            grads,
+            ctx,
             &acts.attention_sum,
             &acts.attention_stats,
             &scratch.dattention_out,
             &mut scratch.dsum,
             n,
         )?;
-        backend.add_assign(dquery_states, &scratch.dsum)?;
+        backend.add_assign(dinput.dquery_states, &scratch.dsum)?;
         maybe_dropout(
             input.dropout,
             backend,
@@ -318,27 +306,49 @@ impl EncoderLayer {
         )?;
         backend.fill(&mut scratch.dcontext, 0.0)?;
         self.attention_dense.backward(
-            backend,
-            params,
-            grads,
+            ctx,
             &acts.attention.context,
             &scratch.dsum,
             Some(&mut scratch.dcontext),
             n,
         )?;
         self.attention.backward(
-            backend,
-            params,
-            grads,
+            ctx,
             input,
             &acts.attention,
             &scratch.dcontext,
             &mut scratch.attention,
-            dquery_states,
-            dhidden,
-            dprojection,
+            dinput,
         )
     }
+}
+
+/// What a [`ConvLayer`] reads besides its weights.
+pub struct ConvInput<'a, B: Backend> {
+    /// The embedding output, which the convolution reads.
+    pub embeddings: &'a B::Tensor,
+    /// The batch: padding mask and shape.
+    pub batch: &'a DeviceBatch<B>,
+    /// Dropout when training, `None` for inference.
+    pub dropout: Option<&'a Dropout>,
+}
+
+impl<B: Backend> Clone for ConvInput<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: Backend> Copy for ConvInput<'_, B> {}
+
+/// The buffers of a [`ConvLayer`]'s backward pass, each `[N, H]`.
+pub struct ConvScratch<T> {
+    /// `∂L/∂layer0` (added to).
+    pub dlayer0: T,
+    /// `∂L/∂embeddings` (added to).
+    pub dembeddings: T,
+    /// Work buffers.
+    pub buffers: [T; 2],
 }
 
 /// The v2 `ConvLayer` applied to the embedding output after layer 0:
@@ -403,18 +413,20 @@ impl ConvLayer {
         })
     }
 
-    /// Applies the layer to `embeddings` with `layer0` as the residual.
-    #[allow(clippy::too_many_arguments)]
+    /// Applies the layer to `input.embeddings` with `layer0` as the residual.
     pub fn forward<B: Backend>(
         &self,
         backend: &B,
         params: &ParamStore<B::Tensor>,
-        embeddings: &B::Tensor,
+        input: ConvInput<'_, B>,
         layer0: &B::Tensor,
-        batch: &DeviceBatch<B>,
-        dropout: Option<&Dropout>,
         acts: &mut ConvActivations<B::Tensor>,
     ) -> Result<(), Error> {
+        let ConvInput {
+            embeddings,
+            batch,
+            dropout,
+        } = input;
         let h = self.channels;
         backend.conv1d(
             embeddings,
@@ -439,43 +451,38 @@ impl ConvLayer {
         backend.scale_rows(&mut acts.output, &batch.mask, h)
     }
 
-    /// Backward from `doutput`: adds `∂L/∂layer0` to `dlayer0` and `∂L/∂embeddings` to
-    /// `dembeddings`. `scratch` holds two `[N, H]` buffers.
-    #[allow(clippy::too_many_arguments)]
+    /// Backward from `doutput`: adds `∂L/∂layer0` to `scratch.dlayer0` and `∂L/∂embeddings`
+    /// to `scratch.dembeddings`.
     pub fn backward<B: Backend>(
         &self,
-        backend: &B,
-        params: &ParamStore<B::Tensor>,
-        grads: &mut ParamStore<B::Tensor>,
-        embeddings: &B::Tensor,
-        batch: &DeviceBatch<B>,
-        dropout: Option<&Dropout>,
+        ctx: &mut BackwardContext<'_, B>,
+        input: ConvInput<'_, B>,
         acts: &ConvActivations<B::Tensor>,
         doutput: &B::Tensor,
-        scratch: (&mut B::Tensor, &mut B::Tensor),
-        dlayer0: &mut B::Tensor,
-        dembeddings: &mut B::Tensor,
+        scratch: &mut ConvScratch<B::Tensor>,
     ) -> Result<(), Error> {
+        let ConvInput {
+            embeddings,
+            batch,
+            dropout,
+        } = input;
+        let ConvScratch {
+            dlayer0,
+            dembeddings,
+            buffers: [dmasked, dsum],
+        } = scratch;
+        let (backend, params) = (ctx.backend, ctx.params);
         let (h, n) = (self.channels, batch.tokens());
-        let (dmasked, dsum) = scratch;
         backend.copy(doutput, 0, dmasked, 0, n * h)?;
         backend.scale_rows(dmasked, &batch.mask, h)?;
         backend.fill(dsum, 0.0)?;
-        self.norm.backward(
-            backend,
-            params,
-            grads,
-            &acts.sum,
-            &acts.stats,
-            dmasked,
-            dsum,
-            n,
-        )?;
+        self.norm
+            .backward(ctx, &acts.sum, &acts.stats, dmasked, dsum, n)?;
         backend.add_assign(dlayer0, dsum)?;
         backend.activation_backward(self.activation, &acts.conv, dsum, dmasked, false)?;
         maybe_dropout(dropout, backend, dmasked, 0, Site::Conv)?;
         backend.scale_rows(dmasked, &batch.mask, h)?;
-        let (dweight, dbias) = grads.pair_mut(self.weight, self.bias)?;
+        let (dweight, dbias) = ctx.grads.pair_mut(self.weight, self.bias)?;
         backend.conv1d_backward(
             embeddings,
             params.get(self.weight),
@@ -506,6 +513,16 @@ pub struct Encoder {
     pub rel_rows: usize,
     /// Hidden size.
     pub hidden: usize,
+}
+
+/// The buffers of one [`Encoder::position_projection_backward`].
+pub struct ProjectionBackwardBuffers<'a, T> {
+    /// The application's position-projection gradients (read).
+    pub dprojection: &'a ProjectionGrads<T>,
+    /// A `[2S, H]` work buffer.
+    pub scratch: &'a mut T,
+    /// The gradient of the normalised relative table, `[2S, H]` (added to).
+    pub drel_normed: &'a mut T,
 }
 
 /// The relative table as the layers read it, plus each layer's position projections.
@@ -652,20 +669,22 @@ impl Encoder {
     }
 
     /// Backward of application `application`'s position projection (made with layer
-    /// `weights`' projections) into `drel_normed` (`[2S, H]`), through its `pos_dropout`.
-    #[allow(clippy::too_many_arguments)]
+    /// `weights`' projections) from `buffers.dprojection` into `buffers.drel_normed`, through
+    /// its `pos_dropout`.
     pub fn position_projection_backward<B: Backend>(
         &self,
-        backend: &B,
-        params: &ParamStore<B::Tensor>,
-        grads: &mut ParamStore<B::Tensor>,
+        ctx: &mut BackwardContext<'_, B>,
         relative: &RelativeEmbeddings<B::Tensor>,
         (application, weights): (usize, usize),
-        dprojection: &ProjectionGrads<B::Tensor>,
         dropout: Option<&Dropout>,
-        scratch: &mut B::Tensor,
-        drel_normed: &mut B::Tensor,
+        buffers: ProjectionBackwardBuffers<'_, B::Tensor>,
     ) -> Result<(), Error> {
+        let ProjectionBackwardBuffers {
+            dprojection,
+            scratch,
+            drel_normed,
+        } = buffers;
+        let backend = ctx.backend;
         let projection = relative
             .projections
             .get(application)
@@ -687,9 +706,7 @@ impl Encoder {
             Some(dropped) => {
                 backend.fill(scratch, 0.0)?;
                 attention.position_projection_backward(
-                    backend,
-                    params,
-                    grads,
+                    ctx,
                     dropped,
                     dprojection,
                     projection.first_row,
@@ -706,9 +723,7 @@ impl Encoder {
                 backend.add_assign(drel_normed, scratch)
             }
             None => attention.position_projection_backward(
-                backend,
-                params,
-                grads,
+                ctx,
                 &relative.normed,
                 dprojection,
                 projection.first_row,
@@ -722,12 +737,11 @@ impl Encoder {
     /// gradient of the normalised table.
     pub fn relative_table_backward<B: Backend>(
         &self,
-        backend: &B,
-        params: &ParamStore<B::Tensor>,
-        grads: &mut ParamStore<B::Tensor>,
+        ctx: &mut BackwardContext<'_, B>,
         relative: &RelativeEmbeddings<B::Tensor>,
         drel_normed: &B::Tensor,
     ) -> Result<(), Error> {
+        let (backend, params) = (ctx.backend, ctx.params);
         let Some(table) = self.rel_embeddings else {
             return Ok(());
         };
@@ -736,18 +750,16 @@ impl Encoder {
                 // The LayerNorm's input is the parameter itself; its gradient is written there.
                 let mut dtable = backend.zeros(self.rel_rows * self.hidden)?;
                 norm.backward(
-                    backend,
-                    params,
-                    grads,
+                    ctx,
                     params.get(table),
                     stats,
                     drel_normed,
                     &mut dtable,
                     self.rel_rows,
                 )?;
-                backend.add_assign(grads.get_mut(table), &dtable)
+                backend.add_assign(ctx.grads.get_mut(table), &dtable)
             }
-            _ => backend.add_assign(grads.get_mut(table), drel_normed),
+            _ => backend.add_assign(ctx.grads.get_mut(table), drel_normed),
         }
     }
 }

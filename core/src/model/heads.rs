@@ -3,6 +3,7 @@
 
 use alloc::format;
 
+use super::context::BackwardContext;
 use super::modules::{LayerNorm, Linear};
 use super::params::{Init, ParamId, ParamLayout, ParamStore};
 use crate::backend::Backend;
@@ -178,25 +179,23 @@ impl MlmHead {
 
     /// Backward from `scratch.dlogits`: adds to the head's gradients, to the tied word
     /// embeddings' gradient, and `∂L/∂hidden` to `dhidden`.
-    #[allow(clippy::too_many_arguments)]
     pub fn backward<B: Backend>(
         &self,
-        backend: &B,
-        params: &ParamStore<B::Tensor>,
-        grads: &mut ParamStore<B::Tensor>,
+        ctx: &mut BackwardContext<'_, B>,
         hidden: &B::Tensor,
         rows: usize,
         acts: &MlmActivations<B::Tensor>,
         scratch: &mut MlmScratch<B::Tensor>,
         dhidden: &mut B::Tensor,
     ) -> Result<(), Error> {
+        let (backend, params) = (ctx.backend, ctx.params);
         let (w, v) = (self.dense.output, self.vocab);
-        backend.sum_rows(&scratch.dlogits, grads.get_mut(self.bias), v, true)?;
+        backend.sum_rows(&scratch.dlogits, ctx.grads.get_mut(self.bias), v, true)?;
         // Tied decoder: dE += dlogitsᵀ · normed ; dnormed = dlogits · E.
         backend.matmul(
             &scratch.dlogits,
             &acts.normed,
-            grads.get_mut(self.decoder),
+            ctx.grads.get_mut(self.decoder),
             &MatmulSpec {
                 a: MatrixLayout::row_major(v).transposed(),
                 b: MatrixLayout::row_major(w),
@@ -213,9 +212,7 @@ impl MlmHead {
         )?;
         backend.fill(&mut scratch.dactivated, 0.0)?;
         self.norm.backward(
-            backend,
-            params,
-            grads,
+            ctx,
             &acts.activated,
             &acts.stats,
             &scratch.dnormed,
@@ -229,15 +226,8 @@ impl MlmHead {
             &mut scratch.ddense,
             false,
         )?;
-        self.dense.backward(
-            backend,
-            params,
-            grads,
-            hidden,
-            &scratch.ddense,
-            Some(dhidden),
-            rows,
-        )
+        self.dense
+            .backward(ctx, hidden, &scratch.ddense, Some(dhidden), rows)
     }
 }
 
@@ -380,24 +370,20 @@ impl RtdHead {
 
     /// Backward from `scratch.dlogits`: adds to the head's gradients and `∂L/∂hidden` to
     /// `dhidden`.
-    #[allow(clippy::too_many_arguments)]
     pub fn backward<B: Backend>(
         &self,
-        backend: &B,
-        params: &ParamStore<B::Tensor>,
-        grads: &mut ParamStore<B::Tensor>,
+        ctx: &mut BackwardContext<'_, B>,
         batch: usize,
         len: usize,
         acts: &RtdActivations<B::Tensor>,
         scratch: &mut RtdScratch<B::Tensor>,
         dhidden: &mut B::Tensor,
     ) -> Result<(), Error> {
+        let backend = ctx.backend;
         let n = batch * len;
         backend.fill(&mut scratch.dactivated, 0.0)?;
         self.classifier.backward(
-            backend,
-            params,
-            grads,
+            ctx,
             &acts.activated,
             &scratch.dlogits,
             Some(&mut scratch.dactivated),
@@ -412,9 +398,7 @@ impl RtdHead {
         )?;
         backend.fill(&mut scratch.dnormed, 0.0)?;
         self.dense.backward(
-            backend,
-            params,
-            grads,
+            ctx,
             &acts.normed,
             &scratch.ddense,
             Some(&mut scratch.dnormed),
@@ -422,9 +406,7 @@ impl RtdHead {
         )?;
         backend.fill(&mut scratch.dwith_context, 0.0)?;
         self.norm.backward(
-            backend,
-            params,
-            grads,
+            ctx,
             &acts.with_context,
             &acts.stats,
             &scratch.dnormed,

@@ -3,10 +3,12 @@
 //! backward pass of the training path consumes.
 //!
 //! Parameters live in one [`ParamStore`] indexed by [`ParamId`]s that the modules hold; the
-//! [`ParamLayout`] names them exactly as Hugging Face state dicts do.
+//! [`ParamLayout`] names them exactly as Hugging Face state dicts do. Every backward pass takes
+//! a [`BackwardContext`]: the backend, the parameters and the gradients it adds to.
 
 pub mod attention;
 pub mod batch;
+pub mod context;
 pub mod deberta;
 pub mod dropout;
 pub mod embeddings;
@@ -16,6 +18,7 @@ pub mod modules;
 pub mod params;
 
 pub use batch::{DeviceBatch, HostBatch};
+pub use context::BackwardContext;
 pub use deberta::{
     Activations, AttentionProbs, BackwardScratch, Deberta, ForwardOptions, Heads, MlmRows,
 };

@@ -4,6 +4,7 @@
 
 use alloc::format;
 
+use super::context::BackwardContext;
 use super::params::{Init, ParamId, ParamLayout, ParamStore};
 use crate::Error;
 use crate::backend::{Backend, LayerNormGrads};
@@ -63,23 +64,21 @@ impl Linear {
         Ok(())
     }
 
-    /// Adds `∂L/∂W = dyᵀ·x`, `∂L/∂b = Σ dy` to `grads` and, when `dx` is given,
+    /// Adds `∂L/∂W = dyᵀ·x`, `∂L/∂b = Σ dy` to `ctx.grads` and, when `dx` is given,
     /// `∂L/∂x = dy·W` to `dx`.
-    #[allow(clippy::too_many_arguments)]
     pub fn backward<B: Backend>(
         &self,
-        backend: &B,
-        params: &ParamStore<B::Tensor>,
-        grads: &mut ParamStore<B::Tensor>,
+        ctx: &mut BackwardContext<'_, B>,
         x: &B::Tensor,
         dy: &B::Tensor,
         dx: Option<&mut B::Tensor>,
         rows: usize,
     ) -> Result<(), Error> {
+        let (backend, params) = (ctx.backend, ctx.params);
         backend.matmul(
             dy,
             x,
-            grads.get_mut(self.weight),
+            ctx.grads.get_mut(self.weight),
             &MatmulSpec {
                 a: MatrixLayout::row_major(self.output).transposed(),
                 b: MatrixLayout::row_major(self.input),
@@ -89,7 +88,7 @@ impl Linear {
             },
         )?;
         if let Some(bias) = self.bias {
-            backend.sum_rows(dy, grads.get_mut(bias), self.output, true)?;
+            backend.sum_rows(dy, ctx.grads.get_mut(bias), self.output, true)?;
         }
         if let Some(dx) = dx {
             backend.matmul(
@@ -158,21 +157,19 @@ impl LayerNorm {
         )
     }
 
-    /// Adds `∂L/∂γ`, `∂L/∂β` to `grads` and `∂L/∂x` to `dx`, from the forward input `x`
+    /// Adds `∂L/∂γ`, `∂L/∂β` to `ctx.grads` and `∂L/∂x` to `dx`, from the forward input `x`
     /// and its `stats`.
-    #[allow(clippy::too_many_arguments)]
     pub fn backward<B: Backend>(
         &self,
-        backend: &B,
-        params: &ParamStore<B::Tensor>,
-        grads: &mut ParamStore<B::Tensor>,
+        ctx: &mut BackwardContext<'_, B>,
         x: &B::Tensor,
         stats: &B::Tensor,
         dout: &B::Tensor,
         dx: &mut B::Tensor,
         rows: usize,
     ) -> Result<(), Error> {
-        let (dgamma, dbeta) = grads.pair_mut(self.weight, self.bias)?;
+        let (backend, params) = (ctx.backend, ctx.params);
+        let (dgamma, dbeta) = ctx.grads.pair_mut(self.weight, self.bias)?;
         backend.layer_norm_backward(
             x,
             params.get(self.weight),

@@ -7,8 +7,9 @@ use alloc::vec::Vec;
 use super::workspace::{ModelBuffers, Workspace};
 use crate::Error;
 use crate::backend::Backend;
+use crate::model::BackwardContext;
 use crate::model::dropout::Dropout;
-use crate::model::{AttentionProbs, Deberta, DeviceBatch, ForwardOptions, MlmRows, ParamStore};
+use crate::model::{AttentionProbs, Deberta, DeviceBatch, ForwardOptions, MlmRows};
 use crate::random::RandomStream;
 
 /// The labelled positions of a batch on the device.
@@ -54,6 +55,15 @@ impl<B: Backend> MlmTargets<B> {
     }
 }
 
+/// The input of an MLM step (the generator's half of an RTD batch): masked ids and the masked
+/// positions with their labels.
+pub struct GeneratorBatch<B: Backend> {
+    /// The generator's input (masked ids).
+    pub batch: DeviceBatch<B>,
+    /// The masked positions and their original ids.
+    pub targets: MlmTargets<B>,
+}
+
 /// Where sampled replacements go: one token per labelled position, drawn from the generator's
 /// training-mode logits with `stream` (SPEC §6.2).
 pub struct Sampler<'a, B: Backend> {
@@ -63,25 +73,22 @@ pub struct Sampler<'a, B: Backend> {
     pub out: &'a mut B::Indices,
 }
 
-/// One forward and backward of the MLM objective: adds `scale · ∂(mean CE)/∂θ` to `grads`,
-/// samples replacements when asked, and returns the mean cross-entropy (read back).
-#[allow(clippy::too_many_arguments)]
+/// One forward and backward of the MLM objective: adds `scale · ∂(mean CE)/∂θ` to
+/// `ctx.grads`, samples replacements when asked, and returns the mean cross-entropy (read
+/// back).
 pub fn mlm_step<B: Backend>(
     model: &Deberta,
-    backend: &B,
-    params: &ParamStore<B::Tensor>,
-    grads: &mut ParamStore<B::Tensor>,
-    batch: &DeviceBatch<B>,
-    targets: &MlmTargets<B>,
+    ctx: &mut BackwardContext<'_, B>,
+    batch: &GeneratorBatch<B>,
     dropout: Option<&Dropout>,
     scale: f32,
     workspace: &mut Workspace<B>,
     sampler: Option<Sampler<'_, B>>,
 ) -> Result<f32, Error> {
-    let head = model.mlm_head.as_ref().ok_or(Error::ShapeMismatch {
+    let (backend, params) = (ctx.backend, ctx.params);
+    let GeneratorBatch { batch, targets } = batch;
+    let head = model.mlm_head.as_ref().ok_or(Error::Missing {
         what: "an MLM head on the model",
-        expected: 1,
-        found: 0,
     })?;
     let options = ForwardOptions {
         dropout,
@@ -107,10 +114,8 @@ pub fn mlm_step<B: Backend>(
         acts.mlm
             .as_ref()
             .zip(scratch.mlm.as_mut())
-            .ok_or(Error::ShapeMismatch {
+            .ok_or(Error::Missing {
                 what: "MLM head buffers",
-                expected: 1,
-                found: 0,
             })?;
     if let Some(sampler) = sampler {
         backend.sample_categorical(&mlm_acts.logits, head.vocab, sampler.stream, sampler.out)?;
@@ -126,16 +131,7 @@ pub fn mlm_step<B: Backend>(
     )?;
     let mut total = backend.zeros(1)?;
     backend.sum(&mlm_scratch.losses, &mut total, 0, 1.0 / count)?;
-    model.backward(
-        backend,
-        params,
-        grads,
-        relative.as_ref(),
-        batch,
-        &options,
-        acts,
-        scratch,
-    )?;
+    model.backward(ctx, relative.as_ref(), batch, &options, acts, scratch)?;
     let mut loss = [0.0f32];
     backend.download(&total, &mut loss)?;
     Ok(loss[0])

@@ -9,9 +9,9 @@ pub mod schedule;
 pub mod trainer;
 pub mod workspace;
 
-pub use mlm::{MlmTargets, Sampler, mlm_step};
+pub use mlm::{GeneratorBatch, MlmTargets, Sampler, mlm_step};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
-pub use pair::{DiscriminatorBatch, GeneratorBatch, Losses, PairBatch, RtdPair, Sharing};
+pub use pair::{DiscriminatorBatch, Losses, PairBatch, RtdPair, Sharing};
 pub use schedule::warmup_linear;
 pub use trainer::{GradientReducer, MicroBatch, PairDropout, Schedule, Trainer};
 pub use workspace::Workspace;

@@ -8,9 +8,10 @@
 
 use alloc::vec::Vec;
 
-use super::mlm::{MlmTargets, Sampler, mlm_step};
+use super::mlm::{GeneratorBatch, MlmTargets, Sampler, mlm_step};
 use super::workspace::{ModelBuffers, Workspace};
 use crate::backend::Backend;
+use crate::model::BackwardContext;
 use crate::model::dropout::Dropout;
 use crate::model::{
     AttentionProbs, Deberta, DeviceBatch, ForwardOptions, FrozenParam, Heads, HostBatch, Init,
@@ -57,14 +58,6 @@ pub struct Losses {
     pub rtd: f32,
     /// `mlm + λ·rtd`.
     pub total: f32,
-}
-
-/// The generator's half of a batch: masked ids and the masked positions with their labels.
-pub struct GeneratorBatch<B: Backend> {
-    /// The generator's input (masked ids).
-    pub batch: DeviceBatch<B>,
-    /// The masked positions and their original ids.
-    pub targets: MlmTargets<B>,
 }
 
 /// The discriminator's half of a batch: ids after replacement and the RTD labels.
@@ -222,7 +215,9 @@ impl RtdPair {
         let gen_word = match generator_model.embeddings.word {
             TableSource::Param(id) => id,
             TableSource::Disentangled { .. } => {
-                return Err(incompatible("a generator that owns its tables", 1, 0));
+                return Err(Error::Missing {
+                    what: "the generator's own embedding tables (it reads another model's)",
+                });
             }
         };
         let gen_position = generator_model
@@ -319,12 +314,9 @@ impl RtdPair {
 
     /// Generator MLM step: adds `scale·∂L_MLM/∂θ` and returns `L_MLM`; samples replacements
     /// when given a sampler.
-    #[allow(clippy::too_many_arguments)]
     pub fn generator_step<B: Backend>(
         &self,
-        backend: &B,
-        params: &ParamStore<B::Tensor>,
-        grads: &mut ParamStore<B::Tensor>,
+        ctx: &mut BackwardContext<'_, B>,
         batch: &GeneratorBatch<B>,
         dropout: Option<&Dropout>,
         scale: f32,
@@ -333,11 +325,8 @@ impl RtdPair {
     ) -> Result<f32, Error> {
         mlm_step(
             &self.generator,
-            backend,
-            params,
-            grads,
-            &batch.batch,
-            &batch.targets,
+            ctx,
+            batch,
             dropout,
             scale,
             workspace,
@@ -347,18 +336,16 @@ impl RtdPair {
 
     /// Discriminator RTD step: adds `λ·∂L_RTD/∂θ` and returns `L_RTD`; with `logits` the
     /// per-token RTD logits are copied out (`[B·S]`).
-    #[allow(clippy::too_many_arguments)]
     pub fn discriminator_step<B: Backend>(
         &self,
-        backend: &B,
-        params: &ParamStore<B::Tensor>,
-        grads: &mut ParamStore<B::Tensor>,
+        ctx: &mut BackwardContext<'_, B>,
         batch: &DiscriminatorBatch<B>,
         rtd_weight: f32,
         dropout: Option<&Dropout>,
         workspace: &mut Workspace<B>,
         logits: Option<&mut [f32]>,
     ) -> Result<f32, Error> {
+        let (backend, params) = (ctx.backend, ctx.params);
         let model = &self.discriminator;
         let device = &batch.batch;
         let options = ForwardOptions::<B> {
@@ -372,11 +359,13 @@ impl RtdPair {
             scratch,
         } = workspace.prepare(model, backend, device, None, dropout.is_some())?;
         model.forward(backend, params, relative.as_ref(), device, &options, acts)?;
-        let (rtd_acts, rtd_scratch) = acts
-            .rtd
-            .as_ref()
-            .zip(scratch.rtd.as_mut())
-            .ok_or(incompatible("RTD head buffers", 1, 0))?;
+        let (rtd_acts, rtd_scratch) =
+            acts.rtd
+                .as_ref()
+                .zip(scratch.rtd.as_mut())
+                .ok_or(Error::Missing {
+                    what: "RTD head buffers",
+                })?;
         let tokens = batch.tokens as f32;
         backend.bce_with_logits(
             &rtd_acts.logits,
@@ -391,16 +380,7 @@ impl RtdPair {
         if let Some(out) = logits {
             backend.download(&rtd_acts.logits, out)?;
         }
-        model.backward(
-            backend,
-            params,
-            grads,
-            relative.as_ref(),
-            device,
-            &options,
-            acts,
-            scratch,
-        )?;
+        model.backward(ctx, relative.as_ref(), device, &options, acts, scratch)?;
         let mut loss = [0.0f32];
         backend.download(&total, &mut loss)?;
         Ok(loss[0])
@@ -408,12 +388,9 @@ impl RtdPair {
 
     /// The gradient of `L_MLM + λ·L_RTD` at the current weights in one joint backward (both
     /// steps, no update in between): the semantics of the reference fixtures.
-    #[allow(clippy::too_many_arguments)]
     pub fn joint_gradient<B: Backend>(
         &self,
-        backend: &B,
-        params: &ParamStore<B::Tensor>,
-        grads: &mut ParamStore<B::Tensor>,
+        ctx: &mut BackwardContext<'_, B>,
         batch: &PairBatch<B>,
         rtd_weight: f32,
         dropout: Option<(&Dropout, &Dropout)>,
@@ -421,9 +398,7 @@ impl RtdPair {
     ) -> Result<Losses, Error> {
         let mut workspace = Workspace::new();
         let mlm = self.generator_step(
-            backend,
-            params,
-            grads,
+            ctx,
             &batch.generator,
             dropout.map(|d| d.0),
             1.0,
@@ -432,9 +407,7 @@ impl RtdPair {
         )?;
         let mut workspace = Workspace::new();
         let rtd = self.discriminator_step(
-            backend,
-            params,
-            grads,
+            ctx,
             &batch.discriminator,
             rtd_weight,
             dropout.map(|d| d.1),

@@ -17,12 +17,14 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
+use super::mlm::GeneratorBatch;
 use super::mlm::Sampler;
 use super::optim::{Optimizer, OptimizerConfig};
-use super::pair::{DiscriminatorBatch, GeneratorBatch, Losses, PairBatch, RtdPair};
+use super::pair::{DiscriminatorBatch, Losses, PairBatch, RtdPair};
 use super::workspace::Workspace;
 use crate::Error;
 use crate::backend::Backend;
+use crate::model::BackwardContext;
 use crate::model::dropout::Dropout;
 use crate::model::{ParamId, ParamStore};
 
@@ -248,10 +250,9 @@ impl<B: Backend> Trainer<B> {
                 self.zero(backend, &discriminator_params)?;
             }
         }
+        let mut ctx = BackwardContext::new(backend, &self.params, &mut self.grads);
         let loss = self.pair.generator_step(
-            backend,
-            &self.params,
-            &mut self.grads,
+            &mut ctx,
             batch,
             dropout,
             micro.scale(),
@@ -291,10 +292,9 @@ impl<B: Backend> Trainer<B> {
         if micro.summed() || (self.schedule == Schedule::Decoupled && micro.first()) {
             self.zero(backend, &phase_params)?;
         }
+        let mut ctx = BackwardContext::new(backend, &self.params, &mut self.grads);
         let loss = self.pair.discriminator_step(
-            backend,
-            &self.params,
-            &mut self.grads,
+            &mut ctx,
             batch,
             self.rtd_weight * micro.scale(),
             dropout,

@@ -1,9 +1,9 @@
 //! The fused disentangled attention forward (`fused_attention.wgsl`).
 
 use deberta_core::Error;
-use deberta_core::backend::AttentionSpec;
+use deberta_core::backend::{AttentionLengths, AttentionSpec};
 
-use super::{flag, product, require, word};
+use super::{flag, word};
 use crate::device::Gpu;
 use crate::kernels::{ATTN_BLOCK, ATTN_CHUNK, ATTN_MAX_HEAD_DIM, ATTN_THREADS, ATTN_TILE, Kernel};
 use crate::params::FusedAttentionParams;
@@ -52,39 +52,18 @@ pub(crate) fn fused_attention(
     context: &mut GpuTensor,
     spec: AttentionSpec,
 ) -> Result<(), Error> {
-    const KERNEL: &str = "fused_attention";
-    let width = product(KERNEL, &[spec.heads, spec.head_dim])?;
-    let activation = product(KERNEL, &[spec.batch, spec.len, width])?;
-    for (name, tensor) in [
-        ("query", ops.query),
-        ("key", ops.key),
-        ("value", ops.value),
-        ("context", &*context),
-    ] {
-        require(KERNEL, name, activation, tensor.len())?;
-    }
-    require(KERNEL, "mask", spec.batch * spec.len, ops.mask.len())?;
+    let activation = spec.check(AttentionLengths {
+        query: ops.query.len(),
+        key: ops.key.len(),
+        value: ops.value.len(),
+        context: context.len(),
+        mask: ops.mask.len(),
+        pos_key: ops.pos_key.map(GpuTensor::len),
+        pos_query: ops.pos_query.map(GpuTensor::len),
+        index: ops.index.map(GpuIndices::len),
+    })?;
     let relative = ops.pos_key.is_some() || ops.pos_query.is_some();
-    let index = match (relative, ops.index) {
-        (false, _) => None,
-        (true, Some(index)) => {
-            require(KERNEL, "index", spec.len * spec.len, index.len())?;
-            let table = product(KERNEL, &[spec.first_row + spec.rows, width])?;
-            for (name, t) in [("pos_key", ops.pos_key), ("pos_query", ops.pos_query)] {
-                if let Some(t) = t {
-                    require(KERNEL, name, table, t.len())?;
-                }
-            }
-            Some(index)
-        }
-        (true, None) => {
-            return Err(Error::ShapeMismatch {
-                what: "relative index for relative attention",
-                expected: 1,
-                found: 0,
-            });
-        }
-    };
+    let index = ops.index.filter(|_| relative);
     let buffers = [
         gpu.buf(context)?,
         gpu.buf(ops.query)?,
@@ -114,7 +93,7 @@ pub(crate) fn fused_attention(
         heads: word(spec.heads)?,
         len: word(spec.len)?,
         head_dim: word(spec.head_dim)?,
-        width: word(width)?,
+        width: word(spec.width())?,
         first_row: word(spec.first_row)?,
         tiles: word(tiles)?,
         has_c2p: flag(ops.pos_key.is_some()),
@@ -123,7 +102,8 @@ pub(crate) fn fused_attention(
         scale: spec.scale,
         _pad0: 0,
     };
-    let groups = product(KERNEL, &[spec.batch, spec.heads, tiles])?;
+    // No larger than `batch·heads·len`, which `check` has bounded.
+    let groups = spec.batch * spec.heads * tiles;
     gpu.dispatch(
         Kernel::FusedAttention,
         &params,

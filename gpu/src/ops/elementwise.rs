@@ -1,8 +1,12 @@
 //! Element-wise and broadcast kernels.
 
+use deberta_core::kernels::{
+    check_activation, check_activation_backward, check_add_assign, check_add_bias,
+    check_add_sequence_row, check_add_sequence_row_backward, check_scale_rows,
+};
 use deberta_core::{Activation, Error};
 
-use super::{flag, product, require, word};
+use super::{flag, word};
 use crate::device::Gpu;
 use crate::kernels::{ELEMENTWISE_WG, Kernel};
 use crate::params::ElementwiseParams;
@@ -45,7 +49,7 @@ fn launch(
 
 /// `x += y`.
 pub(crate) fn add_assign(gpu: &Gpu, x: &mut GpuTensor, y: &GpuTensor) -> Result<(), Error> {
-    require("add_assign", "y", x.len(), y.len())?;
+    check_add_assign(x.len(), y.len())?;
     launch(gpu, Kernel::AddAssign, Default::default(), x.len(), &[x, y])
 }
 
@@ -56,7 +60,7 @@ pub(crate) fn add_bias(
     bias: &GpuTensor,
     cols: usize,
 ) -> Result<(), Error> {
-    require("add_bias", "bias", cols, bias.len())?;
+    check_add_bias(bias.len(), cols)?;
     if cols == 0 {
         return Ok(());
     }
@@ -80,10 +84,10 @@ pub(crate) fn scale_rows(
     scales: &GpuTensor,
     cols: usize,
 ) -> Result<(), Error> {
+    check_scale_rows(x.len(), scales.len(), cols)?;
     if cols == 0 {
         return Ok(());
     }
-    require("scale_rows", "scales", x.len() / cols, scales.len())?;
     let params = ElementwiseParams {
         cols: word(cols)?,
         ..Default::default()
@@ -113,7 +117,7 @@ pub(crate) fn activation(
     x: &GpuTensor,
     out: &mut GpuTensor,
 ) -> Result<(), Error> {
-    require("activation", "out", x.len(), out.len())?;
+    check_activation(x.len(), out.len())?;
     let params = ElementwiseParams {
         act: activation_code(act),
         ..Default::default()
@@ -130,8 +134,7 @@ pub(crate) fn activation_backward(
     dx: &mut GpuTensor,
     accumulate: bool,
 ) -> Result<(), Error> {
-    require("activation_backward", "dout", x.len(), dout.len())?;
-    require("activation_backward", "dx", x.len(), dx.len())?;
+    check_activation_backward(x.len(), dout.len(), dx.len())?;
     let params = ElementwiseParams {
         act: activation_code(act),
         accumulate: flag(accumulate),
@@ -146,18 +149,6 @@ pub(crate) fn activation_backward(
     )
 }
 
-/// `Err(ShapeMismatch)` unless `row` is a token of a sequence of `len`.
-fn check_row(what: &'static str, row: usize, len: usize) -> Result<(), Error> {
-    if row >= len {
-        return Err(Error::ShapeMismatch {
-            what,
-            expected: len,
-            found: row,
-        });
-    }
-    Ok(())
-}
-
 /// `out[b, i, :] = x[b, i, :] + x[b, row, :]`.
 pub(crate) fn add_sequence_row(
     gpu: &Gpu,
@@ -166,10 +157,7 @@ pub(crate) fn add_sequence_row(
     shape: [usize; 3],
     row: usize,
 ) -> Result<(), Error> {
-    let total = product("add_sequence_row", &shape)?;
-    require("add_sequence_row", "x", total, x.len())?;
-    require("add_sequence_row", "out", total, out.len())?;
-    check_row("add_sequence_row row index", row, shape[1])?;
+    let total = check_add_sequence_row(shape, row, x.len(), out.len())?;
     let params = ElementwiseParams {
         cols: word(shape[2])?,
         len: word(shape[1])?,
@@ -188,10 +176,7 @@ pub(crate) fn add_sequence_row_backward(
     row: usize,
     accumulate: bool,
 ) -> Result<(), Error> {
-    let total = product("add_sequence_row_backward", &shape)?;
-    require("add_sequence_row_backward", "dout", total, dout.len())?;
-    require("add_sequence_row_backward", "dx", total, dx.len())?;
-    check_row("add_sequence_row_backward row index", row, shape[1])?;
+    let total = check_add_sequence_row_backward(shape, row, dout.len(), dx.len())?;
     let params = ElementwiseParams {
         cols: word(shape[2])?,
         len: word(shape[1])?,

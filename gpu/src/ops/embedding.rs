@@ -1,8 +1,9 @@
 //! Embedding gather and its owner-ordered scatter-add backward.
 
 use deberta_core::Error;
+use deberta_core::kernels::{check_embedding_backward, check_embedding_lookup};
 
-use super::{flag, product, require, word};
+use super::{flag, word};
 use crate::device::Gpu;
 use crate::kernels::{ELEMENTWISE_WG, Kernel};
 use crate::params::EmbeddingParams;
@@ -17,8 +18,7 @@ pub(crate) fn embedding_lookup(
     dim: usize,
     accumulate: bool,
 ) -> Result<(), Error> {
-    let needed = product("embedding_lookup", &[ids.len(), dim])?;
-    require("embedding_lookup", "out", needed, out.len())?;
+    let needed = check_embedding_lookup(ids.len(), dim, out.len())?;
     let buffers = [gpu.buf(out)?, gpu.buf(table)?, gpu.buf(ids)?];
     if dim == 0 || needed == 0 {
         return Ok(());
@@ -47,8 +47,7 @@ pub(crate) fn embedding_backward(
     dim: usize,
     skip: Option<u32>,
 ) -> Result<(), Error> {
-    let needed = product("embedding_backward", &[ids.len(), dim])?;
-    require("embedding_backward", "dout", needed, dout.len())?;
+    check_embedding_backward(ids.len(), dim, dout.len())?;
     let buffers = [gpu.buf(dtable)?, gpu.buf(dout)?, gpu.buf(ids)?];
     if dim == 0 || ids.is_empty() {
         return Ok(());

@@ -5,8 +5,8 @@ use deberta_core::backend::LayerNormGrads;
 use deberta_core::kernels::LayerNormSpec;
 
 use super::memory::alloc;
-use super::reduce::sum_columns;
-use super::{flag, product, require, word};
+use super::reduce::{ColumnSum, sum_columns};
+use super::{flag, word};
 use crate::device::Gpu;
 use crate::kernels::{Kernel, PARAM_CHUNK_ROWS, ROW_WG};
 use crate::params::LayerNormParams;
@@ -31,14 +31,13 @@ pub(crate) fn layer_norm(
     stats: Option<&mut GpuTensor>,
     spec: LayerNormSpec,
 ) -> Result<(), Error> {
-    let total = product("layer_norm", &[spec.rows, spec.cols])?;
-    require("layer_norm", "x", total, x.len())?;
-    require("layer_norm", "out", total, out.len())?;
-    require("layer_norm", "gamma", spec.cols, gamma.len())?;
-    require("layer_norm", "beta", spec.cols, beta.len())?;
-    if let Some(s) = stats.as_deref() {
-        require("layer_norm", "stats", 2 * spec.rows, s.len())?;
-    }
+    spec.check(
+        x.len(),
+        gamma.len(),
+        beta.len(),
+        out.len(),
+        stats.as_deref().map(GpuTensor::len),
+    )?;
     let stats_buffer = match stats.as_deref() {
         Some(s) => gpu.buf(s)?,
         None => &gpu.absent_output,
@@ -75,19 +74,9 @@ pub(crate) fn layer_norm_backward(
     grads: LayerNormGrads<'_, GpuTensor>,
     spec: LayerNormSpec,
 ) -> Result<(), Error> {
-    let kernel = "layer_norm_backward";
-    let total = product(kernel, &[spec.rows, spec.cols])?;
-    require(kernel, "x", total, x.len())?;
-    require(kernel, "dout", total, dout.len())?;
-    require(kernel, "dx", total, grads.dx.len())?;
-    require(kernel, "stats", 2 * spec.rows, stats.len())?;
-    for (name, len) in [
-        ("gamma", gamma.len()),
-        ("dgamma", grads.dgamma.len()),
-        ("dbeta", grads.dbeta.len()),
-    ] {
-        require(kernel, name, spec.cols, len)?;
-    }
+    let row_operands = [x.len(), dout.len(), grads.dx.len()];
+    let col_operands = [gamma.len(), grads.dgamma.len(), grads.dbeta.len()];
+    spec.check_backward(row_operands, stats.len(), col_operands)?;
     let (x, gamma, stats, dout) = (
         gpu.buf(x)?,
         gpu.buf(gamma)?,
@@ -122,9 +111,14 @@ pub(crate) fn layer_norm_backward(
         &[partial, x, stats, dout],
         gpu.grid_for(chunks * spec.cols, ROW_WG)?,
     )?;
-    let (cols, stride) = (spec.cols, 2 * spec.cols);
-    sum_columns(gpu, partial, 0, stride, chunks, cols, chunks, dgamma, true)?;
-    sum_columns(
-        gpu, partial, cols, stride, chunks, cols, chunks, dbeta, true,
-    )
+    // The partials are `[chunks, 2·cols]`: the γ part of each row, then the β part.
+    let partial_sum = |offset| ColumnSum {
+        offset,
+        stride: 2 * spec.cols,
+        rows: chunks,
+        cols: spec.cols,
+        chunk_rows: chunks,
+    };
+    sum_columns(gpu, partial, partial_sum(0), dgamma, true)?;
+    sum_columns(gpu, partial, partial_sum(spec.cols), dbeta, true)
 }

@@ -1,8 +1,9 @@
 //! Cross-entropy over selected rows and BCE-with-logits.
 
 use deberta_core::Error;
+use deberta_core::kernels::{check_bce_with_logits, check_cross_entropy};
 
-use super::{product, require, word};
+use super::word;
 use crate::device::Gpu;
 use crate::kernels::{ELEMENTWISE_WG, Kernel};
 use crate::params::LossParams;
@@ -19,10 +20,7 @@ pub(crate) fn cross_entropy(
     grad_scale: f32,
 ) -> Result<(), Error> {
     let rows = targets.len();
-    let total = product("cross_entropy", &[rows, vocab])?;
-    require("cross_entropy", "logits", total, logits.len())?;
-    require("cross_entropy", "dlogits", total, dlogits.len())?;
-    require("cross_entropy", "losses", rows, losses.len())?;
+    check_cross_entropy(rows, vocab, logits.len(), dlogits.len(), losses.len())?;
     let buffers = [
         gpu.buf(losses)?,
         gpu.buf(dlogits)?,
@@ -57,14 +55,7 @@ pub(crate) fn bce_with_logits(
     grad_scale: f32,
 ) -> Result<(), Error> {
     let n = logits.len();
-    for (name, len) in [
-        ("labels", labels.len()),
-        ("weights", weights.len()),
-        ("losses", losses.len()),
-        ("dlogits", dlogits.len()),
-    ] {
-        require("bce_with_logits", name, n, len)?;
-    }
+    check_bce_with_logits(n, labels.len(), weights.len(), losses.len(), dlogits.len())?;
     let buffers = [
         gpu.buf(losses)?,
         gpu.buf(dlogits)?,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use deberta_core::Error;
 use deberta_core::kernels::{MatmulSpec, MatrixLayout};
 
-use super::{product, word};
+use super::word;
 use crate::device::Gpu;
 use crate::kernels::{Kernel, MATMUL_THREADS, SMALL_TILE, TILE_M, TILE_N};
 use crate::params::MatmulParams;
@@ -111,9 +111,10 @@ pub(crate) fn matmul(
     c: &mut GpuTensor,
     spec: &MatmulSpec,
 ) -> Result<(), Error> {
-    spec.validate(a.len(), b.len(), c.len())?;
+    spec.check(a.len(), b.len(), c.len())?;
     let buffers = [gpu.buf(c)?, gpu.buf(a)?, gpu.buf(b)?];
-    let entries = product("matmul", &spec.batch)?;
+    // `check` has made sure that the batch entries can be counted.
+    let entries = spec.batch[0] * spec.batch[1];
     if spec.m == 0 || spec.n == 0 || entries == 0 {
         return Ok(());
     }

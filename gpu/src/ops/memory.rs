@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use deberta_core::Error;
+use deberta_core::backend::check_range;
 
 use super::word;
 use crate::device::Gpu;
@@ -12,19 +13,6 @@ use crate::tensor::{DeviceBuffer, GpuTensor};
 
 /// Bytes of one element of every device buffer (`f32` or `u32`).
 const ELEMENT: u64 = 4;
-
-/// The CPU backend's range check of `write`, `download`, `copy`.
-fn range_check(what: &'static str, offset: usize, len: usize, size: usize) -> Result<(), Error> {
-    match offset.checked_add(len) {
-        Some(end) if end <= size => Ok(()),
-        _ => Err(Error::BufferTooSmall {
-            kernel: what,
-            operand: "tensor",
-            needed: offset.saturating_add(len),
-            len: size,
-        }),
-    }
-}
 
 /// A buffer of `len` elements with unspecified contents.
 pub(crate) fn alloc<T>(gpu: &Gpu, len: usize) -> Result<DeviceBuffer<T>, Error> {
@@ -56,7 +44,7 @@ pub(crate) fn write(
     offset: usize,
     data: &[f32],
 ) -> Result<(), Error> {
-    range_check("write", offset, data.len(), tensor.len())?;
+    check_range("write", offset, data.len(), tensor.len())?;
     gpu.write_bytes(
         gpu.buf(tensor)?,
         offset as u64 * ELEMENT,
@@ -71,7 +59,7 @@ pub(crate) fn download<T: bytemuck::Pod>(
     tensor: &DeviceBuffer<T>,
     out: &mut [T],
 ) -> Result<(), Error> {
-    range_check(what, 0, out.len(), tensor.len())?;
+    check_range(what, 0, out.len(), tensor.len())?;
     gpu.read_bytes(gpu.buf(tensor)?, bytemuck::cast_slice_mut(out))
 }
 
@@ -102,8 +90,8 @@ pub(crate) fn copy(
     dst_offset: usize,
     len: usize,
 ) -> Result<(), Error> {
-    range_check("copy", src_offset, len, src.len())?;
-    range_check("copy", dst_offset, len, dst.len())?;
+    check_range("copy", src_offset, len, src.len())?;
+    check_range("copy", dst_offset, len, dst.len())?;
     let (from, to) = (gpu.buf(src)?, gpu.buf(dst)?);
     if len == 0 {
         return Ok(());

@@ -1,5 +1,6 @@
-//! Host-side launchers of the kernels: each validates its operands exactly as the CPU slice
-//! kernel does (same [`Error`] values), fills the kernel's `Params` and records the dispatch.
+//! Host-side launchers of the kernels: each validates its operands with the kernel's contract
+//! in `deberta_core::kernels` (the check the CPU backend runs, so the same [`Error`] values),
+//! fills the kernel's `Params` and records the dispatch.
 
 pub(crate) mod attention;
 pub(crate) mod elementwise;
@@ -20,37 +21,6 @@ use crate::device::Gpu;
 use crate::error::device_error;
 use crate::pool::PooledBuffer;
 use crate::tensor::DeviceBuffer;
-
-/// `Err(BufferTooSmall)` unless an operand holds `needed` elements.
-pub(crate) fn require(
-    kernel: &'static str,
-    operand: &'static str,
-    needed: usize,
-    len: usize,
-) -> Result<(), Error> {
-    if len < needed {
-        Err(Error::BufferTooSmall {
-            kernel,
-            operand,
-            needed,
-            len,
-        })
-    } else {
-        Ok(())
-    }
-}
-
-/// The product of `dims`, overflow reported as a too-small buffer (as the CPU kernels do).
-pub(crate) fn product(kernel: &'static str, dims: &[usize]) -> Result<usize, Error> {
-    dims.iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or(Error::BufferTooSmall {
-            kernel,
-            operand: "shape",
-            needed: usize::MAX,
-            len: 0,
-        })
-}
 
 /// A size or index as the kernels' 32-bit integers.
 pub(crate) fn word(value: usize) -> Result<u32, Error> {

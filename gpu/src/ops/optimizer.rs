@@ -6,7 +6,7 @@ use deberta_core::kernels::AdamSpec;
 
 use super::memory::alloc;
 use super::reduce::reduce_into;
-use super::{flag, require, word};
+use super::{flag, word};
 use crate::device::Gpu;
 use crate::kernels::{ELEMENTWISE_WG, Kernel};
 use crate::params::AdamParams;
@@ -23,9 +23,7 @@ pub(crate) fn adam_update(
 ) -> Result<(), Error> {
     let n = param.len();
     let (m, v) = moments;
-    for (name, len) in [("grad", grad.len()), ("m", m.len()), ("v", v.len())] {
-        require("adam_update", name, n, len)?;
-    }
+    spec.check(n, grad.len(), m.len(), v.len())?;
     let buffers = [gpu.buf(param)?, gpu.buf(m)?, gpu.buf(v)?, gpu.buf(grad)?];
     // Σ squared norms into a one-element scratch buffer, read by every thread of the update.
     let squared: Option<GpuTensor> = match &clip {

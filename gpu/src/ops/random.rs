@@ -1,9 +1,10 @@
 //! The kernels that draw counter-based random numbers: dropout and categorical sampling.
 
 use deberta_core::Error;
+use deberta_core::kernels::check_sample_categorical;
 use deberta_core::random::RandomStream;
 
-use super::{product, require, word};
+use super::word;
 use crate::device::Gpu;
 use crate::kernels::{ELEMENTWISE_WG, Kernel};
 use crate::params::{DropoutParams, SamplingParams};
@@ -55,17 +56,7 @@ pub(crate) fn sample_categorical(
     out: &mut GpuIndices,
 ) -> Result<(), Error> {
     let rows = out.len();
-    require(
-        "sample_categorical",
-        "logits",
-        product("sample_categorical", &[rows, vocab])?,
-        logits.len(),
-    )?;
-    if vocab == 0 {
-        return Err(Error::EmptyInput {
-            what: "the vocabulary to sample from",
-        });
-    }
+    check_sample_categorical(rows, vocab, logits.len())?;
     let buffers = [gpu.buf(out)?, gpu.buf(logits)?];
     if rows == 0 {
         return Ok(());

@@ -2,9 +2,10 @@
 //! sums (`sum_rows`, the LayerNorm γ/β gradients).
 
 use deberta_core::Error;
+use deberta_core::kernels::check_sum_rows;
 
 use super::memory::alloc;
-use super::{flag, require, word};
+use super::{flag, word};
 use crate::device::Gpu;
 use crate::kernels::{Kernel, PARAM_CHUNK_ROWS, ROW_WG, SUM_ITEMS};
 use crate::params::ReduceParams;
@@ -106,20 +107,45 @@ pub(crate) fn sum(
     )
 }
 
-/// A column-sum over `rows` rows of width `cols` read at `src[offset + r·stride + c]`, in
-/// row order within chunks of `chunk_rows`: writes (or adds to) `dst[chunk·cols + c]`.
-#[allow(clippy::too_many_arguments)]
+/// The shape of a [`sum_columns`]: `rows` rows of width `cols` read at
+/// `src[offset + r·stride + c]`, summed in chunks of `chunk_rows` rows.
+pub(crate) struct ColumnSum {
+    pub(crate) offset: usize,
+    pub(crate) stride: usize,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) chunk_rows: usize,
+}
+
+impl ColumnSum {
+    /// A dense `[rows, cols]` buffer from its start, in chunks of `chunk_rows` rows.
+    fn dense(rows: usize, cols: usize, chunk_rows: usize) -> Self {
+        ColumnSum {
+            offset: 0,
+            stride: cols,
+            rows,
+            cols,
+            chunk_rows,
+        }
+    }
+}
+
+/// A column-sum of `src` in row order within each chunk of `sum.chunk_rows` rows: writes (or
+/// adds to) `dst[chunk·cols + c]`.
 pub(crate) fn sum_columns(
     gpu: &Gpu,
     src: &PooledBuffer,
-    offset: usize,
-    stride: usize,
-    rows: usize,
-    cols: usize,
-    chunk_rows: usize,
+    sum: ColumnSum,
     dst: &PooledBuffer,
     accumulate: bool,
 ) -> Result<(), Error> {
+    let ColumnSum {
+        offset,
+        stride,
+        rows,
+        cols,
+        chunk_rows,
+    } = sum;
     let params = ReduceParams {
         n: word(rows)?,
         cols: word(cols)?,
@@ -146,7 +172,7 @@ pub(crate) fn sum_rows(
     cols: usize,
     accumulate: bool,
 ) -> Result<(), Error> {
-    require("sum_rows", "out", cols, out.len())?;
+    check_sum_rows(out.len(), cols)?;
     let (src, dst) = (gpu.buf(x)?, gpu.buf(out)?);
     if cols == 0 {
         return Ok(());
@@ -154,11 +180,24 @@ pub(crate) fn sum_rows(
     let rows = x.len() / cols;
     let chunk = PARAM_CHUNK_ROWS as usize;
     if rows <= chunk {
-        return sum_columns(gpu, src, 0, cols, rows, cols, rows, dst, accumulate);
+        return sum_columns(
+            gpu,
+            src,
+            ColumnSum::dense(rows, cols, rows),
+            dst,
+            accumulate,
+        );
     }
     let chunks = rows.div_ceil(chunk);
     let partials: GpuTensor = alloc(gpu, chunks * cols)?;
     let partial = gpu.buf(&partials)?;
-    sum_columns(gpu, src, 0, cols, rows, cols, chunk, partial, false)?;
-    sum_columns(gpu, partial, 0, cols, chunks, cols, chunks, dst, accumulate)
+    sum_columns(
+        gpu,
+        src,
+        ColumnSum::dense(rows, cols, chunk),
+        partial,
+        false,
+    )?;
+    let partial_sum = ColumnSum::dense(chunks, cols, chunks);
+    sum_columns(gpu, partial, partial_sum, dst, accumulate)
 }

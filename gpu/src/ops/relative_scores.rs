@@ -3,33 +3,11 @@
 use deberta_core::Error;
 use deberta_core::kernels::RelativeScoresSpec;
 
-use super::{flag, product, require, word};
+use super::{flag, word};
 use crate::device::Gpu;
 use crate::kernels::{ELEMENTWISE_WG, Kernel};
 use crate::params::RelativeParams;
 use crate::tensor::{GpuIndices, GpuTensor};
-
-/// The CPU kernel's length checks (index values are validated on the host when the index is
-/// built); the number of score elements.
-fn check(
-    kernel: &'static str,
-    spec: RelativeScoresSpec,
-    scores: usize,
-    tables: [Option<usize>; 2],
-    index: usize,
-) -> Result<usize, Error> {
-    let len = spec.len;
-    let total = product(kernel, &[spec.batch, spec.heads, len, len])?;
-    let table = product(kernel, &[spec.batch, spec.heads, len, spec.rows])?;
-    require(kernel, "scores", total, scores)?;
-    require(kernel, "index", len * len, index)?;
-    for (name, t) in ["c2p", "p2c"].into_iter().zip(tables) {
-        if let Some(t) = t {
-            require(kernel, name, table, t)?;
-        }
-    }
-    Ok(total)
-}
 
 fn params(spec: RelativeScoresSpec, c2p: bool, p2c: bool) -> Result<RelativeParams, Error> {
     Ok(RelativeParams {
@@ -53,9 +31,8 @@ pub(crate) fn add_relative_scores(
     index: &GpuIndices,
     spec: RelativeScoresSpec,
 ) -> Result<(), Error> {
-    let total = check(
-        "add_relative_scores",
-        spec,
+    // The index values are validated on the host where the index is built.
+    let total = spec.check(
         scores.len(),
         [c2p.map(GpuTensor::len), p2c.map(GpuTensor::len)],
         index.len(),
@@ -89,9 +66,7 @@ pub(crate) fn relative_scores_backward(
     dp2c: Option<&mut GpuTensor>,
     spec: RelativeScoresSpec,
 ) -> Result<(), Error> {
-    check(
-        "relative_scores_backward",
-        spec,
+    spec.check_backward(
         dscores.len(),
         [
             dc2p.as_deref().map(GpuTensor::len),

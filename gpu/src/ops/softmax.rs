@@ -3,24 +3,11 @@
 use deberta_core::Error;
 use deberta_core::kernels::SoftmaxSpec;
 
-use super::{product, require, word};
+use super::word;
 use crate::device::Gpu;
 use crate::kernels::Kernel;
 use crate::params::SoftmaxParams;
 use crate::tensor::GpuTensor;
-
-/// The CPU kernel's checks; the number of score rows.
-fn check(
-    kernel: &'static str,
-    spec: SoftmaxSpec,
-    scores: usize,
-    mask: usize,
-) -> Result<usize, Error> {
-    let total = product(kernel, &[spec.batch, spec.heads, spec.len, spec.len])?;
-    require(kernel, "scores", total, scores)?;
-    require(kernel, "mask", spec.batch * spec.len, mask)?;
-    Ok(spec.batch * spec.heads * spec.len)
-}
 
 fn params(spec: SoftmaxSpec, rows: usize) -> Result<SoftmaxParams, Error> {
     Ok(SoftmaxParams {
@@ -38,7 +25,8 @@ pub(crate) fn masked_softmax(
     mask: &GpuTensor,
     spec: SoftmaxSpec,
 ) -> Result<(), Error> {
-    let rows = check("masked_softmax", spec, scores.len(), mask.len())?;
+    spec.check(scores.len(), mask.len())?;
+    let rows = spec.batch * spec.heads * spec.len;
     let buffers = [gpu.buf(scores)?, gpu.buf(mask)?];
     if rows == 0 {
         return Ok(());
@@ -59,9 +47,8 @@ pub(crate) fn masked_softmax_backward(
     mask: &GpuTensor,
     spec: SoftmaxSpec,
 ) -> Result<(), Error> {
-    let kernel = "masked_softmax_backward";
-    let rows = check(kernel, spec, grad.len(), mask.len())?;
-    require(kernel, "probs", rows * spec.len, probs.len())?;
+    spec.check_backward(probs.len(), grad.len(), mask.len())?;
+    let rows = spec.batch * spec.heads * spec.len;
     let buffers = [gpu.buf(grad)?, gpu.buf(mask)?, gpu.buf(probs)?];
     if rows == 0 {
         return Ok(());

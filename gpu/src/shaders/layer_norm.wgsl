@@ -1,9 +1,9 @@
 // Row-wise LayerNorm (biased variance, PyTorch `nn.LayerNorm`) and its backward. One workgroup
-// per row; sums are fixed-order tree reductions in workgroup memory. The γ/β gradients are
+// per row; sums are fixed-order tree reductions in workgroup memory (row_reduce.wgsl,
+// prepended). The γ/β gradients are
 // column sums: `layer_norm_param_partials` sums each chunk of PARAM_CHUNK_ROWS rows in order and
 // reduce.wgsl's `sum_columns` adds the chunks in order.
 
-const ROW_WG: u32 = 128u;
 const PARAM_CHUNK_ROWS: u32 = 64u;
 
 struct Params {
@@ -39,31 +39,10 @@ struct Params {
 @group(0) @binding(3) var<storage, read> stats_par: array<f32>;
 @group(0) @binding(4) var<storage, read> dout_par: array<f32>;
 
-var<workgroup> scratch: array<f32, ROW_WG>;
-
-// Σ over the workgroup of each thread's `value`, in a fixed tree order.
-fn workgroup_sum(lid: u32, value: f32) -> f32 {
-    scratch[lid] = value;
-    workgroupBarrier();
-    for (var stride = ROW_WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            scratch[lid] = scratch[lid] + scratch[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let total = scratch[0];
-    workgroupBarrier();
-    return total;
-}
-
-fn row_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.y * nwg.x + wid.x;
-}
-
 @compute @workgroup_size(ROW_WG)
 fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
-    let row = row_index(wid, nwg);
+    let row = workgroup_index(wid, nwg);
     if (row >= params.rows) {
         return;
     }
@@ -93,7 +72,7 @@ fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 @compute @workgroup_size(ROW_WG)
 fn layer_norm_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32) {
-    let row = row_index(wid, nwg);
+    let row = workgroup_index(wid, nwg);
     if (row >= params.rows) {
         return;
     }
@@ -125,7 +104,7 @@ fn layer_norm_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
 @compute @workgroup_size(ROW_WG)
 fn layer_norm_param_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                              @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.y * nwg.x + wid.x) * ROW_WG + lid;
+    let i = workgroup_index(wid, nwg) * ROW_WG + lid;
     let chunks = (params.rows + PARAM_CHUNK_ROWS - 1u) / PARAM_CHUNK_ROWS;
     if (i >= chunks * params.cols) {
         return;

@@ -1,7 +1,7 @@
 // Loss kernels: per-row cross-entropy with the gradient of its logits (one workgroup per row,
-// fixed-order tree reductions) and per-token BCE-with-logits (one thread per token).
+// fixed-order tree reductions: row_reduce.wgsl, prepended) and per-token BCE-with-logits (one
+// thread per token).
 
-const ROW_WG: u32 = 128u;
 const ELEMENTWISE_WG: u32 = 256u;
 
 struct Params {
@@ -20,42 +20,12 @@ struct Params {
 @group(0) @binding(4) var<storage, read> labels: array<f32>;
 @group(0) @binding(5) var<storage, read> weights: array<f32>;
 
-var<workgroup> scratch: array<f32, ROW_WG>;
-
-fn workgroup_sum(lid: u32, value: f32) -> f32 {
-    scratch[lid] = value;
-    workgroupBarrier();
-    for (var stride = ROW_WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            scratch[lid] = scratch[lid] + scratch[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let total = scratch[0];
-    workgroupBarrier();
-    return total;
-}
-
-fn workgroup_max(lid: u32, value: f32) -> f32 {
-    scratch[lid] = value;
-    workgroupBarrier();
-    for (var stride = ROW_WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            scratch[lid] = max(scratch[lid], scratch[lid + stride]);
-        }
-        workgroupBarrier();
-    }
-    let total = scratch[0];
-    workgroupBarrier();
-    return total;
-}
-
 // losses[r] = lse(z) − z[t]; dlogits = (softmax(z) − onehot(t))·grad_scale. A target beyond the
 // vocabulary (ids are validated on the host) gives a NaN loss.
 @compute @workgroup_size(ROW_WG)
 fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let row = wid.y * nwg.x + wid.x;
+    let row = workgroup_index(wid, nwg);
     if (row >= params.rows) {
         return;
     }
@@ -103,7 +73,7 @@ fn log1p_small(x: f32) -> f32 {
 @compute @workgroup_size(ELEMENTWISE_WG)
 fn bce_with_logits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.y * nwg.x + wid.x) * ELEMENTWISE_WG + lid;
+    let i = workgroup_index(wid, nwg) * ELEMENTWISE_WG + lid;
     if (i >= params.rows) {
         return;
     }

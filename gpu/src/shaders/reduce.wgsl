@@ -1,9 +1,8 @@
 // Fixed-order reductions. `reduce_sum`: each workgroup sums SUM_ITEMS·ROW_WG consecutive
-// elements (each thread a strided handful in order, then a tree in workgroup memory) into one
-// partial; the host chains stages until one workgroup remains. `sum_columns`: each thread sums
+// elements (each thread a strided handful in order, then row_reduce.wgsl's tree, prepended)
+// into one partial; the host chains stages until one workgroup remains. `sum_columns`: each thread sums
 // one column over a chunk of rows in row order (bias gradients, the chunks of γ/β gradients).
 
-const ROW_WG: u32 = 128u;
 const SUM_ITEMS: u32 = 8u;
 
 struct Params {
@@ -25,13 +24,11 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(2) var<storage, read> src: array<f32>;
 
-var<workgroup> scratch: array<f32, ROW_WG>;
-
 // dst[dst_index + g] = alpha · Σ (src or src²) over group g's elements.
 @compute @workgroup_size(ROW_WG)
 fn reduce_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
-    let g = wid.y * nwg.x + wid.x;
+    let g = workgroup_index(wid, nwg);
     let first = g * ROW_WG * SUM_ITEMS;
     var s = 0.0;
     for (var q = 0u; q < SUM_ITEMS; q += 1u) {
@@ -45,16 +42,9 @@ fn reduce_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
             }
         }
     }
-    scratch[lid] = s;
-    workgroupBarrier();
-    for (var stride = ROW_WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            scratch[lid] = scratch[lid] + scratch[lid + stride];
-        }
-        workgroupBarrier();
-    }
+    let total = workgroup_sum(lid, s);
     if (lid == 0u && first < max(params.n, 1u)) {
-        dst[params.dst_index + g] = params.alpha * scratch[0];
+        dst[params.dst_index + g] = params.alpha * total;
     }
 }
 
@@ -62,7 +52,7 @@ fn reduce_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 @compute @workgroup_size(ROW_WG)
 fn sum_columns(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let e = (wid.y * nwg.x + wid.x) * ROW_WG + lid;
+    let e = workgroup_index(wid, nwg) * ROW_WG + lid;
     let chunks = (params.n + params.chunk_rows - 1u) / params.chunk_rows;
     if (e >= max(chunks, 1u) * params.cols) {
         return;

@@ -1,8 +1,7 @@
 // Masked softmax over attention scores [batch, heads, len, len] (Hugging Face 5.x padding
 // semantics: masked keys get exactly 0, padded query rows are uniform) and its backward. One
-// workgroup per score row; max and sums are fixed-order tree reductions.
-
-const ROW_WG: u32 = 128u;
+// workgroup per score row; max and sums are fixed-order tree reductions (row_reduce.wgsl,
+// prepended).
 
 struct Params {
     rows: u32,
@@ -17,40 +16,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read> mask: array<f32>;
 @group(0) @binding(3) var<storage, read> probs: array<f32>;
 
-var<workgroup> scratch: array<f32, ROW_WG>;
-
-fn workgroup_sum(lid: u32, value: f32) -> f32 {
-    scratch[lid] = value;
-    workgroupBarrier();
-    for (var stride = ROW_WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            scratch[lid] = scratch[lid] + scratch[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let total = scratch[0];
-    workgroupBarrier();
-    return total;
-}
-
-fn workgroup_max(lid: u32, value: f32) -> f32 {
-    scratch[lid] = value;
-    workgroupBarrier();
-    for (var stride = ROW_WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            scratch[lid] = max(scratch[lid], scratch[lid + stride]);
-        }
-        workgroupBarrier();
-    }
-    let total = scratch[0];
-    workgroupBarrier();
-    return total;
-}
-
 @compute @workgroup_size(ROW_WG)
 fn masked_softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
-    let row = wid.y * nwg.x + wid.x;
+    let row = workgroup_index(wid, nwg);
     if (row >= params.rows) {
         return;
     }
@@ -90,7 +59,7 @@ fn masked_softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 @compute @workgroup_size(ROW_WG)
 fn masked_softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                            @builtin(local_invocation_index) lid: u32) {
-    let row = wid.y * nwg.x + wid.x;
+    let row = workgroup_index(wid, nwg);
     if (row >= params.rows) {
         return;
     }
