@@ -12,6 +12,7 @@ use deberta_core::edge::{EdgeModel, arena_bytes, detect};
 use deberta_core::model::HostBatch;
 use serde_json::json;
 
+use crate::data::Tokenizer;
 use crate::device::{BackendChoice, BackendTask, dispatch};
 use crate::edge_export::AlignedBytes;
 use crate::error::{Error, Result};
@@ -35,8 +36,8 @@ pub struct DetectArgs {
         required_unless_present = "text"
     )]
     pub ids: Option<String>,
-    /// Text to tokenise with the model's tokenizer (`tokenizer.json` of the directory, or the
-    /// one embedded in the edge file); [CLS] and [SEP] are added.
+    /// Text to tokenise with the model's tokenizer (`tokenizer.json` or `spm.model` of the
+    /// directory, or the one embedded in the edge file); [CLS] and [SEP] are added.
     #[arg(long, value_name = "TEXT")]
     pub text: Option<String>,
     /// Print exactly one JSON object on stdout: `{"tokens": [...], "ids": [...],
@@ -85,26 +86,23 @@ fn parse_ids(text: &str) -> Result<Vec<u32>> {
 /// special tokens.
 fn sequence(
     args: &DetectArgs,
-    tokenizer: Option<&tokenizers::Tokenizer>,
+    tokenizer: Option<&Tokenizer>,
     no_tokenizer: impl Fn() -> Error,
 ) -> Result<(Vec<u32>, Tokens)> {
     match (&args.ids, &args.text) {
         (Some(ids), _) => {
             let ids = parse_ids(ids)?;
-            let tokens =
-                tokenizer.map(|t| ids.iter().map(|&id| t.id_to_token(id)).collect::<Vec<_>>());
+            let tokens = tokenizer.map(|t| ids.iter().map(|&id| t.token(id)).collect::<Vec<_>>());
             Ok((ids, tokens))
         }
         (None, Some(text)) => {
             let tokenizer = tokenizer.ok_or_else(no_tokenizer)?;
-            let encoding = tokenizer
-                .encode(text.as_str(), true)
-                .map_err(|e| Error::Usage(format!("--text: cannot tokenise: {e}")))?;
-            if encoding.get_ids().is_empty() {
+            let encoded = tokenizer.encode(text.as_str(), true)?;
+            if encoded.ids.is_empty() {
                 return Err(Error::Usage("--text: no tokens".into()));
             }
-            let tokens = encoding.get_tokens().iter().cloned().map(Some).collect();
-            Ok((encoding.get_ids().to_vec(), Some(tokens)))
+            let tokens = encoded.tokens.into_iter().map(Some).collect();
+            Ok((encoded.ids, Some(tokens)))
         }
         (None, None) => Err(Error::Usage("give --ids IDS or --text TEXT".into())),
     }
@@ -127,7 +125,7 @@ fn detect_edge(args: &DetectArgs, path: &Path) -> Result<Detection> {
         Some(bytes) => {
             let bytes = bytes.map_err(|e| Error::format(path, e.to_string()))?;
             Some(
-                tokenizers::Tokenizer::from_bytes(bytes)
+                Tokenizer::from_bytes(path, bytes)
                     .map_err(|e| Error::format(path, format!("embedded tokenizer: {e}")))?,
             )
         }
@@ -199,17 +197,15 @@ fn detect_dir(args: &DetectArgs, path: &Path) -> Result<Detection> {
     for warning in &loaded.warnings {
         eprintln!("warning: {warning}");
     }
-    let tokenizer_path = dir.join("tokenizer.json");
-    let tokenizer = match tokenizer_path.is_file() {
-        true => Some(
-            tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| {
-                Error::format(&tokenizer_path, format!("not a valid tokenizer: {e}"))
-            })?,
-        ),
-        false => None,
+    let tokenizer = match Tokenizer::find_in_dir(&dir)? {
+        Some(path) => Some(Tokenizer::load(&path)?),
+        None => None,
     };
     let (ids, tokens) = sequence(args, tokenizer.as_ref(), || {
-        Error::format(&dir, "no tokenizer.json in the model directory; use --ids")
+        Error::format(
+            &dir,
+            "no tokenizer in the model directory (tokenizer.json or spm.model); use --ids",
+        )
     })?;
     let wide: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
     let logits = dispatch(

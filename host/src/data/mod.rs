@@ -16,6 +16,10 @@ pub mod loader;
 pub mod masking;
 pub mod packer;
 pub mod permutation;
+pub mod sentencepiece;
+pub mod spm_charsmap;
+pub mod spm_model;
+pub mod spm_tokenizer;
 pub mod tokenizer;
 mod unigram;
 
@@ -28,4 +32,5 @@ pub use loader::{Batch, DataCursor};
 pub use masking::{IGNORE_LABEL, MASKING_STREAM, MaskedBatch, Masker, MaskingStrategy};
 pub use packer::{CacheIndex, TokenCache};
 pub use permutation::{PERMUTATION_STREAM, Permutation};
+pub use spm_tokenizer::SpmTokenizer;
 pub use tokenizer::{SpecialTokens, Tokenizer, TrainOptions, TrainReport};
