@@ -116,6 +116,8 @@ enum Kind {
         inner: Box<tokenizers::Tokenizer>,
         /// The same, with special-token text in the input treated as plain text (corpora).
         literal: Box<tokenizers::Tokenizer>,
+        /// The file's bytes as read (`None` for a trained tokenizer).
+        source: Option<Vec<u8>>,
     },
     /// A SentencePiece `spm.model`.
     Spm(Box<SpmTokenizer>),
@@ -212,10 +214,10 @@ impl Tokenizer {
     pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::format(path, format!("not a tokenizer.json: {e}")))?;
-        Self::wrap(inner, path)
+        Self::wrap(inner, path, Some(bytes.to_vec()))
     }
 
-    fn wrap(inner: tokenizers::Tokenizer, path: &Path) -> Result<Self> {
+    fn wrap(inner: tokenizers::Tokenizer, path: &Path, source: Option<Vec<u8>>) -> Result<Self> {
         let id = |name: &str| {
             inner
                 .token_to_id(name)
@@ -234,6 +236,7 @@ impl Tokenizer {
             kind: Kind::Json {
                 inner: Box::new(inner),
                 literal: Box::new(literal),
+                source,
             },
             special,
         })
@@ -299,7 +302,7 @@ impl Tokenizer {
             distinct_words: words.len(),
             vocab_size,
         };
-        Ok((Self::wrap(inner, Path::new("<trained>"))?, report))
+        Ok((Self::wrap(inner, Path::new("<trained>"), None)?, report))
     }
 
     /// The `tokenizer.json` text (pretty-printed; deterministic); an error for an `spm.model`
@@ -313,6 +316,35 @@ impl Tokenizer {
                 "an spm.model tokenizer has no tokenizer.json form".into(),
             )),
         }
+    }
+
+    /// The tokenizer's files in the form it came in, with their bytes: `tokenizer.json` (as
+    /// read, or serialised when trained), or `spm.model` and, when it had one,
+    /// `tokenizer_config.json`. The first is the file [`Tokenizer::load`] reads.
+    pub fn files(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        match &self.kind {
+            Kind::Json {
+                source: Some(bytes),
+                ..
+            } => Ok(vec![(TOKENIZER_JSON_FILE, bytes.clone())]),
+            Kind::Json { source: None, .. } => {
+                Ok(vec![(TOKENIZER_JSON_FILE, self.to_json()?.into_bytes())])
+            }
+            Kind::Spm(spm) => Ok(spm
+                .files()
+                .into_iter()
+                .map(|(name, bytes)| (name, bytes.to_vec()))
+                .collect()),
+        }
+    }
+
+    /// Writes [`Tokenizer::files`] into `dir` atomically; returns the path of the first.
+    pub fn save_to_dir(&self, dir: &Path) -> Result<PathBuf> {
+        let files = self.files()?;
+        for (name, bytes) in &files {
+            write_atomic(&dir.join(name), bytes)?;
+        }
+        Ok(dir.join(files.first().map_or(TOKENIZER_JSON_FILE, |f| f.0)))
     }
 
     /// Writes `tokenizer.json` atomically.
