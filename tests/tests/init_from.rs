@@ -319,3 +319,36 @@ fn init_from_tokenizer_json_without_rtd_head() {
     assert!(!exported.join("spm.model").exists());
     std::fs::remove_dir_all(work).unwrap();
 }
+
+/// A run started with `--init-from` resumes exactly: the resumed run's last training row
+/// equals the uninterrupted run's.
+#[test]
+fn init_from_run_resumes_exactly() {
+    let dir = official();
+    let work = temp_dir("init-from-resume");
+    let whole = work.join("whole");
+    let parts = work.join("parts");
+    let steps = ["--steps", "6", "--eval-every", "0", "--warmup", "0"];
+    ok(pretrain(&dir, &whole, &steps));
+    let mut first = steps.to_vec();
+    first.extend_from_slice(&["--stop-after", "3"]);
+    ok(pretrain(&dir, &parts, &first));
+    ok(deberta(&[
+        "pretrain",
+        "--resume",
+        parts.to_str().unwrap(),
+        "--quiet",
+    ]));
+    let last_loss = |run: &Path| {
+        let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        text.lines()
+            .filter_map(|line| {
+                let row: Value = serde_json::from_str(line).unwrap();
+                (row["step"] == 6 && row.get("loss_rtd").is_some()).then(|| row["loss_rtd"].clone())
+            })
+            .next_back()
+            .expect("a training row of step 6")
+    };
+    assert_eq!(last_loss(&parts), last_loss(&whole));
+    std::fs::remove_dir_all(work).unwrap();
+}

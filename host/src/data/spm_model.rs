@@ -296,3 +296,65 @@ impl SpmModel {
         Ok(model)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(bytes: &[u8]) -> std::result::Result<SpmModel, String> {
+        SpmModel::parse(Path::new("m"), bytes).map_err(|e| e.to_string())
+    }
+
+    /// `pieces { piece: "ab" score: -1.5 type: USER_DEFINED }`, hand-encoded.
+    fn piece_message() -> Vec<u8> {
+        let mut piece = vec![0x0a, 0x02, b'a', b'b', 0x15];
+        piece.extend_from_slice(&(-1.5f32).to_le_bytes());
+        piece.extend_from_slice(&[0x18, 0x04]);
+        let mut message = vec![0x0a, piece.len() as u8];
+        message.extend(piece);
+        message
+    }
+
+    #[test]
+    fn reads_pieces_and_skips_unknown_fields() {
+        let mut bytes = piece_message();
+        // An unknown varint field 9 and an unknown fixed64 field 10, then a normaliser spec
+        // with add_dummy_prefix false.
+        bytes.extend_from_slice(&[0x48, 0x96, 0x01, 0x51, 1, 2, 3, 4, 5, 6, 7, 8]);
+        bytes.extend_from_slice(&[0x1a, 0x02, 0x18, 0x00]);
+        let model = parse(&bytes).unwrap();
+        assert_eq!(
+            model.pieces,
+            vec![Piece {
+                text: "ab".into(),
+                score: -1.5,
+                kind: PieceType::UserDefined
+            }]
+        );
+        assert!(!model.normalizer.add_dummy_prefix);
+        assert!(model.normalizer.remove_extra_whitespaces);
+        assert_eq!(model.model_type, UNIGRAM);
+    }
+
+    #[test]
+    fn malformed_messages_are_errors_with_offsets() {
+        let whole = piece_message();
+        let truncated = parse(&whole[..whole.len() - 1]).unwrap_err();
+        assert!(
+            truncated.contains("truncated field at byte 2"),
+            "{truncated}"
+        );
+        assert!(parse(&[0x08]).unwrap_err().contains("truncated varint"));
+        assert!(parse(&[0x0b]).unwrap_err().contains("wire type 3"));
+        assert!(
+            parse(&[0x08, 0x01])
+                .unwrap_err()
+                .contains("wrong wire type")
+        );
+        assert!(parse(&[]).unwrap_err().contains("no pieces"));
+        let bad_type = [0x0a, 0x02, 0x18, 0x09];
+        assert!(parse(&bad_type).unwrap_err().contains("piece type 9"));
+        let not_utf8 = [0x0a, 0x03, 0x0a, 0x01, 0xff];
+        assert!(parse(&not_utf8).unwrap_err().contains("not UTF-8"));
+    }
+}
