@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use deberta_core::model::MlmLayout;
 
 use crate::checkpoint::TensorMap;
-use crate::data::Tokenizer;
+use crate::data::spm_tokenizer::SPM_MODEL_FILE;
+use crate::data::tokenizer::TOKENIZER_JSON_FILE;
+use crate::data::{SpmTokenizer, Tokenizer};
 use crate::error::{Error, Result};
 use crate::hf_config::config_json;
 use crate::model_dir::{LoadedModel, load_model_dir};
@@ -171,20 +173,7 @@ pub fn export_hf(input: &Path, out: &Path, options: HfExportOptions) -> Result<H
     let tokenizer = match options.with_tokenizer {
         false => Vec::new(),
         true => match Tokenizer::find_in_dir(&source)? {
-            Some(path) => {
-                let tokenizer = Tokenizer::load(&path)?;
-                let vocab = loaded.config().vocab_size;
-                if tokenizer.vocab_size() > vocab {
-                    return Err(Error::format(
-                        &path,
-                        format!(
-                            "the tokenizer has {} tokens, more than the model's vocabulary of {vocab}",
-                            tokenizer.vocab_size()
-                        ),
-                    ));
-                }
-                tokenizer.files()?
-            }
+            Some(path) => tokenizer_files(&path, loaded.config().vocab_size)?,
             None => {
                 warnings.push(format!(
                     "{}: no tokenizer.json or spm.model; the export has none",
@@ -221,6 +210,33 @@ pub fn export_hf(input: &Path, out: &Path, options: HfExportOptions) -> Result<H
         verify(tmp, &loaded)
     })?;
     Ok(summary)
+}
+
+/// The files of the tokenizer at `path`, checked: an `spm.model` (with the
+/// `tokenizer_config.json` beside it, if any) must load and fit the model's `vocab` rows; a
+/// `tokenizer.json` must load.
+fn tokenizer_files(path: &Path, vocab: usize) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    if path.file_name().is_some_and(|name| name == SPM_MODEL_FILE) {
+        let tokenizer = SpmTokenizer::load(path)?;
+        if tokenizer.vocab_size() > vocab {
+            return Err(Error::format(
+                path,
+                format!(
+                    "the tokenizer has {} tokens, more than the model's vocabulary of {vocab}",
+                    tokenizer.vocab_size()
+                ),
+            ));
+        }
+        return Ok(tokenizer
+            .files()
+            .into_iter()
+            .map(|(name, bytes)| (name, bytes.to_vec()))
+            .collect());
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    tokenizers::Tokenizer::from_bytes(&bytes)
+        .map_err(|e| Error::format(path, format!("not a valid tokenizer: {e}")))?;
+    Ok(vec![(TOKENIZER_JSON_FILE, bytes)])
 }
 
 /// The `architectures` entry and the `legacy` flag for the part, after checking that the

@@ -12,7 +12,8 @@ use deberta_core::edge::{EdgeModel, arena_bytes, detect};
 use deberta_core::model::HostBatch;
 use serde_json::json;
 
-use crate::data::Tokenizer;
+use crate::data::spm_tokenizer::SPM_MODEL_FILE;
+use crate::data::{SpmTokenizer, Tokenizer};
 use crate::device::{BackendChoice, BackendTask, dispatch};
 use crate::edge_export::AlignedBytes;
 use crate::error::{Error, Result};
@@ -82,11 +83,53 @@ fn parse_ids(text: &str) -> Result<Vec<u32>> {
         .collect()
 }
 
+/// The tokenizer of the model: any `tokenizer.json` (special tokens are not required here),
+/// or an `spm.model`.
+enum DetectTokenizer {
+    Json(Box<tokenizers::Tokenizer>),
+    Spm(Box<SpmTokenizer>),
+}
+
+impl DetectTokenizer {
+    /// Reads the tokenizer file of a model directory.
+    fn load(path: &Path) -> Result<Self> {
+        match path.file_name().is_some_and(|name| name == SPM_MODEL_FILE) {
+            true => Ok(DetectTokenizer::Spm(Box::new(SpmTokenizer::load(path)?))),
+            false => tokenizers::Tokenizer::from_file(path)
+                .map(|t| DetectTokenizer::Json(Box::new(t)))
+                .map_err(|e| Error::format(path, format!("not a valid tokenizer: {e}"))),
+        }
+    }
+
+    fn token(&self, id: u32) -> Option<String> {
+        match self {
+            DetectTokenizer::Json(t) => t.id_to_token(id),
+            DetectTokenizer::Spm(t) => t.token(id),
+        }
+    }
+
+    /// The ids and tokens of `text` with [CLS] and [SEP].
+    fn encode(&self, text: &str) -> Result<(Vec<u32>, Vec<String>)> {
+        match self {
+            DetectTokenizer::Json(t) => {
+                let encoding = t
+                    .encode(text, true)
+                    .map_err(|e| Error::Usage(format!("--text: cannot tokenise: {e}")))?;
+                Ok((encoding.get_ids().to_vec(), encoding.get_tokens().to_vec()))
+            }
+            DetectTokenizer::Spm(t) => {
+                let encoded = t.encode(text, true);
+                Ok((encoded.ids, encoded.tokens))
+            }
+        }
+    }
+}
+
 /// The ids (and token strings) of the sequence: `--ids` as given, or `--text` encoded with
 /// special tokens.
 fn sequence(
     args: &DetectArgs,
-    tokenizer: Option<&Tokenizer>,
+    tokenizer: Option<&DetectTokenizer>,
     no_tokenizer: impl Fn() -> Error,
 ) -> Result<(Vec<u32>, Tokens)> {
     match (&args.ids, &args.text) {
@@ -97,12 +140,11 @@ fn sequence(
         }
         (None, Some(text)) => {
             let tokenizer = tokenizer.ok_or_else(no_tokenizer)?;
-            let encoded = tokenizer.encode(text.as_str(), true)?;
-            if encoded.ids.is_empty() {
+            let (ids, tokens) = tokenizer.encode(text)?;
+            if ids.is_empty() {
                 return Err(Error::Usage("--text: no tokens".into()));
             }
-            let tokens = encoded.tokens.into_iter().map(Some).collect();
-            Ok((encoded.ids, Some(tokens)))
+            Ok((ids, Some(tokens.into_iter().map(Some).collect())))
         }
         (None, None) => Err(Error::Usage("give --ids IDS or --text TEXT".into())),
     }
@@ -124,10 +166,10 @@ fn detect_edge(args: &DetectArgs, path: &Path) -> Result<Detection> {
         None => None,
         Some(bytes) => {
             let bytes = bytes.map_err(|e| Error::format(path, e.to_string()))?;
-            Some(
-                Tokenizer::from_bytes(path, bytes)
+            Some(DetectTokenizer::Json(Box::new(
+                tokenizers::Tokenizer::from_bytes(bytes)
                     .map_err(|e| Error::format(path, format!("embedded tokenizer: {e}")))?,
-            )
+            )))
         }
     };
     let (ids, tokens) = sequence(args, tokenizer.as_ref(), || {
@@ -198,7 +240,7 @@ fn detect_dir(args: &DetectArgs, path: &Path) -> Result<Detection> {
         eprintln!("warning: {warning}");
     }
     let tokenizer = match Tokenizer::find_in_dir(&dir)? {
-        Some(path) => Some(Tokenizer::load(&path)?),
+        Some(path) => Some(DetectTokenizer::load(&path)?),
         None => None,
     };
     let (ids, tokens) = sequence(args, tokenizer.as_ref(), || {
