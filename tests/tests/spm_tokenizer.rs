@@ -229,3 +229,24 @@ fn variant_models_equal_sentencepiece() {
         }
     }
 }
+
+/// `detect --text` on an official-layout directory (RTD head, `spm.model`) tokenises as
+/// transformers does.
+#[test]
+fn detect_text_uses_the_spm_model() {
+    let dir = official();
+    let forward = json(&dir.join("forward.json"));
+    let record = &forward[0];
+    let run = deberta(&[
+        "detect",
+        "--model",
+        dir.to_str().unwrap(),
+        "--text",
+        record["text"].as_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let out: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(out["ids"], record["ids"]);
+    assert_eq!(out["tokens"], record["tokens"]);
+}
