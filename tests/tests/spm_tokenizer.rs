@@ -250,3 +250,49 @@ fn detect_text_uses_the_spm_model() {
     assert_eq!(out["ids"], record["ids"]);
     assert_eq!(out["tokens"], record["tokens"]);
 }
+
+/// `pretrain --tokenizer spm.model` trains with it and keeps it in its form: the run's model
+/// directories hold `spm.model` and `tokenizer_config.json` byte for byte, and the vocabulary
+/// is the model's 1000 pieces.
+#[test]
+fn pretrain_with_an_spm_tokenizer_keeps_it() {
+    let dir = official();
+    let work = temp_dir("spm-pretrain");
+    let config = work.join("tiny.toml");
+    std::fs::write(
+        &config,
+        "[model]\nhidden_size = 16\nnum_hidden_layers = 2\nnum_attention_heads = 2\nintermediate_size = 32\n",
+    )
+    .unwrap();
+    let run = work.join("run");
+    let out = deberta(&[
+        "pretrain",
+        "--tokenizer",
+        dir.join("spm.model").to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--max-seq-len",
+        "16",
+        "--eval-batches",
+        "1",
+        "--quiet",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for part in ["discriminator", "generator"] {
+        for file in ["spm.model", "tokenizer_config.json"] {
+            assert_eq!(
+                std::fs::read(run.join(part).join(file)).unwrap(),
+                std::fs::read(dir.join(file)).unwrap()
+            );
+        }
+        let config = json(&run.join(part).join("config.json"));
+        assert_eq!(config["vocab_size"], 1000);
+    }
+    std::fs::remove_dir_all(work).unwrap();
+}
