@@ -5,7 +5,9 @@
 //! The exported directory holds exactly what transformers' `save_pretrained` writes for the
 //! model: `config.json` with the `DebertaV2Config` keys ([`crate::hf_config::config_json`]),
 //! `model.safetensors` (float32, metadata `{"format": "pt"}`) with the transformers state-dict
-//! names, and the run's `tokenizer.json`.
+//! names, and the source's tokenizer in the form it came in: `tokenizer.json`, or `spm.model`
+//! with `tokenizer_config.json` (both byte for byte), which `AutoTokenizer` loads as
+//! `DebertaV2Tokenizer`.
 //!
 //! * The discriminator: `deberta.*` (the GDES word table `E_G + E_Δ` already merged by the
 //!   checkpoint) and the RTD head `mask_predictions.{dense,LayerNorm,classifier}.*`, with
@@ -26,6 +28,9 @@ use std::path::{Path, PathBuf};
 use deberta_core::model::MlmLayout;
 
 use crate::checkpoint::TensorMap;
+use crate::data::spm_tokenizer::SPM_MODEL_FILE;
+use crate::data::tokenizer::TOKENIZER_JSON_FILE;
+use crate::data::{SpmTokenizer, Tokenizer};
 use crate::error::{Error, Result};
 use crate::hf_config::config_json;
 use crate::model_dir::{LoadedModel, load_model_dir};
@@ -122,8 +127,9 @@ pub struct HfExportSummary {
     pub tensors: usize,
     /// Parameters in `model.safetensors`.
     pub parameters: usize,
-    /// Whether `tokenizer.json` was written.
-    pub tokenizer: bool,
+    /// The tokenizer files written (`tokenizer.json`, or `spm.model` and
+    /// `tokenizer_config.json`; none without a tokenizer).
+    pub tokenizer: Vec<&'static str>,
     /// One-line warnings (ignored source tensors, no tokenizer).
     pub warnings: Vec<String>,
 }
@@ -135,7 +141,7 @@ pub struct HfExportOptions {
     pub part: ModelPart,
     /// Replace a destination directory that is not empty.
     pub force: bool,
-    /// Copy the source's `tokenizer.json`.
+    /// Copy the source's tokenizer, in the form it has there.
     pub with_tokenizer: bool,
 }
 
@@ -148,7 +154,6 @@ pub fn export_hf(input: &Path, out: &Path, options: HfExportOptions) -> Result<H
     let loaded = load_model_dir(&source)?;
     let (architecture, legacy) = architecture(&loaded, &source, options.part)?;
     let config = config_json(loaded.config(), architecture, legacy);
-    let tokenizer_path = source.join("tokenizer.json");
     // A pretraining generator's Enhanced Mask Decoder position table is not a transformers
     // tensor; the loader reports it as unexpected, and the export leaves it out on purpose.
     let emd_table =
@@ -165,21 +170,18 @@ pub fn export_hf(input: &Path, out: &Path, options: HfExportOptions) -> Result<H
             },
         )
         .collect();
-    let tokenizer = match (options.with_tokenizer, tokenizer_path.is_file()) {
-        (false, _) => None,
-        (true, true) => {
-            tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| {
-                Error::format(&tokenizer_path, format!("not a valid tokenizer: {e}"))
-            })?;
-            Some(tokenizer_path.as_path())
-        }
-        (true, false) => {
-            warnings.push(format!(
-                "{}: no tokenizer.json; the export has none",
-                source.display()
-            ));
-            None
-        }
+    let tokenizer = match options.with_tokenizer {
+        false => Vec::new(),
+        true => match Tokenizer::find_in_dir(&source)? {
+            Some(path) => tokenizer_files(&path, loaded.config().vocab_size)?,
+            None => {
+                warnings.push(format!(
+                    "{}: no tokenizer.json or spm.model; the export has none",
+                    source.display()
+                ));
+                Vec::new()
+            }
+        },
     };
     let tensors: TensorMap = loaded
         .layout
@@ -199,15 +201,42 @@ pub fn export_hf(input: &Path, out: &Path, options: HfExportOptions) -> Result<H
         architecture,
         tensors: tensors.len(),
         parameters,
-        tokenizer: tokenizer.is_some(),
+        tokenizer: tokenizer.iter().map(|(name, _)| *name).collect(),
         warnings,
     };
     write_dir_atomically(out, options.force, |tmp| {
-        write_hf_dir(tmp, config, &tensors, tokenizer)?;
+        write_hf_dir(tmp, config, &tensors, &tokenizer)?;
         drop(tensors);
         verify(tmp, &loaded)
     })?;
     Ok(summary)
+}
+
+/// The files of the tokenizer at `path`, checked: an `spm.model` (with the
+/// `tokenizer_config.json` beside it, if any) must load and fit the model's `vocab` rows; a
+/// `tokenizer.json` must load.
+fn tokenizer_files(path: &Path, vocab: usize) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    if path.file_name().is_some_and(|name| name == SPM_MODEL_FILE) {
+        let tokenizer = SpmTokenizer::load(path)?;
+        if tokenizer.vocab_size() > vocab {
+            return Err(Error::format(
+                path,
+                format!(
+                    "the tokenizer has {} tokens, more than the model's vocabulary of {vocab}",
+                    tokenizer.vocab_size()
+                ),
+            ));
+        }
+        return Ok(tokenizer
+            .files()
+            .into_iter()
+            .map(|(name, bytes)| (name, bytes.to_vec()))
+            .collect());
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    tokenizers::Tokenizer::from_bytes(&bytes)
+        .map_err(|e| Error::format(path, format!("not a valid tokenizer: {e}")))?;
+    Ok(vec![(TOKENIZER_JSON_FILE, bytes)])
 }
 
 /// The `architectures` entry and the `legacy` flag for the part, after checking that the

@@ -142,6 +142,13 @@ const TIED_OR_BUFFERS: &[&str] = &[
 /// shape or an integer tensor is an error naming the tensor; unexpected tensors become one
 /// warning line.
 pub fn load_model_dir(dir: &Path) -> Result<LoadedModel> {
+    let (hf, tensors, weights_path) = read_model_dir(dir)?;
+    model_from_tensors(&hf, tensors, weights_path)
+}
+
+/// Reads `dir/config.json` and every tensor of the weights, bare `DebertaV2Model` names given
+/// the `deberta.` prefix; returns them with the (first) weights file.
+pub fn read_model_dir(dir: &Path) -> Result<(HfConfig, TensorMap, PathBuf)> {
     let config_path = dir.join("config.json");
     let hf = read_config(&config_path)?;
     let files = weights_files(dir)?;
@@ -149,7 +156,7 @@ pub fn load_model_dir(dir: &Path) -> Result<LoadedModel> {
     for file in &files {
         tensors.extend(read_tensor_file(file)?);
     }
-    model_from_tensors(&hf, tensors, files[0].clone())
+    Ok((hf, normalise_names(tensors), files[0].clone()))
 }
 
 /// Builds the model of a parsed `config.json` from the tensors of its checkpoint (what

@@ -10,7 +10,7 @@ use deberta_core::CpuBackend;
 use deberta_core::edge::{EdgeModel, arena_bytes, detect};
 use deberta_core::model::HostBatch;
 use deberta_host::checkpoint::{TensorMap, parse_safetensors, parse_torch_bin};
-use deberta_host::data::{DataCursor, Tokenizer};
+use deberta_host::data::{DataCursor, SpmTokenizer, Tokenizer};
 use deberta_host::edge_export::AlignedBytes;
 use deberta_host::hf_config::{HfConfig, config_json, parse_config, read_config};
 use deberta_host::inference::Session;
@@ -158,6 +158,21 @@ fn tokenizer_seeds() {
             tokenizer.encode_corpus_lines(&lines).unwrap().len(),
             lines.len()
         );
+    }
+}
+
+#[test]
+fn spm_model_seeds() {
+    let seeds = seeds("spm_model");
+    assert!(!seeds.is_empty());
+    for (name, bytes) in seeds {
+        let tokenizer = SpmTokenizer::from_bytes(Path::new(&name), bytes, None)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let special = tokenizer.special();
+        let encoded = tokenizer.encode("ﬁne  Ünïcödé [MASK] ☃", true);
+        assert_eq!(encoded.ids.first(), Some(&special.cls), "{name}");
+        assert_eq!(encoded.ids.last(), Some(&special.sep), "{name}");
+        assert!(encoded.ids.len() > 4, "{name}");
     }
 }
 

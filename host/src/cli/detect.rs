@@ -12,6 +12,8 @@ use deberta_core::edge::{EdgeModel, arena_bytes, detect};
 use deberta_core::model::HostBatch;
 use serde_json::json;
 
+use crate::data::spm_tokenizer::SPM_MODEL_FILE;
+use crate::data::{SpmTokenizer, Tokenizer};
 use crate::device::{BackendChoice, BackendTask, dispatch};
 use crate::edge_export::AlignedBytes;
 use crate::error::{Error, Result};
@@ -35,8 +37,8 @@ pub struct DetectArgs {
         required_unless_present = "text"
     )]
     pub ids: Option<String>,
-    /// Text to tokenise with the model's tokenizer (`tokenizer.json` of the directory, or the
-    /// one embedded in the edge file); [CLS] and [SEP] are added.
+    /// Text to tokenise with the model's tokenizer (`tokenizer.json` or `spm.model` of the
+    /// directory, or the one embedded in the edge file); [CLS] and [SEP] are added.
     #[arg(long, value_name = "TEXT")]
     pub text: Option<String>,
     /// Print exactly one JSON object on stdout: `{"tokens": [...], "ids": [...],
@@ -81,30 +83,68 @@ fn parse_ids(text: &str) -> Result<Vec<u32>> {
         .collect()
 }
 
+/// The tokenizer of the model: any `tokenizer.json` (special tokens are not required here),
+/// or an `spm.model`.
+enum DetectTokenizer {
+    Json(Box<tokenizers::Tokenizer>),
+    Spm(Box<SpmTokenizer>),
+}
+
+impl DetectTokenizer {
+    /// Reads the tokenizer file of a model directory.
+    fn load(path: &Path) -> Result<Self> {
+        match path.file_name().is_some_and(|name| name == SPM_MODEL_FILE) {
+            true => Ok(DetectTokenizer::Spm(Box::new(SpmTokenizer::load(path)?))),
+            false => tokenizers::Tokenizer::from_file(path)
+                .map(|t| DetectTokenizer::Json(Box::new(t)))
+                .map_err(|e| Error::format(path, format!("not a valid tokenizer: {e}"))),
+        }
+    }
+
+    fn token(&self, id: u32) -> Option<String> {
+        match self {
+            DetectTokenizer::Json(t) => t.id_to_token(id),
+            DetectTokenizer::Spm(t) => t.token(id),
+        }
+    }
+
+    /// The ids and tokens of `text` with [CLS] and [SEP].
+    fn encode(&self, text: &str) -> Result<(Vec<u32>, Vec<String>)> {
+        match self {
+            DetectTokenizer::Json(t) => {
+                let encoding = t
+                    .encode(text, true)
+                    .map_err(|e| Error::Usage(format!("--text: cannot tokenise: {e}")))?;
+                Ok((encoding.get_ids().to_vec(), encoding.get_tokens().to_vec()))
+            }
+            DetectTokenizer::Spm(t) => {
+                let encoded = t.encode(text, true);
+                Ok((encoded.ids, encoded.tokens))
+            }
+        }
+    }
+}
+
 /// The ids (and token strings) of the sequence: `--ids` as given, or `--text` encoded with
 /// special tokens.
 fn sequence(
     args: &DetectArgs,
-    tokenizer: Option<&tokenizers::Tokenizer>,
+    tokenizer: Option<&DetectTokenizer>,
     no_tokenizer: impl Fn() -> Error,
 ) -> Result<(Vec<u32>, Tokens)> {
     match (&args.ids, &args.text) {
         (Some(ids), _) => {
             let ids = parse_ids(ids)?;
-            let tokens =
-                tokenizer.map(|t| ids.iter().map(|&id| t.id_to_token(id)).collect::<Vec<_>>());
+            let tokens = tokenizer.map(|t| ids.iter().map(|&id| t.token(id)).collect::<Vec<_>>());
             Ok((ids, tokens))
         }
         (None, Some(text)) => {
             let tokenizer = tokenizer.ok_or_else(no_tokenizer)?;
-            let encoding = tokenizer
-                .encode(text.as_str(), true)
-                .map_err(|e| Error::Usage(format!("--text: cannot tokenise: {e}")))?;
-            if encoding.get_ids().is_empty() {
+            let (ids, tokens) = tokenizer.encode(text)?;
+            if ids.is_empty() {
                 return Err(Error::Usage("--text: no tokens".into()));
             }
-            let tokens = encoding.get_tokens().iter().cloned().map(Some).collect();
-            Ok((encoding.get_ids().to_vec(), Some(tokens)))
+            Ok((ids, Some(tokens.into_iter().map(Some).collect())))
         }
         (None, None) => Err(Error::Usage("give --ids IDS or --text TEXT".into())),
     }
@@ -126,10 +166,10 @@ fn detect_edge(args: &DetectArgs, path: &Path) -> Result<Detection> {
         None => None,
         Some(bytes) => {
             let bytes = bytes.map_err(|e| Error::format(path, e.to_string()))?;
-            Some(
+            Some(DetectTokenizer::Json(Box::new(
                 tokenizers::Tokenizer::from_bytes(bytes)
                     .map_err(|e| Error::format(path, format!("embedded tokenizer: {e}")))?,
-            )
+            )))
         }
     };
     let (ids, tokens) = sequence(args, tokenizer.as_ref(), || {
@@ -199,17 +239,15 @@ fn detect_dir(args: &DetectArgs, path: &Path) -> Result<Detection> {
     for warning in &loaded.warnings {
         eprintln!("warning: {warning}");
     }
-    let tokenizer_path = dir.join("tokenizer.json");
-    let tokenizer = match tokenizer_path.is_file() {
-        true => Some(
-            tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| {
-                Error::format(&tokenizer_path, format!("not a valid tokenizer: {e}"))
-            })?,
-        ),
-        false => None,
+    let tokenizer = match Tokenizer::find_in_dir(&dir)? {
+        Some(path) => Some(DetectTokenizer::load(&path)?),
+        None => None,
     };
     let (ids, tokens) = sequence(args, tokenizer.as_ref(), || {
-        Error::format(&dir, "no tokenizer.json in the model directory; use --ids")
+        Error::format(
+            &dir,
+            "no tokenizer in the model directory (tokenizer.json or spm.model); use --ids",
+        )
     })?;
     let wide: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
     let logits = dispatch(

@@ -13,7 +13,7 @@ use crate::hf_export::{HfExportOptions, ModelPart, export_hf, resolve_model_dir}
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// Output format: `hf`, a Hugging Face model directory (config.json, model.safetensors,
-    /// tokenizer.json); `edge`, the flat file of the heap-free runtime (`deberta detect`, the
+    /// the tokenizer as it came: tokenizer.json, or spm.model + tokenizer_config.json); `edge`, the flat file of the heap-free runtime (`deberta detect`, the
     /// Cortex-M firmware).
     #[arg(long, default_value = "edge", value_parser = ["edge", "hf"])]
     pub format: String,
@@ -40,7 +40,7 @@ pub struct ExportArgs {
     /// the relative rows such a sequence reads [128].
     #[arg(long, value_name = "N")]
     pub max_seq_len: Option<usize>,
-    /// Do not include the model's `tokenizer.json`.
+    /// Do not include the model's tokenizer (`tokenizer.json`, or for hf `spm.model`).
     #[arg(long)]
     pub no_tokenizer: bool,
 }
@@ -84,10 +84,9 @@ fn run_hf(args: ExportArgs, part: ModelPart) -> Result<()> {
         summary.source.display(),
         summary.tensors,
         summary.parameters as f64 / 1e6,
-        if summary.tokenizer {
-            "tokenizer.json"
-        } else {
-            "no tokenizer"
+        match summary.tokenizer.is_empty() {
+            true => "no tokenizer".to_string(),
+            false => summary.tokenizer.join(" + "),
         }
     );
     Ok(())

@@ -7,6 +7,7 @@ use deberta_core::Backend;
 use deberta_core::model::HostBatch;
 
 use crate::checkpoint::{read_tensor_file, write_safetensors};
+use crate::data::Tokenizer;
 use crate::device::{BackendTask, dispatch};
 use crate::error::{Error, Result};
 use crate::inference::Session;
@@ -25,14 +26,23 @@ pub struct ForwardArgs {
     #[arg(
         long,
         value_name = "INPUTS.safetensors",
-        conflicts_with = "ids",
-        required_unless_present = "ids"
+        conflicts_with_all = ["ids", "text"],
+        required_unless_present_any = ["ids", "text"]
     )]
     pub input: Option<PathBuf>,
     /// Token ids instead of a file: sequences separated by `;`, ids by `,` (padded with the
     /// pad token), e.g. `--ids "1,5,9;1,7"`.
-    #[arg(long, value_name = "IDS")]
+    #[arg(long, value_name = "IDS", conflicts_with = "text")]
     pub ids: Option<String>,
+    /// Text instead of ids: one sequence, encoded with [CLS] and [SEP] by the tokenizer of the
+    /// model directory (`tokenizer.json`, or `spm.model` with `tokenizer_config.json`) or of
+    /// `--tokenizer`.
+    #[arg(long, value_name = "TEXT")]
+    pub text: Option<String>,
+    /// The tokenizer for `--text` (`tokenizer.json`, `spm.model` or a directory holding one),
+    /// instead of the model directory's.
+    #[arg(long, value_name = "PATH", requires = "text")]
+    pub tokenizer: Option<PathBuf>,
     /// Where to write the outputs (float32 safetensors: `embedding_output`,
     /// `hidden_states.{0..L}`, `last_hidden_state`, `attentions.0`, `rel_pos`, `mlm_logits`,
     /// `rtd_logits`). Without it a summary is printed.
@@ -63,8 +73,8 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         eprintln!("warning: {warning}");
     }
     let pad = loaded.config().pad_token_id as i64;
-    let (ids, mask, types, batch, len) = match (&args.input, &args.ids) {
-        (Some(path), _) => {
+    let (ids, mask, types, batch, len) = match (&args.input, &args.ids, &args.text) {
+        (Some(path), _, _) => {
             let tensors = read_tensor_file(path)?;
             let (ids, b, s) = int_matrix(&tensors, "input_ids", path)?;
             let (mask, mb, ms) = int_matrix(&tensors, "attention_mask", path)?;
@@ -81,11 +91,33 @@ pub fn run(args: ForwardArgs) -> Result<()> {
             };
             (ids, mask, types, b, s)
         }
-        (None, Some(text)) => {
+        (None, Some(text), _) => {
             let (ids, mask, b, s) = super::ids::parse_id_batch(text, pad)?;
             (ids, mask, None, b, s)
         }
-        (None, None) => return Err(Error::Usage("give --input FILE or --ids IDS".into())),
+        (None, None, Some(text)) => {
+            let tokenizer = Tokenizer::load(args.tokenizer.as_ref().unwrap_or(&args.model))?;
+            let vocab = loaded.config().vocab_size;
+            if tokenizer.vocab_size() > vocab {
+                return Err(Error::Usage(format!(
+                    "the tokenizer has {} tokens but the model's vocabulary has {vocab}",
+                    tokenizer.vocab_size()
+                )));
+            }
+            let ids: Vec<i64> = tokenizer
+                .encode(text, true)?
+                .ids
+                .into_iter()
+                .map(i64::from)
+                .collect();
+            let len = ids.len();
+            (ids, vec![1; len], None, 1, len)
+        }
+        (None, None, None) => {
+            return Err(Error::Usage(
+                "give --input FILE, --ids IDS or --text TEXT".into(),
+            ));
+        }
     };
     let host = HostBatch {
         input_ids: &ids,

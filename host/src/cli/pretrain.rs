@@ -17,7 +17,8 @@ pub struct RunArgs {
     /// Text files or directories of text (default: the bundled `data/shakespeare/texts`).
     #[arg(long, value_name = "PATH", num_args = 1..)]
     pub corpus: Option<Vec<PathBuf>>,
-    /// A Hugging Face `tokenizer.json` (default: train a Unigram tokenizer on the corpus).
+    /// A Hugging Face `tokenizer.json`, an `spm.model` or a directory holding one (default:
+    /// train a Unigram tokenizer on the corpus).
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
     /// Vocabulary size of a trained tokenizer [nano: 2000, others: 32000].
@@ -124,6 +125,8 @@ impl RunArgs {
         let cli = PretrainFlags {
             corpus: self.corpus.clone(),
             tokenizer: self.tokenizer.clone(),
+            init_from: None,
+            init_generator: None,
             vocab_size: self.vocab_size,
             lossy: self.lossy.then_some(true),
             preset: self.preset.clone(),
@@ -174,6 +177,17 @@ pub struct PretrainArgs {
     /// Continue the run in RUN_DIR from its latest checkpoint.
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
+    /// Start the discriminator from a model directory: the official layout (config.json,
+    /// pytorch_model.bin or model.safetensors, spm.model + tokenizer_config.json or
+    /// tokenizer.json) or an export. Its config and tokenizer fix the model shape and the
+    /// vocabulary; the RTD head (mask_predictions.*) is read when present.
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
+    /// With --init-from: start the generator from this model directory
+    /// (DebertaV2ForMaskedLM); default: a fresh generator of the preset's generator depth
+    /// whose word table starts as DIR's (E_delta = 0).
+    #[arg(long, value_name = "DIR2", requires = "init_from")]
+    pub init_generator: Option<PathBuf>,
     /// End after step K with a checkpoint, exactly as an interruption would.
     #[arg(long, value_name = "K")]
     pub stop_after: Option<u64>,
@@ -181,8 +195,13 @@ pub struct PretrainArgs {
 
 /// Runs `deberta pretrain`.
 pub fn run(args: PretrainArgs) -> Result<()> {
+    let mut flags = args.run.flags(args.sharing.clone())?;
+    if args.init_from.is_some() {
+        flags.init_from = args.init_from.clone();
+        flags.init_generator = args.init_generator.clone();
+    }
     let request = PretrainRequest {
-        flags: args.run.flags(args.sharing.clone())?,
+        flags,
         out: args.out.clone(),
         resume: args.resume.clone(),
         stop_after: args.stop_after,

@@ -38,8 +38,9 @@ pub struct TrainArgs {
 /// Arguments of `deberta tokenizer encode`.
 #[derive(Debug, Args)]
 pub struct EncodeArgs {
-    /// A Hugging Face `tokenizer.json`.
-    #[arg(long, value_name = "tokenizer.json")]
+    /// A Hugging Face `tokenizer.json`, a SentencePiece `spm.model` (with the
+    /// `tokenizer_config.json` beside it, if any), or a model directory holding either.
+    #[arg(long, value_name = "tokenizer.json|spm.model|DIR")]
     pub tokenizer: PathBuf,
     /// The text to encode.
     #[arg(long)]

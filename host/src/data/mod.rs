@@ -3,7 +3,8 @@
 //! The pretraining loop uses it as follows (all randomness is counter-based, keyed by the
 //! run's seed, so a resumed run reproduces the same batches and masks):
 //! 1. [`Corpus::open`] the text files;
-//! 2. [`Tokenizer::load`] a `tokenizer.json`, or [`Tokenizer::train`] one (deterministic);
+//! 2. [`Tokenizer::load`] a `tokenizer.json` or an `spm.model`, or [`Tokenizer::train`] one
+//!    (deterministic);
 //! 3. [`TokenCache::open_or_build`] the corpus into `RUN_DIR/data/`;
 //! 4. [`Dataset::new`] for `max_seq_len` and the seed: training/held-out split;
 //! 5. [`Dataset::next_batch`] from a [`DataCursor`] saved with each checkpoint
@@ -16,6 +17,10 @@ pub mod loader;
 pub mod masking;
 pub mod packer;
 pub mod permutation;
+pub mod sentencepiece;
+pub mod spm_charsmap;
+pub mod spm_model;
+pub mod spm_tokenizer;
 pub mod tokenizer;
 mod unigram;
 
@@ -28,4 +33,5 @@ pub use loader::{Batch, DataCursor};
 pub use masking::{IGNORE_LABEL, MASKING_STREAM, MaskedBatch, Masker, MaskingStrategy};
 pub use packer::{CacheIndex, TokenCache};
 pub use permutation::{PERMUTATION_STREAM, Permutation};
+pub use spm_tokenizer::SpmTokenizer;
 pub use tokenizer::{SpecialTokens, Tokenizer, TrainOptions, TrainReport};

@@ -1,4 +1,6 @@
-//! The tokenizer: a Hugging Face `tokenizer.json`, loaded or trained here.
+//! The tokenizer: a Hugging Face `tokenizer.json`, loaded or trained here, or a SentencePiece
+//! `spm.model` (with `tokenizer_config.json`), the form of the official DeBERTa-v3 files (see
+//! `spm_tokenizer.rs`).
 //!
 //! A trained tokenizer is SentencePiece-style, like DeBERTa-v3's: a Unigram model over pieces
 //! that carry the word-start marker `▁`, with
@@ -19,7 +21,7 @@
 //! text (they are matched as added tokens before the model otherwise).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::ModelWrapper;
@@ -34,6 +36,7 @@ use tokenizers::{
 };
 
 use super::corpus::{Corpus, CorpusStats};
+use super::spm_tokenizer::{SPM_MODEL_FILE, SpmTokenizer};
 use super::unigram::{UnigramOptions, train};
 use crate::error::{Error, Result};
 use crate::fs_util::write_atomic;
@@ -102,12 +105,28 @@ pub struct Encoded {
     pub ids: Vec<u32>,
 }
 
+/// The file name of a Hugging Face tokenizer in a model directory.
+pub const TOKENIZER_JSON_FILE: &str = "tokenizer.json";
+
+/// What a tokenizer is made of.
+#[derive(Clone)]
+enum Kind {
+    /// A Hugging Face `tokenizer.json`.
+    Json {
+        inner: Box<tokenizers::Tokenizer>,
+        /// The same, with special-token text in the input treated as plain text (corpora).
+        literal: Box<tokenizers::Tokenizer>,
+        /// The file's bytes as read (`None` for a trained tokenizer).
+        source: Option<Vec<u8>>,
+    },
+    /// A SentencePiece `spm.model`.
+    Spm(Box<SpmTokenizer>),
+}
+
 /// A loaded or trained tokenizer with its special tokens.
 #[derive(Clone)]
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
-    /// The same, with special-token text in the input treated as plain text (for corpora).
-    literal: tokenizers::Tokenizer,
+    kind: Kind,
     special: SpecialTokens,
 }
 
@@ -137,10 +156,57 @@ fn metaspace() -> Metaspace {
 }
 
 impl Tokenizer {
-    /// Loads a Hugging Face `tokenizer.json`; it must have all five special tokens.
+    /// Loads a tokenizer: a model directory's (see [`Tokenizer::from_dir`]), a Hugging Face
+    /// `tokenizer.json` (a `.json` file, or one starting with `{`), or else a SentencePiece
+    /// model file with the `tokenizer_config.json` beside it, if any. It must have all five
+    /// special tokens (`[MASK]` may be missing from an `spm.model`: it is then added).
     pub fn load(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            return Self::from_dir(path);
+        }
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Self::from_bytes(path, &bytes)
+        let json = path.extension().is_some_and(|e| e == "json")
+            || bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        match json {
+            true => Self::from_bytes(path, &bytes),
+            false => Self::from_spm(SpmTokenizer::load(path)?),
+        }
+    }
+
+    /// The tokenizer of a model directory: its `tokenizer.json`, else its `spm.model` (with
+    /// `tokenizer_config.json`, if any).
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        match Self::find_in_dir(dir)? {
+            Some(path) => Self::load(&path),
+            None => Err(Error::format(
+                dir,
+                format!(
+                    "no tokenizer in the directory ({TOKENIZER_JSON_FILE} or {SPM_MODEL_FILE})"
+                ),
+            )),
+        }
+    }
+
+    /// The tokenizer file of a model directory, if any: `tokenizer.json`, else `spm.model`.
+    pub fn find_in_dir(dir: &Path) -> Result<Option<PathBuf>> {
+        if !dir.is_dir() {
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+            ));
+        }
+        Ok([TOKENIZER_JSON_FILE, SPM_MODEL_FILE]
+            .iter()
+            .map(|name| dir.join(name))
+            .find(|path| path.is_file()))
+    }
+
+    /// Wraps an `spm.model` tokenizer.
+    pub fn from_spm(spm: SpmTokenizer) -> Result<Self> {
+        Ok(Tokenizer {
+            special: spm.special(),
+            kind: Kind::Spm(Box::new(spm)),
+        })
     }
 
     /// Parses the bytes of a Hugging Face `tokenizer.json` (what [`Tokenizer::load`] reads);
@@ -148,10 +214,10 @@ impl Tokenizer {
     pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::format(path, format!("not a tokenizer.json: {e}")))?;
-        Self::wrap(inner, path)
+        Self::wrap(inner, path, Some(bytes.to_vec()))
     }
 
-    fn wrap(inner: tokenizers::Tokenizer, path: &Path) -> Result<Self> {
+    fn wrap(inner: tokenizers::Tokenizer, path: &Path, source: Option<Vec<u8>>) -> Result<Self> {
         let id = |name: &str| {
             inner
                 .token_to_id(name)
@@ -167,8 +233,11 @@ impl Tokenizer {
         let mut literal = inner.clone();
         literal.set_encode_special_tokens(true);
         Ok(Tokenizer {
-            inner,
-            literal,
+            kind: Kind::Json {
+                inner: Box::new(inner),
+                literal: Box::new(literal),
+                source,
+            },
             special,
         })
     }
@@ -233,14 +302,49 @@ impl Tokenizer {
             distinct_words: words.len(),
             vocab_size,
         };
-        Ok((Self::wrap(inner, Path::new("<trained>"))?, report))
+        Ok((Self::wrap(inner, Path::new("<trained>"), None)?, report))
     }
 
-    /// The `tokenizer.json` text (pretty-printed; deterministic).
+    /// The `tokenizer.json` text (pretty-printed; deterministic); an error for an `spm.model`
+    /// tokenizer, which has no such form.
     pub fn to_json(&self) -> Result<String> {
-        self.inner
-            .to_string(true)
-            .map_err(|e| Error::Usage(format!("serialising the tokenizer: {e}")))
+        match &self.kind {
+            Kind::Json { inner, .. } => inner
+                .to_string(true)
+                .map_err(|e| Error::Usage(format!("serialising the tokenizer: {e}"))),
+            Kind::Spm(_) => Err(Error::Usage(
+                "an spm.model tokenizer has no tokenizer.json form".into(),
+            )),
+        }
+    }
+
+    /// The tokenizer's files in the form it came in, with their bytes: `tokenizer.json` (as
+    /// read, or serialised when trained), or `spm.model` and, when it had one,
+    /// `tokenizer_config.json`. The first is the file [`Tokenizer::load`] reads.
+    pub fn files(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        match &self.kind {
+            Kind::Json {
+                source: Some(bytes),
+                ..
+            } => Ok(vec![(TOKENIZER_JSON_FILE, bytes.clone())]),
+            Kind::Json { source: None, .. } => {
+                Ok(vec![(TOKENIZER_JSON_FILE, self.to_json()?.into_bytes())])
+            }
+            Kind::Spm(spm) => Ok(spm
+                .files()
+                .into_iter()
+                .map(|(name, bytes)| (name, bytes.to_vec()))
+                .collect()),
+        }
+    }
+
+    /// Writes [`Tokenizer::files`] into `dir` atomically; returns the path of the first.
+    pub fn save_to_dir(&self, dir: &Path) -> Result<PathBuf> {
+        let files = self.files()?;
+        for (name, bytes) in &files {
+            write_atomic(&dir.join(name), bytes)?;
+        }
+        Ok(dir.join(files.first().map_or(TOKENIZER_JSON_FILE, |f| f.0)))
     }
 
     /// Writes `tokenizer.json` atomically.
@@ -255,19 +359,28 @@ impl Tokenizer {
 
     /// Number of ids (model vocabulary plus added tokens).
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        match &self.kind {
+            Kind::Json { inner, .. } => inner.get_vocab_size(true),
+            Kind::Spm(spm) => spm.vocab_size(),
+        }
     }
 
     /// The token of an id.
     pub fn token(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+        match &self.kind {
+            Kind::Json { inner, .. } => inner.id_to_token(id),
+            Kind::Spm(spm) => spm.token(id),
+        }
     }
 
     /// Encodes `text` (special-token text such as `[MASK]` becomes that token), with
     /// `[CLS]`/`[SEP]` around it when `add_special_tokens`.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Encoded> {
-        let encoding = self
-            .inner
+        let inner = match &self.kind {
+            Kind::Json { inner, .. } => inner,
+            Kind::Spm(spm) => return Ok(spm.encode(text, add_special_tokens)),
+        };
+        let encoding = inner
             .encode(text, add_special_tokens)
             .map_err(|e| Error::Usage(format!("encoding: {e}")))?;
         Ok(Encoded {
@@ -281,8 +394,11 @@ impl Tokenizer {
     /// `[SEP]` or `[MASK]` that id is dropped (`[UNK]` stays). Lines are encoded in parallel;
     /// the result does not depend on the thread count.
     pub fn encode_corpus_lines(&self, lines: &[String]) -> Result<Vec<Vec<u32>>> {
-        let encodings = self
-            .literal
+        let literal = match &self.kind {
+            Kind::Json { literal, .. } => literal,
+            Kind::Spm(spm) => return Ok(spm.encode_corpus_lines(lines)),
+        };
+        let encodings = literal
             .encode_batch(lines.iter().map(String::as_str).collect::<Vec<_>>(), false)
             .map_err(|e| Error::Usage(format!("encoding corpus text: {e}")))?;
         let s = self.special;
@@ -320,10 +436,14 @@ impl Tokenizer {
             .collect()
     }
 
-    /// A 64-bit FNV-1a hash of the compact `tokenizer.json`, identifying the tokenizer.
+    /// A 64-bit FNV-1a hash identifying the tokenizer: of the compact `tokenizer.json`, or of
+    /// the `spm.model` and `tokenizer_config.json` bytes.
     pub fn fingerprint(&self) -> Result<u64> {
-        let json = self
-            .inner
+        let inner = match &self.kind {
+            Kind::Json { inner, .. } => inner,
+            Kind::Spm(spm) => return Ok(spm.fingerprint()),
+        };
+        let json = inner
             .to_string(false)
             .map_err(|e| Error::Usage(format!("serialising the tokenizer: {e}")))?;
         Ok(json.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {

@@ -8,10 +8,10 @@
 //!
 //! * `discriminator/`: Hugging Face `config.json` (`DebertaV2Model`), `model.safetensors`
 //!   (`deberta.*` with the GDES word table `E_G + E_Δ` merged, and `mask_predictions.*`),
-//!   `tokenizer.json`.
+//!   the tokenizer (`tokenizer.json`, or `spm.model` with `tokenizer_config.json`).
 //! * `generator/`: `config.json` (`DebertaV2ForMaskedLM`, `legacy: false`), `model.safetensors`
 //!   (`deberta.*`, `lm_predictions.lm_head.*`, and the EMD's absolute position table),
-//!   `tokenizer.json`.
+//!   the tokenizer.
 //! * `state/`: `weights.safetensors` (every parameter of the pair under its layout name,
 //!   `E_delta` included), `optimizer.safetensors` (`opt{i}.m.<name>`, `opt{i}.v.<name>`) and
 //!   `state.json` (step, optimizer steps, data cursor, the resolved options).
@@ -120,21 +120,23 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
+/// The files of a tokenizer, by name (see `Tokenizer::files`).
+pub type TokenizerFiles = [(&'static str, Vec<u8>)];
+
 /// Writes a Hugging Face model directory (`config.json`, `model.safetensors` with the
-/// `{"format": "pt"}` metadata transformers writes, and a copy of `tokenizer` when given).
+/// `{"format": "pt"}` metadata transformers writes, and the tokenizer's files).
 pub fn write_hf_dir(
     dir: &Path,
     config: serde_json::Value,
     tensors: &TensorMap,
-    tokenizer: Option<&Path>,
+    tokenizer: &TokenizerFiles,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     write_json(&dir.join("config.json"), &config)?;
     let metadata = [("format".to_string(), "pt".to_string())].into();
     write_safetensors_with_metadata(&dir.join("model.safetensors"), tensors, Some(&metadata))?;
-    if let Some(tokenizer) = tokenizer {
-        let bytes = std::fs::read(tokenizer).map_err(io(tokenizer))?;
-        write_atomic(&dir.join("tokenizer.json"), &bytes)?;
+    for (name, bytes) in tokenizer {
+        write_atomic(&dir.join(name), bytes)?;
     }
     Ok(())
 }
@@ -152,7 +154,7 @@ pub fn save<B: Backend>(
     run_dir: &Path,
     trainer: &Trainer<B>,
     state: &RunState,
-    tokenizer: &Path,
+    tokenizer: &TokenizerFiles,
 ) -> Result<PathBuf> {
     let checkpoints = run_dir.join("checkpoints");
     std::fs::create_dir_all(&checkpoints).map_err(io(&checkpoints))?;
@@ -168,13 +170,13 @@ pub fn save<B: Backend>(
         &tmp.join("discriminator"),
         config_json(&pair.discriminator.config, "DebertaV2Model", false),
         &discriminator,
-        Some(tokenizer),
+        tokenizer,
     )?;
     write_hf_dir(
         &tmp.join("generator"),
         config_json(&pair.generator.config, "DebertaV2ForMaskedLM", false),
         &generator,
-        Some(tokenizer),
+        tokenizer,
     )?;
     let state_dir = tmp.join("state");
     std::fs::create_dir_all(&state_dir).map_err(io(&state_dir))?;

@@ -403,8 +403,8 @@ pub fn run_comparison(request: CompareRequest) -> Result<PathBuf> {
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     // One tokenizer for the three runs, so that their vocabularies are identical.
     let corpus = Corpus::open(&options.corpus, options.lossy)?;
-    let tokenizer = tokenizer(&options, &dir, false, &corpus)?;
-    flags.tokenizer = Some(dir.join("tokenizer.json"));
+    let (tokenizer, tokenizer_path) = tokenizer(&options, &dir, false, &corpus, None)?;
+    flags.tokenizer = Some(tokenizer_path);
     options.tokenizer = flags.tokenizer.clone();
     eprintln!(
         "compare-sharing: GDES, ES and NES, {} steps each with the {} schedule, in {}",

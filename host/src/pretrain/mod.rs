@@ -11,6 +11,7 @@ pub mod baseline;
 pub mod checkpoint;
 pub mod compare;
 pub mod evaluate;
+pub mod init;
 pub mod metrics;
 pub mod options;
 pub mod plot;
@@ -32,6 +33,7 @@ use serde_json::{Map, json};
 
 use self::baseline::{UnigramReference, unigram_reference};
 use self::checkpoint::{LoadedState, RunState, STATE_VERSION, load_state, remove_temporaries};
+use self::init::InitSources;
 use self::metrics::{MetricsLog, number, rtd_stats};
 use self::options::{PretrainFlags, PretrainOptions};
 use self::step::{StepInput, train_step};
@@ -177,21 +179,25 @@ fn optimizer_config(options: &PretrainOptions) -> OptimizerConfig {
     }
 }
 
-/// The tokenizer of the run: the saved one when resuming, a given one, or one trained on the
-/// corpus (stored in the run directory either way).
+/// The tokenizer of the run: the saved one when resuming, a given one, the one of
+/// `--init-from`, or one trained on the corpus (stored in the run directory either way, in the
+/// form it came in). Returns it with the path of its file in the run directory.
 fn tokenizer(
     options: &PretrainOptions,
     run_dir: &Path,
     resumed: bool,
     corpus: &Corpus,
-) -> Result<Tokenizer> {
-    let path = run_dir.join("tokenizer.json");
+    init: Option<(&InitSources, &PretrainFlags)>,
+) -> Result<(Tokenizer, PathBuf)> {
     if resumed {
-        return Tokenizer::load(&path);
+        let tokenizer = Tokenizer::from_dir(run_dir)?;
+        let path = Tokenizer::find_in_dir(run_dir)?.unwrap_or_default();
+        return Ok((tokenizer, path));
     }
-    let tokenizer = match &options.tokenizer {
-        Some(given) => Tokenizer::load(given)?,
-        None => {
+    let tokenizer = match (&options.tokenizer, init) {
+        (_, Some((init, flags))) => init.tokenizer(flags)?,
+        (Some(given), None) => Tokenizer::load(given)?,
+        (None, None) => {
             eprintln!(
                 "training a {}-token tokenizer on the corpus…",
                 options.vocab_size
@@ -209,8 +215,8 @@ fn tokenizer(
             tokenizer
         }
     };
-    tokenizer.save(&path)?;
-    Ok(tokenizer)
+    let path = tokenizer.save_to_dir(run_dir)?;
+    Ok((tokenizer, path))
 }
 
 /// Weights from a saved state, by name.
@@ -275,10 +281,15 @@ pub fn run_pretraining(request: PretrainRequest) -> Result<()> {
     let threads = crate::device::set_threads(options.threads);
     let choice = BackendChoice::resolve(&options.backend, options.adapter.as_deref())?;
     let corpus = Corpus::open(&options.corpus, options.lossy)?;
+    let init = match resumed {
+        Some(_) => None,
+        None => InitSources::read(&options)?,
+    };
+    let init_flags = init.as_ref().map(|init| (init, &request.flags));
     let prepare = || -> Result<(Tokenizer, TokenCache)> {
         std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
         remove_temporaries(&run_dir.join("checkpoints"))?;
-        let tokenizer = tokenizer(&options, &run_dir, resumed.is_some(), &corpus)?;
+        let (tokenizer, _) = tokenizer(&options, &run_dir, resumed.is_some(), &corpus, init_flags)?;
         let (cache, built) = TokenCache::open_or_build(&run_dir.join("data"), &corpus, &tokenizer)?;
         if built {
             eprintln!("tokenized the corpus: {} tokens", cache.len());
@@ -292,15 +303,19 @@ pub fn run_pretraining(request: PretrainRequest) -> Result<()> {
     } else {
         // Rank 0 has written the tokenizer and the token cache of the run directory.
         world.barrier();
-        let tokenizer = Tokenizer::load(&run_dir.join("tokenizer.json"))?;
+        let tokenizer = Tokenizer::from_dir(&run_dir)?;
         let cache = TokenCache::open(&run_dir.join("data"))?;
         (tokenizer, cache)
     };
     let special = tokenizer.special();
     let dataset = Dataset::new(cache, special, options.max_seq_len, options.seed)?;
     let masker = Masker::from_tokenizer(masking(&options)?, &tokenizer, options.max_seq_len)?;
-    let (disc_cfg, gen_cfg) =
-        options.model_configs(tokenizer.vocab_size(), special.pad as usize)?;
+    let (disc_cfg, gen_cfg) = match (&init, &options.init_from) {
+        (Some(init), _) => init.configs(&options)?,
+        (None, Some(_)) => init::resumed_configs(&run_dir, &options)?,
+        (None, None) => options.model_configs(tokenizer.vocab_size(), special.pad as usize)?,
+    };
+    let tokenizer_files = tokenizer.files()?;
     let unigram = unigram_reference(&dataset, tokenizer.vocab_size())?;
     dispatch(
         &choice,
@@ -315,6 +330,8 @@ pub fn run_pretraining(request: PretrainRequest) -> Result<()> {
             configs: (disc_cfg, gen_cfg),
             unigram,
             world,
+            init: init.as_ref(),
+            tokenizer_files: &tokenizer_files,
         },
     )
 }
@@ -331,6 +348,10 @@ struct Run<'a> {
     configs: (ModelConfig, ModelConfig),
     unigram: UnigramReference,
     world: World,
+    /// The weights to start from (`--init-from`), on a fresh run.
+    init: Option<&'a InitSources>,
+    /// The tokenizer's files, copied into every checkpoint's model directories.
+    tokenizer_files: &'a checkpoint::TokenizerFiles,
 }
 
 impl BackendTask for Run<'_> {
@@ -348,6 +369,8 @@ impl BackendTask for Run<'_> {
             configs: (disc_cfg, gen_cfg),
             unigram,
             world,
+            init,
+            tokenizer_files,
         } = self;
         let run_dir = run_dir.to_path_buf();
         let pair = RtdPair::new(
@@ -358,9 +381,16 @@ impl BackendTask for Run<'_> {
             options.emd,
         )
         .map_err(model_error("building the generator/discriminator pair"))?;
-        let params = match &resumed {
-            Some(loaded) => restore_params(backend, &pair, loaded, &run_dir)?,
-            None => pair
+        let params = match (&resumed, init) {
+            (Some(loaded), _) => restore_params(backend, &pair, loaded, &run_dir)?,
+            (None, Some(init)) => {
+                let (params, warnings) = init.params(backend, &pair, options.seed)?;
+                for warning in warnings {
+                    eprintln!("warning: {warning}");
+                }
+                params
+            }
+            (None, None) => pair
                 .layout
                 .initialise(backend, options.seed)
                 .map_err(model_error("initialising weights"))?,
@@ -452,7 +482,6 @@ impl BackendTask for Run<'_> {
             );
         }
         let progress = progress_bar(request.progress && say, step, end);
-        let tokenizer_path = run_dir.join("tokenizer.json");
         let started = Instant::now();
         let mut window_start = Instant::now();
         let mut window_tokens = 0usize;
@@ -473,7 +502,7 @@ impl BackendTask for Run<'_> {
                 options: options.clone(),
                 world_size: world.size(),
             };
-            checkpoint::save(backend, &run_dir, trainer, &state, &tokenizer_path)?;
+            checkpoint::save(backend, &run_dir, trainer, &state, tokenizer_files)?;
             Ok(())
         };
         // This process's rows of every batch.
@@ -644,7 +673,7 @@ impl BackendTask for Run<'_> {
         }
         println!("run directory: {dir}");
         println!(
-            "  discriminator  {dir}/discriminator  (Hugging Face DebertaV2Model + RTD head, tokenizer.json)"
+            "  discriminator  {dir}/discriminator  (Hugging Face DebertaV2Model + RTD head, tokenizer)"
         );
         println!("  generator      {dir}/generator      (Hugging Face DebertaV2ForMaskedLM)");
         println!(

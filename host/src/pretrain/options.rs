@@ -39,8 +39,17 @@ pub struct ModelOverrides {
 pub struct PretrainOptions {
     /// Text files or directories.
     pub corpus: Vec<PathBuf>,
-    /// A `tokenizer.json` to use instead of training one.
+    /// A tokenizer (`tokenizer.json`, `spm.model` or a directory) to use instead of training
+    /// one.
     pub tokenizer: Option<PathBuf>,
+    /// A model directory (official layout or an export) the discriminator starts from; its
+    /// config and tokenizer fix the model shape and vocabulary.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
+    /// A model directory (`DebertaV2ForMaskedLM`) the generator starts from, with
+    /// `init_from`; without it the generator is fresh, its word table the discriminator's.
+    #[serde(default)]
+    pub init_generator: Option<PathBuf>,
     /// Vocabulary size when training a tokenizer.
     pub vocab_size: usize,
     /// Replace invalid UTF-8 instead of failing.
@@ -139,6 +148,8 @@ impl PretrainOptions {
         Ok(PretrainOptions {
             corpus: vec![default_corpus()],
             tokenizer: None,
+            init_from: None,
+            init_generator: None,
             vocab_size: if nano { 2000 } else { 32000 },
             lossy: false,
             preset: name.to_string(),
@@ -172,22 +183,35 @@ impl PretrainOptions {
         })
     }
 
-    /// The discriminator and generator configurations for a vocabulary of `vocab` tokens.
-    pub fn model_configs(&self, vocab: usize, pad: usize) -> Result<(ModelConfig, ModelConfig)> {
-        let (hidden, layers, heads) = match self.preset.as_str() {
+    /// The preset's `(hidden, layers, heads)`.
+    fn preset_shape(&self) -> Result<(usize, usize, usize)> {
+        Ok(match self.preset.as_str() {
             "nano" => (128, 4, 4),
             "xsmall" => (384, 12, 6),
             "small" => (768, 6, 12),
             "base" => (768, 12, 12),
             "large" => (1024, 24, 16),
             other => return Err(Error::Usage(format!("unknown preset \"{other}\""))),
-        };
+        })
+    }
+
+    /// The generator's depth: `[model] generator_layers`, else half the discriminator's
+    /// (`[model] num_hidden_layers` or the preset's), at least 1.
+    pub fn generator_layers(&self) -> Result<usize> {
+        let (_, layers, _) = self.preset_shape()?;
+        let layers = self.model.num_hidden_layers.unwrap_or(layers);
+        Ok(self.model.generator_layers.unwrap_or((layers / 2).max(1)))
+    }
+
+    /// The discriminator and generator configurations for a vocabulary of `vocab` tokens.
+    pub fn model_configs(&self, vocab: usize, pad: usize) -> Result<(ModelConfig, ModelConfig)> {
+        let (hidden, layers, heads) = self.preset_shape()?;
         let nano = self.preset == "nano";
         let m = &self.model;
         let hidden = m.hidden_size.unwrap_or(hidden);
         let heads = m.num_attention_heads.unwrap_or(heads);
         let layers = m.num_hidden_layers.unwrap_or(layers);
-        let generator_layers = m.generator_layers.unwrap_or((layers / 2).max(1));
+        let generator_layers = self.generator_layers()?;
         let raw = |layers: usize| RawConfig {
             vocab_size: Some(vocab as i64),
             hidden_size: Some(hidden as i64),
@@ -299,9 +323,14 @@ impl PretrainOptions {
     /// change with the process count of a data-parallel run as long as the micro-batches of a
     /// step stay the same: `pretrain` checks that.)
     pub fn incompatible_change(&self, saved: &PretrainOptions) -> Option<&'static str> {
-        let checks: [(&'static str, bool); 16] = [
+        let checks: [(&'static str, bool); 18] = [
             ("corpus", self.corpus != saved.corpus),
             ("tokenizer", self.tokenizer != saved.tokenizer),
+            ("init-from", self.init_from != saved.init_from),
+            (
+                "init-generator",
+                self.init_generator != saved.init_generator,
+            ),
             ("vocab-size", self.vocab_size != saved.vocab_size),
             ("lossy", self.lossy != saved.lossy),
             ("preset", self.preset != saved.preset),
@@ -350,6 +379,10 @@ pub struct PretrainFlags {
     pub corpus: Option<Vec<PathBuf>>,
     #[allow(missing_docs)]
     pub tokenizer: Option<PathBuf>,
+    #[allow(missing_docs)]
+    pub init_from: Option<PathBuf>,
+    #[allow(missing_docs)]
+    pub init_generator: Option<PathBuf>,
     #[allow(missing_docs)]
     pub vocab_size: Option<usize>,
     #[allow(missing_docs)]
@@ -434,6 +467,8 @@ impl PretrainFlags {
         pick!(
             corpus,
             tokenizer,
+            init_from,
+            init_generator,
             vocab_size,
             lossy,
             preset,
@@ -507,6 +542,12 @@ impl PretrainFlags {
         }
         if self.tokenizer.is_some() {
             options.tokenizer = self.tokenizer;
+        }
+        if self.init_from.is_some() {
+            options.init_from = self.init_from;
+        }
+        if self.init_generator.is_some() {
+            options.init_generator = self.init_generator;
         }
         if self.threads.is_some() {
             options.threads = self.threads;
