@@ -34,6 +34,43 @@ pub(crate) struct Input<'x> {
     pub quantized: Option<Quantized<'x>>,
 }
 
+impl<'x> Input<'x> {
+    /// Rows `start .. start + rows` of this input (and of its quantisation).
+    pub fn rows(&self, start: usize, rows: usize) -> Result<Input<'x>, EdgeError> {
+        let cols = self.cols;
+        let end = start
+            .checked_add(rows)
+            .filter(|&end| end <= self.rows)
+            .ok_or(short("input rows", start.saturating_add(rows), self.rows))?;
+        let span = start * cols..end * cols;
+        let values =
+            self.values
+                .get(span.clone())
+                .ok_or(short("x", span.end, self.values.len()))?;
+        let quantized = match self.quantized {
+            Some(q) => Some(Quantized {
+                values: q.values.get(span.clone()).ok_or(short(
+                    "quantised x",
+                    span.end,
+                    q.values.len(),
+                ))?,
+                scales: q.scales.get(start..end).ok_or(short(
+                    "activation scales",
+                    end,
+                    q.scales.len(),
+                ))?,
+            }),
+            None => None,
+        };
+        Ok(Input {
+            values,
+            rows,
+            cols,
+            quantized,
+        })
+    }
+}
+
 fn short(operand: &'static str, needed: usize, len: usize) -> EdgeError {
     EdgeError::Kernel(crate::Error::BufferTooSmall {
         kernel: "edge linear",
