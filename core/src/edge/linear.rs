@@ -6,7 +6,7 @@ use core::ops::Range;
 
 use super::EdgeError;
 use super::format::DType;
-use super::gemm::{dot, matmul_transposed};
+use super::gemm::{dot, dot_i8, matmul_transposed};
 use super::model::TensorView;
 use super::quant::quantize_rows;
 use crate::kernels;
@@ -163,9 +163,7 @@ pub(crate) fn linear(
                     .enumerate()
                 {
                     // |Σ| ≤ cols·127² < 2³¹ for cols ≤ 65536 (format::MAX_WIDTH).
-                    let acc = x.iter().zip(w).fold(0i32, |acc, (&a, &b)| {
-                        acc.wrapping_add(i32::from(a) * i32::from(b))
-                    });
+                    let acc = dot_i8(x, w);
                     out[r * n + j] = acc as f32 * (x_scale * w_scale) + b;
                 }
             }
