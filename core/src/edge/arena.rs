@@ -2,7 +2,7 @@
 //! buffers of one inference (f32 activations, the relative-index vector, int8 activations).
 //!
 //! With `L` tokens, hidden size `H`, `h` heads of width `d` (`W = h·d`), FFN width `F` and `R`
-//! relative rows (`≤ min(2L − 1, 2S)`), the f32 part holds `L·H + max(L·W, B·F) + 3·L·d +
+//! relative rows (`≤ min(2L − 1, 2S)`), the f32 part holds `L·H + max(L·W, B·F) + B·d + 2·L·d +
 //! 2·R·d + B·H + H + L + R + max(H, W, F) + 2·L` values (`B = min(L, 16)` rows of the
 //! feed-forward, the attention output and the RTD head run at a time): attention is computed
 //! one head and one query row at a time (its scores, `[L]`, and its c2p row, `[R]`; the p2c
@@ -31,6 +31,8 @@ struct Plan {
     wide: usize,
     /// `[L, d]`.
     head: usize,
+    /// `[B, d]`: one block of one head's queries.
+    query: usize,
     /// `[R, d]` for the decoded Kr and Qr of one head (0 when unused).
     keys: usize,
     queries: usize,
@@ -97,6 +99,7 @@ impl Plan {
             hidden: mul(len, h)?,
             wide: mul(len, w)?.max(inter),
             head: mul(len, d)?,
+            query: mul(block, d)?,
             keys: if c2p { projection } else { 0 },
             queries: if p2c { projection } else { 0 },
             block: mul(block, h)?,
@@ -115,7 +118,7 @@ impl Plan {
         [
             self.hidden,
             self.wide,
-            self.head,
+            self.query,
             self.head,
             self.head,
             self.keys,
@@ -167,8 +170,9 @@ pub(crate) struct Workspace<'w> {
     /// The attention context, heads concatenated, `[L, W]`; then the feed-forward
     /// activations of one block, `[B, F]`.
     pub wide: &'w mut [f32],
-    /// One head's queries, keys and values, `[L, d]` each.
+    /// One head's queries for one block of rows, `[B, d]`.
     pub query: &'w mut [f32],
+    /// One head's keys and values, `[L, d]` each.
     pub key: &'w mut [f32],
     pub value: &'w mut [f32],
     /// One head's Kr and Qr rows of the window, `[R, d]`.

@@ -2,7 +2,8 @@
 //! time: `LN(dense(softmax(QKᵀ/s + c2p/s + p2c/s)·V) + x)` with the position projections read
 //! from the file (SPEC §3.3–§3.4; every token is valid, so the softmax mask is all ones). Every
 //! score is the same sum of the same products, in the same order, as with whole `[L, L]` and
-//! `[L, R]` tables; the output projection runs [`FFN_BLOCK`] rows at a time.
+//! `[L, R]` tables; the queries and the output projection are computed [`FFN_BLOCK`] rows at
+//! a time.
 
 use super::EdgeError;
 use super::arena::{FFN_BLOCK, Workspace};
@@ -137,7 +138,6 @@ pub(crate) fn attention(
     };
     for head in 0..heads {
         let cols = head * d..(head + 1) * d;
-        linear(&wq, bq, cols.clone(), &x, ws.query, ws.row)?;
         linear(&wk, bk, cols.clone(), &x, ws.key, ws.row)?;
         linear(&wv, bv, cols.clone(), &x, ws.value, ws.row)?;
         if let Some(kr) = &keys {
@@ -151,35 +151,39 @@ pub(crate) fn attention(
             }
         }
         let scores = &mut ws.scores[..len];
-        for (i, q) in ws.query.chunks_exact(d).take(len).enumerate() {
-            for (s, k) in scores.iter_mut().zip(ws.key.chunks_exact(d)) {
-                *s = alpha * dot(q, k);
-            }
-            let c2p = match keys {
-                Some(_) => {
-                    let c2p = &mut ws.c2p[..rows];
-                    for (c, kr) in c2p.iter_mut().zip(ws.pos_keys.chunks_exact(d)) {
-                        *c = dot(q, kr);
-                    }
-                    Some(&*c2p)
+        for start in (0..len).step_by(FFN_BLOCK) {
+            let n = FFN_BLOCK.min(len - start);
+            linear(&wq, bq, cols.clone(), &x.rows(start, n)?, ws.query, ws.row)?;
+            for (i, q) in (start..).zip(ws.query.chunks_exact(d).take(n)) {
+                for (s, k) in scores.iter_mut().zip(ws.key.chunks_exact(d)) {
+                    *s = alpha * dot(q, k);
                 }
-                None => None,
-            };
-            add_toeplitz_scores(
-                scores,
-                c2p,
-                queries.is_some().then_some((&*ws.key, &*ws.pos_queries)),
-                ws.index,
-                (i, d, scale),
-            );
-            masked_softmax_rows(scores, i, ws.ones, spec);
-            matmul_into_columns(
-                scores,
-                ws.value,
-                &mut ws.wide[i * width..],
-                (1, d, len),
-                (width, head * d),
-            )?;
+                let c2p = match keys {
+                    Some(_) => {
+                        let c2p = &mut ws.c2p[..rows];
+                        for (c, kr) in c2p.iter_mut().zip(ws.pos_keys.chunks_exact(d)) {
+                            *c = dot(q, kr);
+                        }
+                        Some(&*c2p)
+                    }
+                    None => None,
+                };
+                add_toeplitz_scores(
+                    scores,
+                    c2p,
+                    queries.is_some().then_some((&*ws.key, &*ws.pos_queries)),
+                    ws.index,
+                    (i, d, scale),
+                );
+                masked_softmax_rows(scores, i, ws.ones, spec);
+                matmul_into_columns(
+                    scores,
+                    ws.value,
+                    &mut ws.wide[i * width..],
+                    (1, d, len),
+                    (width, head * d),
+                )?;
+            }
         }
     }
 
