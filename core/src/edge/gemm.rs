@@ -77,6 +77,70 @@ pub(crate) fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
     acc
 }
 
+/// [`dot_i8`] of two rows with the same weights, `(a0·w, a1·w)`: on Armv7E-M each word of
+/// `w` is sign-extended once for both rows.
+#[inline]
+pub(crate) fn dot2_i8(a0: &[i8], a1: &[i8], w: &[i8]) -> (i32, i32) {
+    #[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
+    {
+        let n = a0.len().min(a1.len()).min(w.len());
+        let (a0, a1, w) = (&a0[..n], &a1[..n], &w[..n]);
+        let (x4, y4, w4) = (a0.chunks_exact(4), a1.chunks_exact(4), w.chunks_exact(4));
+        let tail = n - w4.remainder().len();
+        let (mut acc0, mut acc1) = (0i32, 0i32);
+        for ((x, y), v) in x4.zip(y4).zip(w4) {
+            (acc0, acc1) = mac2x4((acc0, acc1), word(x), word(y), word(v));
+        }
+        (
+            acc0.wrapping_add(dot_i8(&a0[tail..], &w[tail..])),
+            acc1.wrapping_add(dot_i8(&a1[tail..], &w[tail..])),
+        )
+    }
+    #[cfg(not(all(target_arch = "arm", feature = "cortex-m-dsp")))]
+    {
+        (dot_i8(a0, w), dot_i8(a1, w))
+    }
+}
+
+/// Four int8 values as one little-endian word.
+#[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
+#[inline(always)]
+fn word(v: &[i8]) -> u32 {
+    u32::from_le_bytes([v[0] as u8, v[1] as u8, v[2] as u8, v[3] as u8])
+}
+
+/// `(acc0 + x·w, acc1 + y·w)` over the four int8 values packed in each word.
+#[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
+#[inline(always)]
+fn mac2x4((mut acc0, mut acc1): (i32, i32), x: u32, y: u32, w: u32) -> (i32, i32) {
+    // SAFETY: as in `mac4`: register-only DSP instructions that the `cortex-m-dsp` feature
+    // promises, touching only the named registers.
+    unsafe {
+        core::arch::asm!(
+            "sxtb16 {w0}, {w}",
+            "sxtb16 {w1}, {w}, ror #8",
+            "sxtb16 {t}, {x}",
+            "smlad {acc0}, {t}, {w0}, {acc0}",
+            "sxtb16 {t}, {x}, ror #8",
+            "smlad {acc0}, {t}, {w1}, {acc0}",
+            "sxtb16 {t}, {y}",
+            "smlad {acc1}, {t}, {w0}, {acc1}",
+            "sxtb16 {t}, {y}, ror #8",
+            "smlad {acc1}, {t}, {w1}, {acc1}",
+            x = in(reg) x,
+            y = in(reg) y,
+            w = in(reg) w,
+            w0 = out(reg) _,
+            w1 = out(reg) _,
+            t = out(reg) _,
+            acc0 = inout(reg) acc0,
+            acc1 = inout(reg) acc1,
+            options(pure, nomem, nostack),
+        );
+    }
+    (acc0, acc1)
+}
+
 /// `acc + Σ x[i]·y[i]` over four int8 values.
 #[cfg(not(all(target_arch = "arm", feature = "cortex-m-dsp")))]
 #[inline(always)]
@@ -91,7 +155,6 @@ fn mac4(acc: i32, x: &[i8], y: &[i8]) -> i32 {
 #[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
 #[inline(always)]
 fn mac4(acc: i32, x: &[i8], y: &[i8]) -> i32 {
-    let word = |v: &[i8]| u32::from_le_bytes([v[0] as u8, v[1] as u8, v[2] as u8, v[3] as u8]);
     let (x, y) = (word(x), word(y));
     let mut acc = acc;
     // SAFETY: SXTB16 and SMLAD are register-only instructions of the DSP extension, which the
@@ -212,6 +275,8 @@ mod tests {
         for n in 0..=11 {
             let naive: i32 = (0..n).map(|i| i32::from(a[i]) * i32::from(b[i])).sum();
             assert_eq!(dot_i8(&a[..n], &b[..n]), naive);
+            let other: i32 = (0..n).map(|i| i32::from(b[i]) * i32::from(b[i])).sum();
+            assert_eq!(dot2_i8(&a[..n], &b[..n], &b[..n]), (naive, other));
         }
     }
 }
