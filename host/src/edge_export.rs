@@ -15,7 +15,7 @@ use deberta_core::edge::format::{
 };
 use deberta_core::edge::layout::{Geometry, TensorKind};
 use deberta_core::edge::quant::{f16_bytes, quantize_row};
-use deberta_core::edge::{EdgeModel, crc32};
+use deberta_core::edge::{EdgeModel, arena_bytes, crc32};
 use deberta_core::model::encoder::RelativeEmbeddings;
 use deberta_core::model::modules::{LayerNorm, Linear};
 use deberta_core::model::{ParamId, TableSource};
@@ -33,6 +33,10 @@ pub struct ExportSummary {
     pub tensors: usize,
     /// Bytes of the embedded tokenizer (0 without one).
     pub tokenizer_bytes: usize,
+    /// The file's `max_seq_len`: the longest sequence `detect` accepts.
+    pub max_seq_len: usize,
+    /// Bytes of arena `detect` needs at `max_seq_len` tokens ([`arena_bytes`]).
+    pub arena_bytes: usize,
     /// One-line warnings from loading the model directory.
     pub warnings: Vec<String>,
 }
@@ -70,11 +74,16 @@ pub fn export_dir(
     let model = EdgeModel::parse(aligned.bytes())
         .map_err(|e| Error::format(out, format!("exported file does not parse: {e}")))?;
     let tensors = model.header().tensor_count as usize;
+    let max_seq_len = model.max_seq_len();
+    let arena = arena_bytes(&model, max_seq_len)
+        .map_err(|e| Error::format(out, format!("arena size at {max_seq_len} tokens: {e}")))?;
     write_atomic(out, &bytes)?;
     Ok(ExportSummary {
         bytes: bytes.len(),
         tensors,
         tokenizer_bytes: tokenizer.map_or(0, |t| t.len()),
+        max_seq_len,
+        arena_bytes: arena,
         warnings: loaded.warnings,
     })
 }

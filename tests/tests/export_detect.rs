@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use deberta_core::CpuBackend;
+use deberta_core::edge::{EdgeModel, arena_bytes, detect};
 use deberta_core::model::HostBatch;
 use deberta_host::checkpoint::{TensorMap, read_tensor_file};
+use deberta_host::edge_export::AlignedBytes;
 use deberta_host::hf_config::read_config;
 use deberta_host::inference::Session;
 use deberta_host::model_dir::load_model_dir;
@@ -457,6 +459,68 @@ fn assert_close(a: &[f64], b: &[f64], tolerance: f64, what: &str) {
         .fold(0.0, f64::max);
     assert!(worst <= tolerance, "{what}: worst difference {worst:e}");
     println!("{what}: worst probability difference {worst:.2e}");
+}
+
+/// `n` with comma-separated thousands, written independently of the CLI's formatter.
+fn with_commas(n: usize) -> String {
+    let mut groups = Vec::new();
+    let mut rest = n;
+    while rest >= 1000 {
+        groups.push(format!("{:03}", rest % 1000));
+        rest /= 1000;
+    }
+    groups.push(rest.to_string());
+    groups.reverse();
+    groups.join(",")
+}
+
+#[test]
+fn edge_export_prints_the_arena_detect_needs() {
+    let run = run_dir();
+    let dir = temp_dir("export-arena");
+    for (dtype, len) in [("int8", "32"), ("f32", "24"), ("f16", "7")] {
+        let out = dir.join(format!("{dtype}.dbt"));
+        let export = run_ok(&[
+            "export",
+            "--format",
+            "edge",
+            "--dtype",
+            dtype,
+            "--max-seq-len",
+            len,
+            "--in",
+            path(run),
+            "--out",
+            path(&out),
+        ]);
+        let bytes = std::fs::read(&out).unwrap();
+        let aligned = AlignedBytes::new(&bytes);
+        let model = EdgeModel::parse(aligned.bytes()).unwrap();
+        let tokens: usize = len.parse().unwrap();
+        assert_eq!(model.max_seq_len(), tokens);
+        let needed = arena_bytes(&model, tokens).unwrap();
+        assert!(needed > 1000, "{needed}");
+        let lines: Vec<&str> = export
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("arena "))
+            .collect();
+        assert_eq!(
+            lines,
+            [format!(
+                "arena {} bytes at {tokens} tokens",
+                with_commas(needed)
+            )],
+            "{}",
+            export.stderr
+        );
+        // The figure is enough, and a byte less is not.
+        let ids = vec![1u32; tokens];
+        let mut logits = vec![0.0f32; tokens];
+        let mut arena = vec![0u8; needed];
+        detect(&model, &ids, &mut arena, &mut logits).unwrap();
+        assert!(detect(&model, &ids, &mut arena[..needed - 1], &mut logits).is_err());
+    }
 }
 
 const TEXT: &str = "Shall I compare thee to a summer's day? Thou art more lovely";

@@ -2,10 +2,14 @@
 //! buffers of one inference (f32 activations, the relative-index vector, int8 activations).
 //!
 //! With `L` tokens, hidden size `H`, `h` heads of width `d` (`W = h·d`), FFN width `F` and `R`
-//! relative rows (`≤ min(2L − 1, 2S)`), the f32 part holds `2·L·H + L·W + 3·L·d + L² + 2·L·R
-//! + 2·R·d + B·F + max(H, W, F) + 2·L` values (`B = min(L, 16)` rows of the feed-forward run
-//! at a time): attention is computed one head at a time and the feed-forward in blocks, so
-//! neither `[h, L, L]` scores nor `[L, F]` activations are ever materialised.
+//! relative rows (`≤ min(2L − 1, 2S)`), the f32 part holds `L·H + max(L·W, B·F) + B·d + 2·L·d +
+//! 2·R·d + B·H + H + L + R + max(H, W, F) + 2·L` values (`B = min(L, 16)` rows of the
+//! feed-forward, the attention output and the RTD head run at a time): attention is computed
+//! one head and one query row at a time (its scores, `[L]`, and its c2p row, `[R]`; the p2c
+//! terms are computed where they are read), and the feed-forward in blocks, so neither
+//! `[h, L, L]` or `[L, L]` scores, `[L, R]` position-score tables nor `[L, F]` activations are
+//! ever materialised. The `[L, W]` context and the feed-forward block share one buffer.
+//! int8 models add `max(L·max(H, W), B·F)` bytes of quantised activations.
 
 use super::EdgeError;
 use super::cast::view_mut;
@@ -23,20 +27,23 @@ struct Plan {
     window: IndexWindow,
     /// `[L, H]`.
     hidden: usize,
-    /// `[L, W]`.
-    context: usize,
+    /// `max([L, W], [B, F])`: the attention context, then the feed-forward activations.
+    wide: usize,
     /// `[L, d]`.
     head: usize,
-    /// `[L, L]`.
-    scores: usize,
-    /// `[L, R]` for c2p and for p2c (0 when unused).
-    c2p: usize,
-    p2c: usize,
+    /// `[B, d]`: one block of one head's queries.
+    query: usize,
     /// `[R, d]` for the decoded Kr and Qr of one head (0 when unused).
     keys: usize,
     queries: usize,
-    /// `[B, F]`.
-    inter: usize,
+    /// `[B, H]`.
+    block: usize,
+    /// `[H]`.
+    cls: usize,
+    /// `[L]`: one query row's scores.
+    scores: usize,
+    /// `[R]`: one query row's c2p terms (0 when unused).
+    c2p: usize,
     /// `max(H, W, F)`.
     row: usize,
     /// `2L − 1` relative indices (0 without relative attention).
@@ -80,24 +87,25 @@ impl Plan {
         };
         let r = window.rows;
         let block = len.min(FFN_BLOCK);
-        let table = mul(len, r)?;
         let projection = mul(r, d)?;
+        let inter = mul(block, f)?;
         let quantized = match model.dtype() {
-            DType::I8 => mul(len, h.max(w))?.max(mul(block, f)?),
+            DType::I8 => mul(len, h.max(w))?.max(inter),
             DType::F32 | DType::F16 => 0,
         };
         Ok(Plan {
             len,
             window,
             hidden: mul(len, h)?,
-            context: mul(len, w)?,
+            wide: mul(len, w)?.max(inter),
             head: mul(len, d)?,
-            scores: mul(len, len)?,
-            c2p: if c2p { table } else { 0 },
-            p2c: if p2c { table } else { 0 },
+            query: mul(block, d)?,
             keys: if c2p { projection } else { 0 },
             queries: if p2c { projection } else { 0 },
-            inter: mul(block, f)?,
+            block: mul(block, h)?,
+            cls: h,
+            scores: len,
+            c2p: if c2p { r } else { 0 },
             row: h.max(w).max(f),
             index: if c2p || p2c { 2 * len - 1 } else { 0 },
             quantized,
@@ -105,21 +113,20 @@ impl Plan {
     }
 
     /// f32 values, in carving order.
-    fn floats(&self) -> [usize; 15] {
+    fn floats(&self) -> [usize; 14] {
         let l = self.len;
         [
             self.hidden,
-            self.hidden,
-            self.context,
+            self.wide,
+            self.query,
             self.head,
             self.head,
-            self.head,
-            self.scores,
-            self.c2p,
-            self.p2c,
             self.keys,
             self.queries,
-            self.inter,
+            self.block,
+            self.cls,
+            self.scores,
+            self.c2p,
             self.row,
             l,
             l,
@@ -160,24 +167,25 @@ pub(crate) struct Workspace<'w> {
     pub window: IndexWindow,
     /// Hidden states `[L, H]`.
     pub hidden: &'w mut [f32],
-    /// Residual sums `[L, H]`.
-    pub sum: &'w mut [f32],
-    /// Attention context, heads concatenated, `[L, W]`.
-    pub context: &'w mut [f32],
-    /// One head's queries, keys and values, `[L, d]` each.
+    /// The attention context, heads concatenated, `[L, W]`; then the feed-forward
+    /// activations of one block, `[B, F]`.
+    pub wide: &'w mut [f32],
+    /// One head's queries for one block of rows, `[B, d]`.
     pub query: &'w mut [f32],
+    /// One head's keys and values, `[L, d]` each.
     pub key: &'w mut [f32],
     pub value: &'w mut [f32],
-    /// One head's scores, then probabilities, `[L, L]`.
-    pub scores: &'w mut [f32],
-    /// One head's `Q·Krᵀ` and `K·Qrᵀ` over the window, `[L, R]`.
-    pub c2p: &'w mut [f32],
-    pub p2c: &'w mut [f32],
     /// One head's Kr and Qr rows of the window, `[R, d]`.
     pub pos_keys: &'w mut [f32],
     pub pos_queries: &'w mut [f32],
-    /// Feed-forward activations of one block, `[B, F]`.
-    pub inter: &'w mut [f32],
+    /// Residual sums of one block of rows, `[B, H]`.
+    pub block: &'w mut [f32],
+    /// The `[CLS]` row of the hidden states, `[H]` (RTD head).
+    pub cls: &'w mut [f32],
+    /// One query row's scores, then probabilities, `[L]`.
+    pub scores: &'w mut [f32],
+    /// One query row's `Q·Krᵀ` over the window, `[R]`.
+    pub c2p: &'w mut [f32],
     /// One decoded weight or table row.
     pub row: &'w mut [f32],
     /// Per-row scales of the int8 activations, `[L]`.
@@ -221,17 +229,16 @@ impl<'w> Workspace<'w> {
         let quantized = view_mut::<i8>(quantized).ok_or(misaligned)?;
         let [
             hidden,
-            sum,
-            context,
+            wide,
             query,
             key,
             value,
-            scores,
-            c2p,
-            p2c,
             keys,
             queries,
-            inter,
+            block,
+            cls,
+            scores,
+            c2p,
             row,
             row_scales,
             ones,
@@ -241,17 +248,16 @@ impl<'w> Workspace<'w> {
             len,
             window: plan.window,
             hidden: next(hidden)?,
-            sum: next(sum)?,
-            context: next(context)?,
+            wide: next(wide)?,
             query: next(query)?,
             key: next(key)?,
             value: next(value)?,
-            scores: next(scores)?,
-            c2p: next(c2p)?,
-            p2c: next(p2c)?,
             pos_keys: next(keys)?,
             pos_queries: next(queries)?,
-            inter: next(inter)?,
+            block: next(block)?,
+            cls: next(cls)?,
+            scores: next(scores)?,
+            c2p: next(c2p)?,
             row: next(row)?,
             row_scales: next(row_scales)?,
             ones: next(ones)?,

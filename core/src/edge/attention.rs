@@ -1,14 +1,17 @@
-//! One encoder layer's disentangled self-attention block, one head at a time:
-//! `LN(dense(softmax(QKᵀ/s + c2p/s + p2c/s)·V) + x)` with the position projections read from
-//! the file (SPEC §3.3–§3.4; every token is valid, so the softmax mask is all ones).
+//! One encoder layer's disentangled self-attention block, one head and one query row at a
+//! time: `LN(dense(softmax(QKᵀ/s + c2p/s + p2c/s)·V) + x)` with the position projections read
+//! from the file (SPEC §3.3–§3.4; every token is valid, so the softmax mask is all ones). Every
+//! score is the same sum of the same products, in the same order, as with whole `[L, L]` and
+//! `[L, R]` tables; the queries and the output projection are computed [`FFN_BLOCK`] rows at
+//! a time.
 
 use super::EdgeError;
-use super::arena::Workspace;
-use super::gemm::{matmul_into_columns, matmul_transposed};
+use super::arena::{FFN_BLOCK, Workspace};
+use super::gemm::{dot, matmul_into_columns};
 use super::layout::TensorKind;
 use super::linear::{linear, prepare, table_row};
 use super::model::EdgeModel;
-use crate::kernels::{LayerNormSpec, SoftmaxSpec, add_assign, layer_norm, masked_softmax};
+use crate::kernels::{LayerNormSpec, SoftmaxSpec, add_assign, layer_norm, masked_softmax_rows};
 use crate::relative_position::{relative_index, relative_position};
 
 fn window_error(expected: usize, found: usize) -> EdgeError {
@@ -39,39 +42,41 @@ pub(crate) fn fill_toeplitz_index(
     Ok(())
 }
 
-/// `scores[i, j] += c2p[i, r]/s + p2c[j, r]/s` with `r = index[i − j + L − 1]`, in the order
-/// of [`add_relative_scores`](crate::kernels::add_relative_scores) (either term optional).
+/// One query row of scores: `scores[j] += c2p[r]/s + K_j·Qr_r/s` with
+/// `r = index[i − j + L − 1]`, in the order of
+/// [`add_relative_scores`](crate::kernels::add_relative_scores) (either term optional; `p2c`
+/// is `(K, Qr)`, both `[·, d]`).
 fn add_toeplitz_scores(
     scores: &mut [f32],
     c2p: Option<&[f32]>,
-    p2c: Option<&[f32]>,
+    p2c: Option<(&[f32], &[f32])>,
     index: &[u32],
-    (len, rows, s): (usize, usize, f32),
+    (i, d, s): (usize, usize, f32),
 ) {
-    for (i, out) in scores.chunks_exact_mut(len).enumerate() {
-        // index[i + len - 1 - j] for j = 0..len, i.e. a reversed window of the Toeplitz vector.
-        let idx = index[i..i + len].iter().rev();
-        match (c2p, p2c) {
-            (Some(c2p), Some(p2c)) => {
-                let c2p_row = &c2p[i * rows..(i + 1) * rows];
-                for (j, (o, &r)) in out.iter_mut().zip(idx).enumerate() {
-                    let r = r as usize;
-                    *o += c2p_row[r] / s + p2c[j * rows + r] / s;
-                }
+    let len = scores.len();
+    // index[i + len - 1 - j] for j = 0..len, i.e. a reversed window of the Toeplitz vector.
+    let idx = index[i..i + len].iter().rev();
+    let p2c_term = |(keys, pos_queries): (&[f32], &[f32]), j: usize, r: usize| {
+        dot(&keys[j * d..(j + 1) * d], &pos_queries[r * d..(r + 1) * d])
+    };
+    match (c2p, p2c) {
+        (Some(c2p), Some(p2c)) => {
+            for (j, (o, &r)) in scores.iter_mut().zip(idx).enumerate() {
+                let r = r as usize;
+                *o += c2p[r] / s + p2c_term(p2c, j, r) / s;
             }
-            (Some(c2p), None) => {
-                let c2p_row = &c2p[i * rows..(i + 1) * rows];
-                for (o, &r) in out.iter_mut().zip(idx) {
-                    *o += c2p_row[r as usize] / s;
-                }
-            }
-            (None, Some(p2c)) => {
-                for (j, (o, &r)) in out.iter_mut().zip(idx).enumerate() {
-                    *o += p2c[j * rows + r as usize] / s;
-                }
-            }
-            (None, None) => {}
         }
+        (Some(c2p), None) => {
+            for (o, &r) in scores.iter_mut().zip(idx) {
+                *o += c2p[r as usize] / s;
+            }
+        }
+        (None, Some(p2c)) => {
+            for (j, (o, &r)) in scores.iter_mut().zip(idx).enumerate() {
+                *o += p2c_term(p2c, j, r as usize) / s;
+            }
+        }
+        (None, None) => {}
     }
 }
 
@@ -125,67 +130,97 @@ pub(crate) fn attention(
 
     let dtype = model.dtype();
     let x = prepare(dtype, ws.hidden, len, h, ws.quantized, ws.row_scales);
+    let alpha = 1.0 / scale;
+    let spec = SoftmaxSpec {
+        batch: 1,
+        heads: 1,
+        len,
+    };
     for head in 0..heads {
         let cols = head * d..(head + 1) * d;
-        linear(&wq, bq, cols.clone(), &x, ws.query, ws.row)?;
         linear(&wk, bk, cols.clone(), &x, ws.key, ws.row)?;
         linear(&wv, bv, cols.clone(), &x, ws.value, ws.row)?;
-        matmul_transposed(ws.query, ws.key, ws.scores, (len, len, d), 1.0 / scale)?;
         if let Some(kr) = &keys {
-            for (r, dst) in ws.pos_keys.chunks_exact_mut(d).enumerate() {
+            for (r, dst) in ws.pos_keys.chunks_exact_mut(d).take(rows).enumerate() {
                 table_row(kr, offset + r, cols.clone(), dst)?;
             }
-            matmul_transposed(ws.query, ws.pos_keys, ws.c2p, (len, rows, d), 1.0)?;
         }
         if let Some(qr) = &queries {
-            for (r, dst) in ws.pos_queries.chunks_exact_mut(d).enumerate() {
+            for (r, dst) in ws.pos_queries.chunks_exact_mut(d).take(rows).enumerate() {
                 table_row(qr, offset + r, cols.clone(), dst)?;
             }
-            matmul_transposed(ws.key, ws.pos_queries, ws.p2c, (len, rows, d), 1.0)?;
         }
-        add_toeplitz_scores(
-            ws.scores,
-            keys.is_some().then_some(&*ws.c2p),
-            queries.is_some().then_some(&*ws.p2c),
-            ws.index,
-            (len, rows, scale),
-        );
-        masked_softmax(
-            ws.scores,
-            ws.ones,
-            SoftmaxSpec {
-                batch: 1,
-                heads: 1,
-                len,
-            },
-        )?;
-        matmul_into_columns(
-            ws.scores,
-            ws.value,
-            ws.context,
-            (len, d, len),
-            (width, head * d),
-        )?;
+        let scores = &mut ws.scores[..len];
+        for start in (0..len).step_by(FFN_BLOCK) {
+            let n = FFN_BLOCK.min(len - start);
+            linear(&wq, bq, cols.clone(), &x.rows(start, n)?, ws.query, ws.row)?;
+            for (i, q) in (start..).zip(ws.query.chunks_exact(d).take(n)) {
+                for (s, k) in scores.iter_mut().zip(ws.key.chunks_exact(d)) {
+                    *s = alpha * dot(q, k);
+                }
+                let c2p = match keys {
+                    Some(_) => {
+                        let c2p = &mut ws.c2p[..rows];
+                        for (c, kr) in c2p.iter_mut().zip(ws.pos_keys.chunks_exact(d)) {
+                            *c = dot(q, kr);
+                        }
+                        Some(&*c2p)
+                    }
+                    None => None,
+                };
+                add_toeplitz_scores(
+                    scores,
+                    c2p,
+                    queries.is_some().then_some((&*ws.key, &*ws.pos_queries)),
+                    ws.index,
+                    (i, d, scale),
+                );
+                masked_softmax_rows(scores, i, ws.ones, spec);
+                matmul_into_columns(
+                    scores,
+                    ws.value,
+                    &mut ws.wide[i * width..],
+                    (1, d, len),
+                    (width, head * d),
+                )?;
+            }
+        }
     }
 
-    let context = prepare(dtype, ws.context, len, width, ws.quantized, ws.row_scales);
+    let context = prepare(
+        dtype,
+        &ws.wide[..len * width],
+        len,
+        width,
+        ws.quantized,
+        ws.row_scales,
+    );
     let (wo, bo) = (
         tensor(TensorKind::AttentionOutputWeight)?,
         vector(TensorKind::AttentionOutputBias)?,
     );
-    linear(&wo, bo, 0..h, &context, ws.sum, ws.row)?;
-    add_assign(ws.sum, ws.hidden)?;
-    layer_norm(
-        ws.sum,
+    let (gamma, beta) = (
         vector(TensorKind::AttentionNormWeight)?,
         vector(TensorKind::AttentionNormBias)?,
-        ws.hidden,
-        None,
-        LayerNormSpec {
-            rows: len,
-            cols: h,
-            eps: cfg.layer_norm_eps,
-        },
-    )?;
+    );
+    for start in (0..len).step_by(FFN_BLOCK) {
+        let n = FFN_BLOCK.min(len - start);
+        let block = start * h..(start + n) * h;
+        let sum = &mut ws.block[..n * h];
+        linear(&wo, bo, 0..h, &context.rows(start, n)?, sum, ws.row)?;
+        add_assign(sum, &ws.hidden[block.clone()])?;
+        layer_norm(
+            sum,
+            gamma,
+            beta,
+            &mut ws.hidden[block],
+            None,
+            LayerNormSpec {
+                rows: n,
+                cols: h,
+                eps: cfg.layer_norm_eps,
+            },
+        )?;
+    }
     Ok(())
 }

@@ -57,6 +57,129 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
+/// `Σᵢ a[i]·b[i]` of int8 values over the shorter slice, accumulated in i32 (wrapping; with
+/// at most 65,536 terms of at most 128² each, `|Σ| ≤ 2³⁰`, it cannot wrap). Integer addition is
+/// associative, so the Armv7E-M DSP path (feature `cortex-m-dsp`) gives the same result as
+/// the portable loop.
+#[inline]
+pub(crate) fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let (a4, b4) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (a_rest, b_rest) = (a4.remainder(), b4.remainder());
+    let mut acc = 0i32;
+    for (x, y) in a4.zip(b4) {
+        acc = mac4(acc, x, y);
+    }
+    for (&x, &y) in a_rest.iter().zip(b_rest) {
+        acc = acc.wrapping_add(i32::from(x) * i32::from(y));
+    }
+    acc
+}
+
+/// [`dot_i8`] of two rows with the same weights, `(a0·w, a1·w)`: on Armv7E-M each word of
+/// `w` is sign-extended once for both rows.
+#[inline]
+pub(crate) fn dot2_i8(a0: &[i8], a1: &[i8], w: &[i8]) -> (i32, i32) {
+    #[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
+    {
+        let n = a0.len().min(a1.len()).min(w.len());
+        let (a0, a1, w) = (&a0[..n], &a1[..n], &w[..n]);
+        let (x4, y4, w4) = (a0.chunks_exact(4), a1.chunks_exact(4), w.chunks_exact(4));
+        let tail = n - w4.remainder().len();
+        let (mut acc0, mut acc1) = (0i32, 0i32);
+        for ((x, y), v) in x4.zip(y4).zip(w4) {
+            (acc0, acc1) = mac2x4((acc0, acc1), word(x), word(y), word(v));
+        }
+        (
+            acc0.wrapping_add(dot_i8(&a0[tail..], &w[tail..])),
+            acc1.wrapping_add(dot_i8(&a1[tail..], &w[tail..])),
+        )
+    }
+    #[cfg(not(all(target_arch = "arm", feature = "cortex-m-dsp")))]
+    {
+        (dot_i8(a0, w), dot_i8(a1, w))
+    }
+}
+
+/// Four int8 values as one little-endian word.
+#[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
+#[inline(always)]
+fn word(v: &[i8]) -> u32 {
+    u32::from_le_bytes([v[0] as u8, v[1] as u8, v[2] as u8, v[3] as u8])
+}
+
+/// `(acc0 + x·w, acc1 + y·w)` over the four int8 values packed in each word.
+#[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
+#[inline(always)]
+fn mac2x4((mut acc0, mut acc1): (i32, i32), x: u32, y: u32, w: u32) -> (i32, i32) {
+    // SAFETY: as in `mac4`: register-only DSP instructions that the `cortex-m-dsp` feature
+    // promises, touching only the named registers.
+    unsafe {
+        core::arch::asm!(
+            "sxtb16 {w0}, {w}",
+            "sxtb16 {w1}, {w}, ror #8",
+            "sxtb16 {t}, {x}",
+            "smlad {acc0}, {t}, {w0}, {acc0}",
+            "sxtb16 {t}, {x}, ror #8",
+            "smlad {acc0}, {t}, {w1}, {acc0}",
+            "sxtb16 {t}, {y}",
+            "smlad {acc1}, {t}, {w0}, {acc1}",
+            "sxtb16 {t}, {y}, ror #8",
+            "smlad {acc1}, {t}, {w1}, {acc1}",
+            x = in(reg) x,
+            y = in(reg) y,
+            w = in(reg) w,
+            w0 = out(reg) _,
+            w1 = out(reg) _,
+            t = out(reg) _,
+            acc0 = inout(reg) acc0,
+            acc1 = inout(reg) acc1,
+            options(pure, nomem, nostack),
+        );
+    }
+    (acc0, acc1)
+}
+
+/// `acc + Σ x[i]·y[i]` over four int8 values.
+#[cfg(not(all(target_arch = "arm", feature = "cortex-m-dsp")))]
+#[inline(always)]
+fn mac4(acc: i32, x: &[i8], y: &[i8]) -> i32 {
+    x.iter().zip(y).fold(acc, |acc, (&a, &b)| {
+        acc.wrapping_add(i32::from(a) * i32::from(b))
+    })
+}
+
+/// `acc + Σ x[i]·y[i]` over four int8 values: each word split into two pairs of sign-extended
+/// halfwords (`SXTB16`, bytes 0 and 2, then 1 and 3), multiplied and added pairwise by `SMLAD`.
+#[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
+#[inline(always)]
+fn mac4(acc: i32, x: &[i8], y: &[i8]) -> i32 {
+    let (x, y) = (word(x), word(y));
+    let mut acc = acc;
+    // SAFETY: SXTB16 and SMLAD are register-only instructions of the DSP extension, which the
+    // `cortex-m-dsp` feature promises the target has; the block reads and writes only the
+    // named registers (no memory, no stack). SMLAD may set the sticky Q flag, which Rust code
+    // never reads, so flags are not declared preserved.
+    unsafe {
+        core::arch::asm!(
+            "sxtb16 {x0}, {x}",
+            "sxtb16 {y0}, {y}",
+            "smlad {acc}, {x0}, {y0}, {acc}",
+            "sxtb16 {x0}, {x}, ror #8",
+            "sxtb16 {y0}, {y}, ror #8",
+            "smlad {acc}, {x0}, {y0}, {acc}",
+            x = in(reg) x,
+            y = in(reg) y,
+            x0 = out(reg) _,
+            y0 = out(reg) _,
+            acc = inout(reg) acc,
+            options(pure, nomem, nostack),
+        );
+    }
+    acc
+}
+
 /// `C = α·A·Bᵀ` for row-major `A` `[m, k]` and `B` `[n, k]` into row-major `C` `[m, n]`: a
 /// linear layer (`B` = weight rows) or a score matrix (`Q·Kᵀ`).
 pub(crate) fn matmul_transposed(
@@ -147,5 +270,13 @@ mod tests {
         assert!(matmul_into_columns(&a, &b, &mut wide[..20], (m, n, k), (7, 3)).is_err());
         assert!(matmul_transposed(&a[..14], &b, &mut c, (m, n, k), 1.0).is_err());
         assert_eq!(dot(&[1.0, 2.0, 3.0, 4.0, 5.0], &[1.0; 5]), 15.0);
+        let a: [i8; 11] = [127, -128, 5, -7, 0, 1, -1, 100, -100, 33, -128];
+        let b: [i8; 11] = [-128, -128, 127, 3, 9, -1, -1, 100, 100, -2, 127];
+        for n in 0..=11 {
+            let naive: i32 = (0..n).map(|i| i32::from(a[i]) * i32::from(b[i])).sum();
+            assert_eq!(dot_i8(&a[..n], &b[..n]), naive);
+            let other: i32 = (0..n).map(|i| i32::from(b[i]) * i32::from(b[i])).sum();
+            assert_eq!(dot2_i8(&a[..n], &b[..n], &b[..n]), (naive, other));
+        }
     }
 }

@@ -6,7 +6,7 @@ use core::ops::Range;
 
 use super::EdgeError;
 use super::format::DType;
-use super::gemm::{dot, matmul_transposed};
+use super::gemm::{dot, dot_i8, dot2_i8, matmul_transposed};
 use super::model::TensorView;
 use super::quant::quantize_rows;
 use crate::kernels;
@@ -32,6 +32,43 @@ pub(crate) struct Input<'x> {
     pub cols: usize,
     /// The rows quantised to int8 (required by int8 weights, ignored otherwise).
     pub quantized: Option<Quantized<'x>>,
+}
+
+impl<'x> Input<'x> {
+    /// Rows `start .. start + rows` of this input (and of its quantisation).
+    pub fn rows(&self, start: usize, rows: usize) -> Result<Input<'x>, EdgeError> {
+        let cols = self.cols;
+        let end = start
+            .checked_add(rows)
+            .filter(|&end| end <= self.rows)
+            .ok_or(short("input rows", start.saturating_add(rows), self.rows))?;
+        let span = start * cols..end * cols;
+        let values =
+            self.values
+                .get(span.clone())
+                .ok_or(short("x", span.end, self.values.len()))?;
+        let quantized = match self.quantized {
+            Some(q) => Some(Quantized {
+                values: q.values.get(span.clone()).ok_or(short(
+                    "quantised x",
+                    span.end,
+                    q.values.len(),
+                ))?,
+                scales: q.scales.get(start..end).ok_or(short(
+                    "activation scales",
+                    end,
+                    q.scales.len(),
+                ))?,
+            }),
+            None => None,
+        };
+        Ok(Input {
+            values,
+            rows,
+            cols,
+            quantized,
+        })
+    }
 }
 
 fn short(operand: &'static str, needed: usize, len: usize) -> EdgeError {
@@ -120,16 +157,21 @@ pub(crate) fn linear(
             for (j, o) in outputs.enumerate() {
                 let w = &weights[o * cols..(o + 1) * cols];
                 let (w_scale, b) = (scales[o], bias[j]);
-                for (r, (x, &x_scale)) in q.values[..x_len]
-                    .chunks_exact(cols)
-                    .zip(q.scales)
-                    .enumerate()
-                {
-                    // |Σ| ≤ cols·127² < 2³¹ for cols ≤ 65536 (format::MAX_WIDTH).
-                    let acc = x.iter().zip(w).fold(0i32, |acc, (&a, &b)| {
-                        acc.wrapping_add(i32::from(a) * i32::from(b))
-                    });
-                    out[r * n + j] = acc as f32 * (x_scale * w_scale) + b;
+                // |Σ| ≤ cols·128² < 2³¹ for cols ≤ 65536 (format::MAX_WIDTH). Rows in pairs
+                // share the weight row's loads (`dot2_i8`); the sums are the same as one at a time.
+                let values = &q.values[..x_len];
+                let pairs = values.chunks_exact(2 * cols);
+                let single = pairs.remainder();
+                let mut r = 0;
+                for pair in pairs {
+                    let (x0, x1) = pair.split_at(cols);
+                    let (acc0, acc1) = dot2_i8(x0, x1, w);
+                    out[r * n + j] = acc0 as f32 * (q.scales[r] * w_scale) + b;
+                    out[(r + 1) * n + j] = acc1 as f32 * (q.scales[r + 1] * w_scale) + b;
+                    r += 2;
+                }
+                if !single.is_empty() {
+                    out[r * n + j] = dot_i8(single, w) as f32 * (q.scales[r] * w_scale) + b;
                 }
             }
         }

@@ -6,7 +6,7 @@ use super::attention::{attention, fill_toeplitz_index};
 use super::layout::TensorKind;
 use super::linear::{linear, prepare, table_row};
 use super::model::EdgeModel;
-use crate::kernels::{LayerNormSpec, add_assign, add_sequence_row, layer_norm};
+use crate::kernels::{LayerNormSpec, add_assign, layer_norm};
 
 fn norm_spec(model: &EdgeModel<'_>, rows: usize) -> LayerNormSpec {
     LayerNormSpec {
@@ -24,7 +24,7 @@ fn vector<'a>(
     model.tensor(kind, layer)?.f32s()
 }
 
-/// `LN(E_word[id] (+ E_pos[i]))` into `ws.hidden`.
+/// `LN(E_word[id] (+ E_pos[i]))` into `ws.hidden`, one row at a time.
 fn embed(model: &EdgeModel<'_>, tokens: &[u32], ws: &mut Workspace<'_>) -> Result<(), EdgeError> {
     let h = model.config().hidden_size;
     let word = model.tensor(TensorKind::WordEmbeddings, 0)?;
@@ -32,21 +32,17 @@ fn embed(model: &EdgeModel<'_>, tokens: &[u32], ws: &mut Workspace<'_>) -> Resul
         true => Some(model.tensor(TensorKind::PositionEmbeddings, 0)?),
         false => None,
     };
-    for (i, (&id, dst)) in tokens.iter().zip(ws.sum.chunks_exact_mut(h)).enumerate() {
-        table_row(&word, id as usize, 0..h, dst)?;
+    let gamma = vector(model, TensorKind::EmbeddingNormWeight, 0)?;
+    let beta = vector(model, TensorKind::EmbeddingNormBias, 0)?;
+    let sum = &mut ws.block[..h];
+    for (i, (&id, out)) in tokens.iter().zip(ws.hidden.chunks_exact_mut(h)).enumerate() {
+        table_row(&word, id as usize, 0..h, sum)?;
         if let Some(position) = &position {
             table_row(position, i, 0..h, ws.row)?;
-            add_assign(dst, &ws.row[..h])?;
+            add_assign(sum, &ws.row[..h])?;
         }
+        layer_norm(sum, gamma, beta, out, None, norm_spec(model, 1))?;
     }
-    layer_norm(
-        ws.sum,
-        vector(model, TensorKind::EmbeddingNormWeight, 0)?,
-        vector(model, TensorKind::EmbeddingNormBias, 0)?,
-        ws.hidden,
-        None,
-        norm_spec(model, ws.len),
-    )?;
     Ok(())
 }
 
@@ -75,13 +71,13 @@ fn feed_forward(
             ws.quantized,
             ws.row_scales,
         );
-        linear(&wi, bi, 0..f, &x, ws.inter, ws.row)?;
-        let inter = &mut ws.inter[..rows * f];
+        linear(&wi, bi, 0..f, &x, ws.wide, ws.row)?;
+        let inter = &mut ws.wide[..rows * f];
         for v in inter.iter_mut() {
             *v = cfg.hidden_act.apply(*v);
         }
         let inter = prepare(dtype, inter, rows, f, ws.quantized, ws.row_scales);
-        let sum = &mut ws.sum[block.clone()];
+        let sum = &mut ws.block[..rows * h];
         linear(&wo, bo, 0..h, &inter, sum, ws.row)?;
         add_assign(sum, &ws.hidden[block.clone()])?;
         layer_norm(
@@ -96,7 +92,8 @@ fn feed_forward(
     Ok(())
 }
 
-/// `classifier(act(dense(LN(h + h_CLS))))` into `out` (one logit per token).
+/// `classifier(act(dense(LN(h + h_CLS))))` into `out` (one logit per token), [`FFN_BLOCK`]
+/// rows at a time.
 fn rtd_head(
     model: &EdgeModel<'_>,
     ws: &mut Workspace<'_>,
@@ -104,26 +101,45 @@ fn rtd_head(
 ) -> Result<(), EdgeError> {
     let cfg = model.config();
     let (len, h, dtype) = (ws.len, cfg.hidden_size, model.dtype());
-    add_sequence_row(ws.hidden, ws.sum, 1, len, h, 0)?;
-    layer_norm(
-        ws.sum,
-        vector(model, TensorKind::RtdNormWeight, 0)?,
-        vector(model, TensorKind::RtdNormBias, 0)?,
-        ws.hidden,
-        None,
-        norm_spec(model, len),
-    )?;
-    let normed = prepare(dtype, ws.hidden, len, h, ws.quantized, ws.row_scales);
+    let gamma = vector(model, TensorKind::RtdNormWeight, 0)?;
+    let beta = vector(model, TensorKind::RtdNormBias, 0)?;
     let dense = model.tensor(TensorKind::RtdDenseWeight, 0)?;
     let dense_bias = vector(model, TensorKind::RtdDenseBias, 0)?;
-    linear(&dense, dense_bias, 0..h, &normed, ws.sum, ws.row)?;
-    for v in ws.sum.iter_mut() {
-        *v = cfg.hidden_act.apply(*v);
-    }
-    let activated = prepare(dtype, ws.sum, len, h, ws.quantized, ws.row_scales);
     let classifier = model.tensor(TensorKind::ClassifierWeight, 0)?;
     let classifier_bias = vector(model, TensorKind::ClassifierBias, 0)?;
-    linear(&classifier, classifier_bias, 0..1, &activated, out, ws.row)
+    let cls = &mut ws.cls[..h];
+    cls.copy_from_slice(&ws.hidden[..h]);
+    for start in (0..len).step_by(FFN_BLOCK) {
+        let rows = FFN_BLOCK.min(len - start);
+        let block = start * h..(start + rows) * h;
+        let sum = &mut ws.block[..rows * h];
+        // As `add_sequence_row` with the `[CLS]` row: `h_CLS + h`.
+        for (o_row, x_row) in sum
+            .chunks_exact_mut(h)
+            .zip(ws.hidden[block.clone()].chunks_exact(h))
+        {
+            for ((o, &v), &c) in o_row.iter_mut().zip(x_row).zip(&*cls) {
+                *o = c + v;
+            }
+        }
+        let normed = &mut ws.hidden[block];
+        layer_norm(sum, gamma, beta, normed, None, norm_spec(model, rows))?;
+        let normed = prepare(dtype, normed, rows, h, ws.quantized, ws.row_scales);
+        linear(&dense, dense_bias, 0..h, &normed, sum, ws.row)?;
+        for v in sum.iter_mut() {
+            *v = cfg.hidden_act.apply(*v);
+        }
+        let activated = prepare(dtype, sum, rows, h, ws.quantized, ws.row_scales);
+        linear(
+            &classifier,
+            classifier_bias,
+            0..1,
+            &activated,
+            &mut out[start..start + rows],
+            ws.row,
+        )?;
+    }
+    Ok(())
 }
 
 /// Runs the discriminator on one sequence (every token valid, no padding) and writes one

@@ -54,7 +54,9 @@ pub(crate) use relative_scores::{RelativeTerm, add_relative_scores_rows, relativ
 #[cfg(feature = "alloc")]
 pub(crate) use sampling::sample_categorical_rows;
 #[cfg(feature = "alloc")]
-pub(crate) use softmax::{masked_softmax_backward_rows, masked_softmax_rows};
+pub(crate) use softmax::masked_softmax_backward_rows;
+// The edge runtime (built without `alloc` too) runs one score row at a time.
+pub(crate) use softmax::masked_softmax_rows;
 
 use crate::Error;
 

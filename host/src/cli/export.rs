@@ -117,5 +117,37 @@ fn run_edge(args: ExportArgs, part: ModelPart) -> Result<()> {
         summary.tensors,
         dtype.name(),
     );
+    eprintln!(
+        "arena {} bytes at {} tokens",
+        thousands(summary.arena_bytes),
+        summary.max_seq_len
+    );
     Ok(())
+}
+
+/// `n` with its digits in groups of three separated by commas (`163,840`).
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thousands;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(163_840), "163,840");
+        assert_eq!(thousands(1_251_968), "1,251,968");
+    }
 }
