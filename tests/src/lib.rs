@@ -261,3 +261,26 @@ pub fn deterministic_rows(run_dir: &Path) -> Vec<serde_json::Map<String, serde_j
         })
         .collect()
 }
+
+/// Asserts that `run` failed the way bad input must: a non-zero exit (not a signal), one line
+/// on stderr starting `error: ` and containing `needle`, no panic.
+pub fn assert_one_line_error(run: &CliRun, needle: &str) {
+    assert_ne!(
+        run.code,
+        Some(0),
+        "expected failure; stdout: {}",
+        run.stdout
+    );
+    assert!(run.code.is_some(), "killed by a signal");
+    let stderr = run.stderr.trim_end();
+    assert!(
+        !stderr.contains('\n'),
+        "stderr has more than one line:\n{stderr}"
+    );
+    assert!(stderr.starts_with("error: "), "stderr: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("internal error"),
+        "panic: {stderr}"
+    );
+    assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
+}

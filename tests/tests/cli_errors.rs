@@ -5,28 +5,7 @@ use std::path::Path;
 
 use deberta_host::checkpoint::{read_tensor_file, write_safetensors};
 use deberta_host::tensor::{HostTensor, TensorData};
-use deberta_tests::{CliRun, deberta, fixture, temp_dir};
-
-fn assert_one_line_error(run: &CliRun, needle: &str) {
-    assert_ne!(
-        run.code,
-        Some(0),
-        "expected failure; stdout: {}",
-        run.stdout
-    );
-    assert!(run.code.is_some(), "killed by a signal");
-    let stderr = run.stderr.trim_end();
-    assert!(
-        !stderr.contains('\n'),
-        "stderr has more than one line:\n{stderr}"
-    );
-    assert!(stderr.starts_with("error: "), "stderr: {stderr}");
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("internal error"),
-        "panic: {stderr}"
-    );
-    assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
-}
+use deberta_tests::{CliRun, assert_one_line_error, deberta, fixture, temp_dir};
 
 fn copy_model(name: &str, to: &Path) {
     for file in ["config.json", "model.safetensors"] {

@@ -25,7 +25,7 @@ use deberta_host::hf_config::config_json;
 use deberta_host::inference::Session;
 use deberta_host::model_dir::load_model_dir;
 use deberta_host::tensor::HostTensor;
-use deberta_tests::{CliRun, deberta, fixture, temp_dir};
+use deberta_tests::{assert_one_line_error, deberta, fixture, temp_dir};
 use proptest::prelude::*;
 
 /// A v3-layout discriminator configuration: relative attention with shared c2p|p2c
@@ -849,22 +849,6 @@ fn json_array(stdout: &str, key: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(|s| s.trim_matches('"').to_string())
         .collect()
-}
-
-fn assert_one_line_error(run: &CliRun, needle: &str) {
-    assert_ne!(
-        run.code,
-        Some(0),
-        "expected failure; stdout: {}",
-        run.stdout
-    );
-    let stderr = run.stderr.trim_end();
-    assert!(
-        !stderr.contains('\n'),
-        "stderr has more than one line:\n{stderr}"
-    );
-    assert!(stderr.starts_with("error: "), "stderr: {stderr}");
-    assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
 }
 
 #[test]

@@ -16,7 +16,7 @@ use deberta_host::edge_export::AlignedBytes;
 use deberta_host::hf_config::read_config;
 use deberta_host::inference::Session;
 use deberta_host::model_dir::load_model_dir;
-use deberta_tests::{CliRun, deberta, fixture, temp_dir};
+use deberta_tests::{CliRun, assert_one_line_error, deberta, fixture, temp_dir};
 use serde_json::{Map, Value};
 
 /// A four-step `nano` run (checkpoints at steps 2 and 4), made once per test process.
@@ -86,23 +86,6 @@ fn export_hf(input: &Path, out: &Path, extra: &[&str]) {
     ];
     args.extend_from_slice(extra);
     run_ok(&args);
-}
-
-fn assert_one_line_error(run: &CliRun, needle: &str) {
-    assert_ne!(
-        run.code,
-        Some(0),
-        "expected failure; stdout: {}",
-        run.stdout
-    );
-    let stderr = run.stderr.trim_end();
-    assert!(
-        !stderr.contains('\n'),
-        "stderr has more than one line:\n{stderr}"
-    );
-    assert!(stderr.starts_with("error: "), "stderr: {stderr}");
-    assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("internal error"));
 }
 
 fn json_object(path: &Path) -> Map<String, Value> {

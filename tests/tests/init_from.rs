@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use deberta_tests::{CliRun, deberta, fixture, load, temp_dir, values};
+use deberta_tests::{CliRun, assert_one_line_error, deberta, fixture, load, temp_dir, values};
 use serde_json::Value;
 
 const TEXT: &str = "Shall I compare thee to a summer's day?";
@@ -208,20 +208,6 @@ fn init_generator_keeps_the_discriminator_as_published() {
     let word = "deberta.embeddings.word_embeddings.weight";
     assert_eq!(values(&run_generator, word), values(&donor_generator, word));
     std::fs::remove_dir_all(work).unwrap();
-}
-
-fn assert_one_line_error(run: &CliRun, needle: &str) {
-    assert_ne!(
-        run.code,
-        Some(0),
-        "expected failure; stdout: {}",
-        run.stdout
-    );
-    let stderr = run.stderr.trim_end();
-    assert!(!stderr.contains('\n'), "more than one line:\n{stderr}");
-    assert!(stderr.starts_with("error: "), "stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
 }
 
 /// Options contradicting DIR, a directory without a tokenizer, a tokenizer larger than the

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use deberta_host::data::Tokenizer;
 use deberta_host::data::sentencepiece::SentencePiece;
-use deberta_tests::{CliRun, deberta, fixture, load, temp_dir, values};
+use deberta_tests::{assert_one_line_error, deberta, fixture, load, temp_dir, values};
 use serde_json::Value;
 
 fn official() -> PathBuf {
@@ -158,20 +158,6 @@ fn forward_text_matches_transformers() {
         assert!(worst < 1e-4, "{}: max |diff| {worst}", record["text"]);
     }
     std::fs::remove_dir_all(out_dir).unwrap();
-}
-
-fn assert_one_line_error(run: &CliRun, needle: &str) {
-    assert_ne!(
-        run.code,
-        Some(0),
-        "expected failure; stdout: {}",
-        run.stdout
-    );
-    let stderr = run.stderr.trim_end();
-    assert!(!stderr.contains('\n'), "more than one line:\n{stderr}");
-    assert!(stderr.starts_with("error: "), "stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
 }
 
 /// A corrupt or truncated `spm.model`, and a model directory without a tokenizer, are one-line
