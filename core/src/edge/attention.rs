@@ -9,9 +9,9 @@ use super::EdgeError;
 use super::arena::{FFN_BLOCK, Workspace};
 use super::gemm::{dot, matmul_into_columns};
 use super::layout::TensorKind;
-use super::linear::{linear, prepare, table_row};
+use super::linear::{linear, prepare, residual_layer_norm, table_row};
 use super::model::EdgeModel;
-use crate::kernels::{LayerNormSpec, SoftmaxSpec, add_assign, layer_norm, masked_softmax_rows};
+use crate::kernels::{LayerNormSpec, SoftmaxSpec, masked_softmax_rows};
 use crate::relative_position::{relative_index, relative_position};
 
 fn window_error(expected: usize, found: usize) -> EdgeError {
@@ -208,13 +208,10 @@ pub(crate) fn attention(
         let block = start * h..(start + n) * h;
         let sum = &mut ws.block[..n * h];
         linear(&wo, bo, 0..h, &context.rows(start, n)?, sum, ws.row)?;
-        add_assign(sum, &ws.hidden[block.clone()])?;
-        layer_norm(
+        residual_layer_norm(
             sum,
-            gamma,
-            beta,
             &mut ws.hidden[block],
-            None,
+            (gamma, beta),
             LayerNormSpec {
                 rows: n,
                 cols: h,

@@ -264,3 +264,16 @@ pub(crate) fn prepare<'x>(
         quantized,
     }
 }
+
+/// `hidden ← LayerNorm(sum + hidden)` with `(gamma, beta)`: the residual connection and
+/// normalisation that close an attention or feed-forward block (`sum` is overwritten).
+pub(crate) fn residual_layer_norm(
+    sum: &mut [f32],
+    hidden: &mut [f32],
+    (gamma, beta): (&[f32], &[f32]),
+    spec: kernels::LayerNormSpec,
+) -> Result<(), EdgeError> {
+    kernels::add_assign(sum, hidden)?;
+    kernels::layer_norm(sum, gamma, beta, hidden, None, spec)?;
+    Ok(())
+}

@@ -4,7 +4,7 @@ use super::EdgeError;
 use super::arena::{FFN_BLOCK, Workspace};
 use super::attention::{attention, fill_toeplitz_index};
 use super::layout::TensorKind;
-use super::linear::{linear, prepare, table_row};
+use super::linear::{linear, prepare, residual_layer_norm, table_row};
 use super::model::EdgeModel;
 use crate::kernels::{LayerNormSpec, add_assign, layer_norm};
 
@@ -79,13 +79,10 @@ fn feed_forward(
         let inter = prepare(dtype, inter, rows, f, ws.quantized, ws.row_scales);
         let sum = &mut ws.block[..rows * h];
         linear(&wo, bo, 0..h, &inter, sum, ws.row)?;
-        add_assign(sum, &ws.hidden[block.clone()])?;
-        layer_norm(
+        residual_layer_norm(
             sum,
-            gamma,
-            beta,
             &mut ws.hidden[block],
-            None,
+            (gamma, beta),
             norm_spec(model, rows),
         )?;
     }
