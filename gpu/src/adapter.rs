@@ -23,6 +23,84 @@ pub struct AdapterSummary {
     pub driver: String,
     /// Whether it runs compute shaders (the backend needs them).
     pub compute: bool,
+    /// The limits and optional features that size and select the kernels.
+    pub capabilities: Capabilities,
+}
+
+/// What an adapter offers the kernels: the limits the backend requests in full, and the
+/// optional shader features that enable faster kernel variants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Workgroup (shared) memory per workgroup, in bytes.
+    pub workgroup_memory: u32,
+    /// Invocations per workgroup.
+    pub workgroup_invocations: u32,
+    /// The largest buffer, in bytes.
+    pub largest_buffer: u64,
+    /// The largest storage-buffer binding (hence the largest tensor), in bytes.
+    pub largest_storage_binding: u64,
+    /// `SHADER_F16`: WGSL `enable f16;`.
+    pub shader_f16: bool,
+    /// `SUBGROUP`: subgroup operations in compute shaders.
+    pub subgroups: bool,
+    /// Cooperative-matrix shapes `M×N×K` with f16 inputs and f32 accumulation (empty: none).
+    pub f16_cooperative_matrices: Vec<[u32; 3]>,
+}
+
+impl Capabilities {
+    /// What `adapter` offers.
+    fn of(adapter: &wgpu::Adapter) -> Self {
+        let limits = adapter.limits();
+        let features = adapter.features();
+        let f16_cooperative_matrices =
+            if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+                adapter
+                    .cooperative_matrix_properties()
+                    .iter()
+                    .filter(|p| {
+                        p.ab_type == wgpu::CooperativeScalarType::F16
+                            && p.cr_type == wgpu::CooperativeScalarType::F32
+                    })
+                    .map(|p| [p.m_size, p.n_size, p.k_size])
+                    .collect()
+            } else {
+                Vec::new()
+            };
+        Capabilities {
+            workgroup_memory: limits.max_compute_workgroup_storage_size,
+            workgroup_invocations: limits.max_compute_invocations_per_workgroup,
+            largest_buffer: limits.max_buffer_size,
+            largest_storage_binding: limits.max_storage_buffer_binding_size,
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            f16_cooperative_matrices,
+        }
+    }
+}
+
+impl std::fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
+        write!(
+            f,
+            "workgroup memory {} B, workgroup invocations {}, largest buffer {} B, \
+             largest storage binding {} B, f16 shaders {}, subgroups {}, \
+             f16 cooperative matrices ",
+            self.workgroup_memory,
+            self.workgroup_invocations,
+            self.largest_buffer,
+            self.largest_storage_binding,
+            yes_no(self.shader_f16),
+            yes_no(self.subgroups),
+        )?;
+        if self.f16_cooperative_matrices.is_empty() {
+            return write!(f, "none");
+        }
+        for (i, [m, n, k]) in self.f16_cooperative_matrices.iter().enumerate() {
+            write!(f, "{}{m}×{n}×{k}", if i == 0 { "" } else { ", " })?;
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Display for AdapterSummary {
@@ -65,6 +143,7 @@ pub(crate) fn summary(adapter: &wgpu::Adapter) -> AdapterSummary {
             .get_downlevel_capabilities()
             .flags
             .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS),
+        capabilities: Capabilities::of(adapter),
     }
 }
 

@@ -49,19 +49,25 @@ impl Gpu {
         let instance = instance();
         let adapter = select(&instance, choice)?;
         let summary = crate::adapter::summary(&adapter);
-        let limits = adapter.limits();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("deberta"),
-            required_features: wgpu::Features::empty(),
-            required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .map_err(|e| GpuError::RequestDevice {
-            adapter: summary.name.clone(),
-            message: e.to_string(),
-        })?;
+        // Everything the adapter offers (workgroup memory, invocations, buffer sizes); should a
+        // driver refuse its own maximum, WebGPU's defaults, which every adapter grants.
+        let request = |required_limits: wgpu::Limits| {
+            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+                label: Some("deberta"),
+                required_features: wgpu::Features::empty(),
+                required_limits,
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            }))
+        };
+        let (device, queue) = request(adapter.limits())
+            .or_else(|_| request(wgpu::Limits::default()))
+            .map_err(|e| GpuError::RequestDevice {
+                adapter: summary.name.clone(),
+                message: e.to_string(),
+            })?;
+        let limits = device.limits();
         let errors = ErrorLog::default();
         let log = errors.clone();
         device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {

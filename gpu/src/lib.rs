@@ -46,7 +46,7 @@ mod tensor;
 mod test_backend;
 mod transfer;
 
-pub use adapter::{AdapterChoice, AdapterSummary, list_adapters};
+pub use adapter::{AdapterChoice, AdapterSummary, Capabilities, list_adapters};
 pub use backend::WgpuBackend;
 pub use error::GpuError;
 pub use ops::matmul::MatmulTiles;

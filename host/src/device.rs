@@ -135,10 +135,14 @@ pub fn describe_auto() -> Result<String> {
     })
 }
 
-/// The wgpu adapters found, one description each (none without the `gpu` feature).
+/// The wgpu adapters found, one description each (none without the `gpu` feature): the
+/// adapter, then on a second line its limits and optional features.
 pub fn adapter_descriptions() -> Vec<String> {
     #[cfg(feature = "gpu")]
-    return list_adapters().iter().map(ToString::to_string).collect();
+    return list_adapters()
+        .iter()
+        .map(|adapter| format!("{adapter}\n    {}", adapter.capabilities))
+        .collect();
     #[cfg(not(feature = "gpu"))]
     Vec::new()
 }

@@ -1,5 +1,6 @@
 //! `deberta bench` end to end on the CPU, at tiny sizes: the matmul report and its JSON lines,
-//! the forward bench's fused/unfused attention switch, the SIMD cap, and bad sizes and settings.
+//! the forward bench's fused/unfused attention switch, the SIMD cap, bad sizes and settings,
+//! and `deberta info`'s adapter limits.
 
 use deberta_tests::{deberta, deberta_with_env};
 use serde_json::Value;
@@ -110,4 +111,33 @@ fn cpu_simd_cap_is_reported_and_a_bad_one_is_an_error() {
         "{}",
         run.stderr
     );
+}
+
+#[test]
+fn info_lists_every_adapter_with_its_limits_and_features() {
+    let adapters = deberta_gpu::list_adapters();
+    if adapters.is_empty() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but no GPU adapter: install mesa-vulkan-drivers"
+        );
+        eprintln!("SKIPPED: no GPU adapter (set CI=true to make this a failure)");
+        return;
+    }
+    let run = deberta(&["info"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    for adapter in &adapters {
+        let caps = &adapter.capabilities;
+        assert!(caps.workgroup_memory >= 16_384, "{caps}");
+        assert!(caps.workgroup_invocations >= 256, "{caps}");
+        let expected = format!(
+            "  {adapter}\n    workgroup memory {} B, workgroup invocations {}, largest buffer {} B",
+            caps.workgroup_memory, caps.workgroup_invocations, caps.largest_buffer
+        );
+        assert!(
+            run.stdout.contains(&expected),
+            "{expected}\nnot in\n{}",
+            run.stdout
+        );
+    }
 }
