@@ -7,9 +7,10 @@
 # Environment: DEBERTA (our binary, default target/release/deberta), PYTHON (a python3 with
 #              torch and transformers, default python3), ITERS (default 20), WARMUP (default 3),
 #              CPU_THREADS (default nproc), CASES (default "nano:1x128 nano:8x128 xsmall:1x128
-#              xsmall:8x128 xsmall:1x512"), STEP_CASES (default "nano:8x128 xsmall:8x128"),
+#              xsmall:8x128 xsmall:1x512"), STEP_CASES (default "nano:8x128 xsmall:8x128 xsmall:32x512"),
 #              CPU_STEP_CASES (default STEP_CASES; empty: none), SKIP_CPU=1 to time the GPU only. Every wgpu case also runs with
-#              DEBERTA_WGPU_MATMUL_TILES=64 (label ours-wgpu-t64) to compare the tile choice.
+#              DEBERTA_WGPU_MATMUL_TILES=128, 64 and 32 (labels ours-wgpu-t128, -t64, -t32) to
+#              check the automatic tile choice against each forced size.
 # Each timed figure is the median over ITERS runs after WARMUP untimed ones, measured inside
 # each program (model building and uploads are not timed). The results file gets one JSON
 # object per measurement; the table at the end shows ratio = pytorch_ms / ours_ms (> 1: we
@@ -23,7 +24,7 @@ ITERS="${ITERS:-20}"
 WARMUP="${WARMUP:-3}"
 CPU_THREADS="${CPU_THREADS:-$(nproc)}"
 CASES="${CASES:-nano:1x128 nano:8x128 xsmall:1x128 xsmall:8x128 xsmall:1x512}"
-STEP_CASES="${STEP_CASES:-nano:8x128 xsmall:8x128}"
+STEP_CASES="${STEP_CASES:-nano:8x128 xsmall:8x128 xsmall:32x512}"
 RESULTS="${1:-$ROOT/target/gpu-bench.jsonl}"
 : >"$RESULTS"
 
@@ -52,13 +53,15 @@ common=(--warmup "$WARMUP" --iters "$ITERS" --json)
 echo "== matmul" >&2
 for size in 512 1024 2048; do
     record "matmul $size ours-wgpu" "$DEBERTA" bench matmul --backend wgpu --size "$size" "${common[@]}"
-    record "matmul $size ours-wgpu-t64" env DEBERTA_WGPU_MATMUL_TILES=64 "$DEBERTA" bench matmul \
-        --backend wgpu --size "$size" "${common[@]}"
+    for tiles in 128 64 32; do
+        record "matmul $size ours-wgpu-t$tiles" env DEBERTA_WGPU_MATMUL_TILES=$tiles "$DEBERTA" \
+            bench matmul --backend wgpu --size "$size" "${common[@]}"
+    done
     record "matmul $size pytorch-cuda" "$PYTHON" "$ROOT/bench/pytorch_bench.py" matmul --device cuda \
         --size "$size" "${common[@]}"
 done
 
-# Runs the forward and step cases on one side: gpu (ours on wgpu, also with 64x64 tiles only,
+# Runs the forward and step cases on one side: gpu (ours on wgpu, also with each tile size forced,
 # against PyTorch on CUDA) or cpu (both on CPU_THREADS cores). GPU first, so that a run cut
 # short still has the GPU figures.
 run_cases() {
@@ -77,9 +80,11 @@ run_cases() {
             if [ "$side" = gpu ]; then
                 record "$bench $shape $bs ours-wgpu" "$DEBERTA" bench "$bench" --backend wgpu \
                     "${shape_args[@]}" "${common[@]}"
-                # Every product on 64x64 tiles (the kernel choice before 32x32 tiles existed).
-                record "$bench $shape $bs ours-wgpu-t64" env DEBERTA_WGPU_MATMUL_TILES=64 \
-                    "$DEBERTA" bench "$bench" --backend wgpu "${shape_args[@]}" "${common[@]}"
+                # Every product on one tile size, against the automatic choice above.
+                for tiles in 128 64 32; do
+                    record "$bench $shape $bs ours-wgpu-t$tiles" env DEBERTA_WGPU_MATMUL_TILES=$tiles \
+                        "$DEBERTA" bench "$bench" --backend wgpu "${shape_args[@]}" "${common[@]}"
+                done
                 record "$bench $shape $bs pytorch-cuda" "$PYTHON" "$ROOT/bench/pytorch_bench.py" \
                     "$bench" --device cuda "${shape_args[@]}" "${common[@]}"
             else
@@ -101,7 +106,7 @@ import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 by = {r["label"]: r["result"] for r in rows}
 for label, res in by.items():
-    if label.startswith("matmul") or not label.endswith(("ours-wgpu", "ours-wgpu-t64", "ours-cpu")):
+    if label.startswith("matmul") or not label.endswith(("ours-wgpu", "ours-wgpu-t128", "ours-wgpu-t64", "ours-wgpu-t32", "ours-cpu")):
         continue
     stem, side = label.rsplit(" ", 1)
     other = by.get(stem + (" pytorch-cpu" if side == "ours-cpu" else " pytorch-cuda"))

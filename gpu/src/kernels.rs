@@ -6,14 +6,12 @@
 pub(crate) const ELEMENTWISE_WG: u32 = 256;
 /// Threads per workgroup of the one-workgroup-per-row reductions.
 pub(crate) const ROW_WG: u32 = 128;
-/// Rows and columns of C per tiled-matmul workgroup.
-pub(crate) const TILE_M: u32 = 64;
-/// Columns of C per tiled-matmul workgroup.
-pub(crate) const TILE_N: u32 = 64;
 /// Threads per side of a matmul workgroup (every matmul kernel is `MATMUL_THREADS²` threads).
 pub(crate) const MATMUL_THREADS: u32 = 16;
-/// Rows and columns of C per `matmul_tiled32` workgroup.
-pub(crate) const SMALL_TILE: u32 = 32;
+/// Elements of the inner dimension per workgroup-memory stage of the tiled matmul.
+pub(crate) const TILE_K: u32 = 16;
+/// The largest outputs-per-thread side of the tiled matmul (its register arrays' size).
+pub(crate) const MAX_BLOCK: u32 = 8;
 /// Elements each thread of `reduce_sum` adds before the tree.
 pub(crate) const SUM_ITEMS: u32 = 8;
 /// Rows per partial sum of the LayerNorm γ/β gradients (and of `sum_rows`).
@@ -166,10 +164,12 @@ kernels! {
     AddSequenceRow => Elementwise, "add_sequence_row", [W, R];
     /// Backward of `AddSequenceRow`.
     AddSequenceRowBackward => Elementwise, "add_sequence_row_backward", [W, R];
-    /// Workgroup-tiled matmul, 64×64 tiles.
-    MatmulTiled => Matmul, "matmul_tiled", [W, R, R];
-    /// Workgroup-tiled matmul, 32×32 tiles.
-    MatmulTiled32 => Matmul, "matmul_tiled32", [W, R, R];
+    /// Workgroup-tiled matmul, 32×32 tiles (2×2 outputs per thread).
+    MatmulTiled32 => Matmul, "matmul_tiled", [W, R, R];
+    /// Workgroup-tiled matmul, 64×64 tiles (4×4 outputs per thread).
+    MatmulTiled64 => Matmul, "matmul_tiled", [W, R, R];
+    /// Workgroup-tiled matmul, 128×128 tiles (8×8 outputs per thread).
+    MatmulTiled128 => Matmul, "matmul_tiled", [W, R, R];
     /// One-thread-per-output matmul.
     MatmulSmall => Matmul, "matmul_small", [W, R, R];
     /// LayerNorm forward: out, stats, x, γ, β.
@@ -208,6 +208,18 @@ kernels! {
     SampleCategorical => Sampling, "sample_categorical", [W, R];
     /// Fused attention forward: context, Q, K, V, Kr, Qr, index, mask.
     FusedAttention => FusedAttention, "fused_attention", [W, R, R, R, R, R, R, R];
+}
+
+impl Kernel {
+    /// The values of the entry point's pipeline-overridable constants.
+    pub(crate) const fn constants(self) -> &'static [(&'static str, f64)] {
+        match self {
+            Kernel::MatmulTiled32 => &[("BLOCK", 2.0)],
+            Kernel::MatmulTiled64 => &[("BLOCK", 4.0)],
+            Kernel::MatmulTiled128 => &[("BLOCK", 8.0)],
+            _ => &[],
+        }
+    }
 }
 
 #[cfg(test)]
@@ -251,10 +263,9 @@ mod tests {
                     Shader::Loss,
                 ],
             ),
-            ("TILE_M", TILE_M, &[Shader::Matmul]),
-            ("TILE_N", TILE_N, &[Shader::Matmul]),
             ("MATMUL_THREADS", MATMUL_THREADS, &[Shader::Matmul]),
-            ("SMALL_TILE", SMALL_TILE, &[Shader::Matmul]),
+            ("TILE_K", TILE_K, &[Shader::Matmul]),
+            ("MAX_BLOCK", MAX_BLOCK, &[Shader::Matmul]),
             ("SUM_ITEMS", SUM_ITEMS, &[Shader::Reduce]),
             ("PARAM_CHUNK_ROWS", PARAM_CHUNK_ROWS, &[Shader::LayerNorm]),
             ("ATTN_TILE", ATTN_TILE, &[Shader::FusedAttention]),

@@ -101,7 +101,7 @@ impl Pipelines {
                 module,
                 entry_point: Some(kernel.entry()),
                 compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &[],
+                    constants: kernel.constants(),
                     // Every kernel initialises the workgroup memory it reads.
                     zero_initialize_workgroup_memory: false,
                 },

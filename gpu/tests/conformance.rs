@@ -220,9 +220,21 @@ fn every_tiled_matmul_kernel_matches_cpu() {
     }
     // A backend of its own: forcing a kernel here must not change what other tests run.
     let forced = WgpuBackend::new(AdapterChoice::default()).expect("second device");
-    for tiles in [MatmulTiles::Large, MatmulTiles::Small, MatmulTiles::Auto] {
+    // Every case's bits under the first tile choice: the others must give the same.
+    let mut first_bits: Vec<Vec<u32>> = Vec::new();
+    for tiles in [
+        MatmulTiles::Tiles128,
+        MatmulTiles::Tiles64,
+        MatmulTiles::Tiles32,
+        MatmulTiles::Auto,
+    ] {
         forced.set_matmul_tiles(tiles);
-        for (shape, transposes) in [((97, 130, 37), 0..8u32), ((200, 150, 70), 0..2u32)] {
+        let mut case_index = 0;
+        for (shape, transposes) in [
+            ((97, 130, 37), 0..8u32),
+            ((200, 150, 70), 0..2u32),
+            ((300, 260, 40), 0..1u32),
+        ] {
             for t in transposes {
                 let case = MatmulCase {
                     batch: [1, 2],
@@ -244,6 +256,15 @@ fn every_tiled_matmul_kernel_matches_cpu() {
                     &found[0],
                     TOL * shape.2 as f32,
                 );
+                let bits: Vec<u32> = found[0].iter().map(|x| x.to_bits()).collect();
+                match first_bits.get(case_index) {
+                    Some(first) => assert!(
+                        first == &bits,
+                        "{tiles:?} tiles, {shape:?}, transposes {t}: other bits than 128×128 tiles"
+                    ),
+                    None => first_bits.push(bits),
+                }
+                case_index += 1;
             }
         }
     }

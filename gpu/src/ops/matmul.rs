@@ -1,4 +1,4 @@
-//! Batched strided matmul: picks the tiled or the small kernel, converts the layouts to the
+//! Batched strided matmul: picks the tile size (or the thin-product kernel), converts the layouts to the
 //! kernel's 32-bit parameters and splits the batch over dispatches.
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -8,43 +8,50 @@ use deberta_core::kernels::{MatmulSpec, MatrixLayout};
 
 use super::word;
 use crate::device::Gpu;
-use crate::kernels::{Kernel, MATMUL_THREADS, SMALL_TILE, TILE_M, TILE_N};
+use crate::kernels::{Kernel, MATMUL_THREADS, MAX_BLOCK, TILE_K};
 use crate::params::MatmulParams;
 use crate::tensor::GpuTensor;
 
 /// Below this many rows or columns of C the tiled kernels waste most of their tile.
 const TILED_MIN_SIDE: usize = 32;
 
-/// With fewer 64×64 workgroups than this, a product runs on 32×32 tiles instead: four times
-/// the workgroups, so that a large GPU has enough of them in flight.
+/// A product runs on the largest tiles of which it has at least this many workgroups (else
+/// on 32×32 tiles): enough to keep every multiprocessor of a large GPU (132 on an H100/H200)
+/// busy with two workgroups, since a larger tile does more work per byte staged but leaves
+/// multiprocessors idle when there are too few of them.
 const LARGE_TILE_MIN_WORKGROUPS: usize = 256;
 
 /// Which tiled kernel the products use (thin products always take the one-thread-per-output
 /// kernel). All compute the same sums in the same order; the choice is only about speed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MatmulTiles {
-    /// 64×64 tiles when the product has enough of them, else 32×32.
+    /// Per product: the largest tiles it has enough of (see the README), within the adapter's
+    /// workgroup memory.
     #[default]
     Auto,
-    /// Always 64×64 tiles.
-    Large,
     /// Always 32×32 tiles.
-    Small,
+    Tiles32,
+    /// Always 64×64 tiles.
+    Tiles64,
+    /// Always 128×128 tiles (64×64 where the adapter lacks the workgroup memory).
+    Tiles128,
 }
 
 impl MatmulTiles {
     fn code(self) -> u8 {
         match self {
             MatmulTiles::Auto => 0,
-            MatmulTiles::Large => 1,
-            MatmulTiles::Small => 2,
+            MatmulTiles::Tiles32 => 1,
+            MatmulTiles::Tiles64 => 2,
+            MatmulTiles::Tiles128 => 3,
         }
     }
 
     fn from_code(code: u8) -> Self {
         match code {
-            1 => MatmulTiles::Large,
-            2 => MatmulTiles::Small,
+            1 => MatmulTiles::Tiles32,
+            2 => MatmulTiles::Tiles64,
+            3 => MatmulTiles::Tiles128,
             _ => MatmulTiles::Auto,
         }
     }
@@ -64,21 +71,44 @@ impl TilePolicy {
     }
 }
 
-/// The kernel for a `m × n` product of `entries` batch entries, and its tile's rows and columns.
-fn choose_kernel(tiles: MatmulTiles, m: usize, n: usize, entries: usize) -> (Kernel, u32, u32) {
+/// The tiled kernels, largest tile first, with their tile side.
+const TILED: [(Kernel, u32); 3] = [
+    (Kernel::MatmulTiled128, MATMUL_THREADS * MAX_BLOCK),
+    (Kernel::MatmulTiled64, 64),
+    (Kernel::MatmulTiled32, 32),
+];
+
+/// Workgroup memory of the tiled kernel with `side`-wide tiles: A's and B's padded stages.
+const fn workgroup_bytes(side: u32) -> u32 {
+    2 * TILE_K * (side + 1) * 4
+}
+
+/// The kernel for a `m × n` product of `entries` batch entries on an adapter with
+/// `workgroup_memory` bytes per workgroup, and its tile's side.
+fn choose_kernel(
+    tiles: MatmulTiles,
+    [m, n, entries]: [usize; 3],
+    workgroup_memory: u32,
+) -> (Kernel, u32) {
     if m < TILED_MIN_SIDE || n < TILED_MIN_SIDE {
-        return (Kernel::MatmulSmall, MATMUL_THREADS, MATMUL_THREADS);
+        return (Kernel::MatmulSmall, MATMUL_THREADS);
     }
-    let large_workgroups = m.div_ceil(TILE_M as usize) * n.div_ceil(TILE_N as usize) * entries;
-    let large = match tiles {
-        MatmulTiles::Auto => large_workgroups >= LARGE_TILE_MIN_WORKGROUPS,
-        MatmulTiles::Large => true,
-        MatmulTiles::Small => false,
+    let fits = |side: u32| workgroup_bytes(side) <= workgroup_memory;
+    let widest = |max: u32| {
+        TILED
+            .into_iter()
+            .find(|&(_, side)| side <= max && fits(side))
+            .unwrap_or(TILED[2])
     };
-    if large {
-        (Kernel::MatmulTiled, TILE_M, TILE_N)
-    } else {
-        (Kernel::MatmulTiled32, SMALL_TILE, SMALL_TILE)
+    let workgroups = |side: u32| m.div_ceil(side as usize) * n.div_ceil(side as usize) * entries;
+    match tiles {
+        MatmulTiles::Auto => TILED
+            .into_iter()
+            .find(|&(_, side)| fits(side) && workgroups(side) >= LARGE_TILE_MIN_WORKGROUPS)
+            .unwrap_or(TILED[2]),
+        MatmulTiles::Tiles128 => widest(128),
+        MatmulTiles::Tiles64 => widest(64),
+        MatmulTiles::Tiles32 => TILED[2],
     }
 }
 
@@ -165,15 +195,18 @@ pub(crate) fn matmul(
         alpha: spec.alpha,
         beta: spec.beta,
     };
-    let (kernel, tile_rows, tile_cols) =
-        choose_kernel(gpu.matmul_tiles.get(), spec.m, spec.n, entries);
+    let (kernel, tile) = choose_kernel(
+        gpu.matmul_tiles.get(),
+        [spec.m, spec.n, entries],
+        gpu.limits.max_compute_workgroup_storage_size,
+    );
     let max = gpu.limits.max_compute_workgroups_per_dimension;
-    let x = word(spec.n.div_ceil(tile_cols as usize))?;
-    let y = word(spec.m.div_ceil(tile_rows as usize))?;
+    let x = word(spec.n.div_ceil(tile as usize))?;
+    let y = word(spec.m.div_ceil(tile as usize))?;
     if x > max || y > max {
         return Err(Error::ShapeMismatch {
             what: "matmul output larger than the device's workgroup grid",
-            expected: (max as usize) * tile_rows as usize,
+            expected: (max as usize) * tile as usize,
             found: spec.m.max(spec.n),
         });
     }
@@ -192,4 +225,44 @@ pub(crate) fn matmul(
         first += count;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// WebGPU's default workgroup memory, and what most discrete GPUs offer.
+    const DEFAULT_MEMORY: u32 = 16_384;
+    const LARGE_MEMORY: u32 = 49_152;
+
+    #[test]
+    fn auto_takes_the_largest_tiles_the_product_has_enough_of() {
+        let side =
+            |m, n, entries, memory| choose_kernel(MatmulTiles::Auto, [m, n, entries], memory).1;
+        // 2048²: 256 tiles of 128.
+        assert_eq!(side(2048, 2048, 1, LARGE_MEMORY), 128);
+        // ... but 128-wide stages (16,512 B) exceed WebGPU's default 16 KiB.
+        assert_eq!(workgroup_bytes(128), 16_512);
+        assert_eq!(side(2048, 2048, 1, DEFAULT_MEMORY), 64);
+        // xsmall 8×128 projections: 1024 × 384 has 96 tiles of 64, 384 of 32.
+        assert_eq!(side(1024, 384, 1, LARGE_MEMORY), 32);
+        assert_eq!(side(1024, 1536, 1, LARGE_MEMORY), 64);
+        // Thin products take the one-thread-per-output kernel.
+        assert_eq!(
+            choose_kernel(MatmulTiles::Tiles128, [8, 4096, 1], LARGE_MEMORY).0,
+            Kernel::MatmulSmall
+        );
+    }
+
+    #[test]
+    fn forced_tiles_fall_back_to_what_fits() {
+        let kernel = |tiles| choose_kernel(tiles, [100, 100, 1], DEFAULT_MEMORY).0;
+        assert_eq!(kernel(MatmulTiles::Tiles128), Kernel::MatmulTiled64);
+        assert_eq!(kernel(MatmulTiles::Tiles64), Kernel::MatmulTiled64);
+        assert_eq!(kernel(MatmulTiles::Tiles32), Kernel::MatmulTiled32);
+        assert_eq!(
+            choose_kernel(MatmulTiles::Tiles128, [100, 100, 1], LARGE_MEMORY).0,
+            Kernel::MatmulTiled128
+        );
+    }
 }

@@ -1,24 +1,22 @@
 // Batched strided matrix multiplication C = α·A·B + β·C for every batch entry, accumulated in
-// f32. `matmul_tiled` stages 64×16 / 16×64 tiles of A and B in workgroup memory and gives each
-// of its 16×16 threads a 4×4 block of C; the load mapping follows whichever stride of an operand
-// is 1, so row-major and transposed operands are both read coalesced. `matmul_tiled32` is the
-// same with 32×32 tiles and 2×2 blocks: four times as many workgroups, for products too small
-// to fill a large GPU with 64×64 tiles. `matmul_small` is the general fallback for thin
-// products: one thread per element of C. All three sum over k in the same order.
+// f32. `matmul_tiled` is one kernel parametrised by the pipeline-overridable `BLOCK`: each of
+// its 16×16 threads holds a BLOCK×BLOCK block of C in registers (outputs strided by 16, so
+// that neighbouring threads read neighbouring workgroup-memory words), and the workgroup
+// stages (16·BLOCK)×16 / 16×(16·BLOCK) tiles of A and B in workgroup memory: BLOCK 2, 4 and 8
+// give 32-, 64- and 128-wide tiles. The load mapping follows whichever stride of an operand is
+// 1, so row-major and transposed operands are both read coalesced. `matmul_small` is the
+// general fallback for thin products: one thread per element of C. Every variant sums over k
+// in the same order, so they give the same bits.
 
-const TILE_M: u32 = 64u;
-const TILE_N: u32 = 64u;
 const TILE_K: u32 = 16u;
 const MATMUL_THREADS: u32 = 16u;
-// Each thread owns BLOCK × BLOCK outputs, strided by MATMUL_THREADS.
-const BLOCK: u32 = 4u;
+// The largest BLOCK (the register arrays are sized for it).
+const MAX_BLOCK: u32 = 8u;
+// Outputs per thread along each side of C's tile; the tile is MATMUL_THREADS·BLOCK wide.
+override BLOCK: u32 = 4u;
+override TILE: u32 = MATMUL_THREADS * BLOCK;
 // Padded tile rows avoid bank conflicts when the k-contiguous mapping stores a column.
-const A_STRIDE: u32 = 65u;
-const B_STRIDE: u32 = 65u;
-// `matmul_tiled32`: 32×32 tiles, 2×2 blocks per thread.
-const SMALL_TILE: u32 = 32u;
-const SMALL_BLOCK: u32 = 2u;
-const SMALL_STRIDE: u32 = 33u;
+override TILE_STRIDE: u32 = TILE + 1u;
 
 struct Params {
     batch1: u32,
@@ -55,10 +53,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> a: array<f32>;
 @group(0) @binding(3) var<storage, read> b: array<f32>;
 
-var<workgroup> a_tile: array<f32, TILE_K * A_STRIDE>;
-var<workgroup> b_tile: array<f32, TILE_K * B_STRIDE>;
-var<workgroup> a_small_tile: array<f32, TILE_K * SMALL_STRIDE>;
-var<workgroup> b_small_tile: array<f32, TILE_K * SMALL_STRIDE>;
+var<workgroup> a_tile: array<f32, TILE_K * TILE_STRIDE>;
+var<workgroup> b_tile: array<f32, TILE_K * TILE_STRIDE>;
 
 struct Bases {
     a: u32,
@@ -90,14 +86,17 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
                 @builtin(local_invocation_id) local: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let bases = batch_bases(params.entry_base + wid.z);
-    let row0 = wid.y * TILE_M;
-    let col0 = wid.x * TILE_N;
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
     let tx = local.x;
     let ty = local.y;
-    // Row i of this thread's 4×4 block is acc[i]; columns are the vector lanes.
-    var acc = array<vec4<f32>, BLOCK>();
+    // acc[i * MAX_BLOCK + j]: row ty + 16·i, column tx + 16·j of the tile.
+    var acc = array<f32, MAX_BLOCK * MAX_BLOCK>();
+    var av = array<f32, MAX_BLOCK>();
+    var bv = array<f32, MAX_BLOCK>();
     for (var k0 = 0u; k0 < params.k; k0 += TILE_K) {
-        for (var q = 0u; q < (TILE_M * TILE_K) / (MATMUL_THREADS * MATMUL_THREADS); q += 1u) {
+        // TILE·TILE_K elements of each operand, BLOCK per thread.
+        for (var q = 0u; q < BLOCK; q += 1u) {
             let e = lid + q * MATMUL_THREADS * MATMUL_THREADS;
             var r: u32;
             var kk: u32;
@@ -105,8 +104,8 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
                 kk = e % TILE_K;
                 r = e / TILE_K;
             } else {
-                r = e % TILE_M;
-                kk = e / TILE_M;
+                r = e % TILE;
+                kk = e / TILE;
             }
             let gr = row0 + r;
             let gk = k0 + kk;
@@ -114,9 +113,9 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
             if (gr < params.m && gk < params.k) {
                 v = a[bases.a + gr * params.a_row_stride + gk * params.a_col_stride];
             }
-            a_tile[kk * A_STRIDE + r] = v;
+            a_tile[kk * TILE_STRIDE + r] = v;
         }
-        for (var q = 0u; q < (TILE_N * TILE_K) / (MATMUL_THREADS * MATMUL_THREADS); q += 1u) {
+        for (var q = 0u; q < BLOCK; q += 1u) {
             let e = lid + q * MATMUL_THREADS * MATMUL_THREADS;
             var col: u32;
             var kk: u32;
@@ -124,8 +123,8 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
                 kk = e % TILE_K;
                 col = e / TILE_K;
             } else {
-                col = e % TILE_N;
-                kk = e / TILE_N;
+                col = e % TILE;
+                kk = e / TILE;
             }
             let gc = col0 + col;
             let gk = k0 + kk;
@@ -133,20 +132,19 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
             if (gc < params.n && gk < params.k) {
                 v = b[bases.b + gk * params.b_row_stride + gc * params.b_col_stride];
             }
-            b_tile[kk * B_STRIDE + col] = v;
+            b_tile[kk * TILE_STRIDE + col] = v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk += 1u) {
-            let ai = kk * A_STRIDE + ty;
-            let bi = kk * B_STRIDE + tx;
-            let av = vec4<f32>(a_tile[ai], a_tile[ai + MATMUL_THREADS],
-                               a_tile[ai + 2u * MATMUL_THREADS], a_tile[ai + 3u * MATMUL_THREADS]);
-            let bv = vec4<f32>(b_tile[bi], b_tile[bi + MATMUL_THREADS],
-                               b_tile[bi + 2u * MATMUL_THREADS], b_tile[bi + 3u * MATMUL_THREADS]);
-            acc[0] += av.x * bv;
-            acc[1] += av.y * bv;
-            acc[2] += av.z * bv;
-            acc[3] += av.w * bv;
+            for (var i = 0u; i < BLOCK; i += 1u) {
+                av[i] = a_tile[kk * TILE_STRIDE + ty + i * MATMUL_THREADS];
+                bv[i] = b_tile[kk * TILE_STRIDE + tx + i * MATMUL_THREADS];
+            }
+            for (var i = 0u; i < BLOCK; i += 1u) {
+                for (var j = 0u; j < BLOCK; j += 1u) {
+                    acc[i * MAX_BLOCK + j] += av[i] * bv[j];
+                }
+            }
         }
         workgroupBarrier();
     }
@@ -155,78 +153,7 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
         for (var j = 0u; j < BLOCK; j += 1u) {
             let col = col0 + tx + j * MATMUL_THREADS;
             if (row < params.m && col < params.n) {
-                store_output(bases.c, row, col, acc[i][j]);
-            }
-        }
-    }
-}
-
-@compute @workgroup_size(MATMUL_THREADS, MATMUL_THREADS, 1)
-fn matmul_tiled32(@builtin(workgroup_id) wid: vec3<u32>,
-                  @builtin(local_invocation_id) local: vec3<u32>,
-                  @builtin(local_invocation_index) lid: u32) {
-    let bases = batch_bases(params.entry_base + wid.z);
-    let row0 = wid.y * SMALL_TILE;
-    let col0 = wid.x * SMALL_TILE;
-    let tx = local.x;
-    let ty = local.y;
-    var acc = array<vec2<f32>, SMALL_BLOCK>();
-    for (var k0 = 0u; k0 < params.k; k0 += TILE_K) {
-        for (var q = 0u; q < (SMALL_TILE * TILE_K) / (MATMUL_THREADS * MATMUL_THREADS); q += 1u) {
-            let e = lid + q * MATMUL_THREADS * MATMUL_THREADS;
-            var r: u32;
-            var kk: u32;
-            if (params.a_k_contiguous != 0u) {
-                kk = e % TILE_K;
-                r = e / TILE_K;
-            } else {
-                r = e % SMALL_TILE;
-                kk = e / SMALL_TILE;
-            }
-            let gr = row0 + r;
-            let gk = k0 + kk;
-            var v = 0.0;
-            if (gr < params.m && gk < params.k) {
-                v = a[bases.a + gr * params.a_row_stride + gk * params.a_col_stride];
-            }
-            a_small_tile[kk * SMALL_STRIDE + r] = v;
-        }
-        for (var q = 0u; q < (SMALL_TILE * TILE_K) / (MATMUL_THREADS * MATMUL_THREADS); q += 1u) {
-            let e = lid + q * MATMUL_THREADS * MATMUL_THREADS;
-            var col: u32;
-            var kk: u32;
-            if (params.b_k_contiguous != 0u) {
-                kk = e % TILE_K;
-                col = e / TILE_K;
-            } else {
-                col = e % SMALL_TILE;
-                kk = e / SMALL_TILE;
-            }
-            let gc = col0 + col;
-            let gk = k0 + kk;
-            var v = 0.0;
-            if (gc < params.n && gk < params.k) {
-                v = b[bases.b + gk * params.b_row_stride + gc * params.b_col_stride];
-            }
-            b_small_tile[kk * SMALL_STRIDE + col] = v;
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < TILE_K; kk += 1u) {
-            let ai = kk * SMALL_STRIDE + ty;
-            let bi = kk * SMALL_STRIDE + tx;
-            let av = vec2<f32>(a_small_tile[ai], a_small_tile[ai + MATMUL_THREADS]);
-            let bv = vec2<f32>(b_small_tile[bi], b_small_tile[bi + MATMUL_THREADS]);
-            acc[0] += av.x * bv;
-            acc[1] += av.y * bv;
-        }
-        workgroupBarrier();
-    }
-    for (var i = 0u; i < SMALL_BLOCK; i += 1u) {
-        let row = row0 + ty + i * MATMUL_THREADS;
-        for (var j = 0u; j < SMALL_BLOCK; j += 1u) {
-            let col = col0 + tx + j * MATMUL_THREADS;
-            if (row < params.m && col < params.n) {
-                store_output(bases.c, row, col, acc[i][j]);
+                store_output(bases.c, row, col, acc[i * MAX_BLOCK + j]);
             }
         }
     }
