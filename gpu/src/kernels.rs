@@ -172,6 +172,8 @@ kernels! {
     MatmulTiled128 => Matmul, "matmul_tiled", [W, R, R];
     /// One-thread-per-output matmul.
     MatmulSmall => Matmul, "matmul_small", [W, R, R];
+    /// Split-K: `C = α·Σ slabs + β·C`: C, slabs.
+    MatmulSumSplits => Matmul, "matmul_sum_splits", [W, R];
     /// LayerNorm forward: out, stats, x, γ, β.
     LayerNorm => LayerNorm, "layer_norm", [W, W, R, R, R];
     /// LayerNorm input gradient: dx, x, γ, stats, dout.

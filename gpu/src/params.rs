@@ -68,6 +68,10 @@ params! {
         b_k_contiguous: u32,
         alpha: f32,
         beta: f32,
+        k_split: u32,
+        splits: u32,
+        _pad0: u32,
+        _pad1: u32,
     }
 }
 

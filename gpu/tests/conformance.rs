@@ -270,6 +270,40 @@ fn every_tiled_matmul_kernel_matches_cpu() {
     }
 }
 
+#[test]
+fn split_k_weight_gradient_products_match_cpu() {
+    let Some(gpu) = gpu() else {
+        return;
+    };
+    // Deep, narrow single products (as weight gradients are), which the automatic plan splits
+    // along k into two pieces, with a k that is no multiple of the tile depth, in every
+    // layout of A and B, accumulating into C.
+    for (m, n, k) in [(40, 48, 1500), (64, 33, 1037)] {
+        for t in 0..4u32 {
+            let case = MatmulCase {
+                batch: [1, 1],
+                m,
+                n,
+                k,
+                transpose_a: t & 1 != 0,
+                transpose_b: t & 2 != 0,
+                transpose_c: false,
+                alpha: -0.5,
+                beta: 0.25,
+                seed: u64::from(t) + 29,
+            };
+            let expected = matmul_case(&CpuBackend::new(), &case);
+            let found = matmul_case(gpu, &case);
+            assert_close(
+                &format!("{m}×{n}×{k}, transposes {t}"),
+                &expected[0],
+                &found[0],
+                TOL * k as f32,
+            );
+        }
+    }
+}
+
 /// Attention's layouts: per (batch, head) products reading and writing head slices of
 /// `[tokens, heads·d]` activations, and a C shared by every batch entry (accumulated in order).
 fn attention_layouts<B: Backend>(b: &B, seed: u64) -> Vec<Vec<f32>> {

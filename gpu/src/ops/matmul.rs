@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use deberta_core::Error;
 use deberta_core::kernels::{MatmulSpec, MatrixLayout};
 
+use super::memory::alloc;
 use super::word;
 use crate::device::Gpu;
 use crate::kernels::{Kernel, MATMUL_THREADS, MAX_BLOCK, TILE_K};
@@ -81,6 +82,50 @@ const TILED: [(Kernel, u32); 3] = [
 /// Workgroup memory of the tiled kernel with `side`-wide tiles: A's and B's padded stages.
 const fn workgroup_bytes(side: u32) -> u32 {
     2 * TILE_K * (side + 1) * 4
+}
+
+/// Split-K cuts the inner dimension into pieces of at least this many elements.
+const SPLIT_MIN_DEPTH: usize = 512;
+
+/// How a product runs: the kernel, its tile's side, and into how many pieces its inner
+/// dimension is split (1: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Plan {
+    kernel: Kernel,
+    tile: u32,
+    splits: usize,
+}
+
+/// The plan of a `m × n × k` product of `entries` batch entries on an adapter with
+/// `workgroup_memory` bytes per workgroup. Under [`MatmulTiles::Auto`], a single product with
+/// too few workgroups even on 32-wide tiles and a deep inner dimension (a weight gradient,
+/// whose k is the token count) runs on 64-wide tiles split along k until it has enough
+/// workgroups, each piece at least [`SPLIT_MIN_DEPTH`] deep.
+fn plan(tiles: MatmulTiles, [m, n, k, entries]: [usize; 4], workgroup_memory: u32) -> Plan {
+    let (kernel, tile) = choose_kernel(tiles, [m, n, entries], workgroup_memory);
+    let unsplit = Plan {
+        kernel,
+        tile,
+        splits: 1,
+    };
+    let workgroups = |side: usize| m.div_ceil(side) * n.div_ceil(side);
+    if tiles != MatmulTiles::Auto
+        || kernel == Kernel::MatmulSmall
+        || entries != 1
+        || workgroups(32) >= LARGE_TILE_MIN_WORKGROUPS
+        || k < 2 * SPLIT_MIN_DEPTH
+    {
+        return unsplit;
+    }
+    let (kernel, tile) = choose_kernel(MatmulTiles::Tiles64, [m, n, entries], workgroup_memory);
+    let splits = LARGE_TILE_MIN_WORKGROUPS
+        .div_ceil(workgroups(tile as usize))
+        .min(k / SPLIT_MIN_DEPTH);
+    Plan {
+        kernel,
+        tile,
+        splits,
+    }
 }
 
 /// The kernel for a `m × n` product of `entries` batch entries on an adapter with
@@ -194,10 +239,17 @@ pub(crate) fn matmul(
         b_k_contiguous: u32::from(spec.b.row_stride == 1 && spec.b.col_stride != 1),
         alpha: spec.alpha,
         beta: spec.beta,
+        k_split: 0,
+        splits: 1,
+        ..MatmulParams::default()
     };
-    let (kernel, tile) = choose_kernel(
+    let Plan {
+        kernel,
+        tile,
+        splits,
+    } = plan(
         gpu.matmul_tiles.get(),
-        [spec.m, spec.n, entries],
+        [spec.m, spec.n, spec.k, entries],
         gpu.limits.max_compute_workgroup_storage_size,
     );
     let max = gpu.limits.max_compute_workgroups_per_dimension;
@@ -209,6 +261,9 @@ pub(crate) fn matmul(
             expected: (max as usize) * tile as usize,
             found: spec.m.max(spec.n),
         });
+    }
+    if splits > 1 {
+        return split_k(gpu, [a, b, c], params, [x, y], (kernel, splits));
     }
     // Entries run concurrently when no two write the same element of C; otherwise one at a
     // time, in order, as the CPU runs them (e.g. a C shared by every entry, accumulated).
@@ -225,6 +280,54 @@ pub(crate) fn matmul(
         first += count;
     }
     Ok(())
+}
+
+/// One product (`params`, already checked) as `splits` pieces along k into a scratch slab
+/// each, summed in order into C: `kernel` over the `[x, y]` tile grid per piece.
+fn split_k(
+    gpu: &Gpu,
+    [a, b, c]: [&GpuTensor; 3],
+    params: MatmulParams,
+    [x, y]: [u32; 2],
+    (kernel, splits): (Kernel, usize),
+) -> Result<(), Error> {
+    let (m, n, k) = (params.m as usize, params.n as usize, params.k as usize);
+    let depth = k.div_ceil(splits).next_multiple_of(TILE_K as usize);
+    let splits = k.div_ceil(depth);
+    let slabs: GpuTensor = alloc(gpu, splits * m * n)?;
+    let pieces = MatmulParams {
+        c_offset: 0,
+        c_row_stride: word(n)?,
+        c_col_stride: 1,
+        c_batch_stride0: 0,
+        c_batch_stride1: 0,
+        alpha: 1.0,
+        beta: 0.0,
+        k_split: word(depth)?,
+        splits: word(splits)?,
+        ..params
+    };
+    gpu.dispatch(
+        kernel,
+        &pieces,
+        &[gpu.buf(&slabs)?, gpu.buf(a)?, gpu.buf(b)?],
+        [x, y, word(splits)?],
+    )?;
+    let sum = MatmulParams {
+        splits: word(splits)?,
+        ..params
+    };
+    let groups = [
+        word(n.div_ceil(MATMUL_THREADS as usize))?,
+        word(m.div_ceil(MATMUL_THREADS as usize))?,
+        1,
+    ];
+    gpu.dispatch(
+        Kernel::MatmulSumSplits,
+        &sum,
+        &[gpu.buf(c)?, gpu.buf(&slabs)?],
+        groups,
+    )
 }
 
 #[cfg(test)]
@@ -251,6 +354,30 @@ mod tests {
         assert_eq!(
             choose_kernel(MatmulTiles::Tiles128, [8, 4096, 1], LARGE_MEMORY).0,
             Kernel::MatmulSmall
+        );
+    }
+
+    #[test]
+    fn only_deep_products_with_too_few_workgroups_are_split() {
+        let auto = |shape| plan(MatmulTiles::Auto, shape, LARGE_MEMORY);
+        // xsmall weight gradient at 32×512 tokens: 384 × 384 × 16384 → 36 tiles of 64, ×8.
+        assert_eq!(
+            auto([384, 384, 16_384, 1]),
+            Plan {
+                kernel: Kernel::MatmulTiled64,
+                tile: 64,
+                splits: 8
+            }
+        );
+        // ... at 8×128 tokens, k = 1024 allows two pieces of 512.
+        assert_eq!(auto([384, 384, 1024, 1]).splits, 2);
+        // Enough 32-wide workgroups, a shallow k, batched products or forced tiles: no split.
+        assert_eq!(auto([384, 1536, 16_384, 1]).splits, 1);
+        assert_eq!(auto([384, 384, 1000, 1]).splits, 1);
+        assert_eq!(auto([384, 384, 16_384, 2]).splits, 1);
+        assert_eq!(
+            plan(MatmulTiles::Tiles64, [384, 384, 16_384, 1], LARGE_MEMORY).splits,
+            1
         );
     }
 

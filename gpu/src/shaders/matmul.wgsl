@@ -7,6 +7,11 @@
 // 1, so row-major and transposed operands are both read coalesced. `matmul_small` is the
 // general fallback for thin products: one thread per element of C. Every variant sums over k
 // in the same order, so they give the same bits.
+//
+// Split-K (tall-skinny products such as weight gradients, whose k is the token count): with
+// `k_split` > 0, workgroup z of `matmul_tiled` sums only k in [z·k_split, (z+1)·k_split) into
+// its own row-major m×n slab of the bound output (a scratch buffer, α = 1, β = 0), and
+// `matmul_sum_splits` then adds the `splits` slabs (bound as A) in order into C.
 
 const TILE_K: u32 = 16u;
 const MATMUL_THREADS: u32 = 16u;
@@ -46,6 +51,11 @@ struct Params {
     b_k_contiguous: u32,
     alpha: f32,
     beta: f32,
+    // Split-K: inner-dimension elements per split (0: no split) and the number of splits.
+    k_split: u32,
+    splits: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -85,7 +95,17 @@ fn store_output(base: u32, row: u32, col: u32, acc: f32) {
 fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
                 @builtin(local_invocation_id) local: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let bases = batch_bases(params.entry_base + wid.z);
+    var bases: Bases;
+    var k_begin = 0u;
+    var k_end = params.k;
+    if (params.k_split == 0u) {
+        bases = batch_bases(params.entry_base + wid.z);
+    } else {
+        bases = batch_bases(params.entry_base);
+        bases.c += wid.z * params.m * params.n;
+        k_begin = wid.z * params.k_split;
+        k_end = min(params.k, k_begin + params.k_split);
+    }
     let row0 = wid.y * TILE;
     let col0 = wid.x * TILE;
     let tx = local.x;
@@ -94,7 +114,7 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
     var acc = array<f32, MAX_BLOCK * MAX_BLOCK>();
     var av = array<f32, MAX_BLOCK>();
     var bv = array<f32, MAX_BLOCK>();
-    for (var k0 = 0u; k0 < params.k; k0 += TILE_K) {
+    for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         // TILE·TILE_K elements of each operand, BLOCK per thread.
         for (var q = 0u; q < BLOCK; q += 1u) {
             let e = lid + q * MATMUL_THREADS * MATMUL_THREADS;
@@ -110,7 +130,7 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
             let gr = row0 + r;
             let gk = k0 + kk;
             var v = 0.0;
-            if (gr < params.m && gk < params.k) {
+            if (gr < params.m && gk < k_end) {
                 v = a[bases.a + gr * params.a_row_stride + gk * params.a_col_stride];
             }
             a_tile[kk * TILE_STRIDE + r] = v;
@@ -129,7 +149,7 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
             let gc = col0 + col;
             let gk = k0 + kk;
             var v = 0.0;
-            if (gc < params.n && gk < params.k) {
+            if (gc < params.n && gk < k_end) {
                 v = b[bases.b + gk * params.b_row_stride + gc * params.b_col_stride];
             }
             b_tile[kk * TILE_STRIDE + col] = v;
@@ -177,4 +197,19 @@ fn matmul_small(@builtin(global_invocation_id) gid: vec3<u32>,
         bi += params.b_row_stride;
     }
     store_output(bases.c, row, col, acc);
+}
+
+@compute @workgroup_size(MATMUL_THREADS, MATMUL_THREADS, 1)
+fn matmul_sum_splits(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let col = gid.x;
+    let row = gid.y;
+    if (row >= params.m || col >= params.n) {
+        return;
+    }
+    let slab = params.m * params.n;
+    var acc = 0.0;
+    for (var s = 0u; s < params.splits; s += 1u) {
+        acc += a[s * slab + row * params.n + col];
+    }
+    store_output(batch_bases(params.entry_base).c, row, col, acc);
 }
