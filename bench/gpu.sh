@@ -10,7 +10,10 @@
 #              xsmall:8x128 xsmall:1x512"), STEP_CASES (default "nano:8x128 xsmall:8x128 xsmall:32x512"),
 #              CPU_STEP_CASES (default STEP_CASES; empty: none), SKIP_CPU=1 to time the GPU only. Every wgpu case also runs with
 #              DEBERTA_WGPU_MATMUL_TILES=128, 64 and 32 (labels ours-wgpu-t128, -t64, -t32) to
-#              check the automatic tile choice against each forced size.
+#              check the automatic tile choice against each forced size. TIME_LIMIT (seconds,
+#              default 540, so that the whole script fits one 10-minute call on a lent machine):
+#              once it has passed, the remaining cases are skipped (and listed), so a run
+#              always ends with the table of what it measured.
 # Each timed figure is the median over ITERS runs after WARMUP untimed ones, measured inside
 # each program (model building and uploads are not timed). The results file gets one JSON
 # object per measurement; the table at the end shows ratio = pytorch_ms / ours_ms (> 1: we
@@ -26,14 +29,22 @@ CPU_THREADS="${CPU_THREADS:-$(nproc)}"
 CASES="${CASES:-nano:1x128 nano:8x128 xsmall:1x128 xsmall:8x128 xsmall:1x512}"
 STEP_CASES="${STEP_CASES:-nano:8x128 xsmall:8x128 xsmall:32x512}"
 RESULTS="${1:-$ROOT/target/gpu-bench.jsonl}"
+TIME_LIMIT="${TIME_LIMIT:-540}"
 : >"$RESULTS"
+started=$(date +%s)
 
 # Runs one benchmark command and appends its JSON line (the last stdout line) to RESULTS.
 record() {
     local label="$1"
     shift
-    local out
-    if out=$(timeout 300 "$@" 2>/tmp/gpu-bench.err); then
+    local out left
+    left=$((TIME_LIMIT - ($(date +%s) - started)))
+    if [ "$left" -le 0 ]; then
+        echo "SKIPPED (TIME_LIMIT ${TIME_LIMIT}s passed): $label" >&2
+        return
+    fi
+    [ "$left" -gt 300 ] && left=300
+    if out=$(timeout "$left" "$@" 2>/tmp/gpu-bench.err); then
         local line
         line=$(printf '%s\n' "$out" | tail -n 1)
         printf '%s\n' "$out" | grep -v '^{' >&2
