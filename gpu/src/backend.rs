@@ -59,6 +59,18 @@ impl WgpuBackend {
         self.gpu.pool.created()
     }
 
+    /// Device memory in tensor buffers, in bytes: what the buffer pool holds now (tensors in
+    /// use and free buffers kept for reuse) and the most it has held (the peak a caching
+    /// allocator reserves, as PyTorch's `max_memory_reserved`). Staging buffers for
+    /// downloads, kernel parameters and shaders are not counted.
+    pub fn device_memory(&self) -> DeviceMemory {
+        let (held, peak) = self.gpu.pool.bytes();
+        DeviceMemory {
+            held_bytes: held,
+            peak_bytes: peak,
+        }
+    }
+
     /// Submits all recorded work and waits for it (for timing).
     pub fn synchronize(&self) -> Result<(), Error> {
         self.gpu.flush()?;
@@ -78,6 +90,15 @@ impl WgpuBackend {
         self.gpu.readback.trim();
         Ok(())
     }
+}
+
+/// Device memory of a [`WgpuBackend`]'s tensors, from [`WgpuBackend::device_memory`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// Bytes of tensor buffers that exist now (in use or free in the pool).
+    pub held_bytes: u64,
+    /// The largest `held_bytes` so far.
+    pub peak_bytes: u64,
 }
 
 impl Backend for WgpuBackend {

@@ -47,7 +47,7 @@ mod test_backend;
 mod transfer;
 
 pub use adapter::{AdapterChoice, AdapterSummary, Capabilities, list_adapters};
-pub use backend::WgpuBackend;
+pub use backend::{DeviceMemory, WgpuBackend};
 pub use error::GpuError;
 pub use ops::matmul::MatmulTiles;
 pub use tensor::{DeviceBuffer, GpuIndices, GpuTensor};

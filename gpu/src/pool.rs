@@ -43,6 +43,9 @@ pub(crate) struct Pool {
     max_bytes: u64,
     free: Mutex<HashMap<u64, Vec<PooledBuffer>>>,
     next_id: AtomicU64,
+    /// Bytes of the buffers that exist (in use or free) and their high-water mark.
+    held_bytes: AtomicU64,
+    peak_bytes: AtomicU64,
 }
 
 impl Pool {
@@ -54,6 +57,8 @@ impl Pool {
             max_bytes,
             free: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
+            held_bytes: AtomicU64::new(0),
+            peak_bytes: AtomicU64::new(0),
         }
     }
 
@@ -84,6 +89,8 @@ impl Pool {
         if pollster::block_on(scope.pop()).is_some() {
             return Err(device_error("out of device memory"));
         }
+        let held = self.held_bytes.fetch_add(class, Ordering::Relaxed) + class;
+        self.peak_bytes.fetch_max(held, Ordering::Relaxed);
         Ok(PooledBuffer {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             buffer,
@@ -103,9 +110,20 @@ impl Pool {
         self.next_id.load(Ordering::Relaxed)
     }
 
+    /// Bytes of the buffers the pool has created and not dropped (in use or free), and the
+    /// most it ever held.
+    pub(crate) fn bytes(&self) -> (u64, u64) {
+        (
+            self.held_bytes.load(Ordering::Relaxed),
+            self.peak_bytes.load(Ordering::Relaxed),
+        )
+    }
+
     /// Drops every free buffer.
     pub(crate) fn trim(&self) {
         if let Ok(mut free) = self.free.lock() {
+            let dropped: u64 = free.values().flatten().map(|b| b.class).sum();
+            self.held_bytes.fetch_sub(dropped, Ordering::Relaxed);
             free.clear();
         }
     }

@@ -1104,3 +1104,26 @@ fn the_clipping_norm_is_summed_as_accurately_as_in_f64() {
         assert!(gpu_err <= 5e-7, "gpu: {gpu_err:e}");
     }
 }
+
+#[test]
+fn device_memory_counts_pool_buffers_and_their_peak() {
+    if gpu().is_none() {
+        return;
+    }
+    // A backend of its own, so that other tests' buffers do not move the figures.
+    let backend = WgpuBackend::new(AdapterChoice::default()).expect("second device");
+    let start = backend.device_memory();
+    let tensors: Vec<_> = (0..3).map(|_| backend.zeros(1 << 20).unwrap()).collect();
+    let held = backend.device_memory();
+    // Three 4 MiB tensors (size classes round up by at most an eighth).
+    let grown = held.held_bytes - start.held_bytes;
+    assert!((3 << 22..=3 * (9 << 19)).contains(&grown), "{grown}");
+    assert!(held.peak_bytes >= held.held_bytes);
+    drop(tensors);
+    // Freed tensors stay in the pool until trimmed; the peak stays.
+    assert_eq!(backend.device_memory().held_bytes, held.held_bytes);
+    backend.trim().unwrap();
+    let trimmed = backend.device_memory();
+    assert_eq!(trimmed.held_bytes, start.held_bytes);
+    assert_eq!(trimmed.peak_bytes, held.peak_bytes);
+}
