@@ -11,20 +11,23 @@ use super::model::TensorView;
 use super::quant::quantize_rows;
 use crate::kernels;
 
-/// Row-quantised activations: int8 values and one f32 scale per row.
+/// Row-quantised activations: int8 values and one f32 scale per row, or per group of
+/// `cols / groups` consecutive columns of a row (the attention context: one per head).
 #[derive(Clone, Copy)]
 pub(crate) struct Quantized<'x> {
     /// `[rows, cols]`.
     pub values: &'x [i8],
-    /// `[rows]`.
+    /// `[rows, groups]`.
     pub scales: &'x [f32],
+    /// Scales per row (1, or a divisor of `cols`).
+    pub groups: usize,
 }
 
 /// The input of a linear layer: `rows × cols` f32 activations and, for int8 weights, their
 /// quantisation.
 #[derive(Clone, Copy)]
 pub(crate) struct Input<'x> {
-    /// `[rows, cols]`.
+    /// `[rows, cols]` (may be empty when `quantized` is given and the weights are int8).
     pub values: &'x [f32],
     /// Rows.
     pub rows: usize,
@@ -43,10 +46,13 @@ impl<'x> Input<'x> {
             .filter(|&end| end <= self.rows)
             .ok_or(short("input rows", start.saturating_add(rows), self.rows))?;
         let span = start * cols..end * cols;
-        let values =
-            self.values
+        let values = match self.values.is_empty() {
+            true => self.values,
+            false => self
+                .values
                 .get(span.clone())
-                .ok_or(short("x", span.end, self.values.len()))?;
+                .ok_or(short("x", span.end, self.values.len()))?,
+        };
         let quantized = match self.quantized {
             Some(q) => Some(Quantized {
                 values: q.values.get(span.clone()).ok_or(short(
@@ -54,11 +60,11 @@ impl<'x> Input<'x> {
                     span.end,
                     q.values.len(),
                 ))?,
-                scales: q.scales.get(start..end).ok_or(short(
-                    "activation scales",
-                    end,
-                    q.scales.len(),
-                ))?,
+                scales: q
+                    .scales
+                    .get(start * q.groups..end * q.groups)
+                    .ok_or(short("activation scales", end * q.groups, q.scales.len()))?,
+                groups: q.groups,
             }),
             None => None,
         };
@@ -113,7 +119,9 @@ pub(crate) fn linear(
     let total = rows.checked_mul(n).ok_or(short("out", usize::MAX, 0))?;
     check("out", total, out.len())?;
     let x_len = rows.checked_mul(cols).ok_or(short("x", usize::MAX, 0))?;
-    check("x", x_len, input.values.len())?;
+    if weight.dtype != DType::I8 {
+        check("x", x_len, input.values.len())?;
+    }
     let bias = &bias[outputs.clone()];
     let out = &mut out[..total];
     match weight.dtype {
@@ -150,33 +158,71 @@ pub(crate) fn linear(
                     what: "the quantised activations that int8 weights need",
                 }))?;
             check("quantised x", x_len, q.values.len())?;
-            check("activation scales", rows, q.scales.len())?;
+            let groups = q.groups;
+            if groups == 0 || !cols.is_multiple_of(groups) {
+                return Err(EdgeError::Kernel(crate::Error::ShapeMismatch {
+                    what: "edge linear scale groups (a divisor of the input width)",
+                    expected: cols,
+                    found: groups,
+                }));
+            }
+            let scale_count = rows.checked_mul(groups).ok_or(short("x", usize::MAX, 0))?;
+            check("activation scales", scale_count, q.scales.len())?;
             let (weights, scales) = weight.int8()?;
             check("int8 weight", outputs.end * cols, weights.len())?;
             check("weight scales", outputs.end, scales.len())?;
+            let values = &q.values[..x_len];
             for (j, o) in outputs.enumerate() {
                 let w = &weights[o * cols..(o + 1) * cols];
                 let (w_scale, b) = (scales[o], bias[j]);
-                // |Σ| ≤ cols·128² < 2³¹ for cols ≤ 65536 (format::MAX_WIDTH). Rows in pairs
-                // share the weight row's loads (`dot2_i8`); the sums are the same as one at a time.
-                let values = &q.values[..x_len];
-                let pairs = values.chunks_exact(2 * cols);
-                let single = pairs.remainder();
-                let mut r = 0;
-                for pair in pairs {
-                    let (x0, x1) = pair.split_at(cols);
-                    let (acc0, acc1) = dot2_i8(x0, x1, w);
-                    out[r * n + j] = acc0 as f32 * (q.scales[r] * w_scale) + b;
-                    out[(r + 1) * n + j] = acc1 as f32 * (q.scales[r + 1] * w_scale) + b;
-                    r += 2;
-                }
-                if !single.is_empty() {
-                    out[r * n + j] = dot_i8(single, w) as f32 * (q.scales[r] * w_scale) + b;
+                if groups == 1 {
+                    int8_column(values, q.scales, w, (w_scale, b), out, (j, n));
+                } else {
+                    let width = cols / groups;
+                    for (r, x) in values.chunks_exact(cols).enumerate() {
+                        let mut sum = 0.0f32;
+                        for ((xg, wg), &s) in x
+                            .chunks_exact(width)
+                            .zip(w.chunks_exact(width))
+                            .zip(&q.scales[r * groups..(r + 1) * groups])
+                        {
+                            sum += dot_i8(xg, wg) as f32 * s;
+                        }
+                        out[r * n + j] = sum * w_scale + b;
+                    }
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Output column `j` of `n` (`out[r·n + j]`) of an int8 layer with one activation scale per
+/// row: `Σ x·w` in i32, scaled by the row's and the weight row's scales, plus the bias.
+fn int8_column(
+    values: &[i8],
+    row_scales: &[f32],
+    w: &[i8],
+    (w_scale, b): (f32, f32),
+    out: &mut [f32],
+    (j, n): (usize, usize),
+) {
+    let cols = w.len();
+    // |Σ| ≤ cols·128² < 2³¹ for cols ≤ 65536 (format::MAX_WIDTH). Rows in pairs share the
+    // weight row's loads (`dot2_i8`); the sums are the same as one at a time.
+    let pairs = values.chunks_exact(2 * cols);
+    let single = pairs.remainder();
+    let mut r = 0;
+    for pair in pairs {
+        let (x0, x1) = pair.split_at(cols);
+        let (acc0, acc1) = dot2_i8(x0, x1, w);
+        out[r * n + j] = acc0 as f32 * (row_scales[r] * w_scale) + b;
+        out[(r + 1) * n + j] = acc1 as f32 * (row_scales[r + 1] * w_scale) + b;
+        r += 2;
+    }
+    if !single.is_empty() {
+        out[r * n + j] = dot_i8(single, w) as f32 * (row_scales[r] * w_scale) + b;
+    }
 }
 
 /// Columns `cols` of row `row` of a stored table (embeddings, position projections), widened
@@ -253,6 +299,7 @@ pub(crate) fn prepare<'x>(
             Some(Quantized {
                 values: q,
                 scales: s,
+                groups: 1,
             })
         }
         DType::F32 | DType::F16 => None,
