@@ -219,16 +219,36 @@ pub(crate) fn matmul_into_columns(
         return Ok(());
     }
     for i in 0..m {
+        let a_row = &a[i * k..(i + 1) * k];
         let out = &mut c[i * ldc + offset..i * ldc + offset + n];
-        out.fill(0.0);
-        for (t, &weight) in a[i * k..(i + 1) * k].iter().enumerate() {
-            for (o, &v) in out.iter_mut().zip(&b[t * n..(t + 1) * n]) {
+        // Eight columns at a time are summed in registers, each in the order of `t` (the same
+        // sums as one column at a time).
+        let mut blocks = out.chunks_exact_mut(COLUMNS);
+        for (block, first) in blocks.by_ref().zip((0..).step_by(COLUMNS)) {
+            let mut acc = [0.0f32; COLUMNS];
+            for (&weight, b_row) in a_row.iter().zip(b.chunks_exact(n)) {
+                if let Some(v) = b_row[first..].first_chunk::<COLUMNS>() {
+                    for (o, &v) in acc.iter_mut().zip(v) {
+                        *o += weight * v;
+                    }
+                }
+            }
+            block.copy_from_slice(&acc);
+        }
+        let rest = blocks.into_remainder();
+        let first = n - rest.len();
+        rest.fill(0.0);
+        for (&weight, b_row) in a_row.iter().zip(b.chunks_exact(n)) {
+            for (o, &v) in rest.iter_mut().zip(&b_row[first..]) {
                 *o += weight * v;
             }
         }
     }
     Ok(())
 }
+
+/// Columns of [`matmul_into_columns`] accumulated together.
+const COLUMNS: usize = 8;
 
 #[cfg(test)]
 mod tests {
