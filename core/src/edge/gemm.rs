@@ -85,12 +85,8 @@ pub(crate) fn dot2_i8(a0: &[i8], a1: &[i8], w: &[i8]) -> (i32, i32) {
     {
         let n = a0.len().min(a1.len()).min(w.len());
         let (a0, a1, w) = (&a0[..n], &a1[..n], &w[..n]);
-        let (x4, y4, w4) = (a0.chunks_exact(4), a1.chunks_exact(4), w.chunks_exact(4));
-        let tail = n - w4.remainder().len();
-        let (mut acc0, mut acc1) = (0i32, 0i32);
-        for ((x, y), v) in x4.zip(y4).zip(w4) {
-            (acc0, acc1) = mac2x4((acc0, acc1), word(x), word(y), word(v));
-        }
+        let tail = n - n % 8;
+        let (acc0, acc1) = mac2x8(&a0[..tail], &a1[..tail], &w[..tail]);
         (
             acc0.wrapping_add(dot_i8(&a0[tail..], &w[tail..])),
             acc1.wrapping_add(dot_i8(&a1[tail..], &w[tail..])),
@@ -109,33 +105,71 @@ fn word(v: &[i8]) -> u32 {
     u32::from_le_bytes([v[0] as u8, v[1] as u8, v[2] as u8, v[3] as u8])
 }
 
-/// `(acc0 + x·w, acc1 + y·w)` over the four int8 values packed in each word.
+/// `(Σ x·w, Σ y·w)` over slices of one length that is a multiple of 8, eight values of each
+/// per iteration: each pair of words of `x` and `w` comes in with one `LDRD`, each word of `w`
+/// is sign-extended once (`SXTB16`, bytes 0 and 2, then 1 and 3) for both rows, and `SMLAD`
+/// multiplies and adds the halfword pairs. `LDRD` needs word-aligned addresses, so `x` and `w`
+/// that are not start with the portable loop (the same sums).
 #[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
 #[inline(always)]
-fn mac2x4((mut acc0, mut acc1): (i32, i32), x: u32, y: u32, w: u32) -> (i32, i32) {
-    // SAFETY: as in `mac4`: register-only DSP instructions that the `cortex-m-dsp` feature
-    // promises, touching only the named registers.
+fn mac2x8(x: &[i8], y: &[i8], w: &[i8]) -> (i32, i32) {
+    let n = w.len();
+    let (mut acc0, mut acc1) = (0i32, 0i32);
+    if n < 8 || x.len() != n || y.len() != n || !n.is_multiple_of(8) {
+        return (dot_i8(x, w), dot_i8(y, w));
+    }
+    if !(x.as_ptr().addr() | w.as_ptr().addr()).is_multiple_of(4) {
+        return (dot_i8(x, w), dot_i8(y, w));
+    }
+    // SAFETY: the loop runs n / 8 ≥ 1 times and each iteration reads 8 bytes from each of
+    // `x`, `y` and `w` (all of length n, checked above) at increasing addresses, so every load
+    // stays inside the slices. `LDRD` is only used on `x` and `w`, whose addresses were checked
+    // to be word-aligned (and stay so, advancing by 8); `y` is read with `LDR`, which accepts
+    // any address on the Cortex-M4 (CCR.UNALIGN_TRP = 0 at reset), as the compiler's own word
+    // loads assume. Only the named registers are written (the pointers and the counter are
+    // discarded copies); SMLAD may set the sticky Q flag, which Rust code never reads.
     unsafe {
         core::arch::asm!(
-            "sxtb16 {w0}, {w}",
-            "sxtb16 {w1}, {w}, ror #8",
-            "sxtb16 {t}, {x}",
-            "smlad {acc0}, {t}, {w0}, {acc0}",
-            "sxtb16 {t}, {x}, ror #8",
-            "smlad {acc0}, {t}, {w1}, {acc0}",
-            "sxtb16 {t}, {y}",
-            "smlad {acc1}, {t}, {w0}, {acc1}",
-            "sxtb16 {t}, {y}, ror #8",
-            "smlad {acc1}, {t}, {w1}, {acc1}",
-            x = in(reg) x,
-            y = in(reg) y,
-            w = in(reg) w,
-            w0 = out(reg) _,
-            w1 = out(reg) _,
-            t = out(reg) _,
+            "2:",
+            "ldrd {a}, {b}, [{pw}], #8",
+            "sxtb16 {w0}, {a}",
+            "sxtb16 {w1}, {a}, ror #8",
+            "ldrd {c}, {d}, [{px}], #8",
+            "sxtb16 {a}, {c}",
+            "smlad {acc0}, {a}, {w0}, {acc0}",
+            "sxtb16 {a}, {c}, ror #8",
+            "smlad {acc0}, {a}, {w1}, {acc0}",
+            "ldr {c}, [{py}], #4",
+            "sxtb16 {a}, {c}",
+            "smlad {acc1}, {a}, {w0}, {acc1}",
+            "sxtb16 {a}, {c}, ror #8",
+            "smlad {acc1}, {a}, {w1}, {acc1}",
+            "sxtb16 {w0}, {b}",
+            "sxtb16 {w1}, {b}, ror #8",
+            "sxtb16 {a}, {d}",
+            "smlad {acc0}, {a}, {w0}, {acc0}",
+            "sxtb16 {a}, {d}, ror #8",
+            "smlad {acc0}, {a}, {w1}, {acc0}",
+            "ldr {c}, [{py}], #4",
+            "sxtb16 {a}, {c}",
+            "smlad {acc1}, {a}, {w0}, {acc1}",
+            "sxtb16 {a}, {c}, ror #8",
+            "smlad {acc1}, {a}, {w1}, {acc1}",
+            "subs {count}, {count}, #1",
+            "bne 2b",
+            pw = inout(reg) w.as_ptr() => _,
+            px = inout(reg) x.as_ptr() => _,
+            py = inout(reg) y.as_ptr() => _,
+            count = inout(reg) n / 8 => _,
             acc0 = inout(reg) acc0,
             acc1 = inout(reg) acc1,
-            options(pure, nomem, nostack),
+            a = out(reg) _,
+            b = out(reg) _,
+            c = out(reg) _,
+            d = out(reg) _,
+            w0 = out(reg) _,
+            w1 = out(reg) _,
+            options(pure, readonly, nostack),
         );
     }
     (acc0, acc1)
