@@ -46,14 +46,55 @@ pub(crate) fn fill_toeplitz_index(
     Ok(())
 }
 
+/// The p2c terms `K_j·Qr_r` of one head: f32 keys with the decoded Qr rows (`[·, d]` each),
+/// or int8 keys (one scale per row) with the stored int8 Qr rows `offset ..`, columns `cols`.
+enum P2c<'a> {
+    F32 {
+        keys: &'a [f32],
+        pos_queries: &'a [f32],
+        d: usize,
+    },
+    Int8 {
+        keys: &'a [i8],
+        key_scales: &'a [f32],
+        table: Int8Table<'a>,
+        offset: usize,
+        cols: Range<usize>,
+    },
+}
+
+impl P2c<'_> {
+    /// `K_j·Qr_r`.
+    #[inline(always)]
+    fn term(&self, j: usize, r: usize) -> f32 {
+        match self {
+            P2c::F32 {
+                keys,
+                pos_queries,
+                d,
+            } => dot(&keys[j * d..(j + 1) * d], &pos_queries[r * d..(r + 1) * d]),
+            P2c::Int8 {
+                keys,
+                key_scales,
+                table,
+                offset,
+                cols,
+            } => {
+                let d = cols.len();
+                let (row, qr_scale) = table.row(offset + r, cols);
+                dot_i8(&keys[j * d..(j + 1) * d], row) as f32 * (key_scales[j] * qr_scale)
+            }
+        }
+    }
+}
+
 /// One query row of scores: `scores[j] += c2p[r]/s + p2c(j, r)/s` with
 /// `r = index[i − j + L − 1]`, in the order of
-/// [`add_relative_scores`](crate::kernels::add_relative_scores) (either term optional; `p2c`
-/// gives `K_j·Qr_r`).
+/// [`add_relative_scores`](crate::kernels::add_relative_scores) (either term optional).
 fn add_toeplitz_scores(
     scores: &mut [f32],
     c2p: Option<&[f32]>,
-    p2c: Option<impl Fn(usize, usize) -> f32>,
+    p2c: Option<&P2c<'_>>,
     index: &[u32],
     (i, s): (usize, f32),
 ) {
@@ -64,7 +105,7 @@ fn add_toeplitz_scores(
         (Some(c2p), Some(p2c)) => {
             for (j, (o, &r)) in scores.iter_mut().zip(idx).enumerate() {
                 let r = r as usize;
-                *o += c2p[r] / s + p2c(j, r) / s;
+                *o += c2p[r] / s + p2c.term(j, r) / s;
             }
         }
         (Some(c2p), None) => {
@@ -74,7 +115,7 @@ fn add_toeplitz_scores(
         }
         (None, Some(p2c)) => {
             for (j, (o, &r)) in scores.iter_mut().zip(idx).enumerate() {
-                *o += p2c(j, r as usize) / s;
+                *o += p2c.term(j, r as usize) / s;
             }
         }
         (None, None) => {}
@@ -236,28 +277,22 @@ pub(crate) fn attention(
                     (false, _) => {}
                 }
                 let c2p = keys.is_some().then_some(&c2p[..rows]);
-                let (key, key8, key_scales) = (&*ws.key, &*ws.keys8, &*ws.key_scales);
-                let pos_queries = &*ws.pos_queries;
-                match (queries.is_some(), queries8) {
-                    (true, Some(qr)) => {
-                        let p2c = |j: usize, r: usize| {
-                            let (row, qr_scale) = qr.row(offset + r, &cols);
-                            dot_i8(&key8[j * d..(j + 1) * d], row) as f32
-                                * (key_scales[j] * qr_scale)
-                        };
-                        add_toeplitz_scores(scores, c2p, Some(p2c), ws.index, (i, scale));
-                    }
-                    (true, None) => {
-                        let p2c = |j: usize, r: usize| {
-                            dot(&key[j * d..(j + 1) * d], &pos_queries[r * d..(r + 1) * d])
-                        };
-                        add_toeplitz_scores(scores, c2p, Some(p2c), ws.index, (i, scale));
-                    }
-                    (false, _) => {
-                        let none: Option<fn(usize, usize) -> f32> = None;
-                        add_toeplitz_scores(scores, c2p, none, ws.index, (i, scale));
-                    }
-                }
+                let p2c = match (queries.is_some(), queries8) {
+                    (true, Some(table)) => Some(P2c::Int8 {
+                        keys: ws.keys8,
+                        key_scales: ws.key_scales,
+                        table,
+                        offset,
+                        cols: cols.clone(),
+                    }),
+                    (true, None) => Some(P2c::F32 {
+                        keys: ws.key,
+                        pos_queries: ws.pos_queries,
+                        d,
+                    }),
+                    (false, _) => None,
+                };
+                add_toeplitz_scores(scores, c2p, p2c.as_ref(), ws.index, (i, scale));
                 masked_softmax_rows(scores, i, ws.ones, spec);
                 if int8 {
                     let out = &mut ws.row[..d];

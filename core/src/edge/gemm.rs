@@ -124,9 +124,10 @@ fn dot_lanes(_: &[f32], _: &[f32]) -> ([f32; 4], usize) {
 pub(crate) fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
+    let (mut acc, done) = mac1x8(a, b);
+    let (a, b) = (&a[done..], &b[done..]);
     let (a4, b4) = (a.chunks_exact(4), b.chunks_exact(4));
     let (a_rest, b_rest) = (a4.remainder(), b4.remainder());
-    let mut acc = 0i32;
     for (x, y) in a4.zip(b4) {
         acc = mac4(acc, x, y);
     }
@@ -232,6 +233,63 @@ fn mac2x8(x: &[i8], y: &[i8], w: &[i8]) -> (i32, i32) {
         );
     }
     (acc0, acc1)
+}
+
+/// `Σ x·y` over the first `n − n mod 8` values of two int8 slices of length `n` that start
+/// at word-aligned addresses, and that count (0 otherwise: `LDRD` needs aligned addresses):
+/// two words of each per iteration with one `LDRD` each, `SXTB16` and `SMLAD`.
+#[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
+#[inline(always)]
+fn mac1x8(x: &[i8], y: &[i8]) -> (i32, usize) {
+    let blocks = x.len().min(y.len()) / 8;
+    let mut acc = 0i32;
+    if blocks == 0 || !(x.as_ptr().addr() | y.as_ptr().addr()).is_multiple_of(4) {
+        return (acc, 0);
+    }
+    // SAFETY: the loop runs `blocks ≥ 1` times and reads 8 bytes of each slice per iteration,
+    // `8·blocks ≤ len` in all, from word-aligned addresses (checked above, advancing by 8), as
+    // `LDRD` requires. Only the named registers are written (the pointers and the counter are
+    // discarded copies); SMLAD may set the sticky Q flag, which Rust code never reads.
+    unsafe {
+        core::arch::asm!(
+            "2:",
+            "ldrd {a}, {b}, [{px}], #8",
+            "ldrd {c}, {d}, [{py}], #8",
+            "sxtb16 {t}, {a}",
+            "sxtb16 {u}, {c}",
+            "smlad {acc}, {t}, {u}, {acc}",
+            "sxtb16 {t}, {a}, ror #8",
+            "sxtb16 {u}, {c}, ror #8",
+            "smlad {acc}, {t}, {u}, {acc}",
+            "sxtb16 {t}, {b}",
+            "sxtb16 {u}, {d}",
+            "smlad {acc}, {t}, {u}, {acc}",
+            "sxtb16 {t}, {b}, ror #8",
+            "sxtb16 {u}, {d}, ror #8",
+            "smlad {acc}, {t}, {u}, {acc}",
+            "subs {count}, {count}, #1",
+            "bne 2b",
+            px = inout(reg) x.as_ptr() => _,
+            py = inout(reg) y.as_ptr() => _,
+            count = inout(reg) blocks => _,
+            acc = inout(reg) acc,
+            a = out(reg) _,
+            b = out(reg) _,
+            c = out(reg) _,
+            d = out(reg) _,
+            t = out(reg) _,
+            u = out(reg) _,
+            options(pure, readonly, nostack),
+        );
+    }
+    (acc, 8 * blocks)
+}
+
+/// The portable [`dot_i8`] starts from nothing.
+#[cfg(not(all(target_arch = "arm", feature = "cortex-m-dsp")))]
+#[inline(always)]
+fn mac1x8(_: &[i8], _: &[i8]) -> (i32, usize) {
+    (0, 0)
 }
 
 /// `acc + Σ x[i]·y[i]` over four int8 values.

@@ -178,18 +178,7 @@ pub(crate) fn linear(
                 if groups == 1 {
                     int8_column(values, q.scales, w, (w_scale, b), out, (j, n));
                 } else {
-                    let width = cols / groups;
-                    for (r, x) in values.chunks_exact(cols).enumerate() {
-                        let mut sum = 0.0f32;
-                        for ((xg, wg), &s) in x
-                            .chunks_exact(width)
-                            .zip(w.chunks_exact(width))
-                            .zip(&q.scales[r * groups..(r + 1) * groups])
-                        {
-                            sum += dot_i8(xg, wg) as f32 * s;
-                        }
-                        out[r * n + j] = sum * w_scale + b;
-                    }
+                    grouped_column(values, q.scales, w, (groups, w_scale, b), out, (j, n));
                 }
             }
         }
@@ -222,6 +211,47 @@ fn int8_column(
     }
     if !single.is_empty() {
         out[r * n + j] = dot_i8(single, w) as f32 * (row_scales[r] * w_scale) + b;
+    }
+}
+
+/// [`int8_column`] with `groups` activation scales per row: `Σ_g s_g·Σ_{i∈g} x·w`, rows in
+/// pairs as there.
+fn grouped_column(
+    values: &[i8],
+    scales: &[f32],
+    w: &[i8],
+    (groups, w_scale, b): (usize, f32, f32),
+    out: &mut [f32],
+    (j, n): (usize, usize),
+) {
+    let cols = w.len();
+    let width = cols / groups;
+    let pairs = values.chunks_exact(2 * cols);
+    let single = pairs.remainder();
+    let mut r = 0;
+    for pair in pairs {
+        let (x0, x1) = pair.split_at(cols);
+        let (mut sum0, mut sum1) = (0.0f32, 0.0f32);
+        for (g, wg) in w.chunks_exact(width).enumerate() {
+            let span = g * width..(g + 1) * width;
+            let (acc0, acc1) = dot2_i8(&x0[span.clone()], &x1[span], wg);
+            sum0 += acc0 as f32 * scales[r * groups + g];
+            sum1 += acc1 as f32 * scales[(r + 1) * groups + g];
+        }
+        out[r * n + j] = sum0 * w_scale + b;
+        out[(r + 1) * n + j] = sum1 * w_scale + b;
+        r += 2;
+    }
+    if !single.is_empty() {
+        let mut sum = 0.0f32;
+        for ((xg, wg), &s) in single
+            .chunks_exact(width)
+            .zip(w.chunks_exact(width))
+            .zip(&scales[r * groups..(r + 1) * groups])
+        {
+            sum += dot_i8(xg, wg) as f32 * s;
+        }
+        out[r * n + j] = sum * w_scale + b;
     }
 }
 
