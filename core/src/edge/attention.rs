@@ -1,8 +1,11 @@
 //! One encoder layer's disentangled self-attention block, one head and one query row at a
 //! time: `LN(dense(softmax(QKᵀ/s + c2p/s + p2c/s)·V) + x)` with the position projections read
-//! from the file (SPEC §3.3–§3.4; every token is valid, so the softmax mask is all ones). Every
-//! score is the same sum of the same products, in the same order, as with whole `[L, L]` and
-//! `[L, R]` tables; the queries and the output projection are computed [`FFN_BLOCK`] rows at
+//! from the file (SPEC §3.3–§3.4; every token is valid, so the softmax mask is all ones). For
+//! f32 and f16 models every score is the same sum of the same products, in the same order, as
+//! with whole `[L, L]` and `[L, R]` tables. int8 models multiply the stored int8 Kr and Qr in
+//! place with int8 copies of the query row and of the head's keys (one scale per row), and
+//! keep the context as int8 with one scale per row and head, which the output projection
+//! reads directly. The queries and the output projection are computed [`FFN_BLOCK`] rows at
 //! a time.
 
 use core::ops::Range;

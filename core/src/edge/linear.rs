@@ -1,6 +1,7 @@
 //! Linear layers and table rows over stored weights of any dtype: f32 weights are read in
 //! place, f16 weights are widened one output row at a time, and int8 weights meet
-//! int8-quantised activations with i32 accumulation.
+//! int8-quantised activations (one scale per row, or per row and group of columns) with i32
+//! accumulation.
 
 use core::ops::Range;
 
@@ -48,10 +49,11 @@ impl<'x> Input<'x> {
         let span = start * cols..end * cols;
         let values = match self.values.is_empty() {
             true => self.values,
-            false => self
-                .values
-                .get(span.clone())
-                .ok_or(short("x", span.end, self.values.len()))?,
+            false => {
+                self.values
+                    .get(span.clone())
+                    .ok_or(short("x", span.end, self.values.len()))?
+            }
         };
         let quantized = match self.quantized {
             Some(q) => Some(Quantized {
@@ -60,10 +62,11 @@ impl<'x> Input<'x> {
                     span.end,
                     q.values.len(),
                 ))?,
-                scales: q
-                    .scales
-                    .get(start * q.groups..end * q.groups)
-                    .ok_or(short("activation scales", end * q.groups, q.scales.len()))?,
+                scales: q.scales.get(start * q.groups..end * q.groups).ok_or(short(
+                    "activation scales",
+                    end * q.groups,
+                    q.scales.len(),
+                ))?,
                 groups: q.groups,
             }),
             None => None,
@@ -353,4 +356,66 @@ pub(crate) fn residual_layer_norm(
     kernels::add_assign(sum, hidden)?;
     kernels::layer_norm(sum, gamma, beta, hidden, None, spec)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn int8(n: usize, seed: usize) -> [i8; 48] {
+        core::array::from_fn(|i| {
+            if i < n {
+                ((i * 37 + seed * 11) % 255) as i8
+            } else {
+                0
+            }
+        })
+    }
+
+    #[test]
+    fn grouped_scales_match_naive_sums() {
+        // 3 rows (a pair and a single) of 16 columns in 4 groups of 4, two output channels.
+        let (rows, cols, groups, n) = (3, 16, 4, 2);
+        let x = int8(rows * cols, 1);
+        let w = int8(n * cols, 2);
+        let scales: [f32; 12] = core::array::from_fn(|i| 0.01 * (i as f32 + 1.0));
+        let mut out = [0.0f32; 6];
+        for j in 0..n {
+            let w_row = &w[j * cols..(j + 1) * cols];
+            let (w_scale, b) = (0.5 + j as f32, 0.25);
+            let values = &x[..rows * cols];
+            grouped_column(
+                values,
+                &scales,
+                w_row,
+                (groups, w_scale, b),
+                &mut out,
+                (j, n),
+            );
+            for r in 0..rows {
+                let mut naive = 0.0f32;
+                for g in 0..groups {
+                    let span = r * cols + g * 4..r * cols + g * 4 + 4;
+                    let sum: i32 = x[span.clone()]
+                        .iter()
+                        .zip(&w_row[g * 4..g * 4 + 4])
+                        .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                        .sum();
+                    naive += sum as f32 * scales[r * groups + g];
+                }
+                assert_eq!(out[r * n + j], naive * w_scale + b);
+            }
+            // One group is the per-row layout of `int8_column`, with its grouping of scales.
+            let mut single = [0.0f32; 6];
+            int8_column(values, &scales, w_row, (w_scale, b), &mut single, (j, n));
+            for r in 0..rows {
+                let sum: i32 = x[r * cols..(r + 1) * cols]
+                    .iter()
+                    .zip(w_row)
+                    .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                    .sum();
+                assert_eq!(single[r * n + j], sum as f32 * (scales[r] * w_scale) + b);
+            }
+        }
+    }
 }
