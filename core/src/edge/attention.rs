@@ -150,7 +150,7 @@ impl<'a> Int8Table<'a> {
     fn new(table: &TensorView<'a>, rows: usize) -> Result<Self, EdgeError> {
         let (values, scales) = table.int8()?;
         let width = table.shape.cols;
-        let needed = rows.checked_mul(width).unwrap_or(usize::MAX);
+        let needed = rows.saturating_mul(width);
         if values.len() < needed || scales.len() < rows {
             return Err(window_error(rows, table.shape.rows));
         }
