@@ -10,7 +10,12 @@ pub fn f16_bytes(v: f32) -> [u8; 2] {
 /// Quantises `row` into `out` (same length) as `q = round(v / s)` with `s = max|v| / 127`, so
 /// `q ∈ [−127, 127]` and `v ≈ q·s`; returns `s` (0 for an all-zero row, whose `q` are 0).
 pub fn quantize_row(row: &[f32], out: &mut [i8]) -> f32 {
-    let max = row.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+    // `m.max(|v|)` without the `fmaxf` call that `f32::max` becomes on Cortex-M: `m` starts at
+    // 0 and only grows, so it is never NaN, and a NaN `|v|` leaves it as `max` would.
+    let max = row.iter().fold(0.0f32, |m, &v| {
+        let a = v.abs();
+        if a > m { a } else { m }
+    });
     if max == 0.0 {
         out.fill(0);
         return 0.0;
@@ -69,6 +74,9 @@ mod tests {
         }
         assert_eq!(quantize_row(&[0.0; 3], &mut q[..3]), 0.0);
         assert_eq!(&q[..3], &[0, 0, 0]);
+        // A NaN is skipped by the maximum (as `f32::max` does) and quantises to 0.
+        assert_eq!(quantize_row(&[f32::NAN, 2.0, -1.0], &mut q[..3]), 2.0 / 127.0);
+        assert_eq!(&q[..3], &[0, 127, -64]);
         let mut scales = [0.0f32; 2];
         let mut out = [0i8; 4];
         quantize_rows(&[1.0, -2.0, 0.0, 4.0], 2, &mut out, &mut scales);
