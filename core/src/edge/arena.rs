@@ -16,8 +16,9 @@
 //! * int8: no f32 context and no decoded tables. The context is quantised as each head
 //!   produces it (`L·W` bytes, one scale per row and head, `L·h` values), the position terms
 //!   are int8 products of the stored Kr and Qr with one head's quantised keys (`L·d` bytes, `L`
-//!   scales) and query row (`d` bytes), and the quantised input of a linear layer takes
-//!   `max(L·H, B·F)` bytes.
+//!   scales) and query row (`d` bytes), the quantised input of a linear layer takes
+//!   `max(L·H, B·F)` bytes, and a `max(H, d)` row holds an embedding row or one head's
+//!   context row before it is quantised.
 use super::EdgeError;
 use super::cast::view_mut;
 use super::format::DType;

@@ -75,7 +75,10 @@ mod tests {
         assert_eq!(quantize_row(&[0.0; 3], &mut q[..3]), 0.0);
         assert_eq!(&q[..3], &[0, 0, 0]);
         // A NaN is skipped by the maximum (as `f32::max` does) and quantises to 0.
-        assert_eq!(quantize_row(&[f32::NAN, 2.0, -1.0], &mut q[..3]), 2.0 / 127.0);
+        assert_eq!(
+            quantize_row(&[f32::NAN, 2.0, -1.0], &mut q[..3]),
+            2.0 / 127.0
+        );
         assert_eq!(&q[..3], &[0, 127, -64]);
         let mut scales = [0.0f32; 2];
         let mut out = [0i8; 4];
