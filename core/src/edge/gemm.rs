@@ -1,9 +1,12 @@
-//! Heap-free f32 matrix products for the edge runtime.
+//! Heap-free matrix and dot products (f32 and int8) for the edge runtime.
 //!
 //! `kernels::matmul` goes through gemm or matrixmultiply, both of which
 //! allocate their packing buffers on the heap (and link `alloc`), so the runtime uses these
 //! instead: plain row-major loops, four partial sums per dot product (enough for the FPU
-//! pipeline of a Cortex-M4 and for the host compiler to vectorise), in a fixed order.
+//! pipeline of a Cortex-M4 and for the host compiler to vectorise), in a fixed order. With
+//! the `cortex-m-dsp` feature on Arm the inner loops are assembly (`LDRD`, `SXTB16`, `SMLAD`
+//! for int8; on hard-float targets `VLDM` and `VMLA.F32` for f32) that computes the same
+//! values in the same order with fewer instructions.
 
 use super::EdgeError;
 
@@ -42,7 +45,8 @@ fn require(
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
-    let mut lanes = [0.0f32; 4];
+    let (mut lanes, done) = dot_lanes(a, b);
+    let (a, b) = (&a[done..], &b[done..]);
     let (a4, b4) = (a.chunks_exact(4), b.chunks_exact(4));
     let (a_rest, b_rest) = (a4.remainder(), b4.remainder());
     for (x, y) in a4.zip(b4) {
@@ -57,6 +61,64 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
+/// The four partial sums of [`dot`] over the first `n − n mod 8` values of two slices of
+/// length `n`, and that count. On hard-float Cortex-M (feature `cortex-m-dsp`) each
+/// iteration loads eight values of each slice with one `VLDM` and adds the eight products to
+/// the lanes with `VMLA.F32` (multiply, round, add, round: the same operations and order as
+/// the portable loop).
+#[cfg(all(target_arch = "arm", target_abi = "eabihf", feature = "cortex-m-dsp"))]
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32]) -> ([f32; 4], usize) {
+    let blocks = a.len().min(b.len()) / 8;
+    let mut lanes = [0.0f32; 4];
+    if blocks == 0 {
+        return (lanes, 0);
+    }
+    // SAFETY: the loop runs `blocks ≥ 1` times and reads 8 f32 (32 bytes) from each slice per
+    // iteration, so it reads `8·blocks ≤ len` values of each; the lanes are read from and
+    // written back to `lanes` (four f32). f32 data is word-aligned, as `VLDM` and `VSTM`
+    // require. Only the named registers and `lanes` are written (s0–s19 are declared
+    // clobbered, the pointers and the counter are discarded copies); no flags are read
+    // afterwards.
+    unsafe {
+        core::arch::asm!(
+            "vldmia {pl}, {{s16-s19}}",
+            "2:",
+            "vldmia {pa}!, {{s0-s7}}",
+            "vldmia {pb}!, {{s8-s15}}",
+            "vmla.f32 s16, s0, s8",
+            "vmla.f32 s17, s1, s9",
+            "vmla.f32 s18, s2, s10",
+            "vmla.f32 s19, s3, s11",
+            "vmla.f32 s16, s4, s12",
+            "vmla.f32 s17, s5, s13",
+            "vmla.f32 s18, s6, s14",
+            "vmla.f32 s19, s7, s15",
+            "subs {count}, {count}, #1",
+            "bne 2b",
+            "vstmia {pl}, {{s16-s19}}",
+            pa = inout(reg) a.as_ptr() => _,
+            pb = inout(reg) b.as_ptr() => _,
+            pl = in(reg) lanes.as_mut_ptr(),
+            count = inout(reg) blocks => _,
+            out("s0") _, out("s1") _, out("s2") _, out("s3") _,
+            out("s4") _, out("s5") _, out("s6") _, out("s7") _,
+            out("s8") _, out("s9") _, out("s10") _, out("s11") _,
+            out("s12") _, out("s13") _, out("s14") _, out("s15") _,
+            out("s16") _, out("s17") _, out("s18") _, out("s19") _,
+            options(nostack),
+        );
+    }
+    (lanes, 8 * blocks)
+}
+
+/// The portable [`dot`] starts with empty lanes.
+#[cfg(not(all(target_arch = "arm", target_abi = "eabihf", feature = "cortex-m-dsp")))]
+#[inline(always)]
+fn dot_lanes(_: &[f32], _: &[f32]) -> ([f32; 4], usize) {
+    ([0.0; 4], 0)
+}
+
 /// `Σᵢ a[i]·b[i]` of int8 values over the shorter slice, accumulated in i32 (wrapping; with
 /// at most 65,536 terms of at most 128² each, `|Σ| ≤ 2³⁰`, it cannot wrap). Integer addition is
 /// associative, so the Armv7E-M DSP path (feature `cortex-m-dsp`) gives the same result as
@@ -65,9 +127,10 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub(crate) fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
+    let (mut acc, done) = mac1x8(a, b);
+    let (a, b) = (&a[done..], &b[done..]);
     let (a4, b4) = (a.chunks_exact(4), b.chunks_exact(4));
     let (a_rest, b_rest) = (a4.remainder(), b4.remainder());
-    let mut acc = 0i32;
     for (x, y) in a4.zip(b4) {
         acc = mac4(acc, x, y);
     }
@@ -85,12 +148,8 @@ pub(crate) fn dot2_i8(a0: &[i8], a1: &[i8], w: &[i8]) -> (i32, i32) {
     {
         let n = a0.len().min(a1.len()).min(w.len());
         let (a0, a1, w) = (&a0[..n], &a1[..n], &w[..n]);
-        let (x4, y4, w4) = (a0.chunks_exact(4), a1.chunks_exact(4), w.chunks_exact(4));
-        let tail = n - w4.remainder().len();
-        let (mut acc0, mut acc1) = (0i32, 0i32);
-        for ((x, y), v) in x4.zip(y4).zip(w4) {
-            (acc0, acc1) = mac2x4((acc0, acc1), word(x), word(y), word(v));
-        }
+        let tail = n - n % 8;
+        let (acc0, acc1) = mac2x8(&a0[..tail], &a1[..tail], &w[..tail]);
         (
             acc0.wrapping_add(dot_i8(&a0[tail..], &w[tail..])),
             acc1.wrapping_add(dot_i8(&a1[tail..], &w[tail..])),
@@ -109,36 +168,131 @@ fn word(v: &[i8]) -> u32 {
     u32::from_le_bytes([v[0] as u8, v[1] as u8, v[2] as u8, v[3] as u8])
 }
 
-/// `(acc0 + x·w, acc1 + y·w)` over the four int8 values packed in each word.
+/// `(Σ x·w, Σ y·w)` over slices of one length that is a multiple of 8, eight values of each
+/// per iteration: each pair of words of `x` and `w` comes in with one `LDRD`, each word of `w`
+/// is sign-extended once (`SXTB16`, bytes 0 and 2, then 1 and 3) for both rows, and `SMLAD`
+/// multiplies and adds the halfword pairs. `LDRD` needs word-aligned addresses, so `x` and `w`
+/// that are not start with the portable loop (the same sums).
 #[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
 #[inline(always)]
-fn mac2x4((mut acc0, mut acc1): (i32, i32), x: u32, y: u32, w: u32) -> (i32, i32) {
-    // SAFETY: as in `mac4`: register-only DSP instructions that the `cortex-m-dsp` feature
-    // promises, touching only the named registers.
+fn mac2x8(x: &[i8], y: &[i8], w: &[i8]) -> (i32, i32) {
+    let n = w.len();
+    let (mut acc0, mut acc1) = (0i32, 0i32);
+    if n < 8 || x.len() != n || y.len() != n || !n.is_multiple_of(8) {
+        return (dot_i8(x, w), dot_i8(y, w));
+    }
+    if !(x.as_ptr().addr() | w.as_ptr().addr()).is_multiple_of(4) {
+        return (dot_i8(x, w), dot_i8(y, w));
+    }
+    // SAFETY: the loop runs n / 8 ≥ 1 times and each iteration reads 8 bytes from each of
+    // `x`, `y` and `w` (all of length n, checked above) at increasing addresses, so every load
+    // stays inside the slices. `LDRD` is only used on `x` and `w`, whose addresses were checked
+    // to be word-aligned (and stay so, advancing by 8); `y` is read with `LDR`, which accepts
+    // any address on the Cortex-M4 (CCR.UNALIGN_TRP = 0 at reset), as the compiler's own word
+    // loads assume. Only the named registers are written (the pointers and the counter are
+    // discarded copies); SMLAD may set the sticky Q flag, which Rust code never reads.
     unsafe {
         core::arch::asm!(
-            "sxtb16 {w0}, {w}",
-            "sxtb16 {w1}, {w}, ror #8",
-            "sxtb16 {t}, {x}",
-            "smlad {acc0}, {t}, {w0}, {acc0}",
-            "sxtb16 {t}, {x}, ror #8",
-            "smlad {acc0}, {t}, {w1}, {acc0}",
-            "sxtb16 {t}, {y}",
-            "smlad {acc1}, {t}, {w0}, {acc1}",
-            "sxtb16 {t}, {y}, ror #8",
-            "smlad {acc1}, {t}, {w1}, {acc1}",
-            x = in(reg) x,
-            y = in(reg) y,
-            w = in(reg) w,
-            w0 = out(reg) _,
-            w1 = out(reg) _,
-            t = out(reg) _,
+            "2:",
+            "ldrd {a}, {b}, [{pw}], #8",
+            "sxtb16 {w0}, {a}",
+            "sxtb16 {w1}, {a}, ror #8",
+            "ldrd {c}, {d}, [{px}], #8",
+            "sxtb16 {a}, {c}",
+            "smlad {acc0}, {a}, {w0}, {acc0}",
+            "sxtb16 {a}, {c}, ror #8",
+            "smlad {acc0}, {a}, {w1}, {acc0}",
+            "ldr {c}, [{py}], #4",
+            "sxtb16 {a}, {c}",
+            "smlad {acc1}, {a}, {w0}, {acc1}",
+            "sxtb16 {a}, {c}, ror #8",
+            "smlad {acc1}, {a}, {w1}, {acc1}",
+            "sxtb16 {w0}, {b}",
+            "sxtb16 {w1}, {b}, ror #8",
+            "sxtb16 {a}, {d}",
+            "smlad {acc0}, {a}, {w0}, {acc0}",
+            "sxtb16 {a}, {d}, ror #8",
+            "smlad {acc0}, {a}, {w1}, {acc0}",
+            "ldr {c}, [{py}], #4",
+            "sxtb16 {a}, {c}",
+            "smlad {acc1}, {a}, {w0}, {acc1}",
+            "sxtb16 {a}, {c}, ror #8",
+            "smlad {acc1}, {a}, {w1}, {acc1}",
+            "subs {count}, {count}, #1",
+            "bne 2b",
+            pw = inout(reg) w.as_ptr() => _,
+            px = inout(reg) x.as_ptr() => _,
+            py = inout(reg) y.as_ptr() => _,
+            count = inout(reg) n / 8 => _,
             acc0 = inout(reg) acc0,
             acc1 = inout(reg) acc1,
-            options(pure, nomem, nostack),
+            a = out(reg) _,
+            b = out(reg) _,
+            c = out(reg) _,
+            d = out(reg) _,
+            w0 = out(reg) _,
+            w1 = out(reg) _,
+            options(pure, readonly, nostack),
         );
     }
     (acc0, acc1)
+}
+
+/// `Σ x·y` over the first `n − n mod 8` values of two int8 slices of length `n` that start
+/// at word-aligned addresses, and that count (0 otherwise: `LDRD` needs aligned addresses):
+/// two words of each per iteration with one `LDRD` each, `SXTB16` and `SMLAD`.
+#[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
+#[inline(always)]
+fn mac1x8(x: &[i8], y: &[i8]) -> (i32, usize) {
+    let blocks = x.len().min(y.len()) / 8;
+    let mut acc = 0i32;
+    if blocks == 0 || !(x.as_ptr().addr() | y.as_ptr().addr()).is_multiple_of(4) {
+        return (acc, 0);
+    }
+    // SAFETY: the loop runs `blocks ≥ 1` times and reads 8 bytes of each slice per iteration,
+    // `8·blocks ≤ len` in all, from word-aligned addresses (checked above, advancing by 8), as
+    // `LDRD` requires. Only the named registers are written (the pointers and the counter are
+    // discarded copies); SMLAD may set the sticky Q flag, which Rust code never reads.
+    unsafe {
+        core::arch::asm!(
+            "2:",
+            "ldrd {a}, {b}, [{px}], #8",
+            "ldrd {c}, {d}, [{py}], #8",
+            "sxtb16 {t}, {a}",
+            "sxtb16 {u}, {c}",
+            "smlad {acc}, {t}, {u}, {acc}",
+            "sxtb16 {t}, {a}, ror #8",
+            "sxtb16 {u}, {c}, ror #8",
+            "smlad {acc}, {t}, {u}, {acc}",
+            "sxtb16 {t}, {b}",
+            "sxtb16 {u}, {d}",
+            "smlad {acc}, {t}, {u}, {acc}",
+            "sxtb16 {t}, {b}, ror #8",
+            "sxtb16 {u}, {d}, ror #8",
+            "smlad {acc}, {t}, {u}, {acc}",
+            "subs {count}, {count}, #1",
+            "bne 2b",
+            px = inout(reg) x.as_ptr() => _,
+            py = inout(reg) y.as_ptr() => _,
+            count = inout(reg) blocks => _,
+            acc = inout(reg) acc,
+            a = out(reg) _,
+            b = out(reg) _,
+            c = out(reg) _,
+            d = out(reg) _,
+            t = out(reg) _,
+            u = out(reg) _,
+            options(pure, readonly, nostack),
+        );
+    }
+    (acc, 8 * blocks)
+}
+
+/// The portable [`dot_i8`] starts from nothing.
+#[cfg(not(all(target_arch = "arm", feature = "cortex-m-dsp")))]
+#[inline(always)]
+fn mac1x8(_: &[i8], _: &[i8]) -> (i32, usize) {
+    (0, 0)
 }
 
 /// `acc + Σ x[i]·y[i]` over four int8 values.
@@ -219,16 +373,36 @@ pub(crate) fn matmul_into_columns(
         return Ok(());
     }
     for i in 0..m {
+        let a_row = &a[i * k..(i + 1) * k];
         let out = &mut c[i * ldc + offset..i * ldc + offset + n];
-        out.fill(0.0);
-        for (t, &weight) in a[i * k..(i + 1) * k].iter().enumerate() {
-            for (o, &v) in out.iter_mut().zip(&b[t * n..(t + 1) * n]) {
+        // Eight columns at a time are summed in registers, each in the order of `t` (the same
+        // sums as one column at a time).
+        let mut blocks = out.chunks_exact_mut(COLUMNS);
+        for (block, first) in blocks.by_ref().zip((0..).step_by(COLUMNS)) {
+            let mut acc = [0.0f32; COLUMNS];
+            for (&weight, b_row) in a_row.iter().zip(b.chunks_exact(n)) {
+                if let Some(v) = b_row[first..].first_chunk::<COLUMNS>() {
+                    for (o, &v) in acc.iter_mut().zip(v) {
+                        *o += weight * v;
+                    }
+                }
+            }
+            block.copy_from_slice(&acc);
+        }
+        let rest = blocks.into_remainder();
+        let first = n - rest.len();
+        rest.fill(0.0);
+        for (&weight, b_row) in a_row.iter().zip(b.chunks_exact(n)) {
+            for (o, &v) in rest.iter_mut().zip(&b_row[first..]) {
                 *o += weight * v;
             }
         }
     }
     Ok(())
 }
+
+/// Columns of [`matmul_into_columns`] accumulated together.
+const COLUMNS: usize = 8;
 
 #[cfg(test)]
 mod tests {

@@ -10,17 +10,38 @@ pub fn f16_bytes(v: f32) -> [u8; 2] {
 /// Quantises `row` into `out` (same length) as `q = round(v / s)` with `s = max|v| / 127`, so
 /// `q ∈ [−127, 127]` and `v ≈ q·s`; returns `s` (0 for an all-zero row, whose `q` are 0).
 pub fn quantize_row(row: &[f32], out: &mut [i8]) -> f32 {
-    let max = row.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+    // `m.max(|v|)` without the `fmaxf` call that `f32::max` becomes on Cortex-M: `m` starts at
+    // 0 and only grows, so it is never NaN, and a NaN `|v|` leaves it as `max` would.
+    let max = row.iter().fold(0.0f32, |m, &v| {
+        let a = v.abs();
+        if a > m { a } else { m }
+    });
     if max == 0.0 {
         out.fill(0);
         return 0.0;
     }
     let inverse = 127.0 / max;
     for (q, &v) in out.iter_mut().zip(row) {
-        // `as` saturates (and maps NaN to 0): no input can overflow.
-        *q = libm::roundf(v * inverse) as i8;
+        *q = round_to_i8(v * inverse);
     }
     max / 127.0
+}
+
+/// `roundf(y) as i8`: `y` rounded half away from zero, saturated to the i8 range, NaN to 0,
+/// without the library call. `y as i32` truncates (saturating, NaN to 0) and `y − t` is exact
+/// for `|y| < 2²³` (above, `y` is already an integer and the fraction is 0).
+#[inline(always)]
+fn round_to_i8(y: f32) -> i8 {
+    let t = y as i32;
+    let fraction = y - t as f32;
+    let rounded = if fraction >= 0.5 {
+        t.saturating_add(1)
+    } else if fraction <= -0.5 {
+        t.saturating_sub(1)
+    } else {
+        t
+    };
+    rounded.clamp(i32::from(i8::MIN), i32::from(i8::MAX)) as i8
 }
 
 /// Quantises each `cols`-wide row of `x` into `out` and its scale into `scales`, for as many
@@ -53,10 +74,45 @@ mod tests {
         }
         assert_eq!(quantize_row(&[0.0; 3], &mut q[..3]), 0.0);
         assert_eq!(&q[..3], &[0, 0, 0]);
+        // A NaN is skipped by the maximum (as `f32::max` does) and quantises to 0.
+        assert_eq!(
+            quantize_row(&[f32::NAN, 2.0, -1.0], &mut q[..3]),
+            2.0 / 127.0
+        );
+        assert_eq!(&q[..3], &[0, 127, -64]);
         let mut scales = [0.0f32; 2];
         let mut out = [0i8; 4];
         quantize_rows(&[1.0, -2.0, 0.0, 4.0], 2, &mut out, &mut scales);
         assert_eq!(out, [64, -127, 0, 127]);
         assert_eq!(scales, [2.0 / 127.0, 4.0 / 127.0]);
+    }
+
+    #[test]
+    fn rounding_matches_roundf() {
+        let special = [
+            0.5f32,
+            -0.5,
+            1.5,
+            -2.5,
+            0.499_999_97,
+            -0.499_999_97,
+            126.5,
+            127.49,
+            127.5,
+            -128.5,
+            -129.0,
+            1e9,
+            -1e9,
+            3e38,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            8_388_609.0,
+            -0.0,
+        ];
+        let sweep = (-140_000..140_000).map(|i| i as f32 * 0.001_031);
+        for y in special.into_iter().chain(sweep) {
+            assert_eq!(round_to_i8(y), libm::roundf(y) as i8, "{y}");
+        }
     }
 }
