@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::hf_config::read_config;
 use crate::inference::fetch;
 use crate::model_dir::{load_model_dir, take_weights};
-use crate::tensor::{HostTensor, TensorData, int_matrix};
+use crate::tensor::{HostTensor, TensorData, int_matrix, int_tensor};
 
 /// Reads several `[B, S]` integer tensors that must share one shape.
 fn int_matrices<const N: usize>(
@@ -298,21 +298,9 @@ fn int_steps<const K: usize>(
     let mut shape: Option<(usize, usize)> = None;
     let mut out: [Vec<i64>; K] = std::array::from_fn(|_| Vec::new());
     for (slot, name) in out.iter_mut().zip(names) {
-        let tensor = tensors
-            .get(name)
-            .ok_or_else(|| Error::format(path, format!("no `{name}` tensor")))?;
-        let bad = |reason: String| Error::BadTensor {
-            path: path.to_path_buf(),
-            name: name.into(),
-            reason,
-        };
-        let values = tensor.as_int().ok_or_else(|| {
-            bad(format!(
-                "dtype {} is not an integer type (expected I64 or I32)",
-                tensor.stored_as
-            ))
-        })?;
-        let (b, s) = match tensor.shape.as_slice() {
+        let tensor = int_tensor(tensors, name, path)?;
+        let bad = |reason| tensor.bad(reason);
+        let (b, s) = match tensor.shape {
             [n, b, s] if *n == steps => (*b, *s),
             [n, _, _] => {
                 return Err(bad(format!(
@@ -335,7 +323,7 @@ fn int_steps<const K: usize>(
             }
             Some(_) => {}
         }
-        *slot = values.to_vec();
+        *slot = tensor.values.to_vec();
     }
     let (b, s) = shape.unwrap_or((0, 0));
     Ok((out, b, s))

@@ -58,28 +58,60 @@ impl HostTensor {
     }
 }
 
+/// An integer tensor of an inputs file, as [`int_tensor`] reads it.
+pub struct IntTensor<'t> {
+    /// Its values, row-major.
+    pub values: &'t [i64],
+    /// Its shape.
+    pub shape: &'t [usize],
+    path: &'t Path,
+    name: &'t str,
+}
+
+impl IntTensor<'_> {
+    /// The error saying what is wrong with this tensor.
+    pub fn bad(&self, reason: String) -> Error {
+        Error::BadTensor {
+            path: self.path.to_path_buf(),
+            name: self.name.into(),
+            reason,
+        }
+    }
+}
+
+/// The integer tensor `name` of an inputs file at `path`.
+pub fn int_tensor<'t>(
+    tensors: &'t TensorMap,
+    name: &'t str,
+    path: &'t Path,
+) -> Result<IntTensor<'t>> {
+    let tensor = tensors
+        .get(name)
+        .ok_or_else(|| Error::format(path, format!("no `{name}` tensor")))?;
+    let mut found = IntTensor {
+        values: &[],
+        shape: &tensor.shape,
+        path,
+        name,
+    };
+    found.values = tensor.as_int().ok_or_else(|| {
+        found.bad(format!(
+            "dtype {} is not an integer type (expected I64 or I32)",
+            tensor.stored_as
+        ))
+    })?;
+    Ok(found)
+}
+
 /// Reads a `[B, S]` integer tensor named `name` from an inputs file.
 pub fn int_matrix(
     tensors: &TensorMap,
     name: &str,
     path: &Path,
 ) -> Result<(Vec<i64>, usize, usize)> {
-    let tensor = tensors
-        .get(name)
-        .ok_or_else(|| Error::format(path, format!("no `{name}` tensor")))?;
-    let bad = |reason: String| Error::BadTensor {
-        path: path.to_path_buf(),
-        name: name.into(),
-        reason,
-    };
-    let values = tensor.as_int().ok_or_else(|| {
-        bad(format!(
-            "dtype {} is not an integer type (expected I64 or I32)",
-            tensor.stored_as
-        ))
-    })?;
-    match tensor.shape.as_slice() {
-        [b, s] => Ok((values.to_vec(), *b, *s)),
-        other => Err(bad(format!("shape {other:?} is not [batch, sequence]"))),
+    let tensor = int_tensor(tensors, name, path)?;
+    match tensor.shape {
+        [b, s] => Ok((tensor.values.to_vec(), *b, *s)),
+        other => Err(tensor.bad(format!("shape {other:?} is not [batch, sequence]"))),
     }
 }
