@@ -5,8 +5,11 @@
 //! for any thread count and SIMD level. The narrower formats change only the products of the
 //! `Linear` layers (projections, feed-forward, heads' dense layers): their weights are
 //! converted once ([`ParamStore::pack`](crate::model::ParamStore::pack)), activations are
-//! rounded at the product's input, and products accumulate in f32; everything else (layer
-//! norm, softmax, GELU, attention scores, losses) stays in f32.
+//! rounded (bf16) or quantised per row (int8) at the product's input, and products accumulate
+//! in f32 (bf16) or exactly in i32 (int8); everything else (embeddings, layer norm, softmax,
+//! GELU, attention scores, the tied MLM decoder, losses) stays in f32. Both narrower paths give
+//! the same bits for any thread count, and at every SIMD level (bf16: unless a partial sum
+//! falls below 2⁻¹²⁶; see [`kernels::linear_packed`](crate::kernels::linear_packed)).
 
 /// The number format of the `Linear` products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -17,17 +20,22 @@ pub enum Precision {
     /// bfloat16 weights and activations at the products' inputs, f32 accumulation
     /// (`vdpbf16ps` with AVX-512 BF16, the same products through f32 registers without it).
     Bf16,
+    /// int8 weights (one scale per output channel) and activations (one scale per row,
+    /// computed on the fly), exact i32 sums (`vpdpbusd` with AVX-512 VNNI, a portable loop
+    /// compiled for AVX2 and AVX-512F without it): inference of the discriminator.
+    Int8,
 }
 
 impl Precision {
     /// Every precision, in the order the CLI lists them.
-    pub const ALL: [Precision; 2] = [Precision::F32, Precision::Bf16];
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Bf16, Precision::Int8];
 
-    /// The name the CLI uses: `f32`, `bf16`.
+    /// The name the CLI uses: `f32`, `bf16`, `int8`.
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
         }
     }
 

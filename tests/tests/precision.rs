@@ -8,7 +8,8 @@
 //! operand, compounded through the layers). Relative positions must be equal, and every
 //! tensor computed from a product must differ somewhere (the bf16 path really ran; the
 //! embeddings have no product unless the model projects them, as `v2style` does). Measured
-//! worst: 3.1e-3 (`v2style`, `last_hidden_state` and `mlm_logits`).
+//! worst: 3.1e-3 (`v2style`, `last_hidden_state` and `mlm_logits`). int8: the same check
+//! with `INT8_REL`; measured worst 1.4e-2 (`p2c-only` and `v2style` `mlm_logits`).
 
 use deberta_core::model::{AttentionProbs, HostBatch};
 use deberta_core::{CpuBackend, Precision};
@@ -21,6 +22,8 @@ use deberta_tests::{
 
 /// Worst `|bf16 − f32|` of a tensor, as a fraction of its largest `|f32|`.
 const BF16_REL: f64 = 1e-2;
+/// The same for int8 (per-channel weight and per-row activation scales: 127 steps).
+const INT8_REL: f64 = 5e-2;
 
 /// Every forward output of fixture `set` at `precision` (every attention fused, as
 /// `deberta forward` runs) and the fixture's inputs.
@@ -46,12 +49,13 @@ fn outputs(set: &str, precision: Precision) -> (TensorMap, TensorMap) {
     (outputs, inputs)
 }
 
-#[test]
-fn bf16_forward_stays_within_its_bound_of_f32_on_every_fixture() {
+/// Checks every output of every fixture at `precision` against f32 (relative bound `bound`).
+fn stays_within_bound_of_f32(precision: Precision, bound: f64) {
+    let p = precision.name();
     let mut failures = Vec::new();
     for set in MODEL_FIXTURES {
         let (reference, inputs) = outputs(set, Precision::F32);
-        let (ours, _) = outputs(set, Precision::Bf16);
+        let (ours, _) = outputs(set, precision);
         let valid = ints(&inputs, "valid_mask");
         let shape = &inputs["input_ids"].shape;
         let (b, s) = (shape[0], shape[1]);
@@ -74,24 +78,34 @@ fn bf16_forward_stays_within_its_bound_of_f32_on_every_fixture() {
             };
             let relative = worst / scale.max(f64::MIN_POSITIVE);
             println!(
-                "{set:>9} {name:<20} max |bf16 - f32| {worst:.3e} = {relative:.3e} x max |f32| ({scale:.3})"
+                "{set:>9} {name:<20} max |{p} - f32| {worst:.3e} = {relative:.3e} x max |f32| ({scale:.3})"
             );
             if name == "rel_pos" {
                 if worst != 0.0 {
                     failures.push(format!("{set}/{name}: relative positions differ"));
                 }
-            } else if relative > BF16_REL {
-                failures.push(format!("{set}/{name}: {relative:.3e} > {BF16_REL:.0e}"));
+            } else if relative > bound {
+                failures.push(format!("{set}/{name}: {relative:.3e} > {bound:.0e}"));
             } else if worst == 0.0
                 && !matches!(name.as_str(), "embedding_output" | "hidden_states.0")
             {
                 failures.push(format!(
-                    "{set}/{name}: identical to f32 (bf16 path not taken?)"
+                    "{set}/{name}: identical to f32 ({p} path not taken?)"
                 ));
             }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn bf16_forward_stays_within_its_bound_of_f32_on_every_fixture() {
+    stays_within_bound_of_f32(Precision::Bf16, BF16_REL);
+}
+
+#[test]
+fn int8_forward_stays_within_its_bound_of_f32_on_every_fixture() {
+    stays_within_bound_of_f32(Precision::Int8, INT8_REL);
 }
 
 #[test]

@@ -10,13 +10,25 @@
 //! AVX-512 BF16 get the same numbers by widening the pairs to f32 in registers and adding in
 //! the same order. Subnormal bf16 values are flushed to zero at conversion (the instruction
 //! treats them as zero), so the two paths agree bit for bit unless a partial sum itself falls
-//! below 2⁻¹²⁶ (which `vdpbf16ps` flushes). The result of an element depends on nothing but
-//! its row and column, never on how rows are split between threads.
+//! below 2⁻¹²⁶ (which `vdpbf16ps` flushes).
+//!
+//! **int8.** The weight is quantised once per output channel (row of `W`) and each
+//! activation row dynamically per row, both by the edge format's symmetric scheme
+//! ([`quantize_row`]: `q = round(v·127 / max|v|)`); the weight is stored as four int8 values
+//! per 32-bit word in the same panels, the operand layout of AVX-512 VNNI's `vpdpbusd`
+//! (unsigned × signed bytes: activations are offset by 128 and `128·Σ w` is subtracted
+//! after). Sums are exact in i32 on every path (`vpdpbusd`, or the portable loop compiled for
+//! AVX2 and AVX-512F), and the output is `Σ q_x·q_w as f32 · (s_x · s_w)` as the edge runtime
+//! computes it.
+//!
+//! The result of an element depends on nothing but its row and column, never on how rows are
+//! split between threads.
 
 use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::Error;
+use crate::edge::quant::quantize_row;
 use crate::precision::Precision;
 use crate::simd::multiversion;
 
@@ -34,8 +46,21 @@ const TILE_COLS: usize = TILE_PANELS * PANEL;
 pub struct PackedWeight {
     output: usize,
     input: usize,
-    /// bf16 pairs: `panels · pairs · PANEL` words (zero-padded columns and inner element).
-    bf16: Vec<u32>,
+    format: Format,
+}
+
+/// The stored numbers of a [`PackedWeight`]: `panels · groups · PANEL` words, a group being
+/// two bf16 or four int8 values along the inner dimension (zero-padded columns and groups).
+#[derive(Debug, Clone, PartialEq)]
+enum Format {
+    /// bf16 pairs.
+    Bf16(Vec<u32>),
+    /// int8 quads with one scale and the sum of the int8 values per output channel.
+    Int8 {
+        words: Vec<u32>,
+        scales: Vec<f32>,
+        sums: Vec<i32>,
+    },
 }
 
 /// The bf16 bits of `v` rounded to nearest even; NaN stays NaN, subnormals become ±0.
@@ -84,19 +109,45 @@ impl PackedWeight {
             }),
             Precision::Bf16 => {
                 let pairs = input.div_ceil(2);
-                let panels = output.div_ceil(PANEL);
-                let mut bf16 = vec![0u32; panels * pairs * PANEL];
+                let mut words = vec![0u32; output.div_ceil(PANEL) * pairs * PANEL];
                 for (col, row) in w[..needed].chunks_exact(input.max(1)).enumerate() {
                     let (panel, lane) = (col / PANEL, col % PANEL);
                     for (kk, two) in row.chunks(2).enumerate() {
                         let hi = two.get(1).copied().unwrap_or(0.0);
-                        bf16[(panel * pairs + kk) * PANEL + lane] = pair(two[0], hi);
+                        words[(panel * pairs + kk) * PANEL + lane] = pair(two[0], hi);
                     }
                 }
                 Ok(PackedWeight {
                     output,
                     input,
-                    bf16,
+                    format: Format::Bf16(words),
+                })
+            }
+            Precision::Int8 => {
+                let quads = input.div_ceil(4);
+                let mut words = vec![0u32; output.div_ceil(PANEL) * quads * PANEL];
+                let (mut scales, mut sums) = (vec![0.0; output], vec![0; output]);
+                let mut q = vec![0i8; input];
+                for (col, row) in w[..needed].chunks_exact(input.max(1)).enumerate() {
+                    scales[col] = quantize_row(row, &mut q);
+                    sums[col] = q.iter().map(|&v| i32::from(v)).sum();
+                    let (panel, lane) = (col / PANEL, col % PANEL);
+                    for (kq, four) in q.chunks(4).enumerate() {
+                        let mut bytes = [0u8; 4];
+                        for (b, &v) in bytes.iter_mut().zip(four) {
+                            *b = v as u8;
+                        }
+                        words[(panel * quads + kq) * PANEL + lane] = u32::from_le_bytes(bytes);
+                    }
+                }
+                Ok(PackedWeight {
+                    output,
+                    input,
+                    format: Format::Int8 {
+                        words,
+                        scales,
+                        sums,
+                    },
                 })
             }
         }
@@ -114,12 +165,18 @@ impl PackedWeight {
 
     /// The number format.
     pub fn precision(&self) -> Precision {
-        Precision::Bf16
+        match self.format {
+            Format::Bf16(_) => Precision::Bf16,
+            Format::Int8 { .. } => Precision::Int8,
+        }
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.bf16.len() * 4
+        match &self.format {
+            Format::Bf16(words) => words.len() * 4,
+            Format::Int8 { words, scales, .. } => words.len() * 4 + scales.len() * 8,
+        }
     }
 }
 
@@ -166,39 +223,112 @@ pub(crate) fn linear_packed_rows(x: &[f32], w: &PackedWeight, out: &mut [f32]) {
         return;
     }
     let rows = out.len() / w.output;
-    let pairs = w.input.div_ceil(2);
-    // The rows' activations as bf16 pairs, padded to whole micro-tiles with zero rows.
     let tiles = rows.div_ceil(TILE_ROWS);
-    let mut a = vec![0u32; tiles * TILE_ROWS * pairs];
-    if w.input > 0 {
-        pack_rows(x, w.input, &mut a[..rows * pairs]);
+    match &w.format {
+        Format::Bf16(words) => {
+            let pairs = w.input.div_ceil(2);
+            // The rows' activations as bf16 pairs, padded to whole micro-tiles with zero rows.
+            let mut a = vec![0u32; tiles * TILE_ROWS * pairs];
+            if w.input > 0 {
+                pack_rows(x, w.input, &mut a[..rows * pairs]);
+            }
+            let hardware = bf16_hardware();
+            for_each_tile(
+                w,
+                words,
+                (&a, rows, pairs),
+                |a_tile, b, np, tile: &mut [[f32; TILE_COLS]; TILE_ROWS]| {
+                    if hardware {
+                        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+                        // SAFETY: `bf16_hardware` checked AVX-512F and AVX-512 BF16 at run time.
+                        unsafe {
+                            match np {
+                                1 => tile_avx512_bf16::<1>(a_tile, pairs, b, tile),
+                                2 => tile_avx512_bf16::<2>(a_tile, pairs, b, tile),
+                                3 => tile_avx512_bf16::<3>(a_tile, pairs, b, tile),
+                                _ => tile_avx512_bf16::<4>(a_tile, pairs, b, tile),
+                            }
+                        }
+                    } else {
+                        tile_widened(a_tile, pairs, b, np, tile);
+                    }
+                },
+                |r, c, values| out[r * w.output + c..][..values.len()].copy_from_slice(values),
+            );
+        }
+        Format::Int8 {
+            words,
+            scales,
+            sums,
+        } => {
+            let quads = w.input.div_ceil(4);
+            // Each row quantised with its own scale, as unsigned bytes `q + 128`.
+            let mut a = vec![0u32; tiles * TILE_ROWS * quads];
+            let mut row_scales = vec![0.0f32; rows];
+            if w.input > 0 {
+                quantize_offset_rows(x, w.input, &mut a, &mut row_scales);
+            }
+            let hardware = vnni_hardware();
+            for_each_tile(
+                w,
+                words,
+                (&a, rows, quads),
+                |a_tile, b, np, tile: &mut [[i32; TILE_COLS]; TILE_ROWS]| {
+                    if hardware {
+                        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+                        // SAFETY: `vnni_hardware` checked AVX-512F and AVX-512 VNNI at run time.
+                        unsafe {
+                            match np {
+                                1 => tile_avx512_vnni::<1>(a_tile, quads, b, tile),
+                                2 => tile_avx512_vnni::<2>(a_tile, quads, b, tile),
+                                3 => tile_avx512_vnni::<3>(a_tile, quads, b, tile),
+                                _ => tile_avx512_vnni::<4>(a_tile, quads, b, tile),
+                            }
+                        }
+                    } else {
+                        tile_int32(a_tile, quads, b, np, tile);
+                    }
+                },
+                |r, c, acc| {
+                    let out = &mut out[r * w.output + c..][..acc.len()];
+                    let columns = sums[c..].iter().zip(&scales[c..]);
+                    for ((o, &acc), (&sum, &scale)) in out.iter_mut().zip(acc).zip(columns) {
+                        let dot = acc.wrapping_sub(sum.wrapping_mul(128));
+                        *o = dot as f32 * (row_scales[r] * scale);
+                    }
+                },
+            );
+        }
     }
+}
+
+/// Runs `kernel(a_tile, b_strip, panels, tile)` over every micro-tile of the product (strips
+/// of up to [`TILE_PANELS`] panels, then tiles of [`TILE_ROWS`] rows of `a`, `groups` words per
+/// row, padded past `rows` to whole tiles) and hands each valid row of the tile to
+/// `store(row, first column, values)`.
+fn for_each_tile<T: Copy + Default>(
+    w: &PackedWeight,
+    words: &[u32],
+    (a, rows, groups): (&[u32], usize, usize),
+    mut kernel: impl FnMut(&[u32], &[u32], usize, &mut [[T; TILE_COLS]; TILE_ROWS]),
+    mut store: impl FnMut(usize, usize, &[T]),
+) {
     let panels = w.output.div_ceil(PANEL);
-    let hardware = bf16_hardware();
-    let mut tile = [[0.0f32; TILE_COLS]; TILE_ROWS];
+    let mut tile = [[T::default(); TILE_COLS]; TILE_ROWS];
     for strip in (0..panels).step_by(TILE_PANELS) {
         let np = (panels - strip).min(TILE_PANELS);
-        let b = &w.bf16[strip * pairs * PANEL..][..np * pairs * PANEL];
+        let b = &words[strip * groups * PANEL..][..np * groups * PANEL];
         let (col0, cols) = (strip * PANEL, (w.output - strip * PANEL).min(TILE_COLS));
-        for t in 0..tiles {
-            let a_tile = &a[t * TILE_ROWS * pairs..][..TILE_ROWS * pairs];
-            if hardware {
-                #[cfg(all(feature = "std", target_arch = "x86_64"))]
-                // SAFETY: `bf16_hardware` checked AVX-512F and AVX-512 BF16 at run time.
-                unsafe {
-                    match np {
-                        1 => tile_avx512_bf16::<1>(a_tile, pairs, b, &mut tile),
-                        2 => tile_avx512_bf16::<2>(a_tile, pairs, b, &mut tile),
-                        3 => tile_avx512_bf16::<3>(a_tile, pairs, b, &mut tile),
-                        _ => tile_avx512_bf16::<4>(a_tile, pairs, b, &mut tile),
-                    }
-                }
-            } else {
-                tile_widened(a_tile, pairs, b, np, &mut tile);
-            }
+        for t in 0..rows.div_ceil(TILE_ROWS) {
+            kernel(
+                &a[t * TILE_ROWS * groups..][..TILE_ROWS * groups],
+                b,
+                np,
+                &mut tile,
+            );
             let first = t * TILE_ROWS;
-            for (r, values) in tile.iter().enumerate().take(rows.saturating_sub(first)) {
-                out[(first + r) * w.output + col0..][..cols].copy_from_slice(&values[..cols]);
+            for (r, values) in tile.iter().enumerate().take(rows - first) {
+                store(first + r, col0, &values[..cols]);
             }
         }
     }
@@ -249,6 +379,120 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// Quantises each `input`-wide row of `x` ([`quantize_row`]) into `scales` and `words`
+    /// (`input.div_ceil(4)` per row): unsigned bytes `q + 128`, four per word, the last word
+    /// padded with 128 (whose weights are zero).
+    fn quantize_offset_rows(x: &[f32], input: usize, words: &mut [u32], scales: &mut [f32]) {
+        let quads = input.div_ceil(4);
+        let mut q = vec![0i8; quads * 4];
+        for ((row, scale), words) in x
+            .chunks_exact(input)
+            .zip(scales.iter_mut())
+            .zip(words.chunks_exact_mut(quads))
+        {
+            *scale = quantize_row(row, &mut q[..input]);
+            for (word, four) in words.iter_mut().zip(q.chunks_exact(4)) {
+                let bytes = [four[0], four[1], four[2], four[3]].map(|v| (v as u8) ^ 0x80);
+                *word = u32::from_le_bytes(bytes);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// One int8 micro-tile without VNNI: the same exact i32 sums (unsigned activation byte ×
+    /// signed weight byte), widened in registers.
+    fn tile_int32(
+        a: &[u32],
+        quads: usize,
+        b: &[u32],
+        np: usize,
+        tile: &mut [[i32; TILE_COLS]; TILE_ROWS],
+    ) {
+        for (r, out) in tile.iter_mut().enumerate() {
+            let a_row = &a[r * quads..][..quads];
+            for p in 0..np {
+                let panel = &b[p * quads * PANEL..][..quads * PANEL];
+                let mut acc = [0i32; PANEL];
+                for (&word, lanes) in a_row.iter().zip(panel.chunks_exact(PANEL)) {
+                    let x = word.to_le_bytes().map(i32::from);
+                    for (acc, &w) in acc.iter_mut().zip(lanes) {
+                        let w = w.to_le_bytes().map(|v| i32::from(v as i8));
+                        *acc += x[0] * w[0] + x[1] * w[1] + x[2] * w[2] + x[3] * w[3];
+                    }
+                }
+                out[p * PANEL..][..PANEL].copy_from_slice(&acc);
+            }
+        }
+    }
+}
+
+/// Whether the int8 products run on `vpdpbusd` (AVX-512 VNNI, within the `DEBERTA_CPU_SIMD`
+/// cap) rather than the portable integer loop.
+pub fn vnni_hardware() -> bool {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    {
+        crate::simd::simd_level() == crate::simd::SimdLevel::Avx512
+            && std::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+    {
+        false
+    }
+}
+
+/// The kernel the products at `precision` run on with this CPU and `DEBERTA_CPU_SIMD` cap:
+/// `avx512_bf16` or `f32-widened` (bf16), `avx512_vnni` or `int32-widened` (int8); `None` for
+/// f32 (sgemm).
+pub fn packed_kernel_name(precision: Precision) -> Option<&'static str> {
+    match precision {
+        Precision::F32 => None,
+        Precision::Bf16 if bf16_hardware() => Some("avx512_bf16"),
+        Precision::Bf16 => Some("f32-widened"),
+        Precision::Int8 if vnni_hardware() => Some("avx512_vnni"),
+        Precision::Int8 => Some("int32-widened"),
+    }
+}
+
+/// One int8 micro-tile (`TILE_ROWS` rows × `NP` panels) on `vpdpbusd`.
+///
+/// # Safety
+///
+/// The CPU must support AVX-512F and AVX-512 VNNI.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn tile_avx512_vnni<const NP: usize>(
+    a: &[u32],
+    quads: usize,
+    b: &[u32],
+    tile: &mut [[i32; TILE_COLS]; TILE_ROWS],
+) {
+    use core::arch::x86_64::*;
+    assert!(a.len() >= TILE_ROWS * quads && b.len() >= NP * quads * PANEL);
+    let mut acc = [[_mm512_setzero_si512(); NP]; TILE_ROWS];
+    for kq in 0..quads {
+        let mut w = [_mm512_setzero_si512(); NP];
+        for (p, w) in w.iter_mut().enumerate() {
+            // SAFETY: `(p·quads + kq)·16 + 16 ≤ NP·quads·16 ≤ b.len()` (asserted above).
+            *w = unsafe { _mm512_loadu_si512(b.as_ptr().add((p * quads + kq) * PANEL).cast()) };
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: `r·quads + kq < TILE_ROWS·quads ≤ a.len()` (asserted above).
+            let x = _mm512_set1_epi32(unsafe { *a.get_unchecked(r * quads + kq) } as i32);
+            for (acc, &w) in acc.iter_mut().zip(&w) {
+                *acc = _mm512_dpbusd_epi32(*acc, x, w);
+            }
+        }
+    }
+    for (out, acc) in tile.iter_mut().zip(&acc) {
+        for (p, &v) in acc.iter().enumerate() {
+            // SAFETY: `p·16 + 16 ≤ NP·16 ≤ TILE_COLS`: inside the row.
+            unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(p * PANEL).cast(), v) };
+        }
+    }
+}
+
 /// Whether the bf16 products run on `vdpbf16ps` (AVX-512 BF16, within the
 /// `DEBERTA_CPU_SIMD` cap) rather than widened to f32.
 pub fn bf16_hardware() -> bool {
@@ -260,15 +504,6 @@ pub fn bf16_hardware() -> bool {
     #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
     {
         false
-    }
-}
-
-/// How the bf16 products run on this CPU: `avx512_bf16` or `f32-widened`.
-pub fn bf16_kernel_name() -> &'static str {
-    if bf16_hardware() {
-        "avx512_bf16"
-    } else {
-        "f32-widened"
     }
 }
 
@@ -413,6 +648,91 @@ mod tests {
                 // Two roundings of relative size 2⁻⁹ per product, plus f32 accumulation.
                 let err = (f64::from(out[r * output + c]) - exact).abs();
                 assert!(err <= bound * (2.0 / 512.0 + 1e-5), "{err} > bound {bound}");
+            }
+        }
+    }
+
+    /// The int8 product from the edge format's quantisation, in i64, element by element.
+    fn int8_reference(x: &[f32], w: &[f32], rows: usize, input: usize, output: usize) -> Vec<f32> {
+        let quantize = |v: &[f32]| {
+            let mut q = vec![0i8; v.len()];
+            let s = quantize_row(v, &mut q);
+            (q, s)
+        };
+        let weights: Vec<_> = w.chunks_exact(input).map(quantize).collect();
+        let mut out = vec![0.0f32; rows * output];
+        for (r, row) in x.chunks_exact(input).enumerate() {
+            let (qx, sx) = quantize(row);
+            for (c, (qw, sw)) in weights.iter().enumerate() {
+                let dot: i64 = qx
+                    .iter()
+                    .zip(qw)
+                    .map(|(&a, &b)| i64::from(a) * i64::from(b))
+                    .sum();
+                out[r * output + c] = dot as i32 as f32 * (sx * sw);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn int8_products_match_the_edge_scheme_bit_for_bit_on_every_path() {
+        for [rows, input, output] in [[1, 1, 1], [7, 33, 17], [13, 384, 100], [6, 64, 64]] {
+            let mut x = fill(rows * input, 5);
+            // A row of zeros (scale 0) and one with a single large value.
+            x[..input].fill(0.0);
+            if rows > 1 {
+                x[input] = 40.0;
+            }
+            let wt = fill(output * input, 6);
+            let w = PackedWeight::new(&wt, output, input, Precision::Int8).unwrap();
+            assert_eq!(w.precision(), Precision::Int8);
+            let expected = int8_reference(&x, &wt, rows, input, output);
+            let levels = [
+                None,
+                Some(crate::simd::SimdLevel::Avx2),
+                Some(crate::simd::SimdLevel::Baseline),
+            ];
+            for level in levels {
+                crate::simd::set_max_simd_level(level);
+                let mut out = vec![f32::NAN; rows * output];
+                linear_packed(&x, &w, &mut out, rows).unwrap();
+                crate::simd::set_max_simd_level(None);
+                for (i, (a, b)) in out.iter().zip(&expected).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{rows}x{input}x{output} at {level:?}, element {i}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn int8_error_against_f32_is_within_the_quantisation_bound() {
+        let (rows, input, output) = (9, 256, 40);
+        let x = fill(rows * input, 7);
+        let wt = fill(output * input, 8);
+        let w = PackedWeight::new(&wt, output, input, Precision::Int8).unwrap();
+        let mut out = vec![0.0; rows * output];
+        linear_packed(&x, &w, &mut out, rows).unwrap();
+        let max = |v: &[f32]| v.iter().fold(0.0f32, |m, &a| m.max(a.abs()));
+        for r in 0..rows {
+            let xr = &x[r * input..][..input];
+            for c in 0..output {
+                let wc = &wt[c * input..][..input];
+                let exact: f64 = xr
+                    .iter()
+                    .zip(wc)
+                    .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                    .sum();
+                // |x·w − x̂·ŵ| ≤ Σ |x|·|ŵ − w| + |x̂ − x|·|ŵ| with half a step of error each.
+                let (sx, sw) = (f64::from(max(xr)) / 127.0, f64::from(max(wc)) / 127.0);
+                let l1 = |v: &[f32]| v.iter().map(|&a| f64::from(a.abs())).sum::<f64>();
+                let bound = 0.5 * sw * l1(xr) + 0.5 * sx * (l1(wc) + 0.5 * sw * input as f64);
+                let err = (f64::from(out[r * output + c]) - exact).abs();
+                assert!(err <= bound + 1e-6, "{err} > {bound}");
             }
         }
     }

@@ -213,11 +213,8 @@ fn report(
     };
     // The CPU backend's kernels run at this instruction-set level (DEBERTA_CPU_SIMD caps it).
     let simd = (backend == "cpu").then(|| deberta_core::simd::simd_level().name());
-    // Narrower products name their kernel (`avx512_bf16`, or widened to f32 without it).
-    let kernel = match precision {
-        Precision::F32 => None,
-        Precision::Bf16 => Some(deberta_core::kernels::bf16_kernel_name()),
-    };
+    // Narrower products name their kernel (`avx512_bf16`, `avx512_vnni`, or a widened loop).
+    let kernel = deberta_core::kernels::packed_kernel_name(precision);
     println!(
         "{bench} {} batch {} seq {} on {backend}, {} products{}{} ({threads} CPU threads{}): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {tokens_per_s:.0} tokens/s{}{}",
         args.shape,

@@ -87,9 +87,11 @@ pub fn run() -> Result<()> {
 #[derive(Debug, Clone, Args)]
 pub struct PrecisionArgs {
     /// Number format of the Linear products (projections, feed-forward, head layers) on the
-    /// CPU backend: f32 (the reference: bit-identical for any thread count and SIMD level) or
+    /// CPU backend: f32 (the reference: bit-identical for any thread count and SIMD level),
     /// bf16 (weights converted once, activations rounded at each product, f32 accumulation;
-    /// AVX-512 BF16 when the CPU has it). Everything else stays f32.
+    /// AVX-512 BF16 when the CPU has it) or int8 (weights quantised once per output channel,
+    /// activations per row, exact integer sums; AVX-512 VNNI when the CPU has it). Everything
+    /// else stays f32.
     #[arg(
         long,
         default_value = "f32",
