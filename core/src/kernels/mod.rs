@@ -44,8 +44,8 @@ pub use optimizer::{AdamConstants, AdamSpec, adam_update, clip_coefficient, sum_
 pub(crate) use packed::linear_packed_rows;
 #[cfg(feature = "alloc")]
 pub use packed::{
-    PANEL, PackedWeight, bf16_hardware, check_linear_packed, linear_packed, packed_kernel_name,
-    round_bf16, vnni_hardware,
+    Bf16Instructions, PANEL, PackedWeight, check_linear_packed, linear_packed, packed_kernel_name,
+    round_bf16, set_bf16_instructions, vnni_hardware,
 };
 pub use relative_scores::{RelativeScoresSpec, add_relative_scores, relative_scores_backward};
 pub use sampling::{check_sample_categorical, sample_categorical};
