@@ -8,8 +8,8 @@
 //! rounded (bf16) or quantised per row (int8) at the product's input, and products accumulate
 //! in f32 (bf16) or exactly in i32 (int8); everything else (embeddings, layer norm, softmax,
 //! GELU, attention scores, the tied MLM decoder, losses) stays in f32. Both narrower paths give
-//! the same bits for any thread count, and at every SIMD level (bf16: unless a partial sum
-//! falls below 2⁻¹²⁶; see [`kernels::linear_packed`](crate::kernels::linear_packed)).
+//! the same bits for any thread count, and at every SIMD level (bf16: unless a product or
+//! partial sum falls below 2⁻¹²⁶; see [`kernels::linear_packed`](crate::kernels::linear_packed)).
 
 /// The number format of the `Linear` products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -176,14 +176,6 @@ impl PackedWeight {
             Format::Int8 { .. } => Precision::Int8,
         }
     }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        match &self.format {
-            Format::Bf16(words) => words.len() * 4,
-            Format::Int8 { words, scales, .. } => words.len() * 4 + scales.len() * 8,
-        }
-    }
 }
 
 /// The operand contract of [`linear_packed`] (and of every backend's
