@@ -7,7 +7,10 @@
 #              ITERS (timed runs per invocation, default 10), WARMUP (default 2),
 #              ROUNDS (ours/pytorch alternations per shape, default 2),
 #              SHAPE (DeBERTa-v3 shape, default xsmall),
-#              CASES (BATCHxSEQ list, default "1x128 8x128 1x512"; "8x128" for step).
+#              CASES (BATCHxSEQ list, default "1x128 8x128 1x512"; "8x128" for step),
+#              PRECISIONS (forward: ours, any of f32 bf16 int8, default "f32"),
+#              AUTOCAST (forward: PyTorch, any of off bf16, default "off"; bf16 runs it
+#              under torch.autocast("cpu", dtype=torch.bfloat16)).
 #
 # BENCH=step times one full RTD + GDES pretraining step instead (generator with half the
 # layers and the EMD: forward, sampling, backward, clip, XAdam update; then the
@@ -33,6 +36,12 @@ WARMUP="${WARMUP:-2}"
 ROUNDS="${ROUNDS:-2}"
 SHAPE="${SHAPE:-xsmall}"
 BENCH="${BENCH:-forward}"
+PRECISIONS="${PRECISIONS:-f32}"
+AUTOCAST="${AUTOCAST:-off}"
+if [[ "$BENCH" == step && ("$PRECISIONS" != f32 || "$AUTOCAST" != off) ]]; then
+    echo "error: PRECISIONS and AUTOCAST apply to BENCH=forward only" >&2
+    exit 2
+fi
 case "$BENCH" in
     forward) CASES="${CASES:-1x128 8x128 1x512}" ;;
     step) CASES="${CASES:-8x128}" ;;
@@ -98,21 +107,33 @@ for case in $CASES; do
         echo "== $BENCH $SHAPE $case, $THREADS threads" >&2
     fi
     for ((round = 1; round <= ROUNDS; round++)); do
-        run_one ours "$case" "$round" "$OURS" bench "${args[@]}"
-        run_one pytorch "$case" "$round" "$PY" bench/pytorch_bench.py "${args[@]}"
+        if [[ "$BENCH" == step ]]; then
+            run_one ours "$case" "$round" "$OURS" bench "${args[@]}"
+            run_one pytorch "$case" "$round" "$PY" bench/pytorch_bench.py "${args[@]}"
+            continue
+        fi
+        for precision in $PRECISIONS; do
+            run_one "ours-$precision" "$case" "$round" "$OURS" bench "${args[@]}" \
+                --precision "$precision"
+        done
+        for mode in $AUTOCAST; do
+            run_one "pytorch-$mode" "$case" "$round" "$PY" bench/pytorch_bench.py "${args[@]}" \
+                --autocast "$mode"
+        done
     done
 done
 
-python3 - "$RESULTS" "$SHAPE" "$CASES" "$THREADS" "$BENCH" <<'EOF'
+python3 - "$RESULTS" "$SHAPE" "$CASES" "$THREADS" "$BENCH" "$PRECISIONS" "$AUTOCAST" <<'EOF'
 import json, statistics, sys
 path, shape, cases, threads, bench = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4], sys.argv[5]
+precisions, autocast = sys.argv[6].split(), sys.argv[7].split()
 records = [json.loads(l) for l in open(path) if l.strip()]
 
 def median_of(who, case, key="median_ms"):
     values = [r[key] for r in records if r["who"] == who and r["case"] == case]
     return statistics.median(values)
 
-versions = next((r for r in records if r["who"] == "pytorch"), {})
+versions = next((r for r in records if r["who"].startswith("pytorch")), {})
 print(f"# {'step: ' if bench == 'step' else ''}{shape}, CPU, {threads} threads; torch {versions.get('torch', '?')}, "
       f"transformers {versions.get('transformers', '?')}; median over rounds of per-run medians")
 rows = []
@@ -126,11 +147,22 @@ if bench == "step":
         rows.append((f"{shape} {case}", threads, f"{ours:.2f}", f"{torch_ms:.2f}", f"{torch_ms / ours:.2f}x",
                      f"{ours_rss:.0f}", f"{torch_rss:.0f}", f"{torch_rss / ours_rss:.2f}x"))
 else:
-    header = ("shape", "threads", "ours_ms", "pytorch_ms", "ratio", "ours_GFLOP/s", "pytorch_GFLOP/s")
+    # One row per case and precision of ours; a time and a ratio (pytorch_ms / ours_ms) per
+    # PyTorch mode (fp32: autocast off; bf16: autocast bf16); peak RSS of each.
+    header = ["shape", "threads", "ours", "ours_ms", "ours_MiB"]
+    for mode in autocast:
+        name = "fp32" if mode == "off" else mode
+        header += [f"pytorch_{name}_ms", f"ratio_{name}", f"pytorch_{name}_MiB"]
     for case in cases:
-        ours, torch_ms = median_of("ours", case), median_of("pytorch", case)
-        rows.append((f"{shape} {case}", threads, f"{ours:.2f}", f"{torch_ms:.2f}", f"{torch_ms / ours:.2f}x",
-                     f"{median_of('ours', case, 'gflops'):.1f}", f"{median_of('pytorch', case, 'gflops'):.1f}"))
+        for precision in precisions:
+            ours = median_of(f"ours-{precision}", case)
+            row = [f"{shape} {case}", threads, precision, f"{ours:.2f}",
+                   f"{median_of(f'ours-{precision}', case, 'peak_rss_mb'):.0f}"]
+            for mode in autocast:
+                torch_ms = median_of(f"pytorch-{mode}", case)
+                row += [f"{torch_ms:.2f}", f"{torch_ms / ours:.2f}x",
+                        f"{median_of(f'pytorch-{mode}', case, 'peak_rss_mb'):.0f}"]
+            rows.append(tuple(row))
 widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
 for row in (header, *rows):
     print("  ".join(str(x).rjust(w) for x, w in zip(row, widths)))

@@ -17,7 +17,9 @@ host/src/cli/bench.rs, so that the two medians can be divided):
   pooler -- built from a `DebertaV2Config` of the published DeBERTa-v3 shape with
   random weights (nothing is downloaded from the hub);
 * float32, eval mode (dropout off), under `torch.inference_mode()` (no autograd
-  bookkeeping);
+  bookkeeping); with `--autocast bf16` also under `torch.autocast("cpu",
+  dtype=torch.bfloat16)` (the products in bf16, the rest in float32), the
+  counterpart of `deberta bench forward --precision bf16|int8`;
 * the input is `batch x seq` random token ids in [1, vocab) with an all-ones
   attention mask and no token type ids;
 * each timed sample is one full forward call, wall-clock time from
@@ -287,8 +289,11 @@ def bench_forward(args: argparse.Namespace) -> int:
     input_ids = input_ids.to(device)
     attention_mask = torch.ones_like(input_ids)
 
+    # --autocast bf16: torch.autocast's CPU bfloat16 policy (linear layers and matmuls in
+    # bf16 through oneDNN/MKL, layer norm and softmax in float32), the usual bf16 inference.
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bf16")
     times_ms = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast:
         for i in range(args.warmup + args.iters):
             start = time.perf_counter()
             out = model(input_ids=input_ids, attention_mask=attention_mask)
@@ -306,7 +311,8 @@ def bench_forward(args: argparse.Namespace) -> int:
     tokens_per_s = tokens / (median / 1e3)
     gflops = forward_flops(cfg, args.batch, args.seq) / (median / 1e3) / 1e9
     print(
-        f"forward {args.shape} batch {args.batch} seq {args.seq} on pytorch-{device_label(device)} ({threads} threads): "
+        f"forward {args.shape} batch {args.batch} seq {args.seq} on pytorch-{device_label(device)}, "
+        f"autocast {args.autocast} ({threads} threads): "
         f"median {median:.2f} ms (min {lo:.2f}, max {hi:.2f}) over {args.iters} runs, "
         f"{tokens_per_s:.0f} tokens/s, {gflops:.1f} GFLOP/s"
     )
@@ -324,6 +330,7 @@ def bench_forward(args: argparse.Namespace) -> int:
             "tokens_per_s": tokens_per_s,
             "gflops": gflops,
             "threads": threads,
+            "autocast": args.autocast,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "peak_rss_mb": peak_rss_mb(),
@@ -668,6 +675,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
     fwd = sub.add_parser("forward", help="encoder forward pass (DebertaV2Model, no head)")
     add_common_args(fwd)
+    fwd.add_argument(
+        "--autocast",
+        default="off",
+        choices=["off", "bf16"],
+        help="bf16: run under torch.autocast('cpu', dtype=torch.bfloat16)",
+    )
     fwd.set_defaults(func=bench_forward)
     stp = sub.add_parser("step", help="one RTD + GDES training step (generator with EMD, discriminator, updates)")
     add_common_args(stp)

@@ -43,7 +43,7 @@ step "tests (optimised build; the CLI tests run the release binary)"
 cargo build --release -p deberta-host
 # The learning check and the trained-model edge check run in their own steps below, alone on
 # the machine, on one model trained once.
-cargo test --workspace --release -- --skip trained_nano_discriminator_accuracy \
+cargo test --workspace --release -- --skip trained_nano_discriminator \
     --skip nano_learns_on_the_bundled_corpus_and_writes_every_artefact --skip mpi_
 
 step "learning check: deberta pretrain, nano preset, 250 steps on the bundled corpus"
@@ -53,9 +53,9 @@ DEBERTA_LEARNING_RUN_DIR="$learning_run" cargo test --release -p deberta-tests \
     --nocapture
 export DEBERTA_EDGE_MODEL_DIR="$learning_run/discriminator"
 
-step "edge accuracy on the trained discriminator: f32, f16 and int8 edge files against the host"
+step "edge accuracy on the trained discriminator: f32, f16 and int8 edge files, and the host's --precision int8, against the host"
 cargo test --release -p deberta-tests --test edge -- --exact trained_nano_discriminator_accuracy \
-    --nocapture
+    trained_nano_discriminator_host_int8_accuracy --nocapture
 
 step "edge firmware in QEMU against the host runtime (the trained discriminator, int8)"
 scripts/edge-test.sh

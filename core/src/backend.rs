@@ -161,6 +161,37 @@ pub trait Backend {
         c: &mut Self::Tensor,
         spec: &MatmulSpec,
     ) -> Result<(), Error>;
+    /// Converts a `[output, input]` weight once for [`Backend::matmul_packed`] at a reduced
+    /// `precision` (see [`Precision`](crate::Precision)). The provided implementation returns
+    /// [`Error::Unsupported`]: backends without reduced-precision products keep f32.
+    #[cfg(feature = "alloc")]
+    fn pack_weight(
+        &self,
+        weight: &Self::Tensor,
+        output: usize,
+        input: usize,
+        precision: crate::Precision,
+    ) -> Result<crate::kernels::PackedWeight, Error> {
+        let _ = (weight, output, input, precision);
+        Err(Error::Unsupported {
+            what: "reduced-precision products on this backend",
+        })
+    }
+    /// `out[rows, output] = x[rows, input]·Wᵀ` with a weight from [`Backend::pack_weight`]
+    /// (overwrites `out`; operand contract [`check_linear_packed`](crate::kernels::check_linear_packed)).
+    #[cfg(feature = "alloc")]
+    fn matmul_packed(
+        &self,
+        x: &Self::Tensor,
+        weight: &crate::kernels::PackedWeight,
+        out: &mut Self::Tensor,
+        rows: usize,
+    ) -> Result<(), Error> {
+        let _ = (x, weight, out, rows);
+        Err(Error::Unsupported {
+            what: "reduced-precision products on this backend",
+        })
+    }
     /// `x += y` over all of `x`.
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<(), Error>;
     /// `x[r, :] += bias` for every row of width `cols`.

@@ -87,6 +87,12 @@ pub enum Error {
         /// What failed.
         what: &'static str,
     },
+    /// The backend or build has no implementation of an operation (e.g. reduced-precision
+    /// products on wgpu).
+    Unsupported {
+        /// What was asked for.
+        what: &'static str,
+    },
 }
 
 impl fmt::Display for Error {
@@ -139,6 +145,7 @@ impl fmt::Display for Error {
             ),
             Error::EmptyInput { what } => write!(f, "{what} is empty"),
             Error::Device { what } => write!(f, "device error: {what}"),
+            Error::Unsupported { what } => write!(f, "unsupported: {what}"),
         }
     }
 }

@@ -30,6 +30,7 @@ pub mod edge;
 pub mod error;
 pub mod fast_math;
 pub mod kernels;
+pub mod precision;
 pub mod random;
 pub mod relative_position;
 pub mod simd;
@@ -47,6 +48,7 @@ pub use config::ModelConfig;
 #[cfg(feature = "alloc")]
 pub use cpu::CpuBackend;
 pub use error::Error;
+pub use precision::Precision;
 
 /// Result type of every fallible operation in this crate.
 pub type Result<T> = core::result::Result<T, Error>;

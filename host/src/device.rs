@@ -102,6 +102,7 @@ where
     match choice {
         BackendChoice::Cpu => {
             deberta_core::simd::set_max_simd_level(cpu_simd_from_env()?);
+            deberta_core::kernels::set_bf16_instructions(cpu_bf16_from_env()?);
             rayon::scope(|_| task.run(&CpuBackend::new()))
         }
         #[cfg(feature = "gpu")]
@@ -161,6 +162,21 @@ fn cpu_simd_from_env() -> Result<Option<SimdLevel>> {
                 "{VAR}={name}: expected auto, avx512, avx2 or baseline"
             ))),
         },
+    }
+}
+
+/// `DEBERTA_CPU_BF16`: `fma` (default: bf16 pairs widened to f32 in registers, FMAs) or
+/// `vdpbf16ps` (AVX-512 BF16, where the CPU has it) for `--precision bf16` at the AVX-512
+/// level (a tuning knob: the sums are the same).
+fn cpu_bf16_from_env() -> Result<deberta_core::kernels::Bf16Instructions> {
+    use deberta_core::kernels::Bf16Instructions;
+    const VAR: &str = "DEBERTA_CPU_BF16";
+    match std::env::var(VAR).as_deref() {
+        Err(_) | Ok("") | Ok("fma") => Ok(Bf16Instructions::Fma),
+        Ok("vdpbf16ps") => Ok(Bf16Instructions::Dpbf16),
+        Ok(other) => Err(Error::Usage(format!(
+            "{VAR}={other}: expected fma or vdpbf16ps"
+        ))),
     }
 }
 

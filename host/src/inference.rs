@@ -1,8 +1,8 @@
 //! Running the inference forward pass and collecting its outputs under the fixture names.
 
-use deberta_core::Backend;
 use deberta_core::model::{Activations, AttentionProbs, DeviceBatch, ForwardOptions, HostBatch};
 use deberta_core::relative_position::relative_position;
+use deberta_core::{Backend, Precision};
 
 use crate::checkpoint::TensorMap;
 use crate::error::{Error, Result};
@@ -28,9 +28,21 @@ pub struct Session<'m, 'b, B: Backend> {
 }
 
 impl<'m, 'b, B: Backend> Session<'m, 'b, B> {
-    /// Uploads the weights and precomputes the position projections.
+    /// Uploads the weights and precomputes the position projections (f32 products).
     pub fn new(backend: &'b B, loaded: &'m LoadedModel) -> Result<Self> {
-        let params = loaded.upload(backend)?;
+        Self::with_precision(backend, loaded, Precision::F32)
+    }
+
+    /// [`Session::new`] with the `Linear` products at `precision` (weights converted once).
+    pub fn with_precision(
+        backend: &'b B,
+        loaded: &'m LoadedModel,
+        precision: Precision,
+    ) -> Result<Self> {
+        let mut params = loaded.upload(backend)?;
+        params
+            .pack(backend, &loaded.layout, precision)
+            .map_err(|e| Error::model("converting the weights", e))?;
         let relative = loaded
             .model
             .relative_embeddings(backend, &params, None, None)

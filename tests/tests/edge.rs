@@ -17,7 +17,7 @@ use deberta_core::edge::format::{DType, ENTRY_LEN, HEADER_CRC_START, HEADER_LEN,
 use deberta_core::edge::{EdgeError, EdgeModel, arena_bytes, crc32, detect};
 use deberta_core::model::{Deberta, Heads, HostBatch, Init, ParamLayout, SharedTables};
 use deberta_core::random::RandomStream;
-use deberta_core::{CpuBackend, ModelConfig};
+use deberta_core::{CpuBackend, ModelConfig, Precision};
 use deberta_host::checkpoint::{TensorMap, write_safetensors};
 use deberta_host::data::{Corpus, Dataset, SpecialTokens, TokenCache, Tokenizer};
 use deberta_host::edge_export::{AlignedBytes, edge_bytes};
@@ -164,9 +164,14 @@ impl Accuracy {
 /// The host's RTD logits (`Deberta::forward` with inference options) of every sequence,
 /// batched by length.
 fn host_logits(dir: &Path, sequences: &[Vec<u32>]) -> Vec<Vec<f32>> {
+    host_logits_at(dir, sequences, Precision::F32)
+}
+
+/// [`host_logits`] with the host's products at `precision` (`deberta detect --precision`).
+fn host_logits_at(dir: &Path, sequences: &[Vec<u32>], precision: Precision) -> Vec<Vec<f32>> {
     let loaded = load_model_dir(dir).unwrap();
     let backend = CpuBackend::new();
-    let session = Session::new(&backend, &loaded).unwrap();
+    let session = Session::with_precision(&backend, &loaded, precision).unwrap();
     let mut out = vec![Vec::new(); sequences.len()];
     let mut order: Vec<usize> = (0..sequences.len()).collect();
     order.sort_by_key(|&i| sequences[i].len());
@@ -439,7 +444,11 @@ fn run_seq_len(dir: &Path) -> usize {
 fn held_out_sequences(dir: &Path, max_seq_len: usize) -> (Vec<Vec<u32>>, SpecialTokens) {
     let tokenizer = Tokenizer::load(&dir.join("tokenizer.json")).unwrap();
     let corpus = Corpus::open(&[bundled_corpus()], false).unwrap();
-    let cache = TokenCache::build(&temp_dir("edge-trained-cache"), &corpus, &tokenizer).unwrap();
+    // One cache directory per call: the trained-model tests run concurrently.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let cache_dir = temp_dir(&format!("edge-trained-cache-{call}"));
+    let cache = TokenCache::build(&cache_dir, &corpus, &tokenizer).unwrap();
     let dataset = Dataset::new(cache, tokenizer.special(), max_seq_len, 0).unwrap();
     let (mut ids, mut mask) = (vec![0i64; max_seq_len], vec![0i64; max_seq_len]);
     let sequences = (0..dataset.eval_len())
@@ -598,6 +607,78 @@ fn trained_nano_discriminator_accuracy() {
             assert!(
                 (host - int8).abs() <= 0.01,
                 "{label}: int8 RTD AUC {int8:.4} vs host {host:.4}"
+            );
+        }
+    }
+}
+
+/// The host's own int8 inference (`deberta detect --precision int8`: per-output-channel
+/// weight scales as in the edge format, per-row activation scales, VNNI products) against its
+/// f32 inference on the trained nano discriminator, with the edge int8 contract: every
+/// probability within 0.05, the same decision on ≥ 99 % of the tokens whose f32 probability
+/// is at least 0.05 from 0.5, the RTD AUC within 0.01. Prints the figures.
+#[test]
+fn trained_nano_discriminator_host_int8_accuracy() {
+    let dir = trained_model_dir();
+    let vocab = load_model_dir(&dir).unwrap().config().vocab_size;
+    let max_seq_len = run_seq_len(&dir);
+    let (held_out, special) = held_out_sequences(&dir, max_seq_len);
+    let (corrupted, replaced): (Vec<Vec<u32>>, Vec<Vec<bool>>) = held_out
+        .iter()
+        .enumerate()
+        .map(|(k, s)| corrupt(s, special, vocab, k as u32))
+        .unzip();
+    for (label, sequences, labels) in [
+        ("held-out text", &held_out, None),
+        ("15 % replaced", &corrupted, Some(&replaced)),
+    ] {
+        let reference = host_logits(&dir, sequences);
+        let int8 = host_logits_at(&dir, sequences, Precision::Int8);
+        let acc = compare(&int8, &reference);
+        let aucs = labels.map(|labels| {
+            (
+                rtd_auc(sequences, &reference, labels, special),
+                rtd_auc(sequences, &int8, labels, special),
+            )
+        });
+        let spread = reference
+            .iter()
+            .flatten()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+                (l.min(v), h.max(v))
+            });
+        eprintln!(
+            "host int8 vs host f32, {label}: {} tokens, max |p diff| {:.4} (bar 0.05), max \
+             |logit diff| {:.4}, same decision on {}/{} = {:.2} % (bar 99 %){}, f32 logits in \
+             [{:.2}, {:.2}]",
+            acc.tokens,
+            acc.max_probability_error,
+            acc.max_logit_error,
+            acc.agreeing,
+            acc.confident,
+            acc.agreement(),
+            aucs.map(|(f, i)| format!(", RTD AUC on the replaced tokens f32 {f:.4} / int8 {i:.4}"))
+                .unwrap_or_default(),
+            spread.0,
+            spread.1,
+        );
+        assert!(
+            spread.1 - spread.0 >= 1.0,
+            "{label}: the model is not trained"
+        );
+        assert!(acc.max_probability_error <= 0.05, "{label}: {acc:?}");
+        assert!(
+            acc.max_logit_error > 0.0,
+            "{label}: int8 equals f32 (path not taken?)"
+        );
+        assert!(
+            acc.agreeing as f64 >= 0.99 * acc.confident as f64,
+            "{label}: {acc:?}"
+        );
+        if let Some((host, int8)) = aucs {
+            assert!(
+                (host - int8).abs() <= 0.01,
+                "{label}: int8 RTD AUC {int8:.4} vs f32 {host:.4}"
             );
         }
     }

@@ -107,6 +107,47 @@ impl Backend for CpuBackend {
         kernels::matmul(a, b, c, spec)
     }
 
+    fn pack_weight(
+        &self,
+        weight: &Vec<f32>,
+        output: usize,
+        input: usize,
+        precision: crate::Precision,
+    ) -> Result<kernels::PackedWeight, Error> {
+        kernels::PackedWeight::new(weight, output, input, precision)
+    }
+
+    fn matmul_packed(
+        &self,
+        x: &Vec<f32>,
+        weight: &kernels::PackedWeight,
+        out: &mut Vec<f32>,
+        rows: usize,
+    ) -> Result<(), Error> {
+        kernels::check_linear_packed(weight, rows, x.len(), out.len())?;
+        let (input, output) = (weight.input(), weight.output());
+        if rows == 0 || output == 0 {
+            return Ok(());
+        }
+        // Every output element is computed the same way whatever the split, so the piece size
+        // may follow the thread count: whole micro-tiles of 6 rows, two pieces per thread.
+        #[cfg(feature = "std")]
+        let threads = rayon::current_num_threads();
+        #[cfg(not(feature = "std"))]
+        let threads = 1;
+        let piece_rows = rows.div_ceil(2 * threads).next_multiple_of(6);
+        for_each_piece(
+            &mut out[..rows * output],
+            piece_rows * output,
+            |i, piece| {
+                let first = i * piece_rows;
+                let n = piece.len() / output;
+                kernels::linear_packed_rows(&x[first * input..][..n * input], weight, piece);
+                Ok(())
+            },
+        )
+    }
+
     fn add_assign(&self, x: &mut Vec<f32>, y: &Vec<f32>) -> Result<(), Error> {
         kernels::check_add_assign(x.len(), y.len())?;
         for_each_piece(x, PIECE, |i, piece| {

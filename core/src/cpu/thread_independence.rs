@@ -178,6 +178,16 @@ fn backend_outputs() -> Vec<Vec<f32>> {
     cpu.sum(&x, &mut sums, 0, 0.5).unwrap();
     cpu.sum_of_squares(&x, &mut sums, 1).unwrap();
     outputs.extend([param, m, v, sums]);
+
+    // bf16 products: 300 rows in several pieces, an output width that is not a whole number
+    // of panels, an odd inner width.
+    let weight = cpu
+        .pack_weight(&values(70 * 199, 12), 70, 199, crate::Precision::Bf16)
+        .unwrap();
+    let mut product = vec![0.0; rows * 70];
+    cpu.matmul_packed(&values(rows * 199, 13), &weight, &mut product, rows)
+        .unwrap();
+    outputs.push(product);
     outputs
 }
 
@@ -282,7 +292,18 @@ fn split_kernels_equal_the_slice_kernels() {
             "output {k} differs from the slice kernel"
         );
     }
-    let sums = &split[split.len() - 1];
+    let sums = &split[split.len() - 2];
+    let weight =
+        kernels::PackedWeight::new(&values(70 * 199, 12), 70, 199, crate::Precision::Bf16).unwrap();
+    let mut product = vec![0.0; rows * 70];
+    kernels::linear_packed(&values(rows * 199, 13), &weight, &mut product, rows).unwrap();
+    assert!(
+        split[split.len() - 1]
+            .iter()
+            .zip(&product)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "the bf16 product differs from the slice kernel"
+    );
     let exact_sum: f64 = x.iter().map(|&v| f64::from(v)).sum();
     let exact_squares: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
     assert!((f64::from(sums[0]) - 0.5 * exact_sum).abs() < 1e-3);

@@ -17,6 +17,8 @@ mod layer_norm;
 mod loss;
 mod matmul;
 mod optimizer;
+#[cfg(feature = "alloc")]
+mod packed;
 mod relative_scores;
 mod sampling;
 mod softmax;
@@ -38,6 +40,13 @@ pub use matmul::{MatmulBlock, MatmulSpec, MatrixLayout};
 pub use matmul::{matmul, matmul_block};
 
 pub use optimizer::{AdamConstants, AdamSpec, adam_update, clip_coefficient, sum_of_squares};
+#[cfg(feature = "alloc")]
+pub(crate) use packed::linear_packed_rows;
+#[cfg(feature = "alloc")]
+pub use packed::{
+    Bf16Instructions, PANEL, PackedWeight, check_linear_packed, linear_packed, packed_kernel_name,
+    round_bf16, set_bf16_instructions, vnni_hardware,
+};
 pub use relative_scores::{RelativeScoresSpec, add_relative_scores, relative_scores_backward};
 pub use sampling::{check_sample_categorical, sample_categorical};
 pub use softmax::{SoftmaxSpec, masked_softmax, masked_softmax_backward};

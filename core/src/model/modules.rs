@@ -38,6 +38,7 @@ impl Linear {
             &[output, input],
             Init::Normal(std),
         );
+        layout.mark_linear_weight(weight);
         let bias = bias.then(|| layout.add(format!("{prefix}.bias"), &[output], Init::Zeros));
         Linear {
             weight,
@@ -47,7 +48,8 @@ impl Linear {
         }
     }
 
-    /// `out[rows, output] = x[rows, input]·Wᵀ + b`.
+    /// `out[rows, output] = x[rows, input]·Wᵀ + b`, through the weight's packed copy when
+    /// the store holds one ([`ParamStore::pack`]), else in f32.
     pub fn forward<B: Backend>(
         &self,
         backend: &B,
@@ -56,8 +58,13 @@ impl Linear {
         out: &mut B::Tensor,
         rows: usize,
     ) -> Result<(), Error> {
-        let spec = MatmulSpec::linear(rows, self.input, self.output);
-        backend.matmul(x, params.get(self.weight), out, &spec)?;
+        match params.packed(self.weight) {
+            Some(packed) => backend.matmul_packed(x, packed, out, rows)?,
+            None => {
+                let spec = MatmulSpec::linear(rows, self.input, self.output);
+                backend.matmul(x, params.get(self.weight), out, &spec)?;
+            }
+        }
         if let Some(bias) = self.bias {
             backend.add_bias(out, params.get(bias), self.output)?;
         }

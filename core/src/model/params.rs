@@ -6,6 +6,8 @@ use alloc::vec::Vec;
 
 use crate::Error;
 use crate::backend::Backend;
+use crate::kernels::PackedWeight;
+use crate::precision::Precision;
 use crate::random::RandomStream;
 
 /// Index of a parameter in a [`ParamLayout`] (and in every [`ParamStore`] built from it).
@@ -55,6 +57,9 @@ impl ParamSpec {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ParamLayout {
     specs: Vec<ParamSpec>,
+    /// The `[output, input]` weights of `Linear` layers, which
+    /// [`ParamStore::pack`] converts for reduced-precision products.
+    linear_weights: Vec<ParamId>,
 }
 
 impl ParamLayout {
@@ -71,6 +76,17 @@ impl ParamLayout {
             init,
         });
         ParamId(self.specs.len() - 1)
+    }
+
+    /// Marks a registered `[output, input]` parameter as the weight of a `Linear` layer (a
+    /// product weight [`ParamStore::pack`] converts).
+    pub fn mark_linear_weight(&mut self, id: ParamId) {
+        self.linear_weights.push(id);
+    }
+
+    /// The weights marked by [`ParamLayout::mark_linear_weight`], in registration order.
+    pub fn linear_weights(&self) -> &[ParamId] {
+        &self.linear_weights
     }
 
     /// All parameters, in id order.
@@ -112,7 +128,8 @@ impl ParamLayout {
             .iter()
             .map(|(id, spec)| make(id, spec))
             .collect::<Result<Vec<T>, Error>>()?;
-        Ok(ParamStore { tensors })
+        let packed = tensors.iter().map(|_| None).collect();
+        Ok(ParamStore { tensors, packed })
     }
 
     /// A store of zero tensors (gradient buffers).
@@ -159,8 +176,14 @@ fn name_hash(name: &str) -> u32 {
 /// One tensor per parameter of a [`ParamLayout`], indexed by [`ParamId`]: weights, gradients
 /// and optimizer moments are all stores of the same layout.
 #[derive(Debug, Clone, PartialEq)]
+///
+/// A store of weights may also hold reduced-precision copies of its `Linear` weights
+/// ([`ParamStore::pack`]), which `Linear::forward` multiplies instead of the f32 tensors. Any
+/// mutable access to a parameter drops its copy, so a copy never outlives the values it was
+/// made from.
 pub struct ParamStore<T> {
     tensors: Vec<T>,
+    packed: Vec<Option<PackedWeight>>,
 }
 
 impl<T> ParamStore<T> {
@@ -169,9 +192,42 @@ impl<T> ParamStore<T> {
         &self.tensors[id.0]
     }
 
-    /// The tensor of a parameter, mutably.
+    /// The tensor of a parameter, mutably (drops its packed copy).
     pub fn get_mut(&mut self, id: ParamId) -> &mut T {
+        self.packed[id.0] = None;
         &mut self.tensors[id.0]
+    }
+
+    /// The reduced-precision copy of a parameter made by [`ParamStore::pack`], if any.
+    pub fn packed(&self, id: ParamId) -> Option<&PackedWeight> {
+        self.packed[id.0].as_ref()
+    }
+
+    /// Converts every `Linear` weight of `layout` once for products at `precision` (through
+    /// [`Backend::pack_weight`]); [`Precision::F32`] drops the copies instead.
+    pub fn pack<B: Backend<Tensor = T>>(
+        &mut self,
+        backend: &B,
+        layout: &ParamLayout,
+        precision: Precision,
+    ) -> Result<(), Error> {
+        self.packed.iter_mut().for_each(|p| *p = None);
+        if precision == Precision::F32 {
+            return Ok(());
+        }
+        for &id in layout.linear_weights() {
+            let shape = &layout.spec(id).shape;
+            let [output, input] = shape[..] else {
+                return Err(Error::ShapeMismatch {
+                    what: "dimensions of a Linear weight",
+                    expected: 2,
+                    found: shape.len(),
+                });
+            };
+            self.packed[id.0] =
+                Some(backend.pack_weight(&self.tensors[id.0], output, input, precision)?);
+        }
+        Ok(())
     }
 
     /// Two different parameters' tensors, both mutably (a LayerNorm's γ and β gradients).
@@ -183,6 +239,8 @@ impl<T> ParamStore<T> {
                 found: a.0.max(b.0),
             });
         }
+        self.packed[a.0] = None;
+        self.packed[b.0] = None;
         if a.0 < b.0 {
             let (lo, hi) = self.tensors.split_at_mut(b.0);
             Ok((&mut lo[a.0], &mut hi[0]))
@@ -192,13 +250,15 @@ impl<T> ParamStore<T> {
         }
     }
 
-    /// Replaces the tensor of a parameter.
+    /// Replaces the tensor of a parameter (drops its packed copy).
     pub fn set(&mut self, id: ParamId, tensor: T) {
+        self.packed[id.0] = None;
         self.tensors[id.0] = tensor;
     }
 
-    /// Iterates over the tensors mutably, in id order.
+    /// Iterates over the tensors mutably, in id order (drops every packed copy).
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.packed.iter_mut().for_each(|p| *p = None);
         self.tensors.iter_mut()
     }
 

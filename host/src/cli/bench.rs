@@ -15,7 +15,7 @@ use deberta_core::train::{
     DiscriminatorBatch, GeneratorBatch, MicroBatch, MlmTargets, OptimizerConfig, RtdPair, Sampler,
     Schedule, Sharing, Trainer,
 };
-use deberta_core::{Backend, ModelConfig};
+use deberta_core::{Backend, ModelConfig, Precision};
 use serde_json::json;
 
 use crate::device::{BackendChoice, BackendTask, dispatch};
@@ -26,7 +26,7 @@ use crate::resources::peak_rss_mib;
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Encoder forward pass (`DebertaV2Model`, no head).
-    Forward(BenchArgs),
+    Forward(ForwardBenchArgs),
     /// One full RTD + GDES training step: generator (half the layers, EMD) forward, sampling,
     /// backward and update, then discriminator forward, backward and update.
     Step(BenchArgs),
@@ -52,6 +52,17 @@ pub struct MatmulArgs {
     /// Print one JSON object per size, each as its own line after that size's report.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Arguments of `deberta bench forward`.
+#[derive(Debug, Args)]
+pub struct ForwardBenchArgs {
+    /// Shape, device and timing.
+    #[command(flatten)]
+    pub bench: BenchArgs,
+    /// Number format of the products.
+    #[command(flatten)]
+    pub precision: super::PrecisionArgs,
 }
 
 /// Arguments shared by the benchmarks.
@@ -183,6 +194,7 @@ fn time_runs(warmup: usize, iters: usize, mut run: impl FnMut() -> Result<()>) -
 fn report(
     bench: &str,
     backend: &str,
+    precision: Precision,
     args: &BenchArgs,
     threads: usize,
     times: &[f64],
@@ -201,11 +213,15 @@ fn report(
     };
     // The CPU backend's kernels run at this instruction-set level (DEBERTA_CPU_SIMD caps it).
     let simd = (backend == "cpu").then(|| deberta_core::simd::simd_level().name());
+    // Narrower products name their kernel (`avx512_bf16`, `avx512_vnni`, or a widened loop).
+    let kernel = deberta_core::kernels::packed_kernel_name(precision);
     println!(
-        "{bench} {} batch {} seq {} on {backend}{} ({threads} CPU threads{}): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {tokens_per_s:.0} tokens/s{}{}",
+        "{bench} {} batch {} seq {} on {backend}, {} products{}{} ({threads} CPU threads{}): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {tokens_per_s:.0} tokens/s{}{}",
         args.shape,
         args.batch,
         args.seq,
+        precision.name(),
+        kernel.map(|k| format!(" ({k})")).unwrap_or_default(),
         attention
             .map(|a| format!(", {a} attention"))
             .unwrap_or_default(),
@@ -236,19 +252,23 @@ fn report(
                 "peak_rss_mb": peak,
                 "attention": attention,
                 "simd": simd,
+                "precision": precision.name(),
+                "kernel": kernel,
             })
         );
     }
 }
 
-fn forward(args: BenchArgs) -> Result<()> {
-    let (threads, cfg, choice) = check(&args)?;
+fn forward(args: ForwardBenchArgs) -> Result<()> {
+    let (threads, cfg, choice) = check(&args.bench)?;
+    let precision = args.precision.resolve(&choice)?;
     dispatch(
         &choice,
         ForwardBench {
-            args: &args,
+            args: &args.bench,
             cfg,
             threads,
+            precision,
         },
     )
 }
@@ -257,13 +277,19 @@ struct ForwardBench<'a> {
     args: &'a BenchArgs,
     cfg: ModelConfig,
     threads: usize,
+    precision: Precision,
 }
 
 impl BackendTask for ForwardBench<'_> {
     type Output = ();
 
     fn run<B: Backend>(self, backend: &B) -> Result<()> {
-        let ForwardBench { args, cfg, threads } = self;
+        let ForwardBench {
+            args,
+            cfg,
+            threads,
+            precision,
+        } = self;
         let mut layout = ParamLayout::new();
         let model = Deberta::new(
             &mut layout,
@@ -272,9 +298,12 @@ impl BackendTask for ForwardBench<'_> {
             Heads::default(),
             SharedTables::default(),
         );
-        let params = layout
+        let mut params = layout
             .initialise(backend, 0)
             .map_err(model_error("initialising weights"))?;
+        params
+            .pack(backend, &layout, precision)
+            .map_err(model_error("converting the weights"))?;
         let tokens = args.batch * args.seq;
         let ids = random_ids(tokens, cfg.vocab_size, 0);
         let mask = vec![1i64; tokens];
@@ -320,6 +349,7 @@ impl BackendTask for ForwardBench<'_> {
         report(
             "forward",
             backend.name(),
+            precision,
             args,
             threads,
             &times,
@@ -462,7 +492,15 @@ impl BackendTask for StepBench<'_> {
             step += 1;
             Ok(())
         })?;
-        report("step", backend.name(), args, threads, &times, None);
+        report(
+            "step",
+            backend.name(),
+            Precision::F32,
+            args,
+            threads,
+            &times,
+            None,
+        );
         Ok(())
     }
 }

@@ -7,9 +7,9 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use deberta_core::Backend;
 use deberta_core::edge::{EdgeModel, arena_bytes, detect};
 use deberta_core::model::HostBatch;
+use deberta_core::{Backend, Precision};
 use serde_json::json;
 
 use crate::data::spm_tokenizer::SPM_MODEL_FILE;
@@ -52,6 +52,9 @@ pub struct DetectArgs {
     /// Where to compute (a Hugging Face or run directory; edge files run on the CPU).
     #[command(flatten)]
     pub device: super::DeviceArgs,
+    /// Number format of the products (model directories only).
+    #[command(flatten)]
+    pub precision: super::PrecisionArgs,
 }
 
 /// The token string of every id (`None` for an id the tokenizer does not know), when the
@@ -152,6 +155,12 @@ fn sequence(
 
 /// `deberta detect` on an edge model file.
 fn detect_edge(args: &DetectArgs, path: &Path) -> Result<Detection> {
+    if args.precision.precision != "f32" {
+        return Err(Error::Usage(format!(
+            "--precision {}: an edge model file carries its own number format (export --dtype)",
+            args.precision.precision
+        )));
+    }
     if args.device.backend != "cpu" || args.device.adapter.is_some() {
         eprintln!(
             "warning: --backend {}: an edge model file runs on the CPU runtime",
@@ -201,12 +210,13 @@ fn detect_edge(args: &DetectArgs, path: &Path) -> Result<Detection> {
 struct RtdLogits<'a> {
     loaded: &'a LoadedModel,
     ids: &'a [i64],
+    precision: Precision,
 }
 
 impl BackendTask for RtdLogits<'_> {
     type Output = Vec<f32>;
     fn run<B: Backend>(self, backend: &B) -> Result<Vec<f32>> {
-        let session = Session::new(backend, self.loaded)?;
+        let session = Session::with_precision(backend, self.loaded, self.precision)?;
         let mask = vec![1i64; self.ids.len()];
         let host = HostBatch {
             input_ids: self.ids,
@@ -228,6 +238,7 @@ impl BackendTask for RtdLogits<'_> {
 /// `deberta detect` on a run, checkpoint or Hugging Face model directory.
 fn detect_dir(args: &DetectArgs, path: &Path) -> Result<Detection> {
     let choice = args.device.choice()?;
+    let precision = args.precision.resolve(&choice)?;
     let dir = resolve_model_dir(path, ModelPart::Discriminator)?;
     let loaded = load_model_dir(&dir)?;
     if loaded.model.rtd_head.is_none() {
@@ -255,6 +266,7 @@ fn detect_dir(args: &DetectArgs, path: &Path) -> Result<Detection> {
         RtdLogits {
             loaded: &loaded,
             ids: &wide,
+            precision,
         },
     )?;
     let backend = match choice {
@@ -262,10 +274,11 @@ fn detect_dir(args: &DetectArgs, path: &Path) -> Result<Detection> {
         BackendChoice::Wgpu(_) => "wgpu",
     };
     let summary = format!(
-        "{}: {} layers, {} tokens, on {backend}",
+        "{}: {} layers, {} tokens, on {backend}, {} products",
         dir.display(),
         loaded.config().num_hidden_layers,
-        ids.len()
+        ids.len(),
+        precision.name()
     );
     Ok(Detection {
         ids,

@@ -51,23 +51,28 @@ pub struct ForwardArgs {
     /// Where to compute.
     #[command(flatten)]
     pub device: super::DeviceArgs,
+    /// Number format of the products.
+    #[command(flatten)]
+    pub precision: super::PrecisionArgs,
 }
 
 struct Outputs<'a> {
     loaded: &'a crate::model_dir::LoadedModel,
     host: HostBatch<'a>,
+    precision: deberta_core::Precision,
 }
 
 impl BackendTask for Outputs<'_> {
     type Output = crate::checkpoint::TensorMap;
     fn run<B: Backend>(self, backend: &B) -> Result<Self::Output> {
-        Session::new(backend, self.loaded)?.outputs(&self.host)
+        Session::with_precision(backend, self.loaded, self.precision)?.outputs(&self.host)
     }
 }
 
 /// Runs `deberta forward`.
 pub fn run(args: ForwardArgs) -> Result<()> {
     let choice = args.device.choice()?;
+    let precision = args.precision.resolve(&choice)?;
     let loaded = load_model_dir(&args.model)?;
     for warning in &loaded.warnings {
         eprintln!("warning: {warning}");
@@ -131,6 +136,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         Outputs {
             loaded: &loaded,
             host,
+            precision,
         },
     )?;
     match &args.out {

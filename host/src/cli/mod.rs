@@ -83,6 +83,41 @@ pub fn run() -> Result<()> {
     }
 }
 
+/// The `--precision` of the inference commands (`forward`, `detect`, `bench forward`).
+#[derive(Debug, Clone, Args)]
+pub struct PrecisionArgs {
+    /// Number format of the Linear products (projections, feed-forward, head layers) on the
+    /// CPU backend: f32 (the reference: bit-identical for any thread count and SIMD level),
+    /// bf16 (weights converted once, activations rounded at each product, f32 accumulation;
+    /// AVX-512 BF16 when the CPU has it) or int8 (weights quantised once per output channel,
+    /// activations per row, exact integer sums; AVX-512 VNNI when the CPU has it). Everything
+    /// else stays f32.
+    #[arg(
+        long,
+        default_value = "f32",
+        value_parser = clap::builder::PossibleValuesParser::new(
+            deberta_core::Precision::ALL.map(deberta_core::Precision::name)
+        )
+    )]
+    pub precision: String,
+}
+
+impl PrecisionArgs {
+    /// The precision, checked against the backend (only the CPU backend has narrower products).
+    pub fn resolve(&self, choice: &BackendChoice) -> Result<deberta_core::Precision> {
+        let precision = deberta_core::Precision::from_name(&self.precision).ok_or_else(|| {
+            crate::error::Error::Usage(format!("unknown --precision {}", self.precision))
+        })?;
+        if precision != deberta_core::Precision::F32 && !matches!(choice, BackendChoice::Cpu) {
+            return Err(crate::error::Error::Usage(format!(
+                "--precision {} runs on the CPU backend only (use --backend cpu)",
+                precision.name()
+            )));
+        }
+        Ok(precision)
+    }
+}
+
 /// Where a command computes.
 #[derive(Debug, Clone, Args)]
 pub struct DeviceArgs {

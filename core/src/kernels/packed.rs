@@ -1,0 +1,880 @@
+//! `Linear` products at reduced precision: `Y = X·Wᵀ` with `W` `[output, input]` converted
+//! once into a [`PackedWeight`] and `X` rounded at the product's input.
+//!
+//! **bf16.** The weight is stored as bfloat16 pairs along the inner dimension, in panels of
+//! [`PANEL`] output columns (`panel · pairs · 16 + pair · 16 + lane`: one 512-bit vector per
+//! pair), the operand layout of AVX-512 BF16's `vdpbf16ps`. Activations are rounded to bf16
+//! (to nearest even) into the same pair format. Every output element is one f32 accumulator
+//! over the pairs in order, adding the odd element's product, then the even one's, as
+//! `vdpbf16ps` does; both products are exact in f32 (8-bit significands), so widening the
+//! pairs to f32 in registers and adding in the same order (FMAs on AVX-512F: the default, as
+//! they outrun `vdpbf16ps` on the CPUs measured; a portable loop below AVX-512) gives the same
+//! numbers. Subnormal bf16 values are flushed to zero at conversion (the instruction treats
+//! them as zero), so the paths agree bit for bit unless a product or partial sum falls below
+//! 2⁻¹²⁶ (which `vdpbf16ps` flushes; the portable loop rounds such a product).
+//!
+//! **int8.** The weight is quantised once per output channel (row of `W`) and each
+//! activation row dynamically per row, both by the edge format's symmetric scheme
+//! ([`quantize_row`]: `q = round(v·127 / max|v|)`); the weight is stored as four int8 values
+//! per 32-bit word in the same panels, the operand layout of AVX-512 VNNI's `vpdpbusd`
+//! (unsigned × signed bytes: activations are offset by 128 and `128·Σ w` is subtracted
+//! after). Sums are exact in i32 on every path (`vpdpbusd`, or the portable loop compiled for
+//! AVX2 and AVX-512F), and the output is `Σ q_x·q_w as f32 · (s_x · s_w)` as the edge runtime
+//! computes it.
+//!
+//! The result of an element depends on nothing but its row and column, never on how rows are
+//! split between threads.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use core::sync::atomic::{AtomicU8, Ordering};
+
+use crate::Error;
+use crate::edge::quant::quantize_row;
+use crate::precision::Precision;
+use crate::simd::multiversion;
+
+/// Output columns per panel of a packed weight.
+pub const PANEL: usize = 16;
+/// Rows of one micro-tile.
+const TILE_ROWS: usize = 6;
+/// Panels of one micro-tile.
+const TILE_PANELS: usize = 4;
+/// Columns of one micro-tile.
+const TILE_COLS: usize = TILE_PANELS * PANEL;
+
+/// A `[output, input]` weight converted once for [`linear_packed`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedWeight {
+    output: usize,
+    input: usize,
+    format: Format,
+}
+
+/// The stored numbers of a [`PackedWeight`]: `panels · groups · PANEL` words, a group being
+/// two bf16 or four int8 values along the inner dimension (zero-padded columns and groups).
+#[derive(Debug, Clone, PartialEq)]
+enum Format {
+    /// bf16 pairs.
+    Bf16(Vec<u32>),
+    /// int8 quads with one scale and the sum of the int8 values per output channel.
+    Int8 {
+        words: Vec<u32>,
+        scales: Vec<f32>,
+        sums: Vec<i32>,
+    },
+}
+
+/// The bf16 bits of `v` rounded to nearest even; NaN stays NaN, subnormals become ±0.
+/// (Selects rather than branches, so that packing a row vectorises.)
+#[inline(always)]
+fn bf16_bits(v: f32) -> u32 {
+    let b = v.to_bits();
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+    let subnormal = b & 0x7f80_0000 == 0;
+    let nan = b & 0x7fff_ffff > 0x7f80_0000;
+    let r = if subnormal {
+        (b >> 16) & 0x8000
+    } else {
+        rounded
+    };
+    if nan { (b >> 16) | 0x40 } else { r }
+}
+
+/// The pair `(lo, hi)` as one word: `lo` in the low half (the even element).
+#[inline(always)]
+fn pair(lo: f32, hi: f32) -> u32 {
+    bf16_bits(lo) | (bf16_bits(hi) << 16)
+}
+
+/// `v` rounded to bf16 as [`linear_packed`] rounds its operands, back in f32 (for references
+/// and tests).
+pub fn round_bf16(v: f32) -> f32 {
+    f32::from_bits(bf16_bits(v) << 16)
+}
+
+impl PackedWeight {
+    /// Converts `w` (`[output, input]`, row-major) to `precision`; f32 has no packed form
+    /// ([`Error::Unsupported`]).
+    pub fn new(
+        w: &[f32],
+        output: usize,
+        input: usize,
+        precision: Precision,
+    ) -> Result<PackedWeight, Error> {
+        let needed = output.checked_mul(input).ok_or(Error::ShapeMismatch {
+            what: "packed weight size",
+            expected: usize::MAX,
+            found: output,
+        })?;
+        super::require("pack_weight", "w", needed, w.len())?;
+        match precision {
+            Precision::F32 => Err(Error::Unsupported {
+                what: "packing a weight for f32 products",
+            }),
+            Precision::Bf16 => {
+                let pairs = input.div_ceil(2);
+                let mut words = vec![0u32; output.div_ceil(PANEL) * pairs * PANEL];
+                for (col, row) in w[..needed].chunks_exact(input.max(1)).enumerate() {
+                    let (panel, lane) = (col / PANEL, col % PANEL);
+                    for (kk, two) in row.chunks(2).enumerate() {
+                        let hi = two.get(1).copied().unwrap_or(0.0);
+                        words[(panel * pairs + kk) * PANEL + lane] = pair(two[0], hi);
+                    }
+                }
+                Ok(PackedWeight {
+                    output,
+                    input,
+                    format: Format::Bf16(words),
+                })
+            }
+            Precision::Int8 => {
+                let quads = input.div_ceil(4);
+                let mut words = vec![0u32; output.div_ceil(PANEL) * quads * PANEL];
+                let (mut scales, mut sums) = (vec![0.0; output], vec![0; output]);
+                let mut q = vec![0i8; input];
+                for (col, row) in w[..needed].chunks_exact(input.max(1)).enumerate() {
+                    scales[col] = quantize_row(row, &mut q);
+                    sums[col] = q.iter().map(|&v| i32::from(v)).sum();
+                    let (panel, lane) = (col / PANEL, col % PANEL);
+                    for (kq, four) in q.chunks(4).enumerate() {
+                        let mut bytes = [0u8; 4];
+                        for (b, &v) in bytes.iter_mut().zip(four) {
+                            *b = v as u8;
+                        }
+                        words[(panel * quads + kq) * PANEL + lane] = u32::from_le_bytes(bytes);
+                    }
+                }
+                Ok(PackedWeight {
+                    output,
+                    input,
+                    format: Format::Int8 {
+                        words,
+                        scales,
+                        sums,
+                    },
+                })
+            }
+        }
+    }
+
+    /// Output width (rows of the original weight).
+    pub fn output(&self) -> usize {
+        self.output
+    }
+
+    /// Input width (columns of the original weight).
+    pub fn input(&self) -> usize {
+        self.input
+    }
+
+    /// The number format.
+    pub fn precision(&self) -> Precision {
+        match self.format {
+            Format::Bf16(_) => Precision::Bf16,
+            Format::Int8 { .. } => Precision::Int8,
+        }
+    }
+}
+
+/// The operand contract of [`linear_packed`] (and of every backend's
+/// [`Backend::matmul_packed`](crate::Backend::matmul_packed)): `x` holds `rows × input`
+/// elements and `out` `rows × output`.
+pub fn check_linear_packed(
+    w: &PackedWeight,
+    rows: usize,
+    x_len: usize,
+    out_len: usize,
+) -> Result<(), Error> {
+    let x = rows.checked_mul(w.input);
+    let out = rows.checked_mul(w.output);
+    match (x, out) {
+        (Some(x), Some(out)) => {
+            super::require("matmul_packed", "x", x, x_len)?;
+            super::require("matmul_packed", "out", out, out_len)
+        }
+        _ => Err(Error::ShapeMismatch {
+            what: "matmul_packed rows",
+            expected: usize::MAX,
+            found: rows,
+        }),
+    }
+}
+
+/// `out[rows, output] = x[rows, input]·Wᵀ` (overwrites `out`).
+pub fn linear_packed(
+    x: &[f32],
+    w: &PackedWeight,
+    out: &mut [f32],
+    rows: usize,
+) -> Result<(), Error> {
+    check_linear_packed(w, rows, x.len(), out.len())?;
+    linear_packed_rows(&x[..rows * w.input], w, &mut out[..rows * w.output]);
+    Ok(())
+}
+
+/// [`linear_packed`] over whole rows: `x` holds the rows' inputs, `out` their outputs
+/// (lengths already checked to be multiples of `input` and `output` for the same rows).
+pub(crate) fn linear_packed_rows(x: &[f32], w: &PackedWeight, out: &mut [f32]) {
+    if w.output == 0 {
+        return;
+    }
+    let rows = out.len() / w.output;
+    let tiles = rows.div_ceil(TILE_ROWS);
+    match &w.format {
+        Format::Bf16(words) => {
+            let pairs = w.input.div_ceil(2);
+            // The rows' activations as bf16 pairs, padded to whole micro-tiles with zero rows.
+            let mut a = vec![0u32; tiles * TILE_ROWS * pairs];
+            if w.input > 0 {
+                pack_rows(x, w.input, &mut a[..rows * pairs]);
+            }
+            let kernel = bf16_kernel();
+            // The FMA kernel broadcasts the activations as f32, odd element first.
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            let widened: Vec<f32> = match kernel {
+                Bf16Kernel::Fma => widen_pairs(&a),
+                _ => Vec::new(),
+            };
+            for_each_tile(
+                w,
+                words,
+                (&a, rows, pairs),
+                |#[cfg_attr(
+                    not(all(feature = "std", target_arch = "x86_64")),
+                    expect(unused_variables, reason = "only the FMA kernel reads the tile index")
+                )]
+                 t,
+                 a_tile,
+                 b,
+                 np,
+                 tile: &mut [[f32; TILE_COLS]; TILE_ROWS]| match kernel {
+                    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+                    // SAFETY: `bf16_kernel` checked AVX-512F and AVX-512 BF16 at run time.
+                    Bf16Kernel::Dpbf16 => unsafe {
+                        match np {
+                            1 => tile_avx512_bf16::<1>(a_tile, pairs, b, tile),
+                            2 => tile_avx512_bf16::<2>(a_tile, pairs, b, tile),
+                            3 => tile_avx512_bf16::<3>(a_tile, pairs, b, tile),
+                            _ => tile_avx512_bf16::<4>(a_tile, pairs, b, tile),
+                        }
+                    },
+                    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+                    // SAFETY: `bf16_kernel` checked AVX-512F at run time.
+                    Bf16Kernel::Fma => unsafe {
+                        let a = &widened[2 * t * TILE_ROWS * pairs..][..2 * TILE_ROWS * pairs];
+                        match np {
+                            1 => tile_avx512_fma::<1>(a, pairs, b, tile),
+                            2 => tile_avx512_fma::<2>(a, pairs, b, tile),
+                            3 => tile_avx512_fma::<3>(a, pairs, b, tile),
+                            _ => tile_avx512_fma::<4>(a, pairs, b, tile),
+                        }
+                    },
+                    _ => tile_widened(a_tile, pairs, b, np, tile),
+                },
+                |r, c, values| out[r * w.output + c..][..values.len()].copy_from_slice(values),
+            );
+        }
+        Format::Int8 {
+            words,
+            scales,
+            sums,
+        } => {
+            let quads = w.input.div_ceil(4);
+            // Each row quantised with its own scale, as unsigned bytes `q + 128`.
+            let mut a = vec![0u32; tiles * TILE_ROWS * quads];
+            let mut row_scales = vec![0.0f32; rows];
+            if w.input > 0 {
+                quantize_offset_rows(x, w.input, &mut a, &mut row_scales);
+            }
+            let hardware = vnni_hardware();
+            for_each_tile(
+                w,
+                words,
+                (&a, rows, quads),
+                |_, a_tile, b, np, tile: &mut [[i32; TILE_COLS]; TILE_ROWS]| {
+                    if hardware {
+                        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+                        // SAFETY: `vnni_hardware` checked AVX-512F and AVX-512 VNNI at run time.
+                        unsafe {
+                            match np {
+                                1 => tile_avx512_vnni::<1>(a_tile, quads, b, tile),
+                                2 => tile_avx512_vnni::<2>(a_tile, quads, b, tile),
+                                3 => tile_avx512_vnni::<3>(a_tile, quads, b, tile),
+                                _ => tile_avx512_vnni::<4>(a_tile, quads, b, tile),
+                            }
+                        }
+                    } else {
+                        tile_int32(a_tile, quads, b, np, tile);
+                    }
+                },
+                |r, c, acc| {
+                    let out = &mut out[r * w.output + c..][..acc.len()];
+                    let columns = sums[c..].iter().zip(&scales[c..]);
+                    for ((o, &acc), (&sum, &scale)) in out.iter_mut().zip(acc).zip(columns) {
+                        let dot = acc.wrapping_sub(sum.wrapping_mul(128));
+                        *o = dot as f32 * (row_scales[r] * scale);
+                    }
+                },
+            );
+        }
+    }
+}
+
+/// Runs `kernel(tile_index, a_tile, b_strip, panels, tile)` over every micro-tile of the product (strips
+/// of up to [`TILE_PANELS`] panels, then tiles of [`TILE_ROWS`] rows of `a`, `groups` words per
+/// row, padded past `rows` to whole tiles) and hands each valid row of the tile to
+/// `store(row, first column, values)`.
+fn for_each_tile<T: Copy + Default>(
+    w: &PackedWeight,
+    words: &[u32],
+    (a, rows, groups): (&[u32], usize, usize),
+    mut kernel: impl FnMut(usize, &[u32], &[u32], usize, &mut [[T; TILE_COLS]; TILE_ROWS]),
+    mut store: impl FnMut(usize, usize, &[T]),
+) {
+    let panels = w.output.div_ceil(PANEL);
+    let mut tile = [[T::default(); TILE_COLS]; TILE_ROWS];
+    for strip in (0..panels).step_by(TILE_PANELS) {
+        let np = (panels - strip).min(TILE_PANELS);
+        let b = &words[strip * groups * PANEL..][..np * groups * PANEL];
+        let (col0, cols) = (strip * PANEL, (w.output - strip * PANEL).min(TILE_COLS));
+        for t in 0..rows.div_ceil(TILE_ROWS) {
+            kernel(
+                t,
+                &a[t * TILE_ROWS * groups..][..TILE_ROWS * groups],
+                b,
+                np,
+                &mut tile,
+            );
+            let first = t * TILE_ROWS;
+            for (r, values) in tile.iter().enumerate().take(rows - first) {
+                store(first + r, col0, &values[..cols]);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// bf16 pairs as f32, odd element first (the FMA kernel's activations).
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    fn widen_pairs(words: &[u32]) -> Vec<f32> {
+        let mut out = vec![0.0f32; 2 * words.len()];
+        for (two, &w) in out.chunks_exact_mut(2).zip(words) {
+            two[0] = f32::from_bits(w & 0xffff_0000);
+            two[1] = f32::from_bits(w << 16);
+        }
+        out
+    }
+}
+
+multiversion! {
+    /// `x`'s rows (`input` wide) as bf16 pairs into `out` (`pairs` words per row).
+    fn pack_rows(x: &[f32], input: usize, out: &mut [u32]) {
+        let pairs = input.div_ceil(2);
+        for (row, words) in x.chunks_exact(input).zip(out.chunks_exact_mut(pairs)) {
+            let (even, odd) = row.split_at(input - input % 2);
+            for (word, two) in words.iter_mut().zip(even.chunks_exact(2)) {
+                *word = pair(two[0], two[1]);
+            }
+            if let [last] = odd {
+                words[pairs - 1] = pair(*last, 0.0);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// One micro-tile without bf16 instructions: the pairs widened to f32 in registers and
+    /// added in `vdpbf16ps`'s order (odd element, then even).
+    fn tile_widened(
+        a: &[u32],
+        pairs: usize,
+        b: &[u32],
+        np: usize,
+        tile: &mut [[f32; TILE_COLS]; TILE_ROWS],
+    ) {
+        for (r, out) in tile.iter_mut().enumerate() {
+            let a_row = &a[r * pairs..][..pairs];
+            for p in 0..np {
+                let panel = &b[p * pairs * PANEL..][..pairs * PANEL];
+                let mut acc = [0.0f32; PANEL];
+                for (&word, lanes) in a_row.iter().zip(panel.chunks_exact(PANEL)) {
+                    let hi = f32::from_bits(word & 0xffff_0000);
+                    let lo = f32::from_bits(word << 16);
+                    for (acc, &w) in acc.iter_mut().zip(lanes) {
+                        *acc += f32::from_bits(w & 0xffff_0000) * hi;
+                        *acc += f32::from_bits(w << 16) * lo;
+                    }
+                }
+                out[p * PANEL..][..PANEL].copy_from_slice(&acc);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Quantises each `input`-wide row of `x` ([`quantize_row`]) into `scales` and `words`
+    /// (`input.div_ceil(4)` per row): unsigned bytes `q + 128`, four per word, the last word
+    /// padded with 128 (whose weights are zero).
+    fn quantize_offset_rows(x: &[f32], input: usize, words: &mut [u32], scales: &mut [f32]) {
+        let quads = input.div_ceil(4);
+        let mut q = vec![0i8; quads * 4];
+        for ((row, scale), words) in x
+            .chunks_exact(input)
+            .zip(scales.iter_mut())
+            .zip(words.chunks_exact_mut(quads))
+        {
+            *scale = quantize_row(row, &mut q[..input]);
+            for (word, four) in words.iter_mut().zip(q.chunks_exact(4)) {
+                let bytes = [four[0], four[1], four[2], four[3]].map(|v| (v as u8) ^ 0x80);
+                *word = u32::from_le_bytes(bytes);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// One int8 micro-tile without VNNI: the same exact i32 sums (unsigned activation byte ×
+    /// signed weight byte), widened in registers.
+    fn tile_int32(
+        a: &[u32],
+        quads: usize,
+        b: &[u32],
+        np: usize,
+        tile: &mut [[i32; TILE_COLS]; TILE_ROWS],
+    ) {
+        for (r, out) in tile.iter_mut().enumerate() {
+            let a_row = &a[r * quads..][..quads];
+            for p in 0..np {
+                let panel = &b[p * quads * PANEL..][..quads * PANEL];
+                let mut acc = [0i32; PANEL];
+                for (&word, lanes) in a_row.iter().zip(panel.chunks_exact(PANEL)) {
+                    let x = word.to_le_bytes().map(i32::from);
+                    for (acc, &w) in acc.iter_mut().zip(lanes) {
+                        let w = w.to_le_bytes().map(|v| i32::from(v as i8));
+                        *acc += x[0] * w[0] + x[1] * w[1] + x[2] * w[2] + x[3] * w[3];
+                    }
+                }
+                out[p * PANEL..][..PANEL].copy_from_slice(&acc);
+            }
+        }
+    }
+}
+
+/// Whether the int8 products run on `vpdpbusd` (AVX-512 VNNI, within the `DEBERTA_CPU_SIMD`
+/// cap) rather than the portable integer loop.
+pub fn vnni_hardware() -> bool {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    {
+        crate::simd::simd_level() == crate::simd::SimdLevel::Avx512
+            && std::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+    {
+        false
+    }
+}
+
+/// The kernel the products at `precision` run on with this CPU and `DEBERTA_CPU_SIMD` cap:
+/// `avx512_bf16` or `f32-widened` (bf16), `avx512_vnni` or `int32-widened` (int8); `None` for
+/// f32 (sgemm).
+pub fn packed_kernel_name(precision: Precision) -> Option<&'static str> {
+    match precision {
+        Precision::F32 => None,
+        Precision::Bf16 => Some(match bf16_kernel() {
+            Bf16Kernel::Dpbf16 => "avx512_bf16",
+            Bf16Kernel::Fma => "avx512_fma",
+            Bf16Kernel::Widened => "f32-widened",
+        }),
+        Precision::Int8 if vnni_hardware() => Some("avx512_vnni"),
+        Precision::Int8 => Some("int32-widened"),
+    }
+}
+
+/// One int8 micro-tile (`TILE_ROWS` rows × `NP` panels) on `vpdpbusd`.
+///
+/// # Safety
+///
+/// The CPU must support AVX-512F and AVX-512 VNNI.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn tile_avx512_vnni<const NP: usize>(
+    a: &[u32],
+    quads: usize,
+    b: &[u32],
+    tile: &mut [[i32; TILE_COLS]; TILE_ROWS],
+) {
+    use core::arch::x86_64::*;
+    assert!(a.len() >= TILE_ROWS * quads && b.len() >= NP * quads * PANEL);
+    let mut acc = [[_mm512_setzero_si512(); NP]; TILE_ROWS];
+    for kq in 0..quads {
+        let mut w = [_mm512_setzero_si512(); NP];
+        for (p, w) in w.iter_mut().enumerate() {
+            // SAFETY: `(p·quads + kq)·16 + 16 ≤ NP·quads·16 ≤ b.len()` (asserted above).
+            *w = unsafe { _mm512_loadu_si512(b.as_ptr().add((p * quads + kq) * PANEL).cast()) };
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: `r·quads + kq < TILE_ROWS·quads ≤ a.len()` (asserted above).
+            let x = _mm512_set1_epi32(unsafe { *a.get_unchecked(r * quads + kq) } as i32);
+            for (acc, &w) in acc.iter_mut().zip(&w) {
+                *acc = _mm512_dpbusd_epi32(*acc, x, w);
+            }
+        }
+    }
+    for (out, acc) in tile.iter_mut().zip(&acc) {
+        for (p, &v) in acc.iter().enumerate() {
+            // SAFETY: `p·16 + 16 ≤ NP·16 ≤ TILE_COLS`: inside the row.
+            unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(p * PANEL).cast(), v) };
+        }
+    }
+}
+
+/// Which instructions the bf16 products use at the AVX-512 level (`DEBERTA_CPU_BF16`); both
+/// give the same sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bf16Instructions {
+    /// The pairs widened to f32 in registers and multiplied by `vfmadd231ps` (the default:
+    /// on Sapphire Rapids-class Xeons two FMAs retire about three times as fast as one
+    /// `vdpbf16ps`, so this path is about 1.5× faster).
+    Fma = 0,
+    /// AVX-512 BF16's `vdpbf16ps` where the CPU has it (else [`Bf16Instructions::Fma`]).
+    Dpbf16 = 1,
+}
+
+static BF16_INSTRUCTIONS: AtomicU8 = AtomicU8::new(Bf16Instructions::Fma as u8);
+
+/// Chooses the instructions of the bf16 products from now on.
+pub fn set_bf16_instructions(instructions: Bf16Instructions) {
+    BF16_INSTRUCTIONS.store(instructions as u8, Ordering::Relaxed);
+}
+
+/// The micro-kernel of the bf16 products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    not(all(feature = "std", target_arch = "x86_64")),
+    expect(
+        dead_code,
+        reason = "the AVX-512 kernels exist on x86-64 with std only"
+    )
+)]
+enum Bf16Kernel {
+    /// `vdpbf16ps` (AVX-512 BF16).
+    Dpbf16,
+    /// Pairs widened in registers, `vfmadd231ps` (AVX-512F).
+    Fma,
+    /// The portable loop, compiled per SIMD level.
+    Widened,
+}
+
+/// The bf16 kernel for this CPU, `DEBERTA_CPU_SIMD` cap and [`set_bf16_instructions`] choice.
+fn bf16_kernel() -> Bf16Kernel {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if crate::simd::simd_level() == crate::simd::SimdLevel::Avx512 {
+        let dpbf16 = BF16_INSTRUCTIONS.load(Ordering::Relaxed) == Bf16Instructions::Dpbf16 as u8;
+        return if dpbf16 && std::is_x86_feature_detected!("avx512bf16") {
+            Bf16Kernel::Dpbf16
+        } else {
+            Bf16Kernel::Fma
+        };
+    }
+    Bf16Kernel::Widened
+}
+
+/// One micro-tile (`TILE_ROWS` rows × `NP` panels) with AVX-512F FMAs: the weight pairs
+/// widened to f32 in registers, the activations (`a`: two f32 per pair, odd element first)
+/// broadcast; the odd element's product is added first, as `vdpbf16ps` does, and since a
+/// product of two bf16 values is exact in f32, each FMA rounds exactly as its addition does.
+///
+/// # Safety
+///
+/// The CPU must support AVX-512F.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_avx512_fma<const NP: usize>(
+    a: &[f32],
+    pairs: usize,
+    b: &[u32],
+    tile: &mut [[f32; TILE_COLS]; TILE_ROWS],
+) {
+    use core::arch::x86_64::*;
+    assert!(a.len() >= 2 * TILE_ROWS * pairs && b.len() >= NP * pairs * PANEL);
+    let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
+    let mut acc = [[_mm512_setzero_ps(); NP]; TILE_ROWS];
+    for kk in 0..pairs {
+        let (mut odd, mut even) = ([_mm512_setzero_ps(); NP], [_mm512_setzero_ps(); NP]);
+        for p in 0..NP {
+            // SAFETY: `(p·pairs + kk)·16 + 16 ≤ NP·pairs·16 ≤ b.len()` (asserted above).
+            let w = unsafe { _mm512_loadu_si512(b.as_ptr().add((p * pairs + kk) * PANEL).cast()) };
+            odd[p] = _mm512_castsi512_ps(_mm512_and_si512(w, high));
+            even[p] = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w));
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: `2·(r·pairs + kk) + 1 < 2·TILE_ROWS·pairs ≤ a.len()` (asserted above).
+            let (x_odd, x_even) = unsafe {
+                let at = 2 * (r * pairs + kk);
+                (*a.get_unchecked(at), *a.get_unchecked(at + 1))
+            };
+            let (x_odd, x_even) = (_mm512_set1_ps(x_odd), _mm512_set1_ps(x_even));
+            for (p, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_fmadd_ps(odd[p], x_odd, *acc);
+                *acc = _mm512_fmadd_ps(even[p], x_even, *acc);
+            }
+        }
+    }
+    for (out, acc) in tile.iter_mut().zip(&acc) {
+        for (p, &v) in acc.iter().enumerate() {
+            // SAFETY: `p·16 + 16 ≤ NP·16 ≤ TILE_COLS`: inside the row.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(p * PANEL), v) };
+        }
+    }
+}
+
+/// One micro-tile (`TILE_ROWS` rows × `NP` panels) on `vdpbf16ps`: 24 accumulators at most.
+///
+/// # Safety
+///
+/// The CPU must support AVX-512F and AVX-512 BF16.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn tile_avx512_bf16<const NP: usize>(
+    a: &[u32],
+    pairs: usize,
+    b: &[u32],
+    tile: &mut [[f32; TILE_COLS]; TILE_ROWS],
+) {
+    use core::arch::x86_64::*;
+    assert!(a.len() >= TILE_ROWS * pairs && b.len() >= NP * pairs * PANEL);
+    let mut acc = [[_mm512_setzero_ps(); NP]; TILE_ROWS];
+    for kk in 0..pairs {
+        let mut w = [_mm512_setzero_si512(); NP];
+        for (p, w) in w.iter_mut().enumerate() {
+            // SAFETY: `(p·pairs + kk)·16 + 16 ≤ NP·pairs·16 ≤ b.len()` (asserted above).
+            *w = unsafe { _mm512_loadu_si512(b.as_ptr().add((p * pairs + kk) * PANEL).cast()) };
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: `r·pairs + kk < TILE_ROWS·pairs ≤ a.len()` (asserted above).
+            let x = _mm512_set1_epi32(unsafe { *a.get_unchecked(r * pairs + kk) } as i32);
+            for (acc, &w) in acc.iter_mut().zip(&w) {
+                // SAFETY: `__m512i` and `__m512bh` are both 512-bit vectors; the words hold
+                // bf16 pairs, the lane format `vdpbf16ps` reads.
+                let (w, x) = unsafe {
+                    (
+                        core::mem::transmute::<__m512i, __m512bh>(w),
+                        core::mem::transmute::<__m512i, __m512bh>(x),
+                    )
+                };
+                *acc = _mm512_dpbf16_ps(*acc, w, x);
+            }
+        }
+    }
+    for (out, acc) in tile.iter_mut().zip(&acc) {
+        for (p, &v) in acc.iter().enumerate() {
+            // SAFETY: `p·16 + 16 ≤ NP·16 ≤ TILE_COLS`: inside the row.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(p * PANEL), v) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(n: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// The same products in the same order, element by element, from the rounded values.
+    fn reference(x: &[f32], w: &[f32], rows: usize, input: usize, output: usize) -> Vec<f32> {
+        let mut out = vec![0.0f32; rows * output];
+        for r in 0..rows {
+            for c in 0..output {
+                let mut acc = 0.0f32;
+                for kk in 0..input.div_ceil(2) {
+                    let at = |v: &[f32], i: usize| {
+                        if i < input { round_bf16(v[i]) } else { 0.0 }
+                    };
+                    let (xr, wc) = (&x[r * input..], &w[c * input..]);
+                    acc += at(xr, 2 * kk + 1) * at(wc, 2 * kk + 1);
+                    acc += at(xr, 2 * kk) * at(wc, 2 * kk);
+                }
+                out[r * output + c] = acc;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even_and_flushes_subnormals() {
+        assert_eq!(round_bf16(1.0), 1.0);
+        // 1 + 2⁻⁸ is halfway between 1 and 1 + 2⁻⁷: ties to even (1).
+        assert_eq!(round_bf16(1.0 + 1.0 / 256.0), 1.0);
+        assert_eq!(round_bf16(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0);
+        assert_eq!(round_bf16(-3.0e-39), 0.0);
+        assert!(round_bf16(-3.0e-39).is_sign_negative());
+        assert!(round_bf16(f32::NAN).is_nan());
+        assert_eq!(round_bf16(f32::MAX), f32::INFINITY);
+        assert_eq!(round_bf16(f32::INFINITY), f32::INFINITY);
+    }
+
+    #[test]
+    fn products_match_the_ordered_reference_bit_for_bit_on_every_path() {
+        // Odd widths (padding of the pair and of the panels), partial micro-tiles.
+        for [rows, input, output] in [[1, 1, 1], [7, 33, 17], [13, 384, 100], [6, 64, 64]] {
+            let x = fill(rows * input, 1);
+            let wt = fill(output * input, 2);
+            let w = PackedWeight::new(&wt, output, input, Precision::Bf16).unwrap();
+            let expected = reference(&x, &wt, rows, input, output);
+            // Every kernel: vdpbf16ps and the FMAs at AVX-512 (the CPU permitting), the
+            // portable loop at AVX2 and the baseline.
+            let runs = [
+                (None, Bf16Instructions::Dpbf16),
+                (None, Bf16Instructions::Fma),
+                (Some(crate::simd::SimdLevel::Avx2), Bf16Instructions::Fma),
+                (
+                    Some(crate::simd::SimdLevel::Baseline),
+                    Bf16Instructions::Fma,
+                ),
+            ];
+            for (level, instructions) in runs {
+                crate::simd::set_max_simd_level(level);
+                set_bf16_instructions(instructions);
+                let mut out = vec![f32::NAN; rows * output];
+                linear_packed(&x, &w, &mut out, rows).unwrap();
+                crate::simd::set_max_simd_level(None);
+                set_bf16_instructions(Bf16Instructions::Fma);
+                for (i, (a, b)) in out.iter().zip(&expected).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{rows}x{input}x{output} at {level:?} {instructions:?}, element {i}: \
+                         {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_error_against_f32_is_within_the_rounding_bound() {
+        let (rows, input, output) = (9, 256, 40);
+        let x = fill(rows * input, 3);
+        let wt = fill(output * input, 4);
+        let w = PackedWeight::new(&wt, output, input, Precision::Bf16).unwrap();
+        let mut out = vec![0.0; rows * output];
+        linear_packed(&x, &w, &mut out, rows).unwrap();
+        for r in 0..rows {
+            for c in 0..output {
+                let (mut exact, mut bound) = (0.0f64, 0.0f64);
+                for k in 0..input {
+                    let p = f64::from(x[r * input + k]) * f64::from(wt[c * input + k]);
+                    exact += p;
+                    bound += p.abs();
+                }
+                // Two roundings of relative size 2⁻⁹ per product, plus f32 accumulation.
+                let err = (f64::from(out[r * output + c]) - exact).abs();
+                assert!(err <= bound * (2.0 / 512.0 + 1e-5), "{err} > bound {bound}");
+            }
+        }
+    }
+
+    /// The int8 product from the edge format's quantisation, in i64, element by element.
+    fn int8_reference(x: &[f32], w: &[f32], rows: usize, input: usize, output: usize) -> Vec<f32> {
+        let quantize = |v: &[f32]| {
+            let mut q = vec![0i8; v.len()];
+            let s = quantize_row(v, &mut q);
+            (q, s)
+        };
+        let weights: Vec<_> = w.chunks_exact(input).map(quantize).collect();
+        let mut out = vec![0.0f32; rows * output];
+        for (r, row) in x.chunks_exact(input).enumerate() {
+            let (qx, sx) = quantize(row);
+            for (c, (qw, sw)) in weights.iter().enumerate() {
+                let dot: i64 = qx
+                    .iter()
+                    .zip(qw)
+                    .map(|(&a, &b)| i64::from(a) * i64::from(b))
+                    .sum();
+                out[r * output + c] = dot as i32 as f32 * (sx * sw);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn int8_products_match_the_edge_scheme_bit_for_bit_on_every_path() {
+        for [rows, input, output] in [[1, 1, 1], [7, 33, 17], [13, 384, 100], [6, 64, 64]] {
+            let mut x = fill(rows * input, 5);
+            // A row of zeros (scale 0) and one with a single large value.
+            x[..input].fill(0.0);
+            if rows > 1 {
+                x[input] = 40.0;
+            }
+            let wt = fill(output * input, 6);
+            let w = PackedWeight::new(&wt, output, input, Precision::Int8).unwrap();
+            assert_eq!(w.precision(), Precision::Int8);
+            let expected = int8_reference(&x, &wt, rows, input, output);
+            let levels = [
+                None,
+                Some(crate::simd::SimdLevel::Avx2),
+                Some(crate::simd::SimdLevel::Baseline),
+            ];
+            for level in levels {
+                crate::simd::set_max_simd_level(level);
+                let mut out = vec![f32::NAN; rows * output];
+                linear_packed(&x, &w, &mut out, rows).unwrap();
+                crate::simd::set_max_simd_level(None);
+                for (i, (a, b)) in out.iter().zip(&expected).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{rows}x{input}x{output} at {level:?}, element {i}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn int8_error_against_f32_is_within_the_quantisation_bound() {
+        let (rows, input, output) = (9, 256, 40);
+        let x = fill(rows * input, 7);
+        let wt = fill(output * input, 8);
+        let w = PackedWeight::new(&wt, output, input, Precision::Int8).unwrap();
+        let mut out = vec![0.0; rows * output];
+        linear_packed(&x, &w, &mut out, rows).unwrap();
+        let max = |v: &[f32]| v.iter().fold(0.0f32, |m, &a| m.max(a.abs()));
+        for r in 0..rows {
+            let xr = &x[r * input..][..input];
+            for c in 0..output {
+                let wc = &wt[c * input..][..input];
+                let exact: f64 = xr
+                    .iter()
+                    .zip(wc)
+                    .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                    .sum();
+                // |x·w − x̂·ŵ| ≤ Σ |x|·|ŵ − w| + |x̂ − x|·|ŵ| with half a step of error each.
+                let (sx, sw) = (f64::from(max(xr)) / 127.0, f64::from(max(wc)) / 127.0);
+                let l1 = |v: &[f32]| v.iter().map(|&a| f64::from(a.abs())).sum::<f64>();
+                let bound = 0.5 * sw * l1(xr) + 0.5 * sx * (l1(wc) + 0.5 * sw * input as f64);
+                let err = (f64::from(out[r * output + c]) - exact).abs();
+                assert!(err <= bound + 1e-6, "{err} > {bound}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_operands_are_errors() {
+        let w = PackedWeight::new(&[0.0; 6], 2, 3, Precision::Bf16).unwrap();
+        assert!(linear_packed(&[0.0; 5], &w, &mut [0.0; 4], 2).is_err());
+        assert!(linear_packed(&[0.0; 6], &w, &mut [0.0; 3], 2).is_err());
+        assert!(PackedWeight::new(&[0.0; 5], 2, 3, Precision::Bf16).is_err());
+        assert!(PackedWeight::new(&[0.0; 6], 2, 3, Precision::F32).is_err());
+    }
+}

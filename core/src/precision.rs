@@ -1,0 +1,60 @@
+//! The number format of the weight products: the one `--precision` choice of every command
+//! that computes (`deberta forward`, `detect`, `bench forward`).
+//!
+//! [`Precision::F32`] is the reference and the default: every product in f32, bit-identical
+//! for any thread count and SIMD level. The narrower formats change only the products of the
+//! `Linear` layers (projections, feed-forward, heads' dense layers): their weights are
+//! converted once ([`ParamStore::pack`](crate::model::ParamStore::pack)), activations are
+//! rounded (bf16) or quantised per row (int8) at the product's input, and products accumulate
+//! in f32 (bf16) or exactly in i32 (int8); everything else (embeddings, layer norm, softmax,
+//! GELU, attention scores, the tied MLM decoder, losses) stays in f32. Both narrower paths give
+//! the same bits for any thread count, and at every SIMD level (bf16: unless a product or
+//! partial sum falls below 2⁻¹²⁶; see [`kernels::linear_packed`](crate::kernels::linear_packed)).
+
+/// The number format of the `Linear` products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 everywhere (the reference).
+    #[default]
+    F32,
+    /// bfloat16 weights and activations at the products' inputs, f32 accumulation
+    /// (`vdpbf16ps` with AVX-512 BF16, the same products through f32 registers without it).
+    Bf16,
+    /// int8 weights (one scale per output channel) and activations (one scale per row,
+    /// computed on the fly), exact i32 sums (`vpdpbusd` with AVX-512 VNNI, a portable loop
+    /// compiled for AVX2 and AVX-512F without it): inference of the discriminator.
+    Int8,
+}
+
+impl Precision {
+    /// Every precision, in the order the CLI lists them.
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Bf16, Precision::Int8];
+
+    /// The name the CLI uses: `f32`, `bf16`, `int8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
+        }
+    }
+
+    /// The precision called `name` (as [`Precision::name`] spells it).
+    pub fn from_name(name: &str) -> Option<Precision> {
+        Precision::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for p in Precision::ALL {
+            assert_eq!(Precision::from_name(p.name()), Some(p));
+        }
+        assert_eq!(Precision::from_name("fp32"), None);
+        assert_eq!(Precision::default(), Precision::F32);
+    }
+}
