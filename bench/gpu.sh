@@ -123,6 +123,8 @@ for label, res in by.items():
     other = by.get(stem + (" pytorch-cpu" if side == "ours-cpu" else " pytorch-cuda"))
     ours = res["median_ms"]
     extra = f" peak RSS {res.get('peak_rss_mb') or 0:.0f} MiB" if res.get("peak_rss_mb") else ""
+    if res.get("peak_device_mb"):
+        extra += f", GPU peak {res['peak_device_mb']:.0f} MiB (pool)"
     if other is None:
         print(f"{stem:28s} {side:10s} {ours:10.3f} ms{extra}")
         continue

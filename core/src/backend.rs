@@ -125,6 +125,13 @@ pub trait Backend {
 
     // ----- memory -------------------------------------------------------------------------
 
+    /// The most bytes this backend's device buffers have held at once, for backends whose
+    /// tensors live in a memory of their own (a GPU's); `None` where tensors are in host
+    /// memory, which the process's peak resident set already counts.
+    fn peak_device_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// A new zero-filled buffer of `len` elements.
     fn zeros(&self, len: usize) -> Result<Self::Tensor, Error>;
     /// A new buffer holding a copy of `data`.

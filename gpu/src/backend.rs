@@ -109,6 +109,10 @@ impl Backend for WgpuBackend {
         "wgpu"
     }
 
+    fn peak_device_bytes(&self) -> Option<u64> {
+        Some(self.device_memory().peak_bytes)
+    }
+
     fn zeros(&self, len: usize) -> Result<GpuTensor, Error> {
         memory::zeros(&self.gpu, len)
     }

@@ -80,7 +80,32 @@ fn forward_runs_the_nano_shape_fused_or_unfused() {
         let last = lines.last().expect("a JSON line");
         assert_eq!(last["shape"], "nano");
         assert_eq!(last["attention"], attention);
+        // Host memory is the peak RSS; there is no device memory of its own.
+        assert!(last["peak_device_mb"].is_null(), "{last}");
     }
+}
+
+#[test]
+fn wgpu_forward_reports_its_peak_device_memory() {
+    if deberta_gpu::list_adapters().iter().all(|a| !a.compute) {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but no GPU adapter: install mesa-vulkan-drivers"
+        );
+        eprintln!("SKIPPED: no GPU adapter (set CI=true to make this a failure)");
+        return;
+    }
+    let args: Vec<&str> = NANO_FORWARD
+        .iter()
+        .map(|&a| if a == "cpu" { "wgpu" } else { a })
+        .collect();
+    let run = deberta(&args);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let last = json_lines(&run.stdout).pop().expect("a JSON line");
+    assert_eq!(last["backend"], "wgpu");
+    // At least the weights: the nano model's parameters alone are over 1 MiB of f32.
+    let peak = last["peak_device_mb"].as_f64().expect("peak_device_mb");
+    assert!(peak > 1.0, "{last}");
 }
 
 #[test]

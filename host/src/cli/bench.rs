@@ -191,9 +191,9 @@ fn time_runs(warmup: usize, iters: usize, mut run: impl FnMut() -> Result<()>) -
     Ok(times)
 }
 
-fn report(
+fn report<B: Backend>(
     bench: &str,
-    backend: &str,
+    backend: &B,
     precision: Precision,
     args: &BenchArgs,
     threads: usize,
@@ -206,17 +206,21 @@ fn report(
     let tokens_per_s = tokens / (median / 1e3);
     let gflops = flops.map(|f| f / (median / 1e3) / 1e9);
     let peak = peak_rss_mib();
+    let peak_device = backend
+        .peak_device_bytes()
+        .map(|bytes| bytes as f64 / (1024.0 * 1024.0));
+    let backend_name = backend.name();
     let attention = match (bench, args.unfused_attention) {
         ("forward", false) => Some("fused"),
         ("forward", true) => Some("unfused"),
         _ => None,
     };
     // The CPU backend's kernels run at this instruction-set level (DEBERTA_CPU_SIMD caps it).
-    let simd = (backend == "cpu").then(|| deberta_core::simd::simd_level().name());
+    let simd = (backend_name == "cpu").then(|| deberta_core::simd::simd_level().name());
     // Narrower products name their kernel (`avx512_bf16`, `avx512_vnni`, or a widened loop).
     let kernel = deberta_core::kernels::packed_kernel_name(precision);
     println!(
-        "{bench} {} batch {} seq {} on {backend}, {} products{}{} ({threads} CPU threads{}): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {tokens_per_s:.0} tokens/s{}{}",
+        "{bench} {} batch {} seq {} on {backend_name}, {} products{}{} ({threads} CPU threads{}): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {tokens_per_s:.0} tokens/s{}{}{}",
         args.shape,
         args.batch,
         args.seq,
@@ -232,6 +236,9 @@ fn report(
             .unwrap_or_default(),
         peak.map(|p| format!(", peak RSS {p:.0} MiB"))
             .unwrap_or_default(),
+        peak_device
+            .map(|p| format!(", peak device memory {p:.0} MiB"))
+            .unwrap_or_default(),
     );
     if args.json {
         println!(
@@ -239,7 +246,7 @@ fn report(
             json!({
                 "bench": bench,
                 "impl": "deberta-rs",
-                "backend": backend,
+                "backend": backend_name,
                 "shape": args.shape,
                 "batch": args.batch,
                 "seq": args.seq,
@@ -250,6 +257,7 @@ fn report(
                 "gflops": gflops,
                 "threads": threads,
                 "peak_rss_mb": peak,
+                "peak_device_mb": peak_device,
                 "attention": attention,
                 "simd": simd,
                 "precision": precision.name(),
@@ -348,7 +356,7 @@ impl BackendTask for ForwardBench<'_> {
         let flops = forward_flops(&cfg, args.batch, args.seq, batch.window.rows);
         report(
             "forward",
-            backend.name(),
+            backend,
             precision,
             args,
             threads,
@@ -492,15 +500,7 @@ impl BackendTask for StepBench<'_> {
             step += 1;
             Ok(())
         })?;
-        report(
-            "step",
-            backend.name(),
-            Precision::F32,
-            args,
-            threads,
-            &times,
-            None,
-        );
+        report("step", backend, Precision::F32, args, threads, &times, None);
         Ok(())
     }
 }
