@@ -10,15 +10,10 @@
 //! Every collective here is deterministic: gathers concatenate in rank order, and sums are
 //! taken by the caller in that order, so every process computes the same bits.
 
-use std::cell::Cell;
-use std::rc::Rc;
-use std::time::Instant;
-
-use deberta_core::Backend;
-use deberta_core::model::{ParamId, ParamStore};
-use deberta_core::train::GradientReducer;
-
 mod blocks;
+mod reduce;
+
+pub use reduce::{AllReduce, Exchange, ExchangeStats, Gathered};
 
 /// The processes of this job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,24 +86,6 @@ impl World {
         local.to_vec()
     }
 
-    /// Every process's `local` (lengths may differ), in rank order.
-    pub fn all_gather_messages(&self, local: &[u32]) -> Vec<Vec<u32>> {
-        #[cfg(feature = "mpi")]
-        if self.size > 1 {
-            let (all, counts) = mpi_backend::all_gather_varcount(local, self.size);
-            let mut rest = &all[..];
-            return counts
-                .iter()
-                .map(|&c| {
-                    let (message, tail) = rest.split_at(c as usize);
-                    rest = tail;
-                    message.to_vec()
-                })
-                .collect();
-        }
-        vec![local.to_vec()]
-    }
-
     /// Element-wise sums of every process's `local` (all of the same length).
     pub fn sum_u64(&self, local: &[u64]) -> Vec<u64> {
         let all = self.all_gather_u64(local);
@@ -119,6 +96,16 @@ impl World {
             }
         }
         sum
+    }
+
+    /// The exchange of gradient buckets among the processes: immediate (non-blocking)
+    /// all-gathers under MPI, progressed whenever the backward pass hands over gradients.
+    pub fn gradient_exchange(&self) -> Box<dyn Exchange> {
+        #[cfg(feature = "mpi")]
+        if self.size > 1 {
+            return Box::new(mpi_backend::Immediate::new());
+        }
+        reduce::blocking(|local| vec![local.to_vec()])
     }
 
     /// Ends the whole job after an error on this process (`MPI_Abort`), so that no other
@@ -137,122 +124,22 @@ pub fn finalize() {
     mpi_backend::finalize();
 }
 
-/// Exchanges one process's message for every process's, in rank order.
-type Gather = Box<dyn FnMut(&[u32]) -> Vec<Vec<u32>>>;
-
-/// How much a data-parallel run exchanged, and how long its gradient sums took.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct ExchangeStats {
-    /// Wall time of the sums: staging, waiting for the other processes, exchange, addition.
-    pub seconds: f64,
-    /// 32-bit words this process sent.
-    pub sent_words: u64,
-    /// 32-bit words a dense exchange of the same gradients would have sent.
-    pub dense_words: u64,
-}
-
-/// The gradient sum of a data-parallel run (staged through the host on every backend):
-/// each process's gradients of the given parameters are gathered as a block-sparse message
-/// (blocks that are exactly `+0.0`, such as the embedding rows no token of the process
-/// touched, are not sent), and every process adds them in rank order onto zeros with its
-/// backend's own `add_assign`, the addition a single process uses to accumulate micro-batches
-/// — so `N` processes of one micro-batch each give the bits of one process with `N`
-/// micro-batches.
-pub struct AllReduce {
-    gather: Gather,
-    local: Vec<f32>,
-    message: Vec<u32>,
-    stats: Rc<Cell<ExchangeStats>>,
-}
-
-impl AllReduce {
-    /// The sum over the processes of `world`; what it costs is added to `stats`.
-    pub fn new(world: World, stats: Rc<Cell<ExchangeStats>>) -> AllReduce {
-        AllReduce::with_gather(move |local| world.all_gather_messages(local), stats)
-    }
-
-    /// The sum over the processes that `gather` exchanges with: it must return every
-    /// process's message, in rank order.
-    pub fn with_gather(
-        gather: impl FnMut(&[u32]) -> Vec<Vec<u32>> + 'static,
-        stats: Rc<Cell<ExchangeStats>>,
-    ) -> AllReduce {
-        AllReduce {
-            gather: Box::new(gather),
-            local: Vec::new(),
-            message: Vec::new(),
-            stats,
-        }
-    }
-}
-
-impl<B: Backend> GradientReducer<B> for AllReduce {
-    fn all_reduce(
-        &mut self,
-        backend: &B,
-        grads: &mut ParamStore<B::Tensor>,
-        ids: &[ParamId],
-    ) -> Result<(), deberta_core::Error> {
-        let started = Instant::now();
-        let lens: Vec<usize> = ids.iter().map(|&id| backend.len(grads.get(id))).collect();
-        let total: usize = lens.iter().sum();
-        self.local.resize(total, 0.0);
-        let mut offset = 0;
-        for (&id, &len) in ids.iter().zip(&lens) {
-            backend.download(grads.get(id), &mut self.local[offset..offset + len])?;
-            offset += len;
-        }
-        if total == 0 {
-            return Ok(());
-        }
-        blocks::encode(&self.local, &mut self.message);
-        let messages = (self.gather)(&self.message);
-        if messages.is_empty() {
-            return Err(deberta_core::Error::EmptyInput {
-                what: "the processes' gradient messages",
-            });
-        }
-        let mut stats = self.stats.get();
-        stats.sent_words += self.message.len() as u64;
-        stats.dense_words += total as u64;
-        let mut part = Vec::with_capacity(total);
-        for (rank, message) in messages.iter().enumerate() {
-            blocks::decode(message, total, &mut part).ok_or(
-                deberta_core::Error::ShapeMismatch {
-                    what: "a process's gradient message (values for these parameters)",
-                    expected: total,
-                    found: message.len(),
-                },
-            )?;
-            let mut offset = 0;
-            for (&id, &len) in ids.iter().zip(&lens) {
-                let sum = grads.get_mut(id);
-                if rank == 0 {
-                    backend.fill(sum, 0.0)?;
-                }
-                let share = backend.upload(&part[offset..offset + len])?;
-                backend.add_assign(sum, &share)?;
-                offset += len;
-            }
-        }
-        stats.seconds += started.elapsed().as_secs_f64();
-        self.stats.set(stats);
-        Ok(())
-    }
-}
-
 #[cfg(feature = "mpi")]
 mod mpi_backend {
     //! The MPI calls, through rsmpi; MPI is initialised on the first call under a launcher.
 
+    use std::collections::VecDeque;
     use std::sync::Mutex;
+
+    use mpi::ffi;
+    use mpi::raw::AsRaw;
 
     use mpi::datatype::PartitionMut;
     use mpi::environment::Universe;
     use mpi::topology::SimpleCommunicator;
     use mpi::traits::{Communicator, CommunicatorCollectives, Equivalence};
 
-    use super::World;
+    use super::{Exchange, Gathered, World};
 
     /// The environment variables by which MPI launchers tell a process it is one of a job.
     const LAUNCHER_VARIABLES: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"];
@@ -322,5 +209,174 @@ mod mpi_backend {
 
     pub(super) fn abort(code: i32) -> ! {
         communicator().abort(code)
+    }
+
+    /// One bucket's exchange in flight: the all-gather of the message lengths, then the
+    /// all-gather of the messages. The buffers are owned here and not touched while MPI may
+    /// read or write them.
+    struct InFlight {
+        /// This process's message, then its length (the send buffers).
+        message: Vec<u32>,
+        length: Vec<i32>,
+        /// Every process's length, and where its message goes in `words`.
+        counts: Vec<i32>,
+        displs: Vec<i32>,
+        words: Vec<u32>,
+        /// The pending MPI request (`RSMPI_REQUEST_NULL` when none).
+        request: ffi::MPI_Request,
+        /// Whether the messages themselves are being gathered (else their lengths).
+        gathering_words: bool,
+    }
+
+    impl InFlight {
+        /// Starts gathering the lengths of `message`'s bucket over `lengths`.
+        fn start(message: &[u32], lengths: &SimpleCommunicator) -> InFlight {
+            let size = lengths.size() as usize;
+            let mut flight = InFlight {
+                message: message.to_vec(),
+                length: vec![message.len() as i32],
+                counts: vec![0; size],
+                displs: vec![0; size],
+                words: Vec::new(),
+                // SAFETY: reading an MPI constant.
+                request: unsafe { ffi::RSMPI_REQUEST_NULL },
+                gathering_words: false,
+            };
+            // SAFETY: `length` (1 value) and `counts` (one per process) are heap buffers owned
+            // by `flight` and untouched until the request completes (`test`, `wait`, `Drop`).
+            unsafe {
+                ffi::MPI_Iallgather(
+                    flight.length.as_ptr().cast(),
+                    1,
+                    i32::equivalent_datatype().as_raw(),
+                    flight.counts.as_mut_ptr().cast(),
+                    1,
+                    i32::equivalent_datatype().as_raw(),
+                    lengths.as_raw(),
+                    &mut flight.request,
+                );
+            }
+            flight
+        }
+
+        /// Whether the pending request has completed (then the request is null).
+        fn test(&mut self) -> bool {
+            let mut flag = 0;
+            // SAFETY: `request` is a request of this object's buffers, or null.
+            unsafe {
+                ffi::MPI_Test(&mut self.request, &mut flag, ffi::RSMPI_STATUS_IGNORE);
+            }
+            flag != 0
+        }
+
+        /// Waits for the pending request.
+        fn wait(&mut self) {
+            // SAFETY: as in `test`.
+            unsafe {
+                ffi::MPI_Wait(&mut self.request, ffi::RSMPI_STATUS_IGNORE);
+            }
+        }
+
+        /// Once the lengths are known: starts gathering the messages over `messages`.
+        fn gather_words(&mut self, messages: &SimpleCommunicator) {
+            let mut at = 0;
+            for (displ, &count) in self.displs.iter_mut().zip(&self.counts) {
+                *displ = at;
+                at += count;
+            }
+            self.words = vec![0; at as usize];
+            self.gathering_words = true;
+            // SAFETY: `message`, `counts`, `displs` and `words` (sized by the gathered
+            // counts) are heap buffers owned by `self`, untouched until the request completes.
+            unsafe {
+                ffi::MPI_Iallgatherv(
+                    self.message.as_ptr().cast(),
+                    self.message.len() as i32,
+                    u32::equivalent_datatype().as_raw(),
+                    self.words.as_mut_ptr().cast(),
+                    self.counts.as_ptr(),
+                    self.displs.as_ptr(),
+                    u32::equivalent_datatype().as_raw(),
+                    messages.as_raw(),
+                    &mut self.request,
+                );
+            }
+        }
+
+        /// Moves the exchange on without blocking; whether its messages are being gathered
+        /// (else the lengths are not known yet).
+        fn progress(&mut self, messages: &SimpleCommunicator) -> bool {
+            if !self.gathering_words {
+                if !self.test() {
+                    return false;
+                }
+                self.gather_words(messages);
+            }
+            self.test();
+            true
+        }
+    }
+
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            // MPI may still use the buffers of an abandoned exchange: wait before freeing.
+            // SAFETY: reading an MPI constant.
+            if self.request != unsafe { ffi::RSMPI_REQUEST_NULL } {
+                self.wait();
+            }
+        }
+    }
+
+    /// The exchange of gradient buckets over MPI, by immediate all-gathers (MPI-3
+    /// `MPI_Iallgather`, `MPI_Iallgatherv`). MPI is called from the training thread only (the
+    /// default `MPI_THREAD_SINGLE` level suffices): the exchanges progress whenever the
+    /// backward pass hands over gradients. Every process must start its collectives on a
+    /// communicator in the same order, but when a bucket's lengths arrive differs between
+    /// processes: so the lengths and the messages go over two communicators of their own, and
+    /// the messages' gathers start in bucket order.
+    pub(crate) struct Immediate {
+        lengths: SimpleCommunicator,
+        messages: SimpleCommunicator,
+        flights: VecDeque<InFlight>,
+    }
+
+    impl Immediate {
+        /// Creates the two communicators (collective: every process calls it at the same
+        /// point).
+        pub(crate) fn new() -> Immediate {
+            Immediate {
+                lengths: communicator().duplicate(),
+                messages: communicator().duplicate(),
+                flights: VecDeque::new(),
+            }
+        }
+    }
+
+    impl Exchange for Immediate {
+        fn start(&mut self, message: &[u32]) {
+            self.flights
+                .push_back(InFlight::start(message, &self.lengths));
+        }
+
+        fn progress(&mut self) {
+            for flight in &mut self.flights {
+                if !flight.progress(&self.messages) {
+                    break;
+                }
+            }
+        }
+
+        fn next(&mut self) -> Option<Gathered> {
+            let mut flight = self.flights.pop_front()?;
+            if !flight.gathering_words {
+                flight.wait();
+                flight.gather_words(&self.messages);
+            }
+            flight.wait();
+            Some(Gathered {
+                words: std::mem::take(&mut flight.words),
+                counts: flight.counts.iter().map(|&c| c as usize).collect(),
+            })
+        }
     }
 }
