@@ -105,9 +105,11 @@ pub struct AllReduce<T> {
     exchange: Box<dyn Exchange>,
     /// Values after which a bucket is sealed and sent (0: one bucket, at the end).
     bucket_values: usize,
-    /// The open bucket's parameters and lengths, and its values.
+    /// The open bucket's parameters and lengths, and its values (the first `filled` of
+    /// `values`, which keeps its length so that staging never clears memory).
     open: Vec<(ParamId, usize)>,
     values: Vec<f32>,
+    filled: usize,
     /// The parameters of the buckets sent and not yet summed, oldest first.
     sent: VecDeque<Vec<(ParamId, usize)>>,
     /// The parameters staged this phase.
@@ -133,6 +135,7 @@ impl<T> AllReduce<T> {
             bucket_values: (bucket_mib * (1 << 20) as f64 / 4.0).ceil() as usize,
             open: Vec::new(),
             values: Vec::new(),
+            filled: 0,
             sent: VecDeque::new(),
             staged: Vec::new(),
             message: Vec::new(),
@@ -157,14 +160,14 @@ impl<T> AllReduce<T> {
         if self.open.is_empty() {
             return;
         }
-        blocks::encode(&self.values, &mut self.message);
+        blocks::encode(&self.values[..self.filled], &mut self.message);
         self.exchange.start(&self.message);
         let mut stats = self.stats.get();
         stats.sent_words += self.message.len() as u64;
-        stats.dense_words += self.values.len() as u64;
+        stats.dense_words += self.filled as u64;
         self.stats.set(stats);
         self.sent.push_back(std::mem::take(&mut self.open));
-        self.values.clear();
+        self.filled = 0;
     }
 
     /// Copies the gradients of `ids` into the open bucket, sending it whenever it is full.
@@ -177,12 +180,15 @@ impl<T> AllReduce<T> {
         for &id in ids {
             let tensor = grads.get(id);
             let len = backend.len(tensor);
-            let at = self.values.len();
-            self.values.resize(at + len, 0.0);
-            backend.download(tensor, &mut self.values[at..])?;
+            let at = self.filled;
+            self.filled += len;
+            if self.values.len() < self.filled {
+                self.values.resize(self.filled, 0.0);
+            }
+            backend.download(tensor, &mut self.values[at..self.filled])?;
             self.open.push((id, len));
             self.staged.push(id);
-            if self.bucket_values > 0 && self.values.len() >= self.bucket_values {
+            if self.bucket_values > 0 && self.filled >= self.bucket_values {
                 self.send();
             }
         }
