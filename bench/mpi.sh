@@ -6,7 +6,9 @@
 #              default 8), ROUNDS (alternations of the one-process and N-process runs,
 #              default 3), DEBERTA_MPI_BIN (a deberta built with --features mpi; built here
 #              when unset), BACKEND (cpu, the default, or wgpu), BUCKET_MB (the overlapped
-#              runs' --bucket-mb; default: pretrain's default).
+#              runs' --bucket-mb; default: pretrain's default), IDLE (on a shared machine:
+#              before each run, wait up to 10 minutes for a second in which at least IDLE % of
+#              the CPU time was idle, e.g. IDLE=90; default 0, no waiting).
 #
 # What it measures: the nano preset on the bundled corpus (its tokenizer trained once, not
 # timed), each process pinned to one core with one thread (`--threads 1`, `--bind-to core`),
@@ -52,6 +54,7 @@ run() {
         --save-every 0 --quiet)
     [ -n "$bucket" ] && args+=(--bucket-mb "$bucket")
     local log
+    wait_idle
     if [ "$n" -eq 1 ]; then
         log="$("$BIN" "${args[@]}" 2>&1)"
     else
@@ -71,6 +74,7 @@ run() {
 # prints their mean tokens/s, what N processes could reach if communication cost nothing.
 side_by_side() {
     local n="$1" pids=() i
+    wait_idle
     for i in $(seq 0 $((n - 1))); do
         taskset -c "$i" "$BIN" pretrain --tokenizer "$WORK/tokenizer.json" \
             --out "$WORK/side-$i" --steps "$STEPS" --batch-size "$ROWS" --threads 1 \
@@ -83,6 +87,20 @@ side_by_side() {
         grep -o '[0-9]* tokens/s in the training steps' "$WORK/side-$i.log" | grep -o '^[0-9]*'
         rm -rf "$WORK/side-$i" "$WORK/side-$i.log"
     done | awk '{s += $1} END {printf "%.0f\n", s / NR}'
+}
+
+# Waits (up to 10 minutes) for a second in which at least $IDLE % of the CPU time was idle.
+wait_idle() {
+    [ "${IDLE:-0}" -gt 0 ] || return 0
+    local tries=0 a b
+    while [ "$tries" -lt 600 ]; do
+        a=($(head -1 /proc/stat)); sleep 1; b=($(head -1 /proc/stat))
+        local total=0 i
+        for i in 1 2 3 4 5 6 7 8; do total=$((total + b[i] - a[i])); done
+        [ $((100 * (b[4] - a[4]) >= IDLE * total)) -eq 1 ] && return 0
+        tries=$((tries + 1))
+    done
+    echo "warning: the machine was not idle" >&2
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }

@@ -12,6 +12,11 @@ fn bitmap_words(len: usize) -> usize {
     len.div_ceil(BLOCK).div_ceil(32)
 }
 
+/// The longest message of `len` values (every block sent).
+pub fn message_bound(len: usize) -> usize {
+    bitmap_words(len) + len
+}
+
 /// Appends the message of `values` to `message` (cleared first).
 pub fn encode(values: &[f32], message: &mut Vec<u32>) {
     message.clear();
@@ -76,6 +81,7 @@ mod tests {
                 .all(|(a, b)| a.to_bits() == b.to_bits())
                 && dirty.len() == values.len()
         );
+        assert_eq!(message_bound(values.len()), 1 + values.len());
         // Truncated, padded or of another length: refused.
         assert!(decode(&message[..message.len() - 1], values.len(), &mut out).is_none());
         let mut long = message.clone();

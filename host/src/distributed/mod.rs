@@ -13,7 +13,7 @@
 mod blocks;
 mod reduce;
 
-pub use reduce::{AllReduce, Exchange, ExchangeStats, Gathered};
+pub use reduce::{AllReduce, Exchange, ExchangeStats};
 
 /// The processes of this job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +139,7 @@ mod mpi_backend {
     use mpi::topology::SimpleCommunicator;
     use mpi::traits::{Communicator, CommunicatorCollectives, Equivalence};
 
-    use super::{Exchange, Gathered, World};
+    use super::{Exchange, World};
 
     /// The environment variables by which MPI launchers tell a process it is one of a job.
     const LAUNCHER_VARIABLES: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"];
@@ -211,172 +211,190 @@ mod mpi_backend {
         communicator().abort(code)
     }
 
-    /// One bucket's exchange in flight: the all-gather of the message lengths, then the
-    /// all-gather of the messages. The buffers are owned here and not touched while MPI may
-    /// read or write them.
+    /// One bucket's exchange in flight: this process's message sent to every other process,
+    /// and one receive from each (into a buffer of the bucket's largest message, since a
+    /// message's length depends on its zero blocks). The buffers are owned here and not
+    /// touched while MPI may read or write them.
     struct InFlight {
-        /// This process's message, then its length (the send buffers).
+        /// This process's message (the send buffer).
         message: Vec<u32>,
-        length: Vec<i32>,
-        /// Every process's length, and where its message goes in `words`.
-        counts: Vec<i32>,
-        displs: Vec<i32>,
-        words: Vec<u32>,
-        /// The pending MPI request (`RSMPI_REQUEST_NULL` when none).
-        request: ffi::MPI_Request,
-        /// Whether the messages themselves are being gathered (else their lengths).
-        gathering_words: bool,
+        /// One receive buffer per process (this process's own: empty).
+        received: Vec<Vec<u32>>,
+        /// The sends, then the receives; null once completed.
+        requests: Vec<ffi::MPI_Request>,
+        /// The requests' statuses, written when they complete.
+        statuses: Vec<ffi::MPI_Status>,
+        /// Whether every request has completed.
+        done: bool,
+        /// This process's rank.
+        rank: usize,
     }
 
     impl InFlight {
-        /// Starts gathering the lengths of `message`'s bucket over `lengths`.
-        fn start(message: &[u32], lengths: &SimpleCommunicator) -> InFlight {
-            let size = lengths.size() as usize;
+        /// Starts sending `message` (of a bucket whose messages are at most `bound` words) to
+        /// every other process of `comm`, and receiving theirs; `tag` numbers the bucket.
+        fn start(message: &[u32], bound: usize, tag: i32, comm: &SimpleCommunicator) -> InFlight {
+            let (rank, size) = (comm.rank(), comm.size());
+            let others: Vec<i32> = (0..size).filter(|&r| r != rank).collect();
             let mut flight = InFlight {
                 message: message.to_vec(),
-                length: vec![message.len() as i32],
-                counts: vec![0; size],
-                displs: vec![0; size],
-                words: Vec::new(),
+                received: (0..size)
+                    .map(|r| {
+                        if r == rank {
+                            Vec::new()
+                        } else {
+                            vec![0; bound]
+                        }
+                    })
+                    .collect(),
                 // SAFETY: reading an MPI constant.
-                request: unsafe { ffi::RSMPI_REQUEST_NULL },
-                gathering_words: false,
+                requests: vec![unsafe { ffi::RSMPI_REQUEST_NULL }; 2 * others.len()],
+                // SAFETY: `MPI_Status` is a C struct of integers, for which zero is valid.
+                statuses: vec![unsafe { std::mem::zeroed() }; 2 * others.len()],
+                done: false,
+                rank: rank as usize,
             };
-            // SAFETY: `length` (1 value) and `counts` (one per process) are heap buffers owned
-            // by `flight` and untouched until the request completes (`test`, `wait`, `Drop`).
-            unsafe {
-                ffi::MPI_Iallgather(
-                    flight.length.as_ptr().cast(),
-                    1,
-                    i32::equivalent_datatype().as_raw(),
-                    flight.counts.as_mut_ptr().cast(),
-                    1,
-                    i32::equivalent_datatype().as_raw(),
-                    lengths.as_raw(),
-                    &mut flight.request,
-                );
+            let (sends, receives) = flight.requests.split_at_mut(others.len());
+            for ((&other, send), receive) in others.iter().zip(sends).zip(receives) {
+                let buffer = &mut flight.received[other as usize];
+                // SAFETY: `message` and `buffer` are heap buffers owned by `flight`, neither
+                // moved nor touched until every request has completed (`test`, `wait`, `Drop`);
+                // the counts are their lengths.
+                unsafe {
+                    ffi::MPI_Isend(
+                        flight.message.as_ptr().cast(),
+                        flight.message.len() as i32,
+                        u32::equivalent_datatype().as_raw(),
+                        other,
+                        tag,
+                        comm.as_raw(),
+                        send,
+                    );
+                    ffi::MPI_Irecv(
+                        buffer.as_mut_ptr().cast(),
+                        buffer.len() as i32,
+                        u32::equivalent_datatype().as_raw(),
+                        other,
+                        tag,
+                        comm.as_raw(),
+                        receive,
+                    );
+                }
             }
             flight
         }
 
-        /// Whether the pending request has completed (then the request is null).
-        fn test(&mut self) -> bool {
+        /// Moves the exchange on without blocking.
+        fn test(&mut self) {
+            if self.done {
+                return;
+            }
             let mut flag = 0;
-            // SAFETY: `request` is a request of this object's buffers, or null.
+            // SAFETY: `requests` are this object's requests (or null) and `statuses` has room
+            // for one status each.
             unsafe {
-                ffi::MPI_Test(&mut self.request, &mut flag, ffi::RSMPI_STATUS_IGNORE);
-            }
-            flag != 0
-        }
-
-        /// Waits for the pending request.
-        fn wait(&mut self) {
-            // SAFETY: as in `test`.
-            unsafe {
-                ffi::MPI_Wait(&mut self.request, ffi::RSMPI_STATUS_IGNORE);
-            }
-        }
-
-        /// Once the lengths are known: starts gathering the messages over `messages`.
-        fn gather_words(&mut self, messages: &SimpleCommunicator) {
-            let mut at = 0;
-            for (displ, &count) in self.displs.iter_mut().zip(&self.counts) {
-                *displ = at;
-                at += count;
-            }
-            self.words = vec![0; at as usize];
-            self.gathering_words = true;
-            // SAFETY: `message`, `counts`, `displs` and `words` (sized by the gathered
-            // counts) are heap buffers owned by `self`, untouched until the request completes.
-            unsafe {
-                ffi::MPI_Iallgatherv(
-                    self.message.as_ptr().cast(),
-                    self.message.len() as i32,
-                    u32::equivalent_datatype().as_raw(),
-                    self.words.as_mut_ptr().cast(),
-                    self.counts.as_ptr(),
-                    self.displs.as_ptr(),
-                    u32::equivalent_datatype().as_raw(),
-                    messages.as_raw(),
-                    &mut self.request,
+                ffi::MPI_Testall(
+                    self.requests.len() as i32,
+                    self.requests.as_mut_ptr(),
+                    &mut flag,
+                    self.statuses.as_mut_ptr(),
                 );
             }
+            self.done = flag != 0;
         }
 
-        /// Moves the exchange on without blocking; whether its messages are being gathered
-        /// (else the lengths are not known yet).
-        fn progress(&mut self, messages: &SimpleCommunicator) -> bool {
-            if !self.gathering_words {
-                if !self.test() {
-                    return false;
-                }
-                self.gather_words(messages);
+        /// Waits for every request.
+        fn wait(&mut self) {
+            if self.done {
+                return;
             }
-            self.test();
-            true
+            // SAFETY: as in `test`.
+            unsafe {
+                ffi::MPI_Waitall(
+                    self.requests.len() as i32,
+                    self.requests.as_mut_ptr(),
+                    self.statuses.as_mut_ptr(),
+                );
+            }
+            self.done = true;
+        }
+
+        /// Every process's message, in rank order (after `wait`).
+        fn gathered(mut self) -> Vec<Vec<u32>> {
+            let sends = self.requests.len() / 2;
+            let statuses = self.statuses.split_off(sends);
+            let mut receives = statuses.iter();
+            let mut messages = std::mem::take(&mut self.received);
+            for (rank, message) in messages.iter_mut().enumerate() {
+                if rank == self.rank {
+                    *message = std::mem::take(&mut self.message);
+                    continue;
+                }
+                let mut count = 0;
+                if let Some(status) = receives.next() {
+                    // SAFETY: `status` is the status of a completed receive of `u32`s.
+                    unsafe {
+                        ffi::MPI_Get_count(status, u32::equivalent_datatype().as_raw(), &mut count);
+                    }
+                }
+                message.truncate(count.max(0) as usize);
+            }
+            messages
         }
     }
 
     impl Drop for InFlight {
         fn drop(&mut self) {
             // MPI may still use the buffers of an abandoned exchange: wait before freeing.
-            // SAFETY: reading an MPI constant.
-            if self.request != unsafe { ffi::RSMPI_REQUEST_NULL } {
-                self.wait();
-            }
+            // (`gathered` takes the buffers only after `wait`.)
+            self.wait();
         }
     }
 
-    /// The exchange of gradient buckets over MPI, by immediate all-gathers (MPI-3
-    /// `MPI_Iallgather`, `MPI_Iallgatherv`). MPI is called from the training thread only (the
-    /// default `MPI_THREAD_SINGLE` level suffices): the exchanges progress whenever the
-    /// backward pass hands over gradients. Every process must start its collectives on a
-    /// communicator in the same order, but when a bucket's lengths arrive differs between
-    /// processes: so the lengths and the messages go over two communicators of their own, and
-    /// the messages' gathers start in bucket order.
+    /// The exchange of gradient buckets over MPI: each process sends its message of a bucket
+    /// to every other process and receives theirs with immediate (non-blocking) point-to-point
+    /// operations, on a communicator of their own, as soon as the bucket is full. MPI is
+    /// called from the training thread only (the default `MPI_THREAD_SINGLE` level suffices);
+    /// the exchanges progress whenever the backward pass hands over gradients. Messages of
+    /// one bucket share a tag, and MPI delivers messages between two processes in the order
+    /// they were sent, so every receive gets its bucket.
     pub(crate) struct Immediate {
-        lengths: SimpleCommunicator,
-        messages: SimpleCommunicator,
+        comm: SimpleCommunicator,
         flights: VecDeque<InFlight>,
+        buckets: u64,
     }
 
     impl Immediate {
-        /// Creates the two communicators (collective: every process calls it at the same
-        /// point).
+        /// Creates the exchange's communicator (collective: every process calls it at the
+        /// same point).
         pub(crate) fn new() -> Immediate {
             Immediate {
-                lengths: communicator().duplicate(),
-                messages: communicator().duplicate(),
+                comm: communicator().duplicate(),
                 flights: VecDeque::new(),
+                buckets: 0,
             }
         }
     }
 
     impl Exchange for Immediate {
-        fn start(&mut self, message: &[u32]) {
+        fn start(&mut self, message: &[u32], bound: usize) {
+            // Tags from 0 to 32767, the least upper bound MPI guarantees.
+            let tag = (self.buckets % 32768) as i32;
+            self.buckets += 1;
             self.flights
-                .push_back(InFlight::start(message, &self.lengths));
+                .push_back(InFlight::start(message, bound, tag, &self.comm));
         }
 
         fn progress(&mut self) {
             for flight in &mut self.flights {
-                if !flight.progress(&self.messages) {
-                    break;
-                }
+                flight.test();
             }
         }
 
-        fn next(&mut self) -> Option<Gathered> {
+        fn next(&mut self) -> Option<Vec<Vec<u32>>> {
             let mut flight = self.flights.pop_front()?;
-            if !flight.gathering_words {
-                flight.wait();
-                flight.gather_words(&self.messages);
-            }
             flight.wait();
-            Some(Gathered {
-                words: std::mem::take(&mut flight.words),
-                counts: flight.counts.iter().map(|&c| c as usize).collect(),
-            })
+            Some(flight.gathered())
         }
     }
 }

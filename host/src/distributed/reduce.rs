@@ -20,58 +20,35 @@ use deberta_core::train::GradientReducer;
 
 use super::blocks;
 
-/// Every process's message of one bucket, in rank order.
-#[derive(Debug, Default)]
-pub struct Gathered {
-    /// The messages, concatenated in rank order.
-    pub words: Vec<u32>,
-    /// The length of each process's message.
-    pub counts: Vec<usize>,
-}
-
-impl Gathered {
-    /// Each process's message, in rank order.
-    fn messages(&self) -> impl Iterator<Item = &[u32]> {
-        let mut rest = &self.words[..];
-        self.counts.iter().map(move |&c| {
-            let (message, tail) = rest.split_at(c.min(rest.len()));
-            rest = tail;
-            message
-        })
-    }
-}
-
 /// Exchanges one message per bucket with every process. Every process starts the same
 /// exchanges in the same order.
 pub trait Exchange {
-    /// Starts exchanging this process's message of the next bucket.
-    fn start(&mut self, message: &[u32]);
+    /// Starts exchanging this process's message of the next bucket, whose messages are at
+    /// most `bound` words long.
+    fn start(&mut self, message: &[u32], bound: usize);
     /// Lets the started exchanges progress, without blocking.
     fn progress(&mut self);
-    /// Waits for the oldest exchange not yet returned: every process's message (`None` when
-    /// none was started).
-    fn next(&mut self) -> Option<Gathered>;
+    /// Waits for the oldest exchange not yet returned: every process's message, in rank
+    /// order (`None` when none was started).
+    fn next(&mut self) -> Option<Vec<Vec<u32>>>;
 }
 
 /// An [`Exchange`] that runs each exchange to the end when it starts, through a blocking
 /// gather (one process: the identity; tests: threads).
 struct Blocking<G> {
     gather: G,
-    done: VecDeque<Gathered>,
+    done: VecDeque<Vec<Vec<u32>>>,
 }
 
 impl<G: FnMut(&[u32]) -> Vec<Vec<u32>>> Exchange for Blocking<G> {
-    fn start(&mut self, message: &[u32]) {
+    fn start(&mut self, message: &[u32], _bound: usize) {
         let messages = (self.gather)(message);
-        self.done.push_back(Gathered {
-            counts: messages.iter().map(Vec::len).collect(),
-            words: messages.concat(),
-        });
+        self.done.push_back(messages);
     }
 
     fn progress(&mut self) {}
 
-    fn next(&mut self) -> Option<Gathered> {
+    fn next(&mut self) -> Option<Vec<Vec<u32>>> {
         self.done.pop_front()
     }
 }
@@ -161,7 +138,8 @@ impl<T> AllReduce<T> {
             return;
         }
         blocks::encode(&self.values[..self.filled], &mut self.message);
-        self.exchange.start(&self.message);
+        self.exchange
+            .start(&self.message, blocks::message_bound(self.filled));
         let mut stats = self.stats.get();
         stats.sent_words += self.message.len() as u64;
         stats.dense_words += self.filled as u64;
@@ -243,13 +221,13 @@ impl<B: Backend> GradientReducer<B> for AllReduce<B::Tensor> {
                     what: "the processes' gradient messages",
                 })?;
             waiting += waited.elapsed().as_secs_f64();
-            if gathered.counts.is_empty() {
+            if gathered.is_empty() {
                 return Err(deberta_core::Error::EmptyInput {
                     what: "the processes' gradient messages",
                 });
             }
             let total: usize = bucket.iter().map(|&(_, len)| len).sum();
-            for (rank, message) in gathered.messages().enumerate() {
+            for (rank, message) in gathered.iter().enumerate() {
                 blocks::decode(message, total, &mut self.part).ok_or(
                     deberta_core::Error::ShapeMismatch {
                         what: "a process's gradient message (values for these parameters)",
