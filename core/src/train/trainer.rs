@@ -13,9 +13,9 @@
 //! phases' sums last. In the last micro-batch each encoder layer's accumulated gradients are
 //! handed to the reducer as soon as the backward pass is done with them (the top layer first),
 //! so that it can exchange them while the rest of the pass runs; the sums themselves do not
-//! depend on when a gradient was handed over. The additions are the same whether the micro-batches ran in one process
-//! or one per process, so `N` processes of one micro-batch each give the bits of one process
-//! accumulating `N`.
+//! depend on when a gradient was handed over. The additions are the same whether the
+//! micro-batches ran in one process or one per process, so `N` processes of one micro-batch
+//! each give the bits of one process accumulating `N`.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -105,6 +105,7 @@ struct Handover<'r, B: Backend> {
     first: bool,
     /// The parameters handed over so far.
     handed: Vec<ParamId>,
+    /// The parameters of the current hand-over (a reused buffer).
     batch: Vec<ParamId>,
 }
 
