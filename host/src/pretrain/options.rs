@@ -610,6 +610,25 @@ mod tests {
     }
 
     #[test]
+    fn bucket_sizes_are_checked_and_free_to_change_on_resume() {
+        let saved = PretrainOptions::preset("nano").unwrap();
+        assert_eq!(saved.bucket_mb, 1.0);
+        let mut changed = saved.clone();
+        changed.bucket_mb = 0.0;
+        changed.validate().unwrap();
+        assert_eq!(changed.incompatible_change(&saved), None);
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            changed.bucket_mb = bad;
+            assert!(changed.validate().is_err(), "--bucket-mb {bad} accepted");
+        }
+        // Options saved before the flag existed read as the default.
+        let mut json = serde_json::to_value(&saved).unwrap();
+        json.as_object_mut().unwrap().remove("bucket_mb");
+        let read: PretrainOptions = serde_json::from_value(json).unwrap();
+        assert_eq!(read, saved);
+    }
+
+    #[test]
     fn resume_refuses_model_or_data_changes() {
         let saved = PretrainOptions::preset("nano").unwrap();
         let mut changed = saved.clone();
