@@ -116,7 +116,7 @@ pub struct Conv1dGrads<'a, T> {
 /// A compute device: buffers plus the kernels the model is written in.
 pub trait Backend {
     /// A device buffer of `f32`.
-    type Tensor;
+    type Tensor: 'static;
     /// A device buffer of `u32` (token ids, relative-position indices, labels).
     type Indices;
 

@@ -1,8 +1,9 @@
 //! Data-parallel pretraining over MPI against one process: `mpirun -np N deberta pretrain`
 //! must write the training and evaluation rows, the exported weights and the optimizer state
 //! of `deberta pretrain --grad-accum N`, bit for bit, on the CPU and on wgpu; resume under MPI
-//! (and with another process count of the same micro-batches) continues exactly; a failing or
-//! killed rank ends the job with an error and never leaves a partial checkpoint.
+//! (and with another process count of the same micro-batches) continues exactly, whatever the
+//! gradient buckets (`--bucket-mb`); a failing or killed rank ends the job with an error and
+//! never leaves a partial checkpoint.
 //!
 //! These tests need a `deberta` built with `--features mpi` (`DEBERTA_MPI_BIN`) and Open MPI's
 //! `mpirun`; `scripts/test.sh` builds and runs them in a step of their own. Without them the
@@ -210,6 +211,14 @@ fn mpi_two_processes_equal_two_accumulated_micro_batches() {
 #[test]
 fn mpi_joint_schedule_with_shared_embeddings_is_exact_too() {
     same_as_grad_accum(2, &["--schedule", "joint", "--sharing", "es"]);
+}
+
+#[test]
+fn mpi_buckets_of_any_size_give_the_same_bits() {
+    // Buckets of 1 KiB (a few parameters each, exchanged while the backward pass runs, the
+    // embedding tables last), and one exchange after the backward pass.
+    same_as_grad_accum(2, &["--bucket-mb", "0.001"]);
+    same_as_grad_accum(2, &["--bucket-mb", "0", "--schedule", "joint"]);
 }
 
 #[test]

@@ -596,7 +596,7 @@ proptest! {
     /// Two processes of one micro-batch each, their gradients summed by the host's
     /// `AllReduce` (over threads here, over MPI in `deberta pretrain`), end the step with the
     /// weights of one process accumulating both micro-batches, bit for bit, in every schedule
-    /// and sharing mode.
+    /// and sharing mode, whatever the bucket size.
     #[test]
     fn two_processes_equal_two_accumulated_micro_batches(seed in any::<u64>()) {
         let case = (seed..).map(case).find(|c| c.batch == 2).unwrap();
@@ -616,43 +616,48 @@ proptest! {
                     (micro_batch(&backend, &one.pair, &case, 1..2), MicroBatch::of(1, 2)),
                 ];
                 train(&mut one, &backend, &batches);
-                let slots = Arc::new(Mutex::new(vec![Vec::new(); 2]));
-                let barrier = Arc::new(Barrier::new(2));
-                let replicas: Vec<Vec<Vec<f32>>> = std::thread::scope(|scope| {
-                    let handles: Vec<_> = (0..2)
-                        .map(|rank| {
-                            let (slots, barrier) = (slots.clone(), barrier.clone());
-                            let make = &make;
-                            let case = &case;
-                            scope.spawn(move || {
-                                let (backend, mut trainer) = make();
-                                let gather = move |local: &[u32]| {
-                                    slots.lock().unwrap()[rank] = local.to_vec();
-                                    barrier.wait();
-                                    let all = slots.lock().unwrap().clone();
-                                    barrier.wait();
-                                    all
-                                };
-                                trainer.set_reducer(Box::new(AllReduce::with_gather(
-                                    gather,
-                                    Rc::new(Cell::new(ExchangeStats::default())),
-                                )));
-                                let micro = MicroBatch { index: 0, count: 1, total: 2 };
-                                let batch = micro_batch(&backend, &trainer.pair, case, rank..rank + 1);
-                                train(&mut trainer, &backend, &[(batch, micro)]);
-                                trainer.params.iter().cloned().collect()
+                // One exchange after the backward pass, and buckets of 26 values: one per
+                // parameter, handed over layer by layer while the backward pass runs.
+                for bucket_mib in [0.0, 1e-4] {
+                    let slots = Arc::new(Mutex::new(vec![Vec::new(); 2]));
+                    let barrier = Arc::new(Barrier::new(2));
+                    let replicas: Vec<Vec<Vec<f32>>> = std::thread::scope(|scope| {
+                        let handles: Vec<_> = (0..2)
+                            .map(|rank| {
+                                let (slots, barrier) = (slots.clone(), barrier.clone());
+                                let make = &make;
+                                let case = &case;
+                                scope.spawn(move || {
+                                    let (backend, mut trainer) = make();
+                                    let gather = move |local: &[u32]| {
+                                        slots.lock().unwrap()[rank] = local.to_vec();
+                                        barrier.wait();
+                                        let all = slots.lock().unwrap().clone();
+                                        barrier.wait();
+                                        all
+                                    };
+                                    trainer.set_reducer(Box::new(AllReduce::with_gather(
+                                        gather,
+                                        bucket_mib,
+                                        Rc::new(Cell::new(ExchangeStats::default())),
+                                    )));
+                                    let micro = MicroBatch { index: 0, count: 1, total: 2 };
+                                    let batch = micro_batch(&backend, &trainer.pair, case, rank..rank + 1);
+                                    train(&mut trainer, &backend, &[(batch, micro)]);
+                                    trainer.params.iter().cloned().collect()
+                                })
                             })
-                        })
-                        .collect();
-                    handles.into_iter().map(|h| h.join().unwrap()).collect()
-                });
-                let expected: Vec<Vec<f32>> = one.params.iter().cloned().collect();
-                for (rank, replica) in replicas.iter().enumerate() {
-                    let same = replica
-                        .iter()
-                        .zip(&expected)
-                        .all(|(a, b)| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()));
-                    prop_assert!(same, "{schedule:?}/{sharing:?}: process {rank} differs from one process");
+                            .collect();
+                        handles.into_iter().map(|h| h.join().unwrap()).collect()
+                    });
+                    let expected: Vec<Vec<f32>> = one.params.iter().cloned().collect();
+                    for (rank, replica) in replicas.iter().enumerate() {
+                        let same = replica
+                            .iter()
+                            .zip(&expected)
+                            .all(|(a, b)| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()));
+                        prop_assert!(same, "{schedule:?}/{sharing:?}, buckets of {bucket_mib} MiB: process {rank} differs from one process");
+                    }
                 }
             }
         }

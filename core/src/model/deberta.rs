@@ -514,8 +514,9 @@ impl Deberta {
     }
 
     /// Backward pass from the head gradients the loss kernels left in `scratch.mlm.dlogits`
-    /// and `scratch.rtd.dlogits`: adds every parameter's gradient to `ctx.grads`. `options`
-    /// must be the forward's.
+    /// and `scratch.rtd.dlogits`: adds every parameter's gradient to `ctx.grads`, telling the
+    /// context each encoder layer's parameters as soon as the pass is done with them (the top
+    /// layer first). `options` must be the forward's.
     pub fn backward<B: Backend>(
         &self,
         ctx: &mut BackwardContext<'_, B>,
@@ -682,6 +683,9 @@ impl Deberta {
                 dropout,
                 scratch_parts(&mut scratch.projection, &mut scratch.drel),
             )?;
+            // Nothing below layer i reads its weights (the EMD passes, which reuse the top
+            // layer, ran first): its gradients are final.
+            ctx.gradients_ready(self.encoder.layers[i].params())?;
             core::mem::swap(&mut dcur, &mut dprev);
         }
         // `dcur` is ∂L/∂(embedding output); the ConvLayer read it too.

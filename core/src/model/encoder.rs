@@ -34,6 +34,8 @@ pub struct EncoderLayer {
     pub output_dense: Linear,
     /// `output.LayerNorm`.
     pub output_norm: LayerNorm,
+    /// Every parameter of the layer (registered together, in layout order).
+    params: Vec<ParamId>,
 }
 
 /// Saved activations of one layer (`N` tokens).
@@ -77,7 +79,8 @@ impl EncoderLayer {
             cfg.initializer_range,
             cfg.layer_norm_eps,
         );
-        EncoderLayer {
+        let first = layout.specs().len();
+        let mut layer = EncoderLayer {
             attention: DisentangledSelfAttention::new(
                 layout,
                 &format!("{prefix}.attention.self"),
@@ -108,7 +111,15 @@ impl EncoderLayer {
             activation: cfg.hidden_act,
             output_dense: Linear::new(layout, &format!("{prefix}.output.dense"), f, h, true, std),
             output_norm: LayerNorm::new(layout, &format!("{prefix}.output.LayerNorm"), h, eps),
-        }
+            params: Vec::new(),
+        };
+        layer.params = layout.iter().skip(first).map(|(id, _)| id).collect();
+        layer
+    }
+
+    /// Every parameter of the layer, in layout order.
+    pub fn params(&self) -> &[ParamId] {
+        &self.params
     }
 
     /// Saved-activation buffers for one layer over `batch × len` tokens.

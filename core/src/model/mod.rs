@@ -18,7 +18,7 @@ pub mod modules;
 pub mod params;
 
 pub use batch::{DeviceBatch, HostBatch};
-pub use context::BackwardContext;
+pub use context::{BackwardContext, GradientsReady};
 pub use deberta::{
     Activations, AttentionProbs, BackwardScratch, Deberta, ForwardOptions, Heads, MlmRows,
 };

@@ -10,9 +10,12 @@
 //! whole micro-batch gradients: each micro-batch's gradient is computed into zeroed buffers and
 //! added, in micro-batch order, to an accumulator per phase; a [`GradientReducer`] then sums
 //! the accumulators of every process in process order, and the joint schedule adds the two
-//! phases' sums last. The additions are the same whether the micro-batches ran in one process
-//! or one per process, so `N` processes of one micro-batch each give the bits of one process
-//! accumulating `N`.
+//! phases' sums last. In the last micro-batch each encoder layer's accumulated gradients are
+//! handed to the reducer as soon as the backward pass is done with them (the top layer first),
+//! so that it can exchange them while the rest of the pass runs; the sums themselves do not
+//! depend on when a gradient was handed over. The additions are the same whether the
+//! micro-batches ran in one process or one per process, so `N` processes of one micro-batch
+//! each give the bits of one process accumulating `N`.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -24,8 +27,8 @@ use super::pair::{DiscriminatorBatch, Losses, PairBatch, RtdPair};
 use super::workspace::Workspace;
 use crate::Error;
 use crate::backend::Backend;
-use crate::model::BackwardContext;
 use crate::model::dropout::Dropout;
+use crate::model::{BackwardContext, GradientsReady};
 use crate::model::{ParamId, ParamStore};
 
 /// The update schedule.
@@ -51,8 +54,8 @@ pub struct Trainer<B: Backend> {
     pub rtd_weight: f32,
     /// Decoupled: `[generator, discriminator]`; joint: one optimizer over everything.
     pub optimizers: Vec<Optimizer<B::Tensor>>,
-    generator_workspace: Workspace<B>,
-    discriminator_workspace: Workspace<B>,
+    /// The buffers of the two models' passes: `[generator, discriminator]`.
+    workspaces: [Workspace<B>; 2],
     /// The learning rate of the last generator phase: the generator's rate in the joint
     /// update.
     generator_lr: f32,
@@ -64,16 +67,82 @@ pub struct Trainer<B: Backend> {
 }
 
 /// Sums gradients over the processes of a data-parallel run.
+///
+/// Within a phase, [`GradientReducer::ready`] is called for groups of parameters as the
+/// backward pass finishes them, then [`GradientReducer::finish`] once; every process makes
+/// the same calls in the same order.
 pub trait GradientReducer<B: Backend> {
-    /// Replaces the tensors of `ids` in `grads` (this process's sum over its micro-batches)
-    /// with their sum over every process: starting from zeros, each process's tensor added in
-    /// process order with [`Backend::add_assign`], so that every process gets the same bits.
-    fn all_reduce(
+    /// The tensors of `ids` in `grads` (this process's sums over its micro-batches) are final
+    /// for this step: the reducer may start exchanging them. It must not keep references;
+    /// `grads` is not changed at `ids` until [`GradientReducer::finish`].
+    fn ready(
+        &mut self,
+        backend: &B,
+        grads: &ParamStore<B::Tensor>,
+        ids: &[ParamId],
+    ) -> Result<(), Error>;
+
+    /// Replaces the tensors of `ids` (every parameter of the phase; those not reported ready
+    /// yet are ready now) with their sum over every process: starting from zeros, each
+    /// process's tensor added in process order with [`Backend::add_assign`], so that every
+    /// process gets the same bits whatever groups the gradients were exchanged in.
+    fn finish(
         &mut self,
         backend: &B,
         grads: &mut ParamStore<B::Tensor>,
         ids: &[ParamId],
     ) -> Result<(), Error>;
+}
+
+/// Hands the gradients of a phase's last micro-batch to the reducer as the backward pass
+/// finishes them: each is added to its accumulator first.
+struct Handover<'r, B: Backend> {
+    reducer: &'r mut dyn GradientReducer<B>,
+    accumulated: &'r mut ParamStore<B::Tensor>,
+    /// The parameters of the phase.
+    phase: &'r [ParamId],
+    /// Whether the accumulators start from zero (the process's only micro-batch).
+    first: bool,
+    /// The parameters handed over so far.
+    handed: Vec<ParamId>,
+    /// The parameters of the current hand-over (a reused buffer).
+    batch: Vec<ParamId>,
+}
+
+impl<B: Backend> GradientsReady<B> for Handover<'_, B> {
+    fn ready(
+        &mut self,
+        backend: &B,
+        grads: &ParamStore<B::Tensor>,
+        ids: &[ParamId],
+    ) -> Result<(), Error> {
+        self.batch.clear();
+        for &id in ids {
+            if self.phase.contains(&id) && !self.handed.contains(&id) {
+                add_micro_batch(backend, self.accumulated, grads, id, self.first)?;
+                self.batch.push(id);
+            }
+        }
+        self.handed.extend_from_slice(&self.batch);
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.reducer.ready(backend, self.accumulated, &self.batch)
+    }
+}
+
+/// Adds a micro-batch's gradient of `id` to its accumulator (zeroed first when `first`).
+fn add_micro_batch<B: Backend>(
+    backend: &B,
+    accumulated: &mut ParamStore<B::Tensor>,
+    grads: &ParamStore<B::Tensor>,
+    id: ParamId,
+    first: bool,
+) -> Result<(), Error> {
+    if first {
+        backend.fill(accumulated.get_mut(id), 0.0)?;
+    }
+    backend.add_assign(accumulated.get_mut(id), grads.get(id))
 }
 
 /// Dropout of the two models in one step (`None`: evaluation mode).
@@ -154,8 +223,7 @@ impl<B: Backend> Trainer<B> {
             schedule,
             rtd_weight,
             optimizers,
-            generator_workspace: Workspace::new(),
-            discriminator_workspace: Workspace::new(),
+            workspaces: [Workspace::new(), Workspace::new()],
             generator_lr: 0.0,
             accumulated: None,
             reducer: None,
@@ -184,36 +252,99 @@ impl<B: Backend> Trainer<B> {
         }
     }
 
+    /// Allocates the per-phase accumulators on the first step that sums micro-batches.
+    fn allocate_accumulators(&mut self, backend: &B) -> Result<(), Error> {
+        if self.accumulated.is_none() {
+            self.accumulated = Some([
+                self.pair.layout.zeros(backend)?,
+                self.pair.layout.zeros(backend)?,
+            ]);
+        }
+        Ok(())
+    }
+
+    /// The backward pass of one phase (`run`, given the context), handing the gradients of
+    /// `phase_params` over to the reducer as the pass finishes them when this is the last
+    /// micro-batch of a data-parallel step; returns the pass's result and the parameters
+    /// handed over (added to the accumulator of `phase` already).
+    fn backward_phase<T>(
+        &mut self,
+        backend: &B,
+        phase: usize,
+        phase_params: &[ParamId],
+        micro: MicroBatch,
+        run: impl FnOnce(
+            &RtdPair,
+            &mut BackwardContext<'_, B>,
+            &mut [Workspace<B>; 2],
+        ) -> Result<T, Error>,
+    ) -> Result<(T, Vec<ParamId>), Error> {
+        if micro.summed() {
+            self.allocate_accumulators(backend)?;
+        }
+        let Trainer {
+            pair,
+            params,
+            grads,
+            workspaces,
+            accumulated,
+            reducer,
+            ..
+        } = self;
+        let mut handover = match (micro.last(), reducer.as_deref_mut(), accumulated.as_mut()) {
+            (true, Some(reducer), Some(stores)) if micro.summed() => Some(Handover {
+                reducer,
+                accumulated: &mut stores[phase],
+                phase: phase_params,
+                first: micro.first(),
+                handed: Vec::new(),
+                batch: Vec::new(),
+            }),
+            _ => None,
+        };
+        let mut ctx = BackwardContext::new(backend, params, grads);
+        if let Some(handover) = handover.as_mut() {
+            ctx = ctx.with_ready(handover);
+        }
+        let result = run(pair, &mut ctx, workspaces)?;
+        Ok((result, handover.map(|h| h.handed).unwrap_or_default()))
+    }
+
     /// Adds the micro-batch gradients of `ids` to the accumulator of `phase` (0: generator,
-    /// 1: discriminator; zeroed at the process's first micro-batch). After the last one, sums
-    /// the accumulator over the processes and moves it into the gradient buffers — except the
-    /// generator phase's of the joint schedule, which the discriminator phase then adds to its
-    /// own (the joint gradient).
+    /// 1: discriminator; zeroed at the process's first micro-batch), except those `handed`
+    /// over (added already). After the last one, sums the accumulator over the processes and
+    /// moves it into the gradient buffers — except the generator phase's of the joint
+    /// schedule, which the discriminator phase then adds to its own (the joint gradient).
     fn accumulate(
         &mut self,
         backend: &B,
         phase: usize,
         ids: &[ParamId],
         micro: MicroBatch,
+        handed: &[ParamId],
     ) -> Result<(), Error> {
-        let accumulated = match self.accumulated.take() {
-            Some(stores) => self.accumulated.insert(stores),
-            None => self.accumulated.insert([
-                self.pair.layout.zeros(backend)?,
-                self.pair.layout.zeros(backend)?,
-            ]),
+        self.allocate_accumulators(backend)?;
+        let Some(accumulated) = self.accumulated.as_mut() else {
+            return Err(Error::Missing {
+                what: "the gradient accumulators",
+            });
         };
         for &id in ids {
-            if micro.first() {
-                backend.fill(accumulated[phase].get_mut(id), 0.0)?;
+            if !handed.contains(&id) {
+                add_micro_batch(
+                    backend,
+                    &mut accumulated[phase],
+                    &self.grads,
+                    id,
+                    micro.first(),
+                )?;
             }
-            backend.add_assign(accumulated[phase].get_mut(id), self.grads.get(id))?;
         }
         if !micro.last() {
             return Ok(());
         }
         if let Some(reducer) = self.reducer.as_mut() {
-            reducer.all_reduce(backend, &mut accumulated[phase], ids)?;
+            reducer.finish(backend, &mut accumulated[phase], ids)?;
         }
         let joint = self.schedule == Schedule::Joint;
         if phase == 0 && joint {
@@ -250,17 +381,12 @@ impl<B: Backend> Trainer<B> {
                 self.zero(backend, &discriminator_params)?;
             }
         }
-        let mut ctx = BackwardContext::new(backend, &self.params, &mut self.grads);
-        let loss = self.pair.generator_step(
-            &mut ctx,
-            batch,
-            dropout,
-            micro.scale(),
-            &mut self.generator_workspace,
-            sampler,
-        )?;
+        let (loss, handed) =
+            self.backward_phase(backend, 0, &generator_params, micro, |pair, ctx, ws| {
+                pair.generator_step(ctx, batch, dropout, micro.scale(), &mut ws[0], sampler)
+            })?;
         if micro.summed() {
-            self.accumulate(backend, 0, &generator_params, micro)?;
+            self.accumulate(backend, 0, &generator_params, micro, &handed)?;
         }
         if self.schedule == Schedule::Decoupled && micro.last() {
             self.optimizers[0].update(backend, &mut self.params, &self.grads, lr)?;
@@ -271,7 +397,7 @@ impl<B: Backend> Trainer<B> {
 
     /// The generator's MLM logits of the last generator phase, `[masked rows, vocab]`.
     pub fn generator_logits(&self) -> Option<&B::Tensor> {
-        self.generator_workspace.logits()
+        self.workspaces[0].logits()
     }
 
     /// The discriminator's half of a (micro-)step (reading the generator's tables as they
@@ -292,17 +418,13 @@ impl<B: Backend> Trainer<B> {
         if micro.summed() || (self.schedule == Schedule::Decoupled && micro.first()) {
             self.zero(backend, &phase_params)?;
         }
-        let mut ctx = BackwardContext::new(backend, &self.params, &mut self.grads);
-        let loss = self.pair.discriminator_step(
-            &mut ctx,
-            batch,
-            self.rtd_weight * micro.scale(),
-            dropout,
-            &mut self.discriminator_workspace,
-            logits,
-        )?;
+        let weight = self.rtd_weight * micro.scale();
+        let (loss, handed) =
+            self.backward_phase(backend, 1, &phase_params, micro, |pair, ctx, ws| {
+                pair.discriminator_step(ctx, batch, weight, dropout, &mut ws[1], logits)
+            })?;
         if micro.summed() {
-            self.accumulate(backend, 1, &phase_params, micro)?;
+            self.accumulate(backend, 1, &phase_params, micro, &handed)?;
         }
         if micro.last() {
             match self.schedule {

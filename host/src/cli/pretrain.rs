@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// Micro-batches per step (gradient accumulation) [1].
     #[arg(long, value_name = "N")]
     pub grad_accum: Option<usize>,
+    /// Under MPI: MiB of gradient values per bucket, each exchanged as soon as the backward
+    /// pass has produced it (0: one exchange after the backward pass) [1].
+    #[arg(long, value_name = "MIB")]
+    pub bucket_mb: Option<f64>,
     /// Tokens per sequence including [CLS] and [SEP] [nano: 64, others: 512].
     #[arg(long, value_name = "N")]
     pub max_seq_len: Option<usize>,
@@ -138,6 +142,7 @@ impl RunArgs {
             seed: self.seed,
             backend: self.backend.clone(),
             threads: self.threads,
+            bucket_mb: self.bucket_mb,
             adapter: self.adapter.clone(),
             sharing,
             schedule: self.schedule.clone(),

@@ -12,6 +12,11 @@ fn bitmap_words(len: usize) -> usize {
     len.div_ceil(BLOCK).div_ceil(32)
 }
 
+/// The longest message of `len` values (every block sent).
+pub fn message_bound(len: usize) -> usize {
+    bitmap_words(len) + len
+}
+
 /// Appends the message of `values` to `message` (cleared first).
 pub fn encode(values: &[f32], message: &mut Vec<u32>) {
     message.clear();
@@ -24,12 +29,11 @@ pub fn encode(values: &[f32], message: &mut Vec<u32>) {
     }
 }
 
-/// The `len` values of `message` into `out` (resized to `len`); `None` when the message is
-/// not one of `len` values.
+/// The `len` values of `message` into `out` (resized to `len`; every value is written, so
+/// `out` needs no clearing); `None` when the message is not one of `len` values.
 pub fn decode(message: &[u32], len: usize, out: &mut Vec<f32>) -> Option<()> {
     let words = bitmap_words(len);
     let (bitmap, mut values) = (message.get(..words)?, message.get(words..)?);
-    out.clear();
     out.resize(len, 0.0);
     for (b, block) in out.chunks_mut(BLOCK).enumerate() {
         if bitmap[b / 32] & (1 << (b % 32)) != 0 {
@@ -38,6 +42,8 @@ pub fn decode(message: &[u32], len: usize, out: &mut Vec<f32>) -> Option<()> {
                 *v = f32::from_bits(bits);
             }
             values = rest;
+        } else {
+            block.fill(0.0);
         }
     }
     values.is_empty().then_some(())
@@ -65,6 +71,17 @@ mod tests {
                 .zip(&out)
                 .all(|(a, b)| a.to_bits() == b.to_bits())
         );
+        // Into a buffer holding other values: every value is written.
+        let mut dirty = vec![7.0f32; 9 * BLOCK];
+        decode(&message, values.len(), &mut dirty).unwrap();
+        assert!(
+            values
+                .iter()
+                .zip(&dirty)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+                && dirty.len() == values.len()
+        );
+        assert_eq!(message_bound(values.len()), 1 + values.len());
         // Truncated, padded or of another length: refused.
         assert!(decode(&message[..message.len() - 1], values.len(), &mut out).is_none());
         let mut long = message.clone();

@@ -10,15 +10,10 @@
 //! Every collective here is deterministic: gathers concatenate in rank order, and sums are
 //! taken by the caller in that order, so every process computes the same bits.
 
-use std::cell::Cell;
-use std::rc::Rc;
-use std::time::Instant;
-
-use deberta_core::Backend;
-use deberta_core::model::{ParamId, ParamStore};
-use deberta_core::train::GradientReducer;
-
 mod blocks;
+mod reduce;
+
+pub use reduce::{AllReduce, Exchange, ExchangeStats};
 
 /// The processes of this job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,24 +86,6 @@ impl World {
         local.to_vec()
     }
 
-    /// Every process's `local` (lengths may differ), in rank order.
-    pub fn all_gather_messages(&self, local: &[u32]) -> Vec<Vec<u32>> {
-        #[cfg(feature = "mpi")]
-        if self.size > 1 {
-            let (all, counts) = mpi_backend::all_gather_varcount(local, self.size);
-            let mut rest = &all[..];
-            return counts
-                .iter()
-                .map(|&c| {
-                    let (message, tail) = rest.split_at(c as usize);
-                    rest = tail;
-                    message.to_vec()
-                })
-                .collect();
-        }
-        vec![local.to_vec()]
-    }
-
     /// Element-wise sums of every process's `local` (all of the same length).
     pub fn sum_u64(&self, local: &[u64]) -> Vec<u64> {
         let all = self.all_gather_u64(local);
@@ -119,6 +96,16 @@ impl World {
             }
         }
         sum
+    }
+
+    /// The exchange of gradient buckets among the processes: immediate (non-blocking)
+    /// all-gathers under MPI, progressed whenever the backward pass hands over gradients.
+    pub fn gradient_exchange(&self) -> Box<dyn Exchange> {
+        #[cfg(feature = "mpi")]
+        if self.size > 1 {
+            return Box::new(mpi_backend::Immediate::new());
+        }
+        reduce::blocking(|local| vec![local.to_vec()])
     }
 
     /// Ends the whole job after an error on this process (`MPI_Abort`), so that no other
@@ -137,122 +124,22 @@ pub fn finalize() {
     mpi_backend::finalize();
 }
 
-/// Exchanges one process's message for every process's, in rank order.
-type Gather = Box<dyn FnMut(&[u32]) -> Vec<Vec<u32>>>;
-
-/// How much a data-parallel run exchanged, and how long its gradient sums took.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct ExchangeStats {
-    /// Wall time of the sums: staging, waiting for the other processes, exchange, addition.
-    pub seconds: f64,
-    /// 32-bit words this process sent.
-    pub sent_words: u64,
-    /// 32-bit words a dense exchange of the same gradients would have sent.
-    pub dense_words: u64,
-}
-
-/// The gradient sum of a data-parallel run (staged through the host on every backend):
-/// each process's gradients of the given parameters are gathered as a block-sparse message
-/// (blocks that are exactly `+0.0`, such as the embedding rows no token of the process
-/// touched, are not sent), and every process adds them in rank order onto zeros with its
-/// backend's own `add_assign`, the addition a single process uses to accumulate micro-batches
-/// — so `N` processes of one micro-batch each give the bits of one process with `N`
-/// micro-batches.
-pub struct AllReduce {
-    gather: Gather,
-    local: Vec<f32>,
-    message: Vec<u32>,
-    stats: Rc<Cell<ExchangeStats>>,
-}
-
-impl AllReduce {
-    /// The sum over the processes of `world`; what it costs is added to `stats`.
-    pub fn new(world: World, stats: Rc<Cell<ExchangeStats>>) -> AllReduce {
-        AllReduce::with_gather(move |local| world.all_gather_messages(local), stats)
-    }
-
-    /// The sum over the processes that `gather` exchanges with: it must return every
-    /// process's message, in rank order.
-    pub fn with_gather(
-        gather: impl FnMut(&[u32]) -> Vec<Vec<u32>> + 'static,
-        stats: Rc<Cell<ExchangeStats>>,
-    ) -> AllReduce {
-        AllReduce {
-            gather: Box::new(gather),
-            local: Vec::new(),
-            message: Vec::new(),
-            stats,
-        }
-    }
-}
-
-impl<B: Backend> GradientReducer<B> for AllReduce {
-    fn all_reduce(
-        &mut self,
-        backend: &B,
-        grads: &mut ParamStore<B::Tensor>,
-        ids: &[ParamId],
-    ) -> Result<(), deberta_core::Error> {
-        let started = Instant::now();
-        let lens: Vec<usize> = ids.iter().map(|&id| backend.len(grads.get(id))).collect();
-        let total: usize = lens.iter().sum();
-        self.local.resize(total, 0.0);
-        let mut offset = 0;
-        for (&id, &len) in ids.iter().zip(&lens) {
-            backend.download(grads.get(id), &mut self.local[offset..offset + len])?;
-            offset += len;
-        }
-        if total == 0 {
-            return Ok(());
-        }
-        blocks::encode(&self.local, &mut self.message);
-        let messages = (self.gather)(&self.message);
-        if messages.is_empty() {
-            return Err(deberta_core::Error::EmptyInput {
-                what: "the processes' gradient messages",
-            });
-        }
-        let mut stats = self.stats.get();
-        stats.sent_words += self.message.len() as u64;
-        stats.dense_words += total as u64;
-        let mut part = Vec::with_capacity(total);
-        for (rank, message) in messages.iter().enumerate() {
-            blocks::decode(message, total, &mut part).ok_or(
-                deberta_core::Error::ShapeMismatch {
-                    what: "a process's gradient message (values for these parameters)",
-                    expected: total,
-                    found: message.len(),
-                },
-            )?;
-            let mut offset = 0;
-            for (&id, &len) in ids.iter().zip(&lens) {
-                let sum = grads.get_mut(id);
-                if rank == 0 {
-                    backend.fill(sum, 0.0)?;
-                }
-                let share = backend.upload(&part[offset..offset + len])?;
-                backend.add_assign(sum, &share)?;
-                offset += len;
-            }
-        }
-        stats.seconds += started.elapsed().as_secs_f64();
-        self.stats.set(stats);
-        Ok(())
-    }
-}
-
 #[cfg(feature = "mpi")]
 mod mpi_backend {
     //! The MPI calls, through rsmpi; MPI is initialised on the first call under a launcher.
 
+    use std::collections::VecDeque;
     use std::sync::Mutex;
+
+    use mpi::ffi;
+    use mpi::raw::AsRaw;
 
     use mpi::datatype::PartitionMut;
     use mpi::environment::Universe;
     use mpi::topology::SimpleCommunicator;
     use mpi::traits::{Communicator, CommunicatorCollectives, Equivalence};
 
-    use super::World;
+    use super::{Exchange, World};
 
     /// The environment variables by which MPI launchers tell a process it is one of a job.
     const LAUNCHER_VARIABLES: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"];
@@ -322,5 +209,192 @@ mod mpi_backend {
 
     pub(super) fn abort(code: i32) -> ! {
         communicator().abort(code)
+    }
+
+    /// One bucket's exchange in flight: this process's message sent to every other process,
+    /// and one receive from each (into a buffer of the bucket's largest message, since a
+    /// message's length depends on its zero blocks). The buffers are owned here and not
+    /// touched while MPI may read or write them.
+    struct InFlight {
+        /// This process's message (the send buffer).
+        message: Vec<u32>,
+        /// One receive buffer per process (this process's own: empty).
+        received: Vec<Vec<u32>>,
+        /// The sends, then the receives; null once completed.
+        requests: Vec<ffi::MPI_Request>,
+        /// The requests' statuses, written when they complete.
+        statuses: Vec<ffi::MPI_Status>,
+        /// Whether every request has completed.
+        done: bool,
+        /// This process's rank.
+        rank: usize,
+    }
+
+    impl InFlight {
+        /// Starts sending `message` (of a bucket whose messages are at most `bound` words) to
+        /// every other process of `comm`, and receiving theirs; `tag` numbers the bucket.
+        fn start(message: &[u32], bound: usize, tag: i32, comm: &SimpleCommunicator) -> InFlight {
+            let (rank, size) = (comm.rank(), comm.size());
+            let others: Vec<i32> = (0..size).filter(|&r| r != rank).collect();
+            let mut flight = InFlight {
+                message: message.to_vec(),
+                received: (0..size)
+                    .map(|r| {
+                        if r == rank {
+                            Vec::new()
+                        } else {
+                            vec![0; bound]
+                        }
+                    })
+                    .collect(),
+                // SAFETY: reading an MPI constant.
+                requests: vec![unsafe { ffi::RSMPI_REQUEST_NULL }; 2 * others.len()],
+                // SAFETY: `MPI_Status` is a C struct of integers, for which zero is valid.
+                statuses: vec![unsafe { std::mem::zeroed() }; 2 * others.len()],
+                done: false,
+                rank: rank as usize,
+            };
+            let (sends, receives) = flight.requests.split_at_mut(others.len());
+            for ((&other, send), receive) in others.iter().zip(sends).zip(receives) {
+                let buffer = &mut flight.received[other as usize];
+                // SAFETY: `message` and `buffer` are heap buffers owned by `flight`, neither
+                // moved nor touched until every request has completed (`test`, `wait`, `Drop`);
+                // the counts are their lengths.
+                unsafe {
+                    ffi::MPI_Isend(
+                        flight.message.as_ptr().cast(),
+                        flight.message.len() as i32,
+                        u32::equivalent_datatype().as_raw(),
+                        other,
+                        tag,
+                        comm.as_raw(),
+                        send,
+                    );
+                    ffi::MPI_Irecv(
+                        buffer.as_mut_ptr().cast(),
+                        buffer.len() as i32,
+                        u32::equivalent_datatype().as_raw(),
+                        other,
+                        tag,
+                        comm.as_raw(),
+                        receive,
+                    );
+                }
+            }
+            flight
+        }
+
+        /// Moves the exchange on without blocking.
+        fn test(&mut self) {
+            if self.done {
+                return;
+            }
+            let mut flag = 0;
+            // SAFETY: `requests` are this object's requests (or null) and `statuses` has room
+            // for one status each.
+            unsafe {
+                ffi::MPI_Testall(
+                    self.requests.len() as i32,
+                    self.requests.as_mut_ptr(),
+                    &mut flag,
+                    self.statuses.as_mut_ptr(),
+                );
+            }
+            self.done = flag != 0;
+        }
+
+        /// Waits for every request.
+        fn wait(&mut self) {
+            if self.done {
+                return;
+            }
+            // SAFETY: as in `test`.
+            unsafe {
+                ffi::MPI_Waitall(
+                    self.requests.len() as i32,
+                    self.requests.as_mut_ptr(),
+                    self.statuses.as_mut_ptr(),
+                );
+            }
+            self.done = true;
+        }
+
+        /// Every process's message, in rank order (after `wait`).
+        fn gathered(mut self) -> Vec<Vec<u32>> {
+            let sends = self.requests.len() / 2;
+            let statuses = self.statuses.split_off(sends);
+            let mut receives = statuses.iter();
+            let mut messages = std::mem::take(&mut self.received);
+            for (rank, message) in messages.iter_mut().enumerate() {
+                if rank == self.rank {
+                    *message = std::mem::take(&mut self.message);
+                    continue;
+                }
+                let mut count = 0;
+                if let Some(status) = receives.next() {
+                    // SAFETY: `status` is the status of a completed receive of `u32`s.
+                    unsafe {
+                        ffi::MPI_Get_count(status, u32::equivalent_datatype().as_raw(), &mut count);
+                    }
+                }
+                message.truncate(count.max(0) as usize);
+            }
+            messages
+        }
+    }
+
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            // MPI may still use the buffers of an abandoned exchange: wait before freeing.
+            // (`gathered` takes the buffers only after `wait`.)
+            self.wait();
+        }
+    }
+
+    /// The exchange of gradient buckets over MPI: each process sends its message of a bucket
+    /// to every other process and receives theirs with immediate (non-blocking) point-to-point
+    /// operations, on a communicator of their own, as soon as the bucket is full. MPI is
+    /// called from the training thread only (the default `MPI_THREAD_SINGLE` level suffices);
+    /// the exchanges progress whenever the backward pass hands over gradients. Messages of
+    /// one bucket share a tag, and MPI delivers messages between two processes in the order
+    /// they were sent, so every receive gets its bucket.
+    pub(crate) struct Immediate {
+        comm: SimpleCommunicator,
+        flights: VecDeque<InFlight>,
+        buckets: u64,
+    }
+
+    impl Immediate {
+        /// Creates the exchange's communicator (collective: every process calls it at the
+        /// same point).
+        pub(crate) fn new() -> Immediate {
+            Immediate {
+                comm: communicator().duplicate(),
+                flights: VecDeque::new(),
+                buckets: 0,
+            }
+        }
+    }
+
+    impl Exchange for Immediate {
+        fn start(&mut self, message: &[u32], bound: usize) {
+            // Tags from 0 to 32767, the least upper bound MPI guarantees.
+            let tag = (self.buckets % 32768) as i32;
+            self.buckets += 1;
+            self.flights
+                .push_back(InFlight::start(message, bound, tag, &self.comm));
+        }
+
+        fn progress(&mut self) {
+            for flight in &mut self.flights {
+                flight.test();
+            }
+        }
+
+        fn next(&mut self) -> Option<Vec<Vec<u32>>> {
+            let mut flight = self.flights.pop_front()?;
+            flight.wait();
+            Some(flight.gathered())
+        }
     }
 }

@@ -412,7 +412,11 @@ impl BackendTask for Run<'_> {
         // What summing the gradients over the processes costs.
         let exchange = Rc::new(Cell::new(ExchangeStats::default()));
         if world.size() > 1 {
-            trainer.set_reducer(Box::new(AllReduce::new(world, exchange.clone())));
+            trainer.set_reducer(Box::new(AllReduce::new(
+                world.gradient_exchange(),
+                options.bucket_mb,
+                exchange.clone(),
+            )));
         }
         let (mut step, mut cursor) = match &resumed {
             Some(loaded) => {
@@ -650,9 +654,11 @@ impl BackendTask for Run<'_> {
             let exchange = exchange.get();
             usage += &format!(
                 " (rank 0); {} processes, {:.1} % of the training steps summing gradients over \
-                 them, {:.0} % of the dense gradient volume sent",
+                 them ({:.1} % waiting for the exchange), {:.0} % of the dense gradient volume \
+                 sent",
                 world.size(),
                 100.0 * exchange.seconds / train_seconds.max(1e-9),
+                100.0 * exchange.waiting / train_seconds.max(1e-9),
                 100.0 * exchange.sent_words as f64 / exchange.dense_words.max(1) as f64
             );
         }
