@@ -284,3 +284,18 @@ pub fn assert_one_line_error(run: &CliRun, needle: &str) {
     );
     assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
 }
+
+/// Whether a GPU adapter with compute shaders is present for a test that drives the wgpu
+/// backend through the CLI. Without one the test is skipped (with a notice on stderr), except
+/// under `CI=true`, where the missing adapter fails it.
+pub fn gpu_adapter_present() -> bool {
+    if deberta_gpu::list_adapters().iter().any(|a| a.compute) {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but no GPU adapter with compute shaders: install mesa-vulkan-drivers"
+    );
+    eprintln!("SKIPPED: no GPU adapter (set CI=true to make this a failure)");
+    false
+}
