@@ -103,6 +103,8 @@ where
         BackendChoice::Cpu => {
             deberta_core::simd::set_max_simd_level(cpu_simd_from_env()?);
             deberta_core::kernels::set_bf16_instructions(cpu_bf16_from_env()?);
+            #[cfg(target_arch = "x86_64")]
+            deberta_core::kernels::set_amx(cpu_amx_from_env()?);
             rayon::scope(|_| task.run(&CpuBackend::new()))
         }
         #[cfg(feature = "gpu")]
@@ -167,7 +169,7 @@ fn cpu_simd_from_env() -> Result<Option<SimdLevel>> {
 
 /// `DEBERTA_CPU_BF16`: `fma` (default: bf16 pairs widened to f32 in registers, FMAs) or
 /// `vdpbf16ps` (AVX-512 BF16, where the CPU has it) for `--precision bf16` at the AVX-512
-/// level (a tuning knob: the sums are the same).
+/// level without AMX (a tuning knob: the sums are the same).
 fn cpu_bf16_from_env() -> Result<deberta_core::kernels::Bf16Instructions> {
     use deberta_core::kernels::Bf16Instructions;
     const VAR: &str = "DEBERTA_CPU_BF16";
@@ -177,6 +179,19 @@ fn cpu_bf16_from_env() -> Result<deberta_core::kernels::Bf16Instructions> {
         Ok(other) => Err(Error::Usage(format!(
             "{VAR}={other}: expected fma or vdpbf16ps"
         ))),
+    }
+}
+
+/// `DEBERTA_CPU_AMX`: `auto` (default: the bf16 and int8 products run on AMX tiles where the
+/// CPU has AMX and the operating system grants it) or `off` (AVX-512 instead; a tuning and
+/// comparison knob: int8 gives the same bits, bf16 sums in another order).
+#[cfg(target_arch = "x86_64")]
+fn cpu_amx_from_env() -> Result<bool> {
+    const VAR: &str = "DEBERTA_CPU_AMX";
+    match std::env::var(VAR).as_deref() {
+        Err(_) | Ok("") | Ok("auto") => Ok(true),
+        Ok("off") => Ok(false),
+        Ok(other) => Err(Error::Usage(format!("{VAR}={other}: expected auto or off"))),
     }
 }
 

@@ -130,12 +130,15 @@ impl Backend for CpuBackend {
             return Ok(());
         }
         // Every output element is computed the same way whatever the split, so the piece size
-        // may follow the thread count: whole micro-tiles of 6 rows, two pieces per thread.
+        // may follow the thread count: whole micro-tiles (or AMX blocks), two pieces per
+        // thread.
         #[cfg(feature = "std")]
         let threads = rayon::current_num_threads();
         #[cfg(not(feature = "std"))]
         let threads = 1;
-        let piece_rows = rows.div_ceil(2 * threads).next_multiple_of(6);
+        let piece_rows = rows
+            .div_ceil(2 * threads)
+            .next_multiple_of(kernels::packed_piece_rows());
         for_each_piece(
             &mut out[..rows * output],
             piece_rows * output,

@@ -9,6 +9,8 @@
 //! function beside a kernel that takes no spec ([`check_cross_entropy`], …).
 //! Reductions run in a fixed order: outputs are bit-for-bit reproducible.
 
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+mod amx;
 mod dropout;
 mod elementwise;
 mod embedding;
@@ -23,6 +25,8 @@ mod relative_scores;
 mod sampling;
 mod softmax;
 
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+pub use amx::{available as amx_available, set_amx};
 pub use dropout::dropout;
 pub use elementwise::{
     activation, activation_backward, add_assign, add_bias, add_sequence_row,
@@ -41,12 +45,12 @@ pub use matmul::{matmul, matmul_block};
 
 pub use optimizer::{AdamConstants, AdamSpec, adam_update, clip_coefficient, sum_of_squares};
 #[cfg(feature = "alloc")]
-pub(crate) use packed::linear_packed_rows;
-#[cfg(feature = "alloc")]
 pub use packed::{
     Bf16Instructions, PANEL, PackedWeight, check_linear_packed, linear_packed, packed_kernel_name,
     round_bf16, set_bf16_instructions, vnni_hardware,
 };
+#[cfg(feature = "alloc")]
+pub(crate) use packed::{linear_packed_rows, packed_piece_rows};
 pub use relative_scores::{RelativeScoresSpec, add_relative_scores, relative_scores_backward};
 pub use sampling::{check_sample_categorical, sample_categorical};
 pub use softmax::{SoftmaxSpec, masked_softmax, masked_softmax_backward};

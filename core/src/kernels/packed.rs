@@ -35,6 +35,9 @@ use crate::edge::quant::quantize_row;
 use crate::precision::Precision;
 use crate::simd::multiversion;
 
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+use super::amx;
+
 /// Output columns per panel of a packed weight.
 pub const PANEL: usize = 16;
 /// Rows of one micro-tile.
@@ -221,14 +224,23 @@ pub(crate) fn linear_packed_rows(x: &[f32], w: &PackedWeight, out: &mut [f32]) {
         return;
     }
     let rows = out.len() / w.output;
-    let tiles = rows.div_ceil(TILE_ROWS);
     match &w.format {
         Format::Bf16(words) => {
             let pairs = w.input.div_ceil(2);
-            // The rows' activations as bf16 pairs, padded to whole micro-tiles with zero rows.
-            let mut a = vec![0u32; tiles * TILE_ROWS * pairs];
+            let amx = amx_blocks(pairs);
+            // The rows' activations as bf16 pairs, padded to whole micro-tiles (or AMX
+            // blocks) with zero rows.
+            let mut a = vec![0u32; padded_rows(rows, amx) * pairs];
             if w.input > 0 {
                 pack_rows(x, w.input, &mut a[..rows * pairs]);
+            }
+            let store = |r: usize, c: usize, values: &[f32]| {
+                out[r * w.output + c..][..values.len()].copy_from_slice(values)
+            };
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            if amx {
+                for_each_amx_block(w, words, (&a, rows, pairs), amx::Dot::Bf16, store);
+                return;
             }
             let kernel = bf16_kernel();
             // The FMA kernel broadcasts the activations as f32, odd element first.
@@ -273,7 +285,7 @@ pub(crate) fn linear_packed_rows(x: &[f32], w: &PackedWeight, out: &mut [f32]) {
                     },
                     _ => tile_widened(a_tile, pairs, b, np, tile),
                 },
-                |r, c, values| out[r * w.output + c..][..values.len()].copy_from_slice(values),
+                store,
             );
         }
         Format::Int8 {
@@ -282,11 +294,25 @@ pub(crate) fn linear_packed_rows(x: &[f32], w: &PackedWeight, out: &mut [f32]) {
             sums,
         } => {
             let quads = w.input.div_ceil(4);
+            let amx = amx_blocks(quads);
             // Each row quantised with its own scale, as unsigned bytes `q + 128`.
-            let mut a = vec![0u32; tiles * TILE_ROWS * quads];
+            let mut a = vec![0u32; padded_rows(rows, amx) * quads];
             let mut row_scales = vec![0.0f32; rows];
             if w.input > 0 {
                 quantize_offset_rows(x, w.input, &mut a, &mut row_scales);
+            }
+            let store = |r: usize, c: usize, acc: &[i32]| {
+                let out = &mut out[r * w.output + c..][..acc.len()];
+                let columns = sums[c..].iter().zip(&scales[c..]);
+                for ((o, &acc), (&sum, &scale)) in out.iter_mut().zip(acc).zip(columns) {
+                    let dot = acc.wrapping_sub(sum.wrapping_mul(128));
+                    *o = dot as f32 * (row_scales[r] * scale);
+                }
+            };
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            if amx {
+                for_each_amx_block(w, words, (&a, rows, quads), amx::Dot::Int8, store);
+                return;
             }
             let hardware = vnni_hardware();
             for_each_tile(
@@ -309,16 +335,120 @@ pub(crate) fn linear_packed_rows(x: &[f32], w: &PackedWeight, out: &mut [f32]) {
                         tile_int32(a_tile, quads, b, np, tile);
                     }
                 },
-                |r, c, acc| {
-                    let out = &mut out[r * w.output + c..][..acc.len()];
-                    let columns = sums[c..].iter().zip(&scales[c..]);
-                    for ((o, &acc), (&sum, &scale)) in out.iter_mut().zip(acc).zip(columns) {
-                        let dot = acc.wrapping_sub(sum.wrapping_mul(128));
-                        *o = dot as f32 * (row_scales[r] * scale);
-                    }
-                },
+                store,
             );
         }
+    }
+}
+
+/// Whether a product whose rows hold `groups` words (pairs or quads) runs on AMX blocks:
+/// AMX is [`available`](amx::available) and the inner dimension fills whole tile steps.
+fn amx_blocks(groups: usize) -> bool {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    {
+        groups > 0 && groups.is_multiple_of(amx::GROUPS_PER_STEP) && amx::available()
+    }
+    #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+    {
+        let _ = groups;
+        false
+    }
+}
+
+/// The rows a piece of a product split between threads should be a multiple of: an AMX
+/// block where AMX runs, else a micro-tile (any split gives the same results).
+pub(crate) fn packed_piece_rows() -> usize {
+    if amx_blocks(amx_step_groups()) {
+        AMX_BLOCK
+    } else {
+        TILE_ROWS
+    }
+}
+
+/// Groups of one AMX step (any positive value where there is no AMX).
+fn amx_step_groups() -> usize {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    {
+        amx::GROUPS_PER_STEP
+    }
+    #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+    {
+        1
+    }
+}
+
+/// Rows of the activation buffer: whole micro-tiles, or whole AMX blocks.
+fn padded_rows(rows: usize, amx: bool) -> usize {
+    rows.next_multiple_of(if amx { AMX_BLOCK } else { TILE_ROWS })
+}
+
+/// Rows of an AMX block.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+const AMX_BLOCK: usize = amx::BLOCK;
+#[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+const AMX_BLOCK: usize = 32;
+
+/// The product on AMX: blocks of 32 rows of `a` (`groups` words per row, padded to whole
+/// blocks) by two panels (the second a zero panel past an odd last one), each valid row of a
+/// block handed to `store(row, first column, values)` converted from the tile's bits (f32
+/// for bf16, i32 for int8).
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+fn for_each_amx_block<T: Copy + Default + FromTileBits>(
+    w: &PackedWeight,
+    words: &[u32],
+    (a, rows, groups): (&[u32], usize, usize),
+    dot: amx::Dot,
+    mut store: impl FnMut(usize, usize, &[T]),
+) {
+    let panels = w.output.div_ceil(PANEL);
+    let panel_words = groups * PANEL;
+    let zero_panel = if panels % 2 == 1 {
+        vec![0u32; panel_words]
+    } else {
+        Vec::new()
+    };
+    let steps = groups / amx::GROUPS_PER_STEP;
+    let mut tiles = amx::Tiles::configure();
+    let mut block = [[0u32; amx::BLOCK]; amx::BLOCK];
+    let mut values = [T::default(); amx::BLOCK];
+    for pair in (0..panels).step_by(2) {
+        let b0 = &words[pair * panel_words..][..panel_words];
+        let b1 = match words.get((pair + 1) * panel_words..(pair + 2) * panel_words) {
+            Some(b1) if pair + 1 < panels => b1,
+            _ => &zero_panel,
+        };
+        let (col0, cols) = (pair * PANEL, (w.output - pair * PANEL).min(2 * PANEL));
+        for first in (0..rows).step_by(amx::BLOCK) {
+            let a_block = &a[first * groups..][..amx::BLOCK * groups];
+            tiles.block(dot, (a_block, groups), [b0, b1], steps, &mut block);
+            for (r, bits) in block.iter().enumerate().take(rows - first) {
+                for (v, &b) in values.iter_mut().zip(&bits[..cols]) {
+                    *v = T::from_tile_bits(b);
+                }
+                store(first + r, col0, &values[..cols]);
+            }
+        }
+    }
+}
+
+/// An element of an AMX result tile, from its bits.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+trait FromTileBits {
+    /// The value whose bits `tdpbf16ps` or `tdpbusd` stored.
+    fn from_tile_bits(bits: u32) -> Self;
+}
+
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+impl FromTileBits for f32 {
+    fn from_tile_bits(bits: u32) -> f32 {
+        f32::from_bits(bits)
+    }
+}
+
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+impl FromTileBits for i32 {
+    fn from_tile_bits(bits: u32) -> i32 {
+        bits as i32
     }
 }
 
@@ -476,10 +606,20 @@ pub fn vnni_hardware() -> bool {
     }
 }
 
-/// The kernel the products at `precision` run on with this CPU and `DEBERTA_CPU_SIMD` cap:
-/// `avx512_bf16` or `f32-widened` (bf16), `avx512_vnni` or `int32-widened` (int8); `None` for
-/// f32 (sgemm).
+/// The kernel the products at `precision` run on with this CPU, `DEBERTA_CPU_SIMD` cap and
+/// `DEBERTA_CPU_AMX` choice: `amx_bf16`, `avx512_bf16`, `avx512_fma` or `f32-widened` (bf16),
+/// `amx_int8`, `avx512_vnni` or `int32-widened` (int8); `None` for f32 (sgemm). AMX takes the
+/// products whose inner width is a multiple of 32 (bf16) or 64 (int8); the others run on the
+/// AVX-512 kernel named without it.
 pub fn packed_kernel_name(precision: Precision) -> Option<&'static str> {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if amx::available() {
+        match precision {
+            Precision::Bf16 => return Some("amx_bf16"),
+            Precision::Int8 => return Some("amx_int8"),
+            _ => {}
+        }
+    }
     match precision {
         Precision::F32 => None,
         Precision::Bf16 => Some(match bf16_kernel() {
@@ -710,6 +850,34 @@ mod tests {
         out
     }
 
+    /// Serialises the tests that change or depend on the process-wide kernel choices (SIMD
+    /// cap, bf16 instructions, AMX).
+    static KNOBS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn knobs() -> std::sync::MutexGuard<'static, ()> {
+        KNOBS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this machine runs the AMX kernels (when allowed).
+    fn amx_here() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            amx::available()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// Allows or forbids AMX (where the target has it).
+    fn allow_amx(allowed: bool) {
+        #[cfg(target_arch = "x86_64")]
+        amx::set_amx(allowed);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = allowed;
+    }
+
     #[test]
     fn rounding_is_to_nearest_even_and_flushes_subnormals() {
         assert_eq!(round_bf16(1.0), 1.0);
@@ -725,6 +893,8 @@ mod tests {
 
     #[test]
     fn products_match_the_ordered_reference_bit_for_bit_on_every_path() {
+        let _knobs = knobs();
+        allow_amx(false);
         // Odd widths (padding of the pair and of the panels), partial micro-tiles.
         for [rows, input, output] in [[1, 1, 1], [7, 33, 17], [13, 384, 100], [6, 64, 64]] {
             let x = fill(rows * input, 1);
@@ -756,6 +926,69 @@ mod tests {
                         "{rows}x{input}x{output} at {level:?} {instructions:?}, element {i}: \
                          {a} vs {b}"
                     );
+                }
+            }
+        }
+        allow_amx(true);
+    }
+
+    /// Runs `linear_packed` on AMX (when this machine has it) over all rows at once and in
+    /// pieces of `piece` rows (as threads split them), checks the two agree bit for bit, and
+    /// returns the result.
+    fn amx_product(x: &[f32], w: &PackedWeight, rows: usize, piece: usize) -> Vec<f32> {
+        let (input, output) = (w.input(), w.output());
+        let mut whole = vec![f32::NAN; rows * output];
+        linear_packed(x, w, &mut whole, rows).unwrap();
+        let mut split = vec![f32::NAN; rows * output];
+        for (xs, out) in x
+            .chunks(piece * input)
+            .zip(split.chunks_mut(piece * output))
+        {
+            linear_packed(xs, w, out, out.len() / output).unwrap();
+        }
+        let same = whole
+            .iter()
+            .zip(&split)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "AMX results depend on the row split");
+        whole
+    }
+
+    #[test]
+    fn amx_bf16_products_are_deterministic_and_within_the_accumulation_bound() {
+        let _knobs = knobs();
+        if !amx_here() {
+            std::eprintln!("no AMX on this machine: the AMX bf16 kernel is not exercised");
+            return;
+        }
+        // Inner widths of whole 32-value steps; odd panel counts; partial blocks of rows.
+        for [rows, input, output] in [[1, 32, 1], [45, 64, 40], [70, 384, 100], [32, 1536, 64]] {
+            let x = fill(rows * input, 11);
+            let wt = fill(output * input, 12);
+            let w = PackedWeight::new(&wt, output, input, Precision::Bf16).unwrap();
+            assert_eq!(packed_kernel_name(Precision::Bf16), Some("amx_bf16"));
+            let out = amx_product(&x, &w, rows, 7);
+            let ordered = reference(&x, &wt, rows, input, output);
+            for r in 0..rows {
+                for c in 0..output {
+                    // The exact sum of the rounded products, and the f32 accumulation bound
+                    // γ_k·Σ|products| that any summation order meets.
+                    let (mut exact, mut magnitude) = (0.0f64, 0.0f64);
+                    for k in 0..input {
+                        let p = f64::from(round_bf16(x[r * input + k]))
+                            * f64::from(round_bf16(wt[c * input + k]));
+                        exact += p;
+                        magnitude += p.abs();
+                    }
+                    let bound = magnitude * input as f64 * f64::from(f32::EPSILON) / 2.0;
+                    let i = r * output + c;
+                    let err = (f64::from(out[i]) - exact).abs();
+                    assert!(
+                        err <= bound,
+                        "{rows}x{input}x{output} [{r},{c}]: {err} > {bound}"
+                    );
+                    let other = (f64::from(ordered[i]) - exact).abs();
+                    assert!(other <= bound);
                 }
             }
         }
@@ -809,7 +1042,9 @@ mod tests {
 
     #[test]
     fn int8_products_match_the_edge_scheme_bit_for_bit_on_every_path() {
-        for [rows, input, output] in [[1, 1, 1], [7, 33, 17], [13, 384, 100], [6, 64, 64]] {
+        let _knobs = knobs();
+        // Odd widths (padding), partial tiles and blocks, inner widths of whole AMX steps.
+        for [rows, input, output] in [[1, 1, 1], [7, 33, 17], [13, 384, 100], [70, 64, 64]] {
             let mut x = fill(rows * input, 5);
             // A row of zeros (scale 0) and one with a single large value.
             x[..input].fill(0.0);
@@ -820,21 +1055,30 @@ mod tests {
             let w = PackedWeight::new(&wt, output, input, Precision::Int8).unwrap();
             assert_eq!(w.precision(), Precision::Int8);
             let expected = int8_reference(&x, &wt, rows, input, output);
-            let levels = [
-                None,
-                Some(crate::simd::SimdLevel::Avx2),
-                Some(crate::simd::SimdLevel::Baseline),
+            // AMX (where this machine has it and the width allows), VNNI, the portable loop.
+            let runs = [
+                (None, true),
+                (None, false),
+                (Some(crate::simd::SimdLevel::Avx2), false),
+                (Some(crate::simd::SimdLevel::Baseline), false),
             ];
-            for level in levels {
+            for (level, amx) in runs {
                 crate::simd::set_max_simd_level(level);
-                let mut out = vec![f32::NAN; rows * output];
-                linear_packed(&x, &w, &mut out, rows).unwrap();
+                allow_amx(amx);
+                let out = if amx && amx_here() {
+                    amx_product(&x, &w, rows, 7)
+                } else {
+                    let mut out = vec![f32::NAN; rows * output];
+                    linear_packed(&x, &w, &mut out, rows).unwrap();
+                    out
+                };
                 crate::simd::set_max_simd_level(None);
+                allow_amx(true);
                 for (i, (a, b)) in out.iter().zip(&expected).enumerate() {
                     assert_eq!(
                         a.to_bits(),
                         b.to_bits(),
-                        "{rows}x{input}x{output} at {level:?}, element {i}: {a} vs {b}"
+                        "{rows}x{input}x{output} at {level:?}, AMX {amx}, element {i}: {a} vs {b}"
                     );
                 }
             }
