@@ -199,6 +199,26 @@ pub trait Backend {
             what: "reduced-precision products on this backend",
         })
     }
+    /// `C = α·A·B + β·C` as [`Backend::matmul`] with the products at `precision`
+    /// ([`Precision::products`](crate::Precision::products)): f32 is [`Backend::matmul`];
+    /// bf16 rounds both operands to bf16 and sums in f32 (the backward products of
+    /// bf16-mixed training). The provided implementation has f32 only
+    /// ([`Error::Unsupported`] otherwise).
+    fn matmul_reduced(
+        &self,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        c: &mut Self::Tensor,
+        spec: &MatmulSpec,
+        precision: crate::Precision,
+    ) -> Result<(), Error> {
+        match precision.products() {
+            crate::Precision::F32 => self.matmul(a, b, c, spec),
+            _ => Err(Error::Unsupported {
+                what: "reduced-precision products on this backend",
+            }),
+        }
+    }
     /// `x += y` over all of `x`.
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<(), Error>;
     /// `x[r, :] += bias` for every row of width `cols`.

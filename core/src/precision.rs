@@ -1,5 +1,6 @@
 //! The number format of the weight products: the one `--precision` choice of every command
-//! that computes (`deberta forward`, `detect`, `bench forward`).
+//! that computes (`deberta forward`, `detect`, `bench forward` take [`Precision::INFERENCE`];
+//! `deberta pretrain` and `bench step` take [`Precision::TRAINING`]).
 //!
 //! [`Precision::F32`] is the reference and the default: every product in f32, bit-identical
 //! for any thread count and SIMD level. The narrower formats change only the products of the
@@ -8,8 +9,17 @@
 //! rounded (bf16) or quantised per row (int8) at the product's input, and products accumulate
 //! in f32 (bf16) or exactly in i32 (int8); everything else (embeddings, layer norm, softmax,
 //! GELU, attention scores, the tied MLM decoder, losses) stays in f32. Both narrower paths give
-//! the same bits for any thread count, and at every SIMD level (bf16: unless a product or
-//! partial sum falls below 2⁻¹²⁶; see [`kernels::linear_packed`](crate::kernels::linear_packed)).
+//! the same bits for any thread count; int8 at every SIMD level and on AMX, bf16 at every SIMD
+//! level (unless a product or partial sum falls below 2⁻¹²⁶; see
+//! [`kernels::linear_packed`](crate::kernels::linear_packed)) while AMX sums bf16 in an order
+//! of its own.
+//!
+//! Training in [`Precision::Bf16Mixed`] keeps f32 weights (the master copy the optimizer
+//! updates), f32 optimizer state and f32 gradients, and runs the `Linear` products of the
+//! forward and backward passes in bf16: each weight's bf16 copy is made again after every
+//! update, the backward's products (`∂L/∂x = dy·W`, `∂L/∂W = dyᵀ·x`) round both operands to
+//! bf16 and accumulate in f32 ([`Backend::matmul_reduced`](crate::Backend::matmul_reduced)).
+//! bf16 has f32's exponent range, so no loss scaling is needed.
 
 /// The number format of the `Linear` products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -24,18 +34,42 @@ pub enum Precision {
     /// computed on the fly), exact i32 sums (`vpdpbusd` with AVX-512 VNNI, a portable loop
     /// compiled for AVX2 and AVX-512F without it): inference of the discriminator.
     Int8,
+    /// Training with f32 master weights, optimizer state and gradients and bf16 `Linear`
+    /// products in the forward and backward passes (the products of [`Precision::Bf16`]).
+    Bf16Mixed,
 }
 
 impl Precision {
     /// Every precision, in the order the CLI lists them.
-    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Bf16, Precision::Int8];
+    pub const ALL: [Precision; 4] = [
+        Precision::F32,
+        Precision::Bf16,
+        Precision::Int8,
+        Precision::Bf16Mixed,
+    ];
 
-    /// The name the CLI uses: `f32`, `bf16`, `int8`.
+    /// The precisions of the inference commands (`forward`, `detect`, `bench forward`).
+    pub const INFERENCE: [Precision; 3] = [Precision::F32, Precision::Bf16, Precision::Int8];
+
+    /// The precisions of training (`pretrain`, `bench step`).
+    pub const TRAINING: [Precision; 2] = [Precision::F32, Precision::Bf16Mixed];
+
+    /// The name the CLI uses: `f32`, `bf16`, `int8`, `bf16-mixed`.
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
             Precision::Int8 => "int8",
+            Precision::Bf16Mixed => "bf16-mixed",
+        }
+    }
+
+    /// The number format of the `Linear` products: `Bf16` for [`Precision::Bf16Mixed`], the
+    /// precision itself otherwise.
+    pub fn products(self) -> Precision {
+        match self {
+            Precision::Bf16Mixed => Precision::Bf16,
+            other => other,
         }
     }
 
@@ -55,6 +89,14 @@ mod tests {
             assert_eq!(Precision::from_name(p.name()), Some(p));
         }
         assert_eq!(Precision::from_name("fp32"), None);
+        assert_eq!(
+            Precision::from_name("bf16-mixed"),
+            Some(Precision::Bf16Mixed)
+        );
+        for p in Precision::INFERENCE.into_iter().chain(Precision::TRAINING) {
+            assert!(Precision::ALL.contains(&p));
+        }
+        assert_eq!(Precision::Bf16Mixed.products(), Precision::Bf16);
         assert_eq!(Precision::default(), Precision::F32);
     }
 }

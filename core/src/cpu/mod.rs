@@ -117,6 +117,68 @@ impl Backend for CpuBackend {
         kernels::PackedWeight::new(weight, output, input, precision)
     }
 
+    fn matmul_reduced(
+        &self,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        c: &mut Vec<f32>,
+        spec: &MatmulSpec,
+        precision: crate::Precision,
+    ) -> Result<(), Error> {
+        match precision.products() {
+            crate::Precision::F32 => return self.matmul(a, b, c, spec),
+            crate::Precision::Bf16 => {}
+            _ => {
+                return Err(Error::Unsupported {
+                    what: "int8 products outside the Linear layers",
+                });
+            }
+        }
+        spec.check(a.len(), b.len(), c.len())?;
+        let (m, n) = (spec.m, spec.n);
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let pairs = spec.k.div_ceil(2);
+        #[cfg(feature = "std")]
+        let threads = rayon::current_num_threads();
+        #[cfg(not(feature = "std"))]
+        let threads = 1;
+        let piece_rows = m
+            .div_ceil(2 * threads)
+            .next_multiple_of(kernels::packed_piece_rows());
+        // A dense row-major C with α = 1 takes the sums directly (β = 0 or 1: the backward
+        // products); anything else goes through a buffer.
+        let direct = spec.alpha == 1.0
+            && (spec.beta == 0.0 || spec.beta == 1.0)
+            && spec.c.col_stride == 1
+            && spec.c.row_stride == n;
+        let mut product = if direct {
+            Vec::new()
+        } else {
+            vec![0.0f32; m * n]
+        };
+        for outer in 0..spec.batch[0] {
+            for inner in 0..spec.batch[1] {
+                let ops = kernels::Bf16Operands::new(a, b, spec, (outer, inner));
+                let (out, accumulate) = if direct {
+                    let base = spec.c.batch_offset(outer, inner);
+                    (&mut c[base..][..m * n], spec.beta == 1.0)
+                } else {
+                    (&mut product[..], false)
+                };
+                for_each_piece(out, piece_rows * n, |i, piece| {
+                    let a = &ops.a[i * piece_rows * pairs..];
+                    kernels::bf16_product(a, piece.len() / n, &ops.b, (piece, accumulate))
+                })?;
+                if !direct {
+                    kernels::store_product(&product, c, spec, (outer, inner));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn matmul_packed(
         &self,
         x: &Vec<f32>,

@@ -76,8 +76,9 @@ impl MatrixLayout {
         last.checked_add(1)
     }
 
+    /// Index of element `(0, 0)` of batch entry `(outer, inner)`.
     #[cfg(feature = "alloc")]
-    fn batch_offset(&self, outer: usize, inner: usize) -> usize {
+    pub(crate) fn batch_offset(&self, outer: usize, inner: usize) -> usize {
         self.offset + outer * self.batch_strides[0] + inner * self.batch_strides[1]
     }
 }

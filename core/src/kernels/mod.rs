@@ -21,6 +21,8 @@ mod matmul;
 mod optimizer;
 #[cfg(feature = "alloc")]
 mod packed;
+#[cfg(feature = "alloc")]
+mod reduced;
 mod relative_scores;
 mod sampling;
 mod softmax;
@@ -50,7 +52,9 @@ pub use packed::{
     round_bf16, set_bf16_instructions, vnni_hardware,
 };
 #[cfg(feature = "alloc")]
-pub(crate) use packed::{linear_packed_rows, packed_piece_rows};
+pub(crate) use packed::{bf16_product, linear_packed_rows, packed_piece_rows};
+#[cfg(feature = "alloc")]
+pub use reduced::{Bf16Operands, store_product};
 pub use relative_scores::{RelativeScoresSpec, add_relative_scores, relative_scores_backward};
 pub use sampling::{check_sample_categorical, sample_categorical};
 pub use softmax::{SoftmaxSpec, masked_softmax, masked_softmax_backward};

@@ -87,7 +87,7 @@ fn bf16_bits(v: f32) -> u32 {
 
 /// The pair `(lo, hi)` as one word: `lo` in the low half (the even element).
 #[inline(always)]
-fn pair(lo: f32, hi: f32) -> u32 {
+pub(crate) fn pair(lo: f32, hi: f32) -> u32 {
     bf16_bits(lo) | (bf16_bits(hi) << 16)
 }
 
@@ -112,26 +112,10 @@ impl PackedWeight {
             found: output,
         })?;
         super::require("pack_weight", "w", needed, w.len())?;
-        match precision {
-            Precision::F32 => Err(Error::Unsupported {
-                what: "packing a weight for f32 products",
-            }),
-            Precision::Bf16 => {
-                let pairs = input.div_ceil(2);
-                let mut words = vec![0u32; output.div_ceil(PANEL) * pairs * PANEL];
-                for (col, row) in w[..needed].chunks_exact(input.max(1)).enumerate() {
-                    let (panel, lane) = (col / PANEL, col % PANEL);
-                    for (kk, two) in row.chunks(2).enumerate() {
-                        let hi = two.get(1).copied().unwrap_or(0.0);
-                        words[(panel * pairs + kk) * PANEL + lane] = pair(two[0], hi);
-                    }
-                }
-                Ok(PackedWeight {
-                    output,
-                    input,
-                    format: Format::Bf16(words),
-                })
-            }
+        match precision.products() {
+            Precision::Bf16 => Ok(PackedWeight::bf16_with(output, input, |col, k| {
+                w[col * input + k]
+            })),
             Precision::Int8 => {
                 let quads = input.div_ceil(4);
                 let mut words = vec![0u32; output.div_ceil(PANEL) * quads * PANEL];
@@ -159,6 +143,70 @@ impl PackedWeight {
                     },
                 })
             }
+            _ => Err(Error::Unsupported {
+                what: "packing a weight for f32 products",
+            }),
+        }
+    }
+
+    /// The bf16 weight whose `k`-th row of `output` columns is `row(k)` (a `k × output`
+    /// operand stored row by row: the backward products' `W` and `x`).
+    pub(crate) fn bf16_from_rows<'r>(
+        output: usize,
+        input: usize,
+        row: impl Fn(usize) -> &'r [f32],
+    ) -> PackedWeight {
+        let pairs = input.div_ceil(2);
+        let mut words = vec![0u32; output.div_ceil(PANEL) * pairs * PANEL];
+        for kk in 0..pairs {
+            let first = &row(2 * kk)[..output];
+            let second = (2 * kk + 1 < input).then(|| &row(2 * kk + 1)[..output]);
+            for (panel, lanes) in first.chunks(PANEL).enumerate() {
+                let out = &mut words[(panel * pairs + kk) * PANEL..][..lanes.len()];
+                match second {
+                    Some(second) => {
+                        let hi = &second[panel * PANEL..][..lanes.len()];
+                        for ((w, &lo), &hi) in out.iter_mut().zip(lanes).zip(hi) {
+                            *w = pair(lo, hi);
+                        }
+                    }
+                    None => {
+                        for (w, &lo) in out.iter_mut().zip(lanes) {
+                            *w = pair(lo, 0.0);
+                        }
+                    }
+                }
+            }
+        }
+        PackedWeight {
+            output,
+            input,
+            format: Format::Bf16(words),
+        }
+    }
+
+    /// The bf16 weight whose element `(column, k)` (of `output` columns, `input` deep) is
+    /// `get(column, k)`, read two `k` at a time for all columns (so that a row-major `k × output`
+    /// source is read row by row).
+    pub(crate) fn bf16_with(
+        output: usize,
+        input: usize,
+        get: impl Fn(usize, usize) -> f32,
+    ) -> PackedWeight {
+        let pairs = input.div_ceil(2);
+        let mut words = vec![0u32; output.div_ceil(PANEL) * pairs * PANEL];
+        for kk in 0..pairs {
+            let odd = 2 * kk + 1 < input;
+            for col in 0..output {
+                let hi = if odd { get(col, 2 * kk + 1) } else { 0.0 };
+                words[((col / PANEL) * pairs + kk) * PANEL + col % PANEL] =
+                    pair(get(col, 2 * kk), hi);
+            }
+        }
+        PackedWeight {
+            output,
+            input,
+            format: Format::Bf16(words),
         }
     }
 
@@ -234,59 +282,7 @@ pub(crate) fn linear_packed_rows(x: &[f32], w: &PackedWeight, out: &mut [f32]) {
             if w.input > 0 {
                 pack_rows(x, w.input, &mut a[..rows * pairs]);
             }
-            let store = |r: usize, c: usize, values: &[f32]| {
-                out[r * w.output + c..][..values.len()].copy_from_slice(values)
-            };
-            #[cfg(all(feature = "std", target_arch = "x86_64"))]
-            if amx {
-                for_each_amx_block(w, words, (&a, rows, pairs), amx::Dot::Bf16, store);
-                return;
-            }
-            let kernel = bf16_kernel();
-            // The FMA kernel broadcasts the activations as f32, odd element first.
-            #[cfg(all(feature = "std", target_arch = "x86_64"))]
-            let widened: Vec<f32> = match kernel {
-                Bf16Kernel::Fma => widen_pairs(&a),
-                _ => Vec::new(),
-            };
-            for_each_tile(
-                w,
-                words,
-                (&a, rows, pairs),
-                |#[cfg_attr(
-                    not(all(feature = "std", target_arch = "x86_64")),
-                    expect(unused_variables, reason = "only the FMA kernel reads the tile index")
-                )]
-                 t,
-                 a_tile,
-                 b,
-                 np,
-                 tile: &mut [[f32; TILE_COLS]; TILE_ROWS]| match kernel {
-                    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-                    // SAFETY: `bf16_kernel` checked AVX-512F and AVX-512 BF16 at run time.
-                    Bf16Kernel::Dpbf16 => unsafe {
-                        match np {
-                            1 => tile_avx512_bf16::<1>(a_tile, pairs, b, tile),
-                            2 => tile_avx512_bf16::<2>(a_tile, pairs, b, tile),
-                            3 => tile_avx512_bf16::<3>(a_tile, pairs, b, tile),
-                            _ => tile_avx512_bf16::<4>(a_tile, pairs, b, tile),
-                        }
-                    },
-                    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-                    // SAFETY: `bf16_kernel` checked AVX-512F at run time.
-                    Bf16Kernel::Fma => unsafe {
-                        let a = &widened[2 * t * TILE_ROWS * pairs..][..2 * TILE_ROWS * pairs];
-                        match np {
-                            1 => tile_avx512_fma::<1>(a, pairs, b, tile),
-                            2 => tile_avx512_fma::<2>(a, pairs, b, tile),
-                            3 => tile_avx512_fma::<3>(a, pairs, b, tile),
-                            _ => tile_avx512_fma::<4>(a, pairs, b, tile),
-                        }
-                    },
-                    _ => tile_widened(a_tile, pairs, b, np, tile),
-                },
-                store,
-            );
+            bf16_tiles(w, words, (&a, rows), amx, (out, false));
         }
         Format::Int8 {
             words,
@@ -339,6 +335,100 @@ pub(crate) fn linear_packed_rows(x: &[f32], w: &PackedWeight, out: &mut [f32]) {
             );
         }
     }
+}
+
+/// The bf16 product of activations already packed as pairs (`a`: `rows` rows of
+/// `w.input.div_ceil(2)` words, padded with zero rows to whole micro-tiles, or to whole AMX
+/// blocks when `amx`, which [`amx_blocks`] decided) into `out` (`rows × w.output`).
+fn bf16_tiles(
+    w: &PackedWeight,
+    words: &[u32],
+    (a, rows): (&[u32], usize),
+    amx: bool,
+    (out, accumulate): (&mut [f32], bool),
+) {
+    let pairs = w.input.div_ceil(2);
+    #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+    let _ = amx;
+    let store = |r: usize, c: usize, values: &[f32]| {
+        let out = &mut out[r * w.output + c..][..values.len()];
+        if accumulate {
+            out.iter_mut().zip(values).for_each(|(o, &v)| *o += v);
+        } else {
+            out.copy_from_slice(values);
+        }
+    };
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if amx {
+        for_each_amx_block(w, words, (a, rows, pairs), amx::Dot::Bf16, store);
+        return;
+    }
+    let kernel = bf16_kernel();
+    // The FMA kernel broadcasts the activations as f32, odd element first.
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    let widened: Vec<f32> = match kernel {
+        Bf16Kernel::Fma => widen_pairs(a),
+        _ => Vec::new(),
+    };
+    for_each_tile(
+        w,
+        words,
+        (a, rows, pairs),
+        |#[cfg_attr(
+            not(all(feature = "std", target_arch = "x86_64")),
+            expect(unused_variables, reason = "only the FMA kernel reads the tile index")
+        )]
+         t,
+         a_tile,
+         b,
+         np,
+         tile: &mut [[f32; TILE_COLS]; TILE_ROWS]| match kernel {
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            // SAFETY: `bf16_kernel` checked AVX-512F and AVX-512 BF16 at run time.
+            Bf16Kernel::Dpbf16 => unsafe {
+                match np {
+                    1 => tile_avx512_bf16::<1>(a_tile, pairs, b, tile),
+                    2 => tile_avx512_bf16::<2>(a_tile, pairs, b, tile),
+                    3 => tile_avx512_bf16::<3>(a_tile, pairs, b, tile),
+                    _ => tile_avx512_bf16::<4>(a_tile, pairs, b, tile),
+                }
+            },
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            // SAFETY: `bf16_kernel` checked AVX-512F at run time.
+            Bf16Kernel::Fma => unsafe {
+                let a = &widened[2 * t * TILE_ROWS * pairs..][..2 * TILE_ROWS * pairs];
+                match np {
+                    1 => tile_avx512_fma::<1>(a, pairs, b, tile),
+                    2 => tile_avx512_fma::<2>(a, pairs, b, tile),
+                    3 => tile_avx512_fma::<3>(a, pairs, b, tile),
+                    _ => tile_avx512_fma::<4>(a, pairs, b, tile),
+                }
+            },
+            _ => tile_widened(a_tile, pairs, b, np, tile),
+        },
+        store,
+    );
+}
+
+/// `out[rows, w.output] = A·Wᵀ` (or `+=` when `accumulate`) for a bf16 `w` and activations
+/// `a` already packed as pairs ([`pair`]: `rows` rows of `w.input.div_ceil(2)` words).
+pub(crate) fn bf16_product(
+    a: &[u32],
+    rows: usize,
+    w: &PackedWeight,
+    (out, accumulate): (&mut [f32], bool),
+) -> Result<(), Error> {
+    let Format::Bf16(words) = &w.format else {
+        return Err(Error::Unsupported {
+            what: "a bf16 product with a weight packed for another precision",
+        });
+    };
+    let pairs = w.input.div_ceil(2);
+    let amx = amx_blocks(pairs);
+    let mut padded = vec![0u32; padded_rows(rows, amx) * pairs];
+    padded[..rows * pairs].copy_from_slice(&a[..rows * pairs]);
+    bf16_tiles(w, words, (&padded, rows), amx, (out, accumulate));
+    Ok(())
 }
 
 /// Whether a product whose rows hold `groups` words (pairs or quads) runs on AMX blocks:
@@ -612,6 +702,7 @@ pub fn vnni_hardware() -> bool {
 /// products whose inner width is a multiple of 32 (bf16) or 64 (int8); the others run on the
 /// AVX-512 kernel named without it.
 pub fn packed_kernel_name(precision: Precision) -> Option<&'static str> {
+    let precision = precision.products();
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
     if amx::available() {
         match precision {
@@ -629,6 +720,7 @@ pub fn packed_kernel_name(precision: Precision) -> Option<&'static str> {
         }),
         Precision::Int8 if vnni_hardware() => Some("avx512_vnni"),
         Precision::Int8 => Some("int32-widened"),
+        Precision::Bf16Mixed => None,
     }
 }
 

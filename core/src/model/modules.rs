@@ -6,9 +6,9 @@ use alloc::format;
 
 use super::context::BackwardContext;
 use super::params::{Init, ParamId, ParamLayout, ParamStore};
-use crate::Error;
 use crate::backend::{Backend, LayerNormGrads};
-use crate::kernels::{LayerNormSpec, MatmulSpec, MatrixLayout};
+use crate::kernels::{LayerNormSpec, MatmulSpec, MatrixLayout, PackedWeight};
+use crate::{Error, Precision};
 
 /// `y = x·Wᵀ (+ b)` with `W` `[output, input]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -72,7 +72,8 @@ impl Linear {
     }
 
     /// Adds `∂L/∂W = dyᵀ·x`, `∂L/∂b = Σ dy` to `ctx.grads` and, when `dx` is given,
-    /// `∂L/∂x = dy·W` to `dx`.
+    /// `∂L/∂x = dy·W` to `dx`. The two products run at the precision of the weight's packed
+    /// copy when it has one (bf16-mixed training: bf16 operands, f32 sums), else in f32.
     pub fn backward<B: Backend>(
         &self,
         ctx: &mut BackwardContext<'_, B>,
@@ -82,7 +83,10 @@ impl Linear {
         rows: usize,
     ) -> Result<(), Error> {
         let (backend, params) = (ctx.backend, ctx.params);
-        backend.matmul(
+        let precision = params
+            .packed(self.weight)
+            .map_or(Precision::F32, PackedWeight::precision);
+        backend.matmul_reduced(
             dy,
             x,
             ctx.grads.get_mut(self.weight),
@@ -93,12 +97,13 @@ impl Linear {
                 beta: 1.0,
                 ..MatmulSpec::dense(self.output, self.input, rows)
             },
+            precision,
         )?;
         if let Some(bias) = self.bias {
             backend.sum_rows(dy, ctx.grads.get_mut(bias), self.output, true)?;
         }
         if let Some(dx) = dx {
-            backend.matmul(
+            backend.matmul_reduced(
                 dy,
                 params.get(self.weight),
                 dx,
@@ -106,6 +111,7 @@ impl Linear {
                     beta: 1.0,
                     ..MatmulSpec::dense(rows, self.input, self.output)
                 },
+                precision,
             )?;
         }
         Ok(())

@@ -211,21 +211,44 @@ impl<T> ParamStore<T> {
         layout: &ParamLayout,
         precision: Precision,
     ) -> Result<(), Error> {
-        self.packed.iter_mut().for_each(|p| *p = None);
+        self.unpack();
         if precision == Precision::F32 {
             return Ok(());
         }
+        self.pack_missing(backend, layout, precision)
+    }
+
+    /// Drops every packed copy (the products go back to f32).
+    pub fn unpack(&mut self) {
+        self.packed.iter_mut().for_each(|p| *p = None);
+    }
+
+    /// Converts the `Linear` weights of `layout` that have no copy at `precision` (new
+    /// stores, and weights written since their copy was made: the optimizer's updates), and
+    /// keeps the others: what a training step calls before its passes.
+    pub fn pack_missing<B: Backend<Tensor = T>>(
+        &mut self,
+        backend: &B,
+        layout: &ParamLayout,
+        precision: Precision,
+    ) -> Result<(), Error> {
+        let products = precision.products();
         for &id in layout.linear_weights() {
-            let shape = &layout.spec(id).shape;
-            let [output, input] = shape[..] else {
+            if self.packed[id.0]
+                .as_ref()
+                .is_some_and(|p| p.precision() == products)
+            {
+                continue;
+            }
+            let [output, input] = layout.spec(id).shape[..] else {
                 return Err(Error::ShapeMismatch {
                     what: "dimensions of a Linear weight",
                     expected: 2,
-                    found: shape.len(),
+                    found: layout.spec(id).shape.len(),
                 });
             };
             self.packed[id.0] =
-                Some(backend.pack_weight(&self.tensors[id.0], output, input, precision)?);
+                Some(backend.pack_weight(&self.tensors[id.0], output, input, products)?);
         }
         Ok(())
     }

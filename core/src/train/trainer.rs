@@ -25,11 +25,11 @@ use super::mlm::Sampler;
 use super::optim::{Optimizer, OptimizerConfig};
 use super::pair::{DiscriminatorBatch, Losses, PairBatch, RtdPair};
 use super::workspace::Workspace;
-use crate::Error;
 use crate::backend::Backend;
 use crate::model::dropout::Dropout;
 use crate::model::{BackwardContext, GradientsReady};
 use crate::model::{ParamId, ParamStore};
+use crate::{Error, Precision};
 
 /// The update schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +64,8 @@ pub struct Trainer<B: Backend> {
     accumulated: Option<[ParamStore<B::Tensor>; 2]>,
     /// Sums the gradients over the processes of a data-parallel run (`None`: one process).
     reducer: Option<Box<dyn GradientReducer<B>>>,
+    /// The number format of the products ([`Precision::TRAINING`]).
+    precision: Precision,
 }
 
 /// Sums gradients over the processes of a data-parallel run.
@@ -227,6 +229,7 @@ impl<B: Backend> Trainer<B> {
             generator_lr: 0.0,
             accumulated: None,
             reducer: None,
+            precision: Precision::F32,
         })
     }
 
@@ -235,6 +238,37 @@ impl<B: Backend> Trainer<B> {
     /// process's micro-batches).
     pub fn set_reducer(&mut self, reducer: Box<dyn GradientReducer<B>>) {
         self.reducer = Some(reducer);
+    }
+
+    /// Trains with the products at `precision` ([`Precision::F32`] or
+    /// [`Precision::Bf16Mixed`]: f32 master weights, optimizer state and gradients, the
+    /// `Linear` products in bf16 with each weight's bf16 copy made again after its update).
+    pub fn set_precision(&mut self, precision: Precision) -> Result<(), Error> {
+        if !Precision::TRAINING.contains(&precision) {
+            return Err(Error::Unsupported {
+                what: "this precision in training (f32 or bf16-mixed)",
+            });
+        }
+        self.precision = precision;
+        if precision == Precision::F32 {
+            self.params.unpack();
+        }
+        Ok(())
+    }
+
+    /// The number format of the products.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Makes the reduced-precision copies the passes multiply: those of weights new or
+    /// updated since their copy (nothing in f32).
+    fn refresh_copies(&mut self, backend: &B) -> Result<(), Error> {
+        if self.precision == Precision::F32 {
+            return Ok(());
+        }
+        self.params
+            .pack_missing(backend, &self.pair.layout, self.precision)
     }
 
     fn zero(&mut self, backend: &B, ids: &[ParamId]) -> Result<(), Error> {
@@ -373,6 +407,7 @@ impl<B: Backend> Trainer<B> {
         sampler: Option<Sampler<'_, B>>,
         micro: MicroBatch,
     ) -> Result<f32, Error> {
+        self.refresh_copies(backend)?;
         let generator_params = self.pair.generator_params().to_vec();
         if micro.first() || micro.summed() {
             self.zero(backend, &generator_params)?;
@@ -414,6 +449,7 @@ impl<B: Backend> Trainer<B> {
         logits: Option<&mut [f32]>,
         micro: MicroBatch,
     ) -> Result<f32, Error> {
+        self.refresh_copies(backend)?;
         let phase_params = self.discriminator_phase_params();
         if micro.summed() || (self.schedule == Schedule::Decoupled && micro.first()) {
             self.zero(backend, &phase_params)?;

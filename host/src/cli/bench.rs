@@ -29,7 +29,7 @@ pub enum BenchCommand {
     Forward(ForwardBenchArgs),
     /// One full RTD + GDES training step: generator (half the layers, EMD) forward, sampling,
     /// backward and update, then discriminator forward, backward and update.
-    Step(BenchArgs),
+    Step(StepBenchArgs),
     /// Square single-precision matrix product `C = A·B` (`n × n`, row-major), in GFLOP/s.
     Matmul(MatmulArgs),
 }
@@ -63,6 +63,17 @@ pub struct ForwardBenchArgs {
     /// Number format of the products.
     #[command(flatten)]
     pub precision: super::PrecisionArgs,
+}
+
+/// Arguments of `deberta bench step`.
+#[derive(Debug, Args)]
+pub struct StepBenchArgs {
+    /// Shape, device and timing.
+    #[command(flatten)]
+    pub bench: BenchArgs,
+    /// Number format of the products.
+    #[command(flatten)]
+    pub precision: super::TrainingPrecisionArgs,
 }
 
 /// Arguments shared by the benchmarks.
@@ -367,14 +378,16 @@ impl BackendTask for ForwardBench<'_> {
     }
 }
 
-fn step(args: BenchArgs) -> Result<()> {
-    let (threads, disc_cfg, choice) = check(&args)?;
+fn step(args: StepBenchArgs) -> Result<()> {
+    let (threads, disc_cfg, choice) = check(&args.bench)?;
+    let precision = args.precision.resolve(&choice)?;
     dispatch(
         &choice,
         StepBench {
-            args: &args,
+            args: &args.bench,
             disc_cfg,
             threads,
+            precision,
         },
     )
 }
@@ -383,6 +396,7 @@ struct StepBench<'a> {
     args: &'a BenchArgs,
     disc_cfg: ModelConfig,
     threads: usize,
+    precision: Precision,
 }
 
 impl BackendTask for StepBench<'_> {
@@ -393,6 +407,7 @@ impl BackendTask for StepBench<'_> {
             args,
             disc_cfg,
             threads,
+            precision,
         } = self;
         let gen_cfg = ModelConfig {
             num_hidden_layers: disc_cfg.num_hidden_layers / 2,
@@ -419,6 +434,9 @@ impl BackendTask for StepBench<'_> {
             OptimizerConfig::xadam(),
         )
         .map_err(model_error("optimizers"))?;
+        trainer
+            .set_precision(precision)
+            .map_err(model_error("precision"))?;
         // A fixed batch: 15 % of the positions of every sequence masked with id 4.
         let (b, s) = (args.batch, args.seq);
         let original = random_ids(b * s, disc_cfg.vocab_size, 1);
@@ -500,7 +518,7 @@ impl BackendTask for StepBench<'_> {
             step += 1;
             Ok(())
         })?;
-        report("step", backend, Precision::F32, args, threads, &times, None);
+        report("step", backend, precision, args, threads, &times, None);
         Ok(())
     }
 }

@@ -96,7 +96,7 @@ pub struct PrecisionArgs {
         long,
         default_value = "f32",
         value_parser = clap::builder::PossibleValuesParser::new(
-            deberta_core::Precision::ALL.map(deberta_core::Precision::name)
+            deberta_core::Precision::INFERENCE.map(deberta_core::Precision::name)
         )
     )]
     pub precision: String,
@@ -105,17 +105,44 @@ pub struct PrecisionArgs {
 impl PrecisionArgs {
     /// The precision, checked against the backend (only the CPU backend has narrower products).
     pub fn resolve(&self, choice: &BackendChoice) -> Result<deberta_core::Precision> {
-        let precision = deberta_core::Precision::from_name(&self.precision).ok_or_else(|| {
-            crate::error::Error::Usage(format!("unknown --precision {}", self.precision))
-        })?;
-        if precision != deberta_core::Precision::F32 && !matches!(choice, BackendChoice::Cpu) {
-            return Err(crate::error::Error::Usage(format!(
-                "--precision {} runs on the CPU backend only (use --backend cpu)",
-                precision.name()
-            )));
-        }
-        Ok(precision)
+        resolve_precision(&self.precision, choice)
     }
+}
+
+/// The `--precision` of training (`bench step`; `pretrain` has its own in its options).
+#[derive(Debug, Clone, Args)]
+pub struct TrainingPrecisionArgs {
+    /// Number format of the products on the CPU backend: f32 (the reference) or bf16-mixed
+    /// (f32 master weights, optimizer state and gradients; the Linear products of the forward
+    /// and backward passes in bf16 with f32 sums).
+    #[arg(
+        long,
+        default_value = "f32",
+        value_parser = clap::builder::PossibleValuesParser::new(
+            deberta_core::Precision::TRAINING.map(deberta_core::Precision::name)
+        )
+    )]
+    pub precision: String,
+}
+
+impl TrainingPrecisionArgs {
+    /// The precision, checked against the backend.
+    pub fn resolve(&self, choice: &BackendChoice) -> Result<deberta_core::Precision> {
+        resolve_precision(&self.precision, choice)
+    }
+}
+
+/// The precision called `name`, refused (one line) on backends without narrower products.
+fn resolve_precision(name: &str, choice: &BackendChoice) -> Result<deberta_core::Precision> {
+    let precision = deberta_core::Precision::from_name(name)
+        .ok_or_else(|| crate::error::Error::Usage(format!("unknown --precision {name}")))?;
+    if precision != deberta_core::Precision::F32 && !matches!(choice, BackendChoice::Cpu) {
+        return Err(crate::error::Error::Usage(format!(
+            "--precision {} runs on the CPU backend only (use --backend cpu)",
+            precision.name()
+        )));
+    }
+    Ok(precision)
 }
 
 /// Where a command computes.

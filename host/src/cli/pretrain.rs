@@ -46,6 +46,13 @@ pub struct RunArgs {
     /// pass has produced it (0: one exchange after the backward pass) [1].
     #[arg(long, value_name = "MIB")]
     pub bucket_mb: Option<f64>,
+    /// Number format of the products: f32 (the reference) or bf16-mixed (f32 master weights,
+    /// optimizer state and gradients; the Linear products of the forward and backward passes
+    /// in bf16 with f32 sums; CPU backend) [f32].
+    #[arg(long, value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(
+        deberta_core::Precision::TRAINING.map(deberta_core::Precision::name)
+    ))]
+    pub precision: Option<String>,
     /// Tokens per sequence including [CLS] and [SEP] [nano: 64, others: 512].
     #[arg(long, value_name = "N")]
     pub max_seq_len: Option<usize>,
@@ -143,6 +150,7 @@ impl RunArgs {
             backend: self.backend.clone(),
             threads: self.threads,
             bucket_mb: self.bucket_mb,
+            precision: self.precision.clone(),
             adapter: self.adapter.clone(),
             sharing,
             schedule: self.schedule.clone(),

@@ -409,6 +409,11 @@ impl BackendTask for Run<'_> {
             optimizer_config(options),
         )
         .map_err(model_error("creating the optimizers"))?;
+        let precision = deberta_core::Precision::from_name(&options.precision)
+            .ok_or_else(|| Error::Usage(format!("unknown --precision {}", options.precision)))?;
+        trainer
+            .set_precision(precision)
+            .map_err(model_error("choosing the precision"))?;
         // What summing the gradients over the processes costs.
         let exchange = Rc::new(Cell::new(ExchangeStats::default()));
         if world.size() > 1 {

@@ -76,6 +76,10 @@ pub struct PretrainOptions {
     /// goes on (`0`: one exchange after it).
     #[serde(default = "default_bucket_mb")]
     pub bucket_mb: f64,
+    /// Number format of the products: `f32` or `bf16-mixed` (f32 master weights, optimizer
+    /// state and gradients; bf16 `Linear` products; CPU backend).
+    #[serde(default = "default_precision")]
+    pub precision: String,
     /// With wgpu: the adapter whose name contains this.
     #[serde(default)]
     pub adapter: Option<String>,
@@ -166,6 +170,7 @@ impl PretrainOptions {
             backend: "cpu".into(),
             threads: None,
             bucket_mb: default_bucket_mb(),
+            precision: default_precision(),
             adapter: None,
             sharing: "gdes".into(),
             schedule: "decoupled".into(),
@@ -284,6 +289,14 @@ impl PretrainOptions {
             &["official", "bert-80-10-10", "whole-word"],
         )?;
         choice("backend", &self.backend, &["cpu", "wgpu", "auto"])?;
+        let training = deberta_core::Precision::TRAINING.map(deberta_core::Precision::name);
+        choice("precision", &self.precision, &training)?;
+        if self.precision != "f32" && self.backend != "cpu" {
+            return usage(format!(
+                "--precision {} runs on the CPU backend only (use --backend cpu)",
+                self.precision
+            ));
+        }
         if self.corpus.is_empty() {
             return usage("--corpus: give at least one file or directory".into());
         }
@@ -364,6 +377,11 @@ impl PretrainOptions {
     }
 }
 
+/// The default `--precision`: f32.
+fn default_precision() -> String {
+    "f32".into()
+}
+
 /// The default `--bucket-mb`: 1 MiB of gradient values per bucket. PyTorch DDP's 25 MiB suits
 /// models of hundreds of MiB of gradients; at the nano preset's 7 MiB it would leave nothing to
 /// overlap, and 1 MiB keeps the per-bucket cost (one immediate all-gather of the lengths, one of
@@ -423,6 +441,8 @@ pub struct PretrainFlags {
     pub threads: Option<usize>,
     #[allow(missing_docs)]
     pub bucket_mb: Option<f64>,
+    #[allow(missing_docs)]
+    pub precision: Option<String>,
     #[allow(missing_docs)]
     pub adapter: Option<String>,
     #[allow(missing_docs)]
@@ -499,6 +519,7 @@ impl PretrainFlags {
             backend,
             threads,
             bucket_mb,
+            precision,
             adapter,
             sharing,
             schedule,
@@ -539,6 +560,7 @@ impl PretrainFlags {
             seed,
             backend,
             bucket_mb,
+            precision,
             sharing,
             schedule,
             rtd_weight,

@@ -1,0 +1,201 @@
+//! General products `C = α·A·B + β·C` (any [`MatmulSpec`] layouts) with both operands rounded
+//! to bf16 and f32 sums: the backward products of bf16-mixed training (`∂L/∂x = dy·W`,
+//! `∂L/∂W = dyᵀ·x`). Each batch entry's `B` is packed as a bf16 [`PackedWeight`] (its columns
+//! as output channels) and `A`'s rows as bf16 pairs, so the products run on the kernels of
+//! [`linear_packed`](super::linear_packed) (AMX where available); the result of an element
+//! depends only on its row and column, never on how rows are split between threads.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::matmul::MatmulSpec;
+use super::packed::{PackedWeight, pair};
+
+/// One batch entry's operands in bf16: `A`'s `m` rows as pairs (`k.div_ceil(2)` words per
+/// row) and `B` packed with its `n` columns as output channels.
+pub struct Bf16Operands {
+    /// `A`'s rows as bf16 pairs.
+    pub a: Vec<u32>,
+    /// `B`, packed.
+    pub b: PackedWeight,
+}
+
+impl Bf16Operands {
+    /// Rounds the operands of batch entry `(outer, inner)` of `spec` (already checked against
+    /// `a` and `b`).
+    pub fn new(a: &[f32], b: &[f32], spec: &MatmulSpec, (outer, inner): (usize, usize)) -> Self {
+        let (m, n, k) = (spec.m, spec.n, spec.k);
+        let pairs = k.div_ceil(2);
+        let mut words = vec![0u32; m * pairs];
+        let a_base = spec.a.batch_offset(outer, inner);
+        let (a_rows, a_cols) = (spec.a.row_stride, spec.a.col_stride);
+        if a_rows == 1 && m > 0 {
+            // A transposed operand (dyᵀ): two storage rows at a time, each word one row of A.
+            for kk in 0..pairs {
+                let first = &a[a_base + 2 * kk * a_cols..][..m];
+                let second = (2 * kk + 1 < k).then(|| &a[a_base + (2 * kk + 1) * a_cols..][..m]);
+                for (r, &lo) in first.iter().enumerate() {
+                    words[r * pairs + kk] = pair(lo, second.map_or(0.0, |s| s[r]));
+                }
+            }
+        } else {
+            for (r, row) in words.chunks_exact_mut(pairs.max(1)).enumerate().take(m) {
+                let at = |t: usize| {
+                    if t < k {
+                        a[a_base + r * a_rows + t * a_cols]
+                    } else {
+                        0.0
+                    }
+                };
+                for (kk, word) in row.iter_mut().enumerate() {
+                    *word = pair(at(2 * kk), at(2 * kk + 1));
+                }
+            }
+        }
+        let b_base = spec.b.batch_offset(outer, inner);
+        let (b_rows, b_cols) = (spec.b.row_stride, spec.b.col_stride);
+        let b = if b_cols == 1 {
+            PackedWeight::bf16_from_rows(n, k, |t| &b[b_base + t * b_rows..][..n])
+        } else {
+            PackedWeight::bf16_with(n, k, |col, t| b[b_base + t * b_rows + col * b_cols])
+        };
+        Bf16Operands { a: words, b }
+    }
+}
+
+/// `C = α·product + β·C` for batch entry `(outer, inner)` of `spec`, `product` being its
+/// `m × n` result row-major (`β = 0` overwrites `C` without reading it).
+pub fn store_product(
+    product: &[f32],
+    c: &mut [f32],
+    spec: &MatmulSpec,
+    (outer, inner): (usize, usize),
+) {
+    let base = spec.c.batch_offset(outer, inner);
+    let (rows, cols) = (spec.c.row_stride, spec.c.col_stride);
+    for (r, values) in product.chunks_exact(spec.n.max(1)).enumerate().take(spec.m) {
+        for (col, &v) in values.iter().enumerate() {
+            let out = &mut c[base + r * rows + col * cols];
+            *out = if spec.beta == 0.0 {
+                spec.alpha * v
+            } else {
+                spec.alpha * v + spec.beta * *out
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::{MatrixLayout, round_bf16};
+
+    fn fill(n: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// The CPU backend's bf16 products of the backward pass (`dyᵀ·x` and `dy·W` added into
+    /// `C`, and a scaled product through the buffer) against the exact sums of the rounded
+    /// operands, within f32's accumulation bound.
+    #[cfg(feature = "std")]
+    #[test]
+    fn cpu_backend_products_follow_the_rounded_operands() {
+        use crate::{Backend, CpuBackend, Precision};
+        let backend = CpuBackend::new();
+        let (rows, input, output) = (70, 64, 48);
+        let dy = fill(rows * output, 4);
+        let x = fill(rows * input, 5);
+        let w = fill(output * input, 6);
+        let weight_grad = MatmulSpec {
+            a: MatrixLayout::row_major(output).transposed(),
+            b: MatrixLayout::row_major(input),
+            c: MatrixLayout::row_major(input),
+            beta: 1.0,
+            ..MatmulSpec::dense(output, input, rows)
+        };
+        let input_grad = MatmulSpec {
+            beta: 1.0,
+            ..MatmulSpec::dense(rows, input, output)
+        };
+        let scaled = MatmulSpec {
+            alpha: 0.25,
+            ..input_grad
+        };
+        for (spec, a, b) in [
+            (weight_grad, &dy, &x),
+            (input_grad, &dy, &w),
+            (scaled, &dy, &w),
+        ] {
+            let start = fill(spec.m * spec.n, 7);
+            let mut c = start.clone();
+            backend
+                .matmul_reduced(a, b, &mut c, &spec, Precision::Bf16Mixed)
+                .unwrap();
+            let get = |v: &[f32], l: MatrixLayout, r: usize, col: usize| {
+                f64::from(round_bf16(v[r * l.row_stride + col * l.col_stride]))
+            };
+            for r in 0..spec.m {
+                for col in 0..spec.n {
+                    let (mut exact, mut magnitude) = (0.0f64, 0.0f64);
+                    for t in 0..spec.k {
+                        let p = get(a, spec.a, r, t) * get(b, spec.b, t, col);
+                        exact += p;
+                        magnitude += p.abs();
+                    }
+                    let i = r * spec.n + col;
+                    let expected = f64::from(spec.alpha) * exact + f64::from(start[i]);
+                    let bound = magnitude * spec.k as f64 * f64::from(f32::EPSILON) + 1e-6;
+                    let err = (f64::from(c[i]) - expected).abs();
+                    assert!(err <= bound, "[{r},{col}]: {err} > {bound}");
+                }
+            }
+        }
+    }
+
+    /// The operands as packed equal the rounded values of `A` and `B` at every layout.
+    #[test]
+    fn operands_and_store_follow_the_layouts() {
+        let (m, n, k) = (5, 19, 7);
+        for (a_layout, b_layout) in [
+            (MatrixLayout::row_major(k), MatrixLayout::row_major(n)),
+            (
+                MatrixLayout::row_major(m).transposed(),
+                MatrixLayout::row_major(k).transposed(),
+            ),
+        ] {
+            let spec = MatmulSpec {
+                a: a_layout,
+                b: b_layout,
+                alpha: 0.5,
+                beta: 1.0,
+                ..MatmulSpec::dense(m, n, k)
+            };
+            let (a, b) = (fill(m * k, 1), fill(k * n, 2));
+            let ops = Bf16Operands::new(&a, &b, &spec, (0, 0));
+            let mut product = vec![0.0f32; m * n];
+            crate::kernels::packed::bf16_product(&ops.a, m, &ops.b, (&mut product, false)).unwrap();
+            let mut c = fill(m * n, 3);
+            let before = c.clone();
+            store_product(&product, &mut c, &spec, (0, 0));
+            let get = |v: &[f32], l: MatrixLayout, r: usize, col: usize| {
+                round_bf16(v[r * l.row_stride + col * l.col_stride])
+            };
+            for r in 0..m {
+                for col in 0..n {
+                    let exact: f64 = (0..k)
+                        .map(|t| f64::from(get(&a, a_layout, r, t) * get(&b, b_layout, t, col)))
+                        .sum();
+                    let i = r * n + col;
+                    let expected = 0.5 * exact + f64::from(before[i]);
+                    assert!((f64::from(c[i]) - expected).abs() < 1e-5, "[{r},{col}]");
+                }
+            }
+        }
+    }
+}
