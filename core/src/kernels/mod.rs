@@ -26,6 +26,8 @@ mod reduced;
 mod relative_scores;
 mod sampling;
 mod softmax;
+#[cfg(all(test, feature = "alloc"))]
+mod test_values;
 
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 pub use amx::{available as amx_available, set_amx};

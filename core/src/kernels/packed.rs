@@ -912,15 +912,7 @@ unsafe fn tile_avx512_bf16<const NP: usize>(
 mod tests {
     use super::*;
 
-    fn fill(n: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::kernels::test_values::uniform as fill;
 
     /// The same products in the same order, element by element, from the rounded values.
     fn reference(x: &[f32], w: &[f32], rows: usize, input: usize, output: usize) -> Vec<f32> {

@@ -90,15 +90,7 @@ mod tests {
     use super::*;
     use crate::kernels::{MatrixLayout, round_bf16};
 
-    fn fill(n: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::kernels::test_values::uniform as fill;
 
     /// The CPU backend's bf16 products of the backward pass (`dyᵀ·x` and `dy·W` added into
     /// `C`, and a scaled product through the buffer) against the exact sums of the rounded
