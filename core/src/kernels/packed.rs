@@ -113,9 +113,12 @@ impl PackedWeight {
         })?;
         super::require("pack_weight", "w", needed, w.len())?;
         match precision.products() {
-            Precision::Bf16 => Ok(PackedWeight::bf16_with(output, input, |col, k| {
-                w[col * input + k]
-            })),
+            Precision::Bf16 => {
+                let mut words = vec![0u32; bf16_words_len(output, input)];
+                let source = Bf16Source::Columns { data: w };
+                source.fill_panels(&mut words, 0, output, input);
+                Ok(PackedWeight::from_bf16_words(output, input, words))
+            }
             Precision::Int8 => {
                 let quads = input.div_ceil(4);
                 let mut words = vec![0u32; output.div_ceil(PANEL) * quads * PANEL];
@@ -149,60 +152,10 @@ impl PackedWeight {
         }
     }
 
-    /// The bf16 weight whose `k`-th row of `output` columns is `row(k)` (a `k × output`
-    /// operand stored row by row: the backward products' `W` and `x`).
-    pub(crate) fn bf16_from_rows<'r>(
-        output: usize,
-        input: usize,
-        row: impl Fn(usize) -> &'r [f32],
-    ) -> PackedWeight {
-        let pairs = input.div_ceil(2);
-        let mut words = vec![0u32; output.div_ceil(PANEL) * pairs * PANEL];
-        for kk in 0..pairs {
-            let first = &row(2 * kk)[..output];
-            let second = (2 * kk + 1 < input).then(|| &row(2 * kk + 1)[..output]);
-            for (panel, lanes) in first.chunks(PANEL).enumerate() {
-                let out = &mut words[(panel * pairs + kk) * PANEL..][..lanes.len()];
-                match second {
-                    Some(second) => {
-                        let hi = &second[panel * PANEL..][..lanes.len()];
-                        for ((w, &lo), &hi) in out.iter_mut().zip(lanes).zip(hi) {
-                            *w = pair(lo, hi);
-                        }
-                    }
-                    None => {
-                        for (w, &lo) in out.iter_mut().zip(lanes) {
-                            *w = pair(lo, 0.0);
-                        }
-                    }
-                }
-            }
-        }
-        PackedWeight {
-            output,
-            input,
-            format: Format::Bf16(words),
-        }
-    }
-
-    /// The bf16 weight whose element `(column, k)` (of `output` columns, `input` deep) is
-    /// `get(column, k)`, read two `k` at a time for all columns (so that a row-major `k × output`
-    /// source is read row by row).
-    pub(crate) fn bf16_with(
-        output: usize,
-        input: usize,
-        get: impl Fn(usize, usize) -> f32,
-    ) -> PackedWeight {
-        let pairs = input.div_ceil(2);
-        let mut words = vec![0u32; output.div_ceil(PANEL) * pairs * PANEL];
-        for kk in 0..pairs {
-            let odd = 2 * kk + 1 < input;
-            for col in 0..output {
-                let hi = if odd { get(col, 2 * kk + 1) } else { 0.0 };
-                words[((col / PANEL) * pairs + kk) * PANEL + col % PANEL] =
-                    pair(get(col, 2 * kk), hi);
-            }
-        }
+    /// A bf16 weight of `output` columns, `input` deep, from `words` filled by
+    /// [`Bf16Source::fill_panels`] (all of [`bf16_words_len`] words).
+    pub(crate) fn from_bf16_words(output: usize, input: usize, words: Vec<u32>) -> PackedWeight {
+        debug_assert_eq!(words.len(), bf16_words_len(output, input));
         PackedWeight {
             output,
             input,
@@ -225,6 +178,113 @@ impl PackedWeight {
         match self.format {
             Format::Bf16(_) => Precision::Bf16,
             Format::Int8 { .. } => Precision::Int8,
+        }
+    }
+}
+
+/// Words of a bf16 weight of `output` columns, `input` deep: whole panels of pairs.
+pub(crate) fn bf16_words_len(output: usize, input: usize) -> usize {
+    output.div_ceil(PANEL) * input.div_ceil(2) * PANEL
+}
+
+/// Where the values of a bf16 operand of `output` columns, `input` deep come from; each
+/// variant is read in its storage order.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Bf16Source<'a> {
+    /// `[output, input]` row-major (a `Linear` weight): column `j` is `data[j·input..]`.
+    Columns {
+        /// The values.
+        data: &'a [f32],
+    },
+    /// `input × output` stored row by row at `stride` from `base` (the backward products'
+    /// `W` and `x`).
+    Rows {
+        /// The values.
+        data: &'a [f32],
+        /// Index of element `(0, 0)`.
+        base: usize,
+        /// Distance between rows.
+        stride: usize,
+    },
+    /// Element `(k, j)` at `base + k·k_stride + j·j_stride`.
+    Strided {
+        /// The values.
+        data: &'a [f32],
+        /// Index of element `(0, 0)`.
+        base: usize,
+        /// Distance between consecutive `k`.
+        k_stride: usize,
+        /// Distance between consecutive columns.
+        j_stride: usize,
+    },
+}
+
+impl Bf16Source<'_> {
+    /// Fills `words` (whole panels, starting at panel `first_panel`) with the source's
+    /// columns as bf16 pairs: word `(panel · pairs + kk) · 16 + lane` holds column
+    /// `panel · 16 + lane` at `2kk` (low half) and `2kk + 1` (high half); padding stays zero.
+    pub(crate) fn fill_panels(
+        &self,
+        words: &mut [u32],
+        first_panel: usize,
+        output: usize,
+        input: usize,
+    ) {
+        let pairs = input.div_ceil(2);
+        if pairs == 0 {
+            return;
+        }
+        for (p, panel_words) in words.chunks_exact_mut(pairs * PANEL).enumerate() {
+            let col0 = (first_panel + p) * PANEL;
+            let cols = output.saturating_sub(col0).min(PANEL);
+            match *self {
+                Bf16Source::Columns { data } => {
+                    for lane in 0..cols {
+                        let column = &data[(col0 + lane) * input..][..input];
+                        let (even, odd) = column.split_at(input - input % 2);
+                        for (kk, two) in even.chunks_exact(2).enumerate() {
+                            panel_words[kk * PANEL + lane] = pair(two[0], two[1]);
+                        }
+                        if let [last] = odd {
+                            panel_words[(pairs - 1) * PANEL + lane] = pair(*last, 0.0);
+                        }
+                    }
+                }
+                Bf16Source::Rows { data, base, stride } => {
+                    for (kk, out) in panel_words.chunks_exact_mut(PANEL).enumerate() {
+                        let lo = &data[base + 2 * kk * stride + col0..][..cols];
+                        if 2 * kk + 1 < input {
+                            let hi = &data[base + (2 * kk + 1) * stride + col0..][..cols];
+                            for ((w, &lo), &hi) in out.iter_mut().zip(lo).zip(hi) {
+                                *w = pair(lo, hi);
+                            }
+                        } else {
+                            for (w, &lo) in out.iter_mut().zip(lo) {
+                                *w = pair(lo, 0.0);
+                            }
+                        }
+                    }
+                }
+                Bf16Source::Strided {
+                    data,
+                    base,
+                    k_stride,
+                    j_stride,
+                } => {
+                    let at = |k: usize, j: usize| {
+                        if k < input {
+                            data[base + k * k_stride + j * j_stride]
+                        } else {
+                            0.0
+                        }
+                    };
+                    for (kk, out) in panel_words.chunks_exact_mut(PANEL).enumerate() {
+                        for (lane, w) in out.iter_mut().enumerate().take(cols) {
+                            *w = pair(at(2 * kk, col0 + lane), at(2 * kk + 1, col0 + lane));
+                        }
+                    }
+                }
+            }
         }
     }
 }
