@@ -640,6 +640,28 @@ impl Backend for CpuBackend {
 #[cfg(all(test, feature = "std"))]
 mod thread_independence;
 
+/// A bf16 packed operand of `output` columns, `input` deep from `source`, its panels
+/// converted in parallel.
+fn pack_bf16(
+    source: kernels::Bf16Source<'_>,
+    output: usize,
+    input: usize,
+) -> Result<kernels::PackedWeight, Error> {
+    let mut words = vec![0u32; kernels::bf16_words_len(output, input)];
+    let panel_words = input.div_ceil(2) * kernels::PANEL;
+    #[cfg(feature = "std")]
+    let threads = rayon::current_num_threads();
+    #[cfg(not(feature = "std"))]
+    let threads = 1;
+    let panels = output.div_ceil(kernels::PANEL);
+    let per_piece = panels.div_ceil(2 * threads).max(1);
+    for_each_piece(&mut words, per_piece * panel_words, |i, chunk| {
+        source.fill_panels(chunk, i * per_piece, output, input);
+        Ok(())
+    })?;
+    Ok(kernels::PackedWeight::from_bf16_words(output, input, words))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -732,26 +754,4 @@ mod tests {
             assert!((a - b).abs() < 1e-5);
         }
     }
-}
-
-/// A bf16 packed operand of `output` columns, `input` deep from `source`, its panels
-/// converted in parallel.
-fn pack_bf16(
-    source: kernels::Bf16Source<'_>,
-    output: usize,
-    input: usize,
-) -> Result<kernels::PackedWeight, Error> {
-    let mut words = vec![0u32; kernels::bf16_words_len(output, input)];
-    let panel_words = input.div_ceil(2) * kernels::PANEL;
-    #[cfg(feature = "std")]
-    let threads = rayon::current_num_threads();
-    #[cfg(not(feature = "std"))]
-    let threads = 1;
-    let panels = output.div_ceil(kernels::PANEL);
-    let per_piece = panels.div_ceil(2 * threads).max(1);
-    for_each_piece(&mut words, per_piece * panel_words, |i, chunk| {
-        source.fill_panels(chunk, i * per_piece, output, input);
-        Ok(())
-    })?;
-    Ok(kernels::PackedWeight::from_bf16_words(output, input, words))
 }
