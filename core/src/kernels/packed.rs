@@ -367,7 +367,7 @@ pub(crate) fn linear_packed_rows(x: &[f32], w: &PackedWeight, out: &mut [f32]) {
             };
             #[cfg(all(feature = "std", target_arch = "x86_64"))]
             if amx {
-                for_each_amx_block(w, words, (&a, rows, quads), amx::Dot::Int8, store);
+                amx_int8(w, words, (&a, rows, quads), store);
                 return;
             }
             let hardware = vnni_hardware();
@@ -410,6 +410,11 @@ fn bf16_tiles(
     let pairs = w.input.div_ceil(2);
     #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
     let _ = amx;
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if amx {
+        amx_bf16(w, words, (a, rows, pairs), (out, accumulate));
+        return;
+    }
     let store = |r: usize, c: usize, values: &[f32]| {
         let out = &mut out[r * w.output + c..][..values.len()];
         if accumulate {
@@ -418,11 +423,6 @@ fn bf16_tiles(
             out.copy_from_slice(values);
         }
     };
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if amx {
-        for_each_amx_block(w, words, (a, rows, pairs), amx::Dot::Bf16, store);
-        return;
-    }
     let kernel = bf16_kernel();
     // The FMA kernel broadcasts the activations as f32, odd element first.
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
@@ -538,67 +538,103 @@ const AMX_BLOCK: usize = amx::BLOCK;
 #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
 const AMX_BLOCK: usize = 32;
 
-/// The product on AMX: blocks of 32 rows of `a` (`groups` words per row, padded to whole
-/// blocks) by two panels (the second a zero panel past an odd last one), each valid row of a
-/// block handed to `store(row, first column, values)` converted from the tile's bits (f32
-/// for bf16, i32 for int8).
+/// The panel pairs of a packed weight for AMX blocks: `(first column, columns, [b0, b1])`,
+/// the second panel `zero_panel` past an odd last one.
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
-fn for_each_amx_block<T: Copy + Default + FromTileBits>(
+fn amx_panel_pairs<'w>(
     w: &PackedWeight,
-    words: &[u32],
-    (a, rows, groups): (&[u32], usize, usize),
-    dot: amx::Dot,
-    mut store: impl FnMut(usize, usize, &[T]),
-) {
+    words: &'w [u32],
+    groups: usize,
+    zero_panel: &'w [u32],
+) -> Vec<(usize, usize, [&'w [u32]; 2])> {
     let panels = w.output.div_ceil(PANEL);
     let panel_words = groups * PANEL;
-    let zero_panel = if panels % 2 == 1 {
-        vec![0u32; panel_words]
+    (0..panels)
+        .step_by(2)
+        .map(|pair| {
+            let b0 = &words[pair * panel_words..][..panel_words];
+            let b1 = if pair + 1 < panels {
+                &words[(pair + 1) * panel_words..][..panel_words]
+            } else {
+                &zero_panel[..panel_words]
+            };
+            let col0 = pair * PANEL;
+            (col0, (w.output - col0).min(2 * PANEL), [b0, b1])
+        })
+        .collect()
+}
+
+/// A zero panel of `groups` groups where the weight has an odd number of panels (the
+/// partner of the last one in an AMX block), else nothing.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+fn zero_partner(w: &PackedWeight, groups: usize) -> Vec<u32> {
+    if w.output.div_ceil(PANEL) % 2 == 1 {
+        vec![0u32; groups * PANEL]
     } else {
         Vec::new()
-    };
-    let steps = groups / amx::GROUPS_PER_STEP;
+    }
+}
+
+/// The bf16 product on AMX into `out` (`rows × w.output`; added to it when `accumulate`):
+/// blocks of 32 rows of `a` (`pairs` words per row, padded to whole blocks) by two panels,
+/// whole blocks stored straight into `out`, the edges through a scratch block.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+fn amx_bf16(
+    w: &PackedWeight,
+    words: &[u32],
+    (a, rows, pairs): (&[u32], usize, usize),
+    (out, accumulate): (&mut [f32], bool),
+) {
+    let steps = pairs / amx::GROUPS_PER_STEP;
+    let zero_panel = zero_partner(w, pairs);
     let mut tiles = amx::Tiles::configure();
     let mut block = [[0u32; amx::BLOCK]; amx::BLOCK];
-    let mut values = [T::default(); amx::BLOCK];
-    for pair in (0..panels).step_by(2) {
-        let b0 = &words[pair * panel_words..][..panel_words];
-        let b1 = match words.get((pair + 1) * panel_words..(pair + 2) * panel_words) {
-            Some(b1) if pair + 1 < panels => b1,
-            _ => &zero_panel,
-        };
-        let (col0, cols) = (pair * PANEL, (w.output - pair * PANEL).min(2 * PANEL));
+    for (col0, cols, b) in amx_panel_pairs(w, words, pairs, &zero_panel) {
         for first in (0..rows).step_by(amx::BLOCK) {
-            let a_block = &a[first * groups..][..amx::BLOCK * groups];
-            tiles.block(dot, (a_block, groups), [b0, b1], steps, &mut block);
+            let a_block = &a[first * pairs..][..amx::BLOCK * pairs];
+            if cols == amx::BLOCK && first + amx::BLOCK <= rows {
+                let out = &mut out[first * w.output + col0..];
+                tiles.bf16_block_into((a_block, pairs), b, steps, (out, w.output, accumulate));
+                continue;
+            }
+            tiles.block(amx::Dot::Bf16, (a_block, pairs), b, steps, &mut block);
             for (r, bits) in block.iter().enumerate().take(rows - first) {
-                for (v, &b) in values.iter_mut().zip(&bits[..cols]) {
-                    *v = T::from_tile_bits(b);
+                let out = &mut out[(first + r) * w.output + col0..][..cols];
+                for (o, &bits) in out.iter_mut().zip(bits) {
+                    let v = f32::from_bits(bits);
+                    *o = if accumulate { *o + v } else { v };
                 }
-                store(first + r, col0, &values[..cols]);
             }
         }
     }
 }
 
-/// An element of an AMX result tile, from its bits.
+/// The int8 product on AMX: blocks of 32 rows of `a` (`quads` words per row, padded to whole
+/// blocks) by two panels, each valid row of a block handed to `store(row, first column,
+/// sums)`.
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
-trait FromTileBits {
-    /// The value whose bits `tdpbf16ps` or `tdpbusd` stored.
-    fn from_tile_bits(bits: u32) -> Self;
-}
-
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-impl FromTileBits for f32 {
-    fn from_tile_bits(bits: u32) -> f32 {
-        f32::from_bits(bits)
-    }
-}
-
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-impl FromTileBits for i32 {
-    fn from_tile_bits(bits: u32) -> i32 {
-        bits as i32
+fn amx_int8(
+    w: &PackedWeight,
+    words: &[u32],
+    (a, rows, quads): (&[u32], usize, usize),
+    mut store: impl FnMut(usize, usize, &[i32]),
+) {
+    let steps = quads / amx::GROUPS_PER_STEP;
+    let zero_panel = zero_partner(w, quads);
+    let mut tiles = amx::Tiles::configure();
+    let mut block = [[0u32; amx::BLOCK]; amx::BLOCK];
+    let mut sums = [0i32; amx::BLOCK];
+    for (col0, cols, b) in amx_panel_pairs(w, words, quads, &zero_panel) {
+        for first in (0..rows).step_by(amx::BLOCK) {
+            let a_block = &a[first * quads..][..amx::BLOCK * quads];
+            tiles.block(amx::Dot::Int8, (a_block, quads), b, steps, &mut block);
+            for (r, bits) in block.iter().enumerate().take(rows - first) {
+                for (s, &b) in sums.iter_mut().zip(&bits[..cols]) {
+                    *s = b as i32;
+                }
+                store(first + r, col0, &sums[..cols]);
+            }
+        }
     }
 }
 
