@@ -237,17 +237,34 @@ impl<T> AllReduce<T> {
 /// block of each message at a time (see the module documentation for why the blocks that a
 /// process sent as `+0.0` are skipped).
 fn sum_into(out: &mut [f32], readers: &mut [Reader<'_>]) -> Option<()> {
-    for block in out.chunks_mut(BLOCK) {
+    let mut blocks = out.chunks_exact_mut(BLOCK);
+    // Whole blocks as arrays, so that the additions and the store are a few vector
+    // instructions each.
+    for block in &mut blocks {
         let mut sum = [0.0f32; BLOCK];
-        let sum = &mut sum[..block.len()];
         for reader in readers.iter_mut() {
-            if let Some(bits) = reader.next(block.len())? {
+            if let Some(bits) = reader.next(BLOCK)? {
+                let bits: &[u32; BLOCK] = bits.try_into().ok()?;
                 for (s, &b) in sum.iter_mut().zip(bits) {
                     *s += f32::from_bits(b);
                 }
             }
         }
-        block.copy_from_slice(sum);
+        let block: &mut [f32; BLOCK] = block.try_into().ok()?;
+        *block = sum;
+    }
+    let rest = blocks.into_remainder();
+    if !rest.is_empty() {
+        let mut sum = [0.0f32; BLOCK];
+        let sum = &mut sum[..rest.len()];
+        for reader in readers.iter_mut() {
+            if let Some(bits) = reader.next(rest.len())? {
+                for (s, &b) in sum.iter_mut().zip(bits) {
+                    *s += f32::from_bits(b);
+                }
+            }
+        }
+        rest.copy_from_slice(sum);
     }
     Some(())
 }
