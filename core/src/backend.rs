@@ -148,6 +148,17 @@ pub trait Backend {
     fn download_indices(&self, indices: &Self::Indices, out: &mut [u32]) -> Result<(), Error>;
     /// Sets every element to `value`.
     fn fill(&self, tensor: &mut Self::Tensor, value: f32) -> Result<(), Error>;
+    /// The elements of `tensor` themselves, for a backend whose tensors are host memory and
+    /// whose [`Backend::add_assign`] is the host's `f32` addition (each element `x + y`,
+    /// rounded to nearest, subnormals kept): host code may then read them without a copy and
+    /// add into them with the same bits as the backend. `None` (the default) otherwise.
+    fn host_values<'t>(&self, _tensor: &'t Self::Tensor) -> Option<&'t [f32]> {
+        None
+    }
+    /// [`Backend::host_values`], to write.
+    fn host_values_mut<'t>(&self, _tensor: &'t mut Self::Tensor) -> Option<&'t mut [f32]> {
+        None
+    }
     /// `dst[dst_offset..][..len] = src[src_offset..][..len]`.
     fn copy(
         &self,

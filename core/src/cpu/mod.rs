@@ -79,6 +79,14 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn host_values<'t>(&self, tensor: &'t Vec<f32>) -> Option<&'t [f32]> {
+        Some(tensor)
+    }
+
+    fn host_values_mut<'t>(&self, tensor: &'t mut Vec<f32>) -> Option<&'t mut [f32]> {
+        Some(tensor)
+    }
+
     fn copy(
         &self,
         src: &Vec<f32>,

@@ -97,7 +97,12 @@ pub trait GradientReducer<B: Backend> {
 }
 
 /// Hands the gradients of a phase's last micro-batch to the reducer as the backward pass
-/// finishes them: each is added to its accumulator first.
+/// finishes them: each is added to its accumulator first — or, in the process's only
+/// micro-batch on a backend whose addition is the host's ([`Backend::host_values`]), copied
+/// into it: `+0.0 + g` and `g` differ only where `g` is `-0.0`, and the reducer's sum starts
+/// from `+0.0`, which absorbs a `-0.0` either way, so the sum has the same bits for one pass
+/// over the gradient instead of two. (A device that flushes subnormal results would turn
+/// `+0.0 + g` into `+0.0` where `g` is subnormal, so it adds.)
 struct Handover<'r, B: Backend> {
     reducer: &'r mut dyn GradientReducer<B>,
     accumulated: &'r mut ParamStore<B::Tensor>,
@@ -121,7 +126,12 @@ impl<B: Backend> GradientsReady<B> for Handover<'_, B> {
         self.batch.clear();
         for &id in ids {
             if self.phase.contains(&id) && !self.handed.contains(&id) {
-                add_micro_batch(backend, self.accumulated, grads, id, self.first)?;
+                let g = grads.get(id);
+                if self.first && backend.host_values(g).is_some() {
+                    backend.copy(g, 0, self.accumulated.get_mut(id), 0, backend.len(g))?;
+                } else {
+                    add_micro_batch(backend, self.accumulated, grads, id, self.first)?;
+                }
                 self.batch.push(id);
             }
         }

@@ -212,13 +212,14 @@ mod mpi_backend {
     }
 
     /// One bucket's exchange in flight: this process's message sent to every other process,
-    /// and one receive from each (into a buffer of the bucket's largest message, since a
-    /// message's length depends on its zero blocks). The buffers are owned here and not
-    /// touched while MPI may read or write them.
+    /// and one receive from each (into the spare capacity of a buffer that can hold the
+    /// bucket's largest message, since a message's length depends on its zero blocks). The
+    /// buffers are owned here and not touched while MPI may read or write them.
     struct InFlight {
         /// This process's message (the send buffer).
         message: Vec<u32>,
-        /// One receive buffer per process (this process's own: empty).
+        /// One receive buffer per process (this process's own: unused), of length 0 until
+        /// its receive has completed.
         received: Vec<Vec<u32>>,
         /// The sends, then the receives; null once completed.
         requests: Vec<ffi::MPI_Request>,
@@ -232,19 +233,28 @@ mod mpi_backend {
 
     impl InFlight {
         /// Starts sending `message` (of a bucket whose messages are at most `bound` words) to
-        /// every other process of `comm`, and receiving theirs; `tag` numbers the bucket.
-        fn start(message: &[u32], bound: usize, tag: i32, comm: &SimpleCommunicator) -> InFlight {
+        /// every other process of `comm`, and receiving theirs (into buffers from `spare`);
+        /// `tag` numbers the bucket.
+        fn start(
+            message: Vec<u32>,
+            bound: usize,
+            tag: i32,
+            comm: &SimpleCommunicator,
+            spare: &mut Vec<Vec<u32>>,
+        ) -> InFlight {
             let (rank, size) = (comm.rank(), comm.size());
             let others: Vec<i32> = (0..size).filter(|&r| r != rank).collect();
             let mut flight = InFlight {
-                message: message.to_vec(),
+                message,
                 received: (0..size)
                     .map(|r| {
                         if r == rank {
-                            Vec::new()
-                        } else {
-                            vec![0; bound]
+                            return Vec::new();
                         }
+                        let mut buffer = spare.pop().unwrap_or_default();
+                        buffer.clear();
+                        buffer.reserve(bound);
+                        buffer
                     })
                     .collect(),
                 // SAFETY: reading an MPI constant.
@@ -259,7 +269,8 @@ mod mpi_backend {
                 let buffer = &mut flight.received[other as usize];
                 // SAFETY: `message` and `buffer` are heap buffers owned by `flight`, neither
                 // moved nor touched until every request has completed (`test`, `wait`, `Drop`);
-                // the counts are their lengths.
+                // the counts are the message's length and the buffer's capacity (at least
+                // `bound`), into which the receive writes.
                 unsafe {
                     ffi::MPI_Isend(
                         flight.message.as_ptr().cast(),
@@ -272,7 +283,7 @@ mod mpi_backend {
                     );
                     ffi::MPI_Irecv(
                         buffer.as_mut_ptr().cast(),
-                        buffer.len() as i32,
+                        bound as i32,
                         u32::equivalent_datatype().as_raw(),
                         other,
                         tag,
@@ -337,7 +348,10 @@ mod mpi_backend {
                         ffi::MPI_Get_count(status, u32::equivalent_datatype().as_raw(), &mut count);
                     }
                 }
-                message.truncate(count.max(0) as usize);
+                let count = (count.max(0) as usize).min(message.capacity());
+                // SAFETY: the completed receive wrote `count` `u32`s (any bits are a valid
+                // `u32`) at the start of the buffer, within its capacity.
+                unsafe { message.set_len(count) };
             }
             messages
         }
@@ -362,6 +376,8 @@ mod mpi_backend {
         comm: SimpleCommunicator,
         flights: VecDeque<InFlight>,
         buckets: u64,
+        /// Buffers to receive into, from buckets summed already.
+        spare: Vec<Vec<u32>>,
     }
 
     impl Immediate {
@@ -372,17 +388,18 @@ mod mpi_backend {
                 comm: communicator().duplicate(),
                 flights: VecDeque::new(),
                 buckets: 0,
+                spare: Vec::new(),
             }
         }
     }
 
     impl Exchange for Immediate {
-        fn start(&mut self, message: &[u32], bound: usize) {
+        fn start(&mut self, message: Vec<u32>, bound: usize) {
             // Tags from 0 to 32767, the least upper bound MPI guarantees.
             let tag = (self.buckets % 32768) as i32;
             self.buckets += 1;
-            self.flights
-                .push_back(InFlight::start(message, bound, tag, &self.comm));
+            let flight = InFlight::start(message, bound, tag, &self.comm, &mut self.spare);
+            self.flights.push_back(flight);
         }
 
         fn progress(&mut self) {
@@ -395,6 +412,10 @@ mod mpi_backend {
             let mut flight = self.flights.pop_front()?;
             flight.wait();
             Some(flight.gathered())
+        }
+
+        fn recycle(&mut self, buffers: Vec<Vec<u32>>) {
+            self.spare.extend(buffers);
         }
     }
 }
