@@ -435,7 +435,7 @@ impl BackendTask for StepBench<'_> {
         )
         .map_err(model_error("optimizers"))?;
         trainer
-            .set_precision(precision)
+            .set_precision(backend, precision)
             .map_err(model_error("precision"))?;
         // A fixed batch: 15 % of the positions of every sequence masked with id 4.
         let (b, s) = (args.batch, args.seq);
