@@ -266,7 +266,13 @@ impl<B: Backend> Trainer<B> {
             other => other.products(),
         };
         self.params.unpack();
-        self.params.set_products(self.products);
+        // Formats with a packed layout multiply the copies `refresh_copies` makes (weights
+        // without one, between an update and the next phase, stay f32 as before); the others
+        // convert the f32 weights in the product.
+        self.params.set_products(match self.packs() {
+            true => Precision::F32,
+            false => self.products,
+        });
         self.set_loss_scaling(precision.scales_loss());
         Ok(())
     }
@@ -339,11 +345,16 @@ impl<B: Backend> Trainer<B> {
         }
     }
 
+    /// Whether the products multiply packed copies of the weights (bf16 and int8 have a packed
+    /// layout; f16 converts the f32 weights as the kernel loads them).
+    fn packs(&self) -> bool {
+        matches!(self.products, Precision::Bf16 | Precision::Int8)
+    }
+
     /// Makes the reduced-precision copies the passes multiply: those of weights new or
     /// updated since their copy (nothing in f32).
     fn refresh_copies(&mut self, backend: &B) -> Result<(), Error> {
-        // Only formats with a packed layout have copies (f16 converts as the kernel loads).
-        if !matches!(self.products, Precision::Bf16 | Precision::Int8) {
+        if !self.packs() {
             return Ok(());
         }
         self.params
