@@ -31,7 +31,7 @@ mod attention;
 
 pub use attention::{
     AttentionBuffers, AttentionLengths, AttentionOperands, AttentionSpec, attention_context,
-    attention_probabilities, composed_attention,
+    attention_context_at, attention_probabilities, attention_probabilities_at, composed_attention,
 };
 
 use crate::kernels::{

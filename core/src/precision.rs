@@ -23,10 +23,13 @@
 //!
 //! [`Precision::Mixed`] is "the backend's mixed precision", the one training choice that runs
 //! everywhere ([`Backend::mixed_products`](crate::Backend::mixed_products) names its products):
-//! on wgpu the `Linear` products in f16 ([`Precision::F16`]: operands rounded to f16 as the
-//! kernel loads them, f32 sums) where the adapter has `SHADER_F16`, in f32 where it has not;
-//! on the CPU backend the bf16 products of [`Precision::Bf16Mixed`]. Master weights,
-//! optimizer state, gradients, layer norm, softmax and the losses stay f32 as above. Under
+//! on wgpu the products of the `Linear` layers, the position projections and the attention
+//! (`QKᵀ`, c2p/p2c, `P·V`, forward and backward) in f16 ([`Precision::F16`]: operands
+//! rounded to f16 as the kernel loads them, f32 sums; through
+//! [`ParamStore::products`](crate::model::ParamStore::products)) where the adapter has
+//! `SHADER_F16`, in f32 where it has not; on the CPU backend the bf16 products of
+//! [`Precision::Bf16Mixed`]. Master weights, optimizer state, gradients, layer norm, softmax
+//! and the losses stay f32 as above. Under
 //! `Mixed` the trainer always scales the loss dynamically
 //! ([`LossScaler`](crate::train::LossScaler): f16's exponent range is narrow, and one rule on
 //! every backend keeps runs comparable); under `Bf16Mixed` it never does.
