@@ -8,15 +8,16 @@
 #              ROUNDS (ours/pytorch alternations per shape, default 2),
 #              SHAPE (DeBERTa-v3 shape, default xsmall),
 #              CASES (BATCHxSEQ list, default "1x128 8x128 1x512"; "8x128" for step),
-#              PRECISIONS (forward: ours, any of f32 bf16 int8, default "f32"),
-#              AUTOCAST (forward: PyTorch, any of off bf16, default "off"; bf16 runs it
-#              under torch.autocast("cpu", dtype=torch.bfloat16)).
+#              PRECISIONS (ours: forward any of f32 bf16 int8, step any of f32 bf16-mixed;
+#              default "f32"),
+#              AUTOCAST (PyTorch, any of off bf16, default "off"; bf16 runs the forward
+#              passes under torch.autocast("cpu", dtype=torch.bfloat16)).
 #
 # BENCH=step times one full RTD + GDES pretraining step instead (generator with half the
 # layers and the EMD: forward, sampling, backward, clip, XAdam update; then the
 # discriminator: forward on the corrupted ids, backward, clip, XAdam update) -- see the
-# docstring of bench/pytorch_bench.py for what the PyTorch side mirrors. Its table also
-# shows both processes' peak RSS and rss_ratio = pytorch_MiB / ours_MiB (> 1: we use less).
+# docstring of bench/pytorch_bench.py for what the PyTorch side mirrors. Both tables show
+# each process's peak RSS.
 #
 # What it measures: for every BATCHxSEQ case, the encoder forward pass of the same
 # published DeBERTa-v3 shape with random float32 weights, timed inside each program
@@ -38,10 +39,6 @@ SHAPE="${SHAPE:-xsmall}"
 BENCH="${BENCH:-forward}"
 PRECISIONS="${PRECISIONS:-f32}"
 AUTOCAST="${AUTOCAST:-off}"
-if [[ "$BENCH" == step && ("$PRECISIONS" != f32 || "$AUTOCAST" != off) ]]; then
-    echo "error: PRECISIONS and AUTOCAST apply to BENCH=forward only" >&2
-    exit 2
-fi
 case "$BENCH" in
     forward) CASES="${CASES:-1x128 8x128 1x512}" ;;
     step) CASES="${CASES:-8x128}" ;;
@@ -107,11 +104,6 @@ for case in $CASES; do
         echo "== $BENCH $SHAPE $case, $THREADS threads" >&2
     fi
     for ((round = 1; round <= ROUNDS; round++)); do
-        if [[ "$BENCH" == step ]]; then
-            run_one ours "$case" "$round" "$OURS" bench "${args[@]}"
-            run_one pytorch "$case" "$round" "$PY" bench/pytorch_bench.py "${args[@]}"
-            continue
-        fi
         for precision in $PRECISIONS; do
             run_one "ours-$precision" "$case" "$round" "$OURS" bench "${args[@]}" \
                 --precision "$precision"
@@ -137,32 +129,24 @@ versions = next((r for r in records if r["who"].startswith("pytorch")), {})
 print(f"# {'step: ' if bench == 'step' else ''}{shape}, CPU, {threads} threads; torch {versions.get('torch', '?')}, "
       f"transformers {versions.get('transformers', '?')}; median over rounds of per-run medians")
 rows = []
-if bench == "step":
-    # Peak RSS of each process (ours: VmHWM; pytorch: ru_maxrss, which includes the
-    # framework's own libraries -- rss_after_import_mb in its JSON line says how much).
-    header = ("shape", "threads", "ours_ms", "pytorch_ms", "ratio", "ours_MiB", "pytorch_MiB", "rss_ratio")
-    for case in cases:
-        ours, torch_ms = median_of("ours", case), median_of("pytorch", case)
-        ours_rss, torch_rss = median_of("ours", case, "peak_rss_mb"), median_of("pytorch", case, "peak_rss_mb")
-        rows.append((f"{shape} {case}", threads, f"{ours:.2f}", f"{torch_ms:.2f}", f"{torch_ms / ours:.2f}x",
-                     f"{ours_rss:.0f}", f"{torch_rss:.0f}", f"{torch_rss / ours_rss:.2f}x"))
-else:
-    # One row per case and precision of ours; a time and a ratio (pytorch_ms / ours_ms) per
-    # PyTorch mode (fp32: autocast off; bf16: autocast bf16); peak RSS of each.
-    header = ["shape", "threads", "ours", "ours_ms", "ours_MiB"]
-    for mode in autocast:
-        name = "fp32" if mode == "off" else mode
-        header += [f"pytorch_{name}_ms", f"ratio_{name}", f"pytorch_{name}_MiB"]
-    for case in cases:
-        for precision in precisions:
-            ours = median_of(f"ours-{precision}", case)
-            row = [f"{shape} {case}", threads, precision, f"{ours:.2f}",
-                   f"{median_of(f'ours-{precision}', case, 'peak_rss_mb'):.0f}"]
-            for mode in autocast:
-                torch_ms = median_of(f"pytorch-{mode}", case)
-                row += [f"{torch_ms:.2f}", f"{torch_ms / ours:.2f}x",
-                        f"{median_of(f'pytorch-{mode}', case, 'peak_rss_mb'):.0f}"]
-            rows.append(tuple(row))
+# One row per case and precision of ours; a time and a ratio (pytorch_ms / ours_ms) per
+# PyTorch mode (fp32: autocast off; bf16: autocast bf16); peak RSS of each (ours: VmHWM;
+# pytorch: ru_maxrss, which includes the framework's own libraries -- rss_after_import_mb in
+# its JSON line says how much).
+header = ["shape", "threads", "ours", "ours_ms", "ours_MiB"]
+for mode in autocast:
+    name = "fp32" if mode == "off" else mode
+    header += [f"pytorch_{name}_ms", f"ratio_{name}", f"pytorch_{name}_MiB"]
+for case in cases:
+    for precision in precisions:
+        ours = median_of(f"ours-{precision}", case)
+        row = [f"{shape} {case}", threads, precision, f"{ours:.2f}",
+               f"{median_of(f'ours-{precision}', case, 'peak_rss_mb'):.0f}"]
+        for mode in autocast:
+            torch_ms = median_of(f"pytorch-{mode}", case)
+            row += [f"{torch_ms:.2f}", f"{torch_ms / ours:.2f}x",
+                    f"{median_of(f'pytorch-{mode}', case, 'peak_rss_mb'):.0f}"]
+        rows.append(tuple(row))
 widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
 for row in (header, *rows):
     print("  ".join(str(x).rjust(w) for x, w in zip(row, widths)))

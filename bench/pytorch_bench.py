@@ -535,13 +535,21 @@ def bench_step(args: argparse.Namespace) -> int:
     rtd_weight = 50.0
     losses = [0.0, 0.0]
 
+    # --autocast bf16: the forward passes and losses under torch.autocast's CPU bfloat16
+    # policy (matmuls and linear layers in bf16 through oneDNN, float32 master weights,
+    # gradients and optimizer state; no loss scaling for bf16), the usual bf16 mixed-precision
+    # recipe: the counterpart of `deberta bench step --precision bf16-mixed`.
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast == "bf16")
+
     def one_step() -> None:
         # (1) generator: forward through the EMD, CE, sampling, backward, clip, update.
         opt_g.zero_grad(set_to_none=True)
-        logits = generator(masked_ids, attention_mask, masked)
-        mlm_loss = F.cross_entropy(logits, labels)
+        with autocast():
+            logits = generator(masked_ids, attention_mask, masked)
+            mlm_loss = F.cross_entropy(logits, labels)
         with torch.no_grad():
-            sampled = torch.multinomial(F.softmax(logits.detach(), dim=-1), 1).squeeze(1)
+            sampled = torch.multinomial(F.softmax(logits.detach().float(), dim=-1), 1).squeeze(1)
         mlm_loss.backward()
         torch.nn.utils.clip_grad_norm_(gen_params, 1.0, foreach=True)
         opt_g.step()
@@ -551,8 +559,9 @@ def bench_step(args: argparse.Namespace) -> int:
         corrupted[masked] = sampled
         rtd_labels = (masked & (corrupted != original)).to(torch.float32)
         opt_d.zero_grad(set_to_none=True)
-        rtd_logits = discriminator(corrupted, attention_mask, generator.word_table(), args.gdes_materialise)
-        rtd_loss = F.binary_cross_entropy_with_logits(rtd_logits[keep], rtd_labels[keep])
+        with autocast():
+            rtd_logits = discriminator(corrupted, attention_mask, generator.word_table(), args.gdes_materialise)
+            rtd_loss = F.binary_cross_entropy_with_logits(rtd_logits[keep], rtd_labels[keep])
         (rtd_weight * rtd_loss).backward()
         torch.nn.utils.clip_grad_norm_(disc_params, 1.0, foreach=True)
         opt_d.step()
@@ -574,7 +583,8 @@ def bench_step(args: argparse.Namespace) -> int:
     peak = peak_rss_mb()
     sys.stderr.write(f"note: last step's losses: mlm {losses[0]:.4f}, rtd {losses[1]:.4f}\n")
     print(
-        f"step {args.shape} batch {args.batch} seq {args.seq} on pytorch-{device_label(device)} ({threads} threads): "
+        f"step {args.shape} batch {args.batch} seq {args.seq} on pytorch-{device_label(device)}, "
+        f"autocast {args.autocast} ({threads} threads): "
         f"median {median:.2f} ms (min {lo:.2f}, max {hi:.2f}) over {args.iters} runs, "
         f"{tokens_per_s:.0f} tokens/s, peak RSS {peak:.0f} MiB"
     )
@@ -601,6 +611,7 @@ def bench_step(args: argparse.Namespace) -> int:
             "rss_after_import_mb": rss_after_import,
             "optimizer": args.optimizer,
             "gdes_materialise": args.gdes_materialise,
+            "autocast": args.autocast,
         }
         print(json.dumps(record, separators=(",", ":")))
     sys.stdout.flush()
@@ -684,6 +695,12 @@ def main(argv: list[str] | None = None) -> int:
     fwd.set_defaults(func=bench_forward)
     stp = sub.add_parser("step", help="one RTD + GDES training step (generator with EMD, discriminator, updates)")
     add_common_args(stp)
+    stp.add_argument(
+        "--autocast",
+        default="off",
+        choices=["off", "bf16"],
+        help="bf16: forward passes and losses under torch.autocast(dtype=torch.bfloat16)",
+    )
     stp.add_argument(
         "--optimizer",
         default="xadam",

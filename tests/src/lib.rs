@@ -3,7 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use deberta_core::model::{AttentionProbs, HostBatch};
+use deberta_core::{Backend, Precision};
 use deberta_host::checkpoint::{TensorMap, read_tensor_file};
+use deberta_host::inference::Session;
+use deberta_host::model_dir::load_model_dir;
 use deberta_host::tensor::HostTensor;
 
 /// The fixture sets produced by Hugging Face transformers (see `fixtures/README.md`).
@@ -38,6 +42,35 @@ pub fn ints(map: &TensorMap, name: &str) -> Vec<i64> {
         .and_then(HostTensor::as_int)
         .unwrap_or_else(|| panic!("integer tensor `{name}` missing"))
         .to_vec()
+}
+
+/// Every forward output of fixture model `model_dir` on the inputs of fixture `inputs_dir`
+/// (`inputs.safetensors`), through an inference session at `precision` keeping the attention
+/// probabilities `probs`, and those inputs.
+pub fn fixture_forward<B: Backend>(
+    backend: &B,
+    (model_dir, inputs_dir): (&str, &str),
+    probs: AttentionProbs,
+    precision: Precision,
+) -> (TensorMap, TensorMap) {
+    let loaded = load_model_dir(&fixture(model_dir)).unwrap_or_else(|e| panic!("{model_dir}: {e}"));
+    let inputs = load(&fixture(inputs_dir).join("inputs.safetensors"));
+    let ids = ints(&inputs, "input_ids");
+    let mask = ints(&inputs, "attention_mask");
+    let shape = inputs["input_ids"].shape.clone();
+    let host = HostBatch {
+        input_ids: &ids,
+        attention_mask: &mask,
+        token_type_ids: None,
+        batch: shape[0],
+        len: shape[1],
+    };
+    let session = Session::with_precision(backend, &loaded, precision)
+        .unwrap_or_else(|e| panic!("{model_dir}: {e}"));
+    let outputs = session
+        .outputs_with(&host, probs)
+        .unwrap_or_else(|e| panic!("{model_dir}: {e}"));
+    (outputs, inputs)
 }
 
 /// Largest `|a − b|` over the positions where `keep(i)` holds (NaN anywhere counts as

@@ -15,17 +15,17 @@
 
 use std::path::{Path, PathBuf};
 
-use deberta_core::model::{AttentionProbs, HostBatch};
+use deberta_core::model::AttentionProbs;
 use deberta_core::train::{OptimizerKind, Schedule, Sharing};
-use deberta_core::{Backend, CpuBackend};
+use deberta_core::{Backend, CpuBackend, Precision};
 use deberta_host::checkpoint::TensorMap;
 use deberta_host::gradients::{
     StepRequest, Training, mlm_gradients, pair_gradients, pair_trajectory,
 };
-use deberta_host::inference::Session;
 use deberta_host::model_dir::load_model_dir;
 use deberta_tests::{
-    MODEL_FIXTURES, fixture, ints, load, max_abs_diff, tensor_failures, trajectory_failures, values,
+    MODEL_FIXTURES, fixture, fixture_forward, ints, load, max_abs_diff, tensor_failures,
+    trajectory_failures, values,
 };
 
 const FORWARD_TOL: f64 = 1e-4;
@@ -73,23 +73,7 @@ fn run_forward<B: Backend>(
     inputs_dir: &str,
     probs: AttentionProbs,
 ) -> (TensorMap, TensorMap) {
-    let loaded = load_model_dir(&fixture(model_dir)).unwrap_or_else(|e| panic!("{model_dir}: {e}"));
-    let inputs = load(&fixture(inputs_dir).join("inputs.safetensors"));
-    let ids = ints(&inputs, "input_ids");
-    let mask = ints(&inputs, "attention_mask");
-    let shape = inputs["input_ids"].shape.clone();
-    let host = HostBatch {
-        input_ids: &ids,
-        attention_mask: &mask,
-        token_type_ids: None,
-        batch: shape[0],
-        len: shape[1],
-    };
-    let session = Session::new(backend, &loaded).unwrap_or_else(|e| panic!("{model_dir}: {e}"));
-    let outputs = session
-        .outputs_with(&host, probs)
-        .unwrap_or_else(|e| panic!("{model_dir}: {e}"));
-    (outputs, inputs)
+    fixture_forward(backend, (model_dir, inputs_dir), probs, Precision::F32)
 }
 
 /// Mean cross-entropy over labels ≠ −100, in f64.

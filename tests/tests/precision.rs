@@ -16,14 +16,12 @@
 //! training loss within `MIXED_LOSS_TOL` nats, the held-out MLM loss too (measured: at most
 //! 3.3e-3 nats over the rows, AMX bf16 products).
 
-use deberta_core::model::{AttentionProbs, HostBatch};
+use deberta_core::model::AttentionProbs;
 use deberta_core::{CpuBackend, Precision};
 use deberta_host::checkpoint::TensorMap;
-use deberta_host::inference::Session;
-use deberta_host::model_dir::load_model_dir;
 use deberta_tests::{
-    MODEL_FIXTURES, assert_one_line_error, deberta, deterministic_rows, fixture, ints, load,
-    max_abs_diff, temp_dir, values,
+    MODEL_FIXTURES, assert_one_line_error, deberta, deterministic_rows, fixture, fixture_forward,
+    ints, max_abs_diff, temp_dir, values,
 };
 
 /// Worst `|bf16 − f32|` of a tensor, as a fraction of its largest `|f32|`.
@@ -36,25 +34,8 @@ const MIXED_LOSS_TOL: f64 = 0.02;
 /// Every forward output of fixture `set` at `precision` (every attention fused, as
 /// `deberta forward` runs) and the fixture's inputs.
 fn outputs(set: &str, precision: Precision) -> (TensorMap, TensorMap) {
-    let loaded = load_model_dir(&fixture(set)).unwrap_or_else(|e| panic!("{set}: {e}"));
-    let inputs = load(&fixture(set).join("inputs.safetensors"));
-    let ids = ints(&inputs, "input_ids");
-    let mask = ints(&inputs, "attention_mask");
-    let shape = inputs["input_ids"].shape.clone();
-    let host = HostBatch {
-        input_ids: &ids,
-        attention_mask: &mask,
-        token_type_ids: None,
-        batch: shape[0],
-        len: shape[1],
-    };
     let backend = CpuBackend::new();
-    let session = Session::with_precision(&backend, &loaded, precision)
-        .unwrap_or_else(|e| panic!("{set}: {e}"));
-    let outputs = session
-        .outputs_with(&host, AttentionProbs::FirstLayer)
-        .unwrap_or_else(|e| panic!("{set}: {e}"));
-    (outputs, inputs)
+    fixture_forward(&backend, (set, set), AttentionProbs::FirstLayer, precision)
 }
 
 /// Checks every output of every fixture at `precision` against f32 (relative bound `bound`).

@@ -114,6 +114,15 @@ impl Backend for CpuBackend {
         input: usize,
         precision: crate::Precision,
     ) -> Result<kernels::PackedWeight, Error> {
+        if precision.products() == crate::Precision::Bf16 {
+            let needed = output.checked_mul(input).ok_or(Error::ShapeMismatch {
+                what: "packed weight size",
+                expected: usize::MAX,
+                found: output,
+            })?;
+            kernels::require("pack_weight", "w", needed, weight.len())?;
+            return pack_bf16(kernels::Bf16Source::Columns { data: weight }, output, input);
+        }
         kernels::PackedWeight::new(weight, output, input, precision)
     }
 
@@ -144,7 +153,6 @@ impl Backend for CpuBackend {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        let pairs = spec.k.div_ceil(2);
         #[cfg(feature = "std")]
         let threads = rayon::current_num_threads();
         #[cfg(not(feature = "std"))]
@@ -165,7 +173,8 @@ impl Backend for CpuBackend {
         };
         for outer in 0..spec.batch[0] {
             for inner in 0..spec.batch[1] {
-                let ops = kernels::Bf16Operands::new(a, b, spec, (outer, inner));
+                let entry = (outer, inner);
+                let b = pack_bf16(kernels::b_source(b, spec, entry), n, spec.k)?;
                 let (out, accumulate) = if direct {
                     let base = spec.c.batch_offset(outer, inner);
                     (&mut c[base..][..m * n], spec.beta == 1.0)
@@ -173,11 +182,13 @@ impl Backend for CpuBackend {
                     (&mut product[..], false)
                 };
                 for_each_piece(out, piece_rows * n, |i, piece| {
-                    let a = &ops.a[i * piece_rows * pairs..];
-                    kernels::bf16_product(a, piece.len() / n, &ops.b, (piece, accumulate))
+                    let rows = piece.len() / n;
+                    let first = i * piece_rows;
+                    let a = kernels::a_rows(a, spec, entry, first..first + rows);
+                    kernels::bf16_product(&a, rows, &b, (piece, accumulate))
                 })?;
                 if !direct {
-                    kernels::store_product(&product, c, spec, (outer, inner));
+                    kernels::store_product(&product, c, spec, entry);
                 }
             }
         }
@@ -633,6 +644,28 @@ impl Backend for CpuBackend {
 
 #[cfg(all(test, feature = "std"))]
 mod thread_independence;
+
+/// A bf16 packed operand of `output` columns, `input` deep from `source`, its panels
+/// converted in parallel.
+fn pack_bf16(
+    source: kernels::Bf16Source<'_>,
+    output: usize,
+    input: usize,
+) -> Result<kernels::PackedWeight, Error> {
+    let mut words = vec![0u32; kernels::bf16_words_len(output, input)];
+    let panel_words = input.div_ceil(2) * kernels::PANEL;
+    #[cfg(feature = "std")]
+    let threads = rayon::current_num_threads();
+    #[cfg(not(feature = "std"))]
+    let threads = 1;
+    let panels = output.div_ceil(kernels::PANEL);
+    let per_piece = panels.div_ceil(2 * threads).max(1);
+    for_each_piece(&mut words, per_piece * panel_words, |i, chunk| {
+        source.fill_panels(chunk, i * per_piece, output, input);
+        Ok(())
+    })?;
+    Ok(kernels::PackedWeight::from_bf16_words(output, input, words))
+}
 
 #[cfg(test)]
 mod tests {

@@ -309,3 +309,51 @@ fn split_kernels_equal_the_slice_kernels() {
     assert!((f64::from(sums[0]) - 0.5 * exact_sum).abs() < 1e-3);
     assert!((f64::from(sums[1]) - exact_squares).abs() / exact_squares < 1e-6);
 }
+
+/// The bf16 products of bf16-mixed training (forward through a packed weight, both backward
+/// products through `matmul_reduced`) on shapes whose inner widths run on AMX where the CPU
+/// has it: the same bits for any thread count.
+#[test]
+fn bf16_training_products_do_not_depend_on_the_thread_count() {
+    use crate::kernels::{MatmulSpec, MatrixLayout};
+    let (rows, input, output) = (320, 256, 96);
+    let run = || {
+        let cpu = CpuBackend::new();
+        let (x, dy, w) = (
+            values(rows * input, 21),
+            values(rows * output, 22),
+            values(output * input, 23),
+        );
+        let packed = cpu
+            .pack_weight(&w, output, input, crate::Precision::Bf16Mixed)
+            .unwrap();
+        let mut y = vec![0.0; rows * output];
+        cpu.matmul_packed(&x, &packed, &mut y, rows).unwrap();
+        let mut dw = values(output * input, 24);
+        let weight_grad = MatmulSpec {
+            a: MatrixLayout::row_major(output).transposed(),
+            b: MatrixLayout::row_major(input),
+            c: MatrixLayout::row_major(input),
+            beta: 1.0,
+            ..MatmulSpec::dense(output, input, rows)
+        };
+        cpu.matmul_reduced(&dy, &x, &mut dw, &weight_grad, crate::Precision::Bf16Mixed)
+            .unwrap();
+        let mut dx = values(rows * input, 25);
+        let input_grad = MatmulSpec {
+            beta: 1.0,
+            ..MatmulSpec::dense(rows, input, output)
+        };
+        cpu.matmul_reduced(&dy, &w, &mut dx, &input_grad, crate::Precision::Bf16Mixed)
+            .unwrap();
+        [y, dw, dx]
+    };
+    let one = in_pool(1, run);
+    let three = in_pool(3, run);
+    for (k, (a, b)) in one.iter().zip(&three).enumerate() {
+        assert!(
+            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "bf16 training product {k} differs between 1 and 3 threads"
+        );
+    }
+}

@@ -209,6 +209,91 @@ impl Tiles {
     }
 }
 
+impl Tiles {
+    /// One bf16 block computed straight into `out`: `out[r·stride + col] (+)= Σ_g a[r, g] ·
+    /// b[panel(col), g, lane(col)]` for the 32 rows and 32 columns of the block (the sums
+    /// start from the existing values when `accumulate`, else from zero); operands as in
+    /// [`Tiles::block`].
+    pub(crate) fn bf16_block_into(
+        &mut self,
+        (a, a_stride): (&[u32], usize),
+        [b0, b1]: [&[u32]; 2],
+        steps: usize,
+        (out, stride, accumulate): (&mut [f32], usize, bool),
+    ) {
+        let step_words = GROUPS_PER_STEP * crate::kernels::PANEL;
+        assert!(a_stride >= steps * GROUPS_PER_STEP);
+        assert!(steps == 0 || a.len() >= (BLOCK - 1) * a_stride + steps * GROUPS_PER_STEP);
+        assert!(b0.len() >= steps * step_words && b1.len() >= steps * step_words);
+        assert!(stride >= BLOCK && out.len() >= (BLOCK - 1) * stride + BLOCK);
+        let (a, b0, b1) = (a.as_ptr(), b0.as_ptr(), b1.as_ptr());
+        let (a_bytes, c_bytes) = (a_stride * 4, stride * 4);
+        let c = out.as_mut_ptr();
+        // SAFETY: the tiles are configured (this value exists); the C tiles are rows
+        // `0..16` and `16..32`, columns `0..16` and `16..32` of `out` at `stride` (asserted
+        // inside `out` above); A and B loads as in `block` (asserted above).
+        unsafe {
+            let (c0, c1, c2, c3) = (c, c.add(16), c.add(16 * stride), c.add(16 * stride + 16));
+            if accumulate {
+                asm!(
+                    "tileloadd tmm0, [{c0} + {stride}*1]",
+                    "tileloadd tmm1, [{c1} + {stride}*1]",
+                    "tileloadd tmm2, [{c2} + {stride}*1]",
+                    "tileloadd tmm3, [{c3} + {stride}*1]",
+                    c0 = in(reg) c0,
+                    c1 = in(reg) c1,
+                    c2 = in(reg) c2,
+                    c3 = in(reg) c3,
+                    stride = in(reg) c_bytes,
+                    options(nostack, readonly),
+                );
+            } else {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
+            }
+            for s in 0..steps {
+                let a0 = a.add(s * GROUPS_PER_STEP);
+                let a1 = a0.add(16 * a_stride);
+                let (b0, b1) = (b0.add(s * step_words), b1.add(s * step_words));
+                asm!(
+                    "tileloadd tmm4, [{a0} + {stride}*1]",
+                    "tileloadd tmm5, [{a1} + {stride}*1]",
+                    "tileloadd tmm6, [{b0} + {row}*1]",
+                    "tileloadd tmm7, [{b1} + {row}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0,
+                    a1 = in(reg) a1,
+                    b0 = in(reg) b0,
+                    b1 = in(reg) b1,
+                    stride = in(reg) a_bytes,
+                    row = in(reg) 64usize,
+                    options(nostack, readonly),
+                );
+            }
+            asm!(
+                "tilestored [{c0} + {stride}*1], tmm0",
+                "tilestored [{c1} + {stride}*1], tmm1",
+                "tilestored [{c2} + {stride}*1], tmm2",
+                "tilestored [{c3} + {stride}*1], tmm3",
+                c0 = in(reg) c0,
+                c1 = in(reg) c1,
+                c2 = in(reg) c2,
+                c3 = in(reg) c3,
+                stride = in(reg) c_bytes,
+                options(nostack),
+            );
+        }
+    }
+}
+
 impl Drop for Tiles {
     fn drop(&mut self) {
         // SAFETY: the tiles were configured by `configure`; `tilerelease` returns them to

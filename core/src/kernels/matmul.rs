@@ -455,6 +455,7 @@ pub fn matmul(a: &[f32], b: &[f32], c: &mut [f32], spec: &MatmulSpec) -> Result<
 #[cfg(all(test, feature = "alloc"))]
 mod tests {
     use super::*;
+    use crate::kernels::test_values::uniform;
 
     fn naive(a: &[f32], b: &[f32], c: &mut [f32], s: &MatmulSpec) {
         for o in 0..s.batch[0] {
@@ -480,13 +481,10 @@ mod tests {
         }
     }
 
+    /// `n` test values at the start of a fixed-size array (copied to compare two products).
     fn fill(n: usize, seed: u32) -> [f32; 256] {
         let mut out = [0.0; 256];
-        let mut x = seed;
-        for v in out.iter_mut().take(n) {
-            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            *v = (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
-        }
+        out[..n].copy_from_slice(&uniform(n, seed));
         out
     }
 
@@ -515,15 +513,7 @@ mod tests {
         }
     }
 
-    fn fill_vec(n: usize, seed: u32) -> alloc::vec::Vec<f32> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::kernels::test_values::uniform as fill_vec;
 
     /// A linear-layer-like product large enough for the sgemm's inner-dimension blocking and
     /// its partial edge tiles, with `Wᵀ` read through strides.

@@ -26,6 +26,8 @@ mod reduced;
 mod relative_scores;
 mod sampling;
 mod softmax;
+#[cfg(all(test, feature = "alloc"))]
+mod test_values;
 
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 pub use amx::{available as amx_available, set_amx};
@@ -52,9 +54,13 @@ pub use packed::{
     round_bf16, set_bf16_instructions, vnni_hardware,
 };
 #[cfg(feature = "alloc")]
-pub(crate) use packed::{bf16_product, linear_packed_rows, packed_piece_rows};
+pub(crate) use packed::{
+    Bf16Source, bf16_product, bf16_words_len, linear_packed_rows, packed_piece_rows,
+};
 #[cfg(feature = "alloc")]
-pub use reduced::{Bf16Operands, store_product};
+pub use reduced::store_product;
+#[cfg(feature = "alloc")]
+pub(crate) use reduced::{a_rows, b_source};
 pub use relative_scores::{RelativeScoresSpec, add_relative_scores, relative_scores_backward};
 pub use sampling::{check_sample_categorical, sample_categorical};
 pub use softmax::{SoftmaxSpec, masked_softmax, masked_softmax_backward};

@@ -113,9 +113,12 @@ impl PackedWeight {
         })?;
         super::require("pack_weight", "w", needed, w.len())?;
         match precision.products() {
-            Precision::Bf16 => Ok(PackedWeight::bf16_with(output, input, |col, k| {
-                w[col * input + k]
-            })),
+            Precision::Bf16 => {
+                let mut words = vec![0u32; bf16_words_len(output, input)];
+                let source = Bf16Source::Columns { data: w };
+                source.fill_panels(&mut words, 0, output, input);
+                Ok(PackedWeight::from_bf16_words(output, input, words))
+            }
             Precision::Int8 => {
                 let quads = input.div_ceil(4);
                 let mut words = vec![0u32; output.div_ceil(PANEL) * quads * PANEL];
@@ -149,60 +152,10 @@ impl PackedWeight {
         }
     }
 
-    /// The bf16 weight whose `k`-th row of `output` columns is `row(k)` (a `k × output`
-    /// operand stored row by row: the backward products' `W` and `x`).
-    pub(crate) fn bf16_from_rows<'r>(
-        output: usize,
-        input: usize,
-        row: impl Fn(usize) -> &'r [f32],
-    ) -> PackedWeight {
-        let pairs = input.div_ceil(2);
-        let mut words = vec![0u32; output.div_ceil(PANEL) * pairs * PANEL];
-        for kk in 0..pairs {
-            let first = &row(2 * kk)[..output];
-            let second = (2 * kk + 1 < input).then(|| &row(2 * kk + 1)[..output]);
-            for (panel, lanes) in first.chunks(PANEL).enumerate() {
-                let out = &mut words[(panel * pairs + kk) * PANEL..][..lanes.len()];
-                match second {
-                    Some(second) => {
-                        let hi = &second[panel * PANEL..][..lanes.len()];
-                        for ((w, &lo), &hi) in out.iter_mut().zip(lanes).zip(hi) {
-                            *w = pair(lo, hi);
-                        }
-                    }
-                    None => {
-                        for (w, &lo) in out.iter_mut().zip(lanes) {
-                            *w = pair(lo, 0.0);
-                        }
-                    }
-                }
-            }
-        }
-        PackedWeight {
-            output,
-            input,
-            format: Format::Bf16(words),
-        }
-    }
-
-    /// The bf16 weight whose element `(column, k)` (of `output` columns, `input` deep) is
-    /// `get(column, k)`, read two `k` at a time for all columns (so that a row-major `k × output`
-    /// source is read row by row).
-    pub(crate) fn bf16_with(
-        output: usize,
-        input: usize,
-        get: impl Fn(usize, usize) -> f32,
-    ) -> PackedWeight {
-        let pairs = input.div_ceil(2);
-        let mut words = vec![0u32; output.div_ceil(PANEL) * pairs * PANEL];
-        for kk in 0..pairs {
-            let odd = 2 * kk + 1 < input;
-            for col in 0..output {
-                let hi = if odd { get(col, 2 * kk + 1) } else { 0.0 };
-                words[((col / PANEL) * pairs + kk) * PANEL + col % PANEL] =
-                    pair(get(col, 2 * kk), hi);
-            }
-        }
+    /// A bf16 weight of `output` columns, `input` deep, from `words` filled by
+    /// [`Bf16Source::fill_panels`] (all of [`bf16_words_len`] words).
+    pub(crate) fn from_bf16_words(output: usize, input: usize, words: Vec<u32>) -> PackedWeight {
+        debug_assert_eq!(words.len(), bf16_words_len(output, input));
         PackedWeight {
             output,
             input,
@@ -225,6 +178,113 @@ impl PackedWeight {
         match self.format {
             Format::Bf16(_) => Precision::Bf16,
             Format::Int8 { .. } => Precision::Int8,
+        }
+    }
+}
+
+/// Words of a bf16 weight of `output` columns, `input` deep: whole panels of pairs.
+pub(crate) fn bf16_words_len(output: usize, input: usize) -> usize {
+    output.div_ceil(PANEL) * input.div_ceil(2) * PANEL
+}
+
+/// Where the values of a bf16 operand of `output` columns, `input` deep come from; each
+/// variant is read in its storage order.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Bf16Source<'a> {
+    /// `[output, input]` row-major (a `Linear` weight): column `j` is `data[j·input..]`.
+    Columns {
+        /// The values.
+        data: &'a [f32],
+    },
+    /// `input × output` stored row by row at `stride` from `base` (the backward products'
+    /// `W` and `x`).
+    Rows {
+        /// The values.
+        data: &'a [f32],
+        /// Index of element `(0, 0)`.
+        base: usize,
+        /// Distance between rows.
+        stride: usize,
+    },
+    /// Element `(k, j)` at `base + k·k_stride + j·j_stride`.
+    Strided {
+        /// The values.
+        data: &'a [f32],
+        /// Index of element `(0, 0)`.
+        base: usize,
+        /// Distance between consecutive `k`.
+        k_stride: usize,
+        /// Distance between consecutive columns.
+        j_stride: usize,
+    },
+}
+
+impl Bf16Source<'_> {
+    /// Fills `words` (whole panels, starting at panel `first_panel`) with the source's
+    /// columns as bf16 pairs: word `(panel · pairs + kk) · 16 + lane` holds column
+    /// `panel · 16 + lane` at `2kk` (low half) and `2kk + 1` (high half); padding stays zero.
+    pub(crate) fn fill_panels(
+        &self,
+        words: &mut [u32],
+        first_panel: usize,
+        output: usize,
+        input: usize,
+    ) {
+        let pairs = input.div_ceil(2);
+        if pairs == 0 {
+            return;
+        }
+        for (p, panel_words) in words.chunks_exact_mut(pairs * PANEL).enumerate() {
+            let col0 = (first_panel + p) * PANEL;
+            let cols = output.saturating_sub(col0).min(PANEL);
+            match *self {
+                Bf16Source::Columns { data } => {
+                    for lane in 0..cols {
+                        let column = &data[(col0 + lane) * input..][..input];
+                        let (even, odd) = column.split_at(input - input % 2);
+                        for (kk, two) in even.chunks_exact(2).enumerate() {
+                            panel_words[kk * PANEL + lane] = pair(two[0], two[1]);
+                        }
+                        if let [last] = odd {
+                            panel_words[(pairs - 1) * PANEL + lane] = pair(*last, 0.0);
+                        }
+                    }
+                }
+                Bf16Source::Rows { data, base, stride } => {
+                    for (kk, out) in panel_words.chunks_exact_mut(PANEL).enumerate() {
+                        let lo = &data[base + 2 * kk * stride + col0..][..cols];
+                        if 2 * kk + 1 < input {
+                            let hi = &data[base + (2 * kk + 1) * stride + col0..][..cols];
+                            for ((w, &lo), &hi) in out.iter_mut().zip(lo).zip(hi) {
+                                *w = pair(lo, hi);
+                            }
+                        } else {
+                            for (w, &lo) in out.iter_mut().zip(lo) {
+                                *w = pair(lo, 0.0);
+                            }
+                        }
+                    }
+                }
+                Bf16Source::Strided {
+                    data,
+                    base,
+                    k_stride,
+                    j_stride,
+                } => {
+                    let at = |k: usize, j: usize| {
+                        if k < input {
+                            data[base + k * k_stride + j * j_stride]
+                        } else {
+                            0.0
+                        }
+                    };
+                    for (kk, out) in panel_words.chunks_exact_mut(PANEL).enumerate() {
+                        for (lane, w) in out.iter_mut().enumerate().take(cols) {
+                            *w = pair(at(2 * kk, col0 + lane), at(2 * kk + 1, col0 + lane));
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -307,7 +367,7 @@ pub(crate) fn linear_packed_rows(x: &[f32], w: &PackedWeight, out: &mut [f32]) {
             };
             #[cfg(all(feature = "std", target_arch = "x86_64"))]
             if amx {
-                for_each_amx_block(w, words, (&a, rows, quads), amx::Dot::Int8, store);
+                amx_int8(w, words, (&a, rows, quads), store);
                 return;
             }
             let hardware = vnni_hardware();
@@ -350,6 +410,11 @@ fn bf16_tiles(
     let pairs = w.input.div_ceil(2);
     #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
     let _ = amx;
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if amx {
+        amx_bf16(w, words, (a, rows, pairs), (out, accumulate));
+        return;
+    }
     let store = |r: usize, c: usize, values: &[f32]| {
         let out = &mut out[r * w.output + c..][..values.len()];
         if accumulate {
@@ -358,11 +423,6 @@ fn bf16_tiles(
             out.copy_from_slice(values);
         }
     };
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if amx {
-        for_each_amx_block(w, words, (a, rows, pairs), amx::Dot::Bf16, store);
-        return;
-    }
     let kernel = bf16_kernel();
     // The FMA kernel broadcasts the activations as f32, odd element first.
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
@@ -478,67 +538,103 @@ const AMX_BLOCK: usize = amx::BLOCK;
 #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
 const AMX_BLOCK: usize = 32;
 
-/// The product on AMX: blocks of 32 rows of `a` (`groups` words per row, padded to whole
-/// blocks) by two panels (the second a zero panel past an odd last one), each valid row of a
-/// block handed to `store(row, first column, values)` converted from the tile's bits (f32
-/// for bf16, i32 for int8).
+/// The panel pairs of a packed weight for AMX blocks: `(first column, columns, [b0, b1])`,
+/// the second panel `zero_panel` past an odd last one.
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
-fn for_each_amx_block<T: Copy + Default + FromTileBits>(
+fn amx_panel_pairs<'w>(
     w: &PackedWeight,
-    words: &[u32],
-    (a, rows, groups): (&[u32], usize, usize),
-    dot: amx::Dot,
-    mut store: impl FnMut(usize, usize, &[T]),
-) {
+    words: &'w [u32],
+    groups: usize,
+    zero_panel: &'w [u32],
+) -> Vec<(usize, usize, [&'w [u32]; 2])> {
     let panels = w.output.div_ceil(PANEL);
     let panel_words = groups * PANEL;
-    let zero_panel = if panels % 2 == 1 {
-        vec![0u32; panel_words]
+    (0..panels)
+        .step_by(2)
+        .map(|pair| {
+            let b0 = &words[pair * panel_words..][..panel_words];
+            let b1 = if pair + 1 < panels {
+                &words[(pair + 1) * panel_words..][..panel_words]
+            } else {
+                &zero_panel[..panel_words]
+            };
+            let col0 = pair * PANEL;
+            (col0, (w.output - col0).min(2 * PANEL), [b0, b1])
+        })
+        .collect()
+}
+
+/// A zero panel of `groups` groups where the weight has an odd number of panels (the
+/// partner of the last one in an AMX block), else nothing.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+fn zero_partner(w: &PackedWeight, groups: usize) -> Vec<u32> {
+    if w.output.div_ceil(PANEL) % 2 == 1 {
+        vec![0u32; groups * PANEL]
     } else {
         Vec::new()
-    };
-    let steps = groups / amx::GROUPS_PER_STEP;
+    }
+}
+
+/// The bf16 product on AMX into `out` (`rows × w.output`; added to it when `accumulate`):
+/// blocks of 32 rows of `a` (`pairs` words per row, padded to whole blocks) by two panels,
+/// whole blocks stored straight into `out`, the edges through a scratch block.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+fn amx_bf16(
+    w: &PackedWeight,
+    words: &[u32],
+    (a, rows, pairs): (&[u32], usize, usize),
+    (out, accumulate): (&mut [f32], bool),
+) {
+    let steps = pairs / amx::GROUPS_PER_STEP;
+    let zero_panel = zero_partner(w, pairs);
     let mut tiles = amx::Tiles::configure();
     let mut block = [[0u32; amx::BLOCK]; amx::BLOCK];
-    let mut values = [T::default(); amx::BLOCK];
-    for pair in (0..panels).step_by(2) {
-        let b0 = &words[pair * panel_words..][..panel_words];
-        let b1 = match words.get((pair + 1) * panel_words..(pair + 2) * panel_words) {
-            Some(b1) if pair + 1 < panels => b1,
-            _ => &zero_panel,
-        };
-        let (col0, cols) = (pair * PANEL, (w.output - pair * PANEL).min(2 * PANEL));
+    for (col0, cols, b) in amx_panel_pairs(w, words, pairs, &zero_panel) {
         for first in (0..rows).step_by(amx::BLOCK) {
-            let a_block = &a[first * groups..][..amx::BLOCK * groups];
-            tiles.block(dot, (a_block, groups), [b0, b1], steps, &mut block);
+            let a_block = &a[first * pairs..][..amx::BLOCK * pairs];
+            if cols == amx::BLOCK && first + amx::BLOCK <= rows {
+                let out = &mut out[first * w.output + col0..];
+                tiles.bf16_block_into((a_block, pairs), b, steps, (out, w.output, accumulate));
+                continue;
+            }
+            tiles.block(amx::Dot::Bf16, (a_block, pairs), b, steps, &mut block);
             for (r, bits) in block.iter().enumerate().take(rows - first) {
-                for (v, &b) in values.iter_mut().zip(&bits[..cols]) {
-                    *v = T::from_tile_bits(b);
+                let out = &mut out[(first + r) * w.output + col0..][..cols];
+                for (o, &bits) in out.iter_mut().zip(bits) {
+                    let v = f32::from_bits(bits);
+                    *o = if accumulate { *o + v } else { v };
                 }
-                store(first + r, col0, &values[..cols]);
             }
         }
     }
 }
 
-/// An element of an AMX result tile, from its bits.
+/// The int8 product on AMX: blocks of 32 rows of `a` (`quads` words per row, padded to whole
+/// blocks) by two panels, each valid row of a block handed to `store(row, first column,
+/// sums)`.
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
-trait FromTileBits {
-    /// The value whose bits `tdpbf16ps` or `tdpbusd` stored.
-    fn from_tile_bits(bits: u32) -> Self;
-}
-
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-impl FromTileBits for f32 {
-    fn from_tile_bits(bits: u32) -> f32 {
-        f32::from_bits(bits)
-    }
-}
-
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-impl FromTileBits for i32 {
-    fn from_tile_bits(bits: u32) -> i32 {
-        bits as i32
+fn amx_int8(
+    w: &PackedWeight,
+    words: &[u32],
+    (a, rows, quads): (&[u32], usize, usize),
+    mut store: impl FnMut(usize, usize, &[i32]),
+) {
+    let steps = quads / amx::GROUPS_PER_STEP;
+    let zero_panel = zero_partner(w, quads);
+    let mut tiles = amx::Tiles::configure();
+    let mut block = [[0u32; amx::BLOCK]; amx::BLOCK];
+    let mut sums = [0i32; amx::BLOCK];
+    for (col0, cols, b) in amx_panel_pairs(w, words, quads, &zero_panel) {
+        for first in (0..rows).step_by(amx::BLOCK) {
+            let a_block = &a[first * quads..][..amx::BLOCK * quads];
+            tiles.block(amx::Dot::Int8, (a_block, quads), b, steps, &mut block);
+            for (r, bits) in block.iter().enumerate().take(rows - first) {
+                for (s, &b) in sums.iter_mut().zip(&bits[..cols]) {
+                    *s = b as i32;
+                }
+                store(first + r, col0, &sums[..cols]);
+            }
+        }
     }
 }
 
@@ -912,15 +1008,7 @@ unsafe fn tile_avx512_bf16<const NP: usize>(
 mod tests {
     use super::*;
 
-    fn fill(n: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::kernels::test_values::uniform as fill;
 
     /// The same products in the same order, element by element, from the rounded values.
     fn reference(x: &[f32], w: &[f32], rows: usize, input: usize, output: usize) -> Vec<f32> {

@@ -7,60 +7,82 @@
 
 use alloc::vec;
 use alloc::vec::Vec;
+use core::ops::Range;
 
 use super::matmul::MatmulSpec;
-use super::packed::{PackedWeight, pair};
+use super::packed::{Bf16Source, pair};
 
-/// One batch entry's operands in bf16: `A`'s `m` rows as pairs (`k.div_ceil(2)` words per
-/// row) and `B` packed with its `n` columns as output channels.
-pub struct Bf16Operands {
-    /// `A`'s rows as bf16 pairs.
-    pub a: Vec<u32>,
-    /// `B`, packed.
-    pub b: PackedWeight,
+/// `B` of batch entry `(outer, inner)` of `spec` as the source of a bf16 packed operand (its
+/// `n` columns as output channels, `k` deep).
+pub(crate) fn b_source<'b>(
+    b: &'b [f32],
+    spec: &MatmulSpec,
+    (outer, inner): (usize, usize),
+) -> Bf16Source<'b> {
+    let base = spec.b.batch_offset(outer, inner);
+    let (k_stride, j_stride) = (spec.b.row_stride, spec.b.col_stride);
+    if j_stride == 1 {
+        Bf16Source::Rows {
+            data: b,
+            base,
+            stride: k_stride,
+        }
+    } else {
+        Bf16Source::Strided {
+            data: b,
+            base,
+            k_stride,
+            j_stride,
+        }
+    }
 }
 
-impl Bf16Operands {
-    /// Rounds the operands of batch entry `(outer, inner)` of `spec` (already checked against
-    /// `a` and `b`).
-    pub fn new(a: &[f32], b: &[f32], spec: &MatmulSpec, (outer, inner): (usize, usize)) -> Self {
-        let (m, n, k) = (spec.m, spec.n, spec.k);
-        let pairs = k.div_ceil(2);
-        let mut words = vec![0u32; m * pairs];
-        let a_base = spec.a.batch_offset(outer, inner);
-        let (a_rows, a_cols) = (spec.a.row_stride, spec.a.col_stride);
-        if a_rows == 1 && m > 0 {
-            // A transposed operand (dyᵀ): two storage rows at a time, each word one row of A.
-            for kk in 0..pairs {
-                let first = &a[a_base + 2 * kk * a_cols..][..m];
-                let second = (2 * kk + 1 < k).then(|| &a[a_base + (2 * kk + 1) * a_cols..][..m]);
-                for (r, &lo) in first.iter().enumerate() {
-                    words[r * pairs + kk] = pair(lo, second.map_or(0.0, |s| s[r]));
-                }
-            }
-        } else {
-            for (r, row) in words.chunks_exact_mut(pairs.max(1)).enumerate().take(m) {
-                let at = |t: usize| {
-                    if t < k {
-                        a[a_base + r * a_rows + t * a_cols]
-                    } else {
-                        0.0
+/// Rows `rows` of `A` of batch entry `(outer, inner)` of `spec` (already checked against
+/// `a`) as bf16 pairs, `k.div_ceil(2)` words per row.
+pub(crate) fn a_rows(
+    a: &[f32],
+    spec: &MatmulSpec,
+    (outer, inner): (usize, usize),
+    rows: Range<usize>,
+) -> Vec<u32> {
+    let k = spec.k;
+    let pairs = k.div_ceil(2);
+    let m = rows.len();
+    let mut words = vec![0u32; m * pairs];
+    let base = spec.a.batch_offset(outer, inner) + rows.start * spec.a.row_stride;
+    let (r_stride, t_stride) = (spec.a.row_stride, spec.a.col_stride);
+    if r_stride == 1 && m > 0 {
+        // A transposed operand (dyᵀ): two storage rows make one word of every row of A,
+        // transposed in blocks of 16 × 16 words so that reads and writes stay in cache.
+        const BLOCK: usize = 16;
+        for kb in (0..pairs).step_by(BLOCK) {
+            for rb in (0..m).step_by(BLOCK) {
+                let rs = rb..(rb + BLOCK).min(m);
+                for kk in kb..(kb + BLOCK).min(pairs) {
+                    let lo = &a[base + 2 * kk * t_stride..][rs.clone()];
+                    let hi =
+                        (2 * kk + 1 < k).then(|| &a[base + (2 * kk + 1) * t_stride..][rs.clone()]);
+                    for (i, &lo) in lo.iter().enumerate() {
+                        words[(rb + i) * pairs + kk] = pair(lo, hi.map_or(0.0, |h| h[i]));
                     }
-                };
-                for (kk, word) in row.iter_mut().enumerate() {
-                    *word = pair(at(2 * kk), at(2 * kk + 1));
                 }
             }
         }
-        let b_base = spec.b.batch_offset(outer, inner);
-        let (b_rows, b_cols) = (spec.b.row_stride, spec.b.col_stride);
-        let b = if b_cols == 1 {
-            PackedWeight::bf16_from_rows(n, k, |t| &b[b_base + t * b_rows..][..n])
-        } else {
-            PackedWeight::bf16_with(n, k, |col, t| b[b_base + t * b_rows + col * b_cols])
-        };
-        Bf16Operands { a: words, b }
+    } else if pairs > 0 {
+        for (r, row) in words.chunks_exact_mut(pairs).enumerate() {
+            let at = |t: usize| {
+                if t < k {
+                    a[base + r * r_stride + t * t_stride]
+                } else {
+                    0.0
+                }
+            };
+            for (kk, word) in row.iter_mut().enumerate() {
+                *word = pair(at(2 * kk), at(2 * kk + 1));
+            }
+        }
     }
+    words
 }
 
 /// `C = α·product + β·C` for batch entry `(outer, inner)` of `spec`, `product` being its
@@ -88,17 +110,9 @@ pub fn store_product(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::{MatrixLayout, round_bf16};
+    use crate::kernels::{MatrixLayout, PackedWeight, round_bf16};
 
-    fn fill(n: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::kernels::test_values::uniform as fill;
 
     /// The CPU backend's bf16 products of the backward pass (`dyᵀ·x` and `dy·W` added into
     /// `C`, and a scaled product through the buffer) against the exact sums of the rounded
@@ -177,9 +191,12 @@ mod tests {
                 ..MatmulSpec::dense(m, n, k)
             };
             let (a, b) = (fill(m * k, 1), fill(k * n, 2));
-            let ops = Bf16Operands::new(&a, &b, &spec, (0, 0));
+            let a_words = a_rows(&a, &spec, (0, 0), 0..m);
+            let mut b_words = vec![0u32; crate::kernels::packed::bf16_words_len(n, k)];
+            b_source(&b, &spec, (0, 0)).fill_panels(&mut b_words, 0, n, k);
+            let w = PackedWeight::from_bf16_words(n, k, b_words);
             let mut product = vec![0.0f32; m * n];
-            crate::kernels::packed::bf16_product(&ops.a, m, &ops.b, (&mut product, false)).unwrap();
+            crate::kernels::packed::bf16_product(&a_words, m, &w, (&mut product, false)).unwrap();
             let mut c = fill(m * n, 3);
             let before = c.clone();
             store_product(&product, &mut c, &spec, (0, 0));
