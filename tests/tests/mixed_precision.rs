@@ -1,7 +1,8 @@
 //! `deberta pretrain --precision mixed`: the backend's mixed precision with dynamic loss
-//! scaling (f16 `Linear` products on wgpu where the adapter has `SHADER_F16`, f32 products
+//! scaling (f16 `Linear` and attention products on wgpu where the adapter has `SHADER_F16`, f32 products
 //! with the scaler still on where it has not, bf16 products on the CPU).
 //!
+//! * On the CPU, `mixed` gives the rows of `bf16-mixed` bit for bit (power-of-two scale).
 //! * Resume: a run stopped half-way and resumed logs the rows of the uninterrupted run
 //!   (`loss_scale_*`, `skipped_*`, `skipped_steps_*` included) and saves the same scaler state.
 //! * wgpu learns in mixed precision as in f32: 20 `nano` steps (batch 2 × 64 tokens), every
@@ -192,4 +193,33 @@ fn mixed_precision_on_wgpu_learns_like_f32() {
     let rows = deterministic_rows(&out);
     let last = rows.iter().rfind(|r| r.contains_key("loss_mlm")).unwrap();
     assert_eq!(last["loss_scale_generator"], 16384.0);
+}
+
+/// On the CPU, `mixed` is `bf16-mixed` with the loss scaler on; the scale being a power of two,
+/// the two give the same bits while nothing overflows: every logged row (losses, gradient
+/// norms, the final evaluation) is equal.
+#[test]
+fn cpu_mixed_is_bf16_mixed_bit_for_bit() {
+    let dir = temp_dir("mixed-cpu");
+    let corpus = corpus(&dir);
+    let run = |precision: &str| {
+        let out = dir.join(precision);
+        let options = [
+            "--precision",
+            precision,
+            "--steps",
+            "6",
+            "--save-every",
+            "0",
+        ];
+        pretrain(&corpus, &out, "cpu", &options);
+        deterministic_rows(&out)
+    };
+    let (mixed, bf16) = (run("mixed"), run("bf16-mixed"));
+    assert_eq!(mixed.len(), bf16.len());
+    for (a, b) in mixed.iter().zip(&bf16) {
+        for (key, value) in b {
+            assert_eq!(a.get(key), Some(value), "step {}: {key}", b["step"]);
+        }
+    }
 }
