@@ -1,6 +1,7 @@
 //! Dynamic loss scaling, the recipe of the official mixed-precision training (microsoft/DeBERTa
-//! `Fp16Optimizer` with its dynamic scaler): the loss gradient is seeded with `scale` (initially
-//! 2¹⁴) so that small gradients survive f16 products; after the backward pass the gradients are
+//! `Fp16Optimizer` with its `ExpLossScaler`, at the scale and interval of DeBERTa-v3
+//! pretraining): the loss gradient is seeded with `scale` (initially 2¹⁴) so that small
+//! gradients survive f16 products; after the backward pass the gradients are
 //! checked, and an update whose gradients hold an infinity or a NaN is skipped (weights and
 //! optimizer state untouched, the optimizer's step count not advanced) and halves the scale;
 //! after [`LossScaler::GROWTH_INTERVAL`] clean updates in a row the scale doubles.
@@ -44,7 +45,8 @@ impl LossScaler {
     /// Clean updates in a row after which the scale doubles.
     pub const GROWTH_INTERVAL: u32 = 250;
     /// The smallest scale an overflow halves to (a run whose gradients overflow at scale 1
-    /// keeps skipping at 1 rather than underflowing every gradient; DeepSpeed's default).
+    /// keeps skipping at 1 rather than underflowing every gradient; the official
+    /// `ExpLossScaler`'s floor).
     pub const MIN_SCALE: f32 = 1.0;
     /// The largest scale growth reaches (2²⁴: beyond it f32 products of ordinary gradients
     /// overflow anyway).
