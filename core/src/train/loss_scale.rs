@@ -1,6 +1,6 @@
 //! Dynamic loss scaling, the recipe of the official mixed-precision training (microsoft/DeBERTa
-//! `Fp16Optimizer` with its `ExpLossScaler`, at the scale and interval of DeBERTa-v3
-//! pretraining): the loss gradient is seeded with `scale` (initially 2¹⁴) so that small
+//! `Fp16Optimizer` with its `ExpLossScaler`, whose class defaults are 2¹⁶ and 1000; this
+//! project's specification sets 2¹⁴ and 250): the loss gradient is seeded with `scale` (initially 2¹⁴) so that small
 //! gradients survive f16 products; after the backward pass the gradients are
 //! checked, and an update whose gradients hold an infinity or a NaN is skipped (weights and
 //! optimizer state untouched, the optimizer's step count not advanced) and halves the scale;
