@@ -1,10 +1,10 @@
 //! Dynamic loss scaling, the recipe of the official mixed-precision training (microsoft/DeBERTa
 //! `Fp16Optimizer` with its `ExpLossScaler`, whose class defaults are 2¹⁶ and 1000; this
-//! project's specification sets 2¹⁴ and 250): the loss gradient is seeded with `scale` (initially 2¹⁴) so that small
-//! gradients survive f16 products; after the backward pass the gradients are
-//! checked, and an update whose gradients hold an infinity or a NaN is skipped (weights and
-//! optimizer state untouched, the optimizer's step count not advanced) and halves the scale;
-//! after [`LossScaler::GROWTH_INTERVAL`] clean updates in a row the scale doubles.
+//! project's specification sets 2¹⁴ and 250): the loss gradient is seeded with `scale`
+//! (initially 2¹⁴) so that small gradients survive f16 products; after the backward pass the
+//! gradients are checked, and an update whose gradients hold an infinity or a NaN is skipped
+//! (weights and optimizer state untouched, the optimizer's step count not advanced) and halves
+//! the scale; after [`LossScaler::GROWTH_INTERVAL`] clean updates in a row the scale doubles.
 //!
 //! The scale is a power of two, so scaling and unscaling change no bit of an f32 gradient that
 //! neither overflows nor underflows: with f32 products, a scaled run gives the bits of an
