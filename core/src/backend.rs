@@ -31,7 +31,7 @@ mod attention;
 
 pub use attention::{
     AttentionBuffers, AttentionLengths, AttentionOperands, AttentionSpec, attention_context,
-    attention_probabilities, composed_attention,
+    attention_context_at, attention_probabilities, attention_probabilities_at, composed_attention,
 };
 
 use crate::kernels::{
@@ -213,7 +213,8 @@ pub trait Backend {
     /// `C = α·A·B + β·C` as [`Backend::matmul`] with the products at `precision`
     /// ([`Precision::products`](crate::Precision::products)): f32 is [`Backend::matmul`];
     /// bf16 rounds both operands to bf16 and sums in f32 (the backward products of
-    /// bf16-mixed training). The provided implementation has f32 only
+    /// bf16-mixed training); f16 likewise with binary16 operands (wgpu). The provided
+    /// implementation has f32 only
     /// ([`Error::Unsupported`] otherwise).
     fn matmul_reduced(
         &self,
@@ -229,6 +230,12 @@ pub trait Backend {
                 what: "reduced-precision products on this backend",
             }),
         }
+    }
+    /// The products of [`Precision::Mixed`](crate::Precision::Mixed) training on this
+    /// backend: a format [`Backend::matmul_reduced`] takes, or f32 where the backend has no
+    /// narrower products (the provided implementation).
+    fn mixed_products(&self) -> crate::Precision {
+        crate::Precision::F32
     }
     /// `x += y` over all of `x`.
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<(), Error>;

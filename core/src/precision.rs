@@ -20,6 +20,19 @@
 //! update, the backward's products (`∂L/∂x = dy·W`, `∂L/∂W = dyᵀ·x`) round both operands to
 //! bf16 and accumulate in f32 ([`Backend::matmul_reduced`](crate::Backend::matmul_reduced)).
 //! bf16 has f32's exponent range, so no loss scaling is needed.
+//!
+//! [`Precision::Mixed`] is "the backend's mixed precision", the one training choice that runs
+//! everywhere ([`Backend::mixed_products`](crate::Backend::mixed_products) names its products):
+//! on wgpu the products of the `Linear` layers, the position projections and the attention
+//! (`QKᵀ`, c2p/p2c, `P·V`, forward and backward) in f16 ([`Precision::F16`]: operands
+//! rounded to f16 as the kernel loads them, f32 sums; through
+//! [`ParamStore::products`](crate::model::ParamStore::products)) where the adapter has
+//! `SHADER_F16`, in f32 where it has not; on the CPU backend the bf16 products of
+//! [`Precision::Bf16Mixed`]. Master weights, optimizer state, gradients, layer norm, softmax
+//! and the losses stay f32 as above. Under
+//! `Mixed` the trainer always scales the loss dynamically
+//! ([`LossScaler`](crate::train::LossScaler): f16's exponent range is narrow, and one rule on
+//! every backend keeps runs comparable); under `Bf16Mixed` it never does.
 
 /// The number format of the `Linear` products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,40 +50,63 @@ pub enum Precision {
     /// Training with f32 master weights, optimizer state and gradients and bf16 `Linear`
     /// products in the forward and backward passes (the products of [`Precision::Bf16`]).
     Bf16Mixed,
+    /// Training with the backend's mixed precision
+    /// ([`Backend::mixed_products`](crate::Backend::mixed_products): f16 products on wgpu with
+    /// `SHADER_F16`, bf16 on the CPU) and dynamic loss scaling
+    /// ([`LossScaler`](crate::train::LossScaler)); f32 master weights, optimizer state and
+    /// gradients.
+    Mixed,
+    /// A product format, not a command's choice: binary16 operands (rounded to nearest even as
+    /// they are loaded), f32 products and sums; the products of [`Precision::Mixed`] on wgpu.
+    F16,
 }
 
 impl Precision {
     /// Every precision, in the order the CLI lists them.
-    pub const ALL: [Precision; 4] = [
+    pub const ALL: [Precision; 6] = [
         Precision::F32,
         Precision::Bf16,
         Precision::Int8,
         Precision::Bf16Mixed,
+        Precision::Mixed,
+        Precision::F16,
     ];
 
     /// The precisions of the inference commands (`forward`, `detect`, `bench forward`).
     pub const INFERENCE: [Precision; 3] = [Precision::F32, Precision::Bf16, Precision::Int8];
 
     /// The precisions of training (`pretrain`, `bench step`).
-    pub const TRAINING: [Precision; 2] = [Precision::F32, Precision::Bf16Mixed];
+    pub const TRAINING: [Precision; 3] = [Precision::F32, Precision::Mixed, Precision::Bf16Mixed];
 
-    /// The name the CLI uses: `f32`, `bf16`, `int8`, `bf16-mixed`.
+    /// The name the CLI uses: `f32`, `bf16`, `int8`, `bf16-mixed`, `mixed` (and `f16` for
+    /// the product format).
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
             Precision::Int8 => "int8",
             Precision::Bf16Mixed => "bf16-mixed",
+            Precision::Mixed => "mixed",
+            Precision::F16 => "f16",
         }
     }
 
-    /// The number format of the `Linear` products: `Bf16` for [`Precision::Bf16Mixed`], the
-    /// precision itself otherwise.
+    /// The number format of the `Linear` products: `Bf16` for [`Precision::Bf16Mixed`], `F16`
+    /// for [`Precision::Mixed`] (what it asks for; a backend without f16 products runs its
+    /// [`Backend::mixed_products`](crate::Backend::mixed_products) instead, which the trainer
+    /// asks), the precision itself otherwise.
     pub fn products(self) -> Precision {
         match self {
             Precision::Bf16Mixed => Precision::Bf16,
+            Precision::Mixed => Precision::F16,
             other => other,
         }
+    }
+
+    /// Whether training at this precision scales the loss dynamically (only
+    /// [`Precision::Mixed`]).
+    pub fn scales_loss(self) -> bool {
+        self == Precision::Mixed
     }
 
     /// The precision called `name` (as [`Precision::name`] spells it).
@@ -97,6 +133,11 @@ mod tests {
             assert!(Precision::ALL.contains(&p));
         }
         assert_eq!(Precision::Bf16Mixed.products(), Precision::Bf16);
+        assert_eq!(Precision::Mixed.products(), Precision::F16);
+        assert_eq!(Precision::from_name("mixed"), Some(Precision::Mixed));
+        assert!(Precision::Mixed.scales_loss() && !Precision::Bf16Mixed.scales_loss());
+        assert!(!Precision::TRAINING.contains(&Precision::F16));
+        assert!(!Precision::INFERENCE.contains(&Precision::F16));
         assert_eq!(Precision::default(), Precision::F32);
     }
 }

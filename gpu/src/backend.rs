@@ -7,7 +7,7 @@ use deberta_core::backend::{
 };
 use deberta_core::kernels::{AdamSpec, LayerNormSpec, MatmulSpec, RelativeScoresSpec, SoftmaxSpec};
 use deberta_core::random::RandomStream;
-use deberta_core::{Activation, Backend, Error};
+use deberta_core::{Activation, Backend, Error, Precision};
 
 use crate::adapter::{AdapterChoice, AdapterSummary};
 use crate::device::Gpu;
@@ -41,6 +41,12 @@ impl WgpuBackend {
     /// the others force one, for tuning and tests. Results are the same either way.
     pub fn set_matmul_tiles(&self, tiles: MatmulTiles) {
         self.gpu.matmul_tiles.set(tiles);
+    }
+
+    /// Whether f16 products run (the device was opened with `SHADER_F16`: the adapter has it
+    /// and `DEBERTA_WGPU_F16` is not `off`); without them mixed precision multiplies in f32.
+    pub fn f16_products(&self) -> bool {
+        self.gpu.f16_products
     }
 
     /// The adapter in use.
@@ -163,7 +169,39 @@ impl Backend for WgpuBackend {
         c: &mut GpuTensor,
         spec: &MatmulSpec,
     ) -> Result<(), Error> {
-        matmul::matmul(&self.gpu, a, b, c, spec)
+        matmul::matmul(&self.gpu, a, b, c, spec, false)
+    }
+
+    /// f16 where the device has `SHADER_F16` (see [`WgpuBackend::f16_products`]), else f32.
+    fn mixed_products(&self) -> Precision {
+        match self.gpu.f16_products {
+            true => Precision::F16,
+            false => Precision::F32,
+        }
+    }
+
+    /// f32 ([`Backend::matmul`]) or, on a device with `SHADER_F16`, f16: both operands
+    /// rounded to binary16 as the kernel loads them, f32 products and sums.
+    fn matmul_reduced(
+        &self,
+        a: &GpuTensor,
+        b: &GpuTensor,
+        c: &mut GpuTensor,
+        spec: &MatmulSpec,
+        precision: Precision,
+    ) -> Result<(), Error> {
+        match precision.products() {
+            Precision::F32 => matmul::matmul(&self.gpu, a, b, c, spec, false),
+            Precision::F16 if self.gpu.f16_products => {
+                matmul::matmul(&self.gpu, a, b, c, spec, true)
+            }
+            Precision::F16 => Err(Error::Unsupported {
+                what: "f16 products on this adapter (it lacks SHADER_F16)",
+            }),
+            _ => Err(Error::Unsupported {
+                what: "bf16 or int8 products on the wgpu backend",
+            }),
+        }
     }
 
     fn add_assign(&self, x: &mut GpuTensor, y: &GpuTensor) -> Result<(), Error> {

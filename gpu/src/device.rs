@@ -41,6 +41,15 @@ pub(crate) struct Gpu {
     pub(crate) errors: ErrorLog,
     /// Which tiled matmul kernel products use.
     pub(crate) matmul_tiles: TilePolicy,
+    /// Whether the device was opened with `SHADER_F16`, so that f16 products can run.
+    pub(crate) f16_products: bool,
+}
+
+/// Whether to ask for `SHADER_F16` where the adapter has it: `DEBERTA_WGPU_F16=off` opens the
+/// device without it (mixed precision then falls back to f32 products, as on an adapter
+/// without the feature); anything else, or nothing, asks.
+fn wants_f16() -> bool {
+    std::env::var("DEBERTA_WGPU_F16").as_deref() != Ok("off")
 }
 
 impl Gpu {
@@ -49,12 +58,16 @@ impl Gpu {
         let instance = instance();
         let adapter = select(&instance, choice)?;
         let summary = crate::adapter::summary(&adapter);
+        let features = match wants_f16() {
+            true => adapter.features() & wgpu::Features::SHADER_F16,
+            false => wgpu::Features::empty(),
+        };
         // Everything the adapter offers (workgroup memory, invocations, buffer sizes); should a
         // driver refuse its own maximum, WebGPU's defaults, which every adapter grants.
         let request = |required_limits: wgpu::Limits| {
             pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
                 label: Some("deberta"),
-                required_features: wgpu::Features::empty(),
+                required_features: features,
                 required_limits,
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -112,6 +125,7 @@ impl Gpu {
             absent_output,
             errors,
             matmul_tiles: TilePolicy::default(),
+            f16_products: features.contains(wgpu::Features::SHADER_F16),
         })
     }
 

@@ -33,6 +33,8 @@ pub(crate) const ATTN_MAX_HEAD_DIM: u32 = 64;
 pub(crate) enum Shader {
     Elementwise,
     Matmul,
+    /// `Matmul` with f16 operands (`enable f16;`: only on devices with `SHADER_F16`).
+    MatmulF16,
     LayerNorm,
     Softmax,
     RelativeScores,
@@ -47,11 +49,19 @@ pub(crate) enum Shader {
 
 impl Shader {
     /// The WGSL text (the random-number kernels get `philox.wgsl` prepended, the kernels that
-    /// reduce over a workgroup `row_reduce.wgsl`).
+    /// reduce over a workgroup `row_reduce.wgsl`, the matmuls the header that declares their
+    /// operand type).
     pub(crate) const fn source(self) -> &'static str {
         match self {
             Shader::Elementwise => include_str!("shaders/elementwise.wgsl"),
-            Shader::Matmul => include_str!("shaders/matmul.wgsl"),
+            Shader::Matmul => concat!(
+                include_str!("shaders/matmul_f32.wgsl"),
+                include_str!("shaders/matmul.wgsl")
+            ),
+            Shader::MatmulF16 => concat!(
+                include_str!("shaders/matmul_f16.wgsl"),
+                include_str!("shaders/matmul.wgsl")
+            ),
             Shader::LayerNorm => concat!(
                 include_str!("shaders/row_reduce.wgsl"),
                 include_str!("shaders/layer_norm.wgsl")
@@ -88,7 +98,7 @@ impl Shader {
         use crate::params::*;
         (match self {
             Shader::Elementwise => size_of::<ElementwiseParams>(),
-            Shader::Matmul => size_of::<MatmulParams>(),
+            Shader::Matmul | Shader::MatmulF16 => size_of::<MatmulParams>(),
             Shader::LayerNorm => size_of::<LayerNormParams>(),
             Shader::Softmax => size_of::<SoftmaxParams>(),
             Shader::RelativeScores => size_of::<RelativeParams>(),
@@ -172,6 +182,14 @@ kernels! {
     MatmulTiled128 => Matmul, "matmul_tiled", [W, R, R];
     /// One-thread-per-output matmul.
     MatmulSmall => Matmul, "matmul_small", [W, R, R];
+    /// `MatmulTiled32` with f16 operands.
+    MatmulTiled32F16 => MatmulF16, "matmul_tiled", [W, R, R];
+    /// `MatmulTiled64` with f16 operands.
+    MatmulTiled64F16 => MatmulF16, "matmul_tiled", [W, R, R];
+    /// `MatmulTiled128` with f16 operands.
+    MatmulTiled128F16 => MatmulF16, "matmul_tiled", [W, R, R];
+    /// `MatmulSmall` with f16 operands.
+    MatmulSmallF16 => MatmulF16, "matmul_small", [W, R, R];
     /// Split-K: `C = α·Σ slabs + β·C`: C, slabs.
     MatmulSumSplits => Matmul, "matmul_sum_splits", [W, R];
     /// LayerNorm forward: out, stats, x, γ, β.
@@ -216,10 +234,22 @@ impl Kernel {
     /// The values of the entry point's pipeline-overridable constants.
     pub(crate) const fn constants(self) -> &'static [(&'static str, f64)] {
         match self {
-            Kernel::MatmulTiled32 => &[("BLOCK", 2.0)],
-            Kernel::MatmulTiled64 => &[("BLOCK", 4.0)],
-            Kernel::MatmulTiled128 => &[("BLOCK", 8.0)],
+            Kernel::MatmulTiled32 | Kernel::MatmulTiled32F16 => &[("BLOCK", 2.0)],
+            Kernel::MatmulTiled64 | Kernel::MatmulTiled64F16 => &[("BLOCK", 4.0)],
+            Kernel::MatmulTiled128 | Kernel::MatmulTiled128F16 => &[("BLOCK", 8.0)],
             _ => &[],
+        }
+    }
+
+    /// The same product kernel with f16 operands (the kernel itself for kernels without such
+    /// a variant).
+    pub(crate) const fn with_f16_operands(self) -> Kernel {
+        match self {
+            Kernel::MatmulTiled32 => Kernel::MatmulTiled32F16,
+            Kernel::MatmulTiled64 => Kernel::MatmulTiled64F16,
+            Kernel::MatmulTiled128 => Kernel::MatmulTiled128F16,
+            Kernel::MatmulSmall => Kernel::MatmulSmallF16,
+            other => other,
         }
     }
 }
@@ -231,12 +261,13 @@ mod tests {
     fn parse(shader: Shader) -> (naga::Module, naga::valid::ModuleInfo) {
         let module = naga::front::wgsl::parse_str(shader.source())
             .unwrap_or_else(|e| panic!("{shader:?}: {}", e.emit_to_string(shader.source())));
-        let info = naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::empty(),
-        )
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{shader:?}: {}", e.emit_to_string(shader.source())));
+        let capabilities = match shader {
+            Shader::MatmulF16 => naga::valid::Capabilities::SHADER_FLOAT16,
+            _ => naga::valid::Capabilities::empty(),
+        };
+        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{shader:?}: {}", e.emit_to_string(shader.source())));
         (module, info)
     }
 
@@ -265,9 +296,13 @@ mod tests {
                     Shader::Loss,
                 ],
             ),
-            ("MATMUL_THREADS", MATMUL_THREADS, &[Shader::Matmul]),
-            ("TILE_K", TILE_K, &[Shader::Matmul]),
-            ("MAX_BLOCK", MAX_BLOCK, &[Shader::Matmul]),
+            (
+                "MATMUL_THREADS",
+                MATMUL_THREADS,
+                &[Shader::Matmul, Shader::MatmulF16],
+            ),
+            ("TILE_K", TILE_K, &[Shader::Matmul, Shader::MatmulF16]),
+            ("MAX_BLOCK", MAX_BLOCK, &[Shader::Matmul, Shader::MatmulF16]),
             ("SUM_ITEMS", SUM_ITEMS, &[Shader::Reduce]),
             ("PARAM_CHUNK_ROWS", PARAM_CHUNK_ROWS, &[Shader::LayerNorm]),
             ("ATTN_TILE", ATTN_TILE, &[Shader::FusedAttention]),

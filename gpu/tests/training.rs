@@ -1,6 +1,8 @@
 //! Training on the wgpu backend: a few steps of MLM training with dropout and the optimizer
 //! give the CPU's losses (dropout masks are identical, the rest agrees to rounding), and after
-//! the first steps no step creates a device buffer.
+//! the first steps no step creates a device buffer. Loss-scaled updates: gradients holding an
+//! infinity or a NaN skip the update bit for bit on the device; finite ones unscale to the CPU's
+//! update.
 
 mod common;
 
@@ -99,4 +101,111 @@ fn training_steps_match_the_cpu_and_reuse_every_buffer() {
         created[2], created[3],
         "a steady-state step created device buffers"
     );
+}
+
+/// Weights, moments and step count of an optimizer, on the host.
+type Snapshot = (Vec<Vec<f32>>, Vec<Vec<f32>>, u64);
+
+/// The [`Snapshot`] of an optimizer over `weights`.
+fn snapshot<B: Backend>(
+    backend: &B,
+    weights: &deberta_core::model::ParamStore<B::Tensor>,
+    optimizer: &Optimizer<B::Tensor>,
+) -> Snapshot {
+    let host = |t: &B::Tensor| {
+        let mut out = vec![0.0; backend.len(t)];
+        backend.download(t, &mut out).unwrap();
+        out
+    };
+    let params = optimizer.params.iter().map(|&id| host(weights.get(id)));
+    let moments = optimizer.m.iter().chain(&optimizer.v).map(host);
+    (params.collect(), moments.collect(), optimizer.step)
+}
+
+/// The loss-scaled update on the device: gradients holding an infinity or a NaN (summed into
+/// the per-parameter norms on the device and read back) skip the update — weights, moments
+/// and step count bit-identical — and finite ones, seeded with the loss scale 2¹⁴, give the
+/// CPU's unscaled update (the clip active) within rounding.
+#[test]
+fn loss_scaled_updates_skip_on_overflow_and_unscale_on_the_device() {
+    use deberta_core::model::{Init, ParamLayout};
+    let Some(gpu) = gpu() else { return };
+    let mut layout = ParamLayout::new();
+    let ids = [
+        layout.add("a.weight".into(), &[300], Init::Normal(0.5)),
+        layout.add("b.bias".into(), &[7, 5], Init::Normal(0.5)),
+    ];
+    let scale = 16384.0f32;
+    let gradient = |i: usize, n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|k| ((k * 7 + i) % 13) as f32 * 0.3 - 1.7)
+            .collect()
+    };
+    // One step on `backend` from gradients `scaled` × the loss's, with `poison` written into
+    // one element first; returns (applied, snapshot before, snapshot after).
+    fn step<B: Backend>(
+        backend: &B,
+        layout: &ParamLayout,
+        ids: &[deberta_core::model::ParamId],
+        gradient: impl Fn(usize, usize) -> Vec<f32>,
+        loss_scale: f32,
+        poison: Option<f32>,
+    ) -> (bool, Snapshot, Snapshot) {
+        let mut weights = layout.initialise(backend, 3).unwrap();
+        let mut grads = layout.zeros(backend).unwrap();
+        let mut optimizer = Optimizer::new(backend, layout, ids, OptimizerConfig::xadam()).unwrap();
+        // A first, clean update so that the moments and step are not zero.
+        for (i, &id) in ids.iter().enumerate() {
+            let n = layout.spec(id).numel();
+            let g: Vec<f32> = gradient(i, n).iter().map(|v| v * loss_scale).collect();
+            backend.write(grads.get_mut(id), 0, &g).unwrap();
+        }
+        assert!(
+            optimizer
+                .update_scaled(backend, &mut weights, &grads, |_| 1e-2, loss_scale)
+                .unwrap()
+        );
+        if let Some(poison) = poison {
+            backend.write(grads.get_mut(ids[1]), 3, &[poison]).unwrap();
+        }
+        let before = snapshot(backend, &weights, &optimizer);
+        let applied = optimizer
+            .update_scaled(backend, &mut weights, &grads, |_| 1e-2, loss_scale)
+            .unwrap();
+        (applied, before, snapshot(backend, &weights, &optimizer))
+    }
+    for poison in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+        let (applied, before, after) = step(gpu, &layout, &ids, gradient, scale, Some(poison));
+        assert!(!applied, "{poison}: the update was applied");
+        assert_eq!(before.2, after.2, "{poison}: step count");
+        let bits = |s: &Snapshot| -> Vec<u32> {
+            s.0.iter()
+                .chain(&s.1)
+                .flatten()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        assert_eq!(
+            bits(&before),
+            bits(&after),
+            "{poison}: weights or moments changed"
+        );
+    }
+    let (applied, _, gpu_after) = step(gpu, &layout, &ids, gradient, scale, None);
+    assert!(applied);
+    let (_, _, cpu_after) = step(&CpuBackend::new(), &layout, &ids, gradient, 1.0, None);
+    assert_eq!(gpu_after.2, cpu_after.2);
+    for (g, c) in gpu_after
+        .0
+        .iter()
+        .chain(&gpu_after.1)
+        .zip(cpu_after.0.iter().chain(&cpu_after.1))
+    {
+        for (x, y) in g.iter().zip(c) {
+            assert!(
+                (x - y).abs() <= 1e-5 * y.abs().max(1.0),
+                "gpu {x} vs cpu {y}"
+            );
+        }
+    }
 }

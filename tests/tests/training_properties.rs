@@ -4,11 +4,11 @@
 //! of data-parallel processes against gradient accumulation.
 
 use deberta_core::config::{PosAttType, RawConfig};
-use deberta_core::model::{BackwardContext, Dropout, HostBatch, MlmLayout, ParamStore};
+use deberta_core::model::{BackwardContext, Dropout, HostBatch, MlmLayout, ParamId, ParamStore};
 use deberta_core::random::RandomStream;
 use deberta_core::train::{
-    MicroBatch, OptimizerConfig, OptimizerKind, PairBatch, RtdPair, Schedule, Sharing, Trainer,
-    Workspace,
+    GradientReducer, LossScaler, MicroBatch, OptimizerConfig, OptimizerKind, PairBatch, RtdPair,
+    ScaledUpdate, Schedule, Sharing, Trainer, Workspace,
 };
 use deberta_core::{Backend, CpuBackend, ModelConfig};
 use deberta_host::distributed::{AllReduce, ExchangeStats};
@@ -661,5 +661,217 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+/// Dropout of both models at `step` (seed 9).
+fn pair_dropout(step: u32) -> Option<(Dropout, Dropout)> {
+    let d = |model| Dropout {
+        hidden: 0.1,
+        attention: 0.1,
+        seed: 9,
+        step,
+        model,
+    };
+    Some((d(0), d(1)))
+}
+
+/// Dynamic loss scaling with f32 products changes no bit of a run (the scale is a power of
+/// two and every gradient is linear in the loss's): five steps of both schedules with dropout
+/// give the unscaled run's losses, weights, moments and gradient norms, and no step is skipped.
+#[test]
+fn loss_scaling_with_f32_products_changes_no_bit() {
+    let case = case(7);
+    for schedule in [Schedule::Decoupled, Schedule::Joint] {
+        let (backend, pair, params, batch) = setup(&case, Sharing::Gdes, 2);
+        let run = |scaling: bool| {
+            let mut trainer = Trainer::new(
+                &backend,
+                pair.clone(),
+                params.clone(),
+                schedule,
+                50.0,
+                OptimizerConfig::xadam(),
+            )
+            .unwrap();
+            trainer.set_loss_scaling(scaling);
+            let losses: Vec<_> = (0..5)
+                .map(|step| {
+                    trainer
+                        .step(&backend, &batch, 1e-3, pair_dropout(step))
+                        .unwrap()
+                })
+                .collect();
+            (trainer, losses)
+        };
+        let ((plain, plain_losses), (scaled, scaled_losses)) = (run(false), run(true));
+        assert_eq!(plain_losses, scaled_losses, "{schedule:?}");
+        for (id, spec) in plain.pair.layout.iter() {
+            assert_eq!(
+                plain.params.get(id),
+                scaled.params.get(id),
+                "{schedule:?}: {}",
+                spec.name
+            );
+        }
+        for (a, b) in plain.optimizers.iter().zip(&scaled.optimizers) {
+            assert_eq!((a.step, &a.m, &a.v), (b.step, &b.m, &b.v), "{schedule:?}");
+            assert_eq!(
+                a.last_grad_norm(&backend).unwrap(),
+                b.last_grad_norm(&backend).unwrap()
+            );
+        }
+        assert!(plain.loss_scalers().is_empty());
+        assert_eq!(scaled.loss_scalers().len(), plain.optimizers.len());
+        for scaler in scaled.loss_scalers() {
+            assert_eq!(
+                (scaler.scale(), scaler.clean_steps(), scaler.skipped_steps()),
+                (LossScaler::INITIAL_SCALE, 5, 0)
+            );
+        }
+    }
+}
+
+/// Sums nothing (one process of a pretend two) but writes an infinity into the gradient of
+/// `param` on the `at`-th phase that produces it: an overflow injected into one gradient.
+struct InjectInfinity {
+    param: ParamId,
+    at: usize,
+    seen: usize,
+}
+
+impl GradientReducer<CpuBackend> for InjectInfinity {
+    fn ready(
+        &mut self,
+        _: &CpuBackend,
+        _: &Params,
+        _: &[ParamId],
+    ) -> Result<(), deberta_core::Error> {
+        Ok(())
+    }
+
+    fn finish(
+        &mut self,
+        backend: &CpuBackend,
+        grads: &mut Params,
+        ids: &[ParamId],
+    ) -> Result<(), deberta_core::Error> {
+        if ids.contains(&self.param) {
+            self.seen += 1;
+            if self.seen == self.at {
+                backend.write(grads.get_mut(self.param), 0, &[f32::INFINITY])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An infinity in one discriminator gradient at step 2 skips that update — the
+/// discriminator's weights, moments and step count stay as step 1 left them, bit for bit — and
+/// halves the discriminator's loss scale, while the generator (decoupled: its own scaler)
+/// steps as without the infinity; under the joint schedule the whole update is skipped. The
+/// next step runs at the halved scale.
+#[test]
+fn an_overflow_skips_the_update_and_halves_the_scale() {
+    let case = case(11);
+    for schedule in [Schedule::Decoupled, Schedule::Joint] {
+        let (backend, pair, params, batch) = setup(&case, Sharing::Gdes, 4);
+        let target = pair.discriminator_params()[0];
+        let trainer = |at: usize| {
+            let mut trainer = Trainer::new(
+                &backend,
+                pair.clone(),
+                params.clone(),
+                schedule,
+                50.0,
+                OptimizerConfig::xadam(),
+            )
+            .unwrap();
+            trainer.set_loss_scaling(true);
+            trainer.set_reducer(Box::new(InjectInfinity {
+                param: target,
+                at,
+                seen: 0,
+            }));
+            trainer
+        };
+        // One micro-batch of a pretend two-process step: the reducer runs.
+        let micro = MicroBatch {
+            index: 0,
+            count: 1,
+            total: 2,
+        };
+        let step = |trainer: &mut Trainer<CpuBackend>| {
+            trainer
+                .generator_phase(&backend, &batch.generator, 1e-3, None, None, micro)
+                .unwrap();
+            trainer
+                .discriminator_phase(&backend, &batch.discriminator, 1e-3, None, None, micro)
+                .unwrap();
+        };
+        let (mut clean, mut injected) = (trainer(usize::MAX), trainer(2));
+        step(&mut clean);
+        step(&mut injected);
+        let before = injected.params.clone();
+        let state = |t: &Trainer<CpuBackend>| {
+            t.optimizers
+                .iter()
+                .map(|o| (o.step, o.m.clone(), o.v.clone()))
+                .collect::<Vec<_>>()
+        };
+        let state_before = state(&injected);
+        step(&mut clean);
+        step(&mut injected);
+        let last = injected.optimizers.len() - 1;
+        let scaler = injected.loss_scalers()[last];
+        assert_eq!(
+            (scaler.scale(), scaler.clean_steps(), scaler.skipped_steps()),
+            (LossScaler::INITIAL_SCALE / 2.0, 0, 1),
+            "{schedule:?}"
+        );
+        assert_eq!(
+            scaler.last(),
+            Some(ScaledUpdate {
+                scale: LossScaler::INITIAL_SCALE,
+                skipped: true
+            })
+        );
+        assert_eq!(state(&injected)[last], state_before[last], "{schedule:?}");
+        assert!(
+            !injected.optimizers[last]
+                .last_grad_norm(&backend)
+                .unwrap()
+                .is_finite()
+        );
+        for (id, spec) in injected.pair.layout.iter() {
+            let in_skipped_update = injected.optimizers[last].params.contains(&id);
+            let expected = if in_skipped_update {
+                before.get(id)
+            } else {
+                clean.params.get(id)
+            };
+            assert_eq!(
+                injected.params.get(id),
+                expected,
+                "{schedule:?}: {}",
+                spec.name
+            );
+        }
+        if schedule == Schedule::Decoupled {
+            let generator = injected.loss_scalers()[0];
+            assert_eq!((generator.scale(), generator.clean_steps()), (16384.0, 2));
+            assert_eq!(state(&injected)[0], state(&clean)[0]);
+        }
+        // The next step applies at the halved scale.
+        step(&mut injected);
+        let scaler = injected.loss_scalers()[last];
+        assert_eq!(
+            scaler.last(),
+            Some(ScaledUpdate {
+                scale: LossScaler::INITIAL_SCALE / 2.0,
+                skipped: false
+            })
+        );
+        assert_eq!(injected.optimizers[last].step, 2);
     }
 }

@@ -14,8 +14,8 @@
 //!   `[heads, N, R]`.
 
 use super::Backend;
-use crate::Error;
 use crate::kernels::{MatmulSpec, MatrixLayout, RelativeScoresSpec, SoftmaxSpec, product, require};
+use crate::{Error, Precision};
 
 /// Shape of a disentangled attention over `batch` sequences of `len` tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -198,11 +198,24 @@ pub fn attention_probabilities<B: Backend + ?Sized>(
     buffers: AttentionBuffers<'_, B::Tensor>,
     spec: AttentionSpec,
 ) -> Result<(), Error> {
+    attention_probabilities_at(backend, ops, buffers, spec, Precision::F32)
+}
+
+/// [`attention_probabilities`] with its products (scores and relative tables) at `products`
+/// ([`Backend::matmul_reduced`]; the softmax stays f32): the attention of mixed-precision
+/// training.
+pub fn attention_probabilities_at<B: Backend + ?Sized>(
+    backend: &B,
+    ops: &AttentionOperands<'_, B>,
+    buffers: AttentionBuffers<'_, B::Tensor>,
+    spec: AttentionSpec,
+    products: Precision,
+) -> Result<(), Error> {
     let AttentionBuffers { probs, c2p, p2c } = buffers;
     let (len, d, heads, n) = (spec.len, spec.head_dim, spec.heads, spec.tokens());
     let head = spec.head_layout();
     // Content-to-content: Q·Kᵀ/s.
-    backend.matmul(
+    backend.matmul_reduced(
         ops.query,
         ops.key,
         probs,
@@ -217,6 +230,7 @@ pub fn attention_probabilities<B: Backend + ?Sized>(
             alpha: 1.0 / spec.scale,
             beta: 0.0,
         },
+        products,
     )?;
     if ops.pos_key.is_some() || ops.pos_query.is_some() {
         let index = ops.index.ok_or(Error::Missing {
@@ -245,7 +259,7 @@ pub fn attention_probabilities<B: Backend + ?Sized>(
                 let table = c2p.ok_or(Error::Missing {
                     what: "c2p table buffer",
                 })?;
-                backend.matmul(ops.query, kr, table, &table_spec)?;
+                backend.matmul_reduced(ops.query, kr, table, &table_spec, products)?;
                 Some(&*table)
             }
             None => None,
@@ -255,7 +269,7 @@ pub fn attention_probabilities<B: Backend + ?Sized>(
                 let table = p2c.ok_or(Error::Missing {
                     what: "p2c table buffer",
                 })?;
-                backend.matmul(ops.key, qr, table, &table_spec)?;
+                backend.matmul_reduced(ops.key, qr, table, &table_spec, products)?;
                 Some(&*table)
             }
             None => None,
@@ -273,8 +287,20 @@ pub fn attention_context<B: Backend + ?Sized>(
     context: &mut B::Tensor,
     spec: AttentionSpec,
 ) -> Result<(), Error> {
+    attention_context_at(backend, probs, value, context, spec, Precision::F32)
+}
+
+/// [`attention_context`] with the product at `products` ([`Backend::matmul_reduced`]).
+pub fn attention_context_at<B: Backend + ?Sized>(
+    backend: &B,
+    probs: &B::Tensor,
+    value: &B::Tensor,
+    context: &mut B::Tensor,
+    spec: AttentionSpec,
+    products: Precision,
+) -> Result<(), Error> {
     let head = spec.head_layout();
-    backend.matmul(
+    backend.matmul_reduced(
         probs,
         value,
         context,
@@ -289,6 +315,7 @@ pub fn attention_context<B: Backend + ?Sized>(
             alpha: 1.0,
             beta: 0.0,
         },
+        products,
     )
 }
 

@@ -134,6 +134,11 @@ impl Backend for CpuBackend {
         kernels::PackedWeight::new(weight, output, input, precision)
     }
 
+    /// bf16: the CPU's narrower training products (AVX-512 BF16 or AMX where available).
+    fn mixed_products(&self) -> crate::Precision {
+        crate::Precision::Bf16
+    }
+
     fn matmul_reduced(
         &self,
         a: &Vec<f32>,
@@ -147,7 +152,7 @@ impl Backend for CpuBackend {
             crate::Precision::Bf16 => {}
             _ => {
                 return Err(Error::Unsupported {
-                    what: "int8 products outside the Linear layers",
+                    what: "this product format in a general matmul on the CPU (f32 or bf16)",
                 });
             }
         }

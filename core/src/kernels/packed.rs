@@ -816,7 +816,7 @@ pub fn packed_kernel_name(precision: Precision) -> Option<&'static str> {
         }),
         Precision::Int8 if vnni_hardware() => Some("avx512_vnni"),
         Precision::Int8 => Some("int32-widened"),
-        Precision::Bf16Mixed => None,
+        Precision::Bf16Mixed | Precision::Mixed | Precision::F16 => None,
     }
 }
 

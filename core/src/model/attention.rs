@@ -17,8 +17,8 @@ use super::dropout::{Dropout, Site, maybe_dropout};
 use super::modules::Linear;
 use super::params::{ParamLayout, ParamStore};
 use crate::backend::{
-    AttentionBuffers, AttentionOperands, AttentionSpec, Backend, attention_context,
-    attention_probabilities,
+    AttentionBuffers, AttentionOperands, AttentionSpec, Backend, attention_context_at,
+    attention_probabilities_at,
 };
 use crate::kernels::{MatmulSpec, MatrixLayout};
 use crate::{Error, ModelConfig};
@@ -275,7 +275,13 @@ impl DisentangledSelfAttention {
             let mut out = backend.zeros(rows * self.width())?;
             let mut spec = MatmulSpec::linear(rows, linear.input, linear.output);
             spec.a = spec.a.at(first_row * linear.input);
-            backend.matmul(rel, params.get(linear.weight), &mut out, &spec)?;
+            backend.matmul_reduced(
+                rel,
+                params.get(linear.weight),
+                &mut out,
+                &spec,
+                params.products(),
+            )?;
             if let Some(bias) = linear.bias {
                 backend.add_bias(&mut out, params.get(bias), linear.output)?;
             }
@@ -330,6 +336,7 @@ impl DisentangledSelfAttention {
         drel: &mut B::Tensor,
     ) -> Result<(), Error> {
         let (backend, params) = (ctx.backend, ctx.params);
+        let products = params.products();
         let pairs = [
             (self.key_position(), dprojection.keys.as_ref()),
             (self.query_position(), dprojection.queries.as_ref()),
@@ -338,7 +345,7 @@ impl DisentangledSelfAttention {
             let Some(dy) = dy else { continue };
             let (input, output) = (linear.input, linear.output);
             // dW += dyᵀ · rel[rows]
-            backend.matmul(
+            backend.matmul_reduced(
                 dy,
                 rel,
                 ctx.grads.get_mut(linear.weight),
@@ -349,12 +356,13 @@ impl DisentangledSelfAttention {
                     beta: 1.0,
                     ..MatmulSpec::dense(output, input, rows)
                 },
+                products,
             )?;
             if let Some(bias) = linear.bias {
                 backend.sum_rows(dy, ctx.grads.get_mut(bias), output, true)?;
             }
             // drel[rows] += dy · W
-            backend.matmul(
+            backend.matmul_reduced(
                 dy,
                 params.get(linear.weight),
                 drel,
@@ -363,6 +371,7 @@ impl DisentangledSelfAttention {
                     beta: 1.0,
                     ..MatmulSpec::dense(rows, input, output)
                 },
+                products,
             )?;
         }
         Ok(())
@@ -494,7 +503,8 @@ impl DisentangledSelfAttention {
         if !input.keep_probs && input.dropout.is_none() {
             return backend.fused_attention(ops, buffers, &mut acts.context, spec);
         }
-        attention_probabilities(backend, &ops, buffers, spec)?;
+        let products = params.products();
+        attention_probabilities_at(backend, &ops, buffers, spec, products)?;
         let applied = match (input.dropout, acts.probs_dropped.as_mut()) {
             (Some(dropout), Some(dropped)) => {
                 backend.copy(&acts.probs, 0, dropped, 0, spec.scores())?;
@@ -503,7 +513,14 @@ impl DisentangledSelfAttention {
             }
             _ => &acts.probs,
         };
-        attention_context(backend, applied, &acts.value, &mut acts.context, spec)
+        attention_context_at(
+            backend,
+            applied,
+            &acts.value,
+            &mut acts.context,
+            spec,
+            products,
+        )
     }
 
     /// Backward from `dcontext`: adds to the parameter gradients and to the input gradients
@@ -523,6 +540,11 @@ impl DisentangledSelfAttention {
             dprojection,
         } = dinput;
         let backend = ctx.backend;
+        // The products run at the store's format (f16 in mixed-precision training on wgpu).
+        let products = ctx.params.products();
+        let matmul = |a: &B::Tensor, b: &B::Tensor, c: &mut B::Tensor, spec: &MatmulSpec| {
+            backend.matmul_reduced(a, b, c, spec, products)
+        };
         let batch = input.batch;
         let (bsz, len, n) = (batch.batch, batch.len, batch.tokens());
         let (heads, d) = (self.heads, self.head_dim);
@@ -534,7 +556,7 @@ impl DisentangledSelfAttention {
             _ => &acts.probs,
         };
         // dP = dctx · Vᵀ ; dV = P_appliedᵀ · dctx
-        backend.matmul(
+        matmul(
             dcontext,
             &acts.value,
             &mut scratch.dscores,
@@ -550,7 +572,7 @@ impl DisentangledSelfAttention {
                 beta: 0.0,
             },
         )?;
-        backend.matmul(
+        matmul(
             applied,
             dcontext,
             &mut scratch.dvalue,
@@ -591,13 +613,13 @@ impl DisentangledSelfAttention {
             alpha: 1.0 / self.scale,
             beta: 0.0,
         };
-        backend.matmul(
+        matmul(
             &scratch.dscores,
             &acts.key,
             &mut scratch.dquery,
             &content(square),
         )?;
-        backend.matmul(
+        matmul(
             &scratch.dscores,
             &acts.query,
             &mut scratch.dkey,
@@ -660,8 +682,8 @@ impl DisentangledSelfAttention {
                     .keys
                     .as_mut()
                     .ok_or(Error::Missing { what: "dKr" })?;
-                backend.matmul(dtable, kr, &mut scratch.dquery, &into_content)?;
-                backend.matmul(dtable, &acts.query, dkr, &into_projection)?;
+                matmul(dtable, kr, &mut scratch.dquery, &into_content)?;
+                matmul(dtable, &acts.query, dkr, &into_projection)?;
             }
             if self.p2c {
                 let dtable = scratch.dp2c.as_ref().ok_or(Error::Missing {
@@ -675,8 +697,8 @@ impl DisentangledSelfAttention {
                     .queries
                     .as_mut()
                     .ok_or(Error::Missing { what: "dQr" })?;
-                backend.matmul(dtable, qr, &mut scratch.dkey, &into_content)?;
-                backend.matmul(dtable, &acts.key, dqr, &into_projection)?;
+                matmul(dtable, qr, &mut scratch.dkey, &into_content)?;
+                matmul(dtable, &acts.key, dqr, &into_projection)?;
             }
         }
         self.query.backward(

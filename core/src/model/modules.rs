@@ -6,9 +6,9 @@ use alloc::format;
 
 use super::context::BackwardContext;
 use super::params::{Init, ParamId, ParamLayout, ParamStore};
+use crate::Error;
 use crate::backend::{Backend, LayerNormGrads};
 use crate::kernels::{LayerNormSpec, MatmulSpec, MatrixLayout, PackedWeight};
-use crate::{Error, Precision};
 
 /// `y = x·Wᵀ (+ b)` with `W` `[output, input]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -49,7 +49,8 @@ impl Linear {
     }
 
     /// `out[rows, output] = x[rows, input]·Wᵀ + b`, through the weight's packed copy when
-    /// the store holds one ([`ParamStore::pack`]), else in f32.
+    /// the store holds one ([`ParamStore::pack`]), else at the store's
+    /// [`ParamStore::products`] format (f32 unless set).
     pub fn forward<B: Backend>(
         &self,
         backend: &B,
@@ -62,7 +63,13 @@ impl Linear {
             Some(packed) => backend.matmul_packed(x, packed, out, rows)?,
             None => {
                 let spec = MatmulSpec::linear(rows, self.input, self.output);
-                backend.matmul(x, params.get(self.weight), out, &spec)?;
+                backend.matmul_reduced(
+                    x,
+                    params.get(self.weight),
+                    out,
+                    &spec,
+                    params.products(),
+                )?;
             }
         }
         if let Some(bias) = self.bias {
@@ -73,7 +80,9 @@ impl Linear {
 
     /// Adds `∂L/∂W = dyᵀ·x`, `∂L/∂b = Σ dy` to `ctx.grads` and, when `dx` is given,
     /// `∂L/∂x = dy·W` to `dx`. The two products run at the precision of the weight's packed
-    /// copy when it has one (bf16-mixed training: bf16 operands, f32 sums), else in f32.
+    /// copy when it has one (bf16-mixed training: bf16 operands, f32 sums), else at the
+    /// store's [`ParamStore::products`] format (f32 unless set; f16 in mixed training on
+    /// wgpu).
     pub fn backward<B: Backend>(
         &self,
         ctx: &mut BackwardContext<'_, B>,
@@ -85,7 +94,7 @@ impl Linear {
         let (backend, params) = (ctx.backend, ctx.params);
         let precision = params
             .packed(self.weight)
-            .map_or(Precision::F32, PackedWeight::precision);
+            .map_or(params.products(), PackedWeight::precision);
         backend.matmul_reduced(
             dy,
             x,

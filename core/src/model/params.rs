@@ -129,7 +129,11 @@ impl ParamLayout {
             .map(|(id, spec)| make(id, spec))
             .collect::<Result<Vec<T>, Error>>()?;
         let packed = tensors.iter().map(|_| None).collect();
-        Ok(ParamStore { tensors, packed })
+        Ok(ParamStore {
+            tensors,
+            packed,
+            products: Precision::F32,
+        })
     }
 
     /// A store of zero tensors (gradient buffers).
@@ -180,10 +184,13 @@ fn name_hash(name: &str) -> u32 {
 /// A store of weights may also hold reduced-precision copies of its `Linear` weights
 /// ([`ParamStore::pack`]), which `Linear::forward` multiplies instead of the f32 tensors. Any
 /// mutable access to a parameter drops its copy, so a copy never outlives the values it was
-/// made from.
+/// made from. A weight without a copy is multiplied at the store's
+/// [`ParamStore::products`] format (f32 unless set: formats without a packed layout, such as
+/// wgpu's f16, convert the f32 weight as the kernel loads it).
 pub struct ParamStore<T> {
     tensors: Vec<T>,
     packed: Vec<Option<PackedWeight>>,
+    products: Precision,
 }
 
 impl<T> ParamStore<T> {
@@ -201,6 +208,18 @@ impl<T> ParamStore<T> {
     /// The reduced-precision copy of a parameter made by [`ParamStore::pack`], if any.
     pub fn packed(&self, id: ParamId) -> Option<&PackedWeight> {
         self.packed[id.0].as_ref()
+    }
+
+    /// The number format of the `Linear` products of weights without a packed copy
+    /// ([`Backend::matmul_reduced`]; [`Precision::F32`] unless set).
+    pub fn products(&self) -> Precision {
+        self.products
+    }
+
+    /// Multiplies the `Linear` weights without a packed copy at `products` (a format
+    /// [`Backend::matmul_reduced`] takes): how a trainer asks for f16 products on wgpu.
+    pub fn set_products(&mut self, products: Precision) {
+        self.products = products;
     }
 
     /// Converts every `Linear` weight of `layout` once for products at `precision` (through

@@ -2,6 +2,7 @@
 //! pretraining with its three embedding-sharing modes, the optimizers and the learning-rate
 //! schedule (SPEC §5–§7).
 
+pub mod loss_scale;
 pub mod mlm;
 pub mod optim;
 pub mod pair;
@@ -9,6 +10,7 @@ pub mod schedule;
 pub mod trainer;
 pub mod workspace;
 
+pub use loss_scale::{LossScaler, ScaledUpdate};
 pub use mlm::{GeneratorBatch, MlmTargets, Sampler, mlm_step};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
 pub use pair::{DiscriminatorBatch, Losses, PairBatch, RtdPair, Sharing};

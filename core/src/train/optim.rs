@@ -73,6 +73,8 @@ pub struct Optimizer<T> {
     pub step: u64,
     /// `Σ g²` per parameter of the last update.
     norms: T,
+    /// The loss scale of the gradients `norms` measured (1 without loss scaling).
+    measured_scale: f32,
 }
 
 impl<T> Optimizer<T> {
@@ -95,6 +97,7 @@ impl<T> Optimizer<T> {
             v: params.iter().map(zeros).collect::<Result<_, _>>()?,
             step: 0,
             norms: backend.zeros(params.len().max(1))?,
+            measured_scale: 1.0,
         })
     }
 
@@ -122,9 +125,57 @@ impl<T> Optimizer<T> {
         grads: &ParamStore<T>,
         lr: impl Fn(ParamId) -> f32,
     ) -> Result<(), Error> {
+        self.measure(backend, grads, 1.0)?;
+        self.apply(backend, weights, grads, lr, 1.0)
+    }
+
+    /// [`Self::update_each`] of gradients seeded with the loss scale `loss_scale` (a power of
+    /// two; see [`super::LossScaler`]): when every gradient is finite, the update of the
+    /// unscaled gradients (divided by `loss_scale` inside the update, the clipping threshold
+    /// multiplied by it, so that clipping sees the true norm) and `true`; otherwise `false`
+    /// and nothing changes (weights, moments and step count), only the norms
+    /// [`Self::last_grad_norm`] reads. Reads the per-parameter squared norms back to decide.
+    pub fn update_scaled<B: Backend<Tensor = T>>(
+        &mut self,
+        backend: &B,
+        weights: &mut ParamStore<T>,
+        grads: &ParamStore<T>,
+        lr: impl Fn(ParamId) -> f32,
+        loss_scale: f32,
+    ) -> Result<bool, Error> {
+        self.measure(backend, grads, loss_scale)?;
+        let mut norms = alloc::vec![0.0f32; self.params.len()];
+        backend.download(&self.norms, &mut norms)?;
+        if !norms.iter().all(|v| v.is_finite()) {
+            return Ok(false);
+        }
+        self.apply(backend, weights, grads, lr, loss_scale)?;
+        Ok(true)
+    }
+
+    /// `Σ g²` of every parameter's gradient (`loss_scale` times the loss's) into the norms.
+    fn measure<B: Backend<Tensor = T>>(
+        &mut self,
+        backend: &B,
+        grads: &ParamStore<T>,
+        loss_scale: f32,
+    ) -> Result<(), Error> {
+        self.measured_scale = loss_scale;
         for (i, id) in self.params.iter().enumerate() {
             backend.sum_of_squares(grads.get(*id), &mut self.norms, i)?;
         }
+        Ok(())
+    }
+
+    /// One update from gradients `loss_scale` times the loss's, their norms measured.
+    fn apply<B: Backend<Tensor = T>>(
+        &mut self,
+        backend: &B,
+        weights: &mut ParamStore<T>,
+        grads: &ParamStore<T>,
+        lr: impl Fn(ParamId) -> f32,
+        loss_scale: f32,
+    ) -> Result<(), Error> {
         self.step += 1;
         for (i, id) in self.params.iter().enumerate() {
             let spec = AdamSpec {
@@ -141,11 +192,11 @@ impl<T> Optimizer<T> {
                     OptimizerKind::XAdam => None,
                     OptimizerKind::AdamW => Some(self.step),
                 },
-                grad_scale: 1.0,
+                grad_scale: 1.0 / loss_scale,
             };
             let clip = self.config.max_grad_norm.map(|max_norm| Clip {
                 squared_norms: &self.norms,
-                max_norm,
+                max_norm: max_norm * loss_scale,
             });
             backend.adam_update(
                 weights.get_mut(*id),
@@ -158,11 +209,13 @@ impl<T> Optimizer<T> {
         Ok(())
     }
 
-    /// The global gradient norm of the last update (before clipping); reads the device.
+    /// The global gradient norm of the last update (before clipping, unscaled under loss
+    /// scaling; not finite after a skipped one); reads the device.
     pub fn last_grad_norm<B: Backend<Tensor = T>>(&self, backend: &B) -> Result<f32, Error> {
         let mut norms = alloc::vec![0.0f32; self.params.len()];
         backend.download(&self.norms, &mut norms)?;
-        Ok(libm::sqrt(norms.iter().map(|&v| f64::from(v)).sum::<f64>()) as f32)
+        let norm = libm::sqrt(norms.iter().map(|&v| f64::from(v)).sum::<f64>());
+        Ok((norm / f64::from(self.measured_scale)) as f32)
     }
 
     /// The state as named host tensors: `m.<param>` and `v.<param>` (the step is separate).

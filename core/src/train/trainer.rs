@@ -20,6 +20,7 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
+use super::loss_scale::LossScaler;
 use super::mlm::GeneratorBatch;
 use super::mlm::Sampler;
 use super::optim::{Optimizer, OptimizerConfig};
@@ -64,8 +65,12 @@ pub struct Trainer<B: Backend> {
     accumulated: Option<[ParamStore<B::Tensor>; 2]>,
     /// Sums the gradients over the processes of a data-parallel run (`None`: one process).
     reducer: Option<Box<dyn GradientReducer<B>>>,
-    /// The number format of the products ([`Precision::TRAINING`]).
+    /// The training precision ([`Precision::TRAINING`]).
     precision: Precision,
+    /// The format of its `Linear` products on this backend.
+    products: Precision,
+    /// One loss scaler per optimizer under [`Precision::Mixed`], none otherwise.
+    scalers: Vec<LossScaler>,
 }
 
 /// Sums gradients over the processes of a data-parallel run.
@@ -240,6 +245,8 @@ impl<B: Backend> Trainer<B> {
             accumulated: None,
             reducer: None,
             precision: Precision::F32,
+            products: Precision::F32,
+            scalers: Vec::new(),
         })
     }
 
@@ -250,35 +257,118 @@ impl<B: Backend> Trainer<B> {
         self.reducer = Some(reducer);
     }
 
-    /// Trains with the products at `precision` ([`Precision::F32`] or
-    /// [`Precision::Bf16Mixed`]: f32 master weights, optimizer state and gradients, the
-    /// `Linear` products in bf16 with each weight's bf16 copy made again after its update).
-    pub fn set_precision(&mut self, precision: Precision) -> Result<(), Error> {
+    /// Trains at `precision` ([`Precision::TRAINING`]): [`Precision::F32`];
+    /// [`Precision::Bf16Mixed`] (f32 master weights, optimizer state and gradients, the
+    /// `Linear` products in bf16 with each weight's bf16 copy made again after its update); or
+    /// [`Precision::Mixed`], the `Linear` products at `backend`'s
+    /// [`Backend::mixed_products`] with dynamic loss scaling (fresh [`LossScaler`]s, one per
+    /// optimizer; f16 products convert the f32 weights as the kernel loads them, so they need
+    /// no copies).
+    pub fn set_precision(&mut self, backend: &B, precision: Precision) -> Result<(), Error> {
         if !Precision::TRAINING.contains(&precision) {
             return Err(Error::Unsupported {
-                what: "this precision in training (f32 or bf16-mixed)",
+                what: "this precision in training (f32, mixed or bf16-mixed)",
             });
         }
         self.precision = precision;
-        if precision == Precision::F32 {
-            self.params.unpack();
-        }
+        self.products = match precision {
+            Precision::Mixed => backend.mixed_products(),
+            other => other.products(),
+        };
+        self.params.unpack();
+        // Formats with a packed layout multiply the copies `refresh_copies` makes (weights
+        // without one, between an update and the next phase, stay f32 as before); the others
+        // convert the f32 weights in the product.
+        self.params.set_products(match self.packs() {
+            true => Precision::F32,
+            false => self.products,
+        });
+        self.set_loss_scaling(precision.scales_loss());
         Ok(())
     }
 
-    /// The number format of the products.
+    /// Turns dynamic loss scaling on (fresh [`LossScaler`]s, one per optimizer) or off, at any
+    /// product format: what [`Trainer::set_precision`] does for [`Precision::Mixed`] (on) and
+    /// the others (off). With f32 products it changes no bit of a run whose scaled gradients
+    /// stay finite (the scale is a power of two).
+    pub fn set_loss_scaling(&mut self, on: bool) {
+        self.scalers = match on {
+            true => alloc::vec![LossScaler::new(); self.optimizers.len()],
+            false => Vec::new(),
+        };
+    }
+
+    /// The training precision.
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// The format of the `Linear` products on this backend ([`Precision::F32`] for
+    /// [`Precision::Mixed`] on a backend without narrower products: f32 products, the loss
+    /// scaler still on).
+    pub fn products(&self) -> Precision {
+        self.products
+    }
+
+    /// The loss scalers, one per optimizer (`[generator, discriminator]` under the decoupled
+    /// schedule), under [`Precision::Mixed`]; empty otherwise.
+    pub fn loss_scalers(&self) -> &[LossScaler] {
+        &self.scalers
+    }
+
+    /// Replaces the loss scalers with saved ones (a resumed run): as many as
+    /// [`Trainer::loss_scalers`] holds.
+    pub fn restore_loss_scalers(&mut self, scalers: &[LossScaler]) -> Result<(), Error> {
+        if scalers.len() != self.scalers.len() {
+            return Err(Error::ShapeMismatch {
+                what: "loss scalers (one per optimizer under mixed precision)",
+                expected: self.scalers.len(),
+                found: scalers.len(),
+            });
+        }
+        self.scalers = scalers.to_vec();
+        Ok(())
+    }
+
+    /// The loss scale of optimizer `i`'s gradients (1 without loss scaling).
+    fn loss_scale(&self, i: usize) -> f32 {
+        self.scalers.get(i).map_or(1.0, LossScaler::scale)
+    }
+
+    /// Updates with optimizer `i` (parameter `id` at rate `lr(id)`); under loss scaling, skips
+    /// the update when its gradients overflowed, and tells the scaler.
+    fn update(&mut self, backend: &B, i: usize, lr: impl Fn(ParamId) -> f32) -> Result<(), Error> {
+        let optimizer = &mut self.optimizers[i];
+        match self.scalers.get_mut(i) {
+            None => optimizer.update_each(backend, &mut self.params, &self.grads, lr),
+            Some(scaler) => {
+                let applied = optimizer.update_scaled(
+                    backend,
+                    &mut self.params,
+                    &self.grads,
+                    lr,
+                    scaler.scale(),
+                )?;
+                scaler.record(applied);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the products multiply packed copies of the weights (bf16 and int8 have a packed
+    /// layout; f16 converts the f32 weights as the kernel loads them).
+    fn packs(&self) -> bool {
+        matches!(self.products, Precision::Bf16 | Precision::Int8)
     }
 
     /// Makes the reduced-precision copies the passes multiply: those of weights new or
     /// updated since their copy (nothing in f32).
     fn refresh_copies(&mut self, backend: &B) -> Result<(), Error> {
-        if self.precision == Precision::F32 {
+        if !self.packs() {
             return Ok(());
         }
         self.params
-            .pack_missing(backend, &self.pair.layout, self.precision)
+            .pack_missing(backend, &self.pair.layout, self.products)
     }
 
     fn zero(&mut self, backend: &B, ids: &[ParamId]) -> Result<(), Error> {
@@ -426,15 +516,17 @@ impl<B: Backend> Trainer<B> {
                 self.zero(backend, &discriminator_params)?;
             }
         }
+        // Exact: the loss scale is a power of two.
+        let scale = micro.scale() * self.loss_scale(0);
         let (loss, handed) =
             self.backward_phase(backend, 0, &generator_params, micro, |pair, ctx, ws| {
-                pair.generator_step(ctx, batch, dropout, micro.scale(), &mut ws[0], sampler)
+                pair.generator_step(ctx, batch, dropout, scale, &mut ws[0], sampler)
             })?;
         if micro.summed() {
             self.accumulate(backend, 0, &generator_params, micro, &handed)?;
         }
         if self.schedule == Schedule::Decoupled && micro.last() {
-            self.optimizers[0].update(backend, &mut self.params, &self.grads, lr)?;
+            self.update(backend, 0, |_| lr)?;
         }
         self.generator_lr = lr;
         Ok(loss)
@@ -464,7 +556,11 @@ impl<B: Backend> Trainer<B> {
         if micro.summed() || (self.schedule == Schedule::Decoupled && micro.first()) {
             self.zero(backend, &phase_params)?;
         }
-        let weight = self.rtd_weight * micro.scale();
+        let optimizer = match self.schedule {
+            Schedule::Decoupled => 1,
+            Schedule::Joint => 0,
+        };
+        let weight = self.rtd_weight * micro.scale() * self.loss_scale(optimizer);
         let (loss, handed) =
             self.backward_phase(backend, 1, &phase_params, micro, |pair, ctx, ws| {
                 pair.discriminator_step(ctx, batch, weight, dropout, &mut ws[1], logits)
@@ -474,24 +570,17 @@ impl<B: Backend> Trainer<B> {
         }
         if micro.last() {
             match self.schedule {
-                Schedule::Decoupled => {
-                    self.optimizers[1].update(backend, &mut self.params, &self.grads, lr)?
-                }
+                Schedule::Decoupled => self.update(backend, 1, |_| lr)?,
                 Schedule::Joint => {
-                    let generator = self.pair.generator_params();
+                    let generator = self.pair.generator_params().to_vec();
                     let generator_lr = self.generator_lr;
-                    self.optimizers[0].update_each(
-                        backend,
-                        &mut self.params,
-                        &self.grads,
-                        |id| {
-                            if generator.contains(&id) {
-                                generator_lr
-                            } else {
-                                lr
-                            }
-                        },
-                    )?
+                    self.update(backend, 0, |id| {
+                        if generator.contains(&id) {
+                            generator_lr
+                        } else {
+                            lr
+                        }
+                    })?
                 }
             }
         }

@@ -178,13 +178,15 @@ fn layout_words(
     ])
 }
 
-/// `C = α·A·B + β·C` per batch entry.
+/// `C = α·A·B + β·C` per batch entry; with `f16_operands` (a device with `SHADER_F16`) both
+/// operands are rounded to f16 as they are loaded, the products and sums staying f32.
 pub(crate) fn matmul(
     gpu: &Gpu,
     a: &GpuTensor,
     b: &GpuTensor,
     c: &mut GpuTensor,
     spec: &MatmulSpec,
+    f16_operands: bool,
 ) -> Result<(), Error> {
     spec.check(a.len(), b.len(), c.len())?;
     let buffers = [gpu.buf(c)?, gpu.buf(a)?, gpu.buf(b)?];
@@ -243,6 +245,7 @@ pub(crate) fn matmul(
         splits: 1,
         ..MatmulParams::default()
     };
+    // The f16 variants stage half the bytes, so whatever fits in f32 fits.
     let Plan {
         kernel,
         tile,
@@ -252,6 +255,10 @@ pub(crate) fn matmul(
         [spec.m, spec.n, spec.k, entries],
         gpu.limits.max_compute_workgroup_storage_size,
     );
+    let kernel = match f16_operands {
+        true => kernel.with_f16_operands(),
+        false => kernel,
+    };
     let max = gpu.limits.max_compute_workgroups_per_dimension;
     let x = word(spec.n.div_ceil(tile as usize))?;
     let y = word(spec.m.div_ceil(tile as usize))?;

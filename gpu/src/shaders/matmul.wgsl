@@ -8,6 +8,10 @@
 // general fallback for thin products: one thread per element of C. Every variant sums over k
 // in the same order, so they give the same bits.
 //
+// The file follows a header that declares `Operand`, the type operands are converted to as they
+// are loaded: f32 (matmul_f32.wgsl, the reference) or f16 (matmul_f16.wgsl: the products of
+// mixed-precision training). Products and sums are f32 either way.
+//
 // Split-K (tall-skinny products such as weight gradients, whose k is the token count): with
 // `k_split` > 0, workgroup z of `matmul_tiled` sums only k in [z·k_split, (z+1)·k_split) into
 // its own row-major m×n slab of the bound output (a scratch buffer, α = 1, β = 0), and
@@ -63,8 +67,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> a: array<f32>;
 @group(0) @binding(3) var<storage, read> b: array<f32>;
 
-var<workgroup> a_tile: array<f32, TILE_K * TILE_STRIDE>;
-var<workgroup> b_tile: array<f32, TILE_K * TILE_STRIDE>;
+var<workgroup> a_tile: array<Operand, TILE_K * TILE_STRIDE>;
+var<workgroup> b_tile: array<Operand, TILE_K * TILE_STRIDE>;
 
 struct Bases {
     a: u32,
@@ -133,7 +137,7 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
             if (gr < params.m && gk < k_end) {
                 v = a[bases.a + gr * params.a_row_stride + gk * params.a_col_stride];
             }
-            a_tile[kk * TILE_STRIDE + r] = v;
+            a_tile[kk * TILE_STRIDE + r] = Operand(v);
         }
         for (var q = 0u; q < BLOCK; q += 1u) {
             let e = lid + q * MATMUL_THREADS * MATMUL_THREADS;
@@ -152,13 +156,13 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
             if (gc < params.n && gk < k_end) {
                 v = b[bases.b + gk * params.b_row_stride + gc * params.b_col_stride];
             }
-            b_tile[kk * TILE_STRIDE + col] = v;
+            b_tile[kk * TILE_STRIDE + col] = Operand(v);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk += 1u) {
             for (var i = 0u; i < BLOCK; i += 1u) {
-                av[i] = a_tile[kk * TILE_STRIDE + ty + i * MATMUL_THREADS];
-                bv[i] = b_tile[kk * TILE_STRIDE + tx + i * MATMUL_THREADS];
+                av[i] = f32(a_tile[kk * TILE_STRIDE + ty + i * MATMUL_THREADS]);
+                bv[i] = f32(b_tile[kk * TILE_STRIDE + tx + i * MATMUL_THREADS]);
             }
             for (var i = 0u; i < BLOCK; i += 1u) {
                 for (var j = 0u; j < BLOCK; j += 1u) {
@@ -192,7 +196,7 @@ fn matmul_small(@builtin(global_invocation_id) gid: vec3<u32>,
     var ai = bases.a + row * params.a_row_stride;
     var bi = bases.b + col * params.b_col_stride;
     for (var t = 0u; t < params.k; t += 1u) {
-        acc += a[ai] * b[bi];
+        acc += f32(Operand(a[ai])) * f32(Operand(b[bi]));
         ai += params.a_col_stride;
         bi += params.b_row_stride;
     }

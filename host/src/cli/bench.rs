@@ -229,7 +229,10 @@ fn report<B: Backend>(
     // The CPU backend's kernels run at this instruction-set level (DEBERTA_CPU_SIMD caps it).
     let simd = (backend_name == "cpu").then(|| deberta_core::simd::simd_level().name());
     // Narrower products name their kernel (`avx512_bf16`, `avx512_vnni`, or a widened loop).
-    let kernel = deberta_core::kernels::packed_kernel_name(precision);
+    let kernel = deberta_core::kernels::packed_kernel_name(match precision {
+        deberta_core::Precision::Mixed => backend.mixed_products(),
+        other => other,
+    });
     println!(
         "{bench} {} batch {} seq {} on {backend_name}, {} products{}{} ({threads} CPU threads{}): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {tokens_per_s:.0} tokens/s{}{}{}",
         args.shape,
@@ -435,7 +438,7 @@ impl BackendTask for StepBench<'_> {
         )
         .map_err(model_error("optimizers"))?;
         trainer
-            .set_precision(precision)
+            .set_precision(backend, precision)
             .map_err(model_error("precision"))?;
         // A fixed batch: 15 % of the positions of every sequence masked with id 4.
         let (b, s) = (args.batch, args.seq);

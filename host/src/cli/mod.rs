@@ -112,9 +112,11 @@ impl PrecisionArgs {
 /// The `--precision` of training (`bench step`; `pretrain` has its own in its options).
 #[derive(Debug, Clone, Args)]
 pub struct TrainingPrecisionArgs {
-    /// Number format of the products on the CPU backend: f32 (the reference) or bf16-mixed
-    /// (f32 master weights, optimizer state and gradients; the Linear products of the forward
-    /// and backward passes in bf16 with f32 sums).
+    /// Number format of the products: f32 (the reference); mixed (the backend's mixed
+    /// precision with dynamic loss scaling: the Linear products in f16 on wgpu where the
+    /// adapter has SHADER_F16, else in f32, and in bf16 on the CPU); or bf16-mixed (the bf16
+    /// products without loss scaling; CPU backend). f32 master weights, optimizer state and
+    /// gradients in all, f32 sums.
     #[arg(
         long,
         default_value = "f32",
@@ -132,11 +134,13 @@ impl TrainingPrecisionArgs {
     }
 }
 
-/// The precision called `name`, refused (one line) on backends without narrower products.
+/// The precision called `name`, refused (one line) on backends without its products (`mixed`
+/// runs everywhere).
 fn resolve_precision(name: &str, choice: &BackendChoice) -> Result<deberta_core::Precision> {
     let precision = deberta_core::Precision::from_name(name)
         .ok_or_else(|| crate::error::Error::Usage(format!("unknown --precision {name}")))?;
-    if precision != deberta_core::Precision::F32 && !matches!(choice, BackendChoice::Cpu) {
+    let everywhere = [deberta_core::Precision::F32, deberta_core::Precision::Mixed];
+    if !everywhere.contains(&precision) && !matches!(choice, BackendChoice::Cpu) {
         return Err(crate::error::Error::Usage(format!(
             "--precision {} runs on the CPU backend only (use --backend cpu)",
             precision.name()

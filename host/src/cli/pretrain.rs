@@ -46,9 +46,12 @@ pub struct RunArgs {
     /// pass has produced it (0: one exchange after the backward pass) [1].
     #[arg(long, value_name = "MIB")]
     pub bucket_mb: Option<f64>,
-    /// Number format of the products: f32 (the reference) or bf16-mixed (f32 master weights,
-    /// optimizer state and gradients; the Linear products of the forward and backward passes
-    /// in bf16 with f32 sums; CPU backend) [f32].
+    /// Number format of the products: f32 (the reference); mixed (the backend's mixed
+    /// precision with dynamic loss scaling — initial scale 2^14, doubled after 250 clean steps,
+    /// halved with the step skipped on an overflow: the Linear products of the forward and
+    /// backward passes in f16 on wgpu where the adapter has SHADER_F16, else in f32, and in
+    /// bf16 on the CPU); or bf16-mixed (the bf16 products without loss scaling; CPU backend).
+    /// f32 master weights, optimizer state and gradients in all, f32 sums [f32].
     #[arg(long, value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(
         deberta_core::Precision::TRAINING.map(deberta_core::Precision::name)
     ))]

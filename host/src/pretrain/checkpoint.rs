@@ -53,6 +53,39 @@ pub struct RunState {
     /// parallelism).
     #[serde(default = "one_process")]
     pub world_size: usize,
+    /// The loss scalers of `--precision mixed`, one per optimizer (absent otherwise, and in
+    /// states written before mixed precision: a resumed run then starts fresh scalers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loss_scalers: Vec<LossScalerState>,
+}
+
+/// A [`deberta_core::train::LossScaler`]'s state in `state.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossScalerState {
+    /// The scale of the next update (a power of two).
+    pub scale: f32,
+    /// Clean updates since the scale last changed.
+    pub clean_steps: u32,
+    /// Updates skipped so far.
+    pub skipped_steps: u64,
+}
+
+impl LossScalerState {
+    /// The state of `scaler`.
+    pub fn of(scaler: &deberta_core::train::LossScaler) -> Self {
+        LossScalerState {
+            scale: scaler.scale(),
+            clean_steps: scaler.clean_steps(),
+            skipped_steps: scaler.skipped_steps(),
+        }
+    }
+
+    /// The scaler, or `None` for a state no scaler reaches (see
+    /// [`deberta_core::train::LossScaler::restore`]).
+    pub fn scaler(self) -> Option<deberta_core::train::LossScaler> {
+        deberta_core::train::LossScaler::restore(self.scale, self.clean_steps, self.skipped_steps)
+    }
 }
 
 fn one_process() -> usize {

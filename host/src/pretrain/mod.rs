@@ -32,7 +32,9 @@ use deberta_core::{Backend, ModelConfig};
 use serde_json::{Map, json};
 
 use self::baseline::{UnigramReference, unigram_reference};
-use self::checkpoint::{LoadedState, RunState, STATE_VERSION, load_state, remove_temporaries};
+use self::checkpoint::{
+    LoadedState, LossScalerState, RunState, STATE_VERSION, load_state, remove_temporaries,
+};
 use self::init::InitSources;
 use self::metrics::{MetricsLog, number, rtd_stats};
 use self::options::{PretrainFlags, PretrainOptions};
@@ -269,6 +271,28 @@ fn restore_optimizers<B: Backend>(
     Ok(())
 }
 
+/// Restores the loss scalers of a `--precision mixed` run; a state without them (written
+/// before mixed precision existed) leaves the fresh ones.
+fn restore_loss_scalers<B: Backend>(
+    trainer: &mut Trainer<B>,
+    loaded: &LoadedState,
+    run_dir: &Path,
+) -> Result<()> {
+    let saved = &loaded.state.loss_scalers;
+    if saved.is_empty() {
+        return Ok(());
+    }
+    let path = run_dir.join("state").join("state.json");
+    let scalers = saved
+        .iter()
+        .map(|s| s.scaler())
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| Error::format(&path, "corrupted state: impossible loss scaler state"))?;
+    trainer
+        .restore_loss_scalers(&scalers)
+        .map_err(|e| Error::format(&path, format!("corrupted state: {e}")))
+}
+
 /// Runs (or resumes) a pretraining run.
 ///
 /// Under an MPI launcher (the `mpi` feature), every process runs this: rank 0 prepares the run
@@ -412,8 +436,18 @@ impl BackendTask for Run<'_> {
         let precision = deberta_core::Precision::from_name(&options.precision)
             .ok_or_else(|| Error::Usage(format!("unknown --precision {}", options.precision)))?;
         trainer
-            .set_precision(precision)
+            .set_precision(backend, precision)
             .map_err(model_error("choosing the precision"))?;
+        if precision == deberta_core::Precision::Mixed
+            && trainer.products() == deberta_core::Precision::F32
+            && world.is_root()
+        {
+            eprintln!(
+                "--precision mixed: the {} backend has no narrower products here (wgpu: the \
+                 adapter lacks SHADER_F16); f32 products, loss scaling on",
+                backend.name()
+            );
+        }
         // What summing the gradients over the processes costs.
         let exchange = Rc::new(Cell::new(ExchangeStats::default()));
         if world.size() > 1 {
@@ -426,6 +460,7 @@ impl BackendTask for Run<'_> {
         let (mut step, mut cursor) = match &resumed {
             Some(loaded) => {
                 restore_optimizers(backend, &mut trainer, loaded, &run_dir)?;
+                restore_loss_scalers(&mut trainer, loaded, &run_dir)?;
                 let cursor: DataCursor = serde_json::from_value(loaded.state.cursor.clone())
                     .map_err(|e| {
                         Error::format(
@@ -510,6 +545,11 @@ impl BackendTask for Run<'_> {
                     .map_err(|e| Error::format(&run_dir, e.to_string()))?,
                 options: options.clone(),
                 world_size: world.size(),
+                loss_scalers: trainer
+                    .loss_scalers()
+                    .iter()
+                    .map(LossScalerState::of)
+                    .collect(),
             };
             checkpoint::save(backend, &run_dir, trainer, &state, tokenizer_files)?;
             Ok(())
@@ -607,15 +647,32 @@ impl BackendTask for Run<'_> {
                 row.insert("p_replaced".into(), number(rtd.mean_p_replaced));
                 row.insert("p_original".into(), number(rtd.mean_p_original));
                 for (i, optimizer) in trainer.optimizers.iter().enumerate() {
-                    let name = match (schedule, i) {
-                        (Schedule::Joint, _) => "grad_norm",
-                        (_, 0) => "grad_norm_generator",
-                        _ => "grad_norm_discriminator",
+                    let suffix = match (schedule, i) {
+                        (Schedule::Joint, _) => "",
+                        (_, 0) => "_generator",
+                        _ => "_discriminator",
                     };
                     let norm = optimizer
                         .last_grad_norm(backend)
                         .map_err(model_error("reading gradient norms"))?;
-                    row.insert(name.into(), number(Some(f64::from(norm))));
+                    row.insert(format!("grad_norm{suffix}"), number(Some(f64::from(norm))));
+                    if let Some(scaler) = trainer.loss_scalers().get(i) {
+                        // The scale of this step's update, whether it was skipped, and how
+                        // many have been so far.
+                        let last = scaler.last();
+                        row.insert(
+                            format!("loss_scale{suffix}"),
+                            number(last.map(|u| f64::from(u.scale))),
+                        );
+                        row.insert(
+                            format!("skipped{suffix}"),
+                            json!(last.is_some_and(|u| u.skipped)),
+                        );
+                        row.insert(
+                            format!("skipped_steps{suffix}"),
+                            json!(scaler.skipped_steps()),
+                        );
+                    }
                 }
                 row.insert("epoch".into(), json!(cursor.epoch));
                 row.insert("world_size".into(), json!(world.size()));

@@ -76,8 +76,10 @@ pub struct PretrainOptions {
     /// goes on (`0`: one exchange after it).
     #[serde(default = "default_bucket_mb")]
     pub bucket_mb: f64,
-    /// Number format of the products: `f32` or `bf16-mixed` (f32 master weights, optimizer
-    /// state and gradients; bf16 `Linear` products; CPU backend).
+    /// Number format of the products: `f32`, `mixed` (the backend's mixed precision with
+    /// dynamic loss scaling: f16 `Linear` products on wgpu with `SHADER_F16`, bf16 on the CPU)
+    /// or `bf16-mixed` (bf16 `Linear` products, no loss scaling; CPU backend); f32 master
+    /// weights, optimizer state and gradients in all.
     #[serde(default = "default_precision")]
     pub precision: String,
     /// With wgpu: the adapter whose name contains this.
@@ -291,9 +293,10 @@ impl PretrainOptions {
         choice("backend", &self.backend, &["cpu", "wgpu", "auto"])?;
         let training = deberta_core::Precision::TRAINING.map(deberta_core::Precision::name);
         choice("precision", &self.precision, &training)?;
-        if self.precision != "f32" && self.backend != "cpu" {
+        if self.precision == "bf16-mixed" && self.backend != "cpu" {
             return usage(format!(
-                "--precision {} runs on the CPU backend only (use --backend cpu)",
+                "--precision {} runs on the CPU backend only (use --backend cpu, or --precision \
+                 mixed)",
                 self.precision
             ));
         }
