@@ -4,7 +4,9 @@
 //! of data-parallel processes against gradient accumulation.
 
 use deberta_core::config::{PosAttType, RawConfig};
-use deberta_core::model::{BackwardContext, Dropout, HostBatch, MlmLayout, ParamId, ParamStore};
+use deberta_core::model::{
+    BackwardContext, Dropout, GradientsReady, HostBatch, MlmLayout, ParamId, ParamStore,
+};
 use deberta_core::random::RandomStream;
 use deberta_core::train::{
     GradientReducer, LossScaler, MicroBatch, OptimizerConfig, OptimizerKind, PairBatch, RtdPair,
@@ -740,7 +742,7 @@ struct InjectInfinity {
     seen: usize,
 }
 
-impl GradientReducer<CpuBackend> for InjectInfinity {
+impl GradientsReady<CpuBackend> for InjectInfinity {
     fn ready(
         &mut self,
         _: &CpuBackend,
@@ -749,7 +751,9 @@ impl GradientReducer<CpuBackend> for InjectInfinity {
     ) -> Result<(), deberta_core::Error> {
         Ok(())
     }
+}
 
+impl GradientReducer<CpuBackend> for InjectInfinity {
     fn finish(
         &mut self,
         backend: &CpuBackend,

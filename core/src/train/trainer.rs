@@ -75,20 +75,13 @@ pub struct Trainer<B: Backend> {
 
 /// Sums gradients over the processes of a data-parallel run.
 ///
-/// Within a phase, [`GradientReducer::ready`] is called for groups of parameters as the
-/// backward pass finishes them, then [`GradientReducer::finish`] once; every process makes
-/// the same calls in the same order.
-pub trait GradientReducer<B: Backend> {
-    /// The tensors of `ids` in `grads` (this process's sums over its micro-batches) are final
-    /// for this step: the reducer may start exchanging them. It must not keep references;
-    /// `grads` is not changed at `ids` until [`GradientReducer::finish`].
-    fn ready(
-        &mut self,
-        backend: &B,
-        grads: &ParamStore<B::Tensor>,
-        ids: &[ParamId],
-    ) -> Result<(), Error>;
-
+/// Within a phase, [`GradientsReady::ready`] is called for groups of parameters as the
+/// backward pass finishes them — the tensors of `ids` in `grads` (this process's sums over its
+/// micro-batches) are final for this step, so the reducer may start exchanging them; it must
+/// not keep references, and `grads` is not changed at `ids` until [`GradientReducer::finish`]
+/// — then [`GradientReducer::finish`] once; every process makes the same calls in the same
+/// order.
+pub trait GradientReducer<B: Backend>: GradientsReady<B> {
     /// Replaces the tensors of `ids` (every parameter of the phase; those not reported ready
     /// yet are ready now) with their sum over every process: starting from zeros, each
     /// process's tensor added in process order with [`Backend::add_assign`], so that every

@@ -25,7 +25,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use deberta_core::Backend;
-use deberta_core::model::{ParamId, ParamStore};
+use deberta_core::model::{GradientsReady, ParamId, ParamStore};
 use deberta_core::train::GradientReducer;
 
 use super::blocks::{self, BLOCK, Encoder, Reader};
@@ -315,7 +315,7 @@ impl<T> AllReduce<T> {
     }
 }
 
-impl<B: Backend> GradientReducer<B> for AllReduce<B::Tensor> {
+impl<B: Backend> GradientsReady<B> for AllReduce<B::Tensor> {
     fn ready(
         &mut self,
         backend: &B,
@@ -328,7 +328,9 @@ impl<B: Backend> GradientReducer<B> for AllReduce<B::Tensor> {
         self.charge(started, 0.0);
         Ok(())
     }
+}
 
+impl<B: Backend> GradientReducer<B> for AllReduce<B::Tensor> {
     fn finish(
         &mut self,
         backend: &B,
