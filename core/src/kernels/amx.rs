@@ -129,112 +129,91 @@ impl Tiles {
     pub(crate) fn block(
         &mut self,
         dot: Dot,
-        (a, a_stride): (&[u32], usize),
-        [b0, b1]: [&[u32]; 2],
+        a: (&[u32], usize),
+        b: [&[u32]; 2],
         steps: usize,
         c: &mut [[u32; BLOCK]; BLOCK],
     ) {
-        let step_words = GROUPS_PER_STEP * crate::kernels::PANEL;
-        assert!(a_stride >= steps * GROUPS_PER_STEP);
-        assert!(steps == 0 || a.len() >= (BLOCK - 1) * a_stride + steps * GROUPS_PER_STEP);
-        assert!(b0.len() >= steps * step_words && b1.len() >= steps * step_words);
-        let (a, b0, b1) = (a.as_ptr(), b0.as_ptr(), b1.as_ptr());
-        let a_bytes = a_stride * 4;
-        // SAFETY: the tiles are configured (this value exists); every load reads 16 rows of
-        // 64 bytes inside the slices (asserted above: A's rows `0..32` at `a_stride` words,
-        // groups `16·s..16·s + 16`; B's words `s·256..s·256 + 256`).
-        unsafe {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            );
-            for s in 0..steps {
-                let a0 = a.add(s * GROUPS_PER_STEP);
-                let a1 = a0.add(16 * a_stride);
-                let (b0, b1) = (b0.add(s * step_words), b1.add(s * step_words));
-                match dot {
-                    Dot::Bf16 => asm!(
-                        "tileloadd tmm4, [{a0} + {stride}*1]",
-                        "tileloadd tmm5, [{a1} + {stride}*1]",
-                        "tileloadd tmm6, [{b0} + {row}*1]",
-                        "tileloadd tmm7, [{b1} + {row}*1]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        "tdpbf16ps tmm2, tmm5, tmm6",
-                        "tdpbf16ps tmm3, tmm5, tmm7",
-                        a0 = in(reg) a0,
-                        a1 = in(reg) a1,
-                        b0 = in(reg) b0,
-                        b1 = in(reg) b1,
-                        stride = in(reg) a_bytes,
-                        row = in(reg) 64usize,
-                        options(nostack, readonly),
-                    ),
-                    Dot::Int8 => asm!(
-                        "tileloadd tmm4, [{a0} + {stride}*1]",
-                        "tileloadd tmm5, [{a1} + {stride}*1]",
-                        "tileloadd tmm6, [{b0} + {row}*1]",
-                        "tileloadd tmm7, [{b1} + {row}*1]",
-                        "tdpbusd tmm0, tmm4, tmm6",
-                        "tdpbusd tmm1, tmm4, tmm7",
-                        "tdpbusd tmm2, tmm5, tmm6",
-                        "tdpbusd tmm3, tmm5, tmm7",
-                        a0 = in(reg) a0,
-                        a1 = in(reg) a1,
-                        b0 = in(reg) b0,
-                        b1 = in(reg) b1,
-                        stride = in(reg) a_bytes,
-                        row = in(reg) 64usize,
-                        options(nostack, readonly),
-                    ),
-                }
-            }
-            let c = c.as_mut_ptr().cast::<u32>();
-            asm!(
-                "tilestored [{c0} + {stride}*1], tmm0",
-                "tilestored [{c1} + {stride}*1], tmm1",
-                "tilestored [{c2} + {stride}*1], tmm2",
-                "tilestored [{c3} + {stride}*1], tmm3",
-                c0 = in(reg) c,
-                c1 = in(reg) c.add(16),
-                c2 = in(reg) c.add(16 * BLOCK),
-                c3 = in(reg) c.add(16 * BLOCK + 16),
-                stride = in(reg) BLOCK * 4,
-                options(nostack),
-            );
-        }
+        check_operands(a, b, steps);
+        // SAFETY: the operands were checked above; `c` holds 32 rows of 32 words at a
+        // stride of 32 words.
+        unsafe { self.run(dot, a, b, steps, (c.as_mut_ptr().cast(), BLOCK, false)) }
     }
-}
 
-impl Tiles {
     /// One bf16 block computed straight into `out`: `out[r·stride + col] (+)= Σ_g a[r, g] ·
     /// b[panel(col), g, lane(col)]` for the 32 rows and 32 columns of the block (the sums
     /// start from the existing values when `accumulate`, else from zero); operands as in
     /// [`Tiles::block`].
     pub(crate) fn bf16_block_into(
         &mut self,
-        (a, a_stride): (&[u32], usize),
-        [b0, b1]: [&[u32]; 2],
+        a: (&[u32], usize),
+        b: [&[u32]; 2],
         steps: usize,
         (out, stride, accumulate): (&mut [f32], usize, bool),
     ) {
-        let step_words = GROUPS_PER_STEP * crate::kernels::PANEL;
-        assert!(a_stride >= steps * GROUPS_PER_STEP);
-        assert!(steps == 0 || a.len() >= (BLOCK - 1) * a_stride + steps * GROUPS_PER_STEP);
-        assert!(b0.len() >= steps * step_words && b1.len() >= steps * step_words);
+        check_operands(a, b, steps);
         assert!(stride >= BLOCK && out.len() >= (BLOCK - 1) * stride + BLOCK);
-        let (a, b0, b1) = (a.as_ptr(), b0.as_ptr(), b1.as_ptr());
-        let (a_bytes, c_bytes) = (a_stride * 4, stride * 4);
-        let c = out.as_mut_ptr();
-        // SAFETY: the tiles are configured (this value exists); the C tiles are rows
-        // `0..16` and `16..32`, columns `0..16` and `16..32` of `out` at `stride` (asserted
-        // inside `out` above); A and B loads as in `block` (asserted above).
+        // SAFETY: the operands were checked above, and `out` holds 32 rows of 32 values at
+        // `stride` (asserted).
         unsafe {
-            let (c0, c1, c2, c3) = (c, c.add(16), c.add(16 * stride), c.add(16 * stride + 16));
-            if accumulate {
+            self.run(
+                Dot::Bf16,
+                a,
+                b,
+                steps,
+                (out.as_mut_ptr().cast(), stride, accumulate),
+            )
+        }
+    }
+
+    /// The block of [`Tiles::block`] into the 32 × 32 words at `c` (row stride `c_stride`
+    /// words), starting from the words there when `load`, else from zero.
+    ///
+    /// # Safety
+    ///
+    /// The operands must pass [`check_operands`], and `c` must be valid for reads and writes
+    /// of rows `0..32`, columns `0..32` at `c_stride`.
+    unsafe fn run(
+        &mut self,
+        dot: Dot,
+        (a, a_stride): (&[u32], usize),
+        [b0, b1]: [&[u32]; 2],
+        steps: usize,
+        (c, c_stride, load): (*mut u32, usize, bool),
+    ) {
+        let step_words = GROUPS_PER_STEP * crate::kernels::PANEL;
+        let (a, b0, b1) = (a.as_ptr(), b0.as_ptr(), b1.as_ptr());
+        let (a_bytes, c_bytes) = (a_stride * 4, c_stride * 4);
+        /// One step of 16 groups: load the A and B tiles, four dot products with `$dot`.
+        macro_rules! step {
+            ($dot:literal, $a0:expr, $a1:expr, $b0:expr, $b1:expr) => {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {stride}*1]",
+                    "tileloadd tmm5, [{a1} + {stride}*1]",
+                    "tileloadd tmm6, [{b0} + {row}*1]",
+                    "tileloadd tmm7, [{b1} + {row}*1]",
+                    concat!($dot, " tmm0, tmm4, tmm6"),
+                    concat!($dot, " tmm1, tmm4, tmm7"),
+                    concat!($dot, " tmm2, tmm5, tmm6"),
+                    concat!($dot, " tmm3, tmm5, tmm7"),
+                    a0 = in(reg) $a0,
+                    a1 = in(reg) $a1,
+                    b0 = in(reg) $b0,
+                    b1 = in(reg) $b1,
+                    stride = in(reg) a_bytes,
+                    row = in(reg) 64usize,
+                    options(nostack, readonly),
+                )
+            };
+        }
+        // SAFETY: the tiles are configured (this value exists); every load reads 16 rows of
+        // 64 bytes inside the operands (the caller's contract: A's rows `0..32` at
+        // `a_stride` words, groups `16·s..16·s + 16`; B's words `s·256..s·256 + 256`; C's
+        // rows `0..32`, columns `0..32` at `c_stride`).
+        unsafe {
+            let (c0, c1) = (c, c.add(16));
+            let (c2, c3) = (c.add(16 * c_stride), c.add(16 * c_stride + 16));
+            if load {
                 asm!(
                     "tileloadd tmm0, [{c0} + {stride}*1]",
                     "tileloadd tmm1, [{c1} + {stride}*1]",
@@ -260,23 +239,10 @@ impl Tiles {
                 let a0 = a.add(s * GROUPS_PER_STEP);
                 let a1 = a0.add(16 * a_stride);
                 let (b0, b1) = (b0.add(s * step_words), b1.add(s * step_words));
-                asm!(
-                    "tileloadd tmm4, [{a0} + {stride}*1]",
-                    "tileloadd tmm5, [{a1} + {stride}*1]",
-                    "tileloadd tmm6, [{b0} + {row}*1]",
-                    "tileloadd tmm7, [{b1} + {row}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    a0 = in(reg) a0,
-                    a1 = in(reg) a1,
-                    b0 = in(reg) b0,
-                    b1 = in(reg) b1,
-                    stride = in(reg) a_bytes,
-                    row = in(reg) 64usize,
-                    options(nostack, readonly),
-                );
+                match dot {
+                    Dot::Bf16 => step!("tdpbf16ps", a0, a1, b0, b1),
+                    Dot::Int8 => step!("tdpbusd", a0, a1, b0, b1),
+                }
             }
             asm!(
                 "tilestored [{c0} + {stride}*1], tmm0",
@@ -292,6 +258,15 @@ impl Tiles {
             );
         }
     }
+}
+
+/// Asserts that the operands of a block cover what it reads: 32 rows of `a` at `a_stride`
+/// words with `steps × 16` groups each, and `steps × 256` words of each panel.
+fn check_operands((a, a_stride): (&[u32], usize), [b0, b1]: [&[u32]; 2], steps: usize) {
+    let step_words = GROUPS_PER_STEP * crate::kernels::PANEL;
+    assert!(a_stride >= steps * GROUPS_PER_STEP);
+    assert!(steps == 0 || a.len() >= (BLOCK - 1) * a_stride + steps * GROUPS_PER_STEP);
+    assert!(b0.len() >= steps * step_words && b1.len() >= steps * step_words);
 }
 
 impl Drop for Tiles {

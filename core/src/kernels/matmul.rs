@@ -131,6 +131,25 @@ impl MatmulSpec {
         }
     }
 
+    /// `∂L/∂W += dyᵀ·x` of a `Linear` (`W` `[output, input]`) over `rows` inputs.
+    pub fn linear_weight_grad(rows: usize, input: usize, output: usize) -> Self {
+        MatmulSpec {
+            a: MatrixLayout::row_major(output).transposed(),
+            b: MatrixLayout::row_major(input),
+            c: MatrixLayout::row_major(input),
+            beta: 1.0,
+            ..MatmulSpec::dense(output, input, rows)
+        }
+    }
+
+    /// `∂L/∂x += dy·W` of a `Linear` (`W` `[output, input]`) over `rows` inputs.
+    pub fn linear_input_grad(rows: usize, input: usize, output: usize) -> Self {
+        MatmulSpec {
+            beta: 1.0,
+            ..MatmulSpec::dense(rows, input, output)
+        }
+    }
+
     /// The operand contract of [`Backend::matmul`](crate::Backend::matmul) (every backend's): every operand's length covers
     /// its layout, the batch entries can be counted, and `C`'s elements are distinct within a
     /// batch entry.

@@ -55,7 +55,7 @@ pub use packed::{
 };
 #[cfg(feature = "alloc")]
 pub(crate) use packed::{
-    Bf16Source, bf16_product, bf16_words_len, linear_packed_rows, packed_piece_rows,
+    Bf16Source, bf16_product, bf16_words_len, check_weight, linear_packed_rows, packed_piece_rows,
 };
 #[cfg(feature = "alloc")]
 pub use reduced::store_product;

@@ -106,12 +106,7 @@ impl PackedWeight {
         input: usize,
         precision: Precision,
     ) -> Result<PackedWeight, Error> {
-        let needed = output.checked_mul(input).ok_or(Error::ShapeMismatch {
-            what: "packed weight size",
-            expected: usize::MAX,
-            found: output,
-        })?;
-        super::require("pack_weight", "w", needed, w.len())?;
+        let needed = check_weight(output, input, w.len())?;
         match precision.products() {
             Precision::Bf16 => {
                 let mut words = vec![0u32; bf16_words_len(output, input)];
@@ -180,6 +175,18 @@ impl PackedWeight {
             Format::Int8 { .. } => Precision::Int8,
         }
     }
+}
+
+/// The operand contract of packing an `[output, input]` weight: `len` covers it; returns
+/// its element count.
+pub(crate) fn check_weight(output: usize, input: usize, len: usize) -> Result<usize, Error> {
+    let needed = output.checked_mul(input).ok_or(Error::ShapeMismatch {
+        what: "packed weight size",
+        expected: usize::MAX,
+        found: output,
+    })?;
+    super::require("pack_weight", "w", needed, len)?;
+    Ok(needed)
 }
 
 /// Words of a bf16 weight of `output` columns, `input` deep: whole panels of pairs.

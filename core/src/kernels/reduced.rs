@@ -126,17 +126,8 @@ mod tests {
         let dy = fill(rows * output, 4);
         let x = fill(rows * input, 5);
         let w = fill(output * input, 6);
-        let weight_grad = MatmulSpec {
-            a: MatrixLayout::row_major(output).transposed(),
-            b: MatrixLayout::row_major(input),
-            c: MatrixLayout::row_major(input),
-            beta: 1.0,
-            ..MatmulSpec::dense(output, input, rows)
-        };
-        let input_grad = MatmulSpec {
-            beta: 1.0,
-            ..MatmulSpec::dense(rows, input, output)
-        };
+        let weight_grad = MatmulSpec::linear_weight_grad(rows, input, output);
+        let input_grad = MatmulSpec::linear_input_grad(rows, input, output);
         let scaled = MatmulSpec {
             alpha: 0.25,
             ..input_grad

@@ -8,7 +8,7 @@ use super::context::BackwardContext;
 use super::params::{Init, ParamId, ParamLayout, ParamStore};
 use crate::Error;
 use crate::backend::{Backend, LayerNormGrads};
-use crate::kernels::{LayerNormSpec, MatmulSpec, MatrixLayout, PackedWeight};
+use crate::kernels::{LayerNormSpec, MatmulSpec, PackedWeight};
 
 /// `y = x·Wᵀ (+ b)` with `W` `[output, input]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -99,13 +99,7 @@ impl Linear {
             dy,
             x,
             ctx.grads.get_mut(self.weight),
-            &MatmulSpec {
-                a: MatrixLayout::row_major(self.output).transposed(),
-                b: MatrixLayout::row_major(self.input),
-                c: MatrixLayout::row_major(self.input),
-                beta: 1.0,
-                ..MatmulSpec::dense(self.output, self.input, rows)
-            },
+            &MatmulSpec::linear_weight_grad(rows, self.input, self.output),
             precision,
         )?;
         if let Some(bias) = self.bias {
@@ -116,10 +110,7 @@ impl Linear {
                 dy,
                 params.get(self.weight),
                 dx,
-                &MatmulSpec {
-                    beta: 1.0,
-                    ..MatmulSpec::dense(rows, self.input, self.output)
-                },
+                &MatmulSpec::linear_input_grad(rows, self.input, self.output),
                 precision,
             )?;
         }
