@@ -124,7 +124,12 @@ impl Backend for CpuBackend {
     ) -> Result<kernels::PackedWeight, Error> {
         if precision.products() == crate::Precision::Bf16 {
             kernels::check_weight(output, input, weight.len())?;
-            return pack_bf16(kernels::Bf16Source::Columns { data: weight }, output, input);
+            let source = kernels::Bf16Source::Columns {
+                data: weight,
+                base: 0,
+                stride: input,
+            };
+            return pack_bf16(source, output, input);
         }
         kernels::PackedWeight::new(weight, output, input, precision)
     }

@@ -206,6 +206,7 @@ fn split_kernels_do_not_depend_on_the_thread_count() {
 #[test]
 fn kernels_do_not_depend_on_the_simd_level() {
     use crate::simd::{SimdLevel, set_max_simd_level, simd_level};
+    let _knobs = crate::kernels::test_values::knobs();
     set_max_simd_level(Some(SimdLevel::Baseline));
     let baseline = in_pool(2, backend_outputs);
     set_max_simd_level(None);
@@ -316,6 +317,7 @@ fn split_kernels_equal_the_slice_kernels() {
 #[test]
 fn bf16_training_products_do_not_depend_on_the_thread_count() {
     use crate::kernels::MatmulSpec;
+    let _knobs = crate::kernels::test_values::knobs();
     let (rows, input, output) = (320, 256, 96);
     let run = || {
         let cpu = CpuBackend::new();

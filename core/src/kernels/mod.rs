@@ -11,6 +11,8 @@
 
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 mod amx;
+#[cfg(feature = "alloc")]
+mod bf16_rows;
 mod dropout;
 mod elementwise;
 mod embedding;
@@ -27,7 +29,7 @@ mod relative_scores;
 mod sampling;
 mod softmax;
 #[cfg(all(test, feature = "alloc"))]
-mod test_values;
+pub(crate) mod test_values;
 
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 pub use amx::{available as amx_available, set_amx};

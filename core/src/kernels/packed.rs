@@ -37,6 +37,7 @@ use crate::simd::multiversion;
 
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 use super::amx;
+use super::bf16_rows::{pack_rows, pair_rows};
 
 /// Output columns per panel of a packed weight.
 pub const PANEL: usize = 16;
@@ -110,7 +111,11 @@ impl PackedWeight {
         match precision.products() {
             Precision::Bf16 => {
                 let mut words = vec![0u32; bf16_words_len(output, input)];
-                let source = Bf16Source::Columns { data: w };
+                let source = Bf16Source::Columns {
+                    data: w,
+                    base: 0,
+                    stride: input,
+                };
                 source.fill_panels(&mut words, 0, output, input);
                 Ok(PackedWeight::from_bf16_words(output, input, words))
             }
@@ -198,10 +203,15 @@ pub(crate) fn bf16_words_len(output: usize, input: usize) -> usize {
 /// variant is read in its storage order.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Bf16Source<'a> {
-    /// `[output, input]` row-major (a `Linear` weight): column `j` is `data[j·input..]`.
+    /// Column `j` stored contiguously at `base + j·stride` (a `Linear` weight, `[output,
+    /// input]` row-major with `stride = input`; or a transposed operand such as `Kᵀ`).
     Columns {
         /// The values.
         data: &'a [f32],
+        /// Index of element `(0, 0)`.
+        base: usize,
+        /// Distance between columns.
+        stride: usize,
     },
     /// `input × output` stored row by row at `stride` from `base` (the backward products'
     /// `W` and `x`).
@@ -245,31 +255,26 @@ impl Bf16Source<'_> {
             let col0 = (first_panel + p) * PANEL;
             let cols = output.saturating_sub(col0).min(PANEL);
             match *self {
-                Bf16Source::Columns { data } => {
-                    for lane in 0..cols {
-                        let column = &data[(col0 + lane) * input..][..input];
-                        let (even, odd) = column.split_at(input - input % 2);
-                        for (kk, two) in even.chunks_exact(2).enumerate() {
-                            panel_words[kk * PANEL + lane] = pair(two[0], two[1]);
-                        }
-                        if let [last] = odd {
-                            panel_words[(pairs - 1) * PANEL + lane] = pair(*last, 0.0);
+                Bf16Source::Columns { data, base, stride } => {
+                    // Each column converted as a row (vectorised), then transposed into the
+                    // panel's lanes.
+                    let mut converted = vec![0u32; cols * pairs];
+                    for (lane, words) in converted.chunks_exact_mut(pairs).enumerate() {
+                        let column = &data[base + (col0 + lane) * stride..][..input];
+                        pack_rows(column, input, words);
+                    }
+                    for (kk, out) in panel_words.chunks_exact_mut(PANEL).enumerate() {
+                        for (lane, w) in out.iter_mut().enumerate().take(cols) {
+                            *w = converted[lane * pairs + kk];
                         }
                     }
                 }
                 Bf16Source::Rows { data, base, stride } => {
                     for (kk, out) in panel_words.chunks_exact_mut(PANEL).enumerate() {
                         let lo = &data[base + 2 * kk * stride + col0..][..cols];
-                        if 2 * kk + 1 < input {
-                            let hi = &data[base + (2 * kk + 1) * stride + col0..][..cols];
-                            for ((w, &lo), &hi) in out.iter_mut().zip(lo).zip(hi) {
-                                *w = pair(lo, hi);
-                            }
-                        } else {
-                            for (w, &lo) in out.iter_mut().zip(lo) {
-                                *w = pair(lo, 0.0);
-                            }
-                        }
+                        let hi = (2 * kk + 1 < input)
+                            .then(|| &data[base + (2 * kk + 1) * stride + col0..][..cols]);
+                        pair_rows(lo, hi, &mut out[..cols]);
                     }
                 }
                 Bf16Source::Strided {
@@ -478,7 +483,9 @@ fn bf16_tiles(
 }
 
 /// `out[rows, w.output] = A·Wᵀ` (or `+=` when `accumulate`) for a bf16 `w` and activations
-/// `a` already packed as pairs ([`pair`]: `rows` rows of `w.input.div_ceil(2)` words).
+/// `a` already packed as pairs ([`pair`]: `rows` rows of `w.input.div_ceil(2)` words; when
+/// `a` holds [`bf16_padded_len`] words, its rows past `rows` are zero and serve as the
+/// padding, else the rows are copied into a padded buffer).
 pub(crate) fn bf16_product(
     a: &[u32],
     rows: usize,
@@ -492,10 +499,21 @@ pub(crate) fn bf16_product(
     };
     let pairs = w.input.div_ceil(2);
     let amx = amx_blocks(pairs);
-    let mut padded = vec![0u32; padded_rows(rows, amx) * pairs];
-    padded[..rows * pairs].copy_from_slice(&a[..rows * pairs]);
-    bf16_tiles(w, words, (&padded, rows), amx, (out, accumulate));
+    let needed = padded_rows(rows, amx) * pairs;
+    if a.len() >= needed {
+        bf16_tiles(w, words, (&a[..needed], rows), amx, (out, accumulate));
+    } else {
+        let mut padded = vec![0u32; needed];
+        padded[..rows * pairs].copy_from_slice(&a[..rows * pairs]);
+        bf16_tiles(w, words, (&padded, rows), amx, (out, accumulate));
+    }
     Ok(())
+}
+
+/// The words an operand of `rows` rows of `pairs` bf16 pairs takes in [`bf16_product`]
+/// with its padding rows (zero): what lets the product use it without a padded copy.
+pub(crate) fn bf16_padded_len(rows: usize, pairs: usize) -> usize {
+    padded_rows(rows, amx_blocks(pairs)) * pairs
 }
 
 /// Whether a product whose rows hold `groups` words (pairs or quads) runs on AMX blocks:
@@ -688,22 +706,6 @@ multiversion! {
             two[1] = f32::from_bits(w << 16);
         }
         out
-    }
-}
-
-multiversion! {
-    /// `x`'s rows (`input` wide) as bf16 pairs into `out` (`pairs` words per row).
-    fn pack_rows(x: &[f32], input: usize, out: &mut [u32]) {
-        let pairs = input.div_ceil(2);
-        for (row, words) in x.chunks_exact(input).zip(out.chunks_exact_mut(pairs)) {
-            let (even, odd) = row.split_at(input - input % 2);
-            for (word, two) in words.iter_mut().zip(even.chunks_exact(2)) {
-                *word = pair(two[0], two[1]);
-            }
-            if let [last] = odd {
-                words[pairs - 1] = pair(*last, 0.0);
-            }
-        }
     }
 }
 
@@ -1015,7 +1017,7 @@ unsafe fn tile_avx512_bf16<const NP: usize>(
 mod tests {
     use super::*;
 
-    use crate::kernels::test_values::uniform as fill;
+    use crate::kernels::test_values::{knobs, uniform as fill};
 
     /// The same products in the same order, element by element, from the rounded values.
     fn reference(x: &[f32], w: &[f32], rows: usize, input: usize, output: usize) -> Vec<f32> {
@@ -1035,14 +1037,6 @@ mod tests {
             }
         }
         out
-    }
-
-    /// Serialises the tests that change or depend on the process-wide kernel choices (SIMD
-    /// cap, bf16 instructions, AMX).
-    static KNOBS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-    fn knobs() -> std::sync::MutexGuard<'static, ()> {
-        KNOBS.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether this machine runs the AMX kernels (when allowed).
