@@ -33,7 +33,7 @@ pub fn quantize_row(row: &[f32], out: &mut [i8]) -> f32 {
 /// vectorise: adding just under one half with `y`'s sign, then truncating (`as` truncates
 /// toward zero and maps NaN to 0). `quantize_row` only rounds `|y| ≤ 127·(1 + 2⁻²²)`.
 #[inline(always)]
-fn round_small(y: f32) -> i32 {
+pub(crate) fn round_small(y: f32) -> i32 {
     const JUST_UNDER_HALF: f32 = 0.5 - 0.25 * f32::EPSILON;
     (y + JUST_UNDER_HALF.copysign(y)) as i32
 }

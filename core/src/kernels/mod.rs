@@ -16,6 +16,8 @@ mod bf16_rows;
 mod dropout;
 mod elementwise;
 mod embedding;
+#[cfg(feature = "alloc")]
+mod int8_rows;
 mod lanes;
 mod layer_norm;
 mod loss;

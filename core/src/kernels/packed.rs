@@ -38,6 +38,7 @@ use crate::simd::multiversion;
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 use super::amx;
 use super::bf16_rows::{pack_rows, pair_rows};
+use super::int8_rows::quantize_offset_rows;
 
 /// Output columns per panel of a packed weight.
 pub const PANEL: usize = 16;
@@ -733,27 +734,6 @@ multiversion! {
                     }
                 }
                 out[p * PANEL..][..PANEL].copy_from_slice(&acc);
-            }
-        }
-    }
-}
-
-multiversion! {
-    /// Quantises each `input`-wide row of `x` ([`quantize_row`]) into `scales` and `words`
-    /// (`input.div_ceil(4)` per row): unsigned bytes `q + 128`, four per word, the last word
-    /// padded with 128 (whose weights are zero).
-    fn quantize_offset_rows(x: &[f32], input: usize, words: &mut [u32], scales: &mut [f32]) {
-        let quads = input.div_ceil(4);
-        let mut q = vec![0i8; quads * 4];
-        for ((row, scale), words) in x
-            .chunks_exact(input)
-            .zip(scales.iter_mut())
-            .zip(words.chunks_exact_mut(quads))
-        {
-            *scale = quantize_row(row, &mut q[..input]);
-            for (word, four) in words.iter_mut().zip(q.chunks_exact(4)) {
-                let bytes = [four[0], four[1], four[2], four[3]].map(|v| (v as u8) ^ 0x80);
-                *word = u32::from_le_bytes(bytes);
             }
         }
     }
