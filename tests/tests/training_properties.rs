@@ -678,6 +678,29 @@ fn pair_dropout(step: u32) -> Option<(Dropout, Dropout)> {
     Some((d(0), d(1)))
 }
 
+/// An XAdam trainer of `pair` from `params` (gradient norms clipped at 50) with dynamic loss
+/// scaling on or off.
+fn xadam_trainer(
+    backend: &CpuBackend,
+    pair: &RtdPair,
+    params: &Params,
+    schedule: Schedule,
+    scaling: bool,
+) -> Trainer<CpuBackend> {
+    let config = OptimizerConfig::xadam();
+    let mut trainer = Trainer::new(
+        backend,
+        pair.clone(),
+        params.clone(),
+        schedule,
+        50.0,
+        config,
+    )
+    .unwrap();
+    trainer.set_loss_scaling(scaling);
+    trainer
+}
+
 /// Dynamic loss scaling with f32 products changes no bit of a run (the scale is a power of
 /// two and every gradient is linear in the loss's): five steps of both schedules with dropout
 /// give the unscaled run's losses, weights, moments and gradient norms, and no step is skipped.
@@ -687,16 +710,7 @@ fn loss_scaling_with_f32_products_changes_no_bit() {
     for schedule in [Schedule::Decoupled, Schedule::Joint] {
         let (backend, pair, params, batch) = setup(&case, Sharing::Gdes, 2);
         let run = |scaling: bool| {
-            let mut trainer = Trainer::new(
-                &backend,
-                pair.clone(),
-                params.clone(),
-                schedule,
-                50.0,
-                OptimizerConfig::xadam(),
-            )
-            .unwrap();
-            trainer.set_loss_scaling(scaling);
+            let mut trainer = xadam_trainer(&backend, &pair, &params, schedule, scaling);
             let losses: Vec<_> = (0..5)
                 .map(|step| {
                     trainer
@@ -782,16 +796,7 @@ fn an_overflow_skips_the_update_and_halves_the_scale() {
         let (backend, pair, params, batch) = setup(&case, Sharing::Gdes, 4);
         let target = pair.discriminator_params()[0];
         let trainer = |at: usize| {
-            let mut trainer = Trainer::new(
-                &backend,
-                pair.clone(),
-                params.clone(),
-                schedule,
-                50.0,
-                OptimizerConfig::xadam(),
-            )
-            .unwrap();
-            trainer.set_loss_scaling(true);
+            let mut trainer = xadam_trainer(&backend, &pair, &params, schedule, true);
             trainer.set_reducer(Box::new(InjectInfinity {
                 param: target,
                 at,
