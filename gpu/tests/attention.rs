@@ -10,7 +10,7 @@ mod common;
 use common::attention_case::{Case, case_strategy};
 use common::{assert_close, down, gpu, up, up_ids};
 use deberta_core::backend::{
-    AttentionBuffers, AttentionOperands, AttentionSpec, attention_context, attention_probabilities,
+    AttentionBuffers, AttentionOperands, attention_context, attention_probabilities,
 };
 use deberta_core::{Backend, CpuBackend};
 use proptest::prelude::*;

@@ -20,7 +20,9 @@ use deberta_core::{Backend, CpuBackend, Precision};
 use proptest::prelude::*;
 
 /// Absolute tolerance on the context and on every gradient (inputs in [-1, 1] scaled by the
-/// case's `scale_qk`, at most 40 keys per row, f32 sums in different orders).
+/// case's `scale_qk` up to 6, at most 40 keys per row, f32 sums in different orders). Measured
+/// on lavapipe over 400 proptest cases: worst 5.2e-6 (scale 6), 8.9e-7 (scale 2), 3.6e-7
+/// (scale 0.5).
 const TOL: f32 = 2e-5;
 
 /// What one training attention produced, downloaded: context, dQ, dK, dV, dc2p, dp2c, and
@@ -247,12 +249,10 @@ proptest! {
         case in case_strategy(),
         dropout in prop::sample::select(vec![None, Some(0.1f32), Some(0.5)]),
     ) {
-        // Peaky softmaxes (scale 6) carry more rounding in the gradients than in the context.
-        let tol = if case.scale_qk > 2.0 { 2e-4 } else { TOL };
         let cpu = train(&CpuBackend::new(), &case, dropout, true);
         if let Some(gpu) = gpu() {
             let fused = train(gpu, &case, dropout, false);
-            compare(&format!("{case:?}, dropout {dropout:?}"), &cpu, &fused, tol);
+            compare(&format!("{case:?}, dropout {dropout:?}"), &cpu, &fused, TOL);
         }
     }
 }

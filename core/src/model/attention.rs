@@ -64,9 +64,10 @@ pub struct AttentionInput<'a, B: Backend> {
     /// Without it the backend's fused attention may run. The backward ignores it.
     pub keep_probs: bool,
     /// Training through the backend's [`Backend::attention_forward_train`] and
-    /// [`Backend::attention_backward`] (what the forward saves is the backend's choice) rather
-    /// than through their compositions from the kept probabilities; without `keep_probs`
-    /// only. Forward and backward must agree on it.
+    /// [`Backend::attention_backward`] (what the forward saves is the backend's choice, so the
+    /// probabilities may not be kept: it takes precedence over `keep_probs`) rather than
+    /// through their compositions from the kept probabilities. Forward and backward must agree
+    /// on it.
     pub train: bool,
 }
 
@@ -132,7 +133,7 @@ pub struct AttentionActivations<T> {
     /// The probabilities after dropout (training with attention dropout only).
     pub probs_dropped: Option<T>,
     /// Per-query-row softmax statistics of a fused training forward, `batch·h·len`
-    /// ([`TrainingBuffers::stats`]; one element outside training).
+    /// ([`TrainingBuffers::stats`]).
     pub stats: T,
     /// `P·V` with heads concatenated, `[N, h·d]`.
     pub context: T,
@@ -239,11 +240,7 @@ impl DisentangledSelfAttention {
             } else {
                 None
             },
-            stats: backend.zeros(if training {
-                batch * self.heads * len
-            } else {
-                1
-            })?,
+            stats: backend.zeros(batch * self.heads * len)?,
             context: backend.zeros(n * width)?,
         })
     }
@@ -490,11 +487,11 @@ impl DisentangledSelfAttention {
         Ok((ops, spec))
     }
 
-    /// Runs the attention; the context lands in `acts.context`. With `input.keep_probs` (or
-    /// dropout without `input.train`) the probabilities land in `acts.probs` through the
-    /// unfused kernels; with `input.train` the backend's [`Backend::attention_forward_train`]
-    /// saves what its backward needs; otherwise the backend's [`Backend::fused_attention`]
-    /// runs and `acts.probs` and the c2p/p2c tables are scratch whose contents are unspecified.
+    /// Runs the attention; the context lands in `acts.context`. With `input.train` the
+    /// backend's [`Backend::attention_forward_train`] saves what its backward needs; otherwise
+    /// with `input.keep_probs` (or dropout) the probabilities land in `acts.probs` through the
+    /// unfused kernels; otherwise the backend's [`Backend::fused_attention`] runs and
+    /// `acts.probs` and the c2p/p2c tables are scratch whose contents are unspecified.
     pub fn forward<B: Backend>(
         &self,
         backend: &B,
@@ -527,27 +524,29 @@ impl DisentangledSelfAttention {
             stats: &mut acts.stats,
         };
         let dropout = self.attention_dropout(&input, training.dropped.is_some());
-        if input.keep_probs || !input.train {
+        let products = params.products();
+        if input.train {
+            backend.attention_forward_train(
+                ops,
+                training,
+                &mut acts.context,
+                dropout,
+                spec,
+                products,
+            )
+        } else {
             // The probabilities themselves are wanted (a composed backward, the `attentions`
             // outputs).
-            return composed_attention_forward_train(
+            composed_attention_forward_train(
                 backend,
                 ops,
                 training,
                 &mut acts.context,
                 dropout,
                 spec,
-                params.products(),
-            );
+                products,
+            )
         }
-        backend.attention_forward_train(
-            ops,
-            training,
-            &mut acts.context,
-            dropout,
-            spec,
-            params.products(),
-        )
     }
 
     /// The attention dropout of a training forward (`None` without dropout, at probability 0
