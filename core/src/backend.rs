@@ -24,8 +24,8 @@
 //!
 //! The trait holds the forward kernels and, beside each, its backward kernel for the training
 //! path (`*_backward`: saved activations in, gradient buffers out, `accumulate` flags instead of
-//! read-modify-write on the host); the fused attention kernels and their backward are defined
-//! in `backend/attention.rs`.
+//! read-modify-write on the host); the fused attention is defined in `backend/attention.rs`, the
+//! training attention and its backward in `backend/attention_training.rs`.
 
 mod attention;
 mod attention_training;
@@ -447,9 +447,10 @@ pub trait Backend {
     ///
     /// `buffers` are scratch: their contents after the call are unspecified. The provided
     /// implementation ([`composed_attention`]) runs the unfused kernels through them and leaves
-    /// the probabilities in `buffers.probs`; a fused kernel may never write them. Callers that
-    /// need the probabilities (a backward pass, attention dropout, the `attentions` outputs)
-    /// call [`attention_probabilities`] and [`attention_context`] instead.
+    /// the probabilities in `buffers.probs`; a fused kernel may never write them. Training
+    /// (a backward pass, attention dropout) calls [`Backend::attention_forward_train`]; callers
+    /// that need the probabilities themselves (the `attentions` outputs) call
+    /// [`attention_probabilities`] and [`attention_context`].
     fn fused_attention(
         &self,
         ops: AttentionOperands<'_, Self>,
