@@ -24,21 +24,26 @@
 //!
 //! The trait holds the forward kernels and, beside each, its backward kernel for the training
 //! path (`*_backward`: saved activations in, gradient buffers out, `accumulate` flags instead of
-//! read-modify-write on the host); the fused attention kernels and their backward are defined
-//! in `backend/attention.rs`.
+//! read-modify-write on the host); the fused attention is defined in `backend/attention.rs`, the
+//! training attention and its backward in `backend/attention_training.rs`.
 
 mod attention;
+mod attention_training;
 
 pub use attention::{
     AttentionBuffers, AttentionLengths, AttentionOperands, AttentionSpec, attention_context,
     attention_context_at, attention_probabilities, attention_probabilities_at, composed_attention,
+};
+pub use attention_training::{
+    AttentionDropout, AttentionGrads, SavedAttention, TrainingBuffers, composed_attention_backward,
+    composed_attention_forward_train,
 };
 
 use crate::kernels::{
     AdamSpec, LayerNormSpec, MatmulSpec, MatrixLayout, RelativeScoresSpec, SoftmaxSpec,
 };
 use crate::random::RandomStream;
-use crate::{Activation, Error};
+use crate::{Activation, Error, Precision};
 
 /// The range contract of the memory operations ([`Backend::write`], [`Backend::download`],
 /// [`Backend::copy`], …) and of the one-element outputs of [`Backend::sum`] (every backend's):
@@ -442,9 +447,10 @@ pub trait Backend {
     ///
     /// `buffers` are scratch: their contents after the call are unspecified. The provided
     /// implementation ([`composed_attention`]) runs the unfused kernels through them and leaves
-    /// the probabilities in `buffers.probs`; a fused kernel may never write them. Callers that
-    /// need the probabilities (a backward pass, attention dropout, the `attentions` outputs)
-    /// call [`attention_probabilities`] and [`attention_context`] instead.
+    /// the probabilities in `buffers.probs`; a fused kernel may never write them. Training
+    /// (a backward pass, attention dropout) calls [`Backend::attention_forward_train`]; callers
+    /// that need the probabilities themselves (the `attentions` outputs) call
+    /// [`attention_probabilities`] and [`attention_context`].
     fn fused_attention(
         &self,
         ops: AttentionOperands<'_, Self>,
@@ -453,6 +459,41 @@ pub trait Backend {
         spec: AttentionSpec,
     ) -> Result<(), Error> {
         composed_attention(self, ops, buffers, context, spec)
+    }
+
+    /// The attention of a training forward: `context = P_applied·V` with `P` as
+    /// [`Backend::fused_attention`] defines it and `P_applied` its dropout under `dropout`,
+    /// leaving in `buffers` what [`Backend::attention_backward`] needs. The provided
+    /// implementation ([`composed_attention_forward_train`]) keeps the probabilities; a fused
+    /// one may keep per-row statistics instead. `products` is the precision of the composed
+    /// products ([`Backend::matmul_reduced`]).
+    fn attention_forward_train(
+        &self,
+        ops: AttentionOperands<'_, Self>,
+        buffers: TrainingBuffers<'_, Self::Tensor>,
+        context: &mut Self::Tensor,
+        dropout: Option<AttentionDropout>,
+        spec: AttentionSpec,
+        products: Precision,
+    ) -> Result<(), Error> {
+        composed_attention_forward_train(self, ops, buffers, context, dropout, spec, products)
+    }
+
+    /// Backward of [`Backend::attention_forward_train`] from `dcontext`, given the forward's
+    /// operands, dropout, buffers and context (`saved`); writes [`AttentionGrads`]. The
+    /// provided implementation is [`composed_attention_backward`].
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        ops: AttentionOperands<'_, Self>,
+        saved: SavedAttention<'_, Self::Tensor>,
+        dcontext: &Self::Tensor,
+        dropout: Option<AttentionDropout>,
+        grads: AttentionGrads<'_, Self::Tensor>,
+        spec: AttentionSpec,
+        products: Precision,
+    ) -> Result<(), Error> {
+        composed_attention_backward(self, ops, saved, dcontext, dropout, grads, spec, products)
     }
 
     /// Same-length 1-D convolution over `[batch, len, in]` into `[batch, len, out]`:

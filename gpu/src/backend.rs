@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use deberta_core::backend::{
-    AttentionBuffers, AttentionOperands, AttentionSpec, Clip, LayerNormGrads, composed_attention,
+    AttentionBuffers, AttentionDropout, AttentionGrads, AttentionOperands, AttentionSpec, Clip,
+    LayerNormGrads, SavedAttention, TrainingBuffers, composed_attention,
+    composed_attention_backward, composed_attention_forward_train,
 };
 use deberta_core::kernels::{AdamSpec, LayerNormSpec, MatmulSpec, RelativeScoresSpec, SoftmaxSpec};
 use deberta_core::random::RandomStream;
@@ -14,8 +16,8 @@ use crate::device::Gpu;
 use crate::error::GpuError;
 use crate::ops::matmul::MatmulTiles;
 use crate::ops::{
-    attention, elementwise, embedding, layer_norm, loss, matmul, memory, optimizer, random, reduce,
-    relative_scores, softmax,
+    attention, attention_training, elementwise, embedding, layer_norm, loss, matmul, memory,
+    optimizer, random, reduce, relative_scores, softmax,
 };
 use crate::tensor::{GpuIndices, GpuTensor};
 
@@ -439,16 +441,85 @@ impl Backend for WgpuBackend {
         if !attention::supports(&spec) {
             return composed_attention(self, ops, buffers, context, spec);
         }
-        let operands = attention::Operands {
-            query: ops.query,
-            key: ops.key,
-            value: ops.value,
-            pos_key: ops.pos_key,
-            pos_query: ops.pos_query,
-            index: ops.index,
-            mask: ops.mask,
+        attention::fused_attention(&self.gpu, operands(&ops), context, spec)
+    }
+
+    /// The row-owned training kernels of `attention_rows.wgsl` (context and one logsumexp
+    /// per query row into `buffers.stats`; the probabilities are never written) where
+    /// [`attention_training::supports`] the shape, the provided composition elsewhere.
+    fn attention_forward_train(
+        &self,
+        ops: AttentionOperands<'_, Self>,
+        buffers: TrainingBuffers<'_, GpuTensor>,
+        context: &mut GpuTensor,
+        dropout: Option<AttentionDropout>,
+        spec: AttentionSpec,
+        products: Precision,
+    ) -> Result<(), Error> {
+        if !attention_training::supports(&self.gpu, &spec, products) {
+            return composed_attention_forward_train(
+                self, ops, buffers, context, dropout, spec, products,
+            );
+        }
+        attention_training::forward(
+            &self.gpu,
+            operands(&ops),
+            context,
+            buffers.stats,
+            dropout,
+            spec,
+        )
+    }
+
+    /// The backward of [`WgpuBackend::attention_forward_train`]: the query-owned and the
+    /// key-owned passes recompute the probabilities from the saved statistics (or the
+    /// provided composition, exactly where the forward composed).
+    fn attention_backward(
+        &self,
+        ops: AttentionOperands<'_, Self>,
+        saved: SavedAttention<'_, GpuTensor>,
+        dcontext: &GpuTensor,
+        dropout: Option<AttentionDropout>,
+        grads: AttentionGrads<'_, GpuTensor>,
+        spec: AttentionSpec,
+        products: Precision,
+    ) -> Result<(), Error> {
+        if !attention_training::supports(&self.gpu, &spec, products) {
+            return composed_attention_backward(
+                self, ops, saved, dcontext, dropout, grads, spec, products,
+            );
+        }
+        let grads = attention_training::Grads {
+            drows: grads.drows,
+            dquery: grads.dquery,
+            dkey: grads.dkey,
+            dvalue: grads.dvalue,
+            dc2p: grads.dc2p,
+            dp2c: grads.dp2c,
         };
-        attention::fused_attention(&self.gpu, operands, context, spec)
+        attention_training::backward(
+            &self.gpu,
+            operands(&ops),
+            saved.context,
+            saved.stats,
+            dcontext,
+            dropout,
+            grads,
+            spec,
+        )
+    }
+}
+
+/// The kernels' view of the trait's attention operands.
+fn operands<'a>(ops: &AttentionOperands<'a, WgpuBackend>) -> attention::Operands<'a> {
+    attention::Operands {
+        query: ops.query,
+        key: ops.key,
+        value: ops.value,
+        pos_key: ops.pos_key,
+        pos_query: ops.pos_query,
+        index: ops.index,
+        mask: ops.mask,
     }
 }
 

@@ -27,6 +27,8 @@ pub(crate) const ATTN_BLOCK: u32 = 4;
 pub(crate) const ATTN_CHUNK: u32 = 16;
 /// Widest head the fused attention takes (wider ones run the unfused kernels).
 pub(crate) const ATTN_MAX_HEAD_DIM: u32 = 64;
+/// Threads (query or key rows) per workgroup of the row-owned training attention.
+pub(crate) const ATTN_ROWS_WG: u32 = 64;
 
 /// A WGSL source file (one kernel family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,6 +47,12 @@ pub(crate) enum Shader {
     Dropout,
     Sampling,
     FusedAttention,
+    /// The training attention forward (`attention_rows.wgsl` + its kernel file).
+    AttentionTrainForward,
+    /// The training attention backward's query-owned pass.
+    AttentionBackwardQuery,
+    /// The training attention backward's key-owned pass.
+    AttentionBackwardKey,
 }
 
 impl Shader {
@@ -90,6 +98,23 @@ impl Shader {
                 include_str!("shaders/sampling.wgsl")
             ),
             Shader::FusedAttention => include_str!("shaders/fused_attention.wgsl"),
+            Shader::AttentionTrainForward => concat!(
+                include_str!("shaders/philox.wgsl"),
+                include_str!("shaders/attention_rows.wgsl"),
+                include_str!("shaders/attention_train_forward.wgsl")
+            ),
+            Shader::AttentionBackwardQuery => concat!(
+                include_str!("shaders/philox.wgsl"),
+                include_str!("shaders/attention_rows.wgsl"),
+                include_str!("shaders/attention_backward_rows.wgsl"),
+                include_str!("shaders/attention_backward_query.wgsl")
+            ),
+            Shader::AttentionBackwardKey => concat!(
+                include_str!("shaders/philox.wgsl"),
+                include_str!("shaders/attention_rows.wgsl"),
+                include_str!("shaders/attention_backward_rows.wgsl"),
+                include_str!("shaders/attention_backward_key.wgsl")
+            ),
         }
     }
 
@@ -109,6 +134,9 @@ impl Shader {
             Shader::Dropout => size_of::<DropoutParams>(),
             Shader::Sampling => size_of::<SamplingParams>(),
             Shader::FusedAttention => size_of::<FusedAttentionParams>(),
+            Shader::AttentionTrainForward
+            | Shader::AttentionBackwardQuery
+            | Shader::AttentionBackwardKey => size_of::<AttentionRowsParams>(),
         }) as u64
     }
 }
@@ -228,6 +256,15 @@ kernels! {
     SampleCategorical => Sampling, "sample_categorical", [W, R];
     /// Fused attention forward: context, Q, K, V, Kr, Qr, index, mask.
     FusedAttention => FusedAttention, "fused_attention", [W, R, R, R, R, R, R, R];
+    /// Training attention forward: context, stats, Q, K, V, Kr, Qr, index, mask.
+    AttentionTrainForward => AttentionTrainForward, "attention_train_forward",
+        [W, W, R, R, R, R, R, R, R];
+    /// dQ pass: dQ, dc2p, drows, dcontext, context, stats, Q, K, V, Kr, Qr, index, mask.
+    AttentionBackwardQuery => AttentionBackwardQuery, "attention_backward_query",
+        [W, W, W, R, R, R, R, R, R, R, R, R, R];
+    /// dK/dV pass: dK, dV, dp2c, dcontext, drows, stats, Q, K, V, Kr, Qr, index, mask.
+    AttentionBackwardKey => AttentionBackwardKey, "attention_backward_key",
+        [W, W, W, R, R, R, R, R, R, R, R, R, R];
 }
 
 impl Kernel {
@@ -272,6 +309,16 @@ mod tests {
     }
 
     #[test]
+    fn the_bind_group_cache_keys_every_binding() {
+        for &kernel in Kernel::ALL {
+            assert!(
+                kernel.bindings().len() <= crate::recorder::MAX_BINDINGS,
+                "{kernel:?}"
+            );
+        }
+    }
+
+    #[test]
     fn rust_constants_are_the_wgsl_constants() {
         let mirrored: &[(&str, u32, &[Shader])] = &[
             (
@@ -312,7 +359,16 @@ mod tests {
             (
                 "ATTN_MAX_HEAD_DIM",
                 ATTN_MAX_HEAD_DIM,
-                &[Shader::FusedAttention],
+                &[Shader::FusedAttention, Shader::AttentionTrainForward],
+            ),
+            (
+                "ATTN_ROWS_WG",
+                ATTN_ROWS_WG,
+                &[
+                    Shader::AttentionTrainForward,
+                    Shader::AttentionBackwardQuery,
+                    Shader::AttentionBackwardKey,
+                ],
             ),
         ];
         for (name, value, shaders) in mirrored {
@@ -415,7 +471,8 @@ mod tests {
             AdamParams,
             DropoutParams,
             SamplingParams,
-            FusedAttentionParams
+            FusedAttentionParams,
+            AttentionRowsParams
         );
     }
 }

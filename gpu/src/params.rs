@@ -222,3 +222,29 @@ params! {
         _pad0: u32,
     }
 }
+
+params! {
+    /// `attention_rows.wgsl` (the training attention's three kernels).
+    AttentionRowsParams mirrors crate::kernels::Shader::AttentionTrainForward => {
+        batch: u32,
+        heads: u32,
+        len: u32,
+        head_dim: u32,
+        width: u32,
+        first_row: u32,
+        rows: u32,
+        has_c2p: u32,
+        has_p2c: u32,
+        has_dropout: u32,
+        inv_scale: f32,
+        scale: f32,
+        uniform: f32,
+        p: f32,
+        keep_scale: f32,
+        seed_lo: u32,
+        seed_hi: u32,
+        step: u32,
+        stream: u32,
+        _pad0: u32,
+    }
+}

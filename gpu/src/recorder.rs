@@ -22,8 +22,9 @@ use crate::pool::PooledBuffer;
 pub(crate) const ARENA_BYTES: u64 = 1 << 20;
 /// Cached bind groups beyond which the cache is cleared (buffers churned through the pool).
 const MAX_BIND_GROUPS: usize = 16_384;
-/// Most storage buffers a kernel binds.
-const MAX_BINDINGS: usize = 8;
+/// Most storage buffers a kernel binds (the training attention's backward passes); a bind
+/// group's cache key holds every one of them.
+pub(crate) const MAX_BINDINGS: usize = 13;
 
 /// Identity of a bind group: the kernel and the ids of its storage buffers.
 type BindKey = (Kernel, [u64; MAX_BINDINGS]);
@@ -59,6 +60,12 @@ impl Gpu {
             .params
             .extend_from_slice(bytemuck::bytes_of(params));
         recorder.params.resize(offset + self.slot as usize, 0);
+        if buffers.len() > MAX_BINDINGS {
+            // A key that left a buffer out would hand back a bind group of other buffers.
+            return Err(device_error(
+                "a kernel binds more storage buffers than the cache keys",
+            ));
+        }
         let mut key: BindKey = (kernel, [u64::MAX; MAX_BINDINGS]);
         for (slot, buffer) in key.1.iter_mut().zip(buffers) {
             *slot = buffer.id;

@@ -7,89 +7,15 @@
 
 mod common;
 
-use common::{assert_close, data, down, gpu, up, up_ids};
+use common::attention_case::{Case, case_strategy};
+use common::{assert_close, down, gpu, up, up_ids};
 use deberta_core::backend::{
-    AttentionBuffers, AttentionOperands, AttentionSpec, attention_context, attention_probabilities,
+    AttentionBuffers, AttentionOperands, attention_context, attention_probabilities,
 };
-use deberta_core::relative_position::{log_bucket_position, relative_index};
 use deberta_core::{Backend, CpuBackend};
 use proptest::prelude::*;
 
 const TOL: f32 = 1e-5;
-
-/// One attention problem, generated on the host.
-#[derive(Debug, Clone)]
-struct Case {
-    batch: usize,
-    heads: usize,
-    len: usize,
-    head_dim: usize,
-    c2p: bool,
-    p2c: bool,
-    /// Log-bucket size, maximum position and span of the relative index.
-    buckets: (usize, usize, usize),
-    /// Projection rows before the window (a projection computed over more rows).
-    first_row: usize,
-    /// Valid tokens per sequence (the rest is padding; 0 = fully padded).
-    valid: Vec<usize>,
-    /// Magnitude of Q and K (larger: peakier softmax).
-    scale_qk: f32,
-    seed: u64,
-}
-
-/// Host data of a case.
-struct Problem {
-    spec: AttentionSpec,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    kr: Vec<f32>,
-    qr: Vec<f32>,
-    index: Vec<u32>,
-    mask: Vec<f32>,
-}
-
-impl Case {
-    fn problem(&self) -> Problem {
-        let (len, width) = (self.len, self.heads * self.head_dim);
-        let (bucket_size, max_position, span) = self.buckets;
-        let idx = |i: usize, j: usize| {
-            let rel = log_bucket_position(i as i64 - j as i64, bucket_size, max_position);
-            relative_index(rel, span)
-        };
-        let first = idx(0, len - 1);
-        let rows = idx(len - 1, 0) - first + 1;
-        let index: Vec<u32> = (0..len * len)
-            .map(|e| (idx(e / len, e % len) - first) as u32)
-            .collect();
-        let n = self.batch * len;
-        let table_rows = self.first_row + rows + 2;
-        let mask = (0..n)
-            .map(|t| f32::from(u8::from(t % len < self.valid[t / len])))
-            .collect();
-        let scale = (self.head_dim as f32
-            * (1 + usize::from(self.c2p) + usize::from(self.p2c)) as f32)
-            .sqrt();
-        Problem {
-            spec: AttentionSpec {
-                batch: self.batch,
-                heads: self.heads,
-                len,
-                head_dim: self.head_dim,
-                rows,
-                first_row: self.first_row,
-                scale,
-            },
-            q: data(n * width, self.seed, self.scale_qk),
-            k: data(n * width, self.seed ^ 1, self.scale_qk),
-            v: data(n * width, self.seed ^ 2, 1.0),
-            kr: data(table_rows * width, self.seed ^ 3, self.scale_qk),
-            qr: data(table_rows * width, self.seed ^ 4, self.scale_qk),
-            index,
-            mask,
-        }
-    }
-}
 
 /// The context of a case on `b`: through `fused_attention` or through the unfused kernels
 /// (then also the probabilities).
@@ -162,40 +88,6 @@ fn check_with(case: &Case, tol: f32) {
         &gpu_unfused[1],
         tol,
     );
-}
-
-fn case_strategy() -> impl Strategy<Value = Case> {
-    (
-        1usize..=2,
-        1usize..=3,
-        1usize..=40,
-        prop::sample::select(vec![1usize, 3, 8, 16, 17, 32, 64]),
-        0u8..4,
-        prop::sample::select(vec![(8usize, 16usize, 4usize), (8, 32, 8), (256, 512, 256)]),
-        0usize..3,
-        prop::sample::select(vec![0.5f32, 2.0, 6.0]),
-        any::<u64>(),
-    )
-        .prop_flat_map(
-            |(batch, heads, len, head_dim, terms, buckets, first_row, scale_qk, seed)| {
-                // Valid tokens per sequence: anywhere in 0..=len, often full or a single one.
-                let valid =
-                    prop::collection::vec(prop_oneof![Just(len), Just(1usize), 0..=len], batch);
-                valid.prop_map(move |valid| Case {
-                    batch,
-                    heads,
-                    len,
-                    head_dim,
-                    c2p: terms & 1 != 0,
-                    p2c: terms & 2 != 0,
-                    buckets,
-                    first_row,
-                    valid,
-                    scale_qk,
-                    seed,
-                })
-            },
-        )
 }
 
 proptest! {

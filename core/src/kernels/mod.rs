@@ -89,7 +89,7 @@ use crate::Error;
 
 /// Checks that an operand holds at least `needed` elements.
 #[inline]
-pub(crate) fn require(
+pub fn require(
     kernel: &'static str,
     operand: &'static str,
     needed: usize,

@@ -13,12 +13,12 @@ use alloc::format;
 
 use super::batch::DeviceBatch;
 use super::context::BackwardContext;
-use super::dropout::{Dropout, Site, maybe_dropout};
+use super::dropout::{Dropout, Site};
 use super::modules::Linear;
 use super::params::{ParamLayout, ParamStore};
 use crate::backend::{
-    AttentionBuffers, AttentionOperands, AttentionSpec, Backend, attention_context_at,
-    attention_probabilities_at,
+    AttentionBuffers, AttentionDropout, AttentionGrads, AttentionOperands, AttentionSpec, Backend,
+    SavedAttention, TrainingBuffers, composed_attention_backward, composed_attention_forward_train,
 };
 use crate::kernels::{MatmulSpec, MatrixLayout};
 use crate::{Error, ModelConfig};
@@ -63,6 +63,12 @@ pub struct AttentionInput<'a, B: Backend> {
     /// backward pass reads them, and so do the `attentions` outputs); implied by `dropout`.
     /// Without it the backend's fused attention may run. The backward ignores it.
     pub keep_probs: bool,
+    /// Training through the backend's [`Backend::attention_forward_train`] and
+    /// [`Backend::attention_backward`] (what the forward saves is the backend's choice, so the
+    /// probabilities may not be kept: it takes precedence over `keep_probs`) rather than
+    /// through their compositions from the kept probabilities. Forward and backward must agree
+    /// on it.
+    pub train: bool,
 }
 
 impl<B: Backend> Clone for AttentionInput<'_, B> {
@@ -126,6 +132,9 @@ pub struct AttentionActivations<T> {
     pub probs: T,
     /// The probabilities after dropout (training with attention dropout only).
     pub probs_dropped: Option<T>,
+    /// Per-query-row softmax statistics of a fused training forward, `batch·h·len`
+    /// ([`TrainingBuffers::stats`]).
+    pub stats: T,
     /// `P·V` with heads concatenated, `[N, h·d]`.
     pub context: T,
 }
@@ -136,6 +145,7 @@ pub struct AttentionScratch<T> {
     dkey: T,
     dvalue: T,
     dscores: T,
+    drows: T,
     dc2p: Option<T>,
     dp2c: Option<T>,
 }
@@ -230,6 +240,7 @@ impl DisentangledSelfAttention {
             } else {
                 None
             },
+            stats: backend.zeros(batch * self.heads * len)?,
             context: backend.zeros(n * width)?,
         })
     }
@@ -249,6 +260,7 @@ impl DisentangledSelfAttention {
             dkey: backend.zeros(n * self.width())?,
             dvalue: backend.zeros(n * self.width())?,
             dscores: backend.zeros(batch * self.heads * len * len)?,
+            drows: backend.zeros(batch * self.heads * len)?,
             dc2p: if self.c2p {
                 Some(backend.zeros(table)?)
             } else {
@@ -475,10 +487,11 @@ impl DisentangledSelfAttention {
         Ok((ops, spec))
     }
 
-    /// Runs the attention; the context lands in `acts.context`. With `input.keep_probs` (or
-    /// dropout) the probabilities land in `acts.probs` through the unfused kernels; otherwise
-    /// the backend's [`Backend::fused_attention`] runs and `acts.probs` and the c2p/p2c tables
-    /// are scratch whose contents are unspecified.
+    /// Runs the attention; the context lands in `acts.context`. With `input.train` the
+    /// backend's [`Backend::attention_forward_train`] saves what its backward needs; otherwise
+    /// with `input.keep_probs` (or dropout) the probabilities land in `acts.probs` through the
+    /// unfused kernels; otherwise the backend's [`Backend::fused_attention`] runs and
+    /// `acts.probs` and the c2p/p2c tables are scratch whose contents are unspecified.
     pub fn forward<B: Backend>(
         &self,
         backend: &B,
@@ -500,27 +513,56 @@ impl DisentangledSelfAttention {
             c2p: acts.c2p.as_mut(),
             p2c: acts.p2c.as_mut(),
         };
-        if !input.keep_probs && input.dropout.is_none() {
+        if !input.keep_probs && !input.train && input.dropout.is_none() {
             return backend.fused_attention(ops, buffers, &mut acts.context, spec);
         }
-        let products = params.products();
-        attention_probabilities_at(backend, &ops, buffers, spec, products)?;
-        let applied = match (input.dropout, acts.probs_dropped.as_mut()) {
-            (Some(dropout), Some(dropped)) => {
-                backend.copy(&acts.probs, 0, dropped, 0, spec.scores())?;
-                dropout.apply(backend, dropped, input.layer, Site::AttentionProbs)?;
-                &*dropped
-            }
-            _ => &acts.probs,
+        let training = TrainingBuffers {
+            probs: buffers.probs,
+            dropped: acts.probs_dropped.as_mut(),
+            c2p: buffers.c2p,
+            p2c: buffers.p2c,
+            stats: &mut acts.stats,
         };
-        attention_context_at(
-            backend,
-            applied,
-            &acts.value,
-            &mut acts.context,
-            spec,
-            products,
-        )
+        let dropout = self.attention_dropout(&input, training.dropped.is_some());
+        let products = params.products();
+        if input.train {
+            backend.attention_forward_train(
+                ops,
+                training,
+                &mut acts.context,
+                dropout,
+                spec,
+                products,
+            )
+        } else {
+            // The probabilities themselves are wanted (a composed backward, the `attentions`
+            // outputs).
+            composed_attention_forward_train(
+                backend,
+                ops,
+                training,
+                &mut acts.context,
+                dropout,
+                spec,
+                products,
+            )
+        }
+    }
+
+    /// The attention dropout of a training forward (`None` without dropout, at probability 0
+    /// or without a buffer for the dropped probabilities).
+    fn attention_dropout<B: Backend>(
+        &self,
+        input: &AttentionInput<'_, B>,
+        buffer: bool,
+    ) -> Option<AttentionDropout> {
+        input
+            .dropout
+            .filter(|d| d.attention > 0.0 && buffer)
+            .map(|d| AttentionDropout {
+                p: d.attention,
+                stream: d.stream(input.layer, Site::AttentionProbs),
+            })
     }
 
     /// Backward from `dcontext`: adds to the parameter gradients and to the input gradients
@@ -542,130 +584,49 @@ impl DisentangledSelfAttention {
         let backend = ctx.backend;
         // The products run at the store's format (f16 in mixed-precision training on wgpu).
         let products = ctx.params.products();
+        let batch = input.batch;
+        let n = batch.tokens();
+        let (ops, spec) = self.core(&input, &acts.query, &acts.key, &acts.value)?;
+        let dropout = self.attention_dropout(&input, acts.probs_dropped.is_some());
+        let saved = SavedAttention {
+            probs: &acts.probs,
+            dropped: acts.probs_dropped.as_ref(),
+            stats: &acts.stats,
+            context: &acts.context,
+        };
+        let grads = AttentionGrads {
+            dscores: &mut scratch.dscores,
+            drows: &mut scratch.drows,
+            dquery: &mut scratch.dquery,
+            dkey: &mut scratch.dkey,
+            dvalue: &mut scratch.dvalue,
+            dc2p: scratch.dc2p.as_mut(),
+            dp2c: scratch.dp2c.as_mut(),
+        };
+        if input.train {
+            backend.attention_backward(ops, saved, dcontext, dropout, grads, spec, products)?;
+        } else {
+            composed_attention_backward(
+                backend, ops, saved, dcontext, dropout, grads, spec, products,
+            )?;
+        }
         let matmul = |a: &B::Tensor, b: &B::Tensor, c: &mut B::Tensor, spec: &MatmulSpec| {
             backend.matmul_reduced(a, b, c, spec, products)
         };
-        let batch = input.batch;
-        let (bsz, len, n) = (batch.batch, batch.len, batch.tokens());
-        let (heads, d) = (self.heads, self.head_dim);
-        let spec = self.spec(batch);
-        let (head, square) = (spec.head_layout(), spec.square_layout());
-        let attention_dropout = input.dropout.filter(|d| d.attention > 0.0);
-        let applied = match (attention_dropout, &acts.probs_dropped) {
-            (Some(_), Some(dropped)) => dropped,
-            _ => &acts.probs,
-        };
-        // dP = dctx · Vᵀ ; dV = P_appliedᵀ · dctx
-        matmul(
-            dcontext,
-            &acts.value,
-            &mut scratch.dscores,
-            &MatmulSpec {
-                batch: [bsz, heads],
-                m: len,
-                n: len,
-                k: d,
-                a: head,
-                b: head.transposed(),
-                c: square,
-                alpha: 1.0,
-                beta: 0.0,
-            },
-        )?;
-        matmul(
-            applied,
-            dcontext,
-            &mut scratch.dvalue,
-            &MatmulSpec {
-                batch: [bsz, heads],
-                m: len,
-                n: d,
-                k: len,
-                a: square.transposed(),
-                b: head,
-                c: head,
-                alpha: 1.0,
-                beta: 0.0,
-            },
-        )?;
-        maybe_dropout(
-            attention_dropout,
-            backend,
-            &mut scratch.dscores,
-            input.layer,
-            Site::AttentionProbs,
-        )?;
-        backend.masked_softmax_backward(
-            &acts.probs,
-            &mut scratch.dscores,
-            &batch.mask,
-            spec.softmax_spec(),
-        )?;
-        // dQ = dS·K/s ; dK = dSᵀ·Q/s
-        let content = |a: MatrixLayout| MatmulSpec {
-            batch: [bsz, heads],
-            m: len,
-            n: d,
-            k: len,
-            a,
-            b: head,
-            c: head,
-            alpha: 1.0 / self.scale,
-            beta: 0.0,
-        };
-        matmul(
-            &scratch.dscores,
-            &acts.key,
-            &mut scratch.dquery,
-            &content(square),
-        )?;
-        matmul(
-            &scratch.dscores,
-            &acts.query,
-            &mut scratch.dkey,
-            &content(square.transposed()),
-        )?;
-
-        if self.c2p || self.p2c {
-            let projection = input.projection.ok_or(Error::Missing {
-                what: "position projections for relative attention",
-            })?;
+        if let (Some(projection), true) = (input.projection, self.c2p || self.p2c) {
             let dprojection = dprojection.ok_or(Error::Missing {
                 what: "position projection gradients",
             })?;
-            let index = batch.relative_index.as_ref().ok_or(Error::Missing {
-                what: "relative index for relative attention",
-            })?;
-            backend.relative_scores_backward(
-                &scratch.dscores,
-                index,
-                scratch.dc2p.as_mut(),
-                scratch.dp2c.as_mut(),
-                spec.relative_spec(),
-            )?;
             let rows = batch.window.rows;
             let table = self.projection_layout(projection, batch)?;
-            let tokens = self.token_layout();
-            let tables = self.table_layout(n, rows);
-            // content += dtable · P_win ; dP_win += dtableᵀ · content
-            let into_content = MatmulSpec {
-                batch: [1, heads],
-                m: n,
-                n: d,
-                k: rows,
-                a: tables,
-                b: table,
-                c: tokens,
-                alpha: 1.0,
-                beta: 1.0,
-            };
+            // dP_win += dtableᵀ · content
             let into_projection = MatmulSpec {
-                batch: [1, heads],
+                batch: [1, self.heads],
                 m: rows,
-                n: d,
+                n: self.head_dim,
                 k: n,
-                a: tables.transposed(),
-                b: tokens,
+                a: self.table_layout(n, rows).transposed(),
+                b: self.token_layout(),
                 c: table,
                 alpha: 1.0,
                 beta: 1.0,
@@ -674,30 +635,20 @@ impl DisentangledSelfAttention {
                 let dtable = scratch.dc2p.as_ref().ok_or(Error::Missing {
                     what: "c2p scratch",
                 })?;
-                let kr = projection
-                    .keys
-                    .as_ref()
-                    .ok_or(Error::Missing { what: "Kr" })?;
                 let dkr = dprojection
                     .keys
                     .as_mut()
                     .ok_or(Error::Missing { what: "dKr" })?;
-                matmul(dtable, kr, &mut scratch.dquery, &into_content)?;
                 matmul(dtable, &acts.query, dkr, &into_projection)?;
             }
             if self.p2c {
                 let dtable = scratch.dp2c.as_ref().ok_or(Error::Missing {
                     what: "p2c scratch",
                 })?;
-                let qr = projection
-                    .queries
-                    .as_ref()
-                    .ok_or(Error::Missing { what: "Qr" })?;
                 let dqr = dprojection
                     .queries
                     .as_mut()
                     .ok_or(Error::Missing { what: "dQr" })?;
-                matmul(dtable, qr, &mut scratch.dkey, &into_content)?;
                 matmul(dtable, &acts.key, dqr, &into_projection)?;
             }
         }

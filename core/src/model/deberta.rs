@@ -78,8 +78,14 @@ pub enum MlmRows<'a, B: Backend> {
 /// [`fused_attention`](crate::Backend::fused_attention), which never materialises them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionProbs {
-    /// Every attention (required by [`Deberta::backward`]; implied by dropout).
+    /// Every attention (a [`Deberta::backward`] then runs the composed attention backward
+    /// from them; implied by dropout).
     Keep,
+    /// None, but every attention saves what the backend's
+    /// [`attention_backward`](crate::Backend::attention_backward) needs (training through
+    /// [`attention_forward_train`](crate::Backend::attention_forward_train): per-row softmax
+    /// statistics on a backend with a fused training attention, the probabilities otherwise).
+    Train,
     /// Only encoder layer 0's (the `attentions.0` output of `deberta forward`).
     FirstLayer,
     /// None: inference that reads only hidden states and logits.
@@ -92,7 +98,7 @@ impl AttentionProbs {
         match self {
             AttentionProbs::Keep => true,
             AttentionProbs::FirstLayer => layer == 0,
-            AttentionProbs::Discard => false,
+            AttentionProbs::Discard | AttentionProbs::Train => false,
         }
     }
 }
@@ -427,6 +433,7 @@ impl Deberta {
                 layer: i,
                 dropout,
                 keep_probs: options.attention_probs.keeps(i),
+                train: options.attention_probs == AttentionProbs::Train,
             };
             self.encoder.layers[i].forward(backend, params, input, &mut rest[0])?;
             if let (0, Some(conv), Some(conv_acts)) = (i, &self.encoder.conv, acts.conv.as_mut()) {
@@ -508,6 +515,7 @@ impl Deberta {
             layer: last + 1 + pass,
             dropout,
             keep_probs: options.attention_probs.keeps(last + 1 + pass),
+            train: options.attention_probs == AttentionProbs::Train,
         };
         self.encoder.layers[last].forward(backend, params, input(&acts.query, 0), first)?;
         self.encoder.layers[last].forward(backend, params, input(&first.output, 1), second)
@@ -527,10 +535,11 @@ impl Deberta {
         scratch: &mut BackwardScratch<B::Tensor>,
     ) -> Result<(), Error> {
         let backend = ctx.backend;
-        if options.attention_probs != AttentionProbs::Keep && options.dropout.is_none() {
+        let train = options.attention_probs == AttentionProbs::Train;
+        if options.attention_probs != AttentionProbs::Keep && !train && options.dropout.is_none() {
             return Err(Error::Missing {
                 what: "the attention probabilities of the forward (a backward pass needs \
-                       AttentionProbs::Keep)",
+                       AttentionProbs::Keep or AttentionProbs::Train)",
             });
         }
         let dropout = options.dropout;
@@ -585,6 +594,7 @@ impl Deberta {
                 layer: last + 1 + pass,
                 dropout,
                 keep_probs: true,
+                train,
             };
             // Pass 2 (queries = pass-1 output), then pass 1 (queries = E_pos + H); both read
             // keys and values from H, whose gradient collects in `dstate_a`.
@@ -663,6 +673,7 @@ impl Deberta {
                 layer: i,
                 dropout,
                 keep_probs: true,
+                train,
             };
             self.encoder.layers[i].backward(
                 ctx,

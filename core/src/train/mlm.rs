@@ -96,7 +96,7 @@ pub fn mlm_step<B: Backend>(
             positions: &targets.positions,
             count: targets.count,
         },
-        attention_probs: AttentionProbs::Keep,
+        attention_probs: AttentionProbs::Train,
     };
     let relative = model.relative_embeddings(backend, params, Some(batch), dropout)?;
     let ModelBuffers {

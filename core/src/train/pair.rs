@@ -351,7 +351,7 @@ impl RtdPair {
         let options = ForwardOptions::<B> {
             dropout,
             mlm_rows: MlmRows::All,
-            attention_probs: AttentionProbs::Keep,
+            attention_probs: AttentionProbs::Train,
         };
         let relative = model.relative_embeddings(backend, params, Some(device), dropout)?;
         let ModelBuffers {

@@ -30,7 +30,7 @@ pub(crate) struct Operands<'a> {
 }
 
 /// The buffer of an optional read-only operand (a placeholder when absent).
-fn optional<'a>(
+pub(crate) fn optional<'a>(
     gpu: &'a Gpu,
     tensor: Option<&'a GpuTensor>,
 ) -> Result<&'a crate::pool::PooledBuffer, Error> {

@@ -3,6 +3,7 @@
 //! fills the kernel's `Params` and records the dispatch.
 
 pub(crate) mod attention;
+pub(crate) mod attention_training;
 pub(crate) mod elementwise;
 pub(crate) mod embedding;
 pub(crate) mod layer_norm;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod attention_case;
+
 use deberta_core::Backend;
 use deberta_gpu::WgpuBackend;
 

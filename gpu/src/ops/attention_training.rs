@@ -1,0 +1,237 @@
+//! The fused disentangled attention of training (`attention_rows.wgsl` and its three kernels):
+//! a forward that writes the context and one logsumexp per query row, and a backward that
+//! recomputes the probabilities from it (FlashAttention-2) in a query-owned pass (dQ, dc2p) and
+//! a key-owned pass (dK, dV, dp2c).
+//!
+//! Memory: per (sequence, head) the composed path keeps the probabilities `[len, len]`, under
+//! attention dropout a dropped copy, and in the backward the score gradients `[len, len]`; this
+//! path keeps `len` statistics and `len` scratch values instead. At `len = 512` that is
+//! 3 · 512² · 4 B = 3 MiB against 2 · 512 · 4 B = 4 KiB per head (the `[heads, N, R]` c2p/p2c
+//! table gradients, which the position projections' gradients are computed from, remain).
+
+use deberta_core::backend::{AttentionDropout, AttentionLengths, AttentionSpec};
+use deberta_core::kernels::require;
+use deberta_core::{Error, Precision};
+
+use super::attention::{Operands, optional};
+use super::{flag, word};
+use crate::device::Gpu;
+use crate::kernels::{ATTN_MAX_HEAD_DIM, ATTN_ROWS_WG, Kernel};
+use crate::params::AttentionRowsParams;
+use crate::pool::PooledBuffer;
+use crate::tensor::{GpuIndices, GpuTensor};
+
+/// Storage buffers of the widest training kernel (the backward passes).
+const STORAGE_BUFFERS: u32 = 13;
+
+/// Where the training backward writes (see `deberta_core::backend::AttentionGrads`).
+pub(crate) struct Grads<'a> {
+    pub(crate) drows: &'a mut GpuTensor,
+    pub(crate) dquery: &'a mut GpuTensor,
+    pub(crate) dkey: &'a mut GpuTensor,
+    pub(crate) dvalue: &'a mut GpuTensor,
+    pub(crate) dc2p: Option<&'a mut GpuTensor>,
+    pub(crate) dp2c: Option<&'a mut GpuTensor>,
+}
+
+/// Whether the training kernels take this attention on this device: heads up to
+/// [`ATTN_MAX_HEAD_DIM`] wide, f32 products (mixed precision keeps its f16 composition) and a
+/// device that binds [`STORAGE_BUFFERS`] storage buffers per kernel.
+pub(crate) fn supports(gpu: &Gpu, spec: &AttentionSpec, products: Precision) -> bool {
+    spec.head_dim <= ATTN_MAX_HEAD_DIM as usize
+        && products == Precision::F32
+        && gpu.limits.max_storage_buffers_per_shader_stage >= STORAGE_BUFFERS
+}
+
+/// The operand contract ([`AttentionSpec::check`] plus the statistics); returns `N·W`.
+fn check(
+    ops: &Operands<'_>,
+    context: usize,
+    stats: usize,
+    spec: &AttentionSpec,
+) -> Result<usize, Error> {
+    let activation = spec.check(AttentionLengths {
+        query: ops.query.len(),
+        key: ops.key.len(),
+        value: ops.value.len(),
+        context,
+        mask: ops.mask.len(),
+        pos_key: ops.pos_key.map(GpuTensor::len),
+        pos_query: ops.pos_query.map(GpuTensor::len),
+        index: ops.index.map(GpuIndices::len),
+    })?;
+    require("attention_train", "stats", spec.stats(), stats)?;
+    if spec.head_dim > ATTN_MAX_HEAD_DIM as usize {
+        return Err(Error::ShapeMismatch {
+            what: "head width beyond the fused training attention",
+            expected: ATTN_MAX_HEAD_DIM as usize,
+            found: spec.head_dim,
+        });
+    }
+    Ok(activation)
+}
+
+/// The kernels' parameters.
+fn params(
+    ops: &Operands<'_>,
+    dropout: Option<AttentionDropout>,
+    spec: &AttentionSpec,
+) -> Result<AttentionRowsParams, Error> {
+    let (seed, step, stream) = dropout.map_or((0, 0, 0), |d| {
+        (d.stream.seed, d.stream.step, d.stream.stream)
+    });
+    let p = dropout.map_or(0.0, |d| d.p);
+    Ok(AttentionRowsParams {
+        batch: word(spec.batch)?,
+        heads: word(spec.heads)?,
+        len: word(spec.len)?,
+        head_dim: word(spec.head_dim)?,
+        width: word(spec.width())?,
+        first_row: word(spec.first_row)?,
+        rows: word(spec.rows)?,
+        has_c2p: flag(ops.pos_key.is_some()),
+        has_p2c: flag(ops.pos_query.is_some()),
+        has_dropout: flag(dropout.is_some()),
+        inv_scale: 1.0 / spec.scale,
+        scale: spec.scale,
+        uniform: 1.0 / spec.len as f32,
+        p,
+        // The dropout kernel's f32 arithmetic, so kept values are scaled identically.
+        keep_scale: 1.0 / (1.0 - p),
+        seed_lo: seed as u32,
+        seed_hi: (seed >> 32) as u32,
+        step,
+        stream,
+        _pad0: 0,
+    })
+}
+
+/// The index buffer when a position term is present (a placeholder otherwise).
+fn index_buffer<'a>(gpu: &'a Gpu, ops: &Operands<'a>) -> Result<&'a PooledBuffer, Error> {
+    match ops.index {
+        Some(index) if ops.pos_key.is_some() || ops.pos_query.is_some() => gpu.buf(index),
+        _ => Ok(&gpu.absent_input),
+    }
+}
+
+/// The buffer of an optional output (a placeholder when absent).
+fn output<'a>(gpu: &'a Gpu, tensor: Option<&'a GpuTensor>) -> Result<&'a PooledBuffer, Error> {
+    match tensor {
+        Some(t) => gpu.buf(t),
+        None => Ok(&gpu.absent_output),
+    }
+}
+
+/// `context = dropout(P)·V` and `stats[b,h,i] = logsumexp_j(score[i,j])` (masked).
+pub(crate) fn forward(
+    gpu: &Gpu,
+    ops: Operands<'_>,
+    context: &mut GpuTensor,
+    stats: &mut GpuTensor,
+    dropout: Option<AttentionDropout>,
+    spec: AttentionSpec,
+) -> Result<(), Error> {
+    let activation = check(&ops, context.len(), stats.len(), &spec)?;
+    let buffers = [
+        gpu.buf(context)?,
+        gpu.buf(stats)?,
+        gpu.buf(ops.query)?,
+        gpu.buf(ops.key)?,
+        gpu.buf(ops.value)?,
+        optional(gpu, ops.pos_key)?,
+        optional(gpu, ops.pos_query)?,
+        index_buffer(gpu, &ops)?,
+        gpu.buf(ops.mask)?,
+    ];
+    if activation == 0 {
+        return Ok(());
+    }
+    let params = params(&ops, dropout, &spec)?;
+    gpu.dispatch(
+        Kernel::AttentionTrainForward,
+        &params,
+        &buffers,
+        gpu.grid_for(spec.stats(), ATTN_ROWS_WG)?,
+    )
+}
+
+/// The backward from `dcontext`, given the forward's operands, `context` and `stats`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    gpu: &Gpu,
+    ops: Operands<'_>,
+    context: &GpuTensor,
+    stats: &GpuTensor,
+    dcontext: &GpuTensor,
+    dropout: Option<AttentionDropout>,
+    grads: Grads<'_>,
+    spec: AttentionSpec,
+) -> Result<(), Error> {
+    let activation = check(&ops, context.len(), stats.len(), &spec)?;
+    const KERNEL: &str = "attention_backward";
+    require(KERNEL, "dcontext", activation, dcontext.len())?;
+    require(KERNEL, "dquery", activation, grads.dquery.len())?;
+    require(KERNEL, "dkey", activation, grads.dkey.len())?;
+    require(KERNEL, "dvalue", activation, grads.dvalue.len())?;
+    require(KERNEL, "drows", spec.stats(), grads.drows.len())?;
+    let relative = ops.pos_key.is_some() || ops.pos_query.is_some();
+    let table = if relative { spec.table() } else { 0 };
+    let dc2p = match (ops.pos_key, grads.dc2p) {
+        (Some(_), Some(t)) => {
+            require(KERNEL, "dc2p", table, t.len())?;
+            Some(t)
+        }
+        (Some(_), None) => {
+            return Err(Error::Missing {
+                what: "c2p gradient buffer",
+            });
+        }
+        (None, _) => None,
+    };
+    let dp2c = match (ops.pos_query, grads.dp2c) {
+        (Some(_), Some(t)) => {
+            require(KERNEL, "dp2c", table, t.len())?;
+            Some(t)
+        }
+        (Some(_), None) => {
+            return Err(Error::Missing {
+                what: "p2c gradient buffer",
+            });
+        }
+        (None, _) => None,
+    };
+    let params = params(&ops, dropout, &spec)?;
+    let grid = gpu.grid_for(spec.stats(), ATTN_ROWS_WG)?;
+    let shared = [
+        gpu.buf(stats)?,
+        gpu.buf(ops.query)?,
+        gpu.buf(ops.key)?,
+        gpu.buf(ops.value)?,
+        optional(gpu, ops.pos_key)?,
+        optional(gpu, ops.pos_query)?,
+        index_buffer(gpu, &ops)?,
+        gpu.buf(ops.mask)?,
+    ];
+    let mut query_pass = vec![
+        gpu.buf(grads.dquery)?,
+        output(gpu, dc2p.as_deref())?,
+        gpu.buf(grads.drows)?,
+        gpu.buf(dcontext)?,
+        gpu.buf(context)?,
+    ];
+    query_pass.extend(shared);
+    let mut key_pass = vec![
+        gpu.buf(grads.dkey)?,
+        gpu.buf(grads.dvalue)?,
+        output(gpu, dp2c.as_deref())?,
+        gpu.buf(dcontext)?,
+        gpu.buf(grads.drows)?,
+    ];
+    key_pass.extend(shared);
+    if activation == 0 {
+        return Ok(());
+    }
+    // The key-owned pass reads the query-owned pass's `drows`.
+    gpu.dispatch(Kernel::AttentionBackwardQuery, &params, &query_pass, grid)?;
+    gpu.dispatch(Kernel::AttentionBackwardKey, &params, &key_pass, grid)
+}

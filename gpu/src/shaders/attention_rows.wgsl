@@ -1,0 +1,108 @@
+// The shared part of the row-owned training attention (attention_train_forward.wgsl,
+// attention_backward_query.wgsl, attention_backward_key.wgsl; philox.wgsl is prepended and the
+// kernel file appended, which declares the bindings these helpers read; the backward passes
+// also get attention_backward_rows.wgsl).
+//
+// FlashAttention-2 for the disentangled scores: the forward keeps one statistic per query row,
+// the logsumexp `lse_i = m_i + log(l_i)` of its masked scores, instead of the probabilities; the
+// backward recomputes `P[i,j] = exp(score(i,j) − lse_i)` pair by pair from Q, K, Kr, Qr and the
+// index. Every output row has one owning thread (a query row in the forward and in the dQ/dc2p
+// pass, a key row in the dK/dV/dp2c pass), which adds its terms in a fixed order: no atomics,
+// deterministic results. Semantics are the unfused path's (Hugging Face 5.x): masked keys weigh
+// 0; a padded query row is uniform over all len keys and passes no gradient to the scores;
+// attention dropout keeps element ((b·heads + h)·len + i)·len + j of the probabilities when word
+// of that index of the stream is ≥ p (dropout.wgsl's mask over the same tensor), scaled by
+// 1/(1 − p).
+
+const ATTN_ROWS_WG: u32 = 64u;
+const ATTN_MAX_HEAD_DIM: u32 = 64u;
+// Stands in for -inf in the running max: every real score is far above it.
+const LOWEST: f32 = -3.4028235e38;
+
+struct Params {
+    batch: u32,
+    heads: u32,
+    len: u32,
+    head_dim: u32,
+    // heads · head_dim: the row width of Q, K, V, the context and the projections.
+    width: u32,
+    // Row of Kr / Qr holding window row 0.
+    first_row: u32,
+    // Window rows R of the c2p/p2c tables [heads, tokens, R].
+    rows: u32,
+    has_c2p: u32,
+    has_p2c: u32,
+    has_dropout: u32,
+    inv_scale: f32,
+    scale: f32,
+    // 1/len, the probability of a padded query row (computed on the host as the softmax does).
+    uniform: f32,
+    // Dropout probability and 1/(1 − p) (the host's f32 arithmetic, as the dropout kernel's).
+    p: f32,
+    keep_scale: f32,
+    seed_lo: u32,
+    seed_hi: u32,
+    step: u32,
+    stream: u32,
+    _pad0: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+
+// The window-relative index idx(i, j) of one pair.
+fn relative_index(i: u32, j: u32) -> u32 {
+    return index[i * params.len + j];
+}
+
+// The unscaled score terms of query token `tq` and key token `tk` of head column `column0`:
+// (Q_i·K_j, Q_i·Kr[idx], K_j·Qr[idx]).
+fn score_terms(tq: u32, tk: u32, column0: u32, i: u32, j: u32) -> vec3<f32> {
+    let width = params.width;
+    let q_at = tq * width + column0;
+    let k_at = tk * width + column0;
+    var qk = 0.0;
+    var c2p = 0.0;
+    var p2c = 0.0;
+    var r_at = 0u;
+    if (params.has_c2p != 0u || params.has_p2c != 0u) {
+        r_at = (relative_index(i, j) + params.first_row) * width + column0;
+    }
+    for (var c = 0u; c < params.head_dim; c += 1u) {
+        let q = query[q_at + c];
+        let k = key[k_at + c];
+        qk += q * k;
+        if (params.has_c2p != 0u) {
+            c2p += q * pos_key[r_at + c];
+        }
+        if (params.has_p2c != 0u) {
+            p2c += k * pos_query[r_at + c];
+        }
+    }
+    return vec3<f32>(qk, c2p, p2c);
+}
+
+// The score of a valid query against a key: Q_i·K_j/s + (c2p/s + p2c/s).
+fn score(tq: u32, tk: u32, column0: u32, i: u32, j: u32) -> f32 {
+    let t = score_terms(tq, tk, column0, i, j);
+    var relative = 0.0;
+    if (params.has_c2p != 0u) {
+        relative = t.y / params.scale;
+    }
+    if (params.has_p2c != 0u) {
+        relative = relative + t.z / params.scale;
+    }
+    return t.x * params.inv_scale + relative;
+}
+
+// The dropout multiplier of element `e` of the probabilities (1 without dropout).
+fn dropout_factor(e: u32) -> f32 {
+    if (params.has_dropout == 0u) {
+        return 1.0;
+    }
+    let bits = philox_block(e / 4u, vec2<u32>(params.seed_lo, params.seed_hi), params.step,
+                            params.stream);
+    if (bits_to_uniform(bits[e % 4u]) >= params.p) {
+        return params.keep_scale;
+    }
+    return 0.0;
+}
