@@ -7,11 +7,9 @@
 
 mod common;
 
-use common::attention_case::{Case, case_strategy};
-use common::{assert_close, down, gpu, up, up_ids};
-use deberta_core::backend::{
-    AttentionBuffers, AttentionOperands, attention_context, attention_probabilities,
-};
+use common::attention_case::{Case, Tensors, case_strategy};
+use common::{assert_close, down, gpu, up};
+use deberta_core::backend::{AttentionBuffers, attention_context, attention_probabilities};
 use deberta_core::{Backend, CpuBackend};
 use proptest::prelude::*;
 
@@ -22,19 +20,8 @@ const TOL: f32 = 1e-5;
 fn attention<B: Backend>(b: &B, case: &Case, fused: bool) -> Vec<Vec<f32>> {
     let p = case.problem();
     let spec = p.spec;
-    let (q, k, v) = (up(b, &p.q), up(b, &p.k), up(b, &p.v));
-    let (kr, qr) = (up(b, &p.kr), up(b, &p.qr));
-    let index = up_ids(b, &p.index);
-    let mask = up(b, &p.mask);
-    let ops = AttentionOperands::<B> {
-        query: &q,
-        key: &k,
-        value: &v,
-        pos_key: case.c2p.then_some(&kr),
-        pos_query: case.p2c.then_some(&qr),
-        index: Some(&index),
-        mask: &mask,
-    };
+    let tensors = Tensors::upload(b, &p);
+    let ops = tensors.operands(case);
     let mut probs = b.zeros(spec.scores()).unwrap();
     let mut c2p = b.zeros(spec.table()).unwrap();
     let mut p2c = b.zeros(spec.table()).unwrap();
@@ -50,7 +37,7 @@ fn attention<B: Backend>(b: &B, case: &Case, fused: bool) -> Vec<Vec<f32>> {
         vec![down(b, &context)]
     } else {
         attention_probabilities(b, &ops, buffers, spec).unwrap();
-        attention_context(b, &probs, &v, &mut context, spec).unwrap();
+        attention_context(b, &probs, &tensors.v, &mut context, spec).unwrap();
         vec![down(b, &context), down(b, &probs)]
     }
 }

@@ -9,11 +9,11 @@
 
 mod common;
 
-use common::attention_case::{Case, case_strategy};
-use common::{assert_close, data, down, gpu, max_abs_diff, up, up_ids};
+use common::attention_case::{Case, Tensors, case_strategy};
+use common::{assert_close, data, down, gpu, max_abs_diff, up};
 use deberta_core::backend::{
-    AttentionDropout, AttentionGrads, AttentionOperands, SavedAttention, TrainingBuffers,
-    composed_attention_backward, composed_attention_forward_train,
+    AttentionDropout, AttentionGrads, SavedAttention, TrainingBuffers, composed_attention_backward,
+    composed_attention_forward_train,
 };
 use deberta_core::random::RandomStream;
 use deberta_core::{Backend, CpuBackend, Precision};
@@ -39,19 +39,8 @@ const NAMES: [&str; 6] = ["context", "dquery", "dkey", "dvalue", "dc2p", "dp2c"]
 fn train<B: Backend>(b: &B, case: &Case, dropout: Option<f32>, composed: bool) -> Outputs {
     let p = case.problem();
     let spec = p.spec;
-    let (q, k, v) = (up(b, &p.q), up(b, &p.k), up(b, &p.v));
-    let (kr, qr) = (up(b, &p.kr), up(b, &p.qr));
-    let index = up_ids(b, &p.index);
-    let mask = up(b, &p.mask);
-    let ops = AttentionOperands::<B> {
-        query: &q,
-        key: &k,
-        value: &v,
-        pos_key: case.c2p.then_some(&kr),
-        pos_query: case.p2c.then_some(&qr),
-        index: Some(&index),
-        mask: &mask,
-    };
+    let tensors = Tensors::upload(b, &p);
+    let ops = tensors.operands(case);
     let dropout = dropout.map(|p| AttentionDropout {
         p,
         stream: RandomStream {

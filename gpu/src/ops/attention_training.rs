@@ -155,6 +155,24 @@ pub(crate) fn forward(
     )
 }
 
+/// A c2p or p2c table gradient of `table` elements (`name` in errors): needed exactly where
+/// its position projection is given (`projected`), refused as `what` when missing.
+fn table_grad<'t>(
+    projected: bool,
+    grad: Option<&'t mut GpuTensor>,
+    table: usize,
+    (name, what): (&'static str, &'static str),
+) -> Result<Option<&'t mut GpuTensor>, Error> {
+    match (projected, grad) {
+        (true, Some(t)) => {
+            require("attention_backward", name, table, t.len())?;
+            Ok(Some(t))
+        }
+        (true, None) => Err(Error::Missing { what }),
+        (false, _) => Ok(None),
+    }
+}
+
 /// The backward from `dcontext`, given the forward's operands, `context` and `stats`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
@@ -176,30 +194,18 @@ pub(crate) fn backward(
     require(KERNEL, "drows", spec.stats(), grads.drows.len())?;
     let relative = ops.pos_key.is_some() || ops.pos_query.is_some();
     let table = if relative { spec.table() } else { 0 };
-    let dc2p = match (ops.pos_key, grads.dc2p) {
-        (Some(_), Some(t)) => {
-            require(KERNEL, "dc2p", table, t.len())?;
-            Some(t)
-        }
-        (Some(_), None) => {
-            return Err(Error::Missing {
-                what: "c2p gradient buffer",
-            });
-        }
-        (None, _) => None,
-    };
-    let dp2c = match (ops.pos_query, grads.dp2c) {
-        (Some(_), Some(t)) => {
-            require(KERNEL, "dp2c", table, t.len())?;
-            Some(t)
-        }
-        (Some(_), None) => {
-            return Err(Error::Missing {
-                what: "p2c gradient buffer",
-            });
-        }
-        (None, _) => None,
-    };
+    let dc2p = table_grad(
+        ops.pos_key.is_some(),
+        grads.dc2p,
+        table,
+        ("dc2p", "c2p gradient buffer"),
+    )?;
+    let dp2c = table_grad(
+        ops.pos_query.is_some(),
+        grads.dp2c,
+        table,
+        ("dp2c", "p2c gradient buffer"),
+    )?;
     let params = params(&ops, dropout, &spec)?;
     let grid = gpu.grid_for(spec.stats(), ATTN_ROWS_WG)?;
     let shared = [

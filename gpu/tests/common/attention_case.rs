@@ -2,11 +2,12 @@
 //! ragged tiles, every combination of position terms, log-bucketed and clamped relative
 //! indices, padding down to a single valid token and fully padded sequences.
 
-use deberta_core::backend::AttentionSpec;
+use deberta_core::Backend;
+use deberta_core::backend::{AttentionOperands, AttentionSpec};
 use deberta_core::relative_position::{log_bucket_position, relative_index};
 use proptest::prelude::*;
 
-use super::data;
+use super::{data, up, up_ids};
 
 /// One attention problem, generated on the host.
 #[derive(Debug, Clone)]
@@ -38,6 +39,45 @@ pub struct Problem {
     pub qr: Vec<f32>,
     pub index: Vec<u32>,
     pub mask: Vec<f32>,
+}
+
+/// A problem's tensors on one backend.
+pub struct Tensors<B: Backend> {
+    pub q: B::Tensor,
+    pub k: B::Tensor,
+    pub v: B::Tensor,
+    pub kr: B::Tensor,
+    pub qr: B::Tensor,
+    pub index: B::Indices,
+    pub mask: B::Tensor,
+}
+
+impl<B: Backend> Tensors<B> {
+    /// Uploads `p` to `b`.
+    pub fn upload(b: &B, p: &Problem) -> Self {
+        Tensors {
+            q: up(b, &p.q),
+            k: up(b, &p.k),
+            v: up(b, &p.v),
+            kr: up(b, &p.kr),
+            qr: up(b, &p.qr),
+            index: up_ids(b, &p.index),
+            mask: up(b, &p.mask),
+        }
+    }
+
+    /// The attention operands of `case` (its position terms) over these tensors.
+    pub fn operands(&self, case: &Case) -> AttentionOperands<'_, B> {
+        AttentionOperands {
+            query: &self.q,
+            key: &self.k,
+            value: &self.v,
+            pos_key: case.c2p.then_some(&self.kr),
+            pos_query: case.p2c.then_some(&self.qr),
+            index: Some(&self.index),
+            mask: &self.mask,
+        }
+    }
 }
 
 impl Case {
