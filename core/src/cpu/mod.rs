@@ -4,8 +4,12 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
+#[cfg(feature = "std")]
+mod attention;
 mod parallel;
 
+#[cfg(feature = "std")]
+use crate::backend::{AttentionBuffers, AttentionOperands, AttentionSpec, composed_attention};
 use crate::backend::{Backend, Clip, LayerNormGrads, check_range};
 use crate::kernels::{
     self, AdamSpec, LayerNormSpec, MatmulSpec, RelativeScoresSpec, RelativeTerm, SoftmaxSpec,
@@ -137,6 +141,20 @@ impl Backend for CpuBackend {
     /// bf16: the CPU's narrower training products (AVX-512 BF16 or AMX where available).
     fn mixed_products(&self) -> crate::Precision {
         crate::Precision::Bf16
+    }
+
+    #[cfg(feature = "std")]
+    fn fused_attention(
+        &self,
+        ops: AttentionOperands<'_, Self>,
+        buffers: AttentionBuffers<'_, Vec<f32>>,
+        context: &mut Vec<f32>,
+        spec: AttentionSpec,
+    ) -> Result<(), Error> {
+        if !attention::fuses(&spec) {
+            return composed_attention(self, ops, buffers, context, spec);
+        }
+        attention::fused_attention(ops, context, spec)
     }
 
     fn matmul_reduced(

@@ -127,22 +127,34 @@ where
 #[cfg(feature = "std")]
 const PARALLEL_MIN_WORK: usize = 1 << 16;
 
-/// The output pointer of a product shared by the threads computing its disjoint blocks.
+/// An output buffer shared by the threads computing its disjoint blocks: a raw pointer and
+/// its length, taken from a mutable borrow that outlives the parallel section.
 #[cfg(feature = "std")]
 #[derive(Clone, Copy)]
-struct SharedOutput(*mut f32);
+pub(super) struct SharedOutput(*mut f32, usize);
 
 #[cfg(feature = "std")]
 impl SharedOutput {
+    /// Shares `output` (the caller keeps the borrow for as long as the value is used).
+    pub(super) fn new(output: &mut [f32]) -> SharedOutput {
+        SharedOutput(output.as_mut_ptr(), output.len())
+    }
+
     /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
+    }
+
+    /// Elements of the shared buffer.
+    pub(super) fn len(self) -> usize {
+        self.1
     }
 }
 
-// SAFETY: `SharedOutput` is only used by `parallel_matmul`, which hands every thread a block of
-// output elements no other thread touches (the output layout is checked to be injective and
-// the blocks are disjoint), and the borrow of the output slice outlives the parallel section.
+// SAFETY: `SharedOutput` is used by `parallel_matmul` and the fused attention, which hand every
+// thread a block of output elements no other thread touches (the product's output layout is
+// checked to be injective and the blocks are disjoint; an attention entry writes only its own
+// rows and head columns), and the borrow of the output outlives the parallel section.
 #[cfg(feature = "std")]
 unsafe impl Send for SharedOutput {}
 // SAFETY: see `Send`: concurrent use never touches the same element.
@@ -166,7 +178,7 @@ pub(super) fn parallel_matmul(
     spec.check(a.len(), b.len(), c.len())?;
     let splits = spec.parallel_splits(threads);
     let blocks: Vec<kernels::MatmulBlock> = spec.blocks(splits).collect();
-    let output = SharedOutput(c.as_mut_ptr());
+    let output = SharedOutput::new(c);
     blocks.par_iter().for_each(|block| {
         // SAFETY: validated above for these buffers; the output is injective and the blocks
         // are disjoint, so each thread writes only its own elements of `c`, which stays

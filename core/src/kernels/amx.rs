@@ -100,6 +100,20 @@ pub(crate) enum Dot {
     Int8,
 }
 
+/// A 32-bit word a block's sums are stored as: `u32` (the f32 bits of `Dot::Bf16`, or any
+/// bits) or `i32` (the sums of `Dot::Int8`, read as they are).
+pub(crate) trait BlockWord: Copy + private::Sealed {}
+
+impl BlockWord for u32 {}
+impl BlockWord for i32 {}
+
+mod private {
+    /// Restricts [`super::BlockWord`] to plain 32-bit integers (every bit pattern valid).
+    pub trait Sealed {}
+    impl Sealed for u32 {}
+    impl Sealed for i32 {}
+}
+
 /// Tile registers configured for blocks (palette 1, eight tiles of 16 rows × 64 bytes) on
 /// this thread for as long as the value lives; released on drop.
 pub(crate) struct Tiles(());
@@ -126,13 +140,13 @@ impl Tiles {
     /// groups, for the 32 rows at `a` (row stride `a_stride` words, 16 groups per step) and
     /// the two panels at `b0` and `b1` (each `steps × 16` groups of 16 words). `c` is
     /// overwritten with f32 (`Dot::Bf16`) or i32 (`Dot::Int8`) bits.
-    pub(crate) fn block(
+    pub(crate) fn block<W: BlockWord>(
         &mut self,
         dot: Dot,
         a: (&[u32], usize),
         b: [&[u32]; 2],
         steps: usize,
-        c: &mut [[u32; BLOCK]; BLOCK],
+        c: &mut [[W; BLOCK]; BLOCK],
     ) {
         check_operands(a, b, steps);
         // SAFETY: the operands were checked above; `c` holds 32 rows of 32 words at a

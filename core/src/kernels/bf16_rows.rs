@@ -11,9 +11,9 @@ use crate::simd::multiversion;
 /// `x`'s rows (`input` wide, `input > 0`) as bf16 pairs into `out` (`input.div_ceil(2)`
 /// words per row).
 pub(crate) fn pack_rows(x: &[f32], input: usize, out: &mut [u32]) {
-    let pairs = input.div_ceil(2);
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
     if hardware() {
+        let pairs = input.div_ceil(2);
         for (row, words) in x.chunks_exact(input).zip(out.chunks_exact_mut(pairs)) {
             // SAFETY: `hardware` checked AVX-512F and AVX-512 BF16 at run time.
             unsafe { pack_row_avx512_bf16(row, words) };

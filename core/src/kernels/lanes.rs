@@ -41,6 +41,22 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum()
 }
 
+/// `Σ (x − centre)²`, with the partial-sum structure of [`sum`] (a variance's numerator).
+#[inline(always)]
+pub(crate) fn squared_deviation(x: &[f32], centre: f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += (v - centre) * (v - centre);
+        }
+    }
+    for (lane, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+        *lane += (v - centre) * (v - centre);
+    }
+    lanes.iter().sum()
+}
+
 /// The largest element (−∞ for an empty slice; NaN elements are skipped).
 #[inline(always)]
 pub(crate) fn max(x: &[f32]) -> f32 {
@@ -99,6 +115,12 @@ mod tests {
             // The values are multiples of 1/4 (products of 1/16) with small sums: exact.
             assert_eq!(sum(x) as f64, seq_sum, "sum of {n}");
             assert_eq!(dot(x, y) as f64, seq_dot, "dot of {n}");
+            let seq_dev: f64 = x.iter().map(|&v| ((v - 0.5) * (v - 0.5)) as f64).sum();
+            assert_eq!(
+                squared_deviation(x, 0.5) as f64,
+                seq_dev,
+                "deviation of {n}"
+            );
             let seq_max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             assert_eq!(max(x), seq_max, "max of {n}");
             let keep: [f32; 100] = core::array::from_fn(|i| (i % 3 != 0) as u8 as f32);

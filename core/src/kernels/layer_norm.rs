@@ -1,5 +1,6 @@
 //! Row-wise LayerNorm with affine parameters and biased variance (PyTorch `nn.LayerNorm`).
 
+use super::lanes::{self, LANES};
 use super::{product, require};
 use crate::Error;
 use crate::backend::LayerNormGrads;
@@ -88,8 +89,8 @@ multiversion! {
         let n = spec.cols as f32;
         for r in 0..spec.rows {
             let row = &x[r * spec.cols..(r + 1) * spec.cols];
-            let mean = row.iter().sum::<f32>() / n;
-            let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+            let mean = lanes::sum(row) / n;
+            let var = lanes::squared_deviation(row, mean) / n;
             let rstd = 1.0 / libm::sqrtf(var.max(0.0) + spec.eps);
             let dst = &mut out[r * spec.cols..(r + 1) * spec.cols];
             for (((o, &v), &g), &b) in dst.iter_mut().zip(row).zip(gamma).zip(beta) {
@@ -170,14 +171,7 @@ multiversion! {
             .enumerate()
         {
             let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
-            let mut sum_g = 0.0f32;
-            let mut sum_gx = 0.0f32;
-            for ((&xv, &g), &gam) in xr.iter().zip(gr).zip(gamma) {
-                let xhat = (xv - mean) * rstd;
-                let gg = g * gam;
-                sum_g += gg;
-                sum_gx += gg * xhat;
-            }
+            let (sum_g, sum_gx) = gradient_sums(xr, gr, gamma, mean, rstd);
             let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
             for c in 0..cols {
                 let xhat = (xr[c] - mean) * rstd;
@@ -190,6 +184,33 @@ multiversion! {
             }
         }
     }
+}
+
+/// `(Σ g·γ, Σ g·γ·x̂)` over one row, `x̂ = (x − mean)·rstd`, with the fixed partial-sum
+/// structure of [`lanes::sum`] (vectorised, and the same bits on every machine).
+#[inline(always)]
+fn gradient_sums(x: &[f32], g: &[f32], gamma: &[f32], mean: f32, rstd: f32) -> (f32, f32) {
+    let (mut sum_g, mut sum_gx) = ([0.0f32; LANES], [0.0f32; LANES]);
+    let mut add = |lane: usize, xv: f32, gv: f32, gam: f32| {
+        let gg = gv * gam;
+        sum_g[lane] += gg;
+        sum_gx[lane] += gg * ((xv - mean) * rstd);
+    };
+    let cols = x.len().min(g.len()).min(gamma.len());
+    let whole = cols - cols % LANES;
+    for ((xc, gc), gamc) in x[..whole]
+        .chunks_exact(LANES)
+        .zip(g[..whole].chunks_exact(LANES))
+        .zip(gamma[..whole].chunks_exact(LANES))
+    {
+        for lane in 0..LANES {
+            add(lane, xc[lane], gc[lane], gamc[lane]);
+        }
+    }
+    for (lane, c) in (whole..cols).enumerate() {
+        add(lane, x[c], g[c], gamma[c]);
+    }
+    (sum_g.iter().sum(), sum_gx.iter().sum())
 }
 
 multiversion! {

@@ -265,7 +265,7 @@ impl MatmulSpec {
             return 1;
         }
         let (long, short) = (self.m.max(self.n), self.m.min(self.n).max(1));
-        let min_long = 16usize.max(257usize.div_ceil(short));
+        let min_long = 16usize.max((TINY_OUTPUT + 1).div_ceil(short));
         threads.div_ceil(entries).min((long / min_long).max(1))
     }
 
@@ -360,6 +360,12 @@ pub unsafe fn matmul_block(
         );
     }
 }
+
+/// The most output elements (`m·n`) of a product that gemm computes with its horizontal
+/// dot-product kernels when A's rows and Bᵀ's rows are contiguous, which sum in another order
+/// than its tiled kernels: a product cut into pieces must keep every piece above this size
+/// (when the whole product is) to keep its bits.
+pub(crate) const TINY_OUTPUT: usize = 256;
 
 /// The inner-dimension chunk of one gemm call: at most gemm's smallest block, so that gemm
 /// never chooses its own (shape-dependent) split of `k`.

@@ -47,6 +47,8 @@ pub use embedding::{
 };
 pub use layer_norm::{LayerNormSpec, layer_norm, layer_norm_backward};
 pub use loss::{bce_with_logits, check_bce_with_logits, check_cross_entropy, cross_entropy, sum};
+#[cfg(feature = "std")]
+pub(crate) use matmul::TINY_OUTPUT;
 pub use matmul::{MatmulBlock, MatmulSpec, MatrixLayout};
 #[cfg(feature = "alloc")]
 pub use matmul::{matmul, matmul_block};

@@ -372,11 +372,7 @@ pub(crate) fn linear_packed_rows(x: &[f32], w: &PackedWeight, out: &mut [f32]) {
             }
             let store = |r: usize, c: usize, acc: &[i32]| {
                 let out = &mut out[r * w.output + c..][..acc.len()];
-                let columns = sums[c..].iter().zip(&scales[c..]);
-                for ((o, &acc), (&sum, &scale)) in out.iter_mut().zip(acc).zip(columns) {
-                    let dot = acc.wrapping_sub(sum.wrapping_mul(128));
-                    *o = dot as f32 * (row_scales[r] * scale);
-                }
+                dequantize_sums(acc, &sums[c..], &scales[c..], row_scales[r], out);
             };
             #[cfg(all(feature = "std", target_arch = "x86_64"))]
             if amx {
@@ -615,9 +611,10 @@ fn amx_bf16(
     let zero_panel = zero_partner(w, pairs);
     let mut tiles = amx::Tiles::configure();
     let mut block = [[0u32; amx::BLOCK]; amx::BLOCK];
-    for (col0, cols, b) in amx_panel_pairs(w, words, pairs, &zero_panel) {
-        for first in (0..rows).step_by(amx::BLOCK) {
-            let a_block = &a[first * pairs..][..amx::BLOCK * pairs];
+    let panel_pairs = amx_panel_pairs(w, words, pairs, &zero_panel);
+    for first in (0..rows).step_by(amx::BLOCK) {
+        let a_block = &a[first * pairs..][..amx::BLOCK * pairs];
+        for &(col0, cols, b) in &panel_pairs {
             if cols == amx::BLOCK && first + amx::BLOCK <= rows {
                 let out = &mut out[first * w.output + col0..];
                 tiles.bf16_block_into((a_block, pairs), b, steps, (out, w.output, accumulate));
@@ -648,16 +645,13 @@ fn amx_int8(
     let steps = quads / amx::GROUPS_PER_STEP;
     let zero_panel = zero_partner(w, quads);
     let mut tiles = amx::Tiles::configure();
-    let mut block = [[0u32; amx::BLOCK]; amx::BLOCK];
-    let mut sums = [0i32; amx::BLOCK];
-    for (col0, cols, b) in amx_panel_pairs(w, words, quads, &zero_panel) {
-        for first in (0..rows).step_by(amx::BLOCK) {
-            let a_block = &a[first * quads..][..amx::BLOCK * quads];
+    let mut block = [[0i32; amx::BLOCK]; amx::BLOCK];
+    let pairs = amx_panel_pairs(w, words, quads, &zero_panel);
+    for first in (0..rows).step_by(amx::BLOCK) {
+        let a_block = &a[first * quads..][..amx::BLOCK * quads];
+        for &(col0, cols, b) in &pairs {
             tiles.block(amx::Dot::Int8, (a_block, quads), b, steps, &mut block);
-            for (r, bits) in block.iter().enumerate().take(rows - first) {
-                for (s, &b) in sums.iter_mut().zip(&bits[..cols]) {
-                    *s = b as i32;
-                }
+            for (r, sums) in block.iter().enumerate().take(rows - first) {
                 store(first + r, col0, &sums[..cols]);
             }
         }
@@ -693,6 +687,25 @@ fn for_each_tile<T: Copy + Default>(
             for (r, values) in tile.iter().enumerate().take(rows - first) {
                 store(first + r, col0, &values[..cols]);
             }
+        }
+    }
+}
+
+multiversion! {
+    /// One row's int8 outputs from its exact sums: `out[c] = (acc[c] − 128·Σw[c]) as f32 ·
+    /// (row_scale · scale[c])` (wrapping i32 arithmetic; the offset of the unsigned
+    /// activations removed), over `out.len()` columns.
+    fn dequantize_sums(
+        acc: &[i32],
+        sums: &[i32],
+        scales: &[f32],
+        row_scale: f32,
+        out: &mut [f32],
+    ) {
+        let columns = sums.iter().zip(scales);
+        for ((o, &acc), (&sum, &scale)) in out.iter_mut().zip(acc).zip(columns) {
+            let dot = acc.wrapping_sub(sum.wrapping_mul(128));
+            *o = dot as f32 * (row_scale * scale);
         }
     }
 }
