@@ -439,6 +439,28 @@ pub trait Backend {
 
     // ----- provided compositions -----------------------------------------------------------
 
+    /// Whether [`Backend::fused_attention`] at `spec` reads or writes its `buffers` (the
+    /// composition does). Where it does not, callers may pass empty tensors: the probabilities
+    /// and tables are never allocated.
+    fn fused_attention_uses_buffers(&self, spec: &AttentionSpec) -> bool {
+        let _ = spec;
+        true
+    }
+
+    /// Whether [`Backend::attention_forward_train`] and [`Backend::attention_backward`] at
+    /// `spec` and `products` use the probabilities: [`TrainingBuffers::probs`], `dropped`,
+    /// `c2p`, `p2c` and [`AttentionGrads::dscores`] (the compositions do). Where they do not,
+    /// callers may pass empty tensors for those, so that training memory grows with the
+    /// sequence length instead of its square.
+    fn attention_training_uses_probabilities(
+        &self,
+        spec: &AttentionSpec,
+        products: Precision,
+    ) -> bool {
+        let _ = (spec, products);
+        true
+    }
+
     /// Disentangled self-attention in one operation: `context = P·V` with
     /// `P = masked_softmax(Q·Kᵀ/s + (c2p/s + p2c/s))` under the product padding mask, exactly
     /// as [`attention_probabilities`] defines it (masked keys get 0; padded query rows are

@@ -429,6 +429,18 @@ impl Backend for WgpuBackend {
         optimizer::adam_update(&self.gpu, param, grad, moments, spec, clip)
     }
 
+    fn fused_attention_uses_buffers(&self, spec: &AttentionSpec) -> bool {
+        !attention::supports(spec)
+    }
+
+    fn attention_training_uses_probabilities(
+        &self,
+        spec: &AttentionSpec,
+        products: Precision,
+    ) -> bool {
+        !attention_training::supports(&self.gpu, spec, products)
+    }
+
     /// The fused kernel of `fused_attention.wgsl` (one pass over key tiles, online softmax,
     /// `buffers` untouched); heads wider than it takes run the provided composition.
     fn fused_attention(

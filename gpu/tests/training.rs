@@ -17,13 +17,17 @@ use deberta_core::{Backend, CpuBackend};
 use deberta_host::checkpoint::read_tensor_file;
 use deberta_host::model_dir::load_model_dir;
 
-/// MLM losses of `steps` training steps on the `tiny` fixture, and the device buffers created
-/// after each step (`None` on the CPU).
-fn train<B: Backend>(
-    backend: &B,
-    steps: u32,
-    buffers: impl Fn() -> Option<u64>,
-) -> (Vec<f32>, Vec<Option<u64>>) {
+/// What [`train`] reports: the MLM losses, the device buffers created after each step (`None`
+/// on the CPU) and the elements of the attention probabilities and c2p/p2c tables the
+/// workspace holds after the last step.
+struct Trained {
+    losses: Vec<f32>,
+    created: Vec<Option<u64>>,
+    probability_elements: usize,
+}
+
+/// `steps` MLM training steps on the `tiny` fixture.
+fn train<B: Backend>(backend: &B, steps: u32, buffers: impl Fn() -> Option<u64>) -> Trained {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny");
     let loaded = load_model_dir(&dir).unwrap();
     let inputs = read_tensor_file(&dir.join("inputs.safetensors")).unwrap();
@@ -82,16 +86,37 @@ fn train<B: Backend>(
         losses.push(loss);
         created.push(buffers());
     }
-    (losses, created)
+    let acts = workspace.activations().expect("a forward ran");
+    let probability_elements = acts
+        .layers
+        .iter()
+        .map(|layer| &layer.attention)
+        .flat_map(|a| {
+            [
+                Some(&a.probs),
+                a.probs_dropped.as_ref(),
+                a.c2p.as_ref(),
+                a.p2c.as_ref(),
+            ]
+        })
+        .flatten()
+        .map(|t| backend.len(t))
+        .sum();
+    Trained {
+        losses,
+        created,
+        probability_elements,
+    }
 }
 
 #[test]
 fn training_steps_match_the_cpu_and_reuse_every_buffer() {
     let Some(gpu) = gpu() else { return };
-    let (cpu_losses, _) = train(&CpuBackend::new(), 4, || None);
-    let (gpu_losses, created) = train(gpu, 4, || Some(gpu.buffers_created()));
+    let cpu = train(&CpuBackend::new(), 4, || None);
+    let gpu_run = train(gpu, 4, || Some(gpu.buffers_created()));
+    let (created, cpu_losses, gpu_losses) = (&gpu_run.created, &cpu.losses, &gpu_run.losses);
     println!("losses cpu {cpu_losses:?} gpu {gpu_losses:?}; buffers created {created:?}");
-    for (c, g) in cpu_losses.iter().zip(&gpu_losses) {
+    for (c, g) in cpu_losses.iter().zip(gpu_losses) {
         assert!(
             (c - g).abs() <= 1e-4 * c.abs().max(1.0),
             "cpu {c} vs gpu {g}"
@@ -101,6 +126,15 @@ fn training_steps_match_the_cpu_and_reuse_every_buffer() {
         created[2], created[3],
         "a steady-state step created device buffers"
     );
+    // The CPU's composed training attention keeps the probabilities (and their dropped copy,
+    // and the c2p/p2c tables); the fused wgpu one keeps per-row statistics and never
+    // allocates them.
+    println!(
+        "probability elements: cpu {}, wgpu {}",
+        cpu.probability_elements, gpu_run.probability_elements
+    );
+    assert!(cpu.probability_elements > 0);
+    assert_eq!(gpu_run.probability_elements, 0);
 }
 
 /// Weights, moments and step count of an optimizer, on the host.

@@ -144,6 +144,11 @@ impl Backend for CpuBackend {
     }
 
     #[cfg(feature = "std")]
+    fn fused_attention_uses_buffers(&self, spec: &AttentionSpec) -> bool {
+        !attention::fuses(spec)
+    }
+
+    #[cfg(feature = "std")]
     fn fused_attention(
         &self,
         ops: AttentionOperands<'_, Self>,

@@ -124,13 +124,15 @@ pub struct AttentionActivations<T> {
     pub key: T,
     /// `V`, `[N, h·d]`.
     pub value: T,
-    /// `Q·Krᵀ` over the window, `[h, N, R]`.
+    /// `Q·Krᵀ` over the window, `[h, N, R]` (empty until a pass that uses it).
     pub c2p: Option<T>,
-    /// `K·Qrᵀ` over the window, `[h, N, R]`.
+    /// `K·Qrᵀ` over the window, `[h, N, R]` (empty until a pass that uses it).
     pub p2c: Option<T>,
-    /// Attention probabilities, `[batch, h, len, len]`.
+    /// Attention probabilities, `[batch, h, len, len]`: empty until a pass keeps them (the
+    /// backend's fused attentions never do).
     pub probs: T,
-    /// The probabilities after dropout (training with attention dropout only).
+    /// The probabilities after dropout (training with attention dropout only; empty until a
+    /// pass keeps them).
     pub probs_dropped: Option<T>,
     /// Per-query-row softmax statistics of a fused training forward, `batch·h·len`
     /// ([`TrainingBuffers::stats`]).
@@ -207,36 +209,36 @@ impl DisentangledSelfAttention {
         self.pos_query.as_ref().unwrap_or(&self.query)
     }
 
-    /// Saved-activation buffers for `batch × len` tokens and a window of `rows` rows.
+    /// Saved-activation buffers for `batch × len` tokens (the probabilities and the c2p/p2c
+    /// tables empty until a forward pass needs them).
     pub fn activations<B: Backend>(
         &self,
         backend: &B,
         batch: usize,
         len: usize,
-        rows: usize,
         training: bool,
     ) -> Result<AttentionActivations<B::Tensor>, Error> {
         let n = batch * len;
         let width = self.width();
-        let table = self.heads * n * rows;
-        let square = batch * self.heads * len * len;
+        // The probabilities and tables are sized by the forward pass that needs them
+        // ([`Self::forward`]); a fused attention never does.
         Ok(AttentionActivations {
             query: backend.zeros(n * width)?,
             key: backend.zeros(n * width)?,
             value: backend.zeros(n * width)?,
             c2p: if self.c2p {
-                Some(backend.zeros(table)?)
+                Some(backend.zeros(0)?)
             } else {
                 None
             },
             p2c: if self.p2c {
-                Some(backend.zeros(table)?)
+                Some(backend.zeros(0)?)
             } else {
                 None
             },
-            probs: backend.zeros(square)?,
+            probs: backend.zeros(0)?,
             probs_dropped: if training {
-                Some(backend.zeros(square)?)
+                Some(backend.zeros(0)?)
             } else {
                 None
             },
@@ -259,7 +261,8 @@ impl DisentangledSelfAttention {
             dquery: backend.zeros(n * self.width())?,
             dkey: backend.zeros(n * self.width())?,
             dvalue: backend.zeros(n * self.width())?,
-            dscores: backend.zeros(batch * self.heads * len * len)?,
+            // Sized by the backward pass that needs it ([`Self::backward`]).
+            dscores: backend.zeros(0)?,
             drows: backend.zeros(batch * self.heads * len)?,
             dc2p: if self.c2p {
                 Some(backend.zeros(table)?)
@@ -508,12 +511,30 @@ impl DisentangledSelfAttention {
             .forward(backend, params, input.hidden, &mut acts.value, n)?;
 
         let (ops, spec) = self.core(&input, &acts.query, &acts.key, &acts.value)?;
+        let fused = !input.keep_probs && !input.train && input.dropout.is_none();
+        let products = params.products();
+        let uses_probabilities = if fused {
+            backend.fused_attention_uses_buffers(&spec)
+        } else if input.train {
+            backend.attention_training_uses_probabilities(&spec, products)
+        } else {
+            true
+        };
+        if uses_probabilities {
+            grow(backend, &mut acts.probs, spec.scores())?;
+            for table in [acts.c2p.as_mut(), acts.p2c.as_mut()].into_iter().flatten() {
+                grow(backend, table, spec.table())?;
+            }
+            if let Some(dropped) = acts.probs_dropped.as_mut() {
+                grow(backend, dropped, spec.scores())?;
+            }
+        }
         let buffers = AttentionBuffers {
             probs: &mut acts.probs,
             c2p: acts.c2p.as_mut(),
             p2c: acts.p2c.as_mut(),
         };
-        if !input.keep_probs && !input.train && input.dropout.is_none() {
+        if fused {
             return backend.fused_attention(ops, buffers, &mut acts.context, spec);
         }
         let training = TrainingBuffers {
@@ -524,7 +545,6 @@ impl DisentangledSelfAttention {
             stats: &mut acts.stats,
         };
         let dropout = self.attention_dropout(&input, training.dropped.is_some());
-        let products = params.products();
         if input.train {
             backend.attention_forward_train(
                 ops,
@@ -587,6 +607,9 @@ impl DisentangledSelfAttention {
         let batch = input.batch;
         let n = batch.tokens();
         let (ops, spec) = self.core(&input, &acts.query, &acts.key, &acts.value)?;
+        if !input.train || backend.attention_training_uses_probabilities(&spec, products) {
+            grow(backend, &mut scratch.dscores, spec.scores())?;
+        }
         let dropout = self.attention_dropout(&input, acts.probs_dropped.is_some());
         let saved = SavedAttention {
             probs: &acts.probs,
@@ -668,4 +691,13 @@ impl DisentangledSelfAttention {
         self.value
             .backward(ctx, input.hidden, &scratch.dvalue, Some(dhidden), n)
     }
+}
+
+/// Replaces `tensor` by a zeroed one of `len` elements unless it already holds that many (the
+/// probability buffers grow on the first pass that needs them and are reused after).
+fn grow<B: Backend>(backend: &B, tensor: &mut B::Tensor, len: usize) -> Result<(), Error> {
+    if backend.len(tensor) < len {
+        *tensor = backend.zeros(len)?;
+    }
+    Ok(())
 }

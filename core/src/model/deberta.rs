@@ -282,9 +282,8 @@ impl Deberta {
     ) -> Result<Activations<B::Tensor>, Error> {
         let mlm_rows = selected_mlm_rows.unwrap_or(batch.tokens());
         let n = batch.tokens();
-        let (bsz, len, rows) = (batch.batch, batch.len, batch.window.rows);
-        let layer_acts =
-            |i: usize| self.encoder.layers[i].activations(backend, bsz, len, rows, training);
+        let (bsz, len) = (batch.batch, batch.len);
+        let layer_acts = |i: usize| self.encoder.layers[i].activations(backend, bsz, len, training);
         let last = self.encoder.layers.len() - 1;
         Ok(Activations {
             batch: bsz,

@@ -128,15 +128,12 @@ impl EncoderLayer {
         backend: &B,
         batch: usize,
         len: usize,
-        rows: usize,
         training: bool,
     ) -> Result<LayerActivations<B::Tensor>, Error> {
         let n = batch * len;
         let (h, f) = (self.output_dense.output, self.intermediate.output);
         Ok(LayerActivations {
-            attention: self
-                .attention
-                .activations(backend, batch, len, rows, training)?,
+            attention: self.attention.activations(backend, batch, len, training)?,
             attention_sum: backend.zeros(n * h)?,
             attention_stats: backend.zeros(n * 2)?,
             attention_out: backend.zeros(n * h)?,

@@ -74,6 +74,11 @@ impl<B: Backend> Workspace<B> {
         })
     }
 
+    /// The saved activations of the last forward (`None` before the first).
+    pub fn activations(&self) -> Option<&Activations<B::Tensor>> {
+        self.buffers.as_ref().map(|b| &b.activations)
+    }
+
     /// The MLM logits of the last forward, when the model has an MLM head.
     pub fn logits(&self) -> Option<&B::Tensor> {
         self.buffers
