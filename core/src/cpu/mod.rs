@@ -636,9 +636,7 @@ impl Backend for CpuBackend {
 
     fn sum_of_squares(&self, x: &Vec<f32>, out: &mut Vec<f32>, index: usize) -> Result<(), Error> {
         check_range("sum_of_squares", index, 1, out.len())?;
-        let total = sum_pieces(x, PIECE, |p| {
-            p.iter().map(|&v| f64::from(v) * f64::from(v)).sum()
-        });
+        let total = sum_pieces(x, PIECE, kernels::sum_of_squares_f64);
         out[index] = total as f32;
         Ok(())
     }

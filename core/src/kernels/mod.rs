@@ -53,6 +53,7 @@ pub use matmul::{MatmulBlock, MatmulSpec, MatrixLayout};
 #[cfg(feature = "alloc")]
 pub use matmul::{matmul, matmul_block};
 
+pub(crate) use optimizer::sum_of_squares_f64;
 pub use optimizer::{AdamConstants, AdamSpec, adam_update, clip_coefficient, sum_of_squares};
 #[cfg(feature = "alloc")]
 pub use packed::{
