@@ -6,23 +6,29 @@
 /// Partial results per reduction: one 512-bit vector of `f32`.
 pub(crate) const LANES: usize = 16;
 
-/// `Σ x`: element `j` goes to partial `j % LANES`; the partials are added in order.
+/// `Σ f(x)`: element `j` goes to partial `j % LANES`; the partials are added in order.
 #[inline(always)]
-pub(crate) fn sum(x: &[f32]) -> f32 {
+fn sum_of(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut lanes = [0.0f32; LANES];
     let mut chunks = x.chunks_exact(LANES);
     for chunk in &mut chunks {
         for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane += v;
+            *lane += f(v);
         }
     }
     for (lane, &v) in lanes.iter_mut().zip(chunks.remainder()) {
-        *lane += v;
+        *lane += f(v);
     }
     lanes.iter().sum()
 }
 
-/// `Σ a·b` over the common length, with the partial-sum structure of [`sum`].
+/// `Σ x`, with the partial-sum structure of [`sum_of`].
+#[inline(always)]
+pub(crate) fn sum(x: &[f32]) -> f32 {
+    sum_of(x, |v| v)
+}
+
+/// `Σ a·b` over the common length, with the partial-sum structure of [`sum_of`].
 #[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
@@ -41,20 +47,10 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum()
 }
 
-/// `Σ (x − centre)²`, with the partial-sum structure of [`sum`] (a variance's numerator).
+/// `Σ (x − centre)²`, with the partial-sum structure of [`sum_of`] (a variance's numerator).
 #[inline(always)]
 pub(crate) fn squared_deviation(x: &[f32], centre: f32) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let mut chunks = x.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane += (v - centre) * (v - centre);
-        }
-    }
-    for (lane, &v) in lanes.iter_mut().zip(chunks.remainder()) {
-        *lane += (v - centre) * (v - centre);
-    }
-    lanes.iter().sum()
+    sum_of(x, |v| (v - centre) * (v - centre))
 }
 
 /// The largest element (−∞ for an empty slice; NaN elements are skipped).
