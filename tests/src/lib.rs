@@ -182,12 +182,40 @@ pub fn deberta_with_env(args: &[&str], env: &[(&str, &str)]) -> CliRun {
     }
 }
 
-/// A fresh empty directory under the system temp dir, unique to this process and `name`.
-pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("deberta-tests-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating temp dir");
-    dir
+/// A fresh empty directory under the system temp dir, unique to this process and `name`,
+/// removed with everything in it when the guard is dropped (a test's runs and checkpoints
+/// would otherwise pile up in the temp dir, run after run).
+pub fn temp_dir(name: &str) -> TempDir {
+    let path = std::env::temp_dir().join(format!("deberta-tests-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::create_dir_all(&path).expect("creating temp dir");
+    TempDir { path }
+}
+
+/// A directory of [`temp_dir`], removed on drop; derefs to its path.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
 }
 
 /// Failures of the tensors of `reference` selected by `keep` against `ours` at

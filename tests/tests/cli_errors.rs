@@ -205,7 +205,8 @@ fn step_run(batch: &Path, extra: &[&str]) -> CliRun {
     let rtd = fixture("tiny").join("rtd");
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let out = temp_dir(&format!("step-out-{n}")).join("out.safetensors");
+    let dir = temp_dir(&format!("step-out-{n}"));
+    let out = dir.join("out.safetensors");
     let (weights, generator, disc) = (
         rtd.join("weights.safetensors"),
         rtd.join("gen_config.json"),

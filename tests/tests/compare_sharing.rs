@@ -252,7 +252,6 @@ fn compare_sharing_trains_three_modes_and_measures_their_embeddings() {
         )),
         "{error}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -281,5 +280,4 @@ fn a_failing_mode_is_one_error_line_naming_it() {
         Some("error: sharing mode gdes: --adapter needs --backend wgpu or auto")
     );
     assert!(!out.join("comparison.json").exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,7 +12,7 @@ use deberta_host::data::{
     Corpus, DataCursor, Dataset, IGNORE_LABEL, MASKING_STREAM, Masker, MaskingStrategy, TokenCache,
     Tokenizer, TrainOptions,
 };
-use deberta_tests::{deberta, deberta_bin, temp_dir};
+use deberta_tests::{TempDir, deberta, deberta_bin, temp_dir};
 
 /// The bundled sonnets.
 fn sonnets() -> PathBuf {
@@ -20,7 +20,7 @@ fn sonnets() -> PathBuf {
 }
 
 /// A corpus directory holding the first `bytes` bytes of the sonnets.
-fn corpus_dir(name: &str, bytes: usize) -> PathBuf {
+fn corpus_dir(name: &str, bytes: usize) -> TempDir {
     let dir = temp_dir(name);
     let text = std::fs::read_to_string(sonnets()).unwrap();
     std::fs::write(dir.join("sonnets.txt"), &text[..bytes]).unwrap();
@@ -53,7 +53,6 @@ fn tokenizer_training_is_identical_across_thread_counts() {
     );
     let tokenizer = Tokenizer::load(&dir.join("tokenizer-1.json")).unwrap();
     assert_eq!(tokenizer.special().ids(), [0, 1, 2, 3, 4]);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -87,7 +86,6 @@ fn tokenizer_encode_prints_json() {
     assert!(line.starts_with(r#"{"tokens":["[CLS]","▁"#), "{line}");
     assert!(line.ends_with(r#",4,2]}"#), "{line}");
     assert!(line.contains(r#""[MASK]","[SEP]"],"ids":[1,"#), "{line}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -124,14 +122,12 @@ fn bad_corpus_errors_are_one_line() {
     ]);
     assert_ne!(run.code, Some(0));
     assert!(run.stderr.contains("no non-blank text"), "{}", run.stderr);
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&empty);
 }
 
 #[test]
 fn pipeline_resumes_bit_identically() {
     let dir = corpus_dir("pipeline", 60_000);
-    let corpus = Corpus::open(std::slice::from_ref(&dir), false).unwrap();
+    let corpus = Corpus::open(&[dir.to_path_buf()], false).unwrap();
     let (tokenizer, _) = Tokenizer::train(&corpus, &TrainOptions { vocab_size: 500 }).unwrap();
     let (cache, built) = TokenCache::open_or_build(&dir.join("data"), &corpus, &tokenizer).unwrap();
     assert!(built);
@@ -193,5 +189,4 @@ fn pipeline_resumes_bit_identically() {
     }
     let eval = data.eval_batch(0, 8).unwrap();
     assert!(eval.batch >= 1);
-    let _ = std::fs::remove_dir_all(&dir);
 }

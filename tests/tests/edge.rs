@@ -365,7 +365,11 @@ fn trained_model_dir() -> PathBuf {
     let dir = match std::env::var_os("DEBERTA_EDGE_MODEL_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => {
-            let run = temp_dir("edge-trained").join("run");
+            // Kept for the life of the process (the trained-model tests share it);
+            // scripts/test.sh trains the model once outside and names it instead.
+            let dir = temp_dir("edge-trained");
+            let run = dir.join("run");
+            std::mem::forget(dir);
             let corpus = bundled_corpus();
             let started = std::time::Instant::now();
             let run_args = [
@@ -1028,7 +1032,8 @@ fn cli_export_then_detect() {
 
 #[test]
 fn cli_export_needs_the_rtd_head() {
-    let out = temp_dir("edge-no-rtd").join("model.dbt");
+    let dir = temp_dir("edge-no-rtd");
+    let out = dir.join("model.dbt");
     let run = deberta(&[
         "export",
         "--format",

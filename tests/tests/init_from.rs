@@ -167,7 +167,6 @@ fn init_from_starts_as_published_learns_and_exports() {
     let config: Value = serde_json::from_slice(&read(&exported.join("config.json"))).unwrap();
     assert_eq!(config["vocab_size"], 1000);
     assert_eq!(config["hidden_size"], 32);
-    std::fs::remove_dir_all(work).unwrap();
 }
 
 /// `--init-generator`: the generator starts from another directory and, under GDES, E_Δ
@@ -207,7 +206,6 @@ fn init_generator_keeps_the_discriminator_as_published() {
     let run_generator = load(&run.join("generator").join("model.safetensors"));
     let word = "deberta.embeddings.word_embeddings.weight";
     assert_eq!(values(&run_generator, word), values(&donor_generator, word));
-    std::fs::remove_dir_all(work).unwrap();
 }
 
 /// Options contradicting DIR, a directory without a tokenizer, a tokenizer larger than the
@@ -255,7 +253,6 @@ fn init_from_bad_input_is_one_line_errors() {
     std::fs::write(corrupt.join("spm.model"), &model[..1000]).unwrap();
     assert_one_line_error(&pretrain(&corrupt, &out, &[]), "not a SentencePiece model");
     assert!(!out.join("state").exists());
-    std::fs::remove_dir_all(work).unwrap();
 }
 
 /// A directory with a `tokenizer.json` and no RTD head (the `tiny-bin` MLM checkpoint): the
@@ -303,7 +300,6 @@ fn init_from_tokenizer_json_without_rtd_head() {
     ]));
     assert_eq!(read(&exported.join("tokenizer.json")), read(&tokenizer));
     assert!(!exported.join("spm.model").exists());
-    std::fs::remove_dir_all(work).unwrap();
 }
 
 /// A run started with `--init-from` resumes exactly: the resumed run's last training row
@@ -336,5 +332,4 @@ fn init_from_run_resumes_exactly() {
             .expect("a training row of step 6")
     };
     assert_eq!(last_loss(&parts), last_loss(&whole));
-    std::fs::remove_dir_all(work).unwrap();
 }

@@ -209,6 +209,7 @@ fn bf16_mixed_pretraining_follows_the_f32_loss_curve() {
 
 #[test]
 fn training_precision_is_refused_where_it_does_not_apply() {
+    let wgpu_out = temp_dir("mixed-wgpu");
     let gpu = deberta(&[
         "pretrain",
         "--steps",
@@ -218,7 +219,7 @@ fn training_precision_is_refused_where_it_does_not_apply() {
         "--backend",
         "wgpu",
         "--out",
-        temp_dir("mixed-wgpu").to_str().unwrap(),
+        wgpu_out.to_str().unwrap(),
     ]);
     assert_one_line_error(&gpu, "--precision bf16-mixed runs on the CPU backend only");
     let inference_only = deberta(&["bench", "step", "--precision", "int8"]);

@@ -86,6 +86,7 @@ const MIN_RTD_AUC: f64 = 0.53;
 /// kept, for the edge checks); otherwise in a temporary directory.
 #[test]
 fn nano_learns_on_the_bundled_corpus_and_writes_every_artefact() {
+    let scratch = temp_dir("learn");
     let out = match std::env::var_os("DEBERTA_LEARNING_RUN_DIR") {
         Some(dir) => {
             let dir = PathBuf::from(dir);
@@ -94,7 +95,7 @@ fn nano_learns_on_the_bundled_corpus_and_writes_every_artefact() {
             }
             dir
         }
-        None => temp_dir("learn").join("run"),
+        None => scratch.join("run"),
     };
     let corpus = bundled_corpus();
     let started = std::time::Instant::now();

@@ -120,7 +120,6 @@ fn cli_encode_matches_transformers() {
         keys(&encode_json(&json_tokenizer, "hello")),
         keys(&encode_json(&dir.join("spm.model"), "hello"))
     );
-    std::fs::remove_dir_all(lone).unwrap();
 }
 
 /// `forward --text` through the `spm.model` of an official-layout directory equals
@@ -157,7 +156,6 @@ fn forward_text_matches_transformers() {
             .fold(0.0, f64::max);
         assert!(worst < 1e-4, "{}: max |diff| {worst}", record["text"]);
     }
-    std::fs::remove_dir_all(out_dir).unwrap();
 }
 
 /// A corrupt or truncated `spm.model`, and a model directory without a tokenizer, are one-line
@@ -194,7 +192,6 @@ fn bad_spm_files_are_one_line_errors() {
         "hello",
     ]);
     assert_one_line_error(&run, "no tokenizer in the directory");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// Small models with byte fallback, without a character map and with a custom rule table
@@ -280,5 +277,4 @@ fn pretrain_with_an_spm_tokenizer_keeps_it() {
         let config = json(&run.join(part).join("config.json"));
         assert_eq!(config["vocab_size"], 1000);
     }
-    std::fs::remove_dir_all(work).unwrap();
 }

@@ -31,8 +31,8 @@ fn flags_of(file: &Path) -> Option<(String, String, String)> {
 fn run(set: &str, sharing: &str, optimizer: &str, schedule: &str, steps: usize) -> TensorMap {
     let dir = fixture(set);
     let rtd = dir.join("rtd");
-    let out = temp_dir(&format!("fidelity-{set}-{sharing}-{optimizer}-{schedule}"))
-        .join("out.safetensors");
+    let scratch = temp_dir(&format!("fidelity-{set}-{sharing}-{optimizer}-{schedule}"));
+    let out = scratch.join("out.safetensors");
     let path = |p: &Path| p.to_str().expect("utf-8 path").to_string();
     let args = [
         "step".to_string(),
