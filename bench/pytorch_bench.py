@@ -6,7 +6,7 @@ Usage:
         --threads 2 --warmup 2 --iters 10 [--json]
     python3 bench/pytorch_bench.py step --shape xsmall --batch 8 --seq 128 \
         --threads 2 --warmup 2 --iters 10 [--json]
-    python3 bench/pytorch_bench.py matmul --size 512 1024 2048 [--json]
+    python3 bench/pytorch_bench.py matmul --size 512 1024 2048 [--dtype f32|f16|bf16] [--json]
 Every subcommand takes `--device cpu|cuda` (default cpu; on CUDA TF32 is off: fp32 eager).
 Shapes: the published xsmall/small/base/large and this project's nano.
 
@@ -350,45 +350,45 @@ def decays(name: str) -> bool:
     return not ("bias" in name or "LayerNorm.weight" in name)
 
 
-class XAdam:
+class XAdam(torch.optim.Optimizer):
     """XAdam of microsoft/DeBERTa (SPEC 6.4) over `named_params`, with `torch._foreach_*` ops.
 
     m = b1 m + (1 - b1) g ; v = b2 v + (1 - b2) g^2 ; p -= lr (m / (sqrt(v) + eps) + wd p)
     with no bias correction and wd = 0 for `bias` / `LayerNorm.weight`. The decoupled decay
     is applied as p *= (1 - lr wd) before the addcdiv: the same value up to rounding. The
     moments are allocated up front (as ours are). Gradient clipping is done by the caller.
+    A `torch.optim.Optimizer`, so that AMP's GradScaler can unscale and step it.
     """
 
     def __init__(self, named_params, lr: float, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.01):
-        self.lr, (self.beta1, self.beta2), self.eps = lr, betas, eps
         named = list(named_params)
-        self.groups = []
+        groups = []
         for wd in (weight_decay, 0.0):
             params = [p for n, p in named if decays(n) == (wd != 0.0)]
             if params:
-                moments = ([torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params])
-                self.groups.append((params, moments[0], moments[1], wd))
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for params, *_ in self.groups:
-            for p in params:
-                p.grad = None
+                groups.append({"params": params, "weight_decay": wd})
+        super().__init__(groups, {"lr": lr, "betas": betas, "eps": eps})
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["m"] = torch.zeros_like(p)
+                self.state[p]["v"] = torch.zeros_like(p)
 
     @torch.no_grad()
-    def step(self) -> None:
-        lr, b1, b2 = self.lr, self.beta1, self.beta2
-        for params, ms, vs, wd in self.groups:
-            live = [(p, m, v) for p, m, v in zip(params, ms, vs) if p.grad is not None]
-            if not live:
+    def step(self, closure=None) -> None:
+        for group in self.param_groups:
+            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            ps = [p for p in group["params"] if p.grad is not None]
+            if not ps:
                 continue
-            ps, ms_, vs_ = (list(t) for t in zip(*live))
             grads = [p.grad for p in ps]
+            ms_ = [self.state[p]["m"] for p in ps]
+            vs_ = [self.state[p]["v"] for p in ps]
             torch._foreach_mul_(ms_, b1)
             torch._foreach_add_(ms_, grads, alpha=1.0 - b1)
             torch._foreach_mul_(vs_, b2)
             torch._foreach_addcmul_(vs_, grads, grads, value=1.0 - b2)
             denom = torch._foreach_sqrt(vs_)
-            torch._foreach_add_(denom, self.eps)
+            torch._foreach_add_(denom, eps)
             if wd != 0.0:
                 torch._foreach_mul_(ps, 1.0 - lr * wd)
             torch._foreach_addcdiv_(ps, ms_, denom, value=-lr)
@@ -535,12 +535,22 @@ def bench_step(args: argparse.Namespace) -> int:
     rtd_weight = 50.0
     losses = [0.0, 0.0]
 
-    # --autocast bf16: the forward passes and losses under torch.autocast's CPU bfloat16
-    # policy (matmuls and linear layers in bf16 through oneDNN, float32 master weights,
-    # gradients and optimizer state; no loss scaling for bf16), the usual bf16 mixed-precision
-    # recipe: the counterpart of `deberta bench step --precision bf16-mixed`.
+    # --autocast bf16: the forward passes and losses under torch.autocast's bfloat16 policy
+    # (matmuls and linear layers in bf16, float32 master weights, gradients and optimizer
+    # state; no loss scaling for bf16), the usual bf16 mixed-precision recipe: the counterpart
+    # of `deberta bench step --precision bf16-mixed`.
+    # --autocast fp16: PyTorch AMP, torch.autocast(dtype=float16) with one GradScaler per
+    # optimizer (generator and discriminator scaled independently, as the official decoupled
+    # recipe: initial scale 2^14, x2 after 250 clean steps): the counterpart of `deberta bench
+    # step --precision mixed` on wgpu.
+    autocast_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.autocast]
+
     def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast == "bf16")
+        return torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None)
+
+    scaling = args.autocast == "fp16"
+    scaler_g = torch.amp.GradScaler(device.type, init_scale=2.0**14, growth_interval=250, enabled=scaling)
+    scaler_d = torch.amp.GradScaler(device.type, init_scale=2.0**14, growth_interval=250, enabled=scaling)
 
     def one_step() -> None:
         # (1) generator: forward through the EMD, CE, sampling, backward, clip, update.
@@ -550,9 +560,11 @@ def bench_step(args: argparse.Namespace) -> int:
             mlm_loss = F.cross_entropy(logits, labels)
         with torch.no_grad():
             sampled = torch.multinomial(F.softmax(logits.detach().float(), dim=-1), 1).squeeze(1)
-        mlm_loss.backward()
+        scaler_g.scale(mlm_loss).backward()
+        scaler_g.unscale_(opt_g)
         torch.nn.utils.clip_grad_norm_(gen_params, 1.0, foreach=True)
-        opt_g.step()
+        scaler_g.step(opt_g)
+        scaler_g.update()
         losses[0] = mlm_loss.item()
         # (2) discriminator on the corrupted ids, reading the just-updated E_G.
         corrupted = original.clone()
@@ -562,9 +574,11 @@ def bench_step(args: argparse.Namespace) -> int:
         with autocast():
             rtd_logits = discriminator(corrupted, attention_mask, generator.word_table(), args.gdes_materialise)
             rtd_loss = F.binary_cross_entropy_with_logits(rtd_logits[keep], rtd_labels[keep])
-        (rtd_weight * rtd_loss).backward()
+        scaler_d.scale(rtd_weight * rtd_loss).backward()
+        scaler_d.unscale_(opt_d)
         torch.nn.utils.clip_grad_norm_(disc_params, 1.0, foreach=True)
-        opt_d.step()
+        scaler_d.step(opt_d)
+        scaler_d.update()
         losses[1] = rtd_loss.item()
 
     times_ms = []
@@ -622,15 +636,16 @@ def bench_step(args: argparse.Namespace) -> int:
 
 
 def bench_matmul(args: argparse.Namespace) -> int:
-    """Square float32 `C = A·B` at each `--size`, as `deberta bench matmul`: median over
+    """Square `C = A·B` (`--dtype`, float32 by default) at each `--size`, as `deberta bench matmul`: median over
     `--iters` products after `--warmup`, each timed to completion (GPU synchronised)."""
     threads = set_threads(args.threads)
     device = select_device(args.device)
     generator = torch.Generator().manual_seed(0)
     for size in args.size:
-        a = torch.rand(size, size, generator=generator).to(device)
-        b = torch.rand(size, size, generator=generator).to(device)
-        c = torch.empty(size, size, device=device)
+        dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+        a = torch.rand(size, size, generator=generator).to(device=device, dtype=dtype)
+        b = torch.rand(size, size, generator=generator).to(device=device, dtype=dtype)
+        c = torch.empty(size, size, device=device, dtype=dtype)
         times_ms = []
         for i in range(args.warmup + args.iters):
             synchronize(device)
@@ -644,7 +659,7 @@ def bench_matmul(args: argparse.Namespace) -> int:
         median = times_ms[len(times_ms) // 2]
         gflops = 2.0 * size**3 / (median / 1e3) / 1e9
         print(
-            f"matmul {size}x{size}x{size} on pytorch-{device_label(device)} ({threads} threads): "
+            f"matmul {size}x{size}x{size} {args.dtype} on pytorch-{device_label(device)} ({threads} threads): "
             f"median {median:.3f} ms (min {times_ms[0]:.3f}, max {times_ms[-1]:.3f}), {gflops:.1f} GFLOP/s"
         )
         if args.json:
@@ -653,6 +668,7 @@ def bench_matmul(args: argparse.Namespace) -> int:
                 "impl": "pytorch",
                 "backend": device_label(device),
                 "size": size,
+                "precision": args.dtype,
                 "median_ms": median,
                 "min_ms": times_ms[0],
                 "max_ms": times_ms[-1],
@@ -698,8 +714,9 @@ def main(argv: list[str] | None = None) -> int:
     stp.add_argument(
         "--autocast",
         default="off",
-        choices=["off", "bf16"],
-        help="bf16: forward passes and losses under torch.autocast(dtype=torch.bfloat16)",
+        choices=["off", "bf16", "fp16"],
+        help="bf16: forward passes and losses under torch.autocast(dtype=torch.bfloat16); "
+        "fp16: AMP, torch.autocast(dtype=torch.float16) and a GradScaler per optimizer",
     )
     stp.add_argument(
         "--optimizer",
@@ -713,13 +730,19 @@ def main(argv: list[str] | None = None) -> int:
         help="build the whole table sg(E_G) + E_delta each step (the official pre-hook) instead of summing looked-up rows",
     )
     stp.set_defaults(func=bench_step)
-    mm = sub.add_parser("matmul", help="square float32 matrix product (GFLOP/s)")
+    mm = sub.add_parser("matmul", help="square matrix product (GFLOP/s)")
     mm.add_argument("--size", type=int, nargs="+", default=[512, 1024, 2048], help="matrix sizes")
     mm.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
     mm.add_argument("--warmup", type=int, default=3, help="untimed products before measuring")
     mm.add_argument("--iters", type=int, default=20, help="timed products")
     mm.add_argument("--json", action="store_true", help="one JSON object per size on stdout")
     mm.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where PyTorch computes")
+    mm.add_argument(
+        "--dtype",
+        default="f32",
+        choices=["f32", "f16", "bf16"],
+        help="operand and result type (f32 without TF32 on CUDA; f16/bf16: cuBLAS's half-precision GEMM)",
+    )
     mm.set_defaults(func=bench_matmul)
     # Further benchmarks: add a subparser here with its own `func`.
     args = parser.parse_args(argv)

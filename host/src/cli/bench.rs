@@ -30,7 +30,8 @@ pub enum BenchCommand {
     /// One full RTD + GDES training step: generator (half the layers, EMD) forward, sampling,
     /// backward and update, then discriminator forward, backward and update.
     Step(StepBenchArgs),
-    /// Square single-precision matrix product `C = A·B` (`n × n`, row-major), in GFLOP/s.
+    /// Square matrix product `C = A·B` (`n × n`, row-major, f32 in and out; the operands in
+    /// the product format of `--precision`), in GFLOP/s.
     Matmul(MatmulArgs),
 }
 
@@ -49,6 +50,10 @@ pub struct MatmulArgs {
     /// Timed runs (per size).
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
+    /// Product format: f32; f16 (binary16 operands, f32 sums: wgpu with SHADER_F16); bf16
+    /// (bfloat16 operands, f32 sums: the CPU backend).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    pub precision: String,
     /// Print one JSON object per size, each as its own line after that size's report.
     #[arg(long)]
     pub json: bool,
@@ -532,10 +537,13 @@ fn matmul(args: MatmulArgs) -> Result<()> {
     if args.iters == 0 || args.sizes.contains(&0) {
         return Err(Error::Usage("--iters and --size must be at least 1".into()));
     }
+    let precision = deberta_core::Precision::from_name(&args.precision)
+        .ok_or_else(|| Error::Usage(format!("unknown --precision {}", args.precision)))?;
     dispatch(
         &choice,
         MatmulBench {
             args: &args,
+            precision,
             threads,
         },
     )
@@ -543,6 +551,8 @@ fn matmul(args: MatmulArgs) -> Result<()> {
 
 struct MatmulBench<'a> {
     args: &'a MatmulArgs,
+    /// The product format (`Backend::matmul_reduced`).
+    precision: deberta_core::Precision,
     threads: usize,
 }
 
@@ -553,7 +563,11 @@ impl BackendTask for MatmulBench<'_> {
     /// download waits for the device (wgpu records kernels asynchronously), so a run's time
     /// covers the whole product.
     fn run<B: Backend>(self, backend: &B) -> Result<()> {
-        let MatmulBench { args, threads } = self;
+        let MatmulBench {
+            args,
+            precision,
+            threads,
+        } = self;
         for &n in &args.sizes {
             let elements = n
                 .checked_mul(n)
@@ -569,7 +583,7 @@ impl BackendTask for MatmulBench<'_> {
             let spec = MatmulSpec::dense(n, n, n);
             let times = time_runs(args.warmup, args.iters, || {
                 backend
-                    .matmul(&a, &b, &mut c, &spec)
+                    .matmul_reduced(&a, &b, &mut c, &spec, precision)
                     .map_err(model_error("matmul"))?;
                 let mut probe = [0.0f32; 1];
                 backend
@@ -580,7 +594,8 @@ impl BackendTask for MatmulBench<'_> {
             let (min, max) = (times[0], times[times.len() - 1]);
             let gflops = 2.0 * (n as f64).powi(3) / (median / 1e3) / 1e9;
             println!(
-                "matmul {n}x{n}x{n} on {} ({threads} CPU threads): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {gflops:.1} GFLOP/s",
+                "matmul {n}x{n}x{n} {} on {} ({threads} CPU threads): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {gflops:.1} GFLOP/s",
+                precision.name(),
                 backend.name(),
                 args.iters,
             );
@@ -592,6 +607,7 @@ impl BackendTask for MatmulBench<'_> {
                         "impl": "deberta-rs",
                         "backend": backend.name(),
                         "size": n,
+                        "precision": precision.name(),
                         "median_ms": median,
                         "min_ms": min,
                         "max_ms": max,
