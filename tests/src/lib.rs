@@ -192,6 +192,22 @@ pub fn temp_dir(name: &str) -> TempDir {
     TempDir { path }
 }
 
+/// A fresh empty directory for what the tests of one process share (a run made once and read by
+/// several tests): `target/test-scratch/<name>`, emptied when the next process asks for it
+/// rather than left in the system temp dir. Tests that run at once must use other names.
+pub fn process_dir(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/test-scratch/<name>
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("target/<profile>/deps/<test>");
+    let dir = target.join("test-scratch").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating a test-scratch directory");
+    dir
+}
+
 /// A directory of [`temp_dir`], removed on drop; derefs to its path.
 #[derive(Debug)]
 pub struct TempDir {

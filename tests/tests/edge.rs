@@ -25,7 +25,7 @@ use deberta_host::hf_config::config_json;
 use deberta_host::inference::Session;
 use deberta_host::model_dir::load_model_dir;
 use deberta_host::tensor::HostTensor;
-use deberta_tests::{assert_one_line_error, deberta, fixture, temp_dir};
+use deberta_tests::{assert_one_line_error, deberta, fixture, process_dir, temp_dir};
 use proptest::prelude::*;
 
 /// A v3-layout discriminator configuration: relative attention with shared c2p|p2c
@@ -365,11 +365,9 @@ fn trained_model_dir() -> PathBuf {
     let dir = match std::env::var_os("DEBERTA_EDGE_MODEL_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => {
-            // Kept for the life of the process (the trained-model tests share it);
-            // scripts/test.sh trains the model once outside and names it instead.
-            let dir = temp_dir("edge-trained");
-            let run = dir.join("run");
-            std::mem::forget(dir);
+            // Shared by the trained-model tests; scripts/test.sh trains the model once
+            // outside and names it instead.
+            let run = process_dir("edge-trained").join("run");
             let corpus = bundled_corpus();
             let started = std::time::Instant::now();
             let run_args = [

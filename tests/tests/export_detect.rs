@@ -17,7 +17,7 @@ use deberta_host::hf_config::read_config;
 use deberta_host::inference::Session;
 use deberta_host::model_dir::load_model_dir;
 use deberta_tests::{
-    CliRun, assert_one_line_error, deberta, fixture, gpu_adapter_present, temp_dir,
+    CliRun, assert_one_line_error, deberta, fixture, gpu_adapter_present, process_dir, temp_dir,
 };
 use serde_json::{Map, Value};
 
@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 fn run_dir() -> &'static Path {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
-        let dir = temp_dir("export-run");
+        let dir = process_dir("export-run");
         let text = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/shakespeare/texts/sonnets.txt"),
         )
