@@ -2,6 +2,8 @@
 //! storage buffers it binds (binding 0 is always the shader's `Params` uniform; bindings 1.. are
 //! the storage buffers in the order listed here, which the WGSL declares with the same access).
 
+use std::borrow::Cow;
+
 /// Threads per workgroup of the one-thread-per-element kernels.
 pub(crate) const ELEMENTWISE_WG: u32 = 256;
 /// Threads per workgroup of the one-workgroup-per-row reductions.
@@ -10,8 +12,6 @@ pub(crate) const ROW_WG: u32 = 128;
 pub(crate) const MATMUL_THREADS: u32 = 16;
 /// Elements of the inner dimension per workgroup-memory stage of the tiled matmul.
 pub(crate) const TILE_K: u32 = 16;
-/// The largest outputs-per-thread side of the tiled matmul (its register arrays' size).
-pub(crate) const MAX_BLOCK: u32 = 8;
 /// Elements each thread of `reduce_sum` adds before the tree.
 pub(crate) const SUM_ITEMS: u32 = 8;
 /// Rows per partial sum of the LayerNorm γ/β gradients (and of `sum_rows`).
@@ -34,9 +34,19 @@ pub(crate) const ATTN_ROWS_WG: u32 = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Shader {
     Elementwise,
-    Matmul,
-    /// `Matmul` with f16 operands (`enable f16;`: only on devices with `SHADER_F16`).
-    MatmulF16,
+    /// The matmul kernels whose tiled kernel holds 2×2 outputs per thread (32-wide tiles).
+    Matmul32,
+    /// 4×4 outputs per thread (64-wide tiles); also the home of the thin-product and split-K
+    /// sum kernels, which have no register block.
+    Matmul64,
+    /// 8×8 outputs per thread (128-wide tiles).
+    Matmul128,
+    /// `Matmul32` with f16 operands (`enable f16;`: only on devices with `SHADER_F16`).
+    Matmul32F16,
+    /// `Matmul64` with f16 operands.
+    Matmul64F16,
+    /// `Matmul128` with f16 operands.
+    Matmul128F16,
     LayerNorm,
     Softmax,
     RelativeScores,
@@ -57,19 +67,18 @@ pub(crate) enum Shader {
 
 impl Shader {
     /// The WGSL text (the random-number kernels get `philox.wgsl` prepended, the kernels that
-    /// reduce over a workgroup `row_reduce.wgsl`, the matmuls the header that declares their
-    /// operand type).
-    pub(crate) const fn source(self) -> &'static str {
-        match self {
+    /// reduce over a workgroup `row_reduce.wgsl`; the matmuls are written for their variant by
+    /// [`matmul_source`](crate::matmul_source::matmul_source)).
+    pub(crate) fn source(self) -> Cow<'static, str> {
+        use crate::matmul_source::matmul_source;
+        Cow::Borrowed(match self {
+            Shader::Matmul32 => return matmul_source(2, false).into(),
+            Shader::Matmul64 => return matmul_source(4, false).into(),
+            Shader::Matmul128 => return matmul_source(8, false).into(),
+            Shader::Matmul32F16 => return matmul_source(2, true).into(),
+            Shader::Matmul64F16 => return matmul_source(4, true).into(),
+            Shader::Matmul128F16 => return matmul_source(8, true).into(),
             Shader::Elementwise => include_str!("shaders/elementwise.wgsl"),
-            Shader::Matmul => concat!(
-                include_str!("shaders/matmul_f32.wgsl"),
-                include_str!("shaders/matmul.wgsl")
-            ),
-            Shader::MatmulF16 => concat!(
-                include_str!("shaders/matmul_f16.wgsl"),
-                include_str!("shaders/matmul.wgsl")
-            ),
             Shader::LayerNorm => concat!(
                 include_str!("shaders/row_reduce.wgsl"),
                 include_str!("shaders/layer_norm.wgsl")
@@ -115,7 +124,7 @@ impl Shader {
                 include_str!("shaders/attention_backward_rows.wgsl"),
                 include_str!("shaders/attention_backward_key.wgsl")
             ),
-        }
+        })
     }
 
     /// Bytes of the shader's `Params` uniform.
@@ -123,7 +132,12 @@ impl Shader {
         use crate::params::*;
         (match self {
             Shader::Elementwise => size_of::<ElementwiseParams>(),
-            Shader::Matmul | Shader::MatmulF16 => size_of::<MatmulParams>(),
+            Shader::Matmul32
+            | Shader::Matmul64
+            | Shader::Matmul128
+            | Shader::Matmul32F16
+            | Shader::Matmul64F16
+            | Shader::Matmul128F16 => size_of::<MatmulParams>(),
             Shader::LayerNorm => size_of::<LayerNormParams>(),
             Shader::Softmax => size_of::<SoftmaxParams>(),
             Shader::RelativeScores => size_of::<RelativeParams>(),
@@ -203,23 +217,23 @@ kernels! {
     /// Backward of `AddSequenceRow`.
     AddSequenceRowBackward => Elementwise, "add_sequence_row_backward", [W, R];
     /// Workgroup-tiled matmul, 32×32 tiles (2×2 outputs per thread).
-    MatmulTiled32 => Matmul, "matmul_tiled", [W, R, R];
+    MatmulTiled32 => Matmul32, "matmul_tiled", [W, R, R];
     /// Workgroup-tiled matmul, 64×64 tiles (4×4 outputs per thread).
-    MatmulTiled64 => Matmul, "matmul_tiled", [W, R, R];
+    MatmulTiled64 => Matmul64, "matmul_tiled", [W, R, R];
     /// Workgroup-tiled matmul, 128×128 tiles (8×8 outputs per thread).
-    MatmulTiled128 => Matmul, "matmul_tiled", [W, R, R];
+    MatmulTiled128 => Matmul128, "matmul_tiled", [W, R, R];
     /// One-thread-per-output matmul.
-    MatmulSmall => Matmul, "matmul_small", [W, R, R];
+    MatmulSmall => Matmul64, "matmul_small", [W, R, R];
     /// `MatmulTiled32` with f16 operands.
-    MatmulTiled32F16 => MatmulF16, "matmul_tiled", [W, R, R];
+    MatmulTiled32F16 => Matmul32F16, "matmul_tiled", [W, R, R];
     /// `MatmulTiled64` with f16 operands.
-    MatmulTiled64F16 => MatmulF16, "matmul_tiled", [W, R, R];
+    MatmulTiled64F16 => Matmul64F16, "matmul_tiled", [W, R, R];
     /// `MatmulTiled128` with f16 operands.
-    MatmulTiled128F16 => MatmulF16, "matmul_tiled", [W, R, R];
+    MatmulTiled128F16 => Matmul128F16, "matmul_tiled", [W, R, R];
     /// `MatmulSmall` with f16 operands.
-    MatmulSmallF16 => MatmulF16, "matmul_small", [W, R, R];
+    MatmulSmallF16 => Matmul64F16, "matmul_small", [W, R, R];
     /// Split-K: `C = α·Σ slabs + β·C`: C, slabs.
-    MatmulSumSplits => Matmul, "matmul_sum_splits", [W, R];
+    MatmulSumSplits => Matmul64, "matmul_sum_splits", [W, R];
     /// LayerNorm forward: out, stats, x, γ, β.
     LayerNorm => LayerNorm, "layer_norm", [W, W, R, R, R];
     /// LayerNorm input gradient: dx, x, γ, stats, dout.
@@ -268,16 +282,6 @@ kernels! {
 }
 
 impl Kernel {
-    /// The values of the entry point's pipeline-overridable constants.
-    pub(crate) const fn constants(self) -> &'static [(&'static str, f64)] {
-        match self {
-            Kernel::MatmulTiled32 | Kernel::MatmulTiled32F16 => &[("BLOCK", 2.0)],
-            Kernel::MatmulTiled64 | Kernel::MatmulTiled64F16 => &[("BLOCK", 4.0)],
-            Kernel::MatmulTiled128 | Kernel::MatmulTiled128F16 => &[("BLOCK", 8.0)],
-            _ => &[],
-        }
-    }
-
     /// The same product kernel with f16 operands (the kernel itself for kernels without such
     /// a variant).
     pub(crate) const fn with_f16_operands(self) -> Kernel {
@@ -296,15 +300,16 @@ mod tests {
     use super::*;
 
     fn parse(shader: Shader) -> (naga::Module, naga::valid::ModuleInfo) {
-        let module = naga::front::wgsl::parse_str(shader.source())
-            .unwrap_or_else(|e| panic!("{shader:?}: {}", e.emit_to_string(shader.source())));
-        let capabilities = match shader {
-            Shader::MatmulF16 => naga::valid::Capabilities::SHADER_FLOAT16,
-            _ => naga::valid::Capabilities::empty(),
+        let source = shader.source();
+        let module = naga::front::wgsl::parse_str(&source)
+            .unwrap_or_else(|e| panic!("{shader:?}: {}", e.emit_to_string(&source)));
+        let capabilities = match source.starts_with("enable f16;") {
+            true => naga::valid::Capabilities::SHADER_FLOAT16,
+            false => naga::valid::Capabilities::empty(),
         };
         let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
             .validate(&module)
-            .unwrap_or_else(|e| panic!("{shader:?}: {}", e.emit_to_string(shader.source())));
+            .unwrap_or_else(|e| panic!("{shader:?}: {}", e.emit_to_string(&source)));
         (module, info)
     }
 
@@ -317,6 +322,15 @@ mod tests {
             );
         }
     }
+
+    const MATMULS: &[Shader] = &[
+        Shader::Matmul32,
+        Shader::Matmul64,
+        Shader::Matmul128,
+        Shader::Matmul32F16,
+        Shader::Matmul64F16,
+        Shader::Matmul128F16,
+    ];
 
     #[test]
     fn rust_constants_are_the_wgsl_constants() {
@@ -343,13 +357,8 @@ mod tests {
                     Shader::Loss,
                 ],
             ),
-            (
-                "MATMUL_THREADS",
-                MATMUL_THREADS,
-                &[Shader::Matmul, Shader::MatmulF16],
-            ),
-            ("TILE_K", TILE_K, &[Shader::Matmul, Shader::MatmulF16]),
-            ("MAX_BLOCK", MAX_BLOCK, &[Shader::Matmul, Shader::MatmulF16]),
+            ("MATMUL_THREADS", MATMUL_THREADS, MATMULS),
+            ("TILE_K", TILE_K, MATMULS),
             ("SUM_ITEMS", SUM_ITEMS, &[Shader::Reduce]),
             ("PARAM_CHUNK_ROWS", PARAM_CHUNK_ROWS, &[Shader::LayerNorm]),
             ("ATTN_TILE", ATTN_TILE, &[Shader::FusedAttention]),

@@ -37,6 +37,7 @@ mod backend;
 mod device;
 mod error;
 mod kernels;
+mod matmul_source;
 mod ops;
 mod params;
 mod pipelines;

@@ -43,7 +43,7 @@ params! {
 
 params! {
     /// `matmul.wgsl`.
-    MatmulParams mirrors crate::kernels::Shader::Matmul => {
+    MatmulParams mirrors crate::kernels::Shader::Matmul64 => {
         batch1: u32,
         m: u32,
         n: u32,

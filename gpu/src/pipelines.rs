@@ -83,7 +83,7 @@ impl Pipelines {
             let module = modules.entry(shader).or_insert_with(|| {
                 device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(kernel.entry()),
-                    source: wgpu::ShaderSource::Wgsl(shader.source().into()),
+                    source: wgpu::ShaderSource::Wgsl(shader.source()),
                 })
             });
             let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -101,7 +101,7 @@ impl Pipelines {
                 module,
                 entry_point: Some(kernel.entry()),
                 compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: kernel.constants(),
+                    constants: &[],
                     // Every kernel initialises the workgroup memory it reads.
                     zero_initialize_workgroup_memory: false,
                 },

@@ -9,7 +9,7 @@ use deberta_core::kernels::{MatmulSpec, MatrixLayout};
 use super::memory::alloc;
 use super::word;
 use crate::device::Gpu;
-use crate::kernels::{Kernel, MATMUL_THREADS, MAX_BLOCK, TILE_K};
+use crate::kernels::{Kernel, MATMUL_THREADS, TILE_K};
 use crate::params::MatmulParams;
 use crate::tensor::GpuTensor;
 
@@ -74,7 +74,7 @@ impl TilePolicy {
 
 /// The tiled kernels, largest tile first, with their tile side.
 const TILED: [(Kernel, u32); 3] = [
-    (Kernel::MatmulTiled128, MATMUL_THREADS * MAX_BLOCK),
+    (Kernel::MatmulTiled128, 128),
     (Kernel::MatmulTiled64, 64),
     (Kernel::MatmulTiled32, 32),
 ];

@@ -1,16 +1,21 @@
 // Batched strided matrix multiplication C = α·A·B + β·C for every batch entry, accumulated in
-// f32. `matmul_tiled` is one kernel parametrised by the pipeline-overridable `BLOCK`: each of
-// its 16×16 threads holds a BLOCK×BLOCK block of C in registers (outputs strided by 16, so
-// that neighbouring threads read neighbouring workgroup-memory words), and the workgroup
-// stages (16·BLOCK)×16 / 16×(16·BLOCK) tiles of A and B in workgroup memory: BLOCK 2, 4 and 8
-// give 32-, 64- and 128-wide tiles. The load mapping follows whichever stride of an operand is
-// 1, so row-major and transposed operands are both read coalesced. `matmul_small` is the
-// general fallback for thin products: one thread per element of C. Every variant sums over k
-// in the same order, so they give the same bits.
+// f32. In `matmul_tiled` each of the 16×16 threads holds a BLOCK×BLOCK block of C in
+// registers (outputs strided by 16, so that neighbouring threads read neighbouring
+// workgroup-memory words), and the workgroup stages (16·BLOCK)×16 / 16×(16·BLOCK) tiles of A
+// and B in workgroup memory: BLOCK 2, 4 and 8 give 32-, 64- and 128-wide tiles. The load
+// mapping follows whichever stride of an operand is 1, so row-major and transposed operands
+// are both read coalesced. `matmul_small` is the general fallback for thin products: one
+// thread per element of C. Every variant sums over k in the same order, so they give the same
+// bits.
 //
-// The file follows a header that declares `Operand`, the type operands are converted to as they
-// are loaded: f32 (matmul_f32.wgsl, the reference) or f16 (matmul_f16.wgsl: the products of
-// mixed-precision training). Products and sums are f32 either way.
+// This file is a template (gpu/src/matmul_source.rs fills it in): it follows a header that
+// declares `Operand`, the type operands are converted to as they are loaded (f32:
+// matmul_f32.wgsl, the reference; f16: matmul_f16.wgsl, the products of mixed-precision
+// training; products and sums are f32 either way), and `BLOCK`; the lines marked `@accumulators`,
+// `@multiply_accumulate` and `@store` become the register block's straight-line code — one
+// scalar per output, constant names, no loop for a compiler to unroll — so that the
+// accumulators stay in registers on every driver (an array indexed in loops can be placed in
+// local memory instead: three times slower on an H200).
 //
 // Split-K (tall-skinny products such as weight gradients, whose k is the token count): with
 // `k_split` > 0, workgroup z of `matmul_tiled` sums only k in [z·k_split, (z+1)·k_split) into
@@ -19,13 +24,10 @@
 
 const TILE_K: u32 = 16u;
 const MATMUL_THREADS: u32 = 16u;
-// The largest BLOCK (the register arrays are sized for it).
-const MAX_BLOCK: u32 = 8u;
-// Outputs per thread along each side of C's tile; the tile is MATMUL_THREADS·BLOCK wide.
-override BLOCK: u32 = 4u;
-override TILE: u32 = MATMUL_THREADS * BLOCK;
+// The side of C's tile: MATMUL_THREADS·BLOCK.
+const TILE: u32 = MATMUL_THREADS * BLOCK;
 // Padded tile rows avoid bank conflicts when the k-contiguous mapping stores a column.
-override TILE_STRIDE: u32 = TILE + 1u;
+const TILE_STRIDE: u32 = TILE + 1u;
 
 struct Params {
     batch1: u32,
@@ -114,10 +116,8 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
     let col0 = wid.x * TILE;
     let tx = local.x;
     let ty = local.y;
-    // acc[i * MAX_BLOCK + j]: row ty + 16·i, column tx + 16·j of the tile.
-    var acc = array<f32, MAX_BLOCK * MAX_BLOCK>();
-    var av = array<f32, MAX_BLOCK>();
-    var bv = array<f32, MAX_BLOCK>();
+    // acc_i_j: row ty + 16·i, column tx + 16·j of the tile.
+    // @accumulators
     for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         // TILE·TILE_K elements of each operand, BLOCK per thread.
         for (var q = 0u; q < BLOCK; q += 1u) {
@@ -160,26 +160,22 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk += 1u) {
-            for (var i = 0u; i < BLOCK; i += 1u) {
-                av[i] = f32(a_tile[kk * TILE_STRIDE + ty + i * MATMUL_THREADS]);
-                bv[i] = f32(b_tile[kk * TILE_STRIDE + tx + i * MATMUL_THREADS]);
-            }
-            for (var i = 0u; i < BLOCK; i += 1u) {
-                for (var j = 0u; j < BLOCK; j += 1u) {
-                    acc[i * MAX_BLOCK + j] += av[i] * bv[j];
-                }
-            }
+            let ai = kk * TILE_STRIDE + ty;
+            let bi = kk * TILE_STRIDE + tx;
+            // a_i = A[row ty + 16·i], b_j = B[column tx + 16·j] at this kk; acc_i_j += a_i·b_j.
+            // @multiply_accumulate
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < BLOCK; i += 1u) {
-        let row = row0 + ty + i * MATMUL_THREADS;
-        for (var j = 0u; j < BLOCK; j += 1u) {
-            let col = col0 + tx + j * MATMUL_THREADS;
-            if (row < params.m && col < params.n) {
-                store_output(bases.c, row, col, acc[i * MAX_BLOCK + j]);
-            }
-        }
+    let row = row0 + ty;
+    let col = col0 + tx;
+    // store_tile_output(bases.c, row + 16·i, col + 16·j, acc_i_j) for every i, j.
+    // @store
+}
+
+fn store_tile_output(base: u32, row: u32, col: u32, acc: f32) {
+    if (row < params.m && col < params.n) {
+        store_output(base, row, col, acc);
     }
 }
 
