@@ -13,7 +13,9 @@
 #              TILE_SWEEP=1 to also run every wgpu forward and step with DEBERTA_WGPU_MATMUL_TILES
 #              forced to 128, 64 and 32 (the matmuls always are: labels ours-wgpu-t128, -t64,
 #              -t32), CPU=1 to add the CPU backend against PyTorch on the CPU (CPU_THREADS,
-#              default nproc; CPU_STEP_CASES, default STEP_CASES). TIME_LIMIT (seconds, default
+#              default nproc; CPU_STEP_CASES, default STEP_CASES). KERNEL_TIMES (default 1): our
+#              wgpu forward and step also print and record the device time of each kernel
+#              (`--kernel-times`: as many runs again, timed per kernel). TIME_LIMIT (seconds, default
 #              540, so that the whole script fits one 10-minute call on a lent machine): once it
 #              has passed, the remaining cases are skipped (and listed), so a run always ends with
 #              the table of what it measured. TORCH_DEVICE (default cuda; cpu checks the script
@@ -45,6 +47,9 @@ STEP_PRECISIONS="${STEP_PRECISIONS:-f32 mixed}"
 RESULTS="${1:-$ROOT/target/gpu-bench.jsonl}"
 TIME_LIMIT="${TIME_LIMIT:-540}"
 TORCH_DEVICE="${TORCH_DEVICE:-cuda}"
+KERNEL_TIMES="${KERNEL_TIMES:-1}"
+kernel_times=()
+[ "$KERNEL_TIMES" = 1 ] && kernel_times=(--kernel-times)
 : >"$RESULTS"
 started=$(date +%s)
 ERR="$(mktemp)"
@@ -132,7 +137,7 @@ run_cases() {
                 echo "== $side $stem" >&2
                 if [ "$side" = gpu ]; then
                     record "$stem ours-wgpu" "$DEBERTA" bench "$bench" --backend wgpu \
-                        "${shape_args[@]}" "${ours_precision[@]}" "${common[@]}"
+                        "${shape_args[@]}" "${ours_precision[@]}" "${kernel_times[@]}" "${common[@]}"
                     if [ "${TILE_SWEEP:-0}" = 1 ]; then
                         for tiles in 128 64 32; do
                             record "$stem ours-wgpu-t$tiles" env DEBERTA_WGPU_MATMUL_TILES=$tiles \

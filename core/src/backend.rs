@@ -137,6 +137,20 @@ pub trait Backend {
         None
     }
 
+    /// Switches the timing of each kernel on the device on or off, where the backend can time
+    /// its kernels (wgpu on an adapter with timestamp queries); returns whether they are timed.
+    /// Timing may make the host wait for the device after every submission, so the wall-clock
+    /// time of a timed run is not that of an untimed one.
+    fn time_kernels(&self, _on: bool) -> Result<bool, Error> {
+        Ok(false)
+    }
+
+    /// Hands each kernel's device time since the last call to `visit` as (kernel, dispatches,
+    /// nanoseconds), and forgets it; nothing where kernels are not timed.
+    fn drain_kernel_times(&self, _visit: &mut dyn FnMut(&str, u64, u64)) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// A new zero-filled buffer of `len` elements.
     fn zeros(&self, len: usize) -> Result<Self::Tensor, Error>;
     /// A new buffer holding a copy of `data`.

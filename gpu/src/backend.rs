@@ -117,6 +117,14 @@ impl Backend for WgpuBackend {
         "wgpu"
     }
 
+    fn time_kernels(&self, on: bool) -> Result<bool, Error> {
+        self.gpu.time_kernels(on)
+    }
+
+    fn drain_kernel_times(&self, visit: &mut dyn FnMut(&str, u64, u64)) -> Result<(), Error> {
+        self.gpu.drain_kernel_times(visit)
+    }
+
     fn peak_device_bytes(&self) -> Option<u64> {
         Some(self.device_memory().peak_bytes)
     }

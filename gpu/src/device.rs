@@ -43,6 +43,8 @@ pub(crate) struct Gpu {
     pub(crate) matmul_tiles: TilePolicy,
     /// Whether the device was opened with `SHADER_F16`, so that f16 products can run.
     pub(crate) f16_products: bool,
+    /// Whether the device was opened with `TIMESTAMP_QUERY`, so that kernels can be timed.
+    pub(crate) timestamps: bool,
 }
 
 /// Whether to ask for `SHADER_F16` where the adapter has it: `DEBERTA_WGPU_F16=off` opens the
@@ -58,10 +60,12 @@ impl Gpu {
         let instance = instance();
         let adapter = select(&instance, choice)?;
         let summary = crate::adapter::summary(&adapter);
-        let features = match wants_f16() {
-            true => adapter.features() & wgpu::Features::SHADER_F16,
+        let f16 = match wants_f16() {
+            true => wgpu::Features::SHADER_F16,
             false => wgpu::Features::empty(),
         };
+        // Timestamps cost nothing until kernel timing is switched on.
+        let features = adapter.features() & (f16 | wgpu::Features::TIMESTAMP_QUERY);
         // Everything the adapter offers (workgroup memory, invocations, buffer sizes); should a
         // driver refuse its own maximum, WebGPU's defaults, which every adapter grants.
         let request = |required_limits: wgpu::Limits| {
@@ -126,6 +130,7 @@ impl Gpu {
             errors,
             matmul_tiles: TilePolicy::default(),
             f16_products: features.contains(wgpu::Features::SHADER_F16),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
         })
     }
 

@@ -36,6 +36,7 @@ mod adapter;
 mod backend;
 mod device;
 mod error;
+mod kernel_timer;
 mod kernels;
 mod matmul_source;
 mod ops;

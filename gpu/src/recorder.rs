@@ -15,6 +15,7 @@ use deberta_core::Error;
 
 use crate::device::Gpu;
 use crate::error::device_error;
+use crate::kernel_timer::KernelTimer;
 use crate::kernels::Kernel;
 use crate::pool::PooledBuffer;
 
@@ -35,6 +36,8 @@ pub(crate) struct Recorder {
     encoder: Option<wgpu::CommandEncoder>,
     params: Vec<u8>,
     bind_groups: HashMap<BindKey, wgpu::BindGroup>,
+    /// Timestamps around every kernel, while kernel timing is on.
+    timer: Option<KernelTimer>,
 }
 
 impl Gpu {
@@ -52,8 +55,10 @@ impl Gpu {
         let compiled = self.pipelines.get(&self.device, &self.errors, kernel)?;
         let mut guard = self.lock_recorder()?;
         let recorder = &mut *guard;
-        if recorder.params.len() as u64 + self.slot > ARENA_BYTES {
-            self.submit(recorder);
+        if recorder.params.len() as u64 + self.slot > ARENA_BYTES
+            || recorder.timer.as_ref().is_some_and(KernelTimer::is_full)
+        {
+            self.submit(recorder)?;
         }
         let offset = recorder.params.len();
         recorder
@@ -96,7 +101,7 @@ impl Gpu {
             .get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(kernel.entry()),
-            timestamp_writes: None,
+            timestamp_writes: recorder.timer.as_mut().map(|timer| timer.next_pass(kernel)),
         });
         pass.set_pipeline(&compiled.pipeline);
         pass.set_bind_group(0, &*bind_group, &[offset as u32]);
@@ -120,7 +125,36 @@ impl Gpu {
     /// Submits everything recorded so far (without waiting for it).
     pub(crate) fn flush(&self) -> Result<(), Error> {
         let mut recorder = self.lock_recorder()?;
-        self.submit(&mut recorder);
+        self.submit(&mut recorder)
+    }
+
+    /// Switches kernel timing on (on a device with timestamp queries; `false` elsewhere) or
+    /// off; what is recorded so far is submitted first, untimed kernels untimed.
+    pub(crate) fn time_kernels(&self, on: bool) -> Result<bool, Error> {
+        if !self.timestamps {
+            return Ok(false);
+        }
+        let mut recorder = self.lock_recorder()?;
+        self.submit(&mut recorder)?;
+        match (on, recorder.timer.is_some()) {
+            (true, false) => recorder.timer = Some(KernelTimer::new(&self.device, &self.queue)),
+            (false, true) => recorder.timer = None,
+            _ => {}
+        }
+        Ok(on)
+    }
+
+    /// Submits what is recorded, then hands each kernel's device time since the last drain
+    /// to `visit` (see [`KernelTimer::drain`]).
+    pub(crate) fn drain_kernel_times(
+        &self,
+        visit: &mut dyn FnMut(&str, u64, u64),
+    ) -> Result<(), Error> {
+        let mut recorder = self.lock_recorder()?;
+        self.submit(&mut recorder)?;
+        if let Some(timer) = recorder.timer.as_mut() {
+            timer.drain(visit);
+        }
         Ok(())
     }
 
@@ -136,17 +170,26 @@ impl Gpu {
             .map_err(|_| device_error("command recorder lock poisoned"))
     }
 
-    fn submit(&self, recorder: &mut Recorder) {
-        if let Some(encoder) = recorder.encoder.take() {
+    fn submit(&self, recorder: &mut Recorder) -> Result<(), Error> {
+        if let Some(mut encoder) = recorder.encoder.take() {
             if !recorder.params.is_empty() {
                 // Lands before the commands of this submission (wgpu orders it after the
                 // previous submissions that read the arena).
                 self.queue.write_buffer(&self.arena, 0, &recorder.params);
             }
+            let timed = recorder
+                .timer
+                .as_ref()
+                .is_some_and(|timer| timer.resolve(&mut encoder));
             self.queue.submit([encoder.finish()]);
+            recorder.params.clear();
+            if let (true, Some(timer)) = (timed, recorder.timer.as_mut()) {
+                return timer.collect(&self.device);
+            }
             // Lets wgpu reclaim finished submissions; never blocks.
             let _ = self.device.poll(wgpu::PollType::Poll);
         }
         recorder.params.clear();
+        Ok(())
     }
 }

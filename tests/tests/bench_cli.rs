@@ -35,7 +35,7 @@ fn matmul_reports_every_size_with_a_json_line() {
     ]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(
-        run.stdout.contains("matmul 48x48x48 on cpu"),
+        run.stdout.contains("matmul 48x48x48 f32 on cpu"),
         "{}",
         run.stdout
     );
@@ -45,6 +45,7 @@ fn matmul_reports_every_size_with_a_json_line() {
         assert_eq!(line["bench"], "matmul");
         assert_eq!(line["backend"], "cpu");
         assert_eq!(line["size"], size);
+        assert_eq!(line["precision"], "f32");
         assert!(line["gflops"].as_f64().unwrap() > 0.0, "{line}");
         assert!(line["min_ms"].as_f64() <= line["median_ms"].as_f64());
     }
@@ -82,6 +83,47 @@ fn forward_runs_the_nano_shape_fused_or_unfused() {
         assert_eq!(last["attention"], attention);
         // Host memory is the peak RSS; there is no device memory of its own.
         assert!(last["peak_device_mb"].is_null(), "{last}");
+    }
+}
+
+/// `--kernel-times`: on wgpu (timestamp queries; lavapipe has them) a table and a `kernels`
+/// JSON list whose dispatches per run match the model (4 layers: 4 fused attentions) and whose
+/// times are positive; on the CPU a note and no list.
+#[test]
+fn kernel_times_report_each_wgpu_kernel_per_run() {
+    let mut cpu_args = NANO_FORWARD.to_vec();
+    cpu_args.push("--kernel-times");
+    let cpu = deberta(&cpu_args);
+    assert_eq!(cpu.code, Some(0), "{}", cpu.stderr);
+    assert!(
+        cpu.stderr.contains("does not time kernels"),
+        "{}",
+        cpu.stderr
+    );
+    assert!(json_lines(&cpu.stdout).pop().unwrap()["kernels"].is_null());
+    if !gpu_adapter_present() {
+        return;
+    }
+    let args: Vec<&str> = cpu_args
+        .iter()
+        .map(|&a| match a {
+            "cpu" => "wgpu",
+            "1" => "2",
+            other => other,
+        })
+        .collect();
+    let run = deberta(&args);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stdout.contains("device time per run"), "{}", run.stdout);
+    let last = json_lines(&run.stdout).pop().expect("a JSON line");
+    let kernels = last["kernels"].as_array().expect("a kernels list");
+    let attention = kernels
+        .iter()
+        .find(|k| k["kernel"] == "FusedAttention")
+        .unwrap_or_else(|| panic!("{last}"));
+    assert_eq!(attention["dispatches_per_run"], 4.0, "{last}");
+    for kernel in kernels {
+        assert!(kernel["ms_per_run"].as_f64().unwrap() > 0.0, "{kernel}");
     }
 }
 

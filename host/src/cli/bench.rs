@@ -110,6 +110,78 @@ pub struct BenchArgs {
     /// probabilities (as training does), instead of the backend's fused attention.
     #[arg(long)]
     pub unfused_attention: bool,
+    /// After the timed runs, `--iters` more with each kernel timed on the device (wgpu on an
+    /// adapter with timestamp queries): a table of device time per kernel per run, and the
+    /// same in the JSON (`kernels`). The wall-clock figures are those of the untimed runs.
+    #[arg(long)]
+    pub kernel_times: bool,
+}
+
+/// Device time of one kernel, per run, from `--kernel-times`.
+struct KernelTime {
+    kernel: String,
+    dispatches_per_run: f64,
+    ms_per_run: f64,
+}
+
+/// What one benchmark measured: the sorted wall-clock times of the timed runs (ms), and the
+/// device time per kernel where `--kernel-times` asked for it and the backend has it.
+struct Measured {
+    times: Vec<f64>,
+    kernels: Option<Vec<KernelTime>>,
+}
+
+/// Times `run` (see [`time`]) and, with `--kernel-times`, runs it `--iters` more times with
+/// the backend timing each kernel.
+fn measure<B: Backend>(
+    args: &BenchArgs,
+    backend: &B,
+    mut run: impl FnMut() -> Result<()>,
+) -> Result<Measured> {
+    let times = time(args, &mut run)?;
+    if !args.kernel_times {
+        return Ok(Measured {
+            times,
+            kernels: None,
+        });
+    }
+    if !backend
+        .time_kernels(true)
+        .map_err(model_error("kernel timing"))?
+    {
+        eprintln!(
+            "note: --kernel-times: the {} backend (or this adapter) does not time kernels",
+            backend.name()
+        );
+        return Ok(Measured {
+            times,
+            kernels: None,
+        });
+    }
+    backend
+        .drain_kernel_times(&mut |_, _, _| {})
+        .map_err(model_error("kernel timing"))?;
+    for _ in 0..args.iters {
+        run()?;
+    }
+    let runs = args.iters as f64;
+    let mut kernels = Vec::new();
+    backend
+        .drain_kernel_times(&mut |kernel, dispatches, nanos| {
+            kernels.push(KernelTime {
+                kernel: kernel.to_string(),
+                dispatches_per_run: dispatches as f64 / runs,
+                ms_per_run: nanos as f64 / 1e6 / runs,
+            });
+        })
+        .map_err(model_error("kernel timing"))?;
+    backend
+        .time_kernels(false)
+        .map_err(model_error("kernel timing"))?;
+    Ok(Measured {
+        times,
+        kernels: Some(kernels),
+    })
 }
 
 /// Multiply-adds ×2 of one encoder forward with cached position projections.
@@ -213,9 +285,10 @@ fn report<B: Backend>(
     precision: Precision,
     args: &BenchArgs,
     threads: usize,
-    times: &[f64],
+    measured: &Measured,
     flops: Option<f64>,
 ) {
+    let times = &measured.times;
     let median = times[times.len() / 2];
     let (min, max) = (times[0], times[times.len() - 1]);
     let tokens = (args.batch * args.seq) as f64;
@@ -259,6 +332,34 @@ fn report<B: Backend>(
             .map(|p| format!(", peak device memory {p:.0} MiB"))
             .unwrap_or_default(),
     );
+    if let Some(kernels) = &measured.kernels {
+        let device_ms: f64 = kernels.iter().map(|k| k.ms_per_run).sum();
+        println!(
+            "device time per run {device_ms:.3} ms in kernels ({:.0} % of the median wall-clock time):",
+            100.0 * device_ms / median
+        );
+        for k in kernels {
+            println!(
+                "  {:<28} {:>9.3} ms {:>5.1} % {:>8.1} dispatches",
+                k.kernel,
+                k.ms_per_run,
+                100.0 * k.ms_per_run / device_ms.max(f64::MIN_POSITIVE),
+                k.dispatches_per_run
+            );
+        }
+    }
+    let kernels = measured.kernels.as_ref().map(|kernels| {
+        kernels
+            .iter()
+            .map(|k| {
+                json!({
+                    "kernel": k.kernel,
+                    "ms_per_run": k.ms_per_run,
+                    "dispatches_per_run": k.dispatches_per_run,
+                })
+            })
+            .collect::<Vec<_>>()
+    });
     if args.json {
         println!(
             "{}",
@@ -266,6 +367,7 @@ fn report<B: Backend>(
                 "bench": bench,
                 "impl": "deberta-rs",
                 "backend": backend_name,
+                "kernels": kernels,
                 "shape": args.shape,
                 "batch": args.batch,
                 "seq": args.seq,
@@ -356,7 +458,7 @@ impl BackendTask for ForwardBench<'_> {
             },
             ..ForwardOptions::inference()
         };
-        let times = time(args, || {
+        let measured = measure(args, backend, || {
             model
                 .forward(
                     backend,
@@ -379,7 +481,7 @@ impl BackendTask for ForwardBench<'_> {
             precision,
             args,
             threads,
-            &times,
+            &measured,
             Some(flops),
         );
         Ok(())
@@ -476,7 +578,7 @@ impl BackendTask for StepBench<'_> {
             .upload_indices(&vec![0; positions.len()])
             .map_err(model_error("sample buffer"))?;
         let mut step = 0u32;
-        let times = time(args, || {
+        let measured = measure(args, backend, || {
             let dropout = |model| Dropout {
                 hidden: 0.1,
                 attention: 0.1,
@@ -526,7 +628,7 @@ impl BackendTask for StepBench<'_> {
             step += 1;
             Ok(())
         })?;
-        report("step", backend, precision, args, threads, &times, None);
+        report("step", backend, precision, args, threads, &measured, None);
         Ok(())
     }
 }
