@@ -438,7 +438,7 @@ impl Backend for WgpuBackend {
     }
 
     fn fused_attention_uses_buffers(&self, spec: &AttentionSpec) -> bool {
-        !attention::supports(spec)
+        !attention::supports(&self.gpu, spec)
     }
 
     fn attention_training_uses_probabilities(
@@ -458,10 +458,10 @@ impl Backend for WgpuBackend {
         context: &mut GpuTensor,
         spec: AttentionSpec,
     ) -> Result<(), Error> {
-        if !attention::supports(&spec) {
+        if !attention::supports(&self.gpu, &spec) {
             return composed_attention(self, ops, buffers, context, spec);
         }
-        attention::fused_attention(&self.gpu, operands(&ops), context, spec)
+        attention::fused_attention(&self.gpu, operands(&ops), context, None, spec)
     }
 
     /// The row-owned training kernels of `attention_rows.wgsl` (context and one logsumexp

@@ -56,9 +56,8 @@ pub(crate) enum Shader {
     Optimizer,
     Dropout,
     Sampling,
+    /// The tiled attention forward of inference and training (`philox.wgsl` prepended).
     FusedAttention,
-    /// The training attention forward (`attention_rows.wgsl` + its kernel file).
-    AttentionTrainForward,
     /// The training attention backward's query-owned pass.
     AttentionBackwardQuery,
     /// The training attention backward's key-owned pass.
@@ -106,11 +105,9 @@ impl Shader {
                 include_str!("shaders/philox.wgsl"),
                 include_str!("shaders/sampling.wgsl")
             ),
-            Shader::FusedAttention => include_str!("shaders/fused_attention.wgsl"),
-            Shader::AttentionTrainForward => concat!(
+            Shader::FusedAttention => concat!(
                 include_str!("shaders/philox.wgsl"),
-                include_str!("shaders/attention_rows.wgsl"),
-                include_str!("shaders/attention_train_forward.wgsl")
+                include_str!("shaders/fused_attention.wgsl")
             ),
             Shader::AttentionBackwardQuery => concat!(
                 include_str!("shaders/philox.wgsl"),
@@ -148,9 +145,9 @@ impl Shader {
             Shader::Dropout => size_of::<DropoutParams>(),
             Shader::Sampling => size_of::<SamplingParams>(),
             Shader::FusedAttention => size_of::<FusedAttentionParams>(),
-            Shader::AttentionTrainForward
-            | Shader::AttentionBackwardQuery
-            | Shader::AttentionBackwardKey => size_of::<AttentionRowsParams>(),
+            Shader::AttentionBackwardQuery | Shader::AttentionBackwardKey => {
+                size_of::<AttentionRowsParams>()
+            }
         }) as u64
     }
 }
@@ -268,11 +265,9 @@ kernels! {
     Dropout => Dropout, "dropout", [W];
     /// Sampled ids, logits.
     SampleCategorical => Sampling, "sample_categorical", [W, R];
-    /// Fused attention forward: context, Q, K, V, Kr, Qr, index, mask.
-    FusedAttention => FusedAttention, "fused_attention", [W, R, R, R, R, R, R, R];
-    /// Training attention forward: context, stats, Q, K, V, Kr, Qr, index, mask.
-    AttentionTrainForward => AttentionTrainForward, "attention_train_forward",
-        [W, W, R, R, R, R, R, R, R];
+    /// Fused attention forward (inference, and training's with stats and dropout): context,
+    /// stats, Q, K, V, Kr, Qr, index, mask.
+    FusedAttention => FusedAttention, "fused_attention", [W, W, R, R, R, R, R, R, R];
     /// dQ pass: dQ, dc2p, drows, dcontext, context, stats, Q, K, V, Kr, Qr, index, mask.
     AttentionBackwardQuery => AttentionBackwardQuery, "attention_backward_query",
         [W, W, W, R, R, R, R, R, R, R, R, R, R];
@@ -368,16 +363,12 @@ mod tests {
             (
                 "ATTN_MAX_HEAD_DIM",
                 ATTN_MAX_HEAD_DIM,
-                &[Shader::FusedAttention, Shader::AttentionTrainForward],
+                &[Shader::FusedAttention, Shader::AttentionBackwardQuery],
             ),
             (
                 "ATTN_ROWS_WG",
                 ATTN_ROWS_WG,
-                &[
-                    Shader::AttentionTrainForward,
-                    Shader::AttentionBackwardQuery,
-                    Shader::AttentionBackwardKey,
-                ],
+                &[Shader::AttentionBackwardQuery, Shader::AttentionBackwardKey],
             ),
         ];
         for (name, value, shaders) in mirrored {

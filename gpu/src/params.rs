@@ -219,13 +219,21 @@ params! {
         has_p2c: u32,
         inv_scale: f32,
         scale: f32,
+        has_stats: u32,
+        has_dropout: u32,
+        p: f32,
+        keep_scale: f32,
+        seed_lo: u32,
+        seed_hi: u32,
+        step: u32,
+        stream: u32,
         _pad0: u32,
     }
 }
 
 params! {
     /// `attention_rows.wgsl` (the training attention's three kernels).
-    AttentionRowsParams mirrors crate::kernels::Shader::AttentionTrainForward => {
+    AttentionRowsParams mirrors crate::kernels::Shader::AttentionBackwardQuery => {
         batch: u32,
         heads: u32,
         len: u32,

@@ -1,7 +1,8 @@
-//! The fused disentangled attention forward (`fused_attention.wgsl`).
+//! The fused disentangled attention forward (`fused_attention.wgsl`): inference's, and the
+//! forward of the fused training attention (with its per-row statistics and dropout).
 
 use deberta_core::Error;
-use deberta_core::backend::{AttentionLengths, AttentionSpec};
+use deberta_core::backend::{AttentionDropout, AttentionLengths, AttentionSpec};
 
 use super::{flag, word};
 use crate::device::Gpu;
@@ -40,16 +41,31 @@ pub(crate) fn optional<'a>(
     }
 }
 
-/// Whether the fused kernel takes this shape (heads up to [`ATTN_MAX_HEAD_DIM`] wide).
-pub(crate) fn supports(spec: &AttentionSpec) -> bool {
+/// Storage buffers the kernel binds.
+pub(crate) const STORAGE_BUFFERS: u32 = 9;
+
+/// Whether the fused kernel takes this shape on this device: heads up to
+/// [`ATTN_MAX_HEAD_DIM`] wide, a device that binds [`STORAGE_BUFFERS`] per kernel (WebGPU's
+/// default is 8; the adapters seen here offer more).
+pub(crate) fn supports(gpu: &Gpu, spec: &AttentionSpec) -> bool {
     spec.head_dim <= ATTN_MAX_HEAD_DIM as usize
+        && gpu.limits.max_storage_buffers_per_shader_stage >= STORAGE_BUFFERS
 }
 
-/// `context = masked_softmax(Q·Kᵀ/s + c2p/s + p2c/s)·V` in one pass over key tiles.
+/// What the training forward adds to inference's: each query row's logsumexp into `stats`
+/// (`[batch, heads, len]`, length checked by the caller) and attention dropout.
+pub(crate) struct TrainingForward<'a> {
+    pub(crate) stats: &'a mut GpuTensor,
+    pub(crate) dropout: Option<AttentionDropout>,
+}
+
+/// `context = dropout(masked_softmax(Q·Kᵀ/s + c2p/s + p2c/s))·V` in one pass over key tiles
+/// (no dropout and no statistics for inference, `training` `None`).
 pub(crate) fn fused_attention(
     gpu: &Gpu,
     ops: Operands<'_>,
     context: &mut GpuTensor,
+    training: Option<TrainingForward<'_>>,
     spec: AttentionSpec,
 ) -> Result<(), Error> {
     let activation = spec.check(AttentionLengths {
@@ -64,8 +80,16 @@ pub(crate) fn fused_attention(
     })?;
     let relative = ops.pos_key.is_some() || ops.pos_query.is_some();
     let index = ops.index.filter(|_| relative);
+    let (stats, dropout) = match training {
+        Some(TrainingForward { stats, dropout }) => (Some(stats), dropout),
+        None => (None, None),
+    };
     let buffers = [
         gpu.buf(context)?,
+        match &stats {
+            Some(stats) => gpu.buf(stats)?,
+            None => &gpu.absent_output,
+        },
         gpu.buf(ops.query)?,
         gpu.buf(ops.key)?,
         gpu.buf(ops.value)?,
@@ -80,14 +104,14 @@ pub(crate) fn fused_attention(
     if activation == 0 {
         return Ok(());
     }
-    if !supports(&spec) {
-        return Err(Error::ShapeMismatch {
-            what: "head width beyond the fused attention kernel",
-            expected: ATTN_MAX_HEAD_DIM as usize,
-            found: spec.head_dim,
+    if !supports(gpu, &spec) {
+        return Err(Error::Unsupported {
+            what: "this attention in the fused kernel (heads over 64 wide, or a device binding \
+                   fewer than 9 storage buffers per kernel)",
         });
     }
     let tiles = spec.len.div_ceil(ATTN_TILE as usize);
+    let ((seed, step, stream), (p, keep_scale)) = dropout_words(dropout);
     let params = FusedAttentionParams {
         batch: word(spec.batch)?,
         heads: word(spec.heads)?,
@@ -100,6 +124,14 @@ pub(crate) fn fused_attention(
         has_p2c: flag(ops.pos_query.is_some()),
         inv_scale: 1.0 / spec.scale,
         scale: spec.scale,
+        has_stats: flag(stats.is_some()),
+        has_dropout: flag(dropout.is_some()),
+        p,
+        keep_scale,
+        seed_lo: seed as u32,
+        seed_hi: (seed >> 32) as u32,
+        step,
+        stream,
         _pad0: 0,
     };
     // No larger than `batch·heads·len`, which `check` has bounded.
@@ -110,4 +142,15 @@ pub(crate) fn fused_attention(
         &buffers,
         gpu.grid(groups as u64)?,
     )
+}
+
+/// The dropout stream `(seed, step, stream)` and `(p, 1/(1 − p))` of the attention kernels
+/// (zeros and 1 without dropout): `1/(1 − p)` in the host's f32 arithmetic, as the dropout
+/// kernel's, so that kept values are scaled identically.
+pub(crate) fn dropout_words(dropout: Option<AttentionDropout>) -> ((u64, u32, u32), (f32, f32)) {
+    let stream = dropout.map_or((0, 0, 0), |d| {
+        (d.stream.seed, d.stream.step, d.stream.stream)
+    });
+    let p = dropout.map_or(0.0, |d| d.p);
+    (stream, (p, 1.0 / (1.0 - p)))
 }

@@ -1,7 +1,7 @@
-//! The fused disentangled attention of training (`attention_rows.wgsl` and its three kernels):
-//! a forward that writes the context and one logsumexp per query row, and a backward that
-//! recomputes the probabilities from it (FlashAttention-2) in a query-owned pass (dQ, dc2p) and
-//! a key-owned pass (dK, dV, dp2c).
+//! The fused disentangled attention of training: a forward that writes the context and one
+//! logsumexp per query row (the tiled kernel of `fused_attention.wgsl` with statistics and
+//! dropout), and a backward that recomputes the probabilities from it (FlashAttention-2,
+//! `attention_rows.wgsl`) in a query-owned pass (dQ, dc2p) and a key-owned pass (dK, dV, dp2c).
 //!
 //! Memory: per (sequence, head) the composed path keeps the probabilities `[len, len]`, under
 //! attention dropout a dropped copy, and in the backward the score gradients `[len, len]`; this
@@ -13,7 +13,7 @@ use deberta_core::backend::{AttentionDropout, AttentionLengths, AttentionSpec};
 use deberta_core::kernels::require;
 use deberta_core::{Error, Precision};
 
-use super::attention::{Operands, optional};
+use super::attention::{Operands, TrainingForward, dropout_words, optional};
 use super::{flag, word};
 use crate::device::Gpu;
 use crate::kernels::{ATTN_MAX_HEAD_DIM, ATTN_ROWS_WG, Kernel};
@@ -77,10 +77,7 @@ fn params(
     dropout: Option<AttentionDropout>,
     spec: &AttentionSpec,
 ) -> Result<AttentionRowsParams, Error> {
-    let (seed, step, stream) = dropout.map_or((0, 0, 0), |d| {
-        (d.stream.seed, d.stream.step, d.stream.stream)
-    });
-    let p = dropout.map_or(0.0, |d| d.p);
+    let ((seed, step, stream), (p, keep_scale)) = dropout_words(dropout);
     Ok(AttentionRowsParams {
         batch: word(spec.batch)?,
         heads: word(spec.heads)?,
@@ -96,8 +93,7 @@ fn params(
         scale: spec.scale,
         uniform: 1.0 / spec.len as f32,
         p,
-        // The dropout kernel's f32 arithmetic, so kept values are scaled identically.
-        keep_scale: 1.0 / (1.0 - p),
+        keep_scale,
         seed_lo: seed as u32,
         seed_hi: (seed >> 32) as u32,
         step,
@@ -131,27 +127,13 @@ pub(crate) fn forward(
     dropout: Option<AttentionDropout>,
     spec: AttentionSpec,
 ) -> Result<(), Error> {
-    let activation = check(&ops, context.len(), stats.len(), &spec)?;
-    let buffers = [
-        gpu.buf(context)?,
-        gpu.buf(stats)?,
-        gpu.buf(ops.query)?,
-        gpu.buf(ops.key)?,
-        gpu.buf(ops.value)?,
-        optional(gpu, ops.pos_key)?,
-        optional(gpu, ops.pos_query)?,
-        index_buffer(gpu, &ops)?,
-        gpu.buf(ops.mask)?,
-    ];
-    if activation == 0 {
-        return Ok(());
-    }
-    let params = params(&ops, dropout, &spec)?;
-    gpu.dispatch(
-        Kernel::AttentionTrainForward,
-        &params,
-        &buffers,
-        gpu.grid_for(spec.stats(), ATTN_ROWS_WG)?,
+    check(&ops, context.len(), stats.len(), &spec)?;
+    super::attention::fused_attention(
+        gpu,
+        ops,
+        context,
+        Some(TrainingForward { stats, dropout }),
+        spec,
     )
 }
 

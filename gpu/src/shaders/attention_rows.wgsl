@@ -1,7 +1,7 @@
-// The shared part of the row-owned training attention (attention_train_forward.wgsl,
-// attention_backward_query.wgsl, attention_backward_key.wgsl; philox.wgsl is prepended and the
-// kernel file appended, which declares the bindings these helpers read; the backward passes
-// also get attention_backward_rows.wgsl).
+// The shared part of the row-owned training attention backward (attention_backward_query.wgsl,
+// attention_backward_key.wgsl; philox.wgsl and this file are prepended, then
+// attention_backward_rows.wgsl and the kernel file, which declares the bindings these helpers
+// read). The forward is fused_attention.wgsl with statistics and dropout.
 //
 // FlashAttention-2 for the disentangled scores: the forward keeps one statistic per query row,
 // the logsumexp `lse_i = m_i + log(l_i)` of its masked scores, instead of the probabilities; the
@@ -54,8 +54,27 @@ fn relative_index(i: u32, j: u32) -> u32 {
     return index[i * params.len + j];
 }
 
+// Four consecutive elements of a row of `values` from `at`, zero from column `d` on.
+fn row4(at: u32, c: u32, d: u32, which: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    for (var u = 0u; u < 4u; u += 1u) {
+        if (c + u < d) {
+            switch which {
+                case 0u: { v[u] = query[at + u]; }
+                case 1u: { v[u] = key[at + u]; }
+                case 2u: { v[u] = pos_key[at + u]; }
+                default: { v[u] = pos_query[at + u]; }
+            }
+        }
+    }
+    return v;
+}
+
 // The unscaled score terms of query token `tq` and key token `tk` of head column `column0`:
-// (Q_i·K_j, Q_i·Kr[idx], K_j·Qr[idx]).
+// (Q_i·K_j, Q_i·Kr[idx], K_j·Qr[idx]), each summed as the forward (fused_attention.wgsl) sums
+// it — four-wide dot products added in column order — so that the probabilities recomputed
+// from the forward's logsumexp are the forward's, bit for bit where the driver evaluates `dot`
+// alike in both.
 fn score_terms(tq: u32, tk: u32, column0: u32, i: u32, j: u32) -> vec3<f32> {
     let width = params.width;
     let q_at = tq * width + column0;
@@ -67,15 +86,16 @@ fn score_terms(tq: u32, tk: u32, column0: u32, i: u32, j: u32) -> vec3<f32> {
     if (params.has_c2p != 0u || params.has_p2c != 0u) {
         r_at = (relative_index(i, j) + params.first_row) * width + column0;
     }
-    for (var c = 0u; c < params.head_dim; c += 1u) {
-        let q = query[q_at + c];
-        let k = key[k_at + c];
-        qk += q * k;
+    let d = params.head_dim;
+    for (var c = 0u; c < d; c += 4u) {
+        let q = row4(q_at + c, c, d, 0u);
+        let k = row4(k_at + c, c, d, 1u);
+        qk += dot(q, k);
         if (params.has_c2p != 0u) {
-            c2p += q * pos_key[r_at + c];
+            c2p += dot(q, row4(r_at + c, c, d, 2u));
         }
         if (params.has_p2c != 0u) {
-            p2c += k * pos_query[r_at + c];
+            p2c += dot(k, row4(r_at + c, c, d, 3u));
         }
     }
     return vec3<f32>(qk, c2p, p2c);
@@ -99,10 +119,6 @@ fn dropout_factor(e: u32) -> f32 {
     if (params.has_dropout == 0u) {
         return 1.0;
     }
-    let bits = philox_block(e / 4u, vec2<u32>(params.seed_lo, params.seed_hi), params.step,
-                            params.stream);
-    if (bits_to_uniform(bits[e % 4u]) >= params.p) {
-        return params.keep_scale;
-    }
-    return 0.0;
+    return dropout_multiplier(e, vec2<u32>(params.seed_lo, params.seed_hi), params.step,
+                              params.stream, params.p, params.keep_scale);
 }

@@ -1,5 +1,6 @@
-// Fused disentangled self-attention forward (inference): for one (sequence, head) and a tile of
-// ATTN_TILE queries, one pass over the keys in tiles of ATTN_TILE computes
+// Fused disentangled self-attention forward, for inference and for training (philox.wgsl is
+// prepended): for one (sequence, head) and a tile of ATTN_TILE queries, one pass over the keys
+// in tiles of ATTN_TILE computes
 //
 //   score[i,j] = (Q_i·K_j)·(1/s) + ((Q_i·Kr[idx(i,j)])/s + (K_j·Qr[idx(i,j)])/s)
 //
@@ -8,6 +9,12 @@
 // tables ever reach memory. Semantics are those of the unfused path (Hugging Face 5.x): masked
 // keys weigh exactly 0; a padded query row is uniform over all len keys (its context is the mean
 // of V); every valid query has itself as a valid key, so its sum is never 0.
+//
+// Training (the forward of the fused training attention, attention_rows.wgsl): with dropout the
+// probabilities are multiplied by the dropout mask of element ((b·heads + h)·len + i)·len + j
+// before P·V (the row sums are of the kept-and-dropped probabilities alike), and with `stats`
+// each query row's logsumexp `m + log(l)` goes to stats[(b·heads + h)·len + i], which the
+// row-owned backward recomputes the probabilities from.
 //
 // Position terms. Instead of gathering from precomputed tables Q·Krᵀ and K·Qrᵀ (2·len·R·d
 // multiply-adds per head with R up to 2·len − 1, and a round trip of both tables through
@@ -26,8 +33,8 @@
 // the column groups tj, tj + ATTN_THREADS of the head (four columns each), so a row's running
 // max and sum are kept, identically, by the threads of that row. Workgroup memory holds either
 // the chunks of the score phase (query, key, two bands) or the value tile and the probabilities
-// of the P·V phase (one array, reused), plus the per-thread partial row maxima: 13.3 KB, under
-// WebGPU's 16 KB default. Heads wider than ATTN_MAX_HEAD_DIM use the unfused kernels (the host
+// of the P·V phase (one array, reused), plus the per-thread partial row maxima and sums: 14.3
+// KB, under WebGPU's 16 KB default. Heads wider than ATTN_MAX_HEAD_DIM use the unfused kernels (the host
 // decides).
 
 const ATTN_TILE: u32 = 32u;
@@ -80,22 +87,34 @@ struct Params {
     has_p2c: u32,
     inv_scale: f32,
     scale: f32,
+    // 1: write each row's logsumexp to `stats`.
+    has_stats: u32,
+    // 1: dropout with probability p (keep_scale = 1/(1 − p)) from the Philox stream below.
+    has_dropout: u32,
+    p: f32,
+    keep_scale: f32,
+    seed_lo: u32,
+    seed_hi: u32,
+    step: u32,
+    stream: u32,
     _pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> context: array<f32>;
-@group(0) @binding(2) var<storage, read> query: array<f32>;
-@group(0) @binding(3) var<storage, read> key: array<f32>;
-@group(0) @binding(4) var<storage, read> value: array<f32>;
-@group(0) @binding(5) var<storage, read> pos_key: array<f32>;
-@group(0) @binding(6) var<storage, read> pos_query: array<f32>;
-@group(0) @binding(7) var<storage, read> index: array<u32>;
-@group(0) @binding(8) var<storage, read> mask: array<f32>;
+@group(0) @binding(2) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(3) var<storage, read> query: array<f32>;
+@group(0) @binding(4) var<storage, read> key: array<f32>;
+@group(0) @binding(5) var<storage, read> value: array<f32>;
+@group(0) @binding(6) var<storage, read> pos_key: array<f32>;
+@group(0) @binding(7) var<storage, read> pos_query: array<f32>;
+@group(0) @binding(8) var<storage, read> index: array<u32>;
+@group(0) @binding(9) var<storage, read> mask: array<f32>;
 
 var<workgroup> staged: array<vec4<f32>, SHARED_VECS>;
-// Partial row maxima: [ti][tj], vec4 over the thread's rows a.
+// Partial row maxima and sums of one key tile: [ti][tj], vec4 over the thread's rows a.
 var<workgroup> partial_max: array<vec4<f32>, THREADS>;
+var<workgroup> partial_sum: array<vec4<f32>, THREADS>;
 
 // Four consecutive head columns c .. c + 3 of a row starting at `at` (zero at and beyond d).
 fn query4(at: u32, c: u32) -> vec4<f32> {
@@ -362,8 +381,25 @@ fn fused_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
             }
         }
         var p: array<vec4<f32>, 4>;
+        var local_sum = vec4<f32>(0.0);
         for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
             p[a] = select(vec4<f32>(0.0), exp(score[a] - vec4<f32>(new_max[a])), live[a]);
+            local_sum[a] = (p[a].x + p[a].y) + (p[a].z + p[a].w);
+        }
+        partial_sum[ti * ATTN_THREADS + tj] = local_sum;
+        if (params.has_dropout != 0u) {
+            let seed = vec2<u32>(params.seed_lo, params.seed_hi);
+            for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
+                let row = (bh * len + i0 + ti + ATTN_THREADS * a) * len;
+                for (var bb = 0u; bb < ATTN_BLOCK; bb += 1u) {
+                    let j = j0 + tj + ATTN_THREADS * bb;
+                    if (live[a][bb]) {
+                        p[a][bb] *= dropout_multiplier(row + j, seed, params.step,
+                                                       params.stream, params.p,
+                                                       params.keep_scale);
+                    }
+                }
+            }
         }
         for (var bb = 0u; bb < ATTN_BLOCK; bb += 1u) {
             staged[P_AT + (tj + ATTN_THREADS * bb) * ATTN_THREADS + ti] =
@@ -371,11 +407,14 @@ fn fused_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
         }
         workgroupBarrier();
 
-        // P·V for the thread's rows and column groups; the row sums on the way.
+        // The row sums (every thread of a row adds the same partials in the same order), then
+        // P·V for the thread's rows and column groups.
+        for (var c = 0u; c < ATTN_THREADS; c += 1u) {
+            row_sum += partial_sum[ti * ATTN_THREADS + c];
+        }
         let keys = min(ATTN_TILE, len - j0);
         for (var j = 0u; j < keys; j += 1u) {
             let pj = staged[P_AT + j * ATTN_THREADS + ti];
-            row_sum += pj;
             for (var g = 0u; g < COL_GROUPS; g += 1u) {
                 let column = tj + ATTN_THREADS * g;
                 if (4u * column < d) {
@@ -391,7 +430,11 @@ fn fused_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
 
     for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
         if (row_in[a]) {
-            let out = (tokens0 + i0 + ti + ATTN_THREADS * a) * width + column0;
+            let i = i0 + ti + ATTN_THREADS * a;
+            if (params.has_stats != 0u && tj == 0u) {
+                stats[bh * len + i] = row_max[a] + log(row_sum[a]);
+            }
+            let out = (tokens0 + i) * width + column0;
             let inv = 1.0 / row_sum[a];
             for (var g = 0u; g < COL_GROUPS; g += 1u) {
                 let c = 4u * (tj + ATTN_THREADS * g);

@@ -47,3 +47,15 @@ fn philox_block(block: u32, seed: vec2<u32>, step: u32, stream: u32) -> vec4<u32
 fn bits_to_uniform(bits: u32) -> f32 {
     return f32(bits >> 8u) * (1.0 / 16777216.0);
 }
+
+// The inverted-dropout multiplier of element `e` of a tensor whose mask is drawn from the
+// stream (seed, step, stream): 1/(1 − p) (`keep_scale`, the host's f32 value) where uniform(e)
+// ≥ p, else 0 — the dropout kernel's mask, element by element.
+fn dropout_multiplier(e: u32, seed: vec2<u32>, step: u32, stream: u32, p: f32,
+                      keep_scale: f32) -> f32 {
+    let bits = philox_block(e / 4u, seed, step, stream);
+    if (bits_to_uniform(bits[e % 4u]) >= p) {
+        return keep_scale;
+    }
+    return 0.0;
+}
