@@ -15,7 +15,7 @@
 #              -t32), CPU=1 to add the CPU backend against PyTorch on the CPU (CPU_THREADS,
 #              default nproc; CPU_STEP_CASES, default STEP_CASES). KERNEL_TIMES (default 1): our
 #              wgpu forward and step also print and record the device time of each kernel
-#              (`--kernel-times`: as many runs again, timed per kernel). TIME_LIMIT (seconds, default
+#              (`--kernel-times`: three more runs, timed per kernel). TIME_LIMIT (seconds, default
 #              540, so that the whole script fits one 10-minute call on a lent machine): once it
 #              has passed, the remaining cases are skipped (and listed), so a run always ends with
 #              the table of what it measured. TORCH_DEVICE (default cuda; cpu checks the script

@@ -110,9 +110,10 @@ pub struct BenchArgs {
     /// probabilities (as training does), instead of the backend's fused attention.
     #[arg(long)]
     pub unfused_attention: bool,
-    /// After the timed runs, `--iters` more with each kernel timed on the device (wgpu on an
-    /// adapter with timestamp queries): a table of device time per kernel per run, and the
-    /// same in the JSON (`kernels`). The wall-clock figures are those of the untimed runs.
+    /// After the timed runs, up to three more (at most `--iters`) with each kernel timed on the
+    /// device (wgpu on an adapter with timestamp queries): a table of device time per kernel
+    /// per run, and the same in the JSON (`kernels`). The wall-clock figures are those of the
+    /// untimed runs.
     #[arg(long)]
     pub kernel_times: bool,
 }
@@ -131,8 +132,11 @@ struct Measured {
     kernels: Option<Vec<KernelTime>>,
 }
 
-/// Times `run` (see [`time`]) and, with `--kernel-times`, runs it `--iters` more times with
-/// the backend timing each kernel.
+/// Runs with each kernel timed, at most (device times vary little from run to run).
+const KERNEL_TIMED_RUNS: usize = 3;
+
+/// Times `run` (see [`time`]) and, with `--kernel-times`, runs it up to [`KERNEL_TIMED_RUNS`]
+/// more times with the backend timing each kernel.
 fn measure<B: Backend>(
     args: &BenchArgs,
     backend: &B,
@@ -161,10 +165,11 @@ fn measure<B: Backend>(
     backend
         .drain_kernel_times(&mut |_, _, _| {})
         .map_err(model_error("kernel timing"))?;
-    for _ in 0..args.iters {
+    let timed_runs = args.iters.min(KERNEL_TIMED_RUNS);
+    for _ in 0..timed_runs {
         run()?;
     }
-    let runs = args.iters as f64;
+    let runs = timed_runs as f64;
     let mut kernels = Vec::new();
     backend
         .drain_kernel_times(&mut |kernel, dispatches, nanos| {
