@@ -17,8 +17,8 @@ use crate::kernels::{
 use crate::random::RandomStream;
 use crate::{Activation, Error};
 use parallel::{
-    PIECE, cols_per_piece, for_each_piece, for_each_piece2, for_each_piece3, rows_per_piece,
-    sum_pieces,
+    FILL_PIECE, PIECE, cols_per_piece, for_each_piece, for_each_piece2, for_each_piece3,
+    rows_per_piece, sum_pieces,
 };
 
 /// The CPU backend. With the `std` feature sgemm dispatches to AVX/FMA at run time, and the
@@ -78,9 +78,12 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    /// In pieces over the threads (the gradient zeroing of a training step is hundreds of MB).
     fn fill(&self, tensor: &mut Vec<f32>, value: f32) -> Result<(), Error> {
-        tensor.fill(value);
-        Ok(())
+        for_each_piece(tensor, FILL_PIECE, |_, piece| {
+            piece.fill(value);
+            Ok(())
+        })
     }
 
     fn host_values<'t>(&self, tensor: &'t Vec<f32>) -> Option<&'t [f32]> {

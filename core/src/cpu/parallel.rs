@@ -16,6 +16,10 @@ use crate::kernels::MatmulSpec;
 /// more than the cost of handing a piece to a thread).
 pub(super) const PIECE: usize = 1 << 14;
 
+/// Elements per piece of a fill: 1 MiB, about 50–100 µs of memory writes (a fill does too
+/// little per element for [`PIECE`]).
+pub(super) const FILL_PIECE: usize = 1 << 18;
+
 /// Whole rows of `cols` elements per piece: at least one.
 pub(super) fn rows_per_piece(cols: usize) -> usize {
     (PIECE / cols.max(1)).max(1)
