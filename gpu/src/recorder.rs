@@ -171,25 +171,28 @@ impl Gpu {
     }
 
     fn submit(&self, recorder: &mut Recorder) -> Result<(), Error> {
-        if let Some(mut encoder) = recorder.encoder.take() {
-            if !recorder.params.is_empty() {
-                // Lands before the commands of this submission (wgpu orders it after the
-                // previous submissions that read the arena).
-                self.queue.write_buffer(&self.arena, 0, &recorder.params);
-            }
-            let timed = recorder
-                .timer
-                .as_ref()
-                .is_some_and(|timer| timer.resolve(&mut encoder));
-            self.queue.submit([encoder.finish()]);
+        let Some(mut encoder) = recorder.encoder.take() else {
             recorder.params.clear();
-            if let (true, Some(timer)) = (timed, recorder.timer.as_mut()) {
-                return timer.collect(&self.device);
-            }
-            // Lets wgpu reclaim finished submissions; never blocks.
-            let _ = self.device.poll(wgpu::PollType::Poll);
+            return Ok(());
+        };
+        if !recorder.params.is_empty() {
+            // Lands before the commands of this submission (wgpu orders it after the previous
+            // submissions that read the arena).
+            self.queue.write_buffer(&self.arena, 0, &recorder.params);
+            recorder.params.clear();
         }
-        recorder.params.clear();
-        Ok(())
+        let timed = recorder
+            .timer
+            .as_ref()
+            .is_some_and(|timer| timer.resolve(&mut encoder));
+        self.queue.submit([encoder.finish()]);
+        match (timed, recorder.timer.as_mut()) {
+            (true, Some(timer)) => timer.collect(&self.device),
+            _ => {
+                // Lets wgpu reclaim finished submissions; never blocks.
+                let _ = self.device.poll(wgpu::PollType::Poll);
+                Ok(())
+            }
+        }
     }
 }
