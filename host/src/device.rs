@@ -167,17 +167,19 @@ fn cpu_simd_from_env() -> Result<Option<SimdLevel>> {
     }
 }
 
-/// `DEBERTA_CPU_BF16`: `fma` (default: bf16 pairs widened to f32 in registers, FMAs) or
-/// `vdpbf16ps` (AVX-512 BF16, where the CPU has it) for `--precision bf16` at the AVX-512
-/// level without AMX (a tuning knob: the sums are the same).
+/// `DEBERTA_CPU_BF16`: `auto` (default: the faster of the two on this CPU, measured once),
+/// `fma` (bf16 pairs widened to f32 in registers, FMAs) or `vdpbf16ps` (AVX-512 BF16, where
+/// the CPU has it) for the bf16 products at the AVX-512 level without AMX (a tuning knob: the
+/// sums are the same).
 fn cpu_bf16_from_env() -> Result<deberta_core::kernels::Bf16Instructions> {
     use deberta_core::kernels::Bf16Instructions;
     const VAR: &str = "DEBERTA_CPU_BF16";
     match std::env::var(VAR).as_deref() {
-        Err(_) | Ok("") | Ok("fma") => Ok(Bf16Instructions::Fma),
+        Err(_) | Ok("") | Ok("auto") => Ok(Bf16Instructions::Auto),
+        Ok("fma") => Ok(Bf16Instructions::Fma),
         Ok("vdpbf16ps") => Ok(Bf16Instructions::Dpbf16),
         Ok(other) => Err(Error::Usage(format!(
-            "{VAR}={other}: expected fma or vdpbf16ps"
+            "{VAR}={other}: expected auto, fma or vdpbf16ps"
         ))),
     }
 }

@@ -7,9 +7,9 @@
 //! (to nearest even) into the same pair format. Every output element is one f32 accumulator
 //! over the pairs in order, adding the odd element's product, then the even one's, as
 //! `vdpbf16ps` does; both products are exact in f32 (8-bit significands), so widening the
-//! pairs to f32 in registers and adding in the same order (FMAs on AVX-512F: the default, as
-//! they outrun `vdpbf16ps` on the CPUs measured; a portable loop below AVX-512) gives the same
-//! numbers. Subnormal bf16 values are flushed to zero at conversion (the instruction treats
+//! pairs to f32 in registers and adding in the same order (FMAs on AVX-512F, which outrun
+//! `vdpbf16ps` on some CPUs: [`Bf16Instructions::Auto`] measures which; a portable loop below
+//! AVX-512) gives the same numbers. Subnormal bf16 values are flushed to zero at conversion (the instruction treats
 //! them as zero), so the paths agree bit for bit unless a product or partial sum falls below
 //! 2⁻¹²⁶ (which `vdpbf16ps` flushes; the portable loop rounds such a product).
 //!
@@ -860,19 +860,22 @@ unsafe fn tile_avx512_vnni<const NP: usize>(
     }
 }
 
-/// Which instructions the bf16 products use at the AVX-512 level (`DEBERTA_CPU_BF16`); both
+/// Which instructions the bf16 products use at the AVX-512 level (`DEBERTA_CPU_BF16`); all
 /// give the same sums.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bf16Instructions {
-    /// The pairs widened to f32 in registers and multiplied by `vfmadd231ps` (the default:
-    /// on Sapphire Rapids-class Xeons two FMAs retire about three times as fast as one
-    /// `vdpbf16ps`, so this path is about 1.5× faster).
+    /// The pairs widened to f32 in registers and multiplied by `vfmadd231ps`.
     Fma = 0,
     /// AVX-512 BF16's `vdpbf16ps` where the CPU has it (else [`Bf16Instructions::Fma`]).
     Dpbf16 = 1,
+    /// The faster of the two on this CPU, measured once per process on one micro-tile (the
+    /// default). Neither wins everywhere: on a Sapphire Rapids-class Xeon two FMAs retire
+    /// about three times as fast as one `vdpbf16ps` (FMAs 1.5× faster end to end), on an AMD
+    /// EPYC (Zen 4) `vdpbf16ps` makes the bf16 forward xsmall 8×128 1.7× faster.
+    Auto = 2,
 }
 
-static BF16_INSTRUCTIONS: AtomicU8 = AtomicU8::new(Bf16Instructions::Fma as u8);
+static BF16_INSTRUCTIONS: AtomicU8 = AtomicU8::new(Bf16Instructions::Auto as u8);
 
 /// Chooses the instructions of the bf16 products from now on.
 pub fn set_bf16_instructions(instructions: Bf16Instructions) {
@@ -901,14 +904,63 @@ enum Bf16Kernel {
 fn bf16_kernel() -> Bf16Kernel {
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
     if crate::simd::simd_level() == crate::simd::SimdLevel::Avx512 {
-        let dpbf16 = BF16_INSTRUCTIONS.load(Ordering::Relaxed) == Bf16Instructions::Dpbf16 as u8;
-        return if dpbf16 && std::is_x86_feature_detected!("avx512bf16") {
+        if !std::is_x86_feature_detected!("avx512bf16") {
+            return Bf16Kernel::Fma;
+        }
+        let choice = BF16_INSTRUCTIONS.load(Ordering::Relaxed);
+        let dpbf16 = if choice == Bf16Instructions::Auto as u8 {
+            dpbf16_measured_faster()
+        } else {
+            choice == Bf16Instructions::Dpbf16 as u8
+        };
+        return if dpbf16 {
             Bf16Kernel::Dpbf16
         } else {
             Bf16Kernel::Fma
         };
     }
     Bf16Kernel::Widened
+}
+
+/// Whether `vdpbf16ps` computes a full-width micro-tile faster than the FMA kernel on this
+/// CPU: measured once per process (a few milliseconds: both kernels in turn on the same
+/// operands, the fastest of several rounds each, so that a busy neighbour slows both).
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+fn dpbf16_measured_faster() -> bool {
+    static FASTER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FASTER.get_or_init(|| {
+        use std::time::{Duration, Instant};
+        // One tile of an xsmall projection: 384 deep, four panels wide.
+        const PAIRS: usize = 192;
+        const CALLS: usize = 32;
+        const ROUNDS: usize = 5;
+        let a: Vec<u32> = (0..TILE_ROWS * PAIRS)
+            .map(|i| pair(i as f32 * 0.01, 1.0 - i as f32 * 0.003))
+            .collect();
+        let b: Vec<u32> = (0..TILE_PANELS * PAIRS * PANEL)
+            .map(|i| pair(0.5 - i as f32 * 0.001, i as f32 * 0.002))
+            .collect();
+        let widened = widen_pairs(&a);
+        let mut tile = [[0.0f32; TILE_COLS]; TILE_ROWS];
+        let (mut dpbf16, mut fma) = (Duration::MAX, Duration::MAX);
+        for _ in 0..ROUNDS {
+            let start = Instant::now();
+            for _ in 0..CALLS {
+                // SAFETY: the caller, `bf16_kernel`, checked AVX-512F and AVX-512 BF16.
+                unsafe { tile_avx512_bf16::<TILE_PANELS>(&a, PAIRS, &b, &mut tile) };
+                core::hint::black_box(&mut tile);
+            }
+            dpbf16 = dpbf16.min(start.elapsed());
+            let start = Instant::now();
+            for _ in 0..CALLS {
+                // SAFETY: as above (AVX-512F).
+                unsafe { tile_avx512_fma::<TILE_PANELS>(&widened, PAIRS, &b, &mut tile) };
+                core::hint::black_box(&mut tile);
+            }
+            fma = fma.min(start.elapsed());
+        }
+        dpbf16 < fma
+    })
 }
 
 /// One micro-tile (`TILE_ROWS` rows × `NP` panels) with AVX-512F FMAs: the weight pairs
@@ -1075,11 +1127,12 @@ mod tests {
             let wt = fill(output * input, 2);
             let w = PackedWeight::new(&wt, output, input, Precision::Bf16).unwrap();
             let expected = reference(&x, &wt, rows, input, output);
-            // Every kernel: vdpbf16ps and the FMAs at AVX-512 (the CPU permitting), the
-            // portable loop at AVX2 and the baseline.
+            // Every kernel: vdpbf16ps, the FMAs and the measured choice at AVX-512 (the CPU
+            // permitting), the portable loop at AVX2 and the baseline.
             let runs = [
                 (None, Bf16Instructions::Dpbf16),
                 (None, Bf16Instructions::Fma),
+                (None, Bf16Instructions::Auto),
                 (Some(crate::simd::SimdLevel::Avx2), Bf16Instructions::Fma),
                 (
                     Some(crate::simd::SimdLevel::Baseline),
@@ -1092,7 +1145,7 @@ mod tests {
                 let mut out = vec![f32::NAN; rows * output];
                 linear_packed(&x, &w, &mut out, rows).unwrap();
                 crate::simd::set_max_simd_level(None);
-                set_bf16_instructions(Bf16Instructions::Fma);
+                set_bf16_instructions(Bf16Instructions::Auto);
                 for (i, (a, b)) in out.iter().zip(&expected).enumerate() {
                     assert_eq!(
                         a.to_bits(),
