@@ -78,7 +78,16 @@ record() {
 }
 
 echo "== adapters" >&2
-"$DEBERTA" info >&2 || echo "deberta info failed" >&2
+info="$("$DEBERTA" info 2>&1)" || echo "deberta info failed" >&2
+printf '%s\n' "$info" >&2
+# Without an adapter every case of ours would fail: stop here, with the Vulkan loader's own
+# account of why (e.g. an NVIDIA driver whose Vulkan part cannot start in this container),
+# rather than spend the time limit on PyTorch alone.
+if printf '%s\n' "$info" | grep -q '^wgpu adapters: none'; then
+    echo "no wgpu adapter: nothing of ours can run; the Vulkan loader says:" >&2
+    VK_LOADER_DEBUG=error,warn "$DEBERTA" info 2>&1 | grep -E 'ERROR|WARNING' | sort -u >&2
+    exit 1
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >&2 || true
 
 timing() { # timing BATCH SEQ: the warm-up and iteration flags for a case of that size
