@@ -214,6 +214,13 @@ pub trait Backend {
             what: "reduced-precision products on this backend",
         })
     }
+    /// Whether [`Backend::pack_weight`] at [`Precision::F32`](crate::Precision::F32) makes the
+    /// `Linear` products faster than [`Backend::matmul`] on the f32 weights: the inference
+    /// sessions then convert their f32 weights once ([`ParamStore::pack`](crate::model::ParamStore::pack)).
+    /// The provided implementation: no.
+    fn packs_f32_weights(&self) -> bool {
+        false
+    }
     /// `out[rows, output] = x[rows, input]·Wᵀ` with a weight from [`Backend::pack_weight`]
     /// (overwrites `out`; operand contract [`check_linear_packed`](crate::kernels::check_linear_packed)).
     #[cfg(feature = "alloc")]

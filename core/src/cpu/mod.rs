@@ -141,6 +141,12 @@ impl Backend for CpuBackend {
         kernels::PackedWeight::new(weight, output, input, precision)
     }
 
+    /// Where the CPU has FMA (x86-64 with AVX2 or AVX-512F): the packed f32 product reads
+    /// the weights in the kernel's own layout instead of gemm re-packing them on every call.
+    fn packs_f32_weights(&self) -> bool {
+        kernels::f32_packing_pays()
+    }
+
     /// bf16: the CPU's narrower training products (AVX-512 BF16 or AMX where available).
     fn mixed_products(&self) -> crate::Precision {
         crate::Precision::Bf16

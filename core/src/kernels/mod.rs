@@ -57,8 +57,8 @@ pub(crate) use optimizer::sum_of_squares_f64;
 pub use optimizer::{AdamConstants, AdamSpec, adam_update, clip_coefficient, sum_of_squares};
 #[cfg(feature = "alloc")]
 pub use packed::{
-    Bf16Instructions, PANEL, PackedWeight, check_linear_packed, linear_packed, packed_kernel_name,
-    round_bf16, set_bf16_instructions, vnni_hardware,
+    Bf16Instructions, PANEL, PackedWeight, check_linear_packed, f32_packing_pays, linear_packed,
+    packed_kernel_name, round_bf16, set_bf16_instructions, vnni_hardware,
 };
 #[cfg(feature = "alloc")]
 pub(crate) use packed::{

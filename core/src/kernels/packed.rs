@@ -1,5 +1,5 @@
-//! `Linear` products at reduced precision: `Y = X·Wᵀ` with `W` `[output, input]` converted
-//! once into a [`PackedWeight`] and `X` rounded at the product's input.
+//! `Linear` products of weights converted once: `Y = X·Wᵀ` with `W` `[output, input]` packed
+//! into a [`PackedWeight`] (f32, bf16 or int8) and `X` rounded at the product's input.
 //!
 //! **bf16.** The weight is stored as bfloat16 pairs along the inner dimension, in panels of
 //! [`PANEL`] output columns (`panel · pairs · 16 + pair · 16 + lane`: one 512-bit vector per
@@ -12,6 +12,12 @@
 //! AVX-512) gives the same numbers. Subnormal bf16 values are flushed to zero at conversion (the instruction treats
 //! them as zero), so the paths agree bit for bit unless a product or partial sum falls below
 //! 2⁻¹²⁶ (which `vdpbf16ps` flushes; the portable loop rounds such a product).
+//!
+//! **f32.** The weight is stored in the same panels as f32 values (the inference sessions'
+//! default on CPUs with FMA, so that gemm does not re-pack every weight on every call); each
+//! output element is one accumulator over the inner dimension in order with one fused
+//! multiply-add per term, on AVX-512F, AVX2 + FMA and the portable loop alike (the same bits
+//! at every SIMD level).
 //!
 //! **int8.** The weight is quantised once per output channel (row of `W`) and each
 //! activation row dynamically per row, both by the edge format's symmetric scheme
@@ -61,6 +67,8 @@ pub struct PackedWeight {
 /// two bf16 or four int8 values along the inner dimension (zero-padded columns and groups).
 #[derive(Debug, Clone, PartialEq)]
 enum Format {
+    /// f32 values, one per word's place (`panel · input · 16 + k · 16 + lane`).
+    F32(Vec<f32>),
     /// bf16 pairs.
     Bf16(Vec<u32>),
     /// int8 quads with one scale and the sum of the int8 values per output channel.
@@ -100,8 +108,8 @@ pub fn round_bf16(v: f32) -> f32 {
 }
 
 impl PackedWeight {
-    /// Converts `w` (`[output, input]`, row-major) to `precision`; f32 has no packed form
-    /// ([`Error::Unsupported`]).
+    /// Converts `w` (`[output, input]`, row-major) to `precision` (f32, bf16 or int8; f16 has
+    /// no packed form: [`Error::Unsupported`]).
     pub fn new(
         w: &[f32],
         output: usize,
@@ -147,8 +155,23 @@ impl PackedWeight {
                     },
                 })
             }
+            Precision::F32 => {
+                let mut values = vec![0.0f32; output.div_ceil(PANEL) * input * PANEL];
+                for (col, row) in w[..needed].chunks_exact(input.max(1)).enumerate() {
+                    let (panel, lane) = (col / PANEL, col % PANEL);
+                    let panel = &mut values[panel * input * PANEL..][..input * PANEL];
+                    for (k, &v) in row.iter().enumerate() {
+                        panel[k * PANEL + lane] = v;
+                    }
+                }
+                Ok(PackedWeight {
+                    output,
+                    input,
+                    format: Format::F32(values),
+                })
+            }
             _ => Err(Error::Unsupported {
-                what: "packing a weight for f32 products",
+                what: "packing a weight for f16 products",
             }),
         }
     }
@@ -177,6 +200,7 @@ impl PackedWeight {
     /// The number format.
     pub fn precision(&self) -> Precision {
         match self.format {
+            Format::F32(_) => Precision::F32,
             Format::Bf16(_) => Precision::Bf16,
             Format::Int8 { .. } => Precision::Int8,
         }
@@ -346,6 +370,7 @@ pub(crate) fn linear_packed_rows(x: &[f32], w: &PackedWeight, out: &mut [f32]) {
     }
     let rows = out.len() / w.output;
     match &w.format {
+        Format::F32(values) => f32_tiles(w, values, x, rows, out),
         Format::Bf16(words) => {
             let pairs = w.input.div_ceil(2);
             let amx = amx_blocks(pairs);
@@ -402,6 +427,202 @@ pub(crate) fn linear_packed_rows(x: &[f32], w: &PackedWeight, out: &mut [f32]) {
                 },
                 store,
             );
+        }
+    }
+}
+
+/// The f32 product of `x` (`rows` rows of `w.input`) with an f32 weight: every output element
+/// one accumulator over the inner dimension in order, one fused multiply-add per term, on
+/// every kernel (so the bits depend neither on the SIMD level nor on the row split).
+fn f32_tiles(w: &PackedWeight, values: &[f32], x: &[f32], rows: usize, out: &mut [f32]) {
+    let input = w.input;
+    // The rows padded with zero rows to whole micro-tiles.
+    let mut a = vec![0.0f32; rows.next_multiple_of(TILE_ROWS) * input];
+    a[..rows * input].copy_from_slice(&x[..rows * input]);
+    let kernel = f32_kernel();
+    for_each_tile(
+        w,
+        values,
+        (&a, rows, input),
+        |_, a_tile, b, np, tile: &mut [[f32; TILE_COLS]; TILE_ROWS]| match kernel {
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            // SAFETY: `f32_kernel` checked AVX-512F at run time.
+            F32Kernel::Avx512 => unsafe {
+                match np {
+                    1 => tile_avx512_f32::<1>(a_tile, input, b, tile),
+                    2 => tile_avx512_f32::<2>(a_tile, input, b, tile),
+                    3 => tile_avx512_f32::<3>(a_tile, input, b, tile),
+                    _ => tile_avx512_f32::<4>(a_tile, input, b, tile),
+                }
+            },
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            // SAFETY: `f32_kernel` checked AVX2 and FMA at run time.
+            F32Kernel::Avx2 => unsafe { tile_avx2_f32(a_tile, input, b, np, tile) },
+            _ => tile_f32_fused(a_tile, input, b, np, tile),
+        },
+        |r, c, values| out[r * w.output + c..][..values.len()].copy_from_slice(values),
+    );
+}
+
+/// The micro-kernel of the f32 products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    not(all(feature = "std", target_arch = "x86_64")),
+    expect(dead_code, reason = "the AVX kernels exist on x86-64 with std only")
+)]
+enum F32Kernel {
+    /// 512-bit FMAs, four panels at a time.
+    Avx512,
+    /// 256-bit FMAs, one panel at a time.
+    Avx2,
+    /// `f32::mul_add` per element.
+    Fused,
+}
+
+/// The f32 kernel for this CPU and `DEBERTA_CPU_SIMD` cap.
+fn f32_kernel() -> F32Kernel {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    {
+        use crate::simd::{SimdLevel, simd_level};
+        match simd_level() {
+            SimdLevel::Avx512 => return F32Kernel::Avx512,
+            SimdLevel::Avx2 if std::is_x86_feature_detected!("fma") => return F32Kernel::Avx2,
+            _ => {}
+        }
+    }
+    F32Kernel::Fused
+}
+
+/// Whether this CPU multiplies packed f32 weights ([`PackedWeight::new`] at
+/// [`Precision::F32`]) at full speed: x86-64 with FMA (AVX2 or AVX-512F). Elsewhere the
+/// backends leave f32 weights unpacked for the general matmul.
+pub fn f32_packing_pays() -> bool {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    {
+        std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+    {
+        false
+    }
+}
+
+/// `w·x + acc` with one rounding (hardware FMA where the target has it).
+#[inline(always)]
+fn fused_multiply_add(w: f32, x: f32, acc: f32) -> f32 {
+    #[cfg(feature = "std")]
+    {
+        w.mul_add(x, acc)
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        libm::fmaf(w, x, acc)
+    }
+}
+
+/// One f32 micro-tile, portable: one fused multiply-add per term, as the FMA kernels.
+fn tile_f32_fused(
+    a: &[f32],
+    input: usize,
+    b: &[f32],
+    np: usize,
+    tile: &mut [[f32; TILE_COLS]; TILE_ROWS],
+) {
+    for (r, out) in tile.iter_mut().enumerate() {
+        let a_row = &a[r * input..][..input];
+        for p in 0..np {
+            let panel = &b[p * input * PANEL..][..input * PANEL];
+            let mut acc = [0.0f32; PANEL];
+            for (&x, lanes) in a_row.iter().zip(panel.chunks_exact(PANEL)) {
+                for (acc, &w) in acc.iter_mut().zip(lanes) {
+                    *acc = fused_multiply_add(w, x, *acc);
+                }
+            }
+            out[p * PANEL..][..PANEL].copy_from_slice(&acc);
+        }
+    }
+}
+
+/// One f32 micro-tile (`TILE_ROWS` rows × `NP` panels) with AVX-512F FMAs: 24 accumulators at
+/// most, the weights loaded once per inner index, the activations broadcast.
+///
+/// # Safety
+///
+/// The CPU must support AVX-512F.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_avx512_f32<const NP: usize>(
+    a: &[f32],
+    input: usize,
+    b: &[f32],
+    tile: &mut [[f32; TILE_COLS]; TILE_ROWS],
+) {
+    use core::arch::x86_64::*;
+    assert!(a.len() >= TILE_ROWS * input && b.len() >= NP * input * PANEL);
+    let mut acc = [[_mm512_setzero_ps(); NP]; TILE_ROWS];
+    for k in 0..input {
+        let mut w = [_mm512_setzero_ps(); NP];
+        for (p, w) in w.iter_mut().enumerate() {
+            // SAFETY: `(p·input + k)·16 + 16 ≤ NP·input·16 ≤ b.len()` (asserted above).
+            *w = unsafe { _mm512_loadu_ps(b.as_ptr().add((p * input + k) * PANEL)) };
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: `r·input + k < TILE_ROWS·input ≤ a.len()` (asserted above).
+            let x = _mm512_set1_ps(unsafe { *a.get_unchecked(r * input + k) });
+            for (acc, &w) in acc.iter_mut().zip(&w) {
+                *acc = _mm512_fmadd_ps(w, x, *acc);
+            }
+        }
+    }
+    for (out, acc) in tile.iter_mut().zip(&acc) {
+        for (p, &v) in acc.iter().enumerate() {
+            // SAFETY: `p·16 + 16 ≤ NP·16 ≤ TILE_COLS`: inside the row.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(p * PANEL), v) };
+        }
+    }
+}
+
+/// One f32 micro-tile with AVX2 FMAs, one panel (two 8-lane halves) at a time: 12
+/// accumulators, so that they stay in the 16 registers.
+///
+/// # Safety
+///
+/// The CPU must support AVX2 and FMA.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2_f32(
+    a: &[f32],
+    input: usize,
+    b: &[f32],
+    np: usize,
+    tile: &mut [[f32; TILE_COLS]; TILE_ROWS],
+) {
+    use core::arch::x86_64::*;
+    assert!(np <= TILE_PANELS && a.len() >= TILE_ROWS * input && b.len() >= np * input * PANEL);
+    for p in 0..np {
+        let mut acc = [[_mm256_setzero_ps(); 2]; TILE_ROWS];
+        for k in 0..input {
+            let at = (p * input + k) * PANEL;
+            // SAFETY: `at + 16 ≤ np·input·16 ≤ b.len()` (asserted above).
+            let w = unsafe {
+                [
+                    _mm256_loadu_ps(b.as_ptr().add(at)),
+                    _mm256_loadu_ps(b.as_ptr().add(at + 8)),
+                ]
+            };
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: `r·input + k < TILE_ROWS·input ≤ a.len()` (asserted above).
+                let x = _mm256_set1_ps(unsafe { *a.get_unchecked(r * input + k) });
+                acc[0] = _mm256_fmadd_ps(w[0], x, acc[0]);
+                acc[1] = _mm256_fmadd_ps(w[1], x, acc[1]);
+            }
+        }
+        for (out, acc) in tile.iter_mut().zip(&acc) {
+            // SAFETY: `p·16 + 16 ≤ np·16 ≤ TILE_COLS`: inside the row.
+            unsafe {
+                _mm256_storeu_ps(out.as_mut_ptr().add(p * PANEL), acc[0]);
+                _mm256_storeu_ps(out.as_mut_ptr().add(p * PANEL + 8), acc[1]);
+            }
         }
     }
 }
@@ -662,11 +883,11 @@ fn amx_int8(
 /// of up to [`TILE_PANELS`] panels, then tiles of [`TILE_ROWS`] rows of `a`, `groups` words per
 /// row, padded past `rows` to whole tiles) and hands each valid row of the tile to
 /// `store(row, first column, values)`.
-fn for_each_tile<T: Copy + Default>(
+fn for_each_tile<W, T: Copy + Default>(
     w: &PackedWeight,
-    words: &[u32],
-    (a, rows, groups): (&[u32], usize, usize),
-    mut kernel: impl FnMut(usize, &[u32], &[u32], usize, &mut [[T; TILE_COLS]; TILE_ROWS]),
+    words: &[W],
+    (a, rows, groups): (&[W], usize, usize),
+    mut kernel: impl FnMut(usize, &[W], &[W], usize, &mut [[T; TILE_COLS]; TILE_ROWS]),
     mut store: impl FnMut(usize, usize, &[T]),
 ) {
     let panels = w.output.div_ceil(PANEL);
@@ -794,9 +1015,11 @@ pub fn vnni_hardware() -> bool {
     }
 }
 
-/// The kernel the products at `precision` run on with this CPU, `DEBERTA_CPU_SIMD` cap and
-/// `DEBERTA_CPU_AMX` choice: `amx_bf16`, `avx512_bf16`, `avx512_fma` or `f32-widened` (bf16),
-/// `amx_int8`, `avx512_vnni` or `int32-widened` (int8); `None` for f32 (sgemm). AMX takes the
+/// The kernel the products of packed weights at `precision` run on with this CPU,
+/// `DEBERTA_CPU_SIMD` cap and `DEBERTA_CPU_AMX` choice: `avx512_f32`, `avx2_f32` or
+/// `f32-fused` (f32, where [`f32_packing_pays`]; else `None`: sgemm), `amx_bf16`,
+/// `avx512_bf16`, `avx512_fma` or `f32-widened` (bf16), `amx_int8`, `avx512_vnni` or
+/// `int32-widened` (int8). AMX takes the
 /// products whose inner width is a multiple of 32 (bf16) or 64 (int8); the others run on the
 /// AVX-512 kernel named without it.
 pub fn packed_kernel_name(precision: Precision) -> Option<&'static str> {
@@ -810,6 +1033,11 @@ pub fn packed_kernel_name(precision: Precision) -> Option<&'static str> {
         }
     }
     match precision {
+        Precision::F32 if f32_packing_pays() => Some(match f32_kernel() {
+            F32Kernel::Avx512 => "avx512_f32",
+            F32Kernel::Avx2 => "avx2_f32",
+            F32Kernel::Fused => "f32-fused",
+        }),
         Precision::F32 => None,
         Precision::Bf16 => Some(match bf16_kernel() {
             Bf16Kernel::Dpbf16 => "avx512_bf16",
@@ -1105,6 +1333,52 @@ mod tests {
     }
 
     #[test]
+    fn f32_products_are_ordered_fused_sums_on_every_kernel() {
+        let _knobs = knobs();
+        // Odd widths (partial panels and micro-tiles), a deep product, an empty inner width.
+        for [rows, input, output] in [
+            [1, 1, 1],
+            [7, 33, 17],
+            [13, 384, 100],
+            [6, 1536, 70],
+            [5, 0, 9],
+        ] {
+            let x = fill(rows * input, 3);
+            let wt = fill(output * input, 4);
+            let w = PackedWeight::new(&wt, output, input, Precision::F32).unwrap();
+            assert_eq!(w.precision(), Precision::F32);
+            // Each element: one fused multiply-add per inner index, in order.
+            let mut expected = vec![0.0f32; rows * output];
+            for r in 0..rows {
+                for c in 0..output {
+                    let (xr, wc) = (&x[r * input..][..input], &wt[c * input..][..input]);
+                    expected[r * output + c] = xr
+                        .iter()
+                        .zip(wc)
+                        .fold(0.0f32, |acc, (&x, &w)| w.mul_add(x, acc));
+                }
+            }
+            for level in [
+                None,
+                Some(crate::simd::SimdLevel::Avx2),
+                Some(crate::simd::SimdLevel::Baseline),
+            ] {
+                crate::simd::set_max_simd_level(level);
+                let mut out = vec![f32::NAN; rows * output];
+                linear_packed(&x, &w, &mut out, rows).unwrap();
+                crate::simd::set_max_simd_level(None);
+                for (i, (a, b)) in out.iter().zip(&expected).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{rows}x{input}x{output} at {level:?}, element {i}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn rounding_is_to_nearest_even_and_flushes_subnormals() {
         assert_eq!(round_bf16(1.0), 1.0);
         // 1 + 2⁻⁸ is halfway between 1 and 1 + 2⁻⁷: ties to even (1).
@@ -1346,6 +1620,8 @@ mod tests {
         assert!(linear_packed(&[0.0; 5], &w, &mut [0.0; 4], 2).is_err());
         assert!(linear_packed(&[0.0; 6], &w, &mut [0.0; 3], 2).is_err());
         assert!(PackedWeight::new(&[0.0; 5], 2, 3, Precision::Bf16).is_err());
-        assert!(PackedWeight::new(&[0.0; 6], 2, 3, Precision::F32).is_err());
+        assert!(PackedWeight::new(&[0.0; 5], 2, 3, Precision::F32).is_err());
+        // f16 has no packed form (wgpu converts the f32 weights in the product).
+        assert!(PackedWeight::new(&[0.0; 6], 2, 3, Precision::F16).is_err());
     }
 }

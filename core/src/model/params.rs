@@ -223,7 +223,10 @@ impl<T> ParamStore<T> {
     }
 
     /// Converts every `Linear` weight of `layout` once for products at `precision` (through
-    /// [`Backend::pack_weight`]); [`Precision::F32`] drops the copies instead.
+    /// [`Backend::pack_weight`]). At [`Precision::F32`] only where the backend's packed f32
+    /// product is the faster one ([`Backend::packs_f32_weights`]); otherwise the f32 weights
+    /// are multiplied as they are. The copies are for inference: a weight written after this
+    /// keeps its stale copy until [`ParamStore::unpack`].
     pub fn pack<B: Backend<Tensor = T>>(
         &mut self,
         backend: &B,
@@ -231,7 +234,7 @@ impl<T> ParamStore<T> {
         precision: Precision,
     ) -> Result<(), Error> {
         self.unpack();
-        if precision == Precision::F32 {
+        if precision == Precision::F32 && !backend.packs_f32_weights() {
             return Ok(());
         }
         self.pack_missing(backend, layout, precision)

@@ -311,11 +311,17 @@ fn report<B: Backend>(
     };
     // The CPU backend's kernels run at this instruction-set level (DEBERTA_CPU_SIMD caps it).
     let simd = (backend_name == "cpu").then(|| deberta_core::simd::simd_level().name());
-    // Narrower products name their kernel (`avx512_bf16`, `avx512_vnni`, or a widened loop).
-    let kernel = deberta_core::kernels::packed_kernel_name(match precision {
+    // The CPU's products of packed weights name their kernel (`avx512_bf16`, `avx512_vnni`,
+    // `avx512_f32`, …); f32 training multiplies unpacked weights (sgemm).
+    let packed = match precision {
         deberta_core::Precision::Mixed => backend.mixed_products(),
         other => other,
-    });
+    };
+    let kernel = match (backend_name, bench, packed) {
+        ("cpu", "step", deberta_core::Precision::F32) => None,
+        ("cpu", _, packed) => deberta_core::kernels::packed_kernel_name(packed),
+        _ => None,
+    };
     println!(
         "{bench} {} batch {} seq {} on {backend_name}, {} products{}{} ({threads} CPU threads{}): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {tokens_per_s:.0} tokens/s{}{}{}",
         args.shape,
