@@ -436,14 +436,21 @@ pub(crate) fn linear_packed_rows(x: &[f32], w: &PackedWeight, out: &mut [f32]) {
 /// every kernel (so the bits depend neither on the SIMD level nor on the row split).
 fn f32_tiles(w: &PackedWeight, values: &[f32], x: &[f32], rows: usize, out: &mut [f32]) {
     let input = w.input;
-    // The rows padded with zero rows to whole micro-tiles.
-    let mut a = vec![0.0f32; rows.next_multiple_of(TILE_ROWS) * input];
-    a[..rows * input].copy_from_slice(&x[..rows * input]);
+    // The rows as they are when they fill whole micro-tiles, else padded with zero rows.
+    let padded;
+    let a = if rows.is_multiple_of(TILE_ROWS) {
+        &x[..rows * input]
+    } else {
+        let mut a = vec![0.0f32; rows.next_multiple_of(TILE_ROWS) * input];
+        a[..rows * input].copy_from_slice(&x[..rows * input]);
+        padded = a;
+        &padded[..]
+    };
     let kernel = f32_kernel();
     for_each_tile(
         w,
         values,
-        (&a, rows, input),
+        (a, rows, input),
         |_, a_tile, b, np, tile: &mut [[f32; TILE_COLS]; TILE_ROWS]| match kernel {
             #[cfg(all(feature = "std", target_arch = "x86_64"))]
             // SAFETY: `f32_kernel` checked AVX-512F at run time.
