@@ -40,13 +40,14 @@ impl<'m, 'b, B: Backend> Session<'m, 'b, B> {
         precision: Precision,
     ) -> Result<Self> {
         let mut params = loaded.upload(backend)?;
-        params
-            .pack(backend, &loaded.layout, precision)
-            .map_err(|e| Error::model("converting the weights", e))?;
+        // The position projections multiply the f32 weights, which the conversion then frees.
         let relative = loaded
             .model
             .relative_embeddings(backend, &params, None, None)
             .map_err(|e| Error::model("projecting the relative embeddings", e))?;
+        params
+            .pack(backend, &loaded.layout, precision)
+            .map_err(|e| Error::model("converting the weights", e))?;
         Ok(Session {
             backend,
             loaded,

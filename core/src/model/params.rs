@@ -222,24 +222,6 @@ impl<T> ParamStore<T> {
         self.products = products;
     }
 
-    /// Converts every `Linear` weight of `layout` once for products at `precision` (through
-    /// [`Backend::pack_weight`]). At [`Precision::F32`] only where the backend's packed f32
-    /// product is the faster one ([`Backend::packs_f32_weights`]); otherwise the f32 weights
-    /// are multiplied as they are. The copies are for inference: a weight written after this
-    /// keeps its stale copy until [`ParamStore::unpack`].
-    pub fn pack<B: Backend<Tensor = T>>(
-        &mut self,
-        backend: &B,
-        layout: &ParamLayout,
-        precision: Precision,
-    ) -> Result<(), Error> {
-        self.unpack();
-        if precision == Precision::F32 && !backend.packs_f32_weights() {
-            return Ok(());
-        }
-        self.pack_missing(backend, layout, precision)
-    }
-
     /// Drops every packed copy (the products go back to f32).
     pub fn unpack(&mut self) {
         self.packed.iter_mut().for_each(|p| *p = None);
@@ -253,6 +235,40 @@ impl<T> ParamStore<T> {
         backend: &B,
         layout: &ParamLayout,
         precision: Precision,
+    ) -> Result<(), Error> {
+        self.convert(backend, layout, precision, false)
+    }
+
+    /// Converts every `Linear` weight of `layout` once for products at `precision` (through
+    /// [`Backend::pack_weight`]) for inference: at [`Precision::F32`] only where the backend's
+    /// packed f32 product is the faster one ([`Backend::packs_f32_weights`]). Each weight's
+    /// f32 tensor is freed as soon as its copy exists (the products read only the copies), so
+    /// that memory holds one format of the weights rather than two: run first whatever reads
+    /// the f32 weights themselves (the relative position projections,
+    /// [`Deberta::relative_embeddings`](crate::model::Deberta::relative_embeddings)). A freed
+    /// weight reads as an empty tensor: using it is a typed shape error, never stale numbers.
+    /// Where the backend makes no copies at this precision, nothing is freed.
+    pub fn pack<B: Backend<Tensor = T>>(
+        &mut self,
+        backend: &B,
+        layout: &ParamLayout,
+        precision: Precision,
+    ) -> Result<(), Error> {
+        self.unpack();
+        if precision == Precision::F32 && !backend.packs_f32_weights() {
+            return Ok(());
+        }
+        self.convert(backend, layout, precision, true)
+    }
+
+    /// Packs the `Linear` weights without a copy at `precision`; with `release`, frees each
+    /// f32 tensor once its copy exists.
+    fn convert<B: Backend<Tensor = T>>(
+        &mut self,
+        backend: &B,
+        layout: &ParamLayout,
+        precision: Precision,
+        release: bool,
     ) -> Result<(), Error> {
         let products = precision.products();
         for &id in layout.linear_weights() {
@@ -271,6 +287,9 @@ impl<T> ParamStore<T> {
             };
             self.packed[id.0] =
                 Some(backend.pack_weight(&self.tensors[id.0], output, input, products)?);
+            if release {
+                self.tensors[id.0] = backend.zeros(0)?;
+            }
         }
         Ok(())
     }

@@ -441,6 +441,11 @@ impl BackendTask for ForwardBench<'_> {
         let mut params = layout
             .initialise(backend, 0)
             .map_err(model_error("initialising weights"))?;
+        // As an inference session: the position projections from the f32 weights, then the
+        // weights converted (and the f32 ones freed).
+        let relative = model
+            .relative_embeddings(backend, &params, None, None)
+            .map_err(model_error("position projections"))?;
         params
             .pack(backend, &layout, precision)
             .map_err(model_error("converting the weights"))?;
@@ -455,9 +460,6 @@ impl BackendTask for ForwardBench<'_> {
             len: args.seq,
         };
         let batch = DeviceBatch::upload(backend, &cfg, &host).map_err(model_error("input"))?;
-        let relative = model
-            .relative_embeddings(backend, &params, None, None)
-            .map_err(model_error("position projections"))?;
         let mut acts = model
             .activations(backend, &batch, None, false)
             .map_err(model_error("activations"))?;
