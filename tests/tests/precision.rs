@@ -17,8 +17,9 @@
 //! 3.3e-3 nats over the rows, AMX bf16 products).
 
 use deberta_core::model::AttentionProbs;
-use deberta_core::{CpuBackend, Precision};
+use deberta_core::{Backend, CpuBackend, Precision};
 use deberta_host::checkpoint::TensorMap;
+use deberta_host::model_dir::load_model_dir;
 use deberta_tests::{
     MODEL_FIXTURES, assert_one_line_error, deberta, deterministic_rows, fixture, fixture_forward,
     ints, max_abs_diff, temp_dir, values,
@@ -253,4 +254,31 @@ fn training_precision_is_refused_where_it_does_not_apply() {
     let json: serde_json::Value =
         serde_json::from_str(bench.stdout.lines().last().unwrap_or_default()).unwrap();
     assert_eq!(json["precision"], "bf16-mixed");
+}
+
+/// An inference session holds one format of each `Linear` weight: the packed copy (f32 too,
+/// where the CPU has FMA), its f32 tensor freed, at every precision.
+#[test]
+fn packing_for_inference_keeps_one_format_of_each_linear_weight() {
+    let backend = CpuBackend::new();
+    let loaded = load_model_dir(&fixture("tiny")).unwrap();
+    for precision in [Precision::F32, Precision::Bf16, Precision::Int8] {
+        let mut params = loaded.upload(&backend).unwrap();
+        params.pack(&backend, &loaded.layout, precision).unwrap();
+        let packs = precision != Precision::F32 || backend.packs_f32_weights();
+        assert!(!loaded.layout.linear_weights().is_empty());
+        for &id in loaded.layout.linear_weights() {
+            let name = &loaded.layout.spec(id).name;
+            let packed = params.packed(id);
+            assert_eq!(packed.is_some(), packs, "{precision:?} {name}: packed copy");
+            assert_eq!(
+                params.get(id).is_empty(),
+                packs,
+                "{precision:?} {name}: f32 tensor"
+            );
+            if let Some(packed) = packed {
+                assert_eq!(packed.precision(), precision, "{precision:?} {name}");
+            }
+        }
+    }
 }
