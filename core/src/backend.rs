@@ -216,8 +216,8 @@ pub trait Backend {
     }
     /// Whether [`Backend::pack_weight`] at [`Precision::F32`](crate::Precision::F32) makes the
     /// `Linear` products faster than [`Backend::matmul`] on the f32 weights: the inference
-    /// sessions then convert their f32 weights once ([`ParamStore::pack`](crate::model::ParamStore::pack)).
-    /// The provided implementation: no.
+    /// sessions then convert their f32 weights once
+    /// ([`ParamStore::pack`](crate::model::ParamStore::pack)). The provided implementation: no.
     fn packs_f32_weights(&self) -> bool {
         false
     }

@@ -9,9 +9,10 @@
 //! `vdpbf16ps` does; both products are exact in f32 (8-bit significands), so widening the
 //! pairs to f32 in registers and adding in the same order (FMAs on AVX-512F, which outrun
 //! `vdpbf16ps` on some CPUs: [`Bf16Instructions::Auto`] measures which; a portable loop below
-//! AVX-512) gives the same numbers. Subnormal bf16 values are flushed to zero at conversion (the instruction treats
-//! them as zero), so the paths agree bit for bit unless a product or partial sum falls below
-//! 2⁻¹²⁶ (which `vdpbf16ps` flushes; the portable loop rounds such a product).
+//! AVX-512) gives the same numbers. Subnormal bf16 values are flushed to zero at conversion
+//! (the instruction treats them as zero), so the paths agree bit for bit unless a product or
+//! partial sum falls below 2⁻¹²⁶ (which `vdpbf16ps` flushes; the portable loop rounds such a
+//! product).
 //!
 //! **f32.** The weight is stored in the same panels as f32 values (the inference sessions'
 //! default on CPUs with FMA, so that gemm does not re-pack every weight on every call); each
