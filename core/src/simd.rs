@@ -69,6 +69,22 @@ fn supported_level() -> SimdLevel {
     SimdLevel::Baseline
 }
 
+/// `√x`, correctly rounded as IEEE 754 requires, in a form the loop vectoriser widens: with
+/// `std`, `f32::sqrt` (LLVM's `sqrt` intrinsic, `vsqrtps` in a vectorised loop); without it,
+/// `libm::sqrtf`, whose scalar instruction LLVM cannot widen (a loop calling it runs one
+/// element at a time). Both give the same bits.
+#[inline(always)]
+pub(crate) fn sqrt(x: f32) -> f32 {
+    #[cfg(feature = "std")]
+    {
+        x.sqrt()
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        libm::sqrtf(x)
+    }
+}
+
 /// Defines a function whose body is compiled once per [`SimdLevel`](crate::simd::SimdLevel)
 /// (on x86-64 with `std`; once elsewhere) and dispatched at run time. Helpers the body calls
 /// must be `#[inline(always)]` to be compiled at the body's level. Parameters must be plain

@@ -3,7 +3,7 @@
 
 use super::require;
 use crate::Error;
-use crate::simd::multiversion;
+use crate::simd::{multiversion, sqrt};
 
 /// One Adam update's hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -131,7 +131,7 @@ multiversion! {
                     let g = grad * spec.grad_scale;
                     *m = b1 * *m + c1 * g;
                     *v = b2 * *v + c2 * g * g;
-                    let update = *m / (libm::sqrtf(*v) + spec.eps) + spec.weight_decay * *p;
+                    let update = *m / (sqrt(*v) + spec.eps) + spec.weight_decay * *p;
                     *p -= c.step_size * update;
                 }
             }
@@ -141,7 +141,7 @@ multiversion! {
                     *p *= c.decay_factor;
                     *m = b1 * *m + c1 * g;
                     *v = b2 * *v + c2 * g * g;
-                    let denom = libm::sqrtf(*v) / c.bias_correction2_sqrt + spec.eps;
+                    let denom = sqrt(*v) / c.bias_correction2_sqrt + spec.eps;
                     *p -= c.step_size * *m / denom;
                 }
             }
