@@ -27,8 +27,13 @@ pub(crate) const ATTN_BLOCK: u32 = 4;
 pub(crate) const ATTN_CHUNK: u32 = 16;
 /// Widest head the fused attention takes (wider ones run the unfused kernels).
 pub(crate) const ATTN_MAX_HEAD_DIM: u32 = 64;
-/// Threads (query or key rows) per workgroup of the row-owned training attention.
+/// Threads per workgroup of the training attention backward, one workgroup per query (key)
+/// row: the keys (queries) of one step, and the head columns (thread `c` owns column `c`).
 pub(crate) const ATTN_ROWS_WG: u32 = 64;
+const _: () = assert!(
+    ATTN_ROWS_WG >= ATTN_MAX_HEAD_DIM,
+    "a column of the head per thread"
+);
 
 /// A WGSL source file (one kernel family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

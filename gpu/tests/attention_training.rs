@@ -198,6 +198,30 @@ fn every_term_padding_and_dropout_combination() {
     );
 }
 
+/// Rows longer than one step of the backward's workgroups (64 keys or queries at a time): whole
+/// and partial steps, padded rows, and heads narrower than the workgroup.
+#[test]
+fn rows_longer_than_a_workgroup_step() {
+    let mut worst = (0.0f32, 0.0f32);
+    for (len, head_dim, valid) in [(150, 64, vec![150, 97]), (130, 40, vec![3, 130])] {
+        for dropout in [None, Some(0.1)] {
+            let case = Case {
+                len,
+                head_dim,
+                valid: valid.clone(),
+                ..base()
+            };
+            if let Some((same, cpu)) = check(&case, dropout) {
+                worst = (worst.0.max(same), worst.1.max(cpu));
+            }
+        }
+    }
+    println!(
+        "worst error: fused vs composed on wgpu {:e}, vs cpu {:e}",
+        worst.0, worst.1
+    );
+}
+
 #[test]
 fn the_fused_backward_is_deterministic() {
     let Some(gpu) = gpu() else { return };

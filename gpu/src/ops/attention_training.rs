@@ -16,7 +16,7 @@ use deberta_core::{Error, Precision};
 use super::attention::{Operands, TrainingForward, dropout_words, optional};
 use super::{flag, word};
 use crate::device::Gpu;
-use crate::kernels::{ATTN_MAX_HEAD_DIM, ATTN_ROWS_WG, Kernel};
+use crate::kernels::{ATTN_MAX_HEAD_DIM, Kernel};
 use crate::params::AttentionRowsParams;
 use crate::pool::PooledBuffer;
 use crate::tensor::{GpuIndices, GpuTensor};
@@ -189,7 +189,8 @@ pub(crate) fn backward(
         ("dp2c", "p2c gradient buffer"),
     )?;
     let params = params(&ops, dropout, &spec)?;
-    let grid = gpu.grid_for(spec.stats(), ATTN_ROWS_WG)?;
+    // One workgroup of ATTN_ROWS_WG threads per query (key) row.
+    let grid = gpu.grid(spec.stats() as u64)?;
     let shared = [
         gpu.buf(stats)?,
         gpu.buf(ops.query)?,

@@ -1,9 +1,15 @@
-// Training attention backward, query-owned pass: one thread per (sequence, head, query) row
+// Training attention backward, query-owned pass: one workgroup per (sequence, head, query) row
 // recomputes its probabilities from the logsumexp in `stats` (attention_rows.wgsl) and writes
 // `drows[t] = dO_i·O_i`, `dQ_i = Σ_j dS[i,j]/s·(K_j + Kr[idx(i,j)])` and its row of the c2p
 // table gradient `dc2p[h, b·len + i, r] = Σ_{j: idx(i,j) = r} dS[i,j]/s`, with
 // `dS = P ∘ (dP − drows)` and `dP = dropout(dO·Vᵀ)`. Runs before the key-owned pass, which
 // reads `drows`.
+//
+// The row's keys go in chunks of ATTN_ROWS_WG: each thread computes the score terms of one key
+// of the chunk into workgroup memory, then thread c adds the chunk's terms to column c of dQ
+// (and thread 0 adds them to the c2p row), keys in order: the same sums in the same order as one
+// thread per row would add them, with a head's columns spread over the threads instead of held
+// in one thread's array.
 
 @group(0) @binding(1) var<storage, read_write> dquery: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dc2p: array<f32>;
@@ -19,11 +25,18 @@
 @group(0) @binding(12) var<storage, read> index: array<u32>;
 @group(0) @binding(13) var<storage, read> mask: array<f32>;
 
+// One chunk of keys: whether key j0 + u passes a gradient, dS/s (content) and dS/s at its
+// window row (position).
+var<workgroup> chunk_live: array<u32, ATTN_ROWS_WG>;
+var<workgroup> chunk_content: array<f32, ATTN_ROWS_WG>;
+var<workgroup> chunk_position: array<f32, ATTN_ROWS_WG>;
+var<workgroup> chunk_row: array<u32, ATTN_ROWS_WG>;
+
 @compute @workgroup_size(ATTN_ROWS_WG)
 fn attention_backward_query(@builtin(workgroup_id) wid: vec3<u32>,
                             @builtin(num_workgroups) nwg: vec3<u32>,
                             @builtin(local_invocation_index) lid: u32) {
-    let t = (wid.y * nwg.x + wid.x) * ATTN_ROWS_WG + lid;
+    let t = wid.y * nwg.x + wid.x;
     let len = params.len;
     if (t >= params.batch * params.heads * len) {
         return;
@@ -41,48 +54,72 @@ fn attention_backward_query(@builtin(workgroup_id) wid: vec3<u32>,
     let c2p = params.has_c2p != 0u;
     let table = (h * params.batch * len + tq) * params.rows;
 
+    // Every thread sums the same terms in the same order: the same value in all.
     var delta = 0.0;
     for (var c = 0u; c < d; c += 1u) {
         delta += dcontext[out + c] * context[out + c];
     }
-    drows[t] = delta;
+    if (lid == 0u) {
+        drows[t] = delta;
+    }
     if (c2p) {
-        for (var r = 0u; r < params.rows; r += 1u) {
+        for (var r = lid; r < params.rows; r += ATTN_ROWS_WG) {
             dc2p[table + r] = 0.0;
         }
     }
-    var dq: array<f32, ATTN_MAX_HEAD_DIM>;
-    for (var c = 0u; c < ATTN_MAX_HEAD_DIM; c += 1u) {
-        dq[c] = 0.0;
-    }
+    // The zeros are in place before thread 0 adds to them.
+    storageBarrier();
     // A padded query row passes no gradient to its scores.
-    if (mask[tq] != 0.0) {
-        let lse = stats[t];
-        for (var j = 0u; j < len; j += 1u) {
+    let row_valid = mask[tq] != 0.0;
+    let lse = stats[t];
+    var dq = 0.0;
+    for (var j0 = 0u; j0 < len; j0 += ATTN_ROWS_WG) {
+        let j = j0 + lid;
+        var live = 0u;
+        var content = 0.0;
+        var position = 0.0;
+        var row = 0u;
+        if (row_valid && j < len && mask[tokens0 + j] != 0.0) {
             let tk = tokens0 + j;
-            if (mask[tk] == 0.0) {
-                continue;
-            }
             let p = exp(score(tq, tk, column0, i, j) - lse);
             let dp = dout_dot_value(tq, tk, column0) * dropout_factor(t * len + j);
             let ds = p * (dp - delta);
-            let content = ds * params.inv_scale;
-            let k_at = tk * width + column0;
-            for (var c = 0u; c < d; c += 1u) {
-                dq[c] += content * key[k_at + c];
-            }
+            live = 1u;
+            content = ds * params.inv_scale;
             if (c2p) {
-                let r = relative_index(i, j);
-                let g = ds / params.scale;
-                dc2p[table + r] += g;
-                let r_at = (r + params.first_row) * width + column0;
-                for (var c = 0u; c < d; c += 1u) {
-                    dq[c] += g * pos_key[r_at + c];
+                row = relative_index(i, j);
+                position = ds / params.scale;
+            }
+        }
+        chunk_live[lid] = live;
+        chunk_content[lid] = content;
+        chunk_position[lid] = position;
+        chunk_row[lid] = row;
+        workgroupBarrier();
+        let count = min(ATTN_ROWS_WG, len - j0);
+        if (lid < d) {
+            for (var u = 0u; u < count; u += 1u) {
+                if (chunk_live[u] == 0u) {
+                    continue;
+                }
+                dq += chunk_content[u] * key[(tokens0 + j0 + u) * width + column0 + lid];
+                if (c2p) {
+                    let r_at = (chunk_row[u] + params.first_row) * width + column0;
+                    dq += chunk_position[u] * pos_key[r_at + lid];
                 }
             }
         }
+        if (c2p && lid == 0u) {
+            for (var u = 0u; u < count; u += 1u) {
+                if (chunk_live[u] != 0u) {
+                    dc2p[table + chunk_row[u]] += chunk_position[u];
+                }
+            }
+        }
+        // The chunk is read before the next one overwrites it.
+        workgroupBarrier();
     }
-    for (var c = 0u; c < d; c += 1u) {
-        dquery[out + c] = dq[c];
+    if (lid < d) {
+        dquery[out + lid] = dq;
     }
 }

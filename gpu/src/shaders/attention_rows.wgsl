@@ -6,8 +6,8 @@
 // FlashAttention-2 for the disentangled scores: the forward keeps one statistic per query row,
 // the logsumexp `lse_i = m_i + log(l_i)` of its masked scores, instead of the probabilities; the
 // backward recomputes `P[i,j] = exp(score(i,j) − lse_i)` pair by pair from Q, K, Kr, Qr and the
-// index. Every output row has one owning thread (a query row in the forward and in the dQ/dc2p
-// pass, a key row in the dK/dV/dp2c pass), which adds its terms in a fixed order: no atomics,
+// index. Every output row has one owning workgroup (a query row in the dQ/dc2p pass, a key row
+// in the dK/dV/dp2c pass), whose threads add its terms in a fixed order: no atomics,
 // deterministic results. Semantics are the unfused path's (Hugging Face 5.x): masked keys weigh
 // 0; a padded query row is uniform over all len keys and passes no gradient to the scores;
 // attention dropout keeps element ((b·heads + h)·len + i)·len + j of the probabilities when word
