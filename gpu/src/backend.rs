@@ -466,7 +466,8 @@ impl Backend for WgpuBackend {
 
     /// The row-owned training kernels of `attention_rows.wgsl` (context and one logsumexp
     /// per query row into `buffers.stats`; the probabilities are never written) where
-    /// [`attention_training::supports`] the shape, the provided composition elsewhere.
+    /// [`attention_training::supports`] the shape, the provided composition elsewhere; with
+    /// f16 `products` (mixed precision) the kernels round every operand to binary16.
     fn attention_forward_train(
         &self,
         ops: AttentionOperands<'_, Self>,
@@ -488,6 +489,7 @@ impl Backend for WgpuBackend {
             buffers.stats,
             dropout,
             spec,
+            products,
         )
     }
 
@@ -526,6 +528,7 @@ impl Backend for WgpuBackend {
             dropout,
             grads,
             spec,
+            products,
         )
     }
 }

@@ -61,7 +61,8 @@ pub(crate) enum Shader {
     Optimizer,
     Dropout,
     Sampling,
-    /// The tiled attention forward of inference and training (`philox.wgsl` prepended).
+    /// The tiled attention forward of inference and training (`philox.wgsl` and
+    /// `f16_round.wgsl` prepended).
     FusedAttention,
     /// The training attention backward's query-owned pass.
     AttentionBackwardQuery,
@@ -112,16 +113,19 @@ impl Shader {
             ),
             Shader::FusedAttention => concat!(
                 include_str!("shaders/philox.wgsl"),
+                include_str!("shaders/f16_round.wgsl"),
                 include_str!("shaders/fused_attention.wgsl")
             ),
             Shader::AttentionBackwardQuery => concat!(
                 include_str!("shaders/philox.wgsl"),
+                include_str!("shaders/f16_round.wgsl"),
                 include_str!("shaders/attention_rows.wgsl"),
                 include_str!("shaders/attention_backward_rows.wgsl"),
                 include_str!("shaders/attention_backward_query.wgsl")
             ),
             Shader::AttentionBackwardKey => concat!(
                 include_str!("shaders/philox.wgsl"),
+                include_str!("shaders/f16_round.wgsl"),
                 include_str!("shaders/attention_rows.wgsl"),
                 include_str!("shaders/attention_backward_rows.wgsl"),
                 include_str!("shaders/attention_backward_key.wgsl")

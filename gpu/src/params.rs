@@ -227,7 +227,8 @@ params! {
         seed_hi: u32,
         step: u32,
         stream: u32,
-        _pad0: u32,
+        /// 1: round every operand of a product to binary16 as it is loaded (mixed precision).
+        f16_operands: u32,
     }
 }
 
@@ -253,6 +254,7 @@ params! {
         seed_hi: u32,
         step: u32,
         stream: u32,
-        _pad0: u32,
+        /// 1: round every operand of a product to binary16 as it is loaded (mixed precision).
+        f16_operands: u32,
     }
 }

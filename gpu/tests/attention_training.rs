@@ -25,6 +25,12 @@ use proptest::prelude::*;
 /// (scale 0.5).
 const TOL: f32 = 2e-5;
 
+/// Absolute tolerance at f16 products (the inputs of [`TOL`]'s cases with `scale_qk` 2, rows of
+/// up to 130 keys): binary16 rounds each operand by up to 2⁻¹¹ relative, so a sum moves by about
+/// 2⁻¹⁰ of its terms' absolute sum. Measured on lavapipe: worst 4.5e-4 against the composition
+/// at f16 products; against the f32 CPU 6.7e-4, the composition at f16 products 6.8e-4.
+const F16_TOL: f32 = 4e-3;
+
 /// What one training attention produced, downloaded: context, dQ, dK, dV, dc2p, dp2c, and
 /// whether the probabilities buffer was left untouched.
 struct Outputs {
@@ -35,8 +41,19 @@ struct Outputs {
 const NAMES: [&str; 6] = ["context", "dquery", "dkey", "dvalue", "dc2p", "dp2c"];
 
 /// Forward and backward of `case` on `b`, through the backend's methods or through the
-/// compositions (`composed`).
+/// compositions (`composed`), at f32 products.
 fn train<B: Backend>(b: &B, case: &Case, dropout: Option<f32>, composed: bool) -> Outputs {
+    train_at(b, case, dropout, composed, Precision::F32)
+}
+
+/// [`train`] with the products at `products`.
+fn train_at<B: Backend>(
+    b: &B,
+    case: &Case,
+    dropout: Option<f32>,
+    composed: bool,
+    products: Precision,
+) -> Outputs {
     let p = case.problem();
     let spec = p.spec;
     let tensors = Tensors::upload(b, &p);
@@ -64,7 +81,6 @@ fn train<B: Backend>(b: &B, case: &Case, dropout: Option<f32>, composed: bool) -
         p2c: Some(&mut p2c),
         stats: &mut stats,
     };
-    let products = Precision::F32;
     if composed {
         composed_attention_forward_train(b, ops, buffers, &mut context, dropout, spec, products)
     } else {
@@ -220,6 +236,161 @@ fn rows_longer_than_a_workgroup_step() {
         "worst error: fused vs composed on wgpu {:e}, vs cpu {:e}",
         worst.0, worst.1
     );
+}
+
+/// Mixed precision (f16 products, on adapters with `SHADER_F16`): the fused kernels round every
+/// operand of their products to f16 as the composition's f16 matmuls do, so they agree with the
+/// composition at f16 products and with the f32 CPU within [`F16_TOL`], and differ from their
+/// own f32 results (the rounding ran); the probabilities are still never written.
+#[test]
+fn f16_products_round_like_the_composition() {
+    let Some(gpu) = gpu() else { return };
+    if gpu.mixed_products() != Precision::F16 {
+        println!(
+            "f16 attention products: this adapter has no SHADER_F16 (or DEBERTA_WGPU_F16=off)"
+        );
+        return;
+    }
+    let cpu = CpuBackend::new();
+    let mut worst = (0.0f32, 0.0f32, 0.0f32);
+    for (c2p, p2c) in [(false, false), (true, true), (true, false)] {
+        for (len, head_dim, valid) in [(19, 16, vec![19, 11]), (130, 64, vec![130, 3])] {
+            for dropout in [None, Some(0.1)] {
+                let case = Case {
+                    c2p,
+                    p2c,
+                    len,
+                    head_dim,
+                    valid: valid.clone(),
+                    scale_qk: 2.0,
+                    ..base()
+                };
+                let what = format!("{case:?}, dropout {dropout:?}");
+                let fused = train_at(gpu, &case, dropout, false, Precision::F16);
+                assert!(
+                    fused.probs_untouched,
+                    "f16 fused wrote probabilities: {what}"
+                );
+                let composed = train_at(gpu, &case, dropout, true, Precision::F16);
+                let f32_cpu = train(&cpu, &case, dropout, true);
+                let f32_fused = train(gpu, &case, dropout, false);
+                assert_ne!(fused.tensors, f32_fused.tensors, "no rounding: {what}");
+                let same = compare(
+                    &format!("f16 fused vs f16 composed, {what}"),
+                    &composed,
+                    &fused,
+                    F16_TOL,
+                );
+                let reference = compare(
+                    &format!("f16 fused vs f32 cpu, {what}"),
+                    &f32_cpu,
+                    &fused,
+                    F16_TOL,
+                );
+                let composed_reference = compare(
+                    &format!("f16 composed vs f32 cpu, {what}"),
+                    &f32_cpu,
+                    &composed,
+                    F16_TOL,
+                );
+                worst = (
+                    worst.0.max(same),
+                    worst.1.max(reference),
+                    worst.2.max(composed_reference),
+                );
+            }
+        }
+    }
+    println!(
+        "worst error at f16 products: fused vs composed on wgpu {:e}; against the f32 cpu: \
+         fused {:e}, composed {:e}",
+        worst.0, worst.1, worst.2
+    );
+}
+
+/// The kernels' rounding to binary16 (integer arithmetic in `f16_round.wgsl`) against `half`'s
+/// conversion, bit for bit, on ties, subnormals, the overflow threshold and values of every
+/// magnitude: with one key per sequence each probability is exactly 1, so the context of the
+/// f16 forward is the rounded value rows.
+#[test]
+fn the_operand_rounding_is_binary16_round_to_nearest_even() {
+    let Some(gpu) = gpu() else { return };
+    let case = Case {
+        batch: 2,
+        heads: 4,
+        len: 1,
+        head_dim: 64,
+        c2p: false,
+        p2c: false,
+        valid: vec![1, 1],
+        ..base()
+    };
+    let mut p = case.problem();
+    let tie = 1.0 + f32::powi(2.0, -11);
+    let special = [
+        0.0,
+        1.0,
+        tie,
+        -tie,
+        1.0 + 3.0 * f32::powi(2.0, -11),
+        f32::powi(2.0, -24),
+        f32::powi(2.0, -25),
+        3.0 * f32::powi(2.0, -25),
+        f32::powi(2.0, -26),
+        -5.0 * f32::powi(2.0, -25),
+        f32::powi(2.0, -14) * (1.0 - f32::powi(2.0, -12)),
+        6.1e-5,
+        65504.0,
+        65519.99,
+        65520.0,
+        -65520.0,
+        1e5,
+        f32::from_bits(0x3f80_1000),
+        f32::from_bits(0x3f80_3000),
+    ];
+    let mut state = 0x9e37_79b9_u32;
+    for (e, v) in p.v.iter_mut().enumerate() {
+        *v = match special.get(e) {
+            Some(&x) => x,
+            None => {
+                // Every exponent from 2⁻³⁰ to 2¹⁷ with random fraction bits and sign.
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                let exponent = 97 + (e as u32 * 7) % 48;
+                f32::from_bits((state & 0x8000_0000) | (exponent << 23) | (state >> 9))
+            }
+        };
+    }
+    let spec = p.spec;
+    let tensors = Tensors::upload(gpu, &p);
+    let mut probs = up(gpu, &vec![0.0; spec.scores()]);
+    let mut stats = up(gpu, &vec![0.0; spec.stats()]);
+    let mut context = up(gpu, &vec![0.0; p.v.len()]);
+    let buffers = TrainingBuffers {
+        probs: &mut probs,
+        dropped: None,
+        c2p: None,
+        p2c: None,
+        stats: &mut stats,
+    };
+    gpu.attention_forward_train(
+        tensors.operands(&case),
+        buffers,
+        &mut context,
+        None,
+        spec,
+        Precision::F16,
+    )
+    .unwrap();
+    for (v, found) in p.v.iter().zip(down(gpu, &context)) {
+        // `+ 0.0`: the context is a sum from +0, which drops the sign of a zero.
+        let expected = half::f16::from_f32(*v).to_f32() + 0.0;
+        assert_eq!(
+            found.to_bits(),
+            expected.to_bits(),
+            "{v:e} ({:#010x}) rounded to {found:e}, binary16 is {expected:e}",
+            v.to_bits()
+        );
+    }
 }
 
 #[test]

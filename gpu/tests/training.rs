@@ -13,7 +13,7 @@ use deberta_core::model::{BackwardContext, DeviceBatch, Dropout, HostBatch};
 use deberta_core::train::{
     GeneratorBatch, MlmTargets, Optimizer, OptimizerConfig, Workspace, mlm_step,
 };
-use deberta_core::{Backend, CpuBackend};
+use deberta_core::{Backend, CpuBackend, Precision};
 use deberta_host::checkpoint::read_tensor_file;
 use deberta_host::model_dir::load_model_dir;
 
@@ -26,8 +26,14 @@ struct Trained {
     probability_elements: usize,
 }
 
-/// `steps` MLM training steps on the `tiny` fixture.
-fn train<B: Backend>(backend: &B, steps: u32, buffers: impl Fn() -> Option<u64>) -> Trained {
+/// `steps` MLM training steps on the `tiny` fixture, the `Linear` and attention products at
+/// `products`.
+fn train<B: Backend>(
+    backend: &B,
+    steps: u32,
+    products: Precision,
+    buffers: impl Fn() -> Option<u64>,
+) -> Trained {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny");
     let loaded = load_model_dir(&dir).unwrap();
     let inputs = read_tensor_file(&dir.join("inputs.safetensors")).unwrap();
@@ -35,6 +41,7 @@ fn train<B: Backend>(backend: &B, steps: u32, buffers: impl Fn() -> Option<u64>)
     let (ids, mask, labels) = (ints("input_ids"), ints("attention_mask"), ints("labels"));
     let shape = inputs["input_ids"].shape.clone();
     let mut params = loaded.upload(backend).unwrap();
+    params.set_products(products);
     let mut grads = loaded.layout.zeros(backend).unwrap();
     let trainable: Vec<_> = loaded.layout.iter().map(|(id, _)| id).collect();
     let mut optimizer = Optimizer::new(
@@ -112,8 +119,8 @@ fn train<B: Backend>(backend: &B, steps: u32, buffers: impl Fn() -> Option<u64>)
 #[test]
 fn training_steps_match_the_cpu_and_reuse_every_buffer() {
     let Some(gpu) = gpu() else { return };
-    let cpu = train(&CpuBackend::new(), 4, || None);
-    let gpu_run = train(gpu, 4, || Some(gpu.buffers_created()));
+    let cpu = train(&CpuBackend::new(), 4, Precision::F32, || None);
+    let gpu_run = train(gpu, 4, Precision::F32, || Some(gpu.buffers_created()));
     let (created, cpu_losses, gpu_losses) = (&gpu_run.created, &cpu.losses, &gpu_run.losses);
     println!("losses cpu {cpu_losses:?} gpu {gpu_losses:?}; buffers created {created:?}");
     for (c, g) in cpu_losses.iter().zip(gpu_losses) {
@@ -135,6 +142,31 @@ fn training_steps_match_the_cpu_and_reuse_every_buffer() {
     );
     assert!(cpu.probability_elements > 0);
     assert_eq!(gpu_run.probability_elements, 0);
+}
+
+/// Mixed precision's f16 products (where the adapter has `SHADER_F16`) take the same fused
+/// training attention, whose kernels round their operands to f16 as the matmuls do: the losses
+/// stay within f16 rounding of the CPU's f32 ones, and no probabilities are allocated.
+#[test]
+fn f16_training_steps_keep_no_probabilities() {
+    let Some(gpu) = gpu() else { return };
+    let products = gpu.mixed_products();
+    println!("mixed-precision products on this adapter: {products:?}");
+    let cpu = train(&CpuBackend::new(), 4, Precision::F32, || None);
+    let mixed = train(gpu, 4, products, || None);
+    println!(
+        "losses cpu f32 {:?}, wgpu {products:?} {:?}",
+        cpu.losses, mixed.losses
+    );
+    for (c, g) in cpu.losses.iter().zip(&mixed.losses) {
+        // f16 operands: relative rounding 2⁻¹¹ per operand, through two layers and the head
+        // (measured on lavapipe: 1.4e-5 nats).
+        assert!(
+            (c - g).abs() <= 1e-3 * c.abs().max(1.0),
+            "cpu {c} vs gpu {g}"
+        );
+    }
+    assert_eq!(mixed.probability_elements, 0);
 }
 
 /// Weights, moments and step count of an optimizer, on the host.

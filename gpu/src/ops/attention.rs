@@ -57,6 +57,8 @@ pub(crate) fn supports(gpu: &Gpu, spec: &AttentionSpec) -> bool {
 pub(crate) struct TrainingForward<'a> {
     pub(crate) stats: &'a mut GpuTensor,
     pub(crate) dropout: Option<AttentionDropout>,
+    /// Round every operand of a product to binary16 (mixed precision's f16 products).
+    pub(crate) f16_operands: bool,
 }
 
 /// `context = dropout(masked_softmax(Q·Kᵀ/s + c2p/s + p2c/s))·V` in one pass over key tiles
@@ -80,9 +82,13 @@ pub(crate) fn fused_attention(
     })?;
     let relative = ops.pos_key.is_some() || ops.pos_query.is_some();
     let index = ops.index.filter(|_| relative);
-    let (stats, dropout) = match training {
-        Some(TrainingForward { stats, dropout }) => (Some(stats), dropout),
-        None => (None, None),
+    let (stats, dropout, f16_operands) = match training {
+        Some(TrainingForward {
+            stats,
+            dropout,
+            f16_operands,
+        }) => (Some(stats), dropout, f16_operands),
+        None => (None, None, false),
     };
     let buffers = [
         gpu.buf(context)?,
@@ -132,7 +138,7 @@ pub(crate) fn fused_attention(
         seed_hi: (seed >> 32) as u32,
         step,
         stream,
-        _pad0: 0,
+        f16_operands: flag(f16_operands),
     };
     // No larger than `batch·heads·len`, which `check` has bounded.
     let groups = spec.batch * spec.heads * tiles;

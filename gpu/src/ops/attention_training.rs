@@ -35,11 +35,12 @@ pub(crate) struct Grads<'a> {
 }
 
 /// Whether the training kernels take this attention on this device: heads up to
-/// [`ATTN_MAX_HEAD_DIM`] wide, f32 products (mixed precision keeps its f16 composition) and a
-/// device that binds [`STORAGE_BUFFERS`] storage buffers per kernel.
+/// [`ATTN_MAX_HEAD_DIM`] wide, f32 or f16 products (the kernels round every operand to
+/// binary16 for the latter, as the f16 matmuls do) and a device that binds [`STORAGE_BUFFERS`]
+/// storage buffers per kernel.
 pub(crate) fn supports(gpu: &Gpu, spec: &AttentionSpec, products: Precision) -> bool {
     spec.head_dim <= ATTN_MAX_HEAD_DIM as usize
-        && products == Precision::F32
+        && matches!(products, Precision::F32 | Precision::F16)
         && gpu.limits.max_storage_buffers_per_shader_stage >= STORAGE_BUFFERS
 }
 
@@ -71,11 +72,12 @@ fn check(
     Ok(activation)
 }
 
-/// The kernels' parameters.
+/// The kernels' parameters (`products`: f32, or f16 operands).
 fn params(
     ops: &Operands<'_>,
     dropout: Option<AttentionDropout>,
     spec: &AttentionSpec,
+    products: Precision,
 ) -> Result<AttentionRowsParams, Error> {
     let ((seed, step, stream), (p, keep_scale)) = dropout_words(dropout);
     Ok(AttentionRowsParams {
@@ -98,7 +100,7 @@ fn params(
         seed_hi: (seed >> 32) as u32,
         step,
         stream,
-        _pad0: 0,
+        f16_operands: flag(products == Precision::F16),
     })
 }
 
@@ -118,7 +120,8 @@ fn output<'a>(gpu: &'a Gpu, tensor: Option<&'a GpuTensor>) -> Result<&'a PooledB
     }
 }
 
-/// `context = dropout(P)·V` and `stats[b,h,i] = logsumexp_j(score[i,j])` (masked).
+/// `context = dropout(P)·V` and `stats[b,h,i] = logsumexp_j(score[i,j])` (masked), the
+/// products' operands rounded to binary16 when `products` is [`Precision::F16`].
 pub(crate) fn forward(
     gpu: &Gpu,
     ops: Operands<'_>,
@@ -126,13 +129,18 @@ pub(crate) fn forward(
     stats: &mut GpuTensor,
     dropout: Option<AttentionDropout>,
     spec: AttentionSpec,
+    products: Precision,
 ) -> Result<(), Error> {
     check(&ops, context.len(), stats.len(), &spec)?;
     super::attention::fused_attention(
         gpu,
         ops,
         context,
-        Some(TrainingForward { stats, dropout }),
+        Some(TrainingForward {
+            stats,
+            dropout,
+            f16_operands: products == Precision::F16,
+        }),
         spec,
     )
 }
@@ -155,7 +163,8 @@ fn table_grad<'t>(
     }
 }
 
-/// The backward from `dcontext`, given the forward's operands, `context` and `stats`.
+/// The backward from `dcontext`, given the forward's operands, `context` and `stats` (and its
+/// `products`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     gpu: &Gpu,
@@ -166,6 +175,7 @@ pub(crate) fn backward(
     dropout: Option<AttentionDropout>,
     grads: Grads<'_>,
     spec: AttentionSpec,
+    products: Precision,
 ) -> Result<(), Error> {
     let activation = check(&ops, context.len(), stats.len(), &spec)?;
     const KERNEL: &str = "attention_backward";
@@ -188,7 +198,7 @@ pub(crate) fn backward(
         table,
         ("dp2c", "p2c gradient buffer"),
     )?;
-    let params = params(&ops, dropout, &spec)?;
+    let params = params(&ops, dropout, &spec, products)?;
     // One workgroup of ATTN_ROWS_WG threads per query (key) row.
     let grid = gpu.grid(spec.stats() as u64)?;
     let shared = [

@@ -109,14 +109,14 @@ fn attention_backward_key(@builtin(workgroup_id) wid: vec3<u32>,
                     continue;
                 }
                 let q_at = (tokens0 + i0 + u) * width + column0 + lid;
-                dv += chunk_weight[u] * dcontext[q_at];
+                dv += operand(chunk_weight[u]) * operand(dcontext[q_at]);
                 if (terms_u == 1u) {
                     continue;
                 }
-                dk += chunk_content[u] * query[q_at];
+                dk += operand(chunk_content[u]) * operand(query[q_at]);
                 if (p2c) {
                     let r_at = (chunk_row[u] + params.first_row) * width + column0;
-                    dk += chunk_position[u] * pos_query[r_at + lid];
+                    dk += operand(chunk_position[u]) * operand(pos_query[r_at + lid]);
                 }
             }
         }

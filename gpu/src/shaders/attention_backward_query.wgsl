@@ -102,10 +102,11 @@ fn attention_backward_query(@builtin(workgroup_id) wid: vec3<u32>,
                 if (chunk_live[u] == 0u) {
                     continue;
                 }
-                dq += chunk_content[u] * key[(tokens0 + j0 + u) * width + column0 + lid];
+                dq += operand(chunk_content[u])
+                    * operand(key[(tokens0 + j0 + u) * width + column0 + lid]);
                 if (c2p) {
                     let r_at = (chunk_row[u] + params.first_row) * width + column0;
-                    dq += chunk_position[u] * pos_key[r_at + lid];
+                    dq += operand(chunk_position[u]) * operand(pos_key[r_at + lid]);
                 }
             }
         }

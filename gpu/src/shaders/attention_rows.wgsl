@@ -1,5 +1,5 @@
 // The shared part of the row-owned training attention backward (attention_backward_query.wgsl,
-// attention_backward_key.wgsl; philox.wgsl and this file are prepended, then
+// attention_backward_key.wgsl; philox.wgsl, f16_round.wgsl and this file are prepended, then
 // attention_backward_rows.wgsl and the kernel file, which declares the bindings these helpers
 // read). The forward is fused_attention.wgsl with statistics and dropout.
 //
@@ -12,7 +12,10 @@
 // 0; a padded query row is uniform over all len keys and passes no gradient to the scores;
 // attention dropout keeps element ((b·heads + h)·len + i)·len + j of the probabilities when word
 // of that index of the stream is ≥ p (dropout.wgsl's mask over the same tensor), scaled by
-// 1/(1 − p).
+// 1/(1 − p). Under mixed precision (`f16_operands`) every product's operands are rounded to
+// binary16 where they are loaded, as in the forward: Q, K, Kr, Qr, V, dO and the probability and
+// score-gradient factors of dQ, dK and dV; the c2p/p2c table gradients, the softmax backward and
+// every sum stay f32.
 
 const ATTN_ROWS_WG: u32 = 64u;
 const ATTN_MAX_HEAD_DIM: u32 = 64u;
@@ -44,7 +47,8 @@ struct Params {
     seed_hi: u32,
     step: u32,
     stream: u32,
-    _pad0: u32,
+    // 1: every operand of a product is rounded to binary16 as it is loaded (mixed precision).
+    f16_operands: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -54,7 +58,25 @@ fn relative_index(i: u32, j: u32) -> u32 {
     return index[i * params.len + j];
 }
 
-// Four consecutive elements of a row of `values` from `at`, zero from column `d` on.
+// `x` as a product's operand: rounded to binary16 (and back) under mixed precision, as the
+// forward (fused_attention.wgsl's `operand4`) and the f16 matmul kernels round theirs
+// (f16_round.wgsl, prepended).
+fn operand(x: f32) -> f32 {
+    if (params.f16_operands == 0u) {
+        return x;
+    }
+    return f16_round(x);
+}
+
+fn operand4(v: vec4<f32>) -> vec4<f32> {
+    if (params.f16_operands == 0u) {
+        return v;
+    }
+    return f16_round4(v);
+}
+
+// Four consecutive elements of a row of `values` from `at`, zero from column `d` on, as an
+// operand.
 fn row4(at: u32, c: u32, d: u32, which: u32) -> vec4<f32> {
     var v = vec4<f32>(0.0);
     for (var u = 0u; u < 4u; u += 1u) {
@@ -67,7 +89,7 @@ fn row4(at: u32, c: u32, d: u32, which: u32) -> vec4<f32> {
             }
         }
     }
-    return v;
+    return operand4(v);
 }
 
 // The unscaled score terms of query token `tq` and key token `tk` of head column `column0`:

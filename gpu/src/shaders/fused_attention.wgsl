@@ -1,5 +1,5 @@
-// Fused disentangled self-attention forward, for inference and for training (philox.wgsl is
-// prepended): for one (sequence, head) and a tile of ATTN_TILE queries, one pass over the keys
+// Fused disentangled self-attention forward, for inference and for training (philox.wgsl and
+// f16_round.wgsl are prepended): for one (sequence, head) and a tile of ATTN_TILE queries, one pass over the keys
 // in tiles of ATTN_TILE computes
 //
 //   score[i,j] = (Q_i·K_j)·(1/s) + ((Q_i·Kr[idx(i,j)])/s + (K_j·Qr[idx(i,j)])/s)
@@ -14,7 +14,9 @@
 // probabilities are multiplied by the dropout mask of element ((b·heads + h)·len + i)·len + j
 // before P·V (the row sums are of the kept-and-dropped probabilities alike), and with `stats`
 // each query row's logsumexp `m + log(l)` goes to stats[(b·heads + h)·len + i], which the
-// row-owned backward recomputes the probabilities from.
+// row-owned backward recomputes the probabilities from. Under mixed precision (`f16_operands`)
+// every operand of a product is rounded to binary16 as it is loaded: Q, K, V, Kr, Qr and the
+// unnormalised probabilities P·V multiplies; the sums, the softmax and its statistics stay f32.
 //
 // Position terms. Instead of gathering from precomputed tables Q·Krᵀ and K·Qrᵀ (2·len·R·d
 // multiply-adds per head with R up to 2·len − 1, and a round trip of both tables through
@@ -97,7 +99,8 @@ struct Params {
     seed_hi: u32,
     step: u32,
     stream: u32,
-    _pad0: u32,
+    // 1: every operand of a product is rounded to binary16 as it is loaded (mixed precision).
+    f16_operands: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -116,7 +119,18 @@ var<workgroup> staged: array<vec4<f32>, SHARED_VECS>;
 var<workgroup> partial_max: array<vec4<f32>, THREADS>;
 var<workgroup> partial_sum: array<vec4<f32>, THREADS>;
 
-// Four consecutive head columns c .. c + 3 of a row starting at `at` (zero at and beyond d).
+// `v` as a product's operand: rounded to binary16 (and back) under mixed precision, as the
+// f16 matmul kernels round their operands, so that this kernel and the composed attention of
+// mixed precision multiply numbers of the same format (f16_round.wgsl, prepended).
+fn operand4(v: vec4<f32>) -> vec4<f32> {
+    if (params.f16_operands == 0u) {
+        return v;
+    }
+    return f16_round4(v);
+}
+
+// Four consecutive head columns c .. c + 3 of a row starting at `at` (zero at and beyond d),
+// as an operand (`operand4`).
 fn query4(at: u32, c: u32) -> vec4<f32> {
     let d = params.head_dim;
     var v = vec4<f32>(0.0);
@@ -125,7 +139,7 @@ fn query4(at: u32, c: u32) -> vec4<f32> {
             v[u] = query[at + c + u];
         }
     }
-    return v;
+    return operand4(v);
 }
 
 fn key4(at: u32, c: u32) -> vec4<f32> {
@@ -136,7 +150,7 @@ fn key4(at: u32, c: u32) -> vec4<f32> {
             v[u] = key[at + c + u];
         }
     }
-    return v;
+    return operand4(v);
 }
 
 fn value4(at: u32, c: u32) -> vec4<f32> {
@@ -147,7 +161,7 @@ fn value4(at: u32, c: u32) -> vec4<f32> {
             v[u] = value[at + c + u];
         }
     }
-    return v;
+    return operand4(v);
 }
 
 fn pos_key4(at: u32, c: u32) -> vec4<f32> {
@@ -158,7 +172,7 @@ fn pos_key4(at: u32, c: u32) -> vec4<f32> {
             v[u] = pos_key[at + c + u];
         }
     }
-    return v;
+    return operand4(v);
 }
 
 fn pos_query4(at: u32, c: u32) -> vec4<f32> {
@@ -169,7 +183,7 @@ fn pos_query4(at: u32, c: u32) -> vec4<f32> {
             v[u] = pos_query[at + c + u];
         }
     }
-    return v;
+    return operand4(v);
 }
 
 // The projection row (window row + first_row) of the relative difference `delta`, or -1 when
@@ -401,9 +415,10 @@ fn fused_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
                 }
             }
         }
+        // The (unnormalised, dropped) probabilities as P·V's operand.
         for (var bb = 0u; bb < ATTN_BLOCK; bb += 1u) {
             staged[P_AT + (tj + ATTN_THREADS * bb) * ATTN_THREADS + ti] =
-                vec4<f32>(p[0][bb], p[1][bb], p[2][bb], p[3][bb]);
+                operand4(vec4<f32>(p[0][bb], p[1][bb], p[2][bb], p[3][bb]));
         }
         workgroupBarrier();
 
