@@ -87,6 +87,16 @@ pub enum Error {
         /// What failed.
         what: &'static str,
     },
+    /// A tensor larger than the device allows in one buffer binding (e.g. a vocabulary's
+    /// embedding table on an adapter binding at most 128 MiB).
+    DeviceLimit {
+        /// Which limit.
+        what: &'static str,
+        /// Bytes asked for.
+        requested: u64,
+        /// The device's limit in bytes.
+        limit: u64,
+    },
     /// The backend or build has no implementation of an operation (e.g. reduced-precision
     /// products on wgpu).
     Unsupported {
@@ -145,6 +155,14 @@ impl fmt::Display for Error {
             ),
             Error::EmptyInput { what } => write!(f, "{what} is empty"),
             Error::Device { what } => write!(f, "device error: {what}"),
+            Error::DeviceLimit {
+                what,
+                requested,
+                limit,
+            } => write!(
+                f,
+                "device limit: a tensor of {requested} bytes exceeds {what} ({limit} bytes)"
+            ),
             Error::Unsupported { what } => write!(f, "unsupported: {what}"),
         }
     }

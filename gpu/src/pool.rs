@@ -65,9 +65,11 @@ impl Pool {
     /// A buffer of at least `bytes` bytes (contents unspecified).
     pub(crate) fn take(&self, bytes: u64) -> Result<PooledBuffer, Error> {
         if bytes > self.max_bytes {
-            return Err(device_error(
-                "tensor larger than the device's largest storage buffer",
-            ));
+            return Err(Error::DeviceLimit {
+                what: "the device's largest storage buffer binding",
+                requested: bytes,
+                limit: self.max_bytes,
+            });
         }
         let class = size_class(bytes).min((self.max_bytes & !3).max(MIN_CLASS));
         if let Some(buffer) = self

@@ -89,6 +89,30 @@ proptest! {
     }
 }
 
+/// A tensor one element past what the device binds is refused with both sizes (the error a
+/// user of an adapter with 128 MiB bindings meets for a 128,100-token embedding table), and
+/// the device stays usable.
+#[test]
+fn tensors_beyond_the_largest_binding_are_refused_with_their_size() {
+    let Some(gpu) = gpu() else { return };
+    let caps = &gpu.adapter().capabilities;
+    let limit = caps.largest_storage_binding.min(caps.largest_buffer);
+    let elements = usize::try_from(limit / 4 + 1).expect("a 64-bit host");
+    match gpu.zeros(elements) {
+        Err(Error::DeviceLimit {
+            requested,
+            limit: l,
+            ..
+        }) => {
+            assert_eq!(requested, elements as u64 * 4);
+            assert!(l <= limit && requested > l, "{requested} vs {l}");
+        }
+        other => panic!("{elements} elements: {:?}", other.map(|_| ())),
+    }
+    let small = gpu.zeros(4).expect("the device still allocates");
+    assert_eq!(down(gpu, &small), vec![0.0; 4]);
+}
+
 // ----- matmul ----------------------------------------------------------------------------
 
 /// A batched product with every layout feature: offsets, padded strides, transposes, two
