@@ -14,7 +14,7 @@ use deberta_core::{Activation, Backend, Error, Precision};
 use crate::adapter::{AdapterChoice, AdapterSummary};
 use crate::device::Gpu;
 use crate::error::GpuError;
-use crate::ops::matmul::MatmulTiles;
+use crate::ops::matmul::{MatmulTiles, MeasuredTile};
 use crate::ops::{
     attention, attention_training, elementwise, embedding, layer_norm, loss, matmul, memory,
     optimizer, random, reduce, relative_scores, softmax,
@@ -39,10 +39,16 @@ impl WgpuBackend {
         })
     }
 
-    /// Chooses the tiled matmul kernel: [`MatmulTiles::Auto`] (the default) picks per product;
-    /// the others force one, for tuning and tests. Results are the same either way.
+    /// Chooses the tiled matmul kernel: [`MatmulTiles::Measured`] (the default) times the tile
+    /// sizes per product shape, [`MatmulTiles::Auto`] applies the occupancy rule; the others
+    /// force one, for tuning and tests. Results are the same bits either way.
     pub fn set_matmul_tiles(&self, tiles: MatmulTiles) {
         self.gpu.matmul_tiles.set(tiles);
+    }
+
+    /// The tile size [`MatmulTiles::Measured`] chose for each product shape measured so far.
+    pub fn measured_matmul_tiles(&self) -> Vec<MeasuredTile> {
+        self.gpu.measured_tiles.choices()
     }
 
     /// Whether f16 products run (the device was opened with `SHADER_F16`: the adapter has it
@@ -81,14 +87,7 @@ impl WgpuBackend {
 
     /// Submits all recorded work and waits for it (for timing).
     pub fn synchronize(&self) -> Result<(), Error> {
-        self.gpu.flush()?;
-        self.gpu
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|_| Error::Device {
-                what: "waiting for the GPU failed",
-            })?;
-        self.gpu.check_errors()
+        self.gpu.wait()
     }
 
     /// Releases the free buffers of the pool (and the bind groups that reference them).

@@ -7,7 +7,7 @@ use deberta_core::Error;
 
 use crate::adapter::{AdapterChoice, AdapterSummary, instance, select};
 use crate::error::{ErrorLog, GpuError, device_error};
-use crate::ops::matmul::TilePolicy;
+use crate::ops::matmul::{MeasuredTiles, TilePolicy};
 use crate::pipelines::Pipelines;
 use crate::pool::{Pool, PooledBuffer};
 use crate::recorder::{ARENA_BYTES, Recorder};
@@ -41,6 +41,10 @@ pub(crate) struct Gpu {
     pub(crate) errors: ErrorLog,
     /// Which tiled matmul kernel products use.
     pub(crate) matmul_tiles: TilePolicy,
+    /// The tile size measured fastest per product shape ([`MatmulTiles::Measured`]).
+    ///
+    /// [`MatmulTiles::Measured`]: crate::MatmulTiles::Measured
+    pub(crate) measured_tiles: MeasuredTiles,
     /// Whether the device was opened with `SHADER_F16`, so that f16 products can run.
     pub(crate) f16_products: bool,
     /// Whether the device was opened with `TIMESTAMP_QUERY`, so that kernels can be timed.
@@ -129,9 +133,21 @@ impl Gpu {
             absent_output,
             errors,
             matmul_tiles: TilePolicy::default(),
+            measured_tiles: MeasuredTiles::default(),
             f16_products: features.contains(wgpu::Features::SHADER_F16),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
         })
+    }
+
+    /// Submits everything recorded and waits until the device has run it.
+    pub(crate) fn wait(&self) -> Result<(), Error> {
+        self.flush()?;
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|_| Error::Device {
+                what: "waiting for the GPU failed",
+            })?;
+        self.check_errors()
     }
 
     /// `Err` if the device has reported an error since it was opened.

@@ -51,7 +51,7 @@ mod transfer;
 pub use adapter::{AdapterChoice, AdapterSummary, Capabilities, list_adapters};
 pub use backend::{DeviceMemory, WgpuBackend};
 pub use error::GpuError;
-pub use ops::matmul::MatmulTiles;
+pub use ops::matmul::{MatmulTiles, MeasuredTile};
 pub use tensor::{DeviceBuffer, GpuIndices, GpuTensor};
 pub use test_backend::test_backend;
 /// The kind of an adapter (discrete, integrated, virtual, CPU, other), as wgpu reports it.

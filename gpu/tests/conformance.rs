@@ -251,6 +251,7 @@ fn every_tiled_matmul_kernel_matches_cpu() {
         MatmulTiles::Tiles64,
         MatmulTiles::Tiles32,
         MatmulTiles::Auto,
+        MatmulTiles::Measured,
     ] {
         forced.set_matmul_tiles(tiles);
         let mut case_index = 0;
@@ -291,6 +292,17 @@ fn every_tiled_matmul_kernel_matches_cpu() {
                 case_index += 1;
             }
         }
+    }
+    // The measured policy timed each shape once (into scratch: with β = 1 a timing run into C
+    // would have changed the bits above) and kept a tile size for it.
+    let measured = forced.measured_matmul_tiles();
+    println!("measured tiles: {measured:?}");
+    for (m, n, k) in [(97, 130, 37), (200, 150, 70), (300, 260, 40)] {
+        let choice = measured
+            .iter()
+            .find(|t| (t.m, t.n, t.k, t.entries) == (m, n, k, 2))
+            .unwrap_or_else(|| panic!("no measured tile for {m}×{n}×{k}"));
+        assert!([32, 64, 128].contains(&choice.tile), "{choice:?}");
     }
 }
 

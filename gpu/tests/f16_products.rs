@@ -239,6 +239,7 @@ fn every_tile_size_gives_the_same_f16_bits() {
         MatmulTiles::Tiles64,
         MatmulTiles::Tiles32,
         MatmulTiles::Auto,
+        MatmulTiles::Measured,
     ] {
         forced.set_matmul_tiles(tiles);
         let bits: Vec<u32> = product(&forced, &case, &operands, Precision::F16)

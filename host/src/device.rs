@@ -197,18 +197,20 @@ fn cpu_amx_from_env() -> Result<bool> {
     }
 }
 
-/// `DEBERTA_WGPU_MATMUL_TILES`: `auto` (default), `128`, `64` or `32` forces the tile size of the
+/// `DEBERTA_WGPU_MATMUL_TILES`: `measured` (default: each product shape's tile size timed on
+/// the device), `auto` (the occupancy rule), or `128`, `64`, `32` forcing the tile size of the
 /// wgpu matrix products (a tuning knob: the results are the same).
 #[cfg(feature = "gpu")]
 fn matmul_tiles_from_env() -> Result<MatmulTiles> {
     const VAR: &str = "DEBERTA_WGPU_MATMUL_TILES";
     match std::env::var(VAR).as_deref() {
-        Err(_) | Ok("") | Ok("auto") => Ok(MatmulTiles::Auto),
+        Err(_) | Ok("") | Ok("measured") => Ok(MatmulTiles::Measured),
+        Ok("auto") => Ok(MatmulTiles::Auto),
         Ok("128") => Ok(MatmulTiles::Tiles128),
         Ok("64") => Ok(MatmulTiles::Tiles64),
         Ok("32") => Ok(MatmulTiles::Tiles32),
         Ok(other) => Err(Error::Usage(format!(
-            "{VAR}={other}: expected auto, 128, 64 or 32"
+            "{VAR}={other}: expected measured, auto, 128, 64 or 32"
         ))),
     }
 }

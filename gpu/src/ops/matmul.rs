@@ -1,7 +1,10 @@
 //! Batched strided matmul: picks the tile size (or the thin-product kernel), converts the layouts to the
 //! kernel's 32-bit parameters and splits the batch over dispatches.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
 
 use deberta_core::Error;
 use deberta_core::kernels::{MatmulSpec, MatrixLayout};
@@ -9,8 +12,10 @@ use deberta_core::kernels::{MatmulSpec, MatrixLayout};
 use super::memory::alloc;
 use super::word;
 use crate::device::Gpu;
+use crate::error::device_error;
 use crate::kernels::{Kernel, MATMUL_THREADS, TILE_K};
 use crate::params::MatmulParams;
+use crate::pool::PooledBuffer;
 use crate::tensor::GpuTensor;
 
 /// Below this many rows or columns of C the tiled kernels waste most of their tile.
@@ -26,9 +31,14 @@ const LARGE_TILE_MIN_WORKGROUPS: usize = 256;
 /// kernel). All compute the same sums in the same order; the choice is only about speed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MatmulTiles {
-    /// Per product: the largest tiles it has enough of (see the README), within the adapter's
-    /// workgroup memory.
+    /// Per product shape, the tile size that ran fastest on this device the first time the
+    /// shape came (each size that fits timed on the product itself, into scratch), kept for the
+    /// device's lifetime. Products the rule gives the thin kernel or splits along k keep the
+    /// rule's plan (a split sums in another order).
     #[default]
+    Measured,
+    /// Per product: the largest tiles it has enough of (the occupancy rule, see the README),
+    /// within the adapter's workgroup memory.
     Auto,
     /// Always 32×32 tiles.
     Tiles32,
@@ -41,19 +51,21 @@ pub enum MatmulTiles {
 impl MatmulTiles {
     fn code(self) -> u8 {
         match self {
-            MatmulTiles::Auto => 0,
-            MatmulTiles::Tiles32 => 1,
-            MatmulTiles::Tiles64 => 2,
-            MatmulTiles::Tiles128 => 3,
+            MatmulTiles::Measured => 0,
+            MatmulTiles::Auto => 1,
+            MatmulTiles::Tiles32 => 2,
+            MatmulTiles::Tiles64 => 3,
+            MatmulTiles::Tiles128 => 4,
         }
     }
 
     fn from_code(code: u8) -> Self {
         match code {
-            1 => MatmulTiles::Tiles32,
-            2 => MatmulTiles::Tiles64,
-            3 => MatmulTiles::Tiles128,
-            _ => MatmulTiles::Auto,
+            1 => MatmulTiles::Auto,
+            2 => MatmulTiles::Tiles32,
+            3 => MatmulTiles::Tiles64,
+            4 => MatmulTiles::Tiles128,
+            _ => MatmulTiles::Measured,
         }
     }
 }
@@ -69,6 +81,92 @@ impl TilePolicy {
 
     pub(crate) fn set(&self, tiles: MatmulTiles) {
         self.0.store(tiles.code(), Ordering::Relaxed);
+    }
+}
+
+/// What makes two products the same for [`MatmulTiles::Measured`]: sizes, batch entries, the
+/// operand format and the layout properties the kernel's loads depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ProductShape {
+    m: usize,
+    n: usize,
+    k: usize,
+    entries: usize,
+    f16_operands: bool,
+    a_k_contiguous: bool,
+    b_k_contiguous: bool,
+    /// The entries run one dispatch each (they accumulate into one C).
+    sequential: bool,
+}
+
+/// A tile size [`MatmulTiles::Measured`] chose: the product's `m × n × k` over `entries` batch
+/// entries, whether its operands were f16, and the tile side it runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeasuredTile {
+    /// Rows of C.
+    pub m: usize,
+    /// Columns of C.
+    pub n: usize,
+    /// Inner dimension.
+    pub k: usize,
+    /// Batch entries.
+    pub entries: usize,
+    /// Whether the operands were rounded to f16.
+    pub f16_operands: bool,
+    /// The side of the tiles it runs on (32, 64 or 128).
+    pub tile: u32,
+}
+
+/// Rounds of the timing of each candidate tile size (the fastest counts), after one untimed
+/// run that compiles its pipeline.
+const MEASURE_ROUNDS: usize = 3;
+
+/// Per product shape, the kernel and tile side measured fastest.
+type Choices = HashMap<ProductShape, (Kernel, u32)>;
+
+/// The measured choices of one device.
+#[derive(Debug, Default)]
+pub(crate) struct MeasuredTiles(Mutex<Choices>);
+
+impl MeasuredTiles {
+    fn get(&self, shape: &ProductShape) -> Result<Option<(Kernel, u32)>, Error> {
+        Ok(self.lock()?.get(shape).copied())
+    }
+
+    fn insert(&self, shape: ProductShape, choice: (Kernel, u32)) -> Result<(), Error> {
+        self.lock()?.insert(shape, choice);
+        Ok(())
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Choices>, Error> {
+        self.0
+            .lock()
+            .map_err(|_| device_error("measured matmul tiles lock poisoned"))
+    }
+
+    /// Every choice so far (largest products first).
+    pub(crate) fn choices(&self) -> Vec<MeasuredTile> {
+        let Ok(map) = self.0.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<MeasuredTile> = map
+            .iter()
+            .map(|(shape, &(_, tile))| MeasuredTile {
+                m: shape.m,
+                n: shape.n,
+                k: shape.k,
+                entries: shape.entries,
+                f16_operands: shape.f16_operands,
+                tile,
+            })
+            .collect();
+        out.sort_by_key(|t| {
+            (
+                std::cmp::Reverse(t.m * t.n * t.k * t.entries),
+                t.f16_operands,
+            )
+        });
+        out
     }
 }
 
@@ -102,6 +200,12 @@ struct Plan {
 /// whose k is the token count) runs on 64-wide tiles split along k until it has enough
 /// workgroups, each piece at least [`SPLIT_MIN_DEPTH`] deep.
 fn plan(tiles: MatmulTiles, [m, n, k, entries]: [usize; 4], workgroup_memory: u32) -> Plan {
+    // Measured starts from the rule's plan (the tile of an unsplit tiled product is then
+    // timed).
+    let tiles = match tiles {
+        MatmulTiles::Measured => MatmulTiles::Auto,
+        other => other,
+    };
     let (kernel, tile) = choose_kernel(tiles, [m, n, entries], workgroup_memory);
     let unsplit = Plan {
         kernel,
@@ -147,7 +251,7 @@ fn choose_kernel(
     };
     let workgroups = |side: u32| m.div_ceil(side as usize) * n.div_ceil(side as usize) * entries;
     match tiles {
-        MatmulTiles::Auto => TILED
+        MatmulTiles::Auto | MatmulTiles::Measured => TILED
             .into_iter()
             .find(|&(_, side)| fits(side) && workgroups(side) >= LARGE_TILE_MIN_WORKGROUPS)
             .unwrap_or(TILED[2]),
@@ -216,7 +320,7 @@ pub(crate) fn matmul(
         c_batch_stride0,
         c_batch_stride1,
     ] = layout_words(&spec.c, spec.batch, spec.m, spec.n)?;
-    let mut params = MatmulParams {
+    let params = MatmulParams {
         batch1: word(spec.batch[1])?,
         m: word(spec.m)?,
         n: word(spec.n)?,
@@ -246,47 +350,142 @@ pub(crate) fn matmul(
         ..MatmulParams::default()
     };
     // The f16 variants stage half the bytes, so whatever fits in f32 fits.
+    let policy = gpu.matmul_tiles.get();
     let Plan {
         kernel,
         tile,
         splits,
     } = plan(
-        gpu.matmul_tiles.get(),
+        policy,
         [spec.m, spec.n, spec.k, entries],
         gpu.limits.max_compute_workgroup_storage_size,
     );
-    let kernel = match f16_operands {
+    let with_operands = |kernel: Kernel| match f16_operands {
         true => kernel.with_f16_operands(),
         false => kernel,
     };
-    let max = gpu.limits.max_compute_workgroups_per_dimension;
-    let x = word(spec.n.div_ceil(tile as usize))?;
-    let y = word(spec.m.div_ceil(tile as usize))?;
-    if x > max || y > max {
-        return Err(Error::ShapeMismatch {
-            what: "matmul output larger than the device's workgroup grid",
-            expected: (max as usize) * tile as usize,
-            found: spec.m.max(spec.n),
-        });
-    }
     if splits > 1 {
-        return split_k(gpu, [a, b, c], params, [x, y], (kernel, splits));
+        let grid = tile_grid(gpu, spec.m, spec.n, tile)?;
+        return split_k(
+            gpu,
+            [a, b, c],
+            params,
+            grid,
+            (with_operands(kernel), splits),
+        );
     }
     // Entries run concurrently when no two write the same element of C; otherwise one at a
     // time, in order, as the CPU runs them (e.g. a C shared by every entry, accumulated).
     let per_dispatch = if spec.output_is_injective() {
-        max as usize
+        gpu.limits.max_compute_workgroups_per_dimension as usize
     } else {
         1
     };
+    let (kernel, tile) = if policy == MatmulTiles::Measured && kernel != Kernel::MatmulSmall {
+        let shape = ProductShape {
+            m: spec.m,
+            n: spec.n,
+            k: spec.k,
+            entries,
+            f16_operands,
+            a_k_contiguous: params.a_k_contiguous != 0,
+            b_k_contiguous: params.b_k_contiguous != 0,
+            sequential: per_dispatch == 1,
+        };
+        match gpu.measured_tiles.get(&shape)? {
+            Some(choice) => choice,
+            None => {
+                let scratch: GpuTensor = alloc(gpu, c.len())?;
+                let timed = [gpu.buf(&scratch)?, buffers[1], buffers[2]];
+                let choice = measure(gpu, spec, |(kernel, tile)| {
+                    let grid = tile_grid(gpu, spec.m, spec.n, tile)?;
+                    let kernel = with_operands(kernel);
+                    dispatch_entries(gpu, (kernel, grid), params, &timed, entries, per_dispatch)
+                })?;
+                gpu.measured_tiles.insert(shape, choice)?;
+                choice
+            }
+        }
+    } else {
+        (kernel, tile)
+    };
+    let grid = tile_grid(gpu, spec.m, spec.n, tile)?;
+    dispatch_entries(
+        gpu,
+        (with_operands(kernel), grid),
+        params,
+        &buffers,
+        entries,
+        per_dispatch,
+    )
+}
+
+/// The `[x, y]` workgroup grid of an `m × n` output on `tile`-wide tiles, within the device's
+/// per-dimension limit.
+fn tile_grid(gpu: &Gpu, m: usize, n: usize, tile: u32) -> Result<[u32; 2], Error> {
+    let max = gpu.limits.max_compute_workgroups_per_dimension;
+    let x = word(n.div_ceil(tile as usize))?;
+    let y = word(m.div_ceil(tile as usize))?;
+    if x > max || y > max {
+        return Err(Error::ShapeMismatch {
+            what: "matmul output larger than the device's workgroup grid",
+            expected: (max as usize) * tile as usize,
+            found: m.max(n),
+        });
+    }
+    Ok([x, y])
+}
+
+/// Records the product (`params`) over `grid` on `kernel`, `per_dispatch` batch entries per
+/// dispatch.
+fn dispatch_entries(
+    gpu: &Gpu,
+    (kernel, [x, y]): (Kernel, [u32; 2]),
+    mut params: MatmulParams,
+    buffers: &[&PooledBuffer; 3],
+    entries: usize,
+    per_dispatch: usize,
+) -> Result<(), Error> {
     let mut first = 0;
     while first < entries {
         let count = per_dispatch.min(entries - first);
         params.entry_base = word(first)?;
-        gpu.dispatch(kernel, &params, &buffers, [x, y, count as u32])?;
+        gpu.dispatch(kernel, &params, buffers, [x, y, count as u32])?;
         first += count;
     }
     Ok(())
+}
+
+/// Times `run` (the product into scratch) on each tile size that fits the device and its
+/// grid, after waiting for the work recorded before; returns the fastest. One untimed run per
+/// size first (its pipeline compiles there), then the best of [`MEASURE_ROUNDS`] runs.
+fn measure(
+    gpu: &Gpu,
+    spec: &MatmulSpec,
+    run: impl Fn((Kernel, u32)) -> Result<(), Error>,
+) -> Result<(Kernel, u32), Error> {
+    let memory = gpu.limits.max_compute_workgroup_storage_size;
+    let candidates = TILED.into_iter().filter(|&(_, side)| {
+        workgroup_bytes(side) <= memory && tile_grid(gpu, spec.m, spec.n, side).is_ok()
+    });
+    gpu.wait()?;
+    let mut best: Option<((Kernel, u32), Duration)> = None;
+    for candidate in candidates {
+        run(candidate)?;
+        gpu.wait()?;
+        let mut fastest = Duration::MAX;
+        for _ in 0..MEASURE_ROUNDS {
+            let start = Instant::now();
+            run(candidate)?;
+            gpu.wait()?;
+            fastest = fastest.min(start.elapsed());
+        }
+        if best.is_none_or(|(_, time)| fastest < time) {
+            best = Some((candidate, fastest));
+        }
+    }
+    // 32-wide tiles always fit (the WebGPU default workgroup memory holds them).
+    Ok(best.map_or(TILED[2], |(choice, _)| choice))
 }
 
 /// One product (`params`, already checked) as `splits` pieces along k into a scratch slab
