@@ -32,8 +32,8 @@ const LARGE_TILE_MIN_WORKGROUPS: usize = 256;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MatmulTiles {
     /// Per product shape, the tile size that ran fastest on this device the first time the
-    /// shape came (each size that fits timed on the product itself, into scratch), kept for the
-    /// device's lifetime. Products the rule gives the thin kernel or splits along k keep the
+    /// shape came (each size that fits timed on the product itself, into C where β = 0, else
+    /// into scratch), kept for the device's lifetime. Products the rule gives the thin kernel or splits along k keep the
     /// rule's plan (a split sums in another order).
     #[default]
     Measured,
@@ -395,8 +395,17 @@ pub(crate) fn matmul(
         match gpu.measured_tiles.get(&shape)? {
             Some(choice) => choice,
             None => {
-                let scratch: GpuTensor = alloc(gpu, c.len())?;
-                let timed = [gpu.buf(&scratch)?, buffers[1], buffers[2]];
+                // The timing runs write C itself where C is not read (β = 0: the real run
+                // overwrites it), else a scratch copy's worth of memory.
+                let scratch: Option<GpuTensor> = match spec.beta == 0.0 {
+                    true => None,
+                    false => Some(alloc(gpu, c.len())?),
+                };
+                let output = match &scratch {
+                    Some(scratch) => gpu.buf(scratch)?,
+                    None => buffers[0],
+                };
+                let timed = [output, buffers[1], buffers[2]];
                 let choice = measure(gpu, spec, |(kernel, tile)| {
                     let grid = tile_grid(gpu, spec.m, spec.n, tile)?;
                     let kernel = with_operands(kernel);
@@ -456,7 +465,7 @@ fn dispatch_entries(
     Ok(())
 }
 
-/// Times `run` (the product into scratch) on each tile size that fits the device and its
+/// Times `run` (the product, into C or scratch) on each tile size that fits the device and its
 /// grid, after waiting for the work recorded before; returns the fastest. One untimed run per
 /// size first (its pipeline compiles there), then the best of [`MEASURE_ROUNDS`] runs.
 fn measure(
