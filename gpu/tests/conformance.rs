@@ -307,6 +307,38 @@ fn every_tiled_matmul_kernel_matches_cpu() {
     }
 }
 
+/// A product whose C is read (β ≠ 0) and over 16 MiB keeps the occupancy rule instead of
+/// timing into a scratch C that large; the same shape with β = 0 is timed into C itself.
+#[test]
+fn large_accumulating_products_are_not_measured() {
+    if gpu().is_none() {
+        return;
+    }
+    let own = WgpuBackend::new(AdapterChoice::default()).expect("second device");
+    let measured = |beta: f32| {
+        let case = MatmulCase {
+            batch: [1, 1],
+            m: 2048,
+            n: 2080,
+            k: 16,
+            transpose_a: false,
+            transpose_b: false,
+            transpose_c: false,
+            alpha: 1.0,
+            beta,
+            seed: 5,
+        };
+        let expected = matmul_case(&CpuBackend::new(), &case);
+        let found = matmul_case(&own, &case);
+        assert_close(&format!("beta {beta}"), &expected[0], &found[0], TOL * 16.0);
+        own.measured_matmul_tiles()
+            .iter()
+            .any(|t| (t.m, t.n, t.k) == (2048, 2080, 16))
+    };
+    assert!(!measured(1.0), "a 17 MB accumulated C was measured");
+    assert!(measured(0.0), "the same product into C was not measured");
+}
+
 #[test]
 fn split_k_weight_gradient_products_match_cpu() {
     let Some(gpu) = gpu() else {

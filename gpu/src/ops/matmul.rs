@@ -33,8 +33,9 @@ const LARGE_TILE_MIN_WORKGROUPS: usize = 256;
 pub enum MatmulTiles {
     /// Per product shape, the tile size that ran fastest on this device the first time the
     /// shape came (each size that fits timed on the product itself, into C where β = 0, else
-    /// into scratch), kept for the device's lifetime. Products the rule gives the thin kernel or splits along k keep the
-    /// rule's plan (a split sums in another order).
+    /// into a scratch C of at most 16 MiB), kept for the device's lifetime. Products the rule
+    /// gives the thin kernel or splits along k, and those whose C is read and larger than
+    /// that, keep the rule's plan (a split sums in another order).
     #[default]
     Measured,
     /// Per product: the largest tiles it has enough of (the occupancy rule, see the README),
@@ -123,6 +124,10 @@ const MEASURE_ROUNDS: usize = 3;
 
 /// Per product shape, the kernel and tile side measured fastest.
 type Choices = HashMap<ProductShape, (Kernel, u32)>;
+
+/// The largest scratch C (bytes) the timing of a product whose C is read (β ≠ 0) allocates;
+/// larger ones keep the occupancy rule (the scratch would stay in the buffer pool).
+const MEASURE_SCRATCH_MAX_BYTES: usize = 16 << 20;
 
 /// The measured choices of one device.
 #[derive(Debug, Default)]
@@ -381,43 +386,22 @@ pub(crate) fn matmul(
     } else {
         1
     };
-    let (kernel, tile) = if policy == MatmulTiles::Measured && kernel != Kernel::MatmulSmall {
-        let shape = ProductShape {
-            m: spec.m,
-            n: spec.n,
-            k: spec.k,
-            entries,
-            f16_operands,
-            a_k_contiguous: params.a_k_contiguous != 0,
-            b_k_contiguous: params.b_k_contiguous != 0,
-            sequential: per_dispatch == 1,
+    // Where C is read (β ≠ 0) the timing runs need a scratch C: not beyond
+    // MEASURE_SCRATCH_MAX_BYTES (e.g. the tied embedding's accumulated gradient keeps the rule).
+    let measurable = spec.beta == 0.0 || c.len() * 4 <= MEASURE_SCRATCH_MAX_BYTES;
+    let (kernel, tile) =
+        match policy == MatmulTiles::Measured && kernel != Kernel::MatmulSmall && measurable {
+            true => measured_choice(
+                gpu,
+                spec,
+                c,
+                params,
+                &buffers,
+                (entries, per_dispatch),
+                f16_operands,
+            )?,
+            false => (kernel, tile),
         };
-        match gpu.measured_tiles.get(&shape)? {
-            Some(choice) => choice,
-            None => {
-                // The timing runs write C itself where C is not read (β = 0: the real run
-                // overwrites it), else a scratch copy's worth of memory.
-                let scratch: Option<GpuTensor> = match spec.beta == 0.0 {
-                    true => None,
-                    false => Some(alloc(gpu, c.len())?),
-                };
-                let output = match &scratch {
-                    Some(scratch) => gpu.buf(scratch)?,
-                    None => buffers[0],
-                };
-                let timed = [output, buffers[1], buffers[2]];
-                let choice = measure(gpu, spec, |(kernel, tile)| {
-                    let grid = tile_grid(gpu, spec.m, spec.n, tile)?;
-                    let kernel = with_operands(kernel);
-                    dispatch_entries(gpu, (kernel, grid), params, &timed, entries, per_dispatch)
-                })?;
-                gpu.measured_tiles.insert(shape, choice)?;
-                choice
-            }
-        }
-    } else {
-        (kernel, tile)
-    };
     let grid = tile_grid(gpu, spec.m, spec.n, tile)?;
     dispatch_entries(
         gpu,
@@ -427,6 +411,52 @@ pub(crate) fn matmul(
         entries,
         per_dispatch,
     )
+}
+
+/// The tile [`MatmulTiles::Measured`] runs the product on: the one kept for its shape, or the
+/// fastest of [`measure`] (into C where β = 0, which the real run then overwrites, else into a
+/// scratch C), kept from then on.
+fn measured_choice(
+    gpu: &Gpu,
+    spec: &MatmulSpec,
+    c: &GpuTensor,
+    params: MatmulParams,
+    buffers: &[&PooledBuffer; 3],
+    (entries, per_dispatch): (usize, usize),
+    f16_operands: bool,
+) -> Result<(Kernel, u32), Error> {
+    let shape = ProductShape {
+        m: spec.m,
+        n: spec.n,
+        k: spec.k,
+        entries,
+        f16_operands,
+        a_k_contiguous: params.a_k_contiguous != 0,
+        b_k_contiguous: params.b_k_contiguous != 0,
+        sequential: per_dispatch == 1,
+    };
+    if let Some(choice) = gpu.measured_tiles.get(&shape)? {
+        return Ok(choice);
+    }
+    let scratch: Option<GpuTensor> = match spec.beta == 0.0 {
+        true => None,
+        false => Some(alloc(gpu, c.len())?),
+    };
+    let output = match &scratch {
+        Some(scratch) => gpu.buf(scratch)?,
+        None => buffers[0],
+    };
+    let timed = [output, buffers[1], buffers[2]];
+    let choice = measure(gpu, spec, |(kernel, tile)| {
+        let grid = tile_grid(gpu, spec.m, spec.n, tile)?;
+        let kernel = match f16_operands {
+            true => kernel.with_f16_operands(),
+            false => kernel,
+        };
+        dispatch_entries(gpu, (kernel, grid), params, &timed, entries, per_dispatch)
+    })?;
+    gpu.measured_tiles.insert(shape, choice)?;
+    Ok(choice)
 }
 
 /// The `[x, y]` workgroup grid of an `m × n` output on `tile`-wide tiles, within the device's
