@@ -286,9 +286,12 @@ kernels! {
 }
 
 impl Kernel {
-    /// The same product kernel with f16 operands (the kernel itself for kernels without such
-    /// a variant).
-    pub(crate) const fn with_f16_operands(self) -> Kernel {
+    /// The same product kernel for f16 operands when `f16` is set (the kernel itself otherwise,
+    /// and for kernels without such a variant).
+    pub(crate) const fn with_operands(self, f16: bool) -> Kernel {
+        if !f16 {
+            return self;
+        }
         match self {
             Kernel::MatmulTiled32 => Kernel::MatmulTiled32F16,
             Kernel::MatmulTiled64 => Kernel::MatmulTiled64F16,

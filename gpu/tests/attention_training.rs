@@ -190,9 +190,23 @@ fn base() -> Case {
     }
 }
 
+/// [`check`] over `cases`, printing the worst errors.
+fn check_all(cases: impl IntoIterator<Item = (Case, Option<f32>)>) {
+    let mut worst = (0.0f32, 0.0f32);
+    for (case, dropout) in cases {
+        if let Some((same, cpu)) = check(&case, dropout) {
+            worst = (worst.0.max(same), worst.1.max(cpu));
+        }
+    }
+    println!(
+        "worst error: fused vs composed on wgpu {:e}, vs cpu {:e}",
+        worst.0, worst.1
+    );
+}
+
 #[test]
 fn every_term_padding_and_dropout_combination() {
-    let mut worst = (0.0f32, 0.0f32);
+    let mut cases = Vec::new();
     for (c2p, p2c) in [(false, false), (true, false), (false, true), (true, true)] {
         for valid in [vec![19, 19], vec![1, 19], vec![19, 0], vec![7, 12]] {
             for dropout in [None, Some(0.1), Some(0.5)] {
@@ -202,23 +216,18 @@ fn every_term_padding_and_dropout_combination() {
                     valid: valid.clone(),
                     ..base()
                 };
-                if let Some((same, cpu)) = check(&case, dropout) {
-                    worst = (worst.0.max(same), worst.1.max(cpu));
-                }
+                cases.push((case, dropout));
             }
         }
     }
-    println!(
-        "worst error: fused vs composed on wgpu {:e}, vs cpu {:e}",
-        worst.0, worst.1
-    );
+    check_all(cases);
 }
 
 /// Rows longer than one step of the backward's workgroups (64 keys or queries at a time): whole
 /// and partial steps, padded rows, and heads narrower than the workgroup.
 #[test]
 fn rows_longer_than_a_workgroup_step() {
-    let mut worst = (0.0f32, 0.0f32);
+    let mut cases = Vec::new();
     for (len, head_dim, valid) in [(150, 64, vec![150, 97]), (130, 40, vec![3, 130])] {
         for dropout in [None, Some(0.1)] {
             let case = Case {
@@ -227,15 +236,10 @@ fn rows_longer_than_a_workgroup_step() {
                 valid: valid.clone(),
                 ..base()
             };
-            if let Some((same, cpu)) = check(&case, dropout) {
-                worst = (worst.0.max(same), worst.1.max(cpu));
-            }
+            cases.push((case, dropout));
         }
     }
-    println!(
-        "worst error: fused vs composed on wgpu {:e}, vs cpu {:e}",
-        worst.0, worst.1
-    );
+    check_all(cases);
 }
 
 /// Mixed precision (f16 products, on adapters with `SHADER_F16`): the fused kernels round every

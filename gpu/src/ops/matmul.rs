@@ -365,10 +365,6 @@ pub(crate) fn matmul(
         [spec.m, spec.n, spec.k, entries],
         gpu.limits.max_compute_workgroup_storage_size,
     );
-    let with_operands = |kernel: Kernel| match f16_operands {
-        true => kernel.with_f16_operands(),
-        false => kernel,
-    };
     if splits > 1 {
         let grid = tile_grid(gpu, spec.m, spec.n, tile)?;
         return split_k(
@@ -376,7 +372,7 @@ pub(crate) fn matmul(
             [a, b, c],
             params,
             grid,
-            (with_operands(kernel), splits),
+            (kernel.with_operands(f16_operands), splits),
         );
     }
     // Entries run concurrently when no two write the same element of C; otherwise one at a
@@ -405,7 +401,7 @@ pub(crate) fn matmul(
     let grid = tile_grid(gpu, spec.m, spec.n, tile)?;
     dispatch_entries(
         gpu,
-        (with_operands(kernel), grid),
+        (kernel.with_operands(f16_operands), grid),
         params,
         &buffers,
         entries,
@@ -449,10 +445,7 @@ fn measured_choice(
     let timed = [output, buffers[1], buffers[2]];
     let choice = measure(gpu, spec, |(kernel, tile)| {
         let grid = tile_grid(gpu, spec.m, spec.n, tile)?;
-        let kernel = match f16_operands {
-            true => kernel.with_f16_operands(),
-            false => kernel,
-        };
+        let kernel = kernel.with_operands(f16_operands);
         dispatch_entries(gpu, (kernel, grid), params, &timed, entries, per_dispatch)
     })?;
     gpu.measured_tiles.insert(shape, choice)?;

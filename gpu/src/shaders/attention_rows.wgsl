@@ -58,23 +58,6 @@ fn relative_index(i: u32, j: u32) -> u32 {
     return index[i * params.len + j];
 }
 
-// `x` as a product's operand: rounded to binary16 (and back) under mixed precision, as the
-// forward (fused_attention.wgsl's `operand4`) and the f16 matmul kernels round theirs
-// (f16_round.wgsl, prepended).
-fn operand(x: f32) -> f32 {
-    if (params.f16_operands == 0u) {
-        return x;
-    }
-    return f16_round(x);
-}
-
-fn operand4(v: vec4<f32>) -> vec4<f32> {
-    if (params.f16_operands == 0u) {
-        return v;
-    }
-    return f16_round4(v);
-}
-
 // Four consecutive elements of a row of `values` from `at`, zero from column `d` on, as an
 // operand.
 fn row4(at: u32, c: u32, d: u32, which: u32) -> vec4<f32> {

@@ -3,6 +3,7 @@
 // need a downlevel capability for): round to nearest, ties to even, as the f16 matmul kernels'
 // conversions; f16 subnormals kept (steps of 2⁻²⁴), magnitudes that round past 65504 become
 // infinities (the overflow dynamic loss scaling watches for), NaN and infinities unchanged.
+// `operand`/`operand4` read the `f16_operands` flag of the kernel file's `params`.
 
 fn f16_round(x: f32) -> f32 {
     let bits = bitcast<u32>(x);
@@ -28,4 +29,21 @@ fn f16_round(x: f32) -> f32 {
 
 fn f16_round4(v: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(f16_round(v.x), f16_round(v.y), f16_round(v.z), f16_round(v.w));
+}
+
+// `x` as a product's operand: rounded to binary16 (and back) under mixed precision
+// (`params.f16_operands`), as the f16 matmul kernels round theirs, so that the attention
+// kernels and the composed attention of mixed precision multiply numbers of the same format.
+fn operand(x: f32) -> f32 {
+    if (params.f16_operands == 0u) {
+        return x;
+    }
+    return f16_round(x);
+}
+
+fn operand4(v: vec4<f32>) -> vec4<f32> {
+    if (params.f16_operands == 0u) {
+        return v;
+    }
+    return f16_round4(v);
 }

@@ -119,18 +119,8 @@ var<workgroup> staged: array<vec4<f32>, SHARED_VECS>;
 var<workgroup> partial_max: array<vec4<f32>, THREADS>;
 var<workgroup> partial_sum: array<vec4<f32>, THREADS>;
 
-// `v` as a product's operand: rounded to binary16 (and back) under mixed precision, as the
-// f16 matmul kernels round their operands, so that this kernel and the composed attention of
-// mixed precision multiply numbers of the same format (f16_round.wgsl, prepended).
-fn operand4(v: vec4<f32>) -> vec4<f32> {
-    if (params.f16_operands == 0u) {
-        return v;
-    }
-    return f16_round4(v);
-}
-
 // Four consecutive head columns c .. c + 3 of a row starting at `at` (zero at and beyond d),
-// as an operand (`operand4`).
+// as an operand (`operand4`, f16_round.wgsl).
 fn query4(at: u32, c: u32) -> vec4<f32> {
     let d = params.head_dim;
     var v = vec4<f32>(0.0);
