@@ -67,6 +67,16 @@ pub fn used_index_range(len: usize, cfg: &ModelConfig) -> Result<IndexWindow, Er
     let span = cfg.attention_span();
     let first = relative_index(relative_position(0, len - 1, cfg), span);
     let last = relative_index(relative_position(len - 1, 0, cfg), span);
+    // The bucketing is monotone only while `max_relative_positions − 1 > position_buckets / 2`
+    // (its log's denominator positive); a config past that has no window.
+    if last < first {
+        return Err(Error::ShapeMismatch {
+            what: "relative-position window: this position_buckets / max_relative_positions \
+                   pair makes the log buckets decrease (its last row comes before its first)",
+            expected: first,
+            found: last,
+        });
+    }
     Ok(IndexWindow {
         first,
         rows: last - first + 1,
@@ -204,6 +214,23 @@ mod tests {
     fn alloc_table(len: usize) -> [u32; 1600] {
         assert!(len * len <= 1600);
         [0; 1600]
+    }
+
+    /// Found by fuzzing `edge_detect`: with `max_relative_positions − 1` below half the buckets
+    /// the log buckets run backwards, which must be an error, not an overflow.
+    #[test]
+    fn decreasing_buckets_are_an_error() {
+        let mut cfg = tiny_config();
+        // 8 buckets (mid 4) and max_relative_positions 2: log((2 − 1)/4) < 0, so bucket(99)
+        // is −2 and bucket(−99) is 2.
+        cfg.max_relative_positions = 2;
+        assert_eq!(relative_position(99, 0, &cfg), -2);
+        assert!(matches!(
+            used_index_range(100, &cfg),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        // Short sequences still bucket monotonically.
+        assert!(used_index_range(4, &cfg).is_ok());
     }
 
     #[test]
