@@ -46,7 +46,9 @@ pub fn relative_position(query: usize, key: usize, cfg: &ModelConfig) -> i64 {
 /// `clamp(rel + S, 0, 2S − 1)`: the relative-embedding row for a bucketed position.
 pub fn relative_index(rel: i64, span: usize) -> usize {
     let span = span as i64;
-    (rel + span).clamp(0, 2 * span - 1) as usize
+    // Saturating: a degenerate bucketing (max_relative_positions − 1 = position_buckets / 2
+    // divides by log 1 = 0) saturates `rel` to ±i64::MAX.
+    rel.saturating_add(span).clamp(0, 2 * span - 1) as usize
 }
 
 /// The window of relative-embedding rows a sequence of a given length can read.
@@ -231,6 +233,12 @@ mod tests {
         ));
         // Short sequences still bucket monotonically.
         assert!(used_index_range(4, &cfg).is_ok());
+        // max_relative_positions − 1 = mid: the log's denominator is 0 and the buckets
+        // saturate instead of overflowing.
+        cfg.max_relative_positions = 5;
+        assert_eq!(relative_position(99, 0, &cfg), i64::MAX);
+        let window = used_index_range(100, &cfg).unwrap();
+        assert_eq!(window.first + window.rows, 2 * cfg.attention_span());
     }
 
     #[test]
