@@ -20,7 +20,10 @@
 #              540, so that the whole script fits one 10-minute call on a lent machine): once it
 #              has passed, the remaining cases are skipped (and listed), so a run always ends with
 #              the table of what it measured. TORCH_DEVICE (default cuda; cpu checks the script
-#              on a machine without CUDA, e.g. against lavapipe).
+#              on a machine without CUDA, e.g. against lavapipe). DEBERTA_WGPU_TILE_CACHE
+#              (default: tile-cache/ beside RESULTS): where our runs keep the matmul tile sizes
+#              they measure, so that the later runs reuse them and the choices come back with
+#              the results.
 # Precisions: ours f32 (fp32 products) against PyTorch fp32 (TF32 off); ours mixed (f16
 # products where the adapter has SHADER_F16, f32 master weights, dynamic loss scaling) against
 # PyTorch AMP (fp16 autocast + one GradScaler per optimizer). The matmuls: f32 and f16 operands
@@ -49,6 +52,8 @@ RESULTS="${1:-$ROOT/target/gpu-bench.jsonl}"
 TIME_LIMIT="${TIME_LIMIT:-540}"
 TORCH_DEVICE="${TORCH_DEVICE:-cuda}"
 KERNEL_TIMES="${KERNEL_TIMES:-1}"
+DEBERTA_WGPU_TILE_CACHE="${DEBERTA_WGPU_TILE_CACHE:-$(dirname "$RESULTS")/tile-cache}"
+export DEBERTA_WGPU_TILE_CACHE
 kernel_times=()
 [ "$KERNEL_TIMES" = 1 ] && kernel_times=(--kernel-times)
 : >"$RESULTS"

@@ -14,7 +14,8 @@ use deberta_core::{Activation, Backend, Error, Precision};
 use crate::adapter::{AdapterChoice, AdapterSummary};
 use crate::device::Gpu;
 use crate::error::GpuError;
-use crate::ops::matmul::{MatmulTiles, MeasuredTile};
+use crate::measured_tiles::{self, MeasuredTile};
+use crate::ops::matmul::MatmulTiles;
 use crate::ops::{
     attention, attention_training, elementwise, embedding, layer_norm, loss, matmul, memory,
     optimizer, random, reduce, relative_scores, softmax,
@@ -46,9 +47,35 @@ impl WgpuBackend {
         self.gpu.matmul_tiles.set(tiles);
     }
 
-    /// The tile size [`MatmulTiles::Measured`] chose for each product shape measured so far.
+    /// The tile size [`MatmulTiles::Measured`] chose for each product shape measured so far
+    /// (or loaded by [`WgpuBackend::keep_matmul_tiles_in`]).
     pub fn measured_matmul_tiles(&self) -> Vec<MeasuredTile> {
         self.gpu.measured_tiles.choices()
+    }
+
+    /// Keeps the tile sizes [`MatmulTiles::Measured`] chooses in `dir`, in a file named for this
+    /// adapter, its driver and the matmul kernels' text ([`WgpuBackend::matmul_tile_file`]), so
+    /// that later processes reuse them instead of timing each shape again: loads the choices the
+    /// file holds (returns their number, 0 where there is no file yet) and rewrites the file
+    /// whenever a new shape is measured. Every tile size gives the same bits, so the file only
+    /// ever changes speed. A file that cannot be read, is not in the format or was written for
+    /// another adapter, driver or kernel text is an error, and is replaced at the next
+    /// measurement all the same.
+    pub fn keep_matmul_tiles_in(&self, dir: &std::path::Path) -> Result<usize, GpuError> {
+        let path = self.matmul_tile_file(dir);
+        self.gpu.measured_tiles.keep_in(&path, &self.gpu.adapter)
+    }
+
+    /// The file in `dir` that [`WgpuBackend::keep_matmul_tiles_in`] keeps this device's tile
+    /// sizes in.
+    pub fn matmul_tile_file(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        dir.join(measured_tiles::file_name(&self.gpu.adapter))
+    }
+
+    /// The first failure to write the tile file of [`WgpuBackend::keep_matmul_tiles_in`]
+    /// (`path: reason`); the products ran and their choices are kept in memory regardless.
+    pub fn matmul_tile_file_error(&self) -> Option<String> {
+        self.gpu.measured_tiles.write_error()
     }
 
     /// Whether f16 products run (the device was opened with `SHADER_F16`: the adapter has it

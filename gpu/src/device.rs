@@ -7,7 +7,8 @@ use deberta_core::Error;
 
 use crate::adapter::{AdapterChoice, AdapterSummary, instance, select};
 use crate::error::{ErrorLog, GpuError, device_error};
-use crate::ops::matmul::{MeasuredTiles, TilePolicy};
+use crate::measured_tiles::MeasuredTiles;
+use crate::ops::matmul::TilePolicy;
 use crate::pipelines::Pipelines;
 use crate::pool::{Pool, PooledBuffer};
 use crate::recorder::{ARENA_BYTES, Recorder};

@@ -21,6 +21,16 @@ pub enum GpuError {
         /// wgpu's message.
         message: String,
     },
+    /// The file of measured matmul tile sizes could not be read or parsed
+    /// ([`crate::WgpuBackend::keep_matmul_tiles_in`]).
+    TileCache {
+        /// The file.
+        path: String,
+        /// The line at fault (1-based), if one is.
+        line: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl fmt::Display for GpuError {
@@ -47,6 +57,14 @@ impl fmt::Display for GpuError {
                     write!(f, "; adapters found: {}", found.join("; "))
                 }
             }
+            GpuError::TileCache {
+                path,
+                line,
+                message,
+            } => match line {
+                Some(line) => write!(f, "matmul tile file {path}, line {line}: {message}"),
+                None => write!(f, "matmul tile file {path}: {message}"),
+            },
             GpuError::RequestDevice { adapter, message } => {
                 write!(
                     f,
@@ -65,6 +83,7 @@ impl From<GpuError> for deberta_core::Error {
             what: match error {
                 GpuError::NoAdapter { .. } => "no GPU adapter with compute support",
                 GpuError::RequestDevice { .. } => "the GPU adapter could not open a device",
+                GpuError::TileCache { .. } => "the matmul tile file could not be read",
             },
         }
     }

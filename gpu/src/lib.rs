@@ -39,6 +39,7 @@ mod error;
 mod kernel_timer;
 mod kernels;
 mod matmul_source;
+mod measured_tiles;
 mod ops;
 mod params;
 mod pipelines;
@@ -51,7 +52,8 @@ mod transfer;
 pub use adapter::{AdapterChoice, AdapterSummary, Capabilities, list_adapters};
 pub use backend::{DeviceMemory, WgpuBackend};
 pub use error::GpuError;
-pub use ops::matmul::{MatmulTiles, MeasuredTile};
+pub use measured_tiles::MeasuredTile;
+pub use ops::matmul::MatmulTiles;
 pub use tensor::{DeviceBuffer, GpuIndices, GpuTensor};
 pub use test_backend::test_backend;
 /// The kind of an adapter (discrete, integrated, virtual, CPU, other), as wgpu reports it.

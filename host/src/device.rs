@@ -113,9 +113,17 @@ where
                 name_contains: adapter.clone(),
             })
             .map_err(|e| Error::Usage(format!("--backend wgpu: {e}")))?;
-            backend.set_matmul_tiles(matmul_tiles_from_env()?);
+            let tiles = matmul_tiles_from_env()?;
+            backend.set_matmul_tiles(tiles);
             eprintln!("wgpu adapter: {}", backend.adapter());
-            task.run(&backend)
+            if tiles == MatmulTiles::Measured {
+                keep_matmul_tiles(&backend);
+            }
+            let output = task.run(&backend);
+            if let Some(failure) = backend.matmul_tile_file_error() {
+                eprintln!("warning: the measured matmul tile sizes were not saved: {failure}");
+            }
+            output
         }
         #[cfg(not(feature = "gpu"))]
         BackendChoice::Wgpu(_) => Err(Error::Usage(
@@ -194,6 +202,40 @@ fn cpu_amx_from_env() -> Result<bool> {
         Err(_) | Ok("") | Ok("auto") => Ok(true),
         Ok("off") => Ok(false),
         Ok(other) => Err(Error::Usage(format!("{VAR}={other}: expected auto or off"))),
+    }
+}
+
+/// Keeps the measured matmul tile sizes in the directory `DEBERTA_WGPU_TILE_CACHE` names
+/// (default: `$XDG_CACHE_HOME/deberta`, else `$HOME/.cache/deberta`; `off`: none), so that a
+/// later run on the same adapter, driver and kernels reuses them. A file it cannot use is
+/// one warning, then measured again and replaced: the sizes change speed, never results.
+#[cfg(feature = "gpu")]
+fn keep_matmul_tiles(backend: &WgpuBackend) {
+    let Some(dir) = matmul_tile_dir_from_env() else {
+        return;
+    };
+    match backend.keep_matmul_tiles_in(&dir) {
+        Ok(0) => {}
+        Ok(shapes) => eprintln!(
+            "matmul tile sizes of {shapes} product shapes from {}",
+            backend.matmul_tile_file(&dir).display()
+        ),
+        Err(e) => eprintln!("warning: {e}; measuring again"),
+    }
+}
+
+/// The directory of the measured matmul tile sizes (see [`keep_matmul_tiles`]), if any.
+#[cfg(feature = "gpu")]
+fn matmul_tile_dir_from_env() -> Option<std::path::PathBuf> {
+    let set = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
+    match set("DEBERTA_WGPU_TILE_CACHE") {
+        Some(value) if value == "off" => None,
+        Some(dir) => Some(dir.into()),
+        None => set("XDG_CACHE_HOME")
+            .map(std::path::PathBuf::from)
+            .filter(|dir| dir.is_absolute())
+            .or_else(|| set("HOME").map(|home| std::path::Path::new(&home).join(".cache")))
+            .map(|cache| cache.join("deberta")),
     }
 }
 

@@ -1,8 +1,8 @@
 //! `deberta bench` end to end on the CPU, at tiny sizes: the matmul report and its JSON lines,
 //! the forward bench's fused/unfused attention switch, the SIMD cap, bad sizes and settings,
-//! and `deberta info`'s adapter limits.
+//! `deberta info`'s adapter limits and the wgpu matmul tile sizes kept between runs.
 
-use deberta_tests::{deberta, deberta_with_env, gpu_adapter_present};
+use deberta_tests::{deberta, deberta_with_env, gpu_adapter_present, temp_dir};
 use serde_json::Value;
 
 /// The JSON objects among stdout's lines.
@@ -197,4 +197,82 @@ fn info_lists_every_adapter_with_its_limits_and_features() {
             run.stdout
         );
     }
+}
+
+/// `DEBERTA_WGPU_TILE_CACHE`: the first wgpu run measures the product's tile size and saves it,
+/// the second says it loaded it; a broken file is one warning (the run goes on and replaces
+/// it), and `off` neither reads nor writes.
+#[test]
+fn wgpu_matmul_tile_sizes_are_kept_between_runs() {
+    if !gpu_adapter_present() {
+        return;
+    }
+    let dir = temp_dir("tile-cache");
+    let cache = dir.join("cache");
+    let cache_env = cache.to_str().unwrap();
+    let args = [
+        "bench",
+        "matmul",
+        "--backend",
+        "wgpu",
+        "--size",
+        "96",
+        "--warmup",
+        "0",
+        "--iters",
+        "1",
+    ];
+    let run = |value: &str| {
+        let run = deberta_with_env(&args, &[("DEBERTA_WGPU_TILE_CACHE", value)]);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        run
+    };
+    let first = run(cache_env);
+    assert!(
+        !first.stderr.contains("matmul tile sizes of"),
+        "{}",
+        first.stderr
+    );
+    let files: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let saved = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        saved.lines().any(|l| l.starts_with("96 96 96 1 ")),
+        "{saved}"
+    );
+
+    let second = run(cache_env);
+    let loaded = format!(
+        "matmul tile sizes of 1 product shapes from {}",
+        files[0].display()
+    );
+    assert!(second.stderr.contains(&loaded), "{}", second.stderr);
+
+    std::fs::write(&files[0], "format 9\n").unwrap();
+    let broken = run(cache_env);
+    let warning = format!(
+        "warning: matmul tile file {}, line 1: format",
+        files[0].display()
+    );
+    assert!(broken.stderr.contains(&warning), "{}", broken.stderr);
+    assert!(
+        broken.stderr.contains("measuring again"),
+        "{}",
+        broken.stderr
+    );
+    // Replaced: the same header, the shape measured again (its size may differ: timing).
+    let replaced = std::fs::read_to_string(&files[0]).unwrap();
+    let shape_lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(|l| l.rsplit_once(' ').map_or(l, |(shape, _)| shape).to_string())
+            .collect()
+    };
+    assert_eq!(shape_lines(&replaced), shape_lines(&saved), "{replaced}");
+
+    std::fs::remove_file(&files[0]).unwrap();
+    run("off");
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0);
 }

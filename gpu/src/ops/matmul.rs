@@ -1,8 +1,6 @@
 //! Batched strided matmul: picks the tile size (or the thin-product kernel), converts the layouts to the
 //! kernel's 32-bit parameters and splits the batch over dispatches.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
@@ -12,8 +10,8 @@ use deberta_core::kernels::{MatmulSpec, MatrixLayout};
 use super::memory::alloc;
 use super::word;
 use crate::device::Gpu;
-use crate::error::device_error;
 use crate::kernels::{Kernel, MATMUL_THREADS, TILE_K};
+use crate::measured_tiles::ProductShape;
 use crate::params::MatmulParams;
 use crate::pool::PooledBuffer;
 use crate::tensor::GpuTensor;
@@ -85,95 +83,13 @@ impl TilePolicy {
     }
 }
 
-/// What makes two products the same for [`MatmulTiles::Measured`]: sizes, batch entries, the
-/// operand format and the layout properties the kernel's loads depend on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct ProductShape {
-    m: usize,
-    n: usize,
-    k: usize,
-    entries: usize,
-    f16_operands: bool,
-    a_k_contiguous: bool,
-    b_k_contiguous: bool,
-    /// The entries run one dispatch each (they accumulate into one C).
-    sequential: bool,
-}
-
-/// A tile size [`MatmulTiles::Measured`] chose: the product's `m × n × k` over `entries` batch
-/// entries, whether its operands were f16, and the tile side it runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MeasuredTile {
-    /// Rows of C.
-    pub m: usize,
-    /// Columns of C.
-    pub n: usize,
-    /// Inner dimension.
-    pub k: usize,
-    /// Batch entries.
-    pub entries: usize,
-    /// Whether the operands were rounded to f16.
-    pub f16_operands: bool,
-    /// The side of the tiles it runs on (32, 64 or 128).
-    pub tile: u32,
-}
-
 /// Rounds of the timing of each candidate tile size (the fastest counts), after one untimed
 /// run that compiles its pipeline.
 const MEASURE_ROUNDS: usize = 3;
 
-/// Per product shape, the kernel and tile side measured fastest.
-type Choices = HashMap<ProductShape, (Kernel, u32)>;
-
 /// The largest scratch C (bytes) the timing of a product whose C is read (β ≠ 0) allocates;
 /// larger ones keep the occupancy rule (the scratch would stay in the buffer pool).
 const MEASURE_SCRATCH_MAX_BYTES: usize = 16 << 20;
-
-/// The measured choices of one device.
-#[derive(Debug, Default)]
-pub(crate) struct MeasuredTiles(Mutex<Choices>);
-
-impl MeasuredTiles {
-    fn get(&self, shape: &ProductShape) -> Result<Option<(Kernel, u32)>, Error> {
-        Ok(self.lock()?.get(shape).copied())
-    }
-
-    fn insert(&self, shape: ProductShape, choice: (Kernel, u32)) -> Result<(), Error> {
-        self.lock()?.insert(shape, choice);
-        Ok(())
-    }
-
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Choices>, Error> {
-        self.0
-            .lock()
-            .map_err(|_| device_error("measured matmul tiles lock poisoned"))
-    }
-
-    /// Every choice so far (largest products first).
-    pub(crate) fn choices(&self) -> Vec<MeasuredTile> {
-        let Ok(map) = self.0.lock() else {
-            return Vec::new();
-        };
-        let mut out: Vec<MeasuredTile> = map
-            .iter()
-            .map(|(shape, &(_, tile))| MeasuredTile {
-                m: shape.m,
-                n: shape.n,
-                k: shape.k,
-                entries: shape.entries,
-                f16_operands: shape.f16_operands,
-                tile,
-            })
-            .collect();
-        out.sort_by_key(|t| {
-            (
-                std::cmp::Reverse(t.m * t.n * t.k * t.entries),
-                t.f16_operands,
-            )
-        });
-        out
-    }
-}
 
 /// The tiled kernels, largest tile first, with their tile side.
 const TILED: [(Kernel, u32); 3] = [
@@ -431,7 +347,14 @@ fn measured_choice(
         b_k_contiguous: params.b_k_contiguous != 0,
         sequential: per_dispatch == 1,
     };
-    if let Some(choice) = gpu.measured_tiles.get(&shape)? {
+    // A kept choice (measured here, or loaded from the cache file of this adapter) that the
+    // device can run; else measure.
+    let memory = gpu.limits.max_compute_workgroup_storage_size;
+    if let Some(choice) = gpu.measured_tiles.get(&shape)?.and_then(|side| {
+        TILED.into_iter().find(|&(_, s)| {
+            s == side && workgroup_bytes(s) <= memory && tile_grid(gpu, spec.m, spec.n, s).is_ok()
+        })
+    }) {
         return Ok(choice);
     }
     let scratch: Option<GpuTensor> = match spec.beta == 0.0 {
@@ -448,7 +371,7 @@ fn measured_choice(
         let kernel = kernel.with_operands(f16_operands);
         dispatch_entries(gpu, (kernel, grid), params, &timed, entries, per_dispatch)
     })?;
-    gpu.measured_tiles.insert(shape, choice)?;
+    gpu.measured_tiles.insert(shape, choice.1)?;
     Ok(choice)
 }
 
