@@ -12,7 +12,7 @@ use deberta_core::random::RandomStream;
 use deberta_core::{Activation, Backend, Error, Precision};
 
 use crate::adapter::{AdapterChoice, AdapterSummary};
-use crate::device::Gpu;
+use crate::device::{DeviceOptions, Gpu};
 use crate::error::GpuError;
 use crate::measured_tiles::{self, MeasuredTile};
 use crate::ops::matmul::MatmulTiles;
@@ -33,10 +33,17 @@ pub struct WgpuBackend {
 }
 
 impl WgpuBackend {
-    /// Opens the best adapter that `choice` allows (see [`crate::list_adapters`]).
+    /// Opens the best adapter that `choice` allows (see [`crate::list_adapters`]), with the
+    /// optional features of [`DeviceOptions::from_env`].
     pub fn new(choice: AdapterChoice) -> Result<Self, GpuError> {
+        Self::with_options(choice, DeviceOptions::from_env())
+    }
+
+    /// Opens the best adapter that `choice` allows, with those of the optional features of
+    /// `options` that it has.
+    pub fn with_options(choice: AdapterChoice, options: DeviceOptions) -> Result<Self, GpuError> {
         Ok(WgpuBackend {
-            gpu: Arc::new(Gpu::open(&choice)?),
+            gpu: Arc::new(Gpu::open(&choice, options)?),
         })
     }
 
@@ -82,6 +89,13 @@ impl WgpuBackend {
     /// and `DEBERTA_WGPU_F16` is not `off`); without them mixed precision multiplies in f32.
     pub fn f16_products(&self) -> bool {
         self.gpu.f16_products
+    }
+
+    /// Whether the workgroup reductions (softmax, layer norm, losses, sums) combine subgroups
+    /// with subgroup operations: the device was opened with `SUBGROUP` (the adapter has it and
+    /// `DEBERTA_WGPU_SUBGROUPS` is not `off`); else a tree in workgroup memory.
+    pub fn subgroup_reductions(&self) -> bool {
+        self.gpu.subgroup_reductions
     }
 
     /// The adapter in use.

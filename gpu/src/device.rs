@@ -48,29 +48,62 @@ pub(crate) struct Gpu {
     pub(crate) measured_tiles: MeasuredTiles,
     /// Whether the device was opened with `SHADER_F16`, so that f16 products can run.
     pub(crate) f16_products: bool,
+    /// Whether the device was opened with `SUBGROUP`: the workgroup reductions use it.
+    pub(crate) subgroup_reductions: bool,
     /// Whether the device was opened with `TIMESTAMP_QUERY`, so that kernels can be timed.
     pub(crate) timestamps: bool,
 }
 
-/// Whether to ask for `SHADER_F16` where the adapter has it: `DEBERTA_WGPU_F16=off` opens the
-/// device without it (mixed precision then falls back to f32 products, as on an adapter
-/// without the feature); anything else, or nothing, asks.
-fn wants_f16() -> bool {
-    std::env::var("DEBERTA_WGPU_F16").as_deref() != Ok("off")
+/// Which optional device features the backend uses where the adapter has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceOptions {
+    /// Ask for `SHADER_F16`, so that mixed precision multiplies f16 operands (else f32).
+    pub f16_products: bool,
+    /// Ask for `SUBGROUP`, so that the workgroup reductions of softmax, layer norm, the losses
+    /// and sums combine each subgroup with one subgroup operation (else a tree in workgroup
+    /// memory). The sums are then added in another order: other bits, the same tolerances.
+    pub subgroup_reductions: bool,
+}
+
+impl Default for DeviceOptions {
+    /// Every feature the adapter offers.
+    fn default() -> Self {
+        DeviceOptions {
+            f16_products: true,
+            subgroup_reductions: true,
+        }
+    }
+}
+
+impl DeviceOptions {
+    /// [`DeviceOptions::default`], less what the environment switches off:
+    /// `DEBERTA_WGPU_F16=off` (mixed precision then falls back to f32 products, as on an
+    /// adapter without the feature) and `DEBERTA_WGPU_SUBGROUPS=off` (the tree reductions).
+    pub fn from_env() -> Self {
+        let on = |name: &str| std::env::var(name).as_deref() != Ok("off");
+        DeviceOptions {
+            f16_products: on("DEBERTA_WGPU_F16"),
+            subgroup_reductions: on("DEBERTA_WGPU_SUBGROUPS"),
+        }
+    }
 }
 
 impl Gpu {
-    /// Opens the adapter `choice` selects, with the best limits it offers.
-    pub(crate) fn open(choice: &AdapterChoice) -> Result<Self, GpuError> {
+    /// Opens the adapter `choice` selects, with the best limits it offers and the features of
+    /// `options` it has.
+    pub(crate) fn open(choice: &AdapterChoice, options: DeviceOptions) -> Result<Self, GpuError> {
         let instance = instance();
         let adapter = select(&instance, choice)?;
         let summary = crate::adapter::summary(&adapter);
-        let f16 = match wants_f16() {
-            true => wgpu::Features::SHADER_F16,
+        let wanted = |on: bool, feature: wgpu::Features| match on {
+            true => feature,
             false => wgpu::Features::empty(),
         };
         // Timestamps cost nothing until kernel timing is switched on.
-        let features = adapter.features() & (f16 | wgpu::Features::TIMESTAMP_QUERY);
+        let features = adapter.features()
+            & (wanted(options.f16_products, wgpu::Features::SHADER_F16)
+                | wanted(options.subgroup_reductions, wgpu::Features::SUBGROUP)
+                | wgpu::Features::TIMESTAMP_QUERY);
         // Everything the adapter offers (workgroup memory, invocations, buffer sizes); should a
         // driver refuse its own maximum, WebGPU's defaults, which every adapter grants.
         let request = |required_limits: wgpu::Limits| {
@@ -126,7 +159,7 @@ impl Gpu {
             limits,
             pool,
             readback,
-            pipelines: Pipelines::default(),
+            pipelines: Pipelines::new(features.contains(wgpu::Features::SUBGROUP)),
             recorder: Mutex::new(Recorder::default()),
             arena,
             slot,
@@ -136,6 +169,7 @@ impl Gpu {
             matmul_tiles: TilePolicy::default(),
             measured_tiles: MeasuredTiles::default(),
             f16_products: features.contains(wgpu::Features::SHADER_F16),
+            subgroup_reductions: features.contains(wgpu::Features::SUBGROUP),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
         })
     }

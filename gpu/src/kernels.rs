@@ -72,10 +72,21 @@ pub(crate) enum Shader {
 
 impl Shader {
     /// The WGSL text (the random-number kernels get `philox.wgsl` prepended, the kernels that
-    /// reduce over a workgroup `row_reduce.wgsl`; the matmuls are written for their variant by
+    /// reduce over a workgroup `row_reduce.wgsl` and the reductions over subgroups, where
+    /// `subgroup_reductions` (a device opened with `SUBGROUP`), else the tree in workgroup
+    /// memory; the matmuls are written for their variant by
     /// [`matmul_source`](crate::matmul_source::matmul_source)).
-    pub(crate) fn source(self) -> Cow<'static, str> {
+    pub(crate) fn source(self, subgroup_reductions: bool) -> Cow<'static, str> {
         use crate::matmul_source::matmul_source;
+        let reducing = |body: &str| -> Cow<'static, str> {
+            let reductions = match subgroup_reductions {
+                true => include_str!("shaders/row_reduce_subgroup.wgsl"),
+                false => include_str!("shaders/row_reduce_tree.wgsl"),
+            };
+            [include_str!("shaders/row_reduce.wgsl"), reductions, body]
+                .concat()
+                .into()
+        };
         Cow::Borrowed(match self {
             Shader::Matmul32 => return matmul_source(2, false).into(),
             Shader::Matmul64 => return matmul_source(4, false).into(),
@@ -84,24 +95,12 @@ impl Shader {
             Shader::Matmul64F16 => return matmul_source(4, true).into(),
             Shader::Matmul128F16 => return matmul_source(8, true).into(),
             Shader::Elementwise => include_str!("shaders/elementwise.wgsl"),
-            Shader::LayerNorm => concat!(
-                include_str!("shaders/row_reduce.wgsl"),
-                include_str!("shaders/layer_norm.wgsl")
-            ),
-            Shader::Softmax => concat!(
-                include_str!("shaders/row_reduce.wgsl"),
-                include_str!("shaders/softmax.wgsl")
-            ),
+            Shader::LayerNorm => return reducing(include_str!("shaders/layer_norm.wgsl")),
+            Shader::Softmax => return reducing(include_str!("shaders/softmax.wgsl")),
             Shader::RelativeScores => include_str!("shaders/relative_scores.wgsl"),
             Shader::Embedding => include_str!("shaders/embedding.wgsl"),
-            Shader::Reduce => concat!(
-                include_str!("shaders/row_reduce.wgsl"),
-                include_str!("shaders/reduce.wgsl")
-            ),
-            Shader::Loss => concat!(
-                include_str!("shaders/row_reduce.wgsl"),
-                include_str!("shaders/loss.wgsl")
-            ),
+            Shader::Reduce => return reducing(include_str!("shaders/reduce.wgsl")),
+            Shader::Loss => return reducing(include_str!("shaders/loss.wgsl")),
             Shader::Optimizer => include_str!("shaders/optimizer.wgsl"),
             Shader::Dropout => concat!(
                 include_str!("shaders/philox.wgsl"),
@@ -306,18 +305,50 @@ impl Kernel {
 mod tests {
     use super::*;
 
-    fn parse(shader: Shader) -> (naga::Module, naga::valid::ModuleInfo) {
-        let source = shader.source();
+    /// The shader's module, validated with only the capabilities its variant may use: f16 for
+    /// the f16 matmuls, subgroup operations in compute shaders where `subgroup_reductions`.
+    fn parse_variant(
+        shader: Shader,
+        subgroup_reductions: bool,
+    ) -> (naga::Module, naga::valid::ModuleInfo) {
+        let source = shader.source(subgroup_reductions);
         let module = naga::front::wgsl::parse_str(&source)
             .unwrap_or_else(|e| panic!("{shader:?}: {}", e.emit_to_string(&source)));
-        let capabilities = match source.starts_with("enable f16;") {
-            true => naga::valid::Capabilities::SHADER_FLOAT16,
-            false => naga::valid::Capabilities::empty(),
-        };
+        let mut capabilities = naga::valid::Capabilities::empty();
+        if source.starts_with("enable f16;") {
+            capabilities |= naga::valid::Capabilities::SHADER_FLOAT16;
+        }
+        if subgroup_reductions {
+            capabilities |= naga::valid::Capabilities::SUBGROUP;
+        }
         let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
+            .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+            .subgroup_operations(naga::valid::SubgroupOperationSet::all())
             .validate(&module)
             .unwrap_or_else(|e| panic!("{shader:?}: {}", e.emit_to_string(&source)));
         (module, info)
+    }
+
+    /// The shader as every adapter compiles it (no subgroup operations).
+    fn parse(shader: Shader) -> (naga::Module, naga::valid::ModuleInfo) {
+        parse_variant(shader, false)
+    }
+
+    #[test]
+    fn only_the_reducing_shaders_differ_with_subgroups_and_both_variants_validate() {
+        let reducing = [
+            Shader::LayerNorm,
+            Shader::Softmax,
+            Shader::Reduce,
+            Shader::Loss,
+        ];
+        for &kernel in Kernel::ALL {
+            let shader = kernel.shader();
+            let (tree, subgroup) = (shader.source(false), shader.source(true));
+            assert_eq!(tree != subgroup, reducing.contains(&shader), "{shader:?}");
+            assert_eq!(subgroup.contains("subgroupAdd"), reducing.contains(&shader));
+            parse_variant(shader, true);
+        }
     }
 
     #[test]
@@ -387,7 +418,7 @@ mod tests {
             for shader in *shaders {
                 let line = format!("const {name}: u32 = {value}u;");
                 assert!(
-                    shader.source().contains(&line),
+                    shader.source(false).contains(&line),
                     "{shader:?} must declare `{line}`"
                 );
             }

@@ -13,7 +13,9 @@
 //! * **Memory**: tensors come from a pool of size-classed buffers and return to it on drop, so
 //!   a steady-state training step creates no buffers.
 //! * **Determinism**: every output element has one owner thread and every sum a fixed order
-//!   (tree reductions in workgroup memory, scatters owned by the first occurrence of a row);
+//!   (workgroup reductions over a tree in workgroup memory, or over subgroups where the
+//!   device has them, in an order the device fixes; scatters owned by the first occurrence of
+//!   a row);
 //!   dropout masks and sampled ids are the CPU backend's exactly (Philox4x32-10 in WGSL, and a
 //!   port of libm's `expf` for sampling).
 //!
@@ -51,6 +53,7 @@ mod transfer;
 
 pub use adapter::{AdapterChoice, AdapterSummary, Capabilities, list_adapters};
 pub use backend::{DeviceMemory, WgpuBackend};
+pub use device::DeviceOptions;
 pub use error::GpuError;
 pub use measured_tiles::MeasuredTile;
 pub use ops::matmul::MatmulTiles;

@@ -22,6 +22,8 @@ pub(crate) struct Compiled {
 pub(crate) struct Pipelines {
     modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
     kernels: Mutex<HashMap<Kernel, Arc<Compiled>>>,
+    /// Whether the workgroup reductions run over subgroups (see [`Shader::source`]).
+    subgroup_reductions: bool,
 }
 
 /// The bind-group layout of a kernel: its `Params` uniform (dynamic offset into the uniform
@@ -57,6 +59,15 @@ fn layout_entries(kernel: Kernel) -> Vec<wgpu::BindGroupLayoutEntry> {
 }
 
 impl Pipelines {
+    /// An empty cache whose shaders reduce over subgroups where `subgroup_reductions` (a device
+    /// opened with `SUBGROUP`).
+    pub(crate) fn new(subgroup_reductions: bool) -> Self {
+        Pipelines {
+            subgroup_reductions,
+            ..Pipelines::default()
+        }
+    }
+
     /// The pipeline of `kernel`,
     /// compiling it (and its shader module) on first use; a compilation error is recorded in
     /// `errors`.
@@ -83,7 +94,7 @@ impl Pipelines {
             let module = modules.entry(shader).or_insert_with(|| {
                 device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(kernel.entry()),
-                    source: wgpu::ShaderSource::Wgsl(shader.source()),
+                    source: wgpu::ShaderSource::Wgsl(shader.source(self.subgroup_reductions)),
                 })
             });
             let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {

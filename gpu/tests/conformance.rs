@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_close, data, down, gpu, up, up_ids};
+use common::{assert_close, data, down, gpu, gpu_variants, up, up_ids};
 use deberta_core::backend::{
     AttentionBuffers, AttentionOperands, AttentionSpec, Clip, Conv1dGrads, Conv1dSpec,
     LayerNormGrads,
@@ -23,14 +23,18 @@ const TOL: f32 = 1e-5;
 /// Runs a generic check on both backends and compares every output with its tolerance.
 macro_rules! conform {
     ($check:ident ( $($arg:expr),* ), $tol:expr) => {{
-        if let Some(gpu) = gpu() {
+        for gpu in gpu_variants() {
             let cpu_out = $check(&CpuBackend::new(), $($arg),*);
             let gpu_out = $check(gpu, $($arg),*);
             assert_eq!(cpu_out.len(), gpu_out.len());
             let tol: Vec<f32> = $tol;
+            let reductions = match gpu.subgroup_reductions() {
+                true => "subgroup",
+                false => "tree",
+            };
             for (i, (c, g)) in cpu_out.iter().zip(&gpu_out).enumerate() {
                 assert_close(
-                    &format!("{} output {i}", stringify!($check)),
+                    &format!("{} output {i} ({reductions} reductions)", stringify!($check)),
                     c,
                     g,
                     tol[i.min(tol.len() - 1)],

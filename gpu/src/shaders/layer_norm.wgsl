@@ -1,6 +1,6 @@
 // Row-wise LayerNorm (biased variance, PyTorch `nn.LayerNorm`) and its backward. One workgroup
-// per row; sums are fixed-order tree reductions in workgroup memory (row_reduce.wgsl,
-// prepended). The γ/β gradients are
+// per row; sums are fixed-order workgroup reductions (row_reduce.wgsl and its tree or subgroup
+// implementation, prepended). The γ/β gradients are
 // column sums: `layer_norm_param_partials` sums each chunk of PARAM_CHUNK_ROWS rows in order and
 // reduce.wgsl's `sum_columns` adds the chunks in order.
 
@@ -41,7 +41,8 @@ struct Params {
 
 @compute @workgroup_size(ROW_WG)
 fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-              @builtin(local_invocation_index) lid: u32) {
+              thread: RowThread) {
+    let lid = row_thread(thread);
     let row = workgroup_index(wid, nwg);
     if (row >= params.rows) {
         return;
@@ -71,7 +72,8 @@ fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 
 @compute @workgroup_size(ROW_WG)
 fn layer_norm_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                       @builtin(local_invocation_index) lid: u32) {
+                       thread: RowThread) {
+    let lid = row_thread(thread);
     let row = workgroup_index(wid, nwg);
     if (row >= params.rows) {
         return;
@@ -103,7 +105,8 @@ fn layer_norm_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
 
 @compute @workgroup_size(ROW_WG)
 fn layer_norm_param_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                             @builtin(local_invocation_index) lid: u32) {
+                             thread: RowThread) {
+    let lid = row_thread(thread);
     let i = workgroup_index(wid, nwg) * ROW_WG + lid;
     let chunks = (params.rows + PARAM_CHUNK_ROWS - 1u) / PARAM_CHUNK_ROWS;
     if (i >= chunks * params.cols) {

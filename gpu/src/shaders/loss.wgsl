@@ -1,5 +1,5 @@
 // Loss kernels: per-row cross-entropy with the gradient of its logits (one workgroup per row,
-// fixed-order tree reductions: row_reduce.wgsl, prepended) and per-token BCE-with-logits (one
+// fixed-order workgroup reductions: row_reduce.wgsl, prepended) and per-token BCE-with-logits (one
 // thread per token).
 
 const ELEMENTWISE_WG: u32 = 256u;
@@ -24,7 +24,8 @@ struct Params {
 // vocabulary (ids are validated on the host) gives a NaN loss.
 @compute @workgroup_size(ROW_WG)
 fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                 @builtin(local_invocation_index) lid: u32) {
+                 thread: RowThread) {
+    let lid = row_thread(thread);
     let row = workgroup_index(wid, nwg);
     if (row >= params.rows) {
         return;

@@ -1,5 +1,5 @@
 // Fixed-order reductions. `reduce_sum`: each workgroup sums SUM_ITEMS·ROW_WG consecutive
-// elements (each thread a strided handful in order, then row_reduce.wgsl's tree, prepended)
+// elements (each thread a strided handful in order, then row_reduce.wgsl's workgroup sum, prepended)
 // into one partial; the host chains stages until one workgroup remains. `sum_columns`: each thread sums
 // one column over a chunk of rows in row order (bias gradients, the chunks of γ/β gradients).
 
@@ -27,7 +27,8 @@ struct Params {
 // dst[dst_index + g] = alpha · Σ (src or src²) over group g's elements.
 @compute @workgroup_size(ROW_WG)
 fn reduce_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-              @builtin(local_invocation_index) lid: u32) {
+              thread: RowThread) {
+    let lid = row_thread(thread);
     let g = workgroup_index(wid, nwg);
     let first = g * ROW_WG * SUM_ITEMS;
     var s = 0.0;
@@ -51,7 +52,8 @@ fn reduce_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 // dst[chunk, c] (+)= Σ_{r in chunk} src[src_offset + r·src_stride + c] over `n` rows.
 @compute @workgroup_size(ROW_WG)
 fn sum_columns(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-               @builtin(local_invocation_index) lid: u32) {
+               thread: RowThread) {
+    let lid = row_thread(thread);
     let e = workgroup_index(wid, nwg) * ROW_WG + lid;
     let chunks = (params.n + params.chunk_rows - 1u) / params.chunk_rows;
     if (e >= max(chunks, 1u) * params.cols) {

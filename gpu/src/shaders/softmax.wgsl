@@ -1,6 +1,6 @@
 // Masked softmax over attention scores [batch, heads, len, len] (Hugging Face 5.x padding
 // semantics: masked keys get exactly 0, padded query rows are uniform) and its backward. One
-// workgroup per score row; max and sums are fixed-order tree reductions (row_reduce.wgsl,
+// workgroup per score row; max and sums are fixed-order workgroup reductions (row_reduce.wgsl,
 // prepended).
 
 struct Params {
@@ -18,7 +18,8 @@ struct Params {
 
 @compute @workgroup_size(ROW_WG)
 fn masked_softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                  @builtin(local_invocation_index) lid: u32) {
+                  thread: RowThread) {
+    let lid = row_thread(thread);
     let row = workgroup_index(wid, nwg);
     if (row >= params.rows) {
         return;
@@ -58,7 +59,8 @@ fn masked_softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 
 @compute @workgroup_size(ROW_WG)
 fn masked_softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                           @builtin(local_invocation_index) lid: u32) {
+                           thread: RowThread) {
+    let lid = row_thread(thread);
     let row = workgroup_index(wid, nwg);
     if (row >= params.rows) {
         return;

@@ -13,6 +13,29 @@ pub fn gpu() -> Option<&'static WgpuBackend> {
     deberta_gpu::test_backend()
 }
 
+/// The backends a conformance check runs on: the shared one, and where that one reduces over
+/// subgroups, a device of the same adapter with the tree reductions (`subgroup_reductions` off),
+/// so that both variants of the reducing kernels are checked on an adapter with subgroups.
+pub fn gpu_variants() -> Vec<&'static WgpuBackend> {
+    static TREE: std::sync::OnceLock<WgpuBackend> = std::sync::OnceLock::new();
+    let Some(shared) = gpu() else {
+        return Vec::new();
+    };
+    if !shared.subgroup_reductions() {
+        return vec![shared];
+    }
+    let tree = TREE.get_or_init(|| {
+        let options = deberta_gpu::DeviceOptions {
+            subgroup_reductions: false,
+            ..deberta_gpu::DeviceOptions::from_env()
+        };
+        WgpuBackend::with_options(deberta_gpu::AdapterChoice::default(), options)
+            .expect("a second device of the test adapter")
+    });
+    assert!(!tree.subgroup_reductions());
+    vec![shared, tree]
+}
+
 /// Uploads `data`.
 pub fn up<B: Backend>(b: &B, data: &[f32]) -> B::Tensor {
     b.upload(data).expect("upload")
