@@ -12,8 +12,9 @@
 #              "xsmall:8x128 xsmall:32x512"), STEP_PRECISIONS (default "f32 mixed"),
 #              TILE_SWEEP=1 to also run every wgpu forward and step with DEBERTA_WGPU_MATMUL_TILES
 #              set to auto (the occupancy rule instead of the default measured choice) and
-#              forced to 128, 64 and 32 (the matmuls always are: labels ours-wgpu-tauto, -t128,
-#              -t64, -t32), CPU=1 to add the CPU backend against PyTorch on the CPU (CPU_THREADS,
+#              forced to 128, 64 and 32 and to 128v and 64v (contiguous blocks read as vec4s;
+#              the matmuls always are: labels ours-wgpu-tauto, -t128, -t64, -t32, -t128v, -t64v),
+#              CPU=1 to add the CPU backend against PyTorch on the CPU (CPU_THREADS,
 #              default nproc; CPU_STEP_CASES, default STEP_CASES). KERNEL_TIMES (default 1): our
 #              wgpu forward and step also print and record the device time of each kernel
 #              (`--kernel-times`: three more runs, timed per kernel). TIME_LIMIT (seconds, default
@@ -110,7 +111,7 @@ for precision in $MATMUL_PRECISIONS; do
         stem="matmul $size $precision"
         common=(--size "$size" --warmup "$WARMUP" --iters "$ITERS" --json)
         record "$stem ours-wgpu" "$DEBERTA" bench matmul --backend wgpu --precision "$precision" "${common[@]}"
-        for tiles in auto 128 64 32; do
+        for tiles in auto 128 64 32 128v 64v; do
             record "$stem ours-wgpu-t$tiles" env DEBERTA_WGPU_MATMUL_TILES=$tiles "$DEBERTA" \
                 bench matmul --backend wgpu --precision "$precision" "${common[@]}"
         done
@@ -154,7 +155,7 @@ run_cases() {
                     record "$stem ours-wgpu" "$DEBERTA" bench "$bench" --backend wgpu \
                         "${shape_args[@]}" "${ours_precision[@]}" "${kernel_times[@]}" "${common[@]}"
                     if [ "${TILE_SWEEP:-0}" = 1 ]; then
-                        for tiles in auto 128 64 32; do
+                        for tiles in auto 128 64 32 128v 64v; do
                             record "$stem ours-wgpu-t$tiles" env DEBERTA_WGPU_MATMUL_TILES=$tiles \
                                 "$DEBERTA" bench "$bench" --backend wgpu "${shape_args[@]}" \
                                 "${ours_precision[@]}" "${common[@]}"
@@ -184,7 +185,8 @@ echo "== summary (ratio = pytorch_ms / ours_ms; > 1: we are faster; $(($(date +%
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 by = {r["label"]: r["result"] for r in rows}
-ours_sides = ("ours-wgpu", "ours-wgpu-tauto", "ours-wgpu-t128", "ours-wgpu-t64", "ours-wgpu-t32", "ours-cpu")
+ours_sides = ("ours-wgpu", "ours-wgpu-tauto", "ours-wgpu-t128", "ours-wgpu-t64", "ours-wgpu-t32",
+              "ours-wgpu-t128v", "ours-wgpu-t64v", "ours-cpu")
 for label, res in by.items():
     stem, side = label.rsplit(" ", 1)
     if side not in ours_sides:

@@ -52,6 +52,14 @@ pub(crate) enum Shader {
     Matmul64F16,
     /// `Matmul128` with f16 operands.
     Matmul128F16,
+    /// `Matmul64` with each thread's 4×4 outputs contiguous, read from vec4 tiles.
+    Matmul64Vec4,
+    /// `Matmul128` with each thread's 8×8 outputs contiguous, read from vec4 tiles.
+    Matmul128Vec4,
+    /// `Matmul64Vec4` with f16 operands.
+    Matmul64Vec4F16,
+    /// `Matmul128Vec4` with f16 operands.
+    Matmul128Vec4F16,
     LayerNorm,
     Softmax,
     RelativeScores,
@@ -77,6 +85,7 @@ impl Shader {
     /// memory; the matmuls are written for their variant by
     /// [`matmul_source`](crate::matmul_source::matmul_source)).
     pub(crate) fn source(self, subgroup_reductions: bool) -> Cow<'static, str> {
+        use crate::matmul_source::BlockLayout::{Contiguous, Strided};
         use crate::matmul_source::matmul_source;
         let reducing = |body: &str| -> Cow<'static, str> {
             let reductions = match subgroup_reductions {
@@ -88,12 +97,16 @@ impl Shader {
                 .into()
         };
         Cow::Borrowed(match self {
-            Shader::Matmul32 => return matmul_source(2, false).into(),
-            Shader::Matmul64 => return matmul_source(4, false).into(),
-            Shader::Matmul128 => return matmul_source(8, false).into(),
-            Shader::Matmul32F16 => return matmul_source(2, true).into(),
-            Shader::Matmul64F16 => return matmul_source(4, true).into(),
-            Shader::Matmul128F16 => return matmul_source(8, true).into(),
+            Shader::Matmul32 => return matmul_source(2, Strided, false).into(),
+            Shader::Matmul64 => return matmul_source(4, Strided, false).into(),
+            Shader::Matmul128 => return matmul_source(8, Strided, false).into(),
+            Shader::Matmul32F16 => return matmul_source(2, Strided, true).into(),
+            Shader::Matmul64F16 => return matmul_source(4, Strided, true).into(),
+            Shader::Matmul128F16 => return matmul_source(8, Strided, true).into(),
+            Shader::Matmul64Vec4 => return matmul_source(4, Contiguous, false).into(),
+            Shader::Matmul128Vec4 => return matmul_source(8, Contiguous, false).into(),
+            Shader::Matmul64Vec4F16 => return matmul_source(4, Contiguous, true).into(),
+            Shader::Matmul128Vec4F16 => return matmul_source(8, Contiguous, true).into(),
             Shader::Elementwise => include_str!("shaders/elementwise.wgsl"),
             Shader::LayerNorm => return reducing(include_str!("shaders/layer_norm.wgsl")),
             Shader::Softmax => return reducing(include_str!("shaders/softmax.wgsl")),
@@ -142,7 +155,11 @@ impl Shader {
             | Shader::Matmul128
             | Shader::Matmul32F16
             | Shader::Matmul64F16
-            | Shader::Matmul128F16 => size_of::<MatmulParams>(),
+            | Shader::Matmul128F16
+            | Shader::Matmul64Vec4
+            | Shader::Matmul128Vec4
+            | Shader::Matmul64Vec4F16
+            | Shader::Matmul128Vec4F16 => size_of::<MatmulParams>(),
             Shader::LayerNorm => size_of::<LayerNormParams>(),
             Shader::Softmax => size_of::<SoftmaxParams>(),
             Shader::RelativeScores => size_of::<RelativeParams>(),
@@ -237,6 +254,14 @@ kernels! {
     MatmulTiled128F16 => Matmul128F16, "matmul_tiled", [W, R, R];
     /// `MatmulSmall` with f16 operands.
     MatmulSmallF16 => Matmul64F16, "matmul_small", [W, R, R];
+    /// `MatmulTiled64` with contiguous 4×4 blocks read from vec4 tiles.
+    MatmulTiled64Vec4 => Matmul64Vec4, "matmul_tiled", [W, R, R];
+    /// `MatmulTiled128` with contiguous 8×8 blocks read from vec4 tiles.
+    MatmulTiled128Vec4 => Matmul128Vec4, "matmul_tiled", [W, R, R];
+    /// `MatmulTiled64Vec4` with f16 operands.
+    MatmulTiled64Vec4F16 => Matmul64Vec4F16, "matmul_tiled", [W, R, R];
+    /// `MatmulTiled128Vec4` with f16 operands.
+    MatmulTiled128Vec4F16 => Matmul128Vec4F16, "matmul_tiled", [W, R, R];
     /// Split-K: `C = α·Σ slabs + β·C`: C, slabs.
     MatmulSumSplits => Matmul64, "matmul_sum_splits", [W, R];
     /// LayerNorm forward: out, stats, x, γ, β.
@@ -295,6 +320,8 @@ impl Kernel {
             Kernel::MatmulTiled32 => Kernel::MatmulTiled32F16,
             Kernel::MatmulTiled64 => Kernel::MatmulTiled64F16,
             Kernel::MatmulTiled128 => Kernel::MatmulTiled128F16,
+            Kernel::MatmulTiled64Vec4 => Kernel::MatmulTiled64Vec4F16,
+            Kernel::MatmulTiled128Vec4 => Kernel::MatmulTiled128Vec4F16,
             Kernel::MatmulSmall => Kernel::MatmulSmallF16,
             other => other,
         }
@@ -368,6 +395,10 @@ mod tests {
         Shader::Matmul32F16,
         Shader::Matmul64F16,
         Shader::Matmul128F16,
+        Shader::Matmul64Vec4,
+        Shader::Matmul128Vec4,
+        Shader::Matmul64Vec4F16,
+        Shader::Matmul128Vec4F16,
     ];
 
     #[test]

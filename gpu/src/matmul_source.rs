@@ -1,6 +1,6 @@
-//! The WGSL text of the matmul kernels for one register block and operand type: the operand
-//! header, `BLOCK`, and `matmul.wgsl` with the tiled kernel's register block written out as
-//! straight-line code.
+//! The WGSL text of the matmul kernels for one register block, block layout and operand type:
+//! the operand header, `BLOCK`, and `matmul.wgsl` with the workgroup tiles of the layout and the
+//! tiled kernel's register block written out as straight-line code.
 //!
 //! Written out rather than looped over: accumulators in an array indexed inside loops stay in
 //! registers only if the driver unrolls those loops, and naga's SPIR-V (whose loops carry an
@@ -13,14 +13,44 @@ use std::fmt::Write;
 use crate::kernels::MATMUL_THREADS;
 
 /// The marker lines of `matmul.wgsl` that this module fills in.
+const TILES: &str = "// @tiles";
 const ACCUMULATORS: &str = "// @accumulators";
 const MULTIPLY_ACCUMULATE: &str = "// @multiply_accumulate";
 const STORE: &str = "// @store";
 
+/// Which outputs of C's tile a thread of the tiled kernel holds, and so how it reads the staged
+/// operands. Both sum every output over k in the same order: the same bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum BlockLayout {
+    /// Rows `ty + 16·i` and columns `tx + 16·j`: neighbouring threads read neighbouring
+    /// workgroup-memory words, one scalar load per operand (`2·BLOCK` loads per step of k).
+    Strided,
+    /// Rows `ty·BLOCK + i` and columns `tx·BLOCK + j`: each thread's operands are `BLOCK`
+    /// neighbouring words, staged in tiles of vec4s and read four at a time (`BLOCK / 2` loads
+    /// per step of k). Needs `BLOCK` a multiple of 4.
+    Contiguous,
+}
+
+impl BlockLayout {
+    /// Words between two rows of a staged tile of side `tile`: padded by one word (strided:
+    /// the k-contiguous staging then stores a column without bank conflicts) or by one vec4
+    /// (contiguous: rows stay whole vec4s).
+    pub(crate) const fn tile_stride(self, tile: u32) -> u32 {
+        match self {
+            BlockLayout::Strided => tile + 1,
+            BlockLayout::Contiguous => tile + 4,
+        }
+    }
+}
+
 /// The matmul shader (`matmul_tiled`, `matmul_small`, `matmul_sum_splits`) whose tiled kernel
-/// holds a `block × block` register block of C per thread, with f16 operands (`enable f16;`)
-/// or f32 ones.
-pub(crate) fn matmul_source(block: u32, f16_operands: bool) -> String {
+/// holds a `block × block` register block of C per thread in `layout`, with f16 operands
+/// (`enable f16;`) or f32 ones.
+pub(crate) fn matmul_source(block: u32, layout: BlockLayout, f16_operands: bool) -> String {
+    assert!(
+        layout == BlockLayout::Strided || block.is_multiple_of(4),
+        "a contiguous block is read as vec4s"
+    );
     let header = match f16_operands {
         true => include_str!("shaders/matmul_f16.wgsl"),
         false => include_str!("shaders/matmul_f32.wgsl"),
@@ -31,9 +61,10 @@ pub(crate) fn matmul_source(block: u32, f16_operands: bool) -> String {
     for line in include_str!("shaders/matmul.wgsl").lines() {
         let indent = &line[..line.len() - line.trim_start().len()];
         match line.trim() {
+            TILES => tiles(&mut text, layout),
             ACCUMULATORS => accumulators(&mut text, indent, block),
-            MULTIPLY_ACCUMULATE => multiply_accumulate(&mut text, indent, block),
-            STORE => store(&mut text, indent, block),
+            MULTIPLY_ACCUMULATE => multiply_accumulate(&mut text, indent, block, layout),
+            STORE => store(&mut text, indent, block, layout),
             _ => {
                 text.push_str(line);
                 text.push('\n');
@@ -41,6 +72,27 @@ pub(crate) fn matmul_source(block: u32, f16_operands: bool) -> String {
         }
     }
     text
+}
+
+/// `TILE_STRIDE`, the two staged tiles and `stage_a`/`stage_b` for `layout`.
+fn tiles(text: &mut String, layout: BlockLayout) {
+    let (pad, element, store) = match layout {
+        BlockLayout::Strided => (1, "Operand", "[index]"),
+        BlockLayout::Contiguous => (4, "vec4<Operand>", "[index / 4u][index % 4u]"),
+    };
+    debug_assert_eq!(layout.tile_stride(0), pad);
+    let words = match layout {
+        BlockLayout::Strided => "TILE_K * TILE_STRIDE",
+        BlockLayout::Contiguous => "TILE_K * TILE_STRIDE / 4u",
+    };
+    let _ = writeln!(text, "const TILE_STRIDE: u32 = TILE + {pad}u;");
+    for side in ["a", "b"] {
+        let _ = writeln!(
+            text,
+            "var<workgroup> {side}_tile: array<{element}, {words}>;\n\
+             fn stage_{side}(index: u32, value: Operand) {{\n    {side}_tile{store} = value;\n}}"
+        );
+    }
 }
 
 /// `var acc_i_j = 0.0;` for every output of the block.
@@ -54,14 +106,40 @@ fn accumulators(text: &mut String, indent: &str, block: u32) {
 
 /// The block's operands at one `kk` (`a_i`, `b_j`, converted to f32 from the staged operand
 /// type) and `acc_i_j += a_i * b_j`, in the order of the loops it replaces.
-fn multiply_accumulate(text: &mut String, indent: &str, block: u32) {
-    for (side, tile, base) in [("a", "a_tile", "ai"), ("b", "b_tile", "bi")] {
-        for i in 0..block {
-            let _ = writeln!(
-                text,
-                "{indent}let {side}_{i} = f32({tile}[{base} + {}u]);",
-                i * MATMUL_THREADS
-            );
+fn multiply_accumulate(text: &mut String, indent: &str, block: u32, layout: BlockLayout) {
+    const LANES: [&str; 4] = ["x", "y", "z", "w"];
+    for (side, thread) in [("a", "ty"), ("b", "tx")] {
+        match layout {
+            BlockLayout::Strided => {
+                let _ = writeln!(text, "{indent}let {side}i = kk * TILE_STRIDE + {thread};");
+                for i in 0..block {
+                    let _ = writeln!(
+                        text,
+                        "{indent}let {side}_{i} = f32({side}_tile[{side}i + {}u]);",
+                        i * MATMUL_THREADS
+                    );
+                }
+            }
+            BlockLayout::Contiguous => {
+                let _ = writeln!(
+                    text,
+                    "{indent}let {side}i = (kk * TILE_STRIDE + {thread} * BLOCK) / 4u;"
+                );
+                for v in 0..block / 4 {
+                    let _ = writeln!(
+                        text,
+                        "{indent}let {side}_v{v} = {side}_tile[{side}i + {v}u];"
+                    );
+                }
+                for i in 0..block {
+                    let _ = writeln!(
+                        text,
+                        "{indent}let {side}_{i} = f32({side}_v{}.{});",
+                        i / 4,
+                        LANES[i as usize % 4]
+                    );
+                }
+            }
         }
     }
     for i in 0..block {
@@ -71,15 +149,25 @@ fn multiply_accumulate(text: &mut String, indent: &str, block: u32) {
     }
 }
 
-/// `store_tile_output(bases.c, row + 16·i, col + 16·j, acc_i_j)` for every output.
-fn store(text: &mut String, indent: &str, block: u32) {
+/// `store_tile_output(bases.c, row, column, acc_i_j)` for every output, at its place in C's
+/// tile under `layout`.
+fn store(text: &mut String, indent: &str, block: u32, layout: BlockLayout) {
+    let (row, col) = match layout {
+        BlockLayout::Strided => ("row0 + ty", "col0 + tx"),
+        BlockLayout::Contiguous => ("row0 + ty * BLOCK", "col0 + tx * BLOCK"),
+    };
+    let _ = writeln!(text, "{indent}let row = {row};\n{indent}let col = {col};");
+    let step = match layout {
+        BlockLayout::Strided => MATMUL_THREADS,
+        BlockLayout::Contiguous => 1,
+    };
     for i in 0..block {
         for j in 0..block {
             let _ = writeln!(
                 text,
                 "{indent}store_tile_output(bases.c, row + {}u, col + {}u, acc_{i}_{j});",
-                i * MATMUL_THREADS,
-                j * MATMUL_THREADS
+                i * step,
+                j * step
             );
         }
     }
@@ -92,15 +180,22 @@ mod tests {
     #[test]
     fn every_marker_is_filled_in_and_nothing_else_changes() {
         let template = include_str!("shaders/matmul.wgsl");
-        for marker in [ACCUMULATORS, MULTIPLY_ACCUMULATE, STORE] {
+        for marker in [TILES, ACCUMULATORS, MULTIPLY_ACCUMULATE, STORE] {
             assert_eq!(
                 template.lines().filter(|l| l.trim() == marker).count(),
                 1,
                 "{marker}"
             );
         }
-        for (block, f16) in [(2, false), (4, true), (8, false)] {
-            let text = matmul_source(block, f16);
+        for (block, layout, f16) in [
+            (2, BlockLayout::Strided, false),
+            (4, BlockLayout::Strided, true),
+            (8, BlockLayout::Strided, false),
+            (4, BlockLayout::Contiguous, false),
+            (8, BlockLayout::Contiguous, true),
+        ] {
+            let text = matmul_source(block, layout, f16);
+            let case = format!("block {block}, {layout:?}");
             assert!(!text.lines().any(|l| l.trim().starts_with("// @")));
             let lines = |prefix: &str| {
                 text.lines()
@@ -108,17 +203,28 @@ mod tests {
                     .count()
             };
             let outputs = (block * block) as usize;
-            assert_eq!(lines("var acc_"), outputs, "block {block}");
-            assert_eq!(lines("acc_"), outputs, "block {block}");
-            assert_eq!(lines("store_tile_output(bases.c"), outputs);
-            assert_eq!(lines("let a_") + lines("let b_"), 2 * block as usize);
+            assert_eq!(lines("var acc_"), outputs, "{case}");
+            assert_eq!(lines("acc_"), outputs, "{case}");
+            assert_eq!(lines("store_tile_output(bases.c"), outputs, "{case}");
+            // Workgroup-memory loads: a scalar per operand, or a vec4 per four.
+            let vec4_loads = match layout {
+                BlockLayout::Strided => 0,
+                BlockLayout::Contiguous => block as usize / 2,
+            };
+            assert_eq!(lines("let a_v") + lines("let b_v"), vec4_loads, "{case}");
+            let operands = lines("let a_") + lines("let b_") - vec4_loads;
+            assert_eq!(operands, 2 * block as usize, "{case}");
             assert!(text.contains(&format!("const BLOCK: u32 = {block}u;")));
             assert_eq!(text.starts_with("enable f16;"), f16);
             let last = block - 1;
-            assert!(text.contains(&format!(
-                "let b_{last} = f32(b_tile[bi + {}u]);",
-                last * MATMUL_THREADS
-            )));
+            let expected = match layout {
+                BlockLayout::Strided => format!(
+                    "let b_{last} = f32(b_tile[bi + {}u]);",
+                    last * MATMUL_THREADS
+                ),
+                BlockLayout::Contiguous => format!("let b_{last} = f32(b_v{}.w);", last / 4),
+            };
+            assert!(text.contains(&expected), "{case}: no `{expected}`");
         }
     }
 }

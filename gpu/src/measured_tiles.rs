@@ -7,13 +7,14 @@
 //!
 //! ```text
 //! # deberta wgpu matmul tile sizes … (delete the file to measure again)
-//! format 1
+//! format 2
 //! adapter NVIDIA H200
 //! backend Vulkan
 //! driver NVIDIA 565.57.01
 //! kernels 3f1c9a0b2d4e5f60
-//! # m n k entries f16_operands a_k_contiguous b_k_contiguous sequential tile
+//! # m n k entries f16_operands a_k_contiguous b_k_contiguous sequential tiling
 //! 1024 1536 384 1 0 1 1 0 64
+//! 2048 1536 384 1 1 1 1 0 128v
 //! ```
 //!
 //! [`MatmulTiles::Measured`]: crate::MatmulTiles::Measured
@@ -27,7 +28,8 @@ use deberta_core::Error;
 
 use crate::adapter::AdapterSummary;
 use crate::error::{GpuError, device_error};
-use crate::matmul_source::matmul_source;
+use crate::matmul_source::{BlockLayout, matmul_source};
+use crate::ops::matmul::Tiling;
 
 /// What makes two products the same for [`MatmulTiles::Measured`]: sizes, batch entries, the
 /// operand format and the layout properties the kernel's loads depend on.
@@ -64,13 +66,13 @@ pub struct MeasuredTile {
     pub f16_operands: bool,
     /// The side of the tiles it runs on (32, 64 or 128).
     pub tile: u32,
+    /// Whether each thread holds a contiguous block of outputs, its operands read from
+    /// workgroup memory as vec4s (else outputs 16 apart, operands read one at a time).
+    pub vec4_loads: bool,
 }
 
-/// The tile sides a choice can name.
-const TILE_SIDES: [u32; 3] = [32, 64, 128];
-
 /// The version of the file's layout.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// The measured choices of one device, and the file they are kept in (if any).
 #[derive(Debug, Default)]
@@ -78,8 +80,8 @@ pub(crate) struct MeasuredTiles(Mutex<State>);
 
 #[derive(Debug, Default)]
 struct State {
-    /// Per product shape, the tile side measured fastest (or loaded from the file).
-    choices: HashMap<ProductShape, u32>,
+    /// Per product shape, the tiled kernel measured fastest (or loaded from the file).
+    choices: HashMap<ProductShape, Tiling>,
     /// Where the choices are written whenever one is added, with the header naming the device.
     file: Option<(PathBuf, String)>,
     /// The first failure to write the file (later choices are still kept in memory).
@@ -87,16 +89,16 @@ struct State {
 }
 
 impl MeasuredTiles {
-    /// The tile side kept for `shape`, if any.
-    pub(crate) fn get(&self, shape: &ProductShape) -> Result<Option<u32>, Error> {
+    /// The tiled kernel kept for `shape`, if any.
+    pub(crate) fn get(&self, shape: &ProductShape) -> Result<Option<Tiling>, Error> {
         Ok(self.lock()?.choices.get(shape).copied())
     }
 
-    /// Keeps `tile` for `shape` and rewrites the file, if one is named (a write failure is
+    /// Keeps `tiling` for `shape` and rewrites the file, if one is named (a write failure is
     /// kept for [`MeasuredTiles::write_error`], not returned: the product itself succeeded).
-    pub(crate) fn insert(&self, shape: ProductShape, tile: u32) -> Result<(), Error> {
+    pub(crate) fn insert(&self, shape: ProductShape, tiling: Tiling) -> Result<(), Error> {
         let mut state = self.lock()?;
-        state.choices.insert(shape, tile);
+        state.choices.insert(shape, tiling);
         if let Some((path, header)) = &state.file {
             let text = file_text(header, &state.choices);
             if let Err(e) = write_atomically(path, &text)
@@ -148,13 +150,14 @@ impl MeasuredTiles {
         let mut out: Vec<MeasuredTile> = state
             .choices
             .iter()
-            .map(|(shape, &tile)| MeasuredTile {
+            .map(|(shape, tiling)| MeasuredTile {
                 m: shape.m,
                 n: shape.n,
                 k: shape.k,
                 entries: shape.entries,
                 f16_operands: shape.f16_operands,
-                tile,
+                tile: tiling.side,
+                vec4_loads: tiling.layout == BlockLayout::Contiguous,
             })
             .collect();
         out.sort_by_key(|t| {
@@ -180,9 +183,15 @@ pub(crate) fn file_name(adapter: &AdapterSummary) -> String {
 /// The lines that name what the choices were measured on.
 fn header(adapter: &AdapterSummary) -> String {
     let mut kernels = Vec::new();
-    for block in [2, 4, 8] {
+    for (block, layout) in [
+        (2, BlockLayout::Strided),
+        (4, BlockLayout::Strided),
+        (8, BlockLayout::Strided),
+        (4, BlockLayout::Contiguous),
+        (8, BlockLayout::Contiguous),
+    ] {
         for f16 in [false, true] {
-            kernels.extend_from_slice(matmul_source(block, f16).as_bytes());
+            kernels.extend_from_slice(matmul_source(block, layout, f16).as_bytes());
         }
     }
     let one_line = |s: &str| s.replace(['\n', '\r'], " ");
@@ -197,13 +206,13 @@ fn header(adapter: &AdapterSummary) -> String {
 
 /// The file: a comment, the header, then one line per choice (sorted, so that equal choices
 /// give equal files).
-fn file_text(header: &str, choices: &HashMap<ProductShape, u32>) -> String {
+fn file_text(header: &str, choices: &HashMap<ProductShape, Tiling>) -> String {
     let mut lines: Vec<String> = choices
         .iter()
-        .map(|(s, tile)| {
+        .map(|(s, tiling)| {
             let flag = |b: bool| u8::from(b);
             format!(
-                "{} {} {} {} {} {} {} {} {tile}",
+                "{} {} {} {} {} {} {} {} {}",
                 s.m,
                 s.n,
                 s.k,
@@ -211,7 +220,8 @@ fn file_text(header: &str, choices: &HashMap<ProductShape, u32>) -> String {
                 flag(s.f16_operands),
                 flag(s.a_k_contiguous),
                 flag(s.b_k_contiguous),
-                flag(s.sequential)
+                flag(s.sequential),
+                tiling_name(*tiling)
             )
         })
         .collect();
@@ -221,7 +231,10 @@ fn file_text(header: &str, choices: &HashMap<ProductShape, u32>) -> String {
          (a cache: delete the file to measure again)\n",
     );
     text.push_str(header);
-    text.push_str("# m n k entries f16_operands a_k_contiguous b_k_contiguous sequential tile\n");
+    text.push_str(
+        "# m n k entries f16_operands a_k_contiguous b_k_contiguous sequential tiling (tile side; \
+         v: contiguous blocks read as vec4s)\n",
+    );
     for line in lines {
         let _ = writeln!(text, "{line}");
     }
@@ -229,7 +242,10 @@ fn file_text(header: &str, choices: &HashMap<ProductShape, u32>) -> String {
 }
 
 /// The choices of a file whose header must be `header`; `Err((line, why))` otherwise.
-fn parse(text: &str, header: &str) -> Result<HashMap<ProductShape, u32>, (Option<usize>, String)> {
+fn parse(
+    text: &str,
+    header: &str,
+) -> Result<HashMap<ProductShape, Tiling>, (Option<usize>, String)> {
     let mut lines = text
         .lines()
         .enumerate()
@@ -259,14 +275,23 @@ fn parse(text: &str, header: &str) -> Result<HashMap<ProductShape, u32>, (Option
     }
     let mut choices = HashMap::new();
     for (number, line) in lines {
+        let shape_error = || {
+            (
+                Some(number),
+                format!("\"{line}\" is not 8 whole numbers and a tiling"),
+            )
+        };
         let fields: Vec<&str> = line.split_ascii_whitespace().collect();
-        let numbers: Vec<usize> = fields
+        let [shape_fields @ .., tile] = &fields[..] else {
+            return Err(shape_error());
+        };
+        let numbers: Vec<usize> = shape_fields
             .iter()
             .map(|f| f.parse::<usize>())
             .collect::<Result<_, _>>()
-            .map_err(|_| (Some(number), format!("\"{line}\" is not 9 whole numbers")))?;
-        let [m, n, k, entries, f16, a_k, b_k, sequential, tile] = numbers[..] else {
-            return Err((Some(number), format!("\"{line}\" is not 9 whole numbers")));
+            .map_err(|_| shape_error())?;
+        let [m, n, k, entries, f16, a_k, b_k, sequential] = numbers[..] else {
+            return Err(shape_error());
         };
         let flag = |value: usize| match value {
             0 => Ok(false),
@@ -276,15 +301,12 @@ fn parse(text: &str, header: &str) -> Result<HashMap<ProductShape, u32>, (Option
                 format!("\"{line}\": a flag other than 0 or 1"),
             )),
         };
-        let tile = u32::try_from(tile)
-            .ok()
-            .filter(|t| TILE_SIDES.contains(t))
-            .ok_or_else(|| {
-                (
-                    Some(number),
-                    format!("\"{line}\": tile {tile} is not 32, 64 or 128"),
-                )
-            })?;
+        let tiling = parse_tiling(tile).ok_or_else(|| {
+            (
+                Some(number),
+                format!("\"{line}\": tiling {tile} is not 32, 64, 128, 64v or 128v"),
+            )
+        })?;
         let shape = ProductShape {
             m,
             n,
@@ -295,9 +317,30 @@ fn parse(text: &str, header: &str) -> Result<HashMap<ProductShape, u32>, (Option
             b_k_contiguous: flag(b_k)?,
             sequential: flag(sequential)?,
         };
-        choices.insert(shape, tile);
+        choices.insert(shape, tiling);
     }
     Ok(choices)
+}
+
+/// A tiling as the file names it: the tile side, with `v` for contiguous blocks read as vec4s.
+fn tiling_name(tiling: Tiling) -> String {
+    match tiling.layout {
+        BlockLayout::Strided => tiling.side.to_string(),
+        BlockLayout::Contiguous => format!("{}v", tiling.side),
+    }
+}
+
+/// The tiling a file names, if it is one with a kernel.
+fn parse_tiling(name: &str) -> Option<Tiling> {
+    let (side, layout) = match name.strip_suffix('v') {
+        Some(side) => (side, BlockLayout::Contiguous),
+        None => (name, BlockLayout::Strided),
+    };
+    let tiling = Tiling {
+        side: side.parse().ok()?,
+        layout,
+    };
+    tiling.kernel().map(|_| tiling)
 }
 
 /// Writes `text` to a temporary file beside `path`, then renames it over `path`: a reader (or
@@ -348,41 +391,74 @@ mod tests {
     }
 
     const HEADER: &str =
-        "format 1\nadapter Some GPU\nbackend Vulkan\ndriver d 1.0\nkernels 00000000000000ff\n";
+        "format 2\nadapter Some GPU\nbackend Vulkan\ndriver d 1.0\nkernels 00000000000000ff\n";
 
     #[test]
     fn a_file_gives_back_the_choices_it_was_written_with() {
-        let choices = HashMap::from([(shape(1024, false), 64), (shape(2048, true), 128)]);
+        let strided = Tiling {
+            side: 64,
+            layout: BlockLayout::Strided,
+        };
+        let vec4 = Tiling {
+            side: 128,
+            layout: BlockLayout::Contiguous,
+        };
+        let choices = HashMap::from([(shape(1024, false), strided), (shape(2048, true), vec4)]);
+        assert!(text_lines_end_with(
+            &file_text(HEADER, &choices),
+            &[" 64", " 128v"]
+        ));
         let text = file_text(HEADER, &choices);
         assert_eq!(parse(&text, HEADER), Ok(choices.clone()));
         // Sorted lines: the same choices always give the same file (another map, another
         // iteration order).
-        let again = HashMap::from([(shape(2048, true), 128), (shape(1024, false), 64)]);
+        let again = HashMap::from([(shape(2048, true), vec4), (shape(1024, false), strided)]);
         assert_eq!(text, file_text(HEADER, &again));
         assert_eq!(parse(HEADER, HEADER), Ok(HashMap::new()));
     }
 
     #[test]
     fn files_of_other_devices_or_broken_lines_are_errors_with_their_line() {
-        let text = file_text(HEADER, &HashMap::from([(shape(1024, false), 64)]));
+        let tiling = Tiling {
+            side: 64,
+            layout: BlockLayout::Strided,
+        };
+        let text = file_text(HEADER, &HashMap::from([(shape(1024, false), tiling)]));
         let other_driver = HEADER.replace("driver d 1.0", "driver d 2.0");
         let (line, why) = parse(&text, &other_driver).unwrap_err();
         assert_eq!(line, Some(5));
         assert!(why.contains("another device"), "{why}");
-        let newer = text.replace("format 1", "format 2");
+        let newer = text.replace("format 2", "format 3");
         assert!(parse(&newer, HEADER).unwrap_err().1.contains("format"));
         for (bad, what) in [
-            ("1024 384 1024 1 0 1 0 0 96", "is not 32, 64 or 128"),
+            (
+                "1024 384 1024 1 0 1 0 0 96",
+                "is not 32, 64, 128, 64v or 128v",
+            ),
+            (
+                "1024 384 1024 1 0 1 0 0 32v",
+                "is not 32, 64, 128, 64v or 128v",
+            ),
             ("1024 384 1024 1 2 1 0 0 64", "a flag other than 0 or 1"),
-            ("1024 384 1024 1 0 1 0 64", "9 whole numbers"),
-            ("1024 384 x 1 0 1 0 0 64", "9 whole numbers"),
+            ("1024 384 1024 1 0 1 0 64", "8 whole numbers and a tiling"),
+            ("1024 384 x 1 0 1 0 0 64", "8 whole numbers and a tiling"),
+            ("64", "8 whole numbers and a tiling"),
         ] {
             let broken = format!("{text}{bad}\n");
             let (line, why) = parse(&broken, HEADER).unwrap_err();
             assert_eq!(line, Some(broken.lines().count()), "{bad}");
             assert!(why.contains(what), "{bad}: {why}");
         }
-        assert_eq!(parse("format 1\n", HEADER).unwrap_err().0, None);
+        assert_eq!(parse("format 2\n", HEADER).unwrap_err().0, None);
+    }
+
+    /// Whether the choice lines (after the header) end with `endings`, in order.
+    fn text_lines_end_with(text: &str, endings: &[&str]) -> bool {
+        let choices: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+            .collect();
+        choices.len() == endings.len() && choices.iter().zip(endings).all(|(l, e)| l.ends_with(e))
     }
 
     #[test]

@@ -254,6 +254,8 @@ fn every_tiled_matmul_kernel_matches_cpu() {
         MatmulTiles::Tiles128,
         MatmulTiles::Tiles64,
         MatmulTiles::Tiles32,
+        MatmulTiles::Tiles128Vec4,
+        MatmulTiles::Tiles64Vec4,
         MatmulTiles::Auto,
         MatmulTiles::Measured,
     ] {

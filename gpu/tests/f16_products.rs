@@ -238,6 +238,8 @@ fn every_tile_size_gives_the_same_f16_bits() {
         MatmulTiles::Tiles128,
         MatmulTiles::Tiles64,
         MatmulTiles::Tiles32,
+        MatmulTiles::Tiles128Vec4,
+        MatmulTiles::Tiles64Vec4,
         MatmulTiles::Auto,
         MatmulTiles::Measured,
     ] {

@@ -239,9 +239,10 @@ fn matmul_tile_dir_from_env() -> Option<std::path::PathBuf> {
     }
 }
 
-/// `DEBERTA_WGPU_MATMUL_TILES`: `measured` (default: each product shape's tile size timed on
-/// the device), `auto` (the occupancy rule), or `128`, `64`, `32` forcing the tile size of the
-/// wgpu matrix products (a tuning knob: the results are the same).
+/// `DEBERTA_WGPU_MATMUL_TILES`: `measured` (default: each product shape's tiled kernel timed
+/// on the device), `auto` (the occupancy rule), or `128`, `64`, `32` forcing the tile size of
+/// the wgpu matrix products, `128v`, `64v` the tile size with contiguous blocks read as vec4s
+/// (a tuning knob: the results are the same).
 #[cfg(feature = "gpu")]
 fn matmul_tiles_from_env() -> Result<MatmulTiles> {
     const VAR: &str = "DEBERTA_WGPU_MATMUL_TILES";
@@ -251,8 +252,10 @@ fn matmul_tiles_from_env() -> Result<MatmulTiles> {
         Ok("128") => Ok(MatmulTiles::Tiles128),
         Ok("64") => Ok(MatmulTiles::Tiles64),
         Ok("32") => Ok(MatmulTiles::Tiles32),
+        Ok("128v") => Ok(MatmulTiles::Tiles128Vec4),
+        Ok("64v") => Ok(MatmulTiles::Tiles64Vec4),
         Ok(other) => Err(Error::Usage(format!(
-            "{VAR}={other}: expected measured, auto, 128, 64 or 32"
+            "{VAR}={other}: expected measured, auto, 128, 64, 32, 128v or 64v"
         ))),
     }
 }

@@ -11,6 +11,7 @@ use super::memory::alloc;
 use super::word;
 use crate::device::Gpu;
 use crate::kernels::{Kernel, MATMUL_THREADS, TILE_K};
+use crate::matmul_source::BlockLayout;
 use crate::measured_tiles::ProductShape;
 use crate::params::MatmulParams;
 use crate::pool::PooledBuffer;
@@ -29,9 +30,10 @@ const LARGE_TILE_MIN_WORKGROUPS: usize = 256;
 /// kernel). All compute the same sums in the same order; the choice is only about speed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MatmulTiles {
-    /// Per product shape, the tile size that ran fastest on this device the first time the
-    /// shape came (each size that fits timed on the product itself, into C where β = 0, else
-    /// into a scratch C of at most 16 MiB), kept for the device's lifetime. Products the rule
+    /// Per product shape, the tiled kernel (tile size and block layout) that ran fastest on
+    /// this device the first time the shape came (each one that fits timed on the product
+    /// itself, into C where β = 0, else into a scratch C of at most 16 MiB), kept for the
+    /// device's lifetime (and in a file, see `WgpuBackend::keep_matmul_tiles_in`). Products the rule
     /// gives the thin kernel or splits along k, and those whose C is read and larger than
     /// that, keep the rule's plan (a split sums in another order).
     #[default]
@@ -45,6 +47,12 @@ pub enum MatmulTiles {
     Tiles64,
     /// Always 128×128 tiles (64×64 where the adapter lacks the workgroup memory).
     Tiles128,
+    /// Always 64×64 tiles with each thread's 4×4 outputs contiguous, its operands read from
+    /// workgroup memory four at a time ([`BlockLayout::Contiguous`]).
+    Tiles64Vec4,
+    /// Always 128×128 tiles with contiguous 8×8 blocks (64×64 ones where the adapter lacks
+    /// the workgroup memory).
+    Tiles128Vec4,
 }
 
 impl MatmulTiles {
@@ -55,6 +63,8 @@ impl MatmulTiles {
             MatmulTiles::Tiles32 => 2,
             MatmulTiles::Tiles64 => 3,
             MatmulTiles::Tiles128 => 4,
+            MatmulTiles::Tiles64Vec4 => 5,
+            MatmulTiles::Tiles128Vec4 => 6,
         }
     }
 
@@ -64,6 +74,8 @@ impl MatmulTiles {
             2 => MatmulTiles::Tiles32,
             3 => MatmulTiles::Tiles64,
             4 => MatmulTiles::Tiles128,
+            5 => MatmulTiles::Tiles64Vec4,
+            6 => MatmulTiles::Tiles128Vec4,
             _ => MatmulTiles::Measured,
         }
     }
@@ -91,16 +103,55 @@ const MEASURE_ROUNDS: usize = 3;
 /// larger ones keep the occupancy rule (the scratch would stay in the buffer pool).
 const MEASURE_SCRATCH_MAX_BYTES: usize = 16 << 20;
 
-/// The tiled kernels, largest tile first, with their tile side.
-const TILED: [(Kernel, u32); 3] = [
-    (Kernel::MatmulTiled128, 128),
-    (Kernel::MatmulTiled64, 64),
-    (Kernel::MatmulTiled32, 32),
+/// A tiled kernel: the side of its tiles and the layout of each thread's block of outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Tiling {
+    pub(crate) side: u32,
+    pub(crate) layout: BlockLayout,
+}
+
+impl Tiling {
+    const fn new(side: u32, layout: BlockLayout) -> Self {
+        Tiling { side, layout }
+    }
+
+    /// Its f32 kernel (`None` for a side or layout without one).
+    pub(crate) const fn kernel(self) -> Option<Kernel> {
+        Some(match (self.side, self.layout) {
+            (32, BlockLayout::Strided) => Kernel::MatmulTiled32,
+            (64, BlockLayout::Strided) => Kernel::MatmulTiled64,
+            (128, BlockLayout::Strided) => Kernel::MatmulTiled128,
+            (64, BlockLayout::Contiguous) => Kernel::MatmulTiled64Vec4,
+            (128, BlockLayout::Contiguous) => Kernel::MatmulTiled128Vec4,
+            _ => return None,
+        })
+    }
+
+    /// Workgroup memory of the kernel: A's and B's padded stages.
+    const fn workgroup_bytes(self) -> u32 {
+        2 * TILE_K * self.layout.tile_stride(self.side) * 4
+    }
+}
+
+/// The tiled kernels of the rules (the strided layout), largest tile first.
+const TILED: [Tiling; 3] = [
+    Tiling::new(128, BlockLayout::Strided),
+    Tiling::new(64, BlockLayout::Strided),
+    Tiling::new(32, BlockLayout::Strided),
 ];
 
-/// Workgroup memory of the tiled kernel with `side`-wide tiles: A's and B's padded stages.
-const fn workgroup_bytes(side: u32) -> u32 {
-    2 * TILE_K * (side + 1) * 4
+/// The tiled kernels with contiguous blocks, largest tile first.
+const TILED_VEC4: [Tiling; 2] = [
+    Tiling::new(128, BlockLayout::Contiguous),
+    Tiling::new(64, BlockLayout::Contiguous),
+];
+
+/// The kernel of a tiling in [`TILED`] or [`TILED_VEC4`], which all have one.
+const fn kernel_of(tiling: Tiling) -> Kernel {
+    match tiling.kernel() {
+        Some(kernel) => kernel,
+        None => Kernel::MatmulTiled32,
+    }
 }
 
 /// Split-K cuts the inner dimension into pieces of at least this many elements.
@@ -163,23 +214,27 @@ fn choose_kernel(
     if m < TILED_MIN_SIDE || n < TILED_MIN_SIDE {
         return (Kernel::MatmulSmall, MATMUL_THREADS);
     }
-    let fits = |side: u32| workgroup_bytes(side) <= workgroup_memory;
-    let widest = |max: u32| {
-        TILED
-            .into_iter()
-            .find(|&(_, side)| side <= max && fits(side))
+    let fits = |tiling: &Tiling| tiling.workgroup_bytes() <= workgroup_memory;
+    let widest = |candidates: &[Tiling], max: u32| {
+        candidates
+            .iter()
+            .find(|t| t.side <= max && fits(t))
+            .copied()
             .unwrap_or(TILED[2])
     };
     let workgroups = |side: u32| m.div_ceil(side as usize) * n.div_ceil(side as usize) * entries;
-    match tiles {
+    let tiling = match tiles {
         MatmulTiles::Auto | MatmulTiles::Measured => TILED
             .into_iter()
-            .find(|&(_, side)| fits(side) && workgroups(side) >= LARGE_TILE_MIN_WORKGROUPS)
+            .find(|t| fits(t) && workgroups(t.side) >= LARGE_TILE_MIN_WORKGROUPS)
             .unwrap_or(TILED[2]),
-        MatmulTiles::Tiles128 => widest(128),
-        MatmulTiles::Tiles64 => widest(64),
+        MatmulTiles::Tiles128 => widest(&TILED, 128),
+        MatmulTiles::Tiles64 => widest(&TILED, 64),
         MatmulTiles::Tiles32 => TILED[2],
-    }
+        MatmulTiles::Tiles128Vec4 => widest(&TILED_VEC4, 128),
+        MatmulTiles::Tiles64Vec4 => widest(&TILED_VEC4, 64),
+    };
+    (kernel_of(tiling), tiling.side)
 }
 
 /// A stride as a kernel word; strides of dimensions that never step are irrelevant (0).
@@ -347,15 +402,13 @@ fn measured_choice(
         b_k_contiguous: params.b_k_contiguous != 0,
         sequential: per_dispatch == 1,
     };
-    // A kept choice (measured here, or loaded from the cache file of this adapter) that the
-    // device can run; else measure.
-    let memory = gpu.limits.max_compute_workgroup_storage_size;
-    if let Some(choice) = gpu.measured_tiles.get(&shape)?.and_then(|side| {
-        TILED.into_iter().find(|&(_, s)| {
-            s == side && workgroup_bytes(s) <= memory && tile_grid(gpu, spec.m, spec.n, s).is_ok()
-        })
-    }) {
-        return Ok(choice);
+    // A kept choice (measured here, or loaded from the file of this adapter) that the device
+    // can run; else measure.
+    if let Some(tiling) = gpu.measured_tiles.get(&shape)?
+        && let Some(kernel) = tiling.kernel()
+        && runs(gpu, spec, tiling)
+    {
+        return Ok((kernel, tiling.side));
     }
     let scratch: Option<GpuTensor> = match spec.beta == 0.0 {
         true => None,
@@ -366,13 +419,19 @@ fn measured_choice(
         None => buffers[0],
     };
     let timed = [output, buffers[1], buffers[2]];
-    let choice = measure(gpu, spec, |(kernel, tile)| {
-        let grid = tile_grid(gpu, spec.m, spec.n, tile)?;
-        let kernel = kernel.with_operands(f16_operands);
+    let choice = measure(gpu, spec, |tiling| {
+        let grid = tile_grid(gpu, spec.m, spec.n, tiling.side)?;
+        let kernel = kernel_of(tiling).with_operands(f16_operands);
         dispatch_entries(gpu, (kernel, grid), params, &timed, entries, per_dispatch)
     })?;
-    gpu.measured_tiles.insert(shape, choice.1)?;
-    Ok(choice)
+    gpu.measured_tiles.insert(shape, choice)?;
+    Ok((kernel_of(choice), choice.side))
+}
+
+/// Whether `tiling` fits the device's workgroup memory and its grid the product's output.
+fn runs(gpu: &Gpu, spec: &MatmulSpec, tiling: Tiling) -> bool {
+    tiling.workgroup_bytes() <= gpu.limits.max_compute_workgroup_storage_size
+        && tile_grid(gpu, spec.m, spec.n, tiling.side).is_ok()
 }
 
 /// The `[x, y]` workgroup grid of an `m × n` output on `tile`-wide tiles, within the device's
@@ -411,20 +470,21 @@ fn dispatch_entries(
     Ok(())
 }
 
-/// Times `run` (the product, into C or scratch) on each tile size that fits the device and its
-/// grid, after waiting for the work recorded before; returns the fastest. One untimed run per
-/// size first (its pipeline compiles there), then the best of [`MEASURE_ROUNDS`] runs.
+/// Times `run` (the product, into C or scratch) on each tiled kernel ([`TILED`], then
+/// [`TILED_VEC4`]) that fits the device and its grid, after waiting for the work recorded
+/// before; returns the fastest. One untimed run per kernel first (its pipeline compiles there),
+/// then the best of [`MEASURE_ROUNDS`] runs.
 fn measure(
     gpu: &Gpu,
     spec: &MatmulSpec,
-    run: impl Fn((Kernel, u32)) -> Result<(), Error>,
-) -> Result<(Kernel, u32), Error> {
-    let memory = gpu.limits.max_compute_workgroup_storage_size;
-    let candidates = TILED.into_iter().filter(|&(_, side)| {
-        workgroup_bytes(side) <= memory && tile_grid(gpu, spec.m, spec.n, side).is_ok()
-    });
+    run: impl Fn(Tiling) -> Result<(), Error>,
+) -> Result<Tiling, Error> {
+    let candidates = TILED
+        .into_iter()
+        .chain(TILED_VEC4)
+        .filter(|&tiling| runs(gpu, spec, tiling));
     gpu.wait()?;
-    let mut best: Option<((Kernel, u32), Duration)> = None;
+    let mut best: Option<(Tiling, Duration)> = None;
     for candidate in candidates {
         run(candidate)?;
         gpu.wait()?;
@@ -506,7 +566,7 @@ mod tests {
         // 2048²: 256 tiles of 128.
         assert_eq!(side(2048, 2048, 1, LARGE_MEMORY), 128);
         // ... but 128-wide stages (16,512 B) exceed WebGPU's default 16 KiB.
-        assert_eq!(workgroup_bytes(128), 16_512);
+        assert_eq!(TILED[0].workgroup_bytes(), 16_512);
         assert_eq!(side(2048, 2048, 1, DEFAULT_MEMORY), 64);
         // xsmall 8×128 projections: 1024 × 384 has 96 tiles of 64, 384 of 32.
         assert_eq!(side(1024, 384, 1, LARGE_MEMORY), 32);
@@ -548,6 +608,13 @@ mod tests {
         assert_eq!(kernel(MatmulTiles::Tiles128), Kernel::MatmulTiled64);
         assert_eq!(kernel(MatmulTiles::Tiles64), Kernel::MatmulTiled64);
         assert_eq!(kernel(MatmulTiles::Tiles32), Kernel::MatmulTiled32);
+        // Contiguous 128-wide blocks stage 16,896 B: 64-wide ones where 16 KiB is all there is.
+        assert_eq!(TILED_VEC4[0].workgroup_bytes(), 16_896);
+        assert_eq!(kernel(MatmulTiles::Tiles128Vec4), Kernel::MatmulTiled64Vec4);
+        assert_eq!(
+            choose_kernel(MatmulTiles::Tiles128Vec4, [100, 100, 1], LARGE_MEMORY).0,
+            Kernel::MatmulTiled128Vec4
+        );
         assert_eq!(
             choose_kernel(MatmulTiles::Tiles128, [100, 100, 1], LARGE_MEMORY).0,
             Kernel::MatmulTiled128

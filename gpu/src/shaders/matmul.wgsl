@@ -1,8 +1,10 @@
 // Batched strided matrix multiplication C = α·A·B + β·C for every batch entry, accumulated in
 // f32. In `matmul_tiled` each of the 16×16 threads holds a BLOCK×BLOCK block of C in
-// registers (outputs strided by 16, so that neighbouring threads read neighbouring
-// workgroup-memory words), and the workgroup stages (16·BLOCK)×16 / 16×(16·BLOCK) tiles of A
-// and B in workgroup memory: BLOCK 2, 4 and 8 give 32-, 64- and 128-wide tiles. The load
+// registers, and the workgroup stages (16·BLOCK)×16 / 16×(16·BLOCK) tiles of A and B in
+// workgroup memory: BLOCK 2, 4 and 8 give 32-, 64- and 128-wide tiles. The block is either
+// strided (outputs 16 apart, so that neighbouring threads read neighbouring workgroup-memory
+// words: one scalar load per operand) or contiguous (BLOCK neighbouring rows and columns, read
+// from tiles of vec4s: a quarter of the loads). The load
 // mapping follows whichever stride of an operand is 1, so row-major and transposed operands
 // are both read coalesced. `matmul_small` is the general fallback for thin products: one
 // thread per element of C. Every variant sums over k in the same order, so they give the same
@@ -11,7 +13,8 @@
 // This file is a template (gpu/src/matmul_source.rs fills it in): it follows a header that
 // declares `Operand`, the type operands are converted to as they are loaded (f32:
 // matmul_f32.wgsl, the reference; f16: matmul_f16.wgsl, the products of mixed-precision
-// training; products and sums are f32 either way), and `BLOCK`; the lines marked `@accumulators`,
+// training; products and sums are f32 either way), and `BLOCK`; the line marked `@tiles`
+// becomes the workgroup tiles of the block's layout, and the lines marked `@accumulators`,
 // `@multiply_accumulate` and `@store` become the register block's straight-line code — one
 // scalar per output, constant names, no loop for a compiler to unroll — so that the
 // accumulators stay in registers on every driver (an array indexed in loops can be placed in
@@ -26,8 +29,6 @@ const TILE_K: u32 = 16u;
 const MATMUL_THREADS: u32 = 16u;
 // The side of C's tile: MATMUL_THREADS·BLOCK.
 const TILE: u32 = MATMUL_THREADS * BLOCK;
-// Padded tile rows avoid bank conflicts when the k-contiguous mapping stores a column.
-const TILE_STRIDE: u32 = TILE + 1u;
 
 struct Params {
     batch1: u32,
@@ -69,8 +70,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read> a: array<f32>;
 @group(0) @binding(3) var<storage, read> b: array<f32>;
 
-var<workgroup> a_tile: array<Operand, TILE_K * TILE_STRIDE>;
-var<workgroup> b_tile: array<Operand, TILE_K * TILE_STRIDE>;
+// The staged tiles of A and B (TILE_K rows of TILE operands, TILE_STRIDE apart), and
+// `stage_a`/`stage_b`, which store one operand at a flat index of them.
+// @tiles
 
 struct Bases {
     a: u32,
@@ -137,7 +139,7 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
             if (gr < params.m && gk < k_end) {
                 v = a[bases.a + gr * params.a_row_stride + gk * params.a_col_stride];
             }
-            a_tile[kk * TILE_STRIDE + r] = Operand(v);
+            stage_a(kk * TILE_STRIDE + r, Operand(v));
         }
         for (var q = 0u; q < BLOCK; q += 1u) {
             let e = lid + q * MATMUL_THREADS * MATMUL_THREADS;
@@ -156,20 +158,16 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
             if (gc < params.n && gk < k_end) {
                 v = b[bases.b + gk * params.b_row_stride + gc * params.b_col_stride];
             }
-            b_tile[kk * TILE_STRIDE + col] = Operand(v);
+            stage_b(kk * TILE_STRIDE + col, Operand(v));
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk += 1u) {
-            let ai = kk * TILE_STRIDE + ty;
-            let bi = kk * TILE_STRIDE + tx;
-            // a_i = A[row ty + 16·i], b_j = B[column tx + 16·j] at this kk; acc_i_j += a_i·b_j.
+            // a_i, b_j: the thread's rows of A and columns of B at this kk; acc_i_j += a_i·b_j.
             // @multiply_accumulate
         }
         workgroupBarrier();
     }
-    let row = row0 + ty;
-    let col = col0 + tx;
-    // store_tile_output(bases.c, row + 16·i, col + 16·j, acc_i_j) for every i, j.
+    // store_tile_output(bases.c, the row of acc_i_j, its column, acc_i_j) for every i, j.
     // @store
 }
 
