@@ -14,7 +14,9 @@
 #              set to auto (the occupancy rule instead of the default measured choice) and
 #              forced to 128, 64 and 32 and to 128v and 64v (contiguous blocks read as vec4s;
 #              the matmuls always are: labels ours-wgpu-tauto, -t128, -t64, -t32, -t128v, -t64v),
-#              CPU=1 to add the CPU backend against PyTorch on the CPU (CPU_THREADS,
+#              SUBGROUP_SWEEP=1 to also run every wgpu forward and step with the tree
+#              reductions instead of subgroup ones (DEBERTA_WGPU_SUBGROUPS=off; label
+#              ours-wgpu-nosubgroups, with kernel times), CPU=1 to add the CPU backend against PyTorch on the CPU (CPU_THREADS,
 #              default nproc; CPU_STEP_CASES, default STEP_CASES). KERNEL_TIMES (default 1): our
 #              wgpu forward and step also print and record the device time of each kernel
 #              (`--kernel-times`: three more runs, timed per kernel). TIME_LIMIT (seconds, default
@@ -161,6 +163,11 @@ run_cases() {
                                 "${ours_precision[@]}" "${common[@]}"
                         done
                     fi
+                    if [ "${SUBGROUP_SWEEP:-0}" = 1 ]; then
+                        record "$stem ours-wgpu-nosubgroups" env DEBERTA_WGPU_SUBGROUPS=off \
+                            "$DEBERTA" bench "$bench" --backend wgpu "${shape_args[@]}" \
+                            "${ours_precision[@]}" "${kernel_times[@]}" "${common[@]}"
+                    fi
                     record "$stem pytorch-$TORCH_DEVICE" "$PYTHON" "$ROOT/bench/pytorch_bench.py" \
                         "$bench" --device "$TORCH_DEVICE" "${shape_args[@]}" "${theirs_precision[@]}" "${common[@]}"
                 else
@@ -186,7 +193,7 @@ import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 by = {r["label"]: r["result"] for r in rows}
 ours_sides = ("ours-wgpu", "ours-wgpu-tauto", "ours-wgpu-t128", "ours-wgpu-t64", "ours-wgpu-t32",
-              "ours-wgpu-t128v", "ours-wgpu-t64v", "ours-cpu")
+              "ours-wgpu-t128v", "ours-wgpu-t64v", "ours-wgpu-nosubgroups", "ours-cpu")
 for label, res in by.items():
     stem, side = label.rsplit(" ", 1)
     if side not in ours_sides:

@@ -461,6 +461,47 @@ mod tests {
         choices.len() == endings.len() && choices.iter().zip(endings).all(|(l, e)| l.ends_with(e))
     }
 
+    proptest::proptest! {
+        /// Any text is a result, never a panic; any choices come back from their file.
+        #[test]
+        fn any_text_parses_or_is_an_error_and_any_choices_round_trip(
+            text in "[0-9 v#a-z\n]{0,200}",
+            lines in proptest::collection::vec(
+                (0usize..5000, 0usize..5000, 0usize..5000, 1usize..64, proptest::bool::ANY,
+                 proptest::bool::ANY, 0usize..5),
+                0..8,
+            ),
+        ) {
+            let _ = parse(&text, HEADER);
+            let _ = parse(&format!("{HEADER}{text}"), HEADER);
+            let tilings = [
+                (32, BlockLayout::Strided),
+                (64, BlockLayout::Strided),
+                (128, BlockLayout::Strided),
+                (64, BlockLayout::Contiguous),
+                (128, BlockLayout::Contiguous),
+            ];
+            let choices: HashMap<ProductShape, Tiling> = lines
+                .into_iter()
+                .map(|(m, n, k, entries, f16_operands, sequential, t)| {
+                    let shape = ProductShape {
+                        m,
+                        n,
+                        k,
+                        entries,
+                        f16_operands,
+                        a_k_contiguous: !f16_operands,
+                        b_k_contiguous: sequential,
+                        sequential,
+                    };
+                    let (side, layout) = tilings[t];
+                    (shape, Tiling { side, layout })
+                })
+                .collect();
+            proptest::prop_assert_eq!(parse(&file_text(HEADER, &choices), HEADER), Ok(choices));
+        }
+    }
+
     #[test]
     fn the_hash_is_fnv1a() {
         // The published FNV-1a 64 test vectors.
