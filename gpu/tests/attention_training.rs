@@ -242,6 +242,29 @@ fn rows_longer_than_a_workgroup_step() {
     check_all(cases);
 }
 
+/// The backward passes sum a row's c2p/p2c table gradient in workgroup memory up to 1024 window
+/// rows (every sequence of up to 512 tokens) and in the table itself beyond: 520 tokens with
+/// (nearly) exact relative positions need more window rows than that, 500 tokens fewer.
+#[test]
+fn table_rows_beyond_workgroup_memory() {
+    let mut cases = Vec::new();
+    for (len, valid, beyond) in [(520, vec![520], true), (500, vec![431], false)] {
+        let case = Case {
+            batch: 1,
+            heads: 1,
+            len,
+            head_dim: 16,
+            buckets: (1024, 2048, 1024),
+            valid,
+            ..base()
+        };
+        let rows = case.problem().spec.rows;
+        assert_eq!(rows > 1024, beyond, "{len} tokens: {rows} window rows");
+        cases.push((case, Some(0.1)));
+    }
+    check_all(cases);
+}
+
 /// Mixed precision (f16 products, on adapters with `SHADER_F16`): the fused kernels round every
 /// operand of their products to f16 as the composition's f16 matmuls do, so they agree with the
 /// composition at f16 products and with the f32 CPU within [`F16_TOL`], and differ from their

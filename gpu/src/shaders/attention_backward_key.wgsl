@@ -8,11 +8,12 @@
 // The column's queries go in chunks of ATTN_ROWS_WG: each thread computes the terms of one query
 // of the chunk into workgroup memory, then thread c adds the chunk's terms to column c of dV and
 // dK (and thread 0 adds them to the p2c row), queries in order: the same sums in the same order
-// as one thread per row would add them.
+// as one thread per row would add them. The p2c row is the binding `dtable`
+// (attention_backward_rows.wgsl sums it in workgroup memory).
 
 @group(0) @binding(1) var<storage, read_write> dkey: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dvalue: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dp2c: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dtable: array<f32>;
 @group(0) @binding(4) var<storage, read> dcontext: array<f32>;
 @group(0) @binding(5) var<storage, read> drows: array<f32>;
 @group(0) @binding(6) var<storage, read> stats: array<f32>;
@@ -56,12 +57,11 @@ fn attention_backward_key(@builtin(workgroup_id) wid: vec3<u32>,
     let key_valid = mask[tk] != 0.0;
 
     if (p2c) {
-        for (var r = lid; r < params.rows; r += ATTN_ROWS_WG) {
-            dp2c[table + r] = 0.0;
-        }
+        table_row_clear(lid, table);
     }
     // The zeros are in place before thread 0 adds to them.
     storageBarrier();
+    workgroupBarrier();
     var dk = 0.0;
     var dv = 0.0;
     for (var i0 = 0u; i0 < len; i0 += ATTN_ROWS_WG) {
@@ -123,12 +123,15 @@ fn attention_backward_key(@builtin(workgroup_id) wid: vec3<u32>,
         if (p2c && lid == 0u) {
             for (var u = 0u; u < count; u += 1u) {
                 if (chunk_terms[u] == 2u) {
-                    dp2c[table + chunk_row[u]] += chunk_position[u];
+                    table_row_add(table, chunk_row[u], chunk_position[u]);
                 }
             }
         }
         // The chunk is read before the next one overwrites it.
         workgroupBarrier();
+    }
+    if (p2c) {
+        table_row_store(lid, table);
     }
     if (lid < d) {
         dkey[out + lid] = dk;

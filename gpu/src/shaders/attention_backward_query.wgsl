@@ -9,10 +9,11 @@
 // of the chunk into workgroup memory, then thread c adds the chunk's terms to column c of dQ
 // (and thread 0 adds them to the c2p row), keys in order: the same sums in the same order as one
 // thread per row would add them, with a head's columns spread over the threads instead of held
-// in one thread's array.
+// in one thread's array. The c2p row is the binding `dtable` (attention_backward_rows.wgsl sums
+// it in workgroup memory).
 
 @group(0) @binding(1) var<storage, read_write> dquery: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dc2p: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dtable: array<f32>;
 @group(0) @binding(3) var<storage, read_write> drows: array<f32>;
 @group(0) @binding(4) var<storage, read> dcontext: array<f32>;
 @group(0) @binding(5) var<storage, read> context: array<f32>;
@@ -63,12 +64,11 @@ fn attention_backward_query(@builtin(workgroup_id) wid: vec3<u32>,
         drows[t] = delta;
     }
     if (c2p) {
-        for (var r = lid; r < params.rows; r += ATTN_ROWS_WG) {
-            dc2p[table + r] = 0.0;
-        }
+        table_row_clear(lid, table);
     }
     // The zeros are in place before thread 0 adds to them.
     storageBarrier();
+    workgroupBarrier();
     // A padded query row passes no gradient to its scores.
     let row_valid = mask[tq] != 0.0;
     let lse = stats[t];
@@ -113,12 +113,15 @@ fn attention_backward_query(@builtin(workgroup_id) wid: vec3<u32>,
         if (c2p && lid == 0u) {
             for (var u = 0u; u < count; u += 1u) {
                 if (chunk_live[u] != 0u) {
-                    dc2p[table + chunk_row[u]] += chunk_position[u];
+                    table_row_add(table, chunk_row[u], chunk_position[u]);
                 }
             }
         }
         // The chunk is read before the next one overwrites it.
         workgroupBarrier();
+    }
+    if (c2p) {
+        table_row_store(lid, table);
     }
     if (lid < d) {
         dquery[out + lid] = dq;
