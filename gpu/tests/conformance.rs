@@ -350,6 +350,9 @@ fn split_k_weight_gradient_products_match_cpu() {
     let Some(gpu) = gpu() else {
         return;
     };
+    // A backend of its own, to compare the rule (`Auto`: strided pieces) with `Measured`, which
+    // times the pieces' block layout: the same split, the same bits.
+    let own = WgpuBackend::new(AdapterChoice::default()).expect("second device");
     // Deep, narrow single products (as weight gradients are), which the automatic plan splits
     // along k into two pieces, with a k that is no multiple of the tile depth, in every
     // layout of A and B, accumulating into C.
@@ -375,7 +378,19 @@ fn split_k_weight_gradient_products_match_cpu() {
                 &found[0],
                 TOL * k as f32,
             );
+            let bits = |tiles| {
+                own.set_matmul_tiles(tiles);
+                let found = matmul_case(&own, &case);
+                found[0].iter().map(|x| x.to_bits()).collect::<Vec<u32>>()
+            };
+            assert!(
+                bits(MatmulTiles::Auto) == bits(MatmulTiles::Measured),
+                "{m}×{n}×{k}, transposes {t}: the measured pieces give other bits"
+            );
         }
+        let measured = own.measured_matmul_tiles();
+        let split = measured.iter().find(|c| (c.m, c.n, c.k) == (m, n, k));
+        assert_eq!(split.map(|c| c.tile), Some(64), "{measured:?}");
     }
 }
 

@@ -10,6 +10,7 @@ use deberta_core::kernels::{MatmulSpec, MatrixLayout};
 use super::memory::alloc;
 use super::word;
 use crate::device::Gpu;
+use crate::error::device_error;
 use crate::kernels::{Kernel, MATMUL_THREADS, TILE_K};
 use crate::matmul_source::BlockLayout;
 use crate::measured_tiles::ProductShape;
@@ -33,9 +34,10 @@ pub enum MatmulTiles {
     /// Per product shape, the tiled kernel (tile size and block layout) that ran fastest on
     /// this device the first time the shape came (each one that fits timed on the product
     /// itself, into C where β = 0, else into a scratch C of at most 16 MiB), kept for the
-    /// device's lifetime (and in a file, see `WgpuBackend::keep_matmul_tiles_in`). Products the rule
-    /// gives the thin kernel or splits along k, and those whose C is read and larger than
-    /// that, keep the rule's plan (a split sums in another order).
+    /// device's lifetime (and in a file, see `WgpuBackend::keep_matmul_tiles_in`). Products the
+    /// rule gives the thin kernel, and those whose C is read and larger than that, keep the
+    /// rule's plan; those it splits along k keep its split and 64-wide pieces (a split sums in
+    /// another order), the pieces' block layout measured.
     #[default]
     Measured,
     /// Per product: the largest tiles it has enough of (the occupancy rule, see the README),
@@ -145,6 +147,14 @@ const TILED_VEC4: [Tiling; 2] = [
     Tiling::new(128, BlockLayout::Contiguous),
     Tiling::new(64, BlockLayout::Contiguous),
 ];
+
+/// Every tiled kernel [`MatmulTiles::Measured`] times for an unsplit product (the smallest
+/// last: it fits where the others may not).
+const MEASURED_TILED: [Tiling; 5] = [TILED[0], TILED_VEC4[0], TILED[1], TILED_VEC4[1], TILED[2]];
+
+/// The kernels it times for the pieces of a split product: the 64-wide tiles of the split's
+/// rule, in either block layout (the strided one last: it fits where the other may not).
+const SPLIT_TILED: [Tiling; 2] = [TILED_VEC4[1], TILED[1]];
 
 /// The kernel of a tiling in [`TILED`] or [`TILED_VEC4`], which all have one.
 const fn kernel_of(tiling: Tiling) -> Kernel {
@@ -336,16 +346,6 @@ pub(crate) fn matmul(
         [spec.m, spec.n, spec.k, entries],
         gpu.limits.max_compute_workgroup_storage_size,
     );
-    if splits > 1 {
-        let grid = tile_grid(gpu, spec.m, spec.n, tile)?;
-        return split_k(
-            gpu,
-            [a, b, c],
-            params,
-            grid,
-            (kernel.with_operands(f16_operands), splits),
-        );
-    }
     // Entries run concurrently when no two write the same element of C; otherwise one at a
     // time, in order, as the CPU runs them (e.g. a C shared by every entry, accumulated).
     let per_dispatch = if spec.output_is_injective() {
@@ -353,22 +353,45 @@ pub(crate) fn matmul(
     } else {
         1
     };
+    let shape = ProductShape {
+        m: spec.m,
+        n: spec.n,
+        k: spec.k,
+        entries,
+        f16_operands,
+        a_k_contiguous: params.a_k_contiguous != 0,
+        b_k_contiguous: params.b_k_contiguous != 0,
+        sequential: per_dispatch == 1,
+    };
     // Where C is read (β ≠ 0) the timing runs need a scratch C: not beyond
     // MEASURE_SCRATCH_MAX_BYTES (e.g. the tied embedding's accumulated gradient keeps the rule).
-    let measurable = spec.beta == 0.0 || c.len() * 4 <= MEASURE_SCRATCH_MAX_BYTES;
-    let (kernel, tile) =
-        match policy == MatmulTiles::Measured && kernel != Kernel::MatmulSmall && measurable {
-            true => measured_choice(
-                gpu,
-                spec,
-                c,
-                params,
-                &buffers,
-                (entries, per_dispatch),
-                f16_operands,
-            )?,
-            false => (kernel, tile),
+    let measured = policy == MatmulTiles::Measured
+        && kernel != Kernel::MatmulSmall
+        && (spec.beta == 0.0 || c.len() * 4 <= MEASURE_SCRATCH_MAX_BYTES);
+    if splits > 1 {
+        // The split and its 64-wide pieces stay the rule's (a split sums in its own order);
+        // which block layout the pieces' kernel holds is measured: the same sums either way.
+        let tiling = match measured {
+            true => measured_choice(gpu, spec, c, shape, &SPLIT_TILED, |tiling, output| {
+                split_k(gpu, [a, b, output], params, (tiling, splits), f16_operands)
+            })?,
+            false => Tiling::new(tile, BlockLayout::Strided),
         };
+        return split_k(gpu, [a, b, c], params, (tiling, splits), f16_operands);
+    }
+    let (kernel, tile) = match measured {
+        true => {
+            let tiling =
+                measured_choice(gpu, spec, c, shape, &MEASURED_TILED, |tiling, output| {
+                    let grid = tile_grid(gpu, spec.m, spec.n, tiling.side)?;
+                    let kernel = kernel_of(tiling).with_operands(f16_operands);
+                    let timed = [gpu.buf(output)?, buffers[1], buffers[2]];
+                    dispatch_entries(gpu, (kernel, grid), params, &timed, entries, per_dispatch)
+                })?;
+            (kernel_of(tiling), tiling.side)
+        }
+        false => (kernel, tile),
+    };
     let grid = tile_grid(gpu, spec.m, spec.n, tile)?;
     dispatch_entries(
         gpu,
@@ -380,52 +403,33 @@ pub(crate) fn matmul(
     )
 }
 
-/// The tile [`MatmulTiles::Measured`] runs the product on: the one kept for its shape, or the
-/// fastest of [`measure`] (into C where β = 0, which the real run then overwrites, else into a
-/// scratch C), kept from then on.
+/// The tiled kernel [`MatmulTiles::Measured`] runs the product of `shape` on: the one kept for
+/// it (measured here, or loaded from the file of this adapter) if it is one of `candidates`
+/// that the device can run, else the fastest of [`measure`] over `candidates`, each `run` into
+/// C where β = 0 (which the real run then overwrites) or else into a scratch C, kept from then
+/// on.
 fn measured_choice(
     gpu: &Gpu,
     spec: &MatmulSpec,
     c: &GpuTensor,
-    params: MatmulParams,
-    buffers: &[&PooledBuffer; 3],
-    (entries, per_dispatch): (usize, usize),
-    f16_operands: bool,
-) -> Result<(Kernel, u32), Error> {
-    let shape = ProductShape {
-        m: spec.m,
-        n: spec.n,
-        k: spec.k,
-        entries,
-        f16_operands,
-        a_k_contiguous: params.a_k_contiguous != 0,
-        b_k_contiguous: params.b_k_contiguous != 0,
-        sequential: per_dispatch == 1,
-    };
-    // A kept choice (measured here, or loaded from the file of this adapter) that the device
-    // can run; else measure.
+    shape: ProductShape,
+    candidates: &[Tiling],
+    run: impl Fn(Tiling, &GpuTensor) -> Result<(), Error>,
+) -> Result<Tiling, Error> {
     if let Some(tiling) = gpu.measured_tiles.get(&shape)?
-        && let Some(kernel) = tiling.kernel()
+        && candidates.contains(&tiling)
         && runs(gpu, spec, tiling)
     {
-        return Ok((kernel, tiling.side));
+        return Ok(tiling);
     }
     let scratch: Option<GpuTensor> = match spec.beta == 0.0 {
         true => None,
         false => Some(alloc(gpu, c.len())?),
     };
-    let output = match &scratch {
-        Some(scratch) => gpu.buf(scratch)?,
-        None => buffers[0],
-    };
-    let timed = [output, buffers[1], buffers[2]];
-    let choice = measure(gpu, spec, |tiling| {
-        let grid = tile_grid(gpu, spec.m, spec.n, tiling.side)?;
-        let kernel = kernel_of(tiling).with_operands(f16_operands);
-        dispatch_entries(gpu, (kernel, grid), params, &timed, entries, per_dispatch)
-    })?;
+    let output = scratch.as_ref().unwrap_or(c);
+    let choice = measure(gpu, spec, candidates, |tiling| run(tiling, output))?;
     gpu.measured_tiles.insert(shape, choice)?;
-    Ok((kernel_of(choice), choice.side))
+    Ok(choice)
 }
 
 /// Whether `tiling` fits the device's workgroup memory and its grid the product's output.
@@ -470,18 +474,22 @@ fn dispatch_entries(
     Ok(())
 }
 
-/// Times `run` (the product, into C or scratch) on each tiled kernel ([`TILED`], then
-/// [`TILED_VEC4`]) that fits the device and its grid, after waiting for the work recorded
-/// before; returns the fastest. One untimed run per kernel first (its pipeline compiles there),
-/// then the best of [`MEASURE_ROUNDS`] runs.
+/// Times `run` (the product, into C or scratch) on each of `candidates` that fits the device
+/// and its grid, after waiting for the work recorded before; returns the fastest. One untimed
+/// run per kernel first (its pipeline compiles there), then the best of [`MEASURE_ROUNDS`]
+/// runs.
 fn measure(
     gpu: &Gpu,
     spec: &MatmulSpec,
+    candidates: &[Tiling],
     run: impl Fn(Tiling) -> Result<(), Error>,
 ) -> Result<Tiling, Error> {
-    let candidates = TILED
-        .into_iter()
-        .chain(TILED_VEC4)
+    let [.., smallest] = *candidates else {
+        return Err(device_error("no tiled matmul kernel to measure"));
+    };
+    let candidates = candidates
+        .iter()
+        .copied()
         .filter(|&tiling| runs(gpu, spec, tiling));
     gpu.wait()?;
     let mut best: Option<(Tiling, Duration)> = None;
@@ -499,20 +507,23 @@ fn measure(
             best = Some((candidate, fastest));
         }
     }
-    // 32-wide tiles always fit (the WebGPU default workgroup memory holds them).
-    Ok(best.map_or(TILED[2], |(choice, _)| choice))
+    // The last candidate, the smallest, fits where none is faster (WebGPU's default workgroup
+    // memory holds the 32- and 64-wide strided tiles).
+    Ok(best.map_or(smallest, |(choice, _)| choice))
 }
 
 /// One product (`params`, already checked) as `splits` pieces along k into a scratch slab
-/// each, summed in order into C: `kernel` over the `[x, y]` tile grid per piece.
+/// each, summed in order into C: the kernel of `tiling` over its tile grid per piece.
 fn split_k(
     gpu: &Gpu,
     [a, b, c]: [&GpuTensor; 3],
     params: MatmulParams,
-    [x, y]: [u32; 2],
-    (kernel, splits): (Kernel, usize),
+    (tiling, splits): (Tiling, usize),
+    f16_operands: bool,
 ) -> Result<(), Error> {
     let (m, n, k) = (params.m as usize, params.n as usize, params.k as usize);
+    let [x, y] = tile_grid(gpu, m, n, tiling.side)?;
+    let kernel = kernel_of(tiling).with_operands(f16_operands);
     let depth = k.div_ceil(splits).next_multiple_of(TILE_K as usize);
     let splits = k.div_ceil(depth);
     let slabs: GpuTensor = alloc(gpu, splits * m * n)?;
