@@ -504,7 +504,7 @@ impl Backend for WgpuBackend {
         attention::fused_attention(&self.gpu, operands(&ops), context, None, spec)
     }
 
-    /// The row-owned training kernels of `attention_rows.wgsl` (context and one logsumexp
+    /// The tiled training kernels of `attention_tile.wgsl` (context and one logsumexp
     /// per query row into `buffers.stats`; the probabilities are never written) where
     /// [`attention_training::supports`] the shape, the provided composition elsewhere; with
     /// f16 `products` (mixed precision) the kernels round every operand to binary16.

@@ -27,13 +27,6 @@ pub(crate) const ATTN_BLOCK: u32 = 4;
 pub(crate) const ATTN_CHUNK: u32 = 16;
 /// Widest head the fused attention takes (wider ones run the unfused kernels).
 pub(crate) const ATTN_MAX_HEAD_DIM: u32 = 64;
-/// Threads per workgroup of the training attention backward, one workgroup per query (key)
-/// row: the keys (queries) of one step, and the head columns (thread `c` owns column `c`).
-pub(crate) const ATTN_ROWS_WG: u32 = 64;
-const _: () = assert!(
-    ATTN_ROWS_WG >= ATTN_MAX_HEAD_DIM,
-    "a column of the head per thread"
-);
 
 /// A WGSL source file (one kernel family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,8 +62,8 @@ pub(crate) enum Shader {
     Optimizer,
     Dropout,
     Sampling,
-    /// The tiled attention forward of inference and training (`philox.wgsl` and
-    /// `f16_round.wgsl` prepended).
+    /// The tiled attention forward of inference and training (`philox.wgsl`,
+    /// `f16_round.wgsl` and `attention_tile.wgsl` prepended).
     FusedAttention,
     /// The training attention backward's query-owned pass.
     AttentionBackwardQuery,
@@ -126,20 +119,21 @@ impl Shader {
             Shader::FusedAttention => concat!(
                 include_str!("shaders/philox.wgsl"),
                 include_str!("shaders/f16_round.wgsl"),
+                include_str!("shaders/attention_tile.wgsl"),
                 include_str!("shaders/fused_attention.wgsl")
             ),
             Shader::AttentionBackwardQuery => concat!(
                 include_str!("shaders/philox.wgsl"),
                 include_str!("shaders/f16_round.wgsl"),
-                include_str!("shaders/attention_rows.wgsl"),
-                include_str!("shaders/attention_backward_rows.wgsl"),
+                include_str!("shaders/attention_tile.wgsl"),
+                include_str!("shaders/attention_backward.wgsl"),
                 include_str!("shaders/attention_backward_query.wgsl")
             ),
             Shader::AttentionBackwardKey => concat!(
                 include_str!("shaders/philox.wgsl"),
                 include_str!("shaders/f16_round.wgsl"),
-                include_str!("shaders/attention_rows.wgsl"),
-                include_str!("shaders/attention_backward_rows.wgsl"),
+                include_str!("shaders/attention_tile.wgsl"),
+                include_str!("shaders/attention_backward.wgsl"),
                 include_str!("shaders/attention_backward_key.wgsl")
             ),
         })
@@ -169,10 +163,9 @@ impl Shader {
             Shader::Optimizer => size_of::<AdamParams>(),
             Shader::Dropout => size_of::<DropoutParams>(),
             Shader::Sampling => size_of::<SamplingParams>(),
-            Shader::FusedAttention => size_of::<FusedAttentionParams>(),
-            Shader::AttentionBackwardQuery | Shader::AttentionBackwardKey => {
-                size_of::<AttentionRowsParams>()
-            }
+            Shader::FusedAttention
+            | Shader::AttentionBackwardQuery
+            | Shader::AttentionBackwardKey => size_of::<AttentionParams>(),
         }) as u64
     }
 }
@@ -401,6 +394,13 @@ mod tests {
         Shader::Matmul128Vec4F16,
     ];
 
+    /// The kernels of `attention_tile.wgsl`.
+    const ATTENTION: &[Shader] = &[
+        Shader::FusedAttention,
+        Shader::AttentionBackwardQuery,
+        Shader::AttentionBackwardKey,
+    ];
+
     #[test]
     fn rust_constants_are_the_wgsl_constants() {
         let mirrored: &[(&str, u32, &[Shader])] = &[
@@ -430,20 +430,11 @@ mod tests {
             ("TILE_K", TILE_K, MATMULS),
             ("SUM_ITEMS", SUM_ITEMS, &[Shader::Reduce]),
             ("PARAM_CHUNK_ROWS", PARAM_CHUNK_ROWS, &[Shader::LayerNorm]),
-            ("ATTN_TILE", ATTN_TILE, &[Shader::FusedAttention]),
-            ("ATTN_THREADS", ATTN_THREADS, &[Shader::FusedAttention]),
-            ("ATTN_BLOCK", ATTN_BLOCK, &[Shader::FusedAttention]),
-            ("ATTN_CHUNK", ATTN_CHUNK, &[Shader::FusedAttention]),
-            (
-                "ATTN_MAX_HEAD_DIM",
-                ATTN_MAX_HEAD_DIM,
-                &[Shader::FusedAttention, Shader::AttentionBackwardQuery],
-            ),
-            (
-                "ATTN_ROWS_WG",
-                ATTN_ROWS_WG,
-                &[Shader::AttentionBackwardQuery, Shader::AttentionBackwardKey],
-            ),
+            ("ATTN_TILE", ATTN_TILE, ATTENTION),
+            ("ATTN_THREADS", ATTN_THREADS, ATTENTION),
+            ("ATTN_BLOCK", ATTN_BLOCK, ATTENTION),
+            ("ATTN_CHUNK", ATTN_CHUNK, ATTENTION),
+            ("ATTN_MAX_HEAD_DIM", ATTN_MAX_HEAD_DIM, ATTENTION),
         ];
         for (name, value, shaders) in mirrored {
             for shader in *shaders {
@@ -545,8 +536,7 @@ mod tests {
             AdamParams,
             DropoutParams,
             SamplingParams,
-            FusedAttentionParams,
-            AttentionRowsParams
+            AttentionParams
         );
     }
 }

@@ -206,19 +206,22 @@ params! {
 }
 
 params! {
-    /// `fused_attention.wgsl`.
-    FusedAttentionParams mirrors crate::kernels::Shader::FusedAttention => {
+    /// `attention_tile.wgsl`: the three kernels of the fused attention (the forward of inference
+    /// and training, the training backward's two passes).
+    AttentionParams mirrors crate::kernels::Shader::FusedAttention => {
         batch: u32,
         heads: u32,
         len: u32,
         head_dim: u32,
         width: u32,
         first_row: u32,
+        rows: u32,
         tiles: u32,
         has_c2p: u32,
         has_p2c: u32,
         inv_scale: f32,
         scale: f32,
+        uniform: f32,
         has_stats: u32,
         has_dropout: u32,
         p: f32,
@@ -229,32 +232,7 @@ params! {
         stream: u32,
         /// 1: round every operand of a product to binary16 as it is loaded (mixed precision).
         f16_operands: u32,
-    }
-}
-
-params! {
-    /// `attention_rows.wgsl` (the training attention's three kernels).
-    AttentionRowsParams mirrors crate::kernels::Shader::AttentionBackwardQuery => {
-        batch: u32,
-        heads: u32,
-        len: u32,
-        head_dim: u32,
-        width: u32,
-        first_row: u32,
-        rows: u32,
-        has_c2p: u32,
-        has_p2c: u32,
-        has_dropout: u32,
-        inv_scale: f32,
-        scale: f32,
-        uniform: f32,
-        p: f32,
-        keep_scale: f32,
-        seed_lo: u32,
-        seed_hi: u32,
-        step: u32,
-        stream: u32,
-        /// 1: round every operand of a product to binary16 as it is loaded (mixed precision).
-        f16_operands: u32,
+        _pad0: u32,
+        _pad1: u32,
     }
 }

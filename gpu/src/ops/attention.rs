@@ -7,7 +7,7 @@ use deberta_core::backend::{AttentionDropout, AttentionLengths, AttentionSpec};
 use super::{flag, word};
 use crate::device::Gpu;
 use crate::kernels::{ATTN_BLOCK, ATTN_CHUNK, ATTN_MAX_HEAD_DIM, ATTN_THREADS, ATTN_TILE, Kernel};
-use crate::params::FusedAttentionParams;
+use crate::params::AttentionParams;
 use crate::tensor::{GpuIndices, GpuTensor};
 
 // The kernel's layout (its `const_assert`s): 4 × 4 scores and two column groups of four per
@@ -116,21 +116,46 @@ pub(crate) fn fused_attention(
                    fewer than 9 storage buffers per kernel)",
         });
     }
+    let params = AttentionParams {
+        has_stats: flag(stats.is_some()),
+        ..params(&ops, &spec, dropout, f16_operands)?
+    };
+    gpu.dispatch(Kernel::FusedAttention, &params, &buffers, grid(gpu, &spec)?)
+}
+
+/// One workgroup per tile of [`ATTN_TILE`] queries (keys) of each sequence and head: the grid
+/// of all three attention kernels.
+pub(crate) fn grid(gpu: &Gpu, spec: &AttentionSpec) -> Result<[u32; 3], Error> {
+    // No larger than `batch·heads·len`, which the operand checks have bounded.
+    let tiles = spec.len.div_ceil(ATTN_TILE as usize);
+    gpu.grid((spec.batch * spec.heads * tiles) as u64)
+}
+
+/// The kernels' parameters, without statistics (the forward sets `has_stats`), the products'
+/// operands rounded to binary16 where `f16_operands`.
+pub(crate) fn params(
+    ops: &Operands<'_>,
+    spec: &AttentionSpec,
+    dropout: Option<AttentionDropout>,
+    f16_operands: bool,
+) -> Result<AttentionParams, Error> {
     let tiles = spec.len.div_ceil(ATTN_TILE as usize);
     let ((seed, step, stream), (p, keep_scale)) = dropout_words(dropout);
-    let params = FusedAttentionParams {
+    Ok(AttentionParams {
         batch: word(spec.batch)?,
         heads: word(spec.heads)?,
         len: word(spec.len)?,
         head_dim: word(spec.head_dim)?,
         width: word(spec.width())?,
         first_row: word(spec.first_row)?,
+        rows: word(spec.rows)?,
         tiles: word(tiles)?,
         has_c2p: flag(ops.pos_key.is_some()),
         has_p2c: flag(ops.pos_query.is_some()),
         inv_scale: 1.0 / spec.scale,
         scale: spec.scale,
-        has_stats: flag(stats.is_some()),
+        uniform: 1.0 / spec.len as f32,
+        has_stats: 0,
         has_dropout: flag(dropout.is_some()),
         p,
         keep_scale,
@@ -139,15 +164,8 @@ pub(crate) fn fused_attention(
         step,
         stream,
         f16_operands: flag(f16_operands),
-    };
-    // No larger than `batch·heads·len`, which `check` has bounded.
-    let groups = spec.batch * spec.heads * tiles;
-    gpu.dispatch(
-        Kernel::FusedAttention,
-        &params,
-        &buffers,
-        gpu.grid(groups as u64)?,
-    )
+        ..AttentionParams::default()
+    })
 }
 
 /// The dropout stream `(seed, step, stream)` and `(p, 1/(1 − p))` of the attention kernels

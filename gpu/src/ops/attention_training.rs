@@ -1,7 +1,8 @@
 //! The fused disentangled attention of training: a forward that writes the context and one
 //! logsumexp per query row (the tiled kernel of `fused_attention.wgsl` with statistics and
-//! dropout), and a backward that recomputes the probabilities from it (FlashAttention-2,
-//! `attention_rows.wgsl`) in a query-owned pass (dQ, dc2p) and a key-owned pass (dK, dV, dp2c).
+//! dropout), and a backward that recomputes the probabilities from it tile by tile
+//! (FlashAttention-2, `attention_backward.wgsl`) in a query-owned pass (dQ, dc2p) and a
+//! key-owned pass (dK, dV, dp2c).
 //!
 //! Memory: per (sequence, head) the composed path keeps the probabilities `[len, len]`, under
 //! attention dropout a dropped copy, and in the backward the score gradients `[len, len]`; this
@@ -13,11 +14,9 @@ use deberta_core::backend::{AttentionDropout, AttentionLengths, AttentionSpec};
 use deberta_core::kernels::require;
 use deberta_core::{Error, Precision};
 
-use super::attention::{Operands, TrainingForward, dropout_words, optional};
-use super::{flag, word};
+use super::attention::{Operands, TrainingForward, grid, optional, params};
 use crate::device::Gpu;
 use crate::kernels::{ATTN_MAX_HEAD_DIM, Kernel};
-use crate::params::AttentionRowsParams;
 use crate::pool::PooledBuffer;
 use crate::tensor::{GpuIndices, GpuTensor};
 
@@ -70,38 +69,6 @@ fn check(
         });
     }
     Ok(activation)
-}
-
-/// The kernels' parameters (`products`: f32, or f16 operands).
-fn params(
-    ops: &Operands<'_>,
-    dropout: Option<AttentionDropout>,
-    spec: &AttentionSpec,
-    products: Precision,
-) -> Result<AttentionRowsParams, Error> {
-    let ((seed, step, stream), (p, keep_scale)) = dropout_words(dropout);
-    Ok(AttentionRowsParams {
-        batch: word(spec.batch)?,
-        heads: word(spec.heads)?,
-        len: word(spec.len)?,
-        head_dim: word(spec.head_dim)?,
-        width: word(spec.width())?,
-        first_row: word(spec.first_row)?,
-        rows: word(spec.rows)?,
-        has_c2p: flag(ops.pos_key.is_some()),
-        has_p2c: flag(ops.pos_query.is_some()),
-        has_dropout: flag(dropout.is_some()),
-        inv_scale: 1.0 / spec.scale,
-        scale: spec.scale,
-        uniform: 1.0 / spec.len as f32,
-        p,
-        keep_scale,
-        seed_lo: seed as u32,
-        seed_hi: (seed >> 32) as u32,
-        step,
-        stream,
-        f16_operands: flag(products == Precision::F16),
-    })
 }
 
 /// The index buffer when a position term is present (a placeholder otherwise).
@@ -198,9 +165,8 @@ pub(crate) fn backward(
         table,
         ("dp2c", "p2c gradient buffer"),
     )?;
-    let params = params(&ops, dropout, &spec, products)?;
-    // One workgroup of ATTN_ROWS_WG threads per query (key) row.
-    let grid = gpu.grid(spec.stats() as u64)?;
+    let params = params(&ops, &spec, dropout, products == Precision::F16)?;
+    let grid = grid(gpu, &spec)?;
     let shared = [
         gpu.buf(stats)?,
         gpu.buf(ops.query)?,

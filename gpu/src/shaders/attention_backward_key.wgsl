@@ -1,15 +1,9 @@
-// Training attention backward, key-owned pass: one workgroup per (sequence, head, key) row
-// recomputes the probabilities of its column (attention_rows.wgsl) and writes
-// `dV_j = Σ_i dropout(P)[i,j]·dO_i` (padded query rows included, uniform as in the forward),
-// `dK_j = Σ_i dS[i,j]/s·(Q_i + Qr[idx(i,j)])` and its row of the p2c table gradient
-// `dp2c[h, b·len + j, r] = Σ_{i: idx(i,j) = r} dS[i,j]/s`, reading `drows` from the
-// query-owned pass.
-//
-// The column's queries go in chunks of ATTN_ROWS_WG: each thread computes the terms of one query
-// of the chunk into workgroup memory, then thread c adds the chunk's terms to column c of dV and
-// dK (and thread 0 adds them to the p2c row), queries in order: the same sums in the same order
-// as one thread per row would add them. The p2c row is the binding `dtable`
-// (attention_backward_rows.wgsl sums it in workgroup memory).
+// Training attention backward, key-owned pass (attention_backward.wgsl): one workgroup per tile
+// of ATTN_TILE key rows of one (sequence, head) walks the query tiles, recomputing the
+// probabilities of its columns, and writes `dV_j = Σ_i dropout(P)[i,j]·dO_i` (padded query rows
+// included, uniform as in the forward), `dK_j = Σ_i dS[i,j]/s·(Q_i + Qr[idx(i,j)])` and the rows
+// of the p2c table gradient `dp2c[h, b·len + j, r] = Σ_{i: idx(i,j) = r} dS[i,j]/s` (the binding
+// `dtable`), reading `drows` from the query-owned pass.
 
 @group(0) @binding(1) var<storage, read_write> dkey: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dvalue: array<f32>;
@@ -25,116 +19,129 @@
 @group(0) @binding(12) var<storage, read> index: array<u32>;
 @group(0) @binding(13) var<storage, read> mask: array<f32>;
 
-// Which terms query i0 + u adds (0: none; 1: dV only, a padded query row; 2: dV, dK and p2c),
-// its dropout(P) weight, dS/s (content) and dS/s at its window row (position).
-var<workgroup> chunk_terms: array<u32, ATTN_ROWS_WG>;
-var<workgroup> chunk_weight: array<f32, ATTN_ROWS_WG>;
-var<workgroup> chunk_content: array<f32, ATTN_ROWS_WG>;
-var<workgroup> chunk_position: array<f32, ATTN_ROWS_WG>;
-var<workgroup> chunk_row: array<u32, ATTN_ROWS_WG>;
-
-@compute @workgroup_size(ATTN_ROWS_WG)
+@compute @workgroup_size(ATTN_THREADS, ATTN_THREADS, 1)
 fn attention_backward_key(@builtin(workgroup_id) wid: vec3<u32>,
                           @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_id) local: vec3<u32>,
                           @builtin(local_invocation_index) lid: u32) {
-    let t = wid.y * nwg.x + wid.x;
-    let len = params.len;
-    if (t >= params.batch * params.heads * len) {
+    let group = wid.y * nwg.x + wid.x;
+    // Uniform across the workgroup: either every thread returns or none does.
+    if (group >= params.batch * params.heads * params.tiles) {
         return;
     }
-    let j = t % len;
-    let bh = t / len;
-    let b = bh / params.heads;
-    let h = bh % params.heads;
-    let tokens0 = b * len;
-    let tk = tokens0 + j;
-    let column0 = h * params.head_dim;
+    let len = params.len;
     let d = params.head_dim;
     let width = params.width;
-    let out = tk * width + column0;
+    let bh = group / params.tiles;
+    let b = bh / params.heads;
+    let h = bh % params.heads;
+    let j0 = (group % params.tiles) * ATTN_TILE;
+    let ti = local.y;
+    let tj = local.x;
+    let tokens0 = b * len;
+    let column0 = h * d;
     let p2c = params.has_p2c != 0u;
-    let table = (h * params.batch * len + tk) * params.rows;
-    let key_valid = mask[tk] != 0.0;
 
-    if (p2c) {
-        table_row_clear(lid, table);
+    // Thread `lid` owns the p2c row of key j0 + lid: zeroed here, added to by it alone.
+    let own_row = j0 + lid;
+    let owner = p2c && lid < ATTN_TILE && own_row < len;
+    let table = (h * params.batch * len + tokens0 + own_row) * params.rows;
+    if (owner) {
+        for (var r = 0u; r < params.rows; r += 1u) {
+            dtable[table + r] = 0.0;
+        }
     }
-    // The zeros are in place before thread 0 adds to them.
-    storageBarrier();
-    workgroupBarrier();
-    var dk = 0.0;
-    var dv = 0.0;
-    for (var i0 = 0u; i0 < len; i0 += ATTN_ROWS_WG) {
-        let i = i0 + lid;
-        var terms = 0u;
-        var weight = 0.0;
-        var content = 0.0;
-        var position = 0.0;
-        var row_index = 0u;
-        if (i < len) {
-            let tq = tokens0 + i;
-            let row = bh * len + i;
-            let row_valid = mask[tq] != 0.0;
-            // A masked key gets nothing from a valid query row.
-            if (!row_valid || key_valid) {
-                var p = params.uniform;
-                if (row_valid) {
-                    p = exp(score(tq, tk, column0, i, j) - stats[row]);
-                }
-                let keep = dropout_factor(row * len + j);
-                terms = 1u;
-                weight = p * keep;
-                if (row_valid) {
-                    let ds = p * (dout_dot_value(tq, tk, column0) * keep - drows[row]);
-                    terms = 2u;
-                    content = ds * params.inv_scale;
-                    if (p2c) {
-                        row_index = relative_index(i, j);
-                        position = ds / params.scale;
+
+    var dk: array<vec4<f32>, 8>;
+    var dv: array<vec4<f32>, 8>;
+    for (var e = 0u; e < 8u; e += 1u) {
+        dk[e] = vec4<f32>(0.0);
+        dv[e] = vec4<f32>(0.0);
+    }
+    for (var i0 = 0u; i0 < len; i0 += ATTN_TILE) {
+        let rows = tile_rows(tokens0, i0, ti);
+        let block = tile_scores(tokens0, column0, i0, j0, ti, tj, lid);
+        let dp = tile_dout_value(tokens0, column0, i0, j0, ti, tj, lid);
+        // The thread's block: dropout(P) (weight), dS/s (content) and dS/s (position); 0 for
+        // pairs that take no part (a padded query row's are weights only).
+        var weight: array<vec4<f32>, 4>;
+        var content: array<vec4<f32>, 4>;
+        var position: array<vec4<f32>, 4>;
+        for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
+            weight[a] = vec4<f32>(0.0);
+            content[a] = vec4<f32>(0.0);
+            position[a] = vec4<f32>(0.0);
+            if (!rows.inside[a]) {
+                continue;
+            }
+            let row = bh * len + i0 + ti + ATTN_THREADS * a;
+            let valid = rows.valid[a];
+            var lse = 0.0;
+            var delta = 0.0;
+            if (valid) {
+                lse = stats[row];
+                delta = drows[row];
+            }
+            for (var bb = 0u; bb < ATTN_BLOCK; bb += 1u) {
+                if (block.live[a][bb]) {
+                    var p = params.uniform;
+                    if (valid) {
+                        p = exp(block.score[a][bb] - lse);
+                    }
+                    let keep = dropout_factor(row * len + j0 + tj + ATTN_THREADS * bb);
+                    weight[a][bb] = p * keep;
+                    if (valid) {
+                        let ds = p * (dp[a][bb] * keep - delta);
+                        content[a][bb] = ds * params.inv_scale;
+                        position[a][bb] = ds / params.scale;
                     }
                 }
             }
         }
-        chunk_terms[lid] = terms;
-        chunk_weight[lid] = weight;
-        chunk_content[lid] = content;
-        chunk_position[lid] = position;
-        chunk_row[lid] = row_index;
+        let count = min(ATTN_TILE, len - i0);
+        // dV += dropout(P)ᵀ·dO.
+        stage_key_coefficients(weight, ti, tj);
+        stage_rows(ROWS_DCONTEXT, tokens0, column0, i0, lid);
         workgroupBarrier();
-        let count = min(ATTN_ROWS_WG, len - i0);
-        if (lid < d) {
-            for (var u = 0u; u < count; u += 1u) {
-                let terms_u = chunk_terms[u];
-                if (terms_u == 0u) {
-                    continue;
+        accumulate_rows(&dv, ti, tj, count);
+        workgroupBarrier();
+        // dK += (dS/s)ᵀ·Q.
+        stage_key_coefficients(content, ti, tj);
+        stage_rows(ROWS_QUERY, tokens0, column0, i0, lid);
+        workgroupBarrier();
+        accumulate_rows(&dk, ti, tj, count);
+        workgroupBarrier();
+        if (p2c) {
+            // dK += (dS/s)ᵀ·Qr[idx], and the p2c rows.
+            stage_key_coefficients(position, ti, tj);
+            for (var g = 0u; g < COL_GROUPS; g += 1u) {
+                if (4u * HALF_VECS * g >= d) {
+                    break;
                 }
-                let q_at = (tokens0 + i0 + u) * width + column0 + lid;
-                dv += operand(chunk_weight[u]) * operand(dcontext[q_at]);
-                if (terms_u == 1u) {
-                    continue;
+                stage_band(ROWS_POS_QUERY, column0, i0, j0, g, lid);
+                workgroupBarrier();
+                if (g == 0u && owner) {
+                    add_table_row(table, lid, own_row, i0, count, false);
                 }
-                dk += operand(chunk_content[u]) * operand(query[q_at]);
-                if (p2c) {
-                    let r_at = (chunk_row[u] + params.first_row) * width + column0;
-                    dk += operand(chunk_position[u]) * operand(pos_query[r_at + lid]);
+                accumulate_band(&dk, g, ti, tj, count, false);
+                workgroupBarrier();
+            }
+        }
+    }
+
+    for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
+        let j = j0 + ti + ATTN_THREADS * a;
+        if (j < len) {
+            let out = (tokens0 + j) * width + column0;
+            for (var g = 0u; g < COL_GROUPS; g += 1u) {
+                let c = 4u * (tj + ATTN_THREADS * g);
+                for (var u = 0u; u < 4u; u += 1u) {
+                    if (c + u < d) {
+                        dkey[out + c + u] = dk[a * COL_GROUPS + g][u];
+                        dvalue[out + c + u] = dv[a * COL_GROUPS + g][u];
+                    }
                 }
             }
         }
-        if (p2c && lid == 0u) {
-            for (var u = 0u; u < count; u += 1u) {
-                if (chunk_terms[u] == 2u) {
-                    table_row_add(table, chunk_row[u], chunk_position[u]);
-                }
-            }
-        }
-        // The chunk is read before the next one overwrites it.
-        workgroupBarrier();
-    }
-    if (p2c) {
-        table_row_store(lid, table);
-    }
-    if (lid < d) {
-        dkey[out + lid] = dk;
-        dvalue[out + lid] = dv;
     }
 }

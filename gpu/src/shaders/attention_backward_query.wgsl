@@ -1,16 +1,10 @@
-// Training attention backward, query-owned pass: one workgroup per (sequence, head, query) row
-// recomputes its probabilities from the logsumexp in `stats` (attention_rows.wgsl) and writes
-// `drows[t] = dO_i·O_i`, `dQ_i = Σ_j dS[i,j]/s·(K_j + Kr[idx(i,j)])` and its row of the c2p
-// table gradient `dc2p[h, b·len + i, r] = Σ_{j: idx(i,j) = r} dS[i,j]/s`, with
+// Training attention backward, query-owned pass (attention_backward.wgsl): one workgroup per
+// tile of ATTN_TILE query rows of one (sequence, head) walks the key tiles, recomputing the
+// probabilities from the logsumexp in `stats`, and writes `drows[t] = dO_i·O_i`,
+// `dQ_i = Σ_j dS[i,j]/s·(K_j + Kr[idx(i,j)])` and the rows of the c2p table gradient
+// `dc2p[h, b·len + i, r] = Σ_{j: idx(i,j) = r} dS[i,j]/s` (the binding `dtable`), with
 // `dS = P ∘ (dP − drows)` and `dP = dropout(dO·Vᵀ)`. Runs before the key-owned pass, which
 // reads `drows`.
-//
-// The row's keys go in chunks of ATTN_ROWS_WG: each thread computes the score terms of one key
-// of the chunk into workgroup memory, then thread c adds the chunk's terms to column c of dQ
-// (and thread 0 adds them to the c2p row), keys in order: the same sums in the same order as one
-// thread per row would add them, with a head's columns spread over the threads instead of held
-// in one thread's array. The c2p row is the binding `dtable` (attention_backward_rows.wgsl sums
-// it in workgroup memory).
 
 @group(0) @binding(1) var<storage, read_write> dquery: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dtable: array<f32>;
@@ -26,104 +20,123 @@
 @group(0) @binding(12) var<storage, read> index: array<u32>;
 @group(0) @binding(13) var<storage, read> mask: array<f32>;
 
-// One chunk of keys: whether key j0 + u passes a gradient, dS/s (content) and dS/s at its
-// window row (position).
-var<workgroup> chunk_live: array<u32, ATTN_ROWS_WG>;
-var<workgroup> chunk_content: array<f32, ATTN_ROWS_WG>;
-var<workgroup> chunk_position: array<f32, ATTN_ROWS_WG>;
-var<workgroup> chunk_row: array<u32, ATTN_ROWS_WG>;
-
-@compute @workgroup_size(ATTN_ROWS_WG)
+@compute @workgroup_size(ATTN_THREADS, ATTN_THREADS, 1)
 fn attention_backward_query(@builtin(workgroup_id) wid: vec3<u32>,
                             @builtin(num_workgroups) nwg: vec3<u32>,
+                            @builtin(local_invocation_id) local: vec3<u32>,
                             @builtin(local_invocation_index) lid: u32) {
-    let t = wid.y * nwg.x + wid.x;
-    let len = params.len;
-    if (t >= params.batch * params.heads * len) {
+    let group = wid.y * nwg.x + wid.x;
+    // Uniform across the workgroup: either every thread returns or none does.
+    if (group >= params.batch * params.heads * params.tiles) {
         return;
     }
-    let i = t % len;
-    let bh = t / len;
-    let b = bh / params.heads;
-    let h = bh % params.heads;
-    let tokens0 = b * len;
-    let tq = tokens0 + i;
-    let column0 = h * params.head_dim;
+    let len = params.len;
     let d = params.head_dim;
     let width = params.width;
-    let out = tq * width + column0;
+    let bh = group / params.tiles;
+    let b = bh / params.heads;
+    let h = bh % params.heads;
+    let i0 = (group % params.tiles) * ATTN_TILE;
+    let ti = local.y;
+    let tj = local.x;
+    let tokens0 = b * len;
+    let column0 = h * d;
     let c2p = params.has_c2p != 0u;
-    let table = (h * params.batch * len + tq) * params.rows;
+    let rows = tile_rows(tokens0, i0, ti);
 
-    // Every thread sums the same terms in the same order: the same value in all.
-    var delta = 0.0;
-    for (var c = 0u; c < d; c += 1u) {
-        delta += dcontext[out + c] * context[out + c];
-    }
-    if (lid == 0u) {
-        drows[t] = delta;
-    }
-    if (c2p) {
-        table_row_clear(lid, table);
-    }
-    // The zeros are in place before thread 0 adds to them.
-    storageBarrier();
-    workgroupBarrier();
-    // A padded query row passes no gradient to its scores.
-    let row_valid = mask[tq] != 0.0;
-    let lse = stats[t];
-    var dq = 0.0;
-    for (var j0 = 0u; j0 < len; j0 += ATTN_ROWS_WG) {
-        let j = j0 + lid;
-        var live = 0u;
-        var content = 0.0;
-        var position = 0.0;
-        var row = 0u;
-        if (row_valid && j < len && mask[tokens0 + j] != 0.0) {
-            let tk = tokens0 + j;
-            let p = exp(score(tq, tk, column0, i, j) - lse);
-            let dp = dout_dot_value(tq, tk, column0) * dropout_factor(t * len + j);
-            let ds = p * (dp - delta);
-            live = 1u;
-            content = ds * params.inv_scale;
-            if (c2p) {
-                row = relative_index(i, j);
-                position = ds / params.scale;
+    // drows and the logsumexp of the thread's rows (the threads of a row sum the same terms in
+    // the same order).
+    var delta = vec4<f32>(0.0);
+    var lse = vec4<f32>(0.0);
+    for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
+        if (rows.inside[a]) {
+            let row = bh * len + i0 + ti + ATTN_THREADS * a;
+            let out = (tokens0 + i0 + ti + ATTN_THREADS * a) * width + column0;
+            var x = 0.0;
+            for (var c = 0u; c < d; c += 1u) {
+                x += dcontext[out + c] * context[out + c];
+            }
+            delta[a] = x;
+            lse[a] = stats[row];
+            if (tj == 0u) {
+                drows[row] = x;
             }
         }
-        chunk_live[lid] = live;
-        chunk_content[lid] = content;
-        chunk_position[lid] = position;
-        chunk_row[lid] = row;
+    }
+    // Thread `lid` owns the c2p row of query i0 + lid: zeroed here, added to by it alone.
+    let own_row = i0 + lid;
+    let owner = c2p && lid < ATTN_TILE && own_row < len;
+    let table = (h * params.batch * len + tokens0 + own_row) * params.rows;
+    if (owner) {
+        for (var r = 0u; r < params.rows; r += 1u) {
+            dtable[table + r] = 0.0;
+        }
+    }
+
+    var acc: array<vec4<f32>, 8>;
+    for (var e = 0u; e < 8u; e += 1u) {
+        acc[e] = vec4<f32>(0.0);
+    }
+    for (var j0 = 0u; j0 < len; j0 += ATTN_TILE) {
+        let block = tile_scores(tokens0, column0, i0, j0, ti, tj, lid);
+        let dp = tile_dout_value(tokens0, column0, i0, j0, ti, tj, lid);
+        // dS/s (content) and dS/s (position) of the thread's block; 0 for pairs that pass no
+        // gradient (padded query rows included).
+        var content: array<vec4<f32>, 4>;
+        var position: array<vec4<f32>, 4>;
+        for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
+            content[a] = vec4<f32>(0.0);
+            position[a] = vec4<f32>(0.0);
+            if (!rows.valid[a]) {
+                continue;
+            }
+            let row = bh * len + i0 + ti + ATTN_THREADS * a;
+            for (var bb = 0u; bb < ATTN_BLOCK; bb += 1u) {
+                if (block.live[a][bb]) {
+                    let p = exp(block.score[a][bb] - lse[a]);
+                    let keep = dropout_factor(row * len + j0 + tj + ATTN_THREADS * bb);
+                    let ds = p * (dp[a][bb] * keep - delta[a]);
+                    content[a][bb] = ds * params.inv_scale;
+                    position[a][bb] = ds / params.scale;
+                }
+            }
+        }
+        let count = min(ATTN_TILE, len - j0);
+        // dQ += (dS/s)·K.
+        stage_query_coefficients(content, ti, tj);
+        stage_rows(ROWS_KEY, tokens0, column0, j0, lid);
         workgroupBarrier();
-        let count = min(ATTN_ROWS_WG, len - j0);
-        if (lid < d) {
-            for (var u = 0u; u < count; u += 1u) {
-                if (chunk_live[u] == 0u) {
-                    continue;
-                }
-                dq += operand(chunk_content[u])
-                    * operand(key[(tokens0 + j0 + u) * width + column0 + lid]);
-                if (c2p) {
-                    let r_at = (chunk_row[u] + params.first_row) * width + column0;
-                    dq += operand(chunk_position[u]) * operand(pos_key[r_at + lid]);
-                }
-            }
-        }
-        if (c2p && lid == 0u) {
-            for (var u = 0u; u < count; u += 1u) {
-                if (chunk_live[u] != 0u) {
-                    table_row_add(table, chunk_row[u], chunk_position[u]);
-                }
-            }
-        }
-        // The chunk is read before the next one overwrites it.
+        accumulate_rows(&acc, ti, tj, count);
         workgroupBarrier();
+        if (c2p) {
+            // dQ += (dS/s)·Kr[idx], and the c2p rows.
+            stage_query_coefficients(position, ti, tj);
+            for (var g = 0u; g < COL_GROUPS; g += 1u) {
+                if (4u * HALF_VECS * g >= d) {
+                    break;
+                }
+                stage_band(ROWS_POS_KEY, column0, i0, j0, g, lid);
+                workgroupBarrier();
+                if (g == 0u && owner) {
+                    add_table_row(table, lid, own_row, j0, count, true);
+                }
+                accumulate_band(&acc, g, ti, tj, count, true);
+                workgroupBarrier();
+            }
+        }
     }
-    if (c2p) {
-        table_row_store(lid, table);
-    }
-    if (lid < d) {
-        dquery[out + lid] = dq;
+
+    for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
+        if (rows.inside[a]) {
+            let out = (tokens0 + i0 + ti + ATTN_THREADS * a) * width + column0;
+            for (var g = 0u; g < COL_GROUPS; g += 1u) {
+                let c = 4u * (tj + ATTN_THREADS * g);
+                for (var u = 0u; u < 4u; u += 1u) {
+                    if (c + u < d) {
+                        dquery[out + c + u] = acc[a * COL_GROUPS + g][u];
+                    }
+                }
+            }
+        }
     }
 }
