@@ -1,6 +1,8 @@
 // Embedding-table lookups and their scatter-add backward. In the backward, the workgroup of the
 // first position holding an id owns that table row: it adds the rows of every later position
 // with the same id in position order — the CPU kernel's order, so the sums are bit-identical.
+// Its threads look for earlier and later positions with the id SCATTER_WG positions at a time,
+// so a batch of T tokens costs T²/2 id comparisons in all rather than per thread.
 
 const ELEMENTWISE_WG: u32 = 256u;
 const SCATTER_WG: u32 = 64u;
@@ -51,6 +53,14 @@ fn embedding_lookup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     }
 }
 
+// Whether some earlier position holds the workgroup's id (any thread may set it).
+var<workgroup> earlier_found: atomic<u32>;
+var<workgroup> owned_elsewhere: u32;
+// The later positions start .. start + SCATTER_WG of one step holding the id, a bit each
+// (bit p % 32 of word p / 32).
+var<workgroup> later_found: array<atomic<u32>, 2>;
+const_assert SCATTER_WG == 64u;
+
 // dtable[ids[r], :] += dout[r, :] for every position r in order, except ids equal to `skip`.
 @compute @workgroup_size(SCATTER_WG)
 fn embedding_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -63,20 +73,53 @@ fn embedding_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     if ((params.has_skip != 0u && id == params.skip) || id >= params.table_rows) {
         return;
     }
-    for (var earlier = 0u; earlier < r; earlier += 1u) {
+    if (lid == 0u) {
+        atomicStore(&earlier_found, 0u);
+        atomicStore(&later_found[0], 0u);
+        atomicStore(&later_found[1], 0u);
+    }
+    workgroupBarrier();
+    for (var earlier = lid; earlier < r; earlier += SCATTER_WG) {
         if (ids[earlier] == id) {
-            // An earlier position owns this row.
-            return;
+            atomicStore(&earlier_found, 1u);
+            break;
         }
     }
+    workgroupBarrier();
+    if (lid == 0u) {
+        owned_elsewhere = atomicLoad(&earlier_found);
+    }
+    // An earlier position owns this row.
+    if (workgroupUniformLoad(&owned_elsewhere) != 0u) {
+        return;
+    }
     let row = id * params.dim;
-    for (var c = lid; c < params.dim; c += SCATTER_WG) {
-        var acc = dtable[row + c];
-        for (var later = r; later < params.positions; later += 1u) {
-            if (ids[later] == id) {
-                acc += dout[later * params.dim + c];
+    for (var start = r; start < params.positions; start += SCATTER_WG) {
+        let later = start + lid;
+        if (later < params.positions && ids[later] == id) {
+            atomicOr(&later_found[lid / 32u], 1u << (lid % 32u));
+        }
+        workgroupBarrier();
+        let words = vec2<u32>(atomicLoad(&later_found[0]), atomicLoad(&later_found[1]));
+        // Every thread has read the step's bits before they are cleared for the next.
+        workgroupBarrier();
+        if (lid == 0u) {
+            atomicStore(&later_found[0], 0u);
+            atomicStore(&later_found[1], 0u);
+        }
+        // Thread `lid` owns columns lid, lid + SCATTER_WG, …: it adds the step's positions in
+        // order.
+        for (var w = 0u; w < 2u; w += 1u) {
+            var bits = words[w];
+            while (bits != 0u) {
+                let at = (start + 32u * w + firstTrailingBit(bits)) * params.dim;
+                bits &= bits - 1u;
+                for (var c = lid; c < params.dim; c += SCATTER_WG) {
+                    dtable[row + c] += dout[at + c];
+                }
             }
         }
-        dtable[row + c] = acc;
+        // The bits are cleared before the next step sets them.
+        workgroupBarrier();
     }
 }
