@@ -16,7 +16,10 @@
 #              the matmuls always are: labels ours-wgpu-tauto, -t128, -t64, -t32, -t128v, -t64v),
 #              SUBGROUP_SWEEP=1 to also run every wgpu forward and step with the tree
 #              reductions instead of subgroup ones (DEBERTA_WGPU_SUBGROUPS=off; label
-#              ours-wgpu-nosubgroups, with kernel times), CPU=1 to add the CPU backend against PyTorch on the CPU (CPU_THREADS,
+#              ours-wgpu-nosubgroups, with kernel times), LOOP_SWEEP (default 1: every sgemm
+#              size, forward and step also runs, after PyTorch's, with the kernels compiled with
+#              naga's loop bounds, DEBERTA_WGPU_LOOP_BOUNDS=on; label ours-wgpu-loopbounds, with
+#              kernel times; 0: not), CPU=1 to add the CPU backend against PyTorch on the CPU (CPU_THREADS,
 #              default nproc; CPU_STEP_CASES, default STEP_CASES). KERNEL_TIMES (default 1): our
 #              wgpu forward and step also print and record the device time of each kernel
 #              (`--kernel-times`: three more runs, timed per kernel). TIME_LIMIT (seconds, default
@@ -119,6 +122,10 @@ for precision in $MATMUL_PRECISIONS; do
         done
         record "$stem pytorch-$TORCH_DEVICE" "$PYTHON" "$ROOT/bench/pytorch_bench.py" matmul --device "$TORCH_DEVICE" \
             --dtype "$precision" "${common[@]}"
+        if [ "${LOOP_SWEEP:-1}" = 1 ]; then
+            record "$stem ours-wgpu-loopbounds" env DEBERTA_WGPU_LOOP_BOUNDS=on "$DEBERTA" \
+                bench matmul --backend wgpu --precision "$precision" "${common[@]}"
+        fi
     done
 done
 
@@ -170,6 +177,11 @@ run_cases() {
                     fi
                     record "$stem pytorch-$TORCH_DEVICE" "$PYTHON" "$ROOT/bench/pytorch_bench.py" \
                         "$bench" --device "$TORCH_DEVICE" "${shape_args[@]}" "${theirs_precision[@]}" "${common[@]}"
+                    if [ "${LOOP_SWEEP:-1}" = 1 ]; then
+                        record "$stem ours-wgpu-loopbounds" env DEBERTA_WGPU_LOOP_BOUNDS=on \
+                            "$DEBERTA" bench "$bench" --backend wgpu "${shape_args[@]}" \
+                            "${ours_precision[@]}" "${kernel_times[@]}" "${common[@]}"
+                    fi
                 else
                     [ "$precision" = mixed ] && ours_precision=(--precision bf16-mixed) &&
                         theirs_precision=(--autocast bf16)
@@ -193,7 +205,8 @@ import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 by = {r["label"]: r["result"] for r in rows}
 ours_sides = ("ours-wgpu", "ours-wgpu-tauto", "ours-wgpu-t128", "ours-wgpu-t64", "ours-wgpu-t32",
-              "ours-wgpu-t128v", "ours-wgpu-t64v", "ours-wgpu-nosubgroups", "ours-cpu")
+              "ours-wgpu-t128v", "ours-wgpu-t64v", "ours-wgpu-nosubgroups", "ours-wgpu-loopbounds",
+              "ours-cpu")
 for label, res in by.items():
     stem, side = label.rsplit(" ", 1)
     if side not in ours_sides:
@@ -210,10 +223,10 @@ for label, res in by.items():
     if res.get("peak_device_mb"):
         extra += f", GPU peak {res['peak_device_mb']:.0f} MiB (pool)"
     if other is None:
-        print(f"{stem:32s} {side:14s} {ours:10.3f} ms{extra}")
+        print(f"{stem:32s} {side:20s} {ours:10.3f} ms{extra}")
         continue
     theirs = other["median_ms"]
     dev = other.get("peak_device_mb")
     dev = f", pytorch GPU peak {dev:.0f} MiB" if dev else ""
-    print(f"{stem:32s} {side:14s} {ours:10.3f} ms  pytorch {theirs:10.3f} ms  ratio {theirs / ours:6.2f}{extra}{dev}")
+    print(f"{stem:32s} {side:20s} {ours:10.3f} ms  pytorch {theirs:10.3f} ms  ratio {theirs / ours:6.2f}{extra}{dev}")
 EOF

@@ -98,6 +98,12 @@ impl WgpuBackend {
         self.gpu.subgroup_reductions
     }
 
+    /// Whether the kernels are compiled with naga's loop bounds ([`DeviceOptions::loop_bounds`];
+    /// `DEBERTA_WGPU_LOOP_BOUNDS=on`).
+    pub fn loop_bounds(&self) -> bool {
+        self.gpu.loop_bounds
+    }
+
     /// The adapter in use.
     pub fn adapter(&self) -> &AdapterSummary {
         &self.gpu.adapter

@@ -52,6 +52,8 @@ pub(crate) struct Gpu {
     pub(crate) subgroup_reductions: bool,
     /// Whether the device was opened with `TIMESTAMP_QUERY`, so that kernels can be timed.
     pub(crate) timestamps: bool,
+    /// Whether the kernels are compiled with naga's loop bounds ([`DeviceOptions::loop_bounds`]).
+    pub(crate) loop_bounds: bool,
 }
 
 /// Which optional device features the backend uses where the adapter has them.
@@ -63,27 +65,36 @@ pub struct DeviceOptions {
     /// and sums combine each subgroup with one subgroup operation (else a tree in workgroup
     /// memory). The sums are then added in another order: other bits, the same tolerances.
     pub subgroup_reductions: bool,
+    /// Compile the kernels with naga's loop bounds: a 64-bit iteration counter added to every
+    /// loop, which wgpu inserts by default so that an untrusted shader's infinite loop cannot be
+    /// undefined behaviour. Ours all terminate, and the counter can keep a driver's compiler
+    /// from unrolling loops of a constant trip count (gfx-rs/wgpu#7698), which then leaves the
+    /// arrays they index in local memory; off by default. Results are the same either way.
+    pub loop_bounds: bool,
 }
 
 impl Default for DeviceOptions {
-    /// Every feature the adapter offers.
+    /// Every feature the adapter offers; no loop bounds.
     fn default() -> Self {
         DeviceOptions {
             f16_products: true,
             subgroup_reductions: true,
+            loop_bounds: false,
         }
     }
 }
 
 impl DeviceOptions {
-    /// [`DeviceOptions::default`], less what the environment switches off:
-    /// `DEBERTA_WGPU_F16=off` (mixed precision then falls back to f32 products, as on an
-    /// adapter without the feature) and `DEBERTA_WGPU_SUBGROUPS=off` (the tree reductions).
+    /// [`DeviceOptions::default`], changed by the environment: `DEBERTA_WGPU_F16=off` (mixed
+    /// precision then falls back to f32 products, as on an adapter without the feature),
+    /// `DEBERTA_WGPU_SUBGROUPS=off` (the tree reductions) and `DEBERTA_WGPU_LOOP_BOUNDS=on`
+    /// (naga's loop bounds).
     pub fn from_env() -> Self {
-        let on = |name: &str| std::env::var(name).as_deref() != Ok("off");
+        let value = |name: &str| std::env::var(name).ok();
         DeviceOptions {
-            f16_products: on("DEBERTA_WGPU_F16"),
-            subgroup_reductions: on("DEBERTA_WGPU_SUBGROUPS"),
+            f16_products: value("DEBERTA_WGPU_F16").as_deref() != Some("off"),
+            subgroup_reductions: value("DEBERTA_WGPU_SUBGROUPS").as_deref() != Some("off"),
+            loop_bounds: value("DEBERTA_WGPU_LOOP_BOUNDS").as_deref() == Some("on"),
         }
     }
 }
@@ -159,7 +170,10 @@ impl Gpu {
             limits,
             pool,
             readback,
-            pipelines: Pipelines::new(features.contains(wgpu::Features::SUBGROUP)),
+            pipelines: Pipelines::new(
+                features.contains(wgpu::Features::SUBGROUP),
+                options.loop_bounds,
+            ),
             recorder: Mutex::new(Recorder::default()),
             arena,
             slot,
@@ -171,6 +185,7 @@ impl Gpu {
             f16_products: features.contains(wgpu::Features::SHADER_F16),
             subgroup_reductions: features.contains(wgpu::Features::SUBGROUP),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            loop_bounds: options.loop_bounds,
         })
     }
 

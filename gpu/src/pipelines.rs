@@ -24,6 +24,8 @@ pub(crate) struct Pipelines {
     kernels: Mutex<HashMap<Kernel, Arc<Compiled>>>,
     /// Whether the workgroup reductions run over subgroups (see [`Shader::source`]).
     subgroup_reductions: bool,
+    /// Whether naga bounds every loop ([`crate::DeviceOptions::loop_bounds`]).
+    loop_bounds: bool,
 }
 
 /// The bind-group layout of a kernel: its `Params` uniform (dynamic offset into the uniform
@@ -60,10 +62,11 @@ fn layout_entries(kernel: Kernel) -> Vec<wgpu::BindGroupLayoutEntry> {
 
 impl Pipelines {
     /// An empty cache whose shaders reduce over subgroups where `subgroup_reductions` (a device
-    /// opened with `SUBGROUP`).
-    pub(crate) fn new(subgroup_reductions: bool) -> Self {
+    /// opened with `SUBGROUP`), compiled with naga's loop bounds where `loop_bounds`.
+    pub(crate) fn new(subgroup_reductions: bool, loop_bounds: bool) -> Self {
         Pipelines {
             subgroup_reductions,
+            loop_bounds,
             ..Pipelines::default()
         }
     }
@@ -92,10 +95,24 @@ impl Pipelines {
                 .map_err(|_| device_error("shader cache lock poisoned"))?;
             let shader = kernel.shader();
             let module = modules.entry(shader).or_insert_with(|| {
-                device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                let descriptor = wgpu::ShaderModuleDescriptor {
                     label: Some(kernel.entry()),
                     source: wgpu::ShaderSource::Wgsl(shader.source(self.subgroup_reductions)),
-                })
+                };
+                if self.loop_bounds {
+                    return device.create_shader_module(descriptor);
+                }
+                let checks = wgpu::ShaderRuntimeChecks {
+                    force_loop_bounding: false,
+                    ..wgpu::ShaderRuntimeChecks::checked()
+                };
+                // SAFETY: every other runtime check stays on (out-of-bounds accesses are still
+                // clamped); only the loop bounds are left out, and those guard against loops
+                // that never end, which none of these kernels has: every loop advances its
+                // counter by a positive constant towards a bound below 2³¹ (a constant or a size
+                // of tensors that fit a storage binding, so the counter cannot wrap), halves a
+                // stride down to 0, or clears one set bit of a word per iteration.
+                unsafe { device.create_shader_module_trusted(descriptor, checks) }
             });
             let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                 label: Some(kernel.entry()),

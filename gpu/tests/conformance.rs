@@ -20,7 +20,8 @@ use proptest::prelude::*;
 
 const TOL: f32 = 1e-5;
 
-/// Runs a generic check on both backends and compares every output with its tolerance.
+/// Runs a generic check on the CPU and on each wgpu variant ([`gpu_variants`]) and compares every
+/// output with its tolerance.
 macro_rules! conform {
     ($check:ident ( $($arg:expr),* ), $tol:expr) => {{
         for gpu in gpu_variants() {
@@ -32,9 +33,16 @@ macro_rules! conform {
                 true => "subgroup",
                 false => "tree",
             };
+            let loops = match gpu.loop_bounds() {
+                true => "with",
+                false => "without",
+            };
             for (i, (c, g)) in cpu_out.iter().zip(&gpu_out).enumerate() {
                 assert_close(
-                    &format!("{} output {i} ({reductions} reductions)", stringify!($check)),
+                    &format!(
+                        "{} output {i} ({reductions} reductions, {loops} loop bounds)",
+                        stringify!($check)
+                    ),
                     c,
                     g,
                     tol[i.min(tol.len() - 1)],

@@ -13,27 +13,26 @@ pub fn gpu() -> Option<&'static WgpuBackend> {
     deberta_gpu::test_backend()
 }
 
-/// The backends a conformance check runs on: the shared one, and where that one reduces over
-/// subgroups, a device of the same adapter with the tree reductions (`subgroup_reductions` off),
-/// so that both variants of the reducing kernels are checked on an adapter with subgroups.
+/// The backends a conformance check runs on: the shared one, and a device of the same adapter
+/// with the other variant of the compilation options: the tree reductions where the shared one
+/// reduces over subgroups (`subgroup_reductions` off), and naga's loop bounds where the shared
+/// one leaves them out (`loop_bounds` on), so that every kernel is checked both ways.
 pub fn gpu_variants() -> Vec<&'static WgpuBackend> {
-    static TREE: std::sync::OnceLock<WgpuBackend> = std::sync::OnceLock::new();
+    static OTHER: std::sync::OnceLock<WgpuBackend> = std::sync::OnceLock::new();
     let Some(shared) = gpu() else {
         return Vec::new();
     };
-    if !shared.subgroup_reductions() {
-        return vec![shared];
-    }
-    let tree = TREE.get_or_init(|| {
+    let other = OTHER.get_or_init(|| {
         let options = deberta_gpu::DeviceOptions {
             subgroup_reductions: false,
+            loop_bounds: !shared.loop_bounds(),
             ..deberta_gpu::DeviceOptions::from_env()
         };
         WgpuBackend::with_options(deberta_gpu::AdapterChoice::default(), options)
             .expect("a second device of the test adapter")
     });
-    assert!(!tree.subgroup_reductions());
-    vec![shared, tree]
+    assert!(!other.subgroup_reductions() && other.loop_bounds() != shared.loop_bounds());
+    vec![shared, other]
 }
 
 /// Uploads `data`.
