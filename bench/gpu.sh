@@ -19,7 +19,9 @@
 #              ours-wgpu-nosubgroups, with kernel times), LOOP_SWEEP (default 1: every sgemm
 #              size, forward and step also runs, after PyTorch's, with the kernels compiled with
 #              naga's loop bounds, DEBERTA_WGPU_LOOP_BOUNDS=on; label ours-wgpu-loopbounds, with
-#              kernel times; 0: not), CPU=1 to add the CPU backend against PyTorch on the CPU (CPU_THREADS,
+#              kernel times; 0: not), COOP_SWEEP (default 1: every f16 sgemm and mixed step
+#              also runs with the f16 products on cooperative matrices where the adapter can,
+#              DEBERTA_WGPU_COOPERATIVE=on; label ours-wgpu-coop, with kernel times; 0: not), CPU=1 to add the CPU backend against PyTorch on the CPU (CPU_THREADS,
 #              default nproc; CPU_STEP_CASES, default STEP_CASES). KERNEL_TIMES (default 1): our
 #              wgpu forward and step also print and record the device time of each kernel
 #              (`--kernel-times`: three more runs, timed per kernel). TIME_LIMIT (seconds, default
@@ -126,6 +128,10 @@ for precision in $MATMUL_PRECISIONS; do
             record "$stem ours-wgpu-loopbounds" env DEBERTA_WGPU_LOOP_BOUNDS=on "$DEBERTA" \
                 bench matmul --backend wgpu --precision "$precision" "${common[@]}"
         fi
+        if [ "${COOP_SWEEP:-1}" = 1 ] && [ "$precision" = f16 ]; then
+            record "$stem ours-wgpu-coop" env DEBERTA_WGPU_COOPERATIVE=on "$DEBERTA" \
+                bench matmul --backend wgpu --precision "$precision" "${common[@]}"
+        fi
     done
 done
 
@@ -182,6 +188,11 @@ run_cases() {
                             "$DEBERTA" bench "$bench" --backend wgpu "${shape_args[@]}" \
                             "${ours_precision[@]}" "${kernel_times[@]}" "${common[@]}"
                     fi
+                    if [ "${COOP_SWEEP:-1}" = 1 ] && [ "$precision" = mixed ]; then
+                        record "$stem ours-wgpu-coop" env DEBERTA_WGPU_COOPERATIVE=on \
+                            "$DEBERTA" bench "$bench" --backend wgpu "${shape_args[@]}" \
+                            "${ours_precision[@]}" "${kernel_times[@]}" "${common[@]}"
+                    fi
                 else
                     [ "$precision" = mixed ] && ours_precision=(--precision bf16-mixed) &&
                         theirs_precision=(--autocast bf16)
@@ -206,7 +217,7 @@ rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 by = {r["label"]: r["result"] for r in rows}
 ours_sides = ("ours-wgpu", "ours-wgpu-tauto", "ours-wgpu-t128", "ours-wgpu-t64", "ours-wgpu-t32",
               "ours-wgpu-t128v", "ours-wgpu-t64v", "ours-wgpu-nosubgroups", "ours-wgpu-loopbounds",
-              "ours-cpu")
+              "ours-wgpu-coop", "ours-cpu")
 for label, res in by.items():
     stem, side = label.rsplit(" ", 1)
     if side not in ours_sides:

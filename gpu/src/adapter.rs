@@ -45,9 +45,21 @@ pub struct Capabilities {
     pub subgroups: bool,
     /// Cooperative-matrix shapes `M×N×K` with f16 inputs and f32 accumulation (empty: none).
     pub f16_cooperative_matrices: Vec<[u32; 3]>,
+    /// The fewest and the most invocations a subgroup may have (0 where unknown).
+    pub subgroup_sizes: [u32; 2],
 }
 
 impl Capabilities {
+    /// Whether the cooperative-matrix matmul (`matmul_cooperative.wgsl`) can run: f16 shaders,
+    /// 16×16×16 f16 → f32 cooperative matrices, and subgroups of exactly 32 invocations (the
+    /// kernel's workgroup is one subgroup).
+    pub fn cooperative_matmul(&self) -> bool {
+        let wide = crate::kernels::COOP_THREADS;
+        self.shader_f16
+            && self.f16_cooperative_matrices.contains(&[16, 16, 16])
+            && self.subgroup_sizes == [wide, wide]
+    }
+
     /// What `adapter` offers.
     fn of(adapter: &wgpu::Adapter) -> Self {
         let limits = adapter.limits();
@@ -74,6 +86,10 @@ impl Capabilities {
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             f16_cooperative_matrices,
+            subgroup_sizes: {
+                let info = adapter.get_info();
+                [info.subgroup_min_size, info.subgroup_max_size]
+            },
         }
     }
 }
@@ -84,7 +100,7 @@ impl std::fmt::Display for Capabilities {
         write!(
             f,
             "workgroup memory {} B, workgroup invocations {}, largest buffer {} B, \
-             largest storage binding {} B, f16 shaders {}, subgroups {}, \
+             largest storage binding {} B, f16 shaders {}, subgroups {}{}, \
              f16 cooperative matrices ",
             self.workgroup_memory,
             self.workgroup_invocations,
@@ -92,6 +108,11 @@ impl std::fmt::Display for Capabilities {
             self.largest_storage_binding,
             yes_no(self.shader_f16),
             yes_no(self.subgroups),
+            match self.subgroup_sizes {
+                [0, _] | [_, 0] => String::new(),
+                [min, max] if min == max => format!(" ({min} wide)"),
+                [min, max] => format!(" ({min}–{max} wide)"),
+            },
         )?;
         if self.f16_cooperative_matrices.is_empty() {
             return write!(f, "none");

@@ -104,6 +104,13 @@ impl WgpuBackend {
         self.gpu.loop_bounds
     }
 
+    /// Whether f16 products (mixed precision) run on cooperative matrices: the device was
+    /// opened with them ([`DeviceOptions::cooperative_matrices`]; `DEBERTA_WGPU_COOPERATIVE=on`)
+    /// on an adapter that can run the kernel.
+    pub fn cooperative_matrices(&self) -> bool {
+        self.gpu.cooperative_matrices
+    }
+
     /// The adapter in use.
     pub fn adapter(&self) -> &AdapterSummary {
         &self.gpu.adapter

@@ -54,6 +54,8 @@ pub(crate) struct Gpu {
     pub(crate) timestamps: bool,
     /// Whether the kernels are compiled with naga's loop bounds ([`DeviceOptions::loop_bounds`]).
     pub(crate) loop_bounds: bool,
+    /// Whether the device was opened with cooperative matrices: f16 products run on them.
+    pub(crate) cooperative_matrices: bool,
 }
 
 /// Which optional device features the backend uses where the adapter has them.
@@ -71,15 +73,24 @@ pub struct DeviceOptions {
     /// from unrolling loops of a constant trip count (gfx-rs/wgpu#7698), which then leaves the
     /// arrays they index in local memory; off by default. Results are the same either way.
     pub loop_bounds: bool,
+    /// Ask for `EXPERIMENTAL_COOPERATIVE_MATRIX` where the adapter can run the
+    /// cooperative-matrix matmul ([`Capabilities::cooperative_matmul`]): the f16 products of
+    /// mixed precision then run on it (tensor cores) instead of the register-blocked kernels.
+    /// Off by default until it has been checked and timed on a GPU (`bench/gpu-tests.sh`,
+    /// `bench/gpu.sh`); no adapter this project's CI has offers cooperative matrices.
+    ///
+    /// [`Capabilities::cooperative_matmul`]: crate::Capabilities::cooperative_matmul
+    pub cooperative_matrices: bool,
 }
 
 impl Default for DeviceOptions {
-    /// Every feature the adapter offers; no loop bounds.
+    /// Every feature the adapter offers; no loop bounds, no cooperative matrices.
     fn default() -> Self {
         DeviceOptions {
             f16_products: true,
             subgroup_reductions: true,
             loop_bounds: false,
+            cooperative_matrices: false,
         }
     }
 }
@@ -87,14 +98,15 @@ impl Default for DeviceOptions {
 impl DeviceOptions {
     /// [`DeviceOptions::default`], changed by the environment: `DEBERTA_WGPU_F16=off` (mixed
     /// precision then falls back to f32 products, as on an adapter without the feature),
-    /// `DEBERTA_WGPU_SUBGROUPS=off` (the tree reductions) and `DEBERTA_WGPU_LOOP_BOUNDS=on`
-    /// (naga's loop bounds).
+    /// `DEBERTA_WGPU_SUBGROUPS=off` (the tree reductions), `DEBERTA_WGPU_LOOP_BOUNDS=on`
+    /// (naga's loop bounds) and `DEBERTA_WGPU_COOPERATIVE=on` (cooperative matrices).
     pub fn from_env() -> Self {
         let value = |name: &str| std::env::var(name).ok();
         DeviceOptions {
             f16_products: value("DEBERTA_WGPU_F16").as_deref() != Some("off"),
             subgroup_reductions: value("DEBERTA_WGPU_SUBGROUPS").as_deref() != Some("off"),
             loop_bounds: value("DEBERTA_WGPU_LOOP_BOUNDS").as_deref() == Some("on"),
+            cooperative_matrices: value("DEBERTA_WGPU_COOPERATIVE").as_deref() == Some("on"),
         }
     }
 }
@@ -110,11 +122,25 @@ impl Gpu {
             true => feature,
             false => wgpu::Features::empty(),
         };
+        let cooperative = options.cooperative_matrices
+            && options.f16_products
+            && summary.capabilities.cooperative_matmul();
         // Timestamps cost nothing until kernel timing is switched on.
         let features = adapter.features()
             & (wanted(options.f16_products, wgpu::Features::SHADER_F16)
                 | wanted(options.subgroup_reductions, wgpu::Features::SUBGROUP)
+                | wanted(cooperative, wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
                 | wgpu::Features::TIMESTAMP_QUERY);
+        let experimental_features = match cooperative {
+            // SAFETY: the token unlocks only `EXPERIMENTAL_COOPERATIVE_MATRIX`, requested where
+            // the caller opted in and the adapter reports 16×16×16 f16 → f32 matrices at
+            // subgroup scope and 32-wide subgroups; the one kernel using it
+            // (`matmul_cooperative.wgsl`) does no more than that configuration allows: a whole
+            // subgroup, in uniform control flow, loads 16×16 matrices from workgroup memory
+            // inside its arrays, multiply-adds them and stores the results there.
+            true => unsafe { wgpu::ExperimentalFeatures::enabled() },
+            false => wgpu::ExperimentalFeatures::disabled(),
+        };
         // Everything the adapter offers (workgroup memory, invocations, buffer sizes); should a
         // driver refuse its own maximum, WebGPU's defaults, which every adapter grants.
         let request = |required_limits: wgpu::Limits| {
@@ -122,7 +148,7 @@ impl Gpu {
                 label: Some("deberta"),
                 required_features: features,
                 required_limits,
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                experimental_features,
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             }))
@@ -186,6 +212,8 @@ impl Gpu {
             subgroup_reductions: features.contains(wgpu::Features::SUBGROUP),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             loop_bounds: options.loop_bounds,
+            cooperative_matrices: features
+                .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
         })
     }
 

@@ -4,6 +4,10 @@
 
 use std::borrow::Cow;
 
+/// Threads of a cooperative-matrix matmul workgroup: one subgroup, of exactly this size.
+pub(crate) const COOP_THREADS: u32 = 32;
+/// The side of the cooperative-matrix matmul's tile of C.
+pub(crate) const COOP_TILE: u32 = 64;
 /// Threads per workgroup of the one-thread-per-element kernels.
 pub(crate) const ELEMENTWISE_WG: u32 = 256;
 /// Threads per workgroup of the one-workgroup-per-row reductions.
@@ -53,6 +57,9 @@ pub(crate) enum Shader {
     Matmul64Vec4F16,
     /// `Matmul128Vec4` with f16 operands.
     Matmul128Vec4F16,
+    /// The f16 products on cooperative matrices (`enable wgpu_cooperative_matrix;`: only on
+    /// devices opened with `EXPERIMENTAL_COOPERATIVE_MATRIX`).
+    MatmulCooperative,
     LayerNorm,
     Softmax,
     RelativeScores,
@@ -100,6 +107,10 @@ impl Shader {
             Shader::Matmul128Vec4 => return matmul_source(8, Contiguous, false).into(),
             Shader::Matmul64Vec4F16 => return matmul_source(4, Contiguous, true).into(),
             Shader::Matmul128Vec4F16 => return matmul_source(8, Contiguous, true).into(),
+            Shader::MatmulCooperative => concat!(
+                include_str!("shaders/matmul_cooperative.wgsl"),
+                include_str!("shaders/matmul_common.wgsl")
+            ),
             Shader::Elementwise => include_str!("shaders/elementwise.wgsl"),
             Shader::LayerNorm => return reducing(include_str!("shaders/layer_norm.wgsl")),
             Shader::Softmax => return reducing(include_str!("shaders/softmax.wgsl")),
@@ -153,7 +164,8 @@ impl Shader {
             | Shader::Matmul64Vec4
             | Shader::Matmul128Vec4
             | Shader::Matmul64Vec4F16
-            | Shader::Matmul128Vec4F16 => size_of::<MatmulParams>(),
+            | Shader::Matmul128Vec4F16
+            | Shader::MatmulCooperative => size_of::<MatmulParams>(),
             Shader::LayerNorm => size_of::<LayerNormParams>(),
             Shader::Softmax => size_of::<SoftmaxParams>(),
             Shader::RelativeScores => size_of::<RelativeParams>(),
@@ -255,6 +267,8 @@ kernels! {
     MatmulTiled64Vec4F16 => Matmul64Vec4F16, "matmul_tiled", [W, R, R];
     /// `MatmulTiled128Vec4` with f16 operands.
     MatmulTiled128Vec4F16 => Matmul128Vec4F16, "matmul_tiled", [W, R, R];
+    /// f16 products on cooperative matrices, 64-wide tiles, one subgroup per workgroup: C, A, B.
+    MatmulCooperative => MatmulCooperative, "matmul_cooperative", [W, R, R];
     /// Split-K: `C = α·Σ slabs + β·C`: C, slabs.
     MatmulSumSplits => Matmul64, "matmul_sum_splits", [W, R];
     /// LayerNorm forward: out, stats, x, γ, β.
@@ -337,6 +351,9 @@ mod tests {
         let mut capabilities = naga::valid::Capabilities::empty();
         if source.starts_with("enable f16;") {
             capabilities |= naga::valid::Capabilities::SHADER_FLOAT16;
+        }
+        if source.contains("enable wgpu_cooperative_matrix;") {
+            capabilities |= naga::valid::Capabilities::COOPERATIVE_MATRIX;
         }
         if subgroup_reductions {
             capabilities |= naga::valid::Capabilities::SUBGROUP;
@@ -427,6 +444,8 @@ mod tests {
                 ],
             ),
             ("MATMUL_THREADS", MATMUL_THREADS, MATMULS),
+            ("COOP_THREADS", COOP_THREADS, &[Shader::MatmulCooperative]),
+            ("COOP_TILE", COOP_TILE, &[Shader::MatmulCooperative]),
             ("TILE_K", TILE_K, MATMULS),
             ("SUM_ITEMS", SUM_ITEMS, &[Shader::Reduce]),
             ("PARAM_CHUNK_ROWS", PARAM_CHUNK_ROWS, &[Shader::LayerNorm]),
@@ -443,6 +462,26 @@ mod tests {
                     shader.source(false).contains(&line),
                     "{shader:?} must declare `{line}`"
                 );
+            }
+        }
+    }
+
+    /// naga's SPIR-V back end (Vulkan's path) writes every shader, both reduction variants, as
+    /// the device compiles it: without loop bounds, other runtime checks on. The
+    /// cooperative-matrix kernel included, which no adapter here can run.
+    #[test]
+    fn every_shader_compiles_to_spirv() {
+        let options = naga::back::spv::Options {
+            lang_version: (1, 3),
+            force_loop_bounding: false,
+            ..naga::back::spv::Options::default()
+        };
+        for &kernel in Kernel::ALL {
+            for subgroup_reductions in [false, true] {
+                let (module, info) = parse_variant(kernel.shader(), subgroup_reductions);
+                let words = naga::back::spv::write_vec(&module, &info, &options, None)
+                    .unwrap_or_else(|e| panic!("{kernel:?}: {e}"));
+                assert!(words.len() > 5, "{kernel:?}: no SPIR-V");
             }
         }
     }

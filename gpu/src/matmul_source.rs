@@ -56,7 +56,8 @@ pub(crate) fn matmul_source(block: u32, layout: BlockLayout, f16_operands: bool)
         false => include_str!("shaders/matmul_f32.wgsl"),
     };
     let mut text = format!(
-        "{header}// Outputs per thread along each side of C's tile.\nconst BLOCK: u32 = {block}u;\n"
+        "{header}// Outputs per thread along each side of C's tile.\nconst BLOCK: u32 = {block}u;\n{}",
+        include_str!("shaders/matmul_common.wgsl")
     );
     for line in include_str!("shaders/matmul.wgsl").lines() {
         let indent = &line[..line.len() - line.trim_start().len()];

@@ -22,7 +22,7 @@ mod common;
 use common::{data, down, gpu, up};
 use deberta_core::kernels::{MatmulSpec, MatrixLayout};
 use deberta_core::{Backend, CpuBackend, Error, Precision};
-use deberta_gpu::{AdapterChoice, MatmulTiles, WgpuBackend};
+use deberta_gpu::{AdapterChoice, DeviceOptions, MatmulTiles, WgpuBackend};
 
 /// Relative error bound of an f16 product against f32, per unit of `Σ|a|·|b|` (before the
 /// accumulation terms, which scale with k).
@@ -148,6 +148,54 @@ fn f16_products_stay_within_the_f16_bound_of_the_cpu() {
         return;
     }
     assert_eq!(gpu.mixed_products(), Precision::F16);
+    let (worst_f32, worst_rounded) = check_f16_bound(gpu, 1.0);
+    println!(
+        "f16 products: worst |f16 − cpu f32| {worst_f32:.2e} of Σ|a||b| (bound {F16_REL:.2e} + \
+         accumulation), worst |f16 − cpu on f16 operands| {worst_rounded:.2e}"
+    );
+}
+
+/// The cooperative-matrix kernel (`DeviceOptions::cooperative_matrices`, off by default) on a
+/// device opened with it: every case within the same f16 bound, with twice the accumulation
+/// allowance (tensor cores add the exact f16 products in their own order and rounding). Where
+/// the adapter cannot run the kernel (lavapipe: no cooperative matrices) the device opens
+/// without them, f16 products keep the register-blocked kernels, and the test says so.
+#[test]
+fn cooperative_matrix_products_stay_within_the_f16_bound_of_the_cpu() {
+    if gpu().is_none() {
+        return;
+    }
+    let options = DeviceOptions {
+        cooperative_matrices: true,
+        ..DeviceOptions::from_env()
+    };
+    let backend = WgpuBackend::with_options(AdapterChoice::default(), options).unwrap();
+    let capabilities = &backend.adapter().capabilities;
+    if !backend.cooperative_matrices() {
+        eprintln!(
+            "cooperative matrices: {} cannot run the kernel (f16 shaders {}, f16 cooperative \
+             matrices {:?}, subgroup sizes {:?}; it needs 16×16×16 and exactly 32): f16 \
+             products keep the register-blocked kernels",
+            backend.adapter(),
+            capabilities.shader_f16,
+            capabilities.f16_cooperative_matrices,
+            capabilities.subgroup_sizes,
+        );
+        assert!(!(capabilities.cooperative_matmul() && backend.f16_products()));
+        return;
+    }
+    let (worst_f32, worst_rounded) = check_f16_bound(&backend, 2.0);
+    println!(
+        "cooperative-matrix products: worst |f16 − cpu f32| {worst_f32:.2e} of Σ|a||b|, worst \
+         |f16 − cpu on f16 operands| {worst_rounded:.2e}"
+    );
+}
+
+/// Every case of [`cases`] on `gpu` at f16 products against the CPU: within the f16 bound of
+/// the f32 product and within `accumulation` times f32 accumulation of the product of the
+/// f16-rounded operands, and different from `gpu`'s f32 product somewhere; returns the worst
+/// of each error per unit of `Σ|a||b|`.
+fn check_f16_bound(gpu: &WgpuBackend, accumulation: f32) -> (f32, f32) {
     let cpu = CpuBackend::new();
     let (mut worst_f32, mut worst_rounded) = (0.0f32, 0.0f32);
     for case in cases() {
@@ -181,7 +229,7 @@ fn f16_products_stay_within_the_f16_bound_of_the_cpu() {
             c.clone(),
         ];
         let rounded = product(&cpu, &case, &rounded, Precision::F32).unwrap();
-        let accumulation = 2.0 * k as f32 * f32::EPSILON / 2.0;
+        let accumulation = accumulation * k as f32 * f32::EPSILON;
         let mut differs = false;
         for i in 0..found.len() {
             let scale = magnitude[i].max(f32::MIN_POSITIVE);
@@ -207,10 +255,7 @@ fn f16_products_stay_within_the_f16_bound_of_the_cpu() {
         }
         assert!(differs, "{what}: the f16 product equals the f32 one");
     }
-    println!(
-        "f16 products: worst |f16 − cpu f32| {worst_f32:.2e} of Σ|a||b| (bound {F16_REL:.2e} + \
-         accumulation), worst |f16 − cpu on f16 operands| {worst_rounded:.2e}"
-    );
+    (worst_f32, worst_rounded)
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use deberta_core::simd::SimdLevel;
 use deberta_core::{Backend, CpuBackend};
 #[cfg(feature = "gpu")]
-use deberta_gpu::{AdapterChoice, MatmulTiles, WgpuBackend, list_adapters};
+use deberta_gpu::{AdapterChoice, DeviceOptions, MatmulTiles, WgpuBackend, list_adapters};
 
 use crate::error::{Error, Result};
 
@@ -116,6 +116,17 @@ where
             let tiles = matmul_tiles_from_env()?;
             backend.set_matmul_tiles(tiles);
             eprintln!("wgpu adapter: {}", backend.adapter());
+            if DeviceOptions::from_env().cooperative_matrices {
+                match backend.cooperative_matrices() {
+                    true => eprintln!("f16 products on cooperative matrices"),
+                    false => eprintln!(
+                        "DEBERTA_WGPU_COOPERATIVE=on: this adapter cannot run the \
+                         cooperative-matrix matmul (it needs f16 shaders, 16×16×16 f16 \
+                         cooperative matrices and 32-wide subgroups); f16 products keep the \
+                         register-blocked kernels"
+                    ),
+                }
+            }
             if tiles == MatmulTiles::Measured {
                 keep_matmul_tiles(&backend);
             }

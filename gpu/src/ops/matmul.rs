@@ -11,7 +11,7 @@ use super::memory::alloc;
 use super::word;
 use crate::device::Gpu;
 use crate::error::device_error;
-use crate::kernels::{Kernel, MATMUL_THREADS, TILE_K};
+use crate::kernels::{COOP_TILE, Kernel, MATMUL_THREADS, TILE_K};
 use crate::matmul_source::BlockLayout;
 use crate::measured_tiles::ProductShape;
 use crate::params::MatmulParams;
@@ -368,16 +368,35 @@ pub(crate) fn matmul(
     let measured = policy == MatmulTiles::Measured
         && kernel != Kernel::MatmulSmall
         && (spec.beta == 0.0 || c.len() * 4 <= MEASURE_SCRATCH_MAX_BYTES);
+    if f16_operands && gpu.cooperative_matrices && kernel != Kernel::MatmulSmall {
+        // Cooperative matrices take every tiled f16 product, split as the rule splits it; they
+        // are not among the measured kernels, whose sums are all the same bits.
+        let cooperative = (Kernel::MatmulCooperative, COOP_TILE);
+        if splits > 1 {
+            return split_k(gpu, [a, b, c], params, cooperative, splits);
+        }
+        let grid = tile_grid(gpu, spec.m, spec.n, COOP_TILE)?;
+        return dispatch_entries(
+            gpu,
+            (Kernel::MatmulCooperative, grid),
+            params,
+            &buffers,
+            entries,
+            per_dispatch,
+        );
+    }
     if splits > 1 {
         // The split and its 64-wide pieces stay the rule's (a split sums in its own order);
         // which block layout the pieces' kernel holds is measured: the same sums either way.
         let tiling = match measured {
             true => measured_choice(gpu, spec, c, shape, &SPLIT_TILED, |tiling, output| {
-                split_k(gpu, [a, b, output], params, (tiling, splits), f16_operands)
+                let pieces = (kernel_of(tiling).with_operands(f16_operands), tiling.side);
+                split_k(gpu, [a, b, output], params, pieces, splits)
             })?,
             false => Tiling::new(tile, BlockLayout::Strided),
         };
-        return split_k(gpu, [a, b, c], params, (tiling, splits), f16_operands);
+        let pieces = (kernel_of(tiling).with_operands(f16_operands), tiling.side);
+        return split_k(gpu, [a, b, c], params, pieces, splits);
     }
     let (kernel, tile) = match measured {
         true => {
@@ -513,17 +532,16 @@ fn measure(
 }
 
 /// One product (`params`, already checked) as `splits` pieces along k into a scratch slab
-/// each, summed in order into C: the kernel of `tiling` over its tile grid per piece.
+/// each, summed in order into C: `kernel` over its grid of `side`-wide tiles per piece.
 fn split_k(
     gpu: &Gpu,
     [a, b, c]: [&GpuTensor; 3],
     params: MatmulParams,
-    (tiling, splits): (Tiling, usize),
-    f16_operands: bool,
+    (kernel, side): (Kernel, u32),
+    splits: usize,
 ) -> Result<(), Error> {
     let (m, n, k) = (params.m as usize, params.n as usize, params.k as usize);
-    let [x, y] = tile_grid(gpu, m, n, tiling.side)?;
-    let kernel = kernel_of(tiling).with_operands(f16_operands);
+    let [x, y] = tile_grid(gpu, m, n, side)?;
     let depth = k.div_ceil(splits).next_multiple_of(TILE_K as usize);
     let splits = k.div_ceil(depth);
     let slabs: GpuTensor = alloc(gpu, splits * m * n)?;

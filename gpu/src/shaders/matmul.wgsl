@@ -13,7 +13,8 @@
 // This file is a template (gpu/src/matmul_source.rs fills it in): it follows a header that
 // declares `Operand`, the type operands are converted to as they are loaded (f32:
 // matmul_f32.wgsl, the reference; f16: matmul_f16.wgsl, the products of mixed-precision
-// training; products and sums are f32 either way), and `BLOCK`; the line marked `@tiles`
+// training; products and sums are f32 either way), `BLOCK`, and matmul_common.wgsl (the
+// parameters, bindings and output helpers); the line marked `@tiles`
 // becomes the workgroup tiles of the block's layout, and the lines marked `@accumulators`,
 // `@multiply_accumulate` and `@store` become the register block's straight-line code — one
 // scalar per output, constant names, no loop for a compiler to unroll — so that the
@@ -30,74 +31,9 @@ const MATMUL_THREADS: u32 = 16u;
 // The side of C's tile: MATMUL_THREADS·BLOCK.
 const TILE: u32 = MATMUL_THREADS * BLOCK;
 
-struct Params {
-    batch1: u32,
-    m: u32,
-    n: u32,
-    k: u32,
-    a_offset: u32,
-    a_row_stride: u32,
-    a_col_stride: u32,
-    a_batch_stride0: u32,
-    a_batch_stride1: u32,
-    b_offset: u32,
-    b_row_stride: u32,
-    b_col_stride: u32,
-    b_batch_stride0: u32,
-    b_batch_stride1: u32,
-    c_offset: u32,
-    c_row_stride: u32,
-    c_col_stride: u32,
-    c_batch_stride0: u32,
-    c_batch_stride1: u32,
-    // First batch entry of this dispatch (entries beyond 65535, or one at a time).
-    entry_base: u32,
-    // 1 when A's k index is its unit stride (A row-major), 0 when its row index is.
-    a_k_contiguous: u32,
-    // 1 when B's k index is its unit stride (B transposed), 0 when its column index is.
-    b_k_contiguous: u32,
-    alpha: f32,
-    beta: f32,
-    // Split-K: inner-dimension elements per split (0: no split) and the number of splits.
-    k_split: u32,
-    splits: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read_write> c: array<f32>;
-@group(0) @binding(2) var<storage, read> a: array<f32>;
-@group(0) @binding(3) var<storage, read> b: array<f32>;
-
 // The staged tiles of A and B (TILE_K rows of TILE operands, TILE_STRIDE apart), and
 // `stage_a`/`stage_b`, which store one operand at a flat index of them.
 // @tiles
-
-struct Bases {
-    a: u32,
-    b: u32,
-    c: u32,
-}
-
-fn batch_bases(entry: u32) -> Bases {
-    let outer = entry / params.batch1;
-    let inner = entry % params.batch1;
-    return Bases(
-        params.a_offset + outer * params.a_batch_stride0 + inner * params.a_batch_stride1,
-        params.b_offset + outer * params.b_batch_stride0 + inner * params.b_batch_stride1,
-        params.c_offset + outer * params.c_batch_stride0 + inner * params.c_batch_stride1,
-    );
-}
-
-fn store_output(base: u32, row: u32, col: u32, acc: f32) {
-    let idx = base + row * params.c_row_stride + col * params.c_col_stride;
-    if (params.beta == 0.0) {
-        c[idx] = params.alpha * acc;
-    } else {
-        c[idx] = params.alpha * acc + params.beta * c[idx];
-    }
-}
 
 @compute @workgroup_size(MATMUL_THREADS, MATMUL_THREADS, 1)
 fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,

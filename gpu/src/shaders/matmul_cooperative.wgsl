@@ -1,0 +1,157 @@
+enable f16;
+enable wgpu_cooperative_matrix;
+// C = α·A·B + β·C per batch entry on cooperative matrices (tensor cores): the f16 products of
+// mixed precision, on a device opened with cooperative matrices (matmul_common.wgsl, with the
+// parameters, bindings and output helpers, is appended). Each multiply-add takes 16×16 f16
+// matrices of A and B and a 16×16 f32 accumulator; the host uses this kernel only where the
+// adapter reports that configuration at subgroup scope and runs subgroups of exactly
+// COOP_THREADS invocations, so that one workgroup is one subgroup.
+//
+// The workgroup computes a COOP_TILE × COOP_TILE tile of C as 4 × 4 accumulators (constant
+// names: no array for a compiler to spill). Per step of COOP_K along k its threads stage A's
+// COOP_TILE × COOP_K operands and B's COOP_K × COOP_TILE, rounded to binary16 as the f16 tiled
+// kernels round them (zeros beyond the matrices), row-major in workgroup memory; then the
+// subgroup loads 4 + 4 matrices from there and does 16 multiply-adds. At the end each
+// accumulator goes through workgroup memory to C (α, β, the matrix bounds). Split-K as in the
+// tiled kernels: with `k_split` > 0, workgroup z sums k in [z·k_split, (z+1)·k_split) into its
+// own slab. The sums run in the hardware's order and precision, so the results are not the
+// register-blocked kernels' bits (within the same f16 bound of the f32 product).
+
+const COOP_THREADS: u32 = 32u;
+const COOP_TILE: u32 = 64u;
+const COOP_K: u32 = 16u;
+// The side of one cooperative matrix.
+const COOP_SIDE: u32 = 16u;
+const_assert COOP_TILE == 4u * COOP_SIDE && COOP_K == COOP_SIDE;
+
+// A's operands [row][k] and B's [k][column], row-major; one accumulator [row][column].
+var<workgroup> staged_a: array<f16, 1024>;
+var<workgroup> staged_b: array<f16, 1024>;
+var<workgroup> block_out: array<f32, 256>;
+const_assert COOP_TILE * COOP_K == 1024u && COOP_SIDE * COOP_SIDE == 256u;
+
+// Writes accumulator `m` (rows row0 .., columns col0 ..) into C through `block_out` (the whole
+// subgroup calls it).
+fn store_block(m: coop_mat16x16<f32, C>, base: u32, row0: u32, col0: u32, lid: u32) {
+    coopStoreT(m, &block_out[0], COOP_SIDE);
+    workgroupBarrier();
+    for (var e = lid; e < COOP_SIDE * COOP_SIDE; e += COOP_THREADS) {
+        let row = row0 + e / COOP_SIDE;
+        let col = col0 + e % COOP_SIDE;
+        if (row < params.m && col < params.n) {
+            store_output(base, row, col, block_out[e]);
+        }
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(COOP_THREADS)
+fn matmul_cooperative(@builtin(workgroup_id) wid: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    var bases: Bases;
+    var k_begin = 0u;
+    var k_end = params.k;
+    if (params.k_split == 0u) {
+        bases = batch_bases(params.entry_base + wid.z);
+    } else {
+        bases = batch_bases(params.entry_base);
+        bases.c += wid.z * params.m * params.n;
+        k_begin = wid.z * params.k_split;
+        k_end = min(params.k, k_begin + params.k_split);
+    }
+    let row0 = wid.y * COOP_TILE;
+    let col0 = wid.x * COOP_TILE;
+    // c_i_j: rows row0 + 16·i .., columns col0 + 16·j .. of C.
+    var c_0_0 = coop_mat16x16<f32, C>();
+    var c_0_1 = coop_mat16x16<f32, C>();
+    var c_0_2 = coop_mat16x16<f32, C>();
+    var c_0_3 = coop_mat16x16<f32, C>();
+    var c_1_0 = coop_mat16x16<f32, C>();
+    var c_1_1 = coop_mat16x16<f32, C>();
+    var c_1_2 = coop_mat16x16<f32, C>();
+    var c_1_3 = coop_mat16x16<f32, C>();
+    var c_2_0 = coop_mat16x16<f32, C>();
+    var c_2_1 = coop_mat16x16<f32, C>();
+    var c_2_2 = coop_mat16x16<f32, C>();
+    var c_2_3 = coop_mat16x16<f32, C>();
+    var c_3_0 = coop_mat16x16<f32, C>();
+    var c_3_1 = coop_mat16x16<f32, C>();
+    var c_3_2 = coop_mat16x16<f32, C>();
+    var c_3_3 = coop_mat16x16<f32, C>();
+    for (var k0 = k_begin; k0 < k_end; k0 += COOP_K) {
+        // Neighbouring threads read neighbouring words of whichever stride of an operand is 1.
+        for (var e = lid; e < COOP_TILE * COOP_K; e += COOP_THREADS) {
+            var r = e % COOP_TILE;
+            var kk = e / COOP_TILE;
+            if (params.a_k_contiguous != 0u) {
+                kk = e % COOP_K;
+                r = e / COOP_K;
+            }
+            let gr = row0 + r;
+            let gk = k0 + kk;
+            var v = 0.0;
+            if (gr < params.m && gk < k_end) {
+                v = a[bases.a + gr * params.a_row_stride + gk * params.a_col_stride];
+            }
+            staged_a[r * COOP_K + kk] = f16(v);
+        }
+        for (var e = lid; e < COOP_TILE * COOP_K; e += COOP_THREADS) {
+            var col = e % COOP_TILE;
+            var kk = e / COOP_TILE;
+            if (params.b_k_contiguous != 0u) {
+                kk = e % COOP_K;
+                col = e / COOP_K;
+            }
+            let gc = col0 + col;
+            let gk = k0 + kk;
+            var v = 0.0;
+            if (gc < params.n && gk < k_end) {
+                v = b[bases.b + gk * params.b_row_stride + gc * params.b_col_stride];
+            }
+            staged_b[kk * COOP_TILE + col] = f16(v);
+        }
+        workgroupBarrier();
+        let a_0 = coopLoadT<coop_mat16x16<f16, A>>(&staged_a[0u * COOP_SIDE * COOP_K], COOP_K);
+        let a_1 = coopLoadT<coop_mat16x16<f16, A>>(&staged_a[1u * COOP_SIDE * COOP_K], COOP_K);
+        let a_2 = coopLoadT<coop_mat16x16<f16, A>>(&staged_a[2u * COOP_SIDE * COOP_K], COOP_K);
+        let a_3 = coopLoadT<coop_mat16x16<f16, A>>(&staged_a[3u * COOP_SIDE * COOP_K], COOP_K);
+        let b_0 = coopLoadT<coop_mat16x16<f16, B>>(&staged_b[0u * COOP_SIDE], COOP_TILE);
+        let b_1 = coopLoadT<coop_mat16x16<f16, B>>(&staged_b[1u * COOP_SIDE], COOP_TILE);
+        let b_2 = coopLoadT<coop_mat16x16<f16, B>>(&staged_b[2u * COOP_SIDE], COOP_TILE);
+        let b_3 = coopLoadT<coop_mat16x16<f16, B>>(&staged_b[3u * COOP_SIDE], COOP_TILE);
+        c_0_0 = coopMultiplyAdd(a_0, b_0, c_0_0);
+        c_0_1 = coopMultiplyAdd(a_0, b_1, c_0_1);
+        c_0_2 = coopMultiplyAdd(a_0, b_2, c_0_2);
+        c_0_3 = coopMultiplyAdd(a_0, b_3, c_0_3);
+        c_1_0 = coopMultiplyAdd(a_1, b_0, c_1_0);
+        c_1_1 = coopMultiplyAdd(a_1, b_1, c_1_1);
+        c_1_2 = coopMultiplyAdd(a_1, b_2, c_1_2);
+        c_1_3 = coopMultiplyAdd(a_1, b_3, c_1_3);
+        c_2_0 = coopMultiplyAdd(a_2, b_0, c_2_0);
+        c_2_1 = coopMultiplyAdd(a_2, b_1, c_2_1);
+        c_2_2 = coopMultiplyAdd(a_2, b_2, c_2_2);
+        c_2_3 = coopMultiplyAdd(a_2, b_3, c_2_3);
+        c_3_0 = coopMultiplyAdd(a_3, b_0, c_3_0);
+        c_3_1 = coopMultiplyAdd(a_3, b_1, c_3_1);
+        c_3_2 = coopMultiplyAdd(a_3, b_2, c_3_2);
+        c_3_3 = coopMultiplyAdd(a_3, b_3, c_3_3);
+        // Every matrix is loaded before the next step overwrites the staged operands.
+        workgroupBarrier();
+    }
+    store_block(c_0_0, bases.c, row0 + 0u * COOP_SIDE, col0 + 0u * COOP_SIDE, lid);
+    store_block(c_0_1, bases.c, row0 + 0u * COOP_SIDE, col0 + 1u * COOP_SIDE, lid);
+    store_block(c_0_2, bases.c, row0 + 0u * COOP_SIDE, col0 + 2u * COOP_SIDE, lid);
+    store_block(c_0_3, bases.c, row0 + 0u * COOP_SIDE, col0 + 3u * COOP_SIDE, lid);
+    store_block(c_1_0, bases.c, row0 + 1u * COOP_SIDE, col0 + 0u * COOP_SIDE, lid);
+    store_block(c_1_1, bases.c, row0 + 1u * COOP_SIDE, col0 + 1u * COOP_SIDE, lid);
+    store_block(c_1_2, bases.c, row0 + 1u * COOP_SIDE, col0 + 2u * COOP_SIDE, lid);
+    store_block(c_1_3, bases.c, row0 + 1u * COOP_SIDE, col0 + 3u * COOP_SIDE, lid);
+    store_block(c_2_0, bases.c, row0 + 2u * COOP_SIDE, col0 + 0u * COOP_SIDE, lid);
+    store_block(c_2_1, bases.c, row0 + 2u * COOP_SIDE, col0 + 1u * COOP_SIDE, lid);
+    store_block(c_2_2, bases.c, row0 + 2u * COOP_SIDE, col0 + 2u * COOP_SIDE, lid);
+    store_block(c_2_3, bases.c, row0 + 2u * COOP_SIDE, col0 + 3u * COOP_SIDE, lid);
+    store_block(c_3_0, bases.c, row0 + 3u * COOP_SIDE, col0 + 0u * COOP_SIDE, lid);
+    store_block(c_3_1, bases.c, row0 + 3u * COOP_SIDE, col0 + 1u * COOP_SIDE, lid);
+    store_block(c_3_2, bases.c, row0 + 3u * COOP_SIDE, col0 + 2u * COOP_SIDE, lid);
+    store_block(c_3_3, bases.c, row0 + 3u * COOP_SIDE, col0 + 3u * COOP_SIDE, lid);
+}
