@@ -10,18 +10,20 @@
 #              MATMUL_SIZES (default "512 1024 2048"), MATMUL_PRECISIONS (default "f32 f16"),
 #              CASES (forward, default "xsmall:1x128 xsmall:8x128"), STEP_CASES (default
 #              "xsmall:8x128 xsmall:32x512"), STEP_PRECISIONS (default "f32 mixed"),
-#              TILE_SWEEP=1 to also run every wgpu forward and step with DEBERTA_WGPU_MATMUL_TILES
-#              set to auto (the occupancy rule instead of the default measured choice) and
-#              forced to 128, 64 and 32 and to 128v and 64v (contiguous blocks read as vec4s;
-#              the matmuls always are: labels ours-wgpu-tauto, -t128, -t64, -t32, -t128v, -t64v),
-#              SUBGROUP_SWEEP=1 to also run every wgpu forward and step with the tree
-#              reductions instead of subgroup ones (DEBERTA_WGPU_SUBGROUPS=off; label
-#              ours-wgpu-nosubgroups, with kernel times), LOOP_SWEEP (default 1: every sgemm
-#              size, forward and step also runs, after PyTorch's, with the kernels compiled with
-#              naga's loop bounds, DEBERTA_WGPU_LOOP_BOUNDS=on; label ours-wgpu-loopbounds, with
-#              kernel times; 0: not), COOP_SWEEP (default 1: every f16 sgemm and mixed step
-#              also runs with the f16 products on cooperative matrices where the adapter can,
-#              DEBERTA_WGPU_COOPERATIVE=on; label ours-wgpu-coop, with kernel times; 0: not), CPU=1 to add the CPU backend against PyTorch on the CPU (CPU_THREADS,
+#              Variants of ours, timed after every default case (and the CPU side), so that
+#              a run the time limit cuts short has the defaults: LOOP_SWEEP (default 1: every
+#              sgemm, forward and step with the kernels compiled with naga's loop bounds,
+#              DEBERTA_WGPU_LOOP_BOUNDS=on; label ours-wgpu-loopbounds; 0: not), COOP_SWEEP
+#              (default 1: every f16 sgemm and mixed step with the f16 products on cooperative
+#              matrices where the adapter can run them, DEBERTA_WGPU_COOPERATIVE=on; label
+#              ours-wgpu-coop; 0: not), SUBGROUP_SWEEP=1 (every forward and step with the tree
+#              reductions instead of subgroup ones, DEBERTA_WGPU_SUBGROUPS=off; label
+#              ours-wgpu-nosubgroups), TILE_SWEEP=1 (every sgemm, forward and step with
+#              DEBERTA_WGPU_MATMUL_TILES set to auto, the occupancy rule instead of the default
+#              measured choice, and forced to 128, 64, 32, 128v and 64v, the contiguous blocks
+#              read as vec4s: labels ours-wgpu-tauto, -t128, -t64, -t32, -t128v, -t64v);
+#              forwards and steps of the variants record kernel times, except the forced tiles.
+#              CPU=1 to add the CPU backend against PyTorch on the CPU (CPU_THREADS,
 #              default nproc; CPU_STEP_CASES, default STEP_CASES). KERNEL_TIMES (default 1): our
 #              wgpu forward and step also print and record the device time of each kernel
 #              (`--kernel-times`: three more runs, timed per kernel). TIME_LIMIT (seconds, default
@@ -112,36 +114,57 @@ timing() { # timing BATCH SEQ: the warm-up and iteration flags for a case of tha
     fi
 }
 
-echo "== matmul" >&2
-for precision in $MATMUL_PRECISIONS; do
-    for size in $MATMUL_SIZES; do
-        stem="matmul $size $precision"
-        common=(--size "$size" --warmup "$WARMUP" --iters "$ITERS" --json)
-        record "$stem ours-wgpu" "$DEBERTA" bench matmul --backend wgpu --precision "$precision" "${common[@]}"
+# The wgpu variants timed besides the default, for `bench` (matmul, forward, step) at
+# `precision`: one "SUFFIX SETTING" line each (label ours-wgpu-SUFFIX, environment SETTING).
+variants() {
+    local bench="$1" precision="$2"
+    if [ "${LOOP_SWEEP:-1}" = 1 ]; then
+        echo "loopbounds DEBERTA_WGPU_LOOP_BOUNDS=on"
+    fi
+    if [ "${COOP_SWEEP:-1}" = 1 ] && { [ "$precision" = f16 ] || [ "$precision" = mixed ]; }; then
+        echo "coop DEBERTA_WGPU_COOPERATIVE=on"
+    fi
+    if [ "${SUBGROUP_SWEEP:-0}" = 1 ] && [ "$bench" != matmul ]; then
+        echo "nosubgroups DEBERTA_WGPU_SUBGROUPS=off"
+    fi
+    if [ "${TILE_SWEEP:-0}" = 1 ]; then
         for tiles in auto 128 64 32 128v 64v; do
-            record "$stem ours-wgpu-t$tiles" env DEBERTA_WGPU_MATMUL_TILES=$tiles "$DEBERTA" \
-                bench matmul --backend wgpu --precision "$precision" "${common[@]}"
+            echo "t$tiles DEBERTA_WGPU_MATMUL_TILES=$tiles"
         done
-        record "$stem pytorch-$TORCH_DEVICE" "$PYTHON" "$ROOT/bench/pytorch_bench.py" matmul --device "$TORCH_DEVICE" \
-            --dtype "$precision" "${common[@]}"
-        if [ "${LOOP_SWEEP:-1}" = 1 ]; then
-            record "$stem ours-wgpu-loopbounds" env DEBERTA_WGPU_LOOP_BOUNDS=on "$DEBERTA" \
-                bench matmul --backend wgpu --precision "$precision" "${common[@]}"
-        fi
-        if [ "${COOP_SWEEP:-1}" = 1 ] && [ "$precision" = f16 ]; then
-            record "$stem ours-wgpu-coop" env DEBERTA_WGPU_COOPERATIVE=on "$DEBERTA" \
-                bench matmul --backend wgpu --precision "$precision" "${common[@]}"
-        fi
+    fi
+}
+
+# The sgemm cases: `main` (ours with the defaults, then PyTorch) or `sweeps` (the variants).
+run_matmul() {
+    local pass="$1"
+    for precision in $MATMUL_PRECISIONS; do
+        for size in $MATMUL_SIZES; do
+            stem="matmul $size $precision"
+            common=(--size "$size" --warmup "$WARMUP" --iters "$ITERS" --json)
+            echo "== $pass $stem" >&2
+            if [ "$pass" = main ]; then
+                record "$stem ours-wgpu" "$DEBERTA" bench matmul --backend wgpu \
+                    --precision "$precision" "${common[@]}"
+                record "$stem pytorch-$TORCH_DEVICE" "$PYTHON" "$ROOT/bench/pytorch_bench.py" \
+                    matmul --device "$TORCH_DEVICE" --dtype "$precision" "${common[@]}"
+                continue
+            fi
+            while read -r suffix setting; do
+                record "$stem ours-wgpu-$suffix" env "$setting" "$DEBERTA" bench matmul \
+                    --backend wgpu --precision "$precision" "${common[@]}"
+            done < <(variants matmul "$precision")
+        done
     done
-done
+}
 
 # The PyTorch counterpart of our training precision: fp32, or AMP (fp16 autocast + GradScaler).
 autocast_of() { [ "$1" = mixed ] && echo fp16 || echo off; }
 
 # Runs the forward and step cases on one side: gpu (ours on wgpu against PyTorch on CUDA) or
-# cpu (both on CPU_THREADS cores). GPU first, so that a run cut short has the GPU figures.
+# cpu (both on CPU_THREADS cores); `main` (ours with the defaults, then PyTorch) or, on the
+# gpu side, `sweeps` (our variants, with kernel times except for the forced tile sizes).
 run_cases() {
-    local side="$1"
+    local side="$1" pass="$2"
     for bench in forward step; do
         cases="$CASES"
         precisions=f32
@@ -165,35 +188,8 @@ run_cases() {
                     ours_precision=(--precision "$precision")
                     theirs_precision=(--autocast "$(autocast_of "$precision")")
                 fi
-                echo "== $side $stem" >&2
-                if [ "$side" = gpu ]; then
-                    record "$stem ours-wgpu" "$DEBERTA" bench "$bench" --backend wgpu \
-                        "${shape_args[@]}" "${ours_precision[@]}" "${kernel_times[@]}" "${common[@]}"
-                    if [ "${TILE_SWEEP:-0}" = 1 ]; then
-                        for tiles in auto 128 64 32 128v 64v; do
-                            record "$stem ours-wgpu-t$tiles" env DEBERTA_WGPU_MATMUL_TILES=$tiles \
-                                "$DEBERTA" bench "$bench" --backend wgpu "${shape_args[@]}" \
-                                "${ours_precision[@]}" "${common[@]}"
-                        done
-                    fi
-                    if [ "${SUBGROUP_SWEEP:-0}" = 1 ]; then
-                        record "$stem ours-wgpu-nosubgroups" env DEBERTA_WGPU_SUBGROUPS=off \
-                            "$DEBERTA" bench "$bench" --backend wgpu "${shape_args[@]}" \
-                            "${ours_precision[@]}" "${kernel_times[@]}" "${common[@]}"
-                    fi
-                    record "$stem pytorch-$TORCH_DEVICE" "$PYTHON" "$ROOT/bench/pytorch_bench.py" \
-                        "$bench" --device "$TORCH_DEVICE" "${shape_args[@]}" "${theirs_precision[@]}" "${common[@]}"
-                    if [ "${LOOP_SWEEP:-1}" = 1 ]; then
-                        record "$stem ours-wgpu-loopbounds" env DEBERTA_WGPU_LOOP_BOUNDS=on \
-                            "$DEBERTA" bench "$bench" --backend wgpu "${shape_args[@]}" \
-                            "${ours_precision[@]}" "${kernel_times[@]}" "${common[@]}"
-                    fi
-                    if [ "${COOP_SWEEP:-1}" = 1 ] && [ "$precision" = mixed ]; then
-                        record "$stem ours-wgpu-coop" env DEBERTA_WGPU_COOPERATIVE=on \
-                            "$DEBERTA" bench "$bench" --backend wgpu "${shape_args[@]}" \
-                            "${ours_precision[@]}" "${kernel_times[@]}" "${common[@]}"
-                    fi
-                else
+                echo "== $side $pass $stem" >&2
+                if [ "$side" = cpu ]; then
                     [ "$precision" = mixed ] && ours_precision=(--precision bf16-mixed) &&
                         theirs_precision=(--autocast bf16)
                     record "$stem ours-cpu" "$DEBERTA" bench "$bench" --backend cpu \
@@ -201,14 +197,32 @@ run_cases() {
                     record "$stem pytorch-cpu" "$PYTHON" "$ROOT/bench/pytorch_bench.py" \
                         "$bench" --device cpu --threads "$CPU_THREADS" "${shape_args[@]}" \
                         "${theirs_precision[@]}" "${common[@]}"
+                elif [ "$pass" = main ]; then
+                    record "$stem ours-wgpu" "$DEBERTA" bench "$bench" --backend wgpu \
+                        "${shape_args[@]}" "${ours_precision[@]}" "${kernel_times[@]}" "${common[@]}"
+                    record "$stem pytorch-$TORCH_DEVICE" "$PYTHON" "$ROOT/bench/pytorch_bench.py" \
+                        "$bench" --device "$TORCH_DEVICE" "${shape_args[@]}" "${theirs_precision[@]}" "${common[@]}"
+                else
+                    while read -r suffix setting; do
+                        times=("${kernel_times[@]}")
+                        [ "${suffix#t}" != "$suffix" ] && times=()
+                        record "$stem ours-wgpu-$suffix" env "$setting" "$DEBERTA" bench "$bench" \
+                            --backend wgpu "${shape_args[@]}" "${ours_precision[@]}" "${times[@]}" \
+                            "${common[@]}"
+                    done < <(variants "$bench" "$precision")
                 fi
             done
         done
     done
 }
 
-run_cases gpu
-[ "${CPU:-0}" = 1 ] && run_cases cpu
+# Every default case and its PyTorch counterpart first, so that a run the time limit cuts
+# short has them; then the CPU side (CPU=1); then our variants.
+run_matmul main
+run_cases gpu main
+[ "${CPU:-0}" = 1 ] && run_cases cpu main
+run_matmul sweeps
+run_cases gpu sweeps
 
 echo "== summary (ratio = pytorch_ms / ours_ms; > 1: we are faster; $(($(date +%s) - started)) s)" >&2
 "$PYTHON" - "$RESULTS" "$TORCH_DEVICE" <<'EOF'
