@@ -70,13 +70,19 @@ impl WgpuBackend {
     /// measurement all the same.
     pub fn keep_matmul_tiles_in(&self, dir: &std::path::Path) -> Result<usize, GpuError> {
         let path = self.matmul_tile_file(dir);
-        self.gpu.measured_tiles.keep_in(&path, &self.gpu.adapter)
+        let prefetched = self.gpu.matmul_prefetch;
+        self.gpu
+            .measured_tiles
+            .keep_in(&path, &self.gpu.adapter, prefetched)
     }
 
     /// The file in `dir` that [`WgpuBackend::keep_matmul_tiles_in`] keeps this device's tile
     /// sizes in.
     pub fn matmul_tile_file(&self, dir: &std::path::Path) -> std::path::PathBuf {
-        dir.join(measured_tiles::file_name(&self.gpu.adapter))
+        dir.join(measured_tiles::file_name(
+            &self.gpu.adapter,
+            self.gpu.matmul_prefetch,
+        ))
     }
 
     /// The first failure to write the tile file of [`WgpuBackend::keep_matmul_tiles_in`]
@@ -102,6 +108,12 @@ impl WgpuBackend {
     /// `DEBERTA_WGPU_LOOP_BOUNDS=on`).
     pub fn loop_bounds(&self) -> bool {
         self.gpu.loop_bounds
+    }
+
+    /// Whether the tiled matmuls prefetch each step's operands during the step before
+    /// ([`DeviceOptions::matmul_prefetch`]; `DEBERTA_WGPU_MATMUL_PREFETCH=off` turns it off).
+    pub fn matmul_prefetch(&self) -> bool {
+        self.gpu.matmul_prefetch
     }
 
     /// Whether f16 products (mixed precision) run on cooperative matrices: the device was

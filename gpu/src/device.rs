@@ -7,6 +7,7 @@ use deberta_core::Error;
 
 use crate::adapter::{AdapterChoice, AdapterSummary, instance, select};
 use crate::error::{ErrorLog, GpuError, device_error};
+use crate::kernels::Variant;
 use crate::measured_tiles::MeasuredTiles;
 use crate::ops::matmul::TilePolicy;
 use crate::pipelines::Pipelines;
@@ -56,6 +57,8 @@ pub(crate) struct Gpu {
     pub(crate) loop_bounds: bool,
     /// Whether the device was opened with cooperative matrices: f16 products run on them.
     pub(crate) cooperative_matrices: bool,
+    /// Whether the tiled matmuls prefetch ([`DeviceOptions::matmul_prefetch`]).
+    pub(crate) matmul_prefetch: bool,
 }
 
 /// Which optional device features the backend uses where the adapter has them.
@@ -81,16 +84,22 @@ pub struct DeviceOptions {
     ///
     /// [`Capabilities::cooperative_matmul`]: crate::Capabilities::cooperative_matmul
     pub cooperative_matrices: bool,
+    /// The tiled matmuls read each step's operands into registers during the step before,
+    /// while the current step's multiply-adds run (hiding the device-memory latency behind
+    /// them), instead of at the step itself. The same sums either way; on by default.
+    pub matmul_prefetch: bool,
 }
 
 impl Default for DeviceOptions {
-    /// Every feature the adapter offers; no loop bounds, no cooperative matrices.
+    /// Every feature the adapter offers; no loop bounds, no cooperative matrices, prefetching
+    /// matmuls.
     fn default() -> Self {
         DeviceOptions {
             f16_products: true,
             subgroup_reductions: true,
             loop_bounds: false,
             cooperative_matrices: false,
+            matmul_prefetch: true,
         }
     }
 }
@@ -99,7 +108,8 @@ impl DeviceOptions {
     /// [`DeviceOptions::default`], changed by the environment: `DEBERTA_WGPU_F16=off` (mixed
     /// precision then falls back to f32 products, as on an adapter without the feature),
     /// `DEBERTA_WGPU_SUBGROUPS=off` (the tree reductions), `DEBERTA_WGPU_LOOP_BOUNDS=on`
-    /// (naga's loop bounds) and `DEBERTA_WGPU_COOPERATIVE=on` (cooperative matrices).
+    /// (naga's loop bounds), `DEBERTA_WGPU_COOPERATIVE=on` (cooperative matrices) and
+    /// `DEBERTA_WGPU_MATMUL_PREFETCH=off` (no prefetching).
     pub fn from_env() -> Self {
         let value = |name: &str| std::env::var(name).ok();
         DeviceOptions {
@@ -107,6 +117,7 @@ impl DeviceOptions {
             subgroup_reductions: value("DEBERTA_WGPU_SUBGROUPS").as_deref() != Some("off"),
             loop_bounds: value("DEBERTA_WGPU_LOOP_BOUNDS").as_deref() == Some("on"),
             cooperative_matrices: value("DEBERTA_WGPU_COOPERATIVE").as_deref() == Some("on"),
+            matmul_prefetch: value("DEBERTA_WGPU_MATMUL_PREFETCH").as_deref() != Some("off"),
         }
     }
 }
@@ -197,7 +208,10 @@ impl Gpu {
             pool,
             readback,
             pipelines: Pipelines::new(
-                features.contains(wgpu::Features::SUBGROUP),
+                Variant {
+                    subgroup_reductions: features.contains(wgpu::Features::SUBGROUP),
+                    matmul_prefetch: options.matmul_prefetch,
+                },
                 options.loop_bounds,
             ),
             recorder: Mutex::new(Recorder::default()),
@@ -214,6 +228,7 @@ impl Gpu {
             loop_bounds: options.loop_bounds,
             cooperative_matrices: features
                 .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+            matmul_prefetch: options.matmul_prefetch,
         })
     }
 

@@ -32,6 +32,17 @@ pub(crate) const ATTN_CHUNK: u32 = 16;
 /// Widest head the fused attention takes (wider ones run the unfused kernels).
 pub(crate) const ATTN_MAX_HEAD_DIM: u32 = 64;
 
+/// The options of a device that change the text of its kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Variant {
+    /// Workgroup reductions over subgroups (a device opened with `SUBGROUP`), else a tree in
+    /// workgroup memory.
+    pub(crate) subgroup_reductions: bool,
+    /// The tiled matmuls read each step's operands into registers during the step before
+    /// ([`crate::DeviceOptions::matmul_prefetch`]).
+    pub(crate) matmul_prefetch: bool,
+}
+
 /// A WGSL source file (one kernel family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Shader {
@@ -79,12 +90,16 @@ pub(crate) enum Shader {
 }
 
 impl Shader {
-    /// The WGSL text (the random-number kernels get `philox.wgsl` prepended, the kernels that
-    /// reduce over a workgroup `row_reduce.wgsl` and the reductions over subgroups, where
-    /// `subgroup_reductions` (a device opened with `SUBGROUP`), else the tree in workgroup
-    /// memory; the matmuls are written for their variant by
+    /// The WGSL text for a device of `variant` (the random-number kernels get `philox.wgsl`
+    /// prepended, the kernels that reduce over a workgroup `row_reduce.wgsl` and the
+    /// reductions over subgroups or the tree in workgroup memory; the matmuls are written for
+    /// their block, layout and prefetching by
     /// [`matmul_source`](crate::matmul_source::matmul_source)).
-    pub(crate) fn source(self, subgroup_reductions: bool) -> Cow<'static, str> {
+    pub(crate) fn source(self, variant: Variant) -> Cow<'static, str> {
+        let Variant {
+            subgroup_reductions,
+            matmul_prefetch: prefetched,
+        } = variant;
         use crate::matmul_source::BlockLayout::{Contiguous, Strided};
         use crate::matmul_source::matmul_source;
         let reducing = |body: &str| -> Cow<'static, str> {
@@ -97,16 +112,20 @@ impl Shader {
                 .into()
         };
         Cow::Borrowed(match self {
-            Shader::Matmul32 => return matmul_source(2, Strided, false).into(),
-            Shader::Matmul64 => return matmul_source(4, Strided, false).into(),
-            Shader::Matmul128 => return matmul_source(8, Strided, false).into(),
-            Shader::Matmul32F16 => return matmul_source(2, Strided, true).into(),
-            Shader::Matmul64F16 => return matmul_source(4, Strided, true).into(),
-            Shader::Matmul128F16 => return matmul_source(8, Strided, true).into(),
-            Shader::Matmul64Vec4 => return matmul_source(4, Contiguous, false).into(),
-            Shader::Matmul128Vec4 => return matmul_source(8, Contiguous, false).into(),
-            Shader::Matmul64Vec4F16 => return matmul_source(4, Contiguous, true).into(),
-            Shader::Matmul128Vec4F16 => return matmul_source(8, Contiguous, true).into(),
+            Shader::Matmul32 => return matmul_source(2, Strided, false, prefetched).into(),
+            Shader::Matmul64 => return matmul_source(4, Strided, false, prefetched).into(),
+            Shader::Matmul128 => return matmul_source(8, Strided, false, prefetched).into(),
+            Shader::Matmul32F16 => return matmul_source(2, Strided, true, prefetched).into(),
+            Shader::Matmul64F16 => return matmul_source(4, Strided, true, prefetched).into(),
+            Shader::Matmul128F16 => return matmul_source(8, Strided, true, prefetched).into(),
+            Shader::Matmul64Vec4 => return matmul_source(4, Contiguous, false, prefetched).into(),
+            Shader::Matmul128Vec4 => return matmul_source(8, Contiguous, false, prefetched).into(),
+            Shader::Matmul64Vec4F16 => {
+                return matmul_source(4, Contiguous, true, prefetched).into();
+            }
+            Shader::Matmul128Vec4F16 => {
+                return matmul_source(8, Contiguous, true, prefetched).into();
+            }
             Shader::MatmulCooperative => concat!(
                 include_str!("shaders/matmul_cooperative.wgsl"),
                 include_str!("shaders/matmul_common.wgsl")
@@ -339,13 +358,21 @@ impl Kernel {
 mod tests {
     use super::*;
 
+    /// Every variant of the kernels' text.
+    fn variants() -> impl Iterator<Item = Variant> {
+        [(false, false), (false, true), (true, false), (true, true)]
+            .into_iter()
+            .map(|(subgroup_reductions, matmul_prefetch)| Variant {
+                subgroup_reductions,
+                matmul_prefetch,
+            })
+    }
+
     /// The shader's module, validated with only the capabilities its variant may use: f16 for
-    /// the f16 matmuls, subgroup operations in compute shaders where `subgroup_reductions`.
-    fn parse_variant(
-        shader: Shader,
-        subgroup_reductions: bool,
-    ) -> (naga::Module, naga::valid::ModuleInfo) {
-        let source = shader.source(subgroup_reductions);
+    /// the f16 matmuls, cooperative matrices for their kernel, subgroup operations in compute
+    /// shaders where `subgroup_reductions`.
+    fn parse_variant(shader: Shader, variant: Variant) -> (naga::Module, naga::valid::ModuleInfo) {
+        let source = shader.source(variant);
         let module = naga::front::wgsl::parse_str(&source)
             .unwrap_or_else(|e| panic!("{shader:?}: {}", e.emit_to_string(&source)));
         let mut capabilities = naga::valid::Capabilities::empty();
@@ -355,7 +382,7 @@ mod tests {
         if source.contains("enable wgpu_cooperative_matrix;") {
             capabilities |= naga::valid::Capabilities::COOPERATIVE_MATRIX;
         }
-        if subgroup_reductions {
+        if variant.subgroup_reductions {
             capabilities |= naga::valid::Capabilities::SUBGROUP;
         }
         let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
@@ -368,7 +395,7 @@ mod tests {
 
     /// The shader as every adapter compiles it (no subgroup operations).
     fn parse(shader: Shader) -> (naga::Module, naga::valid::ModuleInfo) {
-        parse_variant(shader, false)
+        parse_variant(shader, Variant::default())
     }
 
     #[test]
@@ -381,10 +408,29 @@ mod tests {
         ];
         for &kernel in Kernel::ALL {
             let shader = kernel.shader();
-            let (tree, subgroup) = (shader.source(false), shader.source(true));
+            let subgroups = Variant {
+                subgroup_reductions: true,
+                ..Variant::default()
+            };
+            let (tree, subgroup) = (shader.source(Variant::default()), shader.source(subgroups));
             assert_eq!(tree != subgroup, reducing.contains(&shader), "{shader:?}");
             assert_eq!(subgroup.contains("subgroupAdd"), reducing.contains(&shader));
-            parse_variant(shader, true);
+            for variant in variants() {
+                parse_variant(shader, variant);
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_tiled_matmuls_differ_with_prefetching() {
+        for &kernel in Kernel::ALL {
+            let shader = kernel.shader();
+            let prefetched = Variant {
+                matmul_prefetch: true,
+                ..Variant::default()
+            };
+            let differs = shader.source(Variant::default()) != shader.source(prefetched);
+            assert_eq!(differs, MATMULS.contains(&shader), "{shader:?}");
         }
     }
 
@@ -459,15 +505,15 @@ mod tests {
             for shader in *shaders {
                 let line = format!("const {name}: u32 = {value}u;");
                 assert!(
-                    shader.source(false).contains(&line),
+                    shader.source(Variant::default()).contains(&line),
                     "{shader:?} must declare `{line}`"
                 );
             }
         }
     }
 
-    /// naga's SPIR-V back end (Vulkan's path) writes every shader, both reduction variants, as
-    /// the device compiles it: without loop bounds, other runtime checks on. The
+    /// naga's SPIR-V back end (Vulkan's path) writes every shader, in every variant, as the
+    /// device compiles it: without loop bounds, other runtime checks on. The
     /// cooperative-matrix kernel included, which no adapter here can run.
     #[test]
     fn every_shader_compiles_to_spirv() {
@@ -477,8 +523,8 @@ mod tests {
             ..naga::back::spv::Options::default()
         };
         for &kernel in Kernel::ALL {
-            for subgroup_reductions in [false, true] {
-                let (module, info) = parse_variant(kernel.shader(), subgroup_reductions);
+            for variant in variants() {
+                let (module, info) = parse_variant(kernel.shader(), variant);
                 let words = naga::back::spv::write_vec(&module, &info, &options, None)
                     .unwrap_or_else(|e| panic!("{kernel:?}: {e}"));
                 assert!(words.len() > 5, "{kernel:?}: no SPIR-V");

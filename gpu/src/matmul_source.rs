@@ -3,10 +3,11 @@
 //! tiled kernel's register block written out as straight-line code.
 //!
 //! Written out rather than looped over: accumulators in an array indexed inside loops stay in
-//! registers only if the driver unrolls those loops, and naga's SPIR-V (whose loops carry an
-//! extra iteration bound) left them in local memory on an NVIDIA H200 — the 128-wide kernel ran
-//! at a third of the speed of the hand-unrolled 64-wide one it replaced. Scalars with constant
-//! names have nowhere else to go.
+//! registers only if the driver unrolls those loops, and naga's SPIR-V (whose loops carried an
+//! extra iteration bound then: see `DeviceOptions::loop_bounds`) left them in local memory on
+//! an NVIDIA H200 — the 128-wide kernel ran at a third of the speed of the hand-unrolled 64-wide
+//! one it replaced. Scalars with constant names have nowhere else to go. The same holds for the
+//! registers a thread prefetches the next step's operands into.
 
 use std::fmt::Write;
 
@@ -17,6 +18,9 @@ const TILES: &str = "// @tiles";
 const ACCUMULATORS: &str = "// @accumulators";
 const MULTIPLY_ACCUMULATE: &str = "// @multiply_accumulate";
 const STORE: &str = "// @store";
+const PREFETCH_FIRST: &str = "// @prefetch_first";
+const STAGE: &str = "// @stage";
+const PREFETCH_NEXT: &str = "// @prefetch_next";
 
 /// Which outputs of C's tile a thread of the tiled kernel holds, and so how it reads the staged
 /// operands. Both sum every output over k in the same order: the same bits.
@@ -45,8 +49,14 @@ impl BlockLayout {
 
 /// The matmul shader (`matmul_tiled`, `matmul_small`, `matmul_sum_splits`) whose tiled kernel
 /// holds a `block × block` register block of C per thread in `layout`, with f16 operands
-/// (`enable f16;`) or f32 ones.
-pub(crate) fn matmul_source(block: u32, layout: BlockLayout, f16_operands: bool) -> String {
+/// (`enable f16;`) or f32 ones, and (`prefetched`) reads each step's operands into registers
+/// during the step before, or at the step itself. Either way the same sums.
+pub(crate) fn matmul_source(
+    block: u32,
+    layout: BlockLayout,
+    f16_operands: bool,
+    prefetched: bool,
+) -> String {
     assert!(
         layout == BlockLayout::Strided || block.is_multiple_of(4),
         "a contiguous block is read as vec4s"
@@ -66,6 +76,10 @@ pub(crate) fn matmul_source(block: u32, layout: BlockLayout, f16_operands: bool)
             ACCUMULATORS => accumulators(&mut text, indent, block),
             MULTIPLY_ACCUMULATE => multiply_accumulate(&mut text, indent, block, layout),
             STORE => store(&mut text, indent, block, layout),
+            PREFETCH_FIRST if prefetched => prefetch(&mut text, indent, block, "k_begin", "var "),
+            STAGE => stage(&mut text, indent, block, prefetched),
+            PREFETCH_NEXT if prefetched => prefetch(&mut text, indent, block, "k0 + TILE_K", ""),
+            PREFETCH_FIRST | PREFETCH_NEXT => {}
             _ => {
                 text.push_str(line);
                 text.push('\n');
@@ -92,6 +106,41 @@ fn tiles(text: &mut String, layout: BlockLayout) {
             text,
             "var<workgroup> {side}_tile: array<{element}, {words}>;\n\
              fn stage_{side}(index: u32, value: Operand) {{\n    {side}_tile{store} = value;\n}}"
+        );
+    }
+}
+
+/// The thread's operands of the step at `k0` read into registers (`next_a_q`, `next_b_q`, q <
+/// `block`, declared with `declare`): issued before the block's multiply-adds of the current
+/// step, so that their latency overlaps them.
+fn prefetch(text: &mut String, indent: &str, block: u32, k0: &str, declare: &str) {
+    let threads = MATMUL_THREADS * MATMUL_THREADS;
+    for q in 0..block {
+        let e = format!("lid + {}u", q * threads);
+        let _ = writeln!(
+            text,
+            "{indent}{declare}next_a_{q} = load_a(bases.a, row0, {k0}, k_end, {e});\n\
+             {indent}{declare}next_b_{q} = load_b(bases.b, col0, {k0}, k_end, {e});"
+        );
+    }
+}
+
+/// The step's operands into the workgroup tiles: from the registers prefetched in the step
+/// before, or (`prefetched` false) loaded here.
+fn stage(text: &mut String, indent: &str, block: u32, prefetched: bool) {
+    let threads = MATMUL_THREADS * MATMUL_THREADS;
+    for q in 0..block {
+        let e = format!("lid + {}u", q * threads);
+        let (a, b) = match prefetched {
+            true => (format!("next_a_{q}"), format!("next_b_{q}")),
+            false => (
+                format!("load_a(bases.a, row0, k0, k_end, {e})"),
+                format!("load_b(bases.b, col0, k0, k_end, {e})"),
+            ),
+        };
+        let _ = writeln!(
+            text,
+            "{indent}stage_a_element({e}, {a});\n{indent}stage_b_element({e}, {b});"
         );
     }
 }
@@ -181,22 +230,30 @@ mod tests {
     #[test]
     fn every_marker_is_filled_in_and_nothing_else_changes() {
         let template = include_str!("shaders/matmul.wgsl");
-        for marker in [TILES, ACCUMULATORS, MULTIPLY_ACCUMULATE, STORE] {
+        for marker in [
+            TILES,
+            ACCUMULATORS,
+            MULTIPLY_ACCUMULATE,
+            STORE,
+            PREFETCH_FIRST,
+            STAGE,
+            PREFETCH_NEXT,
+        ] {
             assert_eq!(
                 template.lines().filter(|l| l.trim() == marker).count(),
                 1,
                 "{marker}"
             );
         }
-        for (block, layout, f16) in [
-            (2, BlockLayout::Strided, false),
-            (4, BlockLayout::Strided, true),
-            (8, BlockLayout::Strided, false),
-            (4, BlockLayout::Contiguous, false),
-            (8, BlockLayout::Contiguous, true),
+        for (block, layout, f16, prefetched) in [
+            (2, BlockLayout::Strided, false, true),
+            (4, BlockLayout::Strided, true, false),
+            (8, BlockLayout::Strided, false, true),
+            (4, BlockLayout::Contiguous, false, false),
+            (8, BlockLayout::Contiguous, true, true),
         ] {
-            let text = matmul_source(block, layout, f16);
-            let case = format!("block {block}, {layout:?}");
+            let text = matmul_source(block, layout, f16, prefetched);
+            let case = format!("block {block}, {layout:?}, prefetched {prefetched}");
             assert!(!text.lines().any(|l| l.trim().starts_with("// @")));
             let lines = |prefix: &str| {
                 text.lines()
@@ -226,6 +283,15 @@ mod tests {
                 BlockLayout::Contiguous => format!("let b_{last} = f32(b_v{}.w);", last / 4),
             };
             assert!(text.contains(&expected), "{case}: no `{expected}`");
+            // BLOCK elements of each operand staged per thread and step; prefetched: declared
+            // and loaded before the loop, staged, and loaded again for the next step.
+            assert_eq!(lines("stage_a_element("), block as usize, "{case}");
+            assert_eq!(lines("stage_b_element("), block as usize, "{case}");
+            let prefetches = if prefetched { block as usize } else { 0 };
+            assert_eq!(lines("var next_a_"), prefetches, "{case}");
+            assert_eq!(lines("next_a_"), prefetches, "{case}");
+            assert_eq!(text.matches("next_a_").count(), 3 * prefetches, "{case}");
+            assert_eq!(text.matches("next_b_").count(), 3 * prefetches, "{case}");
         }
     }
 }

@@ -110,12 +110,18 @@ impl MeasuredTiles {
         Ok(())
     }
 
-    /// From now on keeps the choices in `path` (named for `adapter` by [`file_name`]) and adds
-    /// the choices it already holds: their number, 0 where there is no file yet. A file that
-    /// cannot be read, is not in this format or names another adapter, driver or kernel text is
-    /// an error; it is replaced at the next measurement all the same.
-    pub(crate) fn keep_in(&self, path: &Path, adapter: &AdapterSummary) -> Result<usize, GpuError> {
-        let header = header(adapter);
+    /// From now on keeps the choices in `path` (named for `adapter` and the kernels'
+    /// prefetching by [`file_name`]) and adds the choices it already holds: their number, 0
+    /// where there is no file yet. A file that cannot be read, is not in this format or names
+    /// another adapter, driver or kernel text is an error; it is replaced at the next
+    /// measurement all the same.
+    pub(crate) fn keep_in(
+        &self,
+        path: &Path,
+        adapter: &AdapterSummary,
+        prefetched: bool,
+    ) -> Result<usize, GpuError> {
+        let header = header(adapter, prefetched);
         let mut state = self
             .lock()
             .map_err(|e| cache_error(path, None, e.to_string()))?;
@@ -171,17 +177,17 @@ impl MeasuredTiles {
 }
 
 /// The file's name in a cache directory for `adapter`: one per adapter, driver and matmul
-/// kernel text (a hash of the header), so that a driver update or a changed kernel measures
-/// again instead of reusing choices made for other code.
-pub(crate) fn file_name(adapter: &AdapterSummary) -> String {
+/// kernel text (a hash of the header; `prefetched`: the kernels' prefetching), so that a driver
+/// update or a changed kernel measures again instead of reusing choices made for other code.
+pub(crate) fn file_name(adapter: &AdapterSummary, prefetched: bool) -> String {
     format!(
         "wgpu-matmul-tiles-{:016x}.txt",
-        fnv1a(header(adapter).as_bytes())
+        fnv1a(header(adapter, prefetched).as_bytes())
     )
 }
 
 /// The lines that name what the choices were measured on.
-fn header(adapter: &AdapterSummary) -> String {
+fn header(adapter: &AdapterSummary, prefetched: bool) -> String {
     let mut kernels = Vec::new();
     for (block, layout) in [
         (2, BlockLayout::Strided),
@@ -191,7 +197,7 @@ fn header(adapter: &AdapterSummary) -> String {
         (8, BlockLayout::Contiguous),
     ] {
         for f16 in [false, true] {
-            kernels.extend_from_slice(matmul_source(block, layout, f16).as_bytes());
+            kernels.extend_from_slice(matmul_source(block, layout, f16, prefetched).as_bytes());
         }
     }
     let one_line = |s: &str| s.replace(['\n', '\r'], " ");

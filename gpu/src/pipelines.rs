@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use deberta_core::Error;
 
 use crate::error::{ErrorLog, device_error};
-use crate::kernels::{Access, Kernel, Shader};
+use crate::kernels::{Access, Kernel, Shader, Variant};
 
 /// A ready pipeline and the layout of its bind group 0.
 #[derive(Debug)]
@@ -22,8 +22,8 @@ pub(crate) struct Compiled {
 pub(crate) struct Pipelines {
     modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
     kernels: Mutex<HashMap<Kernel, Arc<Compiled>>>,
-    /// Whether the workgroup reductions run over subgroups (see [`Shader::source`]).
-    subgroup_reductions: bool,
+    /// How the kernels are written (see [`Shader::source`]).
+    variant: Variant,
     /// Whether naga bounds every loop ([`crate::DeviceOptions::loop_bounds`]).
     loop_bounds: bool,
 }
@@ -61,11 +61,11 @@ fn layout_entries(kernel: Kernel) -> Vec<wgpu::BindGroupLayoutEntry> {
 }
 
 impl Pipelines {
-    /// An empty cache whose shaders reduce over subgroups where `subgroup_reductions` (a device
-    /// opened with `SUBGROUP`), compiled with naga's loop bounds where `loop_bounds`.
-    pub(crate) fn new(subgroup_reductions: bool, loop_bounds: bool) -> Self {
+    /// An empty cache whose shaders are written for `variant`, compiled with naga's loop bounds
+    /// where `loop_bounds`.
+    pub(crate) fn new(variant: Variant, loop_bounds: bool) -> Self {
         Pipelines {
-            subgroup_reductions,
+            variant,
             loop_bounds,
             ..Pipelines::default()
         }
@@ -97,7 +97,7 @@ impl Pipelines {
             let module = modules.entry(shader).or_insert_with(|| {
                 let descriptor = wgpu::ShaderModuleDescriptor {
                     label: Some(kernel.entry()),
-                    source: wgpu::ShaderSource::Wgsl(shader.source(self.subgroup_reductions)),
+                    source: wgpu::ShaderSource::Wgsl(shader.source(self.variant)),
                 };
                 if self.loop_bounds {
                     return device.create_shader_module(descriptor);

@@ -15,7 +15,7 @@ use deberta_core::kernels::{
 };
 use deberta_core::random::RandomStream;
 use deberta_core::{Activation, Backend, CpuBackend, Error};
-use deberta_gpu::{AdapterChoice, MatmulTiles, WgpuBackend};
+use deberta_gpu::{AdapterChoice, DeviceOptions, MatmulTiles, WgpuBackend};
 use proptest::prelude::*;
 
 const TOL: f32 = 1e-5;
@@ -37,10 +37,14 @@ macro_rules! conform {
                 true => "with",
                 false => "without",
             };
+            let prefetch = match gpu.matmul_prefetch() {
+                true => "prefetching",
+                false => "not prefetching",
+            };
             for (i, (c, g)) in cpu_out.iter().zip(&gpu_out).enumerate() {
                 assert_close(
                     &format!(
-                        "{} output {i} ({reductions} reductions, {loops} loop bounds)",
+                        "{} output {i} ({reductions} reductions, {loops} loop bounds, {prefetch})",
                         stringify!($check)
                     ),
                     c,
@@ -254,20 +258,32 @@ fn every_tiled_matmul_kernel_matches_cpu() {
     if gpu().is_none() {
         return;
     }
-    // A backend of its own: forcing a kernel here must not change what other tests run.
-    let forced = WgpuBackend::new(AdapterChoice::default()).expect("second device");
+    // Backends of their own (forcing a kernel here must not change what other tests run): the
+    // matmuls prefetching each step's operands and not.
+    let device = |matmul_prefetch| {
+        let options = DeviceOptions {
+            matmul_prefetch,
+            ..DeviceOptions::from_env()
+        };
+        WgpuBackend::with_options(AdapterChoice::default(), options).expect("second device")
+    };
+    let (prefetching, not_prefetching) = (device(true), device(false));
     // Every case's bits under the first tile choice: the others must give the same.
     let mut first_bits: Vec<Vec<u32>> = Vec::new();
-    for tiles in [
-        MatmulTiles::Tiles128,
-        MatmulTiles::Tiles64,
-        MatmulTiles::Tiles32,
-        MatmulTiles::Tiles128Vec4,
-        MatmulTiles::Tiles64Vec4,
-        MatmulTiles::Auto,
-        MatmulTiles::Measured,
-    ] {
+    for (forced, tiles) in [&prefetching, &not_prefetching].into_iter().flat_map(|b| {
+        [
+            MatmulTiles::Tiles128,
+            MatmulTiles::Tiles64,
+            MatmulTiles::Tiles32,
+            MatmulTiles::Tiles128Vec4,
+            MatmulTiles::Tiles64Vec4,
+            MatmulTiles::Auto,
+            MatmulTiles::Measured,
+        ]
+        .map(|tiles| (b, tiles))
+    }) {
         forced.set_matmul_tiles(tiles);
+        let prefetch = forced.matmul_prefetch();
         let mut case_index = 0;
         for (shape, transposes) in [
             ((97, 130, 37), 0..8u32),
@@ -289,18 +305,15 @@ fn every_tiled_matmul_kernel_matches_cpu() {
                     seed: u64::from(t) + 11,
                 };
                 let expected = matmul_case(&CpuBackend::new(), &case);
-                let found = matmul_case(&forced, &case);
-                assert_close(
-                    &format!("{tiles:?} tiles, {shape:?}, transposes {t}"),
-                    &expected[0],
-                    &found[0],
-                    TOL * shape.2 as f32,
-                );
+                let found = matmul_case(forced, &case);
+                let what =
+                    format!("{tiles:?} tiles (prefetching {prefetch}), {shape:?}, transposes {t}");
+                assert_close(&what, &expected[0], &found[0], TOL * shape.2 as f32);
                 let bits: Vec<u32> = found[0].iter().map(|x| x.to_bits()).collect();
                 match first_bits.get(case_index) {
                     Some(first) => assert!(
                         first == &bits,
-                        "{tiles:?} tiles, {shape:?}, transposes {t}: other bits than 128×128 tiles"
+                        "{what}: other bits than prefetching 128×128 tiles"
                     ),
                     None => first_bits.push(bits),
                 }
@@ -310,7 +323,7 @@ fn every_tiled_matmul_kernel_matches_cpu() {
     }
     // The measured policy timed each shape once (into scratch where β = 1: a timing run into C
     // would have changed the bits above) and kept a tile size for it.
-    let measured = forced.measured_matmul_tiles();
+    let measured = prefetching.measured_matmul_tiles();
     println!("measured tiles: {measured:?}");
     for (m, n, k) in [(97, 130, 37), (200, 150, 70), (300, 260, 40)] {
         let choice = measured

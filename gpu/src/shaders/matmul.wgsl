@@ -56,47 +56,12 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
     let ty = local.y;
     // acc_i_j: row ty + 16·i, column tx + 16·j of the tile.
     // @accumulators
+    // @prefetch_first
     for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
-        // TILE·TILE_K elements of each operand, BLOCK per thread.
-        for (var q = 0u; q < BLOCK; q += 1u) {
-            let e = lid + q * MATMUL_THREADS * MATMUL_THREADS;
-            var r: u32;
-            var kk: u32;
-            if (params.a_k_contiguous != 0u) {
-                kk = e % TILE_K;
-                r = e / TILE_K;
-            } else {
-                r = e % TILE;
-                kk = e / TILE;
-            }
-            let gr = row0 + r;
-            let gk = k0 + kk;
-            var v = 0.0;
-            if (gr < params.m && gk < k_end) {
-                v = a[bases.a + gr * params.a_row_stride + gk * params.a_col_stride];
-            }
-            stage_a(kk * TILE_STRIDE + r, Operand(v));
-        }
-        for (var q = 0u; q < BLOCK; q += 1u) {
-            let e = lid + q * MATMUL_THREADS * MATMUL_THREADS;
-            var col: u32;
-            var kk: u32;
-            if (params.b_k_contiguous != 0u) {
-                kk = e % TILE_K;
-                col = e / TILE_K;
-            } else {
-                col = e % TILE;
-                kk = e / TILE;
-            }
-            let gc = col0 + col;
-            let gk = k0 + kk;
-            var v = 0.0;
-            if (gc < params.n && gk < k_end) {
-                v = b[bases.b + gk * params.b_row_stride + gc * params.b_col_stride];
-            }
-            stage_b(kk * TILE_STRIDE + col, Operand(v));
-        }
+        // TILE·TILE_K elements of each operand, BLOCK per thread: e = lid + 256·q.
+        // @stage
         workgroupBarrier();
+        // @prefetch_next
         for (var kk = 0u; kk < TILE_K; kk += 1u) {
             // a_i, b_j: the thread's rows of A and columns of B at this kk; acc_i_j += a_i·b_j.
             // @multiply_accumulate
@@ -105,6 +70,58 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
     }
     // store_tile_output(bases.c, the row of acc_i_j, its column, acc_i_j) for every i, j.
     // @store
+}
+
+// Where element `e` (0 .. TILE·TILE_K) of a staged tile of A comes from: its row within the
+// tile and its k within the step. Neighbouring elements follow whichever stride of A is 1.
+fn a_place(e: u32) -> vec2<u32> {
+    if (params.a_k_contiguous != 0u) {
+        return vec2<u32>(e / TILE_K, e % TILE_K);
+    }
+    return vec2<u32>(e % TILE, e / TILE);
+}
+
+// The same for B: the element's column within the tile and its k.
+fn b_place(e: u32) -> vec2<u32> {
+    if (params.b_k_contiguous != 0u) {
+        return vec2<u32>(e / TILE_K, e % TILE_K);
+    }
+    return vec2<u32>(e % TILE, e / TILE);
+}
+
+// Element `e` of A's tile at rows row0 .. and k0 .. (k below k_end), as an operand; 0 beyond.
+fn load_a(base: u32, row0: u32, k0: u32, k_end: u32, e: u32) -> Operand {
+    let place = a_place(e);
+    let row = row0 + place.x;
+    let k = k0 + place.y;
+    var v = 0.0;
+    if (row < params.m && k < k_end) {
+        v = a[base + row * params.a_row_stride + k * params.a_col_stride];
+    }
+    return Operand(v);
+}
+
+// Element `e` of B's tile at columns col0 .. and k0 .., as an operand; 0 beyond.
+fn load_b(base: u32, col0: u32, k0: u32, k_end: u32, e: u32) -> Operand {
+    let place = b_place(e);
+    let col = col0 + place.x;
+    let k = k0 + place.y;
+    var v = 0.0;
+    if (col < params.n && k < k_end) {
+        v = b[base + k * params.b_row_stride + col * params.b_col_stride];
+    }
+    return Operand(v);
+}
+
+// Stores element `e` of A's (B's) tile where the block reads it: k · TILE_STRIDE + row (column).
+fn stage_a_element(e: u32, value: Operand) {
+    let place = a_place(e);
+    stage_a(place.y * TILE_STRIDE + place.x, value);
+}
+
+fn stage_b_element(e: u32, value: Operand) {
+    let place = b_place(e);
+    stage_b(place.y * TILE_STRIDE + place.x, value);
 }
 
 fn store_tile_output(base: u32, row: u32, col: u32, acc: f32) {
