@@ -16,6 +16,10 @@
 //!
 //! Without `SHADER_F16` (or with `DEBERTA_WGPU_F16=off`) the test checks the fallback instead
 //! and says so: `mixed_products()` is f32 and f16 products are refused with a typed error.
+//!
+//! The cooperative-matrix kernel (`DeviceOptions::cooperative_matrices`) is held to the same
+//! bound, with twice the accumulation allowance, where the adapter can run it; elsewhere the
+//! test says why not.
 
 mod common;
 
