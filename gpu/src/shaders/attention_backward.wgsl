@@ -7,9 +7,10 @@
 // FlashAttention-2 for the disentangled scores: the forward keeps one statistic per query row,
 // the logsumexp `lse_i = m_i + log(l_i)` of its masked scores, instead of the probabilities; the
 // backward recomputes `P[i,j] = exp(score(i,j) − lse_i)` tile pair by tile pair, the scores
-// summed by the forward's own code (`tile_scores`). Each workgroup owns a tile of ATTN_TILE
-// output rows (queries in the dQ/dc2p pass, keys in the dK/dV/dp2c pass) and walks the tiles of
-// the other side: per tile pair each thread computes its ATTN_BLOCK × ATTN_BLOCK block of the
+// summed by the forward's own code (`stage_score_chunk`, `add_score_dots`, `masked_scores`),
+// dP in the same pass over the head's columns. Each workgroup owns a tile of ATTN_TILE output
+// rows (queries in the dQ/dc2p pass, keys in the dK/dV/dp2c pass) and walks the tiles of the
+// other side: per tile pair each thread computes its ATTN_BLOCK × ATTN_BLOCK block of the
 // score gradients `dS = P ∘ (dP − drows)`, `dP = dropout(dO·Vᵀ)`, stages them as a coefficient
 // tile, and adds coefficient × row products to the rows it owns: the other side's rows (K for
 // dQ; dO for dV; Q for dK) staged at full head width, then the position rows (Kr for dQ, Qr for
@@ -29,6 +30,14 @@
 
 // The context gradient's rows (`operand_row4`).
 const ROWS_DCONTEXT: u32 = 5u;
+
+// The staging array (attention_tile.wgsl): WebGPU's 16 KiB of workgroup memory. The score phase
+// also holds chunks of dO (query rows) and V (key rows).
+const SHARED_VECS: u32 = 1024u;
+var<workgroup> staged: array<vec4<f32>, SHARED_VECS>;
+const DOUT_AT: u32 = SCORE_PHASE;
+const VALUE_AT: u32 = DOUT_AT + ATTN_TILE * CHUNK_VECS;
+const_assert VALUE_AT + ATTN_TILE * CHUNK_VECS <= SHARED_VECS;
 
 // Coefficient phases of `staged`: a coefficient tile [other row u][ti], a vec4 over the lanes
 // a of the owning thread's rows ti + ATTN_THREADS·a, then either the other side's rows at full
@@ -59,18 +68,26 @@ fn relative_index(i: u32, j: u32) -> u32 {
     return index[i * params.len + j];
 }
 
-// dP before dropout, dO_i·V_j, for the thread's block of the tile pair (rows of the query tile
-// from `i0`, columns of the key tile from `j0`), summed as the scores are: four-wide dot
-// products in column order (every thread calls it: it stages through workgroup memory).
-fn tile_dout_value(tokens0: u32, column0: u32, i0: u32, j0: u32, ti: u32, tj: u32,
-                   lid: u32) -> array<vec4<f32>, 4> {
+// What the passes need of one tile pair: the thread's block of masked scores and of dP before
+// dropout, dO_i·V_j.
+struct PairBlock {
+    scores: ScoreBlock,
+    dout_value: array<vec4<f32>, 4>,
+}
+
+// The scores of the tile pair (query tile from `i0`, key tile from `j0`) as the forward sums
+// them (attention_tile.wgsl), and dO_i·V_j summed the same way — four-wide dot products in
+// column order — from chunks of dO and V staged beside the score chunks (every thread calls
+// it: it stages through workgroup memory, and `staged` is free again when it returns).
+fn tile_pair(tokens0: u32, column0: u32, i0: u32, j0: u32, ti: u32, tj: u32,
+             lid: u32) -> PairBlock {
     let len = params.len;
     let width = params.width;
+    let band = band_rows(i0, j0, lid);
+    var sums: ScoreSums;
     var dp: array<vec4<f32>, 4>;
-    for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
-        dp[a] = vec4<f32>(0.0);
-    }
     for (var k0 = 0u; k0 < params.head_dim; k0 += ATTN_CHUNK) {
+        stage_score_chunk(tokens0, column0, i0, j0, k0, lid, band);
         for (var e = lid; e < ATTN_TILE * CHUNK_VECS; e += THREADS) {
             let r = e / CHUNK_VECS;
             let c = k0 + 4u * (e % CHUNK_VECS);
@@ -78,20 +95,21 @@ fn tile_dout_value(tokens0: u32, column0: u32, i0: u32, j0: u32, ti: u32, tj: u3
             if (i0 + r < len) {
                 o = operand_row4(ROWS_DCONTEXT, (tokens0 + i0 + r) * width + column0, c);
             }
-            staged[Q_AT + e] = o;
+            staged[DOUT_AT + e] = o;
             var v = vec4<f32>(0.0);
             if (j0 + r < len) {
                 v = row4(ROWS_VALUE, (tokens0 + j0 + r) * width + column0, c);
             }
-            staged[K_AT + e] = v;
+            staged[VALUE_AT + e] = v;
         }
         workgroupBarrier();
         for (var w = 0u; w < CHUNK_VECS; w += 1u) {
+            add_score_dots(&sums, w, ti, tj);
             var o: array<vec4<f32>, 4>;
             var v: array<vec4<f32>, 4>;
             for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
-                o[a] = staged[Q_AT + (ti + ATTN_THREADS * a) * CHUNK_VECS + w];
-                v[a] = staged[K_AT + (tj + ATTN_THREADS * a) * CHUNK_VECS + w];
+                o[a] = staged[DOUT_AT + (ti + ATTN_THREADS * a) * CHUNK_VECS + w];
+                v[a] = staged[VALUE_AT + (tj + ATTN_THREADS * a) * CHUNK_VECS + w];
             }
             for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
                 dp[a] += vec4<f32>(dot(o[a], v[0]), dot(o[a], v[1]), dot(o[a], v[2]),
@@ -100,7 +118,7 @@ fn tile_dout_value(tokens0: u32, column0: u32, i0: u32, j0: u32, ti: u32, tj: u3
         }
         workgroupBarrier();
     }
-    return dp;
+    return PairBlock(masked_scores(sums, tokens0, i0, j0, ti, tj), dp);
 }
 
 // Stages the thread's block `c` (c[a][b]: query row ti + ATTN_THREADS·a, key column

@@ -60,8 +60,9 @@ fn attention_backward_key(@builtin(workgroup_id) wid: vec3<u32>,
     }
     for (var i0 = 0u; i0 < len; i0 += ATTN_TILE) {
         let rows = tile_rows(tokens0, i0, ti);
-        let block = tile_scores(tokens0, column0, i0, j0, ti, tj, lid);
-        let dp = tile_dout_value(tokens0, column0, i0, j0, ti, tj, lid);
+        let pair = tile_pair(tokens0, column0, i0, j0, ti, tj, lid);
+        let block = pair.scores;
+        let dp = pair.dout_value;
         // The thread's block: dropout(P) (weight), dS/s (content) and dS/s (position); 0 for
         // pairs that take no part (a padded query row's are weights only).
         var weight: array<vec4<f32>, 4>;

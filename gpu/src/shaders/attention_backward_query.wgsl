@@ -78,8 +78,9 @@ fn attention_backward_query(@builtin(workgroup_id) wid: vec3<u32>,
         acc[e] = vec4<f32>(0.0);
     }
     for (var j0 = 0u; j0 < len; j0 += ATTN_TILE) {
-        let block = tile_scores(tokens0, column0, i0, j0, ti, tj, lid);
-        let dp = tile_dout_value(tokens0, column0, i0, j0, ti, tj, lid);
+        let pair = tile_pair(tokens0, column0, i0, j0, ti, tj, lid);
+        let block = pair.scores;
+        let dp = pair.dout_value;
         // dS/s (content) and dS/s (position) of the thread's block; 0 for pairs that pass no
         // gradient (padded query rows included).
         var content: array<vec4<f32>, 4>;

@@ -56,7 +56,7 @@ const K_AT: u32 = Q_AT + ATTN_TILE * CHUNK_VECS;
 const KR_AT: u32 = K_AT + ATTN_TILE * CHUNK_VECS;
 const QR_AT: u32 = KR_AT + BAND * CHUNK_VECS;
 const SCORE_PHASE: u32 = QR_AT + BAND * CHUNK_VECS;
-const SHARED_VECS: u32 = 768u;
+// Each kernel file declares `staged`, SHARED_VECS vec4s of workgroup memory.
 const_assert SCORE_PHASE <= SHARED_VECS;
 
 // Stands in for -inf in the running max: every real score is far above it.
@@ -100,8 +100,6 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-
-var<workgroup> staged: array<vec4<f32>, SHARED_VECS>;
 
 // Which of a tile's operand rows a staging loop reads (`row4`).
 const ROWS_QUERY: u32 = 0u;
@@ -175,120 +173,121 @@ struct ScoreBlock {
     live: array<vec4<bool>, 4>,
 }
 
-// The masked scores of the query tile from `i0` and the key tile from `j0` of the sequence
-// starting at token `tokens0`, head columns from `column0` (every thread calls it: it stages
-// through workgroup memory, and `staged` is free again when it returns).
-fn tile_scores(tokens0: u32, column0: u32, i0: u32, j0: u32, ti: u32, tj: u32,
-               lid: u32) -> ScoreBlock {
-    let len = params.len;
-    let d = params.head_dim;
-    let width = params.width;
-    let c2p = params.has_c2p != 0u;
-    let p2c = params.has_p2c != 0u;
-    let relative = c2p || p2c;
-    let s = params.scale;
-    let rows = tile_rows(tokens0, i0, ti);
+// The unscaled sums of a thread's block: qk[a][b], c2p[a][b], p2c[a][b].
+struct ScoreSums {
+    qk: array<vec4<f32>, 4>,
+    c2p: array<vec4<f32>, 4>,
+    p2c: array<vec4<f32>, 4>,
+}
 
-    // The band rows this thread stages: slots lid / CHUNK_VECS + (THREADS / CHUNK_VECS)·r.
+// The projection rows of the band slots this thread stages (slots lid / CHUNK_VECS +
+// (THREADS / CHUNK_VECS)·r) for the tile pair (i0, j0).
+fn band_rows(i0: u32, j0: u32, lid: u32) -> array<i32, 4> {
     let delta0 = i32(i0) - i32(j0) - i32(ATTN_TILE - 1u);
     var band: array<i32, 4>;
     for (var r = 0u; r < 4u; r += 1u) {
         band[r] = band_row(delta0 + i32(lid / CHUNK_VECS + (THREADS / CHUNK_VECS) * r));
     }
+    return band;
+}
 
-    // s_qk[a][b], s_c2p[a][b], s_p2c[a][b] for row a, column b of the thread's block.
-    var s_qk: array<vec4<f32>, 4>;
-    var s_c2p: array<vec4<f32>, 4>;
-    var s_p2c: array<vec4<f32>, 4>;
-    for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
-        s_qk[a] = vec4<f32>(0.0);
-        s_c2p[a] = vec4<f32>(0.0);
-        s_p2c[a] = vec4<f32>(0.0);
-    }
-    for (var k0 = 0u; k0 < d; k0 += ATTN_CHUNK) {
-        // Query and key chunks: ATTN_TILE rows × CHUNK_VECS vectors each.
-        for (var e = lid; e < ATTN_TILE * CHUNK_VECS; e += THREADS) {
-            let r = e / CHUNK_VECS;
-            let c = k0 + 4u * (e % CHUNK_VECS);
-            var q = vec4<f32>(0.0);
-            if (i0 + r < len) {
-                q = row4(ROWS_QUERY, (tokens0 + i0 + r) * width + column0, c);
-            }
-            staged[Q_AT + e] = q;
-            var k = vec4<f32>(0.0);
-            if (j0 + r < len) {
-                k = row4(ROWS_KEY, (tokens0 + j0 + r) * width + column0, c);
-            }
-            staged[K_AT + e] = k;
+// Stages head columns k0 .. k0 + ATTN_CHUNK of the query and key tiles and of the band (the
+// score phase layout of `staged`; a barrier must follow before `add_score_dots`).
+fn stage_score_chunk(tokens0: u32, column0: u32, i0: u32, j0: u32, k0: u32, lid: u32,
+                     band: array<i32, 4>) {
+    let len = params.len;
+    let width = params.width;
+    let c2p = params.has_c2p != 0u;
+    let p2c = params.has_p2c != 0u;
+    // Query and key chunks: ATTN_TILE rows × CHUNK_VECS vectors each.
+    for (var e = lid; e < ATTN_TILE * CHUNK_VECS; e += THREADS) {
+        let r = e / CHUNK_VECS;
+        let c = k0 + 4u * (e % CHUNK_VECS);
+        var q = vec4<f32>(0.0);
+        if (i0 + r < len) {
+            q = row4(ROWS_QUERY, (tokens0 + i0 + r) * width + column0, c);
         }
-        if (relative) {
-            for (var r = 0u; r < 4u; r += 1u) {
-                let e = lid + THREADS * r;
-                if (e < BAND * CHUNK_VECS) {
-                    let c = k0 + 4u * (e % CHUNK_VECS);
-                    var kr = vec4<f32>(0.0);
-                    var qr = vec4<f32>(0.0);
-                    if (band[r] >= 0) {
-                        let at = u32(band[r]) * width + column0;
-                        if (c2p) {
-                            kr = row4(ROWS_POS_KEY, at, c);
-                        }
-                        if (p2c) {
-                            qr = row4(ROWS_POS_QUERY, at, c);
-                        }
+        staged[Q_AT + e] = q;
+        var k = vec4<f32>(0.0);
+        if (j0 + r < len) {
+            k = row4(ROWS_KEY, (tokens0 + j0 + r) * width + column0, c);
+        }
+        staged[K_AT + e] = k;
+    }
+    if (c2p || p2c) {
+        for (var r = 0u; r < 4u; r += 1u) {
+            let e = lid + THREADS * r;
+            if (e < BAND * CHUNK_VECS) {
+                let c = k0 + 4u * (e % CHUNK_VECS);
+                var kr = vec4<f32>(0.0);
+                var qr = vec4<f32>(0.0);
+                if (band[r] >= 0) {
+                    let at = u32(band[r]) * width + column0;
+                    if (c2p) {
+                        kr = row4(ROWS_POS_KEY, at, c);
                     }
-                    staged[KR_AT + e] = kr;
-                    staged[QR_AT + e] = qr;
+                    if (p2c) {
+                        qr = row4(ROWS_POS_QUERY, at, c);
+                    }
                 }
+                staged[KR_AT + e] = kr;
+                staged[QR_AT + e] = qr;
             }
         }
-        workgroupBarrier();
-        for (var v = 0u; v < CHUNK_VECS; v += 1u) {
-            var q: array<vec4<f32>, 4>;
-            var k: array<vec4<f32>, 4>;
-            for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
-                q[a] = staged[Q_AT + (ti + ATTN_THREADS * a) * CHUNK_VECS + v];
-                k[a] = staged[K_AT + (tj + ATTN_THREADS * a) * CHUNK_VECS + v];
-            }
-            for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
-                s_qk[a] += vec4<f32>(dot(q[a], k[0]), dot(q[a], k[1]), dot(q[a], k[2]),
-                                     dot(q[a], k[3]));
-            }
-            if (relative) {
-                // Band offsets o = a − b + 3 of the block: slot (ti − tj) + 8·(o − 3) + 31.
-                var kr: array<vec4<f32>, 7>;
-                var qr: array<vec4<f32>, 7>;
-                for (var o = 0u; o < 7u; o += 1u) {
-                    let slot = ti + ATTN_THREADS * o + (ATTN_TILE - 1u) - tj
-                        - ATTN_THREADS * (ATTN_BLOCK - 1u);
-                    kr[o] = staged[KR_AT + slot * CHUNK_VECS + v];
-                    qr[o] = staged[QR_AT + slot * CHUNK_VECS + v];
-                }
-                for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
-                    s_c2p[a] += vec4<f32>(dot(q[a], kr[a + 3u]), dot(q[a], kr[a + 2u]),
-                                          dot(q[a], kr[a + 1u]), dot(q[a], kr[a]));
-                    s_p2c[a] += vec4<f32>(dot(k[0], qr[a + 3u]), dot(k[1], qr[a + 2u]),
-                                          dot(k[2], qr[a + 1u]), dot(k[3], qr[a]));
-                }
-            }
-        }
-        workgroupBarrier();
     }
+}
 
-    // Masked scores (LOWEST where excluded).
+// Adds the four-wide dot products of staged chunk vector `v` to the thread's sums.
+fn add_score_dots(sums: ptr<function, ScoreSums>, v: u32, ti: u32, tj: u32) {
+    var q: array<vec4<f32>, 4>;
+    var k: array<vec4<f32>, 4>;
+    for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
+        q[a] = staged[Q_AT + (ti + ATTN_THREADS * a) * CHUNK_VECS + v];
+        k[a] = staged[K_AT + (tj + ATTN_THREADS * a) * CHUNK_VECS + v];
+    }
+    for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
+        (*sums).qk[a] += vec4<f32>(dot(q[a], k[0]), dot(q[a], k[1]), dot(q[a], k[2]),
+                                   dot(q[a], k[3]));
+    }
+    if (params.has_c2p != 0u || params.has_p2c != 0u) {
+        // Band offsets o = a − b + 3 of the block: slot (ti − tj) + 8·(o − 3) + 31.
+        var kr: array<vec4<f32>, 7>;
+        var qr: array<vec4<f32>, 7>;
+        for (var o = 0u; o < 7u; o += 1u) {
+            let slot = ti + ATTN_THREADS * o + (ATTN_TILE - 1u) - tj
+                - ATTN_THREADS * (ATTN_BLOCK - 1u);
+            kr[o] = staged[KR_AT + slot * CHUNK_VECS + v];
+            qr[o] = staged[QR_AT + slot * CHUNK_VECS + v];
+        }
+        for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
+            (*sums).c2p[a] += vec4<f32>(dot(q[a], kr[a + 3u]), dot(q[a], kr[a + 2u]),
+                                        dot(q[a], kr[a + 1u]), dot(q[a], kr[a]));
+            (*sums).p2c[a] += vec4<f32>(dot(k[0], qr[a + 3u]), dot(k[1], qr[a + 2u]),
+                                        dot(k[2], qr[a + 1u]), dot(k[3], qr[a]));
+        }
+    }
+}
+
+// The masked scores of the thread's block from its sums.
+fn masked_scores(sums: ScoreSums, tokens0: u32, i0: u32, j0: u32, ti: u32,
+                 tj: u32) -> ScoreBlock {
+    let c2p = params.has_c2p != 0u;
+    let p2c = params.has_p2c != 0u;
+    let s = params.scale;
+    let rows = tile_rows(tokens0, i0, ti);
     let keys = tile_rows(tokens0, j0, tj);
     var block: ScoreBlock;
     for (var a = 0u; a < ATTN_BLOCK; a += 1u) {
         var rel = vec4<f32>(0.0);
         if (c2p && p2c) {
-            rel = s_c2p[a] / s + s_p2c[a] / s;
+            rel = sums.c2p[a] / s + sums.p2c[a] / s;
         } else if (c2p) {
-            rel = s_c2p[a] / s;
+            rel = sums.c2p[a] / s;
         } else if (p2c) {
-            rel = s_p2c[a] / s;
+            rel = sums.p2c[a] / s;
         }
-        var x = s_qk[a] * params.inv_scale;
-        if (relative) {
+        var x = sums.qk[a] * params.inv_scale;
+        if (c2p || p2c) {
             x = x + rel;
         }
         // A padded query attends uniformly to every key (score 0); a valid one to the valid
@@ -299,6 +298,24 @@ fn tile_scores(tokens0: u32, column0: u32, i0: u32, j0: u32, ti: u32, tj: u32,
         block.score[a] = select(vec4<f32>(LOWEST), x, block.live[a]);
     }
     return block;
+}
+
+// The masked scores of the query tile from `i0` and the key tile from `j0` of the sequence
+// starting at token `tokens0`, head columns from `column0` (every thread calls it: it stages
+// through workgroup memory, and `staged` is free again when it returns).
+fn tile_scores(tokens0: u32, column0: u32, i0: u32, j0: u32, ti: u32, tj: u32,
+               lid: u32) -> ScoreBlock {
+    let band = band_rows(i0, j0, lid);
+    var sums: ScoreSums;
+    for (var k0 = 0u; k0 < params.head_dim; k0 += ATTN_CHUNK) {
+        stage_score_chunk(tokens0, column0, i0, j0, k0, lid, band);
+        workgroupBarrier();
+        for (var v = 0u; v < CHUNK_VECS; v += 1u) {
+            add_score_dots(&sums, v, ti, tj);
+        }
+        workgroupBarrier();
+    }
+    return masked_scores(sums, tokens0, i0, j0, ti, tj);
 }
 
 // The dropout multiplier of element `e` of the probabilities (1 without dropout).

@@ -19,6 +19,11 @@
 // reused), plus the per-thread partial row maxima and sums: 14.3 KB, under WebGPU's 16 KB
 // default. Heads wider than ATTN_MAX_HEAD_DIM use the unfused kernels (the host decides).
 
+// The staging array (attention_tile.wgsl), 12 KiB: with the partial maxima and sums below, under
+// WebGPU's 16 KiB of workgroup memory.
+const SHARED_VECS: u32 = 768u;
+var<workgroup> staged: array<vec4<f32>, SHARED_VECS>;
+
 // P·V phase layout of `staged`: value tile [key][head vector], probabilities [key][ti] as vec4
 // over a.
 const V_AT: u32 = 0u;
