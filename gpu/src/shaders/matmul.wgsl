@@ -39,17 +39,10 @@ const TILE: u32 = MATMUL_THREADS * BLOCK;
 fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
                 @builtin(local_invocation_id) local: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    var bases: Bases;
-    var k_begin = 0u;
-    var k_end = params.k;
-    if (params.k_split == 0u) {
-        bases = batch_bases(params.entry_base + wid.z);
-    } else {
-        bases = batch_bases(params.entry_base);
-        bases.c += wid.z * params.m * params.n;
-        k_begin = wid.z * params.k_split;
-        k_end = min(params.k, k_begin + params.k_split);
-    }
+    let share = workgroup_share(wid.z);
+    let bases = share.bases;
+    let k_begin = share.k_begin;
+    let k_end = share.k_end;
     let row0 = wid.y * TILE;
     let col0 = wid.x * TILE;
     let tx = local.x;
@@ -70,47 +63,6 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
     }
     // store_tile_output(bases.c, the row of acc_i_j, its column, acc_i_j) for every i, j.
     // @store
-}
-
-// Where element `e` (0 .. TILE·TILE_K) of a staged tile of A comes from: its row within the
-// tile and its k within the step. Neighbouring elements follow whichever stride of A is 1.
-fn a_place(e: u32) -> vec2<u32> {
-    if (params.a_k_contiguous != 0u) {
-        return vec2<u32>(e / TILE_K, e % TILE_K);
-    }
-    return vec2<u32>(e % TILE, e / TILE);
-}
-
-// The same for B: the element's column within the tile and its k.
-fn b_place(e: u32) -> vec2<u32> {
-    if (params.b_k_contiguous != 0u) {
-        return vec2<u32>(e / TILE_K, e % TILE_K);
-    }
-    return vec2<u32>(e % TILE, e / TILE);
-}
-
-// Element `e` of A's tile at rows row0 .. and k0 .. (k below k_end), as an operand; 0 beyond.
-fn load_a(base: u32, row0: u32, k0: u32, k_end: u32, e: u32) -> Operand {
-    let place = a_place(e);
-    let row = row0 + place.x;
-    let k = k0 + place.y;
-    var v = 0.0;
-    if (row < params.m && k < k_end) {
-        v = a[base + row * params.a_row_stride + k * params.a_col_stride];
-    }
-    return Operand(v);
-}
-
-// Element `e` of B's tile at columns col0 .. and k0 .., as an operand; 0 beyond.
-fn load_b(base: u32, col0: u32, k0: u32, k_end: u32, e: u32) -> Operand {
-    let place = b_place(e);
-    let col = col0 + place.x;
-    let k = k0 + place.y;
-    var v = 0.0;
-    if (col < params.n && k < k_end) {
-        v = b[base + k * params.b_row_stride + col * params.b_col_stride];
-    }
-    return Operand(v);
 }
 
 // Stores element `e` of A's (B's) tile where the block reads it: k · TILE_STRIDE + row (column).

@@ -1,7 +1,8 @@
-// The parameters, bindings and output helpers every matmul kernel shares (prepended to the
-// kernel file after its `Operand` header: matmul.wgsl, matmul_cooperative.wgsl). Operand
-// layouts are strided (row, column and two batch strides and an offset per operand), so that
-// transposed operands and batched views need no copies.
+// The parameters, bindings, operand loads and output helpers every matmul kernel shares
+// (joined to the kernel file, matmul.wgsl or matmul_cooperative.wgsl, which declares `Operand`,
+// the side TILE of C's tile and TILE_K, the depth of one step along k). Operand layouts are
+// strided (row, column and two batch strides and an offset per operand), so that transposed
+// operands and batched views need no copies.
 
 struct Params {
     batch1: u32,
@@ -66,4 +67,65 @@ fn store_output(base: u32, row: u32, col: u32, acc: f32) {
     } else {
         c[idx] = params.alpha * acc + params.beta * c[idx];
     }
+}
+
+// What one workgroup of a tiled kernel computes: its batch entry's bases and the range of k it
+// sums. Without split-K, workgroup z takes batch entry entry_base + z and every k; with
+// `k_split` > 0 it sums k in [z·k_split, (z+1)·k_split) of the one entry into its own
+// row-major m×n slab of the bound output.
+struct WorkgroupShare {
+    bases: Bases,
+    k_begin: u32,
+    k_end: u32,
+}
+
+fn workgroup_share(z: u32) -> WorkgroupShare {
+    if (params.k_split == 0u) {
+        return WorkgroupShare(batch_bases(params.entry_base + z), 0u, params.k);
+    }
+    var bases = batch_bases(params.entry_base);
+    bases.c += z * params.m * params.n;
+    let k_begin = z * params.k_split;
+    return WorkgroupShare(bases, k_begin, min(params.k, k_begin + params.k_split));
+}
+
+// Where element `e` (0 .. TILE·TILE_K) of a staged tile of A comes from: its row within the
+// tile and its k within the step. Neighbouring elements follow whichever stride of A is 1.
+fn a_place(e: u32) -> vec2<u32> {
+    if (params.a_k_contiguous != 0u) {
+        return vec2<u32>(e / TILE_K, e % TILE_K);
+    }
+    return vec2<u32>(e % TILE, e / TILE);
+}
+
+// The same for B: the element's column within the tile and its k.
+fn b_place(e: u32) -> vec2<u32> {
+    if (params.b_k_contiguous != 0u) {
+        return vec2<u32>(e / TILE_K, e % TILE_K);
+    }
+    return vec2<u32>(e % TILE, e / TILE);
+}
+
+// Element `e` of A's tile at rows row0 .. and k0 .. (k below k_end), as an operand; 0 beyond.
+fn load_a(base: u32, row0: u32, k0: u32, k_end: u32, e: u32) -> Operand {
+    let place = a_place(e);
+    let row = row0 + place.x;
+    let k = k0 + place.y;
+    var v = 0.0;
+    if (row < params.m && k < k_end) {
+        v = a[base + row * params.a_row_stride + k * params.a_col_stride];
+    }
+    return Operand(v);
+}
+
+// Element `e` of B's tile at columns col0 .. and k0 .., as an operand; 0 beyond.
+fn load_b(base: u32, col0: u32, k0: u32, k_end: u32, e: u32) -> Operand {
+    let place = b_place(e);
+    let col = col0 + place.x;
+    let k = k0 + place.y;
+    var v = 0.0;
+    if (col < params.n && k < k_end) {
+        v = b[base + k * params.b_row_stride + col * params.b_col_stride];
+    }
+    return Operand(v);
 }

@@ -23,6 +23,10 @@ const COOP_K: u32 = 16u;
 // The side of one cooperative matrix.
 const COOP_SIDE: u32 = 16u;
 const_assert COOP_TILE == 4u * COOP_SIDE && COOP_K == COOP_SIDE;
+// The names matmul_common.wgsl's operand loads read.
+alias Operand = f16;
+const TILE: u32 = COOP_TILE;
+const TILE_K: u32 = COOP_K;
 
 // A's operands [row][k] and B's [k][column], row-major; one accumulator [row][column].
 var<workgroup> staged_a: array<f16, 1024>;
@@ -48,17 +52,10 @@ fn store_block(m: coop_mat16x16<f32, C>, base: u32, row0: u32, col0: u32, lid: u
 @compute @workgroup_size(COOP_THREADS)
 fn matmul_cooperative(@builtin(workgroup_id) wid: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
-    var bases: Bases;
-    var k_begin = 0u;
-    var k_end = params.k;
-    if (params.k_split == 0u) {
-        bases = batch_bases(params.entry_base + wid.z);
-    } else {
-        bases = batch_bases(params.entry_base);
-        bases.c += wid.z * params.m * params.n;
-        k_begin = wid.z * params.k_split;
-        k_end = min(params.k, k_begin + params.k_split);
-    }
+    let share = workgroup_share(wid.z);
+    let bases = share.bases;
+    let k_begin = share.k_begin;
+    let k_end = share.k_end;
     let row0 = wid.y * COOP_TILE;
     let col0 = wid.x * COOP_TILE;
     // c_i_j: rows row0 + 16·i .., columns col0 + 16·j .. of C.
@@ -79,36 +76,13 @@ fn matmul_cooperative(@builtin(workgroup_id) wid: vec3<u32>,
     var c_3_2 = coop_mat16x16<f32, C>();
     var c_3_3 = coop_mat16x16<f32, C>();
     for (var k0 = k_begin; k0 < k_end; k0 += COOP_K) {
-        // Neighbouring threads read neighbouring words of whichever stride of an operand is 1.
-        for (var e = lid; e < COOP_TILE * COOP_K; e += COOP_THREADS) {
-            var r = e % COOP_TILE;
-            var kk = e / COOP_TILE;
-            if (params.a_k_contiguous != 0u) {
-                kk = e % COOP_K;
-                r = e / COOP_K;
-            }
-            let gr = row0 + r;
-            let gk = k0 + kk;
-            var v = 0.0;
-            if (gr < params.m && gk < k_end) {
-                v = a[bases.a + gr * params.a_row_stride + gk * params.a_col_stride];
-            }
-            staged_a[r * COOP_K + kk] = f16(v);
-        }
-        for (var e = lid; e < COOP_TILE * COOP_K; e += COOP_THREADS) {
-            var col = e % COOP_TILE;
-            var kk = e / COOP_TILE;
-            if (params.b_k_contiguous != 0u) {
-                kk = e % COOP_K;
-                col = e / COOP_K;
-            }
-            let gc = col0 + col;
-            let gk = k0 + kk;
-            var v = 0.0;
-            if (gc < params.n && gk < k_end) {
-                v = b[bases.b + gk * params.b_row_stride + gc * params.b_col_stride];
-            }
-            staged_b[kk * COOP_TILE + col] = f16(v);
+        // Neighbouring threads read neighbouring words of whichever stride of an operand is 1
+        // (matmul_common.wgsl's loads, rounded to binary16 as the f16 tiled kernels round).
+        for (var e = lid; e < TILE * TILE_K; e += COOP_THREADS) {
+            let place_a = a_place(e);
+            staged_a[place_a.x * COOP_K + place_a.y] = load_a(bases.a, row0, k0, k_end, e);
+            let place_b = b_place(e);
+            staged_b[place_b.y * COOP_TILE + place_b.x] = load_b(bases.b, col0, k0, k_end, e);
         }
         workgroupBarrier();
         let a_0 = coopLoadT<coop_mat16x16<f16, A>>(&staged_a[0u * COOP_SIDE * COOP_K], COOP_K);
