@@ -16,7 +16,11 @@
 #              DEBERTA_WGPU_LOOP_BOUNDS=on; label ours-wgpu-loopbounds; 0: not), PREFETCH_SWEEP
 #              (default 1: every sgemm, forward and step with the tiled matmuls loading each
 #              step's operands at the step instead of prefetching them during the step before,
-#              DEBERTA_WGPU_MATMUL_PREFETCH=off; label ours-wgpu-noprefetch; 0: not), COOP_SWEEP
+#              DEBERTA_WGPU_MATMUL_PREFETCH=off; label ours-wgpu-noprefetch; 0: not),
+#              VECTOR_SWEEP (default 1: every sgemm, forward and step with the tiled matmuls
+#              reading their operands one element at a time instead of four where the layout
+#              allows, DEBERTA_WGPU_MATMUL_VECTOR_LOADS=off; label ours-wgpu-scalarloads; 0:
+#              not), COOP_SWEEP
 #              (default 1: every f16 sgemm and mixed step with the f16 products on cooperative
 #              matrices where the adapter can run them, DEBERTA_WGPU_COOPERATIVE=on; label
 #              ours-wgpu-coop; 0: not), SUBGROUP_SWEEP=1 (every forward and step with the tree
@@ -126,6 +130,9 @@ variants() {
     fi
     if [ "${PREFETCH_SWEEP:-1}" = 1 ]; then
         echo "noprefetch DEBERTA_WGPU_MATMUL_PREFETCH=off"
+    fi
+    if [ "${VECTOR_SWEEP:-1}" = 1 ]; then
+        echo "scalarloads DEBERTA_WGPU_MATMUL_VECTOR_LOADS=off"
     fi
     if [ "${COOP_SWEEP:-1}" = 1 ] && { [ "$precision" = f16 ] || [ "$precision" = mixed ]; }; then
         echo "coop DEBERTA_WGPU_COOPERATIVE=on"
@@ -237,7 +244,7 @@ rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 by = {r["label"]: r["result"] for r in rows}
 ours_sides = ("ours-wgpu", "ours-wgpu-tauto", "ours-wgpu-t128", "ours-wgpu-t64", "ours-wgpu-t32",
               "ours-wgpu-t128v", "ours-wgpu-t64v", "ours-wgpu-nosubgroups", "ours-wgpu-loopbounds",
-              "ours-wgpu-noprefetch", "ours-wgpu-coop", "ours-cpu")
+              "ours-wgpu-noprefetch", "ours-wgpu-scalarloads", "ours-wgpu-coop", "ours-cpu")
 for label, res in by.items():
     stem, side = label.rsplit(" ", 1)
     if side not in ours_sides:

@@ -70,10 +70,9 @@ impl WgpuBackend {
     /// measurement all the same.
     pub fn keep_matmul_tiles_in(&self, dir: &std::path::Path) -> Result<usize, GpuError> {
         let path = self.matmul_tile_file(dir);
-        let prefetched = self.gpu.matmul_prefetch;
         self.gpu
             .measured_tiles
-            .keep_in(&path, &self.gpu.adapter, prefetched)
+            .keep_in(&path, &self.gpu.adapter, self.gpu.matmul_code())
     }
 
     /// The file in `dir` that [`WgpuBackend::keep_matmul_tiles_in`] keeps this device's tile
@@ -81,7 +80,7 @@ impl WgpuBackend {
     pub fn matmul_tile_file(&self, dir: &std::path::Path) -> std::path::PathBuf {
         dir.join(measured_tiles::file_name(
             &self.gpu.adapter,
-            self.gpu.matmul_prefetch,
+            self.gpu.matmul_code(),
         ))
     }
 
@@ -114,6 +113,13 @@ impl WgpuBackend {
     /// ([`DeviceOptions::matmul_prefetch`]; `DEBERTA_WGPU_MATMUL_PREFETCH=off` turns it off).
     pub fn matmul_prefetch(&self) -> bool {
         self.gpu.matmul_prefetch
+    }
+
+    /// Whether the tiled matmuls read operands whose layout allows it four elements at a time
+    /// ([`DeviceOptions::matmul_vector_loads`]; `DEBERTA_WGPU_MATMUL_VECTOR_LOADS=off` turns it
+    /// off).
+    pub fn matmul_vector_loads(&self) -> bool {
+        self.gpu.matmul_vector_loads
     }
 
     /// Whether f16 products (mixed precision) run on cooperative matrices: the device was

@@ -8,7 +8,7 @@ use deberta_core::Error;
 use crate::adapter::{AdapterChoice, AdapterSummary, instance, select};
 use crate::error::{ErrorLog, GpuError, device_error};
 use crate::kernels::Variant;
-use crate::measured_tiles::MeasuredTiles;
+use crate::measured_tiles::{MatmulCode, MeasuredTiles};
 use crate::ops::matmul::TilePolicy;
 use crate::pipelines::Pipelines;
 use crate::pool::{Pool, PooledBuffer};
@@ -59,6 +59,9 @@ pub(crate) struct Gpu {
     pub(crate) cooperative_matrices: bool,
     /// Whether the tiled matmuls prefetch ([`DeviceOptions::matmul_prefetch`]).
     pub(crate) matmul_prefetch: bool,
+    /// Whether the tiled matmuls read operands that allow it four elements at a time
+    /// ([`DeviceOptions::matmul_vector_loads`]).
+    pub(crate) matmul_vector_loads: bool,
 }
 
 /// Which optional device features the backend uses where the adapter has them.
@@ -88,11 +91,16 @@ pub struct DeviceOptions {
     /// while the current step's multiply-adds run (hiding the device-memory latency behind
     /// them), instead of at the step itself. The same sums either way; on by default.
     pub matmul_prefetch: bool,
+    /// The tiled matmuls read each group of four neighbouring operands with one vec4 load from
+    /// device memory where the operand's layout allows it (a unit stride along the group, the
+    /// offset and other strides multiples of 4), instead of four scalar loads. The same values
+    /// either way; on by default.
+    pub matmul_vector_loads: bool,
 }
 
 impl Default for DeviceOptions {
     /// Every feature the adapter offers; no loop bounds, no cooperative matrices, prefetching
-    /// matmuls.
+    /// matmuls reading operands four at a time.
     fn default() -> Self {
         DeviceOptions {
             f16_products: true,
@@ -100,6 +108,7 @@ impl Default for DeviceOptions {
             loop_bounds: false,
             cooperative_matrices: false,
             matmul_prefetch: true,
+            matmul_vector_loads: true,
         }
     }
 }
@@ -109,7 +118,8 @@ impl DeviceOptions {
     /// precision then falls back to f32 products, as on an adapter without the feature),
     /// `DEBERTA_WGPU_SUBGROUPS=off` (the tree reductions), `DEBERTA_WGPU_LOOP_BOUNDS=on`
     /// (naga's loop bounds), `DEBERTA_WGPU_COOPERATIVE=on` (cooperative matrices) and
-    /// `DEBERTA_WGPU_MATMUL_PREFETCH=off` (no prefetching).
+    /// `DEBERTA_WGPU_MATMUL_PREFETCH=off` (no prefetching) and
+    /// `DEBERTA_WGPU_MATMUL_VECTOR_LOADS=off` (scalar operand loads).
     pub fn from_env() -> Self {
         let value = |name: &str| std::env::var(name).ok();
         DeviceOptions {
@@ -118,6 +128,8 @@ impl DeviceOptions {
             loop_bounds: value("DEBERTA_WGPU_LOOP_BOUNDS").as_deref() == Some("on"),
             cooperative_matrices: value("DEBERTA_WGPU_COOPERATIVE").as_deref() == Some("on"),
             matmul_prefetch: value("DEBERTA_WGPU_MATMUL_PREFETCH").as_deref() != Some("off"),
+            matmul_vector_loads: value("DEBERTA_WGPU_MATMUL_VECTOR_LOADS").as_deref()
+                != Some("off"),
         }
     }
 }
@@ -229,7 +241,16 @@ impl Gpu {
             cooperative_matrices: features
                 .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
             matmul_prefetch: options.matmul_prefetch,
+            matmul_vector_loads: options.matmul_vector_loads,
         })
+    }
+
+    /// What the matmul kernels do besides their tiles (the measured tiles depend on it).
+    pub(crate) fn matmul_code(&self) -> MatmulCode {
+        MatmulCode {
+            prefetched: self.matmul_prefetch,
+            vector_loads: self.matmul_vector_loads,
+        }
     }
 
     /// Submits everything recorded and waits until the device has run it.

@@ -110,17 +110,32 @@ fn tiles(text: &mut String, layout: BlockLayout) {
     }
 }
 
-/// The thread's operands of the step at `k0` read into registers (`next_a_q`, `next_b_q`, q <
-/// `block`, declared with `declare`): issued before the block's multiply-adds of the current
-/// step, so that their latency overlaps them.
+/// How a thread of the tiled kernel loads its `block` elements of each operand per step:
+/// `block / 4` groups of four neighbours (`load_a4`/`load_b4`, elements 4g .. 4g + 3 of
+/// g = lid + 256·q: one vec4 load each where the operand allows) where `block` is a multiple
+/// of 4, else `block` single elements (`load_a`/`load_b`, element lid + 256·q). Returns the
+/// number of loads and whether they are groups.
+fn operand_loads(block: u32) -> (u32, bool) {
+    match block.is_multiple_of(4) {
+        true => (block / 4, true),
+        false => (block, false),
+    }
+}
+
+/// The thread's operands of the step at `k0` read into registers (`next_a_q`, `next_b_q`, one
+/// per load of [`operand_loads`], declared with `declare`): issued before the block's
+/// multiply-adds of the current step (prefetched), so that their latency overlaps them, or at
+/// the step itself.
 fn prefetch(text: &mut String, indent: &str, block: u32, k0: &str, declare: &str) {
     let threads = MATMUL_THREADS * MATMUL_THREADS;
-    for q in 0..block {
-        let e = format!("lid + {}u", q * threads);
+    let (loads, grouped) = operand_loads(block);
+    let four = if grouped { "4" } else { "" };
+    for q in 0..loads {
+        let index = format!("lid + {}u", q * threads);
         let _ = writeln!(
             text,
-            "{indent}{declare}next_a_{q} = load_a(bases.a, row0, {k0}, k_end, {e});\n\
-             {indent}{declare}next_b_{q} = load_b(bases.b, col0, {k0}, k_end, {e});"
+            "{indent}{declare}next_a_{q} = load_a{four}(bases.a, row0, {k0}, k_end, {index});\n\
+             {indent}{declare}next_b_{q} = load_b{four}(bases.b, col0, {k0}, k_end, {index});"
         );
     }
 }
@@ -128,20 +143,29 @@ fn prefetch(text: &mut String, indent: &str, block: u32, k0: &str, declare: &str
 /// The step's operands into the workgroup tiles: from the registers prefetched in the step
 /// before, or (`prefetched` false) loaded here.
 fn stage(text: &mut String, indent: &str, block: u32, prefetched: bool) {
+    const LANES: [&str; 4] = ["x", "y", "z", "w"];
+    if !prefetched {
+        prefetch(text, indent, block, "k0", "let ");
+    }
     let threads = MATMUL_THREADS * MATMUL_THREADS;
-    for q in 0..block {
-        let e = format!("lid + {}u", q * threads);
-        let (a, b) = match prefetched {
-            true => (format!("next_a_{q}"), format!("next_b_{q}")),
-            false => (
-                format!("load_a(bases.a, row0, k0, k_end, {e})"),
-                format!("load_b(bases.b, col0, k0, k_end, {e})"),
-            ),
+    let (loads, grouped) = operand_loads(block);
+    for q in 0..loads {
+        let index = format!("lid + {}u", q * threads);
+        let elements: Vec<(String, String)> = match grouped {
+            true => LANES
+                .iter()
+                .enumerate()
+                .map(|(i, lane)| (format!("4u * ({index}) + {i}u"), format!("_{q}.{lane}")))
+                .collect(),
+            false => vec![(index, format!("_{q}"))],
         };
-        let _ = writeln!(
-            text,
-            "{indent}stage_a_element({e}, {a});\n{indent}stage_b_element({e}, {b});"
-        );
+        for (e, value) in elements {
+            let _ = writeln!(
+                text,
+                "{indent}stage_a_element({e}, next_a{value});\n\
+                 {indent}stage_b_element({e}, next_b{value});"
+            );
+        }
     }
 }
 
@@ -283,15 +307,28 @@ mod tests {
                 BlockLayout::Contiguous => format!("let b_{last} = f32(b_v{}.w);", last / 4),
             };
             assert!(text.contains(&expected), "{case}: no `{expected}`");
-            // BLOCK elements of each operand staged per thread and step; prefetched: declared
-            // and loaded before the loop, staged, and loaded again for the next step.
+            // BLOCK elements of each operand staged per thread and step, loaded in groups of
+            // four where BLOCK allows; prefetched: declared and loaded before the loop, staged,
+            // and loaded again for the next step; else loaded at the step.
             assert_eq!(lines("stage_a_element("), block as usize, "{case}");
             assert_eq!(lines("stage_b_element("), block as usize, "{case}");
-            let prefetches = if prefetched { block as usize } else { 0 };
-            assert_eq!(lines("var next_a_"), prefetches, "{case}");
-            assert_eq!(lines("next_a_"), prefetches, "{case}");
-            assert_eq!(text.matches("next_a_").count(), 3 * prefetches, "{case}");
-            assert_eq!(text.matches("next_b_").count(), 3 * prefetches, "{case}");
+            let (loads, grouped) = match block {
+                2 => (2, false),
+                _ => (block as usize / 4, true),
+            };
+            let group_loads = |side: &str| text.matches(&format!("load_{side}4(bases")).count();
+            let (declared, reloaded) = match prefetched {
+                true => ("var next_a_", loads),
+                false => ("let next_a_", 0),
+            };
+            assert_eq!(lines(declared), loads, "{case}");
+            assert_eq!(lines("next_a_"), reloaded, "{case}");
+            for side in ["a", "b"] {
+                let uses = text.matches(&format!("next_{side}_")).count();
+                assert_eq!(uses, loads + reloaded + block as usize, "{case}");
+                let expected = if grouped { loads + reloaded } else { 0 };
+                assert_eq!(group_loads(side), expected, "{case}");
+            }
         }
     }
 }

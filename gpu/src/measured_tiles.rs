@@ -110,8 +110,8 @@ impl MeasuredTiles {
         Ok(())
     }
 
-    /// From now on keeps the choices in `path` (named for `adapter` and the kernels'
-    /// prefetching by [`file_name`]) and adds the choices it already holds: their number, 0
+    /// From now on keeps the choices in `path` (named for `adapter` and the kernels' `code` by
+    /// [`file_name`]) and adds the choices it already holds: their number, 0
     /// where there is no file yet. A file that cannot be read, is not in this format or names
     /// another adapter, driver or kernel text is an error; it is replaced at the next
     /// measurement all the same.
@@ -119,9 +119,9 @@ impl MeasuredTiles {
         &self,
         path: &Path,
         adapter: &AdapterSummary,
-        prefetched: bool,
+        code: MatmulCode,
     ) -> Result<usize, GpuError> {
-        let header = header(adapter, prefetched);
+        let header = header(adapter, code);
         let mut state = self
             .lock()
             .map_err(|e| cache_error(path, None, e.to_string()))?;
@@ -176,18 +176,28 @@ impl MeasuredTiles {
     }
 }
 
+/// What the device's matmul kernels do besides their tiles, which the measured choices depend
+/// on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MatmulCode {
+    /// The kernels prefetch each step's operands ([`crate::DeviceOptions::matmul_prefetch`]).
+    pub(crate) prefetched: bool,
+    /// They read operands four at a time ([`crate::DeviceOptions::matmul_vector_loads`]).
+    pub(crate) vector_loads: bool,
+}
+
 /// The file's name in a cache directory for `adapter`: one per adapter, driver and matmul
-/// kernel text (a hash of the header; `prefetched`: the kernels' prefetching), so that a driver
-/// update or a changed kernel measures again instead of reusing choices made for other code.
-pub(crate) fn file_name(adapter: &AdapterSummary, prefetched: bool) -> String {
+/// kernel `code` (a hash of the header), so that a driver update or a changed kernel measures
+/// again instead of reusing choices made for other code.
+pub(crate) fn file_name(adapter: &AdapterSummary, code: MatmulCode) -> String {
     format!(
         "wgpu-matmul-tiles-{:016x}.txt",
-        fnv1a(header(adapter, prefetched).as_bytes())
+        fnv1a(header(adapter, code).as_bytes())
     )
 }
 
 /// The lines that name what the choices were measured on.
-fn header(adapter: &AdapterSummary, prefetched: bool) -> String {
+fn header(adapter: &AdapterSummary, code: MatmulCode) -> String {
     let mut kernels = Vec::new();
     for (block, layout) in [
         (2, BlockLayout::Strided),
@@ -197,8 +207,12 @@ fn header(adapter: &AdapterSummary, prefetched: bool) -> String {
         (8, BlockLayout::Contiguous),
     ] {
         for f16 in [false, true] {
-            kernels.extend_from_slice(matmul_source(block, layout, f16, prefetched).as_bytes());
+            let text = matmul_source(block, layout, f16, code.prefetched);
+            kernels.extend_from_slice(text.as_bytes());
         }
+    }
+    if !code.vector_loads {
+        kernels.extend_from_slice(b"scalar operand loads");
     }
     let one_line = |s: &str| s.replace(['\n', '\r'], " ");
     format!(

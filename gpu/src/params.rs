@@ -70,8 +70,8 @@ params! {
         beta: f32,
         k_split: u32,
         splits: u32,
-        _pad0: u32,
-        _pad1: u32,
+        a_vector_loads: u32,
+        b_vector_loads: u32,
     }
 }
 

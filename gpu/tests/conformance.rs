@@ -145,23 +145,30 @@ struct MatmulCase {
     alpha: f32,
     beta: f32,
     seed: u64,
+    /// Offsets and leading dimensions multiples of 4, so that the tiled kernels read the
+    /// operands four elements at a time (else they cannot: offsets 2 and 5).
+    aligned: bool,
 }
 
-/// A layout of `rows × cols` matrices, one per batch entry, padded, after `offset` elements;
-/// and the buffer length it needs.
+/// A layout of `rows × cols` matrices, one per batch entry, padded, after `offset` elements
+/// (`aligned`: the offset and the padded leading dimension rounded up to multiples of 4); and
+/// the buffer length it needs.
 fn layout(
     batch: [usize; 2],
     rows: usize,
     cols: usize,
     transpose: bool,
-    offset: usize,
+    (offset, aligned): (usize, bool),
 ) -> (MatrixLayout, usize) {
     let (outer, inner) = if transpose {
         (cols, rows)
     } else {
         (rows, cols)
     };
-    let lead = inner + 3;
+    let (offset, lead) = match aligned {
+        true => (offset.next_multiple_of(4), (inner + 3).next_multiple_of(4)),
+        false => (offset, inner + 3),
+    };
     let size = outer * lead;
     let base = if transpose {
         MatrixLayout::row_major(lead).transposed()
@@ -174,10 +181,60 @@ fn layout(
     )
 }
 
+/// `values` with NaN at every index that no element of the `rows × cols` matrices of `layout`
+/// (one per batch entry) occupies.
+fn outside_nan(
+    mut values: Vec<f32>,
+    layout: &MatrixLayout,
+    batch: [usize; 2],
+    rows: usize,
+    cols: usize,
+) -> Vec<f32> {
+    let mut inside = vec![false; values.len()];
+    for outer in 0..batch[0] {
+        for inner in 0..batch[1] {
+            for row in 0..rows {
+                for col in 0..cols {
+                    let index = layout.offset
+                        + outer * layout.batch_strides[0]
+                        + inner * layout.batch_strides[1]
+                        + row * layout.row_stride
+                        + col * layout.col_stride;
+                    inside[index] = true;
+                }
+            }
+        }
+    }
+    for (value, inside) in values.iter_mut().zip(inside) {
+        if !inside {
+            *value = f32::NAN;
+        }
+    }
+    values
+}
+
 fn matmul_case<B: Backend>(b: &B, case: &MatmulCase) -> Vec<Vec<f32>> {
-    let (la, na) = layout(case.batch, case.m, case.k, case.transpose_a, 2);
-    let (lb, nb) = layout(case.batch, case.k, case.n, case.transpose_b, 5);
-    let (lc, nc) = layout(case.batch, case.m, case.n, case.transpose_c, 1);
+    let (la, na) = layout(
+        case.batch,
+        case.m,
+        case.k,
+        case.transpose_a,
+        (2, case.aligned),
+    );
+    let (lb, nb) = layout(
+        case.batch,
+        case.k,
+        case.n,
+        case.transpose_b,
+        (5, case.aligned),
+    );
+    let (lc, nc) = layout(
+        case.batch,
+        case.m,
+        case.n,
+        case.transpose_c,
+        (1, case.aligned),
+    );
     let spec = MatmulSpec {
         batch: case.batch,
         m: case.m,
@@ -189,8 +246,17 @@ fn matmul_case<B: Backend>(b: &B, case: &MatmulCase) -> Vec<Vec<f32>> {
         alpha: case.alpha,
         beta: case.beta,
     };
-    let a = up(b, &data(na, case.seed, 1.0));
-    let bb = up(b, &data(nb, case.seed + 1, 1.0));
+    // NaN wherever the operands' buffers hold no element of theirs: a kernel that lets anything
+    // outside the operands into a sum gives NaN.
+    let a_values = outside_nan(data(na, case.seed, 1.0), &la, case.batch, case.m, case.k);
+    let b_values = outside_nan(
+        data(nb, case.seed + 1, 1.0),
+        &lb,
+        case.batch,
+        case.k,
+        case.n,
+    );
+    let (a, bb) = (up(b, &a_values), up(b, &b_values));
     let mut c = up(b, &data(nc, case.seed + 2, 1.0));
     b.matmul(&a, &bb, &mut c, &spec).unwrap();
     vec![down(b, &c)]
@@ -205,10 +271,10 @@ fn matmul_strategy() -> impl Strategy<Value = MatmulCase> {
             prop::sample::select(vec![1.0f32, 0.5, -2.0]),
             prop::sample::select(vec![0.0f32, 1.0, 0.25]),
         ),
-        any::<u64>(),
+        (any::<u64>(), any::<bool>()),
     )
         .prop_map(
-            |((b0, b1), (m, n, k), (ta, tb, tc), (alpha, beta), seed)| MatmulCase {
+            |((b0, b1), (m, n, k), (ta, tb, tc), (alpha, beta), (seed, aligned))| MatmulCase {
                 batch: [b0, b1],
                 m,
                 n,
@@ -219,6 +285,7 @@ fn matmul_strategy() -> impl Strategy<Value = MatmulCase> {
                 alpha,
                 beta,
                 seed,
+                aligned,
             },
         )
 }
@@ -236,7 +303,7 @@ proptest! {
 
 #[test]
 fn tiled_matmul_with_partial_tiles_matches_cpu_in_every_layout() {
-    for transposes in 0..8u32 {
+    for (transposes, aligned) in (0..8u32).flat_map(|t| [(t, false), (t, true)]) {
         let case = MatmulCase {
             batch: [1, 2],
             m: 97,
@@ -248,6 +315,7 @@ fn tiled_matmul_with_partial_tiles_matches_cpu_in_every_layout() {
             alpha: 0.5,
             beta: 1.0,
             seed: u64::from(transposes),
+            aligned,
         };
         conform!(matmul_case(&case), vec![TOL * 37.0]);
     }
@@ -259,10 +327,12 @@ fn every_tiled_matmul_kernel_matches_cpu() {
         return;
     }
     // Backends of their own (forcing a kernel here must not change what other tests run): the
-    // matmuls prefetching each step's operands and not.
-    let device = |matmul_prefetch| {
+    // matmuls prefetching each step's operands and reading them four at a time where they can,
+    // and neither.
+    let device = |on| {
         let options = DeviceOptions {
-            matmul_prefetch,
+            matmul_prefetch: on,
+            matmul_vector_loads: on,
             ..DeviceOptions::from_env()
         };
         WgpuBackend::with_options(AdapterChoice::default(), options).expect("second device")
@@ -290,7 +360,7 @@ fn every_tiled_matmul_kernel_matches_cpu() {
             ((200, 150, 70), 0..2u32),
             ((300, 260, 40), 0..1u32),
         ] {
-            for t in transposes {
+            for (t, aligned) in transposes.flat_map(|t| [(t, false), (t, true)]) {
                 let case = MatmulCase {
                     batch: [1, 2],
                     m: shape.0,
@@ -303,11 +373,13 @@ fn every_tiled_matmul_kernel_matches_cpu() {
                     // β = 0 on the largest: measuring times C itself, which it overwrites.
                     beta: if shape.0 == 300 { 0.0 } else { 1.0 },
                     seed: u64::from(t) + 11,
+                    aligned,
                 };
                 let expected = matmul_case(&CpuBackend::new(), &case);
                 let found = matmul_case(forced, &case);
-                let what =
-                    format!("{tiles:?} tiles (prefetching {prefetch}), {shape:?}, transposes {t}");
+                let what = format!(
+                    "{tiles:?} tiles (prefetching and vector loads {prefetch}), {shape:?}, transposes {t}, aligned {aligned}"
+                );
                 assert_close(&what, &expected[0], &found[0], TOL * shape.2 as f32);
                 let bits: Vec<u32> = found[0].iter().map(|x| x.to_bits()).collect();
                 match first_bits.get(case_index) {
@@ -354,6 +426,7 @@ fn large_accumulating_products_are_not_measured() {
             alpha: 1.0,
             beta,
             seed: 5,
+            aligned: false,
         };
         let expected = matmul_case(&CpuBackend::new(), &case);
         let found = matmul_case(&own, &case);
@@ -378,7 +451,7 @@ fn split_k_weight_gradient_products_match_cpu() {
     // along k into two pieces, with a k that is no multiple of the tile depth, in every
     // layout of A and B, accumulating into C.
     for (m, n, k) in [(40, 48, 1500), (64, 33, 1037)] {
-        for t in 0..4u32 {
+        for (t, aligned) in (0..4u32).flat_map(|t| [(t, false), (t, true)]) {
             let case = MatmulCase {
                 batch: [1, 1],
                 m,
@@ -390,6 +463,7 @@ fn split_k_weight_gradient_products_match_cpu() {
                 alpha: -0.5,
                 beta: 0.25,
                 seed: u64::from(t) + 29,
+                aligned,
             };
             let expected = matmul_case(&CpuBackend::new(), &case);
             let found = matmul_case(gpu, &case);

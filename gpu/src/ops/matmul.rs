@@ -268,6 +268,25 @@ fn layout_words(
     ])
 }
 
+/// Whether the tiled kernels can read an operand (`[offset, row stride, column stride, batch
+/// strides]`) four elements at a time: the four neighbours they stage together (along k where
+/// `k_contiguous`, else along A's rows or B's columns) are neighbours in memory, and the offset,
+/// the other stride and both batch strides are multiples of 4, so that every group starts on a
+/// vec4 (every group's first row, column and k is a multiple of 4 within its tile, and split-K
+/// pieces start at multiples of TILE_K). `is_b`: the operand is B, whose k is its row index.
+fn reads_in_fours(k_contiguous: bool, words: [u32; 5], is_b: bool) -> bool {
+    let [offset, row_stride, col_stride, batch0, batch1] = words;
+    let (k_stride, other_stride) = match is_b {
+        true => (row_stride, col_stride),
+        false => (col_stride, row_stride),
+    };
+    let (unit, other) = match k_contiguous {
+        true => (k_stride, other_stride),
+        false => (other_stride, k_stride),
+    };
+    unit == 1 && [offset, other, batch0, batch1].iter().all(|w| w % 4 == 0)
+}
+
 /// `C = α·A·B + β·C` per batch entry; with `f16_operands` (a device with `SHADER_F16`) both
 /// operands are rounded to f16 as they are loaded, the products and sums staying f32.
 pub(crate) fn matmul(
@@ -285,20 +304,22 @@ pub(crate) fn matmul(
     if spec.m == 0 || spec.n == 0 || entries == 0 {
         return Ok(());
     }
+    let a_words = layout_words(&spec.a, spec.batch, spec.m, spec.k)?;
     let [
         a_offset,
         a_row_stride,
         a_col_stride,
         a_batch_stride0,
         a_batch_stride1,
-    ] = layout_words(&spec.a, spec.batch, spec.m, spec.k)?;
+    ] = a_words;
+    let b_words = layout_words(&spec.b, spec.batch, spec.k, spec.n)?;
     let [
         b_offset,
         b_row_stride,
         b_col_stride,
         b_batch_stride0,
         b_batch_stride1,
-    ] = layout_words(&spec.b, spec.batch, spec.k, spec.n)?;
+    ] = b_words;
     let [
         c_offset,
         c_row_stride,
@@ -333,7 +354,18 @@ pub(crate) fn matmul(
         beta: spec.beta,
         k_split: 0,
         splits: 1,
-        ..MatmulParams::default()
+        a_vector_loads: 0,
+        b_vector_loads: 0,
+    };
+    let vector_loads = gpu.matmul_vector_loads;
+    let params = MatmulParams {
+        a_vector_loads: u32::from(
+            vector_loads && reads_in_fours(params.a_k_contiguous != 0, a_words, false),
+        ),
+        b_vector_loads: u32::from(
+            vector_loads && reads_in_fours(params.b_k_contiguous != 0, b_words, true),
+        ),
+        ..params
     };
     // The f16 variants stage half the bytes, so whatever fits in f32 fits.
     let policy = gpu.matmul_tiles.get();
@@ -487,7 +519,12 @@ fn dispatch_entries(
     while first < entries {
         let count = per_dispatch.min(entries - first);
         params.entry_base = word(first)?;
-        gpu.dispatch(kernel, &params, buffers, [x, y, count as u32])?;
+        gpu.dispatch(
+            kernel,
+            &params,
+            &with_views(kernel, buffers),
+            [x, y, count as u32],
+        )?;
         first += count;
     }
     Ok(())
@@ -531,6 +568,14 @@ fn measure(
     Ok(best.map_or(smallest, |(choice, _)| choice))
 }
 
+/// The buffers `kernel` binds for C, A and B: the tiled kernels bind A and B a second time,
+/// as the vec4 views they read four elements at a time through.
+fn with_views<'a>(kernel: Kernel, [c, a, b]: &[&'a PooledBuffer; 3]) -> Vec<&'a PooledBuffer> {
+    let mut bound = vec![*c, *a, *b, *a, *b];
+    bound.truncate(kernel.bindings().len());
+    bound
+}
+
 /// One product (`params`, already checked) as `splits` pieces along k into a scratch slab
 /// each, summed in order into C: `kernel` over its grid of `side`-wide tiles per piece.
 fn split_k(
@@ -557,10 +602,11 @@ fn split_k(
         splits: word(splits)?,
         ..params
     };
+    let bound = [gpu.buf(&slabs)?, gpu.buf(a)?, gpu.buf(b)?];
     gpu.dispatch(
         kernel,
         &pieces,
-        &[gpu.buf(&slabs)?, gpu.buf(a)?, gpu.buf(b)?],
+        &with_views(kernel, &bound),
         [x, y, word(splits)?],
     )?;
     let sum = MatmulParams {
@@ -587,6 +633,28 @@ mod tests {
     /// WebGPU's default workgroup memory, and what most discrete GPUs offer.
     const DEFAULT_MEMORY: u32 = 16_384;
     const LARGE_MEMORY: u32 = 49_152;
+
+    #[test]
+    fn operands_are_read_four_at_a_time_only_where_every_group_starts_on_a_vec4() {
+        // [offset, row stride, column stride, batch strides]; A's k is its column, B's its row.
+        let a = |k_contiguous, words| reads_in_fours(k_contiguous, words, false);
+        let b = |k_contiguous, words| reads_in_fours(k_contiguous, words, true);
+        // Row-major A (groups along k) and its transpose (groups along rows).
+        assert!(a(true, [8, 40, 1, 4000, 0]));
+        assert!(a(false, [8, 1, 40, 4000, 0]));
+        // An offset, a leading dimension or a batch stride off the vec4 grid.
+        assert!(!a(true, [2, 40, 1, 4000, 0]));
+        assert!(!a(true, [8, 37, 1, 4000, 0]));
+        assert!(!a(true, [8, 40, 1, 4000, 6]));
+        // Groups along a stride that is not 1: neighbours in the tile, not in memory.
+        assert!(!a(true, [8, 1, 40, 4000, 0]));
+        assert!(!a(false, [8, 40, 1, 4000, 0]));
+        // B row-major (groups along columns) and transposed (groups along k).
+        assert!(b(false, [0, 260, 1, 0, 0]));
+        assert!(b(true, [0, 1, 260, 0, 0]));
+        assert!(!b(false, [0, 1, 260, 0, 0]));
+        assert!(!b(true, [0, 1, 262, 0, 0]));
+    }
 
     #[test]
     fn auto_takes_the_largest_tiles_the_product_has_enough_of() {

@@ -2,7 +2,9 @@
 // (joined to the kernel file, matmul.wgsl or matmul_cooperative.wgsl, which declares `Operand`,
 // the side TILE of C's tile and TILE_K, the depth of one step along k). Operand layouts are
 // strided (row, column and two batch strides and an offset per operand), so that transposed
-// operands and batched views need no copies.
+// operands and batched views need no copies; where an operand's unit stride, offset and other
+// strides allow, the kernels read it four elements at a time through a second, vec4 view of
+// its buffer (`load_a4`, `load_b4`).
 
 struct Params {
     batch1: u32,
@@ -35,14 +37,21 @@ struct Params {
     // Split-K: inner-dimension elements per split (0: no split) and the number of splits.
     k_split: u32,
     splits: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // 1 when A's (B's) elements can be read four at a time: its staged neighbours (along the
+    // unit stride that `a_k_contiguous` names) are neighbours in memory, and its offset, other
+    // strides and split depth are multiples of 4, so that every group of four the kernels read
+    // starts on a vec4.
+    a_vector_loads: u32,
+    b_vector_loads: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> c: array<f32>;
 @group(0) @binding(2) var<storage, read> a: array<f32>;
 @group(0) @binding(3) var<storage, read> b: array<f32>;
+// The same buffers as A and B, read four elements at a time (`load_a4`, `load_b4`).
+@group(0) @binding(4) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> b4: array<vec4<f32>>;
 
 struct Bases {
     a: u32,
@@ -128,4 +137,42 @@ fn load_b(base: u32, col0: u32, k0: u32, k_end: u32, e: u32) -> Operand {
         v = b[base + k * params.b_row_stride + col * params.b_col_stride];
     }
     return Operand(v);
+}
+
+// Elements 4g .. 4g + 3 of A's staged tile (as `load_a` loads them): four neighbours along the
+// unit stride `a_place` follows. One vec4 load where A allows it and all four are inside the
+// product, else four scalar loads.
+fn load_a4(base: u32, row0: u32, k0: u32, k_end: u32, g: u32) -> vec4<Operand> {
+    let e = 4u * g;
+    let place = a_place(e);
+    let row = row0 + place.x;
+    let k = k0 + place.y;
+    var inside = row + 3u < params.m && k < k_end;
+    if (params.a_k_contiguous != 0u) {
+        inside = row < params.m && k + 3u < k_end;
+    }
+    if (params.a_vector_loads != 0u && inside) {
+        let idx = base + row * params.a_row_stride + k * params.a_col_stride;
+        return vec4<Operand>(a4[idx / 4u]);
+    }
+    return vec4<Operand>(load_a(base, row0, k0, k_end, e), load_a(base, row0, k0, k_end, e + 1u),
+                         load_a(base, row0, k0, k_end, e + 2u), load_a(base, row0, k0, k_end, e + 3u));
+}
+
+// The same for B: elements 4g .. 4g + 3 of its staged tile.
+fn load_b4(base: u32, col0: u32, k0: u32, k_end: u32, g: u32) -> vec4<Operand> {
+    let e = 4u * g;
+    let place = b_place(e);
+    let col = col0 + place.x;
+    let k = k0 + place.y;
+    var inside = col + 3u < params.n && k < k_end;
+    if (params.b_k_contiguous != 0u) {
+        inside = col < params.n && k + 3u < k_end;
+    }
+    if (params.b_vector_loads != 0u && inside) {
+        let idx = base + k * params.b_row_stride + col * params.b_col_stride;
+        return vec4<Operand>(b4[idx / 4u]);
+    }
+    return vec4<Operand>(load_b(base, col0, k0, k_end, e), load_b(base, col0, k0, k_end, e + 1u),
+                         load_b(base, col0, k0, k_end, e + 2u), load_b(base, col0, k0, k_end, e + 3u));
 }

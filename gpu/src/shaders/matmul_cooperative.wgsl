@@ -78,11 +78,16 @@ fn matmul_cooperative(@builtin(workgroup_id) wid: vec3<u32>,
     for (var k0 = k_begin; k0 < k_end; k0 += COOP_K) {
         // Neighbouring threads read neighbouring words of whichever stride of an operand is 1
         // (matmul_common.wgsl's loads, rounded to binary16 as the f16 tiled kernels round).
-        for (var e = lid; e < TILE * TILE_K; e += COOP_THREADS) {
-            let place_a = a_place(e);
-            staged_a[place_a.x * COOP_K + place_a.y] = load_a(bases.a, row0, k0, k_end, e);
-            let place_b = b_place(e);
-            staged_b[place_b.y * COOP_TILE + place_b.x] = load_b(bases.b, col0, k0, k_end, e);
+        // Four neighbours per load (one vec4 where the operand allows).
+        for (var g = lid; g < TILE * TILE_K / 4u; g += COOP_THREADS) {
+            let four_a = load_a4(bases.a, row0, k0, k_end, g);
+            let four_b = load_b4(bases.b, col0, k0, k_end, g);
+            for (var i = 0u; i < 4u; i += 1u) {
+                let place_a = a_place(4u * g + i);
+                staged_a[place_a.x * COOP_K + place_a.y] = four_a[i];
+                let place_b = b_place(4u * g + i);
+                staged_b[place_b.y * COOP_TILE + place_b.x] = four_b[i];
+            }
         }
         workgroupBarrier();
         let a_0 = coopLoadT<coop_mat16x16<f16, A>>(&staged_a[0u * COOP_SIDE * COOP_K], COOP_K);

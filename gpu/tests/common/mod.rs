@@ -16,8 +16,8 @@ pub fn gpu() -> Option<&'static WgpuBackend> {
 /// The backends a conformance check runs on: the shared one, and a device of the same adapter
 /// with the other variant of the compilation options: the tree reductions where the shared one
 /// reduces over subgroups (`subgroup_reductions` off), naga's loop bounds where the shared one
-/// leaves them out (`loop_bounds` flipped), and the matmuls' prefetching flipped, so that every
-/// kernel is checked both ways.
+/// leaves them out (`loop_bounds` flipped), and the matmuls' prefetching and vector loads
+/// flipped, so that every kernel is checked both ways.
 pub fn gpu_variants() -> Vec<&'static WgpuBackend> {
     static OTHER: std::sync::OnceLock<WgpuBackend> = std::sync::OnceLock::new();
     let Some(shared) = gpu() else {
@@ -28,6 +28,7 @@ pub fn gpu_variants() -> Vec<&'static WgpuBackend> {
             subgroup_reductions: false,
             loop_bounds: !shared.loop_bounds(),
             matmul_prefetch: !shared.matmul_prefetch(),
+            matmul_vector_loads: !shared.matmul_vector_loads(),
             ..deberta_gpu::DeviceOptions::from_env()
         };
         WgpuBackend::with_options(deberta_gpu::AdapterChoice::default(), options)
@@ -35,6 +36,7 @@ pub fn gpu_variants() -> Vec<&'static WgpuBackend> {
     });
     assert!(!other.subgroup_reductions() && other.loop_bounds() != shared.loop_bounds());
     assert_ne!(other.matmul_prefetch(), shared.matmul_prefetch());
+    assert_ne!(other.matmul_vector_loads(), shared.matmul_vector_loads());
     vec![shared, other]
 }
 
