@@ -122,6 +122,12 @@ impl WgpuBackend {
         self.gpu.matmul_vector_loads
     }
 
+    /// Whether recorded kernels are submitted every 64 instead of only when the host waits
+    /// ([`DeviceOptions::early_submission`]; `DEBERTA_WGPU_EARLY_SUBMIT=off` turns it off).
+    pub fn early_submission(&self) -> bool {
+        self.gpu.submission_bytes < crate::recorder::ARENA_BYTES
+    }
+
     /// Whether f16 products (mixed precision) run on cooperative matrices: the device was
     /// opened with them ([`DeviceOptions::cooperative_matrices`]; `DEBERTA_WGPU_COOPERATIVE=on`)
     /// on an adapter that can run the kernel.

@@ -12,7 +12,7 @@ use crate::measured_tiles::{MatmulCode, MeasuredTiles};
 use crate::ops::matmul::TilePolicy;
 use crate::pipelines::Pipelines;
 use crate::pool::{Pool, PooledBuffer};
-use crate::recorder::{ARENA_BYTES, Recorder};
+use crate::recorder::{ARENA_BYTES, EARLY_SUBMIT_DISPATCHES, Recorder};
 
 /// Buffer usages of every tensor.
 const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -36,6 +36,9 @@ pub(crate) struct Gpu {
     pub(crate) arena: wgpu::Buffer,
     /// Bytes between two parameter blocks in the arena.
     pub(crate) slot: u64,
+    /// Parameter bytes recorded after which the next kernel submits what is recorded first:
+    /// [`EARLY_SUBMIT_DISPATCHES`] slots with early submission, else the whole arena.
+    pub(crate) submission_bytes: u64,
     /// Bound where a kernel's optional read-only operand is absent.
     pub(crate) absent_input: PooledBuffer,
     /// Bound where a kernel's optional output is absent.
@@ -96,6 +99,12 @@ pub struct DeviceOptions {
     /// offset and other strides multiples of 4), instead of four scalar loads. The same values
     /// either way; on by default.
     pub matmul_vector_loads: bool,
+    /// Submit the recorded kernels every 64 (`EARLY_SUBMIT_DISPATCHES`), so that the device
+    /// runs them while the host records the next ones, instead of only when the host waits for
+    /// a result (a loss, sampled tokens) or 4,096 are recorded, which leaves the device idle
+    /// while the host records each phase of a training step. The same kernels in the same
+    /// order; on by default.
+    pub early_submission: bool,
 }
 
 impl Default for DeviceOptions {
@@ -109,6 +118,7 @@ impl Default for DeviceOptions {
             cooperative_matrices: false,
             matmul_prefetch: true,
             matmul_vector_loads: true,
+            early_submission: true,
         }
     }
 }
@@ -118,8 +128,10 @@ impl DeviceOptions {
     /// precision then falls back to f32 products, as on an adapter without the feature),
     /// `DEBERTA_WGPU_SUBGROUPS=off` (the tree reductions), `DEBERTA_WGPU_LOOP_BOUNDS=on`
     /// (naga's loop bounds), `DEBERTA_WGPU_COOPERATIVE=on` (cooperative matrices) and
-    /// `DEBERTA_WGPU_MATMUL_PREFETCH=off` (no prefetching) and
-    /// `DEBERTA_WGPU_MATMUL_VECTOR_LOADS=off` (scalar operand loads).
+    /// `DEBERTA_WGPU_MATMUL_PREFETCH=off` (no prefetching),
+    /// `DEBERTA_WGPU_MATMUL_VECTOR_LOADS=off` (scalar operand loads) and
+    /// `DEBERTA_WGPU_EARLY_SUBMIT=off` (submissions only when the host waits or the parameter
+    /// arena is full).
     pub fn from_env() -> Self {
         let value = |name: &str| std::env::var(name).ok();
         DeviceOptions {
@@ -130,6 +142,7 @@ impl DeviceOptions {
             matmul_prefetch: value("DEBERTA_WGPU_MATMUL_PREFETCH").as_deref() != Some("off"),
             matmul_vector_loads: value("DEBERTA_WGPU_MATMUL_VECTOR_LOADS").as_deref()
                 != Some("off"),
+            early_submission: value("DEBERTA_WGPU_EARLY_SUBMIT").as_deref() != Some("off"),
         }
     }
 }
@@ -229,6 +242,10 @@ impl Gpu {
             recorder: Mutex::new(Recorder::default()),
             arena,
             slot,
+            submission_bytes: match options.early_submission {
+                true => EARLY_SUBMIT_DISPATCHES * slot,
+                false => ARENA_BYTES,
+            },
             absent_input,
             absent_output,
             errors,

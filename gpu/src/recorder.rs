@@ -1,6 +1,8 @@
 //! Command recording: kernels are encoded into one command encoder and submitted together when
-//! a host transfer needs them done or the batch fills the parameter arena — never one
-//! submission (or wait) per kernel.
+//! a host transfer needs them done, or (early submission, the default) every
+//! [`EARLY_SUBMIT_DISPATCHES`] kernels, so that the device starts on them while the host
+//! records the rest instead of idling until the next transfer; without early submission, when
+//! the batch fills the parameter arena — never one submission (or wait) per kernel.
 //!
 //! Each dispatch's `Params` go into a host-side copy of the uniform arena at a fresh slot and
 //! are bound with a dynamic offset; the arena is written once, right before the submission that
@@ -21,6 +23,12 @@ use crate::pool::PooledBuffer;
 
 /// Bytes of the uniform arena: the parameters of one submission.
 pub(crate) const ARENA_BYTES: u64 = 1 << 20;
+/// Kernels per submission with early submission on ([`crate::DeviceOptions::early_submission`]):
+/// enough that a submission's fixed cost (finishing the encoder, writing the parameter arena,
+/// the driver's submit) stays small against the kernels' own recording, few enough that the
+/// device is never long without work while the host records (cubecl, another wgpu runtime,
+/// submits every 32 kernels by default).
+pub(crate) const EARLY_SUBMIT_DISPATCHES: u64 = 64;
 /// Cached bind groups beyond which the cache is cleared (buffers churned through the pool).
 const MAX_BIND_GROUPS: usize = 16_384;
 /// Most storage buffers a kernel binds (the training attention's backward passes); a bind
@@ -55,7 +63,7 @@ impl Gpu {
         let compiled = self.pipelines.get(&self.device, &self.errors, kernel)?;
         let mut guard = self.lock_recorder()?;
         let recorder = &mut *guard;
-        if recorder.params.len() as u64 + self.slot > ARENA_BYTES
+        if recorder.params.len() as u64 + self.slot > self.submission_bytes
             || recorder.timer.as_ref().is_some_and(KernelTimer::is_full)
         {
             self.submit(recorder)?;

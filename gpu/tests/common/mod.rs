@@ -16,8 +16,8 @@ pub fn gpu() -> Option<&'static WgpuBackend> {
 /// The backends a conformance check runs on: the shared one, and a device of the same adapter
 /// with the other variant of the compilation options: the tree reductions where the shared one
 /// reduces over subgroups (`subgroup_reductions` off), naga's loop bounds where the shared one
-/// leaves them out (`loop_bounds` flipped), and the matmuls' prefetching and vector loads
-/// flipped, so that every kernel is checked both ways.
+/// leaves them out (`loop_bounds` flipped), the matmuls' prefetching and vector loads flipped,
+/// and early submission flipped, so that every kernel is checked both ways.
 pub fn gpu_variants() -> Vec<&'static WgpuBackend> {
     static OTHER: std::sync::OnceLock<WgpuBackend> = std::sync::OnceLock::new();
     let Some(shared) = gpu() else {
@@ -29,6 +29,7 @@ pub fn gpu_variants() -> Vec<&'static WgpuBackend> {
             loop_bounds: !shared.loop_bounds(),
             matmul_prefetch: !shared.matmul_prefetch(),
             matmul_vector_loads: !shared.matmul_vector_loads(),
+            early_submission: !shared.early_submission(),
             ..deberta_gpu::DeviceOptions::from_env()
         };
         WgpuBackend::with_options(deberta_gpu::AdapterChoice::default(), options)
@@ -37,6 +38,7 @@ pub fn gpu_variants() -> Vec<&'static WgpuBackend> {
     assert!(!other.subgroup_reductions() && other.loop_bounds() != shared.loop_bounds());
     assert_ne!(other.matmul_prefetch(), shared.matmul_prefetch());
     assert_ne!(other.matmul_vector_loads(), shared.matmul_vector_loads());
+    assert_ne!(other.early_submission(), shared.early_submission());
     vec![shared, other]
 }
 
