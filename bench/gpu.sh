@@ -267,10 +267,10 @@ for label, res in by.items():
     if res.get("peak_device_mb"):
         extra += f", GPU peak {res['peak_device_mb']:.0f} MiB (pool)"
     if other is None:
-        print(f"{stem:32s} {side:20s} {ours:10.3f} ms{extra}")
+        print(f"{stem:32s} {side:22s} {ours:10.3f} ms{extra}")
         continue
     theirs = other["median_ms"]
     dev = other.get("peak_device_mb")
     dev = f", pytorch GPU peak {dev:.0f} MiB" if dev else ""
-    print(f"{stem:32s} {side:20s} {ours:10.3f} ms  pytorch {theirs:10.3f} ms  ratio {theirs / ours:6.2f}{extra}{dev}")
+    print(f"{stem:32s} {side:22s} {ours:10.3f} ms  pytorch {theirs:10.3f} ms  ratio {theirs / ours:6.2f}{extra}{dev}")
 EOF
