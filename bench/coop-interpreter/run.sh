@@ -4,9 +4,10 @@
 # cooperative matrices), run in a software SPIR-V interpreter that implements
 # SPV_KHR_cooperative_matrix: the SPIR-V naga 30 writes for wgpu's Vulkan backend, on products
 # of several shapes and layouts (run_cases.py), against the product of the binary16-rounded
-# operands (α, β and split-K included); then four broken copies of the kernel (B's matrices
+# operands (α, β and split-K included); then six broken copies of the kernel (B's matrices
 # loaded column-major, the accumulators stored column-major, two blocks' operands swapped, C
-# written beyond the product), each of which must fail.
+# written beyond the product, A's lanes outside the product not zeroed, one group of the next
+# step's A not prefetched), each of which must fail.
 #
 # Usage: bench/coop-interpreter/run.sh INTERPRETER_DIR
 #   INTERPRETER_DIR: a checkout of github.com/mmoult/SPIRV-Interpreter at
@@ -34,34 +35,42 @@ run="$interp/build/src/spirv-run"
 CARGO_TARGET_DIR="$work/target" cargo build --release --quiet --manifest-path "$here/gen/Cargo.toml"
 writer="$work/target/release/coop-spirv"
 
-# check KERNEL.wgsl NAME: writes, patches and runs the kernel; the exit status of run_cases.py.
+# check KERNEL.wgsl COMMON.wgsl NAME: writes, patches and runs the kernel; the exit status of
+# run_cases.py.
 check() {
-    "$writer" "$1" "$shaders/matmul_common.wgsl" "$work/$2.spv"
-    "$python" "$here/patch_spv.py" "$work/$2.spv" "$work/$2-interp.spv" >/dev/null
-    "$python" "$here/run_cases.py" "$run" "$work/$2-interp.spv" "$work"
+    "$writer" "$1" "$2" "$work/$3.spv"
+    "$python" "$here/patch_spv.py" "$work/$3.spv" "$work/$3-interp.spv" >/dev/null
+    "$python" "$here/run_cases.py" "$run" "$work/$3-interp.spv" "$work"
 }
 
 echo "== matmul_cooperative"
-check "$shaders/matmul_cooperative.wgsl" kernel
+check "$shaders/matmul_cooperative.wgsl" "$shaders/matmul_common.wgsl" kernel
 
 failed=0
-mutate() { # mutate NAME FROM TO: a copy of the kernel with FROM replaced by TO must fail
-    "$python" - "$shaders/matmul_cooperative.wgsl" "$work/$1.wgsl" "$2" "$3" <<'PY'
+mutate() { # mutate NAME FILE FROM TO: the kernel with FROM replaced by TO in FILE (kernel or
+    # common) must fail
+    cp "$shaders/matmul_cooperative.wgsl" "$work/$1-kernel.wgsl"
+    cp "$shaders/matmul_common.wgsl" "$work/$1-common.wgsl"
+    "$python" - "$work/$1-$2.wgsl" "$3" "$4" <<'PY'
 import sys
-source, target, old, new = sys.argv[1:]
-text = open(source).read()
-assert old in text, f"no `{old}` in the kernel"
-open(target, 'w').write(text.replace(old, new))
+path, old, new = sys.argv[1:]
+text = open(path).read()
+assert old in text, f"no `{old}` in {path}"
+open(path, 'w').write(text.replace(old, new, 1))
 PY
     echo "== mutant $1 (must fail)"
-    if check "$work/$1.wgsl" "$1"; then
+    if check "$work/$1-kernel.wgsl" "$work/$1-common.wgsl" "$1"; then
         echo "mutant $1 passed: the cases cannot see it"
         failed=1
     fi
 }
-mutate b-column-major "coopLoadT<coop_mat16x16<f16, B>>" "coopLoad<coop_mat16x16<f16, B>>"
-mutate store-column-major "coopStoreT(m," "coopStore(m,"
-mutate swapped-block "c_1_2 = coopMultiplyAdd(a_1, b_2, c_1_2);" "c_1_2 = coopMultiplyAdd(a_2, b_1, c_1_2);"
-mutate unbounded-store "if (row < params.m && col < params.n) {" "if (true) {"
+mutate b-column-major kernel "coopLoadT<coop_mat16x16<f16, B>>" "coopLoad<coop_mat16x16<f16, B>>"
+mutate store-column-major kernel "coopStoreT(m," "coopStore(m,"
+mutate swapped-block kernel "c_1_2 = coopMultiplyAdd(a_1, b_2, c_1_2);" "c_1_2 = coopMultiplyAdd(a_2, b_1, c_1_2);"
+mutate unbounded-store kernel "if (row < params.m && col < params.n) {" "if (true) {"
+mutate unzeroed-lanes common "return vec4<Operand>(select(vec4<f32>(0.0), v, inside));" \
+    "return vec4<Operand>(v);"
+mutate next-step-not-loaded kernel "next_a_3 = load_a4(bases.a, row0, k_next," \
+    "next_a_3 = load_a4(bases.a, row0, k0,"
 [ "$failed" = 0 ] && echo "== every mutant caught"
 exit "$failed"

@@ -55,11 +55,11 @@ def product(m, n, k, b_transposed, vector_loads, alpha=1.0, beta=0.0, k_split=0)
         p['b_vector_loads'] = int(other_b % 4 == 0)
     a = [[value(i, kk, 0) for kk in range(k)] for i in range(m)]
     b = [[value(kk, j, 5) for j in range(n)] for kk in range(k)]
-    a_buffer = [0.0] * (m * k)
+    a_buffer = [None] * (m * k)
     for i in range(m):
         for kk in range(k):
             a_buffer[i * p['a_row_stride'] + kk * p['a_col_stride']] = a[i][kk]
-    b_buffer = [0.0] * (k * n)
+    b_buffer = [None] * (k * n)
     for kk in range(k):
         for j in range(n):
             b_buffer[kk * p['b_row_stride'] + j * p['b_col_stride']] = b[kk][j]
@@ -82,8 +82,17 @@ CASES = [
 ]
 
 
-def vec4s(buffer):
-    buffer = buffer + [0.0] * (-len(buffer) % 4)
+# Every word of the operands' buffers outside the matrices: a lane outside the product that is
+# not zeroed shows in the sums. The buffers run on far enough past the matrices that every
+# read of the kernel (whole groups and tiles, and the next step's k) lands in them: the writer
+# leaves indices unchecked, and the interpreter stops at one past an array's end.
+POISON = 1e30
+
+
+def vec4s(buffer, m, n, k):
+    reach = (max(m, n, k) + 2 * TILE) ** 2
+    buffer = [POISON if x is None else x for x in buffer] + [POISON] * reach
+    buffer += [POISON] * (-len(buffer) % 4)
     return buffer, [buffer[i:i + 4] for i in range(0, len(buffer), 4)]
 
 
@@ -91,8 +100,8 @@ def run(interpreter, spirv, work, case):
     m, n, k = case[:3]
     p, a, b, a_buffer, b_buffer = product(*case)
     splits = p['splits'] if p['k_split'] else 1
-    a_buffer, a4 = vec4s(a_buffer)
-    b_buffer, b4 = vec4s(b_buffer)
+    a_buffer, a4 = vec4s(a_buffer, m, n, k)
+    b_buffer, b4 = vec4s(b_buffer, m, n, k)
     ldc = p['c_row_stride']
     # Where β ≠ 0, C's old values; elsewhere the sentinel. Split-K: one slab per piece.
     rows = m * splits if p['k_split'] else m + 1

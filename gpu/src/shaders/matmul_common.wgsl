@@ -139,40 +139,44 @@ fn load_b(base: u32, col0: u32, k0: u32, k_end: u32, e: u32) -> Operand {
     return Operand(v);
 }
 
-// Elements 4g .. 4g + 3 of A's staged tile (as `load_a` loads them): four neighbours along the
-// unit stride `a_place` follows. One vec4 load where A allows it and all four are inside the
-// product, else four scalar loads.
+// Elements 4g .. 4g + 3 of A's staged tile (as `load_a` loads them, 0 beyond the product and
+// k_end): four neighbours along the unit stride `a_place` follows, read with one vec4 load where
+// A allows it (`a_vector_loads`, the same for every thread) and with four scalar loads
+// elsewhere. Branch-free in the position: every thread loads (an index past the buffer is
+// clamped, as every index of these kernels is) and zeroes its lanes outside the product after,
+// so that a subgroup stays converged through the loads (the cooperative-matrix kernel issues
+// them next to its matrix operations).
 fn load_a4(base: u32, row0: u32, k0: u32, k_end: u32, g: u32) -> vec4<Operand> {
-    let e = 4u * g;
-    let place = a_place(e);
-    let row = row0 + place.x;
-    let k = k0 + place.y;
-    var inside = row + 3u < params.m && k < k_end;
-    if (params.a_k_contiguous != 0u) {
-        inside = row < params.m && k + 3u < k_end;
+    let place = a_place(4u * g);
+    let lanes = vec4<u32>(0u, 1u, 2u, 3u);
+    let along_k = params.a_k_contiguous != 0u;
+    let rows = vec4<u32>(row0 + place.x) + select(lanes, vec4<u32>(0u), along_k);
+    let ks = vec4<u32>(k0 + place.y) + select(vec4<u32>(0u), lanes, along_k);
+    let inside = (rows < vec4<u32>(params.m)) & (ks < vec4<u32>(k_end));
+    let idx = vec4<u32>(base) + rows * params.a_row_stride + ks * params.a_col_stride;
+    var v: vec4<f32>;
+    if (params.a_vector_loads != 0u) {
+        v = a4[idx.x / 4u];
+    } else {
+        v = vec4<f32>(a[idx.x], a[idx.y], a[idx.z], a[idx.w]);
     }
-    if (params.a_vector_loads != 0u && inside) {
-        let idx = base + row * params.a_row_stride + k * params.a_col_stride;
-        return vec4<Operand>(a4[idx / 4u]);
-    }
-    return vec4<Operand>(load_a(base, row0, k0, k_end, e), load_a(base, row0, k0, k_end, e + 1u),
-                         load_a(base, row0, k0, k_end, e + 2u), load_a(base, row0, k0, k_end, e + 3u));
+    return vec4<Operand>(select(vec4<f32>(0.0), v, inside));
 }
 
-// The same for B: elements 4g .. 4g + 3 of its staged tile.
+// The same for B: elements 4g .. 4g + 3 of its staged tile (along k or its columns).
 fn load_b4(base: u32, col0: u32, k0: u32, k_end: u32, g: u32) -> vec4<Operand> {
-    let e = 4u * g;
-    let place = b_place(e);
-    let col = col0 + place.x;
-    let k = k0 + place.y;
-    var inside = col + 3u < params.n && k < k_end;
-    if (params.b_k_contiguous != 0u) {
-        inside = col < params.n && k + 3u < k_end;
+    let place = b_place(4u * g);
+    let lanes = vec4<u32>(0u, 1u, 2u, 3u);
+    let along_k = params.b_k_contiguous != 0u;
+    let cols = vec4<u32>(col0 + place.x) + select(lanes, vec4<u32>(0u), along_k);
+    let ks = vec4<u32>(k0 + place.y) + select(vec4<u32>(0u), lanes, along_k);
+    let inside = (cols < vec4<u32>(params.n)) & (ks < vec4<u32>(k_end));
+    let idx = vec4<u32>(base) + ks * params.b_row_stride + cols * params.b_col_stride;
+    var v: vec4<f32>;
+    if (params.b_vector_loads != 0u) {
+        v = b4[idx.x / 4u];
+    } else {
+        v = vec4<f32>(b[idx.x], b[idx.y], b[idx.z], b[idx.w]);
     }
-    if (params.b_vector_loads != 0u && inside) {
-        let idx = base + k * params.b_row_stride + col * params.b_col_stride;
-        return vec4<Operand>(b4[idx / 4u]);
-    }
-    return vec4<Operand>(load_b(base, col0, k0, k_end, e), load_b(base, col0, k0, k_end, e + 1u),
-                         load_b(base, col0, k0, k_end, e + 2u), load_b(base, col0, k0, k_end, e + 3u));
+    return vec4<Operand>(select(vec4<f32>(0.0), v, inside));
 }

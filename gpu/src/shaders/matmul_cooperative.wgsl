@@ -10,8 +10,9 @@ enable wgpu_cooperative_matrix;
 // The workgroup computes a COOP_TILE × COOP_TILE tile of C as 4 × 4 accumulators (constant
 // names: no array for a compiler to spill). Per step of COOP_K along k its threads stage A's
 // COOP_TILE × COOP_K operands and B's COOP_K × COOP_TILE, rounded to binary16 as the f16 tiled
-// kernels round them (zeros beyond the matrices), row-major in workgroup memory; then the
-// subgroup loads 4 + 4 matrices from there and does 16 multiply-adds. At the end each
+// kernels round them (zeros beyond the matrices), row-major in workgroup memory, from registers
+// they read them into during the step before; then the subgroup loads 4 + 4 matrices from there
+// and does 16 multiply-adds while the next step's operands arrive. At the end each
 // accumulator goes through workgroup memory to C (α, β, the matrix bounds). Split-K as in the
 // tiled kernels: with `k_split` > 0, workgroup z sums k in [z·k_split, (z+1)·k_split) into its
 // own slab. The sums run in the hardware's order and precision, so the results are not the
@@ -33,6 +34,19 @@ var<workgroup> staged_a: array<f16, 1024>;
 var<workgroup> staged_b: array<f16, 1024>;
 var<workgroup> block_out: array<f32, 256>;
 const_assert COOP_TILE * COOP_K == 1024u && COOP_SIDE * COOP_SIDE == 256u;
+// Each thread loads 8 groups of four operands of A and of B per step.
+const_assert COOP_TILE * COOP_K == 8u * 4u * COOP_THREADS;
+
+// Stages group `g` of the step's operands (elements 4g .. 4g + 3 of each tile, as `load_a4` and
+// `load_b4` read them) where the matrix loads read them.
+fn stage_groups(g: u32, four_a: vec4<f16>, four_b: vec4<f16>) {
+    for (var i = 0u; i < 4u; i += 1u) {
+        let place_a = a_place(4u * g + i);
+        staged_a[place_a.x * COOP_K + place_a.y] = four_a[i];
+        let place_b = b_place(4u * g + i);
+        staged_b[place_b.y * COOP_TILE + place_b.x] = four_b[i];
+    }
+}
 
 // Writes accumulator `m` (rows row0 .., columns col0 ..) into C through `block_out` (the whole
 // subgroup calls it).
@@ -75,21 +89,56 @@ fn matmul_cooperative(@builtin(workgroup_id) wid: vec3<u32>,
     var c_3_1 = coop_mat16x16<f32, C>();
     var c_3_2 = coop_mat16x16<f32, C>();
     var c_3_3 = coop_mat16x16<f32, C>();
+    // The thread's groups of four operands of a step (group lid + 32·q of each staged tile,
+    // q < 8; neighbouring threads read neighbouring words of whichever stride of an operand is
+    // 1, one vec4 where the operand allows; matmul_common.wgsl's loads, rounded to binary16 as
+    // the f16 tiled kernels round), read into registers during the step before, so that their
+    // device-memory latency overlaps that step's multiply-adds. Constant names: no array for a
+    // compiler to spill.
+    var next_a_0 = load_a4(bases.a, row0, k_begin, k_end, lid + 0u * COOP_THREADS);
+    var next_a_1 = load_a4(bases.a, row0, k_begin, k_end, lid + 1u * COOP_THREADS);
+    var next_a_2 = load_a4(bases.a, row0, k_begin, k_end, lid + 2u * COOP_THREADS);
+    var next_a_3 = load_a4(bases.a, row0, k_begin, k_end, lid + 3u * COOP_THREADS);
+    var next_a_4 = load_a4(bases.a, row0, k_begin, k_end, lid + 4u * COOP_THREADS);
+    var next_a_5 = load_a4(bases.a, row0, k_begin, k_end, lid + 5u * COOP_THREADS);
+    var next_a_6 = load_a4(bases.a, row0, k_begin, k_end, lid + 6u * COOP_THREADS);
+    var next_a_7 = load_a4(bases.a, row0, k_begin, k_end, lid + 7u * COOP_THREADS);
+    var next_b_0 = load_b4(bases.b, col0, k_begin, k_end, lid + 0u * COOP_THREADS);
+    var next_b_1 = load_b4(bases.b, col0, k_begin, k_end, lid + 1u * COOP_THREADS);
+    var next_b_2 = load_b4(bases.b, col0, k_begin, k_end, lid + 2u * COOP_THREADS);
+    var next_b_3 = load_b4(bases.b, col0, k_begin, k_end, lid + 3u * COOP_THREADS);
+    var next_b_4 = load_b4(bases.b, col0, k_begin, k_end, lid + 4u * COOP_THREADS);
+    var next_b_5 = load_b4(bases.b, col0, k_begin, k_end, lid + 5u * COOP_THREADS);
+    var next_b_6 = load_b4(bases.b, col0, k_begin, k_end, lid + 6u * COOP_THREADS);
+    var next_b_7 = load_b4(bases.b, col0, k_begin, k_end, lid + 7u * COOP_THREADS);
     for (var k0 = k_begin; k0 < k_end; k0 += COOP_K) {
-        // Neighbouring threads read neighbouring words of whichever stride of an operand is 1
-        // (matmul_common.wgsl's loads, rounded to binary16 as the f16 tiled kernels round).
-        // Four neighbours per load (one vec4 where the operand allows).
-        for (var g = lid; g < TILE * TILE_K / 4u; g += COOP_THREADS) {
-            let four_a = load_a4(bases.a, row0, k0, k_end, g);
-            let four_b = load_b4(bases.b, col0, k0, k_end, g);
-            for (var i = 0u; i < 4u; i += 1u) {
-                let place_a = a_place(4u * g + i);
-                staged_a[place_a.x * COOP_K + place_a.y] = four_a[i];
-                let place_b = b_place(4u * g + i);
-                staged_b[place_b.y * COOP_TILE + place_b.x] = four_b[i];
-            }
-        }
+        stage_groups(lid + 0u * COOP_THREADS, next_a_0, next_b_0);
+        stage_groups(lid + 1u * COOP_THREADS, next_a_1, next_b_1);
+        stage_groups(lid + 2u * COOP_THREADS, next_a_2, next_b_2);
+        stage_groups(lid + 3u * COOP_THREADS, next_a_3, next_b_3);
+        stage_groups(lid + 4u * COOP_THREADS, next_a_4, next_b_4);
+        stage_groups(lid + 5u * COOP_THREADS, next_a_5, next_b_5);
+        stage_groups(lid + 6u * COOP_THREADS, next_a_6, next_b_6);
+        stage_groups(lid + 7u * COOP_THREADS, next_a_7, next_b_7);
         workgroupBarrier();
+        // The next step's (beyond k_end: zeros, never staged).
+        let k_next = k0 + COOP_K;
+        next_a_0 = load_a4(bases.a, row0, k_next, k_end, lid + 0u * COOP_THREADS);
+        next_a_1 = load_a4(bases.a, row0, k_next, k_end, lid + 1u * COOP_THREADS);
+        next_a_2 = load_a4(bases.a, row0, k_next, k_end, lid + 2u * COOP_THREADS);
+        next_a_3 = load_a4(bases.a, row0, k_next, k_end, lid + 3u * COOP_THREADS);
+        next_a_4 = load_a4(bases.a, row0, k_next, k_end, lid + 4u * COOP_THREADS);
+        next_a_5 = load_a4(bases.a, row0, k_next, k_end, lid + 5u * COOP_THREADS);
+        next_a_6 = load_a4(bases.a, row0, k_next, k_end, lid + 6u * COOP_THREADS);
+        next_a_7 = load_a4(bases.a, row0, k_next, k_end, lid + 7u * COOP_THREADS);
+        next_b_0 = load_b4(bases.b, col0, k_next, k_end, lid + 0u * COOP_THREADS);
+        next_b_1 = load_b4(bases.b, col0, k_next, k_end, lid + 1u * COOP_THREADS);
+        next_b_2 = load_b4(bases.b, col0, k_next, k_end, lid + 2u * COOP_THREADS);
+        next_b_3 = load_b4(bases.b, col0, k_next, k_end, lid + 3u * COOP_THREADS);
+        next_b_4 = load_b4(bases.b, col0, k_next, k_end, lid + 4u * COOP_THREADS);
+        next_b_5 = load_b4(bases.b, col0, k_next, k_end, lid + 5u * COOP_THREADS);
+        next_b_6 = load_b4(bases.b, col0, k_next, k_end, lid + 6u * COOP_THREADS);
+        next_b_7 = load_b4(bases.b, col0, k_next, k_end, lid + 7u * COOP_THREADS);
         let a_0 = coopLoadT<coop_mat16x16<f16, A>>(&staged_a[0u * COOP_SIDE * COOP_K], COOP_K);
         let a_1 = coopLoadT<coop_mat16x16<f16, A>>(&staged_a[1u * COOP_SIDE * COOP_K], COOP_K);
         let a_2 = coopLoadT<coop_mat16x16<f16, A>>(&staged_a[2u * COOP_SIDE * COOP_K], COOP_K);
