@@ -199,7 +199,7 @@ pub trait Backend {
         spec: &MatmulSpec,
     ) -> Result<(), Error>;
     /// Converts a `[output, input]` weight once for [`Backend::matmul_packed`] at a reduced
-    /// `precision` (see [`Precision`](crate::Precision)). The provided implementation returns
+    /// `precision` (see [`Precision`]). The provided implementation returns
     /// [`Error::Unsupported`]: backends without reduced-precision products keep f32.
     #[cfg(feature = "alloc")]
     fn pack_weight(
@@ -214,7 +214,7 @@ pub trait Backend {
             what: "reduced-precision products on this backend",
         })
     }
-    /// Whether [`Backend::pack_weight`] at [`Precision::F32`](crate::Precision::F32) makes the
+    /// Whether [`Backend::pack_weight`] at [`Precision::F32`] makes the
     /// `Linear` products faster than [`Backend::matmul`] on the f32 weights: the inference
     /// sessions then convert their f32 weights once
     /// ([`ParamStore::pack`](crate::model::ParamStore::pack)). The provided implementation: no.
@@ -257,7 +257,7 @@ pub trait Backend {
             }),
         }
     }
-    /// The products of [`Precision::Mixed`](crate::Precision::Mixed) training on this
+    /// The products of [`Precision::Mixed`] training on this
     /// backend: a format [`Backend::matmul_reduced`] takes, or f32 where the backend has no
     /// narrower products (the provided implementation).
     fn mixed_products(&self) -> crate::Precision {

@@ -125,7 +125,7 @@ impl WgpuBackend {
     /// Whether recorded kernels are submitted every 64 instead of only when the host waits
     /// ([`DeviceOptions::early_submission`]; `DEBERTA_WGPU_EARLY_SUBMIT=off` turns it off).
     pub fn early_submission(&self) -> bool {
-        self.gpu.submission_bytes < crate::recorder::ARENA_BYTES
+        self.gpu.early_submission
     }
 
     /// Whether f16 products (mixed precision) run on cooperative matrices: the device was
@@ -543,8 +543,9 @@ impl Backend for WgpuBackend {
 
     /// The tiled training kernels of `attention_tile.wgsl` (context and one logsumexp
     /// per query row into `buffers.stats`; the probabilities are never written) where
-    /// [`attention_training::supports`] the shape, the provided composition elsewhere; with
-    /// f16 `products` (mixed precision) the kernels round every operand to binary16.
+    /// the kernels take the shape (heads up to 64 wide, on a device that binds 13 storage
+    /// buffers per kernel), the provided composition elsewhere; with f16 `products` (mixed
+    /// precision) the kernels round every operand to binary16.
     fn attention_forward_train(
         &self,
         ops: AttentionOperands<'_, Self>,

@@ -12,7 +12,7 @@ use crate::measured_tiles::{MatmulCode, MeasuredTiles};
 use crate::ops::matmul::TilePolicy;
 use crate::pipelines::Pipelines;
 use crate::pool::{Pool, PooledBuffer};
-use crate::recorder::{ARENA_BYTES, EARLY_SUBMIT_DISPATCHES, Recorder};
+use crate::recorder::{ARENA_BYTES, Recorder};
 
 /// Buffer usages of every tensor.
 const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -36,9 +36,10 @@ pub(crate) struct Gpu {
     pub(crate) arena: wgpu::Buffer,
     /// Bytes between two parameter blocks in the arena.
     pub(crate) slot: u64,
-    /// Parameter bytes recorded after which the next kernel submits what is recorded first:
-    /// [`EARLY_SUBMIT_DISPATCHES`] slots with early submission, else the whole arena.
-    pub(crate) submission_bytes: u64,
+    /// Whether recorded kernels are submitted every
+    /// [`EARLY_SUBMIT_DISPATCHES`](crate::recorder::EARLY_SUBMIT_DISPATCHES)
+    /// ([`DeviceOptions::early_submission`]).
+    pub(crate) early_submission: bool,
     /// Bound where a kernel's optional read-only operand is absent.
     pub(crate) absent_input: PooledBuffer,
     /// Bound where a kernel's optional output is absent.
@@ -99,7 +100,7 @@ pub struct DeviceOptions {
     /// offset and other strides multiples of 4), instead of four scalar loads. The same values
     /// either way; on by default.
     pub matmul_vector_loads: bool,
-    /// Submit the recorded kernels every 64 (`EARLY_SUBMIT_DISPATCHES`), so that the device
+    /// Submit the recorded kernels every 64, so that the device
     /// runs them while the host records the next ones, instead of only when the host waits for
     /// a result (a loss, sampled tokens) or 4,096 are recorded, which leaves the device idle
     /// while the host records each phase of a training step. The same kernels in the same
@@ -242,10 +243,7 @@ impl Gpu {
             recorder: Mutex::new(Recorder::default()),
             arena,
             slot,
-            submission_bytes: match options.early_submission {
-                true => EARLY_SUBMIT_DISPATCHES * slot,
-                false => ARENA_BYTES,
-            },
+            early_submission: options.early_submission,
             absent_input,
             absent_output,
             errors,

@@ -63,7 +63,11 @@ impl Gpu {
         let compiled = self.pipelines.get(&self.device, &self.errors, kernel)?;
         let mut guard = self.lock_recorder()?;
         let recorder = &mut *guard;
-        if recorder.params.len() as u64 + self.slot > self.submission_bytes
+        let submission_bytes = match self.early_submission {
+            true => EARLY_SUBMIT_DISPATCHES * self.slot,
+            false => ARENA_BYTES,
+        };
+        if recorder.params.len() as u64 + self.slot > submission_bytes
             || recorder.timer.as_ref().is_some_and(KernelTimer::is_full)
         {
             self.submit(recorder)?;

@@ -150,7 +150,7 @@ multiversion! {
     }
 }
 
-/// `Σ x²`, accumulated in `f64` as [`sum_of_squares_f64`] does.
+/// `Σ x²`, accumulated in `f64` as `sum_of_squares_f64` does.
 pub fn sum_of_squares(x: &[f32]) -> f32 {
     sum_of_squares_f64(x) as f32
 }

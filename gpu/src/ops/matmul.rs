@@ -50,7 +50,7 @@ pub enum MatmulTiles {
     /// Always 128×128 tiles (64×64 where the adapter lacks the workgroup memory).
     Tiles128,
     /// Always 64×64 tiles with each thread's 4×4 outputs contiguous, its operands read from
-    /// workgroup memory four at a time ([`BlockLayout::Contiguous`]).
+    /// workgroup memory four at a time (the contiguous block layout).
     Tiles64Vec4,
     /// Always 128×128 tiles with contiguous 8×8 blocks (64×64 ones where the adapter lacks
     /// the workgroup memory).
@@ -327,6 +327,9 @@ pub(crate) fn matmul(
         c_batch_stride0,
         c_batch_stride1,
     ] = layout_words(&spec.c, spec.batch, spec.m, spec.n)?;
+    // Which stride of each operand the staging follows (its unit stride, where one is).
+    let a_k_contiguous = spec.a.col_stride == 1;
+    let b_k_contiguous = spec.b.row_stride == 1 && spec.b.col_stride != 1;
     let params = MatmulParams {
         batch1: word(spec.batch[1])?,
         m: word(spec.m)?,
@@ -348,24 +351,18 @@ pub(crate) fn matmul(
         c_batch_stride0,
         c_batch_stride1,
         entry_base: 0,
-        a_k_contiguous: u32::from(spec.a.col_stride == 1),
-        b_k_contiguous: u32::from(spec.b.row_stride == 1 && spec.b.col_stride != 1),
+        a_k_contiguous: u32::from(a_k_contiguous),
+        b_k_contiguous: u32::from(b_k_contiguous),
         alpha: spec.alpha,
         beta: spec.beta,
         k_split: 0,
         splits: 1,
-        a_vector_loads: 0,
-        b_vector_loads: 0,
-    };
-    let vector_loads = gpu.matmul_vector_loads;
-    let params = MatmulParams {
         a_vector_loads: u32::from(
-            vector_loads && reads_in_fours(params.a_k_contiguous != 0, a_words, false),
+            gpu.matmul_vector_loads && reads_in_fours(a_k_contiguous, a_words, false),
         ),
         b_vector_loads: u32::from(
-            vector_loads && reads_in_fours(params.b_k_contiguous != 0, b_words, true),
+            gpu.matmul_vector_loads && reads_in_fours(b_k_contiguous, b_words, true),
         ),
-        ..params
     };
     // The f16 variants stage half the bytes, so whatever fits in f32 fits.
     let policy = gpu.matmul_tiles.get();
@@ -519,10 +516,11 @@ fn dispatch_entries(
     while first < entries {
         let count = per_dispatch.min(entries - first);
         params.entry_base = word(first)?;
+        let bound = with_views(*buffers);
         gpu.dispatch(
             kernel,
             &params,
-            &with_views(kernel, buffers),
+            &bound[..kernel.bindings().len()],
             [x, y, count as u32],
         )?;
         first += count;
@@ -568,12 +566,11 @@ fn measure(
     Ok(best.map_or(smallest, |(choice, _)| choice))
 }
 
-/// The buffers `kernel` binds for C, A and B: the tiled kernels bind A and B a second time,
-/// as the vec4 views they read four elements at a time through.
-fn with_views<'a>(kernel: Kernel, [c, a, b]: &[&'a PooledBuffer; 3]) -> Vec<&'a PooledBuffer> {
-    let mut bound = vec![*c, *a, *b, *a, *b];
-    bound.truncate(kernel.bindings().len());
-    bound
+/// C, A and B, then A and B again: a matmul kernel binds the first `kernel.bindings().len()`
+/// (the tiled kernels all five, the second A and B as the vec4 views they read four elements
+/// at a time through).
+fn with_views([c, a, b]: [&PooledBuffer; 3]) -> [&PooledBuffer; 5] {
+    [c, a, b, a, b]
 }
 
 /// One product (`params`, already checked) as `splits` pieces along k into a scratch slab
@@ -602,11 +599,11 @@ fn split_k(
         splits: word(splits)?,
         ..params
     };
-    let bound = [gpu.buf(&slabs)?, gpu.buf(a)?, gpu.buf(b)?];
+    let bound = with_views([gpu.buf(&slabs)?, gpu.buf(a)?, gpu.buf(b)?]);
     gpu.dispatch(
         kernel,
         &pieces,
-        &with_views(kernel, &bound),
+        &bound[..kernel.bindings().len()],
         [x, y, word(splits)?],
     )?;
     let sum = MatmulParams {

@@ -49,7 +49,7 @@ pub const EVAL_FIGURES: [(&str, &str); 6] = [
 pub struct CompareRequest {
     /// Options of the three runs (command line over `--config`); `sharing` is set per run.
     pub flags: PretrainFlags,
-    /// `--out` [runs/compare-<preset>-<seed>].
+    /// `--out` (default `runs/compare-<preset>-<seed>`).
     pub out: Option<PathBuf>,
     /// Whether the runs draw progress bars.
     pub progress: bool,
