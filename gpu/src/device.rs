@@ -124,6 +124,27 @@ impl Default for DeviceOptions {
     }
 }
 
+impl std::fmt::Display for DeviceOptions {
+    /// Every option with its environment variable and state, e.g. `DEBERTA_WGPU_F16 on, ...`
+    /// (`deberta info` prints it).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let options = [
+            ("DEBERTA_WGPU_F16", self.f16_products),
+            ("DEBERTA_WGPU_SUBGROUPS", self.subgroup_reductions),
+            ("DEBERTA_WGPU_LOOP_BOUNDS", self.loop_bounds),
+            ("DEBERTA_WGPU_COOPERATIVE", self.cooperative_matrices),
+            ("DEBERTA_WGPU_MATMUL_PREFETCH", self.matmul_prefetch),
+            ("DEBERTA_WGPU_MATMUL_VECTOR_LOADS", self.matmul_vector_loads),
+            ("DEBERTA_WGPU_EARLY_SUBMIT", self.early_submission),
+        ];
+        for (i, (name, on)) in options.into_iter().enumerate() {
+            let separator = if i == 0 { "" } else { ", " };
+            write!(f, "{separator}{name} {}", if on { "on" } else { "off" })?;
+        }
+        Ok(())
+    }
+}
+
 impl DeviceOptions {
     /// [`DeviceOptions::default`], changed by the environment: `DEBERTA_WGPU_F16=off` (mixed
     /// precision then falls back to f32 products, as on an adapter without the feature),

@@ -169,6 +169,15 @@ pub fn adapter_descriptions() -> Vec<String> {
     Vec::new()
 }
 
+/// The wgpu backend's options as the environment sets them (`DeviceOptions::from_env`: the
+/// `DEBERTA_WGPU_*` variables, each on or off); `None` without the `gpu` feature.
+pub fn wgpu_options() -> Option<String> {
+    #[cfg(feature = "gpu")]
+    return Some(DeviceOptions::from_env().to_string());
+    #[cfg(not(feature = "gpu"))]
+    None
+}
+
 /// `DEBERTA_CPU_SIMD`: `auto` (default: the widest the CPU has), `avx512`, `avx2` or `baseline`
 /// caps the instruction set of the CPU backend's own kernels (a tuning knob: the results are
 /// the same bits).

@@ -199,6 +199,44 @@ fn info_lists_every_adapter_with_its_limits_and_features() {
     }
 }
 
+/// `deberta info` names every wgpu kernel option with its environment variable and its state
+/// as the environment sets it (no adapter needed).
+#[test]
+fn info_prints_the_wgpu_kernel_options_the_environment_sets() {
+    for (early, bounds) in [("on", "off"), ("off", "on")] {
+        let run = deberta_with_env(
+            &["info"],
+            &[
+                ("DEBERTA_WGPU_EARLY_SUBMIT", early),
+                ("DEBERTA_WGPU_LOOP_BOUNDS", bounds),
+            ],
+        );
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let line = run
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("wgpu kernel options: "))
+            .unwrap_or_else(|| panic!("no options line in\n{}", run.stdout));
+        assert!(
+            line.contains(&format!("DEBERTA_WGPU_EARLY_SUBMIT {early}")),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!("DEBERTA_WGPU_LOOP_BOUNDS {bounds}")),
+            "{line}"
+        );
+        for name in [
+            "F16",
+            "SUBGROUPS",
+            "COOPERATIVE",
+            "MATMUL_PREFETCH",
+            "MATMUL_VECTOR_LOADS",
+        ] {
+            assert!(line.contains(&format!("DEBERTA_WGPU_{name} ")), "{line}");
+        }
+    }
+}
+
 /// `DEBERTA_WGPU_TILE_CACHE`: the first wgpu run measures the product's tile size and saves it,
 /// the second says it loaded it; a broken file is one warning (the run goes on and replaces
 /// it), and `off` neither reads nor writes.

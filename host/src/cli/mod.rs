@@ -188,6 +188,9 @@ fn info() -> Result<()> {
             println!("  {adapter}");
         }
     }
+    if let Some(options) = crate::device::wgpu_options() {
+        println!("wgpu kernel options: {options}");
+    }
     println!(
         "--backend auto chooses: {}",
         crate::device::describe_auto()?
