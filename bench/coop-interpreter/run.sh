@@ -6,8 +6,8 @@
 # of several shapes and layouts (run_cases.py), against the product of the binary16-rounded
 # operands (α, β and split-K included); then six broken copies of the kernel (B's matrices
 # loaded column-major, the accumulators stored column-major, two blocks' operands swapped, C
-# written beyond the product, A's lanes outside the product not zeroed, one group of the next
-# step's A not prefetched), each of which must fail.
+# written beyond the product, A's lanes outside the product not zeroed, the current step's A
+# loaded again instead of the next one's), each of which must fail.
 #
 # Usage: bench/coop-interpreter/run.sh INTERPRETER_DIR
 #   INTERPRETER_DIR: a checkout of github.com/mmoult/SPIRV-Interpreter at
@@ -70,7 +70,7 @@ mutate swapped-block kernel "c_1_2 = coopMultiplyAdd(a_1, b_2, c_1_2);" "c_1_2 =
 mutate unbounded-store kernel "if (row < params.m && col < params.n) {" "if (true) {"
 mutate unzeroed-lanes common "return vec4<Operand>(select(vec4<f32>(0.0), v, inside));" \
     "return vec4<Operand>(v);"
-mutate next-step-not-loaded kernel "next_a_3 = load_a4(bases.a, row0, k_next," \
-    "next_a_3 = load_a4(bases.a, row0, k0,"
+mutate next-step-not-loaded kernel "next_a = load_groups_a(bases.a, row0, k0 + COOP_K," \
+    "next_a = load_groups_a(bases.a, row0, k0,"
 [ "$failed" = 0 ] && echo "== every mutant caught"
 exit "$failed"

@@ -283,15 +283,7 @@ fn every_tile_size_gives_the_same_f16_bits() {
     };
     let operands = case.operands();
     let mut first: Option<Vec<u32>> = None;
-    for tiles in [
-        MatmulTiles::Tiles128,
-        MatmulTiles::Tiles64,
-        MatmulTiles::Tiles32,
-        MatmulTiles::Tiles128Vec4,
-        MatmulTiles::Tiles64Vec4,
-        MatmulTiles::Auto,
-        MatmulTiles::Measured,
-    ] {
+    for tiles in MatmulTiles::ALL {
         forced.set_matmul_tiles(tiles);
         let bits: Vec<u32> = product(&forced, &case, &operands, Precision::F16)
             .unwrap()

@@ -58,6 +58,17 @@ pub enum MatmulTiles {
 }
 
 impl MatmulTiles {
+    /// Every policy, in declaration order (a test or sweep that runs them all).
+    pub const ALL: [MatmulTiles; 7] = [
+        MatmulTiles::Measured,
+        MatmulTiles::Auto,
+        MatmulTiles::Tiles32,
+        MatmulTiles::Tiles64,
+        MatmulTiles::Tiles128,
+        MatmulTiles::Tiles64Vec4,
+        MatmulTiles::Tiles128Vec4,
+    ];
+
     fn code(self) -> u8 {
         match self {
             MatmulTiles::Measured => 0,

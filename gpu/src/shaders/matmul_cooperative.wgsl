@@ -37,15 +37,67 @@ const_assert COOP_TILE * COOP_K == 1024u && COOP_SIDE * COOP_SIDE == 256u;
 // Each thread loads 8 groups of four operands of A and of B per step.
 const_assert COOP_TILE * COOP_K == 8u * 4u * COOP_THREADS;
 
-// Stages group `g` of the step's operands (elements 4g .. 4g + 3 of each tile, as `load_a4` and
-// `load_b4` read them) where the matrix loads read them.
-fn stage_groups(g: u32, four_a: vec4<f16>, four_b: vec4<f16>) {
+// A thread's groups of four operands of one step of A or B: groups lid + COOP_THREADS·q of
+// the staged tile, q < 8 (neighbouring threads read neighbouring words of whichever stride of
+// an operand is 1, one vec4 where the operand allows; matmul_common.wgsl's loads, rounded to
+// binary16 as the f16 tiled kernels round). Named members, not an array: registers.
+struct Groups {
+    q0: vec4<f16>,
+    q1: vec4<f16>,
+    q2: vec4<f16>,
+    q3: vec4<f16>,
+    q4: vec4<f16>,
+    q5: vec4<f16>,
+    q6: vec4<f16>,
+    q7: vec4<f16>,
+}
+
+// The thread's groups of A's step at k0 (zeros beyond k_end and the matrix).
+fn load_groups_a(base: u32, row0: u32, k0: u32, k_end: u32, lid: u32) -> Groups {
+    let t = COOP_THREADS;
+    return Groups(load_a4(base, row0, k0, k_end, lid), load_a4(base, row0, k0, k_end, lid + t),
+                  load_a4(base, row0, k0, k_end, lid + 2u * t),
+                  load_a4(base, row0, k0, k_end, lid + 3u * t),
+                  load_a4(base, row0, k0, k_end, lid + 4u * t),
+                  load_a4(base, row0, k0, k_end, lid + 5u * t),
+                  load_a4(base, row0, k0, k_end, lid + 6u * t),
+                  load_a4(base, row0, k0, k_end, lid + 7u * t));
+}
+
+// The same for B's step at k0.
+fn load_groups_b(base: u32, col0: u32, k0: u32, k_end: u32, lid: u32) -> Groups {
+    let t = COOP_THREADS;
+    return Groups(load_b4(base, col0, k0, k_end, lid), load_b4(base, col0, k0, k_end, lid + t),
+                  load_b4(base, col0, k0, k_end, lid + 2u * t),
+                  load_b4(base, col0, k0, k_end, lid + 3u * t),
+                  load_b4(base, col0, k0, k_end, lid + 4u * t),
+                  load_b4(base, col0, k0, k_end, lid + 5u * t),
+                  load_b4(base, col0, k0, k_end, lid + 6u * t),
+                  load_b4(base, col0, k0, k_end, lid + 7u * t));
+}
+
+// Stores group `g` of the step's operands (elements 4g .. 4g + 3 of each tile, as `load_a4`
+// and `load_b4` read them) where the matrix loads read them.
+fn stage_group(g: u32, four_a: vec4<f16>, four_b: vec4<f16>) {
     for (var i = 0u; i < 4u; i += 1u) {
         let place_a = a_place(4u * g + i);
         staged_a[place_a.x * COOP_K + place_a.y] = four_a[i];
         let place_b = b_place(4u * g + i);
         staged_b[place_b.y * COOP_TILE + place_b.x] = four_b[i];
     }
+}
+
+// Stores the thread's groups of a step of A and B.
+fn stage_groups(a: Groups, b: Groups, lid: u32) {
+    let t = COOP_THREADS;
+    stage_group(lid, a.q0, b.q0);
+    stage_group(lid + t, a.q1, b.q1);
+    stage_group(lid + 2u * t, a.q2, b.q2);
+    stage_group(lid + 3u * t, a.q3, b.q3);
+    stage_group(lid + 4u * t, a.q4, b.q4);
+    stage_group(lid + 5u * t, a.q5, b.q5);
+    stage_group(lid + 6u * t, a.q6, b.q6);
+    stage_group(lid + 7u * t, a.q7, b.q7);
 }
 
 // Writes accumulator `m` (rows row0 .., columns col0 ..) into C through `block_out` (the whole
@@ -89,56 +141,16 @@ fn matmul_cooperative(@builtin(workgroup_id) wid: vec3<u32>,
     var c_3_1 = coop_mat16x16<f32, C>();
     var c_3_2 = coop_mat16x16<f32, C>();
     var c_3_3 = coop_mat16x16<f32, C>();
-    // The thread's groups of four operands of a step (group lid + 32·q of each staged tile,
-    // q < 8; neighbouring threads read neighbouring words of whichever stride of an operand is
-    // 1, one vec4 where the operand allows; matmul_common.wgsl's loads, rounded to binary16 as
-    // the f16 tiled kernels round), read into registers during the step before, so that their
-    // device-memory latency overlaps that step's multiply-adds. Constant names: no array for a
-    // compiler to spill.
-    var next_a_0 = load_a4(bases.a, row0, k_begin, k_end, lid + 0u * COOP_THREADS);
-    var next_a_1 = load_a4(bases.a, row0, k_begin, k_end, lid + 1u * COOP_THREADS);
-    var next_a_2 = load_a4(bases.a, row0, k_begin, k_end, lid + 2u * COOP_THREADS);
-    var next_a_3 = load_a4(bases.a, row0, k_begin, k_end, lid + 3u * COOP_THREADS);
-    var next_a_4 = load_a4(bases.a, row0, k_begin, k_end, lid + 4u * COOP_THREADS);
-    var next_a_5 = load_a4(bases.a, row0, k_begin, k_end, lid + 5u * COOP_THREADS);
-    var next_a_6 = load_a4(bases.a, row0, k_begin, k_end, lid + 6u * COOP_THREADS);
-    var next_a_7 = load_a4(bases.a, row0, k_begin, k_end, lid + 7u * COOP_THREADS);
-    var next_b_0 = load_b4(bases.b, col0, k_begin, k_end, lid + 0u * COOP_THREADS);
-    var next_b_1 = load_b4(bases.b, col0, k_begin, k_end, lid + 1u * COOP_THREADS);
-    var next_b_2 = load_b4(bases.b, col0, k_begin, k_end, lid + 2u * COOP_THREADS);
-    var next_b_3 = load_b4(bases.b, col0, k_begin, k_end, lid + 3u * COOP_THREADS);
-    var next_b_4 = load_b4(bases.b, col0, k_begin, k_end, lid + 4u * COOP_THREADS);
-    var next_b_5 = load_b4(bases.b, col0, k_begin, k_end, lid + 5u * COOP_THREADS);
-    var next_b_6 = load_b4(bases.b, col0, k_begin, k_end, lid + 6u * COOP_THREADS);
-    var next_b_7 = load_b4(bases.b, col0, k_begin, k_end, lid + 7u * COOP_THREADS);
+    // The thread's operands of each step, read into registers during the step before, so that
+    // their device-memory latency overlaps that step's multiply-adds.
+    var next_a = load_groups_a(bases.a, row0, k_begin, k_end, lid);
+    var next_b = load_groups_b(bases.b, col0, k_begin, k_end, lid);
     for (var k0 = k_begin; k0 < k_end; k0 += COOP_K) {
-        stage_groups(lid + 0u * COOP_THREADS, next_a_0, next_b_0);
-        stage_groups(lid + 1u * COOP_THREADS, next_a_1, next_b_1);
-        stage_groups(lid + 2u * COOP_THREADS, next_a_2, next_b_2);
-        stage_groups(lid + 3u * COOP_THREADS, next_a_3, next_b_3);
-        stage_groups(lid + 4u * COOP_THREADS, next_a_4, next_b_4);
-        stage_groups(lid + 5u * COOP_THREADS, next_a_5, next_b_5);
-        stage_groups(lid + 6u * COOP_THREADS, next_a_6, next_b_6);
-        stage_groups(lid + 7u * COOP_THREADS, next_a_7, next_b_7);
+        stage_groups(next_a, next_b, lid);
         workgroupBarrier();
         // The next step's (beyond k_end: zeros, never staged).
-        let k_next = k0 + COOP_K;
-        next_a_0 = load_a4(bases.a, row0, k_next, k_end, lid + 0u * COOP_THREADS);
-        next_a_1 = load_a4(bases.a, row0, k_next, k_end, lid + 1u * COOP_THREADS);
-        next_a_2 = load_a4(bases.a, row0, k_next, k_end, lid + 2u * COOP_THREADS);
-        next_a_3 = load_a4(bases.a, row0, k_next, k_end, lid + 3u * COOP_THREADS);
-        next_a_4 = load_a4(bases.a, row0, k_next, k_end, lid + 4u * COOP_THREADS);
-        next_a_5 = load_a4(bases.a, row0, k_next, k_end, lid + 5u * COOP_THREADS);
-        next_a_6 = load_a4(bases.a, row0, k_next, k_end, lid + 6u * COOP_THREADS);
-        next_a_7 = load_a4(bases.a, row0, k_next, k_end, lid + 7u * COOP_THREADS);
-        next_b_0 = load_b4(bases.b, col0, k_next, k_end, lid + 0u * COOP_THREADS);
-        next_b_1 = load_b4(bases.b, col0, k_next, k_end, lid + 1u * COOP_THREADS);
-        next_b_2 = load_b4(bases.b, col0, k_next, k_end, lid + 2u * COOP_THREADS);
-        next_b_3 = load_b4(bases.b, col0, k_next, k_end, lid + 3u * COOP_THREADS);
-        next_b_4 = load_b4(bases.b, col0, k_next, k_end, lid + 4u * COOP_THREADS);
-        next_b_5 = load_b4(bases.b, col0, k_next, k_end, lid + 5u * COOP_THREADS);
-        next_b_6 = load_b4(bases.b, col0, k_next, k_end, lid + 6u * COOP_THREADS);
-        next_b_7 = load_b4(bases.b, col0, k_next, k_end, lid + 7u * COOP_THREADS);
+        next_a = load_groups_a(bases.a, row0, k0 + COOP_K, k_end, lid);
+        next_b = load_groups_b(bases.b, col0, k0 + COOP_K, k_end, lid);
         let a_0 = coopLoadT<coop_mat16x16<f16, A>>(&staged_a[0u * COOP_SIDE * COOP_K], COOP_K);
         let a_1 = coopLoadT<coop_mat16x16<f16, A>>(&staged_a[1u * COOP_SIDE * COOP_K], COOP_K);
         let a_2 = coopLoadT<coop_mat16x16<f16, A>>(&staged_a[2u * COOP_SIDE * COOP_K], COOP_K);
