@@ -78,14 +78,16 @@ pub struct LayerNormGrads<'a, T: ?Sized> {
     pub accumulate_dx: bool,
 }
 
-/// Global-norm clipping inside [`Backend::adam_update`]: with `n = sqrt(Σ squared_norms)`,
-/// the gradient is multiplied by `1/(n/max_norm)` when `n > max_norm` (microsoft/DeBERTa's
+/// Global-norm clipping inside [`Backend::adam_update`]: with `n = sqrt(squared_norm[0])`, the
+/// gradient is multiplied by `1/(n/max_norm)` when `n > max_norm` (microsoft/DeBERTa's
 /// `Fp16Optimizer._grad_scale`; no `+1e-6`, see [`crate::kernels::clip_coefficient`]). The
-/// coefficient is computed on the device from the per-parameter squared norms, so clipping
-/// needs no readback; the sum is accumulated in `f64` on the CPU and by a tree on a GPU.
+/// coefficient is computed on the device from a device scalar, so clipping needs no readback;
+/// an optimizer sums its per-parameter squared norms into that scalar once per update (see
+/// [`crate::train::Optimizer`]), not once per parameter.
 pub struct Clip<'a, T> {
-    /// One `Σ g²` per parameter of the optimizer (see [`Backend::sum_of_squares`]).
-    pub squared_norms: &'a T,
+    /// `Σ g²` over every parameter of the optimizer, in element 0 (the [`Backend::sum`] of
+    /// the per-parameter [`Backend::sums_of_squares`]).
+    pub squared_norm: &'a T,
     /// The largest allowed global norm.
     pub max_norm: f32,
 }
@@ -440,13 +442,10 @@ pub trait Backend {
         index: usize,
         alpha: f32,
     ) -> Result<(), Error>;
-    /// `out[index] = Σ x²` (a device scalar; summed in a fixed order).
-    fn sum_of_squares(
-        &self,
-        x: &Self::Tensor,
-        out: &mut Self::Tensor,
-        index: usize,
-    ) -> Result<(), Error>;
+    /// `out[i] = Σ xs[i]²` for every tensor of `xs` (device scalars, each summed in a fixed
+    /// order; one call for many tensors, so that a backend can share their work, as an
+    /// optimizer's gradient norms do).
+    fn sums_of_squares(&self, xs: &[&Self::Tensor], out: &mut Self::Tensor) -> Result<(), Error>;
     /// One Adam/XAdam update of a parameter and its moments, the gradient scaled by `clip`'s
     /// coefficient when given.
     fn adam_update(

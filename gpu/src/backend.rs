@@ -491,16 +491,11 @@ impl Backend for WgpuBackend {
         index: usize,
         alpha: f32,
     ) -> Result<(), Error> {
-        reduce::sum(&self.gpu, "sum", x, out, index, alpha, false)
+        reduce::sum(&self.gpu, x, out, index, alpha)
     }
 
-    fn sum_of_squares(
-        &self,
-        x: &GpuTensor,
-        out: &mut GpuTensor,
-        index: usize,
-    ) -> Result<(), Error> {
-        reduce::sum(&self.gpu, "sum_of_squares", x, out, index, 1.0, true)
+    fn sums_of_squares(&self, xs: &[&GpuTensor], out: &mut GpuTensor) -> Result<(), Error> {
+        reduce::sums_of_squares(&self.gpu, xs, out)
     }
 
     fn adam_update(

@@ -904,12 +904,20 @@ fn losses<B: Backend>(b: &B, rows: usize, vocab: usize, seed: u64) -> Vec<Vec<f3
     ]
 }
 
+/// A sum, and the sums of squares of three tensors of `n`, `n/3` and `2n + 1` elements in one
+/// call (one, two or three stages each).
 fn sums<B: Backend>(b: &B, n: usize, seed: u64) -> Vec<Vec<f32>> {
     let x = up(b, &data(n, seed, 1.0));
     let mut out = b.zeros(3).unwrap();
     b.sum(&x, &mut out, 1, 0.5).unwrap();
-    b.sum_of_squares(&x, &mut out, 2).unwrap();
-    vec![down(b, &out)]
+    let others = [
+        up(b, &data(n / 3, seed + 1, 2.0)),
+        up(b, &data(2 * n + 1, seed + 2, 0.5)),
+    ];
+    let mut squares = b.zeros(4).unwrap();
+    b.sums_of_squares(&[&x, &others[0], &others[1]], &mut squares)
+        .unwrap();
+    vec![down(b, &out), down(b, &squares)]
 }
 
 fn dropouts<B: Backend>(b: &B, n: usize, p: f32, stream: RandomStream) -> Vec<Vec<f32>> {
@@ -946,7 +954,7 @@ fn adams<B: Backend>(
     let mut m = up(b, &data(n, seed + 2, 0.1));
     let v_host: Vec<f32> = data(n, seed + 3, 0.1).iter().map(|v| v.abs()).collect();
     let mut v = up(b, &v_host);
-    let norms = up(b, &[0.5, 2.0, 1.25]);
+    let squared_norm = up(b, &[3.75]);
     let spec = AdamSpec {
         lr: 0.01,
         beta1: 0.9,
@@ -957,7 +965,7 @@ fn adams<B: Backend>(
         grad_scale: 0.5,
     };
     let clip = clip.map(|max_norm| Clip {
-        squared_norms: &norms,
+        squared_norm: &squared_norm,
         max_norm,
     });
     b.adam_update(&mut param, &grad, (&mut m, &mut v), spec, clip)
@@ -1264,8 +1272,34 @@ fn sum_of_squares_error<B: Backend>(b: &B, n: usize) -> f64 {
         .collect();
     let exact: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
     let mut out = b.zeros(1).unwrap();
-    b.sum_of_squares(&up(b, &x), &mut out, 0).unwrap();
+    b.sums_of_squares(&[&up(b, &x)], &mut out).unwrap();
     (f64::from(down(b, &out)[0]) - exact).abs() / exact
+}
+
+#[test]
+fn sums_of_squares_of_many_tensors_are_each_tensors_own_bit_for_bit() {
+    // One to four stages (1,025 elements: two; 1,048,577: three), empty and one-element
+    // tensors, in one call and one call each: the shared last stage adds nothing to any sum.
+    let Some(gpu) = gpu() else { return };
+    let sizes = [1_048_577, 0, 1, 1_024, 1_025, 5_000, 7];
+    let tensors: Vec<_> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| up(gpu, &data(n, 40 + i as u64, 3.0)))
+        .collect();
+    let all: Vec<_> = tensors.iter().collect();
+    let mut together = gpu.zeros(sizes.len()).unwrap();
+    gpu.sums_of_squares(&all, &mut together).unwrap();
+    let together = down(gpu, &together);
+    for (i, tensor) in tensors.iter().enumerate() {
+        let mut alone = up(gpu, &[f32::NAN; 3]);
+        gpu.sums_of_squares(&[tensor], &mut alone).unwrap();
+        let alone = down(gpu, &alone);
+        assert_eq!(together[i].to_bits(), alone[0].to_bits(), "tensor {i}");
+        assert!(alone[1].is_nan(), "only element 0 is written");
+    }
+    let mut short = gpu.zeros(sizes.len() - 1).unwrap();
+    assert!(gpu.sums_of_squares(&all, &mut short).is_err());
 }
 
 #[test]

@@ -643,10 +643,11 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn sum_of_squares(&self, x: &Vec<f32>, out: &mut Vec<f32>, index: usize) -> Result<(), Error> {
-        check_range("sum_of_squares", index, 1, out.len())?;
-        let total = sum_pieces(x, PIECE, kernels::sum_of_squares_f64);
-        out[index] = total as f32;
+    fn sums_of_squares(&self, xs: &[&Vec<f32>], out: &mut Vec<f32>) -> Result<(), Error> {
+        check_range("sums_of_squares", 0, xs.len(), out.len())?;
+        for (x, out) in xs.iter().zip(out.iter_mut()) {
+            *out = sum_pieces(x, PIECE, kernels::sum_of_squares_f64) as f32;
+        }
         Ok(())
     }
 
@@ -659,11 +660,10 @@ impl Backend for CpuBackend {
         clip: Option<Clip<'_, Vec<f32>>>,
     ) -> Result<(), Error> {
         let coefficient = match clip {
-            // The per-parameter sums (each accumulated in f64), added in order in f64.
-            Some(clip) => kernels::clip_coefficient(
-                clip.squared_norms.iter().map(|&s| f64::from(s)).sum(),
-                clip.max_norm,
-            ),
+            Some(clip) => {
+                check_range("adam_update", 0, 1, clip.squared_norm.len())?;
+                kernels::clip_coefficient(f64::from(clip.squared_norm[0]), clip.max_norm)
+            }
             None => 1.0,
         };
         let spec = AdamSpec {

@@ -73,6 +73,8 @@ pub struct Optimizer<T> {
     pub step: u64,
     /// `Σ g²` per parameter of the last update.
     norms: T,
+    /// One element: the sum of `norms`, the clipping coefficient's input.
+    squared_norm: T,
     /// The loss scale of the gradients `norms` measured (1 without loss scaling).
     measured_scale: f32,
 }
@@ -97,6 +99,7 @@ impl<T> Optimizer<T> {
             v: params.iter().map(zeros).collect::<Result<_, _>>()?,
             step: 0,
             norms: backend.zeros(params.len().max(1))?,
+            squared_norm: backend.zeros(1)?,
             measured_scale: 1.0,
         })
     }
@@ -161,10 +164,8 @@ impl<T> Optimizer<T> {
         loss_scale: f32,
     ) -> Result<(), Error> {
         self.measured_scale = loss_scale;
-        for (i, id) in self.params.iter().enumerate() {
-            backend.sum_of_squares(grads.get(*id), &mut self.norms, i)?;
-        }
-        Ok(())
+        let each: Vec<&T> = self.params.iter().map(|id| grads.get(*id)).collect();
+        backend.sums_of_squares(&each, &mut self.norms)
     }
 
     /// One update from gradients `loss_scale` times the loss's, their norms measured.
@@ -177,6 +178,14 @@ impl<T> Optimizer<T> {
         loss_scale: f32,
     ) -> Result<(), Error> {
         self.step += 1;
+        // The global norm once for every parameter's update, on the device.
+        let clip = match self.config.max_grad_norm {
+            Some(max_norm) => {
+                backend.sum(&self.norms, &mut self.squared_norm, 0, 1.0)?;
+                Some(max_norm * loss_scale)
+            }
+            None => None,
+        };
         for (i, id) in self.params.iter().enumerate() {
             let spec = AdamSpec {
                 lr: lr(*id),
@@ -194,9 +203,9 @@ impl<T> Optimizer<T> {
                 },
                 grad_scale: 1.0 / loss_scale,
             };
-            let clip = self.config.max_grad_norm.map(|max_norm| Clip {
-                squared_norms: &self.norms,
-                max_norm: max_norm * loss_scale,
+            let clip = clip.map(|max_norm| Clip {
+                squared_norm: &self.squared_norm,
+                max_norm,
             });
             backend.adam_update(
                 weights.get_mut(*id),

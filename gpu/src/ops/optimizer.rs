@@ -1,11 +1,10 @@
-//! The Adam/XAdam update, with the global-norm clipping coefficient computed on the device.
+//! The Adam/XAdam update, with the global-norm clipping coefficient computed on the device
+//! from the optimizer's device scalar `Σ g²`.
 
 use deberta_core::Error;
-use deberta_core::backend::Clip;
+use deberta_core::backend::{Clip, check_range};
 use deberta_core::kernels::AdamSpec;
 
-use super::memory::alloc;
-use super::reduce::reduce_into;
 use super::{flag, word};
 use crate::device::Gpu;
 use crate::kernels::{ELEMENTWISE_WG, Kernel};
@@ -25,31 +24,16 @@ pub(crate) fn adam_update(
     let (m, v) = moments;
     spec.check(n, grad.len(), m.len(), v.len())?;
     let buffers = [gpu.buf(param)?, gpu.buf(m)?, gpu.buf(v)?, gpu.buf(grad)?];
-    // Σ squared norms into a one-element scratch buffer, read by every thread of the update.
-    let squared: Option<GpuTensor> = match &clip {
+    let squared_norm = match &clip {
         Some(clip) => {
-            let scratch: GpuTensor = alloc(gpu, 1)?;
-            let norms = gpu.buf(clip.squared_norms)?;
-            reduce_into(
-                gpu,
-                norms,
-                clip.squared_norms.len(),
-                false,
-                gpu.buf(&scratch)?,
-                0,
-                1.0,
-            )?;
-            Some(scratch)
+            check_range("adam_update", 0, 1, clip.squared_norm.len())?;
+            gpu.buf(clip.squared_norm)?
         }
-        None => None,
+        None => &gpu.absent_input,
     };
     if n == 0 {
         return Ok(());
     }
-    let squared_buffer = match &squared {
-        Some(s) => gpu.buf(s)?,
-        None => &gpu.absent_input,
-    };
     // The CPU kernel's constants, derived by the same function.
     let c = spec.constants();
     let params = AdamParams {
@@ -74,7 +58,7 @@ pub(crate) fn adam_update(
     gpu.dispatch(
         Kernel::AdamUpdate,
         &params,
-        &[param, m, v, grad, squared_buffer],
+        &[param, m, v, grad, squared_norm],
         gpu.grid_for(n, ELEMENTWISE_WG)?,
     )
 }

@@ -1,10 +1,11 @@
-//! Fixed-order sums: whole-tensor sums (`sum`, `sum_of_squares`, the clipping norm) and column
+//! Fixed-order sums: whole-tensor sums (`sum`, `sums_of_squares`, the clipping norm) and column
 //! sums (`sum_rows`, the LayerNorm γ/β gradients).
 
 use deberta_core::Error;
+use deberta_core::backend::check_range;
 use deberta_core::kernels::check_sum_rows;
 
-use super::memory::alloc;
+use super::memory::{alloc, zeros};
 use super::{flag, word};
 use crate::device::Gpu;
 use crate::kernels::{Kernel, PARAM_CHUNK_ROWS, ROW_WG, SUM_ITEMS};
@@ -16,7 +17,7 @@ use crate::tensor::GpuTensor;
 const PER_GROUP: usize = (ROW_WG * SUM_ITEMS) as usize;
 
 /// `dst[index] = alpha · Σ src[..n]` (of squares when `square`), in stages of fixed shape.
-pub(crate) fn reduce_into(
+fn reduce_into(
     gpu: &Gpu,
     src: &PooledBuffer,
     n: usize,
@@ -25,85 +26,142 @@ pub(crate) fn reduce_into(
     index: usize,
     alpha: f32,
 ) -> Result<(), Error> {
-    let mut groups = n.div_ceil(PER_GROUP).max(1);
-    let mut params = ReduceParams {
+    let params = ReduceParams {
         n: word(n)?,
         square: flag(square),
         dst_index: word(index)?,
         alpha,
         ..Default::default()
     };
-    if groups == 1 {
+    if n <= PER_GROUP {
         return gpu.dispatch(Kernel::ReduceSum, &params, &[dst, src], gpu.grid(1)?);
     }
-    // First stage: partial sums of src.
-    let mut partial: GpuTensor = alloc(gpu, groups)?;
-    let stage = ReduceParams {
-        dst_index: 0,
-        alpha: 1.0,
+    let partials: GpuTensor = alloc(gpu, partial_count(n))?;
+    let count = partials_into(gpu, src, n, square, gpu.buf(&partials)?, 0)?;
+    let last = ReduceParams {
+        n: word(count)?,
+        square: 0,
         ..params
     };
     gpu.dispatch(
         Kernel::ReduceSum,
-        &stage,
-        &[gpu.buf(&partial)?, src],
-        gpu.grid(groups as u64)?,
-    )?;
-    params.square = 0;
-    loop {
-        let n = groups;
-        groups = n.div_ceil(PER_GROUP);
-        params.n = word(n)?;
-        if groups == 1 {
-            return gpu.dispatch(
-                Kernel::ReduceSum,
-                &params,
-                &[dst, gpu.buf(&partial)?],
-                gpu.grid(1)?,
-            );
-        }
+        &last,
+        &[dst, gpu.buf(&partials)?],
+        gpu.grid(1)?,
+    )
+}
+
+/// How many partial sums [`partials_into`] leaves of `n` elements: at most [`PER_GROUP`].
+fn partial_count(n: usize) -> usize {
+    let mut count = n.div_ceil(PER_GROUP).max(1);
+    while count > PER_GROUP {
+        count = count.div_ceil(PER_GROUP);
+    }
+    count
+}
+
+/// Reduces `src[..n]` (of squares when `square`) in stages of [`PER_GROUP`] elements, at least
+/// one, until at most `PER_GROUP` partial sums remain, and writes those to
+/// `dst[index..][..count]`; returns `count` ([`partial_count`]). Their sum in `reduce_sum`'s
+/// order is [`reduce_into`]'s result, bit for bit.
+fn partials_into(
+    gpu: &Gpu,
+    src: &PooledBuffer,
+    n: usize,
+    square: bool,
+    dst: &PooledBuffer,
+    index: usize,
+) -> Result<usize, Error> {
+    let mut stage = ReduceParams {
+        n: word(n)?,
+        square: flag(square),
+        alpha: 1.0,
+        ..Default::default()
+    };
+    let mut groups = n.div_ceil(PER_GROUP).max(1);
+    // The stages before the last, each into a buffer of its own.
+    let mut partial: Option<GpuTensor> = None;
+    while groups > PER_GROUP {
         let next: GpuTensor = alloc(gpu, groups)?;
-        let stage = ReduceParams {
-            dst_index: 0,
-            alpha: 1.0,
-            ..params
+        let input = match &partial {
+            Some(partial) => gpu.buf(partial)?,
+            None => src,
         };
         gpu.dispatch(
             Kernel::ReduceSum,
             &stage,
-            &[gpu.buf(&next)?, gpu.buf(&partial)?],
+            &[gpu.buf(&next)?, input],
             gpu.grid(groups as u64)?,
         )?;
-        partial = next;
+        partial = Some(next);
+        stage.n = word(groups)?;
+        stage.square = 0;
+        groups = groups.div_ceil(PER_GROUP);
     }
+    let input = match &partial {
+        Some(partial) => gpu.buf(partial)?,
+        None => src,
+    };
+    stage.dst_index = word(index)?;
+    gpu.dispatch(
+        Kernel::ReduceSum,
+        &stage,
+        &[dst, input],
+        gpu.grid(groups as u64)?,
+    )?;
+    Ok(groups)
 }
 
-/// `out[index] = alpha · Σ x` (or `Σ x²`), the CPU backend's range check first.
+/// `out[index] = alpha · Σ x`, the CPU backend's range check first.
 pub(crate) fn sum(
     gpu: &Gpu,
-    kernel: &'static str,
     x: &GpuTensor,
     out: &mut GpuTensor,
     index: usize,
     alpha: f32,
-    square: bool,
 ) -> Result<(), Error> {
-    if index >= out.len() {
-        return Err(Error::BufferTooSmall {
-            kernel,
-            operand: "tensor",
-            needed: index.saturating_add(1),
-            len: out.len(),
-        });
-    }
+    check_range("sum", index, 1, out.len())?;
     reduce_into(
         gpu,
         gpu.buf(x)?,
         x.len(),
-        square,
+        false,
         gpu.buf(out)?,
         index,
         alpha,
+    )
+}
+
+/// `out[i] = Σ xs[i]²` for every tensor, the CPU backend's range check first. Each tensor's
+/// stages but the last run as in [`reduce_into`]; their partial sums go to row `i` of one
+/// zeroed `[xs.len(), PER_GROUP]` buffer, and one `reduce_sum` over its rows takes every
+/// tensor's last stage at once (a row's zeros past its partials add exactly nothing, so each
+/// sum is [`reduce_into`]'s, bit for bit).
+pub(crate) fn sums_of_squares(
+    gpu: &Gpu,
+    xs: &[&GpuTensor],
+    out: &mut GpuTensor,
+) -> Result<(), Error> {
+    check_range("sums_of_squares", 0, xs.len(), out.len())?;
+    let dst = gpu.buf(out)?;
+    if xs.is_empty() {
+        return Ok(());
+    }
+    let rows: GpuTensor = zeros(gpu, xs.len() * PER_GROUP)?;
+    let partials = gpu.buf(&rows)?;
+    for (i, x) in xs.iter().enumerate() {
+        partials_into(gpu, gpu.buf(x)?, x.len(), true, partials, i * PER_GROUP)?;
+    }
+    let last = ReduceParams {
+        n: word(rows.len())?,
+        alpha: 1.0,
+        ..Default::default()
+    };
+    gpu.dispatch(
+        Kernel::ReduceSum,
+        &last,
+        &[dst, partials],
+        gpu.grid(xs.len() as u64)?,
     )
 }
 

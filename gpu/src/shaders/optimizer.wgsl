@@ -1,5 +1,5 @@
 // The Adam/XAdam update with decoupled weight decay, the gradient scaled by the global-norm
-// clipping coefficient computed on the device from Σ of the per-parameter squared norms.
+// clipping coefficient computed on the device from the global Σ g² (one element).
 
 const ELEMENTWISE_WG: u32 = 256u;
 
@@ -31,7 +31,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> m: array<f32>;
 @group(0) @binding(3) var<storage, read_write> v: array<f32>;
 @group(0) @binding(4) var<storage, read> grad: array<f32>;
-// One element: Σ of the squared gradient norms (read when `has_clip`).
+// One element: Σ g² over every parameter of the optimizer (read when `has_clip`).
 @group(0) @binding(5) var<storage, read> squared_norm: array<f32>;
 
 @compute @workgroup_size(ELEMENTWISE_WG)
