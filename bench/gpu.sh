@@ -22,7 +22,9 @@
 #              allows, DEBERTA_WGPU_MATMUL_VECTOR_LOADS=off; label ours-wgpu-scalarloads; 0:
 #              not), SUBMIT_SWEEP (default 1: every forward and step with the recorded kernels
 #              submitted only when the host waits for a result instead of every 64,
-#              DEBERTA_WGPU_EARLY_SUBMIT=off; label ours-wgpu-latesubmit; 0: not), COOP_SWEEP
+#              DEBERTA_WGPU_EARLY_SUBMIT=off; label ours-wgpu-latesubmit; 0: not), PASS_SWEEP
+#              (default 1: every step with a compute pass per kernel instead of one per
+#              submission, DEBERTA_WGPU_SHARED_PASS=off; label ours-wgpu-passeach; 0: not), COOP_SWEEP
 #              (default 1: every f16 sgemm and mixed step with the f16 products on cooperative
 #              matrices where the adapter can run them, DEBERTA_WGPU_COOPERATIVE=on; label
 #              ours-wgpu-coop; 0: not), SUBGROUP_SWEEP=1 (every forward and step with the tree
@@ -139,6 +141,9 @@ variants() {
     if [ "${SUBMIT_SWEEP:-1}" = 1 ] && [ "$bench" != matmul ]; then
         echo "latesubmit DEBERTA_WGPU_EARLY_SUBMIT=off"
     fi
+    if [ "${PASS_SWEEP:-1}" = 1 ] && [ "$bench" = step ]; then
+        echo "passeach DEBERTA_WGPU_SHARED_PASS=off"
+    fi
     if [ "${COOP_SWEEP:-1}" = 1 ] && { [ "$precision" = f16 ] || [ "$precision" = mixed ]; }; then
         echo "coop DEBERTA_WGPU_COOPERATIVE=on"
     fi
@@ -249,7 +254,7 @@ rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 by = {r["label"]: r["result"] for r in rows}
 ours_sides = ("ours-wgpu", "ours-wgpu-tauto", "ours-wgpu-t128", "ours-wgpu-t64", "ours-wgpu-t32",
               "ours-wgpu-t128v", "ours-wgpu-t64v", "ours-wgpu-nosubgroups", "ours-wgpu-loopbounds",
-              "ours-wgpu-noprefetch", "ours-wgpu-scalarloads", "ours-wgpu-latesubmit",
+              "ours-wgpu-noprefetch", "ours-wgpu-scalarloads", "ours-wgpu-latesubmit", "ours-wgpu-passeach",
               "ours-wgpu-coop", "ours-cpu")
 for label, res in by.items():
     stem, side = label.rsplit(" ", 1)

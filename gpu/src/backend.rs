@@ -128,6 +128,12 @@ impl WgpuBackend {
         self.gpu.early_submission
     }
 
+    /// Whether the kernels of a submission share one compute pass
+    /// ([`DeviceOptions::shared_pass`]; `DEBERTA_WGPU_SHARED_PASS=off` turns it off).
+    pub fn shared_pass(&self) -> bool {
+        self.gpu.shared_pass
+    }
+
     /// Whether f16 products (mixed precision) run on cooperative matrices: the device was
     /// opened with them ([`DeviceOptions::cooperative_matrices`]; `DEBERTA_WGPU_COOPERATIVE=on`)
     /// on an adapter that can run the kernel.

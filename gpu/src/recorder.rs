@@ -4,6 +4,10 @@
 //! records the rest instead of idling until the next transfer; without early submission, when
 //! the batch fills the parameter arena — never one submission (or wait) per kernel.
 //!
+//! The kernels of a submission are recorded into one compute pass (ended by a transfer
+//! command or the submission), which halves the host's cost of recording and finishing them
+//! against a pass per kernel; timed kernels ([`KernelTimer`]) each get a pass of their own.
+//!
 //! Each dispatch's `Params` go into a host-side copy of the uniform arena at a fresh slot and
 //! are bound with a dynamic offset; the arena is written once, right before the submission that
 //! reads it. Bind groups are cached by kernel and buffer identity, so a training step that
@@ -41,6 +45,9 @@ type BindKey = (Kernel, [u64; MAX_BINDINGS]);
 /// The commands recorded since the last submission.
 #[derive(Debug, Default)]
 pub(crate) struct Recorder {
+    /// The open compute pass of the encoder (declared first, so that it ends before the
+    /// encoder is dropped).
+    pass: Option<wgpu::ComputePass<'static>>,
     encoder: Option<wgpu::CommandEncoder>,
     params: Vec<u8>,
     bind_groups: HashMap<BindKey, wgpu::BindGroup>,
@@ -108,16 +115,37 @@ impl Gpu {
                 entries: &entries,
             })
         });
-        let encoder = recorder
-            .encoder
-            .get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(kernel.entry()),
-            timestamp_writes: recorder.timer.as_mut().map(|timer| timer.next_pass(kernel)),
-        });
+        let timestamp_writes = recorder.timer.as_mut().map(|timer| timer.next_pass(kernel));
+        // The kernels of a submission share one compute pass, which only a transfer or the
+        // submission ends (wgpu still orders each dispatch after the writes it reads); a timed
+        // kernel is a pass of its own, its timestamps the pass's.
+        let own_pass = timestamp_writes.is_some() || !self.shared_pass;
+        if own_pass {
+            recorder.pass = None;
+        }
+        let pass = match &mut recorder.pass {
+            Some(pass) => pass,
+            None => {
+                let encoder = recorder
+                    .encoder
+                    .get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
+                let pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(if own_pass {
+                        kernel.entry()
+                    } else {
+                        "deberta kernels"
+                    }),
+                    timestamp_writes,
+                });
+                recorder.pass.insert(pass.forget_lifetime())
+            }
+        };
         pass.set_pipeline(&compiled.pipeline);
         pass.set_bind_group(0, &*bind_group, &[offset as u32]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        if own_pass {
+            recorder.pass = None;
+        }
         Ok(())
     }
 
@@ -127,6 +155,7 @@ impl Gpu {
         record: impl FnOnce(&mut wgpu::CommandEncoder),
     ) -> Result<(), Error> {
         let mut recorder = self.lock_recorder()?;
+        recorder.pass = None;
         let encoder = recorder
             .encoder
             .get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
@@ -183,6 +212,7 @@ impl Gpu {
     }
 
     fn submit(&self, recorder: &mut Recorder) -> Result<(), Error> {
+        recorder.pass = None;
         let Some(mut encoder) = recorder.encoder.take() else {
             recorder.params.clear();
             return Ok(());

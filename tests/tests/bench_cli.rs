@@ -231,6 +231,7 @@ fn info_prints_the_wgpu_kernel_options_the_environment_sets() {
             "COOPERATIVE",
             "MATMUL_PREFETCH",
             "MATMUL_VECTOR_LOADS",
+            "SHARED_PASS",
         ] {
             assert!(line.contains(&format!("DEBERTA_WGPU_{name} ")), "{line}");
         }
