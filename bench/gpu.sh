@@ -26,8 +26,8 @@
 #              (default 1: every step with a compute pass per kernel instead of one per
 #              submission, DEBERTA_WGPU_SHARED_PASS=off; label ours-wgpu-passeach; 0: not), COOP_SWEEP
 #              (default 1: every f16 sgemm and mixed step with the f16 products on cooperative
-#              matrices where the adapter can run them, DEBERTA_WGPU_COOPERATIVE=on; label
-#              ours-wgpu-coop; 0: not), SUBGROUP_SWEEP=1 (every forward and step with the tree
+#              matrices, DEBERTA_WGPU_COOPERATIVE=on, where `deberta info` lists an adapter
+#              with f16 cooperative matrices; label ours-wgpu-coop; 0: not), SUBGROUP_SWEEP=1 (every forward and step with the tree
 #              reductions instead of subgroup ones, DEBERTA_WGPU_SUBGROUPS=off; label
 #              ours-wgpu-nosubgroups), TILE_SWEEP=1 (every sgemm, forward and step with
 #              DEBERTA_WGPU_MATMUL_TILES set to auto, the occupancy rule instead of the default
@@ -144,7 +144,8 @@ variants() {
     if [ "${PASS_SWEEP:-1}" = 1 ] && [ "$bench" = step ]; then
         echo "passeach DEBERTA_WGPU_SHARED_PASS=off"
     fi
-    if [ "${COOP_SWEEP:-1}" = 1 ] && { [ "$precision" = f16 ] || [ "$precision" = mixed ]; }; then
+    if [ "${COOP_SWEEP:-1}" = 1 ] && { [ "$precision" = f16 ] || [ "$precision" = mixed ]; } &&
+        printf '%s\n' "$info" | grep -Eq 'f16 cooperative matrices [0-9]'; then
         echo "coop DEBERTA_WGPU_COOPERATIVE=on"
     fi
     if [ "${SUBGROUP_SWEEP:-0}" = 1 ] && [ "$bench" != matmul ]; then
