@@ -9,7 +9,7 @@ tokens, one per window of 6, all -> [MASK]. Prints training and held-out rows as
     pip install torch transformers numpy
     deberta pretrain --out runs/nano                     # the run whose tokens it reads
     python3 bench/pretrain_control.py --cache runs/nano/data/tokens.u16 --vocab 2000 \
-        --steps 1600 --lr 2e-3 --disc-lr 5e-4 --warmup 0.1 --eval-every 400 --eval-batches 8
+        --steps 10000 --lr 2e-3 --disc-lr 5e-4 --warmup 0.1 --eval-every 2000 --eval-batches 8
 """
 import argparse, json, math, time
 import numpy as np

@@ -33,7 +33,7 @@ pub struct RunArgs {
     /// TOML file of options (any of these flags, plus a `[model]` table).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Run length in optimizer steps; the horizon of the learning-rate schedule [nano: 1600].
+    /// Run length in optimizer steps; the horizon of the learning-rate schedule [every preset: 10000].
     #[arg(long, value_name = "N")]
     pub steps: Option<u64>,
     /// Sequences per optimizer step [nano: 16, others: 64].
