@@ -905,7 +905,7 @@ fn losses<B: Backend>(b: &B, rows: usize, vocab: usize, seed: u64) -> Vec<Vec<f3
 }
 
 /// A sum, and the sums of squares of three tensors of `n`, `n/3` and `2n + 1` elements in one
-/// call (one or two partial sums per tensor's row: up to 6,001 elements).
+/// call (up to six partial sums in a tensor's row: up to 5,999 elements).
 fn sums<B: Backend>(b: &B, n: usize, seed: u64) -> Vec<Vec<f32>> {
     let x = up(b, &data(n, seed, 1.0));
     let mut out = b.zeros(3).unwrap();
