@@ -259,6 +259,24 @@ pub trait Backend {
             }),
         }
     }
+    /// `C = α·A·B + β·C + bias` (`bias[j]` added to column j) for one product whose `C` is a
+    /// dense `[m, n]` (a linear layer's output; operand contract [`MatmulSpec::check_bias`]),
+    /// the products at `precision` as in [`Backend::matmul_reduced`]. The provided
+    /// implementation is [`Backend::matmul_reduced`] then [`Backend::add_bias`]; a backend may
+    /// add the bias as it stores `C` instead (the same sum, in the same order).
+    fn matmul_bias(
+        &self,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        bias: &Self::Tensor,
+        c: &mut Self::Tensor,
+        spec: &MatmulSpec,
+        precision: crate::Precision,
+    ) -> Result<(), Error> {
+        spec.check_bias(self.len(c), self.len(bias))?;
+        self.matmul_reduced(a, b, c, spec, precision)?;
+        self.add_bias(c, bias, spec.n)
+    }
     /// The products of [`Precision::Mixed`] training on this
     /// backend: a format [`Backend::matmul_reduced`] takes, or f32 where the backend has no
     /// narrower products (the provided implementation).

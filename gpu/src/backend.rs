@@ -134,6 +134,22 @@ impl WgpuBackend {
         self.gpu.shared_pass
     }
 
+    /// Whether products at `precision` ([`Precision::products`]) round their operands to f16:
+    /// f32 products do not, f16 ones do on a device with `SHADER_F16`, and the others are
+    /// [`Error::Unsupported`].
+    fn f16_operands(&self, precision: Precision) -> Result<bool, Error> {
+        match precision.products() {
+            Precision::F32 => Ok(false),
+            Precision::F16 if self.gpu.f16_products => Ok(true),
+            Precision::F16 => Err(Error::Unsupported {
+                what: "f16 products on this adapter (it lacks SHADER_F16)",
+            }),
+            _ => Err(Error::Unsupported {
+                what: "bf16 or int8 products on the wgpu backend",
+            }),
+        }
+    }
+
     /// Whether f16 products (mixed precision) run on cooperative matrices: the device was
     /// opened with them ([`DeviceOptions::cooperative_matrices`]; `DEBERTA_WGPU_COOPERATIVE=on`)
     /// on an adapter that can run the kernel.
@@ -262,7 +278,7 @@ impl Backend for WgpuBackend {
         c: &mut GpuTensor,
         spec: &MatmulSpec,
     ) -> Result<(), Error> {
-        matmul::matmul(&self.gpu, a, b, c, spec, false)
+        matmul::matmul(&self.gpu, [a, b], None, c, spec, false)
     }
 
     /// f16 where the device has `SHADER_F16` (see [`WgpuBackend::f16_products`]), else f32.
@@ -283,18 +299,25 @@ impl Backend for WgpuBackend {
         spec: &MatmulSpec,
         precision: Precision,
     ) -> Result<(), Error> {
-        match precision.products() {
-            Precision::F32 => matmul::matmul(&self.gpu, a, b, c, spec, false),
-            Precision::F16 if self.gpu.f16_products => {
-                matmul::matmul(&self.gpu, a, b, c, spec, true)
-            }
-            Precision::F16 => Err(Error::Unsupported {
-                what: "f16 products on this adapter (it lacks SHADER_F16)",
-            }),
-            _ => Err(Error::Unsupported {
-                what: "bf16 or int8 products on the wgpu backend",
-            }),
-        }
+        let f16_operands = self.f16_operands(precision)?;
+        matmul::matmul(&self.gpu, [a, b], None, c, spec, f16_operands)
+    }
+
+    /// The bias is added as the product's kernel stores C (the split-K sum's, for a split
+    /// product): no kernel of its own, and the same bits as [`Backend::add_bias`] after the
+    /// product.
+    fn matmul_bias(
+        &self,
+        a: &GpuTensor,
+        b: &GpuTensor,
+        bias: &GpuTensor,
+        c: &mut GpuTensor,
+        spec: &MatmulSpec,
+        precision: Precision,
+    ) -> Result<(), Error> {
+        spec.check_bias(c.len(), bias.len())?;
+        let f16_operands = self.f16_operands(precision)?;
+        matmul::matmul(&self.gpu, [a, b], Some(bias), c, spec, f16_operands)
     }
 
     fn add_assign(&self, x: &mut GpuTensor, y: &GpuTensor) -> Result<(), Error> {

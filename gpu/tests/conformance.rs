@@ -14,7 +14,7 @@ use deberta_core::kernels::{
     AdamSpec, LayerNormSpec, MatmulSpec, MatrixLayout, RelativeScoresSpec, SoftmaxSpec,
 };
 use deberta_core::random::RandomStream;
-use deberta_core::{Activation, Backend, CpuBackend, Error};
+use deberta_core::{Activation, Backend, CpuBackend, Error, Precision};
 use deberta_gpu::{AdapterChoice, DeviceOptions, MatmulTiles, WgpuBackend};
 use proptest::prelude::*;
 
@@ -478,6 +478,70 @@ fn split_k_weight_gradient_products_match_cpu() {
         let measured = own.measured_matmul_tiles();
         let split = measured.iter().find(|c| (c.m, c.n, c.k) == (m, n, k));
         assert_eq!(split.map(|c| c.tile), Some(64), "{measured:?}");
+    }
+}
+
+/// A linear layer's product `x[rows, input]·Wᵀ + b` with the bias added as C is stored
+/// (`matmul_bias`, into a C of stale values: β = 0 overwrites them), and the same product
+/// followed by `add_bias`.
+fn matmul_bias_case<B: Backend>(
+    b: &B,
+    [rows, input, output]: [usize; 3],
+    products: Precision,
+    seed: u64,
+) -> Vec<Vec<f32>> {
+    let x = up(b, &data(rows * input, seed, 1.0));
+    let weight = up(b, &data(output * input, seed + 1, 1.0));
+    let bias = up(b, &data(output, seed + 2, 1.0));
+    let spec = MatmulSpec::linear(rows, input, output);
+    let mut fused = up(b, &data(rows * output, seed + 3, 1.0));
+    b.matmul_bias(&x, &weight, &bias, &mut fused, &spec, products)
+        .unwrap();
+    let mut separate = b.zeros(rows * output).unwrap();
+    b.matmul_reduced(&x, &weight, &mut separate, &spec, products)
+        .unwrap();
+    b.add_bias(&mut separate, &bias, output).unwrap();
+    vec![down(b, &fused), down(b, &separate)]
+}
+
+/// `[rows, input, output]` of linear layers that take each path of a product: the
+/// one-thread-per-output kernel (6 rows), tiled kernels with partial tiles, and a deep
+/// product with few outputs that the rule splits along k (the bias then added by the sum of
+/// the pieces).
+const LINEAR_SHAPES: [[usize; 3]; 4] = [[6, 40, 50], [97, 37, 130], [300, 40, 260], [40, 1500, 48]];
+
+#[test]
+fn matmul_bias_matches_cpu_and_is_the_product_then_add_bias_bit_for_bit() {
+    let Some(gpu) = gpu() else {
+        return;
+    };
+    for (shape, seed) in LINEAR_SHAPES.into_iter().zip(40..) {
+        // Inputs in [-1, 1]: |x·w| ≤ input, plus the bias.
+        let tol = TOL * (shape[1] + 1) as f32;
+        conform!(matmul_bias_case(shape, Precision::F32, seed), vec![tol]);
+    }
+    // Under every tile policy, and with f16 products where the device has them: the fused bias
+    // gives the bits of the separate kernel after the same product.
+    let own = WgpuBackend::new(AdapterChoice::default()).expect("second device");
+    let precisions = match gpu.f16_products() {
+        true => vec![Precision::F32, Precision::F16],
+        false => vec![Precision::F32],
+    };
+    for tiles in MatmulTiles::ALL {
+        own.set_matmul_tiles(tiles);
+        for (&products, (shape, seed)) in precisions
+            .iter()
+            .flat_map(|p| LINEAR_SHAPES.into_iter().zip(50..).map(move |s| (p, s)))
+        {
+            let [fused, separate] = &matmul_bias_case(&own, shape, products, seed)[..] else {
+                unreachable!("two outputs")
+            };
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            assert!(
+                bits(fused) == bits(separate),
+                "{tiles:?}, {products:?}, {shape:?}: the fused bias gives other bits"
+            );
+        }
     }
 }
 
@@ -1072,6 +1136,37 @@ fn short_buffer_errors<B: Backend>(b: &B) -> Vec<Error> {
         b.matmul(&a, &bb, &mut c, &MatmulSpec::dense(2, 2, 3))
             .unwrap_err(),
         b.add_bias(&mut c, &a, 6).unwrap_err(),
+        // A bias shorter than C's rows, a batched product, a C longer than [m, n].
+        b.matmul_bias(
+            &bb,
+            &bb,
+            &up(b, &[0.0]),
+            &mut c,
+            &MatmulSpec::linear(2, 3, 2),
+            Precision::F32,
+        )
+        .unwrap_err(),
+        b.matmul_bias(
+            &bb,
+            &bb,
+            &bb,
+            &mut c,
+            &MatmulSpec {
+                batch: [2, 1],
+                ..MatmulSpec::linear(1, 3, 2)
+            },
+            Precision::F32,
+        )
+        .unwrap_err(),
+        b.matmul_bias(
+            &bb,
+            &bb,
+            &bb,
+            &mut small,
+            &MatmulSpec::linear(1, 3, 2),
+            Precision::F32,
+        )
+        .unwrap_err(),
         b.write(&mut c, 3, &[1.0, 2.0]).unwrap_err(),
         b.download(&c, &mut [0.0; 5]).unwrap_err(),
         b.sum(&a, &mut out, 2, 1.0).unwrap_err(),

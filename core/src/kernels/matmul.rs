@@ -204,6 +204,37 @@ impl MatmulSpec {
         }
         Ok(())
     }
+
+    /// The operand contract of [`Backend::matmul_bias`](crate::Backend::matmul_bias) (every
+    /// backend's), besides [`MatmulSpec::check`]: one product whose `C` is the dense row-major
+    /// `[m, n]` of all of its `c_len` elements (a linear layer's output), and a `bias` of `n`.
+    pub fn check_bias(&self, c_len: usize, bias_len: usize) -> Result<(), Error> {
+        require("matmul_bias", "bias", self.n, bias_len)?;
+        let entries = product("matmul_bias", &self.batch)?;
+        if entries != 1 {
+            return Err(Error::ShapeMismatch {
+                what: "matmul_bias batch entries",
+                expected: 1,
+                found: entries,
+            });
+        }
+        if self.c != MatrixLayout::row_major(self.n) {
+            return Err(Error::ShapeMismatch {
+                what: "matmul_bias output layout (dense row-major from element 0): row stride",
+                expected: self.n,
+                found: self.c.row_stride,
+            });
+        }
+        let elements = self.m.saturating_mul(self.n);
+        if c_len != elements {
+            return Err(Error::ShapeMismatch {
+                what: "matmul_bias output elements (m·n)",
+                expected: elements,
+                found: c_len,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A block of a product: one batch entry and a rectangle of its output.
@@ -648,5 +679,38 @@ mod tests {
         };
         matmul(&[], &[], &mut c, &spec).unwrap();
         assert_eq!(c, [1.0; 4]);
+    }
+
+    #[test]
+    fn a_bias_needs_one_dense_output_and_a_value_per_column() {
+        let linear = MatmulSpec::linear(3, 5, 4);
+        assert_eq!(linear.check_bias(12, 4), Ok(()));
+        assert_eq!(linear.check_bias(12, 9), Ok(()));
+        assert!(matches!(
+            linear.check_bias(12, 3),
+            Err(Error::BufferTooSmall {
+                operand: "bias",
+                needed: 4,
+                len: 3,
+                ..
+            })
+        ));
+        // C longer than [m, n], a batched product, C at an offset or transposed.
+        assert!(matches!(
+            linear.check_bias(13, 4),
+            Err(Error::ShapeMismatch {
+                expected: 12,
+                found: 13,
+                ..
+            })
+        ));
+        let batched = MatmulSpec {
+            batch: [1, 2],
+            ..linear
+        };
+        assert!(batched.check_bias(12, 4).is_err());
+        for c in [linear.c.at(1), linear.c.transposed()] {
+            assert!(MatmulSpec { c, ..linear }.check_bias(12, 4).is_err());
+        }
     }
 }

@@ -290,15 +290,13 @@ impl DisentangledSelfAttention {
             let mut out = backend.zeros(rows * self.width())?;
             let mut spec = MatmulSpec::linear(rows, linear.input, linear.output);
             spec.a = spec.a.at(first_row * linear.input);
-            backend.matmul_reduced(
-                rel,
-                params.get(linear.weight),
-                &mut out,
-                &spec,
-                params.products(),
-            )?;
-            if let Some(bias) = linear.bias {
-                backend.add_bias(&mut out, params.get(bias), linear.output)?;
+            let (weight, products) = (params.get(linear.weight), params.products());
+            match linear.bias {
+                Some(bias) => {
+                    let bias = params.get(bias);
+                    backend.matmul_bias(rel, weight, bias, &mut out, &spec, products)?;
+                }
+                None => backend.matmul_reduced(rel, weight, &mut out, &spec, products)?,
             }
             Ok(out)
         };

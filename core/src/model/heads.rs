@@ -8,7 +8,7 @@ use super::modules::{LayerNorm, Linear};
 use super::params::{Init, ParamId, ParamLayout, ParamStore};
 use crate::backend::Backend;
 use crate::kernels::{MatmulSpec, MatrixLayout};
-use crate::{Activation, Error, ModelConfig};
+use crate::{Activation, Error, ModelConfig, Precision};
 
 /// Which state-dict layout an MLM head uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,13 +168,14 @@ impl MlmHead {
             rows,
         )?;
         let width = self.dense.output;
-        backend.matmul(
+        backend.matmul_bias(
             &acts.normed,
             params.get(self.decoder),
+            params.get(self.bias),
             &mut acts.logits,
             &MatmulSpec::linear(rows, width, self.vocab),
-        )?;
-        backend.add_bias(&mut acts.logits, params.get(self.bias), self.vocab)
+            Precision::F32,
+        )
     }
 
     /// Backward from `scratch.dlogits`: adds to the head's gradients, to the tied word

@@ -63,13 +63,14 @@ impl Linear {
             Some(packed) => backend.matmul_packed(x, packed, out, rows)?,
             None => {
                 let spec = MatmulSpec::linear(rows, self.input, self.output);
-                backend.matmul_reduced(
-                    x,
-                    params.get(self.weight),
-                    out,
-                    &spec,
-                    params.products(),
-                )?;
+                let weight = params.get(self.weight);
+                return match self.bias {
+                    Some(bias) => {
+                        let bias = params.get(bias);
+                        backend.matmul_bias(x, weight, bias, out, &spec, params.products())
+                    }
+                    None => backend.matmul_reduced(x, weight, out, &spec, params.products()),
+                };
             }
         }
         if let Some(bias) = self.bias {

@@ -43,15 +43,22 @@ struct Params {
     // starts on a vec4.
     a_vector_loads: u32,
     b_vector_loads: u32,
+    // 1: `bias[col]` is added to every output as it is stored (a linear layer's bias).
+    has_bias: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> c: array<f32>;
-@group(0) @binding(2) var<storage, read> a: array<f32>;
-@group(0) @binding(3) var<storage, read> b: array<f32>;
+// n elements where `has_bias` (else any buffer, not read).
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read> a: array<f32>;
+@group(0) @binding(4) var<storage, read> b: array<f32>;
 // The same buffers as A and B, read four elements at a time (`load_a4`, `load_b4`).
-@group(0) @binding(4) var<storage, read> a4: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> b4: array<vec4<f32>>;
 
 struct Bases {
     a: u32,
@@ -69,13 +76,18 @@ fn batch_bases(entry: u32) -> Bases {
     );
 }
 
+// C's element (row, col) from the sum `acc`: α·acc (+ β·C) (+ bias[col]), each addition
+// rounded as the separate kernels round it.
 fn store_output(base: u32, row: u32, col: u32, acc: f32) {
     let idx = base + row * params.c_row_stride + col * params.c_col_stride;
-    if (params.beta == 0.0) {
-        c[idx] = params.alpha * acc;
-    } else {
-        c[idx] = params.alpha * acc + params.beta * c[idx];
+    var out = params.alpha * acc;
+    if (params.beta != 0.0) {
+        out += params.beta * c[idx];
     }
+    if (params.has_bias != 0u) {
+        out += bias[col];
+    }
+    c[idx] = out;
 }
 
 // What one workgroup of a tiled kernel computes: its batch entry's bases and the range of k it
