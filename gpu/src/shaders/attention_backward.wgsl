@@ -215,16 +215,44 @@ fn accumulate_band(acc: ptr<function, array<vec4<f32>, 8>>, g: u32, ti: u32, tj:
 // against other rows other0 .. other0 + count to that row's table gradient, which starts at
 // `dtable[table]`: term by term in order, each to the window row of its pair (one thread per
 // owned row; terms that are exactly 0, e.g. of masked pairs, are skipped).
+//
+// Four terms at a time: their window rows' values are all read before any is written, so that
+// the four reads are in flight together instead of each waiting for the write before it (a
+// compiler cannot move a read of device memory above a write that may alias it, and on a GPU
+// every read-modify-write would otherwise cost a full memory latency). Terms of one group may
+// share a window row (log buckets): each row's value then takes the group's terms of that row
+// in order, as the term-by-term loop adds them, and every term of the row stores the same sum.
 fn add_table_row(table: u32, own: u32, own_row: u32, other0: u32, count: u32,
                  query_owned: bool) {
-    for (var u = 0u; u < count; u += 1u) {
-        let x = coefficient(own, u);
-        if (x != 0.0) {
-            var r = relative_index(other0 + u, own_row);
-            if (query_owned) {
-                r = relative_index(own_row, other0 + u);
+    for (var u0 = 0u; u0 < count; u0 += 4u) {
+        var x = vec4<f32>(0.0);
+        var r = vec4<u32>(0u);
+        for (var q = 0u; q < 4u; q += 1u) {
+            let u = u0 + q;
+            if (u < count) {
+                x[q] = coefficient(own, u);
+                r[q] = relative_index(other0 + u, own_row);
+                if (query_owned) {
+                    r[q] = relative_index(own_row, other0 + u);
+                }
             }
-            dtable[table + r] += x;
+        }
+        var v = vec4<f32>(0.0);
+        for (var q = 0u; q < 4u; q += 1u) {
+            if (x[q] != 0.0) {
+                v[q] = dtable[table + r[q]];
+            }
+        }
+        for (var q = 0u; q < 4u; q += 1u) {
+            if (x[q] != 0.0) {
+                var sum = v[q];
+                for (var t = 0u; t < 4u; t += 1u) {
+                    if (x[t] != 0.0 && r[t] == r[q]) {
+                        sum += x[t];
+                    }
+                }
+                dtable[table + r[q]] = sum;
+            }
         }
     }
 }
