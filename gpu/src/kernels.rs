@@ -18,6 +18,9 @@ pub(crate) const MATMUL_THREADS: u32 = 16;
 pub(crate) const TILE_K: u32 = 16;
 /// Elements each thread of `reduce_sum` adds before the tree.
 pub(crate) const SUM_ITEMS: u32 = 8;
+/// Tensors whose squares one `reduce_squares_many` dispatch sums (its bindings: these and the
+/// partials, WebGPU's default limit of eight storage buffers per shader stage).
+pub(crate) const SUM_SOURCES: u32 = 7;
 /// Rows per partial sum of the LayerNorm γ/β gradients (and of `sum_rows`).
 pub(crate) const PARAM_CHUNK_ROWS: u32 = 64;
 /// Queries (and keys) per tile of the fused attention.
@@ -76,6 +79,8 @@ pub(crate) enum Shader {
     RelativeScores,
     Embedding,
     Reduce,
+    /// The first stage of many sums at once (`reduce_many.wgsl`).
+    ReduceMany,
     Loss,
     Optimizer,
     Dropout,
@@ -136,6 +141,7 @@ impl Shader {
             Shader::RelativeScores => include_str!("shaders/relative_scores.wgsl"),
             Shader::Embedding => include_str!("shaders/embedding.wgsl"),
             Shader::Reduce => return reducing(include_str!("shaders/reduce.wgsl")),
+            Shader::ReduceMany => return reducing(&reduce_many_source()),
             Shader::Loss => return reducing(include_str!("shaders/loss.wgsl")),
             Shader::Optimizer => include_str!("shaders/optimizer.wgsl"),
             Shader::Dropout => concat!(
@@ -190,6 +196,7 @@ impl Shader {
             Shader::RelativeScores => size_of::<RelativeParams>(),
             Shader::Embedding => size_of::<EmbeddingParams>(),
             Shader::Reduce => size_of::<ReduceParams>(),
+            Shader::ReduceMany => size_of::<ReduceManyParams>(),
             Shader::Loss => size_of::<LossParams>(),
             Shader::Optimizer => size_of::<AdamParams>(),
             Shader::Dropout => size_of::<DropoutParams>(),
@@ -199,6 +206,39 @@ impl Shader {
             | Shader::AttentionBackwardKey => size_of::<AttentionParams>(),
         }) as u64
     }
+}
+
+/// `reduce_many.wgsl` with its `// @sources` line written out for [`SUM_SOURCES`] sources: their
+/// bindings and `source_squares`, one case (with its own loop over the thread's elements, as
+/// `reduce_sum` sums them) per source.
+fn reduce_many_source() -> String {
+    use std::fmt::Write;
+    let mut sources = String::new();
+    for t in 0..SUM_SOURCES {
+        let _ = writeln!(
+            sources,
+            "@group(0) @binding({}) var<storage, read> src{t}: array<f32>;",
+            t + 2
+        );
+    }
+    sources.push_str(
+        "fn source_squares(t: u32, first: u32, n: u32, lid: u32) -> f32 {\n    var s = 0.0;\n    switch t {\n",
+    );
+    for t in 0..SUM_SOURCES {
+        let case = match t + 1 == SUM_SOURCES {
+            true => "default".to_string(),
+            false => format!("case {t}u"),
+        };
+        let _ = writeln!(
+            sources,
+            "        {case}: {{\n            for (var q = 0u; q < SUM_ITEMS; q += 1u) {{\n                \
+             let e = first + q * ROW_WG + lid;\n                if (e < n) {{\n                    \
+             let v = src{t}[e];\n                    s += v * v;\n                }}\n            \
+             }}\n        }}"
+        );
+    }
+    sources.push_str("    }\n    return s;\n}\n");
+    include_str!("shaders/reduce_many.wgsl").replace("// @sources\n", &sources)
 }
 
 /// How a kernel binds a storage buffer.
@@ -316,6 +356,8 @@ kernels! {
     EmbeddingBackward => Embedding, "embedding_backward", [W, R, R];
     /// One stage of a sum: partials, input.
     ReduceSum => Reduce, "reduce_sum", [W, R];
+    /// The first stage of up to `SUM_SOURCES` sums of squares: partials, the sources.
+    ReduceSquaresMany => ReduceMany, "reduce_squares_many", [W, R, R, R, R, R, R, R];
     /// Column sums over row chunks: out, input.
     SumColumns => Reduce, "sum_columns", [W, R];
     /// losses, dlogits, logits, targets.
@@ -408,6 +450,7 @@ mod tests {
             Shader::LayerNorm,
             Shader::Softmax,
             Shader::Reduce,
+            Shader::ReduceMany,
             Shader::Loss,
         ];
         for &kernel in Kernel::ALL {
@@ -490,6 +533,7 @@ mod tests {
                     Shader::LayerNorm,
                     Shader::Softmax,
                     Shader::Reduce,
+                    Shader::ReduceMany,
                     Shader::Loss,
                 ],
             ),
@@ -497,7 +541,12 @@ mod tests {
             ("COOP_THREADS", COOP_THREADS, &[Shader::MatmulCooperative]),
             ("COOP_TILE", COOP_TILE, &[Shader::MatmulCooperative]),
             ("TILE_K", TILE_K, MATMULS),
-            ("SUM_ITEMS", SUM_ITEMS, &[Shader::Reduce]),
+            (
+                "SUM_ITEMS",
+                SUM_ITEMS,
+                &[Shader::Reduce, Shader::ReduceMany],
+            ),
+            ("SUM_SOURCES", SUM_SOURCES, &[Shader::ReduceMany]),
             ("PARAM_CHUNK_ROWS", PARAM_CHUNK_ROWS, &[Shader::LayerNorm]),
             ("ATTN_TILE", ATTN_TILE, ATTENTION),
             ("ATTN_THREADS", ATTN_THREADS, ATTENTION),
@@ -621,6 +670,7 @@ mod tests {
             RelativeParams,
             EmbeddingParams,
             ReduceParams,
+            ReduceManyParams,
             LossParams,
             AdamParams,
             DropoutParams,

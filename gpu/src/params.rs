@@ -150,6 +150,19 @@ params! {
 }
 
 params! {
+    /// `reduce_many.wgsl`.
+    ReduceManyParams mirrors crate::kernels::Shader::ReduceMany => {
+        n: [u32; 8],
+        row: [u32; 8],
+        first_group: [u32; 8],
+        count: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
+}
+
+params! {
     /// `loss.wgsl`.
     LossParams mirrors crate::kernels::Shader::Loss => {
         rows: u32,

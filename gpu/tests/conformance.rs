@@ -1375,9 +1375,13 @@ fn sum_of_squares_error<B: Backend>(b: &B, n: usize) -> f64 {
 fn sums_of_squares_of_many_tensors_are_each_tensors_own_bit_for_bit() {
     // Two stages each, the 1,048,577-element tensor three (its first into a buffer of its
     // own), empty and one-element tensors, in one call and one call each: the shared last
-    // stage adds nothing to any sum.
+    // stage adds nothing to any sum. The sixteen tensors of one first stage take three
+    // `reduce_squares_many` dispatches together (seven sources each at most), one alone.
     let Some(gpu) = gpu() else { return };
-    let sizes = [1_048_577, 0, 1, 1_024, 1_025, 5_000, 7];
+    let sizes = [
+        1_048_577, 0, 1, 1_024, 1_025, 5_000, 7, 1_048_576, 3, 2_048, 2_049, 64, 100_000, 9, 1, 0,
+        777,
+    ];
     let tensors: Vec<_> = sizes
         .iter()
         .enumerate()
@@ -1387,6 +1391,21 @@ fn sums_of_squares_of_many_tensors_are_each_tensors_own_bit_for_bit() {
     let mut together = gpu.zeros(sizes.len()).unwrap();
     gpu.sums_of_squares(&all, &mut together).unwrap();
     let together = down(gpu, &together);
+    let cpu = CpuBackend::new();
+    let on_cpu: Vec<_> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| up(&cpu, &data(n, 40 + i as u64, 3.0)))
+        .collect();
+    let mut expected = cpu.zeros(sizes.len()).unwrap();
+    cpu.sums_of_squares(&on_cpu.iter().collect::<Vec<_>>(), &mut expected)
+        .unwrap();
+    for (i, (e, t)) in expected.iter().zip(&together).enumerate() {
+        assert!(
+            (e - t).abs() <= 1e-6 * e,
+            "tensor {i}: {t} against the CPU's {e}"
+        );
+    }
     for (i, tensor) in tensors.iter().enumerate() {
         let mut alone = up(gpu, &[f32::NAN; 3]);
         gpu.sums_of_squares(&[tensor], &mut alone).unwrap();

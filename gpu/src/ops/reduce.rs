@@ -8,8 +8,8 @@ use deberta_core::kernels::check_sum_rows;
 use super::memory::{alloc, zeros};
 use super::{flag, word};
 use crate::device::Gpu;
-use crate::kernels::{Kernel, PARAM_CHUNK_ROWS, ROW_WG, SUM_ITEMS};
-use crate::params::ReduceParams;
+use crate::kernels::{Kernel, PARAM_CHUNK_ROWS, ROW_WG, SUM_ITEMS, SUM_SOURCES};
+use crate::params::{ReduceManyParams, ReduceParams};
 use crate::pool::PooledBuffer;
 use crate::tensor::GpuTensor;
 
@@ -136,7 +136,10 @@ pub(crate) fn sum(
 /// stages but the last run as in [`reduce_into`]; their partial sums go to row `i` of one
 /// zeroed `[xs.len(), PER_GROUP]` buffer, and one `reduce_sum` over its rows takes every
 /// tensor's last stage at once (a row's zeros past its partials add exactly nothing, so each
-/// sum is [`reduce_into`]'s, bit for bit).
+/// sum is [`reduce_into`]'s, bit for bit). The tensors of one stage (at most `PER_GROUP²`
+/// elements: an optimizer's parameters but the largest embedding tables) have it in
+/// `reduce_squares_many` dispatches of up to [`SUM_SOURCES`] tensors, each partial the
+/// `reduce_sum` one's.
 pub(crate) fn sums_of_squares(
     gpu: &Gpu,
     xs: &[&GpuTensor],
@@ -149,8 +152,15 @@ pub(crate) fn sums_of_squares(
     }
     let rows: GpuTensor = zeros(gpu, xs.len() * PER_GROUP)?;
     let partials = gpu.buf(&rows)?;
-    for (i, x) in xs.iter().enumerate() {
+    let (one_stage, staged): (Vec<_>, Vec<_>) = xs
+        .iter()
+        .enumerate()
+        .partition(|(_, x)| x.len() <= PER_GROUP * PER_GROUP);
+    for (i, x) in staged {
         partials_into(gpu, gpu.buf(x)?, x.len(), true, partials, i * PER_GROUP)?;
+    }
+    for sources in one_stage.chunks(SUM_SOURCES as usize) {
+        squares_many_into(gpu, sources, partials)?;
     }
     let last = ReduceParams {
         n: word(rows.len())?,
@@ -162,6 +172,36 @@ pub(crate) fn sums_of_squares(
         &last,
         &[dst, partials],
         gpu.grid(xs.len() as u64)?,
+    )
+}
+
+/// The one stage of each of `sources` (`(i, tensor)`, at most [`SUM_SOURCES`], each of at most
+/// `PER_GROUP²` elements) into row `i` of the zeroed `partials`, in one dispatch.
+fn squares_many_into(
+    gpu: &Gpu,
+    sources: &[(usize, &&GpuTensor)],
+    partials: &PooledBuffer,
+) -> Result<(), Error> {
+    let mut params = ReduceManyParams {
+        count: word(sources.len())?,
+        ..Default::default()
+    };
+    let mut bound = vec![partials];
+    let mut groups = 0;
+    for (t, (i, x)) in sources.iter().enumerate() {
+        params.n[t] = word(x.len())?;
+        params.row[t] = word(i * PER_GROUP)?;
+        params.first_group[t] = word(groups)?;
+        bound.push(gpu.buf(x)?);
+        groups += x.len().div_ceil(PER_GROUP);
+    }
+    // The bindings past the sources hold the first one, which the kernel does not read there.
+    bound.resize(1 + SUM_SOURCES as usize, bound[1]);
+    gpu.dispatch(
+        Kernel::ReduceSquaresMany,
+        &params,
+        &bound,
+        gpu.grid(groups as u64)?,
     )
 }
 
