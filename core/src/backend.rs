@@ -92,6 +92,29 @@ pub struct Clip<'a, T> {
     pub max_norm: f32,
 }
 
+impl<T> Clone for Clip<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Clip<'_, T> {}
+
+/// One parameter of a [`Backend::adam_updates`] call: its tensor, gradient and moments, and
+/// the hyper-parameters of its update (its parameter group's learning rate, its weight decay).
+pub struct AdamTensors<'a, T> {
+    /// The parameter, updated in place.
+    pub param: &'a mut T,
+    /// Its gradient.
+    pub grad: &'a T,
+    /// Its first moment, updated in place.
+    pub m: &'a mut T,
+    /// Its second moment, updated in place.
+    pub v: &'a mut T,
+    /// The update's hyper-parameters.
+    pub spec: AdamSpec,
+}
+
 /// Shape of a same-length 1-D convolution over a `[batch, len, channels]` sequence
 /// (PyTorch `Conv1d` with `padding = (kernel − 1)/2`, weights `[out, in/groups, kernel]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -474,6 +497,27 @@ pub trait Backend {
         spec: AdamSpec,
         clip: Option<Clip<'_, Self::Tensor>>,
     ) -> Result<(), Error>;
+
+    /// [`Backend::adam_update`] of every one of `updates`, each at its own spec, with one
+    /// `clip` for all (an optimizer's update of its parameters). The provided implementation
+    /// updates them one at a time; a backend may update several in one kernel (the same
+    /// arithmetic per element).
+    fn adam_updates(
+        &self,
+        updates: &mut [AdamTensors<'_, Self::Tensor>],
+        clip: Option<Clip<'_, Self::Tensor>>,
+    ) -> Result<(), Error> {
+        for update in updates {
+            self.adam_update(
+                &mut *update.param,
+                update.grad,
+                (&mut *update.m, &mut *update.v),
+                update.spec,
+                clip,
+            )?;
+        }
+        Ok(())
+    }
 
     // ----- provided compositions -----------------------------------------------------------
 

@@ -39,6 +39,8 @@ pub struct Capabilities {
     pub largest_buffer: u64,
     /// The largest storage-buffer binding (hence the largest tensor), in bytes.
     pub largest_storage_binding: u64,
+    /// Storage buffers one shader stage may bind (the multi-tensor kernels' width).
+    pub storage_buffers_per_stage: u32,
     /// `SHADER_F16`: WGSL `enable f16;`.
     pub shader_f16: bool,
     /// `SUBGROUP`: subgroup operations in compute shaders.
@@ -83,6 +85,7 @@ impl Capabilities {
             workgroup_invocations: limits.max_compute_invocations_per_workgroup,
             largest_buffer: limits.max_buffer_size,
             largest_storage_binding: limits.max_storage_buffer_binding_size,
+            storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             f16_cooperative_matrices,
@@ -100,12 +103,13 @@ impl std::fmt::Display for Capabilities {
         write!(
             f,
             "workgroup memory {} B, workgroup invocations {}, largest buffer {} B, \
-             largest storage binding {} B, f16 shaders {}, subgroups {}{}, \
-             f16 cooperative matrices ",
+             largest storage binding {} B, storage buffers per stage {}, f16 shaders {}, \
+             subgroups {}{}, f16 cooperative matrices ",
             self.workgroup_memory,
             self.workgroup_invocations,
             self.largest_buffer,
             self.largest_storage_binding,
+            self.storage_buffers_per_stage,
             yes_no(self.shader_f16),
             yes_no(self.subgroups),
             match self.subgroup_sizes {

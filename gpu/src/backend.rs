@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use deberta_core::backend::{
-    AttentionBuffers, AttentionDropout, AttentionGrads, AttentionOperands, AttentionSpec, Clip,
-    LayerNormGrads, SavedAttention, TrainingBuffers, composed_attention,
+    AdamTensors, AttentionBuffers, AttentionDropout, AttentionGrads, AttentionOperands,
+    AttentionSpec, Clip, LayerNormGrads, SavedAttention, TrainingBuffers, composed_attention,
     composed_attention_backward, composed_attention_forward_train,
 };
 use deberta_core::kernels::{AdamSpec, LayerNormSpec, MatmulSpec, RelativeScoresSpec, SoftmaxSpec};
@@ -536,6 +536,17 @@ impl Backend for WgpuBackend {
         clip: Option<Clip<'_, GpuTensor>>,
     ) -> Result<(), Error> {
         optimizer::adam_update(&self.gpu, param, grad, moments, spec, clip)
+    }
+
+    /// Up to seven tensors that share their constants per `adam_update_many` dispatch, where
+    /// the adapter binds its 29 storage buffers (else one tensor per kernel): the same
+    /// arithmetic per element as [`Backend::adam_update`].
+    fn adam_updates(
+        &self,
+        updates: &mut [AdamTensors<'_, GpuTensor>],
+        clip: Option<Clip<'_, GpuTensor>>,
+    ) -> Result<(), Error> {
+        optimizer::adam_updates(&self.gpu, updates, clip)
     }
 
     fn fused_attention_uses_buffers(&self, spec: &AttentionSpec) -> bool {

@@ -21,6 +21,9 @@ pub(crate) const SUM_ITEMS: u32 = 8;
 /// Tensors whose squares one `reduce_squares_many` dispatch sums (its bindings: these and the
 /// partials, WebGPU's default limit of eight storage buffers per shader stage).
 pub(crate) const SUM_SOURCES: u32 = 7;
+/// Tensors one `adam_update_many` dispatch updates: four bindings each and the global Σ g²
+/// (29 storage buffers; adapters that offer fewer update one tensor per dispatch).
+pub(crate) const ADAM_SOURCES: u32 = 7;
 /// Rows per partial sum of the LayerNorm γ/β gradients (and of `sum_rows`).
 pub(crate) const PARAM_CHUNK_ROWS: u32 = 64;
 /// Queries (and keys) per tile of the fused attention.
@@ -83,6 +86,8 @@ pub(crate) enum Shader {
     ReduceMany,
     Loss,
     Optimizer,
+    /// The update of many tensors at once (`optimizer_many.wgsl`).
+    OptimizerMany,
     Dropout,
     Sampling,
     /// The tiled attention forward of inference and training (`philox.wgsl`,
@@ -143,7 +148,11 @@ impl Shader {
             Shader::Reduce => return reducing(include_str!("shaders/reduce.wgsl")),
             Shader::ReduceMany => return reducing(&reduce_many_source()),
             Shader::Loss => return reducing(include_str!("shaders/loss.wgsl")),
-            Shader::Optimizer => include_str!("shaders/optimizer.wgsl"),
+            Shader::Optimizer => concat!(
+                include_str!("shaders/adam.wgsl"),
+                include_str!("shaders/optimizer.wgsl")
+            ),
+            Shader::OptimizerMany => return optimizer_many_source().into(),
             Shader::Dropout => concat!(
                 include_str!("shaders/philox.wgsl"),
                 include_str!("shaders/dropout.wgsl")
@@ -199,6 +208,7 @@ impl Shader {
             Shader::ReduceMany => size_of::<ReduceManyParams>(),
             Shader::Loss => size_of::<LossParams>(),
             Shader::Optimizer => size_of::<AdamParams>(),
+            Shader::OptimizerMany => size_of::<AdamManyParams>(),
             Shader::Dropout => size_of::<DropoutParams>(),
             Shader::Sampling => size_of::<SamplingParams>(),
             Shader::FusedAttention
@@ -239,6 +249,48 @@ fn reduce_many_source() -> String {
     }
     sources.push_str("    }\n    return s;\n}\n");
     include_str!("shaders/reduce_many.wgsl").replace("// @sources\n", &sources)
+}
+
+/// `optimizer_many.wgsl` after `adam.wgsl`, its `// @sources` line written out for
+/// [`ADAM_SOURCES`] sources: their bindings and `update_source`, one case per source.
+fn optimizer_many_source() -> String {
+    use std::fmt::Write;
+    let mut sources = String::new();
+    for t in 0..ADAM_SOURCES {
+        let first = 2 + 4 * t;
+        for (offset, name, access) in [
+            (0, "param", "read_write"),
+            (1, "m", "read_write"),
+            (2, "v", "read_write"),
+            (3, "grad", "read"),
+        ] {
+            let _ = writeln!(
+                sources,
+                "@group(0) @binding({}) var<storage, {access}> {name}{t}: array<f32>;",
+                first + offset
+            );
+        }
+    }
+    sources.push_str("fn update_source(t: u32, i: u32, scale: f32, c: AdamConstants) {\n");
+    for t in 0..ADAM_SOURCES {
+        let test = match t {
+            0 => "    if (t == 0u) {".to_string(),
+            _ if t + 1 == ADAM_SOURCES => " else {".to_string(),
+            _ => format!(" else if (t == {t}u) {{"),
+        };
+        let _ = write!(
+            sources,
+            "{test}\n        \
+             let u = adam_element(param{t}[i], m{t}[i], v{t}[i], grad{t}[i] * scale, c);\n        \
+             param{t}[i] = u.x;\n        m{t}[i] = u.y;\n        v{t}[i] = u.z;\n    }}"
+        );
+    }
+    sources.push_str("\n}\n");
+    [
+        include_str!("shaders/adam.wgsl"),
+        &include_str!("shaders/optimizer_many.wgsl").replace("// @sources\n", &sources),
+    ]
+    .concat()
 }
 
 /// How a kernel binds a storage buffer.
@@ -366,6 +418,9 @@ kernels! {
     BceWithLogits => Loss, "bce_with_logits", [W, W, R, R, R];
     /// param, m, v, grad, Σ squared norms.
     AdamUpdate => Optimizer, "adam_update", [W, W, W, R, R];
+    /// The update of up to `ADAM_SOURCES` tensors: Σ g², then param, m, v, grad of each.
+    AdamUpdateMany => OptimizerMany, "adam_update_many", [R,
+        W, W, W, R, W, W, W, R, W, W, W, R, W, W, W, R, W, W, W, R, W, W, W, R, W, W, W, R];
     /// In-place dropout.
     Dropout => Dropout, "dropout", [W];
     /// Sampled ids, logits.
@@ -523,6 +578,7 @@ mod tests {
                     Shader::Embedding,
                     Shader::Loss,
                     Shader::Optimizer,
+                    Shader::OptimizerMany,
                     Shader::Dropout,
                 ],
             ),
@@ -547,6 +603,7 @@ mod tests {
                 &[Shader::Reduce, Shader::ReduceMany],
             ),
             ("SUM_SOURCES", SUM_SOURCES, &[Shader::ReduceMany]),
+            ("ADAM_SOURCES", ADAM_SOURCES, &[Shader::OptimizerMany]),
             ("PARAM_CHUNK_ROWS", PARAM_CHUNK_ROWS, &[Shader::LayerNorm]),
             ("ATTN_TILE", ATTN_TILE, ATTENTION),
             ("ATTN_THREADS", ATTN_THREADS, ATTENTION),
@@ -656,6 +713,8 @@ mod tests {
                 0,
                 "{shader:?}: uniform blocks are 16-byte multiples"
             );
+            // A dispatch's parameters take one slot of the arena: at least 256 bytes.
+            assert!(size <= 256, "{shader:?}: {size} bytes of parameters");
         }
         macro_rules! mirror {
             ($($ty:ty),*) => {
@@ -673,6 +732,7 @@ mod tests {
             ReduceManyParams,
             LossParams,
             AdamParams,
+            AdamManyParams,
             DropoutParams,
             SamplingParams,
             AttentionParams

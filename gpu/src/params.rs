@@ -195,6 +195,29 @@ params! {
 }
 
 params! {
+    /// `optimizer_many.wgsl`.
+    AdamManyParams mirrors crate::kernels::Shader::OptimizerMany => {
+        count: u32,
+        bias_corrected: u32,
+        has_clip: u32,
+        _pad0: u32,
+        beta1: f32,
+        one_minus_beta1: f32,
+        beta2: f32,
+        one_minus_beta2: f32,
+        eps: f32,
+        bias_correction2_sqrt: f32,
+        grad_scale: f32,
+        max_norm: f32,
+        n: [u32; 8],
+        first_group: [u32; 8],
+        weight_decay: [f32; 8],
+        step_size: [f32; 8],
+        decay_factor: [f32; 8],
+    }
+}
+
+params! {
     /// `dropout.wgsl`.
     DropoutParams mirrors crate::kernels::Shader::Dropout => {
         n: u32,

@@ -36,9 +36,9 @@ pub(crate) const ARENA_BYTES: u64 = 1 << 20;
 pub(crate) const EARLY_SUBMIT_DISPATCHES: u64 = 64;
 /// Cached bind groups beyond which the cache is cleared (buffers churned through the pool).
 const MAX_BIND_GROUPS: usize = 16_384;
-/// Most storage buffers a kernel binds (the training attention's backward passes); a bind
+/// Most storage buffers a kernel binds (the many-tensor Adam update's); a bind
 /// group's cache key holds every one of them.
-pub(crate) const MAX_BINDINGS: usize = 13;
+pub(crate) const MAX_BINDINGS: usize = 29;
 
 /// Identity of a bind group: the kernel and the ids of its storage buffers.
 type BindKey = (Kernel, [u64; MAX_BINDINGS]);

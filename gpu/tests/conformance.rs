@@ -7,7 +7,7 @@ mod common;
 
 use common::{assert_close, data, down, gpu, gpu_variants, up, up_ids};
 use deberta_core::backend::{
-    AttentionBuffers, AttentionOperands, AttentionSpec, Clip, Conv1dGrads, Conv1dSpec,
+    AdamTensors, AttentionBuffers, AttentionOperands, AttentionSpec, Clip, Conv1dGrads, Conv1dSpec,
     LayerNormGrads,
 };
 use deberta_core::kernels::{
@@ -1035,6 +1035,99 @@ fn adams<B: Backend>(
     b.adam_update(&mut param, &grad, (&mut m, &mut v), spec, clip)
         .unwrap();
     vec![down(b, &param), down(b, &m), down(b, &v)]
+}
+
+/// Sizes of the tensors of one optimizer update: more than one `adam_update_many` dispatch
+/// holds (seven sources), an empty tensor, tensors of one element, of a partial workgroup and
+/// of several workgroups.
+const UPDATE_SIZES: [usize; 10] = [300, 1, 0, 256, 257, 1000, 5, 70, 513, 2];
+
+/// One update of [`UPDATE_SIZES`] tensors through `adam_updates` (each at its own learning rate
+/// and weight decay, the seventh at another gradient scale, as a loss-scaled model beside an
+/// unscaled one would be), or through `adam_update` one tensor at a time (`one_by_one`): every
+/// parameter and moment after it.
+fn adam_many<B: Backend>(
+    b: &B,
+    step: Option<u64>,
+    clip: Option<f32>,
+    one_by_one: bool,
+    seed: u64,
+) -> Vec<Vec<f32>> {
+    let mut tensors: Vec<_> = UPDATE_SIZES
+        .iter()
+        .zip(seed..)
+        .map(|(&n, seed)| {
+            let v: Vec<f32> = data(n, seed + 3, 0.1).iter().map(|v| v.abs()).collect();
+            (
+                up(b, &data(n, seed, 1.0)),
+                up(b, &data(n, seed + 1, 2.0)),
+                up(b, &data(n, seed + 2, 0.1)),
+                up(b, &v),
+            )
+        })
+        .collect();
+    let squared_norm = up(b, &[3.75]);
+    let clip = clip.map(|max_norm| Clip {
+        squared_norm: &squared_norm,
+        max_norm,
+    });
+    let spec = |i: usize| AdamSpec {
+        lr: 0.01 * (1.0 + i as f32),
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-6,
+        weight_decay: if i.is_multiple_of(3) { 0.0 } else { 0.01 },
+        bias_correction_step: step,
+        grad_scale: if i == 6 { 0.25 } else { 0.5 },
+    };
+    let mut updates: Vec<_> = tensors
+        .iter_mut()
+        .enumerate()
+        .map(|(i, (param, grad, m, v))| AdamTensors {
+            param,
+            grad,
+            m,
+            v,
+            spec: spec(i),
+        })
+        .collect();
+    match one_by_one {
+        true => {
+            for u in &mut updates {
+                b.adam_update(u.param, u.grad, (&mut *u.m, &mut *u.v), u.spec, clip)
+                    .unwrap();
+            }
+        }
+        false => b.adam_updates(&mut updates, clip).unwrap(),
+    }
+    drop(updates);
+    tensors
+        .iter()
+        .flat_map(|(param, _, m, v)| [down(b, param), down(b, m), down(b, v)])
+        .collect()
+}
+
+#[test]
+fn many_tensor_updates_match_cpu_and_are_the_one_tensor_updates_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    for (step, clip) in [
+        (Some(3), Some(1.0)),
+        (None, None),
+        (Some(1), None),
+        (None, Some(9.0)),
+    ] {
+        conform!(adam_many(step, clip, false, 7), vec![TOL]);
+        let bits = |one_by_one| -> Vec<Vec<u32>> {
+            adam_many(gpu, step, clip, one_by_one, 7)
+                .iter()
+                .map(|t| t.iter().map(|x| x.to_bits()).collect())
+                .collect()
+        };
+        assert!(
+            bits(false) == bits(true),
+            "step {step:?}, clip {clip:?}: the many-tensor update gives other bits"
+        );
+    }
 }
 
 fn stream_strategy() -> impl Strategy<Value = RandomStream> {

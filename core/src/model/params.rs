@@ -314,6 +314,23 @@ impl<T> ParamStore<T> {
         }
     }
 
+    /// Distinct parameters' tensors, all mutably, in the order of `ids` (drops their packed
+    /// copies): an optimizer's update of all of its parameters at once.
+    pub fn many_mut(&mut self, ids: &[ParamId]) -> Result<Vec<&mut T>, Error> {
+        let mut slots: Vec<Option<&mut T>> = self.tensors.iter_mut().map(Some).collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let tensor = slots.get_mut(id.0).and_then(Option::take);
+            out.push(tensor.ok_or(Error::ShapeMismatch {
+                what: "distinct parameters of this store",
+                expected: slots.len(),
+                found: id.0,
+            })?);
+            self.packed[id.0] = None;
+        }
+        Ok(out)
+    }
+
     /// Replaces the tensor of a parameter (drops its packed copy).
     pub fn set(&mut self, id: ParamId, tensor: T) {
         self.packed[id.0] = None;

@@ -7,7 +7,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::Error;
-use crate::backend::{Backend, Clip};
+use crate::backend::{AdamTensors, Backend, Clip};
 use crate::kernels::AdamSpec;
 use crate::model::{ParamId, ParamLayout, ParamStore};
 
@@ -186,7 +186,19 @@ impl<T> Optimizer<T> {
             }
             None => None,
         };
-        for (i, id) in self.params.iter().enumerate() {
+        let clip = clip.map(|max_norm| Clip {
+            squared_norm: &self.squared_norm,
+            max_norm,
+        });
+        let tensors = weights.many_mut(&self.params)?;
+        let mut updates = Vec::with_capacity(self.params.len());
+        for (i, ((id, param), (m, v))) in self
+            .params
+            .iter()
+            .zip(tensors)
+            .zip(self.m.iter_mut().zip(self.v.iter_mut()))
+            .enumerate()
+        {
             let spec = AdamSpec {
                 lr: lr(*id),
                 beta1: self.config.beta1,
@@ -203,19 +215,15 @@ impl<T> Optimizer<T> {
                 },
                 grad_scale: 1.0 / loss_scale,
             };
-            let clip = clip.map(|max_norm| Clip {
-                squared_norm: &self.squared_norm,
-                max_norm,
-            });
-            backend.adam_update(
-                weights.get_mut(*id),
-                grads.get(*id),
-                (&mut self.m[i], &mut self.v[i]),
+            updates.push(AdamTensors {
+                param,
+                grad: grads.get(*id),
+                m,
+                v,
                 spec,
-                clip,
-            )?;
+            });
         }
-        Ok(())
+        backend.adam_updates(&mut updates, clip)
     }
 
     /// The global gradient norm of the last update (before clipping, unscaled under loss

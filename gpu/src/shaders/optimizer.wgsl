@@ -1,7 +1,6 @@
-// The Adam/XAdam update with decoupled weight decay, the gradient scaled by the global-norm
-// clipping coefficient computed on the device from the global Σ g² (one element).
-
-const ELEMENTWISE_WG: u32 = 256u;
+// The Adam/XAdam update of one tensor (adam.wgsl, prepended, updates each element), the
+// gradient scaled by the global-norm clipping coefficient computed on the device from the
+// global Σ g² (one element).
 
 struct Params {
     n: u32,
@@ -9,18 +8,14 @@ struct Params {
     has_clip: u32,
     _pad0: u32,
     lr: f32,
-    // β and 1 − β, rounded from f64 on the host (AdamSpec::constants, as on the CPU).
     beta1: f32,
     one_minus_beta1: f32,
     beta2: f32,
     one_minus_beta2: f32,
     eps: f32,
     weight_decay: f32,
-    // XAdam: lr; AdamW: lr/(1 − β1ᵗ).
     step_size: f32,
-    // XAdam: 1; AdamW: sqrt(1 − β2ᵗ).
     bias_correction2_sqrt: f32,
-    // AdamW: 1 − lr·wd.
     decay_factor: f32,
     grad_scale: f32,
     max_norm: f32,
@@ -41,30 +36,17 @@ fn adam_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (i >= params.n) {
         return;
     }
-    var grad_scale = params.grad_scale;
-    if (params.has_clip != 0u) {
-        // microsoft/DeBERTa Fp16Optimizer._grad_scale: g·(1/(‖g‖/max_norm)) when
-        // ‖g‖ > max_norm (no +1e-6), as the CPU's clip_coefficient.
-        let scale = sqrt(max(squared_norm[0], 0.0)) / params.max_norm;
-        if (scale > 1.0) {
-            grad_scale = params.grad_scale * (1.0 / scale);
-        }
+    let has_clip = params.has_clip != 0u;
+    var norm = 0.0;
+    if (has_clip) {
+        norm = squared_norm[0];
     }
-    let g = grad[i] * grad_scale;
-    var p = param[i];
-    if (params.bias_corrected != 0u) {
-        p = p * params.decay_factor;
-    }
-    let mi = params.beta1 * m[i] + params.one_minus_beta1 * g;
-    let vi = params.beta2 * v[i] + params.one_minus_beta2 * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    if (params.bias_corrected != 0u) {
-        let denom = sqrt(vi) / params.bias_correction2_sqrt + params.eps;
-        p = p - params.step_size * mi / denom;
-    } else {
-        let update = mi / (sqrt(vi) + params.eps) + params.weight_decay * p;
-        p = p - params.step_size * update;
-    }
-    param[i] = p;
+    let g = grad[i] * clipped_grad_scale(params.grad_scale, has_clip, norm, params.max_norm);
+    let c = AdamConstants(params.bias_corrected != 0u, params.beta1, params.one_minus_beta1,
+                          params.beta2, params.one_minus_beta2, params.eps, params.weight_decay,
+                          params.step_size, params.bias_correction2_sqrt, params.decay_factor);
+    let updated = adam_element(param[i], m[i], v[i], g, c);
+    param[i] = updated.x;
+    m[i] = updated.y;
+    v[i] = updated.z;
 }
