@@ -410,6 +410,9 @@ kernels! {
     ReduceSum => Reduce, "reduce_sum", [W, R];
     /// The first stage of up to `SUM_SOURCES` sums of squares: partials, the sources.
     ReduceSquaresMany => ReduceMany, "reduce_squares_many", [W, R, R, R, R, R, R, R];
+    /// Both halves' column sums of `[rows, 2·cols]`, added to two outputs: first out, input,
+    /// second out.
+    SumColumnPairs => Reduce, "sum_column_pairs", [W, R, W];
     /// Column sums over row chunks: out, input.
     SumColumns => Reduce, "sum_columns", [W, R];
     /// losses, dlogits, logits, targets.

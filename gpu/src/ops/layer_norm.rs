@@ -5,11 +5,10 @@ use deberta_core::backend::LayerNormGrads;
 use deberta_core::kernels::LayerNormSpec;
 
 use super::memory::alloc;
-use super::reduce::{ColumnSum, sum_columns};
 use super::{flag, word};
 use crate::device::Gpu;
 use crate::kernels::{Kernel, PARAM_CHUNK_ROWS, ROW_WG};
-use crate::params::LayerNormParams;
+use crate::params::{LayerNormParams, ReduceParams};
 use crate::tensor::GpuTensor;
 
 fn params(spec: LayerNormSpec) -> Result<LayerNormParams, Error> {
@@ -111,14 +110,17 @@ pub(crate) fn layer_norm_backward(
         &[partial, x, stats, dout],
         gpu.grid_for(chunks * spec.cols, ROW_WG)?,
     )?;
-    // The partials are `[chunks, 2·cols]`: the γ part of each row, then the β part.
-    let partial_sum = |offset| ColumnSum {
-        offset,
-        stride: 2 * spec.cols,
-        rows: chunks,
-        cols: spec.cols,
-        chunk_rows: chunks,
+    // The partials are `[chunks, 2·cols]`: the γ part of each row, then the β part, each
+    // summed over the chunks in order into its gradient.
+    let sums = ReduceParams {
+        n: word(chunks)?,
+        cols: word(spec.cols)?,
+        ..Default::default()
     };
-    sum_columns(gpu, partial, partial_sum(0), dgamma, true)?;
-    sum_columns(gpu, partial, partial_sum(spec.cols), dbeta, true)
+    gpu.dispatch(
+        Kernel::SumColumnPairs,
+        &sums,
+        &[dgamma, partial, dbeta],
+        gpu.grid_for(2 * spec.cols, ROW_WG)?,
+    )
 }

@@ -1,5 +1,5 @@
 //! Fixed-order sums: whole-tensor sums (`sum`, `sums_of_squares`, the clipping norm) and column
-//! sums (`sum_rows`, the LayerNorm γ/β gradients).
+//! sums (`sum_rows`, the bias gradients; the LayerNorm γ/β gradients' are in `layer_norm`).
 
 use deberta_core::Error;
 use deberta_core::backend::check_range;
@@ -205,50 +205,20 @@ fn squares_many_into(
     )
 }
 
-/// The shape of a [`sum_columns`]: `rows` rows of width `cols` read at
-/// `src[offset + r·stride + c]`, summed in chunks of `chunk_rows` rows.
-pub(crate) struct ColumnSum {
-    pub(crate) offset: usize,
-    pub(crate) stride: usize,
-    pub(crate) rows: usize,
-    pub(crate) cols: usize,
-    pub(crate) chunk_rows: usize,
-}
-
-impl ColumnSum {
-    /// A dense `[rows, cols]` buffer from its start, in chunks of `chunk_rows` rows.
-    fn dense(rows: usize, cols: usize, chunk_rows: usize) -> Self {
-        ColumnSum {
-            offset: 0,
-            stride: cols,
-            rows,
-            cols,
-            chunk_rows,
-        }
-    }
-}
-
-/// A column-sum of `src` in row order within each chunk of `sum.chunk_rows` rows: writes (or
-/// adds to) `dst[chunk·cols + c]`.
-pub(crate) fn sum_columns(
+/// A column-sum of the dense `[rows, cols]` `src` in row order within each chunk of
+/// `chunk_rows` rows: writes (or adds to) `dst[chunk·cols + c]`.
+fn sum_columns(
     gpu: &Gpu,
     src: &PooledBuffer,
-    sum: ColumnSum,
+    [rows, cols, chunk_rows]: [usize; 3],
     dst: &PooledBuffer,
     accumulate: bool,
 ) -> Result<(), Error> {
-    let ColumnSum {
-        offset,
-        stride,
-        rows,
-        cols,
-        chunk_rows,
-    } = sum;
     let params = ReduceParams {
         n: word(rows)?,
         cols: word(cols)?,
-        src_offset: word(offset)?,
-        src_stride: word(stride)?,
+        src_offset: 0,
+        src_stride: word(cols)?,
         chunk_rows: word(chunk_rows.max(1))?,
         accumulate: flag(accumulate),
         ..Default::default()
@@ -278,24 +248,11 @@ pub(crate) fn sum_rows(
     let rows = x.len() / cols;
     let chunk = PARAM_CHUNK_ROWS as usize;
     if rows <= chunk {
-        return sum_columns(
-            gpu,
-            src,
-            ColumnSum::dense(rows, cols, rows),
-            dst,
-            accumulate,
-        );
+        return sum_columns(gpu, src, [rows, cols, rows], dst, accumulate);
     }
     let chunks = rows.div_ceil(chunk);
     let partials: GpuTensor = alloc(gpu, chunks * cols)?;
     let partial = gpu.buf(&partials)?;
-    sum_columns(
-        gpu,
-        src,
-        ColumnSum::dense(rows, cols, chunk),
-        partial,
-        false,
-    )?;
-    let partial_sum = ColumnSum::dense(chunks, cols, chunks);
-    sum_columns(gpu, partial, partial_sum, dst, accumulate)
+    sum_columns(gpu, src, [rows, cols, chunk], partial, false)?;
+    sum_columns(gpu, partial, [chunks, cols, chunks], dst, accumulate)
 }

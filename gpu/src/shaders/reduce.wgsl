@@ -1,7 +1,8 @@
 // Fixed-order reductions. `reduce_sum`: each workgroup sums SUM_ITEMS·ROW_WG consecutive
 // elements (each thread a strided handful in order, then row_reduce.wgsl's workgroup sum, prepended)
 // into one partial; the host chains stages until one workgroup remains. `sum_columns`: each thread sums
-// one column over a chunk of rows in row order (bias gradients, the chunks of γ/β gradients).
+// one column over a chunk of rows in row order (bias gradients); `sum_column_pairs` sums both
+// halves of `[rows, 2·cols]` into two outputs (a LayerNorm's γ/β gradients from their partials).
 
 const SUM_ITEMS: u32 = 8u;
 
@@ -71,5 +72,31 @@ fn sum_columns(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         dst[e] = dst[e] + acc;
     } else {
         dst[e] = acc;
+    }
+}
+
+// The second output of `sum_column_pairs` (a LayerNorm's β gradient beside its γ gradient).
+@group(0) @binding(3) var<storage, read_write> dst_second: array<f32>;
+
+// dst[c] += Σ_r src[r·2·cols + c] and dst_second[c] += Σ_r src[r·2·cols + cols + c] over `n`
+// rows in row order, for every c < cols: `sum_columns` of each half of `[n, 2·cols]` partials
+// in one dispatch (the same sums, the same bits).
+@compute @workgroup_size(ROW_WG)
+fn sum_column_pairs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    thread: RowThread) {
+    let lid = row_thread(thread);
+    let e = workgroup_index(wid, nwg) * ROW_WG + lid;
+    let cols = params.cols;
+    if (e >= 2u * cols) {
+        return;
+    }
+    var acc = 0.0;
+    for (var r = 0u; r < params.n; r += 1u) {
+        acc += src[r * 2u * cols + e];
+    }
+    if (e < cols) {
+        dst[e] = dst[e] + acc;
+    } else {
+        dst_second[e - cols] = dst_second[e - cols] + acc;
     }
 }
