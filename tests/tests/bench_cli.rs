@@ -114,9 +114,16 @@ fn kernel_times_report_each_wgpu_kernel_per_run() {
         .collect();
     let run = deberta(&args);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(run.stdout.contains("device time per run"), "{}", run.stdout);
     let last = json_lines(&run.stdout).pop().expect("a JSON line");
     let kernels = last["kernels"].as_array().expect("a kernels list");
+    // The table's heading counts the kernels of a run: the list's dispatches together.
+    let total: f64 = kernels
+        .iter()
+        .map(|k| k["dispatches_per_run"].as_f64().unwrap())
+        .sum();
+    let heading = format!("ms in {total:.0} kernels (");
+    assert!(run.stdout.contains("device time per run"), "{}", run.stdout);
+    assert!(run.stdout.contains(&heading), "{heading}: {}", run.stdout);
     let attention = kernels
         .iter()
         .find(|k| k["kernel"] == "FusedAttention")

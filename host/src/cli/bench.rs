@@ -345,8 +345,9 @@ fn report<B: Backend>(
     );
     if let Some(kernels) = &measured.kernels {
         let device_ms: f64 = kernels.iter().map(|k| k.ms_per_run).sum();
+        let dispatches: f64 = kernels.iter().map(|k| k.dispatches_per_run).sum();
         println!(
-            "device time per run {device_ms:.3} ms in kernels ({:.0} % of the median wall-clock time):",
+            "device time per run {device_ms:.3} ms in {dispatches:.0} kernels ({:.0} % of the median wall-clock time):",
             100.0 * device_ms / median
         );
         for k in kernels {
