@@ -24,7 +24,11 @@
 #              submitted only when the host waits for a result instead of every 64,
 #              DEBERTA_WGPU_EARLY_SUBMIT=off; label ours-wgpu-latesubmit; 0: not), PASS_SWEEP
 #              (default 1: every step with a compute pass per kernel instead of one per
-#              submission, DEBERTA_WGPU_SHARED_PASS=off; label ours-wgpu-passeach; 0: not), COOP_SWEEP
+#              submission, DEBERTA_WGPU_SHARED_PASS=off; label ours-wgpu-passeach; 0: not),
+#              TENSOR_SWEEP (default 1: every step with a kernel per tensor of an optimizer for
+#              the gradient norms' first stages and the Adam updates instead of seven tensors to
+#              a kernel, DEBERTA_WGPU_MULTI_TENSOR=off, where the default runs them seven to a
+#              kernel (a GPU); label ours-wgpu-pertensor; 0: not), COOP_SWEEP
 #              (default 1: every f16 sgemm and mixed step with the f16 products on cooperative
 #              matrices, DEBERTA_WGPU_COOPERATIVE=on, where `deberta info` lists an adapter
 #              with f16 cooperative matrices; label ours-wgpu-coop; 0: not), SUBGROUP_SWEEP=1 (every forward and step with the tree
@@ -144,6 +148,9 @@ variants() {
     if [ "${PASS_SWEEP:-1}" = 1 ] && [ "$bench" = step ]; then
         echo "passeach DEBERTA_WGPU_SHARED_PASS=off"
     fi
+    if [ "${TENSOR_SWEEP:-1}" = 1 ] && [ "$bench" = step ]; then
+        echo "pertensor DEBERTA_WGPU_MULTI_TENSOR=off"
+    fi
     if [ "${COOP_SWEEP:-1}" = 1 ] && { [ "$precision" = f16 ] || [ "$precision" = mixed ]; } &&
         printf '%s\n' "$info" | grep -Eq 'f16 cooperative matrices [0-9]'; then
         echo "coop DEBERTA_WGPU_COOPERATIVE=on"
@@ -255,7 +262,7 @@ rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 by = {r["label"]: r["result"] for r in rows}
 ours_sides = ("ours-wgpu", "ours-wgpu-tauto", "ours-wgpu-t128", "ours-wgpu-t64", "ours-wgpu-t32",
               "ours-wgpu-t128v", "ours-wgpu-t64v", "ours-wgpu-nosubgroups", "ours-wgpu-loopbounds",
-              "ours-wgpu-noprefetch", "ours-wgpu-scalarloads", "ours-wgpu-latesubmit", "ours-wgpu-passeach",
+              "ours-wgpu-noprefetch", "ours-wgpu-scalarloads", "ours-wgpu-latesubmit", "ours-wgpu-passeach", "ours-wgpu-pertensor",
               "ours-wgpu-coop", "ours-cpu")
 for label, res in by.items():
     stem, side = label.rsplit(" ", 1)

@@ -150,6 +150,12 @@ impl WgpuBackend {
         }
     }
 
+    /// Whether an optimizer's tensors share kernels ([`DeviceOptions::multi_tensor`];
+    /// `DEBERTA_WGPU_MULTI_TENSOR=off` turns it off).
+    pub fn multi_tensor(&self) -> bool {
+        self.gpu.multi_tensor
+    }
+
     /// Whether f16 products (mixed precision) run on cooperative matrices: the device was
     /// opened with them ([`DeviceOptions::cooperative_matrices`]; `DEBERTA_WGPU_COOPERATIVE=on`)
     /// on an adapter that can run the kernel.
@@ -539,8 +545,8 @@ impl Backend for WgpuBackend {
     }
 
     /// Up to seven tensors that share their constants per `adam_update_many` dispatch, where
-    /// the adapter binds its 29 storage buffers (else one tensor per kernel): the same
-    /// arithmetic per element as [`Backend::adam_update`].
+    /// the adapter binds its 29 storage buffers and [`WgpuBackend::multi_tensor`] holds (else
+    /// one tensor per kernel): the same arithmetic per element as [`Backend::adam_update`].
     fn adam_updates(
         &self,
         updates: &mut [AdamTensors<'_, GpuTensor>],

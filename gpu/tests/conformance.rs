@@ -1115,24 +1115,28 @@ fn adam_many<B: Backend>(
 
 #[test]
 fn many_tensor_updates_match_cpu_and_are_the_one_tensor_updates_bit_for_bit() {
-    let Some(gpu) = gpu() else { return };
-    for (step, clip) in [
+    let cases = [
         (Some(3), Some(1.0)),
         (None, None),
         (Some(1), None),
         (None, Some(9.0)),
-    ] {
+    ];
+    for (step, clip) in cases {
         conform!(adam_many(step, clip, false, 7), vec![TOL]);
-        let bits = |one_by_one| -> Vec<Vec<u32>> {
-            adam_many(gpu, step, clip, one_by_one, 7)
-                .iter()
-                .map(|t| t.iter().map(|x| x.to_bits()).collect())
-                .collect()
-        };
-        assert!(
-            bits(false) == bits(true),
-            "step {step:?}, clip {clip:?}: the many-tensor update gives other bits"
-        );
+        // With the multi-tensor kernels and without (the two devices flip them).
+        for gpu in gpu_variants() {
+            let bits = |one_by_one| -> Vec<Vec<u32>> {
+                adam_many(gpu, step, clip, one_by_one, 7)
+                    .iter()
+                    .map(|t| t.iter().map(|x| x.to_bits()).collect())
+                    .collect()
+            };
+            assert!(
+                bits(false) == bits(true),
+                "step {step:?}, clip {clip:?}, multi-tensor {}: other bits",
+                gpu.multi_tensor()
+            );
+        }
     }
 }
 
@@ -1475,8 +1479,14 @@ fn sums_of_squares_of_many_tensors_are_each_tensors_own_bit_for_bit() {
     // Two stages each, the 1,048,577-element tensor three (its first into a buffer of its
     // own), empty and one-element tensors, in one call and one call each: the shared last
     // stage adds nothing to any sum. The sixteen tensors of one first stage take three
-    // `reduce_squares_many` dispatches together (seven sources each at most), one alone.
-    let Some(gpu) = gpu() else { return };
+    // `reduce_squares_many` dispatches together (seven sources each at most), one alone; and
+    // each tensor's own stages, on the device without the multi-tensor kernels.
+    for gpu in gpu_variants() {
+        squares_of_many_tensors_on(gpu);
+    }
+}
+
+fn squares_of_many_tensors_on(gpu: &WgpuBackend) {
     let sizes = [
         1_048_577, 0, 1, 1_024, 1_025, 5_000, 7, 1_048_576, 3, 2_048, 2_049, 64, 100_000, 9, 1, 0,
         777,

@@ -14,7 +14,7 @@ use deberta_core::train::{
     GeneratorBatch, MlmTargets, Optimizer, OptimizerConfig, Workspace, mlm_step,
 };
 use deberta_core::{Backend, CpuBackend, Precision};
-use deberta_gpu::{AdapterChoice, WgpuBackend};
+use deberta_gpu::{AdapterChoice, DeviceOptions, WgpuBackend};
 use deberta_host::checkpoint::read_tensor_file;
 use deberta_host::model_dir::load_model_dir;
 
@@ -123,8 +123,14 @@ fn training_steps_match_the_cpu_and_reuse_every_buffer() {
         return;
     }
     // A device of its own: the buffer count is per device, and the tests beside this one
-    // allocate on the shared one.
-    let own = WgpuBackend::new(AdapterChoice::default()).expect("second device");
+    // allocate on the shared one. With the multi-tensor kernels, a GPU's default (a software
+    // adapter's is a kernel per tensor), so that its optimizers update through them.
+    let options = DeviceOptions {
+        multi_tensor: Some(true),
+        ..DeviceOptions::from_env()
+    };
+    let own = WgpuBackend::with_options(AdapterChoice::default(), options).expect("second device");
+    assert!(own.multi_tensor());
     let gpu = &own;
     let cpu = train(&CpuBackend::new(), 4, Precision::F32, || None);
     let gpu_run = train(gpu, 4, Precision::F32, || Some(gpu.buffers_created()));

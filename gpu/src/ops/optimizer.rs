@@ -84,8 +84,9 @@ fn shared(spec: &AdamSpec) -> (bool, [u32; 7]) {
 }
 
 /// Every update of `updates`, each checked as [`adam_update`] checks it: where the device binds
-/// the [`ADAM_SOURCES`] tensors' buffers of an `adam_update_many` dispatch, up to that many
-/// neighbours that share their constants ([`shared`]) per dispatch, else one at a time.
+/// the [`ADAM_SOURCES`] tensors' buffers of an `adam_update_many` dispatch (and its tensors
+/// share kernels, `multi_tensor`), up to that many neighbours that share their constants
+/// ([`shared`]) per dispatch, else one at a time.
 pub(crate) fn adam_updates(
     gpu: &Gpu,
     updates: &mut [AdamTensors<'_, GpuTensor>],
@@ -97,7 +98,7 @@ pub(crate) fn adam_updates(
         spec.check(n, update.grad.len(), update.m.len(), update.v.len())?;
     }
     let bindings = Kernel::AdamUpdateMany.bindings().len() as u32;
-    if gpu.limits.max_storage_buffers_per_shader_stage < bindings {
+    if !gpu.multi_tensor || gpu.limits.max_storage_buffers_per_shader_stage < bindings {
         for update in updates {
             let moments = (&mut *update.m, &mut *update.v);
             adam_update(gpu, update.param, update.grad, moments, update.spec, clip)?;

@@ -139,7 +139,7 @@ pub(crate) fn sum(
 /// sum is [`reduce_into`]'s, bit for bit). The tensors of one stage (at most `PER_GROUP²`
 /// elements: an optimizer's parameters but the largest embedding tables) have it in
 /// `reduce_squares_many` dispatches of up to [`SUM_SOURCES`] tensors, each partial the
-/// `reduce_sum` one's.
+/// `reduce_sum` one's (unless `multi_tensor` is off: then each its own).
 pub(crate) fn sums_of_squares(
     gpu: &Gpu,
     xs: &[&GpuTensor],
@@ -155,7 +155,7 @@ pub(crate) fn sums_of_squares(
     let (one_stage, staged): (Vec<_>, Vec<_>) = xs
         .iter()
         .enumerate()
-        .partition(|(_, x)| x.len() <= PER_GROUP * PER_GROUP);
+        .partition(|(_, x)| gpu.multi_tensor && x.len() <= PER_GROUP * PER_GROUP);
     for (i, x) in staged {
         partials_into(gpu, gpu.buf(x)?, x.len(), true, partials, i * PER_GROUP)?;
     }

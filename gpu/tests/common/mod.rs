@@ -17,8 +17,8 @@ pub fn gpu() -> Option<&'static WgpuBackend> {
 /// with the other variant of the compilation options: the tree reductions where the shared one
 /// reduces over subgroups (`subgroup_reductions` off), naga's loop bounds where the shared one
 /// leaves them out (`loop_bounds` flipped), the matmuls' prefetching and vector loads flipped,
-/// early submission and the shared compute pass flipped, so that every kernel is checked both
-/// ways.
+/// early submission, the shared compute pass and the multi-tensor kernels flipped, so that
+/// every kernel is checked both ways.
 pub fn gpu_variants() -> Vec<&'static WgpuBackend> {
     static OTHER: std::sync::OnceLock<WgpuBackend> = std::sync::OnceLock::new();
     let Some(shared) = gpu() else {
@@ -32,6 +32,7 @@ pub fn gpu_variants() -> Vec<&'static WgpuBackend> {
             matmul_vector_loads: !shared.matmul_vector_loads(),
             early_submission: !shared.early_submission(),
             shared_pass: !shared.shared_pass(),
+            multi_tensor: Some(!shared.multi_tensor()),
             ..deberta_gpu::DeviceOptions::from_env()
         };
         WgpuBackend::with_options(deberta_gpu::AdapterChoice::default(), options)
@@ -42,6 +43,7 @@ pub fn gpu_variants() -> Vec<&'static WgpuBackend> {
     assert_ne!(other.matmul_vector_loads(), shared.matmul_vector_loads());
     assert_ne!(other.early_submission(), shared.early_submission());
     assert_ne!(other.shared_pass(), shared.shared_pass());
+    assert_ne!(other.multi_tensor(), shared.multi_tensor());
     vec![shared, other]
 }
 
