@@ -282,23 +282,30 @@ pub trait Backend {
             }),
         }
     }
-    /// `C = α·A·B + β·C + bias` (`bias[j]` added to column j) for one product whose `C` is a
-    /// dense `[m, n]` (a linear layer's output; operand contract [`MatmulSpec::check_bias`]),
-    /// the products at `precision` as in [`Backend::matmul_reduced`]. The provided
-    /// implementation is [`Backend::matmul_reduced`] then [`Backend::add_bias`]; a backend may
-    /// add the bias as it stores `C` instead (the same sum, in the same order).
+    /// `C = α·A·B + β·C + bias (+ residual)` (`bias[j]` added to column j, then the
+    /// residual's element where one is given: a linear layer's output and its residual
+    /// connection) for one product whose `C` is a dense `[m, n]` (operand contract
+    /// [`MatmulSpec::check_bias`]), the products at `precision` as in
+    /// [`Backend::matmul_reduced`]. The provided implementation is [`Backend::matmul_reduced`],
+    /// [`Backend::add_bias`] and [`Backend::add_assign`]; a backend may add both as it stores
+    /// `C` instead (the same sums, in the same order).
     fn matmul_bias(
         &self,
-        a: &Self::Tensor,
-        b: &Self::Tensor,
+        [a, b]: [&Self::Tensor; 2],
         bias: &Self::Tensor,
+        residual: Option<&Self::Tensor>,
         c: &mut Self::Tensor,
         spec: &MatmulSpec,
         precision: crate::Precision,
     ) -> Result<(), Error> {
-        spec.check_bias(self.len(c), self.len(bias))?;
+        let residual_len = residual.map(|r| self.len(r));
+        spec.check_bias(self.len(c), self.len(bias), residual_len)?;
         self.matmul_reduced(a, b, c, spec, precision)?;
-        self.add_bias(c, bias, spec.n)
+        self.add_bias(c, bias, spec.n)?;
+        match residual {
+            Some(residual) => self.add_assign(c, residual),
+            None => Ok(()),
+        }
     }
     /// The products of [`Precision::Mixed`] training on this
     /// backend: a format [`Backend::matmul_reduced`] takes, or f32 where the backend has no

@@ -15,7 +15,7 @@ use crate::adapter::{AdapterChoice, AdapterSummary};
 use crate::device::{DeviceOptions, Gpu};
 use crate::error::GpuError;
 use crate::measured_tiles::{self, MeasuredTile};
-use crate::ops::matmul::MatmulTiles;
+use crate::ops::matmul::{Added, MatmulTiles};
 use crate::ops::{
     attention, attention_training, elementwise, embedding, layer_norm, loss, matmul, memory,
     optimizer, random, reduce, relative_scores, softmax,
@@ -284,7 +284,7 @@ impl Backend for WgpuBackend {
         c: &mut GpuTensor,
         spec: &MatmulSpec,
     ) -> Result<(), Error> {
-        matmul::matmul(&self.gpu, [a, b], None, c, spec, false)
+        matmul::matmul(&self.gpu, [a, b], Added::default(), c, spec, false)
     }
 
     /// f16 where the device has `SHADER_F16` (see [`WgpuBackend::f16_products`]), else f32.
@@ -306,24 +306,28 @@ impl Backend for WgpuBackend {
         precision: Precision,
     ) -> Result<(), Error> {
         let f16_operands = self.f16_operands(precision)?;
-        matmul::matmul(&self.gpu, [a, b], None, c, spec, f16_operands)
+        matmul::matmul(&self.gpu, [a, b], Added::default(), c, spec, f16_operands)
     }
 
-    /// The bias is added as the product's kernel stores C (the split-K sum's, for a split
-    /// product): no kernel of its own, and the same bits as [`Backend::add_bias`] after the
-    /// product.
+    /// The bias and the residual are added as the product's kernel stores C (the split-K
+    /// sum's, for a split product): no kernels of their own, and the same bits as
+    /// [`Backend::add_bias`] and [`Backend::add_assign`] after the product.
     fn matmul_bias(
         &self,
-        a: &GpuTensor,
-        b: &GpuTensor,
+        [a, b]: [&GpuTensor; 2],
         bias: &GpuTensor,
+        residual: Option<&GpuTensor>,
         c: &mut GpuTensor,
         spec: &MatmulSpec,
         precision: Precision,
     ) -> Result<(), Error> {
-        spec.check_bias(c.len(), bias.len())?;
+        spec.check_bias(c.len(), bias.len(), residual.map(GpuTensor::len))?;
         let f16_operands = self.f16_operands(precision)?;
-        matmul::matmul(&self.gpu, [a, b], Some(bias), c, spec, f16_operands)
+        let added = Added {
+            bias: Some(bias),
+            residual,
+        };
+        matmul::matmul(&self.gpu, [a, b], added, c, spec, f16_operands)
     }
 
     fn add_assign(&self, x: &mut GpuTensor, y: &GpuTensor) -> Result<(), Error> {

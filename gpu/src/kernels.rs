@@ -354,38 +354,38 @@ kernels! {
     AddSequenceRow => Elementwise, "add_sequence_row", [W, R];
     /// Backward of `AddSequenceRow`.
     AddSequenceRowBackward => Elementwise, "add_sequence_row_backward", [W, R];
-    /// Workgroup-tiled matmul, 32×32 tiles (2×2 outputs per thread): C, bias, A, B (the bias,
-    /// added as C is stored, where the parameters say so; every matmul kernel binds it
-    /// second). (The larger tiles' kernels bind A and B a second time, as the vec4 views they read groups of four
+    /// Workgroup-tiled matmul, 32×32 tiles (2×2 outputs per thread): C, bias, residual, A, B
+    /// (the bias and the residual, added as C is stored where the parameters say so; every
+    /// matmul kernel binds them second and third). (The larger tiles' kernels bind A and B a second time, as the vec4 views they read groups of four
     /// operands through; a 32-wide tile's thread loads two elements per operand and step.)
-    MatmulTiled32 => Matmul32, "matmul_tiled", [W, R, R, R];
+    MatmulTiled32 => Matmul32, "matmul_tiled", [W, R, R, R, R];
     /// Workgroup-tiled matmul, 64×64 tiles (4×4 outputs per thread).
-    MatmulTiled64 => Matmul64, "matmul_tiled", [W, R, R, R, R, R];
+    MatmulTiled64 => Matmul64, "matmul_tiled", [W, R, R, R, R, R, R];
     /// Workgroup-tiled matmul, 128×128 tiles (8×8 outputs per thread).
-    MatmulTiled128 => Matmul128, "matmul_tiled", [W, R, R, R, R, R];
+    MatmulTiled128 => Matmul128, "matmul_tiled", [W, R, R, R, R, R, R];
     /// One-thread-per-output matmul.
-    MatmulSmall => Matmul64, "matmul_small", [W, R, R, R];
+    MatmulSmall => Matmul64, "matmul_small", [W, R, R, R, R];
     /// `MatmulTiled32` with f16 operands.
-    MatmulTiled32F16 => Matmul32F16, "matmul_tiled", [W, R, R, R];
+    MatmulTiled32F16 => Matmul32F16, "matmul_tiled", [W, R, R, R, R];
     /// `MatmulTiled64` with f16 operands.
-    MatmulTiled64F16 => Matmul64F16, "matmul_tiled", [W, R, R, R, R, R];
+    MatmulTiled64F16 => Matmul64F16, "matmul_tiled", [W, R, R, R, R, R, R];
     /// `MatmulTiled128` with f16 operands.
-    MatmulTiled128F16 => Matmul128F16, "matmul_tiled", [W, R, R, R, R, R];
+    MatmulTiled128F16 => Matmul128F16, "matmul_tiled", [W, R, R, R, R, R, R];
     /// `MatmulSmall` with f16 operands.
-    MatmulSmallF16 => Matmul64F16, "matmul_small", [W, R, R, R];
+    MatmulSmallF16 => Matmul64F16, "matmul_small", [W, R, R, R, R];
     /// `MatmulTiled64` with contiguous 4×4 blocks read from vec4 tiles.
-    MatmulTiled64Vec4 => Matmul64Vec4, "matmul_tiled", [W, R, R, R, R, R];
+    MatmulTiled64Vec4 => Matmul64Vec4, "matmul_tiled", [W, R, R, R, R, R, R];
     /// `MatmulTiled128` with contiguous 8×8 blocks read from vec4 tiles.
-    MatmulTiled128Vec4 => Matmul128Vec4, "matmul_tiled", [W, R, R, R, R, R];
+    MatmulTiled128Vec4 => Matmul128Vec4, "matmul_tiled", [W, R, R, R, R, R, R];
     /// `MatmulTiled64Vec4` with f16 operands.
-    MatmulTiled64Vec4F16 => Matmul64Vec4F16, "matmul_tiled", [W, R, R, R, R, R];
+    MatmulTiled64Vec4F16 => Matmul64Vec4F16, "matmul_tiled", [W, R, R, R, R, R, R];
     /// `MatmulTiled128Vec4` with f16 operands.
-    MatmulTiled128Vec4F16 => Matmul128Vec4F16, "matmul_tiled", [W, R, R, R, R, R];
+    MatmulTiled128Vec4F16 => Matmul128Vec4F16, "matmul_tiled", [W, R, R, R, R, R, R];
     /// f16 products on cooperative matrices, 64-wide tiles, one subgroup per workgroup: C,
-    /// bias, A, B (and A, B again as vec4 views, like every tiled kernel).
-    MatmulCooperative => MatmulCooperative, "matmul_cooperative", [W, R, R, R, R, R];
-    /// Split-K: `C = α·Σ slabs + β·C (+ bias)`: C, bias, slabs.
-    MatmulSumSplits => Matmul64, "matmul_sum_splits", [W, R, R];
+    /// bias, residual, A, B (and A, B again as vec4 views, like every tiled kernel).
+    MatmulCooperative => MatmulCooperative, "matmul_cooperative", [W, R, R, R, R, R, R];
+    /// Split-K: `C = α·Σ slabs + β·C (+ bias) (+ residual)`: C, bias, residual, slabs.
+    MatmulSumSplits => Matmul64, "matmul_sum_splits", [W, R, R, R];
     /// LayerNorm forward: out, stats, x, γ, β.
     LayerNorm => LayerNorm, "layer_norm", [W, W, R, R, R];
     /// LayerNorm input gradient: dx, x, γ, stats, dout.

@@ -73,7 +73,7 @@ params! {
         a_vector_loads: u32,
         b_vector_loads: u32,
         has_bias: u32,
-        _pad0: u32,
+        has_residual: u32,
         _pad1: u32,
         _pad2: u32,
     }

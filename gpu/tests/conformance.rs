@@ -483,7 +483,8 @@ fn split_k_weight_gradient_products_match_cpu() {
 
 /// A linear layer's product `x[rows, input]·Wᵀ + b` with the bias added as C is stored
 /// (`matmul_bias`, into a C of stale values: β = 0 overwrites them), and the same product
-/// followed by `add_bias`.
+/// followed by `add_bias`; then both again with a residual added (`add_assign` after the
+/// separate ones).
 fn matmul_bias_case<B: Backend>(
     b: &B,
     [rows, input, output]: [usize; 3],
@@ -493,15 +494,23 @@ fn matmul_bias_case<B: Backend>(
     let x = up(b, &data(rows * input, seed, 1.0));
     let weight = up(b, &data(output * input, seed + 1, 1.0));
     let bias = up(b, &data(output, seed + 2, 1.0));
+    let residual = up(b, &data(rows * output, seed + 4, 1.0));
     let spec = MatmulSpec::linear(rows, input, output);
-    let mut fused = up(b, &data(rows * output, seed + 3, 1.0));
-    b.matmul_bias(&x, &weight, &bias, &mut fused, &spec, products)
-        .unwrap();
-    let mut separate = b.zeros(rows * output).unwrap();
-    b.matmul_reduced(&x, &weight, &mut separate, &spec, products)
-        .unwrap();
-    b.add_bias(&mut separate, &bias, output).unwrap();
-    vec![down(b, &fused), down(b, &separate)]
+    let mut outputs = Vec::new();
+    for added in [None, Some(&residual)] {
+        let mut fused = up(b, &data(rows * output, seed + 3, 1.0));
+        b.matmul_bias([&x, &weight], &bias, added, &mut fused, &spec, products)
+            .unwrap();
+        let mut separate = b.zeros(rows * output).unwrap();
+        b.matmul_reduced(&x, &weight, &mut separate, &spec, products)
+            .unwrap();
+        b.add_bias(&mut separate, &bias, output).unwrap();
+        if let Some(residual) = added {
+            b.add_assign(&mut separate, residual).unwrap();
+        }
+        outputs.extend([down(b, &fused), down(b, &separate)]);
+    }
+    outputs
 }
 
 /// `[rows, input, output]` of linear layers that take each path of a product: the
@@ -533,14 +542,14 @@ fn matmul_bias_matches_cpu_and_is_the_product_then_add_bias_bit_for_bit() {
             .iter()
             .flat_map(|p| LINEAR_SHAPES.into_iter().zip(50..).map(move |s| (p, s)))
         {
-            let [fused, separate] = &matmul_bias_case(&own, shape, products, seed)[..] else {
-                unreachable!("two outputs")
-            };
+            let outputs = matmul_bias_case(&own, shape, products, seed);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
-            assert!(
-                bits(fused) == bits(separate),
-                "{tiles:?}, {products:?}, {shape:?}: the fused bias gives other bits"
-            );
+            for (pair, residual) in outputs.chunks(2).zip(["without", "with"]) {
+                assert!(
+                    bits(&pair[0]) == bits(&pair[1]),
+                    "{tiles:?}, {products:?}, {shape:?}, {residual} a residual: other bits"
+                );
+            }
         }
     }
 }
@@ -1239,20 +1248,30 @@ fn short_buffer_errors<B: Backend>(b: &B) -> Vec<Error> {
         b.matmul(&a, &bb, &mut c, &MatmulSpec::dense(2, 2, 3))
             .unwrap_err(),
         b.add_bias(&mut c, &a, 6).unwrap_err(),
-        // A bias shorter than C's rows, a batched product, a C longer than [m, n].
+        // A bias shorter than C's rows, a short residual, a batched product, a C longer than
+        // [m, n].
         b.matmul_bias(
-            &bb,
-            &bb,
+            [&bb, &bb],
             &up(b, &[0.0]),
+            None,
             &mut c,
             &MatmulSpec::linear(2, 3, 2),
             Precision::F32,
         )
         .unwrap_err(),
         b.matmul_bias(
+            [&bb, &bb],
             &bb,
+            Some(&small),
+            &mut c,
+            &MatmulSpec::linear(2, 3, 2),
+            Precision::F32,
+        )
+        .unwrap_err(),
+        b.matmul_bias(
+            [&bb, &bb],
             &bb,
-            &bb,
+            None,
             &mut c,
             &MatmulSpec {
                 batch: [2, 1],
@@ -1262,9 +1281,9 @@ fn short_buffer_errors<B: Backend>(b: &B) -> Vec<Error> {
         )
         .unwrap_err(),
         b.matmul_bias(
+            [&bb, &bb],
             &bb,
-            &bb,
-            &bb,
+            None,
             &mut small,
             &MatmulSpec::linear(1, 3, 2),
             Precision::F32,

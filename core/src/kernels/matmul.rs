@@ -207,9 +207,23 @@ impl MatmulSpec {
 
     /// The operand contract of [`Backend::matmul_bias`](crate::Backend::matmul_bias) (every
     /// backend's), besides [`MatmulSpec::check`]: one product whose `C` is the dense row-major
-    /// `[m, n]` of all of its `c_len` elements (a linear layer's output), and a `bias` of `n`.
-    pub fn check_bias(&self, c_len: usize, bias_len: usize) -> Result<(), Error> {
+    /// `[m, n]` of all of its `c_len` elements (a linear layer's output), a `bias` of `n` and,
+    /// where one is given, a residual of `m·n`.
+    pub fn check_bias(
+        &self,
+        c_len: usize,
+        bias_len: usize,
+        residual_len: Option<usize>,
+    ) -> Result<(), Error> {
         require("matmul_bias", "bias", self.n, bias_len)?;
+        if let Some(len) = residual_len {
+            require(
+                "matmul_bias",
+                "residual",
+                self.m.saturating_mul(self.n),
+                len,
+            )?;
+        }
         let entries = product("matmul_bias", &self.batch)?;
         if entries != 1 {
             return Err(Error::ShapeMismatch {
@@ -684,10 +698,19 @@ mod tests {
     #[test]
     fn a_bias_needs_one_dense_output_and_a_value_per_column() {
         let linear = MatmulSpec::linear(3, 5, 4);
-        assert_eq!(linear.check_bias(12, 4), Ok(()));
-        assert_eq!(linear.check_bias(12, 9), Ok(()));
+        assert_eq!(linear.check_bias(12, 4, None), Ok(()));
+        assert_eq!(linear.check_bias(12, 9, Some(12)), Ok(()));
         assert!(matches!(
-            linear.check_bias(12, 3),
+            linear.check_bias(12, 4, Some(11)),
+            Err(Error::BufferTooSmall {
+                operand: "residual",
+                needed: 12,
+                len: 11,
+                ..
+            })
+        ));
+        assert!(matches!(
+            linear.check_bias(12, 3, None),
             Err(Error::BufferTooSmall {
                 operand: "bias",
                 needed: 4,
@@ -697,7 +720,7 @@ mod tests {
         ));
         // C longer than [m, n], a batched product, C at an offset or transposed.
         assert!(matches!(
-            linear.check_bias(13, 4),
+            linear.check_bias(13, 4, None),
             Err(Error::ShapeMismatch {
                 expected: 12,
                 found: 13,
@@ -708,9 +731,9 @@ mod tests {
             batch: [1, 2],
             ..linear
         };
-        assert!(batched.check_bias(12, 4).is_err());
+        assert!(batched.check_bias(12, 4, None).is_err());
         for c in [linear.c.at(1), linear.c.transposed()] {
-            assert!(MatmulSpec { c, ..linear }.check_bias(12, 4).is_err());
+            assert!(MatmulSpec { c, ..linear }.check_bias(12, 4, None).is_err());
         }
     }
 }

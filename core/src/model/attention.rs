@@ -294,7 +294,7 @@ impl DisentangledSelfAttention {
             match linear.bias {
                 Some(bias) => {
                     let bias = params.get(bias);
-                    backend.matmul_bias(rel, weight, bias, &mut out, &spec, products)?;
+                    backend.matmul_bias([rel, weight], bias, None, &mut out, &spec, products)?;
                 }
                 None => backend.matmul_reduced(rel, weight, &mut out, &spec, products)?,
             }

@@ -70,6 +70,39 @@ pub struct LayerScratch<T> {
     dcontext: T,
 }
 
+/// A layer's dense output: the projection, its input, the residual that joins it and the
+/// dropout between them (Hugging Face's `DebertaV2SelfOutput` and `DebertaV2Output` before
+/// their LayerNorm).
+struct DenseOutput<'a, B: Backend> {
+    dense: &'a Linear,
+    input: &'a B::Tensor,
+    residual: &'a B::Tensor,
+    dropout: Option<&'a Dropout>,
+    /// The layer and site of the dropout's stream.
+    site: (usize, Site),
+}
+
+/// `out = dropout(dense(input)) + residual`. With no dropout to draw (evaluation, or a
+/// probability of 0) the projection's kernel adds the residual as it stores the output
+/// ([`Linear::forward_residual`]); else the dropout comes between, in kernels of their own.
+/// The same sums either way.
+fn dense_dropout_residual<B: Backend>(
+    output: DenseOutput<'_, B>,
+    backend: &B,
+    params: &ParamStore<B::Tensor>,
+    out: &mut B::Tensor,
+    rows: usize,
+) -> Result<(), Error> {
+    let (layer, site) = output.site;
+    let (dense, input, residual) = (output.dense, output.input, output.residual);
+    if !output.dropout.is_some_and(|d| d.probability(site) > 0.0) {
+        return dense.forward_residual(backend, params, input, Some(residual), out, rows);
+    }
+    dense.forward(backend, params, input, out, rows)?;
+    maybe_dropout(output.dropout, backend, out, layer, site)?;
+    backend.add_assign(out, residual)
+}
+
 impl EncoderLayer {
     /// Registers the parameters of `{prefix}` (`…encoder.layer.{i}`).
     pub fn new(layout: &mut ParamLayout, prefix: &str, cfg: &ModelConfig) -> Self {
@@ -180,21 +213,19 @@ impl EncoderLayer {
         let (n, query_states, layer) = (input.batch.tokens(), input.query_states, input.layer);
         self.attention
             .forward(backend, params, input, &mut acts.attention)?;
-        self.attention_dense.forward(
+        dense_dropout_residual(
+            DenseOutput {
+                dense: &self.attention_dense,
+                input: &acts.attention.context,
+                residual: query_states,
+                dropout: input.dropout,
+                site: (layer, Site::AttentionOutput),
+            },
             backend,
             params,
-            &acts.attention.context,
             &mut acts.attention_sum,
             n,
         )?;
-        maybe_dropout(
-            input.dropout,
-            backend,
-            &mut acts.attention_sum,
-            layer,
-            Site::AttentionOutput,
-        )?;
-        backend.add_assign(&mut acts.attention_sum, query_states)?;
         self.attention_norm.forward(
             backend,
             params,
@@ -215,16 +246,19 @@ impl EncoderLayer {
             &acts.intermediate_pre,
             &mut acts.intermediate,
         )?;
-        self.output_dense
-            .forward(backend, params, &acts.intermediate, &mut acts.output_sum, n)?;
-        maybe_dropout(
-            input.dropout,
+        dense_dropout_residual(
+            DenseOutput {
+                dense: &self.output_dense,
+                input: &acts.intermediate,
+                residual: &acts.attention_out,
+                dropout: input.dropout,
+                site: (layer, Site::FeedForwardOutput),
+            },
             backend,
+            params,
             &mut acts.output_sum,
-            layer,
-            Site::FeedForwardOutput,
+            n,
         )?;
-        backend.add_assign(&mut acts.output_sum, &acts.attention_out)?;
         self.output_norm.forward(
             backend,
             params,

@@ -169,9 +169,9 @@ impl MlmHead {
         )?;
         let width = self.dense.output;
         backend.matmul_bias(
-            &acts.normed,
-            params.get(self.decoder),
+            [&acts.normed, params.get(self.decoder)],
             params.get(self.bias),
+            None,
             &mut acts.logits,
             &MatmulSpec::linear(rows, width, self.vocab),
             Precision::F32,

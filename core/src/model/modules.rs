@@ -59,24 +59,40 @@ impl Linear {
         out: &mut B::Tensor,
         rows: usize,
     ) -> Result<(), Error> {
-        match params.packed(self.weight) {
-            Some(packed) => backend.matmul_packed(x, packed, out, rows)?,
-            None => {
-                let spec = MatmulSpec::linear(rows, self.input, self.output);
-                let weight = params.get(self.weight);
-                return match self.bias {
-                    Some(bias) => {
-                        let bias = params.get(bias);
-                        backend.matmul_bias(x, weight, bias, out, &spec, params.products())
-                    }
-                    None => backend.matmul_reduced(x, weight, out, &spec, params.products()),
-                };
+        self.forward_residual(backend, params, x, None, out, rows)
+    }
+
+    /// [`Linear::forward`] with `residual` (`[rows, output]`, where given) added to the output
+    /// (a residual connection): by the product's kernel as it stores the output where the
+    /// layer has a bias and no packed copy ([`Backend::matmul_bias`]), else after it.
+    pub fn forward_residual<B: Backend>(
+        &self,
+        backend: &B,
+        params: &ParamStore<B::Tensor>,
+        x: &B::Tensor,
+        residual: Option<&B::Tensor>,
+        out: &mut B::Tensor,
+        rows: usize,
+    ) -> Result<(), Error> {
+        let spec = MatmulSpec::linear(rows, self.input, self.output);
+        let (weight, products) = (params.get(self.weight), params.products());
+        match (params.packed(self.weight), self.bias) {
+            (None, Some(bias)) => {
+                let bias = params.get(bias);
+                return backend.matmul_bias([x, weight], bias, residual, out, &spec, products);
+            }
+            (None, None) => backend.matmul_reduced(x, weight, out, &spec, products)?,
+            (Some(packed), bias) => {
+                backend.matmul_packed(x, packed, out, rows)?;
+                if let Some(bias) = bias {
+                    backend.add_bias(out, params.get(bias), self.output)?;
+                }
             }
         }
-        if let Some(bias) = self.bias {
-            backend.add_bias(out, params.get(bias), self.output)?;
+        match residual {
+            Some(residual) => backend.add_assign(out, residual),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Adds `∂L/∂W = dyᵀ·x`, `∂L/∂b = Σ dy` to `ctx.grads` and, when `dx` is given,

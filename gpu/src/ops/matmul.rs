@@ -298,22 +298,35 @@ fn reads_in_fours(k_contiguous: bool, words: [u32; 5], is_b: bool) -> bool {
     unit == 1 && [offset, other, batch0, batch1].iter().all(|w| w % 4 == 0)
 }
 
-/// `C = α·A·B + β·C` per batch entry, plus `bias[col]` in every output where a bias is given
-/// (the caller has checked [`MatmulSpec::check_bias`]); with `f16_operands` (a device with
-/// `SHADER_F16`) both operands are rounded to f16 as they are loaded, the products and sums
-/// staying f32.
+/// What a product adds to each output it stores: `bias[col]`, then the residual's element at
+/// the output's index (the caller has checked [`MatmulSpec::check_bias`]).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Added<'a> {
+    pub(crate) bias: Option<&'a GpuTensor>,
+    pub(crate) residual: Option<&'a GpuTensor>,
+}
+
+/// `C = α·A·B + β·C` per batch entry, plus what `added` holds; with `f16_operands` (a device
+/// with `SHADER_F16`) both operands are rounded to f16 as they are loaded, the products and
+/// sums staying f32.
 pub(crate) fn matmul(
     gpu: &Gpu,
     [a, b]: [&GpuTensor; 2],
-    bias: Option<&GpuTensor>,
+    added: Added<'_>,
     c: &mut GpuTensor,
     spec: &MatmulSpec,
     f16_operands: bool,
 ) -> Result<(), Error> {
     spec.check(a.len(), b.len(), c.len())?;
-    // Without a bias the kernels' bias binding holds A, which they then do not read.
-    let bias_buffer = gpu.buf(bias.unwrap_or(a))?;
-    let buffers = [gpu.buf(c)?, bias_buffer, gpu.buf(a)?, gpu.buf(b)?];
+    // Without a bias or residual the kernels' binding of it holds A, which they do not read.
+    let [bias_buffer, residual_buffer] = [added.bias, added.residual].map(|t| t.unwrap_or(a));
+    let buffers = [
+        gpu.buf(c)?,
+        gpu.buf(bias_buffer)?,
+        gpu.buf(residual_buffer)?,
+        gpu.buf(a)?,
+        gpu.buf(b)?,
+    ];
     // `check` has made sure that the batch entries can be counted.
     let entries = spec.batch[0] * spec.batch[1];
     if spec.m == 0 || spec.n == 0 || entries == 0 {
@@ -378,7 +391,8 @@ pub(crate) fn matmul(
         b_vector_loads: u32::from(
             gpu.matmul_vector_loads && reads_in_fours(b_k_contiguous, b_words, true),
         ),
-        has_bias: u32::from(bias.is_some()),
+        has_bias: u32::from(added.bias.is_some()),
+        has_residual: u32::from(added.residual.is_some()),
         ..MatmulParams::default()
     };
     // The f16 variants stage half the bytes, so whatever fits in f32 fits.
@@ -419,7 +433,7 @@ pub(crate) fn matmul(
         // are not among the measured kernels, whose sums are all the same bits.
         let cooperative = (Kernel::MatmulCooperative, COOP_TILE);
         if splits > 1 {
-            return split_k(gpu, [a, b, c], bias, params, cooperative, splits);
+            return split_k(gpu, [a, b, c], added, params, cooperative, splits);
         }
         let grid = tile_grid(gpu, spec.m, spec.n, COOP_TILE)?;
         return dispatch_entries(
@@ -437,12 +451,12 @@ pub(crate) fn matmul(
         let tiling = match measured {
             true => measured_choice(gpu, spec, c, shape, &SPLIT_TILED, |tiling, output| {
                 let pieces = (kernel_of(tiling).with_operands(f16_operands), tiling.side);
-                split_k(gpu, [a, b, output], bias, params, pieces, splits)
+                split_k(gpu, [a, b, output], added, params, pieces, splits)
             })?,
             false => Tiling::new(tile, BlockLayout::Strided),
         };
         let pieces = (kernel_of(tiling).with_operands(f16_operands), tiling.side);
-        return split_k(gpu, [a, b, c], bias, params, pieces, splits);
+        return split_k(gpu, [a, b, c], added, params, pieces, splits);
     }
     let (kernel, tile) = match measured {
         true => {
@@ -450,7 +464,13 @@ pub(crate) fn matmul(
                 measured_choice(gpu, spec, c, shape, &MEASURED_TILED, |tiling, output| {
                     let grid = tile_grid(gpu, spec.m, spec.n, tiling.side)?;
                     let kernel = kernel_of(tiling).with_operands(f16_operands);
-                    let timed = [gpu.buf(output)?, buffers[1], buffers[2], buffers[3]];
+                    let timed = [
+                        gpu.buf(output)?,
+                        buffers[1],
+                        buffers[2],
+                        buffers[3],
+                        buffers[4],
+                    ];
                     dispatch_entries(gpu, (kernel, grid), params, &timed, entries, per_dispatch)
                 })?;
             (kernel_of(tiling), tiling.side)
@@ -525,7 +545,7 @@ fn dispatch_entries(
     gpu: &Gpu,
     (kernel, [x, y]): (Kernel, [u32; 2]),
     mut params: MatmulParams,
-    buffers: &[&PooledBuffer; 4],
+    buffers: &[&PooledBuffer; 5],
     entries: usize,
     per_dispatch: usize,
 ) -> Result<(), Error> {
@@ -583,20 +603,20 @@ fn measure(
     Ok(best.map_or(smallest, |(choice, _)| choice))
 }
 
-/// C, the bias, A and B, then A and B again: a matmul kernel binds the first
-/// `kernel.bindings().len()` (the 64- and 128-wide tiled kernels all six, the second A and B as
-/// the vec4 views they read four elements at a time through).
-fn with_views([c, bias, a, b]: [&PooledBuffer; 4]) -> [&PooledBuffer; 6] {
-    [c, bias, a, b, a, b]
+/// C, the bias, the residual, A and B, then A and B again: a matmul kernel binds the first
+/// `kernel.bindings().len()` (the 64- and 128-wide tiled kernels all seven, the second A and B
+/// as the vec4 views they read four elements at a time through).
+fn with_views([c, bias, residual, a, b]: [&PooledBuffer; 5]) -> [&PooledBuffer; 7] {
+    [c, bias, residual, a, b, a, b]
 }
 
 /// One product (`params`, already checked) as `splits` pieces along k into a scratch slab
-/// each, summed in order into C (adding the bias, where `params` has one, there): `kernel`
-/// over its grid of `side`-wide tiles per piece.
+/// each, summed in order into C (adding the bias and the residual, where `params` has them,
+/// there): `kernel` over its grid of `side`-wide tiles per piece.
 fn split_k(
     gpu: &Gpu,
     [a, b, c]: [&GpuTensor; 3],
-    bias: Option<&GpuTensor>,
+    added: Added<'_>,
     params: MatmulParams,
     (kernel, side): (Kernel, u32),
     splits: usize,
@@ -617,10 +637,11 @@ fn split_k(
         k_split: word(depth)?,
         splits: word(splits)?,
         has_bias: 0,
+        has_residual: 0,
         ..params
     };
     let (a, b) = (gpu.buf(a)?, gpu.buf(b)?);
-    let bound = with_views([gpu.buf(&slabs)?, a, a, b]);
+    let bound = with_views([gpu.buf(&slabs)?, a, a, a, b]);
     gpu.dispatch(
         kernel,
         &pieces,
@@ -637,14 +658,14 @@ fn split_k(
         1,
     ];
     let slabs = gpu.buf(&slabs)?;
-    let bias = match bias {
-        Some(bias) => gpu.buf(bias)?,
-        None => slabs,
-    };
+    let [bias, residual] = [added.bias, added.residual].map(|t| match t {
+        Some(t) => gpu.buf(t),
+        None => Ok(slabs),
+    });
     gpu.dispatch(
         Kernel::MatmulSumSplits,
         &sum,
-        &[gpu.buf(c)?, bias, slabs],
+        &[gpu.buf(c)?, bias?, residual?, slabs],
         groups,
     )
 }

@@ -45,7 +45,8 @@ struct Params {
     b_vector_loads: u32,
     // 1: `bias[col]` is added to every output as it is stored (a linear layer's bias).
     has_bias: u32,
-    _pad0: u32,
+    // 1: then `residual` at the output's own index (C is then a dense [m, n] from element 0).
+    has_residual: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -54,11 +55,13 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> c: array<f32>;
 // n elements where `has_bias` (else any buffer, not read).
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read> a: array<f32>;
-@group(0) @binding(4) var<storage, read> b: array<f32>;
+// m·n elements where `has_residual` (else any buffer, not read).
+@group(0) @binding(3) var<storage, read> residual: array<f32>;
+@group(0) @binding(4) var<storage, read> a: array<f32>;
+@group(0) @binding(5) var<storage, read> b: array<f32>;
 // The same buffers as A and B, read four elements at a time (`load_a4`, `load_b4`).
-@group(0) @binding(5) var<storage, read> a4: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> b4: array<vec4<f32>>;
 
 struct Bases {
     a: u32,
@@ -76,8 +79,8 @@ fn batch_bases(entry: u32) -> Bases {
     );
 }
 
-// C's element (row, col) from the sum `acc`: α·acc (+ β·C) (+ bias[col]), each addition
-// rounded as the separate kernels round it.
+// C's element (row, col) from the sum `acc`: α·acc (+ β·C) (+ bias[col]) (+ residual), each
+// addition rounded as the separate kernels round it.
 fn store_output(base: u32, row: u32, col: u32, acc: f32) {
     let idx = base + row * params.c_row_stride + col * params.c_col_stride;
     var out = params.alpha * acc;
@@ -86,6 +89,9 @@ fn store_output(base: u32, row: u32, col: u32, acc: f32) {
     }
     if (params.has_bias != 0u) {
         out += bias[col];
+    }
+    if (params.has_residual != 0u) {
+        out += residual[idx];
     }
     c[idx] = out;
 }
