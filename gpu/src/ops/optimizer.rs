@@ -9,7 +9,23 @@ use super::{flag, word};
 use crate::device::Gpu;
 use crate::kernels::{ADAM_SOURCES, ELEMENTWISE_WG, Kernel};
 use crate::params::{AdamManyParams, AdamParams};
+use crate::pool::PooledBuffer;
 use crate::tensor::GpuTensor;
+
+/// The buffer the update kernels bind as the global Σ g²: `clip`'s (checked to hold it), or
+/// an unread stand-in without clipping.
+fn squared_norm_buffer<'a>(
+    gpu: &'a Gpu,
+    clip: Option<Clip<'a, GpuTensor>>,
+) -> Result<&'a PooledBuffer, Error> {
+    match clip {
+        Some(clip) => {
+            check_range("adam_update", 0, 1, clip.squared_norm.len())?;
+            gpu.buf(clip.squared_norm)
+        }
+        None => Ok(&gpu.absent_input),
+    }
+}
 
 /// One update of `param` and its moments from `grad`.
 pub(crate) fn adam_update(
@@ -24,13 +40,7 @@ pub(crate) fn adam_update(
     let (m, v) = moments;
     spec.check(n, grad.len(), m.len(), v.len())?;
     let buffers = [gpu.buf(param)?, gpu.buf(m)?, gpu.buf(v)?, gpu.buf(grad)?];
-    let squared_norm = match &clip {
-        Some(clip) => {
-            check_range("adam_update", 0, 1, clip.squared_norm.len())?;
-            gpu.buf(clip.squared_norm)?
-        }
-        None => &gpu.absent_input,
-    };
+    let squared_norm = squared_norm_buffer(gpu, clip)?;
     if n == 0 {
         return Ok(());
     }
@@ -105,13 +115,7 @@ pub(crate) fn adam_updates(
         }
         return Ok(());
     }
-    let squared_norm = match &clip {
-        Some(clip) => {
-            check_range("adam_update", 0, 1, clip.squared_norm.len())?;
-            gpu.buf(clip.squared_norm)?
-        }
-        None => &gpu.absent_input,
-    };
+    let squared_norm = squared_norm_buffer(gpu, clip)?;
     let mut rest = &updates[..];
     while let Some(first) = rest.first() {
         let key = shared(&first.spec);
@@ -132,7 +136,7 @@ pub(crate) fn adam_updates(
 fn update_many(
     gpu: &Gpu,
     batch: &[AdamTensors<'_, GpuTensor>],
-    squared_norm: &crate::pool::PooledBuffer,
+    squared_norm: &PooledBuffer,
     max_norm: Option<f32>,
 ) -> Result<(), Error> {
     let spec = batch[0].spec;
