@@ -356,8 +356,9 @@ kernels! {
     AddSequenceRowBackward => Elementwise, "add_sequence_row_backward", [W, R];
     /// Workgroup-tiled matmul, 32×32 tiles (2×2 outputs per thread): C, bias, residual, A, B
     /// (the bias and the residual, added as C is stored where the parameters say so; every
-    /// matmul kernel binds them second and third). (The larger tiles' kernels bind A and B a second time, as the vec4 views they read groups of four
-    /// operands through; a 32-wide tile's thread loads two elements per operand and step.)
+    /// matmul kernel binds them second and third). (The larger tiles' kernels bind A and B a
+    /// second time, as the vec4 views they read groups of four operands through; a 32-wide
+    /// tile's thread loads two elements per operand and step.)
     MatmulTiled32 => Matmul32, "matmul_tiled", [W, R, R, R, R];
     /// Workgroup-tiled matmul, 64×64 tiles (4×4 outputs per thread).
     MatmulTiled64 => Matmul64, "matmul_tiled", [W, R, R, R, R, R, R];
