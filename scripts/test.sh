@@ -46,6 +46,9 @@ cargo build --release -p deberta-host
 cargo test --workspace --release -- --skip trained_nano_discriminator \
     --skip nano_learns_on_the_bundled_corpus_and_writes_every_artefact --skip mpi_
 
+step "wgpu on a second driver: Mesa 26's lavapipe (trixie-backports, unpacked privately), with cooperative matrices"
+scripts/lavapipe-next.sh
+
 step "learning check: deberta pretrain, nano preset, 250 steps on the bundled corpus"
 learning_run="${CARGO_TARGET_DIR:-$PWD/target}/nano-learning-run"
 DEBERTA_LEARNING_RUN_DIR="$learning_run" cargo test --release -p deberta-tests \

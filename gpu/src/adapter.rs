@@ -51,15 +51,54 @@ pub struct Capabilities {
     pub subgroup_sizes: [u32; 2],
 }
 
+/// A configuration the cooperative-matrix matmul (`matmul_cooperative.wgsl`) runs in: square
+/// f16 × f16 → f32 matrices of `side` (16 on NVIDIA's tensor cores, 8 on Mesa's lavapipe) on
+/// workgroups of one subgroup of exactly `threads` invocations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CooperativeShape {
+    /// The side of the A, B and accumulator matrices (one step along k is this deep).
+    pub side: u32,
+    /// Invocations of a workgroup: the adapter's one subgroup width.
+    pub threads: u32,
+}
+
+impl CooperativeShape {
+    /// 16×16×16 matrices on 32-wide subgroups: what NVIDIA's drivers report.
+    pub const TENSOR_CORES: Self = CooperativeShape {
+        side: 16,
+        threads: 32,
+    };
+
+    /// The side of the tile of C one workgroup computes (4 × 4 accumulators).
+    pub const fn tile(self) -> u32 {
+        4 * self.side
+    }
+
+    /// Groups of four operands of A (and of B) each thread stages per step.
+    pub const fn groups(self) -> u32 {
+        self.side * self.side / self.threads
+    }
+}
+
 impl Capabilities {
-    /// Whether the cooperative-matrix matmul (`matmul_cooperative.wgsl`) can run: f16 shaders,
-    /// 16×16×16 f16 → f32 cooperative matrices, and subgroups of exactly 32 invocations (the
-    /// kernel's workgroup is one subgroup).
-    pub fn cooperative_matmul(&self) -> bool {
-        let wide = crate::kernels::COOP_THREADS;
-        self.shader_f16
-            && self.f16_cooperative_matrices.contains(&[16, 16, 16])
-            && self.subgroup_sizes == [wide, wide]
+    /// The configuration the cooperative-matrix matmul (`matmul_cooperative.wgsl`) runs in on
+    /// this adapter, if any: f16 shaders, square f16 → f32 cooperative matrices of side 16 or 8
+    /// (naga's two sizes; 16 preferred), and one subgroup width (the kernel's workgroup is one
+    /// subgroup) that divides a step's operands into 1 to 16 groups of four per thread.
+    pub fn cooperative_matmul(&self) -> Option<CooperativeShape> {
+        let [threads, widest] = self.subgroup_sizes;
+        if !self.shader_f16 || threads == 0 || threads != widest {
+            return None;
+        }
+        [16, 8]
+            .into_iter()
+            .map(|side| CooperativeShape { side, threads })
+            .find(|shape| {
+                let side = shape.side;
+                self.f16_cooperative_matrices.contains(&[side, side, side])
+                    && (side * side).is_multiple_of(threads)
+                    && (1..=16).contains(&shape.groups())
+            })
     }
 
     /// What `adapter` offers.

@@ -11,7 +11,7 @@ use deberta_core::kernels::{AdamSpec, LayerNormSpec, MatmulSpec, RelativeScoresS
 use deberta_core::random::RandomStream;
 use deberta_core::{Activation, Backend, Error, Precision};
 
-use crate::adapter::{AdapterChoice, AdapterSummary};
+use crate::adapter::{AdapterChoice, AdapterSummary, CooperativeShape};
 use crate::device::{DeviceOptions, Gpu};
 use crate::error::GpuError;
 use crate::measured_tiles::{self, MeasuredTile};
@@ -156,11 +156,11 @@ impl WgpuBackend {
         self.gpu.multi_tensor
     }
 
-    /// Whether f16 products (mixed precision) run on cooperative matrices: the device was
-    /// opened with them ([`DeviceOptions::cooperative_matrices`]; `DEBERTA_WGPU_COOPERATIVE=on`)
-    /// on an adapter that can run the kernel.
-    pub fn cooperative_matrices(&self) -> bool {
-        self.gpu.cooperative_matrices
+    /// The cooperative matrices f16 products (mixed precision) run on, if they do: the device
+    /// was opened with them ([`DeviceOptions::cooperative_matrices`];
+    /// `DEBERTA_WGPU_COOPERATIVE=on`) on an adapter that can run the kernel.
+    pub fn cooperative_matrices(&self) -> Option<CooperativeShape> {
+        self.gpu.cooperative
     }
 
     /// The adapter in use.

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use deberta_core::Error;
 
-use crate::adapter::{AdapterChoice, AdapterSummary, instance, select};
+use crate::adapter::{AdapterChoice, AdapterSummary, CooperativeShape, instance, select};
 use crate::error::{ErrorLog, GpuError, device_error};
 use crate::kernels::Variant;
 use crate::measured_tiles::{MatmulCode, MeasuredTiles};
@@ -64,8 +64,9 @@ pub(crate) struct Gpu {
     pub(crate) timestamps: bool,
     /// Whether the kernels are compiled with naga's loop bounds ([`DeviceOptions::loop_bounds`]).
     pub(crate) loop_bounds: bool,
-    /// Whether the device was opened with cooperative matrices: f16 products run on them.
-    pub(crate) cooperative_matrices: bool,
+    /// The configuration of the cooperative matrices the device was opened with, if any: f16
+    /// products run on them.
+    pub(crate) cooperative: Option<CooperativeShape>,
     /// Whether the tiled matmuls prefetch ([`DeviceOptions::matmul_prefetch`]).
     pub(crate) matmul_prefetch: bool,
     /// Whether the tiled matmuls read operands that allow it four elements at a time
@@ -91,8 +92,8 @@ pub struct DeviceOptions {
     /// Ask for `EXPERIMENTAL_COOPERATIVE_MATRIX` where the adapter can run the
     /// cooperative-matrix matmul ([`Capabilities::cooperative_matmul`]): the f16 products of
     /// mixed precision then run on it (tensor cores) instead of the register-blocked kernels.
-    /// Off by default until it has been checked and timed on a GPU (`bench/gpu-tests.sh`,
-    /// `bench/gpu.sh`); no adapter this project's CI has offers cooperative matrices.
+    /// Off by default until it has been timed on a GPU (`bench/gpu.sh`); CI checks it on Mesa
+    /// 26's lavapipe (8×8×8 matrices, `scripts/lavapipe-next.sh`).
     ///
     /// [`Capabilities::cooperative_matmul`]: crate::Capabilities::cooperative_matmul
     pub cooperative_matrices: bool,
@@ -214,24 +215,29 @@ impl Gpu {
             true => feature,
             false => wgpu::Features::empty(),
         };
-        let cooperative = options.cooperative_matrices
-            && options.f16_products
-            && summary.capabilities.cooperative_matmul();
+        let cooperative = summary
+            .capabilities
+            .cooperative_matmul()
+            .filter(|_| options.cooperative_matrices && options.f16_products);
         // Timestamps cost nothing until kernel timing is switched on.
         let features = adapter.features()
             & (wanted(options.f16_products, wgpu::Features::SHADER_F16)
                 | wanted(options.subgroup_reductions, wgpu::Features::SUBGROUP)
-                | wanted(cooperative, wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+                | wanted(
+                    cooperative.is_some(),
+                    wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
+                )
                 | wgpu::Features::TIMESTAMP_QUERY);
         let experimental_features = match cooperative {
             // SAFETY: the token unlocks only `EXPERIMENTAL_COOPERATIVE_MATRIX`, requested where
-            // the caller opted in and the adapter reports 16×16×16 f16 → f32 matrices at
-            // subgroup scope and 32-wide subgroups; the one kernel using it
-            // (`matmul_cooperative.wgsl`) does no more than that configuration allows: a whole
-            // subgroup, in uniform control flow, loads 16×16 matrices from workgroup memory
-            // inside its arrays, multiply-adds them and stores the results there.
-            true => unsafe { wgpu::ExperimentalFeatures::enabled() },
-            false => wgpu::ExperimentalFeatures::disabled(),
+            // the caller opted in and the adapter reports square f16 → f32 matrices of the
+            // shape's side and subgroups of exactly the shape's width; the one kernel using it
+            // (`matmul_cooperative.wgsl`, written for that shape) does no more than that
+            // configuration allows: a whole subgroup, in uniform control flow, loads matrices of
+            // that side from workgroup memory inside its arrays, multiply-adds them and stores
+            // the results there.
+            Some(_) => unsafe { wgpu::ExperimentalFeatures::enabled() },
+            None => wgpu::ExperimentalFeatures::disabled(),
         };
         // Everything the adapter offers (workgroup memory, invocations, buffer sizes); should a
         // driver refuse its own maximum, WebGPU's defaults, which every adapter grants.
@@ -295,6 +301,7 @@ impl Gpu {
                 Variant {
                     subgroup_reductions: features.contains(wgpu::Features::SUBGROUP),
                     matmul_prefetch: options.matmul_prefetch,
+                    cooperative: cooperative.unwrap_or(CooperativeShape::TENSOR_CORES),
                 },
                 options.loop_bounds,
             ),
@@ -313,8 +320,8 @@ impl Gpu {
             subgroup_reductions: features.contains(wgpu::Features::SUBGROUP),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             loop_bounds: options.loop_bounds,
-            cooperative_matrices: features
-                .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+            cooperative: cooperative
+                .filter(|_| features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)),
             matmul_prefetch: options.matmul_prefetch,
             matmul_vector_loads: options.matmul_vector_loads,
         })

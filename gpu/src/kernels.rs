@@ -4,10 +4,8 @@
 
 use std::borrow::Cow;
 
-/// Threads of a cooperative-matrix matmul workgroup: one subgroup, of exactly this size.
-pub(crate) const COOP_THREADS: u32 = 32;
-/// The side of the cooperative-matrix matmul's tile of C.
-pub(crate) const COOP_TILE: u32 = 64;
+use crate::adapter::CooperativeShape;
+
 /// Threads per workgroup of the one-thread-per-element kernels.
 pub(crate) const ELEMENTWISE_WG: u32 = 256;
 /// Threads per workgroup of the one-workgroup-per-row reductions.
@@ -39,7 +37,7 @@ pub(crate) const ATTN_CHUNK: u32 = 16;
 pub(crate) const ATTN_MAX_HEAD_DIM: u32 = 64;
 
 /// The options of a device that change the text of its kernels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Variant {
     /// Workgroup reductions over subgroups (a device opened with `SUBGROUP`), else a tree in
     /// workgroup memory.
@@ -47,6 +45,20 @@ pub(crate) struct Variant {
     /// The tiled matmuls read each step's operands into registers during the step before
     /// ([`crate::DeviceOptions::matmul_prefetch`]).
     pub(crate) matmul_prefetch: bool,
+    /// The configuration of the cooperative-matrix kernel (compiled only on a device opened
+    /// with cooperative matrices, in the configuration its adapter reports).
+    pub(crate) cooperative: CooperativeShape,
+}
+
+impl Default for Variant {
+    /// No subgroup reductions, no prefetching, tensor-core matrices.
+    fn default() -> Self {
+        Variant {
+            subgroup_reductions: false,
+            matmul_prefetch: false,
+            cooperative: CooperativeShape::TENSOR_CORES,
+        }
+    }
 }
 
 /// A WGSL source file (one kernel family).
@@ -109,9 +121,10 @@ impl Shader {
         let Variant {
             subgroup_reductions,
             matmul_prefetch: prefetched,
+            cooperative,
         } = variant;
         use crate::matmul_source::BlockLayout::{Contiguous, Strided};
-        use crate::matmul_source::matmul_source;
+        use crate::matmul_source::{cooperative_source, matmul_source};
         let reducing = |body: &str| -> Cow<'static, str> {
             let reductions = match subgroup_reductions {
                 true => include_str!("shaders/row_reduce_subgroup.wgsl"),
@@ -136,10 +149,7 @@ impl Shader {
             Shader::Matmul128Vec4F16 => {
                 return matmul_source(8, Contiguous, true, prefetched).into();
             }
-            Shader::MatmulCooperative => concat!(
-                include_str!("shaders/matmul_cooperative.wgsl"),
-                include_str!("shaders/matmul_common.wgsl")
-            ),
+            Shader::MatmulCooperative => return cooperative_source(cooperative).into(),
             Shader::Elementwise => include_str!("shaders/elementwise.wgsl"),
             Shader::LayerNorm => return reducing(include_str!("shaders/layer_norm.wgsl")),
             Shader::Softmax => return reducing(include_str!("shaders/softmax.wgsl")),
@@ -463,14 +473,22 @@ impl Kernel {
 mod tests {
     use super::*;
 
-    /// Every variant of the kernels' text.
+    /// Every variant of the kernels' text, with the cooperative-matrix kernel in four
+    /// configurations: tensor cores' 16×16 on 32 invocations, lavapipe's 8×8 on 8, and 16×16
+    /// on 64 and 8×8 on 32 (four and two groups of operands per thread).
     fn variants() -> impl Iterator<Item = Variant> {
+        let shapes = [(16, 32), (8, 8), (16, 64), (8, 32)]
+            .map(|(side, threads)| CooperativeShape { side, threads });
         [(false, false), (false, true), (true, false), (true, true)]
             .into_iter()
-            .map(|(subgroup_reductions, matmul_prefetch)| Variant {
-                subgroup_reductions,
-                matmul_prefetch,
-            })
+            .zip(shapes)
+            .map(
+                |((subgroup_reductions, matmul_prefetch), cooperative)| Variant {
+                    subgroup_reductions,
+                    matmul_prefetch,
+                    cooperative,
+                },
+            )
     }
 
     /// The shader's module, validated with only the capabilities its variant may use: f16 for
@@ -598,8 +616,6 @@ mod tests {
                 ],
             ),
             ("MATMUL_THREADS", MATMUL_THREADS, MATMULS),
-            ("COOP_THREADS", COOP_THREADS, &[Shader::MatmulCooperative]),
-            ("COOP_TILE", COOP_TILE, &[Shader::MatmulCooperative]),
             ("TILE_K", TILE_K, MATMULS),
             (
                 "SUM_ITEMS",

@@ -51,7 +51,7 @@ mod tensor;
 mod test_backend;
 mod transfer;
 
-pub use adapter::{AdapterChoice, AdapterSummary, Capabilities, list_adapters};
+pub use adapter::{AdapterChoice, AdapterSummary, Capabilities, CooperativeShape, list_adapters};
 pub use backend::{DeviceMemory, WgpuBackend};
 pub use device::DeviceOptions;
 pub use error::GpuError;

@@ -11,6 +11,7 @@
 
 use std::fmt::Write;
 
+use crate::adapter::CooperativeShape;
 use crate::kernels::MATMUL_THREADS;
 
 /// The marker lines of `matmul.wgsl` that this module fills in.
@@ -62,7 +63,10 @@ pub(crate) fn matmul_source(
         "a contiguous block is read as vec4s"
     );
     let header = match f16_operands {
-        true => include_str!("shaders/matmul_f16.wgsl"),
+        true => concat!(
+            include_str!("shaders/matmul_f16.wgsl"),
+            include_str!("shaders/f16_round.wgsl")
+        ),
         false => include_str!("shaders/matmul_f32.wgsl"),
     };
     let mut text = format!(
@@ -247,6 +251,79 @@ fn store(text: &mut String, indent: &str, block: u32, layout: BlockLayout) {
     }
 }
 
+/// The cooperative-matrix kernel (`matmul_cooperative.wgsl` after the f16 operand header and
+/// `f16_round.wgsl`, before `matmul_common.wgsl`) for `shape`: its `// @shape` line becomes the side, subgroup width and matrix types, its
+/// `// @groups` line the thread's share of a step's operands (`shape.groups()` groups of four
+/// of A and of B, in named registers, read by `load_groups_a`/`load_groups_b` and staged by
+/// `stage_groups`).
+pub(crate) fn cooperative_source(shape: CooperativeShape) -> String {
+    let CooperativeShape { side, threads } = shape;
+    let groups = shape.groups();
+    let f16_header = include_str!("shaders/matmul_f16.wgsl")
+        .strip_prefix("enable f16;\n")
+        .expect("the f16 operand header enables f16 first");
+    let mut text = format!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\n{f16_header}{}",
+        include_str!("shaders/f16_round.wgsl")
+    );
+    for line in include_str!("shaders/matmul_cooperative.wgsl").lines() {
+        match line.trim() {
+            "// @shape" => {
+                let _ = writeln!(
+                    text,
+                    "const COOP_SIDE: u32 = {side}u;\n\
+                     const COOP_THREADS: u32 = {threads}u;\n\
+                     const COOP_GROUPS: u32 = {groups}u;\n\
+                     alias CoopA = coop_mat{side}x{side}<f16, A>;\n\
+                     alias CoopB = coop_mat{side}x{side}<f16, B>;\n\
+                     alias CoopC = coop_mat{side}x{side}<f32, C>;"
+                );
+            }
+            "// @groups" => cooperative_groups(&mut text, groups),
+            _ => {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+    }
+    text.push_str(include_str!("shaders/matmul_common.wgsl"));
+    text
+}
+
+/// `Groups` (a thread's `groups` groups of four operands of one step of A or B: groups
+/// lid + COOP_THREADS·q of the staged tile, named members rather than an array, so registers),
+/// their loads at a step (`matmul_common.wgsl`'s, zeros beyond k_end and the matrix) and their
+/// staging.
+fn cooperative_groups(text: &mut String, groups: u32) {
+    text.push_str("struct Groups {\n");
+    for q in 0..groups {
+        let _ = writeln!(text, "    q{q}: vec4<f16>,");
+    }
+    text.push_str("}\n");
+    for (side, origin) in [("a", "row0"), ("b", "col0")] {
+        let _ = write!(
+            text,
+            "fn load_groups_{side}(base: u32, {origin}: u32, k0: u32, k_end: u32, lid: u32) -> Groups {{\n    return Groups("
+        );
+        for q in 0..groups {
+            let separator = if q == 0 { "" } else { ", " };
+            let _ = write!(
+                text,
+                "{separator}load_{side}4(base, {origin}, k0, k_end, lid + {q}u * COOP_THREADS)"
+            );
+        }
+        text.push_str(");\n}\n");
+    }
+    text.push_str("fn stage_groups(a: Groups, b: Groups, lid: u32) {\n");
+    for q in 0..groups {
+        let _ = writeln!(
+            text,
+            "    stage_group(lid + {q}u * COOP_THREADS, a.q{q}, b.q{q});"
+        );
+    }
+    text.push_str("}\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,6 +406,46 @@ mod tests {
                 let expected = if grouped { loads + reloaded } else { 0 };
                 assert_eq!(group_loads(side), expected, "{case}");
             }
+        }
+    }
+
+    #[test]
+    fn the_cooperative_kernel_is_written_for_its_shape() {
+        let template = include_str!("shaders/matmul_cooperative.wgsl");
+        for marker in ["// @shape", "// @groups"] {
+            assert_eq!(template.lines().filter(|l| l.trim() == marker).count(), 1);
+        }
+        for (side, threads) in [(16, 32), (8, 8), (16, 64), (8, 32)] {
+            let shape = CooperativeShape { side, threads };
+            let text = cooperative_source(shape);
+            let case = format!("{side}×{side} on {threads}");
+            assert!(text.starts_with("enable f16;"), "{case}");
+            assert!(
+                !text.lines().any(|l| l.trim().starts_with("// @")),
+                "{case}"
+            );
+            for line in [
+                format!("const COOP_SIDE: u32 = {side}u;"),
+                format!("const COOP_THREADS: u32 = {threads}u;"),
+                format!("alias CoopA = coop_mat{side}x{side}<f16, A>;"),
+                format!("alias CoopC = coop_mat{side}x{side}<f32, C>;"),
+            ] {
+                assert!(text.contains(&line), "{case}: no `{line}`");
+            }
+            // A step's 4·side × side operands of each matrix, four to a group, spread over the
+            // threads: every group staged once, from a load at its own index.
+            let groups = 4 * side * side / 4 / threads;
+            assert_eq!(shape.groups(), groups, "{case}");
+            for q in 0..groups {
+                for side in ["a", "b"] {
+                    let load = format!("lid + {q}u * COOP_THREADS)");
+                    assert!(text.contains(&format!("load_{side}4(base, ")), "{case}");
+                    assert_eq!(text.matches(&load).count(), 2, "{case}: {load}");
+                }
+                let stage = format!("stage_group(lid + {q}u * COOP_THREADS, a.q{q}, b.q{q});");
+                assert_eq!(text.matches(&stage).count(), 1, "{case}: {stage}");
+            }
+            assert!(!text.contains(&format!("q{groups}")), "{case}");
         }
     }
 }

@@ -118,12 +118,17 @@ where
             eprintln!("wgpu adapter: {}", backend.adapter());
             if DeviceOptions::from_env().cooperative_matrices {
                 match backend.cooperative_matrices() {
-                    true => eprintln!("f16 products on cooperative matrices"),
-                    false => eprintln!(
+                    Some(shape) => eprintln!(
+                        "f16 products on cooperative matrices ({side}×{side}×{side}, \
+                         {threads}-wide subgroups)",
+                        side = shape.side,
+                        threads = shape.threads
+                    ),
+                    None => eprintln!(
                         "DEBERTA_WGPU_COOPERATIVE=on: this adapter cannot run the \
-                         cooperative-matrix matmul (it needs f16 shaders, 16×16×16 f16 \
-                         cooperative matrices and 32-wide subgroups); f16 products keep the \
-                         register-blocked kernels"
+                         cooperative-matrix matmul (it needs f16 shaders, square 16×16 or 8×8 \
+                         f16 cooperative matrices and subgroups of one width); f16 products \
+                         keep the register-blocked kernels"
                     ),
                 }
             }

@@ -168,8 +168,21 @@ pub fn deberta(args: &[&str]) -> CliRun {
 }
 
 /// Runs `deberta` with arguments and extra environment variables, and captures everything.
+/// Under `DEBERTA_TEST_RUNNER` (a program and its arguments, split at whitespace) the binary
+/// runs as that command's last argument: `scripts/lavapipe-next.sh` runs it under another C
+/// library's dynamic loader that way, to reach another Vulkan driver.
 pub fn deberta_with_env(args: &[&str], env: &[(&str, &str)]) -> CliRun {
-    let out = std::process::Command::new(deberta_bin())
+    let runner = std::env::var("DEBERTA_TEST_RUNNER").unwrap_or_default();
+    let mut runner = runner.split_whitespace();
+    let mut command = match runner.next() {
+        Some(program) => {
+            let mut command = std::process::Command::new(program);
+            command.args(runner).arg(deberta_bin());
+            command
+        }
+        None => std::process::Command::new(deberta_bin()),
+    };
+    let out = command
         .args(args)
         .env("RUST_BACKTRACE", "1")
         .envs(env.iter().copied())

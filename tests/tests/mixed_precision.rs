@@ -13,6 +13,9 @@
 //!   (or under `DEBERTA_WGPU_F16=off`, which the test also runs) `--precision mixed` runs with
 //!   f32 products and the scaler on, and says so in one line.
 //!
+//! With `DEBERTA_WGPU_COOPERATIVE=on` the f16 products run on the cooperative-matrix kernel
+//! where the adapter has one (`scripts/lavapipe-next.sh` runs this test so on Mesa 26's lavapipe).
+//!
 //! The wgpu tests need a GPU adapter (Mesa's lavapipe in CI): without one they fail under
 //! `CI=true` and are skipped with a notice otherwise.
 
@@ -28,6 +31,11 @@ const MIXED_LOSS_TOL: f64 = 0.01;
 
 /// The line `--precision mixed` prints where it multiplies in f32.
 const FALLBACK: &str = "f32 products, loss scaling on";
+
+/// The start of the line the CLI prints where f16 products run on cooperative matrices
+/// (`DEBERTA_WGPU_COOPERATIVE=on` on an adapter that can: `scripts/lavapipe-next.sh`, which sets
+/// `DEBERTA_REQUIRE_COOPERATIVE=1` to make anything else a failure).
+const COOPERATIVE: &str = "f16 products on cooperative matrices";
 
 /// A small `nano` run into `out` (batches small enough for lavapipe) with `extra` options and
 /// environment; returns its stderr.
@@ -124,13 +132,18 @@ fn mixed_precision_on_wgpu_learns_like_f32() {
     };
     let ((f32_rows, _), (mixed_rows, stderr)) = (run("f32"), run("mixed"));
     let f16 = !stderr.contains(FALLBACK);
+    let cooperative = stderr.contains(COOPERATIVE);
     println!(
         "mixed on wgpu: {}",
-        match f16 {
-            true => "f16 products (SHADER_F16)",
-            false => "f32 products (no SHADER_F16: the fallback)",
+        match (f16, cooperative) {
+            (true, true) => "f16 products on cooperative matrices",
+            (true, false) => "f16 products (SHADER_F16)",
+            (false, _) => "f32 products (no SHADER_F16: the fallback)",
         }
     );
+    if std::env::var("DEBERTA_REQUIRE_COOPERATIVE").as_deref() == Ok("1") {
+        assert!(cooperative, "DEBERTA_REQUIRE_COOPERATIVE=1: {stderr}");
+    }
     assert_eq!(f32_rows.len(), mixed_rows.len());
     let (mut worst, mut differs, mut compared) = (0.0f64, false, 0);
     for (a, b) in f32_rows.iter().zip(&mixed_rows) {

@@ -11,7 +11,7 @@ use super::memory::alloc;
 use super::word;
 use crate::device::Gpu;
 use crate::error::device_error;
-use crate::kernels::{COOP_TILE, Kernel, MATMUL_THREADS, TILE_K};
+use crate::kernels::{Kernel, MATMUL_THREADS, TILE_K};
 use crate::matmul_source::BlockLayout;
 use crate::measured_tiles::ProductShape;
 use crate::params::MatmulParams;
@@ -428,14 +428,17 @@ pub(crate) fn matmul(
     let measured = policy == MatmulTiles::Measured
         && kernel != Kernel::MatmulSmall
         && (spec.beta == 0.0 || c.len() * 4 <= MEASURE_SCRATCH_MAX_BYTES);
-    if f16_operands && gpu.cooperative_matrices && kernel != Kernel::MatmulSmall {
+    if let Some(shape) = gpu
+        .cooperative
+        .filter(|_| f16_operands && kernel != Kernel::MatmulSmall)
+    {
         // Cooperative matrices take every tiled f16 product, split as the rule splits it; they
         // are not among the measured kernels, whose sums are all the same bits.
-        let cooperative = (Kernel::MatmulCooperative, COOP_TILE);
+        let cooperative = (Kernel::MatmulCooperative, shape.tile());
         if splits > 1 {
             return split_k(gpu, [a, b, c], added, params, cooperative, splits);
         }
-        let grid = tile_grid(gpu, spec.m, spec.n, COOP_TILE)?;
+        let grid = tile_grid(gpu, spec.m, spec.n, shape.tile())?;
         return dispatch_entries(
             gpu,
             (Kernel::MatmulCooperative, grid),

@@ -101,6 +101,23 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 
+// `x` as a product's operand: rounded to binary16 (and back) under mixed precision
+// (`params.f16_operands`), as the f16 matmul kernels round theirs, so that the attention
+// kernels and the composed attention of mixed precision multiply numbers of the same format.
+fn operand(x: f32) -> f32 {
+    if (params.f16_operands == 0u) {
+        return x;
+    }
+    return f16_round(x);
+}
+
+fn operand4(v: vec4<f32>) -> vec4<f32> {
+    if (params.f16_operands == 0u) {
+        return v;
+    }
+    return f16_round4(v);
+}
+
 // Which of a tile's operand rows a staging loop reads (`row4`).
 const ROWS_QUERY: u32 = 0u;
 const ROWS_KEY: u32 = 1u;

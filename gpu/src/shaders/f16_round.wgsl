@@ -1,9 +1,11 @@
 // Rounding of f32 values to binary16 and back, in integer arithmetic (prepended to the kernels
-// that round operands under mixed precision without `enable f16;`, which `pack2x16float` would
-// need a downlevel capability for): round to nearest, ties to even, as the f16 matmul kernels'
-// conversions; f16 subnormals kept (steps of 2⁻²⁴), magnitudes that round past 65504 become
-// infinities (the overflow dynamic loss scaling watches for), NaN and infinities unchanged.
-// `operand`/`operand4` read the `f16_operands` flag of the kernel file's `params`.
+// that round operands under mixed precision: the attention kernels, which do so without
+// `enable f16;`, and the f16 matmuls, which round before converting): round to nearest, ties to
+// even; f16 subnormals kept (steps of 2⁻²⁴), magnitudes that round past 65504 become infinities
+// (the overflow dynamic loss scaling watches for), NaN and infinities unchanged. Explicit because
+// a shader's f32 → f16 conversion rounds as the driver likes (SPIR-V's default rounding mode is
+// the implementation's): Mesa 26's lavapipe truncates, so that 1e5 became 65504 instead of
+// infinity and the overflow went unseen; a value this rounding returns converts exactly.
 
 fn f16_round(x: f32) -> f32 {
     let bits = bitcast<u32>(x);
@@ -29,21 +31,4 @@ fn f16_round(x: f32) -> f32 {
 
 fn f16_round4(v: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(f16_round(v.x), f16_round(v.y), f16_round(v.z), f16_round(v.w));
-}
-
-// `x` as a product's operand: rounded to binary16 (and back) under mixed precision
-// (`params.f16_operands`), as the f16 matmul kernels round theirs, so that the attention
-// kernels and the composed attention of mixed precision multiply numbers of the same format.
-fn operand(x: f32) -> f32 {
-    if (params.f16_operands == 0u) {
-        return x;
-    }
-    return f16_round(x);
-}
-
-fn operand4(v: vec4<f32>) -> vec4<f32> {
-    if (params.f16_operands == 0u) {
-        return v;
-    }
-    return f16_round4(v);
 }

@@ -95,7 +95,7 @@ fn matmul_small(@builtin(global_invocation_id) gid: vec3<u32>,
     var ai = bases.a + row * params.a_row_stride;
     var bi = bases.b + col * params.b_col_stride;
     for (var t = 0u; t < params.k; t += 1u) {
-        acc += f32(Operand(a[ai])) * f32(Operand(b[bi]));
+        acc += f32(to_operand(a[ai])) * f32(to_operand(b[bi]));
         ai += params.a_col_stride;
         bi += params.b_row_stride;
     }

@@ -1,6 +1,7 @@
 // The parameters, bindings, operand loads and output helpers every matmul kernel shares
-// (joined to the kernel file, matmul.wgsl or matmul_cooperative.wgsl, which declares `Operand`,
-// the side TILE of C's tile and TILE_K, the depth of one step along k). Operand layouts are
+// (joined to the kernel file, matmul.wgsl or matmul_cooperative.wgsl, which declares the side
+// TILE of C's tile and TILE_K, the depth of one step along k, and to the operand header,
+// matmul_f32.wgsl or matmul_f16.wgsl, which declares `Operand` and `to_operand`). Operand layouts are
 // strided (row, column and two batch strides and an offset per operand), so that transposed
 // operands and batched views need no copies; where an operand's unit stride, offset and other
 // strides allow, the kernels read it four elements at a time through a second, vec4 view of
@@ -142,7 +143,7 @@ fn load_a(base: u32, row0: u32, k0: u32, k_end: u32, e: u32) -> Operand {
     if (row < params.m && k < k_end) {
         v = a[base + row * params.a_row_stride + k * params.a_col_stride];
     }
-    return Operand(v);
+    return to_operand(v);
 }
 
 // Element `e` of B's tile at columns col0 .. and k0 .., as an operand; 0 beyond.
@@ -154,7 +155,7 @@ fn load_b(base: u32, col0: u32, k0: u32, k_end: u32, e: u32) -> Operand {
     if (col < params.n && k < k_end) {
         v = b[base + k * params.b_row_stride + col * params.b_col_stride];
     }
-    return Operand(v);
+    return to_operand(v);
 }
 
 // Elements 4g .. 4g + 3 of A's staged tile (as `load_a` loads them, 0 beyond the product and
@@ -178,7 +179,7 @@ fn load_a4(base: u32, row0: u32, k0: u32, k_end: u32, g: u32) -> vec4<Operand> {
     } else {
         v = vec4<f32>(a[idx.x], a[idx.y], a[idx.z], a[idx.w]);
     }
-    return vec4<Operand>(select(vec4<f32>(0.0), v, inside));
+    return to_operand4(select(vec4<f32>(0.0), v, inside));
 }
 
 // The same for B: elements 4g .. 4g + 3 of its staged tile (along k or its columns).
@@ -196,5 +197,5 @@ fn load_b4(base: u32, col0: u32, k0: u32, k_end: u32, g: u32) -> vec4<Operand> {
     } else {
         v = vec4<f32>(b[idx.x], b[idx.y], b[idx.z], b[idx.w]);
     }
-    return vec4<Operand>(select(vec4<f32>(0.0), v, inside));
+    return to_operand4(select(vec4<f32>(0.0), v, inside));
 }
