@@ -7,8 +7,9 @@
 #                                      # them and pack them into DIR/gpu-tests.tar.xz
 #        bench/gpu-tests.sh run DIR    # there, from a checkout of the same commit: unpack and
 #                                      # run every suite under CI=true (no adapter: failure)
-# `run` prints one line per suite and the adapter it ran on, keeps each suite's output in
-# DIR/gpu-tests/<suite>.log, and exits non-zero if any suite failed. The suites read
+# `run` runs every suite twice, with DEBERTA_WGPU_COOPERATIVE=off and =on, prints one line per
+# suite and pass and the adapter it ran on, keeps each output in
+# DIR/gpu-tests/<suite>.cooperative-<off|on>.log, and exits non-zero if any suite failed. The suites read
 # tests/fixtures through the path they were built at; `run` links that path to this checkout
 # when it does not exist there.
 set -euo pipefail
@@ -55,18 +56,23 @@ run)
         ln -s "$ROOT" "$built_at"
     fi
     failed=0
-    for suite in "$dir"/gpu-tests/*; do
-        name="$(basename "$suite")"
-        [ "$name" = built-at ] || [[ "$name" == *.log ]] && continue
-        if CI=true "$suite" >"$suite.log" 2>&1; then
-            status=ok
-        else
-            status=FAILED
-            failed=1
-        fi
-        adapter="$(grep -m1 -o 'wgpu tests run on .*' "$suite.log" || true)"
-        echo "$status $name: $(grep -E '^test result' "$suite.log" | tail -n 1) ${adapter}"
-        [ "$status" = ok ] || grep -E '^test .* FAILED|panicked' "$suite.log" | head -n 10
+    # Every suite with the defaults, then with the f16 products on the cooperative-matrix kernel
+    # (where the adapter cannot run it, the suites fall back and its own test says so).
+    for cooperative in off on; do
+        for suite in "$dir"/gpu-tests/*; do
+            name="$(basename "$suite")"
+            [ "$name" = built-at ] || [[ "$name" == *.log ]] && continue
+            log="$suite.cooperative-$cooperative.log"
+            if CI=true DEBERTA_WGPU_COOPERATIVE="$cooperative" "$suite" >"$log" 2>&1; then
+                status=ok
+            else
+                status=FAILED
+                failed=1
+            fi
+            adapter="$(grep -m1 -o 'wgpu tests run on .*' "$log" || true)"
+            echo "$status $name (cooperative $cooperative): $(grep -E '^test result' "$log" | tail -n 1) ${adapter}"
+            [ "$status" = ok ] || grep -E '^test .* FAILED|panicked' "$log" | head -n 10
+        done
     done
     exit "$failed"
     ;;
