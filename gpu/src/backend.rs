@@ -36,7 +36,7 @@ impl WgpuBackend {
     /// Opens the best adapter that `choice` allows (see [`crate::list_adapters`]), with the
     /// optional features of [`DeviceOptions::from_env`].
     pub fn new(choice: AdapterChoice) -> Result<Self, GpuError> {
-        Self::with_options(choice, DeviceOptions::from_env())
+        Self::with_options(choice, DeviceOptions::from_env()?)
     }
 
     /// Opens the best adapter that `choice` allows, with those of the optional features of

@@ -181,26 +181,45 @@ impl DeviceOptions {
     /// `DEBERTA_WGPU_MATMUL_VECTOR_LOADS=off` (scalar operand loads),
     /// `DEBERTA_WGPU_EARLY_SUBMIT=off` (submissions only when the host waits or the parameter
     /// arena is full), `DEBERTA_WGPU_SHARED_PASS=off` (a compute pass per kernel) and
-    /// `DEBERTA_WGPU_MULTI_TENSOR=on|off` (several tensors of an optimizer per kernel, or one;
-    /// unset: by adapter).
-    pub fn from_env() -> Self {
-        let value = |name: &str| std::env::var(name).ok();
-        DeviceOptions {
-            f16_products: value("DEBERTA_WGPU_F16").as_deref() != Some("off"),
-            subgroup_reductions: value("DEBERTA_WGPU_SUBGROUPS").as_deref() != Some("off"),
-            loop_bounds: value("DEBERTA_WGPU_LOOP_BOUNDS").as_deref() == Some("on"),
-            cooperative_matrices: value("DEBERTA_WGPU_COOPERATIVE").as_deref() == Some("on"),
-            matmul_prefetch: value("DEBERTA_WGPU_MATMUL_PREFETCH").as_deref() != Some("off"),
-            matmul_vector_loads: value("DEBERTA_WGPU_MATMUL_VECTOR_LOADS").as_deref()
-                != Some("off"),
-            early_submission: value("DEBERTA_WGPU_EARLY_SUBMIT").as_deref() != Some("off"),
-            shared_pass: value("DEBERTA_WGPU_SHARED_PASS").as_deref() != Some("off"),
-            multi_tensor: match value("DEBERTA_WGPU_MULTI_TENSOR").as_deref() {
-                Some("on") => Some(true),
-                Some("off") => Some(false),
-                _ => None,
+    /// `DEBERTA_WGPU_MULTI_TENSOR=on|off|auto` (several tensors of an optimizer per kernel, or
+    /// one; unset or `auto`: by adapter). A variable set to anything but `on` or `off` (an empty one counts as
+    /// unset) is an error naming it, not a silent default.
+    pub fn from_env() -> Result<Self, GpuError> {
+        let switch = |name: &'static str| -> Result<Option<bool>, GpuError> {
+            match std::env::var(name) {
+                Err(std::env::VarError::NotPresent) => Ok(None),
+                Ok(value) if value.is_empty() => Ok(None),
+                Ok(value) if value == "on" => Ok(Some(true)),
+                Ok(value) if value == "off" => Ok(Some(false)),
+                Ok(value) => Err(GpuError::Environment {
+                    variable: name,
+                    value,
+                }),
+                Err(std::env::VarError::NotUnicode(value)) => Err(GpuError::Environment {
+                    variable: name,
+                    value: value.to_string_lossy().into_owned(),
+                }),
+            }
+        };
+        let defaults = DeviceOptions::default();
+        let or = |name, default: bool| Ok::<_, GpuError>(switch(name)?.unwrap_or(default));
+        Ok(DeviceOptions {
+            f16_products: or("DEBERTA_WGPU_F16", defaults.f16_products)?,
+            subgroup_reductions: or("DEBERTA_WGPU_SUBGROUPS", defaults.subgroup_reductions)?,
+            loop_bounds: or("DEBERTA_WGPU_LOOP_BOUNDS", defaults.loop_bounds)?,
+            cooperative_matrices: or("DEBERTA_WGPU_COOPERATIVE", defaults.cooperative_matrices)?,
+            matmul_prefetch: or("DEBERTA_WGPU_MATMUL_PREFETCH", defaults.matmul_prefetch)?,
+            matmul_vector_loads: or(
+                "DEBERTA_WGPU_MATMUL_VECTOR_LOADS",
+                defaults.matmul_vector_loads,
+            )?,
+            early_submission: or("DEBERTA_WGPU_EARLY_SUBMIT", defaults.early_submission)?,
+            shared_pass: or("DEBERTA_WGPU_SHARED_PASS", defaults.shared_pass)?,
+            multi_tensor: match std::env::var("DEBERTA_WGPU_MULTI_TENSOR").as_deref() {
+                Ok("auto") => None,
+                _ => switch("DEBERTA_WGPU_MULTI_TENSOR")?,
             },
-        }
+        })
     }
 }
 

@@ -31,6 +31,14 @@ pub enum GpuError {
         /// What is wrong.
         message: String,
     },
+    /// A `DEBERTA_WGPU_*` switch ([`crate::DeviceOptions::from_env`]) holds neither `on` nor
+    /// `off`.
+    Environment {
+        /// The variable.
+        variable: &'static str,
+        /// What it holds.
+        value: String,
+    },
 }
 
 impl fmt::Display for GpuError {
@@ -65,6 +73,9 @@ impl fmt::Display for GpuError {
                 Some(line) => write!(f, "matmul tile file {path}, line {line}: {message}"),
                 None => write!(f, "matmul tile file {path}: {message}"),
             },
+            GpuError::Environment { variable, value } => {
+                write!(f, "{variable}={value:?}: expected on or off")
+            }
             GpuError::RequestDevice { adapter, message } => {
                 write!(
                     f,
@@ -84,6 +95,7 @@ impl From<GpuError> for deberta_core::Error {
                 GpuError::NoAdapter { .. } => "no GPU adapter with compute support",
                 GpuError::RequestDevice { .. } => "the GPU adapter could not open a device",
                 GpuError::TileCache { .. } => "the matmul tile file could not be read",
+                GpuError::Environment { .. } => "a DEBERTA_WGPU_* variable is neither on nor off",
             },
         }
     }

@@ -333,7 +333,7 @@ fn every_tiled_matmul_kernel_matches_cpu() {
         let options = DeviceOptions {
             matmul_prefetch: on,
             matmul_vector_loads: on,
-            ..DeviceOptions::from_env()
+            ..DeviceOptions::from_env().unwrap()
         };
         WgpuBackend::with_options(AdapterChoice::default(), options).expect("second device")
     };

@@ -173,7 +173,7 @@ fn cooperative_matrix_products_stay_within_the_f16_bound_of_the_cpu() {
     }
     let options = DeviceOptions {
         cooperative_matrices: true,
-        ..DeviceOptions::from_env()
+        ..DeviceOptions::from_env().unwrap()
     };
     let backend = WgpuBackend::with_options(AdapterChoice::default(), options).unwrap();
     let capabilities = &backend.adapter().capabilities;

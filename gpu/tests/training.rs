@@ -127,7 +127,7 @@ fn training_steps_match_the_cpu_and_reuse_every_buffer() {
     // adapter's is a kernel per tensor), so that its optimizers update through them.
     let options = DeviceOptions {
         multi_tensor: Some(true),
-        ..DeviceOptions::from_env()
+        ..DeviceOptions::from_env().unwrap()
     };
     let own = WgpuBackend::with_options(AdapterChoice::default(), options).expect("second device");
     assert!(own.multi_tensor());

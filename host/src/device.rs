@@ -109,14 +109,16 @@ where
         }
         #[cfg(feature = "gpu")]
         BackendChoice::Wgpu(adapter) => {
-            let backend = WgpuBackend::new(AdapterChoice {
+            let options = DeviceOptions::from_env().map_err(|e| Error::Usage(e.to_string()))?;
+            let choice = AdapterChoice {
                 name_contains: adapter.clone(),
-            })
-            .map_err(|e| Error::Usage(format!("--backend wgpu: {e}")))?;
+            };
+            let backend = WgpuBackend::with_options(choice, options)
+                .map_err(|e| Error::Usage(format!("--backend wgpu: {e}")))?;
             let tiles = matmul_tiles_from_env()?;
             backend.set_matmul_tiles(tiles);
             eprintln!("wgpu adapter: {}", backend.adapter());
-            if DeviceOptions::from_env().cooperative_matrices {
+            if options.cooperative_matrices {
                 match backend.cooperative_matrices() {
                     Some(shape) => eprintln!(
                         "f16 products on cooperative matrices ({side}×{side}×{side}, \
@@ -175,12 +177,15 @@ pub fn adapter_descriptions() -> Vec<String> {
 }
 
 /// The wgpu backend's options as the environment sets them (`DeviceOptions::from_env`: the
-/// `DEBERTA_WGPU_*` variables, each on or off); `None` without the `gpu` feature.
-pub fn wgpu_options() -> Option<String> {
+/// `DEBERTA_WGPU_*` variables, each on or off; anything else is a usage error naming the
+/// variable); `None` without the `gpu` feature.
+pub fn wgpu_options() -> Result<Option<String>> {
     #[cfg(feature = "gpu")]
-    return Some(DeviceOptions::from_env().to_string());
+    return DeviceOptions::from_env()
+        .map(|options| Some(options.to_string()))
+        .map_err(|e| Error::Usage(e.to_string()));
     #[cfg(not(feature = "gpu"))]
-    None
+    Ok(None)
 }
 
 /// `DEBERTA_CPU_SIMD`: `auto` (default: the widest the CPU has), `avx512`, `avx2` or `baseline`

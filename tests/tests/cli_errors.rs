@@ -5,7 +5,7 @@ use std::path::Path;
 
 use deberta_host::checkpoint::{read_tensor_file, write_safetensors};
 use deberta_host::tensor::{HostTensor, TensorData};
-use deberta_tests::{CliRun, assert_one_line_error, deberta, fixture, temp_dir};
+use deberta_tests::{CliRun, assert_one_line_error, deberta, deberta_with_env, fixture, temp_dir};
 
 fn copy_model(name: &str, to: &Path) {
     for file in ["config.json", "model.safetensors"] {
@@ -17,6 +17,26 @@ fn copy_model(name: &str, to: &Path) {
 fn missing_model_directory() {
     let run = deberta(&["forward", "--model", "/nonexistent/model", "--ids", "1,2"]);
     assert_one_line_error(&run, "/nonexistent/model");
+}
+
+#[test]
+fn a_wgpu_switch_neither_on_nor_off() {
+    let model = fixture("tiny");
+    let forward = [
+        "forward",
+        "--model",
+        model.to_str().unwrap(),
+        "--ids",
+        "1,2",
+    ];
+    let wgpu_forward = [&forward[..], &["--backend", "wgpu"]].concat();
+    for (args, variable) in [
+        (&["info"][..], "DEBERTA_WGPU_COOPERATIVE"),
+        (&wgpu_forward[..], "DEBERTA_WGPU_F16"),
+    ] {
+        let run = deberta_with_env(args, &[(variable, "1")]);
+        assert_one_line_error(&run, &format!("{variable}=\"1\": expected on or off"));
+    }
 }
 
 #[test]

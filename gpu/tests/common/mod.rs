@@ -33,7 +33,7 @@ pub fn gpu_variants() -> Vec<&'static WgpuBackend> {
             early_submission: !shared.early_submission(),
             shared_pass: !shared.shared_pass(),
             multi_tensor: Some(!shared.multi_tensor()),
-            ..deberta_gpu::DeviceOptions::from_env()
+            ..deberta_gpu::DeviceOptions::from_env().unwrap()
         };
         WgpuBackend::with_options(deberta_gpu::AdapterChoice::default(), options)
             .expect("a second device of the test adapter")

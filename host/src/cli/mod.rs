@@ -188,7 +188,7 @@ fn info() -> Result<()> {
             println!("  {adapter}");
         }
     }
-    if let Some(options) = crate::device::wgpu_options() {
+    if let Some(options) = crate::device::wgpu_options()? {
         println!("wgpu kernel options: {options}");
     }
     println!(
