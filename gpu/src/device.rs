@@ -182,8 +182,8 @@ impl DeviceOptions {
     /// `DEBERTA_WGPU_EARLY_SUBMIT=off` (submissions only when the host waits or the parameter
     /// arena is full), `DEBERTA_WGPU_SHARED_PASS=off` (a compute pass per kernel) and
     /// `DEBERTA_WGPU_MULTI_TENSOR=on|off|auto` (several tensors of an optimizer per kernel, or
-    /// one; unset or `auto`: by adapter). A variable set to anything but `on` or `off` (an empty one counts as
-    /// unset) is an error naming it, not a silent default.
+    /// one; unset or `auto`: by adapter). A variable set to anything but `on` or `off` (an
+    /// empty one counts as unset) is an error naming it, not a silent default.
     pub fn from_env() -> Result<Self, GpuError> {
         let switch = |name: &'static str| -> Result<Option<bool>, GpuError> {
             match std::env::var(name) {
