@@ -31,7 +31,11 @@
 #              kernel (a GPU); label ours-wgpu-pertensor; 0: not), COOP_SWEEP
 #              (default 1: every f16 sgemm and mixed step with the f16 products on cooperative
 #              matrices, DEBERTA_WGPU_COOPERATIVE=on, where `deberta info` lists an adapter
-#              with f16 cooperative matrices; label ours-wgpu-coop; 0: not), SUBGROUP_SWEEP=1 (every forward and step with the tree
+#              with f16 cooperative matrices; label ours-wgpu-coop; 0: not), ROUNDING_SWEEP
+#              (default 1: every f16 sgemm and mixed step with the f16 operands rounded by the
+#              kernels, DEBERTA_WGPU_F16_ROUNDING=on, the cost of that rounding where the probe
+#              leaves it to the driver's conversion; label ours-wgpu-kernelrounding; 0: not),
+#              SUBGROUP_SWEEP=1 (every forward and step with the tree
 #              reductions instead of subgroup ones, DEBERTA_WGPU_SUBGROUPS=off; label
 #              ours-wgpu-nosubgroups), TILE_SWEEP=1 (every sgemm, forward and step with
 #              DEBERTA_WGPU_MATMUL_TILES set to auto, the occupancy rule instead of the default
@@ -155,6 +159,9 @@ variants() {
         printf '%s\n' "$info" | grep -Eq 'f16 cooperative matrices [0-9]'; then
         echo "coop DEBERTA_WGPU_COOPERATIVE=on"
     fi
+    if [ "${ROUNDING_SWEEP:-1}" = 1 ] && { [ "$precision" = f16 ] || [ "$precision" = mixed ]; }; then
+        echo "kernelrounding DEBERTA_WGPU_F16_ROUNDING=on"
+    fi
     if [ "${SUBGROUP_SWEEP:-0}" = 1 ] && [ "$bench" != matmul ]; then
         echo "nosubgroups DEBERTA_WGPU_SUBGROUPS=off"
     fi
@@ -260,13 +267,10 @@ echo "== summary (ratio = pytorch_ms / ours_ms; > 1: we are faster; $(($(date +%
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 by = {r["label"]: r["result"] for r in rows}
-ours_sides = ("ours-wgpu", "ours-wgpu-tauto", "ours-wgpu-t128", "ours-wgpu-t64", "ours-wgpu-t32",
-              "ours-wgpu-t128v", "ours-wgpu-t64v", "ours-wgpu-nosubgroups", "ours-wgpu-loopbounds",
-              "ours-wgpu-noprefetch", "ours-wgpu-scalarloads", "ours-wgpu-latesubmit", "ours-wgpu-passeach", "ours-wgpu-pertensor",
-              "ours-wgpu-coop", "ours-cpu")
 for label, res in by.items():
     stem, side = label.rsplit(" ", 1)
-    if side not in ours_sides:
+    # Ours: the defaults (ours-wgpu, ours-cpu) and every variant (ours-wgpu-SUFFIX).
+    if not side.startswith("ours-"):
         continue
     other = by.get(stem + (" pytorch-cpu" if side == "ours-cpu" else " pytorch-" + sys.argv[2]))
     ours = res["median_ms"]
@@ -280,10 +284,10 @@ for label, res in by.items():
     if res.get("peak_device_mb"):
         extra += f", GPU peak {res['peak_device_mb']:.0f} MiB (pool)"
     if other is None:
-        print(f"{stem:32s} {side:22s} {ours:10.3f} ms{extra}")
+        print(f"{stem:32s} {side:24s} {ours:10.3f} ms{extra}")
         continue
     theirs = other["median_ms"]
     dev = other.get("peak_device_mb")
     dev = f", pytorch GPU peak {dev:.0f} MiB" if dev else ""
-    print(f"{stem:32s} {side:22s} {ours:10.3f} ms  pytorch {theirs:10.3f} ms  ratio {theirs / ours:6.2f}{extra}{dev}")
+    print(f"{stem:32s} {side:24s} {ours:10.3f} ms  pytorch {theirs:10.3f} ms  ratio {theirs / ours:6.2f}{extra}{dev}")
 EOF

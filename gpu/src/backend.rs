@@ -96,6 +96,14 @@ impl WgpuBackend {
         self.gpu.f16_products
     }
 
+    /// Whether the f16 products round each operand to nearest even themselves before
+    /// converting it ([`DeviceOptions::f16_rounding`]; by default where the probe at opening
+    /// found the driver's conversion does something else), rather than leaving it to the
+    /// driver's conversion.
+    pub fn f16_rounded_by_kernels(&self) -> bool {
+        self.gpu.f16_rounded
+    }
+
     /// Whether the workgroup reductions (softmax, layer norm, losses, sums) combine subgroups
     /// with subgroup operations: the device was opened with `SUBGROUP` (the adapter has it and
     /// `DEBERTA_WGPU_SUBGROUPS` is not `off`); else a tree in workgroup memory.

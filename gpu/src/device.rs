@@ -69,6 +69,9 @@ pub(crate) struct Gpu {
     pub(crate) cooperative: Option<CooperativeShape>,
     /// Whether the tiled matmuls prefetch ([`DeviceOptions::matmul_prefetch`]).
     pub(crate) matmul_prefetch: bool,
+    /// Whether the f16 matmuls round their operands before converting them
+    /// ([`DeviceOptions::f16_rounding`]).
+    pub(crate) f16_rounded: bool,
     /// Whether the tiled matmuls read operands that allow it four elements at a time
     /// ([`DeviceOptions::matmul_vector_loads`]).
     pub(crate) matmul_vector_loads: bool,
@@ -125,6 +128,13 @@ pub struct DeviceOptions {
     /// which runs every branch of the kernel that picks a workgroup's tensor, its accesses
     /// masked, and so is slower with them (a nano 1×32 step 155–179 against 141–164 ms).
     pub multi_tensor: Option<bool>,
+    /// The f16 matmuls round each operand to nearest even in integer arithmetic before
+    /// converting it (`Some(true)`), or leave the rounding to the driver's conversion
+    /// (`Some(false)`: wrong on a driver that truncates, for measurements only). `None` (the
+    /// default): the driver's conversion where a probe at opening finds it rounds to nearest
+    /// even with overflow to infinity (`f16_probe.rs`), else the kernels' rounding. The same
+    /// bits on a driver that rounds to nearest even.
+    pub f16_rounding: Option<bool>,
 }
 
 impl Default for DeviceOptions {
@@ -141,6 +151,7 @@ impl Default for DeviceOptions {
             early_submission: true,
             shared_pass: true,
             multi_tensor: None,
+            f16_rounding: None,
         }
     }
 }
@@ -168,7 +179,15 @@ impl std::fmt::Display for DeviceOptions {
             Some(false) => "off",
             None => "auto (on for a GPU, off for a software adapter)",
         };
-        write!(f, ", DEBERTA_WGPU_MULTI_TENSOR {multi_tensor}")
+        let f16_rounding = match self.f16_rounding {
+            Some(true) => "on",
+            Some(false) => "off",
+            None => "auto (on unless the driver's f16 conversion rounds to nearest even)",
+        };
+        write!(
+            f,
+            ", DEBERTA_WGPU_MULTI_TENSOR {multi_tensor}, DEBERTA_WGPU_F16_ROUNDING {f16_rounding}"
+        )
     }
 }
 
@@ -182,8 +201,10 @@ impl DeviceOptions {
     /// `DEBERTA_WGPU_EARLY_SUBMIT=off` (submissions only when the host waits or the parameter
     /// arena is full), `DEBERTA_WGPU_SHARED_PASS=off` (a compute pass per kernel) and
     /// `DEBERTA_WGPU_MULTI_TENSOR=on|off|auto` (several tensors of an optimizer per kernel, or
-    /// one; unset or `auto`: by adapter). A variable set to anything but `on` or `off` (an
-    /// empty one counts as unset) is an error naming it, not a silent default.
+    /// one; unset or `auto`: by adapter) and `DEBERTA_WGPU_F16_ROUNDING=on|off|auto` (the f16
+    /// matmuls round their operands themselves, or leave it to the driver; unset or `auto`: by
+    /// the probe). A variable set to anything else (an empty one counts as unset) is an error
+    /// naming it, not a silent default.
     pub fn from_env() -> Result<Self, GpuError> {
         let switch = |name: &'static str| -> Result<Option<bool>, GpuError> {
             match std::env::var(name) {
@@ -201,6 +222,11 @@ impl DeviceOptions {
                 }),
             }
         };
+        // `auto` is unset for the switches whose default the device decides.
+        let automatic = |name: &'static str| match std::env::var(name).as_deref() {
+            Ok("auto") => Ok(None),
+            _ => switch(name),
+        };
         let defaults = DeviceOptions::default();
         let or = |name, default: bool| Ok::<_, GpuError>(switch(name)?.unwrap_or(default));
         Ok(DeviceOptions {
@@ -215,10 +241,8 @@ impl DeviceOptions {
             )?,
             early_submission: or("DEBERTA_WGPU_EARLY_SUBMIT", defaults.early_submission)?,
             shared_pass: or("DEBERTA_WGPU_SHARED_PASS", defaults.shared_pass)?,
-            multi_tensor: match std::env::var("DEBERTA_WGPU_MULTI_TENSOR").as_deref() {
-                Ok("auto") => None,
-                _ => switch("DEBERTA_WGPU_MULTI_TENSOR")?,
-            },
+            multi_tensor: automatic("DEBERTA_WGPU_MULTI_TENSOR")?,
+            f16_rounding: automatic("DEBERTA_WGPU_F16_ROUNDING")?,
         })
     }
 }
@@ -309,21 +333,20 @@ impl Gpu {
         };
         let absent_input = placeholder(&pool)?;
         let absent_output = placeholder(&pool)?;
-        Ok(Gpu {
+        let variant = Variant {
+            subgroup_reductions: features.contains(wgpu::Features::SUBGROUP),
+            matmul_prefetch: options.matmul_prefetch,
+            cooperative: cooperative.unwrap_or(CooperativeShape::TENSOR_CORES),
+            f16_rounded: options.f16_rounding.unwrap_or(true),
+        };
+        let mut gpu = Gpu {
             device,
             queue,
             adapter: summary,
             limits,
             pool,
             readback,
-            pipelines: Pipelines::new(
-                Variant {
-                    subgroup_reductions: features.contains(wgpu::Features::SUBGROUP),
-                    matmul_prefetch: options.matmul_prefetch,
-                    cooperative: cooperative.unwrap_or(CooperativeShape::TENSOR_CORES),
-                },
-                options.loop_bounds,
-            ),
+            pipelines: Pipelines::new(variant, options.loop_bounds),
             recorder: Mutex::new(Recorder::default()),
             arena,
             slot,
@@ -343,7 +366,30 @@ impl Gpu {
                 .filter(|_| features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)),
             matmul_prefetch: options.matmul_prefetch,
             matmul_vector_loads: options.matmul_vector_loads,
-        })
+            f16_rounded: variant.f16_rounded,
+        };
+        if gpu.f16_products && options.f16_rounding.is_none() {
+            // The kernels round until the probe has found the driver's conversion exact; the
+            // pipelines are compiled on first use, so none of the other variant exists yet
+            // (the probe's own module does not depend on it).
+            let exact =
+                gpu.conversion_rounds_to_nearest_even()
+                    .map_err(|e| GpuError::RequestDevice {
+                        adapter: gpu.adapter.name.clone(),
+                        message: format!("probing the f16 conversion: {e}"),
+                    })?;
+            if exact {
+                gpu.f16_rounded = false;
+                gpu.pipelines = Pipelines::new(
+                    Variant {
+                        f16_rounded: false,
+                        ..variant
+                    },
+                    options.loop_bounds,
+                );
+            }
+        }
+        Ok(gpu)
     }
 
     /// What the matmul kernels do besides their tiles (the measured tiles depend on it).
@@ -351,6 +397,7 @@ impl Gpu {
         MatmulCode {
             prefetched: self.matmul_prefetch,
             vector_loads: self.matmul_vector_loads,
+            f16_rounded: self.f16_rounded,
         }
     }
 

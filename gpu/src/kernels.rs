@@ -48,15 +48,20 @@ pub(crate) struct Variant {
     /// The configuration of the cooperative-matrix kernel (compiled only on a device opened
     /// with cooperative matrices, in the configuration its adapter reports).
     pub(crate) cooperative: CooperativeShape,
+    /// The f16 matmuls round their operands to nearest even before converting them
+    /// ([`Operands::F16`]); off where the device's probe found the driver's conversion does.
+    pub(crate) f16_rounded: bool,
 }
 
 impl Default for Variant {
-    /// No subgroup reductions, no prefetching, tensor-core matrices.
+    /// No subgroup reductions, no prefetching, tensor-core matrices, f16 operands rounded by
+    /// the kernels.
     fn default() -> Self {
         Variant {
             subgroup_reductions: false,
             matmul_prefetch: false,
             cooperative: CooperativeShape::TENSOR_CORES,
+            f16_rounded: true,
         }
     }
 }
@@ -89,6 +94,8 @@ pub(crate) enum Shader {
     /// The f16 products on cooperative matrices (`enable wgpu_cooperative_matrix;`: only on
     /// devices opened with `EXPERIMENTAL_COOPERATIVE_MATRIX`).
     MatmulCooperative,
+    /// The probe of the driver's f32 → f16 conversion (`enable f16;`).
+    F16Probe,
     LayerNorm,
     Softmax,
     RelativeScores,
@@ -122,9 +129,16 @@ impl Shader {
             subgroup_reductions,
             matmul_prefetch: prefetched,
             cooperative,
+            f16_rounded,
         } = variant;
         use crate::matmul_source::BlockLayout::{Contiguous, Strided};
-        use crate::matmul_source::{cooperative_source, matmul_source};
+        use crate::matmul_source::{Operands, cooperative_source, matmul_source};
+        let (f32, f16) = (
+            Operands::F32,
+            Operands::F16 {
+                rounded: f16_rounded,
+            },
+        );
         let reducing = |body: &str| -> Cow<'static, str> {
             let reductions = match subgroup_reductions {
                 true => include_str!("shaders/row_reduce_subgroup.wgsl"),
@@ -135,21 +149,24 @@ impl Shader {
                 .into()
         };
         Cow::Borrowed(match self {
-            Shader::Matmul32 => return matmul_source(2, Strided, false, prefetched).into(),
-            Shader::Matmul64 => return matmul_source(4, Strided, false, prefetched).into(),
-            Shader::Matmul128 => return matmul_source(8, Strided, false, prefetched).into(),
-            Shader::Matmul32F16 => return matmul_source(2, Strided, true, prefetched).into(),
-            Shader::Matmul64F16 => return matmul_source(4, Strided, true, prefetched).into(),
-            Shader::Matmul128F16 => return matmul_source(8, Strided, true, prefetched).into(),
-            Shader::Matmul64Vec4 => return matmul_source(4, Contiguous, false, prefetched).into(),
-            Shader::Matmul128Vec4 => return matmul_source(8, Contiguous, false, prefetched).into(),
+            Shader::Matmul32 => return matmul_source(2, Strided, f32, prefetched).into(),
+            Shader::Matmul64 => return matmul_source(4, Strided, f32, prefetched).into(),
+            Shader::Matmul128 => return matmul_source(8, Strided, f32, prefetched).into(),
+            Shader::Matmul32F16 => return matmul_source(2, Strided, f16, prefetched).into(),
+            Shader::Matmul64F16 => return matmul_source(4, Strided, f16, prefetched).into(),
+            Shader::Matmul128F16 => return matmul_source(8, Strided, f16, prefetched).into(),
+            Shader::Matmul64Vec4 => return matmul_source(4, Contiguous, f32, prefetched).into(),
+            Shader::Matmul128Vec4 => return matmul_source(8, Contiguous, f32, prefetched).into(),
             Shader::Matmul64Vec4F16 => {
-                return matmul_source(4, Contiguous, true, prefetched).into();
+                return matmul_source(4, Contiguous, f16, prefetched).into();
             }
             Shader::Matmul128Vec4F16 => {
-                return matmul_source(8, Contiguous, true, prefetched).into();
+                return matmul_source(8, Contiguous, f16, prefetched).into();
             }
-            Shader::MatmulCooperative => return cooperative_source(cooperative).into(),
+            Shader::MatmulCooperative => {
+                return cooperative_source(cooperative, f16_rounded).into();
+            }
+            Shader::F16Probe => include_str!("shaders/f16_probe.wgsl"),
             Shader::Elementwise => include_str!("shaders/elementwise.wgsl"),
             Shader::LayerNorm => return reducing(include_str!("shaders/layer_norm.wgsl")),
             Shader::Softmax => return reducing(include_str!("shaders/softmax.wgsl")),
@@ -210,6 +227,7 @@ impl Shader {
             | Shader::Matmul64Vec4F16
             | Shader::Matmul128Vec4F16
             | Shader::MatmulCooperative => size_of::<MatmulParams>(),
+            Shader::F16Probe => size_of::<F16ProbeParams>(),
             Shader::LayerNorm => size_of::<LayerNormParams>(),
             Shader::Softmax => size_of::<SoftmaxParams>(),
             Shader::RelativeScores => size_of::<RelativeParams>(),
@@ -395,6 +413,8 @@ kernels! {
     /// f16 products on cooperative matrices, 64-wide tiles, one subgroup per workgroup: C,
     /// bias, residual, A, B (and A, B again as vec4 views, like every tiled kernel).
     MatmulCooperative => MatmulCooperative, "matmul_cooperative", [W, R, R, R, R, R, R];
+    /// `output[i] = f32(f16(input[i]))` with the driver's conversion: output, input.
+    F16Probe => F16Probe, "f16_probe", [W, R];
     /// Split-K: `C = α·Σ slabs + β·C (+ bias) (+ residual)`: C, bias, residual, slabs.
     MatmulSumSplits => Matmul64, "matmul_sum_splits", [W, R, R, R];
     /// LayerNorm forward: out, stats, x, γ, β.
@@ -487,6 +507,8 @@ mod tests {
                     subgroup_reductions,
                     matmul_prefetch,
                     cooperative,
+                    // The operands rounded by the kernels in half the variants.
+                    f16_rounded: subgroup_reductions,
                 },
             )
     }
@@ -602,6 +624,7 @@ mod tests {
                     Shader::Optimizer,
                     Shader::OptimizerMany,
                     Shader::Dropout,
+                    Shader::F16Probe,
                 ],
             ),
             (
@@ -755,7 +778,8 @@ mod tests {
             AdamManyParams,
             DropoutParams,
             SamplingParams,
-            AttentionParams
+            AttentionParams,
+            F16ProbeParams
         );
     }
 }

@@ -38,6 +38,7 @@ mod adapter;
 mod backend;
 mod device;
 mod error;
+mod f16_probe;
 mod kernel_timer;
 mod kernels;
 mod matmul_source;

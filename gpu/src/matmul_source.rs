@@ -48,27 +48,60 @@ impl BlockLayout {
     }
 }
 
+/// What a matmul kernel multiplies: the f32 values it loads, or those values converted to f16
+/// as it loads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Operands {
+    /// f32 operands (`matmul_f32.wgsl`).
+    F32,
+    /// f16 operands (`matmul_f16.wgsl`, `enable f16;`): `rounded`, rounded to nearest even by
+    /// the kernel (`f16_round.wgsl`) before the conversion, so that it is exact; else converted
+    /// by the driver alone, for drivers whose conversion the device's probe found rounding to
+    /// nearest even (the same bits, fewer instructions).
+    F16 {
+        /// Whether the kernel rounds before converting.
+        rounded: bool,
+    },
+}
+
+impl Operands {
+    /// The operand header: `Operand`, `to_operand` and `to_operand4` (and f16_round.wgsl where
+    /// the kernel rounds).
+    fn header(self) -> String {
+        const CONVERTED: &str = "fn to_operand(x: f32) -> f16 {\n    return f16(x);\n}\n\
+            fn to_operand4(v: vec4<f32>) -> vec4<f16> {\n    return vec4<f16>(v);\n}\n";
+        const ROUNDED: &str = "fn to_operand(x: f32) -> f16 {\n    return f16(f16_round(x));\n}\n\
+            fn to_operand4(v: vec4<f32>) -> vec4<f16> {\n    return vec4<f16>(f16_round4(v));\n}\n";
+        match self {
+            Operands::F32 => include_str!("shaders/matmul_f32.wgsl").to_string(),
+            Operands::F16 { rounded: false } => {
+                [include_str!("shaders/matmul_f16.wgsl"), CONVERTED].concat()
+            }
+            Operands::F16 { rounded: true } => [
+                include_str!("shaders/matmul_f16.wgsl"),
+                ROUNDED,
+                include_str!("shaders/f16_round.wgsl"),
+            ]
+            .concat(),
+        }
+    }
+}
+
 /// The matmul shader (`matmul_tiled`, `matmul_small`, `matmul_sum_splits`) whose tiled kernel
-/// holds a `block × block` register block of C per thread in `layout`, with f16 operands
-/// (`enable f16;`) or f32 ones, and (`prefetched`) reads each step's operands into registers
-/// during the step before, or at the step itself. Either way the same sums.
+/// holds a `block × block` register block of C per thread in `layout`, with `operands`, and
+/// (`prefetched`) reads each step's operands into registers during the step before, or at the
+/// step itself. Either way the same sums.
 pub(crate) fn matmul_source(
     block: u32,
     layout: BlockLayout,
-    f16_operands: bool,
+    operands: Operands,
     prefetched: bool,
 ) -> String {
     assert!(
         layout == BlockLayout::Strided || block.is_multiple_of(4),
         "a contiguous block is read as vec4s"
     );
-    let header = match f16_operands {
-        true => concat!(
-            include_str!("shaders/matmul_f16.wgsl"),
-            include_str!("shaders/f16_round.wgsl")
-        ),
-        false => include_str!("shaders/matmul_f32.wgsl"),
-    };
+    let header = operands.header();
     let mut text = format!(
         "{header}// Outputs per thread along each side of C's tile.\nconst BLOCK: u32 = {block}u;\n{}",
         include_str!("shaders/matmul_common.wgsl")
@@ -251,21 +284,19 @@ fn store(text: &mut String, indent: &str, block: u32, layout: BlockLayout) {
     }
 }
 
-/// The cooperative-matrix kernel (`matmul_cooperative.wgsl` after the f16 operand header and
-/// `f16_round.wgsl`, before `matmul_common.wgsl`) for `shape`: its `// @shape` line becomes the side, subgroup width and matrix types, its
-/// `// @groups` line the thread's share of a step's operands (`shape.groups()` groups of four
-/// of A and of B, in named registers, read by `load_groups_a`/`load_groups_b` and staged by
-/// `stage_groups`).
-pub(crate) fn cooperative_source(shape: CooperativeShape) -> String {
+/// The cooperative-matrix kernel (`matmul_cooperative.wgsl` after the f16 operand header,
+/// `rounded` or not as in [`Operands::F16`], and before `matmul_common.wgsl`) for `shape`: its
+/// `// @shape` line becomes the side, subgroup width and matrix types, its `// @groups` line
+/// the thread's share of a step's operands (`shape.groups()` groups of four of A and of B, in
+/// named registers, read by `load_groups_a`/`load_groups_b` and staged by `stage_groups`).
+pub(crate) fn cooperative_source(shape: CooperativeShape, rounded: bool) -> String {
     let CooperativeShape { side, threads } = shape;
     let groups = shape.groups();
-    let f16_header = include_str!("shaders/matmul_f16.wgsl")
+    let header = Operands::F16 { rounded }.header();
+    let f16_header = header
         .strip_prefix("enable f16;\n")
         .expect("the f16 operand header enables f16 first");
-    let mut text = format!(
-        "enable f16;\nenable wgpu_cooperative_matrix;\n{f16_header}{}",
-        include_str!("shaders/f16_round.wgsl")
-    );
+    let mut text = format!("enable f16;\nenable wgpu_cooperative_matrix;\n{f16_header}");
     for line in include_str!("shaders/matmul_cooperative.wgsl").lines() {
         match line.trim() {
             "// @shape" => {
@@ -346,14 +377,24 @@ mod tests {
                 "{marker}"
             );
         }
-        for (block, layout, f16, prefetched) in [
-            (2, BlockLayout::Strided, false, true),
-            (4, BlockLayout::Strided, true, false),
-            (8, BlockLayout::Strided, false, true),
-            (4, BlockLayout::Contiguous, false, false),
-            (8, BlockLayout::Contiguous, true, true),
+        let rounded = Operands::F16 { rounded: true };
+        let converted = Operands::F16 { rounded: false };
+        for (block, layout, operands, prefetched) in [
+            (2, BlockLayout::Strided, Operands::F32, true),
+            (4, BlockLayout::Strided, rounded, false),
+            (8, BlockLayout::Strided, Operands::F32, true),
+            (4, BlockLayout::Contiguous, converted, false),
+            (8, BlockLayout::Contiguous, rounded, true),
         ] {
-            let text = matmul_source(block, layout, f16, prefetched);
+            let text = matmul_source(block, layout, operands, prefetched);
+            let f16 = operands != Operands::F32;
+            // The kernel's own rounding before the conversion where the driver's is not trusted.
+            assert_eq!(text.contains("fn f16_round("), operands == rounded);
+            assert_eq!(
+                text.contains("return f16(f16_round(x));"),
+                operands == rounded
+            );
+            assert_eq!(text.contains("return f16(x);"), operands == converted);
             let case = format!("block {block}, {layout:?}, prefetched {prefetched}");
             assert!(!text.lines().any(|l| l.trim().starts_with("// @")));
             let lines = |prefix: &str| {
@@ -417,7 +458,10 @@ mod tests {
         }
         for (side, threads) in [(16, 32), (8, 8), (16, 64), (8, 32)] {
             let shape = CooperativeShape { side, threads };
-            let text = cooperative_source(shape);
+            let rounded = side == 16;
+            let text = cooperative_source(shape, rounded);
+            assert_eq!(text.contains("return f16(f16_round(x));"), rounded);
+            assert_eq!(text.contains("return f16(x);"), !rounded);
             let case = format!("{side}×{side} on {threads}");
             assert!(text.starts_with("enable f16;"), "{case}");
             assert!(

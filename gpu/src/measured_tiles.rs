@@ -28,7 +28,7 @@ use deberta_core::Error;
 
 use crate::adapter::AdapterSummary;
 use crate::error::{GpuError, device_error};
-use crate::matmul_source::{BlockLayout, matmul_source};
+use crate::matmul_source::{BlockLayout, Operands, matmul_source};
 use crate::ops::matmul::Tiling;
 
 /// What makes two products the same for [`MatmulTiles::Measured`]: sizes, batch entries, the
@@ -184,6 +184,8 @@ pub(crate) struct MatmulCode {
     pub(crate) prefetched: bool,
     /// They read operands four at a time ([`crate::DeviceOptions::matmul_vector_loads`]).
     pub(crate) vector_loads: bool,
+    /// The f16 kernels round their operands before converting ([`Operands::F16`]).
+    pub(crate) f16_rounded: bool,
 }
 
 /// The file's name in a cache directory for `adapter`: one per adapter, driver and matmul
@@ -206,8 +208,13 @@ fn header(adapter: &AdapterSummary, code: MatmulCode) -> String {
         (4, BlockLayout::Contiguous),
         (8, BlockLayout::Contiguous),
     ] {
-        for f16 in [false, true] {
-            let text = matmul_source(block, layout, f16, code.prefetched);
+        for operands in [
+            Operands::F32,
+            Operands::F16 {
+                rounded: code.f16_rounded,
+            },
+        ] {
+            let text = matmul_source(block, layout, operands, code.prefetched);
             kernels.extend_from_slice(text.as_bytes());
         }
     }

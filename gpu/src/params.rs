@@ -276,3 +276,13 @@ params! {
         _pad1: u32,
     }
 }
+
+params! {
+    /// `f16_probe.wgsl`.
+    F16ProbeParams mirrors crate::kernels::Shader::F16Probe => {
+        n: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
+}

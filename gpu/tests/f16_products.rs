@@ -333,3 +333,58 @@ fn operands_beyond_the_f16_range_overflow() {
         assert!(c[n..].iter().all(|v| *v == 0.5 * k as f32));
     }
 }
+
+/// The probe of the driver's f32 → f16 conversion at opening decides who rounds: where it found
+/// the driver rounding to nearest even (Mesa 22's lavapipe, NVIDIA), the kernels' own rounding
+/// (`DeviceOptions::f16_rounding: Some(true)`) gives the same bits in every case; where it did
+/// not (Mesa 26's lavapipe truncates), the driver's conversion alone (`Some(false)`, forced)
+/// gives other products than the f16-rounded operands' somewhere — the drift the kernels'
+/// rounding removes, which `f16_products_stay_within_the_f16_bound_of_the_cpu` checks.
+#[test]
+fn the_f16_conversion_probe_leaves_the_rounding_to_a_driver_only_where_it_is_exact() {
+    let Some(gpu) = gpu() else {
+        return;
+    };
+    if !gpu.f16_products() {
+        eprintln!("f16 products: no SHADER_F16 here; no conversion to probe");
+        return;
+    }
+    let trusted = !gpu.f16_rounded_by_kernels();
+    println!(
+        "f16 conversion of {}: {}",
+        gpu.adapter(),
+        match trusted {
+            true => "rounds to nearest even (the driver converts)",
+            false => "does not round to nearest even (the kernels round first)",
+        }
+    );
+    let forced = WgpuBackend::with_options(
+        AdapterChoice::default(),
+        DeviceOptions {
+            f16_rounding: Some(trusted),
+            ..DeviceOptions::from_env().unwrap()
+        },
+    )
+    .expect("a second device");
+    assert_eq!(forced.f16_rounded_by_kernels(), trusted);
+    let mut differs = false;
+    for case in cases() {
+        let operands = case.operands();
+        let bits = |backend: &WgpuBackend| -> Vec<u32> {
+            product(backend, &case, &operands, Precision::F16)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        let (probed, other) = (bits(gpu), bits(&forced));
+        match trusted {
+            true => assert!(probed == other, "{:?}: other bits", case.shape),
+            false => differs |= probed != other,
+        }
+    }
+    assert!(
+        trusted || differs,
+        "the probe distrusts the driver, yet its conversion gives the kernels' bits"
+    );
+}

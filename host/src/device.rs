@@ -118,6 +118,15 @@ where
             let tiles = matmul_tiles_from_env()?;
             backend.set_matmul_tiles(tiles);
             eprintln!("wgpu adapter: {}", backend.adapter());
+            if backend.f16_products()
+                && backend.f16_rounded_by_kernels()
+                && options.f16_rounding.is_none()
+            {
+                eprintln!(
+                    "f16 products: this driver's f32 → f16 conversion does not round to nearest \
+                     even; the kernels round each operand themselves"
+                );
+            }
             if options.cooperative_matrices {
                 match backend.cooperative_matrices() {
                     Some(shape) => eprintln!(

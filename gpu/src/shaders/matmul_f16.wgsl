@@ -5,13 +5,6 @@ enable f16;
 // width, and multiplied in f32 — exactly, as a binary16 product fits f32's significand — into
 // f32 sums: what f16 tensor cores compute.
 alias Operand = f16;
-
-// `x` as an operand: rounded to binary16 in integer arithmetic first (f16_round.wgsl, appended),
-// so that the conversion is exact whatever rounding the driver's conversion takes.
-fn to_operand(x: f32) -> f16 {
-    return f16(f16_round(x));
-}
-
-fn to_operand4(v: vec4<f32>) -> vec4<f16> {
-    return vec4<f16>(f16_round4(v));
-}
+// `to_operand`/`to_operand4` (an f32 as an operand) follow, written by the host
+// (matmul_source.rs): the driver's conversion where the device's probe found it rounds to
+// nearest even, else f16_round.wgsl's rounding first, so that the conversion is exact.

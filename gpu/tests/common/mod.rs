@@ -17,8 +17,8 @@ pub fn gpu() -> Option<&'static WgpuBackend> {
 /// with the other variant of the compilation options: the tree reductions where the shared one
 /// reduces over subgroups (`subgroup_reductions` off), naga's loop bounds where the shared one
 /// leaves them out (`loop_bounds` flipped), the matmuls' prefetching and vector loads flipped,
-/// early submission, the shared compute pass and the multi-tensor kernels flipped, so that
-/// every kernel is checked both ways.
+/// early submission, the shared compute pass and the multi-tensor kernels flipped, and the f16
+/// matmuls rounding their operands themselves, so that every kernel is checked both ways.
 pub fn gpu_variants() -> Vec<&'static WgpuBackend> {
     static OTHER: std::sync::OnceLock<WgpuBackend> = std::sync::OnceLock::new();
     let Some(shared) = gpu() else {
@@ -33,6 +33,9 @@ pub fn gpu_variants() -> Vec<&'static WgpuBackend> {
             early_submission: !shared.early_submission(),
             shared_pass: !shared.shared_pass(),
             multi_tensor: Some(!shared.multi_tensor()),
+            // The kernels' own f16 rounding where the shared device trusts the driver's (the
+            // same bits there; the driver's conversion is never forced, as it may truncate).
+            f16_rounding: Some(true),
             ..deberta_gpu::DeviceOptions::from_env().unwrap()
         };
         WgpuBackend::with_options(deberta_gpu::AdapterChoice::default(), options)
@@ -44,6 +47,7 @@ pub fn gpu_variants() -> Vec<&'static WgpuBackend> {
     assert_ne!(other.early_submission(), shared.early_submission());
     assert_ne!(other.shared_pass(), shared.shared_pass());
     assert_ne!(other.multi_tensor(), shared.multi_tensor());
+    assert!(other.f16_rounded_by_kernels());
     vec![shared, other]
 }
 
