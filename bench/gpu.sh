@@ -31,7 +31,8 @@
 #              kernel (a GPU); label ours-wgpu-pertensor; 0: not), COOP_SWEEP
 #              (default 1: every f16 sgemm and mixed step with the f16 products on cooperative
 #              matrices, DEBERTA_WGPU_COOPERATIVE=on, where `deberta info` lists an adapter
-#              with f16 cooperative matrices; label ours-wgpu-coop; 0: not), ROUNDING_SWEEP
+#              whose f16 cooperative matrices the kernel takes; label ours-wgpu-coop; 0: not),
+#              ROUNDING_SWEEP
 #              (default 1: every f16 sgemm and mixed step with the f16 operands rounded by the
 #              kernels, DEBERTA_WGPU_F16_ROUNDING=on, the cost of that rounding where the probe
 #              leaves it to the driver's conversion; label ours-wgpu-kernelrounding; 0: not),
@@ -156,7 +157,7 @@ variants() {
         echo "pertensor DEBERTA_WGPU_MULTI_TENSOR=off"
     fi
     if [ "${COOP_SWEEP:-1}" = 1 ] && { [ "$precision" = f16 ] || [ "$precision" = mixed ]; } &&
-        printf '%s\n' "$info" | grep -Eq 'f16 cooperative matrices [0-9]'; then
+        printf '%s\n' "$info" | grep -q 'the cooperative matmul takes'; then
         echo "coop DEBERTA_WGPU_COOPERATIVE=on"
     fi
     if [ "${ROUNDING_SWEEP:-1}" = 1 ] && { [ "$precision" = f16 ] || [ "$precision" = mixed ]; }; then

@@ -163,7 +163,17 @@ impl std::fmt::Display for Capabilities {
         for (i, [m, n, k]) in self.f16_cooperative_matrices.iter().enumerate() {
             write!(f, "{}{m}×{n}×{k}", if i == 0 { "" } else { ", " })?;
         }
-        Ok(())
+        match self.cooperative_matmul() {
+            Some(CooperativeShape { side, threads }) => write!(
+                f,
+                " (the cooperative matmul takes {side}×{side}×{side} on {threads}-wide subgroups)"
+            ),
+            None => write!(
+                f,
+                " (none the cooperative matmul takes: it needs f16 shaders, square 16×16 or 8×8 \
+                 matrices and subgroups of one width)"
+            ),
+        }
     }
 }
 
@@ -290,5 +300,68 @@ mod tests {
                 what: "no GPU adapter with compute support"
             }
         );
+    }
+
+    /// The cooperative matmul's configuration for what drivers report: NVIDIA's (the H200 of
+    /// 2026-12-04), Mesa 26's lavapipe, and adapters it cannot run on.
+    #[test]
+    fn the_cooperative_matmul_takes_square_matrices_on_one_subgroup_width() {
+        let adapter =
+            |matrices: Vec<[u32; 3]>, subgroup_sizes: [u32; 2], shader_f16: bool| Capabilities {
+                workgroup_memory: 49_152,
+                workgroup_invocations: 1024,
+                largest_buffer: 1 << 32,
+                largest_storage_binding: 1 << 31,
+                storage_buffers_per_stage: 32,
+                shader_f16,
+                subgroups: true,
+                f16_cooperative_matrices: matrices,
+                subgroup_sizes,
+            };
+        let shape = |side, threads| Some(CooperativeShape { side, threads });
+        let nvidia = vec![[16, 16, 16], [16, 8, 16], [16, 8, 8]];
+        for (capabilities, expected) in [
+            (adapter(nvidia.clone(), [32, 32], true), shape(16, 32)),
+            (adapter(vec![[8, 8, 8]], [8, 8], true), shape(8, 8)),
+            // Both sides: 16 first. 8×8 on 32 threads: two groups of four per thread.
+            (
+                adapter(vec![[8, 8, 8], [16, 16, 16]], [32, 32], true),
+                shape(16, 32),
+            ),
+            (adapter(vec![[8, 8, 8]], [32, 32], true), shape(8, 32)),
+            // No f16 shaders; subgroups of 32 to 64 (which width runs is the driver's choice);
+            // no square matrices; a width the operands do not divide into 1–16 groups.
+            (adapter(nvidia.clone(), [32, 32], false), None),
+            (adapter(vec![[16, 16, 16]], [32, 64], true), None),
+            (
+                adapter(vec![[8, 16, 16], [16, 8, 16]], [16, 16], true),
+                None,
+            ),
+            (adapter(vec![[8, 8, 8]], [128, 128], true), None),
+            (adapter(Vec::new(), [32, 32], true), None),
+        ] {
+            assert_eq!(
+                capabilities.cooperative_matmul(),
+                expected,
+                "{capabilities}"
+            );
+            let text = capabilities.to_string();
+            match expected {
+                Some(CooperativeShape { side, threads }) => assert!(
+                    text.ends_with(&format!(
+                        "(the cooperative matmul takes {side}×{side}×{side} on \
+                         {threads}-wide subgroups)"
+                    )),
+                    "{text}"
+                ),
+                None if capabilities.f16_cooperative_matrices.is_empty() => {
+                    assert!(text.ends_with("f16 cooperative matrices none"), "{text}")
+                }
+                None => assert!(
+                    text.contains("(none the cooperative matmul takes"),
+                    "{text}"
+                ),
+            }
+        }
     }
 }
