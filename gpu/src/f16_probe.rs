@@ -14,8 +14,11 @@ use crate::params::F16ProbeParams;
 
 /// `(value, its binary16 rounding to nearest, ties to even)`: ties in both directions and at
 /// both signs (which tell nearest-even from truncation and from rounding up or down), values
-/// just past a tie, the largest finite value and the overflows beyond it, and subnormal ties.
-const PROBES: [(f32, f32); 16] = [
+/// just past a tie, the largest finite value and the overflows beyond it. No subnormals: a
+/// driver may flush binary16 subnormals to zero (Vulkan allows it), which the kernels' rounding
+/// could not undo (their exactly rounded subnormal would be flushed as it is converted), so
+/// such a driver keeps the conversion of its own.
+const PROBES: [(f32, f32); 13] = [
     // 1 + 2⁻¹¹: halfway between 1 and 1 + 2⁻¹⁰; even is 1.
     (1.000_488_3, 1.0),
     (-1.000_488_3, -1.0),
@@ -33,12 +36,6 @@ const PROBES: [(f32, f32); 16] = [
     (65520.0, f32::INFINITY),
     (1.0e5, f32::INFINITY),
     (-1.0e5, f32::NEG_INFINITY),
-    // 2⁻²⁵: halfway between 0 and the smallest subnormal 2⁻²⁴; even is 0.
-    (2.980_232_2e-8, 0.0),
-    // 3·2⁻²⁵: halfway between 2⁻²⁴ and 2⁻²³; even is 2⁻²³.
-    (8.940_697e-8, 1.192_092_9e-7),
-    // 2⁻²⁴ + 2⁻³⁰: just past the smallest subnormal, so 2⁻²⁴.
-    (6.053_597e-8, 5.960_464_5e-8),
     // Exact values stay.
     (0.5, 0.5),
     (-2048.0, -2048.0),
@@ -95,9 +92,10 @@ mod tests {
         assert_eq!(PROBES[2].0, one + 3.0 * step);
         assert_eq!(PROBES[4].0, one + step + 2.0f32.powi(-20));
         assert_eq!(PROBES[6].0, one + 2.0 * step - 2.0f32.powi(-20));
-        assert_eq!(PROBES[11].0, 2.0f32.powi(-25));
-        assert_eq!(PROBES[12].0, 3.0 * 2.0f32.powi(-25));
-        assert_eq!(PROBES[13].0, 2.0f32.powi(-24) + 2.0f32.powi(-30));
+        // Normal binary16 values throughout (2⁻¹⁴ and up), or zero.
+        assert!(PROBES.iter().all(
+            |&(v, e)| v.abs() >= 2.0f32.powi(-14) && (e == 0.0 || e.abs() >= 2.0f32.powi(-14))
+        ));
         // Truncation would differ from the expected rounding somewhere.
         assert!(
             PROBES
