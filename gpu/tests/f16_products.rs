@@ -99,6 +99,15 @@ fn product<B: Backend>(
     Ok(down(backend, &c))
 }
 
+/// The bits of `C` after the f16 product of `operands` on `gpu`.
+fn f16_bits(gpu: &WgpuBackend, case: &Case, operands: &[Vec<f32>; 3]) -> Vec<u32> {
+    product(gpu, case, operands, Precision::F16)
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
 /// `v` rounded to binary16 (nearest even) and back.
 fn f16(v: f32) -> f32 {
     half::f16::from_f32(v).to_f32()
@@ -296,11 +305,7 @@ fn every_tile_size_gives_the_same_f16_bits() {
     let mut first: Option<Vec<u32>> = None;
     for tiles in MatmulTiles::ALL {
         forced.set_matmul_tiles(tiles);
-        let bits: Vec<u32> = product(&forced, &case, &operands, Precision::F16)
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect();
+        let bits = f16_bits(&forced, &case, &operands);
         match &first {
             Some(first) => assert!(first == &bits, "{tiles:?}: other bits"),
             None => first = Some(bits),
@@ -370,14 +375,10 @@ fn the_f16_conversion_probe_leaves_the_rounding_to_a_driver_only_where_it_is_exa
     let mut differs = false;
     for case in cases() {
         let operands = case.operands();
-        let bits = |backend: &WgpuBackend| -> Vec<u32> {
-            product(backend, &case, &operands, Precision::F16)
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect()
-        };
-        let (probed, other) = (bits(gpu), bits(&forced));
+        let (probed, other) = (
+            f16_bits(gpu, &case, &operands),
+            f16_bits(&forced, &case, &operands),
+        );
         match trusted {
             true => assert!(probed == other, "{:?}: other bits", case.shape),
             false => differs |= probed != other,
