@@ -7,9 +7,10 @@
 #                                      # them and pack them into DIR/gpu-tests.tar.xz
 #        bench/gpu-tests.sh run DIR    # there, from a checkout of the same commit: unpack and
 #                                      # run every suite under CI=true (no adapter: failure)
-# `run` runs every suite twice, with DEBERTA_WGPU_COOPERATIVE=off and =on, prints one line per
+# `run` runs every suite twice, with DEBERTA_WGPU_COOPERATIVE=auto (the default: on a GPU whose
+# cooperative matrices the kernel takes, the f16 products on them) and =off, prints one line per
 # suite and pass and the adapter it ran on, keeps each output in
-# DIR/gpu-tests/<suite>.cooperative-<off|on>.log, and exits non-zero if any suite failed. The suites read
+# DIR/gpu-tests/<suite>.cooperative-<auto|off>.log, and exits non-zero if any suite failed. The suites read
 # tests/fixtures through the path they were built at; `run` links that path to this checkout
 # when it does not exist there.
 set -euo pipefail
@@ -56,9 +57,9 @@ run)
         ln -s "$ROOT" "$built_at"
     fi
     failed=0
-    # Every suite with the defaults, then with the f16 products on the cooperative-matrix kernel
-    # (where the adapter cannot run it, the suites fall back and its own test says so).
-    for cooperative in off on; do
+    # Every suite with the defaults (the f16 products on the cooperative-matrix kernel where the
+    # GPU can run it), then with the register-blocked f16 kernels.
+    for cooperative in auto off; do
         for suite in "$dir"/gpu-tests/*; do
             name="$(basename "$suite")"
             [ "$name" = built-at ] || [[ "$name" == *.log ]] && continue

@@ -29,9 +29,10 @@
 #              the gradient norms' first stages and the Adam updates instead of seven tensors to
 #              a kernel, DEBERTA_WGPU_MULTI_TENSOR=off, where the default runs them seven to a
 #              kernel (a GPU); label ours-wgpu-pertensor; 0: not), COOP_SWEEP
-#              (default 1: every f16 sgemm and mixed step with the f16 products on cooperative
-#              matrices, DEBERTA_WGPU_COOPERATIVE=on, where `deberta info` lists an adapter
-#              whose f16 cooperative matrices the kernel takes; label ours-wgpu-coop; 0: not),
+#              (default 1: where `deberta info` lists an adapter whose f16 cooperative matrices
+#              the kernel takes, and the default runs the f16 products on them, every f16 sgemm
+#              and mixed step with the register-blocked f16 kernels instead,
+#              DEBERTA_WGPU_COOPERATIVE=off; label ours-wgpu-nocoop; 0: not),
 #              ROUNDING_SWEEP
 #              (default 1: every f16 sgemm and mixed step with the f16 operands rounded by the
 #              kernels, DEBERTA_WGPU_F16_ROUNDING=on, the cost of that rounding where the probe
@@ -158,7 +159,7 @@ variants() {
     fi
     if [ "${COOP_SWEEP:-1}" = 1 ] && { [ "$precision" = f16 ] || [ "$precision" = mixed ]; } &&
         printf '%s\n' "$info" | grep -q 'the cooperative matmul takes'; then
-        echo "coop DEBERTA_WGPU_COOPERATIVE=on"
+        echo "nocoop DEBERTA_WGPU_COOPERATIVE=off"
     fi
     if [ "${ROUNDING_SWEEP:-1}" = 1 ] && { [ "$precision" = f16 ] || [ "$precision" = mixed ]; }; then
         echo "kernelrounding DEBERTA_WGPU_F16_ROUNDING=on"

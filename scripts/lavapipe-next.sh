@@ -8,8 +8,9 @@
 # lavapipe ICD. Runs:
 #
 #   * `deberta info` there (the adapter and what it offers);
-#   * every test suite of deberta-gpu twice: with the defaults, and with
-#     DEBERTA_WGPU_COOPERATIVE=on (f16 products on the cooperative-matrix kernel;
+#   * every test suite of deberta-gpu twice: with the defaults (cooperative matrices are off on
+#     a software adapter), and with DEBERTA_WGPU_COOPERATIVE=on (f16 products on the
+#     cooperative-matrix kernel once its probe at opening passes;
 #     DEBERTA_REQUIRE_COOPERATIVE=1 makes an adapter that cannot run it a failure);
 #   * with cooperative matrices, the CLI's mixed-precision checks (20 nano steps learn like f32,
 #     resume restores the loss scalers), 10 wgpu steps against the CPU, and the wgpu cases of
@@ -83,7 +84,7 @@ run_suites() {
         env "$@" CI=true "${under_mesa_next[@]}" "$suite_bin" --quiet || failed=1
     done
 }
-run_suites DEBERTA_WGPU_COOPERATIVE=off
+run_suites
 run_suites DEBERTA_WGPU_COOPERATIVE=on DEBERTA_REQUIRE_COOPERATIVE=1
 
 # The CLI checks: the test on this machine's own driver, the binary it runs under the loader.

@@ -165,10 +165,18 @@ impl WgpuBackend {
     }
 
     /// The cooperative matrices f16 products (mixed precision) run on, if they do: the device
-    /// was opened with them ([`DeviceOptions::cooperative_matrices`];
-    /// `DEBERTA_WGPU_COOPERATIVE=on`) on an adapter that can run the kernel.
+    /// was opened with them ([`DeviceOptions::cooperative_matrices`]: by default on a GPU,
+    /// `DEBERTA_WGPU_COOPERATIVE=on` on any adapter) on an adapter that can run the kernel, and
+    /// the kernel computed the probe's products exactly.
     pub fn cooperative_matrices(&self) -> Option<CooperativeShape> {
         self.gpu.cooperative
+    }
+
+    /// Whether the device would have run the f16 products on cooperative matrices by default
+    /// but the kernel got the probe's products wrong on this driver, so that they run on the
+    /// register-blocked kernels instead.
+    pub fn cooperative_probe_failed(&self) -> bool {
+        self.gpu.cooperative_probe_failed
     }
 
     /// The adapter in use.

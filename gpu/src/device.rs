@@ -67,6 +67,9 @@ pub(crate) struct Gpu {
     /// The configuration of the cooperative matrices the device was opened with, if any: f16
     /// products run on them.
     pub(crate) cooperative: Option<CooperativeShape>,
+    /// Whether the device was opened with cooperative matrices by default and left them
+    /// because the probe's products were not exact ([`DeviceOptions::cooperative_matrices`]).
+    pub(crate) cooperative_probe_failed: bool,
     /// Whether the tiled matmuls prefetch ([`DeviceOptions::matmul_prefetch`]).
     pub(crate) matmul_prefetch: bool,
     /// Whether the f16 matmuls round their operands before converting them
@@ -93,13 +96,19 @@ pub struct DeviceOptions {
     /// arrays they index in local memory; off by default. Results are the same either way.
     pub loop_bounds: bool,
     /// Ask for `EXPERIMENTAL_COOPERATIVE_MATRIX` where the adapter can run the
-    /// cooperative-matrix matmul ([`Capabilities::cooperative_matmul`]): the f16 products of
-    /// mixed precision then run on it (tensor cores) instead of the register-blocked kernels.
-    /// Off by default until it has been timed on a GPU (`bench/gpu.sh`); CI checks it on Mesa
-    /// 26's lavapipe (8×8×8 matrices, `scripts/lavapipe-next.sh`).
+    /// cooperative-matrix matmul ([`Capabilities::cooperative_matmul`]), so that the f16
+    /// products of mixed precision run on it (tensor cores) instead of the register-blocked
+    /// kernels, once a probe at opening (`cooperative_probe.rs`: products whose exact result
+    /// any order of addition gives) has found the kernel exact on this driver. `None` (the
+    /// default): on a GPU, and where the device does not open with the feature or the probe
+    /// fails, the register-blocked kernels ([`WgpuBackend::cooperative_probe_failed`] says
+    /// which); off on a software adapter, which runs the matrices as subgroup operations.
+    /// `Some(true)`: on every adapter that can run it, software ones too (CI runs it on Mesa
+    /// 26's lavapipe), and a failed probe is an error. `Some(false)`: off.
     ///
     /// [`Capabilities::cooperative_matmul`]: crate::Capabilities::cooperative_matmul
-    pub cooperative_matrices: bool,
+    /// [`WgpuBackend::cooperative_probe_failed`]: crate::WgpuBackend::cooperative_probe_failed
+    pub cooperative_matrices: Option<bool>,
     /// The tiled matmuls read each step's operands into registers during the step before,
     /// while the current step's multiply-adds run (hiding the device-memory latency behind
     /// them), instead of at the step itself. The same sums either way; on by default.
@@ -138,14 +147,14 @@ pub struct DeviceOptions {
 }
 
 impl Default for DeviceOptions {
-    /// Every feature the adapter offers; no loop bounds, no cooperative matrices, prefetching
-    /// matmuls reading operands four at a time.
+    /// Every feature the adapter offers; no loop bounds, cooperative matrices on a GPU,
+    /// prefetching matmuls reading operands four at a time.
     fn default() -> Self {
         DeviceOptions {
             f16_products: true,
             subgroup_reductions: true,
             loop_bounds: false,
-            cooperative_matrices: false,
+            cooperative_matrices: None,
             matmul_prefetch: true,
             matmul_vector_loads: true,
             early_submission: true,
@@ -164,7 +173,6 @@ impl std::fmt::Display for DeviceOptions {
             ("DEBERTA_WGPU_F16", self.f16_products),
             ("DEBERTA_WGPU_SUBGROUPS", self.subgroup_reductions),
             ("DEBERTA_WGPU_LOOP_BOUNDS", self.loop_bounds),
-            ("DEBERTA_WGPU_COOPERATIVE", self.cooperative_matrices),
             ("DEBERTA_WGPU_MATMUL_PREFETCH", self.matmul_prefetch),
             ("DEBERTA_WGPU_MATMUL_VECTOR_LOADS", self.matmul_vector_loads),
             ("DEBERTA_WGPU_EARLY_SUBMIT", self.early_submission),
@@ -174,19 +182,28 @@ impl std::fmt::Display for DeviceOptions {
             let separator = if i == 0 { "" } else { ", " };
             write!(f, "{separator}{name} {}", if on { "on" } else { "off" })?;
         }
-        let multi_tensor = match self.multi_tensor {
+        let automatic = |switch: Option<bool>, auto: &'static str| match switch {
             Some(true) => "on",
             Some(false) => "off",
-            None => "auto (on for a GPU, off for a software adapter)",
+            None => auto,
         };
-        let f16_rounding = match self.f16_rounding {
-            Some(true) => "on",
-            Some(false) => "off",
-            None => "auto (on unless the driver's f16 conversion rounds to nearest even)",
-        };
+        let cooperative = automatic(
+            self.cooperative_matrices,
+            "auto (on for a GPU whose cooperative matrices the matmul takes, once its probe \
+             products are exact)",
+        );
+        let multi_tensor = automatic(
+            self.multi_tensor,
+            "auto (on for a GPU, off for a software adapter)",
+        );
+        let f16_rounding = automatic(
+            self.f16_rounding,
+            "auto (on unless the driver's f16 conversion rounds to nearest even)",
+        );
         write!(
             f,
-            ", DEBERTA_WGPU_MULTI_TENSOR {multi_tensor}, DEBERTA_WGPU_F16_ROUNDING {f16_rounding}"
+            ", DEBERTA_WGPU_COOPERATIVE {cooperative}, DEBERTA_WGPU_MULTI_TENSOR {multi_tensor}, \
+             DEBERTA_WGPU_F16_ROUNDING {f16_rounding}"
         )
     }
 }
@@ -195,7 +212,8 @@ impl DeviceOptions {
     /// [`DeviceOptions::default`], changed by the environment: `DEBERTA_WGPU_F16=off` (mixed
     /// precision then falls back to f32 products, as on an adapter without the feature),
     /// `DEBERTA_WGPU_SUBGROUPS=off` (the tree reductions), `DEBERTA_WGPU_LOOP_BOUNDS=on`
-    /// (naga's loop bounds), `DEBERTA_WGPU_COOPERATIVE=on` (cooperative matrices) and
+    /// (naga's loop bounds), `DEBERTA_WGPU_COOPERATIVE=on|off|auto` (cooperative matrices on
+    /// every adapter that can run the kernel, or on none; unset or `auto`: on a GPU),
     /// `DEBERTA_WGPU_MATMUL_PREFETCH=off` (no prefetching),
     /// `DEBERTA_WGPU_MATMUL_VECTOR_LOADS=off` (scalar operand loads),
     /// `DEBERTA_WGPU_EARLY_SUBMIT=off` (submissions only when the host waits or the parameter
@@ -206,34 +224,39 @@ impl DeviceOptions {
     /// the probe). A variable set to anything else (an empty one counts as unset) is an error
     /// naming it, not a silent default.
     pub fn from_env() -> Result<Self, GpuError> {
-        let switch = |name: &'static str| -> Result<Option<bool>, GpuError> {
+        // `auto` (`automatic`) is unset for the switches whose default the device decides.
+        let read = |name: &'static str, automatic: bool| -> Result<Option<bool>, GpuError> {
+            let expected = match automatic {
+                true => "on, off or auto",
+                false => "on or off",
+            };
             match std::env::var(name) {
                 Err(std::env::VarError::NotPresent) => Ok(None),
                 Ok(value) if value.is_empty() => Ok(None),
                 Ok(value) if value == "on" => Ok(Some(true)),
                 Ok(value) if value == "off" => Ok(Some(false)),
+                Ok(value) if automatic && value == "auto" => Ok(None),
                 Ok(value) => Err(GpuError::Environment {
                     variable: name,
                     value,
+                    expected,
                 }),
                 Err(std::env::VarError::NotUnicode(value)) => Err(GpuError::Environment {
                     variable: name,
                     value: value.to_string_lossy().into_owned(),
+                    expected,
                 }),
             }
         };
-        // `auto` is unset for the switches whose default the device decides.
-        let automatic = |name: &'static str| match std::env::var(name).as_deref() {
-            Ok("auto") => Ok(None),
-            _ => switch(name),
-        };
+        let switch = |name| read(name, false);
+        let automatic = |name| read(name, true);
         let defaults = DeviceOptions::default();
         let or = |name, default: bool| Ok::<_, GpuError>(switch(name)?.unwrap_or(default));
         Ok(DeviceOptions {
             f16_products: or("DEBERTA_WGPU_F16", defaults.f16_products)?,
             subgroup_reductions: or("DEBERTA_WGPU_SUBGROUPS", defaults.subgroup_reductions)?,
             loop_bounds: or("DEBERTA_WGPU_LOOP_BOUNDS", defaults.loop_bounds)?,
-            cooperative_matrices: or("DEBERTA_WGPU_COOPERATIVE", defaults.cooperative_matrices)?,
+            cooperative_matrices: automatic("DEBERTA_WGPU_COOPERATIVE")?,
             matmul_prefetch: or("DEBERTA_WGPU_MATMUL_PREFETCH", defaults.matmul_prefetch)?,
             matmul_vector_loads: or(
                 "DEBERTA_WGPU_MATMUL_VECTOR_LOADS",
@@ -258,47 +281,59 @@ impl Gpu {
             true => feature,
             false => wgpu::Features::empty(),
         };
-        let cooperative = summary
-            .capabilities
-            .cooperative_matmul()
-            .filter(|_| options.cooperative_matrices && options.f16_products);
+        // Cooperative matrices where the caller asked for them (or, by default, on a GPU) and
+        // the adapter reports a configuration the kernel takes.
+        let cooperative = summary.capabilities.cooperative_matmul().filter(|_| {
+            options.f16_products
+                && options
+                    .cooperative_matrices
+                    .unwrap_or(summary.device_type != wgpu::DeviceType::Cpu)
+        });
         // Timestamps cost nothing until kernel timing is switched on.
         let features = adapter.features()
             & (wanted(options.f16_products, wgpu::Features::SHADER_F16)
                 | wanted(options.subgroup_reductions, wgpu::Features::SUBGROUP)
-                | wanted(
-                    cooperative.is_some(),
-                    wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
-                )
                 | wgpu::Features::TIMESTAMP_QUERY);
-        let experimental_features = match cooperative {
-            // SAFETY: the token unlocks only `EXPERIMENTAL_COOPERATIVE_MATRIX`, requested where
-            // the caller opted in and the adapter reports square f16 → f32 matrices of the
-            // shape's side and subgroups of exactly the shape's width; the one kernel using it
-            // (`matmul_cooperative.wgsl`, written for that shape) does no more than that
-            // configuration allows: a whole subgroup, in uniform control flow, loads matrices of
-            // that side from workgroup memory inside its arrays, multiply-adds them and stores
-            // the results there.
-            Some(_) => unsafe { wgpu::ExperimentalFeatures::enabled() },
-            None => wgpu::ExperimentalFeatures::disabled(),
-        };
         // Everything the adapter offers (workgroup memory, invocations, buffer sizes); should a
         // driver refuse its own maximum, WebGPU's defaults, which every adapter grants.
-        let request = |required_limits: wgpu::Limits| {
+        let request = |cooperative: Option<CooperativeShape>, required_limits: wgpu::Limits| {
+            let (required_features, experimental_features) = match cooperative {
+                // SAFETY: the token unlocks only `EXPERIMENTAL_COOPERATIVE_MATRIX`, requested
+                // where the adapter reports square f16 → f32 matrices of the shape's side and
+                // subgroups of exactly the shape's width; the one kernel using it
+                // (`matmul_cooperative.wgsl`, written for that shape) does no more than that
+                // configuration allows: a whole subgroup, in uniform control flow, loads
+                // matrices of that side from workgroup memory inside its arrays, multiply-adds
+                // them and stores the results there.
+                Some(_) => (
+                    features | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
+                    unsafe { wgpu::ExperimentalFeatures::enabled() },
+                ),
+                None => (features, wgpu::ExperimentalFeatures::disabled()),
+            };
             pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
                 label: Some("deberta"),
-                required_features: features,
+                required_features,
                 required_limits,
                 experimental_features,
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             }))
+            .map(|(device, queue)| (device, queue, cooperative))
         };
         let multi_tensor = options
             .multi_tensor
             .unwrap_or(summary.device_type != wgpu::DeviceType::Cpu);
-        let (device, queue) = request(adapter.limits())
-            .or_else(|_| request(wgpu::Limits::default()))
+        let open_with = |cooperative| {
+            request(cooperative, adapter.limits())
+                .or_else(|_| request(cooperative, wgpu::Limits::default()))
+        };
+        // By default, a device that does not open with the experimental feature opens without.
+        let (device, queue, cooperative) = open_with(cooperative)
+            .or_else(|error| match (cooperative, options.cooperative_matrices) {
+                (Some(_), None) => open_with(None),
+                _ => Err(error),
+            })
             .map_err(|e| GpuError::RequestDevice {
                 adapter: summary.name.clone(),
                 message: e.to_string(),
@@ -362,8 +397,8 @@ impl Gpu {
             subgroup_reductions: features.contains(wgpu::Features::SUBGROUP),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             loop_bounds: options.loop_bounds,
-            cooperative: cooperative
-                .filter(|_| features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)),
+            cooperative,
+            cooperative_probe_failed: false,
             matmul_prefetch: options.matmul_prefetch,
             matmul_vector_loads: options.matmul_vector_loads,
             f16_rounded: variant.f16_rounded,
@@ -387,6 +422,27 @@ impl Gpu {
                     },
                     options.loop_bounds,
                 );
+            }
+        }
+        if gpu.cooperative.is_some() {
+            let exact = gpu
+                .cooperative_products_exact()
+                .map_err(|e| GpuError::RequestDevice {
+                    adapter: gpu.adapter.name.clone(),
+                    message: format!("probing the cooperative-matrix matmul: {e}"),
+                })?;
+            if !exact {
+                if options.cooperative_matrices == Some(true) {
+                    return Err(GpuError::RequestDevice {
+                        adapter: gpu.adapter.name.clone(),
+                        message: "DEBERTA_WGPU_COOPERATIVE=on: the cooperative-matrix matmul \
+                                  gives this driver's probe products wrong (set it to auto or \
+                                  off)"
+                            .into(),
+                    });
+                }
+                gpu.cooperative = None;
+                gpu.cooperative_probe_failed = true;
             }
         }
         Ok(gpu)

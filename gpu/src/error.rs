@@ -31,13 +31,15 @@ pub enum GpuError {
         /// What is wrong.
         message: String,
     },
-    /// A `DEBERTA_WGPU_*` switch ([`crate::DeviceOptions::from_env`]) holds neither `on` nor
-    /// `off`.
+    /// A `DEBERTA_WGPU_*` switch ([`crate::DeviceOptions::from_env`]) holds none of the values
+    /// it takes.
     Environment {
         /// The variable.
         variable: &'static str,
         /// What it holds.
         value: String,
+        /// The values it takes, e.g. `on or off`.
+        expected: &'static str,
     },
 }
 
@@ -73,8 +75,12 @@ impl fmt::Display for GpuError {
                 Some(line) => write!(f, "matmul tile file {path}, line {line}: {message}"),
                 None => write!(f, "matmul tile file {path}: {message}"),
             },
-            GpuError::Environment { variable, value } => {
-                write!(f, "{variable}={value:?}: expected on or off")
+            GpuError::Environment {
+                variable,
+                value,
+                expected,
+            } => {
+                write!(f, "{variable}={value:?}: expected {expected}")
             }
             GpuError::RequestDevice { adapter, message } => {
                 write!(
@@ -95,7 +101,7 @@ impl From<GpuError> for deberta_core::Error {
                 GpuError::NoAdapter { .. } => "no GPU adapter with compute support",
                 GpuError::RequestDevice { .. } => "the GPU adapter could not open a device",
                 GpuError::TileCache { .. } => "the matmul tile file could not be read",
-                GpuError::Environment { .. } => "a DEBERTA_WGPU_* variable is neither on nor off",
+                GpuError::Environment { .. } => "a DEBERTA_WGPU_* variable holds no value it takes",
             },
         }
     }

@@ -36,6 +36,7 @@
 
 mod adapter;
 mod backend;
+mod cooperative_probe;
 mod device;
 mod error;
 mod f16_probe;

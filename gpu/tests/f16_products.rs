@@ -168,7 +168,7 @@ fn f16_products_stay_within_the_f16_bound_of_the_cpu() {
     );
 }
 
-/// The cooperative-matrix kernel (`DeviceOptions::cooperative_matrices`, off by default) on a
+/// The cooperative-matrix kernel (`DeviceOptions::cooperative_matrices`, forced on) on a
 /// device opened with it: every case within the same f16 bound, with twice the accumulation
 /// allowance (tensor cores add the exact f16 products in their own order and rounding). Where
 /// the adapter cannot run the kernel (Mesa 22's lavapipe: no cooperative matrices) the device
@@ -181,7 +181,7 @@ fn cooperative_matrix_products_stay_within_the_f16_bound_of_the_cpu() {
         return;
     }
     let options = DeviceOptions {
-        cooperative_matrices: true,
+        cooperative_matrices: Some(true),
         ..DeviceOptions::from_env().unwrap()
     };
     let backend = WgpuBackend::with_options(AdapterChoice::default(), options).unwrap();

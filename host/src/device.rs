@@ -127,21 +127,24 @@ where
                      even; the kernels round each operand themselves"
                 );
             }
-            if options.cooperative_matrices {
-                match backend.cooperative_matrices() {
-                    Some(shape) => eprintln!(
-                        "f16 products on cooperative matrices ({side}×{side}×{side}, \
-                         {threads}-wide subgroups)",
-                        side = shape.side,
-                        threads = shape.threads
-                    ),
-                    None => eprintln!(
-                        "DEBERTA_WGPU_COOPERATIVE=on: this adapter cannot run the \
-                         cooperative-matrix matmul (it needs f16 shaders, square 16×16 or 8×8 \
-                         f16 cooperative matrices and subgroups of one width); f16 products \
-                         keep the register-blocked kernels"
-                    ),
-                }
+            match backend.cooperative_matrices() {
+                Some(shape) => eprintln!(
+                    "mixed precision's f16 products on cooperative matrices \
+                     ({side}×{side}×{side}, {threads}-wide subgroups)",
+                    side = shape.side,
+                    threads = shape.threads
+                ),
+                None if backend.cooperative_probe_failed() => eprintln!(
+                    "cooperative matrices: the cooperative-matrix matmul got its probe products \
+                     wrong on this driver; f16 products keep the register-blocked kernels"
+                ),
+                None if options.cooperative_matrices == Some(true) => eprintln!(
+                    "DEBERTA_WGPU_COOPERATIVE=on: this adapter cannot run the \
+                     cooperative-matrix matmul (it needs f16 shaders, square 16×16 or 8×8 f16 \
+                     cooperative matrices and subgroups of one width); f16 products keep the \
+                     register-blocked kernels"
+                ),
+                None => {}
             }
             if tiles == MatmulTiles::Measured {
                 keep_matmul_tiles(&backend);

@@ -20,7 +20,7 @@ fn missing_model_directory() {
 }
 
 #[test]
-fn a_wgpu_switch_neither_on_nor_off() {
+fn a_wgpu_switch_with_a_value_it_does_not_take() {
     let model = fixture("tiny");
     let forward = [
         "forward",
@@ -30,13 +30,17 @@ fn a_wgpu_switch_neither_on_nor_off() {
         "1,2",
     ];
     let wgpu_forward = [&forward[..], &["--backend", "wgpu"]].concat();
-    for (args, variable) in [
-        (&["info"][..], "DEBERTA_WGPU_COOPERATIVE"),
-        (&wgpu_forward[..], "DEBERTA_WGPU_F16"),
+    for (args, variable, expected) in [
+        (&["info"][..], "DEBERTA_WGPU_COOPERATIVE", "on, off or auto"),
+        (&wgpu_forward[..], "DEBERTA_WGPU_F16", "on or off"),
+        (&wgpu_forward[..], "DEBERTA_WGPU_LOOP_BOUNDS", "on or off"),
     ] {
         let run = deberta_with_env(args, &[(variable, "1")]);
-        assert_one_line_error(&run, &format!("{variable}=\"1\": expected on or off"));
+        assert_one_line_error(&run, &format!("{variable}=\"1\": expected {expected}"));
     }
+    // `auto` is a value only of the switches whose default the device decides.
+    let run = deberta_with_env(&wgpu_forward, &[("DEBERTA_WGPU_F16", "auto")]);
+    assert_one_line_error(&run, "DEBERTA_WGPU_F16=\"auto\": expected on or off");
 }
 
 #[test]
