@@ -69,25 +69,34 @@ impl CooperativeShape {
         threads: 32,
     };
 
-    /// The side of the tile of C one workgroup computes (4 × 4 accumulators).
-    pub const fn tile(self) -> u32 {
-        4 * self.side
+    /// The side of the tile of C a workgroup of `split` × `split` subgroups computes (each
+    /// subgroup 4 × 4 accumulators).
+    pub const fn tile(self, split: u32) -> u32 {
+        4 * self.side * split
     }
 
-    /// Groups of four operands of A (and of B) each thread stages per step.
-    pub const fn groups(self) -> u32 {
-        self.side * self.side / self.threads
+    /// Groups of four operands of A (and of B) each thread of a workgroup of `split` × `split`
+    /// subgroups stages per step, if they come out whole: a step's `tile × side` operands of
+    /// each matrix over the workgroup's `split² · threads` invocations.
+    pub const fn groups(self, split: u32) -> Option<u32> {
+        let operands = self.tile(split) * self.side;
+        let per_group_round = 4 * split * split * self.threads;
+        match operands % per_group_round {
+            0 => Some(operands / per_group_round),
+            _ => None,
+        }
     }
 }
 
 impl Capabilities {
     /// The configuration the cooperative-matrix matmul (`matmul_cooperative.wgsl`) runs in on
-    /// this adapter, if any: f16 shaders, square f16 → f32 cooperative matrices of side 16 or 8
-    /// (naga's two sizes; 16 preferred), and one subgroup width (the kernel's workgroup is one
-    /// subgroup) that divides a step's operands into 1 to 16 groups of four per thread.
+    /// this adapter, if any: f16 shaders, subgroups (the kernel reads its subgroup's index),
+    /// square f16 → f32 cooperative matrices of side 16 or 8 (naga's two sizes; 16 preferred),
+    /// and one subgroup width (the kernel's workgroups are whole subgroups) that divides a step's
+    /// operands into 1 to 16 groups of four per thread of a one-subgroup workgroup.
     pub fn cooperative_matmul(&self) -> Option<CooperativeShape> {
         let [threads, widest] = self.subgroup_sizes;
-        if !self.shader_f16 || threads == 0 || threads != widest {
+        if !self.shader_f16 || !self.subgroups || threads == 0 || threads != widest {
             return None;
         }
         [16, 8]
@@ -96,8 +105,7 @@ impl Capabilities {
             .find(|shape| {
                 let side = shape.side;
                 self.f16_cooperative_matrices.contains(&[side, side, side])
-                    && (side * side).is_multiple_of(threads)
-                    && (1..=16).contains(&shape.groups())
+                    && matches!(shape.groups(1), Some(1..=16))
             })
     }
 
@@ -302,6 +310,24 @@ mod tests {
         );
     }
 
+    /// A workgroup of one subgroup or of 2 × 2 shares a step's operands evenly in every
+    /// configuration the chooser takes; in one it refuses, not even one subgroup does.
+    #[test]
+    fn cooperative_workgroups_share_a_step_in_whole_groups_of_four() {
+        for (side, threads, one, four) in [
+            (16, 32, Some(8), Some(4)),
+            (8, 8, Some(8), Some(4)),
+            (16, 64, Some(4), Some(2)),
+            (8, 32, Some(2), Some(1)),
+            (8, 128, None, None),
+        ] {
+            let shape = CooperativeShape { side, threads };
+            assert_eq!(shape.groups(1), one, "{shape:?}");
+            assert_eq!(shape.groups(2), four, "{shape:?}");
+            assert_eq!(shape.tile(2), 2 * shape.tile(1));
+        }
+    }
+
     /// The cooperative matmul's configuration for what drivers report: NVIDIA's (the H200 of
     /// 2026-12-04), Mesa 26's lavapipe, and adapters it cannot run on.
     #[test]
@@ -339,6 +365,14 @@ mod tests {
             ),
             (adapter(vec![[8, 8, 8]], [128, 128], true), None),
             (adapter(Vec::new(), [32, 32], true), None),
+            // No subgroup builtins.
+            (
+                Capabilities {
+                    subgroups: false,
+                    ..adapter(nvidia.clone(), [32, 32], true)
+                },
+                None,
+            ),
         ] {
             assert_eq!(
                 capabilities.cooperative_matmul(),

@@ -8,13 +8,14 @@
 //! exact whatever the order or grouping of the additions (tensor cores add in their own), and
 //! the device's products must equal the CPU's bit for bit. The shapes take the kernel through
 //! partial tiles on both sides of C, a partial last step of k (52 is neither a multiple of 16
-//! nor of 32), both transpositions of both operands, two batch entries, α and an accumulated C.
+//! nor of 32), both transpositions of both operands, two batch entries, α and an accumulated C,
+//! each on the kernel's workgroups of one subgroup and of four.
 
 use deberta_core::Error;
 use deberta_core::kernels::{MatmulSpec, MatrixLayout, matmul as cpu_matmul};
 
 use crate::device::Gpu;
-use crate::ops::matmul::{Added, matmul};
+use crate::ops::matmul::{Added, MatmulTiles, matmul};
 use crate::ops::memory;
 use crate::tensor::GpuTensor;
 
@@ -101,11 +102,21 @@ impl Probe {
 
 impl Gpu {
     /// Whether the f16 products of this device (on its cooperative matrices, where it was
-    /// opened with them) give every [`PRODUCTS`] probe the CPU's exact result.
+    /// opened with them) give every [`PRODUCTS`] probe the CPU's exact result, on workgroups of
+    /// one subgroup and of four (forced through the 64- and 128-wide tile policies, the
+    /// device's policy restored after).
     pub(crate) fn cooperative_products_exact(&self) -> Result<bool, Error> {
-        self.products_exact(|gpu, [a, b], c, spec| {
-            matmul(gpu, [a, b], Added::default(), c, spec, true)
-        })
+        let policy = self.matmul_tiles.get();
+        let mut exact = true;
+        for tiles in [MatmulTiles::Tiles64, MatmulTiles::Tiles128] {
+            self.matmul_tiles.set(tiles);
+            let found = self.products_exact(|gpu, [a, b], c, spec| {
+                matmul(gpu, [a, b], Added::default(), c, spec, true)
+            });
+            self.matmul_tiles.set(policy);
+            exact &= found?;
+        }
+        Ok(exact)
     }
 
     /// Whether `product` (which computes `C = α·A·B + β·C` on this device) gives every

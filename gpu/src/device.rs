@@ -58,7 +58,8 @@ pub(crate) struct Gpu {
     pub(crate) measured_tiles: MeasuredTiles,
     /// Whether the device was opened with `SHADER_F16`, so that f16 products can run.
     pub(crate) f16_products: bool,
-    /// Whether the device was opened with `SUBGROUP`: the workgroup reductions use it.
+    /// Whether the workgroup reductions use subgroup operations: the device was opened with
+    /// `SUBGROUP` and [`DeviceOptions::subgroup_reductions`] asks for them.
     pub(crate) subgroup_reductions: bool,
     /// Whether the device was opened with `TIMESTAMP_QUERY`, so that kernels can be timed.
     pub(crate) timestamps: bool,
@@ -292,7 +293,10 @@ impl Gpu {
         // Timestamps cost nothing until kernel timing is switched on.
         let features = adapter.features()
             & (wanted(options.f16_products, wgpu::Features::SHADER_F16)
-                | wanted(options.subgroup_reductions, wgpu::Features::SUBGROUP)
+                | wanted(
+                    options.subgroup_reductions || cooperative.is_some(),
+                    wgpu::Features::SUBGROUP,
+                )
                 | wgpu::Features::TIMESTAMP_QUERY);
         // Everything the adapter offers (workgroup memory, invocations, buffer sizes); should a
         // driver refuse its own maximum, WebGPU's defaults, which every adapter grants.
@@ -368,8 +372,12 @@ impl Gpu {
         };
         let absent_input = placeholder(&pool)?;
         let absent_output = placeholder(&pool)?;
+        // The reductions use subgroups where asked; the cooperative kernel reads its subgroup's
+        // index, so a device opened for it has them either way.
+        let subgroup_reductions =
+            options.subgroup_reductions && features.contains(wgpu::Features::SUBGROUP);
         let variant = Variant {
-            subgroup_reductions: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_reductions,
             matmul_prefetch: options.matmul_prefetch,
             cooperative: cooperative.unwrap_or(CooperativeShape::TENSOR_CORES),
             f16_rounded: options.f16_rounding.unwrap_or(true),
@@ -394,7 +402,7 @@ impl Gpu {
             matmul_tiles: TilePolicy::default(),
             measured_tiles: MeasuredTiles::default(),
             f16_products: features.contains(wgpu::Features::SHADER_F16),
-            subgroup_reductions: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_reductions,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             loop_bounds: options.loop_bounds,
             cooperative,

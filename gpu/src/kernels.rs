@@ -92,8 +92,10 @@ pub(crate) enum Shader {
     /// `Matmul128Vec4` with f16 operands.
     Matmul128Vec4F16,
     /// The f16 products on cooperative matrices (`enable wgpu_cooperative_matrix;`: only on
-    /// devices opened with `EXPERIMENTAL_COOPERATIVE_MATRIX`).
+    /// devices opened with `EXPERIMENTAL_COOPERATIVE_MATRIX`), one subgroup per workgroup.
     MatmulCooperative,
+    /// `MatmulCooperative` with 2 × 2 subgroups per workgroup sharing each staged step.
+    MatmulCooperativeWide,
     /// The probe of the driver's f32 → f16 conversion (`enable f16;`).
     F16Probe,
     LayerNorm,
@@ -164,7 +166,10 @@ impl Shader {
                 return matmul_source(8, Contiguous, f16, prefetched).into();
             }
             Shader::MatmulCooperative => {
-                return cooperative_source(cooperative, f16_rounded).into();
+                return cooperative_source(cooperative, f16_rounded, 1).into();
+            }
+            Shader::MatmulCooperativeWide => {
+                return cooperative_source(cooperative, f16_rounded, 2).into();
             }
             Shader::F16Probe => include_str!("shaders/f16_probe.wgsl"),
             Shader::Elementwise => include_str!("shaders/elementwise.wgsl"),
@@ -226,7 +231,8 @@ impl Shader {
             | Shader::Matmul128Vec4
             | Shader::Matmul64Vec4F16
             | Shader::Matmul128Vec4F16
-            | Shader::MatmulCooperative => size_of::<MatmulParams>(),
+            | Shader::MatmulCooperative
+            | Shader::MatmulCooperativeWide => size_of::<MatmulParams>(),
             Shader::F16Probe => size_of::<F16ProbeParams>(),
             Shader::LayerNorm => size_of::<LayerNormParams>(),
             Shader::Softmax => size_of::<SoftmaxParams>(),
@@ -410,9 +416,13 @@ kernels! {
     MatmulTiled64Vec4F16 => Matmul64Vec4F16, "matmul_tiled", [W, R, R, R, R, R, R];
     /// `MatmulTiled128Vec4` with f16 operands.
     MatmulTiled128Vec4F16 => Matmul128Vec4F16, "matmul_tiled", [W, R, R, R, R, R, R];
-    /// f16 products on cooperative matrices, 64-wide tiles, one subgroup per workgroup: C,
-    /// bias, residual, A, B (and A, B again as vec4 views, like every tiled kernel).
+    /// f16 products on cooperative matrices, tiles of four matrix sides (64 on tensor cores),
+    /// one subgroup per workgroup: C, bias, residual, A, B (and A, B again as vec4 views, like
+    /// every tiled kernel).
     MatmulCooperative => MatmulCooperative, "matmul_cooperative", [W, R, R, R, R, R, R];
+    /// `MatmulCooperative` on tiles of eight matrix sides (128 on tensor cores), four subgroups
+    /// per workgroup.
+    MatmulCooperativeWide => MatmulCooperativeWide, "matmul_cooperative", [W, R, R, R, R, R, R];
     /// `output[i] = f32(f16(input[i]))` with the driver's conversion: output, input.
     F16Probe => F16Probe, "f16_probe", [W, R];
     /// Split-K: `C = α·Σ slabs + β·C (+ bias) (+ residual)`: C, bias, residual, slabs.
@@ -525,7 +535,10 @@ mod tests {
             capabilities |= naga::valid::Capabilities::SHADER_FLOAT16;
         }
         if source.contains("enable wgpu_cooperative_matrix;") {
-            capabilities |= naga::valid::Capabilities::COOPERATIVE_MATRIX;
+            // The cooperative kernel reads its subgroup's index (a device opened for it has
+            // subgroups).
+            capabilities |=
+                naga::valid::Capabilities::COOPERATIVE_MATRIX | naga::valid::Capabilities::SUBGROUP;
         }
         if variant.subgroup_reductions {
             capabilities |= naga::valid::Capabilities::SUBGROUP;

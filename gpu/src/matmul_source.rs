@@ -285,13 +285,17 @@ fn store(text: &mut String, indent: &str, block: u32, layout: BlockLayout) {
 }
 
 /// The cooperative-matrix kernel (`matmul_cooperative.wgsl` after the f16 operand header,
-/// `rounded` or not as in [`Operands::F16`], and before `matmul_common.wgsl`) for `shape`: its
-/// `// @shape` line becomes the side, subgroup width and matrix types, its `// @groups` line
-/// the thread's share of a step's operands (`shape.groups()` groups of four of A and of B, in
-/// named registers, read by `load_groups_a`/`load_groups_b` and staged by `stage_groups`).
-pub(crate) fn cooperative_source(shape: CooperativeShape, rounded: bool) -> String {
+/// `rounded` or not as in [`Operands::F16`], and before `matmul_common.wgsl`) for `shape` with
+/// `split` × `split` subgroups per workgroup (1 or 2, [`CooperativeShape::groups`]): its
+/// `// @shape` line becomes the side, subgroup width, split and matrix types, its `// @groups`
+/// line the thread's share of a step's operands (`shape.groups(split)` groups of four of A and
+/// of B, in named registers, read by `load_groups_a`/`load_groups_b` and staged by
+/// `stage_groups`).
+pub(crate) fn cooperative_source(shape: CooperativeShape, rounded: bool, split: u32) -> String {
     let CooperativeShape { side, threads } = shape;
-    let groups = shape.groups();
+    let groups = shape
+        .groups(split)
+        .expect("a split whose workgroup shares a step's operands evenly");
     let header = Operands::F16 { rounded }.header();
     let f16_header = header
         .strip_prefix("enable f16;\n")
@@ -304,6 +308,7 @@ pub(crate) fn cooperative_source(shape: CooperativeShape, rounded: bool) -> Stri
                     text,
                     "const COOP_SIDE: u32 = {side}u;\n\
                      const COOP_THREADS: u32 = {threads}u;\n\
+                     const COOP_SPLIT: u32 = {split}u;\n\
                      const COOP_GROUPS: u32 = {groups}u;\n\
                      alias CoopA = coop_mat{side}x{side}<f16, A>;\n\
                      alias CoopB = coop_mat{side}x{side}<f16, B>;\n\
@@ -322,7 +327,7 @@ pub(crate) fn cooperative_source(shape: CooperativeShape, rounded: bool) -> Stri
 }
 
 /// `Groups` (a thread's `groups` groups of four operands of one step of A or B: groups
-/// lid + COOP_THREADS·q of the staged tile, named members rather than an array, so registers),
+/// lid + COOP_INVOCATIONS·q of the staged tile, named members rather than an array, so registers),
 /// their loads at a step (`matmul_common.wgsl`'s, zeros beyond k_end and the matrix) and their
 /// staging.
 fn cooperative_groups(text: &mut String, groups: u32) {
@@ -340,7 +345,7 @@ fn cooperative_groups(text: &mut String, groups: u32) {
             let separator = if q == 0 { "" } else { ", " };
             let _ = write!(
                 text,
-                "{separator}load_{side}4(base, {origin}, k0, k_end, lid + {q}u * COOP_THREADS)"
+                "{separator}load_{side}4(base, {origin}, k0, k_end, lid + {q}u * COOP_INVOCATIONS)"
             );
         }
         text.push_str(");\n}\n");
@@ -349,7 +354,7 @@ fn cooperative_groups(text: &mut String, groups: u32) {
     for q in 0..groups {
         let _ = writeln!(
             text,
-            "    stage_group(lid + {q}u * COOP_THREADS, a.q{q}, b.q{q});"
+            "    stage_group(lid + {q}u * COOP_INVOCATIONS, a.q{q}, b.q{q});"
         );
     }
     text.push_str("}\n");
@@ -456,13 +461,16 @@ mod tests {
         for marker in ["// @shape", "// @groups"] {
             assert_eq!(template.lines().filter(|l| l.trim() == marker).count(), 1);
         }
-        for (side, threads) in [(16, 32), (8, 8), (16, 64), (8, 32)] {
+        for ((side, threads), split) in [(16, 32), (8, 8), (16, 64), (8, 32)]
+            .into_iter()
+            .flat_map(|shape| [(shape, 1), (shape, 2)])
+        {
             let shape = CooperativeShape { side, threads };
             let rounded = side == 16;
-            let text = cooperative_source(shape, rounded);
+            let text = cooperative_source(shape, rounded, split);
             assert_eq!(text.contains("return f16(f16_round(x));"), rounded);
             assert_eq!(text.contains("return f16(x);"), !rounded);
-            let case = format!("{side}×{side} on {threads}");
+            let case = format!("{side}×{side} on {threads}, {split}×{split} subgroups");
             assert!(text.starts_with("enable f16;"), "{case}");
             assert!(
                 !text.lines().any(|l| l.trim().starts_with("// @")),
@@ -471,22 +479,24 @@ mod tests {
             for line in [
                 format!("const COOP_SIDE: u32 = {side}u;"),
                 format!("const COOP_THREADS: u32 = {threads}u;"),
+                format!("const COOP_SPLIT: u32 = {split}u;"),
                 format!("alias CoopA = coop_mat{side}x{side}<f16, A>;"),
                 format!("alias CoopC = coop_mat{side}x{side}<f32, C>;"),
             ] {
                 assert!(text.contains(&line), "{case}: no `{line}`");
             }
-            // A step's 4·side × side operands of each matrix, four to a group, spread over the
-            // threads: every group staged once, from a load at its own index.
-            let groups = 4 * side * side / 4 / threads;
-            assert_eq!(shape.groups(), groups, "{case}");
+            // A step's 4·split·side × side operands of each matrix, four to a group, spread over
+            // the workgroup's split²·threads invocations: every group staged once, from a load
+            // at its own index.
+            let groups = 4 * split * side * side / 4 / (split * split * threads);
+            assert_eq!(shape.groups(split), Some(groups), "{case}");
             for q in 0..groups {
                 for side in ["a", "b"] {
-                    let load = format!("lid + {q}u * COOP_THREADS)");
+                    let load = format!("lid + {q}u * COOP_INVOCATIONS)");
                     assert!(text.contains(&format!("load_{side}4(base, ")), "{case}");
                     assert_eq!(text.matches(&load).count(), 2, "{case}: {load}");
                 }
-                let stage = format!("stage_group(lid + {q}u * COOP_THREADS, a.q{q}, b.q{q});");
+                let stage = format!("stage_group(lid + {q}u * COOP_INVOCATIONS, a.q{q}, b.q{q});");
                 assert_eq!(text.matches(&stage).count(), 1, "{case}: {stage}");
             }
             assert!(!text.contains(&format!("q{groups}")), "{case}");

@@ -169,8 +169,9 @@ fn f16_products_stay_within_the_f16_bound_of_the_cpu() {
 }
 
 /// The cooperative-matrix kernel (`DeviceOptions::cooperative_matrices`, forced on) on a
-/// device opened with it: every case within the same f16 bound, with twice the accumulation
-/// allowance (tensor cores add the exact f16 products in their own order and rounding). Where
+/// device opened with it, on workgroups of one subgroup and of four: every case within the same
+/// f16 bound, with twice the accumulation allowance (tensor cores add the exact f16 products in
+/// their own order and rounding), and the same bits from both. Where
 /// the adapter cannot run the kernel (Mesa 22's lavapipe: no cooperative matrices) the device
 /// opens without them, f16 products keep the register-blocked kernels, and the test says so;
 /// with `DEBERTA_REQUIRE_COOPERATIVE=1` (CI's run on Mesa 26's lavapipe, whose 8×8×8 matrices
@@ -204,15 +205,34 @@ fn cooperative_matrix_products_stay_within_the_f16_bound_of_the_cpu() {
         assert!(!(capabilities.cooperative_matmul().is_some() && backend.f16_products()));
         return;
     };
-    let (worst_f32, worst_rounded) = check_f16_bound(&backend, 2.0);
-    println!(
-        "cooperative-matrix products ({side}×{side}×{side} on {threads}-wide subgroups, {}): \
-         worst |f16 − cpu f32| {worst_f32:.2e} of Σ|a||b|, worst |f16 − cpu on f16 operands| \
-         {worst_rounded:.2e}",
-        backend.adapter(),
-        side = shape.side,
-        threads = shape.threads,
-    );
+    // One subgroup per workgroup (forced 64-wide tiles), then 2 × 2 (forced 128-wide tiles):
+    // each within the bound, and the same bits as each other.
+    let mut bits = Vec::new();
+    for (tiles, subgroups) in [(MatmulTiles::Tiles64, 1), (MatmulTiles::Tiles128, 4)] {
+        backend.set_matmul_tiles(tiles);
+        let (worst_f32, worst_rounded) = check_f16_bound(&backend, 2.0);
+        println!(
+            "cooperative-matrix products ({side}×{side}×{side} on {threads}-wide subgroups, \
+             {subgroups} per workgroup, {}): worst |f16 − cpu f32| {worst_f32:.2e} of Σ|a||b|, \
+             worst |f16 − cpu on f16 operands| {worst_rounded:.2e}",
+            backend.adapter(),
+            side = shape.side,
+            threads = shape.threads,
+        );
+        bits.push(
+            cases()
+                .iter()
+                .map(|case| f16_bits(&backend, case, &case.operands()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    for (i, case) in cases().iter().enumerate() {
+        assert!(
+            bits[0][i] == bits[1][i],
+            "{:?}: one subgroup and four per workgroup give other bits",
+            case.shape
+        );
+    }
 }
 
 /// Every case of [`cases`] on `gpu` at f16 products against the CPU: within the f16 bound of

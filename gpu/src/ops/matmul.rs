@@ -9,6 +9,7 @@ use deberta_core::kernels::{MatmulSpec, MatrixLayout};
 
 use super::memory::alloc;
 use super::word;
+use crate::adapter::CooperativeShape;
 use crate::device::Gpu;
 use crate::error::device_error;
 use crate::kernels::{Kernel, MATMUL_THREADS, TILE_K};
@@ -432,21 +433,16 @@ pub(crate) fn matmul(
         .cooperative
         .filter(|_| f16_operands && kernel != Kernel::MatmulSmall)
     {
-        // Cooperative matrices take every tiled f16 product, split as the rule splits it; they
-        // are not among the measured kernels, whose sums are all the same bits.
-        let cooperative = (Kernel::MatmulCooperative, shape.tile());
+        // Cooperative matrices take every tiled f16 product, split as the rule splits it (the
+        // pieces on one-subgroup workgroups); they are not among the measured kernels, whose
+        // sums are all the same bits.
         if splits > 1 {
-            return split_k(gpu, [a, b, c], added, params, cooperative, splits);
+            let pieces = (Kernel::MatmulCooperative, shape.tile(1));
+            return split_k(gpu, [a, b, c], added, params, pieces, splits);
         }
-        let grid = tile_grid(gpu, spec.m, spec.n, shape.tile())?;
-        return dispatch_entries(
-            gpu,
-            (Kernel::MatmulCooperative, grid),
-            params,
-            &buffers,
-            entries,
-            per_dispatch,
-        );
+        let (kernel, tile) = cooperative_kernel(policy, shape, [spec.m, spec.n, entries]);
+        let grid = tile_grid(gpu, spec.m, spec.n, tile)?;
+        return dispatch_entries(gpu, (kernel, grid), params, &buffers, entries, per_dispatch);
     }
     if splits > 1 {
         // The split and its 64-wide pieces stay the rule's (a split sums in its own order);
@@ -489,6 +485,32 @@ pub(crate) fn matmul(
         entries,
         per_dispatch,
     )
+}
+
+/// The cooperative-matrix kernel an unsplit product of `[m, n, entries]` runs on, and its tile
+/// side: 2 × 2 subgroups per workgroup (tiles twice as wide, each staged operand feeding two
+/// subgroups, so half the device-memory reads per multiply-add) where `tiles` forces 128-wide
+/// tiles, or by default where the product has at least [`LARGE_TILE_MIN_WORKGROUPS`] of them (as
+/// the occupancy rule takes the register-blocked kernels' large tiles), else one subgroup per
+/// workgroup. Both add the same matrix products in the same order: the same bits.
+fn cooperative_kernel(
+    tiles: MatmulTiles,
+    shape: CooperativeShape,
+    [m, n, entries]: [usize; 3],
+) -> (Kernel, u32) {
+    let wide_tile = shape.tile(2) as usize;
+    let wide = shape.groups(2).is_some()
+        && match tiles {
+            MatmulTiles::Tiles128 | MatmulTiles::Tiles128Vec4 => true,
+            MatmulTiles::Tiles32 | MatmulTiles::Tiles64 | MatmulTiles::Tiles64Vec4 => false,
+            MatmulTiles::Measured | MatmulTiles::Auto => {
+                m.div_ceil(wide_tile) * n.div_ceil(wide_tile) * entries >= LARGE_TILE_MIN_WORKGROUPS
+            }
+        };
+    match wide {
+        true => (Kernel::MatmulCooperativeWide, shape.tile(2)),
+        false => (Kernel::MatmulCooperative, shape.tile(1)),
+    }
 }
 
 /// The tiled kernel [`MatmulTiles::Measured`] runs the product of `shape` on: the one kept for
@@ -719,6 +741,62 @@ mod tests {
         assert_eq!(
             choose_kernel(MatmulTiles::Tiles128, [8, 4096, 1], LARGE_MEMORY).0,
             Kernel::MatmulSmall
+        );
+    }
+
+    #[test]
+    fn cooperative_products_take_four_subgroups_where_they_have_enough_wide_tiles() {
+        let tensor_cores = CooperativeShape::TENSOR_CORES;
+        let kernel =
+            |tiles, m, n, entries| cooperative_kernel(tiles, tensor_cores, [m, n, entries]);
+        let (one, wide) = (
+            (Kernel::MatmulCooperative, 64),
+            (Kernel::MatmulCooperativeWide, 128),
+        );
+        // 2048²: 256 tiles of 128; 2047 × 2048: 16 × 16 too.
+        assert_eq!(kernel(MatmulTiles::Measured, 2048, 2048, 1), wide);
+        assert_eq!(kernel(MatmulTiles::Auto, 2047, 2048, 1), wide);
+        // xsmall 32×512 feed-forward: 16384 × 1536, 1536 tiles of 128.
+        assert_eq!(kernel(MatmulTiles::Measured, 16_384, 1536, 1), wide);
+        // xsmall 8×128 projections: 1024 × 384, 24 tiles of 128; attention scores per head
+        // batched: 128 × 128 × 48 entries, 48.
+        assert_eq!(kernel(MatmulTiles::Measured, 1024, 384, 1), one);
+        assert_eq!(kernel(MatmulTiles::Measured, 128, 128, 48), one);
+        // ... 256 entries of one tile each are enough.
+        assert_eq!(kernel(MatmulTiles::Measured, 128, 128, 256), wide);
+        // Forced tiles force the kernel.
+        for tiles in [MatmulTiles::Tiles128, MatmulTiles::Tiles128Vec4] {
+            assert_eq!(kernel(tiles, 40, 40, 1), wide);
+        }
+        for tiles in [
+            MatmulTiles::Tiles32,
+            MatmulTiles::Tiles64,
+            MatmulTiles::Tiles64Vec4,
+        ] {
+            assert_eq!(kernel(tiles, 4096, 4096, 1), one);
+        }
+        // Lavapipe's 8×8 matrices: tiles of 32 and 64.
+        let lavapipe = CooperativeShape {
+            side: 8,
+            threads: 8,
+        };
+        assert_eq!(
+            cooperative_kernel(MatmulTiles::Tiles128, lavapipe, [40, 40, 1]),
+            (Kernel::MatmulCooperativeWide, 64)
+        );
+        assert_eq!(
+            cooperative_kernel(MatmulTiles::Measured, lavapipe, [40, 40, 1]),
+            (Kernel::MatmulCooperative, 32)
+        );
+        // A shape whose four-subgroup workgroup cannot share a step evenly keeps one subgroup.
+        let narrow = CooperativeShape {
+            side: 8,
+            threads: 64,
+        };
+        assert_eq!(narrow.groups(2), None);
+        assert_eq!(
+            cooperative_kernel(MatmulTiles::Tiles128, narrow, [4096, 4096, 1]),
+            (Kernel::MatmulCooperative, 32)
         );
     }
 

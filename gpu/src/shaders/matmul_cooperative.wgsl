@@ -1,38 +1,46 @@
 // C = α·A·B + β·C per batch entry on cooperative matrices (tensor cores): the f16 products of
 // mixed precision, on a device opened with cooperative matrices (the host prepends `enable f16;
 // enable wgpu_cooperative_matrix;`, the f16 operand header matmul_f16.wgsl and f16_round.wgsl,
-// and appends matmul_common.wgsl, with the parameters, bindings and output helpers). The host writes the `// @shape` line
-// for the configuration the adapter reports (matmul_source.rs): the side COOP_SIDE of the square
-// f16 matrices A and B and of the f32 accumulator (16 on NVIDIA's tensor cores, 8 on Mesa's
-// lavapipe), the subgroup width COOP_THREADS the adapter runs (exactly: one workgroup is one
-// subgroup) and the aliases CoopA, CoopB, CoopC of the three matrix types; and the `// @groups`
-// line: the thread's share of a step's operands.
+// and appends matmul_common.wgsl, with the parameters, bindings and output helpers). The host
+// writes the `// @shape` line for the configuration the adapter reports (matmul_source.rs): the
+// side COOP_SIDE of the square f16 matrices A and B and of the f32 accumulator (16 on NVIDIA's
+// tensor cores, 8 on Mesa's lavapipe), the subgroup width COOP_THREADS the adapter runs
+// (exactly), COOP_SPLIT, the subgroups along each side of the workgroup's tile (1: a workgroup
+// of one subgroup; 2: four subgroups sharing each staged step), and the aliases CoopA, CoopB,
+// CoopC of the three matrix types; and the `// @groups` line: the thread's share of a step's
+// operands.
 //
-// The workgroup computes a COOP_TILE × COOP_TILE tile of C (COOP_TILE = 4·COOP_SIDE) as 4 × 4
-// accumulators (constant names: no array for a compiler to spill). Per step of COOP_K =
-// COOP_SIDE along k its threads stage A's COOP_TILE × COOP_K operands and B's COOP_K ×
-// COOP_TILE, rounded to binary16 as the f16 tiled kernels round them (zeros beyond the
-// matrices), row-major in workgroup memory, from registers they read them into during the step
-// before; then the subgroup loads 4 + 4 matrices from there and does 16 multiply-adds while the
-// next step's operands arrive. At the end each accumulator goes through workgroup memory to C
-// (α, β, the matrix bounds). Split-K as in the tiled kernels: with `k_split` > 0, workgroup z
-// sums k in [z·k_split, (z+1)·k_split) into its own slab. The sums run in the hardware's order
-// and precision, so the results are not the register-blocked kernels' bits (within the same f16
-// bound of the f32 product).
+// Each subgroup computes a COOP_PART × COOP_PART part of the workgroup's tile of C (COOP_PART =
+// 4·COOP_SIDE, the tile COOP_SPLIT parts wide) as 4 × 4 accumulators (constant names: no array
+// for a compiler to spill). Per step of COOP_K = COOP_SIDE along k the workgroup's threads stage
+// A's COOP_TILE × COOP_K operands and B's COOP_K × COOP_TILE, rounded to binary16 as the f16
+// tiled kernels round them (zeros beyond the matrices), row-major in workgroup memory, from
+// registers they read them into during the step before; then each subgroup loads the 4 + 4
+// matrices of its part from there and does 16 multiply-adds while the next step's operands
+// arrive. With four subgroups each staged operand feeds two of them, so a workgroup reads half
+// the device memory per multiply-add. At the end each accumulator goes through the subgroup's
+// own block of workgroup memory to C (α, β, the matrix bounds). Split-K as in the tiled kernels:
+// with `k_split` > 0, workgroup z sums k in [z·k_split, (z+1)·k_split) into its own slab. The
+// sums run in the hardware's order and precision, so the results are not the register-blocked
+// kernels' bits (within the same f16 bound of the f32 product); every element of C gets the
+// same multiply-adds in the same order whatever COOP_SPLIT is, so both give the same bits.
 
 // @shape
-const COOP_TILE: u32 = 4u * COOP_SIDE;
+const COOP_PART: u32 = 4u * COOP_SIDE;
+const COOP_TILE: u32 = COOP_SPLIT * COOP_PART;
+const COOP_INVOCATIONS: u32 = COOP_SPLIT * COOP_SPLIT * COOP_THREADS;
 const COOP_K: u32 = COOP_SIDE;
 // The names matmul_common.wgsl's operand loads read.
 const TILE: u32 = COOP_TILE;
 const TILE_K: u32 = COOP_K;
 
-// A's operands [row][k] and B's [k][column], row-major; one accumulator [row][column].
+// A's operands [row][k] and B's [k][column], row-major; one accumulator [row][column] per
+// subgroup.
 var<workgroup> staged_a: array<f16, COOP_TILE * COOP_K>;
 var<workgroup> staged_b: array<f16, COOP_K * COOP_TILE>;
-var<workgroup> block_out: array<f32, COOP_SIDE * COOP_SIDE>;
+var<workgroup> block_out: array<f32, COOP_SPLIT * COOP_SPLIT * COOP_SIDE * COOP_SIDE>;
 // Each thread loads COOP_GROUPS groups of four operands of A and of B per step.
-const_assert COOP_TILE * COOP_K == COOP_GROUPS * 4u * COOP_THREADS;
+const_assert COOP_TILE * COOP_K == COOP_GROUPS * 4u * COOP_INVOCATIONS;
 
 // @groups
 
@@ -47,31 +55,37 @@ fn stage_group(g: u32, four_a: vec4<f16>, four_b: vec4<f16>) {
     }
 }
 
-// Writes accumulator `m` (rows row0 .., columns col0 ..) into C through `block_out` (the whole
-// subgroup calls it).
-fn store_block(m: CoopC, base: u32, row0: u32, col0: u32, lid: u32) {
-    coopStoreT(m, &block_out[0], COOP_SIDE);
+// Writes accumulator `m` (rows row0 .., columns col0 ..) of subgroup `subgroup` into C through
+// the subgroup's block of `block_out` (every subgroup calls it, each with its own accumulator).
+fn store_block(m: CoopC, base: u32, row0: u32, col0: u32, subgroup: u32, lane: u32) {
+    let block = subgroup * COOP_SIDE * COOP_SIDE;
+    coopStoreT(m, &block_out[block], COOP_SIDE);
     workgroupBarrier();
-    for (var e = lid; e < COOP_SIDE * COOP_SIDE; e += COOP_THREADS) {
+    for (var e = lane; e < COOP_SIDE * COOP_SIDE; e += COOP_THREADS) {
         let row = row0 + e / COOP_SIDE;
         let col = col0 + e % COOP_SIDE;
         if (row < params.m && col < params.n) {
-            store_output(base, row, col, block_out[e]);
+            store_output(base, row, col, block_out[block + e]);
         }
     }
     workgroupBarrier();
 }
 
-@compute @workgroup_size(COOP_THREADS)
+@compute @workgroup_size(COOP_INVOCATIONS)
 fn matmul_cooperative(@builtin(workgroup_id) wid: vec3<u32>,
-                      @builtin(local_invocation_index) lid: u32) {
+                      @builtin(local_invocation_index) lid: u32,
+                      @builtin(subgroup_id) subgroup: u32,
+                      @builtin(subgroup_invocation_id) lane: u32) {
     let share = workgroup_share(wid.z);
     let bases = share.bases;
     let k_begin = share.k_begin;
     let k_end = share.k_end;
     let row0 = wid.y * COOP_TILE;
     let col0 = wid.x * COOP_TILE;
-    // c_i_j: rows row0 + COOP_SIDE·i .., columns col0 + COOP_SIDE·j .. of C.
+    // The subgroup's part of the tile: its first row and column within it.
+    let part_row = (subgroup / COOP_SPLIT) * COOP_PART;
+    let part_col = (subgroup % COOP_SPLIT) * COOP_PART;
+    // c_i_j: rows row0 + part_row + COOP_SIDE·i .., columns col0 + part_col + COOP_SIDE·j .. of C.
     var c_0_0 = CoopC();
     var c_0_1 = CoopC();
     var c_0_2 = CoopC();
@@ -98,14 +112,14 @@ fn matmul_cooperative(@builtin(workgroup_id) wid: vec3<u32>,
         // The next step's (beyond k_end: zeros, never staged).
         next_a = load_groups_a(bases.a, row0, k0 + COOP_K, k_end, lid);
         next_b = load_groups_b(bases.b, col0, k0 + COOP_K, k_end, lid);
-        let a_0 = coopLoadT<CoopA>(&staged_a[0u * COOP_SIDE * COOP_K], COOP_K);
-        let a_1 = coopLoadT<CoopA>(&staged_a[1u * COOP_SIDE * COOP_K], COOP_K);
-        let a_2 = coopLoadT<CoopA>(&staged_a[2u * COOP_SIDE * COOP_K], COOP_K);
-        let a_3 = coopLoadT<CoopA>(&staged_a[3u * COOP_SIDE * COOP_K], COOP_K);
-        let b_0 = coopLoadT<CoopB>(&staged_b[0u * COOP_SIDE], COOP_TILE);
-        let b_1 = coopLoadT<CoopB>(&staged_b[1u * COOP_SIDE], COOP_TILE);
-        let b_2 = coopLoadT<CoopB>(&staged_b[2u * COOP_SIDE], COOP_TILE);
-        let b_3 = coopLoadT<CoopB>(&staged_b[3u * COOP_SIDE], COOP_TILE);
+        let a_0 = coopLoadT<CoopA>(&staged_a[(part_row + 0u * COOP_SIDE) * COOP_K], COOP_K);
+        let a_1 = coopLoadT<CoopA>(&staged_a[(part_row + 1u * COOP_SIDE) * COOP_K], COOP_K);
+        let a_2 = coopLoadT<CoopA>(&staged_a[(part_row + 2u * COOP_SIDE) * COOP_K], COOP_K);
+        let a_3 = coopLoadT<CoopA>(&staged_a[(part_row + 3u * COOP_SIDE) * COOP_K], COOP_K);
+        let b_0 = coopLoadT<CoopB>(&staged_b[part_col + 0u * COOP_SIDE], COOP_TILE);
+        let b_1 = coopLoadT<CoopB>(&staged_b[part_col + 1u * COOP_SIDE], COOP_TILE);
+        let b_2 = coopLoadT<CoopB>(&staged_b[part_col + 2u * COOP_SIDE], COOP_TILE);
+        let b_3 = coopLoadT<CoopB>(&staged_b[part_col + 3u * COOP_SIDE], COOP_TILE);
         c_0_0 = coopMultiplyAdd(a_0, b_0, c_0_0);
         c_0_1 = coopMultiplyAdd(a_0, b_1, c_0_1);
         c_0_2 = coopMultiplyAdd(a_0, b_2, c_0_2);
@@ -125,20 +139,36 @@ fn matmul_cooperative(@builtin(workgroup_id) wid: vec3<u32>,
         // Every matrix is loaded before the next step overwrites the staged operands.
         workgroupBarrier();
     }
-    store_block(c_0_0, bases.c, row0 + 0u * COOP_SIDE, col0 + 0u * COOP_SIDE, lid);
-    store_block(c_0_1, bases.c, row0 + 0u * COOP_SIDE, col0 + 1u * COOP_SIDE, lid);
-    store_block(c_0_2, bases.c, row0 + 0u * COOP_SIDE, col0 + 2u * COOP_SIDE, lid);
-    store_block(c_0_3, bases.c, row0 + 0u * COOP_SIDE, col0 + 3u * COOP_SIDE, lid);
-    store_block(c_1_0, bases.c, row0 + 1u * COOP_SIDE, col0 + 0u * COOP_SIDE, lid);
-    store_block(c_1_1, bases.c, row0 + 1u * COOP_SIDE, col0 + 1u * COOP_SIDE, lid);
-    store_block(c_1_2, bases.c, row0 + 1u * COOP_SIDE, col0 + 2u * COOP_SIDE, lid);
-    store_block(c_1_3, bases.c, row0 + 1u * COOP_SIDE, col0 + 3u * COOP_SIDE, lid);
-    store_block(c_2_0, bases.c, row0 + 2u * COOP_SIDE, col0 + 0u * COOP_SIDE, lid);
-    store_block(c_2_1, bases.c, row0 + 2u * COOP_SIDE, col0 + 1u * COOP_SIDE, lid);
-    store_block(c_2_2, bases.c, row0 + 2u * COOP_SIDE, col0 + 2u * COOP_SIDE, lid);
-    store_block(c_2_3, bases.c, row0 + 2u * COOP_SIDE, col0 + 3u * COOP_SIDE, lid);
-    store_block(c_3_0, bases.c, row0 + 3u * COOP_SIDE, col0 + 0u * COOP_SIDE, lid);
-    store_block(c_3_1, bases.c, row0 + 3u * COOP_SIDE, col0 + 1u * COOP_SIDE, lid);
-    store_block(c_3_2, bases.c, row0 + 3u * COOP_SIDE, col0 + 2u * COOP_SIDE, lid);
-    store_block(c_3_3, bases.c, row0 + 3u * COOP_SIDE, col0 + 3u * COOP_SIDE, lid);
+    store_block(c_0_0, bases.c, row0 + part_row + 0u * COOP_SIDE, col0 + part_col + 0u * COOP_SIDE,
+                subgroup, lane);
+    store_block(c_0_1, bases.c, row0 + part_row + 0u * COOP_SIDE, col0 + part_col + 1u * COOP_SIDE,
+                subgroup, lane);
+    store_block(c_0_2, bases.c, row0 + part_row + 0u * COOP_SIDE, col0 + part_col + 2u * COOP_SIDE,
+                subgroup, lane);
+    store_block(c_0_3, bases.c, row0 + part_row + 0u * COOP_SIDE, col0 + part_col + 3u * COOP_SIDE,
+                subgroup, lane);
+    store_block(c_1_0, bases.c, row0 + part_row + 1u * COOP_SIDE, col0 + part_col + 0u * COOP_SIDE,
+                subgroup, lane);
+    store_block(c_1_1, bases.c, row0 + part_row + 1u * COOP_SIDE, col0 + part_col + 1u * COOP_SIDE,
+                subgroup, lane);
+    store_block(c_1_2, bases.c, row0 + part_row + 1u * COOP_SIDE, col0 + part_col + 2u * COOP_SIDE,
+                subgroup, lane);
+    store_block(c_1_3, bases.c, row0 + part_row + 1u * COOP_SIDE, col0 + part_col + 3u * COOP_SIDE,
+                subgroup, lane);
+    store_block(c_2_0, bases.c, row0 + part_row + 2u * COOP_SIDE, col0 + part_col + 0u * COOP_SIDE,
+                subgroup, lane);
+    store_block(c_2_1, bases.c, row0 + part_row + 2u * COOP_SIDE, col0 + part_col + 1u * COOP_SIDE,
+                subgroup, lane);
+    store_block(c_2_2, bases.c, row0 + part_row + 2u * COOP_SIDE, col0 + part_col + 2u * COOP_SIDE,
+                subgroup, lane);
+    store_block(c_2_3, bases.c, row0 + part_row + 2u * COOP_SIDE, col0 + part_col + 3u * COOP_SIDE,
+                subgroup, lane);
+    store_block(c_3_0, bases.c, row0 + part_row + 3u * COOP_SIDE, col0 + part_col + 0u * COOP_SIDE,
+                subgroup, lane);
+    store_block(c_3_1, bases.c, row0 + part_row + 3u * COOP_SIDE, col0 + part_col + 1u * COOP_SIDE,
+                subgroup, lane);
+    store_block(c_3_2, bases.c, row0 + part_row + 3u * COOP_SIDE, col0 + part_col + 2u * COOP_SIDE,
+                subgroup, lane);
+    store_block(c_3_3, bases.c, row0 + part_row + 3u * COOP_SIDE, col0 + part_col + 3u * COOP_SIDE,
+                subgroup, lane);
 }
