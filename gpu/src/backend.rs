@@ -173,8 +173,8 @@ impl WgpuBackend {
     }
 
     /// Whether the device would have run the f16 products on cooperative matrices by default
-    /// but the kernel got the probe's products wrong on this driver, so that they run on the
-    /// register-blocked kernels instead.
+    /// but the kernel got the probe's products wrong on this driver (or failed to run), so
+    /// that they run on the register-blocked kernels instead.
     pub fn cooperative_probe_failed(&self) -> bool {
         self.gpu.cooperative_probe_failed
     }

@@ -68,8 +68,9 @@ pub(crate) struct Gpu {
     /// The configuration of the cooperative matrices the device was opened with, if any: f16
     /// products run on them.
     pub(crate) cooperative: Option<CooperativeShape>,
-    /// Whether the device was opened with cooperative matrices by default and left them
-    /// because the probe's products were not exact ([`DeviceOptions::cooperative_matrices`]).
+    /// Whether the device would have had cooperative matrices by default but was opened again
+    /// without them because the probe's products were not exact or failed
+    /// ([`DeviceOptions::cooperative_matrices`]).
     pub(crate) cooperative_probe_failed: bool,
     /// Whether the tiled matmuls prefetch ([`DeviceOptions::matmul_prefetch`]).
     pub(crate) matmul_prefetch: bool,
@@ -433,24 +434,37 @@ impl Gpu {
             }
         }
         if gpu.cooperative.is_some() {
-            let exact = gpu
-                .cooperative_products_exact()
-                .map_err(|e| GpuError::RequestDevice {
-                    adapter: gpu.adapter.name.clone(),
-                    message: format!("probing the cooperative-matrix matmul: {e}"),
-                })?;
-            if !exact {
-                if options.cooperative_matrices == Some(true) {
-                    return Err(GpuError::RequestDevice {
-                        adapter: gpu.adapter.name.clone(),
-                        message: "DEBERTA_WGPU_COOPERATIVE=on: the cooperative-matrix matmul \
-                                  gives this driver's probe products wrong (set it to auto or \
-                                  off)"
+            let probed = gpu.cooperative_products_exact();
+            let refused = |message: String| GpuError::RequestDevice {
+                adapter: gpu.adapter.name.clone(),
+                message: format!("DEBERTA_WGPU_COOPERATIVE=on: {message} (set it to auto or off)"),
+            };
+            match (probed, options.cooperative_matrices) {
+                (Ok(true), _) => {}
+                (Ok(false), Some(true)) => {
+                    return Err(refused(
+                        "the cooperative-matrix matmul gives this driver's probe products wrong"
                             .into(),
-                    });
+                    ));
                 }
-                gpu.cooperative = None;
-                gpu.cooperative_probe_failed = true;
+                (Err(e), Some(true)) => {
+                    return Err(refused(format!(
+                        "probing the cooperative-matrix matmul failed: {e}"
+                    )));
+                }
+                // By default, a kernel that computes wrong products or fails on this driver (a
+                // shader it cannot compile leaves its error on the device, which fails every
+                // later transfer) leaves the device: it opens again without cooperative
+                // matrices.
+                (_, _) => {
+                    let without = DeviceOptions {
+                        cooperative_matrices: Some(false),
+                        ..options
+                    };
+                    let mut gpu = Gpu::open(choice, without)?;
+                    gpu.cooperative_probe_failed = true;
+                    return Ok(gpu);
+                }
             }
         }
         Ok(gpu)

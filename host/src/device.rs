@@ -136,7 +136,8 @@ where
                 ),
                 None if backend.cooperative_probe_failed() => eprintln!(
                     "cooperative matrices: the cooperative-matrix matmul got its probe products \
-                     wrong on this driver; f16 products keep the register-blocked kernels"
+                     wrong or failed on this driver; f16 products keep the register-blocked \
+                     kernels"
                 ),
                 None if options.cooperative_matrices == Some(true) => eprintln!(
                     "DEBERTA_WGPU_COOPERATIVE=on: this adapter cannot run the \
