@@ -29,8 +29,9 @@
 #              the gradient norms' first stages and the Adam updates instead of seven tensors to
 #              a kernel, DEBERTA_WGPU_MULTI_TENSOR=off, where the default runs them seven to a
 #              kernel (a GPU); label ours-wgpu-pertensor; 0: not), COOP_SWEEP
-#              (default 1: where `deberta info` lists an adapter whose f16 cooperative matrices
-#              the kernel takes, and the default runs the f16 products on them, every f16 sgemm
+#              (default 1: where `deberta info` lists a GPU (not a software adapter) whose f16
+#              cooperative matrices the kernel takes, so that the default runs the f16
+#              products on them, every f16 sgemm
 #              and mixed step with the register-blocked f16 kernels instead,
 #              DEBERTA_WGPU_COOPERATIVE=off; label ours-wgpu-nocoop; 0: not),
 #              ROUNDING_SWEEP
@@ -158,7 +159,8 @@ variants() {
         echo "pertensor DEBERTA_WGPU_MULTI_TENSOR=off"
     fi
     if [ "${COOP_SWEEP:-1}" = 1 ] && { [ "$precision" = f16 ] || [ "$precision" = mixed ]; } &&
-        printf '%s\n' "$info" | grep -q 'the cooperative matmul takes'; then
+        printf '%s\n' "$info" | awk '/the cooperative matmul takes/ && previous !~ /, Cpu,/ {
+            found = 1 } { previous = $0 } END { exit !found }'; then
         echo "nocoop DEBERTA_WGPU_COOPERATIVE=off"
     fi
     if [ "${ROUNDING_SWEEP:-1}" = 1 ] && { [ "$precision" = f16 ] || [ "$precision" = mixed ]; }; then
