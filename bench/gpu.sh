@@ -34,6 +34,11 @@
 #              products on them, every f16 sgemm
 #              and mixed step with the register-blocked f16 kernels instead,
 #              DEBERTA_WGPU_COOPERATIVE=off; label ours-wgpu-nocoop; 0: not),
+#              UNFUSED_SWEEP (default 1: every forward and step with attention composed of
+#              the unfused kernels, its products matmuls (on cooperative matrices under mixed
+#              precision where the default has them) and its probabilities kept, instead of
+#              the fused tiled kernels' f32 arithmetic, DEBERTA_WGPU_FUSED_ATTENTION=off; label
+#              ours-wgpu-unfused; 0: not),
 #              ROUNDING_SWEEP
 #              (default 1: every f16 sgemm and mixed step with the f16 operands rounded by the
 #              kernels, DEBERTA_WGPU_F16_ROUNDING=on, the cost of that rounding where the probe
@@ -162,6 +167,9 @@ variants() {
         printf '%s\n' "$info" | awk '/the cooperative matmul takes/ && previous !~ /, Cpu,/ {
             found = 1 } { previous = $0 } END { exit !found }'; then
         echo "nocoop DEBERTA_WGPU_COOPERATIVE=off"
+    fi
+    if [ "${UNFUSED_SWEEP:-1}" = 1 ] && [ "$bench" != matmul ]; then
+        echo "unfused DEBERTA_WGPU_FUSED_ATTENTION=off"
     fi
     if [ "${ROUNDING_SWEEP:-1}" = 1 ] && { [ "$precision" = f16 ] || [ "$precision" = mixed ]; }; then
         echo "kernelrounding DEBERTA_WGPU_F16_ROUNDING=on"

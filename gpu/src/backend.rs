@@ -130,6 +130,13 @@ impl WgpuBackend {
         self.gpu.matmul_vector_loads
     }
 
+    /// Whether attention runs the fused kernels where they take the shape
+    /// ([`DeviceOptions::fused_attention`]; `DEBERTA_WGPU_FUSED_ATTENTION=off` composes it of
+    /// unfused kernels instead).
+    pub fn fused_attention(&self) -> bool {
+        self.gpu.fused_attention
+    }
+
     /// Whether recorded kernels are submitted every 64 instead of only when the host waits
     /// ([`DeviceOptions::early_submission`]; `DEBERTA_WGPU_EARLY_SUBMIT=off` turns it off).
     pub fn early_submission(&self) -> bool {

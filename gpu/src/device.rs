@@ -74,6 +74,9 @@ pub(crate) struct Gpu {
     pub(crate) cooperative_probe_failed: bool,
     /// Whether the tiled matmuls prefetch ([`DeviceOptions::matmul_prefetch`]).
     pub(crate) matmul_prefetch: bool,
+    /// Whether attention runs the fused kernels where they take the shape
+    /// ([`DeviceOptions::fused_attention`]).
+    pub(crate) fused_attention: bool,
     /// Whether the f16 matmuls round their operands before converting them
     /// ([`DeviceOptions::f16_rounding`]).
     pub(crate) f16_rounded: bool,
@@ -146,6 +149,13 @@ pub struct DeviceOptions {
     /// even with overflow to infinity (`f16_probe.rs`), else the kernels' rounding. The same
     /// bits on a driver that rounds to nearest even.
     pub f16_rounding: Option<bool>,
+    /// Attention (inference, and training's forward and backward) on the fused tiled kernels
+    /// where they take the shape: one pass over key tiles, no probabilities kept, O(S) memory
+    /// per query row. Off: the provided composition of matmuls (mixed precision's f16 products,
+    /// so on cooperative matrices where the device has them), relative-score, softmax and
+    /// dropout kernels, with its O(S²) probabilities, as PyTorch runs it — a measurement of
+    /// what the fused kernels' f32 arithmetic costs against tensor cores. On by default.
+    pub fused_attention: bool,
 }
 
 impl Default for DeviceOptions {
@@ -163,6 +173,7 @@ impl Default for DeviceOptions {
             shared_pass: true,
             multi_tensor: None,
             f16_rounding: None,
+            fused_attention: true,
         }
     }
 }
@@ -179,6 +190,7 @@ impl std::fmt::Display for DeviceOptions {
             ("DEBERTA_WGPU_MATMUL_VECTOR_LOADS", self.matmul_vector_loads),
             ("DEBERTA_WGPU_EARLY_SUBMIT", self.early_submission),
             ("DEBERTA_WGPU_SHARED_PASS", self.shared_pass),
+            ("DEBERTA_WGPU_FUSED_ATTENTION", self.fused_attention),
         ];
         for (i, (name, on)) in options.into_iter().enumerate() {
             let separator = if i == 0 { "" } else { ", " };
@@ -219,7 +231,8 @@ impl DeviceOptions {
     /// `DEBERTA_WGPU_MATMUL_PREFETCH=off` (no prefetching),
     /// `DEBERTA_WGPU_MATMUL_VECTOR_LOADS=off` (scalar operand loads),
     /// `DEBERTA_WGPU_EARLY_SUBMIT=off` (submissions only when the host waits or the parameter
-    /// arena is full), `DEBERTA_WGPU_SHARED_PASS=off` (a compute pass per kernel) and
+    /// arena is full), `DEBERTA_WGPU_SHARED_PASS=off` (a compute pass per kernel),
+    /// `DEBERTA_WGPU_FUSED_ATTENTION=off` (attention composed of unfused kernels) and
     /// `DEBERTA_WGPU_MULTI_TENSOR=on|off|auto` (several tensors of an optimizer per kernel, or
     /// one; unset or `auto`: by adapter) and `DEBERTA_WGPU_F16_ROUNDING=on|off|auto` (the f16
     /// matmuls round their operands themselves, or leave it to the driver; unset or `auto`: by
@@ -268,6 +281,7 @@ impl DeviceOptions {
             shared_pass: or("DEBERTA_WGPU_SHARED_PASS", defaults.shared_pass)?,
             multi_tensor: automatic("DEBERTA_WGPU_MULTI_TENSOR")?,
             f16_rounding: automatic("DEBERTA_WGPU_F16_ROUNDING")?,
+            fused_attention: or("DEBERTA_WGPU_FUSED_ATTENTION", defaults.fused_attention)?,
         })
     }
 }
@@ -409,6 +423,7 @@ impl Gpu {
             cooperative,
             cooperative_probe_failed: false,
             matmul_prefetch: options.matmul_prefetch,
+            fused_attention: options.fused_attention,
             matmul_vector_loads: options.matmul_vector_loads,
             f16_rounded: variant.f16_rounded,
         };

@@ -17,6 +17,7 @@ use deberta_core::backend::{
 };
 use deberta_core::random::RandomStream;
 use deberta_core::{Backend, CpuBackend, Precision};
+use deberta_gpu::{AdapterChoice, DeviceOptions, WgpuBackend};
 use proptest::prelude::*;
 
 /// Absolute tolerance on the context and on every gradient (inputs in [-1, 1] scaled by the
@@ -445,6 +446,49 @@ fn heads_wider_than_the_kernels_fall_back_to_the_composition() {
     let ours = train(gpu, &case, Some(0.1), false);
     assert!(!ours.probs_untouched, "a fallback keeps the probabilities");
     compare("wide heads", &cpu, &ours, TOL);
+}
+
+/// `DeviceOptions::fused_attention` off: the backend's training attention (and inference's
+/// fused attention) is the composition, bit for bit, in f32 and at f16 products, keeping the
+/// probabilities; on, the same shape runs the fused kernels.
+#[test]
+fn without_fused_attention_the_backend_runs_the_composition() {
+    if gpu().is_none() {
+        return;
+    }
+    let options = DeviceOptions {
+        fused_attention: false,
+        ..DeviceOptions::from_env().unwrap()
+    };
+    let unfused = WgpuBackend::with_options(AdapterChoice::default(), options).unwrap();
+    assert!(!unfused.fused_attention());
+    let case = Case {
+        len: 40,
+        head_dim: 64,
+        ..base()
+    };
+    let spec = case.problem().spec;
+    let mut products = vec![Precision::F32];
+    if unfused.f16_products() {
+        products.push(Precision::F16);
+    }
+    for products in products {
+        assert!(unfused.attention_training_uses_probabilities(&spec, products));
+        assert!(
+            !gpu()
+                .unwrap()
+                .attention_training_uses_probabilities(&spec, products)
+        );
+        let provided = train_at(&unfused, &case, Some(0.1), false, products);
+        let composed = train_at(&unfused, &case, Some(0.1), true, products);
+        assert!(
+            !provided.probs_untouched,
+            "{products:?}: the composition keeps them"
+        );
+        assert_eq!(provided.tensors, composed.tensors, "{products:?}");
+    }
+    assert!(unfused.fused_attention_uses_buffers(&spec));
+    assert!(!gpu().unwrap().fused_attention_uses_buffers(&spec));
 }
 
 proptest! {

@@ -239,6 +239,7 @@ fn info_prints_the_wgpu_kernel_options_the_environment_sets() {
             "MATMUL_PREFETCH",
             "MATMUL_VECTOR_LOADS",
             "SHARED_PASS",
+            "FUSED_ATTENTION",
             "MULTI_TENSOR",
         ] {
             assert!(line.contains(&format!("DEBERTA_WGPU_{name} ")), "{line}");

@@ -44,11 +44,13 @@ pub(crate) fn optional<'a>(
 /// Storage buffers the kernel binds.
 pub(crate) const STORAGE_BUFFERS: u32 = 9;
 
-/// Whether the fused kernel takes this shape on this device: heads up to
+/// Whether the fused kernel runs this shape on this device: the device runs fused attention
+/// ([`crate::DeviceOptions::fused_attention`]), heads up to
 /// [`ATTN_MAX_HEAD_DIM`] wide, a device that binds [`STORAGE_BUFFERS`] per kernel (WebGPU's
 /// default is 8; the adapters seen here offer more).
 pub(crate) fn supports(gpu: &Gpu, spec: &AttentionSpec) -> bool {
-    spec.head_dim <= ATTN_MAX_HEAD_DIM as usize
+    gpu.fused_attention
+        && spec.head_dim <= ATTN_MAX_HEAD_DIM as usize
         && gpu.limits.max_storage_buffers_per_shader_stage >= STORAGE_BUFFERS
 }
 

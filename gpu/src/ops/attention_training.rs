@@ -38,7 +38,8 @@ pub(crate) struct Grads<'a> {
 /// binary16 for the latter, as the f16 matmuls do) and a device that binds [`STORAGE_BUFFERS`]
 /// storage buffers per kernel.
 pub(crate) fn supports(gpu: &Gpu, spec: &AttentionSpec, products: Precision) -> bool {
-    spec.head_dim <= ATTN_MAX_HEAD_DIM as usize
+    gpu.fused_attention
+        && spec.head_dim <= ATTN_MAX_HEAD_DIM as usize
         && matches!(products, Precision::F32 | Precision::F16)
         && gpu.limits.max_storage_buffers_per_shader_stage >= STORAGE_BUFFERS
 }
