@@ -11,7 +11,9 @@
 #              CASES (forward, default "xsmall:1x128 xsmall:8x128"), STEP_CASES (default
 #              "xsmall:8x128 xsmall:32x512"), STEP_PRECISIONS (default "f32 mixed"),
 #              Variants of ours, timed after every default case (and the CPU side), so that
-#              a run the time limit cuts short has the defaults: LOOP_SWEEP (default 1: every
+#              a run the time limit cuts short has the defaults, one variant at a time over
+#              every case, in this order (the open questions first): COOP_SWEEP, UNFUSED_SWEEP,
+#              then LOOP_SWEEP (default 1: every
 #              sgemm, forward and step with the kernels compiled with naga's loop bounds,
 #              DEBERTA_WGPU_LOOP_BOUNDS=on; label ours-wgpu-loopbounds; 0: not), PREFETCH_SWEEP
 #              (default 1: every sgemm, forward and step with the tiled matmuls loading each
@@ -142,9 +144,19 @@ timing() { # timing BATCH SEQ: the warm-up and iteration flags for a case of tha
 }
 
 # The wgpu variants timed besides the default, for `bench` (matmul, forward, step) at
-# `precision`: one "SUFFIX SETTING" line each (label ours-wgpu-SUFFIX, environment SETTING).
+# `precision`: one "SUFFIX SETTING" line each (label ours-wgpu-SUFFIX, environment SETTING),
+# the open questions first (tensor cores against the register-blocked f16 kernels, unfused
+# attention against the fused kernels), so that a run the time limit cuts short has them.
 variants() {
     local bench="$1" precision="$2"
+    if [ "${COOP_SWEEP:-1}" = 1 ] && { [ "$precision" = f16 ] || [ "$precision" = mixed ]; } &&
+        printf '%s\n' "$info" | awk '/the cooperative matmul takes/ && previous !~ /, Cpu,/ {
+            found = 1 } { previous = $0 } END { exit !found }'; then
+        echo "nocoop DEBERTA_WGPU_COOPERATIVE=off"
+    fi
+    if [ "${UNFUSED_SWEEP:-1}" = 1 ] && [ "$bench" != matmul ]; then
+        echo "unfused DEBERTA_WGPU_FUSED_ATTENTION=off"
+    fi
     if [ "${LOOP_SWEEP:-1}" = 1 ]; then
         echo "loopbounds DEBERTA_WGPU_LOOP_BOUNDS=on"
     fi
@@ -163,14 +175,6 @@ variants() {
     if [ "${TENSOR_SWEEP:-1}" = 1 ] && [ "$bench" = step ]; then
         echo "pertensor DEBERTA_WGPU_MULTI_TENSOR=off"
     fi
-    if [ "${COOP_SWEEP:-1}" = 1 ] && { [ "$precision" = f16 ] || [ "$precision" = mixed ]; } &&
-        printf '%s\n' "$info" | awk '/the cooperative matmul takes/ && previous !~ /, Cpu,/ {
-            found = 1 } { previous = $0 } END { exit !found }'; then
-        echo "nocoop DEBERTA_WGPU_COOPERATIVE=off"
-    fi
-    if [ "${UNFUSED_SWEEP:-1}" = 1 ] && [ "$bench" != matmul ]; then
-        echo "unfused DEBERTA_WGPU_FUSED_ATTENTION=off"
-    fi
     if [ "${ROUNDING_SWEEP:-1}" = 1 ] && { [ "$precision" = f16 ] || [ "$precision" = mixed ]; }; then
         echo "kernelrounding DEBERTA_WGPU_F16_ROUNDING=on"
     fi
@@ -183,6 +187,9 @@ variants() {
         done
     fi
 }
+
+# The variant lines of standard input whose suffix is $SWEEP (all where it is unset).
+only_sweep() { awk -v only="${SWEEP:-}" 'only == "" || $1 == only'; }
 
 # The sgemm cases: `main` (ours with the defaults, then PyTorch) or `sweeps` (the variants).
 run_matmul() {
@@ -202,7 +209,7 @@ run_matmul() {
             while read -r suffix setting; do
                 record "$stem ours-wgpu-$suffix" env "$setting" "$DEBERTA" bench matmul \
                     --backend wgpu --precision "$precision" "${common[@]}"
-            done < <(variants matmul "$precision")
+            done < <(variants matmul "$precision" | only_sweep)
         done
     done
 }
@@ -259,7 +266,7 @@ run_cases() {
                         record "$stem ours-wgpu-$suffix" env "$setting" "$DEBERTA" bench "$bench" \
                             --backend wgpu "${shape_args[@]}" "${ours_precision[@]}" "${times[@]}" \
                             "${common[@]}"
-                    done < <(variants "$bench" "$precision")
+                    done < <(variants "$bench" "$precision" | only_sweep)
                 fi
             done
         done
@@ -267,12 +274,17 @@ run_cases() {
 }
 
 # Every default case and its PyTorch counterpart first, so that a run the time limit cuts
-# short has them; then the CPU side (CPU=1); then our variants.
+# short has them; then the CPU side (CPU=1); then our variants, one at a time.
 run_matmul main
 run_cases gpu main
 [ "${CPU:-0}" = 1 ] && run_cases cpu main
-run_matmul sweeps
-run_cases gpu sweeps
+# One variant at a time over every case, in the order of `variants`, so that a run the time
+# limit cuts short has whole variants.
+for SWEEP in $({ variants step mixed; variants step f32; variants forward f32
+    variants matmul f16; variants matmul f32; } | awk '!seen[$1]++ { print $1 }'); do
+    run_matmul sweeps
+    run_cases gpu sweeps
+done
 
 echo "== summary (ratio = pytorch_ms / ours_ms; > 1: we are faster; $(($(date +%s) - started)) s)" >&2
 "$PYTHON" - "$RESULTS" "$TORCH_DEVICE" <<'EOF'
