@@ -118,34 +118,8 @@ where
             let tiles = matmul_tiles_from_env()?;
             backend.set_matmul_tiles(tiles);
             eprintln!("wgpu adapter: {}", backend.adapter());
-            if backend.f16_products()
-                && backend.f16_rounded_by_kernels()
-                && options.f16_rounding.is_none()
-            {
-                eprintln!(
-                    "f16 products: this driver's f32 → f16 conversion does not round to nearest \
-                     even; the kernels round each operand themselves"
-                );
-            }
-            match backend.cooperative_matrices() {
-                Some(shape) => eprintln!(
-                    "mixed precision's f16 products on cooperative matrices \
-                     ({side}×{side}×{side}, {threads}-wide subgroups)",
-                    side = shape.side,
-                    threads = shape.threads
-                ),
-                None if backend.cooperative_probe_failed() => eprintln!(
-                    "cooperative matrices: the cooperative-matrix matmul got its probe products \
-                     wrong or failed on this driver; f16 products keep the register-blocked \
-                     kernels"
-                ),
-                None if options.cooperative_matrices == Some(true) => eprintln!(
-                    "DEBERTA_WGPU_COOPERATIVE=on: this adapter cannot run the \
-                     cooperative-matrix matmul (it needs f16 shaders, square 16×16 or 8×8 f16 \
-                     cooperative matrices and subgroups of one width); f16 products keep the \
-                     register-blocked kernels"
-                ),
-                None => {}
+            if let Some(line) = f16_products_notice(&backend, &options) {
+                eprintln!("{line}");
             }
             if tiles == MatmulTiles::Measured {
                 keep_matmul_tiles(&backend);
@@ -161,6 +135,102 @@ where
             "--backend wgpu: this deberta was built without the `gpu` feature".into(),
         )),
     }
+}
+
+/// The line a wgpu command prints about mixed precision's f16 products where they do what
+/// the user may not expect (the kernels round the operands, cooperative matrices are on, a
+/// probe refused them, `on` could not be honoured); `None` where there is nothing to say.
+#[cfg(feature = "gpu")]
+fn f16_products_notice(backend: &WgpuBackend, options: &DeviceOptions) -> Option<String> {
+    if !backend.f16_products() {
+        return None;
+    }
+    let rounding =
+        (backend.f16_rounded_by_kernels() && options.f16_rounding.is_none()).then(|| {
+            "f16 products: this driver's f32 → f16 conversion does not round to nearest even; \
+             the kernels round each operand themselves"
+                .to_string()
+        });
+    let kernel = match backend.cooperative_matrices() {
+        Some(shape) => Some(format!(
+            "mixed precision's f16 products on cooperative matrices ({side}×{side}×{side}, \
+             {threads}-wide subgroups)",
+            side = shape.side,
+            threads = shape.threads
+        )),
+        None if backend.cooperative_probe_failed() => Some(
+            "cooperative matrices: the cooperative-matrix matmul got its probe products wrong \
+             or failed on this driver; f16 products keep the register-blocked kernels"
+                .to_string(),
+        ),
+        None if options.cooperative_matrices == Some(true) => Some(
+            "DEBERTA_WGPU_COOPERATIVE=on: this adapter cannot run the cooperative-matrix matmul \
+             (it needs f16 shaders, subgroups, square 16×16 or 8×8 f16 cooperative matrices and \
+             subgroups of one width); f16 products keep the register-blocked kernels"
+                .to_string(),
+        ),
+        None => None,
+    };
+    match (rounding, kernel) {
+        (Some(rounding), Some(kernel)) => Some(format!("{rounding}\n{kernel}")),
+        (rounding, kernel) => rounding.or(kernel),
+    }
+}
+
+/// What `--backend wgpu` opens on this machine with the environment's options, in one line:
+/// the adapter, then how mixed precision multiplies there (f16 or f32 products; which kernels;
+/// who rounds to f16, as the probes at opening found), whether the reductions use subgroups
+/// and whether the optimizer updates several tensors per kernel; `None` without the `gpu`
+/// feature or without an adapter.
+pub fn describe_wgpu_device() -> Result<Option<String>> {
+    #[cfg(feature = "gpu")]
+    {
+        if list_adapters().is_empty() {
+            return Ok(None);
+        }
+        let options = DeviceOptions::from_env().map_err(|e| Error::Usage(e.to_string()))?;
+        let backend = match WgpuBackend::with_options(AdapterChoice::default(), options) {
+            Ok(backend) => backend,
+            Err(e) => return Ok(Some(format!("fails to open: {e}"))),
+        };
+        let products = match backend.f16_products() {
+            false => "f32 products (no SHADER_F16, or DEBERTA_WGPU_F16=off)".to_string(),
+            true => {
+                let kernels = match backend.cooperative_matrices() {
+                    Some(shape) => format!(
+                        "on cooperative matrices ({side}×{side}×{side}, {threads}-wide \
+                         subgroups)",
+                        side = shape.side,
+                        threads = shape.threads
+                    ),
+                    None if backend.cooperative_probe_failed() => "on the register-blocked \
+                        kernels (the cooperative matmul failed its probe on this driver)"
+                        .to_string(),
+                    None => "on the register-blocked kernels".to_string(),
+                };
+                let rounding = match backend.f16_rounded_by_kernels() {
+                    true => "operands rounded to f16 by the kernels",
+                    false => "operands rounded to f16 by the driver's conversion",
+                };
+                format!("f16 products {kernels}, {rounding}")
+            }
+        };
+        let yes_no = |on: bool| if on { "yes" } else { "no" };
+        Ok(Some(format!(
+            "{}: mixed precision's {products}; subgroup reductions {}; fused attention {}; \
+             optimizer tensors per kernel {}",
+            backend.adapter().name,
+            yes_no(backend.subgroup_reductions()),
+            yes_no(backend.fused_attention()),
+            if backend.multi_tensor() {
+                "seven"
+            } else {
+                "one"
+            },
+        )))
+    }
+    #[cfg(not(feature = "gpu"))]
+    Ok(None)
 }
 
 /// A one-line description of what `--backend auto` chooses on this machine.

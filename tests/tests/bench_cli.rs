@@ -206,6 +206,48 @@ fn info_lists_every_adapter_with_its_limits_and_features() {
     }
 }
 
+/// `deberta info` opens the device `--backend wgpu` would, with the environment's options, and
+/// says how it multiplies under mixed precision (as its probes found) and which of the
+/// optional kernels it runs.
+#[test]
+fn info_describes_the_device_wgpu_commands_open() {
+    if !gpu_adapter_present() {
+        return;
+    }
+    let device = |env: &[(&str, &str)]| {
+        let run = deberta_with_env(&["info"], env);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        run.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("wgpu device (--backend wgpu): "))
+            .unwrap_or_else(|| panic!("no device line in\n{}", run.stdout))
+            .to_string()
+    };
+    let default = device(&[]);
+    assert!(default.contains("mixed precision's f"), "{default}");
+    assert!(default.contains("fused attention yes"), "{default}");
+    if std::env::var("DEBERTA_REQUIRE_COOPERATIVE").as_deref() == Ok("1") {
+        assert!(
+            default.contains("f16 products on cooperative matrices ("),
+            "{default}"
+        );
+    }
+    let f32 = device(&[("DEBERTA_WGPU_F16", "off")]);
+    assert!(f32.contains("mixed precision's f32 products"), "{f32}");
+    let plain = device(&[
+        ("DEBERTA_WGPU_FUSED_ATTENTION", "off"),
+        ("DEBERTA_WGPU_SUBGROUPS", "off"),
+        ("DEBERTA_WGPU_MULTI_TENSOR", "off"),
+    ]);
+    for expected in [
+        "fused attention no",
+        "subgroup reductions no",
+        "optimizer tensors per kernel one",
+    ] {
+        assert!(plain.contains(expected), "{plain}");
+    }
+}
+
 /// `deberta info` names every wgpu kernel option with its environment variable and its state
 /// as the environment sets it (no adapter needed).
 #[test]

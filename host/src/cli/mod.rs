@@ -191,6 +191,9 @@ fn info() -> Result<()> {
     if let Some(options) = crate::device::wgpu_options()? {
         println!("wgpu kernel options: {options}");
     }
+    if let Some(device) = crate::device::describe_wgpu_device()? {
+        println!("wgpu device (--backend wgpu): {device}");
+    }
     println!(
         "--backend auto chooses: {}",
         crate::device::describe_auto()?
