@@ -137,9 +137,10 @@ where
     }
 }
 
-/// The line a wgpu command prints about mixed precision's f16 products where they do what
-/// the user may not expect (the kernels round the operands, cooperative matrices are on, a
-/// probe refused them, `on` could not be honoured); `None` where there is nothing to say.
+/// The lines (one or two) a wgpu command prints about mixed precision's f16 products where
+/// they do what the user may not expect (the kernels round the operands, cooperative matrices
+/// are on, a probe refused them, `on` could not be honoured); `None` where there is nothing to
+/// say.
 #[cfg(feature = "gpu")]
 fn f16_products_notice(backend: &WgpuBackend, options: &DeviceOptions) -> Option<String> {
     if !backend.f16_products() {
