@@ -8,10 +8,11 @@
 # lavapipe ICD. Runs:
 #
 #   * `deberta info` there (the adapter and what it offers);
-#   * every test suite of deberta-gpu twice: with the defaults (cooperative matrices are off on
-#     a software adapter), and with DEBERTA_WGPU_COOPERATIVE=on (f16 products on the
+#   * every test suite of deberta-gpu three times: with the defaults (cooperative matrices are
+#     off on a software adapter), with DEBERTA_WGPU_COOPERATIVE=on (f16 products on the
 #     cooperative-matrix kernel once its probe at opening passes;
-#     DEBERTA_REQUIRE_COOPERATIVE=1 makes an adapter that cannot run it a failure);
+#     DEBERTA_REQUIRE_COOPERATIVE=1 makes an adapter that cannot run it a failure), and so with
+#     DEBERTA_WGPU_MATMUL_TILES=128 (every tiled f16 product on four-subgroup workgroups);
 #   * with cooperative matrices, the CLI's mixed-precision checks (20 nano steps learn like f32,
 #     resume restores the loss scalers), 10 wgpu steps against the CPU, and the wgpu cases of
 #     `bench` and `forward`/`detect`: the tests on this machine's own driver, the `deberta` they
@@ -86,6 +87,8 @@ run_suites() {
 }
 run_suites
 run_suites DEBERTA_WGPU_COOPERATIVE=on DEBERTA_REQUIRE_COOPERATIVE=1
+# Forced 128-wide tiles: every tiled f16 product on the four-subgroup cooperative kernel.
+run_suites DEBERTA_WGPU_COOPERATIVE=on DEBERTA_REQUIRE_COOPERATIVE=1 DEBERTA_WGPU_MATMUL_TILES=128
 
 # The CLI checks: the test on this machine's own driver, the binary it runs under the loader.
 mapfile -t cli < <(cargo test --release -p deberta-tests --test mixed_precision \
