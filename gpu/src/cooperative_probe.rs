@@ -7,8 +7,10 @@
 //! exact multiples of 1/64 and every partial sum exact in f32, so that the right answer is
 //! exact whatever the order or grouping of the additions (tensor cores add in their own), and
 //! the device's products must equal the CPU's bit for bit. The shapes take the kernel through
-//! partial tiles on both sides of C, a partial last step of k (52 is neither a multiple of 16
-//! nor of 32), both transpositions of both operands, two batch entries, α and an accumulated C,
+//! whole tiles stored straight from its matrices (the first product: α = 1, β = 0, 136 rows
+//! and columns, a whole tile of 128 and of 64), partial tiles on both sides of C, a partial
+//! last step of k (52 is neither a multiple of 16 nor of 32), both transpositions of both
+//! operands, two batch entries, α and an accumulated C,
 //! each on the kernel's workgroups of one subgroup and of four.
 
 use deberta_core::Error;
@@ -36,8 +38,8 @@ struct Probe {
 const PRODUCTS: [Probe; 2] = [
     Probe {
         entries: 1,
-        m: 40,
-        n: 72,
+        m: 136,
+        n: 136,
         k: 52,
         transpose_a: false,
         transpose_b: false,

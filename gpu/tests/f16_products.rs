@@ -114,7 +114,8 @@ fn f16(v: f32) -> f32 {
 }
 
 /// Every case: thin (one thread per output), tiled with partial tiles in every transposition,
-/// batched, and a deep single product the automatic plan splits along k.
+/// batched, a deep single product the automatic plan splits along k, and whole tiles stored
+/// as they were summed.
 fn cases() -> Vec<Case> {
     let mut cases = Vec::new();
     for (i, shape) in [
@@ -137,6 +138,16 @@ fn cases() -> Vec<Case> {
             });
         }
     }
+    // Whole tiles of every size with nothing added as C is stored (α = 1, β = 0): the
+    // cooperative kernel stores those tiles straight from its matrices.
+    cases.push(Case {
+        shape: [2, 136, 72, 40],
+        transpose_a: false,
+        transpose_b: true,
+        alpha: 1.0,
+        beta: 0.0,
+        seed: 900,
+    });
     cases
 }
 

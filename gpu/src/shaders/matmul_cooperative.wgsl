@@ -55,6 +55,18 @@ fn stage_group(g: u32, four_a: vec4<f16>, four_b: vec4<f16>) {
     }
 }
 
+// Whether the workgroup's accumulators go straight from the matrices to C (every subgroup's,
+// so the choice is the workgroup's): nothing is added as they are stored (α = 1, β = 0, no
+// bias, no residual: the value stored is the accumulator, as `store_output` would store it),
+// the whole tile lies inside C, and C's rows are contiguous with a stride and start that keep
+// every matrix row on a 16-byte boundary (the alignment matrix stores need).
+fn stores_directly(base: u32, row0: u32, col0: u32) -> bool {
+    return params.alpha == 1.0 && params.beta == 0.0 && params.has_bias == 0u
+        && params.has_residual == 0u && params.c_col_stride == 1u
+        && params.c_row_stride % 4u == 0u && base % 4u == 0u
+        && row0 + COOP_TILE <= params.m && col0 + COOP_TILE <= params.n;
+}
+
 // Writes accumulator `m` (rows row0 .., columns col0 ..) of subgroup `subgroup` into C through
 // the subgroup's block of `block_out` (every subgroup calls it, each with its own accumulator).
 fn store_block(m: CoopC, base: u32, row0: u32, col0: u32, subgroup: u32, lane: u32) {
@@ -139,36 +151,58 @@ fn matmul_cooperative(@builtin(workgroup_id) wid: vec3<u32>,
         // Every matrix is loaded before the next step overwrites the staged operands.
         workgroupBarrier();
     }
-    store_block(c_0_0, bases.c, row0 + part_row + 0u * COOP_SIDE, col0 + part_col + 0u * COOP_SIDE,
-                subgroup, lane);
-    store_block(c_0_1, bases.c, row0 + part_row + 0u * COOP_SIDE, col0 + part_col + 1u * COOP_SIDE,
-                subgroup, lane);
-    store_block(c_0_2, bases.c, row0 + part_row + 0u * COOP_SIDE, col0 + part_col + 2u * COOP_SIDE,
-                subgroup, lane);
-    store_block(c_0_3, bases.c, row0 + part_row + 0u * COOP_SIDE, col0 + part_col + 3u * COOP_SIDE,
-                subgroup, lane);
-    store_block(c_1_0, bases.c, row0 + part_row + 1u * COOP_SIDE, col0 + part_col + 0u * COOP_SIDE,
-                subgroup, lane);
-    store_block(c_1_1, bases.c, row0 + part_row + 1u * COOP_SIDE, col0 + part_col + 1u * COOP_SIDE,
-                subgroup, lane);
-    store_block(c_1_2, bases.c, row0 + part_row + 1u * COOP_SIDE, col0 + part_col + 2u * COOP_SIDE,
-                subgroup, lane);
-    store_block(c_1_3, bases.c, row0 + part_row + 1u * COOP_SIDE, col0 + part_col + 3u * COOP_SIDE,
-                subgroup, lane);
-    store_block(c_2_0, bases.c, row0 + part_row + 2u * COOP_SIDE, col0 + part_col + 0u * COOP_SIDE,
-                subgroup, lane);
-    store_block(c_2_1, bases.c, row0 + part_row + 2u * COOP_SIDE, col0 + part_col + 1u * COOP_SIDE,
-                subgroup, lane);
-    store_block(c_2_2, bases.c, row0 + part_row + 2u * COOP_SIDE, col0 + part_col + 2u * COOP_SIDE,
-                subgroup, lane);
-    store_block(c_2_3, bases.c, row0 + part_row + 2u * COOP_SIDE, col0 + part_col + 3u * COOP_SIDE,
-                subgroup, lane);
-    store_block(c_3_0, bases.c, row0 + part_row + 3u * COOP_SIDE, col0 + part_col + 0u * COOP_SIDE,
-                subgroup, lane);
-    store_block(c_3_1, bases.c, row0 + part_row + 3u * COOP_SIDE, col0 + part_col + 1u * COOP_SIDE,
-                subgroup, lane);
-    store_block(c_3_2, bases.c, row0 + part_row + 3u * COOP_SIDE, col0 + part_col + 2u * COOP_SIDE,
-                subgroup, lane);
-    store_block(c_3_3, bases.c, row0 + part_row + 3u * COOP_SIDE, col0 + part_col + 3u * COOP_SIDE,
-                subgroup, lane);
+    let first_row = row0 + part_row;
+    let first_col = col0 + part_col;
+    if (stores_directly(bases.c, row0, col0)) {
+        let stride = params.c_row_stride;
+        let at_0_0 = bases.c + (first_row + 0u * COOP_SIDE) * stride + first_col + 0u * COOP_SIDE;
+        coopStoreT(c_0_0, &c[at_0_0], stride);
+        let at_0_1 = bases.c + (first_row + 0u * COOP_SIDE) * stride + first_col + 1u * COOP_SIDE;
+        coopStoreT(c_0_1, &c[at_0_1], stride);
+        let at_0_2 = bases.c + (first_row + 0u * COOP_SIDE) * stride + first_col + 2u * COOP_SIDE;
+        coopStoreT(c_0_2, &c[at_0_2], stride);
+        let at_0_3 = bases.c + (first_row + 0u * COOP_SIDE) * stride + first_col + 3u * COOP_SIDE;
+        coopStoreT(c_0_3, &c[at_0_3], stride);
+        let at_1_0 = bases.c + (first_row + 1u * COOP_SIDE) * stride + first_col + 0u * COOP_SIDE;
+        coopStoreT(c_1_0, &c[at_1_0], stride);
+        let at_1_1 = bases.c + (first_row + 1u * COOP_SIDE) * stride + first_col + 1u * COOP_SIDE;
+        coopStoreT(c_1_1, &c[at_1_1], stride);
+        let at_1_2 = bases.c + (first_row + 1u * COOP_SIDE) * stride + first_col + 2u * COOP_SIDE;
+        coopStoreT(c_1_2, &c[at_1_2], stride);
+        let at_1_3 = bases.c + (first_row + 1u * COOP_SIDE) * stride + first_col + 3u * COOP_SIDE;
+        coopStoreT(c_1_3, &c[at_1_3], stride);
+        let at_2_0 = bases.c + (first_row + 2u * COOP_SIDE) * stride + first_col + 0u * COOP_SIDE;
+        coopStoreT(c_2_0, &c[at_2_0], stride);
+        let at_2_1 = bases.c + (first_row + 2u * COOP_SIDE) * stride + first_col + 1u * COOP_SIDE;
+        coopStoreT(c_2_1, &c[at_2_1], stride);
+        let at_2_2 = bases.c + (first_row + 2u * COOP_SIDE) * stride + first_col + 2u * COOP_SIDE;
+        coopStoreT(c_2_2, &c[at_2_2], stride);
+        let at_2_3 = bases.c + (first_row + 2u * COOP_SIDE) * stride + first_col + 3u * COOP_SIDE;
+        coopStoreT(c_2_3, &c[at_2_3], stride);
+        let at_3_0 = bases.c + (first_row + 3u * COOP_SIDE) * stride + first_col + 0u * COOP_SIDE;
+        coopStoreT(c_3_0, &c[at_3_0], stride);
+        let at_3_1 = bases.c + (first_row + 3u * COOP_SIDE) * stride + first_col + 1u * COOP_SIDE;
+        coopStoreT(c_3_1, &c[at_3_1], stride);
+        let at_3_2 = bases.c + (first_row + 3u * COOP_SIDE) * stride + first_col + 2u * COOP_SIDE;
+        coopStoreT(c_3_2, &c[at_3_2], stride);
+        let at_3_3 = bases.c + (first_row + 3u * COOP_SIDE) * stride + first_col + 3u * COOP_SIDE;
+        coopStoreT(c_3_3, &c[at_3_3], stride);
+        return;
+    }
+    store_block(c_0_0, bases.c, first_row + 0u * COOP_SIDE, first_col + 0u * COOP_SIDE, subgroup, lane);
+    store_block(c_0_1, bases.c, first_row + 0u * COOP_SIDE, first_col + 1u * COOP_SIDE, subgroup, lane);
+    store_block(c_0_2, bases.c, first_row + 0u * COOP_SIDE, first_col + 2u * COOP_SIDE, subgroup, lane);
+    store_block(c_0_3, bases.c, first_row + 0u * COOP_SIDE, first_col + 3u * COOP_SIDE, subgroup, lane);
+    store_block(c_1_0, bases.c, first_row + 1u * COOP_SIDE, first_col + 0u * COOP_SIDE, subgroup, lane);
+    store_block(c_1_1, bases.c, first_row + 1u * COOP_SIDE, first_col + 1u * COOP_SIDE, subgroup, lane);
+    store_block(c_1_2, bases.c, first_row + 1u * COOP_SIDE, first_col + 2u * COOP_SIDE, subgroup, lane);
+    store_block(c_1_3, bases.c, first_row + 1u * COOP_SIDE, first_col + 3u * COOP_SIDE, subgroup, lane);
+    store_block(c_2_0, bases.c, first_row + 2u * COOP_SIDE, first_col + 0u * COOP_SIDE, subgroup, lane);
+    store_block(c_2_1, bases.c, first_row + 2u * COOP_SIDE, first_col + 1u * COOP_SIDE, subgroup, lane);
+    store_block(c_2_2, bases.c, first_row + 2u * COOP_SIDE, first_col + 2u * COOP_SIDE, subgroup, lane);
+    store_block(c_2_3, bases.c, first_row + 2u * COOP_SIDE, first_col + 3u * COOP_SIDE, subgroup, lane);
+    store_block(c_3_0, bases.c, first_row + 3u * COOP_SIDE, first_col + 0u * COOP_SIDE, subgroup, lane);
+    store_block(c_3_1, bases.c, first_row + 3u * COOP_SIDE, first_col + 1u * COOP_SIDE, subgroup, lane);
+    store_block(c_3_2, bases.c, first_row + 3u * COOP_SIDE, first_col + 2u * COOP_SIDE, subgroup, lane);
+    store_block(c_3_3, bases.c, first_row + 3u * COOP_SIDE, first_col + 3u * COOP_SIDE, subgroup, lane);
 }
