@@ -69,17 +69,18 @@ impl CooperativeShape {
         threads: 32,
     };
 
-    /// The side of the tile of C a workgroup of `split` × `split` subgroups computes (each
-    /// subgroup 4 × 4 accumulators).
-    pub const fn tile(self, split: u32) -> u32 {
-        4 * self.side * split
+    /// The side of the tile of C a workgroup of `split` × `split` subgroups computes, each
+    /// subgroup with `block` × `block` accumulators.
+    pub const fn tile(self, split: u32, block: u32) -> u32 {
+        block * self.side * split
     }
 
     /// Groups of four operands of A (and of B) each thread of a workgroup of `split` × `split`
-    /// subgroups stages per step, if they come out whole: a step's `tile × side` operands of
-    /// each matrix over the workgroup's `split² · threads` invocations.
-    pub const fn groups(self, split: u32) -> Option<u32> {
-        let operands = self.tile(split) * self.side;
+    /// subgroups of `block` × `block` accumulators stages per step, if they come out whole: a
+    /// step's `tile × side` operands of each matrix over the workgroup's `split² · threads`
+    /// invocations.
+    pub const fn groups(self, split: u32, block: u32) -> Option<u32> {
+        let operands = self.tile(split, block) * self.side;
         let per_group_round = 4 * split * split * self.threads;
         match operands % per_group_round {
             0 => Some(operands / per_group_round),
@@ -105,7 +106,7 @@ impl Capabilities {
             .find(|shape| {
                 let side = shape.side;
                 self.f16_cooperative_matrices.contains(&[side, side, side])
-                    && matches!(shape.groups(1), Some(1..=16))
+                    && matches!(shape.groups(1, 4), Some(1..=16))
             })
     }
 
@@ -310,21 +311,24 @@ mod tests {
         );
     }
 
-    /// A workgroup of one subgroup or of 2 × 2 shares a step's operands evenly in every
-    /// configuration the chooser takes; in one it refuses, not even one subgroup does.
+    /// A workgroup of one subgroup or of 2 × 2 (4 × 4 accumulators each), or of one subgroup of
+    /// 2 × 2 accumulators, shares a step's operands evenly in every configuration the chooser
+    /// takes; in one it refuses, none does.
     #[test]
     fn cooperative_workgroups_share_a_step_in_whole_groups_of_four() {
-        for (side, threads, one, four) in [
-            (16, 32, Some(8), Some(4)),
-            (8, 8, Some(8), Some(4)),
-            (16, 64, Some(4), Some(2)),
-            (8, 32, Some(2), Some(1)),
-            (8, 128, None, None),
+        for (side, threads, one, four, small) in [
+            (16, 32, Some(8), Some(4), Some(4)),
+            (8, 8, Some(8), Some(4), Some(4)),
+            (16, 64, Some(4), Some(2), Some(2)),
+            (8, 32, Some(2), Some(1), Some(1)),
+            (8, 128, None, None, None),
         ] {
             let shape = CooperativeShape { side, threads };
-            assert_eq!(shape.groups(1), one, "{shape:?}");
-            assert_eq!(shape.groups(2), four, "{shape:?}");
-            assert_eq!(shape.tile(2), 2 * shape.tile(1));
+            assert_eq!(shape.groups(1, 4), one, "{shape:?}");
+            assert_eq!(shape.groups(2, 4), four, "{shape:?}");
+            assert_eq!(shape.groups(1, 2), small, "{shape:?}");
+            assert_eq!(shape.tile(2, 4), 2 * shape.tile(1, 4));
+            assert_eq!(shape.tile(1, 2), shape.tile(1, 4) / 2);
         }
     }
 

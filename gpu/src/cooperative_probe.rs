@@ -11,7 +11,7 @@
 //! and columns, a whole tile of 128 and of 64), partial tiles on both sides of C, a partial
 //! last step of k (52 is neither a multiple of 16 nor of 32), both transpositions of both
 //! operands, two batch entries, α and an accumulated C,
-//! each on the kernel's workgroups of one subgroup and of four.
+//! each on every blocking of the kernel.
 
 use deberta_core::Error;
 use deberta_core::kernels::{MatmulSpec, MatrixLayout, matmul as cpu_matmul};
@@ -104,13 +104,17 @@ impl Probe {
 
 impl Gpu {
     /// Whether the f16 products of this device (on its cooperative matrices, where it was
-    /// opened with them) give every [`PRODUCTS`] probe the CPU's exact result, on workgroups of
-    /// one subgroup and of four (forced through the 64- and 128-wide tile policies, the
-    /// device's policy restored after).
+    /// opened with them) give every [`PRODUCTS`] probe the CPU's exact result, on each of the
+    /// kernel's blockings (forced through the 32-, 64- and 128-wide tile policies: one subgroup
+    /// of 2 × 2 accumulators, one of 4 × 4, four of 4 × 4; the device's policy restored after).
     pub(crate) fn cooperative_products_exact(&self) -> Result<bool, Error> {
         let policy = self.matmul_tiles.get();
         let mut exact = true;
-        for tiles in [MatmulTiles::Tiles64, MatmulTiles::Tiles128] {
+        for tiles in [
+            MatmulTiles::Tiles32,
+            MatmulTiles::Tiles64,
+            MatmulTiles::Tiles128,
+        ] {
             self.matmul_tiles.set(tiles);
             let found = self.products_exact(|gpu, [a, b], c, spec| {
                 matmul(gpu, [a, b], Added::default(), c, spec, true)

@@ -96,6 +96,8 @@ pub(crate) enum Shader {
     MatmulCooperative,
     /// `MatmulCooperative` with 2 × 2 subgroups per workgroup sharing each staged step.
     MatmulCooperativeWide,
+    /// `MatmulCooperative` with 2 × 2 accumulators per subgroup (tiles half as wide).
+    MatmulCooperativeSmall,
     /// The probe of the driver's f32 → f16 conversion (`enable f16;`).
     F16Probe,
     LayerNorm,
@@ -166,10 +168,13 @@ impl Shader {
                 return matmul_source(8, Contiguous, f16, prefetched).into();
             }
             Shader::MatmulCooperative => {
-                return cooperative_source(cooperative, f16_rounded, 1).into();
+                return cooperative_source(cooperative, f16_rounded, 1, 4).into();
             }
             Shader::MatmulCooperativeWide => {
-                return cooperative_source(cooperative, f16_rounded, 2).into();
+                return cooperative_source(cooperative, f16_rounded, 2, 4).into();
+            }
+            Shader::MatmulCooperativeSmall => {
+                return cooperative_source(cooperative, f16_rounded, 1, 2).into();
             }
             Shader::F16Probe => include_str!("shaders/f16_probe.wgsl"),
             Shader::Elementwise => include_str!("shaders/elementwise.wgsl"),
@@ -232,7 +237,8 @@ impl Shader {
             | Shader::Matmul64Vec4F16
             | Shader::Matmul128Vec4F16
             | Shader::MatmulCooperative
-            | Shader::MatmulCooperativeWide => size_of::<MatmulParams>(),
+            | Shader::MatmulCooperativeWide
+            | Shader::MatmulCooperativeSmall => size_of::<MatmulParams>(),
             Shader::F16Probe => size_of::<F16ProbeParams>(),
             Shader::LayerNorm => size_of::<LayerNormParams>(),
             Shader::Softmax => size_of::<SoftmaxParams>(),
@@ -423,6 +429,9 @@ kernels! {
     /// `MatmulCooperative` on tiles of eight matrix sides (128 on tensor cores), four subgroups
     /// per workgroup.
     MatmulCooperativeWide => MatmulCooperativeWide, "matmul_cooperative", [W, R, R, R, R, R, R];
+    /// `MatmulCooperative` on tiles of two matrix sides (32 on tensor cores), one subgroup of
+    /// 2 × 2 accumulators per workgroup: four times the workgroups of a small product.
+    MatmulCooperativeSmall => MatmulCooperativeSmall, "matmul_cooperative", [W, R, R, R, R, R, R];
     /// `output[i] = f32(f16(input[i]))` with the driver's conversion: output, input.
     F16Probe => F16Probe, "f16_probe", [W, R];
     /// Split-K: `C = α·Σ slabs + β·C (+ bias) (+ residual)`: C, bias, residual, slabs.

@@ -286,16 +286,23 @@ fn store(text: &mut String, indent: &str, block: u32, layout: BlockLayout) {
 
 /// The cooperative-matrix kernel (`matmul_cooperative.wgsl` after the f16 operand header,
 /// `rounded` or not as in [`Operands::F16`], and before `matmul_common.wgsl`) for `shape` with
-/// `split` × `split` subgroups per workgroup (1 or 2, [`CooperativeShape::groups`]): its
-/// `// @shape` line becomes the side, subgroup width, split and matrix types, its `// @groups`
-/// line the thread's share of a step's operands (`shape.groups(split)` groups of four of A and
-/// of B, in named registers, read by `load_groups_a`/`load_groups_b` and staged by
-/// `stage_groups`).
-pub(crate) fn cooperative_source(shape: CooperativeShape, rounded: bool, split: u32) -> String {
+/// `split` × `split` subgroups per workgroup (1 or 2) of `block` × `block` accumulators each (4
+/// or 2; [`CooperativeShape::groups`]): its `// @shape` line becomes the side, subgroup width,
+/// split, block and matrix types, its `// @groups` line the thread's share of a step's operands
+/// (`shape.groups(split, block)` groups of four of A and of B, in named registers, read by
+/// `load_groups_a`/`load_groups_b` and staged by `stage_groups`), and its `// @accumulators`,
+/// `// @multiply` and `// @store` lines the subgroup's accumulators, their step and their
+/// stores.
+pub(crate) fn cooperative_source(
+    shape: CooperativeShape,
+    rounded: bool,
+    split: u32,
+    block: u32,
+) -> String {
     let CooperativeShape { side, threads } = shape;
     let groups = shape
-        .groups(split)
-        .expect("a split whose workgroup shares a step's operands evenly");
+        .groups(split, block)
+        .expect("a blocking whose workgroup shares a step's operands evenly");
     let header = Operands::F16 { rounded }.header();
     let f16_header = header
         .strip_prefix("enable f16;\n")
@@ -309,6 +316,7 @@ pub(crate) fn cooperative_source(shape: CooperativeShape, rounded: bool, split: 
                     "const COOP_SIDE: u32 = {side}u;\n\
                      const COOP_THREADS: u32 = {threads}u;\n\
                      const COOP_SPLIT: u32 = {split}u;\n\
+                     const COOP_BLOCK: u32 = {block}u;\n\
                      const COOP_GROUPS: u32 = {groups}u;\n\
                      alias CoopA = coop_mat{side}x{side}<f16, A>;\n\
                      alias CoopB = coop_mat{side}x{side}<f16, B>;\n\
@@ -316,6 +324,9 @@ pub(crate) fn cooperative_source(shape: CooperativeShape, rounded: bool, split: 
                 );
             }
             "// @groups" => cooperative_groups(&mut text, groups),
+            "// @accumulators" => cooperative_accumulators(&mut text, block),
+            "// @multiply" => cooperative_multiply(&mut text, block),
+            "// @store" => cooperative_store(&mut text, block),
             _ => {
                 text.push_str(line);
                 text.push('\n');
@@ -324,6 +335,64 @@ pub(crate) fn cooperative_source(shape: CooperativeShape, rounded: bool, split: 
     }
     text.push_str(include_str!("shaders/matmul_common.wgsl"));
     text
+}
+
+/// Writes `line(i, j)` for each of a subgroup's `block` × `block` accumulators `c_i_j`, in
+/// row order.
+fn per_accumulator(text: &mut String, block: u32, line: impl Fn(u32, u32) -> String) {
+    for i in 0..block {
+        for j in 0..block {
+            text.push_str(&line(i, j));
+            text.push('\n');
+        }
+    }
+}
+
+/// The subgroup's `block` × `block` accumulators `c_i_j`, zero.
+fn cooperative_accumulators(text: &mut String, block: u32) {
+    per_accumulator(text, block, |i, j| format!("    var c_{i}_{j} = CoopC();"));
+}
+
+/// One step of the subgroup's part: `block` matrices of A (`a_i`, rows part_row + side·i ..)
+/// and of B (`b_j`) loaded from the staged operands, then every accumulator's multiply-add.
+fn cooperative_multiply(text: &mut String, block: u32) {
+    for i in 0..block {
+        let _ = writeln!(
+            text,
+            "        let a_{i} = coopLoadT<CoopA>(&staged_a[(part_row + {i}u * COOP_SIDE) * COOP_K], COOP_K);"
+        );
+    }
+    for j in 0..block {
+        let _ = writeln!(
+            text,
+            "        let b_{j} = coopLoadT<CoopB>(&staged_b[part_col + {j}u * COOP_SIDE], COOP_TILE);"
+        );
+    }
+    per_accumulator(text, block, |i, j| {
+        format!("        c_{i}_{j} = coopMultiplyAdd(a_{i}, b_{j}, c_{i}_{j});")
+    });
+}
+
+/// The accumulators' stores: straight from the matrices where the workgroup's tile allows it
+/// (`stores_directly`; the stride and each offset bound to a `let` first, which naga's SPIR-V
+/// writer needs of a matrix store's operands), else each through workgroup memory.
+fn cooperative_store(text: &mut String, block: u32) {
+    text.push_str(
+        "    let first_row = row0 + part_row;\n    let first_col = col0 + part_col;\n    \
+         if (stores_directly(bases.c, row0, col0)) {\n        let stride = params.c_row_stride;\n",
+    );
+    per_accumulator(text, block, |i, j| {
+        format!(
+            "        let at_{i}_{j} = bases.c + (first_row + {i}u * COOP_SIDE) * stride + first_col + {j}u * COOP_SIDE;\n        \
+             coopStoreT(c_{i}_{j}, &c[at_{i}_{j}], stride);"
+        )
+    });
+    text.push_str("        return;\n    }\n");
+    per_accumulator(text, block, |i, j| {
+        format!(
+            "    store_block(c_{i}_{j}, bases.c, first_row + {i}u * COOP_SIDE, first_col + {j}u * COOP_SIDE, subgroup, lane);"
+        )
+    });
 }
 
 /// `Groups` (a thread's `groups` groups of four operands of one step of A or B: groups
@@ -461,16 +530,17 @@ mod tests {
         for marker in ["// @shape", "// @groups"] {
             assert_eq!(template.lines().filter(|l| l.trim() == marker).count(), 1);
         }
-        for ((side, threads), split) in [(16, 32), (8, 8), (16, 64), (8, 32)]
+        for ((side, threads), (split, block)) in [(16, 32), (8, 8), (16, 64), (8, 32)]
             .into_iter()
-            .flat_map(|shape| [(shape, 1), (shape, 2)])
+            .flat_map(|shape| [(shape, (1, 4)), (shape, (2, 4)), (shape, (1, 2))])
         {
             let shape = CooperativeShape { side, threads };
             let rounded = side == 16;
-            let text = cooperative_source(shape, rounded, split);
+            let text = cooperative_source(shape, rounded, split, block);
             assert_eq!(text.contains("return f16(f16_round(x));"), rounded);
             assert_eq!(text.contains("return f16(x);"), !rounded);
-            let case = format!("{side}×{side} on {threads}, {split}×{split} subgroups");
+            let case =
+                format!("{side}×{side} on {threads}, {split}×{split} subgroups of {block}×{block}");
             assert!(text.starts_with("enable f16;"), "{case}");
             assert!(
                 !text.lines().any(|l| l.trim().starts_with("// @")),
@@ -480,16 +550,36 @@ mod tests {
                 format!("const COOP_SIDE: u32 = {side}u;"),
                 format!("const COOP_THREADS: u32 = {threads}u;"),
                 format!("const COOP_SPLIT: u32 = {split}u;"),
+                format!("const COOP_BLOCK: u32 = {block}u;"),
                 format!("alias CoopA = coop_mat{side}x{side}<f16, A>;"),
                 format!("alias CoopC = coop_mat{side}x{side}<f32, C>;"),
             ] {
                 assert!(text.contains(&line), "{case}: no `{line}`");
             }
-            // A step's 4·split·side × side operands of each matrix, four to a group, spread over
-            // the workgroup's split²·threads invocations: every group staged once, from a load
-            // at its own index.
-            let groups = 4 * split * side * side / 4 / (split * split * threads);
-            assert_eq!(shape.groups(split), Some(groups), "{case}");
+            // A step's block·split·side × side operands of each matrix, four to a group, spread
+            // over the workgroup's split²·threads invocations: every group staged once, from a
+            // load at its own index.
+            let groups = block * split * side * side / 4 / (split * split * threads);
+            assert_eq!(shape.groups(split, block), Some(groups), "{case}");
+            // Every accumulator: declared, multiplied once per step, stored either way.
+            for i in 0..block {
+                for j in 0..block {
+                    let c = format!("c_{i}_{j}");
+                    assert!(text.contains(&format!("var {c} = CoopC();")), "{case}");
+                    assert_eq!(
+                        text.matches(&format!("{c} = coopMultiplyAdd(a_{i}, b_{j}, {c});"))
+                            .count(),
+                        1,
+                        "{case}"
+                    );
+                    assert!(
+                        text.contains(&format!("coopStoreT({c}, &c[at_{i}_{j}]")),
+                        "{case}"
+                    );
+                    assert!(text.contains(&format!("store_block({c}, ")), "{case}");
+                }
+            }
+            assert!(!text.contains(&format!("c_{block}_0")), "{case}");
             for q in 0..groups {
                 for side in ["a", "b"] {
                     let load = format!("lid + {q}u * COOP_INVOCATIONS)");

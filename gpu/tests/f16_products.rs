@@ -186,9 +186,9 @@ fn f16_products_stay_within_the_f16_bound_of_the_cpu() {
 }
 
 /// The cooperative-matrix kernel (`DeviceOptions::cooperative_matrices`, forced on) on a
-/// device opened with it, on workgroups of one subgroup and of four: every case within the same
+/// device opened with it, on each of its blockings: every case within the same
 /// f16 bound, with twice the accumulation allowance (tensor cores add the exact f16 products in
-/// their own order and rounding), and the same bits from both. Where
+/// their own order and rounding), and the same bits from all of them. Where
 /// the adapter cannot run the kernel (Mesa 22's lavapipe: no cooperative matrices) the device
 /// opens without them, f16 products keep the register-blocked kernels, and the test says so;
 /// with `DEBERTA_REQUIRE_COOPERATIVE=1` (CI's run on Mesa 26's lavapipe, whose 8×8×8 matrices
@@ -222,10 +222,15 @@ fn cooperative_matrix_products_stay_within_the_f16_bound_of_the_cpu() {
         assert!(!(capabilities.cooperative_matmul().is_some() && backend.f16_products()));
         return;
     };
-    // One subgroup per workgroup (forced 64-wide tiles), then 2 × 2 (forced 128-wide tiles):
-    // each within the bound, and the same bits as each other.
+    // One subgroup of 4 × 4 accumulators per workgroup (forced 64-wide tiles), 2 × 2 such
+    // subgroups (forced 128-wide tiles), one subgroup of 2 × 2 accumulators (forced 32-wide
+    // tiles): each within the bound, and the same bits as each other.
     let mut bits = Vec::new();
-    for (tiles, subgroups) in [(MatmulTiles::Tiles64, 1), (MatmulTiles::Tiles128, 4)] {
+    for (tiles, subgroups) in [
+        (MatmulTiles::Tiles64, "one subgroup"),
+        (MatmulTiles::Tiles128, "four subgroups"),
+        (MatmulTiles::Tiles32, "one subgroup of 2×2"),
+    ] {
         backend.set_matmul_tiles(tiles);
         let (worst_f32, worst_rounded) = check_f16_bound(&backend, 2.0);
         println!(
@@ -245,8 +250,8 @@ fn cooperative_matrix_products_stay_within_the_f16_bound_of_the_cpu() {
     }
     for (i, case) in cases().iter().enumerate() {
         assert!(
-            bits[0][i] == bits[1][i],
-            "{:?}: one subgroup and four per workgroup give other bits",
+            bits[0][i] == bits[1][i] && bits[0][i] == bits[2][i],
+            "{:?}: the kernel's blockings give other bits",
             case.shape
         );
     }

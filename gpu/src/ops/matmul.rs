@@ -437,7 +437,7 @@ pub(crate) fn matmul(
         // pieces on one-subgroup workgroups); they are not among the measured kernels, whose
         // sums are all the same bits.
         if splits > 1 {
-            let pieces = (Kernel::MatmulCooperative, shape.tile(1));
+            let pieces = (Kernel::MatmulCooperative, shape.tile(1, 4));
             return split_k(gpu, [a, b, c], added, params, pieces, splits);
         }
         let (kernel, tile) = cooperative_kernel(policy, shape, [spec.m, spec.n, entries]);
@@ -488,29 +488,41 @@ pub(crate) fn matmul(
 }
 
 /// The cooperative-matrix kernel an unsplit product of `[m, n, entries]` runs on, and its tile
-/// side: 2 × 2 subgroups per workgroup (tiles twice as wide, each staged operand feeding two
-/// subgroups, so half the device-memory reads per multiply-add) where `tiles` forces 128-wide
-/// tiles, or by default where the product has at least [`LARGE_TILE_MIN_WORKGROUPS`] of them (as
-/// the occupancy rule takes the register-blocked kernels' large tiles), else one subgroup per
-/// workgroup. Both add the same matrix products in the same order: the same bits.
+/// side. By default the largest tiles of which the product has at least
+/// [`LARGE_TILE_MIN_WORKGROUPS`] (the register-blocked kernels' occupancy rule): 2 × 2
+/// subgroups per workgroup (tiles of eight matrix sides, each staged operand feeding two
+/// subgroups, so half the device-memory reads per multiply-add), else one subgroup of 4 × 4
+/// accumulators, else one of 2 × 2 (tiles of two sides: four times the workgroups, so a small
+/// product still spreads over the multiprocessors). Forced tile sizes force the kernel (128:
+/// four subgroups, 64: one, 32: 2 × 2 accumulators). All add the same matrix products in the
+/// same order: the same bits.
 fn cooperative_kernel(
     tiles: MatmulTiles,
     shape: CooperativeShape,
     [m, n, entries]: [usize; 3],
 ) -> (Kernel, u32) {
-    let wide_tile = shape.tile(2) as usize;
-    let wide = shape.groups(2).is_some()
-        && match tiles {
-            MatmulTiles::Tiles128 | MatmulTiles::Tiles128Vec4 => true,
-            MatmulTiles::Tiles32 | MatmulTiles::Tiles64 | MatmulTiles::Tiles64Vec4 => false,
-            MatmulTiles::Measured | MatmulTiles::Auto => {
-                m.div_ceil(wide_tile) * n.div_ceil(wide_tile) * entries >= LARGE_TILE_MIN_WORKGROUPS
-            }
-        };
-    match wide {
-        true => (Kernel::MatmulCooperativeWide, shape.tile(2)),
-        false => (Kernel::MatmulCooperative, shape.tile(1)),
-    }
+    let candidates = [
+        (Kernel::MatmulCooperativeWide, 2, 4),
+        (Kernel::MatmulCooperative, 1, 4),
+        (Kernel::MatmulCooperativeSmall, 1, 2),
+    ];
+    let fits = |&&(_, split, block): &&(Kernel, u32, u32)| shape.groups(split, block).is_some();
+    let chosen = match tiles {
+        MatmulTiles::Tiles128 | MatmulTiles::Tiles128Vec4 => candidates.iter().find(fits),
+        MatmulTiles::Tiles64 | MatmulTiles::Tiles64Vec4 => Some(&candidates[1]),
+        MatmulTiles::Tiles32 => candidates[1..].iter().rev().find(fits),
+        MatmulTiles::Measured | MatmulTiles::Auto => {
+            candidates.iter().filter(fits).find(|&&(_, split, block)| {
+                let tile = shape.tile(split, block) as usize;
+                m.div_ceil(tile) * n.div_ceil(tile) * entries >= LARGE_TILE_MIN_WORKGROUPS
+            })
+        }
+    };
+    // The one-subgroup 4 × 4 kernel runs wherever cooperative matrices are chosen at all.
+    let &(kernel, split, block) = chosen
+        .or(candidates[1..].iter().rev().find(fits))
+        .unwrap_or(&candidates[1]);
+    (kernel, shape.tile(split, block))
 }
 
 /// The tiled kernel [`MatmulTiles::Measured`] runs the product of `shape` on: the one kept for
@@ -745,11 +757,12 @@ mod tests {
     }
 
     #[test]
-    fn cooperative_products_take_four_subgroups_where_they_have_enough_wide_tiles() {
+    fn cooperative_products_take_the_largest_tiles_they_have_enough_of() {
         let tensor_cores = CooperativeShape::TENSOR_CORES;
         let kernel =
             |tiles, m, n, entries| cooperative_kernel(tiles, tensor_cores, [m, n, entries]);
-        let (one, wide) = (
+        let (small, one, wide) = (
+            (Kernel::MatmulCooperativeSmall, 32),
             (Kernel::MatmulCooperative, 64),
             (Kernel::MatmulCooperativeWide, 128),
         );
@@ -758,24 +771,25 @@ mod tests {
         assert_eq!(kernel(MatmulTiles::Auto, 2047, 2048, 1), wide);
         // xsmall 32×512 feed-forward: 16384 × 1536, 1536 tiles of 128.
         assert_eq!(kernel(MatmulTiles::Measured, 16_384, 1536, 1), wide);
-        // xsmall 8×128 projections: 1024 × 384, 24 tiles of 128; attention scores per head
-        // batched: 128 × 128 × 48 entries, 48.
-        assert_eq!(kernel(MatmulTiles::Measured, 1024, 384, 1), one);
-        assert_eq!(kernel(MatmulTiles::Measured, 128, 128, 48), one);
-        // ... 256 entries of one tile each are enough.
+        // xsmall 8×128 feed-forward: 1024 × 1536, 96 tiles of 128, 384 of 64.
+        assert_eq!(kernel(MatmulTiles::Measured, 1024, 1536, 1), one);
+        // xsmall 8×128 projections: 1024 × 384, 96 tiles of 64, 384 of 32; attention scores
+        // per head batched: 128 × 128 × 48 entries, 192 of 64, 768 of 32.
+        assert_eq!(kernel(MatmulTiles::Measured, 1024, 384, 1), small);
+        assert_eq!(kernel(MatmulTiles::Measured, 128, 128, 48), small);
+        // ... 256 entries of one tile each are enough for the largest.
         assert_eq!(kernel(MatmulTiles::Measured, 128, 128, 256), wide);
+        // Too few even of the smallest: the smallest.
+        assert_eq!(kernel(MatmulTiles::Auto, 40, 40, 1), small);
         // Forced tiles force the kernel.
         for tiles in [MatmulTiles::Tiles128, MatmulTiles::Tiles128Vec4] {
             assert_eq!(kernel(tiles, 40, 40, 1), wide);
         }
-        for tiles in [
-            MatmulTiles::Tiles32,
-            MatmulTiles::Tiles64,
-            MatmulTiles::Tiles64Vec4,
-        ] {
+        for tiles in [MatmulTiles::Tiles64, MatmulTiles::Tiles64Vec4] {
             assert_eq!(kernel(tiles, 4096, 4096, 1), one);
         }
-        // Lavapipe's 8×8 matrices: tiles of 32 and 64.
+        assert_eq!(kernel(MatmulTiles::Tiles32, 4096, 4096, 1), small);
+        // Lavapipe's 8×8 matrices: tiles of 16, 32 and 64.
         let lavapipe = CooperativeShape {
             side: 8,
             threads: 8,
@@ -785,19 +799,31 @@ mod tests {
             (Kernel::MatmulCooperativeWide, 64)
         );
         assert_eq!(
-            cooperative_kernel(MatmulTiles::Measured, lavapipe, [40, 40, 1]),
+            cooperative_kernel(MatmulTiles::Tiles64, lavapipe, [40, 40, 1]),
             (Kernel::MatmulCooperative, 32)
         );
-        // A shape whose four-subgroup workgroup cannot share a step evenly keeps one subgroup.
+        assert_eq!(
+            cooperative_kernel(MatmulTiles::Measured, lavapipe, [40, 40, 1]),
+            (Kernel::MatmulCooperativeSmall, 16)
+        );
+        // A shape whose workgroups of four subgroups or of 2 × 2 accumulators cannot share a
+        // step evenly keeps one subgroup of 4 × 4.
         let narrow = CooperativeShape {
             side: 8,
             threads: 64,
         };
-        assert_eq!(narrow.groups(2), None);
-        assert_eq!(
-            cooperative_kernel(MatmulTiles::Tiles128, narrow, [4096, 4096, 1]),
-            (Kernel::MatmulCooperative, 32)
-        );
+        assert_eq!(narrow.groups(2, 4), None);
+        assert_eq!(narrow.groups(1, 2), None);
+        for tiles in [
+            MatmulTiles::Tiles128,
+            MatmulTiles::Tiles32,
+            MatmulTiles::Measured,
+        ] {
+            assert_eq!(
+                cooperative_kernel(tiles, narrow, [4096, 4096, 1]),
+                (Kernel::MatmulCooperative, 32)
+            );
+        }
     }
 
     #[test]

@@ -2,31 +2,37 @@
 // mixed precision, on a device opened with cooperative matrices (the host prepends `enable f16;
 // enable wgpu_cooperative_matrix;`, the f16 operand header matmul_f16.wgsl and f16_round.wgsl,
 // and appends matmul_common.wgsl, with the parameters, bindings and output helpers). The host
-// writes the `// @shape` line for the configuration the adapter reports (matmul_source.rs): the
-// side COOP_SIDE of the square f16 matrices A and B and of the f32 accumulator (16 on NVIDIA's
-// tensor cores, 8 on Mesa's lavapipe), the subgroup width COOP_THREADS the adapter runs
-// (exactly), COOP_SPLIT, the subgroups along each side of the workgroup's tile (1: a workgroup
-// of one subgroup; 2: four subgroups sharing each staged step), and the aliases CoopA, CoopB,
-// CoopC of the three matrix types; and the `// @groups` line: the thread's share of a step's
-// operands.
+// (matmul_source.rs) writes the `// @shape` line for the configuration the adapter reports and
+// the kernel's blocking: the side COOP_SIDE of the square f16 matrices A and B and of the f32
+// accumulator (16 on NVIDIA's tensor cores, 8 on Mesa's lavapipe), the subgroup width
+// COOP_THREADS the adapter runs (exactly), COOP_SPLIT, the subgroups along each side of the
+// workgroup's tile (1: a workgroup of one subgroup; 2: four subgroups sharing each staged step),
+// COOP_BLOCK, the accumulators along each side of a subgroup's part (4, or 2 for small
+// products), and the aliases CoopA, CoopB, CoopC of the three matrix types; the `// @groups`
+// line, the thread's share of a step's operands; and the `// @accumulators`, `// @multiply`
+// and `// @store` lines, the subgroup's accumulators (constant names: no array for a compiler
+// to spill), their step and their stores.
 //
 // Each subgroup computes a COOP_PART × COOP_PART part of the workgroup's tile of C (COOP_PART =
-// 4·COOP_SIDE, the tile COOP_SPLIT parts wide) as 4 × 4 accumulators (constant names: no array
-// for a compiler to spill). Per step of COOP_K = COOP_SIDE along k the workgroup's threads stage
-// A's COOP_TILE × COOP_K operands and B's COOP_K × COOP_TILE, rounded to binary16 as the f16
-// tiled kernels round them (zeros beyond the matrices), row-major in workgroup memory, from
-// registers they read them into during the step before; then each subgroup loads the 4 + 4
-// matrices of its part from there and does 16 multiply-adds while the next step's operands
-// arrive. With four subgroups each staged operand feeds two of them, so a workgroup reads half
-// the device memory per multiply-add. At the end each accumulator goes through the subgroup's
-// own block of workgroup memory to C (α, β, the matrix bounds). Split-K as in the tiled kernels:
-// with `k_split` > 0, workgroup z sums k in [z·k_split, (z+1)·k_split) into its own slab. The
-// sums run in the hardware's order and precision, so the results are not the register-blocked
-// kernels' bits (within the same f16 bound of the f32 product); every element of C gets the
-// same multiply-adds in the same order whatever COOP_SPLIT is, so both give the same bits.
+// COOP_BLOCK·COOP_SIDE, the tile COOP_SPLIT parts wide) as COOP_BLOCK × COOP_BLOCK
+// accumulators. Per step of COOP_K = COOP_SIDE along k the workgroup's threads stage A's
+// COOP_TILE × COOP_K operands and B's COOP_K × COOP_TILE, rounded to binary16 as the f16 tiled
+// kernels round them (zeros beyond the matrices), row-major in workgroup memory, from registers
+// they read them into during the step before; then each subgroup loads the COOP_BLOCK +
+// COOP_BLOCK matrices of its part from there and does COOP_BLOCK² multiply-adds while the next
+// step's operands arrive. With four subgroups each staged operand feeds two of them, so a
+// workgroup reads half the device memory per multiply-add; with 2 × 2 accumulators a product
+// has four times the subgroups of 4 × 4 to spread over the multiprocessors. At the end each
+// accumulator goes to C straight from the matrix where nothing is added (`stores_directly`),
+// else through the subgroup's own block of workgroup memory (α, β, bias, residual, the matrix
+// bounds). Split-K as in the tiled kernels: with `k_split` > 0, workgroup z sums k in
+// [z·k_split, (z+1)·k_split) into its own slab. The sums run in the hardware's order and
+// precision, so the results are not the register-blocked kernels' bits (within the same f16
+// bound of the f32 product); every element of C gets the same multiply-adds in the same order
+// whatever the split and the block, so all give the same bits.
 
 // @shape
-const COOP_PART: u32 = 4u * COOP_SIDE;
+const COOP_PART: u32 = COOP_BLOCK * COOP_SIDE;
 const COOP_TILE: u32 = COOP_SPLIT * COOP_PART;
 const COOP_INVOCATIONS: u32 = COOP_SPLIT * COOP_SPLIT * COOP_THREADS;
 const COOP_K: u32 = COOP_SIDE;
@@ -97,23 +103,9 @@ fn matmul_cooperative(@builtin(workgroup_id) wid: vec3<u32>,
     // The subgroup's part of the tile: its first row and column within it.
     let part_row = (subgroup / COOP_SPLIT) * COOP_PART;
     let part_col = (subgroup % COOP_SPLIT) * COOP_PART;
-    // c_i_j: rows row0 + part_row + COOP_SIDE·i .., columns col0 + part_col + COOP_SIDE·j .. of C.
-    var c_0_0 = CoopC();
-    var c_0_1 = CoopC();
-    var c_0_2 = CoopC();
-    var c_0_3 = CoopC();
-    var c_1_0 = CoopC();
-    var c_1_1 = CoopC();
-    var c_1_2 = CoopC();
-    var c_1_3 = CoopC();
-    var c_2_0 = CoopC();
-    var c_2_1 = CoopC();
-    var c_2_2 = CoopC();
-    var c_2_3 = CoopC();
-    var c_3_0 = CoopC();
-    var c_3_1 = CoopC();
-    var c_3_2 = CoopC();
-    var c_3_3 = CoopC();
+    // c_i_j: rows row0 + part_row + COOP_SIDE·i .., columns col0 + part_col + COOP_SIDE·j .. of C
+    // (i, j < COOP_BLOCK).
+    // @accumulators
     // The thread's operands of each step, read into registers during the step before, so that
     // their device-memory latency overlaps that step's multiply-adds.
     var next_a = load_groups_a(bases.a, row0, k_begin, k_end, lid);
@@ -124,85 +116,9 @@ fn matmul_cooperative(@builtin(workgroup_id) wid: vec3<u32>,
         // The next step's (beyond k_end: zeros, never staged).
         next_a = load_groups_a(bases.a, row0, k0 + COOP_K, k_end, lid);
         next_b = load_groups_b(bases.b, col0, k0 + COOP_K, k_end, lid);
-        let a_0 = coopLoadT<CoopA>(&staged_a[(part_row + 0u * COOP_SIDE) * COOP_K], COOP_K);
-        let a_1 = coopLoadT<CoopA>(&staged_a[(part_row + 1u * COOP_SIDE) * COOP_K], COOP_K);
-        let a_2 = coopLoadT<CoopA>(&staged_a[(part_row + 2u * COOP_SIDE) * COOP_K], COOP_K);
-        let a_3 = coopLoadT<CoopA>(&staged_a[(part_row + 3u * COOP_SIDE) * COOP_K], COOP_K);
-        let b_0 = coopLoadT<CoopB>(&staged_b[part_col + 0u * COOP_SIDE], COOP_TILE);
-        let b_1 = coopLoadT<CoopB>(&staged_b[part_col + 1u * COOP_SIDE], COOP_TILE);
-        let b_2 = coopLoadT<CoopB>(&staged_b[part_col + 2u * COOP_SIDE], COOP_TILE);
-        let b_3 = coopLoadT<CoopB>(&staged_b[part_col + 3u * COOP_SIDE], COOP_TILE);
-        c_0_0 = coopMultiplyAdd(a_0, b_0, c_0_0);
-        c_0_1 = coopMultiplyAdd(a_0, b_1, c_0_1);
-        c_0_2 = coopMultiplyAdd(a_0, b_2, c_0_2);
-        c_0_3 = coopMultiplyAdd(a_0, b_3, c_0_3);
-        c_1_0 = coopMultiplyAdd(a_1, b_0, c_1_0);
-        c_1_1 = coopMultiplyAdd(a_1, b_1, c_1_1);
-        c_1_2 = coopMultiplyAdd(a_1, b_2, c_1_2);
-        c_1_3 = coopMultiplyAdd(a_1, b_3, c_1_3);
-        c_2_0 = coopMultiplyAdd(a_2, b_0, c_2_0);
-        c_2_1 = coopMultiplyAdd(a_2, b_1, c_2_1);
-        c_2_2 = coopMultiplyAdd(a_2, b_2, c_2_2);
-        c_2_3 = coopMultiplyAdd(a_2, b_3, c_2_3);
-        c_3_0 = coopMultiplyAdd(a_3, b_0, c_3_0);
-        c_3_1 = coopMultiplyAdd(a_3, b_1, c_3_1);
-        c_3_2 = coopMultiplyAdd(a_3, b_2, c_3_2);
-        c_3_3 = coopMultiplyAdd(a_3, b_3, c_3_3);
+        // @multiply
         // Every matrix is loaded before the next step overwrites the staged operands.
         workgroupBarrier();
     }
-    let first_row = row0 + part_row;
-    let first_col = col0 + part_col;
-    if (stores_directly(bases.c, row0, col0)) {
-        let stride = params.c_row_stride;
-        let at_0_0 = bases.c + (first_row + 0u * COOP_SIDE) * stride + first_col + 0u * COOP_SIDE;
-        coopStoreT(c_0_0, &c[at_0_0], stride);
-        let at_0_1 = bases.c + (first_row + 0u * COOP_SIDE) * stride + first_col + 1u * COOP_SIDE;
-        coopStoreT(c_0_1, &c[at_0_1], stride);
-        let at_0_2 = bases.c + (first_row + 0u * COOP_SIDE) * stride + first_col + 2u * COOP_SIDE;
-        coopStoreT(c_0_2, &c[at_0_2], stride);
-        let at_0_3 = bases.c + (first_row + 0u * COOP_SIDE) * stride + first_col + 3u * COOP_SIDE;
-        coopStoreT(c_0_3, &c[at_0_3], stride);
-        let at_1_0 = bases.c + (first_row + 1u * COOP_SIDE) * stride + first_col + 0u * COOP_SIDE;
-        coopStoreT(c_1_0, &c[at_1_0], stride);
-        let at_1_1 = bases.c + (first_row + 1u * COOP_SIDE) * stride + first_col + 1u * COOP_SIDE;
-        coopStoreT(c_1_1, &c[at_1_1], stride);
-        let at_1_2 = bases.c + (first_row + 1u * COOP_SIDE) * stride + first_col + 2u * COOP_SIDE;
-        coopStoreT(c_1_2, &c[at_1_2], stride);
-        let at_1_3 = bases.c + (first_row + 1u * COOP_SIDE) * stride + first_col + 3u * COOP_SIDE;
-        coopStoreT(c_1_3, &c[at_1_3], stride);
-        let at_2_0 = bases.c + (first_row + 2u * COOP_SIDE) * stride + first_col + 0u * COOP_SIDE;
-        coopStoreT(c_2_0, &c[at_2_0], stride);
-        let at_2_1 = bases.c + (first_row + 2u * COOP_SIDE) * stride + first_col + 1u * COOP_SIDE;
-        coopStoreT(c_2_1, &c[at_2_1], stride);
-        let at_2_2 = bases.c + (first_row + 2u * COOP_SIDE) * stride + first_col + 2u * COOP_SIDE;
-        coopStoreT(c_2_2, &c[at_2_2], stride);
-        let at_2_3 = bases.c + (first_row + 2u * COOP_SIDE) * stride + first_col + 3u * COOP_SIDE;
-        coopStoreT(c_2_3, &c[at_2_3], stride);
-        let at_3_0 = bases.c + (first_row + 3u * COOP_SIDE) * stride + first_col + 0u * COOP_SIDE;
-        coopStoreT(c_3_0, &c[at_3_0], stride);
-        let at_3_1 = bases.c + (first_row + 3u * COOP_SIDE) * stride + first_col + 1u * COOP_SIDE;
-        coopStoreT(c_3_1, &c[at_3_1], stride);
-        let at_3_2 = bases.c + (first_row + 3u * COOP_SIDE) * stride + first_col + 2u * COOP_SIDE;
-        coopStoreT(c_3_2, &c[at_3_2], stride);
-        let at_3_3 = bases.c + (first_row + 3u * COOP_SIDE) * stride + first_col + 3u * COOP_SIDE;
-        coopStoreT(c_3_3, &c[at_3_3], stride);
-        return;
-    }
-    store_block(c_0_0, bases.c, first_row + 0u * COOP_SIDE, first_col + 0u * COOP_SIDE, subgroup, lane);
-    store_block(c_0_1, bases.c, first_row + 0u * COOP_SIDE, first_col + 1u * COOP_SIDE, subgroup, lane);
-    store_block(c_0_2, bases.c, first_row + 0u * COOP_SIDE, first_col + 2u * COOP_SIDE, subgroup, lane);
-    store_block(c_0_3, bases.c, first_row + 0u * COOP_SIDE, first_col + 3u * COOP_SIDE, subgroup, lane);
-    store_block(c_1_0, bases.c, first_row + 1u * COOP_SIDE, first_col + 0u * COOP_SIDE, subgroup, lane);
-    store_block(c_1_1, bases.c, first_row + 1u * COOP_SIDE, first_col + 1u * COOP_SIDE, subgroup, lane);
-    store_block(c_1_2, bases.c, first_row + 1u * COOP_SIDE, first_col + 2u * COOP_SIDE, subgroup, lane);
-    store_block(c_1_3, bases.c, first_row + 1u * COOP_SIDE, first_col + 3u * COOP_SIDE, subgroup, lane);
-    store_block(c_2_0, bases.c, first_row + 2u * COOP_SIDE, first_col + 0u * COOP_SIDE, subgroup, lane);
-    store_block(c_2_1, bases.c, first_row + 2u * COOP_SIDE, first_col + 1u * COOP_SIDE, subgroup, lane);
-    store_block(c_2_2, bases.c, first_row + 2u * COOP_SIDE, first_col + 2u * COOP_SIDE, subgroup, lane);
-    store_block(c_2_3, bases.c, first_row + 2u * COOP_SIDE, first_col + 3u * COOP_SIDE, subgroup, lane);
-    store_block(c_3_0, bases.c, first_row + 3u * COOP_SIDE, first_col + 0u * COOP_SIDE, subgroup, lane);
-    store_block(c_3_1, bases.c, first_row + 3u * COOP_SIDE, first_col + 1u * COOP_SIDE, subgroup, lane);
-    store_block(c_3_2, bases.c, first_row + 3u * COOP_SIDE, first_col + 2u * COOP_SIDE, subgroup, lane);
-    store_block(c_3_3, bases.c, first_row + 3u * COOP_SIDE, first_col + 3u * COOP_SIDE, subgroup, lane);
+    // @store
 }
