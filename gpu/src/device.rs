@@ -323,7 +323,9 @@ impl Gpu {
                 // (`matmul_cooperative.wgsl`, written for that shape) does no more than that
                 // configuration allows: a whole subgroup, in uniform control flow, loads
                 // matrices of that side from workgroup memory inside its arrays, multiply-adds
-                // them and stores the results there.
+                // them and stores the results there, or into C where the whole tile lies inside
+                // C with its rows on 16-byte boundaries (`stores_directly`); the probe at
+                // opening checks the products before any other kernel reads them.
                 Some(_) => (
                     features | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
                     unsafe { wgpu::ExperimentalFeatures::enabled() },
