@@ -68,8 +68,9 @@
 # PyTorch AMP (fp16 autocast + one GradScaler per optimizer). The matmuls: f32 and f16 operands
 # (f32 sums) against cuBLAS fp32 (no TF32) and fp16.
 # Each timed figure is the median over the iterations after the warm-ups, measured inside each
-# program (model building and uploads are not timed); peak device memory is each program's own
-# (ours: the buffer pool's high-water mark; PyTorch: torch.cuda.max_memory_allocated). The
+# program (model building and uploads are not timed); peak device memory is each program's own,
+# reserved and in live tensors (ours: the buffer pool's high-water mark and that of the buffers
+# tensors hold; PyTorch: torch.cuda.max_memory_reserved and max_memory_allocated). The
 # results file gets one JSON object per measurement; the table at the end shows
 # ratio = pytorch_ms / ours_ms (> 1: we are faster).
 set -uo pipefail
@@ -305,13 +306,18 @@ for label, res in by.items():
             extra += f" (pytorch {other.get('gflops') or 0:9.1f})"
     if res.get("peak_rss_mb"):
         extra += f" peak RSS {res['peak_rss_mb']:.0f} MiB"
+    def device_memory(r):
+        # Reserved (what the device had to have: our pool, PyTorch's caching allocator) and,
+        # where the run reports it, the part in live tensors.
+        live = r.get("peak_device_allocated_mb")
+        live = f" ({live:.0f} live)" if live is not None else ""
+        return f"{r['peak_device_mb']:.0f} MiB{live}"
     if res.get("peak_device_mb"):
-        extra += f", GPU peak {res['peak_device_mb']:.0f} MiB (pool)"
+        extra += f", GPU peak {device_memory(res)}"
     if other is None:
         print(f"{stem:32s} {side:24s} {ours:10.3f} ms{extra}")
         continue
     theirs = other["median_ms"]
-    dev = other.get("peak_device_mb")
-    dev = f", pytorch GPU peak {dev:.0f} MiB" if dev else ""
+    dev = f", pytorch GPU peak {device_memory(other)}" if other.get("peak_device_mb") else ""
     print(f"{stem:32s} {side:24s} {ours:10.3f} ms  pytorch {theirs:10.3f} ms  ratio {theirs / ours:6.2f}{extra}{dev}")
 EOF

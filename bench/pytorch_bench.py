@@ -165,6 +165,14 @@ def device_label(device: torch.device) -> str:
 
 
 def peak_device_mb(device: torch.device) -> float | None:
+    """The most device memory the caching allocator reserved (what the GPU had to have)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_reserved(device) / (1024.0 * 1024.0)
+    return None
+
+
+def peak_device_allocated_mb(device: torch.device) -> float | None:
+    """The most device memory live tensors held at once."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / (1024.0 * 1024.0)
     return None
@@ -335,6 +343,7 @@ def bench_forward(args: argparse.Namespace) -> int:
             "transformers": transformers.__version__,
             "peak_rss_mb": peak_rss_mb(),
             "peak_device_mb": peak_device_mb(device),
+            "peak_device_allocated_mb": peak_device_allocated_mb(device),
         }
         print(json.dumps(record, separators=(",", ":")))
     sys.stdout.flush()
@@ -620,6 +629,7 @@ def bench_step(args: argparse.Namespace) -> int:
             "transformers": transformers.__version__,
             "peak_rss_mb": peak,
             "peak_device_mb": peak_device_mb(device),
+            "peak_device_allocated_mb": peak_device_allocated_mb(device),
             # Peak RSS right after `import torch, transformers` (libraries only, no model):
             # the part of peak_rss_mb that is the framework rather than the step.
             "rss_after_import_mb": rss_after_import,

@@ -43,7 +43,7 @@ mod cpu;
 pub mod model;
 
 pub use activation::Activation;
-pub use backend::Backend;
+pub use backend::{Backend, PeakDeviceMemory};
 pub use config::ModelConfig;
 #[cfg(feature = "alloc")]
 pub use cpu::CpuBackend;

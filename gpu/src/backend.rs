@@ -9,7 +9,7 @@ use deberta_core::backend::{
 };
 use deberta_core::kernels::{AdamSpec, LayerNormSpec, MatmulSpec, RelativeScoresSpec, SoftmaxSpec};
 use deberta_core::random::RandomStream;
-use deberta_core::{Activation, Backend, Error, Precision};
+use deberta_core::{Activation, Backend, Error, PeakDeviceMemory, Precision};
 
 use crate::adapter::{AdapterChoice, AdapterSummary, CooperativeShape};
 use crate::device::{DeviceOptions, Gpu};
@@ -204,13 +204,17 @@ impl WgpuBackend {
 
     /// Device memory in tensor buffers, in bytes: what the buffer pool holds now (tensors in
     /// use and free buffers kept for reuse) and the most it has held (the peak a caching
-    /// allocator reserves, as PyTorch's `max_memory_reserved`). Staging buffers for
-    /// downloads, kernel parameters and shaders are not counted.
+    /// allocator reserves, as PyTorch's `max_memory_reserved`), and the same for the buffers
+    /// tensors hold (PyTorch's `max_memory_allocated`). Staging buffers for downloads, kernel
+    /// parameters and shaders are not counted.
     pub fn device_memory(&self) -> DeviceMemory {
         let (held, peak) = self.gpu.pool.bytes();
+        let (in_use, peak_in_use) = self.gpu.pool.in_use_bytes();
         DeviceMemory {
             held_bytes: held,
             peak_bytes: peak,
+            in_use_bytes: in_use,
+            peak_in_use_bytes: peak_in_use,
         }
     }
 
@@ -235,6 +239,10 @@ pub struct DeviceMemory {
     pub held_bytes: u64,
     /// The largest `held_bytes` so far.
     pub peak_bytes: u64,
+    /// Bytes of the buffers tensors hold now (`held_bytes` less the free buffers).
+    pub in_use_bytes: u64,
+    /// The largest `in_use_bytes` so far.
+    pub peak_in_use_bytes: u64,
 }
 
 impl Backend for WgpuBackend {
@@ -253,8 +261,16 @@ impl Backend for WgpuBackend {
         self.gpu.drain_kernel_times(visit)
     }
 
-    fn peak_device_bytes(&self) -> Option<u64> {
-        Some(self.device_memory().peak_bytes)
+    fn recycles_tensor_memory(&self) -> bool {
+        true
+    }
+
+    fn peak_device_memory(&self) -> Option<PeakDeviceMemory> {
+        let memory = self.device_memory();
+        Some(PeakDeviceMemory {
+            reserved_bytes: memory.peak_bytes,
+            allocated_bytes: memory.peak_in_use_bytes,
+        })
     }
 
     fn zeros(&self, len: usize) -> Result<GpuTensor, Error> {

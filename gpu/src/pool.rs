@@ -46,6 +46,10 @@ pub(crate) struct Pool {
     /// Bytes of the buffers that exist (in use or free) and their high-water mark.
     held_bytes: AtomicU64,
     peak_bytes: AtomicU64,
+    /// Bytes of the buffers tensors hold (created or taken from a free list, not yet given
+    /// back) and their high-water mark.
+    in_use_bytes: AtomicU64,
+    peak_in_use_bytes: AtomicU64,
 }
 
 impl Pool {
@@ -59,6 +63,8 @@ impl Pool {
             next_id: AtomicU64::new(0),
             held_bytes: AtomicU64::new(0),
             peak_bytes: AtomicU64::new(0),
+            in_use_bytes: AtomicU64::new(0),
+            peak_in_use_bytes: AtomicU64::new(0),
         }
     }
 
@@ -79,6 +85,7 @@ impl Pool {
             .get_mut(&class)
             .and_then(Vec::pop)
         {
+            self.count_taken(class);
             return Ok(buffer);
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
@@ -93,6 +100,7 @@ impl Pool {
         }
         let held = self.held_bytes.fetch_add(class, Ordering::Relaxed) + class;
         self.peak_bytes.fetch_max(held, Ordering::Relaxed);
+        self.count_taken(class);
         Ok(PooledBuffer {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             buffer,
@@ -100,8 +108,14 @@ impl Pool {
         })
     }
 
+    fn count_taken(&self, class: u64) {
+        let in_use = self.in_use_bytes.fetch_add(class, Ordering::Relaxed) + class;
+        self.peak_in_use_bytes.fetch_max(in_use, Ordering::Relaxed);
+    }
+
     /// Returns a buffer to its free list.
     pub(crate) fn give(&self, buffer: PooledBuffer) {
+        self.in_use_bytes.fetch_sub(buffer.class, Ordering::Relaxed);
         if let Ok(mut free) = self.free.lock() {
             free.entry(buffer.class).or_default().push(buffer);
         }
@@ -118,6 +132,14 @@ impl Pool {
         (
             self.held_bytes.load(Ordering::Relaxed),
             self.peak_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Bytes of the buffers tensors hold now, and the most they ever held.
+    pub(crate) fn in_use_bytes(&self) -> (u64, u64) {
+        (
+            self.in_use_bytes.load(Ordering::Relaxed),
+            self.peak_in_use_bytes.load(Ordering::Relaxed),
         )
     }
 

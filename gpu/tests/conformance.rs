@@ -1562,7 +1562,7 @@ fn the_clipping_norm_is_summed_as_accurately_as_in_f64() {
 }
 
 #[test]
-fn device_memory_counts_pool_buffers_and_their_peak() {
+fn device_memory_counts_pool_buffers_live_tensors_and_their_peaks() {
     if gpu().is_none() {
         return;
     }
@@ -1575,11 +1575,24 @@ fn device_memory_counts_pool_buffers_and_their_peak() {
     let grown = held.held_bytes - start.held_bytes;
     assert!((3 << 22..=3 * (9 << 19)).contains(&grown), "{grown}");
     assert!(held.peak_bytes >= held.held_bytes);
+    // Live tensors: the same buffers.
+    assert_eq!(held.in_use_bytes - start.in_use_bytes, grown);
+    assert!(held.peak_in_use_bytes >= held.in_use_bytes);
     drop(tensors);
-    // Freed tensors stay in the pool until trimmed; the peak stays.
-    assert_eq!(backend.device_memory().held_bytes, held.held_bytes);
+    // Freed tensors stay in the pool until trimmed, no longer in use; the peaks stay.
+    let freed = backend.device_memory();
+    assert_eq!(freed.held_bytes, held.held_bytes);
+    assert_eq!(freed.in_use_bytes, start.in_use_bytes);
+    // A tensor of a freed one's size takes its buffer: in use again, nothing new held.
+    let again = backend.zeros(1 << 20).unwrap();
+    let reused = backend.device_memory();
+    assert_eq!(reused.held_bytes, held.held_bytes);
+    assert_eq!(reused.in_use_bytes - start.in_use_bytes, grown / 3);
+    assert_eq!(reused.peak_in_use_bytes, held.peak_in_use_bytes);
+    drop(again);
     backend.trim().unwrap();
     let trimmed = backend.device_memory();
     assert_eq!(trimmed.held_bytes, start.held_bytes);
     assert_eq!(trimmed.peak_bytes, held.peak_bytes);
+    assert_eq!(trimmed.peak_in_use_bytes, held.peak_in_use_bytes);
 }

@@ -9,11 +9,13 @@ mod common;
 use std::path::Path;
 
 use common::gpu;
-use deberta_core::model::{BackwardContext, DeviceBatch, Dropout, HostBatch};
+use deberta_core::config::{PosAttType, RawConfig};
+use deberta_core::model::{BackwardContext, DeviceBatch, Dropout, HostBatch, MlmLayout};
 use deberta_core::train::{
-    GeneratorBatch, MlmTargets, Optimizer, OptimizerConfig, Workspace, mlm_step,
+    GeneratorBatch, MicroBatch, MlmTargets, Optimizer, OptimizerConfig, PairBatch, RtdPair,
+    Schedule, Sharing, Trainer, Workspace, mlm_step,
 };
-use deberta_core::{Backend, CpuBackend, Precision};
+use deberta_core::{Backend, CpuBackend, ModelConfig, Precision};
 use deberta_gpu::{AdapterChoice, DeviceOptions, WgpuBackend};
 use deberta_host::checkpoint::read_tensor_file;
 use deberta_host::model_dir::load_model_dir;
@@ -287,4 +289,132 @@ fn loss_scaled_updates_skip_on_overflow_and_unscale_on_the_device() {
             );
         }
     }
+}
+
+/// The two models of a replaced-token-detection step never hold activations at once: each
+/// phase releases the other model's workspace, whose buffers the pool then hands to this one.
+/// In steady state each phase ends with the same bytes in live tensors as in the first step
+/// (where the other model had not yet allocated any), and no step after the second creates a
+/// device buffer.
+#[test]
+fn each_phase_releases_the_other_models_activations() {
+    if gpu().is_none() {
+        return;
+    }
+    // A device of its own: the byte counts are per device.
+    let own =
+        WgpuBackend::with_options(AdapterChoice::default(), DeviceOptions::from_env().unwrap())
+            .expect("second device");
+    let backend = &own;
+    let raw = |layers: i64| RawConfig {
+        vocab_size: Some(64),
+        hidden_size: Some(32),
+        num_hidden_layers: Some(layers),
+        num_attention_heads: Some(2),
+        intermediate_size: Some(128),
+        max_position_embeddings: Some(64),
+        relative_attention: Some(true),
+        position_buckets: Some(16),
+        max_relative_positions: Some(64),
+        pos_att_type: Some(PosAttType {
+            c2p: true,
+            p2c: true,
+        }),
+        ..RawConfig::default()
+    };
+    let generator = ModelConfig::from_raw(&raw(1)).unwrap();
+    let discriminator = ModelConfig::from_raw(&raw(2)).unwrap();
+    let pair = RtdPair::new(
+        &generator,
+        &discriminator,
+        Sharing::Gdes,
+        MlmLayout::LmPredictions,
+        true,
+    )
+    .unwrap();
+    let params = pair.layout.initialise(backend, 7).unwrap();
+    let (batch, len) = (4, 48);
+    let ids: Vec<i64> = (0..batch * len).map(|i| 5 + (i as i64 * 7) % 50).collect();
+    let mask = vec![1i64; ids.len()];
+    let masked = |i: usize| i % 6 == 1;
+    let input: Vec<i64> = (0..ids.len())
+        .map(|i| if masked(i) { 3 } else { ids[i] })
+        .collect();
+    let labels: Vec<i64> = (0..ids.len())
+        .map(|i| if masked(i) { ids[i] } else { -100 })
+        .collect();
+    let corrupted: Vec<i64> = (0..ids.len())
+        .map(|i| if i % 12 == 1 { 60 } else { ids[i] })
+        .collect();
+    let host = HostBatch {
+        input_ids: &input,
+        attention_mask: &mask,
+        token_type_ids: None,
+        batch,
+        len,
+    };
+    let batch = PairBatch::upload(backend, &pair, &host, &corrupted, &labels).unwrap();
+    let mut trainer = Trainer::new(
+        backend,
+        pair,
+        params,
+        Schedule::Decoupled,
+        50.0,
+        OptimizerConfig::xadam(),
+    )
+    .unwrap();
+    let in_use = || backend.device_memory().in_use_bytes;
+    let (mut after_generator, mut after_discriminator, mut created) =
+        (Vec::new(), Vec::new(), Vec::new());
+    for step in 0..4 {
+        let dropout = |model| Dropout {
+            hidden: 0.1,
+            attention: 0.1,
+            seed: 3,
+            step,
+            model,
+        };
+        trainer
+            .generator_phase(
+                backend,
+                &batch.generator,
+                1e-3,
+                Some(&dropout(0)),
+                None,
+                MicroBatch::WHOLE,
+            )
+            .unwrap();
+        after_generator.push(in_use());
+        trainer
+            .discriminator_phase(
+                backend,
+                &batch.discriminator,
+                1e-3,
+                Some(&dropout(1)),
+                None,
+                MicroBatch::WHOLE,
+            )
+            .unwrap();
+        after_discriminator.push(in_use());
+        created.push(backend.buffers_created());
+    }
+    let peak = backend.device_memory().peak_in_use_bytes;
+    println!(
+        "bytes in live tensors after the generator phases {after_generator:?}, after the \
+         discriminator phases {after_discriminator:?}, peak {peak}; buffers created {created:?}"
+    );
+    assert!(
+        after_generator.iter().all(|&b| b == after_generator[0]),
+        "the discriminator's activations outlived its phase"
+    );
+    assert!(
+        after_discriminator
+            .iter()
+            .all(|&b| b == after_discriminator[0]),
+        "the generator's activations outlived its phase"
+    );
+    assert_eq!(
+        created[1], created[3],
+        "a steady-state step created device buffers"
+    );
 }

@@ -83,6 +83,7 @@ fn forward_runs_the_nano_shape_fused_or_unfused() {
         assert_eq!(last["attention"], attention);
         // Host memory is the peak RSS; there is no device memory of its own.
         assert!(last["peak_device_mb"].is_null(), "{last}");
+        assert!(last["peak_device_allocated_mb"].is_null(), "{last}");
     }
 }
 
@@ -150,6 +151,16 @@ fn wgpu_forward_reports_its_peak_device_memory() {
     // At least the weights: the nano model's parameters alone are over 1 MiB of f32.
     let peak = last["peak_device_mb"].as_f64().expect("peak_device_mb");
     assert!(peak > 1.0, "{last}");
+    // Of which live tensors: the weights still, at most what the pool held.
+    let live = last["peak_device_allocated_mb"]
+        .as_f64()
+        .expect("peak_device_allocated_mb");
+    assert!(live > 1.0 && live <= peak, "{last}");
+    assert!(
+        run.stdout.contains("MiB in live tensors"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]

@@ -501,6 +501,11 @@ impl<B: Backend> Trainer<B> {
         micro: MicroBatch,
     ) -> Result<f32, Error> {
         self.refresh_copies(backend)?;
+        // The discriminator's activations are dead until its next phase, which prepares them
+        // again: where the backend recycles memory, theirs serves the generator's.
+        if backend.recycles_tensor_memory() {
+            self.workspaces[1].release();
+        }
         let generator_params = self.pair.generator_params().to_vec();
         if micro.first() || micro.summed() {
             self.zero(backend, &generator_params)?;
@@ -525,7 +530,9 @@ impl<B: Backend> Trainer<B> {
         Ok(loss)
     }
 
-    /// The generator's MLM logits of the last generator phase, `[masked rows, vocab]`.
+    /// The generator's MLM logits of the last generator phase, `[masked rows, vocab]`, until
+    /// the next discriminator phase (which releases the generator's activations on a backend
+    /// that [recycles](Backend::recycles_tensor_memory) memory).
     pub fn generator_logits(&self) -> Option<&B::Tensor> {
         self.workspaces[0].logits()
     }
@@ -545,6 +552,10 @@ impl<B: Backend> Trainer<B> {
         micro: MicroBatch,
     ) -> Result<f32, Error> {
         self.refresh_copies(backend)?;
+        // Likewise the generator's activations (its logits were read after its phase).
+        if backend.recycles_tensor_memory() {
+            self.workspaces[0].release();
+        }
         let phase_params = self.discriminator_phase_params();
         if micro.summed() || (self.schedule == Schedule::Decoupled && micro.first()) {
             self.zero(backend, &phase_params)?;

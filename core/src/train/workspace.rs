@@ -1,5 +1,8 @@
-//! Buffers of one model's forward and backward, kept across training steps: reallocated only
-//! when the batch shape changes, so a steady-state step allocates nothing.
+//! Buffers of one model's forward and backward, kept across the micro-batches of a phase and
+//! reallocated only when the batch shape changes. Across phases they are kept too (a
+//! steady-state step allocates nothing), except on a backend that recycles memory (a GPU's
+//! buffer pool), where the trainer releases them ([`Workspace::release`]) while the other
+//! model's phase runs, so that the two models' activations never hold device memory at once.
 
 use crate::Error;
 use crate::backend::Backend;
@@ -72,6 +75,14 @@ impl<B: Backend> Workspace<B> {
         self.buffers.as_mut().ok_or(Error::Device {
             what: "workspace buffers",
         })
+    }
+
+    /// Gives the buffers back to the backend (a GPU backend's pool keeps them for the next
+    /// allocations of their sizes, e.g. the other model's workspace); the next
+    /// [`Workspace::prepare`] allocates them again.
+    pub fn release(&mut self) {
+        self.buffers = None;
+        self.shape = None;
     }
 
     /// The saved activations of the last forward (`None` before the first).

@@ -300,9 +300,10 @@ fn report<B: Backend>(
     let tokens_per_s = tokens / (median / 1e3);
     let gflops = flops.map(|f| f / (median / 1e3) / 1e9);
     let peak = peak_rss_mib();
-    let peak_device = backend
-        .peak_device_bytes()
-        .map(|bytes| bytes as f64 / (1024.0 * 1024.0));
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let peak_device = backend.peak_device_memory();
+    let peak_reserved = peak_device.map(|p| mib(p.reserved_bytes));
+    let peak_allocated = peak_device.map(|p| mib(p.allocated_bytes));
     let backend_name = backend.name();
     let attention = match (bench, args.unfused_attention) {
         ("forward", false) => Some("fused"),
@@ -340,7 +341,11 @@ fn report<B: Backend>(
         peak.map(|p| format!(", peak RSS {p:.0} MiB"))
             .unwrap_or_default(),
         peak_device
-            .map(|p| format!(", peak device memory {p:.0} MiB"))
+            .map(|p| format!(
+                ", peak device memory {:.0} MiB ({:.0} MiB in live tensors)",
+                mib(p.reserved_bytes),
+                mib(p.allocated_bytes)
+            ))
             .unwrap_or_default(),
     );
     if let Some(kernels) = &measured.kernels {
@@ -390,7 +395,8 @@ fn report<B: Backend>(
                 "gflops": gflops,
                 "threads": threads,
                 "peak_rss_mb": peak,
-                "peak_device_mb": peak_device,
+                "peak_device_mb": peak_reserved,
+                "peak_device_allocated_mb": peak_allocated,
                 "attention": attention,
                 "simd": simd,
                 "precision": precision.name(),
