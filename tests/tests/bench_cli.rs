@@ -156,11 +156,7 @@ fn wgpu_forward_reports_its_peak_device_memory() {
         .as_f64()
         .expect("peak_device_allocated_mb");
     assert!(live > 1.0 && live <= peak, "{last}");
-    assert!(
-        run.stdout.contains("MiB in live tensors"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("MiB in live tensors"), "{}", run.stdout);
 }
 
 #[test]

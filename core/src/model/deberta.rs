@@ -145,6 +145,10 @@ pub struct Activations<T> {
     pub embeddings: EmbeddingActivations<T>,
     /// One entry per encoder layer that runs (all but the last one under the EMD).
     pub layers: Vec<LayerActivations<T>>,
+    /// The feed-forward activation `act(intermediate(x))`, `[N, F]`, of the layer that ran
+    /// last: one buffer for every layer, whose backward recomputes it from its
+    /// pre-activation (a quarter of a layer's saved activations at `F = 4H`).
+    pub feed_forward: T,
     /// The ConvLayer after layer 0.
     pub conv: Option<ConvActivations<T>>,
     /// The EMD.
@@ -293,6 +297,7 @@ impl Deberta {
             layers: (0..self.encoder_depth())
                 .map(layer_acts)
                 .collect::<Result<Vec<_>, Error>>()?,
+            feed_forward: backend.zeros(n * self.config.intermediate_size)?,
             conv: match &self.encoder.conv {
                 Some(conv) => Some(conv.activations(backend, n)?),
                 None => None,
@@ -434,7 +439,13 @@ impl Deberta {
                 keep_probs: options.attention_probs.keeps(i),
                 train: options.attention_probs == AttentionProbs::Train,
             };
-            self.encoder.layers[i].forward(backend, params, input, &mut rest[0])?;
+            self.encoder.layers[i].forward(
+                backend,
+                params,
+                input,
+                &mut rest[0],
+                &mut acts.feed_forward,
+            )?;
             if let (0, Some(conv), Some(conv_acts)) = (i, &self.encoder.conv, acts.conv.as_mut()) {
                 let input = ConvInput {
                     embeddings: &acts.embeddings.output,
@@ -498,14 +509,14 @@ impl Deberta {
             return Ok(());
         };
         let hidden = last_hidden(&acts.layers, &acts.conv, &acts.embeddings);
-        let acts = emd_acts;
+        let feed_forward = &mut acts.feed_forward;
         let dropout = options.dropout;
         let h = self.config.hidden_size;
         let last = self.encoder.layers.len() - 1;
         emd.position
-            .lookup(backend, params, &batch.position_ids, &mut acts.query, h)?;
-        backend.add_assign(&mut acts.query, hidden)?;
-        let [first, second] = &mut acts.passes;
+            .lookup(backend, params, &batch.position_ids, &mut emd_acts.query, h)?;
+        backend.add_assign(&mut emd_acts.query, hidden)?;
+        let [first, second] = &mut emd_acts.passes;
         let input = |query_states, pass: usize| AttentionInput {
             query_states,
             hidden,
@@ -516,8 +527,21 @@ impl Deberta {
             keep_probs: options.attention_probs.keeps(last + 1 + pass),
             train: options.attention_probs == AttentionProbs::Train,
         };
-        self.encoder.layers[last].forward(backend, params, input(&acts.query, 0), first)?;
-        self.encoder.layers[last].forward(backend, params, input(&first.output, 1), second)
+        let layer = &self.encoder.layers[last];
+        layer.forward(
+            backend,
+            params,
+            input(&emd_acts.query, 0),
+            first,
+            feed_forward,
+        )?;
+        layer.forward(
+            backend,
+            params,
+            input(&first.output, 1),
+            second,
+            feed_forward,
+        )
     }
 
     /// Backward pass from the head gradients the loss kernels left in `scratch.mlm.dlogits`

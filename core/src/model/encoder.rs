@@ -48,10 +48,12 @@ pub struct LayerActivations<T> {
     pub attention_stats: T,
     /// Attention block output, `[N, H]`.
     pub attention_out: T,
-    /// Feed-forward pre-activation, `[N, F]`.
+    /// Feed-forward pre-activation, `[N, F]` (the activation itself is not kept: the forward
+    /// writes it to the model's one [`Activations::feed_forward`] buffer, the backward
+    /// recomputes it).
+    ///
+    /// [`Activations::feed_forward`]: crate::model::Activations::feed_forward
     pub intermediate_pre: T,
-    /// Feed-forward activation, `[N, F]`.
-    pub intermediate: T,
     /// `dropout(dense(f)) + attention_out`, `[N, H]`.
     pub output_sum: T,
     /// `[mean, rstd]` of the output LayerNorm.
@@ -171,7 +173,6 @@ impl EncoderLayer {
             attention_stats: backend.zeros(n * 2)?,
             attention_out: backend.zeros(n * h)?,
             intermediate_pre: backend.zeros(n * f)?,
-            intermediate: backend.zeros(n * f)?,
             output_sum: backend.zeros(n * h)?,
             output_stats: backend.zeros(n * 2)?,
             output: backend.zeros(n * h)?,
@@ -202,13 +203,15 @@ impl EncoderLayer {
         })
     }
 
-    /// One layer (`input.hidden` is `input.query_states` outside the EMD).
+    /// One layer (`input.hidden` is `input.query_states` outside the EMD), its feed-forward
+    /// activation through `feed_forward` (`[N, F]`, the model's buffer for every layer).
     pub fn forward<B: Backend>(
         &self,
         backend: &B,
         params: &ParamStore<B::Tensor>,
         input: AttentionInput<'_, B>,
         acts: &mut LayerActivations<B::Tensor>,
+        feed_forward: &mut B::Tensor,
     ) -> Result<(), Error> {
         let (n, query_states, layer) = (input.batch.tokens(), input.query_states, input.layer);
         self.attention
@@ -241,15 +244,11 @@ impl EncoderLayer {
             &mut acts.intermediate_pre,
             n,
         )?;
-        backend.activation(
-            self.activation,
-            &acts.intermediate_pre,
-            &mut acts.intermediate,
-        )?;
+        backend.activation(self.activation, &acts.intermediate_pre, feed_forward)?;
         dense_dropout_residual(
             DenseOutput {
                 dense: &self.output_dense,
-                input: &acts.intermediate,
+                input: feed_forward,
                 residual: &acts.attention_out,
                 dropout: input.dropout,
                 site: (layer, Site::FeedForwardOutput),
@@ -307,9 +306,13 @@ impl EncoderLayer {
             Site::FeedForwardOutput,
         )?;
         backend.fill(&mut scratch.dintermediate, 0.0)?;
+        // The feed-forward activation, recomputed (the same kernel on the same values: the
+        // forward's bits) into the buffer its gradient overwrites next.
+        let feed_forward = &mut scratch.dintermediate_pre;
+        backend.activation(self.activation, &acts.intermediate_pre, feed_forward)?;
         self.output_dense.backward(
             ctx,
-            &acts.intermediate,
+            feed_forward,
             &scratch.dsum,
             Some(&mut scratch.dintermediate),
             n,
