@@ -291,13 +291,14 @@ fn loss_scaled_updates_skip_on_overflow_and_unscale_on_the_device() {
     }
 }
 
-/// The two models of a replaced-token-detection step never hold activations at once: each
-/// phase releases the other model's workspace, whose buffers the pool then hands to this one.
-/// In steady state each phase ends with the same bytes in live tensors as in the first step
-/// (where the other model had not yet allocated any), and no step after the second creates a
-/// device buffer.
+/// The two models of a replaced-token-detection step never hold activations or gradients at
+/// once: each phase releases the other model's workspace, whose buffers the pool then hands to
+/// this one, and gives its gradients back after its update. In steady state each phase ends
+/// with the same bytes in live tensors as in the first step (where the other model had not yet
+/// allocated any) and no gradient buffer, and no step after the second creates a device
+/// buffer.
 #[test]
-fn each_phase_releases_the_other_models_activations() {
+fn each_phase_releases_the_other_models_activations_and_gradients() {
     if gpu().is_none() {
         return;
     }
@@ -385,6 +386,7 @@ fn each_phase_releases_the_other_models_activations() {
             )
             .unwrap();
         after_generator.push(in_use());
+        assert!(trainer.grads.iter().all(|g| backend.len(g) == 0));
         trainer
             .discriminator_phase(
                 backend,
@@ -396,6 +398,7 @@ fn each_phase_releases_the_other_models_activations() {
             )
             .unwrap();
         after_discriminator.push(in_use());
+        assert!(trainer.grads.iter().all(|g| backend.len(g) == 0));
         created.push(backend.buffers_created());
     }
     let peak = backend.device_memory().peak_in_use_bytes;

@@ -215,7 +215,12 @@ impl<B: Backend> Trainer<B> {
         rtd_weight: f32,
         config: OptimizerConfig,
     ) -> Result<Self, Error> {
-        let grads = pair.layout.zeros(backend)?;
+        // Where the backend recycles memory, each phase allocates its gradients when it zeroes
+        // them and releases them after its update (see `Trainer::zero`).
+        let grads = match backend.recycles_tensor_memory() {
+            true => pair.layout.build(|_, _| backend.zeros(0))?,
+            false => pair.layout.zeros(backend)?,
+        };
         let optimizers = match schedule {
             Schedule::Decoupled => alloc::vec![
                 Optimizer::new(backend, &pair.layout, pair.generator_params(), config)?,
@@ -364,9 +369,28 @@ impl<B: Backend> Trainer<B> {
             .pack_missing(backend, &self.pair.layout, self.products)
     }
 
+    /// Zeroes the gradients of `ids`, allocating those released since their last phase.
     fn zero(&mut self, backend: &B, ids: &[ParamId]) -> Result<(), Error> {
-        for id in ids {
-            backend.fill(self.grads.get_mut(*id), 0.0)?;
+        for &id in ids {
+            let numel = self.pair.layout.spec(id).numel();
+            let grad = self.grads.get_mut(id);
+            match backend.len(grad) == numel {
+                true => backend.fill(grad, 0.0)?,
+                false => *grad = backend.zeros(numel)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// After an update, where the backend recycles memory: gives the gradients of `ids` back
+    /// (their phase zeroes them before it writes them again), so that their memory serves the
+    /// other model's phase — the generator's gradients are dead while the discriminator trains,
+    /// and the discriminator's while the generator does.
+    fn release_gradients(&mut self, backend: &B, ids: &[ParamId]) -> Result<(), Error> {
+        if backend.recycles_tensor_memory() {
+            for &id in ids {
+                *self.grads.get_mut(id) = backend.zeros(0)?;
+            }
         }
         Ok(())
     }
@@ -379,13 +403,20 @@ impl<B: Backend> Trainer<B> {
         }
     }
 
-    /// Allocates the per-phase accumulators on the first step that sums micro-batches.
+    /// Allocates the per-phase accumulators on the first step that sums micro-batches: each
+    /// phase's for the parameters it trains (the others' entries are empty).
     fn allocate_accumulators(&mut self, backend: &B) -> Result<(), Error> {
         if self.accumulated.is_none() {
-            self.accumulated = Some([
-                self.pair.layout.zeros(backend)?,
-                self.pair.layout.zeros(backend)?,
-            ]);
+            let layout = &self.pair.layout;
+            let for_phase = |ids: &[ParamId]| {
+                layout.build(|id, spec| match ids.contains(&id) {
+                    true => backend.zeros(spec.numel()),
+                    false => backend.zeros(0),
+                })
+            };
+            let generator = for_phase(self.pair.generator_params())?;
+            let discriminator = for_phase(&self.discriminator_phase_params())?;
+            self.accumulated = Some([generator, discriminator]);
         }
         Ok(())
     }
@@ -525,6 +556,7 @@ impl<B: Backend> Trainer<B> {
         }
         if self.schedule == Schedule::Decoupled && micro.last() {
             self.update(backend, 0, |_| lr)?;
+            self.release_gradients(backend, &generator_params)?;
         }
         self.generator_lr = lr;
         Ok(loss)
@@ -587,6 +619,7 @@ impl<B: Backend> Trainer<B> {
                     })?
                 }
             }
+            self.release_gradients(backend, &phase_params)?;
         }
         Ok(loss)
     }
