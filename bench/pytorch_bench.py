@@ -129,10 +129,13 @@ SHAPE_OVERRIDES = {
 }
 
 
-def make_config(shape: str) -> DebertaV2Config:
+def make_config(shape: str, vocab_size: int | None = None) -> DebertaV2Config:
+    """The shape's configuration, with `vocab_size` tokens instead of its own where given."""
     hidden, layers, heads, ffn = SHAPES[shape]
     config = dict(COMMON_CONFIG)
     config.update(SHAPE_OVERRIDES.get(shape, {}))
+    if vocab_size is not None:
+        config["vocab_size"] = vocab_size
     return DebertaV2Config(
         hidden_size=hidden,
         num_hidden_layers=layers,
@@ -158,6 +161,10 @@ def select_device(name: str) -> torch.device:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def vocab_label(args: argparse.Namespace) -> str:
+    return f" (vocabulary {args.vocab_size})" if args.vocab_size is not None else ""
 
 
 def device_label(device: torch.device) -> str:
@@ -282,8 +289,11 @@ def bench_forward(args: argparse.Namespace) -> int:
     if args.batch < 1 or args.seq < 1 or args.iters < 1 or args.warmup < 0:
         sys.stderr.write("error: --batch, --seq and --iters must be at least 1\n")
         return 2
+    if args.vocab_size is not None and args.vocab_size < 6:
+        sys.stderr.write("error: --vocab-size: at least 6 tokens (5 special ones and a word)\n")
+        return 2
     threads = set_threads(args.threads)
-    cfg = make_config(args.shape)
+    cfg = make_config(args.shape, args.vocab_size)
     if args.seq > cfg.max_position_embeddings:
         # Not a hard limit for DeBERTa-v3 (no absolute positions), just noted.
         sys.stderr.write(f"note: seq {args.seq} > max_position_embeddings {cfg.max_position_embeddings}\n")
@@ -319,7 +329,7 @@ def bench_forward(args: argparse.Namespace) -> int:
     tokens_per_s = tokens / (median / 1e3)
     gflops = forward_flops(cfg, args.batch, args.seq) / (median / 1e3) / 1e9
     print(
-        f"forward {args.shape} batch {args.batch} seq {args.seq} on pytorch-{device_label(device)}, "
+        f"forward {args.shape}{vocab_label(args)} batch {args.batch} seq {args.seq} on pytorch-{device_label(device)}, "
         f"autocast {args.autocast} ({threads} threads): "
         f"median {median:.2f} ms (min {lo:.2f}, max {hi:.2f}) over {args.iters} runs, "
         f"{tokens_per_s:.0f} tokens/s, {gflops:.1f} GFLOP/s"
@@ -330,6 +340,7 @@ def bench_forward(args: argparse.Namespace) -> int:
             "impl": "pytorch",
             "backend": device_label(device),
             "shape": args.shape,
+            "vocab_size": args.vocab_size,
             "batch": args.batch,
             "seq": args.seq,
             "median_ms": median,
@@ -516,13 +527,16 @@ def bench_step(args: argparse.Namespace) -> int:
     if args.batch < 1 or args.seq < 2 or args.iters < 1 or args.warmup < 0:
         sys.stderr.write("error: --batch and --iters must be at least 1, --seq at least 2\n")
         return 2
+    if args.vocab_size is not None and args.vocab_size < 6:
+        sys.stderr.write("error: --vocab-size: at least 6 tokens (5 special ones and a word)\n")
+        return 2
     threads = set_threads(args.threads)
     rss_after_import = peak_rss_mb()
-    disc_cfg = make_config(args.shape)
+    disc_cfg = make_config(args.shape, args.vocab_size)
     if args.seq > disc_cfg.max_position_embeddings:
         sys.stderr.write(f"error: --seq {args.seq} exceeds the shape's {disc_cfg.max_position_embeddings} positions\n")
         return 2
-    gen_cfg = make_config(args.shape)
+    gen_cfg = make_config(args.shape, args.vocab_size)
     gen_cfg.num_hidden_layers = disc_cfg.num_hidden_layers // 2
     gen_cfg.legacy = False
 
@@ -606,7 +620,7 @@ def bench_step(args: argparse.Namespace) -> int:
     peak = peak_rss_mb()
     sys.stderr.write(f"note: last step's losses: mlm {losses[0]:.4f}, rtd {losses[1]:.4f}\n")
     print(
-        f"step {args.shape} batch {args.batch} seq {args.seq} on pytorch-{device_label(device)}, "
+        f"step {args.shape}{vocab_label(args)} batch {args.batch} seq {args.seq} on pytorch-{device_label(device)}, "
         f"autocast {args.autocast} ({threads} threads): "
         f"median {median:.2f} ms (min {lo:.2f}, max {hi:.2f}) over {args.iters} runs, "
         f"{tokens_per_s:.0f} tokens/s, peak RSS {peak:.0f} MiB"
@@ -617,6 +631,7 @@ def bench_step(args: argparse.Namespace) -> int:
             "impl": "pytorch",
             "backend": device_label(device),
             "shape": args.shape,
+            "vocab_size": args.vocab_size,
             "batch": args.batch,
             "seq": args.seq,
             "median_ms": median,
@@ -696,6 +711,7 @@ def bench_matmul(args: argparse.Namespace) -> int:
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape", default="xsmall", choices=sorted(SHAPES), help="published DeBERTa-v3 shape")
+    p.add_argument("--vocab-size", type=int, default=None, help="the shape with this many tokens instead of its own")
     p.add_argument("--batch", type=int, default=1, help="sequences per batch")
     p.add_argument("--seq", type=int, default=128, help="tokens per sequence")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")

@@ -159,6 +159,29 @@ fn wgpu_forward_reports_its_peak_device_memory() {
     assert!(run.stdout.contains("MiB in live tensors"), "{}", run.stdout);
 }
 
+/// `--vocab-size`: the shape with another vocabulary, named in the line and the JSON; fewer
+/// tokens than the special ones and a word is a one-line error naming the flag.
+#[test]
+fn a_shape_takes_another_vocabulary() {
+    let mut args = NANO_FORWARD.to_vec();
+    args.extend(["--vocab-size", "500"]);
+    let run = deberta(&args);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stdout.contains("nano (vocabulary 500)"),
+        "{}",
+        run.stdout
+    );
+    let last = json_lines(&run.stdout).pop().expect("a JSON line");
+    assert_eq!(last["vocab_size"], 500);
+    let mut bad = NANO_FORWARD.to_vec();
+    bad.extend(["--vocab-size", "5"]);
+    let run = deberta(&bad);
+    assert_eq!(run.code, Some(1));
+    assert!(run.stderr.contains("--vocab-size 5"), "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+}
+
 #[test]
 fn matmul_rejects_a_zero_size() {
     let run = deberta(&["bench", "matmul", "--backend", "cpu", "--size", "0"]);

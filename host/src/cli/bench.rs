@@ -88,6 +88,11 @@ pub struct BenchArgs {
     /// 128100), or nano (the `pretrain --preset nano` model: hidden 128, 4 layers, 8000 tokens).
     #[arg(long, default_value = "xsmall", value_parser = ["nano", "xsmall", "small", "base", "large"])]
     pub shape: String,
+    /// The shape with a vocabulary of this many tokens instead of its own (a tokenizer of
+    /// one's own; or a shape whose embedding table is over an adapter's largest storage
+    /// binding, e.g. xsmall's 188 MiB on lavapipe's 128 MiB).
+    #[arg(long, value_name = "TOKENS")]
+    pub vocab_size: Option<usize>,
     /// Sequences per batch.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
@@ -239,7 +244,16 @@ fn check(args: &BenchArgs) -> Result<(usize, ModelConfig, BackendChoice)> {
             "--batch, --seq and --iters must be at least 1".into(),
         ));
     }
-    let cfg = shape_config(&args.shape)?;
+    let mut cfg = shape_config(&args.shape)?;
+    if let Some(vocab) = args.vocab_size {
+        // The random ids are drawn above the 5 special tokens.
+        if vocab < 6 {
+            return Err(Error::Usage(format!(
+                "--vocab-size {vocab}: at least 6 tokens (5 special ones and a word)"
+            )));
+        }
+        cfg.vocab_size = vocab;
+    }
     if args.seq > cfg.max_position_embeddings {
         return Err(Error::Usage(format!(
             "--seq {} exceeds the shape's {} positions",
@@ -324,8 +338,11 @@ fn report<B: Backend>(
         _ => None,
     };
     println!(
-        "{bench} {} batch {} seq {} on {backend_name}, {} products{}{} ({threads} CPU threads{}): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {tokens_per_s:.0} tokens/s{}{}{}",
+        "{bench} {}{} batch {} seq {} on {backend_name}, {} products{}{} ({threads} CPU threads{}): median {median:.2} ms (min {min:.2}, max {max:.2}) over {} runs, {tokens_per_s:.0} tokens/s{}{}{}",
         args.shape,
+        args.vocab_size
+            .map(|v| format!(" (vocabulary {v})"))
+            .unwrap_or_default(),
         args.batch,
         args.seq,
         precision.name(),
@@ -386,6 +403,7 @@ fn report<B: Backend>(
                 "backend": backend_name,
                 "kernels": kernels,
                 "shape": args.shape,
+                "vocab_size": args.vocab_size,
                 "batch": args.batch,
                 "seq": args.seq,
                 "median_ms": median,
