@@ -202,6 +202,12 @@ impl WgpuBackend {
         self.gpu.pool.created()
     }
 
+    /// Bind groups created so far (each kernel's buffers, cached by buffer): constant across
+    /// training steps in steady state, where each tensor gets the same buffer every step.
+    pub fn bind_groups_created(&self) -> Result<u64, Error> {
+        self.gpu.bind_groups_created()
+    }
+
     /// Device memory in tensor buffers, in bytes: what the buffer pool holds now (tensors in
     /// use and free buffers kept for reuse) and the most it has held (the peak a caching
     /// allocator reserves, as PyTorch's `max_memory_reserved`), and the same for the buffers

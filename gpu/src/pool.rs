@@ -32,7 +32,14 @@ pub(crate) struct PooledBuffer {
     /// The buffer, `class` bytes.
     pub(crate) buffer: wgpu::Buffer,
     class: u64,
+    /// The free list it returns to: its class, or [`EMPTY_LIST`].
+    list: u64,
 }
+
+/// The free list of the buffers of empty tensors (placeholders such as a released gradient's),
+/// apart from the tensors of their size class, so that their comings and goings never change
+/// which buffer a real tensor gets.
+const EMPTY_LIST: u64 = 0;
 
 /// Free lists of buffers of one usage, by size class.
 #[derive(Debug)]
@@ -78,11 +85,15 @@ impl Pool {
             });
         }
         let class = size_class(bytes).min((self.max_bytes & !3).max(MIN_CLASS));
+        let list = match bytes {
+            0 => EMPTY_LIST,
+            _ => class,
+        };
         if let Some(buffer) = self
             .free
             .lock()
             .map_err(|_| device_error("buffer pool lock poisoned"))?
-            .get_mut(&class)
+            .get_mut(&list)
             .and_then(Vec::pop)
         {
             self.count_taken(class);
@@ -105,6 +116,7 @@ impl Pool {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             buffer,
             class,
+            list,
         })
     }
 
@@ -113,11 +125,20 @@ impl Pool {
         self.peak_in_use_bytes.fetch_max(in_use, Ordering::Relaxed);
     }
 
-    /// Returns a buffer to its free list.
+    /// Returns a buffer to its free list, which hands out its oldest buffer first (the
+    /// lowest id; the list is kept in descending id order).
+    ///
+    /// Which buffer a request gets then depends only on which ones are free, not on the order
+    /// they came back in: a training step that frees and allocates the same tensors each time
+    /// gives each tensor the same buffer each time, so the bind groups cached by buffer are
+    /// found again (a last-in-first-out list swapped the buffers of a released workspace's
+    /// tensors from step to step, and every such kernel made a new bind group).
     pub(crate) fn give(&self, buffer: PooledBuffer) {
         self.in_use_bytes.fetch_sub(buffer.class, Ordering::Relaxed);
         if let Ok(mut free) = self.free.lock() {
-            free.entry(buffer.class).or_default().push(buffer);
+            let list = free.entry(buffer.list).or_default();
+            let at = list.partition_point(|b| b.id > buffer.id);
+            list.insert(at, buffer);
         }
     }
 

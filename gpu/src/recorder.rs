@@ -52,6 +52,8 @@ pub(crate) struct Recorder {
     encoder: Option<wgpu::CommandEncoder>,
     params: Vec<u8>,
     bind_groups: HashMap<BindKey, wgpu::BindGroup>,
+    /// Bind groups created so far (cache misses).
+    bind_groups_created: u64,
     /// Timestamps around every kernel, while kernel timing is on.
     timer: Option<KernelTimer>,
 }
@@ -98,7 +100,9 @@ impl Gpu {
         if recorder.bind_groups.len() >= MAX_BIND_GROUPS {
             recorder.bind_groups.clear();
         }
+        let created = &mut recorder.bind_groups_created;
         let bind_group = recorder.bind_groups.entry(key).or_insert_with(|| {
+            *created += 1;
             let params_binding = wgpu::BufferBinding {
                 buffer: &self.arena,
                 offset: 0,
@@ -198,6 +202,12 @@ impl Gpu {
             timer.drain(visit);
         }
         Ok(())
+    }
+
+    /// Bind groups created so far: once per kernel and set of buffers while the cache holds
+    /// them.
+    pub(crate) fn bind_groups_created(&self) -> Result<u64, Error> {
+        Ok(self.lock_recorder()?.bind_groups_created)
     }
 
     /// Drops every cached bind group (they keep their buffers alive).

@@ -296,7 +296,7 @@ fn loss_scaled_updates_skip_on_overflow_and_unscale_on_the_device() {
 /// this one, and gives its gradients back after its update. In steady state each phase ends
 /// with the same bytes in live tensors as in the first step (where the other model had not yet
 /// allocated any) and no gradient buffer, and no step after the second creates a device
-/// buffer.
+/// buffer, nor after the third a bind group.
 #[test]
 fn each_phase_releases_the_other_models_activations_and_gradients() {
     if gpu().is_none() {
@@ -399,12 +399,15 @@ fn each_phase_releases_the_other_models_activations_and_gradients() {
             .unwrap();
         after_discriminator.push(in_use());
         assert!(trainer.grads.iter().all(|g| backend.len(g) == 0));
-        created.push(backend.buffers_created());
+        created.push((
+            backend.buffers_created(),
+            backend.bind_groups_created().unwrap(),
+        ));
     }
     let peak = backend.device_memory().peak_in_use_bytes;
     println!(
         "bytes in live tensors after the generator phases {after_generator:?}, after the \
-         discriminator phases {after_discriminator:?}, peak {peak}; buffers created {created:?}"
+         discriminator phases {after_discriminator:?}, peak {peak}; buffers and bind groups created {created:?}"
     );
     assert!(
         after_generator.iter().all(|&b| b == after_generator[0]),
@@ -417,7 +420,13 @@ fn each_phase_releases_the_other_models_activations_and_gradients() {
         "the generator's activations outlived its phase"
     );
     assert_eq!(
-        created[1], created[3],
+        created[1].0, created[3].0,
         "a steady-state step created device buffers"
+    );
+    // Each tensor of a released workspace gets its buffer back the next step, so every
+    // kernel finds its cached bind group.
+    assert_eq!(
+        created[2].1, created[3].1,
+        "a steady-state step created bind groups"
     );
 }
