@@ -293,7 +293,8 @@ fn loss_scaled_updates_skip_on_overflow_and_unscale_on_the_device() {
 
 /// The two models of a replaced-token-detection step never hold activations or gradients at
 /// once: each phase releases the other model's workspace, whose buffers the pool then hands to
-/// this one, and gives its gradients back after its update. In steady state each phase ends
+/// this one, and gives its gradients (and their micro-batch sums) back after its update, in
+/// either schedule, with and without micro-batches. In steady state each phase ends
 /// with the same bytes in live tensors as in the first step (where the other model had not yet
 /// allocated any) and no gradient buffer, and no step after the second creates a device
 /// buffer, nor after the third a bind group.
@@ -302,7 +303,18 @@ fn each_phase_releases_the_other_models_activations_and_gradients() {
     if gpu().is_none() {
         return;
     }
-    // A device of its own: the byte counts are per device.
+    for (schedule, micro_batches) in [
+        (Schedule::Decoupled, 1),
+        (Schedule::Decoupled, 2),
+        (Schedule::Joint, 2),
+    ] {
+        release_each_phase(schedule, micro_batches);
+    }
+}
+
+/// Four steps of `micro_batches` micro-batches on a device of its own (the byte counts are per
+/// device), checked as [`each_phase_releases_the_other_models_activations_and_gradients`] says.
+fn release_each_phase(schedule: Schedule, micro_batches: usize) {
     let own =
         WgpuBackend::with_options(AdapterChoice::default(), DeviceOptions::from_env().unwrap())
             .expect("second device");
@@ -359,7 +371,7 @@ fn each_phase_releases_the_other_models_activations_and_gradients() {
         backend,
         pair,
         params,
-        Schedule::Decoupled,
+        schedule,
         50.0,
         OptimizerConfig::xadam(),
     )
@@ -375,28 +387,35 @@ fn each_phase_releases_the_other_models_activations_and_gradients() {
             step,
             model,
         };
-        trainer
-            .generator_phase(
-                backend,
-                &batch.generator,
-                1e-3,
-                Some(&dropout(0)),
-                None,
-                MicroBatch::WHOLE,
-            )
-            .unwrap();
+        for j in 0..micro_batches {
+            trainer
+                .generator_phase(
+                    backend,
+                    &batch.generator,
+                    1e-3,
+                    Some(&dropout(0)),
+                    None,
+                    MicroBatch::of(j, micro_batches),
+                )
+                .unwrap();
+        }
         after_generator.push(in_use());
-        assert!(trainer.grads.iter().all(|g| backend.len(g) == 0));
-        trainer
-            .discriminator_phase(
-                backend,
-                &batch.discriminator,
-                1e-3,
-                Some(&dropout(1)),
-                None,
-                MicroBatch::WHOLE,
-            )
-            .unwrap();
+        // The joint update waits for the discriminator's phase.
+        if schedule == Schedule::Decoupled {
+            assert!(trainer.grads.iter().all(|g| backend.len(g) == 0));
+        }
+        for j in 0..micro_batches {
+            trainer
+                .discriminator_phase(
+                    backend,
+                    &batch.discriminator,
+                    1e-3,
+                    Some(&dropout(1)),
+                    None,
+                    MicroBatch::of(j, micro_batches),
+                )
+                .unwrap();
+        }
         after_discriminator.push(in_use());
         assert!(trainer.grads.iter().all(|g| backend.len(g) == 0));
         created.push((
@@ -406,7 +425,7 @@ fn each_phase_releases_the_other_models_activations_and_gradients() {
     }
     let peak = backend.device_memory().peak_in_use_bytes;
     println!(
-        "bytes in live tensors after the generator phases {after_generator:?}, after the \
+        "{schedule:?}, {micro_batches} micro-batches: bytes in live tensors after the generator phases {after_generator:?}, after the \
          discriminator phases {after_discriminator:?}, peak {peak}; buffers and bind groups created {created:?}"
     );
     assert!(

@@ -149,10 +149,16 @@ fn add_micro_batch<B: Backend>(
     id: ParamId,
     first: bool,
 ) -> Result<(), Error> {
+    let numel = backend.len(grads.get(id));
+    let sum = accumulated.get_mut(id);
     if first {
-        backend.fill(accumulated.get_mut(id), 0.0)?;
+        // Allocated again where the last update released it.
+        match backend.len(sum) == numel {
+            true => backend.fill(sum, 0.0)?,
+            false => *sum = backend.zeros(numel)?,
+        }
     }
-    backend.add_assign(accumulated.get_mut(id), grads.get(id))
+    backend.add_assign(sum, grads.get(id))
 }
 
 /// Dropout of the two models in one step (`None`: evaluation mode).
@@ -382,14 +388,21 @@ impl<B: Backend> Trainer<B> {
         Ok(())
     }
 
-    /// After an update, where the backend recycles memory: gives the gradients of `ids` back
-    /// (their phase zeroes them before it writes them again), so that their memory serves the
-    /// other model's phase — the generator's gradients are dead while the discriminator trains,
-    /// and the discriminator's while the generator does.
+    /// After an update, where the backend recycles memory: gives the gradients of `ids` back,
+    /// and their micro-batch sums (their phase zeroes them before it writes them again), so
+    /// that their memory serves the other model's phase — the generator's gradients are dead
+    /// while the discriminator trains, and the discriminator's while the generator does.
     fn release_gradients(&mut self, backend: &B, ids: &[ParamId]) -> Result<(), Error> {
-        if backend.recycles_tensor_memory() {
+        if !backend.recycles_tensor_memory() {
+            return Ok(());
+        }
+        let sums = self.accumulated.iter_mut().flatten();
+        for store in core::iter::once(&mut self.grads).chain(sums) {
             for &id in ids {
-                *self.grads.get_mut(id) = backend.zeros(0)?;
+                let tensor = store.get_mut(id);
+                if backend.len(tensor) > 0 {
+                    *tensor = backend.zeros(0)?;
+                }
             }
         }
         Ok(())
@@ -404,12 +417,14 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// Allocates the per-phase accumulators on the first step that sums micro-batches: each
-    /// phase's for the parameters it trains (the others' entries are empty).
+    /// phase's for the parameters it trains (the others' entries are empty; all are, where the
+    /// backend recycles memory, until a phase's first micro-batch adds to them).
     fn allocate_accumulators(&mut self, backend: &B) -> Result<(), Error> {
         if self.accumulated.is_none() {
             let layout = &self.pair.layout;
+            let lazy = backend.recycles_tensor_memory();
             let for_phase = |ids: &[ParamId]| {
-                layout.build(|id, spec| match ids.contains(&id) {
+                layout.build(|id, spec| match ids.contains(&id) && !lazy {
                     true => backend.zeros(spec.numel()),
                     false => backend.zeros(0),
                 })
