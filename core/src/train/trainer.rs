@@ -47,7 +47,9 @@ pub struct Trainer<B: Backend> {
     pub pair: RtdPair,
     /// Current weights.
     pub params: ParamStore<B::Tensor>,
-    /// Gradient buffers.
+    /// Gradient buffers. Where the backend [recycles](Backend::recycles_tensor_memory) memory,
+    /// a phase allocates its parameters' gradients when it zeroes them and empties them after
+    /// its update, so between steps they hold no elements.
     pub grads: ParamStore<B::Tensor>,
     /// The schedule.
     pub schedule: Schedule,
