@@ -151,16 +151,27 @@ fn add_micro_batch<B: Backend>(
     id: ParamId,
     first: bool,
 ) -> Result<(), Error> {
-    let numel = backend.len(grads.get(id));
     let sum = accumulated.get_mut(id);
     if first {
-        // Allocated again where the last update released it.
-        match backend.len(sum) == numel {
-            true => backend.fill(sum, 0.0)?,
-            false => *sum = backend.zeros(numel)?,
-        }
+        zero_or_allocate(backend, sum, backend.len(grads.get(id)))?;
     }
     backend.add_assign(sum, grads.get(id))
+}
+
+/// Zeroes `tensor`, or replaces it with `numel` zeros where an update released it (a
+/// [recycling](Backend::recycles_tensor_memory) backend's gradients and their sums).
+fn zero_or_allocate<B: Backend>(
+    backend: &B,
+    tensor: &mut B::Tensor,
+    numel: usize,
+) -> Result<(), Error> {
+    match backend.len(tensor) == numel {
+        true => backend.fill(tensor, 0.0),
+        false => {
+            *tensor = backend.zeros(numel)?;
+            Ok(())
+        }
+    }
 }
 
 /// Dropout of the two models in one step (`None`: evaluation mode).
@@ -381,11 +392,7 @@ impl<B: Backend> Trainer<B> {
     fn zero(&mut self, backend: &B, ids: &[ParamId]) -> Result<(), Error> {
         for &id in ids {
             let numel = self.pair.layout.spec(id).numel();
-            let grad = self.grads.get_mut(id);
-            match backend.len(grad) == numel {
-                true => backend.fill(grad, 0.0)?,
-                false => *grad = backend.zeros(numel)?,
-            }
+            zero_or_allocate(backend, self.grads.get_mut(id), numel)?;
         }
         Ok(())
     }
